@@ -1,0 +1,84 @@
+"""Fits of end-of-training quantities against log10(eta/S). Pure functions over Arrow tables."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class RatioFit:
+    """y = intercept + slope * log10(eta/S), least squares over trials.
+
+    ``slope_ci`` is a 95% percentile bootstrap interval over seeds: each replicate redraws, for
+    every (lr, batch_size) point, its seeds with replacement, so the interval reflects seed
+    spread, not only the scatter between points.
+    """
+    metric: str
+    x: str
+    n: int                  # trials in the fit
+    n_excluded: int         # trials without a finite value (e.g. diverged)
+    slope: float
+    intercept: float
+    slope_ci: tuple[float, float]
+    r2: float
+    spearman_rho: float
+    spearman_p: float
+    n_boot: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _finite(values) -> np.ndarray:
+    return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
+
+
+def ols(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """Slope, intercept and R^2 of y on x (nan where x has no spread)."""
+    if len(x) < 2 or np.ptp(x) == 0:
+        return math.nan, math.nan, math.nan
+    slope, intercept = np.polyfit(x, y, 1)
+    resid = y - (intercept + slope * x)
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    r2 = 1.0 - float(np.sum(resid ** 2)) / ss_tot if ss_tot > 0 else math.nan
+    return float(slope), float(intercept), r2
+
+
+def ratio_fit(trials: pa.Table, metric: str, *, log_y: bool = False, n_boot: int = 1000,
+              seed: int = 0, groups: tuple[str, ...] = ("lr", "batch_size")) -> RatioFit:
+    """Fit ``metric`` (or log10 of it with ``log_y``) against log10(ratio) across trials."""
+    x_all = np.log10(_finite(trials.column("ratio").to_pylist()))
+    y_all = _finite(trials.column(metric).to_pylist())
+    if log_y:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y_all = np.where(y_all > 0, np.log10(y_all), np.nan)
+    ok = np.isfinite(x_all) & np.isfinite(y_all)
+    x, y = x_all[ok], y_all[ok]
+    slope, intercept, r2 = ols(x, y)
+    if len(x) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
+        rho, p = stats.spearmanr(x, y)
+        rho, p = float(rho), float(p)
+    else:
+        rho = p = math.nan
+
+    # Bootstrap over seeds within each point.
+    keys = list(zip(*(trials.column(g).to_pylist() for g in groups)))
+    point_rows: dict[tuple, list[int]] = {}
+    for i, key in enumerate(np.array(keys, dtype=object)[ok] if len(keys) else []):
+        point_rows.setdefault(tuple(key), []).append(i)
+    rng = np.random.default_rng(seed)
+    slopes = []
+    members = list(point_rows.values())
+    for _ in range(n_boot if members else 0):
+        idx = np.concatenate([rng.choice(rows, size=len(rows), replace=True) for rows in members])
+        b, _, _ = ols(x[idx], y[idx])
+        if math.isfinite(b):
+            slopes.append(b)
+    ci = (float(np.percentile(slopes, 2.5)), float(np.percentile(slopes, 97.5))) if slopes else (math.nan, math.nan)
+    return RatioFit(metric=("log10 " if log_y else "") + metric, x="log10(lr/batch_size)", n=int(ok.sum()),
+                    n_excluded=int((~ok).sum()), slope=slope, intercept=intercept, slope_ci=ci, r2=r2,
+                    spearman_rho=rho, spearman_p=p, n_boot=len(slopes))

@@ -1,0 +1,35 @@
+"""The Arrow schema of the metric tables: one row per (trial_id, epoch). See docs/metrics.md."""
+from __future__ import annotations
+
+import pyarrow as pa
+
+# Provenance first (init2winit style): every row says which sweep, trial, point and code made it.
+PROVENANCE = [
+    pa.field("sweep", pa.string()),
+    pa.field("trial_id", pa.string()),
+    pa.field("code_version", pa.string()),
+    pa.field("dataset", pa.string()),
+    pa.field("n_train", pa.int64()),          # training examples the trial saw (after any subset)
+    pa.field("model", pa.string()),
+    pa.field("seed", pa.int64()),
+    pa.field("config_json", pa.string()),    # the trial's whole config, JSON (load_trials expands it)
+]
+
+METRICS = [
+    pa.field("epoch", pa.int64()),            # epochs completed (1-based)
+    pa.field("lr", pa.float64()),             # learning rate used in this epoch
+    pa.field("batch_size", pa.int64()),       # examples per step in this epoch
+    pa.field("ratio", pa.float64()),          # lr / batch_size
+    pa.field("train_loss", pa.float64()),     # running mean over the epoch, nats per example
+    pa.field("train_acc", pa.float64()),      # running mean over the epoch
+    pa.field("val_loss", pa.float64()),       # end of epoch, eval mode, nats per example
+    pa.field("val_acc", pa.float64()),
+    pa.field("steps", pa.int64()),            # optimizer steps since the start of training
+    pa.field("examples_seen", pa.int64()),
+    pa.field("epoch_s", pa.float64()),        # wall seconds of this epoch (train + eval)
+    pa.field("wall_s", pa.float64()),         # wall seconds since the trial started training
+    pa.field("status", pa.string()),          # running | finished | diverged
+    pa.field("written_at", pa.float64()),     # driver's unix time when the row was written
+]
+
+METRIC_SCHEMA = pa.schema(PROVENANCE + METRICS)

@@ -1,0 +1,169 @@
+"""Read the Arrow metric tables of a run directory. Pure functions; analysis never parses logs.
+
+``load_metrics`` gives one row per (trial_id, epoch); ``load_trials`` one row per trial.
+Files cut off mid-write (a killed driver) are read up to their last whole record.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from analysis.schema import METRIC_SCHEMA
+
+
+@dataclass
+class ReadReport:
+    """What reading a run's files found: rows kept, and bytes dropped from cut-off files."""
+    files: int = 0
+    rows_read: int = 0
+    dropped_bytes: dict[str, int] = field(default_factory=dict)  # file name -> bytes not readable
+
+    @property
+    def truncated_files(self) -> list[str]:
+        return sorted(self.dropped_bytes)
+
+
+def read_stream_file(path: str | Path) -> tuple[pa.Table, int]:
+    """All whole record batches of an Arrow IPC stream file and the number of bytes dropped.
+
+    A stream that was never closed (the writer was killed) has no end-of-stream marker and may
+    end inside a message; everything before the broken message is returned.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    batches: list[pa.RecordBatch] = []
+    good = 0  # offset just past the last whole message
+    schema = None
+    with pa.OSFile(str(path), "rb") as f:
+        try:
+            reader = pa.ipc.open_stream(f)
+            schema = reader.schema
+            good = f.tell()
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    good = size
+                    break
+                batches.append(batch)
+                good = f.tell()
+        except (pa.ArrowInvalid, pa.ArrowIOError, OSError, EOFError):
+            pass
+    table = pa.Table.from_batches(batches, schema=schema or METRIC_SCHEMA)
+    return table, size - good
+
+
+def read_metric_files(run_dir: str | Path) -> tuple[pa.Table, ReadReport]:
+    """Every row of every metric file, in write order (files sort by driver session)."""
+    report = ReadReport()
+    tables = []
+    for path in sorted(Path(run_dir, "metrics").glob("*.arrow")):
+        table, dropped = read_stream_file(path)
+        report.files += 1
+        report.rows_read += table.num_rows
+        if dropped:
+            report.dropped_bytes[path.name] = dropped
+        tables.append(table)
+    if not tables:
+        return METRIC_SCHEMA.empty_table(), report
+    # Files from older code versions may lack newer columns: promote fills them with nulls.
+    return pa.concat_tables(tables, promote_options="default"), report
+
+
+def dedupe_last(table: pa.Table, keys: tuple[str, ...] = ("trial_id", "epoch")) -> pa.Table:
+    """Keep the last row (in table order) of each key: a retried epoch replaces the lost attempt."""
+    if table.num_rows == 0:
+        return table
+    order = pa.array(range(table.num_rows), pa.int64())
+    indexed = table.select(list(keys)).append_column("__row", order)
+    last = indexed.group_by(list(keys), use_threads=False).aggregate([("__row", "max")])
+    keep = pc.sort_indices(last.column("__row_max"))
+    return table.take(last.column("__row_max").take(keep))
+
+
+def load_metrics(run_dir: str | Path) -> pa.Table:
+    """One row per (trial_id, epoch), sorted by trial_id then epoch."""
+    return load_metrics_with_report(run_dir)[0]
+
+
+def load_metrics_with_report(run_dir: str | Path) -> tuple[pa.Table, ReadReport]:
+    """``load_metrics`` and what reading found (files, rows, bytes dropped from cut-off files)."""
+    table, report = read_metric_files(run_dir)
+    table = dedupe_last(table)
+    return table.sort_by([("trial_id", "ascending"), ("epoch", "ascending")]), report
+
+
+TRIAL_COLUMNS = ("trial_id", "sweep", "lr", "batch_size", "ratio", "seed", "status", "epochs_done",
+                 "final_val_acc", "max_val_acc", "final_val_loss", "final_train_loss", "final_train_acc",
+                 "dataset", "n_train", "model", "code_version")
+
+
+def load_trials(run_dir: str | Path, metrics: pa.Table | None = None) -> pa.Table:
+    """One row per trial: its point, status, end-of-training values and the rest of its config.
+
+    ``lr`` and ``batch_size`` are the trial's base values (the spec point); with schedules the
+    per-epoch values stay in ``load_metrics``. Config keys become ``cfg.<section>.<key>`` columns.
+    """
+    metrics = load_metrics(run_dir) if metrics is None else metrics
+    return trials_from_metrics(metrics)
+
+
+def trials_from_metrics(metrics: pa.Table) -> pa.Table:
+    rows = []
+    by_trial: dict[str, list[dict]] = {}
+    for row in metrics.to_pylist():
+        by_trial.setdefault(row["trial_id"], []).append(row)
+    for trial_id, epochs in sorted(by_trial.items()):
+        epochs.sort(key=lambda r: r["epoch"])
+        last = epochs[-1]
+        config = json.loads(last["config_json"] or "{}")
+        point = config.get("point", {})
+        val_accs = [r["val_acc"] for r in epochs if r["val_acc"] is not None and r["val_acc"] == r["val_acc"]]
+        row = {
+            "trial_id": trial_id,
+            "sweep": last["sweep"],
+            "lr": float(point.get("lr", last["lr"])),
+            "batch_size": int(point.get("batch_size", last["batch_size"])),
+            "seed": last["seed"],
+            "status": last["status"],
+            "epochs_done": last["epoch"],
+            "final_val_acc": last["val_acc"],
+            "max_val_acc": max(val_accs) if val_accs else None,
+            "final_val_loss": last["val_loss"],
+            "final_train_loss": last["train_loss"],
+            "final_train_acc": last["train_acc"],
+            "dataset": last["dataset"],
+            "n_train": last["n_train"],
+            "model": last["model"],
+            "code_version": last["code_version"],
+        }
+        row["ratio"] = row["lr"] / row["batch_size"]
+        row.update(_flatten(config, "cfg"))
+        rows.append(row)
+    if not rows:
+        return pa.table({name: pa.array([], type=_trial_type(name)) for name in TRIAL_COLUMNS})
+    columns = list(TRIAL_COLUMNS) + sorted({k for r in rows for k in r} - set(TRIAL_COLUMNS))
+    return pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows])
+
+
+def _trial_type(name: str) -> pa.DataType:
+    if name in METRIC_SCHEMA.names:
+        return METRIC_SCHEMA.field(name).type
+    return pa.int64() if name == "epochs_done" else pa.float64()
+
+
+def _flatten(data: dict, prefix: str) -> dict:
+    out = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name))
+        elif isinstance(value, (list, tuple)):
+            out[name] = json.dumps(value)
+        else:
+            out[name] = value
+    return out

@@ -1,0 +1,87 @@
+"""Driver-side Tune callback that streams every reported epoch to Arrow IPC files.
+
+Rows are written by the driver (not the trial), so they reach the run directory whatever node
+the trial ran on. Each driver session writes its own file per trial and never reopens an old
+one: a crash can only cut off the tail of the newest file, and readers (``analysis.tables``)
+keep the last row written for each (trial_id, epoch).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from ray.tune import Callback
+
+from analysis.schema import METRIC_SCHEMA
+
+
+def session_tag() -> str:
+    """Sortable, unique per driver process: files of later sessions sort after earlier ones."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + f"-{os.getpid()}"
+
+
+def row_from_result(result: dict[str, Any], config: dict[str, Any], trial_id: str) -> dict[str, Any]:
+    row = {f.name: result.get(f.name) for f in METRIC_SCHEMA}
+    dataset = config.get("dataset", {})
+    row.update(
+        sweep=config.get("sweep"),
+        trial_id=trial_id,
+        code_version=config.get("code_version"),
+        dataset=dataset.get("name"),
+        n_train=result.get("n_train"),
+        model=config.get("model", {}).get("name"),
+        config_json=json.dumps(config, sort_keys=True, default=str),
+        written_at=time.time(),
+    )
+    return row
+
+
+class ArrowMetricsSink(Callback):
+    """Appends one record batch per reported epoch and flushes it to disk at once."""
+
+    def __init__(self, metrics_dir: str | Path):
+        self.metrics_dir = Path(metrics_dir)
+        self.metrics_dir.mkdir(parents=True, exist_ok=True)
+        self.session = session_tag()
+        self._writers: dict[str, tuple[Any, pa.ipc.RecordBatchStreamWriter]] = {}
+
+    def __getstate__(self):
+        # Tune pickles callbacks with the experiment state; open files stay with this process.
+        return {**self.__dict__, "_writers": {}}
+
+    def _writer(self, trial_id: str) -> pa.ipc.RecordBatchStreamWriter:
+        if trial_id not in self._writers:
+            path = self.metrics_dir / f"{self.session}__{trial_id}.arrow"
+            sink = open(path, "xb")  # 'x': never truncate an existing file
+            self._writers[trial_id] = (sink, pa.ipc.new_stream(sink, METRIC_SCHEMA))
+        return self._writers[trial_id][1]
+
+    def write_row(self, row: dict[str, Any]) -> None:
+        writer = self._writer(row["trial_id"])
+        writer.write_batch(pa.RecordBatch.from_pylist([row], schema=METRIC_SCHEMA))
+        self._writers[row["trial_id"]][0].flush()  # readable while the sweep runs
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "epoch" in result:
+            self.write_row(row_from_result(result, trial.config, trial.trial_id))
+
+    def _close(self, trial_id: str) -> None:
+        if trial_id in self._writers:
+            sink, writer = self._writers.pop(trial_id)
+            writer.close()
+            sink.close()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._close(trial.trial_id)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._close(trial.trial_id)
+
+    def on_experiment_end(self, trials, **info):
+        for trial_id in list(self._writers):
+            self._close(trial_id)

@@ -1,0 +1,83 @@
+"""Turn a validated spec into a Ray Tune run: ``tune.Tuner`` over the trial points."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from sweeps.errors import LrbsError
+from sweeps.spec import SweepSpec, to_param_space
+
+METRIC_DIR = "metrics"
+SPEC_COPY = "spec.yaml"
+
+
+def storage_root(storage: str | None) -> Path:
+    """The directory that holds run directories; a path that is a file is an error."""
+    root = Path(storage or "runs").expanduser().resolve()
+    if root.exists() and not root.is_dir():
+        raise LrbsError(f"--storage: {root} is a file, not a directory")
+    return root
+
+
+def prepare_run_dir(spec: SweepSpec, storage: str | None) -> Path:
+    """Create ``<storage>/<name>/`` with a copy of the spec; never reuse an existing one."""
+    run_dir = storage_root(storage) / spec.name
+    if run_dir.exists():
+        raise LrbsError(f"run directory {run_dir} already exists: pick another name or --storage "
+                        f"(nothing was changed there)")
+    try:
+        run_dir.mkdir(parents=True)
+    except OSError as exc:
+        raise LrbsError(f"--storage: cannot create {run_dir} ({exc.strerror or exc})") from None
+    (run_dir / METRIC_DIR).mkdir()
+    (run_dir / SPEC_COPY).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    return run_dir
+
+
+def init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        # An embedded local cluster; its dashboard (if any) listens on loopback only.
+        ray.init(include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False)
+
+
+def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None = None,
+              out: TextIO = sys.stdout) -> Path:
+    """Run every trial of ``spec``; returns the run directory."""
+    from ray import tune
+
+    from sweeps.metrics_sink import ArrowMetricsSink
+    from sweeps.progress import ProgressPrinter
+    from sweeps.spec import expand_points
+    from sweeps.version import code_version
+    from trainables.train_loop import train_trial
+
+    run_dir = prepare_run_dir(spec, storage)
+    init_ray(address)
+    n_trials = len(expand_points(spec))
+    print(f"[lrbs] sweep {spec.name}: {n_trials} trials -> {run_dir}", file=out, flush=True)
+    resources: dict[str, Any] = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    tuner = tune.Tuner(
+        tune.with_resources(train_trial, resources),
+        param_space=to_param_space(spec, code_version()),
+        tune_config=tune.TuneConfig(num_samples=1),
+        run_config=tune.RunConfig(
+            name=spec.name,
+            storage_path=str(run_dir.parent),
+            callbacks=[ArrowMetricsSink(run_dir / METRIC_DIR), ProgressPrinter(n_trials)],
+            verbose=0,
+        ),
+    )
+    results = tuner.fit()
+    n_err = sum(1 for r in results if r.error is not None)
+    print(f"[lrbs] sweep {spec.name} ended: {len(results) - n_err} trials finished, {n_err} errored; "
+          f"metrics in {run_dir / METRIC_DIR}", file=out, flush=True)
+    return run_dir

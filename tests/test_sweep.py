@@ -1,0 +1,124 @@
+"""A real local Ray sweep end to end: Arrow rows, trial table, report files, CLI."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pyarrow as pa
+import pytest
+
+from analysis.tables import load_metrics, load_trials
+from sweeps.cli import main
+from tests.conftest import ROOT, tiny_spec, write_yaml
+
+
+@pytest.fixture(scope="module")
+def tiny_run(ray_local, tmp_path_factory):
+    """4 trials x 3 epochs, run through the CLI in this process (so it reuses the fixture's Ray)."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    spec = write_yaml(tmp / "tiny.yaml", tiny_spec("tiny"))
+    assert main(["run", str(spec), "--storage", str(tmp / "runs")]) == 0
+    return tmp / "runs" / "tiny"
+
+
+def test_metric_rows_exactly_one_per_trial_epoch(tiny_run):
+    metrics = load_metrics(tiny_run)
+    assert metrics.num_rows == 4 * 3
+    keys = list(zip(metrics.column("trial_id").to_pylist(), metrics.column("epoch").to_pylist()))
+    assert len(set(keys)) == 12
+    assert sorted({e for _, e in keys}) == [1, 2, 3]
+    for col in ("sweep", "trial_id", "epoch", "lr", "batch_size", "ratio", "seed", "train_loss", "train_acc",
+                "val_loss", "val_acc", "status", "code_version", "examples_seen", "wall_s"):
+        assert col in metrics.column_names
+        assert metrics.column(col).null_count == 0, col
+    assert set(metrics.column("sweep").to_pylist()) == {"tiny"}
+    points = {(r["lr"], r["batch_size"]) for r in metrics.select(["lr", "batch_size"]).to_pylist()}
+    assert points == {(0.05, 32), (0.05, 128), (0.2, 32), (0.2, 128)}
+    for r in metrics.to_pylist():
+        assert r["ratio"] == pytest.approx(r["lr"] / r["batch_size"])
+
+
+def test_trial_table(tiny_run):
+    trials = load_trials(tiny_run)
+    assert trials.num_rows == 4
+    rows = trials.to_pylist()
+    for r in rows:
+        assert r["status"] == "finished" and r["epochs_done"] == 3
+        assert r["max_val_acc"] >= r["final_val_acc"]
+        assert r["cfg.model.width"] == 32 and r["cfg.dataset.name"] == "digits"
+        assert r["cfg.train.epochs"] == 3
+    # The spec copy in the run directory is the validated spec.
+    assert (tiny_run / "spec.yaml").read_text().startswith("name: tiny")
+
+
+def test_report_files(tiny_run):
+    assert main(["report", str(tiny_run)]) == 0
+    html = (tiny_run / "report.html").read_text()
+    # Works offline: plotly.js is inside the file, nothing is fetched from elsewhere.
+    assert not re.search(r"<script[^>]*\ssrc=", html) and len(html) > 1_000_000
+    assert html.count("Plotly.newPlot") >= 4
+    fits = json.loads((tiny_run / "fits.json").read_text())
+    assert fits["summary"]["trials"] == 4 and fits["summary"]["epoch_rows"] == 12
+    fit = fits["fits"]["final_train_loss"]
+    assert fit["n"] == 4 and fit["x"] == "log10(lr/batch_size)"
+    for key in ("slope", "slope_ci", "r2", "spearman_rho", "spearman_p"):
+        assert key in fit
+
+
+def test_existing_run_dir_is_never_overwritten(tiny_run, capsys):
+    before = sorted(p.name for p in (tiny_run / "metrics").iterdir())
+    spec = write_yaml(tiny_run.parent.parent / "again.yaml", tiny_spec("tiny"))
+    assert main(["run", str(spec), "--storage", str(tiny_run.parent)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lrbs: error: run directory") and "already exists" in err and "\n" not in err
+    assert sorted(p.name for p in (tiny_run / "metrics").iterdir()) == before
+
+
+def _lrbs(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "sweeps.cli", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, timeout=120)
+
+
+def test_cli_validate_prints_grid():
+    out = _lrbs("validate", str(ROOT / "sweeps" / "quickstart.yaml"))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("quickstart: 12 trials")
+    assert len(lines) == 2 + 12
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("name: x\ngrid: {lr: [0.1\n", "malformed YAML"),
+    ("name: x\nfoo: 1\n", "foo: unknown key"),
+    ("name: x\ngrid: {lr: [-1], batch_size: [8], seed: [0]}\n", "grid.lr[0]: must be > 0"),
+    ("name: x\ngrid: {lr: [0.1], batch_size: [0], seed: [0]}\n", "grid.batch_size[0]: must be >= 1"),
+    ("name: x\ngrid: {lr: [0.1], batch_size: [100000], seed: [0]}\n", "larger than the training set"),
+    ("name: x\ndataset: {name: mnist2}\n", "dataset.name: unknown data set"),
+    ("name: x\nmodel: {name: gpt}\n", "model.name: unknown model"),
+])
+def test_cli_bad_spec_exit_2_one_line_nothing_launched(tmp_path, content, needle):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(content)
+    out = _lrbs("run", str(spec), "--storage", str(tmp_path / "runs"))
+    assert out.returncode == 2
+    assert out.stdout == ""
+    err = out.stderr.strip()
+    assert "\n" not in err and needle in err and "bad.yaml" in err, err
+    assert not (tmp_path / "runs").exists()  # nothing launched, nothing written
+
+
+def test_cli_storage_that_is_a_file(tmp_path):
+    spec = write_yaml(tmp_path / "s.yaml", tiny_spec("s"))
+    blocker = tmp_path / "afile"
+    blocker.write_text("keep me")
+    out = _lrbs("run", str(spec), "--storage", str(blocker))
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"lrbs: error: --storage: {blocker} is a file, not a directory"
+    assert blocker.read_text() == "keep me"
+
+
+def test_cli_report_on_a_non_run_dir(tmp_path):
+    out = _lrbs("report", str(tmp_path))
+    assert out.returncode == 2 and "not an lrbs run directory" in out.stderr
