@@ -1,0 +1,523 @@
+"""Tests for trainables.curvature against exact Hessians of small float64 models (no mocks)."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.autograd.functional import hessian
+from torch.func import functional_call
+
+from trainables import curvature as cv
+
+CE = nn.functional.cross_entropy
+N = 64
+
+
+# ----------------------------------------------------------------------------- fixtures and references
+
+def _mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+
+
+def _bn_mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 3)).double()
+    with torch.no_grad():  # non-trivial running statistics and affine, so eval != train mode
+        m[1].running_mean.copy_(torch.randn(6, dtype=torch.float64) * 0.3)
+        m[1].running_var.copy_(torch.rand(6, dtype=torch.float64) + 0.5)
+        m[1].weight.copy_(torch.rand(6, dtype=torch.float64) + 0.5)
+        m[1].bias.copy_(torch.randn(6, dtype=torch.float64) * 0.1)
+        m[1].num_batches_tracked.fill_(7)
+    return m
+
+
+MODELS = {"mlp": _mlp, "bn_mlp": _bn_mlp}
+
+
+def _data(seed: int = 1, n: int = N):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 5, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (n,), generator=g)
+    return x, y
+
+
+def _trainable(model):
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _flat_loss_fn(model, loss_fn, x, y):
+    named = _trainable(model)
+    shapes = [(n, p.shape, p.numel()) for n, p in named]
+
+    def f(flat):
+        d, i = {}, 0
+        for name, shape, k in shapes:
+            d[name] = flat[i:i + k].view(shape)
+            i += k
+        return loss_fn(functional_call(model, d, (x,)), y)
+
+    flat0 = torch.cat([p.detach().reshape(-1) for _, p in named])
+    return f, flat0
+
+
+def exact_hessian(model, loss_fn, x, y) -> torch.Tensor:
+    """Full-batch Hessian over the flattened trainable parameters, batch norm in eval mode."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        f, flat0 = _flat_loss_fn(model, loss_fn, x, y)
+        return hessian(f, flat0)
+    finally:
+        for m, t in flags:
+            m.training = t
+
+
+def exact_loss_grad(model, loss_fn, x, y):
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        f, flat0 = _flat_loss_fn(model, loss_fn, x, y)
+        flat = flat0.clone().requires_grad_(True)
+        loss = f(flat)
+        (g,) = torch.autograd.grad(loss, flat)
+        return float(loss.detach()), g
+    finally:
+        for m, t in flags:
+            m.training = t
+
+
+def snapshot(model):
+    return ({k: v.detach().clone() for k, v in model.state_dict().items()},
+            [m.training for m in model.modules()],
+            [p.requires_grad for p in model.parameters()])
+
+
+def assert_unchanged(model, snap):
+    state, flags, req = snap
+    now = model.state_dict()
+    assert set(now) == set(state)
+    for k, v in state.items():
+        assert now[k].dtype == v.dtype and torch.equal(now[k], v), f"{k} changed"
+        # bit-identical, not just equal (catches -0.0 vs 0.0)
+        if v.is_floating_point():
+            assert torch.equal(now[k].view(torch.int64 if v.dtype == torch.float64 else torch.int32),
+                               v.view(torch.int64 if v.dtype == torch.float64 else torch.int32))
+    assert [m.training for m in model.modules()] == flags
+    assert [p.requires_grad for p in model.parameters()] == req
+    assert all(p.grad is None for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- data helpers
+
+def test_probe_subset_is_seeded_sorted_subset():
+    a = cv.probe_subset(1000, 100, seed=3)
+    assert a.dtype == torch.int64 and a.device.type == "cpu" and a.shape == (100,)
+    assert torch.equal(a, a.sort().values) and len(set(a.tolist())) == 100
+    assert int(a.min()) >= 0 and int(a.max()) < 1000
+    assert torch.equal(a, cv.probe_subset(1000, 100, seed=3))
+    assert not torch.equal(a, cv.probe_subset(1000, 100, seed=4))
+    assert torch.equal(cv.probe_subset(10, 10, seed=0), torch.arange(10))
+    with pytest.raises(ValueError):
+        cv.probe_subset(10, 11, seed=0)
+
+
+def test_make_batches_splits_selected_examples():
+    x, y = _data()
+    idx = cv.probe_subset(N, 25, seed=0)
+    batches = cv.make_batches(x, y, idx, batch_size=10)
+    assert [len(b[1]) for b in batches] == [10, 10, 5]
+    assert torch.equal(torch.cat([b[0] for b in batches]), x[idx])
+    assert torch.equal(torch.cat([b[1] for b in batches]), y[idx])
+
+
+# ----------------------------------------------------------------------------- loss, grad, hvp
+
+@pytest.mark.parametrize("name", MODELS)
+def test_loss_and_grad_weights_uneven_batches(name):
+    model, (x, y) = MODELS[name](), _data()
+    batches = cv.make_batches(x, y, batch_size=25)  # 25, 25, 14: weighting matters
+    loss, grads = cv.loss_and_grad(model, CE, batches)
+    ref_loss, ref_g = exact_loss_grad(model, CE, x, y)
+    assert loss == pytest.approx(ref_loss, rel=1e-12)
+    torch.testing.assert_close(torch.cat([g.reshape(-1) for g in grads]), ref_g, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_hvp_matches_exact_hessian(name):
+    model, (x, y) = MODELS[name](), _data()
+    H = exact_hessian(model, CE, x, y)
+    params = [p for _, p in _trainable(model)]
+    v = torch.randn(H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    vecs = list(torch.split(v, [p.numel() for p in params]))
+    vecs = [t.view_as(p) for t, p in zip(vecs, params)]
+    hv = cv.hvp(model, CE, cv.make_batches(x, y, batch_size=25), vecs)
+    torch.testing.assert_close(torch.cat([t.reshape(-1) for t in hv]), H @ v, rtol=1e-9, atol=1e-11)
+
+
+def test_probes_work_under_no_grad():
+    model, (x, y) = _mlp(), _data()
+    batches = cv.make_batches(x, y)
+    ref = cv.top_eigenvalue(model, CE, batches, max_iters=8)
+    ref_loss = exact_loss_grad(model, CE, x, y)[0]
+    with torch.no_grad():
+        assert cv.top_eigenvalue(model, CE, batches, max_iters=8) == ref
+        assert cv.loss_and_grad(model, CE, batches)[0] == pytest.approx(ref_loss)
+        cv.gradient_noise_scale(model, CE, x, y, b_small=2, b_big=8, n_pairs=2)
+
+
+def test_frozen_parameters_are_excluded():
+    model, (x, y) = _mlp(), _data()
+    model[0].bias.requires_grad_(False)
+    H = exact_hessian(model, CE, x, y)
+    assert H.shape[0] == 57 - 6
+    res = cv.top_eigenvalue(model, CE, cv.make_batches(x, y), max_iters=60, tol=1e-10)
+    assert res.value == pytest.approx(float(torch.linalg.eigvalsh(H)[-1]), rel=1e-6)
+    assert model[0].bias.requires_grad is False
+
+
+# ----------------------------------------------------------------------------- top eigenvalue
+
+@pytest.mark.parametrize("name", MODELS)
+def test_lanczos_top_eigenvalue_is_largest_algebraic(name):
+    model, (x, y) = MODELS[name](), _data()
+    evals = torch.linalg.eigvalsh(exact_hessian(model, CE, x, y))
+    res = cv.top_eigenvalue(model, CE, cv.make_batches(x, y, batch_size=30), max_iters=40, tol=1e-6)
+    assert res.method == "lanczos" and res.converged
+    assert 1 <= res.n_hvp <= 40
+    assert res.value == pytest.approx(float(evals[-1]), rel=1e-3)
+    # Ritz values never exceed lambda_max; the reported residual bounds the distance to an eigenvalue.
+    assert res.value <= float(evals[-1]) * (1 + 1e-9)
+    assert float((evals - res.value).abs().min()) <= res.residual + 1e-12
+    # seeded: the same call gives the same number
+    again = cv.top_eigenvalue(model, CE, cv.make_batches(x, y, batch_size=30), max_iters=40, tol=1e-6)
+    assert again == res
+
+
+def _gap_regression(scales=(3.0, 1.0, 1.0, 1.0, 1.0)):
+    """Linear least squares: H = 2 X^T X / N, with a clear gap set by the feature scales."""
+    torch.manual_seed(0)
+    model = nn.Linear(5, 1, bias=False).double()
+    g = torch.Generator().manual_seed(5)
+    q, _ = torch.linalg.qr(torch.randn(N, 5, generator=g, dtype=torch.float64))
+    x = q * math.sqrt(N) * torch.tensor(scales, dtype=torch.float64)  # X^T X / N = diag(scales^2)
+    y = torch.randn(N, 1, generator=g, dtype=torch.float64)
+    return model, x, y, nn.functional.mse_loss
+
+
+def test_power_iteration_converges_with_clear_gap():
+    model, x, y, loss = _gap_regression()
+    top = float(torch.linalg.eigvalsh(exact_hessian(model, loss, x, y))[-1])
+    assert top == pytest.approx(18.0, rel=1e-9)  # 2 * 3^2, next one 2
+    batches = cv.make_batches(x, y, batch_size=20)
+    res = cv.top_eigenvalue(model, loss, batches, method="power", max_iters=100, tol=1e-6)
+    assert res.method == "power" and res.converged and res.n_hvp < 100
+    assert res.value == pytest.approx(top, rel=1e-3)
+    lz = cv.top_eigenvalue(model, loss, batches, max_iters=20, tol=1e-6)
+    assert lz.converged and lz.value == pytest.approx(top, rel=1e-6)
+    assert lz.n_hvp <= 5  # rank-5 problem: Krylov space exhausted after at most 5 steps
+
+
+def test_both_methods_return_largest_algebraic_not_largest_magnitude():
+    # loss = mean(out0^2 - 3 out1^2): H = blockdiag(2C, -6C), C = X^T X / N; top algebraic 2 lambda_1(C).
+    torch.manual_seed(0)
+    model = nn.Linear(5, 2, bias=False).double()
+    x, _ = _data()
+    y = torch.zeros(N)
+
+    def loss(out, _y):
+        return (out[:, 0] ** 2 - 3 * out[:, 1] ** 2).mean()
+
+    evals = torch.linalg.eigvalsh(exact_hessian(model, loss, x, y))
+    assert abs(float(evals[0])) > abs(float(evals[-1]))  # dominant eigenvalue is negative
+    batches = cv.make_batches(x, y)
+    lz = cv.top_eigenvalue(model, loss, batches, max_iters=10, tol=1e-8)
+    pw = cv.top_eigenvalue(model, loss, batches, method="power", max_iters=500, tol=1e-9)
+    assert lz.converged and pw.converged
+    assert lz.value == pytest.approx(float(evals[-1]), rel=1e-6)
+    assert pw.value == pytest.approx(float(evals[-1]), rel=1e-3)
+    assert pw.n_hvp > 2  # two phases were run and counted
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_not_converged_is_reported_honestly(name):
+    model, (x, y) = MODELS[name](), _data()
+    top = float(torch.linalg.eigvalsh(exact_hessian(model, CE, x, y))[-1])
+    batches = cv.make_batches(x, y)
+    lz = cv.top_eigenvalue(model, CE, batches, max_iters=2, tol=1e-10)
+    assert not lz.converged and lz.n_hvp == 2 and lz.rel_change >= 1e-10
+    assert lz.value <= top * (1 + 1e-9)  # a Ritz value: a lower bound
+    pw = cv.top_eigenvalue(model, CE, batches, method="power", max_iters=3, tol=1e-10)
+    assert not pw.converged and pw.n_hvp == 3
+    one = cv.top_eigenvalue(model, CE, batches, max_iters=1, tol=0.5)
+    assert one.rel_change == math.inf and one.n_hvp == 1
+    assert not (one.converged and one.residual >= 0.5 * abs(one.value))
+
+
+# ----------------------------------------------------------------------------- trace and Frobenius
+
+@pytest.mark.parametrize("name", MODELS)
+def test_trace_and_frobenius_within_three_stderr(name):
+    model, (x, y) = MODELS[name](), _data()
+    H = exact_hessian(model, CE, x, y)
+    n = 64
+    tr, fro = cv.hessian_trace_and_frobenius(model, CE, cv.make_batches(x, y, batch_size=30),
+                                             n_probes=n, seed=0)
+    assert tr.n_probes == fro.n_probes == n
+    true_tr, true_fro = float(torch.trace(H)), float(torch.linalg.matrix_norm(H))
+    assert abs(tr.value - true_tr) <= 3 * tr.stderr
+    assert abs(fro.value - true_fro) <= 3 * fro.stderr
+    # The standard errors themselves: Rademacher v gives Var(v^T M v) = 2 sum_{i != j} M_ij^2.
+    def offdiag_var(m):
+        return 2 * float((m ** 2).sum() - (torch.diagonal(m) ** 2).sum())
+    se_tr = math.sqrt(offdiag_var(H) / n)
+    se_fro = math.sqrt(offdiag_var(H @ H) / n) / (2 * true_fro)
+    assert 0.5 < tr.stderr / se_tr < 2.0
+    assert 0.5 < fro.stderr / se_fro < 2.0
+    # The single-quantity functions share the probes (same seed, same numbers).
+    assert cv.hessian_trace(model, CE, cv.make_batches(x, y), n_probes=n, seed=0).value == pytest.approx(tr.value, rel=1e-10)
+    assert cv.hessian_frobenius(model, CE, cv.make_batches(x, y), n_probes=n, seed=0).value == pytest.approx(fro.value, rel=1e-10)
+    other = cv.hessian_trace(model, CE, cv.make_batches(x, y), n_probes=n, seed=1)
+    assert other.value != tr.value
+
+
+def test_trace_estimates_are_unbiased_over_seeds():
+    model, (x, y) = _bn_mlp(), _data()
+    H = exact_hessian(model, CE, x, y)
+    batches = cv.make_batches(x, y)
+    z_tr, z_fro = [], []
+    for seed in range(20):
+        tr, fro = cv.hessian_trace_and_frobenius(model, CE, batches, n_probes=8, seed=seed)
+        z_tr.append((tr.value - float(torch.trace(H))) / tr.stderr)
+        z_fro.append((fro.value - float(torch.linalg.matrix_norm(H))) / fro.stderr)
+    # mean z-score of 20 independent runs is ~ N(0, 1/20) (t-ish with 7 dof per run)
+    assert abs(sum(z_tr) / 20) < 1.0
+    assert abs(sum(z_fro) / 20) < 1.0
+    assert sum(abs(z) <= 3 for z in z_tr) >= 18
+
+
+def test_single_probe_has_no_stderr():
+    model, (x, y) = _mlp(), _data()
+    tr = cv.hessian_trace(model, CE, cv.make_batches(x, y), n_probes=1)
+    assert tr.n_probes == 1 and math.isnan(tr.stderr)
+
+
+# ----------------------------------------------------------------------------- gradient noise scale
+
+def per_example_grads(model, loss_fn, x, y) -> torch.Tensor:
+    """Exact per-example gradients (eval mode), shape (N, n_params), by a plain loop."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        params = [p for _, p in _trainable(model)]
+        rows = []
+        for i in range(x.shape[0]):
+            g = torch.autograd.grad(loss_fn(model(x[i:i + 1]), y[i:i + 1]), params)
+            rows.append(torch.cat([t.reshape(-1) for t in g]))
+        return torch.stack(rows)
+    finally:
+        for m, t in flags:
+            m.training = t
+
+
+def _exact_noise(gi: torch.Tensor) -> tuple[float, float]:
+    """|G|^2 and tr(Sigma), Sigma the population covariance (divide by N) of per-example grads."""
+    G = gi.mean(0)
+    return float(G @ G), float(((gi - G) ** 2).sum(1).mean())
+
+
+@pytest.mark.parametrize("replace", [True, False])
+def test_noise_formula_inverts_exact_expectations(replace):
+    """Enumerate every batch of a tiny data set: the exact E|G_B|^2 fed to the formula gives back
+    |G|^2 and tr(Sigma) exactly (with replacement: E|G_B|^2 = |G|^2 + tr(Sigma)/B; without: the
+    finite-population factor (N - B)/(N - 1) multiplies the second term)."""
+    gen = torch.Generator().manual_seed(0)
+    n, d = 6, 4
+    gi = torch.randn(n, d, generator=gen, dtype=torch.float64) + 0.7
+    g2, trs = _exact_noise(gi)
+
+    def expected_sq(b):
+        combos = (itertools.product(range(n), repeat=b) if replace
+                  else itertools.combinations(range(n), b))
+        vals = [float(gi[list(c)].mean(0).pow(2).sum()) for c in combos]
+        return sum(vals) / len(vals)
+
+    b_s, b_b = 2, 4
+    m_s, m_b = expected_sq(b_s), expected_sq(b_b)
+    got_g2, got_tr = cv.noise_scale_from_sq_norms(m_s, m_b, b_s, b_b, n_total=n, replace=replace)
+    assert got_g2 == pytest.approx(g2, rel=1e-10)
+    assert got_tr == pytest.approx(trs, rel=1e-10)
+    if replace:  # McCandlish et al.'s formulas verbatim
+        assert got_g2 == pytest.approx((b_b * m_b - b_s * m_s) / (b_b - b_s), rel=1e-12)
+        assert got_tr == pytest.approx((m_s - m_b) / (1 / b_s - 1 / b_b), rel=1e-12)
+
+
+@pytest.mark.parametrize("replace", [True, False])
+def test_noise_scale_matches_per_example_definition(replace):
+    model, (x, y) = _bn_mlp(), _data()
+    y = torch.where(torch.arange(N) % 4 == 0, y, torch.zeros_like(y))  # skewed labels: sizeable |G|
+    g2, trs = _exact_noise(per_example_grads(model, CE, x, y))
+    res = cv.gradient_noise_scale(model, CE, x, y, b_small=2, b_big=16, n_pairs=400, seed=0,
+                                  replace=replace, chunk_size=10)
+    assert (res.b_small, res.b_big, res.n_pairs, res.n_samples) == (2, 16, 400, 400 * 18)
+    assert abs(res.g2 - g2) <= 4 * res.g2_stderr
+    assert abs(res.trace_sigma - trs) <= 4 * res.trace_sigma_stderr
+    assert abs(res.b_simple - trs / g2) <= 4 * res.b_simple_stderr
+    assert res.b_simple_stderr < 0.25 * (trs / g2)  # the check above has teeth
+    again = cv.gradient_noise_scale(model, CE, x, y, b_small=2, b_big=16, n_pairs=400, seed=0,
+                                    replace=replace, chunk_size=64)
+    assert again.b_simple == pytest.approx(res.b_simple, rel=1e-9)  # chunking is memory only
+
+
+def test_noise_scale_rejects_bad_sizes():
+    model, (x, y) = _mlp(), _data()
+    with pytest.raises(ValueError):
+        cv.gradient_noise_scale(model, CE, x, y, b_small=8, b_big=8)
+    with pytest.raises(ValueError):
+        cv.gradient_noise_scale(model, CE, x, y, b_small=8, b_big=N + 1, replace=False)
+
+
+# ----------------------------------------------------------------------------- interpolation
+
+def _eval_loss(model, x, y):
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+            return float(CE(out, y)), float((out.argmax(1) == y).double().mean())
+    finally:
+        for m, t in flags:
+            m.training = t
+
+
+def test_interpolate_endpoints_reproduce_models():
+    model_a, model_b = _bn_mlp(0), _bn_mlp(1)
+    x, y = _data()
+    xv, yv = _data(seed=2, n=40)
+    sa, sb = model_a.state_dict(), model_b.state_dict()
+    model = _bn_mlp(2)
+    model.train()
+    snap = snapshot(model)
+    rows = cv.interpolate(model, sa, sb, [0.0, 0.5, 1.0], CE,
+                          cv.make_batches(x, y, batch_size=25), cv.make_batches(xv, yv, batch_size=30))
+    assert_unchanged(model, snap)
+    assert [r["alpha"] for r in rows] == [0.0, 0.5, 1.0]
+    for r, ref in ((rows[0], model_a), (rows[2], model_b)):
+        tl, ta = _eval_loss(ref, x, y)
+        vl, va = _eval_loss(ref, xv, yv)
+        assert r["train_loss"] == pytest.approx(tl, rel=1e-12) and r["train_acc"] == pytest.approx(ta)
+        assert r["val_loss"] == pytest.approx(vl, rel=1e-12) and r["val_acc"] == pytest.approx(va)
+    # midpoint: running statistics are interpolated too
+    mid = _bn_mlp(3)
+    mid.load_state_dict({k: (0.5 * sa[k] + 0.5 * sb[k]) if sa[k].is_floating_point() else sa[k]
+                         for k in sa})
+    assert rows[1]["train_loss"] == pytest.approx(_eval_loss(mid, x, y)[0], rel=1e-12)
+
+
+def test_interpolate_default_alphas_and_key_check():
+    model, (x, y) = _mlp(), _data()
+    sa, sb = _mlp(0).state_dict(), _mlp(1).state_dict()
+    rows = cv.interpolate(model, sa, sb, None, CE, cv.make_batches(x, y))
+    assert len(rows) == 31 and rows[0]["alpha"] == -1.0 and rows[-1]["alpha"] == 2.0
+    assert math.isnan(rows[0]["val_loss"])
+    bad = dict(sb)
+    bad.pop("0.bias")
+    with pytest.raises(ValueError):
+        cv.interpolate(model, sa, bad, None, CE, cv.make_batches(x, y))
+
+
+# ----------------------------------------------------------------------------- purity: state and modes
+
+def _calls(model, x, y):
+    """Every public probe, as callables of a loss function."""
+    batches = cv.make_batches(x, y, batch_size=25)
+    params = [p for _, p in _trainable(model)]
+    vecs = [torch.ones_like(p) for p in params]
+    other = _bn_mlp(5).state_dict()
+    return {
+        "loss_and_grad": lambda lf: cv.loss_and_grad(model, lf, batches),
+        "hvp": lambda lf: cv.hvp(model, lf, batches, vecs),
+        "lanczos": lambda lf: cv.top_eigenvalue(model, lf, batches, max_iters=5),
+        "power": lambda lf: cv.top_eigenvalue(model, lf, batches, max_iters=5, method="power"),
+        "trace_frob": lambda lf: cv.hessian_trace_and_frobenius(model, lf, batches, n_probes=3),
+        "noise": lambda lf: cv.gradient_noise_scale(model, lf, x, y, b_small=4, b_big=16, n_pairs=3,
+                                                    chunk_size=10),
+        "interpolate": lambda lf: cv.interpolate(model, other, model.state_dict(), [0.0, 0.3, 2.0],
+                                                 lf, batches, batches),
+    }
+
+
+CALL_NAMES = ["loss_and_grad", "hvp", "lanczos", "power", "trace_frob", "noise", "interpolate"]
+
+
+def _set_mode(model, mode):
+    if mode == "train":
+        model.train()
+    elif mode == "eval":
+        model.eval()
+    else:  # mixed: training model with its batch norm frozen in eval
+        model.train()
+        model[1].eval()
+
+
+@pytest.mark.parametrize("mode", ["train", "eval", "mixed"])
+@pytest.mark.parametrize("call", CALL_NAMES)
+def test_probes_restore_state_and_modes(call, mode):
+    model, (x, y) = _bn_mlp(), _data()
+    _set_mode(model, mode)
+    snap = snapshot(model)
+    seen_modes = []
+
+    def lf(out, target):
+        seen_modes.append(any(m.training for m in model.modules()))
+        return CE(out, target)
+
+    _calls(model, x, y)[call](lf)
+    assert seen_modes and not any(seen_modes), "probe ran with a module in training mode"
+    assert_unchanged(model, snap)
+
+
+@pytest.mark.parametrize("mode", ["train", "mixed"])
+@pytest.mark.parametrize("call", CALL_NAMES)
+def test_probes_restore_state_and_modes_on_exception(call, mode):
+    model, (x, y) = _bn_mlp(), _data()
+    _set_mode(model, mode)
+    snap = snapshot(model)
+    count = [0]
+
+    def lf(out, target):
+        count[0] += 1
+        if count[0] == 2:
+            raise RuntimeError("boom")
+        return CE(out, target)
+
+    with pytest.raises(RuntimeError, match="boom"):
+        _calls(model, x, y)[call](lf)
+    assert_unchanged(model, snap)
+
+
+# ----------------------------------------------------------------------------- CPU vs GPU (when there is one)
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_same_results_on_cpu_and_gpu():
+    x, y = _data()
+    cpu, gpu = _bn_mlp(), _bn_mlp().cuda()
+    bc, bg = cv.make_batches(x, y, batch_size=25), cv.make_batches(x.cuda(), y.cuda(), batch_size=25)
+    snap = snapshot(gpu)
+    for kw in (dict(max_iters=30, tol=1e-8), dict(max_iters=30, tol=1e-8, method="power")):
+        a, b = cv.top_eigenvalue(cpu, CE, bc, **kw), cv.top_eigenvalue(gpu, CE, bg, **kw)
+        assert a.n_hvp == b.n_hvp and a.value == pytest.approx(b.value, rel=1e-8)
+    (ta, fa), (tb, fb) = (cv.hessian_trace_and_frobenius(cpu, CE, bc, n_probes=8),
+                          cv.hessian_trace_and_frobenius(gpu, CE, bg, n_probes=8))
+    assert ta.value == pytest.approx(tb.value, rel=1e-9) and fa.value == pytest.approx(fb.value, rel=1e-9)
+    na = cv.gradient_noise_scale(cpu, CE, x, y, b_small=4, b_big=16, n_pairs=10)
+    nb = cv.gradient_noise_scale(gpu, CE, x.cuda(), y.cuda(), b_small=4, b_big=16, n_pairs=10)
+    assert na.b_simple == pytest.approx(nb.b_simple, rel=1e-8)
+    ra = cv.interpolate(cpu, _bn_mlp(1).state_dict(), _bn_mlp(2).state_dict(), [0.0, 0.5], CE, bc)
+    rb = cv.interpolate(gpu, _bn_mlp(1).state_dict(), _bn_mlp(2).state_dict(), [0.0, 0.5], CE, bg)
+    assert [r["train_loss"] for r in ra] == pytest.approx([r["train_loss"] for r in rb], rel=1e-10)
+    assert_unchanged(gpu, snap)
