@@ -29,7 +29,25 @@ METRICS = [
     pa.field("epoch_s", pa.float64()),        # wall seconds of this epoch (train + eval)
     pa.field("wall_s", pa.float64()),         # wall seconds since the trial started training
     pa.field("status", pa.string()),          # running | finished | diverged
+    pa.field("beta", pa.float64()),           # beta family member (Fig. 5), else null
+    pa.field("rescale", pa.string()),         # rescaling rule (Fig. 2): reference | linear | sqrt | none, else null
+    pa.field("schedule", pa.string()),        # schedule kind: constant | step | cyclic_lr | cyclic_batch
     pa.field("written_at", pa.float64()),     # driver's unix time when the row was written
 ]
 
-METRIC_SCHEMA = pa.schema(PROVENANCE + METRICS)
+# Curvature probes (trainables/curvature.py): null on epochs without a probe. Batch norm in
+# eval mode, on a fixed seeded subset of probe_n_samples training examples.
+PROBES = [
+    pa.field("lambda_max", pa.float64()),             # largest Hessian eigenvalue (Lanczos)
+    pa.field("lambda_max_converged", pa.bool_()),
+    pa.field("lambda_max_n_hvp", pa.int64()),
+    pa.field("hessian_trace", pa.float64()),          # Hutchinson estimate
+    pa.field("hessian_trace_stderr", pa.float64()),
+    pa.field("hessian_fro", pa.float64()),            # Frobenius norm ||H||_F, Hutchinson
+    pa.field("hessian_fro_stderr", pa.float64()),
+    pa.field("grad_noise_scale", pa.float64()),       # B_simple = tr(Sigma)/|G|^2, in examples
+    pa.field("probe_n_samples", pa.int64()),
+    pa.field("probe_s", pa.float64()),                # wall seconds spent in probes this epoch
+]
+
+METRIC_SCHEMA = pa.schema(PROVENANCE + METRICS + PROBES)

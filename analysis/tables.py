@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from analysis.schema import METRIC_SCHEMA
+from analysis.schema import METRIC_SCHEMA, PROBES
 
 
 @dataclass
@@ -97,16 +97,20 @@ def load_metrics_with_report(run_dir: str | Path) -> tuple[pa.Table, ReadReport]
     return table.sort_by([("trial_id", "ascending"), ("epoch", "ascending")]), report
 
 
+PROBE_COLUMNS = tuple(f.name for f in PROBES)
 TRIAL_COLUMNS = ("trial_id", "sweep", "lr", "batch_size", "ratio", "seed", "status", "epochs_done",
                  "final_val_acc", "max_val_acc", "final_val_loss", "final_train_loss", "final_train_acc",
-                 "dataset", "n_train", "model", "code_version")
+                 "dataset", "n_train", "model", "code_version", "beta", "rescale", "schedule",
+                 "probe_epoch", *PROBE_COLUMNS)
 
 
 def load_trials(run_dir: str | Path, metrics: pa.Table | None = None) -> pa.Table:
     """One row per trial: its point, status, end-of-training values and the rest of its config.
 
     ``lr`` and ``batch_size`` are the trial's base values (the spec point); with schedules the
-    per-epoch values stay in ``load_metrics``. Config keys become ``cfg.<section>.<key>`` columns.
+    per-epoch values stay in ``load_metrics``. Curvature columns hold the trial's latest probe
+    (at ``probe_epoch``; the last epoch when probes ran at the end). Config keys become
+    ``cfg.<section>.<key>`` columns.
     """
     metrics = load_metrics(run_dir) if metrics is None else metrics
     return trials_from_metrics(metrics)
@@ -140,20 +144,30 @@ def trials_from_metrics(metrics: pa.Table) -> pa.Table:
             "n_train": last["n_train"],
             "model": last["model"],
             "code_version": last["code_version"],
+            "beta": point.get("beta"),
+            "rescale": point.get("rescale"),
+            "schedule": last.get("schedule"),
         }
+        probed = [r for r in epochs if r.get("lambda_max") is not None or r.get("hessian_trace") is not None]
+        row["probe_epoch"] = probed[-1]["epoch"] if probed else None
+        for col in PROBE_COLUMNS:
+            row[col] = probed[-1].get(col) if probed else None
         row["ratio"] = row["lr"] / row["batch_size"]
         row.update(_flatten(config, "cfg"))
         rows.append(row)
     if not rows:
         return pa.table({name: pa.array([], type=_trial_type(name)) for name in TRIAL_COLUMNS})
     columns = list(TRIAL_COLUMNS) + sorted({k for r in rows for k in r} - set(TRIAL_COLUMNS))
-    return pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows])
+    return pa.table({c: pa.array([r.get(c) for r in rows], type=_trial_type(c) if c in TRIAL_COLUMNS else None)
+                     for c in columns})
 
 
 def _trial_type(name: str) -> pa.DataType:
     if name in METRIC_SCHEMA.names:
         return METRIC_SCHEMA.field(name).type
-    return pa.int64() if name == "epochs_done" else pa.float64()
+    if name in ("trial_id", "sweep", "status", "rescale", "schedule"):
+        return pa.string()
+    return pa.int64() if name in ("epochs_done", "probe_epoch") else pa.float64()
 
 
 def _flatten(data: dict, prefix: str) -> dict:

@@ -73,6 +73,8 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
             name=spec.name,
             storage_path=str(run_dir.parent),
             callbacks=[ArrowMetricsSink(run_dir / METRIC_DIR), ProgressPrinter(n_trials)],
+            failure_config=tune.FailureConfig(max_failures=spec.resilience.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.resilience.keep_checkpoints),
             verbose=0,
         ),
     )

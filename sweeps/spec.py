@@ -19,7 +19,8 @@ import numpy as np
 import yaml
 
 from sweeps.errors import LrbsError
-from trainables.config import DatasetConfig, ModelConfig, TrainConfig
+from trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig
+from trainables.schedules import ScheduleConfig, schedule_from_dict, validate_schedule
 
 
 class SpecError(LrbsError):
@@ -42,6 +43,38 @@ class AxisRange:
 
 
 @dataclass(frozen=True)
+class ResilienceConfig:
+    max_failures: int = 3          # restarts of a trial whose worker died (from its last checkpoint)
+    checkpoint_every: int = 1      # epochs between checkpoints (the last epoch is always saved)
+    keep_checkpoints: int = 2      # checkpoints kept per trial (older ones are deleted)
+
+
+@dataclass(frozen=True)
+class RescaleConfig:
+    """Fig. 2: from a reference (lr0, S0), derive lr for each batch size by each rule.
+
+    linear: lr = lr0 * S/S0 (eta/S constant); sqrt: lr = lr0 * sqrt(S/S0) (eta/sqrt(S) constant);
+    none: lr = lr0. The reference point itself is one trial per seed, labelled ``reference``.
+    """
+    lr0: float
+    batch_size0: int
+    batch_sizes: tuple[int, ...]
+    rules: tuple[str, ...] = ("linear", "sqrt", "none")
+
+
+@dataclass(frozen=True)
+class BetaConfig:
+    """Fig. 5: lr = lr0 * beta, S = round(S0 * beta) for each beta, crossed with training-set sizes."""
+    lr0: float
+    batch_size0: int
+    values: tuple[float, ...]
+    n_train: tuple[int, ...] = ()   # empty: dataset.n_train for every trial
+
+
+RESCALE_RULES = ("linear", "sqrt", "none")
+
+
+@dataclass(frozen=True)
 class GridConfig:
     lr: tuple[float, ...] | AxisRange = (0.1,)
     batch_size: tuple[int, ...] | AxisRange = (128,)
@@ -56,6 +89,11 @@ class SweepSpec:
     train: TrainConfig = field(default_factory=TrainConfig)
     grid: GridConfig = field(default_factory=GridConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    curvature: CurvatureConfig | None = None     # no probes unless the spec has this section
+    rescale: RescaleConfig | None = None         # replaces grid.lr and grid.batch_size
+    beta: BetaConfig | None = None               # replaces grid.lr and grid.batch_size
+    resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
     description: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -68,7 +106,13 @@ SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "train": TrainConfig,
     "resources": ResourcesConfig,
+    "curvature": CurvatureConfig,
+    "rescale": RescaleConfig,
+    "beta": BetaConfig,
+    "resilience": ResilienceConfig,
 }
+# Sections whose absence (or null) means "off" rather than "defaults".
+OPTIONAL_SECTIONS = ("curvature", "rescale", "beta")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,13 +153,32 @@ def spec_from_dict(data: Any) -> SweepSpec:
     if "description" in data:
         kwargs["description"] = _check_type(data["description"], str, "description")
     for key, cls in SECTIONS.items():
-        if key in data:
+        if data.get(key) is not None or (key in data and key not in OPTIONAL_SECTIONS):
             kwargs[key] = _build(cls, data[key], key)
     if "grid" in data:
         kwargs["grid"] = _build_grid(data["grid"])
+    if "schedule" in data:
+        try:
+            kwargs["schedule"] = schedule_from_dict(data["schedule"] or {})
+        except (ValueError, TypeError) as exc:
+            raise SpecError(_schedule_message(exc)) from None
+    for key in ("rescale", "beta"):
+        if data.get(key) is not None:
+            grid = data.get("grid") or {}
+            clash = [k for k in ("lr", "batch_size") if isinstance(grid, dict) and k in grid]
+            if clash:
+                raise SpecError(f"{key}: conflicts with grid.{clash[0]} ({key} derives lr and batch size; "
+                                f"keep only grid.seed)")
+    if data.get("rescale") is not None and data.get("beta") is not None:
+        raise SpecError("beta: conflicts with rescale (one spec holds one family of points)")
     spec = SweepSpec(**kwargs)
     validate(spec)
     return spec
+
+
+def _schedule_message(exc: Exception) -> str:
+    message = str(exc).splitlines()[0]
+    return message if message.startswith("schedule") else f"schedule: {message}"
 
 
 def _reject_unknown(data: dict, known: set[str], prefix: str) -> None:
@@ -131,7 +194,11 @@ def _build(cls: type, data: Any, path: str):
     if not isinstance(data, dict):
         raise SpecError(f"{path}: must be a mapping (got {type(data).__name__})")
     hints = typing.get_type_hints(cls)
-    _reject_unknown(data, {f.name for f in dataclasses.fields(cls)}, f"{path}.")
+    fields = dataclasses.fields(cls)
+    _reject_unknown(data, {f.name for f in fields}, f"{path}.")
+    for f in fields:
+        if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise SpecError(f"{path}.{f.name}: required")
     return cls(**{k: _check_type(v, hints[k], f"{path}.{k}") for k, v in data.items()})
 
 
@@ -236,22 +303,94 @@ def validate(spec: SweepSpec) -> None:
         n_train = train_set_size(ds)
     except DataError as exc:
         raise SpecError(str(exc)) from None
-    lrs = axis_values(spec.grid.lr, "grid.lr")
-    sizes = axis_values(spec.grid.batch_size, "grid.batch_size")
-    for i, lr in enumerate(lrs):
-        if not (lr > 0 and math.isfinite(lr)):
-            raise SpecError(f"grid.lr[{i}]: must be > 0 (got {lr})")
-    for i, s in enumerate(sizes):
-        if s < 1:
-            raise SpecError(f"grid.batch_size[{i}]: must be >= 1 (got {s})")
-        if s > n_train:
-            raise SpecError(f"grid.batch_size[{i}]: {s} is larger than the training set ({n_train} examples)")
     for i, seed in enumerate(spec.grid.seed):
         if seed < 0:
             raise SpecError(f"grid.seed[{i}]: must be >= 0 (got {seed})")
-    for key, values in (("lr", lrs), ("batch_size", sizes), ("seed", spec.grid.seed)):
-        if len(set(values)) != len(values):
-            raise SpecError(f"grid.{key}: repeated values {list(values)}")
+    if len(set(spec.grid.seed)) != len(spec.grid.seed):
+        raise SpecError(f"grid.seed: repeated values {list(spec.grid.seed)}")
+    if spec.rescale is not None:
+        _validate_rescale(spec.rescale, n_train)
+    elif spec.beta is not None:
+        _validate_beta(spec, n_train)
+    else:
+        lrs = axis_values(spec.grid.lr, "grid.lr")
+        sizes = axis_values(spec.grid.batch_size, "grid.batch_size")
+        for i, lr in enumerate(lrs):
+            if not (lr > 0 and math.isfinite(lr)):
+                raise SpecError(f"grid.lr[{i}]: must be > 0 (got {lr})")
+        for i, size in enumerate(sizes):
+            _check_batch_size(size, n_train, f"grid.batch_size[{i}]")
+        for key, values in (("lr", lrs), ("batch_size", sizes)):
+            if len(set(values)) != len(values):
+                raise SpecError(f"grid.{key}: repeated values {list(values)}")
+    try:
+        validate_schedule(spec.schedule, spec.train.epochs, n_train)
+    except (ValueError, TypeError) as exc:
+        raise SpecError(_schedule_message(exc)) from None
+    if spec.curvature is not None:
+        _validate_curvature(spec.curvature)
+    r = spec.resilience
+    for key in ("max_failures", "checkpoint_every", "keep_checkpoints"):
+        minimum = 0 if key == "max_failures" else 1
+        if getattr(r, key) < minimum:
+            raise SpecError(f"resilience.{key}: must be >= {minimum} (got {getattr(r, key)})")
+
+
+def _check_batch_size(size: int, n_train: int, where: str) -> None:
+    if size < 1:
+        raise SpecError(f"{where}: must be >= 1 (got {size})")
+    if size > n_train:
+        raise SpecError(f"{where}: {size} is larger than the training set ({n_train} examples)")
+
+
+def _validate_rescale(r: RescaleConfig, n_train: int) -> None:
+    if not r.lr0 > 0:
+        raise SpecError(f"rescale.lr0: must be > 0 (got {r.lr0})")
+    _check_batch_size(r.batch_size0, n_train, "rescale.batch_size0")
+    for i, rule in enumerate(r.rules):
+        if rule not in RESCALE_RULES:
+            raise SpecError(f"rescale.rules[{i}]: unknown rule {rule!r} (known: {', '.join(RESCALE_RULES)})")
+    for i, size in enumerate(r.batch_sizes):
+        _check_batch_size(size, n_train, f"rescale.batch_sizes[{i}]")
+
+
+def _validate_beta(spec: SweepSpec, n_train: int) -> None:
+    from trainables.data import DataError, train_set_size
+
+    b = spec.beta
+    if not b.lr0 > 0:
+        raise SpecError(f"beta.lr0: must be > 0 (got {b.lr0})")
+    if b.batch_size0 < 1:
+        raise SpecError(f"beta.batch_size0: must be >= 1 (got {b.batch_size0})")
+    for i, value in enumerate(b.values):
+        if not value > 0:
+            raise SpecError(f"beta.values[{i}]: must be > 0 (got {value})")
+    if spec.dataset.n_train is not None and b.n_train:
+        raise SpecError("beta.n_train: conflicts with dataset.n_train (set the sizes in one place)")
+    sizes = [n_train]
+    for i, n in enumerate(b.n_train):
+        try:
+            sizes.append(train_set_size(dataclasses.replace(spec.dataset, n_train=n)))
+        except DataError as exc:
+            raise SpecError(f"beta.n_train[{i}]: {str(exc).split(': ', 1)[-1]}") from None
+    smallest = min(sizes[1:] or sizes)
+    for i, value in enumerate(b.values):
+        _check_batch_size(max(1, int(round(b.batch_size0 * value))), smallest, f"beta.values[{i}]")
+
+
+def _validate_curvature(c: CurvatureConfig) -> None:
+    if not (c.every == "end" or (isinstance(c.every, int) and c.every >= 1)):
+        raise SpecError(f"curvature.every: must be 'end' or an epoch count >= 1 (got {c.every!r})")
+    for key in ("n_samples", "lanczos_iters", "hutchinson_probes", "noise_pairs", "batch_size"):
+        if getattr(c, key) < 1:
+            raise SpecError(f"curvature.{key}: must be >= 1 (got {getattr(c, key)})")
+    if c.hutchinson_probes < 2:
+        raise SpecError("curvature.hutchinson_probes: need >= 2 probes for a standard error")
+    if not 0 < c.lanczos_tol < 1:
+        raise SpecError(f"curvature.lanczos_tol: must be in (0, 1) (got {c.lanczos_tol})")
+    if not 0 < c.noise_b_small < c.noise_b_big:
+        raise SpecError(f"curvature.noise_b_small: need 0 < noise_b_small < noise_b_big "
+                        f"(got {c.noise_b_small}, {c.noise_b_big})")
 
 
 def axis_values(axis: tuple | AxisRange, path: str) -> tuple:
@@ -281,15 +420,34 @@ def axis_values(axis: tuple | AxisRange, path: str) -> tuple:
 
 
 def expand_points(spec: SweepSpec) -> list[dict[str, Any]]:
-    """The trial points of a validated spec, in a stable order: lr, then batch size, then seed.
+    """The trial points of a spec, in a stable order (seed varies fastest).
 
     Each point carries what varies between trials; everything else is shared by the sweep.
+    ``grid``: lr x batch_size x seed. ``rescale``: the reference (lr0, S0) once, then every
+    batch size under every rule. ``beta``: every n_train x beta.
     """
+    seeds = spec.grid.seed
+    if spec.rescale is not None:
+        r = spec.rescale
+        factors = {"linear": lambda q: q, "sqrt": math.sqrt, "none": lambda q: 1.0}
+        base = [(r.lr0, r.batch_size0, "reference")]
+        for size in r.batch_sizes:
+            if size == r.batch_size0:
+                continue
+            base += [(float(f"{r.lr0 * factors[rule](size / r.batch_size0):.6g}"), size, rule) for rule in r.rules]
+        return [{"lr": lr, "batch_size": s, "seed": seed, "rescale": rule} for lr, s, rule in base for seed in seeds]
+    if spec.beta is not None:
+        b = spec.beta
+        return [
+            {"lr": float(f"{b.lr0 * beta:.6g}"), "batch_size": max(1, int(round(b.batch_size0 * beta))),
+             "seed": seed, "beta": beta, **({"n_train": n} if n is not None else {})}
+            for n in (b.n_train or (None,)) for beta in b.values for seed in seeds
+        ]
     lrs = axis_values(spec.grid.lr, "grid.lr")
     sizes = axis_values(spec.grid.batch_size, "grid.batch_size")
     return [
         {"lr": lr, "batch_size": s, "seed": seed}
-        for lr, s, seed in itertools.product(lrs, sizes, spec.grid.seed)
+        for lr, s, seed in itertools.product(lrs, sizes, seeds)
     ]
 
 
@@ -302,8 +460,8 @@ def to_param_space(spec: SweepSpec, code_version: str) -> dict[str, Any]:
     from ray import tune
 
     shared = spec.to_dict()
-    shared.pop("grid")
-    shared.pop("description")
+    for key in ("grid", "description", "rescale", "beta"):
+        shared.pop(key)
     return {
         "point": tune.grid_search(expand_points(spec)),
         "sweep": shared.pop("name"),

@@ -37,7 +37,8 @@ def write_yaml(path: Path, data) -> Path:
 
 
 def tiny_spec(name: str = "tiny", **overrides) -> dict:
-    """A spec that trains in about a second per trial."""
+    """A spec that trains in about a second per trial. Sections in ``overrides`` are merged into
+    the defaults, except ``grid``, which is replaced whole."""
     spec = {
         "name": name,
         "dataset": {"name": "digits", "val_fraction": 0.2},
@@ -47,7 +48,7 @@ def tiny_spec(name: str = "tiny", **overrides) -> dict:
         "resources": {"cpu": 1},
     }
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(spec.get(key), dict):
+        if key != "grid" and isinstance(value, dict) and isinstance(spec.get(key), dict):
             spec[key] = {**spec[key], **value}
         else:
             spec[key] = value

@@ -115,3 +115,66 @@ def test_load_spec_names_the_file(tmp_path):
         load_spec(unknown)
     with pytest.raises(SpecError, match="cannot read spec"):
         load_spec(tmp_path / "missing.yaml")
+
+
+def test_rescale_points_follow_each_rule():
+    spec = spec_from_dict(tiny_spec(grid={"seed": [0, 1]}, rescale={
+        "lr0": 0.1, "batch_size0": 50, "batch_sizes": [50, 200, 800], "rules": ["linear", "sqrt", "none"]}))
+    points = expand_points(spec)
+    assert len(points) == (1 + 2 * 3) * 2
+    ref = [p for p in points if p["rescale"] == "reference"]
+    assert [(p["lr"], p["batch_size"]) for p in ref] == [(0.1, 50)] * 2
+    by = {(p["rescale"], p["batch_size"]): p["lr"] for p in points}
+    assert by[("linear", 200)] == pytest.approx(0.4) and by[("linear", 800)] == pytest.approx(1.6)
+    assert by[("sqrt", 200)] == pytest.approx(0.2) and by[("sqrt", 800)] == pytest.approx(0.4)
+    assert by[("none", 800)] == 0.1
+
+
+def test_beta_points_cross_training_set_sizes():
+    spec = spec_from_dict(tiny_spec(grid={"seed": [0, 1]}, beta={
+        "lr0": 0.1, "batch_size0": 16, "values": [0.5, 1, 4], "n_train": [400, 1000]}))
+    points = expand_points(spec)
+    assert len(points) == 2 * 3 * 2
+    assert {(p["n_train"], p["beta"], p["lr"], p["batch_size"]) for p in points} == {
+        (n, b, 0.1 * b, int(16 * b)) for n in (400, 1000) for b in (0.5, 1.0, 4.0)}
+    ratios = {p["lr"] / p["batch_size"] for p in points}
+    assert max(ratios) == pytest.approx(min(ratios))  # a beta family keeps eta/S fixed
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"rescale": {"lr0": 0.1, "batch_size0": 50, "batch_sizes": [100]}}, "rescale: conflicts with grid.lr"),
+    ({"grid": {"seed": [0]}, "rescale": {"lr0": 0.1, "batch_size0": 50, "batch_sizes": [100], "rules": ["cubic"]}},
+     "rescale.rules[0]: unknown rule"),
+    ({"grid": {"seed": [0]}, "rescale": {"lr0": 0.1, "batch_sizes": [100]}}, "rescale.batch_size0: required"),
+    ({"grid": {"seed": [0]}, "rescale": {"lr0": 0.1, "batch_size0": 50, "batch_sizes": [100000]}},
+     "rescale.batch_sizes[0]: 100000 is larger than the training set"),
+    ({"grid": {"seed": [0]}, "beta": {"lr0": 0.1, "batch_size0": 50, "values": [1, 40], "n_train": [1000]}},
+     "beta.values[1]: 2000 is larger than the training set (1000 examples)"),
+    ({"grid": {"seed": [0]}, "beta": {"lr0": 0.1, "batch_size0": 50, "values": [1], "n_train": [10**7]}},
+     "beta.n_train[0]:"),
+    ({"grid": {"seed": [0]}, "beta": {"lr0": 0.1, "batch_size0": 50, "values": [1]},
+      "rescale": {"lr0": 0.1, "batch_size0": 50, "batch_sizes": [100]}}, "beta: conflicts with rescale"),
+    ({"schedule": {"kind": "cyclic_batch", "low": 32}}, "schedule."),
+    ({"schedule": {"kind": "warp"}}, "schedule.kind"),
+    ({"schedule": {"knd": "step"}}, "schedule.knd: unknown key"),
+    ({"curvature": {"every": "sometimes"}}, "curvature.every"),
+    ({"curvature": {"n_samples": 0}}, "curvature.n_samples"),
+    ({"curvature": {"noise_b_small": 512, "noise_b_big": 32}}, "curvature.noise_b_small"),
+    ({"curvature": {"lanczos_iter": 5}}, "curvature.lanczos_iter: unknown key"),
+    ({"resilience": {"max_failures": -1}}, "resilience.max_failures"),
+])
+def test_family_schedule_and_probe_errors(overrides, message):
+    with pytest.raises(SpecError) as err:
+        spec_from_dict(tiny_spec(**overrides))
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_schedule_and_curvature_reach_the_param_space():
+    spec = spec_from_dict(tiny_spec(schedule={"kind": "step", "milestones": [2], "factor": 0.1},
+                                    curvature={"n_samples": 500, "every": 1}))
+    space = to_param_space(spec, "v")
+    assert space["schedule"]["kind"] == "step" and space["schedule"]["milestones"] == [2]
+    assert space["curvature"]["n_samples"] == 500 and space["curvature"]["every"] == 1
+    assert space["resilience"]["max_failures"] == 3
+    assert "rescale" not in space and "beta" not in space
+    assert to_param_space(spec_from_dict(tiny_spec()), "v")["curvature"] is None

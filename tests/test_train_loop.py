@@ -6,16 +6,18 @@ import math
 import torch
 
 from trainables.data import train_set_size
-from trainables.config import DatasetConfig, ModelConfig, TrainConfig
+from trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig
+from trainables.schedules import ScheduleConfig
 from trainables.train_loop import DIVERGED, FINISHED, TrialPoint, run_training
 
 DIGITS = DatasetConfig(name="digits", val_fraction=0.2)
 SMALL = ModelConfig(name="mlp", depth=3, width=32, batch_norm=True)
 
 
-def _run(point, epochs=3, model=SMALL, train=None):
+def _run(point, epochs=3, model=SMALL, train=None, **kwargs):
     rows = []
-    status = run_training(point, DIGITS, model, train or TrainConfig(epochs=epochs), rows.append)
+    status = run_training(point, DIGITS, model, train or TrainConfig(epochs=epochs),
+                          lambda row, state: rows.append(row), **kwargs)
     return status, rows
 
 
@@ -55,3 +57,62 @@ def test_exploding_loss_is_a_diverged_result_not_a_crash():
     assert len(rows) < 5  # training stopped at the divergence
     last = rows[-1]["train_loss"]
     assert not math.isfinite(last) or last > 10 * math.log(10)
+
+
+def test_resume_from_a_checkpoint_continues_the_same_run():
+    """Stop after epoch 2, restart from the saved state: epochs 3-4 match an uninterrupted run."""
+    torch.set_num_threads(1)
+    point = TrialPoint(lr=0.1, batch_size=64, seed=5)
+    train = TrainConfig(epochs=4, momentum=0.9)
+    _, full = _run(point, train=train)
+
+    saved = {}
+
+    def stop_after_two(row, state):
+        if row["epoch"] == 2:
+            saved.update(torch.load(_roundtrip(state()), weights_only=True))
+            raise KeyboardInterrupt  # a killed worker
+
+    try:
+        run_training(point, DIGITS, SMALL, train, stop_after_two)
+    except KeyboardInterrupt:
+        pass
+    _, resumed = _run(point, train=train, start_state=saved)
+    assert [r["epoch"] for r in resumed] == [3, 4]
+    keys = ("train_loss", "train_acc", "val_loss", "val_acc", "steps", "examples_seen")
+    assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in full[2:]]
+
+
+def _roundtrip(state):
+    """Through bytes, as a checkpoint on disk: only tensors and plain data survive weights_only."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return buf
+
+
+def test_cyclic_batch_schedule_sets_each_epochs_batch_size_and_ratio():
+    schedule = ScheduleConfig(kind="cyclic_batch", low=32, high=128, cycle_epochs=4)
+    _, rows = _run(TrialPoint(lr=0.05, batch_size=32, seed=0), epochs=4, schedule=schedule)
+    assert [r["batch_size"] for r in rows] == [32, 80, 128, 80]
+    assert all(r["lr"] == 0.05 and r["ratio"] == 0.05 / r["batch_size"] for r in rows)
+    assert all(r["schedule"] == "cyclic_batch" for r in rows)
+
+
+def test_probes_at_the_end_fill_the_curvature_columns():
+    probes = CurvatureConfig(n_samples=256, lanczos_iters=10, hutchinson_probes=4, noise_b_small=16,
+                             noise_b_big=128, noise_pairs=4)
+    _, rows = _run(TrialPoint(lr=0.1, batch_size=64, seed=0), epochs=2, probes=probes)
+    assert "lambda_max" not in rows[0]  # probes only at the end by default
+    last = rows[-1]
+    assert last["lambda_max"] > 0 and last["probe_n_samples"] == 256
+    assert last["hessian_trace"] > 0 and last["hessian_trace_stderr"] > 0
+    assert last["hessian_fro"] >= 0.9 * last["lambda_max"]  # ||H||_F >= |lambda_max|, up to probe noise
+    assert last["grad_noise_scale"] is not None and last["probe_s"] > 0
+
+
+def test_point_n_train_overrides_the_data_set_size():
+    _, rows = _run(TrialPoint(lr=0.1, batch_size=32, seed=0, beta=1.0, n_train=500), epochs=1)
+    assert rows[0]["n_train"] == 500 and rows[0]["beta"] == 1.0 and rows[0]["steps"] == 500 // 32

@@ -29,10 +29,11 @@ class DatasetConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "mlp"                  # mlp (later: vgg11, resnet56)
-    depth: int = 4                     # number of Linear layers (depth - 1 hidden layers)
-    width: int = 256                   # hidden units per layer
-    batch_norm: bool = True
+    name: str = "mlp"                  # mlp | vgg11 | resnet20 | resnet56
+    depth: int = 4                     # mlp: number of Linear layers (depth - 1 hidden layers)
+    width: int = 256                   # mlp: hidden units per layer
+    batch_norm: bool = True            # mlp and vgg11 (the CIFAR ResNets always have it)
+    width_mult: float = 1.0            # vgg11/resnets: channel multiplier (small CPU twins use < 1)
 
 
 @dataclass(frozen=True)
@@ -45,3 +46,23 @@ class TrainConfig:
     divergence_factor: float = 10.0
     eval_batch_size: int = 2048        # examples per forward pass in evaluation (memory only)
 
+
+
+@dataclass(frozen=True)
+class CurvatureConfig:
+    """Sharpness probes on a fixed, seeded subset of the training set (batch norm in eval mode).
+
+    The same ``seed`` picks the same examples in every trial of a sweep, so their sharpness
+    values are comparable.
+    """
+    n_samples: int = 2000              # probe subset size (capped at the training set size)
+    every: str | int = "end"           # "end": after the last epoch; k: every k epochs and at the end
+    lanczos_iters: int = 20            # max Lanczos steps (1 HVP each) for lambda_max
+    lanczos_tol: float = 1e-4          # relative change of the top Ritz value that counts as converged
+    hutchinson_probes: int = 16        # Rademacher probes shared by the trace and Frobenius estimates
+    noise_scale: bool = True           # also measure the gradient noise scale B_simple
+    noise_b_small: int = 32            # batch sizes (examples) of the two-batch noise-scale estimator
+    noise_b_big: int = 512
+    noise_pairs: int = 16
+    batch_size: int = 1000             # examples per forward pass inside probes (memory only)
+    seed: int = 0
