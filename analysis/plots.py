@@ -65,3 +65,17 @@ def learning_curves(metrics: pa.Table, y: str = "val_acc", x: str = "epoch") -> 
     fig.update_layout(title=f"Learning curves: {_label(y)} (colour: log10 eta/S, {lo:.2f} to {hi:.2f})",
                       xaxis_title=x, yaxis_title=_label(y), template="plotly_white")
     return fig
+
+
+def interpolation_curve(table: pa.Table) -> go.Figure:
+    """Train and validation loss along theta(alpha) = (1 - alpha) theta_A + alpha theta_B (Fig. 4)."""
+    rows = table.to_pylist()
+    a, b = (rows[0]["trial_a"], rows[0]["trial_b"]) if rows else ("A", "B")
+    fig = go.Figure()
+    for key, dash in (("train_loss", "solid"), ("val_loss", "dash")):
+        fig.add_trace(go.Scatter(x=[r["alpha"] for r in rows], y=[r[key] for r in rows], mode="lines+markers",
+                                 line=dict(dash=dash), name=_label(key)))
+    fig.update_layout(title=f"Interpolation: alpha=0 is {a}, alpha=1 is {b}", xaxis_title="alpha",
+                      yaxis_title="loss (nats per example)", template="plotly_white")
+    fig.update_yaxes(type="log")
+    return fig

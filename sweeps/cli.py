@@ -48,6 +48,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    from sweeps.interpolate import write_interpolation
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "metrics").is_dir():
+        raise LrbsError(f"RUN_DIR: {run_dir} is not an lrbs run directory (no metrics/ inside)")
+    if args.num < 2 or args.alpha_min >= args.alpha_max:
+        raise LrbsError("--alphas: need --alpha-min < --alpha-max and --num >= 2")
+    step = (args.alpha_max - args.alpha_min) / (args.num - 1)
+    alphas = [args.alpha_min + i * step for i in range(args.num)]
+    arrow_path, html_path = write_interpolation(run_dir, args.trial_a, args.trial_b, alphas)
+    print(f"interpolation: {arrow_path}\nplot: {html_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lrbs", description="Ray Tune sweeps of SGD's eta/S ratio.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -63,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write report.html and fits.json for a run directory")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("interpolate", help="loss along the line between two trials' final weights (Fig. 4)")
+    p.add_argument("run_dir")
+    p.add_argument("trial_a")
+    p.add_argument("trial_b")
+    p.add_argument("--alpha-min", type=float, default=-1.0)
+    p.add_argument("--alpha-max", type=float, default=2.0)
+    p.add_argument("--num", type=int, default=31, help="number of alphas (default 31)")
+    p.set_defaults(func=cmd_interpolate)
     return parser
 
 

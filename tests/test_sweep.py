@@ -122,3 +122,28 @@ def test_cli_storage_that_is_a_file(tmp_path):
 def test_cli_report_on_a_non_run_dir(tmp_path):
     out = _lrbs("report", str(tmp_path))
     assert out.returncode == 2 and "not an lrbs run directory" in out.stderr
+
+
+def test_interpolate_between_two_trials(tiny_run, capsys):
+    from analysis.tables import read_stream_file
+    from trainables.config import DatasetConfig, ModelConfig
+    from trainables.data import load_dataset
+    from trainables.models import build_model
+    from trainables.train_loop import evaluate, load_state
+    from sweeps.interpolate import last_checkpoint, trial_dir
+
+    a, b = load_trials(tiny_run).column("trial_id").to_pylist()[:2]
+    assert main(["interpolate", str(tiny_run), a, b, "--num", "4"]) == 0
+    table, dropped = read_stream_file(tiny_run / "interpolation" / f"{a}__{b}.arrow")
+    assert dropped == 0 and table.column("alpha").to_pylist() == [-1.0, 0.0, 1.0, 2.0]
+    assert (tiny_run / "interpolation" / f"{a}__{b}.html").stat().st_size > 1_000_000
+    # alpha = 0 is trial A's final checkpoint, evaluated independently here.
+    data = load_dataset(DatasetConfig(name="digits", val_fraction=0.2))
+    model = build_model(ModelConfig(name="mlp", depth=3, width=32), data.input_shape, data.n_classes)
+    model.load_state_dict(load_state(last_checkpoint(trial_dir(tiny_run, a)))["model"])
+    loss, acc = evaluate(model, data.x_train, data.y_train, 4096)
+    row = table.to_pylist()[1]
+    assert row["train_loss"] == pytest.approx(loss, rel=1e-5) and row["train_acc"] == pytest.approx(acc)
+    capsys.readouterr()
+    assert main(["interpolate", str(tiny_run), a, "nope"]) == 2
+    assert "no trial 'nope'" in capsys.readouterr().err

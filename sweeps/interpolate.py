@@ -1,0 +1,83 @@
+"""``lrbs interpolate``: loss along the line between two trials' final weights (the paper's Fig. 4).
+
+Reads each trial's config from Tune's ``params.json`` (JSON) and its weights from the last
+checkpoint's ``state.pt`` (``torch.load(weights_only=True)``): nothing is unpickled.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+
+from sweeps.errors import LrbsError
+
+INTERP_DIR = "interpolation"
+INTERP_SCHEMA = pa.schema([
+    ("alpha", pa.float64()), ("train_loss", pa.float64()), ("train_acc", pa.float64()),
+    ("val_loss", pa.float64()), ("val_acc", pa.float64()), ("trial_a", pa.string()), ("trial_b", pa.string()),
+])
+
+
+def trial_dir(run_dir: Path, trial_id: str) -> Path:
+    """Tune's directory of ``trial_id`` inside the run directory."""
+    matches = [p for p in run_dir.glob(f"*_{trial_id}_*") if (p / "params.json").is_file()]
+    if len(matches) != 1:
+        raise LrbsError(f"TRIAL: no trial {trial_id!r} in {run_dir} (trial ids are in `lrbs status` and the metric tables)"
+                        if not matches else f"TRIAL: {trial_id!r} matches several trial directories in {run_dir}")
+    return matches[0]
+
+
+def last_checkpoint(directory: Path) -> Path:
+    ckpts = sorted(directory.glob("checkpoint_*"))
+    if not ckpts:
+        raise LrbsError(f"TRIAL: {directory.name} has no checkpoint to interpolate from")
+    return ckpts[-1]
+
+
+def interpolate_trials(run_dir: str | Path, trial_a: str, trial_b: str, alphas: list[float]) -> pa.Table:
+    from trainables.config import DatasetConfig, ModelConfig, TrainConfig, from_dict
+    from trainables.curvature import interpolate, make_batches
+    from trainables.data import load_dataset
+    from trainables.models import build_model
+    from trainables.train_loop import TrialPoint, load_state
+
+    run_dir = Path(run_dir)
+    dirs = [trial_dir(run_dir, t) for t in (trial_a, trial_b)]
+    configs = [json.loads((d / "params.json").read_text()) for d in dirs]
+    for key in ("dataset", "model"):
+        if configs[0][key] != configs[1][key]:
+            raise LrbsError(f"TRIAL: {trial_a} and {trial_b} differ in {key}; interpolation needs the same {key}")
+    points = [TrialPoint.from_dict(c["point"]) for c in configs]
+    if points[0].n_train != points[1].n_train:
+        raise LrbsError(f"TRIAL: {trial_a} and {trial_b} trained on different n_train")
+    dataset = from_dict(DatasetConfig, configs[0]["dataset"])
+    if points[0].n_train is not None:
+        dataset = dataclasses.replace(dataset, n_train=points[0].n_train)
+    data = load_dataset(dataset)
+    model = build_model(from_dict(ModelConfig, configs[0]["model"]), data.input_shape, data.n_classes)
+    states = [load_state(last_checkpoint(d))["model"] for d in dirs]
+    batch = from_dict(TrainConfig, configs[0]["train"]).eval_batch_size
+    rows = interpolate(model, states[0], states[1], torch.tensor(alphas), F.cross_entropy,
+                       make_batches(data.x_train, data.y_train, None, batch),
+                       make_batches(data.x_val, data.y_val, None, batch))
+    return pa.Table.from_pylist([{**r, "trial_a": trial_a, "trial_b": trial_b} for r in rows], schema=INTERP_SCHEMA)
+
+
+def write_interpolation(run_dir: str | Path, trial_a: str, trial_b: str, alphas: list[float]) -> tuple[Path, Path]:
+    """Write ``interpolation/<A>__<B>.arrow`` (IPC stream) and ``.html`` (plotly) in the run directory."""
+    from analysis.plots import interpolation_curve
+
+    run_dir = Path(run_dir)
+    table = interpolate_trials(run_dir, trial_a, trial_b, alphas)
+    out = run_dir / INTERP_DIR
+    out.mkdir(exist_ok=True)
+    stem = out / f"{trial_a}__{trial_b}"
+    arrow_path, html_path = stem.with_suffix(".arrow"), stem.with_suffix(".html")
+    with pa.OSFile(str(arrow_path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    interpolation_curve(table).write_html(str(html_path), include_plotlyjs=True)
+    return arrow_path, html_path
