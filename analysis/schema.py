@@ -31,6 +31,7 @@ METRICS = [
     pa.field("status", pa.string()),          # running | finished | diverged
     pa.field("beta", pa.float64()),           # beta family member (Fig. 5), else null
     pa.field("rescale", pa.string()),         # rescaling rule (Fig. 2): reference | linear | sqrt | none, else null
+    pa.field("variant", pa.string()),         # label of a named explicit point (spec variants), else null
     pa.field("schedule", pa.string()),        # schedule kind: constant | step | cyclic_lr | cyclic_batch
     pa.field("written_at", pa.float64()),     # driver's unix time when the row was written
 ]

@@ -100,7 +100,7 @@ def load_metrics_with_report(run_dir: str | Path) -> tuple[pa.Table, ReadReport]
 PROBE_COLUMNS = tuple(f.name for f in PROBES)
 TRIAL_COLUMNS = ("trial_id", "sweep", "lr", "batch_size", "ratio", "seed", "status", "epochs_done",
                  "final_val_acc", "max_val_acc", "final_val_loss", "final_train_loss", "final_train_acc",
-                 "dataset", "n_train", "model", "code_version", "beta", "rescale", "schedule",
+                 "dataset", "n_train", "model", "code_version", "beta", "rescale", "variant", "schedule",
                  "probe_epoch", *PROBE_COLUMNS)
 
 
@@ -146,6 +146,7 @@ def trials_from_metrics(metrics: pa.Table) -> pa.Table:
             "code_version": last["code_version"],
             "beta": point.get("beta"),
             "rescale": point.get("rescale"),
+            "variant": point.get("variant"),
             "schedule": last.get("schedule"),
         }
         probed = [r for r in epochs if r.get("lambda_max") is not None or r.get("hessian_trace") is not None]
@@ -165,7 +166,7 @@ def trials_from_metrics(metrics: pa.Table) -> pa.Table:
 def _trial_type(name: str) -> pa.DataType:
     if name in METRIC_SCHEMA.names:
         return METRIC_SCHEMA.field(name).type
-    if name in ("trial_id", "sweep", "status", "rescale", "schedule"):
+    if name in ("trial_id", "sweep", "status", "rescale", "variant", "schedule"):
         return pa.string()
     return pa.int64() if name in ("epochs_done", "probe_epoch") else pa.float64()
 

@@ -17,9 +17,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     points = expand_points(spec)
     print(f"{spec.name}: {len(points)} trials ({spec.dataset.name}, {spec.model.name}, "
           f"{spec.train.epochs} epochs)")
-    print(f"{'#':>4} {'lr':>10} {'batch_size':>10} {'eta/S':>11} {'seed':>5}")
+    extra = [k for k in ("variant", "rescale", "beta", "n_train") if any(k in p for p in points)]
+    print(f"{'#':>4} {'lr':>10} {'batch_size':>10} {'eta/S':>11} {'seed':>5}" + "".join(f" {k:>10}" for k in extra))
     for i, p in enumerate(points):
-        print(f"{i:>4} {p['lr']:>10.4g} {p['batch_size']:>10d} {p['lr'] / p['batch_size']:>11.4g} {p['seed']:>5d}")
+        print(f"{i:>4} {p['lr']:>10.4g} {p['batch_size']:>10d} {p['lr'] / p['batch_size']:>11.4g} {p['seed']:>5d}"
+              + "".join(f" {str(p.get(k, '-')):>10}" for k in extra))
+    from sweeps.estimate import describe, estimate_cost
+
+    print(describe(estimate_cost(spec)))
     return 0
 
 

@@ -71,6 +71,18 @@ class BetaConfig:
     n_train: tuple[int, ...] = ()   # empty: dataset.n_train for every trial
 
 
+@dataclass(frozen=True)
+class VariantConfig:
+    """One named explicit point (Fig. 1: a cyclic-batch run beside a cyclic-lr run beside constants).
+
+    ``schedule`` (optional) replaces the spec's ``schedule`` for this variant only.
+    """
+    label: str
+    lr: float
+    batch_size: int
+    schedule: ScheduleConfig | None = None
+
+
 RESCALE_RULES = ("linear", "sqrt", "none")
 
 
@@ -93,6 +105,7 @@ class SweepSpec:
     curvature: CurvatureConfig | None = None     # no probes unless the spec has this section
     rescale: RescaleConfig | None = None         # replaces grid.lr and grid.batch_size
     beta: BetaConfig | None = None               # replaces grid.lr and grid.batch_size
+    variants: tuple[VariantConfig, ...] = ()     # named explicit points; replace grid.lr and grid.batch_size
     resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
     description: str = ""
 
@@ -157,23 +170,56 @@ def spec_from_dict(data: Any) -> SweepSpec:
             kwargs[key] = _build(cls, data[key], key)
     if "grid" in data:
         kwargs["grid"] = _build_grid(data["grid"])
+    if data.get("variants") == []:  # what to_dict writes for "no variants"
+        data = {k: v for k, v in data.items() if k != "variants"}
+    if data.get("variants") is not None:
+        kwargs["variants"] = _build_variants(data["variants"])
     if "schedule" in data:
         try:
             kwargs["schedule"] = schedule_from_dict(data["schedule"] or {})
         except (ValueError, TypeError) as exc:
             raise SpecError(_schedule_message(exc)) from None
-    for key in ("rescale", "beta"):
+    families = [k for k in ("rescale", "beta", "variants") if data.get(k) is not None]
+    for key in families:
         if data.get(key) is not None:
             grid = data.get("grid") or {}
             clash = [k for k in ("lr", "batch_size") if isinstance(grid, dict) and k in grid]
             if clash:
                 raise SpecError(f"{key}: conflicts with grid.{clash[0]} ({key} derives lr and batch size; "
                                 f"keep only grid.seed)")
-    if data.get("rescale") is not None and data.get("beta") is not None:
-        raise SpecError("beta: conflicts with rescale (one spec holds one family of points)")
+    if len(families) > 1:
+        raise SpecError(f"{families[1]}: conflicts with {families[0]} (one spec holds one family of points)")
     spec = SweepSpec(**kwargs)
     validate(spec)
     return spec
+
+
+def _build_variants(data: Any) -> tuple[VariantConfig, ...]:
+    if not isinstance(data, list) or not data:
+        raise SpecError("variants: must be a non-empty list of {label, lr, batch_size, schedule}")
+    out = []
+    for i, item in enumerate(data):
+        path = f"variants[{i}]"
+        if not isinstance(item, dict):
+            raise SpecError(f"{path}: must be a mapping (got {type(item).__name__})")
+        _reject_unknown(item, {"label", "lr", "batch_size", "schedule"}, f"{path}.")
+        for key in ("label", "lr", "batch_size"):
+            if key not in item:
+                raise SpecError(f"{path}.{key}: required")
+        schedule = None
+        if item.get("schedule") is not None:
+            try:
+                schedule = schedule_from_dict(item["schedule"])
+            except (ValueError, TypeError) as exc:
+                raise SpecError(f"{path}.{_schedule_message(exc)}") from None
+        out.append(VariantConfig(label=_check_type(item["label"], str, f"{path}.label"),
+                                 lr=_check_type(item["lr"], float, f"{path}.lr"),
+                                 batch_size=_check_type(item["batch_size"], int, f"{path}.batch_size"),
+                                 schedule=schedule))
+    labels = [v.label for v in out]
+    if len(set(labels)) != len(labels):
+        raise SpecError(f"variants: repeated labels {labels}")
+    return tuple(out)
 
 
 def _schedule_message(exc: Exception) -> str:
@@ -312,6 +358,16 @@ def validate(spec: SweepSpec) -> None:
         _validate_rescale(spec.rescale, n_train)
     elif spec.beta is not None:
         _validate_beta(spec, n_train)
+    elif spec.variants:
+        for i, v in enumerate(spec.variants):
+            if not (v.lr > 0 and math.isfinite(v.lr)):
+                raise SpecError(f"variants[{i}].lr: must be > 0 (got {v.lr})")
+            _check_batch_size(v.batch_size, n_train, f"variants[{i}].batch_size")
+            if v.schedule is not None:
+                try:
+                    validate_schedule(v.schedule, spec.train.epochs, n_train)
+                except (ValueError, TypeError) as exc:
+                    raise SpecError(f"variants[{i}].{_schedule_message(exc)}") from None
     else:
         lrs = axis_values(spec.grid.lr, "grid.lr")
         sizes = axis_values(spec.grid.batch_size, "grid.batch_size")
@@ -436,6 +492,12 @@ def expand_points(spec: SweepSpec) -> list[dict[str, Any]]:
                 continue
             base += [(float(f"{r.lr0 * factors[rule](size / r.batch_size0):.6g}"), size, rule) for rule in r.rules]
         return [{"lr": lr, "batch_size": s, "seed": seed, "rescale": rule} for lr, s, rule in base for seed in seeds]
+    if spec.variants:
+        return [
+            {"lr": v.lr, "batch_size": v.batch_size, "seed": seed, "variant": v.label,
+             **({"schedule": _plain(dataclasses.asdict(v.schedule))} if v.schedule is not None else {})}
+            for v in spec.variants for seed in seeds
+        ]
     if spec.beta is not None:
         b = spec.beta
         return [
@@ -460,7 +522,7 @@ def to_param_space(spec: SweepSpec, code_version: str) -> dict[str, Any]:
     from ray import tune
 
     shared = spec.to_dict()
-    for key in ("grid", "description", "rescale", "beta"):
+    for key in ("grid", "description", "rescale", "beta", "variants"):
         shared.pop(key)
     return {
         "point": tune.grid_search(expand_points(spec)),

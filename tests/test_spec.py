@@ -178,3 +178,29 @@ def test_schedule_and_curvature_reach_the_param_space():
     assert space["resilience"]["max_failures"] == 3
     assert "rescale" not in space and "beta" not in space
     assert to_param_space(spec_from_dict(tiny_spec()), "v")["curvature"] is None
+
+
+def test_variants_are_named_points_with_their_own_schedules():
+    spec = spec_from_dict(tiny_spec(grid={"seed": [0, 1]}, train={"epochs": 8}, variants=[
+        {"label": "cbs", "lr": 0.005, "batch_size": 32, "schedule": {"kind": "cyclic_batch", "low": 32, "high": 160,
+                                                                     "cycle_epochs": 4}},
+        {"label": "const", "lr": 0.001, "batch_size": 32},
+    ]))
+    points = expand_points(spec)
+    assert len(points) == 4
+    assert points[0]["variant"] == "cbs" and points[0]["schedule"]["kind"] == "cyclic_batch"
+    assert points[2] == {"lr": 0.001, "batch_size": 32, "seed": 0, "variant": "const"}
+
+
+@pytest.mark.parametrize("variants, message", [
+    ([{"label": "a", "lr": 0.1}], "variants[0].batch_size: required"),
+    ([{"label": "a", "lr": -1, "batch_size": 8}], "variants[0].lr: must be > 0"),
+    ([{"label": "a", "lr": 0.1, "batch_size": 8, "colour": 1}], "variants[0].colour: unknown key"),
+    ([{"label": "a", "lr": 0.1, "batch_size": 8, "schedule": {"kind": "cyclic_lr"}}], "variants[0].schedule"),
+    ([{"label": "a", "lr": 0.1, "batch_size": 8}, {"label": "a", "lr": 0.2, "batch_size": 8}], "variants: repeated"),
+    ("nope", "variants: must be a non-empty list"),
+])
+def test_variant_errors(variants, message):
+    with pytest.raises(SpecError) as err:
+        spec_from_dict(tiny_spec(grid={"seed": [0]}, variants=variants))
+    assert str(err.value).startswith(message), str(err.value)

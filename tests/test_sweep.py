@@ -86,7 +86,8 @@ def test_cli_validate_prints_grid():
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].startswith("quickstart: 12 trials")
-    assert len(lines) == 2 + 12
+    assert len(lines) == 2 + 12 + 1
+    assert lines[-1].startswith("estimated cost:") and "GPU-hours" in lines[-1]
 
 
 @pytest.mark.parametrize("content, needle", [

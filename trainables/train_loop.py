@@ -44,6 +44,8 @@ class TrialPoint:
     beta: float | None = None       # beta family member: lr = lr0*beta, S = S0*beta (Fig. 5)
     rescale: str | None = None      # rescaling rule that derived lr from S (Fig. 2)
     n_train: int | None = None      # per-point training-set size (overrides dataset.n_train)
+    variant: str | None = None      # label of a named explicit point (Fig. 1)
+    schedule: dict | None = None    # per-point schedule (replaces the sweep's schedule)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrialPoint":
@@ -126,7 +128,7 @@ def run_training(
     the same weights, optimizer, batch order and random state as if it had never stopped.
     """
     device = torch.device(device)
-    schedule = schedule or ScheduleConfig()
+    schedule = schedule_from_dict(point.schedule) if point.schedule else (schedule or ScheduleConfig())
     if point.n_train is not None:
         dataset = dataclasses.replace(dataset, n_train=point.n_train)
     data = (data or load_dataset(dataset)).to(device)
@@ -184,7 +186,8 @@ def run_training(
             status = FINISHED
         row: dict[str, Any] = {
             "epoch": epoch, "lr": lr, "batch_size": s, "ratio": lr / s, "seed": point.seed,
-            "n_train": n, "beta": point.beta, "rescale": point.rescale, "schedule": schedule.kind,
+            "n_train": n, "beta": point.beta, "rescale": point.rescale, "variant": point.variant,
+            "schedule": schedule.kind,
             "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
             "steps": steps, "examples_seen": examples_seen,
         }
