@@ -11,7 +11,8 @@ Per training-set size (``n_train``) and beta:
   A beta with fewer than 2 seeds, or no variance in both groups, gets p = nan (not tested);
 * where the beta = 1 trials measured ``grad_noise_scale`` (B_simple, in examples): the
   predicted critical batch size B_crit = mean over those trials of each one's median B_simple
-  over its measured epochs, and the beta it corresponds to, B_crit / S0.
+  over its measured epochs (finite, positive estimates only: B_simple is noisy and its
+  |G|^2 estimate can come out negative early in training), and the beta it corresponds to, B_crit / S0.
 """
 from __future__ import annotations
 

@@ -113,18 +113,24 @@ def breakdown_plot(results) -> go.Figure:
         colour = _PALETTE[k % len(_PALETTE)]
         rows = [r for r in res.rows if math.isfinite(r.mean)]
         fig.add_trace(go.Scatter(
-            x=[r.beta for r in rows], y=[r.mean for r in rows], mode="lines+markers+text",
+            x=[r.beta for r in rows], y=[r.mean for r in rows], mode="lines+markers",
             name=f"n_train={res.n_train}", line=dict(color=colour),
-            text=[r.diverged_mark for r in rows], textposition="top center", textfont=dict(size=18, color=colour),
             error_y=dict(type="data", array=[0.0 if math.isnan(r.sd) else r.sd for r in rows], visible=True),
             hovertemplate="beta=%{x}<br>max val acc=%{y:.4f}<extra></extra>"))
-        if res.beta_star is not None:
-            fig.add_vline(x=res.beta_star, line=dict(color=colour, dash="dash"),
-                          annotation_text=f"beta*={res.beta_star:g}", annotation_font_color=colour)
-        if res.beta_crit is not None and res.beta_crit > 0:
-            fig.add_vline(x=res.beta_crit, line=dict(color=colour, dash="dot"),
-                          annotation_text=f"B_crit/S0={res.beta_crit:.3g}", annotation_position="bottom right",
-                          annotation_font_color=colour)
+        starred = [r for r in rows if r.diverged_mark]
+        if starred:
+            fig.add_trace(go.Scatter(
+                x=[r.beta for r in starred], y=[r.mean + (0 if math.isnan(r.sd) else r.sd) for r in starred],
+                mode="text", text=["*"] * len(starred), textposition="top center",
+                textfont=dict(size=22, color=colour), name=f"n_train={res.n_train}: a seed diverged"))
+        # Vertical markers as traces: plotly shapes on a log axis take log10 coordinates.
+        ys = [r.mean - (0 if math.isnan(r.sd) else r.sd) for r in rows] + [r.mean for r in rows]
+        lo, hi = (min(ys), max(r.mean + (0 if math.isnan(r.sd) else r.sd) for r in rows)) if rows else (0, 1)
+        for x, dash, label in ((res.beta_star, "dash", f"beta*={res.beta_star:g}" if res.beta_star else ""),
+                               (res.beta_crit, "dot", f"B_crit/S0={res.beta_crit:.3g}" if res.beta_crit else "")):
+            if x is not None and x > 0:
+                fig.add_trace(go.Scatter(x=[x, x], y=[lo, hi], mode="lines", line=dict(color=colour, dash=dash),
+                                         name=f"n_train={res.n_train}: {label}"))
     fig.update_layout(title="Breakdown: max val acc (mean +- sd over seeds) against beta (lr = lr0 beta, S = S0 beta); "
                             "* = a seed diverged", xaxis_title="beta", yaxis_title="max val acc",
                       template="plotly_white")

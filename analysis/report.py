@@ -323,16 +323,24 @@ def _html_table(t: Table) -> str:
     return f"<p class='cap'>{html.escape(t.title)}</p><table><tr>{head}</tr>{body}</table>"
 
 
-# Console errors end up in the page (#lrbs-errors); after load, #lrbs-status says how many plots
-# drew an SVG. The browser test reads both from the dumped DOM.
+# Console errors (uncaught exceptions, rejected promises, console.error) end up in the page
+# (#lrbs-errors); after load, #lrbs-status says how many plots drew an SVG with traces and where
+# each one lies on the page. The browser test (tests/test_analysis_browser.py) reads both from
+# the dumped DOM and crops a screenshot at each plot.
 _HOOK = ("<script>window.__lrbsErrors=[];window.addEventListener('error',function(e){window.__lrbsErrors.push("
          "String(e.message||e));});window.addEventListener('unhandledrejection',function(e){"
-         "window.__lrbsErrors.push('unhandled rejection: '+String(e.reason));});</script>")
+         "window.__lrbsErrors.push('unhandled rejection: '+String(e.reason));});"
+         "(function(){var ce=console.error;console.error=function(){window.__lrbsErrors.push("
+         "Array.prototype.join.call(arguments,' '));return ce.apply(console,arguments);};})();</script>")
 _STATUS = ("<script>window.addEventListener('load',function(){setTimeout(function(){"
-           "var plots=document.querySelectorAll('.js-plotly-plot');var drawn=0;"
-           "plots.forEach(function(p){if(p.querySelector('.main-svg .plot')||p.querySelector('.main-svg'))drawn++;});"
+           "var plots=document.querySelectorAll('.js-plotly-plot');var drawn=0;var boxes=[];"
+           "plots.forEach(function(p){var n=p.querySelectorAll('.main-svg .trace').length;if(n>0)drawn++;"
+           "var r=p.getBoundingClientRect();boxes.push([Math.round(r.left+window.scrollX),"
+           "Math.round(r.top+window.scrollY),Math.round(r.width),Math.round(r.height),n]);});"
            "var s=document.getElementById('lrbs-status');s.setAttribute('data-plots',plots.length);"
            "s.setAttribute('data-drawn',drawn);s.setAttribute('data-errors',window.__lrbsErrors.length);"
+           "s.setAttribute('data-boxes',JSON.stringify(boxes));"
+           "s.setAttribute('data-height',document.documentElement.scrollHeight);"
            "s.textContent='plots drawn: '+drawn+'/'+plots.length;"
            "document.getElementById('lrbs-errors').textContent=window.__lrbsErrors.join('\\n');},0);});</script>")
 
