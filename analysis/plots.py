@@ -67,15 +67,118 @@ def learning_curves(metrics: pa.Table, y: str = "val_acc", x: str = "epoch") -> 
     return fig
 
 
-def interpolation_curve(table: pa.Table) -> go.Figure:
-    """Train and validation loss along theta(alpha) = (1 - alpha) theta_A + alpha theta_B (Fig. 4)."""
-    rows = table.to_pylist()
-    a, b = (rows[0]["trial_a"], rows[0]["trial_b"]) if rows else ("A", "B")
+# ----------------------------------------------------------------------------- report sections
+
+_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+
+
+def collapse_coefficients(results) -> go.Figure:
+    """b (log eta) against -c (-log S) per metric with 95% CIs: equal under the collapse."""
     fig = go.Figure()
-    for key, dash in (("train_loss", "solid"), ("val_loss", "dash")):
-        fig.add_trace(go.Scatter(x=[r["alpha"] for r in rows], y=[r[key] for r in rows], mode="lines+markers",
-                                 line=dict(dash=dash), name=_label(key)))
-    fig.update_layout(title=f"Interpolation: alpha=0 is {a}, alpha=1 is {b}", xaxis_title="alpha",
-                      yaxis_title="loss (nats per example)", template="plotly_white")
+    names = [f"{r.metric} ({r.group})" if r.group != "all" else r.metric for r in results]
+    for k, (label, get) in enumerate((("b (log10 eta)", lambda r: (r.b, r.b_ci)),
+                                      ("-c (-log10 S)", lambda r: (-r.c, (-r.c_ci[1], -r.c_ci[0]))))):
+        vals = [get(r) for r in results]
+        fig.add_trace(go.Scatter(
+            x=names, y=[v for v, _ in vals], mode="markers", name=label,
+            marker=dict(size=11, color=_PALETTE[k], symbol="circle" if k == 0 else "diamond"),
+            error_y=dict(type="data", symmetric=False, array=[ci[1] - v for v, ci in vals],
+                         arrayminus=[v - ci[0] for v, ci in vals])))
+    fig.update_layout(title="Collapse test: b and -c with 95% CIs (equal if only eta/S matters)",
+                      yaxis_title="coefficient", template="plotly_white", scattermode="group")
+    return fig
+
+
+def curve_differences(distances, title: str) -> go.Figure:
+    """Per-epoch difference of seed-mean curves (A - B) with +-2 standard errors, one line per pair."""
+    fig = go.Figure()
+    for k, d in enumerate(distances):
+        colour = _PALETTE[k % len(_PALETTE)]
+        se = [0.0 if (s is None or not math.isfinite(s)) else 2 * s for s in d.diff_se]
+        fig.add_trace(go.Scatter(
+            x=d.epochs, y=d.diff, mode="lines+markers", name=f"{d.a} vs {d.b} (rms {d.rms:.3g}, noise {d.noise_rms:.3g})",
+            line=dict(color=colour), error_y=dict(type="data", array=se, visible=any(se), color=colour, thickness=1)))
+    fig.add_hline(y=0, line=dict(color="grey", dash="dot"))
+    metric = distances[0].metric if distances else ""
+    fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=f"{_label(metric)}: A - B (seed means)",
+                      template="plotly_white", legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def breakdown_plot(results) -> go.Figure:
+    """Mean +- sd over seeds of max val acc against beta, one line per training-set size;
+    '*' above a beta where a seed diverged; beta* and the noise-scale prediction as vertical lines."""
+    fig = go.Figure()
+    for k, res in enumerate(results):
+        colour = _PALETTE[k % len(_PALETTE)]
+        rows = [r for r in res.rows if math.isfinite(r.mean)]
+        fig.add_trace(go.Scatter(
+            x=[r.beta for r in rows], y=[r.mean for r in rows], mode="lines+markers",
+            name=f"n_train={res.n_train}", line=dict(color=colour),
+            error_y=dict(type="data", array=[0.0 if math.isnan(r.sd) else r.sd for r in rows], visible=True),
+            hovertemplate="beta=%{x}<br>max val acc=%{y:.4f}<extra></extra>"))
+        starred = [r for r in rows if r.diverged_mark]
+        if starred:
+            fig.add_trace(go.Scatter(
+                x=[r.beta for r in starred], y=[r.mean + (0 if math.isnan(r.sd) else r.sd) for r in starred],
+                mode="text", text=["*"] * len(starred), textposition="top center",
+                textfont=dict(size=22, color=colour), name=f"n_train={res.n_train}: a seed diverged"))
+        # Vertical markers as traces: plotly shapes on a log axis take log10 coordinates.
+        ys = [r.mean - (0 if math.isnan(r.sd) else r.sd) for r in rows] + [r.mean for r in rows]
+        lo, hi = (min(ys), max(r.mean + (0 if math.isnan(r.sd) else r.sd) for r in rows)) if rows else (0, 1)
+        for x, dash, label in ((res.beta_star, "dash", f"beta*={res.beta_star:g}" if res.beta_star else ""),
+                               (res.beta_crit, "dot", f"B_crit/S0={res.beta_crit:.3g}" if res.beta_crit else "")):
+            if x is not None and x > 0:
+                fig.add_trace(go.Scatter(x=[x, x], y=[lo, hi], mode="lines", line=dict(color=colour, dash=dash),
+                                         name=f"n_train={res.n_train}: {label}"))
+    fig.update_layout(title="Breakdown: max val acc (mean +- sd over seeds) against beta (lr = lr0 beta, S = S0 beta); "
+                            "* = a seed diverged", xaxis_title="beta", yaxis_title="max val acc",
+                      template="plotly_white")
+    fig.update_xaxes(type="log")
+    return fig
+
+
+def band_fit_plot(trials: pa.Table, fit) -> go.Figure:
+    """``fit.column`` per trial against eta/S with the OLS line and its 95% confidence band."""
+    fig = metric_vs_ratio(trials, fit.column, None, log_y=fit.log_y)
+    fig.add_trace(go.Scatter(x=fit.band_x + fit.band_x[::-1], y=fit.band_hi + fit.band_lo[::-1], fill="toself",
+                             fillcolor="rgba(0,0,0,0.12)", line=dict(width=0), name="95% band of the mean",
+                             hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=fit.band_x, y=fit.band_mean, mode="lines", line=dict(color="black", dash="dash"),
+                             name=f"fit: slope {fit.slope:.3g} [{fit.slope_ci[0]:.3g}, {fit.slope_ci[1]:.3g}], "
+                                  f"R^2 {fit.r2:.2f}"))
+    return fig
+
+
+def eq7_plot(result) -> go.Figure:
+    pts = result.points
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(
+        x=[p["predicted"] for p in pts], y=[p["loss"] for p in pts], mode="markers", name="trials",
+        text=[f"{p['trial_id']} lr={p['lr']:g} S={p['batch_size']}" for p in pts],
+        hovertemplate="%{text}<br>(eta/4S) Tr H=%{x:.3g}<br>loss=%{y:.3g}<extra></extra>", marker=dict(size=9)))
+    lo = min(min(p["predicted"] for p in pts), min(p["loss"] for p in pts))
+    hi = max(max(p["predicted"] for p in pts), max(p["loss"] for p in pts))
+    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line=dict(color="grey", dash="dot"),
+                             name="loss = (eta/4S) Tr H"))
+    fig.update_layout(title=f"Eq. 7: final train loss against (eta/4S) Tr(H) (median ratio {result.ratio_median:.3g}, "
+                            f"log-log slope {result.slope:.3g})", xaxis_title="(eta / 4S) Tr(H)",
+                      yaxis_title="final train loss", template="plotly_white")
+    fig.update_xaxes(type="log")
     fig.update_yaxes(type="log")
+    return fig
+
+
+def interpolation_plot(curves: dict[str, pa.Table], y: str = "train_loss") -> go.Figure:
+    fig = go.Figure()
+    for k, (name, table) in enumerate(sorted(curves.items())):
+        fig.add_trace(go.Scatter(x=table.column("alpha").to_pylist(), y=table.column(y).to_pylist(),
+                                 mode="lines+markers", name=name.replace("__", " -> "),
+                                 line=dict(color=_PALETTE[k % len(_PALETTE)])))
+    for x in (0, 1):
+        fig.add_vline(x=x, line=dict(color="grey", dash="dot"))
+    fig.update_layout(title=f"Interpolation: {_label(y)} along (1 - alpha) theta_A + alpha theta_B",
+                      xaxis_title="alpha", yaxis_title=_label(y), template="plotly_white")
+    if y.endswith("loss"):
+        fig.update_yaxes(type="log")
     return fig

@@ -43,13 +43,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from analysis.report import write_report
+    from analysis.report import FORMATS, write_reports
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "metrics").is_dir():
         raise LrbsError(f"RUN_DIR: {run_dir} is not an lrbs run directory (no metrics/ inside)")
-    html_path, json_path = write_report(run_dir)
-    print(f"report: {html_path}\nfits: {json_path}")
+    formats = [f.strip() for item in (args.format or list(FORMATS)) for f in item.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise LrbsError(f"--format: unknown format {unknown[0]!r} (choose from {', '.join(FORMATS)})")
+    paths = write_reports(run_dir, tuple(dict.fromkeys(formats)))
+    labels = {"html": "report", "json": "fits", "md": "summary"}
+    print("\n".join(f"{labels[f]}: {p}" for f, p in paths.items()))
     return 0
 
 
@@ -80,8 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="address of an existing Ray cluster (e.g. auto, HOST:6379)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("report", help="write report.html and fits.json for a run directory")
+    p = sub.add_parser("report", help="write report.html, fits.json and report.md for a run directory "
+                                      "(also while the sweep runs: partial data, marked)")
     p.add_argument("run_dir")
+    p.add_argument("--format", action="append", metavar="FMT",
+                   help="html (report.html), json (fits.json) or md (report.md); repeat or comma-separate "
+                        "(default: all three)")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("interpolate", help="loss along the line between two trials' final weights (Fig. 4)")
     p.add_argument("run_dir")

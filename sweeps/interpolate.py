@@ -69,7 +69,7 @@ def interpolate_trials(run_dir: str | Path, trial_a: str, trial_b: str, alphas: 
 
 def write_interpolation(run_dir: str | Path, trial_a: str, trial_b: str, alphas: list[float]) -> tuple[Path, Path]:
     """Write ``interpolation/<A>__<B>.arrow`` (IPC stream) and ``.html`` (plotly) in the run directory."""
-    from analysis.plots import interpolation_curve
+    from analysis.plots import interpolation_plot
 
     run_dir = Path(run_dir)
     table = interpolate_trials(run_dir, trial_a, trial_b, alphas)
@@ -79,5 +79,5 @@ def write_interpolation(run_dir: str | Path, trial_a: str, trial_b: str, alphas:
     arrow_path, html_path = stem.with_suffix(".arrow"), stem.with_suffix(".html")
     with pa.OSFile(str(arrow_path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
-    interpolation_curve(table).write_html(str(html_path), include_plotlyjs=True)
+    interpolation_plot({stem.name: table}).write_html(str(html_path), include_plotlyjs=True)
     return arrow_path, html_path

@@ -45,8 +45,9 @@ def init_ray(address: str | None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        # An embedded local cluster; its dashboard (if any) listens on loopback only.
-        ray.init(include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False)
+        # A new embedded local cluster (address="local": never attach to another Ray that happens
+        # to run on this machine); its dashboard, if any, listens on loopback only.
+        ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False)
 
 
 def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None = None,

@@ -1,0 +1,378 @@
+"""Report statistics on frozen fixtures from real runs (tests/fixtures, made by make_fixtures.py).
+
+Every statistic is recomputed here independently, from the raw Arrow rows with numpy/scipy,
+and compared with what analysis/ reports.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from scipy import stats
+
+from analysis.breakdown import breakdown
+from analysis.collapse import collapse_test
+from analysis.curves import curve_distance, curves_of, equal_ratio_pairs, rescale_distances
+from analysis.geometry import eq7_check, ratio_band_fit
+from analysis.interpolation import load_interpolations, summarize
+from analysis.report import build_report, write_reports
+from analysis.stats import holm
+from analysis.tables import load_metrics
+from analysis.trialinfo import trial_table
+from sweeps.cli import main
+from tests.conftest import ROOT
+
+FIX = ROOT / "tests" / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def grid():
+    m = load_metrics(FIX / "grid")
+    return m, trial_table(m)
+
+
+@pytest.fixture(scope="module")
+def bd():
+    m = load_metrics(FIX / "breakdown")
+    return m, trial_table(m)
+
+
+def _rows(table):
+    return table.to_pylist()
+
+
+def _by_trial(metrics):
+    out = {}
+    for r in metrics.to_pylist():
+        out.setdefault(r["trial_id"], []).append(r)
+    return {k: sorted(v, key=lambda r: r["epoch"]) for k, v in out.items()}
+
+
+def test_fixtures_are_small_and_real():
+    size = sum(p.stat().st_size for p in FIX.rglob("*.arrow"))
+    assert size < 400_000
+    m = load_metrics(FIX / "grid")
+    assert set(m.column("status").to_pylist()) == {"running", "finished"}
+    assert m.column("code_version")[0].as_py() == "fixture"
+
+
+def test_trial_table_takes_last_measured_curvature(grid):
+    metrics, trials = grid
+    by = _by_trial(metrics)
+    for t in _rows(trials):
+        measured = [r for r in by[t["trial_id"]] if r["lambda_max"] is not None]
+        assert measured and t["lambda_max"] == measured[-1]["lambda_max"]
+        assert t["hessian_trace"] == measured[-1]["hessian_trace"]
+        assert t["final_ratio"] == pytest.approx(by[t["trial_id"]][-1]["lr"] / by[t["trial_id"]][-1]["batch_size"])
+        assert t["schedule"] == "constant" and t["beta"] is None and t["rescale"] is None
+    # epochs without a probe are null in the epoch table
+    assert 0 < metrics.column("lambda_max").null_count < metrics.num_rows
+
+
+# ----------------------------------------------------------------------------- collapse
+
+@pytest.mark.parametrize("metric, log_y", [("final_train_loss", False), ("final_train_loss", True),
+                                           ("lambda_max", True), ("final_val_acc", False)])
+def test_collapse_against_lstsq_and_nested_f_test(grid, metric, log_y):
+    _, trials = grid
+    res = collapse_test(trials, metric, log_y)
+    rows = [r for r in _rows(trials) if r["status"] != "diverged"]
+    y = np.array([r[metric] for r in rows], dtype=float)
+    y = np.log10(y) if log_y else y
+    le = np.log10([r["lr"] for r in rows])
+    ls = np.log10([r["batch_size"] for r in rows])
+    n = len(y)
+    X = np.column_stack([np.ones(n), le, ls])
+    beta, rss_full, *_ = np.linalg.lstsq(X, y, rcond=None)
+    rss_full = float(rss_full[0])
+    assert (res.b, res.c) == pytest.approx((beta[1], beta[2]), rel=1e-9, abs=1e-12)
+    # restricted model: y = a + k log10(eta/S)
+    lr_fit = stats.linregress(le - ls, y)
+    rss_r = float(np.sum((y - lr_fit.intercept - lr_fit.slope * (le - ls)) ** 2))
+    F = (rss_r - rss_full) / (rss_full / (n - 3))
+    assert res.t ** 2 == pytest.approx(F, rel=1e-7)
+    assert res.p == pytest.approx(stats.f.sf(F, 1, n - 3), rel=1e-6)
+    assert res.r2_ratio == pytest.approx(lr_fit.rvalue ** 2, rel=1e-9)
+    tss = np.sum((y - y.mean()) ** 2)
+    assert res.r2_full == pytest.approx(1 - rss_full / tss, rel=1e-9)
+    assert res.r2_full >= res.r2_ratio
+    # CI of b: t quantile times the classical standard error
+    s2 = rss_full / (n - 3)
+    se_b = math.sqrt(s2 * np.linalg.inv(X.T @ X)[1, 1])
+    q = stats.t.ppf(0.975, n - 3)
+    assert res.b_ci == pytest.approx((beta[1] - q * se_b, beta[1] + q * se_b), rel=1e-7)
+    assert res.equal_and_opposite == (res.b_plus_c_ci[0] <= 0 <= res.b_plus_c_ci[1])
+    assert res.equal_and_opposite == (res.p >= 0.05)
+
+
+def test_collapse_skips_a_pure_beta_family(bd):
+    _, trials = bd
+    one = trials.filter(pc.equal(trials.column("n_train"), 360))
+    reason = collapse_test(one, "final_train_loss", True)
+    assert isinstance(reason, str) and "collinear" in reason
+
+
+# ----------------------------------------------------------------------------- curve distances
+
+def _curve_arrays(metrics, ids, metric):
+    by = _by_trial(metrics)
+    return {by[i][0]["seed"]: {r["epoch"]: r[metric] for r in by[i]} for i in ids}
+
+
+def test_equal_ratio_pairs_against_numpy(grid):
+    metrics, trials = grid
+    pairs = equal_ratio_pairs(metrics, trials, "val_acc")
+    assert sorted((d.a, d.b) for d in pairs) == [("lr=0.01 S=16", "lr=0.04 S=64"), ("lr=0.04 S=16", "lr=0.16 S=64")]
+    rows = _rows(trials)
+    for d in pairs:
+        ids_a = [r["trial_id"] for r in rows if f"lr={r['lr']:g} S={r['batch_size']}" == d.a]
+        ids_b = [r["trial_id"] for r in rows if f"lr={r['lr']:g} S={r['batch_size']}" == d.b]
+        A = np.array([[c[e] for e in sorted(c)] for c in _curve_arrays(metrics, ids_a, "val_acc").values()])
+        B = np.array([[c[e] for e in sorted(c)] for c in _curve_arrays(metrics, ids_b, "val_acc").values()])
+        diff = A.mean(0) - B.mean(0)
+        assert d.diff == pytest.approx(diff.tolist())
+        assert d.rms == pytest.approx(np.sqrt(np.mean(diff ** 2)))
+        se = np.sqrt(A.var(0, ddof=1) / len(A) + B.var(0, ddof=1) / len(B))
+        assert d.diff_se == pytest.approx(se.tolist())
+        per_seed = [np.sqrt(np.mean((A[i] - B[i]) ** 2)) for i in range(len(A))]  # seeds 0,1,2 in both
+        assert d.seed_rms_mean == pytest.approx(np.mean(per_seed))
+        assert d.seed_rms_sd == pytest.approx(np.std(per_seed, ddof=1))
+        noise = [np.sqrt(np.mean((M[i] - M[j]) ** 2)) for M in (A, B) for i, j in itertools.combinations(range(len(M)), 2)]
+        assert d.noise_rms == pytest.approx(np.mean(noise))
+
+
+def test_curve_distance_uses_common_epochs_only():
+    a = {0: {1: 0.5, 2: 0.6, 3: 0.7}}
+    b = {0: {1: 0.4, 2: 0.5}, 1: {1: 0.6, 2: 0.7}}
+    d = curve_distance(a, b)
+    assert d.epochs == [1, 2]
+    assert d.diff == pytest.approx([0.0, 0.0])
+    assert math.isnan(d.diff_se[0])  # one seed in A: no standard error
+    assert d.noise_rms == pytest.approx(0.2)
+
+
+def test_rescale_distances_against_numpy():
+    metrics = load_metrics(FIX / "rescale")
+    trials = trial_table(metrics)
+    dists = rescale_distances(metrics, trials, "val_acc")
+    assert sorted((d.extra["rule"], d.extra["batch_size"]) for d in dists) == [
+        ("linear", 64), ("linear", 256), ("none", 64), ("none", 256), ("sqrt", 64), ("sqrt", 256)]
+    rows = _rows(trials)
+    ref = [r["trial_id"] for r in rows if r["batch_size"] == 16]
+    R = np.array([[c[e] for e in sorted(c)] for c in _curve_arrays(metrics, ref, "val_acc").values()])
+    for d in dists:
+        ids = [r["trial_id"] for r in rows if r["rescale"] == d.extra["rule"] and r["batch_size"] == d.extra["batch_size"]]
+        A = np.array([[c[e] for e in sorted(c)] for c in _curve_arrays(metrics, ids, "val_acc").values()])
+        assert d.rms == pytest.approx(np.sqrt(np.mean((A.mean(0) - R.mean(0)) ** 2)))
+    by = {(d.extra["rule"], d.extra["batch_size"]): d.rms for d in dists}
+    # The paper's Fig. 2: linear rescaling stays closest to the small-batch reference.
+    assert by[("linear", 256)] < by[("sqrt", 256)] < by[("none", 256)]
+
+
+# ----------------------------------------------------------------------------- breakdown
+
+def _welch_less_p(x, y):
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    t = (x.mean() - y.mean()) / math.sqrt(vx + vy)
+    df = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
+    return stats.t.cdf(t, df)
+
+
+def test_breakdown_against_scipy(bd):
+    metrics, trials = bd
+    res = breakdown(metrics, trials)
+    assert [r.n_train for r in res] == [360, 1437]
+    rows = _rows(trials)
+    by = _by_trial(metrics)
+    for r in res:
+        fam = [t for t in rows if t["n_train"] == r.n_train]
+        ref = [max(x["val_acc"] for x in by[t["trial_id"]]) for t in fam if t["beta"] == 1.0]
+        ps = []
+        for br in r.rows:
+            members = [t for t in fam if t["beta"] == br.beta]
+            vals = [max(x["val_acc"] for x in by[t["trial_id"]]) for t in members]
+            assert br.mean == pytest.approx(np.mean(vals)) and br.sd == pytest.approx(np.std(vals, ddof=1))
+            assert br.diverged_mark == ("*" if any(t["status"] == "diverged" for t in members) else "")
+            if br.beta > 1:
+                assert br.p == pytest.approx(_welch_less_p(vals, ref), rel=1e-6)
+                ps.append(br.p)
+        # Holm, step-down by hand
+        order = np.argsort(ps)
+        adj = np.empty(len(ps))
+        running = 0.0
+        for k, i in enumerate(order):
+            running = max(running, min(1.0, (len(ps) - k) * ps[i]))
+            adj[i] = running
+        tested = [br for br in r.rows if br.beta > 1]
+        assert [br.p_holm for br in tested] == pytest.approx(adj.tolist())
+        first = next((br.beta for br, a in zip(tested, adj) if a < 0.05), None)
+        assert r.beta_star == first
+        # predicted critical batch size: mean over beta=1 trials of each one's median B_simple
+        med = [np.median([g for x in by[t["trial_id"]] if (g := x["grad_noise_scale"]) is not None
+                          and np.isfinite(g) and g > 0])
+               for t in fam if t["beta"] == 1.0]
+        assert r.b_crit == pytest.approx(np.mean(med))
+        assert r.beta_crit == pytest.approx(np.mean(med) / 8)
+    # what the Fig. 5 twin shows: the small set breaks down at a smaller beta, and only the
+    # largest beta of the full set diverged
+    assert res[0].beta_star == 32 and res[1].beta_star == 64
+    assert [b.beta for b in res[1].rows if b.diverged_mark] == [64.0]
+
+
+def test_holm_matches_definition():
+    p = [0.01, 0.04, 0.03, math.nan, 0.5]
+    assert holm(p)[:3] == pytest.approx([0.04, 0.09, 0.09]) and math.isnan(holm(p)[3])
+    assert holm(p)[4] == pytest.approx(0.5)
+
+
+def test_breakdown_skipped_without_beta(grid):
+    metrics, trials = grid
+    assert "no trial has a beta" in breakdown(metrics, trials)
+
+
+# ----------------------------------------------------------------------------- Fig. 3 and Eq. 7
+
+def test_band_fit_against_linregress(grid):
+    _, trials = grid
+    f = ratio_band_fit(trials, "lambda_max", True)
+    rows = _rows(trials)
+    x = np.log10([r["ratio"] for r in rows])
+    y = np.log10([r["lambda_max"] for r in rows])
+    lr = stats.linregress(x, y)
+    q = stats.t.ppf(0.975, len(x) - 2)
+    assert f.slope == pytest.approx(lr.slope) and f.p == pytest.approx(lr.pvalue, rel=1e-6)
+    assert f.slope_ci == pytest.approx((lr.slope - q * lr.stderr, lr.slope + q * lr.stderr))
+    assert f.r2 == pytest.approx(lr.rvalue ** 2)
+    assert f.spearman_rho == pytest.approx(stats.spearmanr(x, y).statistic)
+    # band at the smallest x: yhat +- t s sqrt(1/n + (x - xbar)^2 / Sxx), back on the metric's scale
+    s = math.sqrt(np.sum((y - lr.intercept - lr.slope * x) ** 2) / (len(x) - 2))
+    x0 = x.min()
+    half = q * s * math.sqrt(1 / len(x) + (x0 - x.mean()) ** 2 / np.sum((x - x.mean()) ** 2))
+    y0 = lr.intercept + lr.slope * x0
+    assert f.band_lo[0] == pytest.approx(10 ** (y0 - half)) and f.band_hi[0] == pytest.approx(10 ** (y0 + half))
+    # Fig. 3: larger eta/S, flatter minimum
+    assert f.slope_ci[1] < 0
+
+
+def test_eq7_against_numpy(grid):
+    metrics, trials = grid
+    r = eq7_check(trials)
+    by = _by_trial(metrics)
+    pred, loss = [], []
+    for tid, rows in by.items():
+        tr = [x["hessian_trace"] for x in rows if x["hessian_trace"] is not None][-1]
+        pred.append(rows[-1]["lr"] / (4 * rows[-1]["batch_size"]) * tr)
+        loss.append(rows[-1]["train_loss"])
+    pred, loss = np.array(pred), np.array(loss)
+    ok = pred > 0
+    assert r.n == ok.sum()
+    assert r.ratio_median == pytest.approx(np.median(loss[ok] / pred[ok]))
+    assert r.slope == pytest.approx(stats.linregress(np.log10(pred[ok]), np.log10(loss[ok])).slope)
+
+
+def test_interpolation_reader_and_barrier():
+    curves, problems = load_interpolations(FIX / "grid")
+    assert not problems and len(curves) == 2
+    for name, t in curves.items():
+        s = summarize(name, t)
+        a = np.array(t.column("alpha").to_pylist())
+        loss = np.array(t.column("train_loss").to_pylist())
+        inside = (a >= 0) & (a <= 1)
+        end = max(loss[np.argmin(abs(a))], loss[np.argmin(abs(a - 1))])
+        assert s.barrier == pytest.approx(loss[inside].max() - end)
+        assert name == f"{s.trial_a}__{s.trial_b}"
+        assert s.alpha_min == -1 and s.alpha_max == 2
+
+
+# ----------------------------------------------------------------------------- the report
+
+def _copy(name, tmp_path):
+    dst = tmp_path / name
+    shutil.copytree(FIX / name, dst)
+    return dst
+
+
+def test_report_on_grid_fixture(tmp_path):
+    run = _copy("grid", tmp_path)
+    paths = write_reports(run)
+    assert sorted(p.name for p in paths.values()) == ["fits.json", "report.html", "report.md"]
+    fits = json.loads((run / "fits.json").read_text())
+    assert set(fits) >= {"summary", "fits", "notes", "sections"}
+    assert set(fits["fits"]) == {"final_val_acc", "max_val_acc", "final_train_loss"}
+    sec = fits["sections"]
+    assert {k for k, v in sec.items() if v["status"] == "ok"} == {"collapse", "equal_ratio", "geometry",
+                                                                     "interpolation", "eq7"}
+    assert "no trial has a beta" in sec["breakdown"]["reason"]
+    assert "rescale" in sec["rescaling"]["reason"]
+    md = (run / "report.md").read_text()
+    assert "| section | figure | status | result / reason |" in md and "## Skipped" in md
+    assert "PARTIAL" not in md and fits["summary"]["partial"] is False
+    html = (run / "report.html").read_text()
+    assert html.count("Plotly.newPlot") >= 5 + 1 + 2 + 3 + 2 + 1
+
+
+def test_report_on_breakdown_fixture(tmp_path):
+    run = _copy("breakdown", tmp_path)
+    assert main(["report", str(run), "--format", "json,md"]) == 0
+    assert not (run / "report.html").exists()
+    sec = json.loads((run / "fits.json").read_text())["sections"]
+    assert sec["breakdown"]["status"] == "ok"
+    assert [r["beta_star"] for r in sec["breakdown"]["data"]["results"]] == [32.0, 64.0]
+    assert "collinear" in sec["collapse"]["reason"]
+    md = (run / "report.md").read_text()
+    assert "beta* = 32" in md and "| * |" in md and "Holm" in md
+
+
+def _partial(metrics: pa.Table) -> pa.Table:
+    """The grid run as it looked mid-sweep: half the trials stopped at epoch 5, still running."""
+    ids = sorted(set(metrics.column("trial_id").to_pylist()))[::2]
+    keep = pc.invert(pc.and_(pc.is_in(metrics.column("trial_id"), pa.array(ids)),
+                             pc.greater(metrics.column("epoch"), 5)))
+    return metrics.filter(keep)
+
+
+def test_report_on_a_running_sweep(tmp_path, grid):
+    metrics, _ = grid
+    part = _partial(metrics)
+    run = tmp_path / "partial"
+    (run / "metrics").mkdir(parents=True)
+    with pa.OSFile(str(run / "metrics" / "x.arrow"), "wb") as f, pa.ipc.new_stream(f, part.schema) as w:
+        w.write_table(part)
+    paths = write_reports(run)
+    fits = json.loads(paths["json"].read_text())
+    assert fits["summary"]["partial"] is True and fits["summary"]["status_counts"]["running"] == 9
+    assert any("PARTIAL" in n for n in fits["notes"])
+    assert any("PARTIAL" in n for n in fits["sections"]["collapse"]["notes"])
+    assert "PARTIAL RUN" in paths["md"].read_text() and "PARTIAL RUN" in paths["html"].read_text()
+
+
+def test_sections_skip_when_curvature_columns_are_absent_or_null(grid):
+    metrics, _ = grid
+    curv = ["lambda_max", "lambda_max_converged", "hessian_fro", "hessian_fro_stderr", "hessian_trace",
+            "hessian_trace_stderr", "grad_noise_scale", "probe_n_samples"]
+    dropped = metrics.drop_columns(curv)
+    nulls = metrics
+    for c in curv:
+        i = nulls.column_names.index(c)
+        nulls = nulls.set_column(i, c, pa.nulls(nulls.num_rows, nulls.schema.field(c).type))
+    for table in (dropped, nulls):
+        rep = build_report(table)
+        sec = {s.key: s for s in rep.sections}
+        assert sec["geometry"].status == "skipped" and "lambda_max" in sec["geometry"].reason
+        assert sec["eq7"].status == "skipped" and "hessian_trace" in sec["eq7"].reason
+        assert sec["collapse"].status == "ok"  # still has final_val_acc / final_train_loss
+        assert sec["interpolation"].status == "skipped"  # no run directory given
+
+
+def test_cli_report_format_errors(tmp_path):
+    run = _copy("rescale", tmp_path)
+    assert main(["report", str(run), "--format", "md"]) == 0
+    assert (run / "report.md").exists() and not (run / "fits.json").exists()
+    assert main(["report", str(run), "--format", "pdf"]) == 2

@@ -1,0 +1,95 @@
+"""report.html in a real headless browser (Debian's chromium): it loads offline without console
+errors and every figure draws (DOM check, then a screenshot cropped at each figure).
+
+Skipped only when chromium is not installed AND this is not CI; with CI=true a missing browser
+is a failure (.ci/run installs it: apt-get install -y chromium).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from analysis.report import write_reports
+from tests.conftest import ROOT
+
+BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+if BROWSER is None:
+    if IN_CI:
+        pytest.fail("CI=true but no chromium on PATH (.ci/run must apt-get install -y chromium)", pytrace=False)
+    pytestmark = pytest.mark.skip(reason="chromium not installed (apt-get install -y chromium)")
+
+FLAGS = ["--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars", "--enable-logging=stderr", "--v=0",
+         "--virtual-time-budget=15000", "--no-first-run", "--disable-extensions", "--disable-background-networking"]
+WIDTH = 1280
+
+
+def _chromium(tmp_path, *args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HOME": str(tmp_path)}  # a profile of its own, nothing shared
+    return subprocess.run([BROWSER, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args], capture_output=True,
+                          text=True, timeout=120, env=env)
+
+
+def _console_errors(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines()
+            if ":CONSOLE" in line and ("Uncaught" in line or "Error" in line or "error" in line)]
+
+
+def _status(dom: str) -> dict:
+    m = re.search(r'<p id="lrbs-status"([^>]*)>', dom)
+    assert m, "the status script never ran"
+    attrs = dict(re.findall(r'data-([a-z]+)="([^"]*)"', m.group(1)))
+    errors = re.search(r'<pre id="lrbs-errors">(.*?)</pre>', dom, re.S).group(1)
+    return {"plots": int(attrs["plots"]), "drawn": int(attrs["drawn"]), "errors": errors.strip(),
+            "boxes": json.loads(attrs["boxes"].replace("&quot;", '"')), "height": int(attrs["height"])}
+
+
+def test_console_error_detection_works(tmp_path):
+    """Negative control: a page that throws is caught by both the stderr scan and the page hook."""
+    page = tmp_path / "bad.html"
+    page.write_text("<html><body><script>console.error('boom-console')</script>"
+                    "<script>throw new Error('boom-uncaught')</script></body></html>")
+    out = _chromium(tmp_path, "--dump-dom", page.as_uri())
+    errors = _console_errors(out.stderr)
+    assert any("boom-uncaught" in e for e in errors) and any("boom-console" in e for e in errors)
+
+
+def test_report_html_renders_every_figure(tmp_path):
+    """One run directory holding all three fixtures, so every section (and figure kind) is on the page."""
+    from PIL import Image
+
+    run = tmp_path / "all"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "grid", run)
+    for name in ("breakdown", "rescale"):
+        shutil.copy(ROOT / "tests" / "fixtures" / name / "metrics" / "fixture.arrow", run / "metrics" / f"{name}.arrow")
+    page = write_reports(run, ("html",))["html"]
+    assert "Skipped:" not in page.read_text()
+    out = _chromium(tmp_path, f"--window-size={WIDTH},900", "--dump-dom", page.as_uri())
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert not _console_errors(out.stderr), _console_errors(out.stderr)
+    st = _status(out.stdout)
+    n_figures = page.read_text().count("Plotly.newPlot")
+    assert st["errors"] == ""
+    assert st["plots"] == n_figures >= 7 and st["drawn"] == st["plots"], st
+    # Screenshot of the whole page; each figure's box must hold a drawing, not a blank area.
+    shot = tmp_path / "shot.png"
+    height = min(st["height"], 30000)
+    out = _chromium(tmp_path, f"--window-size={WIDTH},{height}", f"--screenshot={shot}", page.as_uri())
+    assert shot.exists(), out.stderr[-2000:]
+    img = np.asarray(Image.open(io.BytesIO(shot.read_bytes())).convert("L"), dtype=float)
+    assert img.shape[0] == height
+    for left, top, width, h, traces in st["boxes"]:
+        if top + h > height:
+            continue
+        crop = img[top:top + h, left:left + width]
+        assert crop.size and traces > 0
+        dark = (crop < 200).mean()  # axes, ticks, markers, lines, text
+        assert 0.003 < dark < 0.6 and crop.std() > 10, (top, dark, crop.std())
