@@ -29,6 +29,8 @@ from analysis.trialinfo import has_values, trial_table
 
 # (column, fit on log10 of the value?) for the eta/S fits.
 FIT_METRICS = (("final_val_acc", False), ("max_val_acc", False), ("final_train_loss", True))
+# Sharpness fits (Fig. 3), on log axes; only for runs that measured it.
+CURVATURE_FIT_METRICS = (("lambda_max", True), ("hessian_fro", True), ("hessian_trace", True))
 FORMATS = ("html", "json", "md")
 FILE_NAMES = {"html": "report.html", "json": "fits.json", "md": "report.md"}
 
@@ -291,7 +293,9 @@ def build_report(metrics: pa.Table, read_info: dict | None = None, run_dir: str 
                      "read up to the last whole row.")
     fits = {}
     figures: list[tuple[str, go.Figure]] = []
-    for metric, log_y in FIT_METRICS:
+    measured = [(m, log_y) for m, log_y in CURVATURE_FIT_METRICS
+                if m in trials.column_names and trials.column(m).null_count < trials.num_rows]
+    for metric, log_y in FIT_METRICS + tuple(measured):
         if trials.num_rows >= 3:
             fits[metric] = ratio_fit(trials, metric, log_y=log_y)
         figures.append((f"{metric} against eta/S",
