@@ -126,7 +126,7 @@ def trials_from_metrics(metrics: pa.Table) -> pa.Table:
         last = epochs[-1]
         config = json.loads(last["config_json"] or "{}")
         point = config.get("point", {})
-        val_accs = [r["val_acc"] for r in epochs if r["val_acc"] is not None and r["val_acc"] == r["val_acc"]]
+        val_accs = [r["val_acc"] for r in epochs if _is_value(r["val_acc"])]
         row = {
             "trial_id": trial_id,
             "sweep": last["sweep"],
@@ -144,12 +144,11 @@ def trials_from_metrics(metrics: pa.Table) -> pa.Table:
             "n_train": last["n_train"],
             "model": last["model"],
             "code_version": last["code_version"],
-            "beta": point.get("beta"),
-            "rescale": point.get("rescale"),
-            "variant": point.get("variant"),
-            "schedule": last.get("schedule"),
+            # Family labels: the epoch column where written, else the config point.
+            **{k: last.get(k) if last.get(k) is not None else point.get(k) for k in ("beta", "rescale", "variant")},
+            "schedule": last.get("schedule") or (config.get("schedule") or {}).get("kind"),
         }
-        probed = [r for r in epochs if r.get("lambda_max") is not None or r.get("hessian_trace") is not None]
+        probed = [r for r in epochs if any(_is_value(r.get(c)) for c in ("lambda_max", "hessian_trace", "hessian_fro"))]
         row["probe_epoch"] = probed[-1]["epoch"] if probed else None
         for col in PROBE_COLUMNS:
             row[col] = probed[-1].get(col) if probed else None
@@ -161,6 +160,10 @@ def trials_from_metrics(metrics: pa.Table) -> pa.Table:
     columns = list(TRIAL_COLUMNS) + sorted({k for r in rows for k in r} - set(TRIAL_COLUMNS))
     return pa.table({c: pa.array([r.get(c) for r in rows], type=_trial_type(c) if c in TRIAL_COLUMNS else None)
                      for c in columns})
+
+
+def _is_value(v) -> bool:
+    return v is not None and v == v  # not null, not NaN
 
 
 def _trial_type(name: str) -> pa.DataType:
