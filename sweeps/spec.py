@@ -226,6 +226,8 @@ def validate(spec: SweepSpec) -> None:
         raise SpecError(f"train.divergence_factor: must be > 1 (got {train.divergence_factor})")
     if train.eval_batch_size < 1:
         raise SpecError(f"train.eval_batch_size: must be >= 1 (got {train.eval_batch_size})")
+    if train.replicas < 1:
+        raise SpecError(f"train.replicas: must be >= 1 (got {train.replicas})")
     if res.cpu <= 0:
         raise SpecError(f"resources.cpu: must be > 0 (got {res.cpu})")
     if res.gpu < 0:
@@ -284,13 +286,18 @@ def expand_points(spec: SweepSpec) -> list[dict[str, Any]]:
     """The trial points of a validated spec, in a stable order: lr, then batch size, then seed.
 
     Each point carries what varies between trials; everything else is shared by the sweep.
+    With ``train.replicas`` K > 1 (MLP only) a point holds up to K seeds (``seeds``) trained
+    together in one Tune trial; see ``sweeps.replica_points``.
     """
     lrs = axis_values(spec.grid.lr, "grid.lr")
     sizes = axis_values(spec.grid.batch_size, "grid.batch_size")
-    return [
+    points = [
         {"lr": lr, "batch_size": s, "seed": seed}
         for lr, s, seed in itertools.product(lrs, sizes, spec.grid.seed)
     ]
+    from sweeps.replica_points import group_seeds
+
+    return group_seeds(points, spec.train.replicas, spec.model.name)
 
 
 def to_param_space(spec: SweepSpec, code_version: str) -> dict[str, Any]:

@@ -40,6 +40,8 @@ from trainables.models import MLP, build_model
 
 RUNNING, FINISHED, DIVERGED = "running", "finished", "diverged"
 
+VECTORIZED_MODELS = ("mlp",)  # models with a stacked-weights path; others run seed after seed
+
 BN_EPS = 1e-5        # nn.BatchNorm1d defaults
 BN_MOMENTUM = 0.1
 
@@ -161,7 +163,8 @@ class StackedMLP:
                 flat = F.batch_norm(flat, bn["running_mean"].view(-1), bn["running_var"].view(-1),
                                     bn["weight"].view(-1), bn["bias"].view(-1), training=training,
                                     momentum=BN_MOMENTUM, eps=BN_EPS)
-                h = flat.view(n, k, width).transpose(0, 1)
+                # Back to (K, S, H) contiguous: bmm and its backward are faster on dense layouts.
+                h = flat.view(n, k, width).transpose(0, 1).contiguous()
             h = torch.relu(h)
         return h
 
@@ -261,7 +264,7 @@ def run_replicas(
         raise ValueError(f"run_replicas: repeated seeds {seeds}")
     device = torch.device(device)
     data = (data or load_dataset(dataset)).to(device)
-    if model_cfg.name != "mlp":
+    if model_cfg.name not in VECTORIZED_MODELS:
         return _run_sequential(lr, batch_size, seeds, dataset, model_cfg, train, report, device, data)
 
     model = StackedMLP.from_seeds(seeds, model_cfg, data.input_shape, data.n_classes, device)
@@ -341,3 +344,29 @@ def _run_sequential(lr, batch_size, seeds, dataset, model_cfg, train, report, de
         out[seed] = run_training(TrialPoint(lr, batch_size, seed), dataset, model_cfg, train,
                                  report=lambda row: report([row]), device=device, data=data)
     return out
+
+
+def train_replica_trial(config: dict[str, Any], device: torch.device | str = "cpu") -> None:
+    """Ray Tune body for a point with ``seeds``: one ``tune.report`` per epoch carrying
+    ``replica_rows`` (one row per seed; the driver's metric sink writes each under its own
+    trial id) and, for Tune's own bookkeeping, the best val_acc and a summary status."""
+    from ray import tune
+
+    from trainables.config import from_dict
+
+    point = config["point"]
+
+    def report(rows: list[dict[str, Any]]) -> None:
+        accs = [r["val_acc"] for r in rows if math.isfinite(r["val_acc"])]
+        statuses = {r["status"] for r in rows}
+        summary = DIVERGED if statuses == {DIVERGED} else (RUNNING if RUNNING in statuses else FINISHED)
+        tune.report({"replica_rows": rows, "replica_epoch": rows[0]["epoch"],
+                     "val_acc": max(accs) if accs else float("nan"), "status": summary})
+
+    run_replicas(
+        lr=point["lr"], batch_size=point["batch_size"], seeds=point["seeds"],
+        dataset=from_dict(DatasetConfig, config["dataset"]),
+        model_cfg=from_dict(ModelConfig, config["model"]),
+        train=from_dict(TrainConfig, config["train"]),
+        report=report, device=device,
+    )

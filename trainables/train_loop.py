@@ -139,6 +139,9 @@ def train_trial(config: dict[str, Any]) -> None:
 
     resources = config.get("resources", {})
     torch.set_num_threads(max(1, int(resources.get("cpu", 1))))
+    if "seeds" in config["point"]:  # train.replicas > 1: several seeds in one trial
+        from trainables.replicas import train_replica_trial
+        return train_replica_trial(config, device=pick_device(float(resources.get("gpu", 0))))
     run_training(
         point=TrialPoint(**config["point"]),
         dataset=from_dict(DatasetConfig, config["dataset"]),
