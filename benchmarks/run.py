@@ -265,7 +265,7 @@ def bench_sweep(quick: bool, threads: int) -> list[Row]:
     from sweeps.spec import spec_from_dict
 
     cores = 2 if quick else max(1, min(os.cpu_count() or 1, 16))
-    n_trials, trial_s = (2, 1.0) if quick else (16, 20.0)
+    n_trials, trial_s = (2, 0.5) if quick else (16, 20.0)
     s = 32
     # Calibrate epochs so that every trial trains for at least trial_s seconds.
     data = load_dataset(DIGITS)
@@ -285,7 +285,8 @@ def bench_sweep(quick: bool, threads: int) -> list[Row]:
     was_running = ray.is_initialized()
     t0 = time.perf_counter()
     if not was_running:
-        ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+        # address="local": always a fresh local cluster of our own, never one another process started.
+        ray.init(address="local", num_cpus=cores, include_dashboard=False, log_to_driver=False)
     init_s = time.perf_counter() - t0
     cores_used = int(ray.cluster_resources().get("CPU", cores)) // threads
     with tempfile.TemporaryDirectory() as tmp:

@@ -18,10 +18,10 @@ def test_benchmark_quick_mode_prints_the_table(tmp_path):
     assert table in proc.stdout
     assert "measured fp32 matmul rate" in table
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| benchmark")]
+    assert not any("| error |" in r for r in rows), rows
     for setting in ("S=25", "S=128", "S=1000"):
         assert any(r.startswith("| 1 loop vs DataLoader") and f"| {setting} |" in r for r in rows), setting
     for k in (1, 4, 8):
         assert any(r.startswith("| 2 vectorized seeds") and f"K={k}, S=25" in r for r in rows), k
     assert any(r.startswith("| 3 sweep overhead") for r in rows)
     assert any(r.startswith("| 4 curvature probes") for r in rows)
-    assert not any("| error |" in r for r in rows), rows
