@@ -20,7 +20,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     extra = [k for k in ("variant", "rescale", "beta", "n_train") if any(k in p for p in points)]
     print(f"{'#':>4} {'lr':>10} {'batch_size':>10} {'eta/S':>11} {'seed':>5}" + "".join(f" {k:>10}" for k in extra))
     for i, p in enumerate(points):
-        print(f"{i:>4} {p['lr']:>10.4g} {p['batch_size']:>10d} {p['lr'] / p['batch_size']:>11.4g} {p['seed']:>5d}"
+        seed = p["seed"] if "seed" in p else ",".join(map(str, p["seeds"]))  # train.replicas > 1
+        print(f"{i:>4} {p['lr']:>10.4g} {p['batch_size']:>10d} {p['lr'] / p['batch_size']:>11.4g} {seed:>5}"
               + "".join(f" {str(p.get(k, '-')):>10}" for k in extra))
     from sweeps.estimate import describe, estimate_cost
 

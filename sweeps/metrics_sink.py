@@ -67,12 +67,19 @@ class ArrowMetricsSink(Callback):
         self._writers[row["trial_id"]][0].flush()  # readable while the sweep runs
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if "epoch" in result:
+        if "replica_rows" in result:  # train.replicas > 1: one row per seed, each its own trial id
+            from sweeps.replica_points import replica_config, replica_trial_id
+
+            for r in result["replica_rows"]:
+                self.write_row(row_from_result(r, replica_config(trial.config, r["seed"]),
+                                               replica_trial_id(trial.trial_id, r["seed"])))
+        elif "epoch" in result:
             self.write_row(row_from_result(result, trial.config, trial.trial_id))
 
     def _close(self, trial_id: str) -> None:
-        if trial_id in self._writers:
-            sink, writer = self._writers.pop(trial_id)
+        # Also the per-seed files of a replica trial (``<trial_id>-s<seed>``).
+        for key in [k for k in self._writers if k == trial_id or k.startswith(f"{trial_id}-s")]:
+            sink, writer = self._writers.pop(key)
             writer.close()
             sink.close()
 

@@ -69,7 +69,10 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
     tuner = tune.Tuner(
         tune.with_resources(train_trial, resources),
         param_space=to_param_space(spec, code_version()),
-        tune_config=tune.TuneConfig(num_samples=1),
+        # Reused actors: a trial after the first on a worker skips process start-up and imports
+        # (seconds per trial; see docs/performance.md). Trials share no state: each one seeds
+        # torch and sets its threads itself.
+        tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),
         run_config=tune.RunConfig(
             name=spec.name,
             storage_path=str(run_dir.parent),

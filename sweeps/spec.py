@@ -339,6 +339,18 @@ def validate(spec: SweepSpec) -> None:
         raise SpecError(f"train.divergence_factor: must be > 1 (got {train.divergence_factor})")
     if train.eval_batch_size < 1:
         raise SpecError(f"train.eval_batch_size: must be >= 1 (got {train.eval_batch_size})")
+    if train.replicas < 1:
+        raise SpecError(f"train.replicas: must be >= 1 (got {train.replicas})")
+    if train.replicas > 1:
+        # The vectorized loop (trainables/replicas.py) has no schedules, probes or per-point
+        # families yet: refuse rather than silently run something else.
+        unsupported = [k for k, on in (("schedule", spec.schedule.kind != "constant"),
+                                       ("curvature", spec.curvature is not None),
+                                       ("rescale", spec.rescale is not None), ("beta", spec.beta is not None),
+                                       ("variants", bool(spec.variants))) if on]
+        if unsupported:
+            raise SpecError(f"train.replicas: vectorized seeds support plain grids only (no {unsupported[0]}); "
+                            f"set train.replicas: 1")
     if res.cpu <= 0:
         raise SpecError(f"resources.cpu: must be > 0 (got {res.cpu})")
     if res.gpu < 0:
@@ -481,6 +493,8 @@ def expand_points(spec: SweepSpec) -> list[dict[str, Any]]:
     Each point carries what varies between trials; everything else is shared by the sweep.
     ``grid``: lr x batch_size x seed. ``rescale``: the reference (lr0, S0) once, then every
     batch size under every rule. ``beta``: every n_train x beta.
+    With ``train.replicas`` K > 1 (MLP only) a point holds up to K seeds (``seeds``) trained
+    together in one Tune trial; see ``sweeps.replica_points``.
     """
     seeds = spec.grid.seed
     if spec.rescale is not None:
@@ -507,10 +521,13 @@ def expand_points(spec: SweepSpec) -> list[dict[str, Any]]:
         ]
     lrs = axis_values(spec.grid.lr, "grid.lr")
     sizes = axis_values(spec.grid.batch_size, "grid.batch_size")
-    return [
+    points = [
         {"lr": lr, "batch_size": s, "seed": seed}
         for lr, s, seed in itertools.product(lrs, sizes, seeds)
     ]
+    from sweeps.replica_points import group_seeds
+
+    return group_seeds(points, spec.train.replicas, spec.model.name)
 
 
 def to_param_space(spec: SweepSpec, code_version: str) -> dict[str, Any]:

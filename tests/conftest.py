@@ -24,6 +24,7 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
+        # address="local": our own cluster even when another process on this machine runs one.
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

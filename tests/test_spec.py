@@ -204,3 +204,9 @@ def test_variant_errors(variants, message):
     with pytest.raises(SpecError) as err:
         spec_from_dict(tiny_spec(grid={"seed": [0]}, variants=variants))
     assert str(err.value).startswith(message), str(err.value)
+
+
+@pytest.mark.parametrize("extra", [{"curvature": {"n_samples": 100}}, {"schedule": {"kind": "step", "every": 1}}])
+def test_replicas_refuse_what_the_vectorized_loop_cannot_do(extra):
+    with pytest.raises(SpecError, match=r"^train.replicas: vectorized seeds support plain grids only"):
+        spec_from_dict(tiny_spec(train={"epochs": 3, "replicas": 2}, **extra))

@@ -45,6 +45,9 @@ class TrainConfig:
     # divergence_factor * log(n_classes) (the loss of a uniform guess, in nats per example).
     divergence_factor: float = 10.0
     eval_batch_size: int = 2048        # examples per forward pass in evaluation (memory only)
+    # Seeds trained together in one trial (trainables/replicas.py): a Tune trial holds up to this
+    # many seeds of one (lr, S) point, and every seed still gets its own trial id and rows.
+    replicas: int = 1
 
 
 

@@ -220,6 +220,11 @@ def train_trial(config: dict[str, Any]) -> None:
 
     resources = config.get("resources", {})
     torch.set_num_threads(max(1, int(resources.get("cpu", 1))))
+    if "seeds" in config["point"]:  # train.replicas > 1: several seeds in one trial
+        from trainables.replicas import train_replica_trial
+        # Replica trials do not checkpoint yet: a failed one restarts from scratch.
+        return train_replica_trial(config, device=pick_device(float(resources.get("gpu", 0))))
+
     checkpoint_every = int(config.get("resilience", {}).get("checkpoint_every", 1))
     start_state = None
     checkpoint = tune.get_checkpoint()

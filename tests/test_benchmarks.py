@@ -1,0 +1,27 @@
+"""The benchmark's quick mode runs and prints every row (numbers are not checked: not a speed test)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_benchmark_quick_mode_prints_the_table(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    out_file = tmp_path / "bench.md"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out_file)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = out_file.read_text()
+    assert table in proc.stdout
+    assert "measured fp32 matmul rate" in table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| benchmark")]
+    assert not any("| error |" in r for r in rows), rows
+    for setting in ("S=25", "S=128", "S=1000"):
+        assert any(r.startswith("| 1 loop vs DataLoader") and f"| {setting} |" in r for r in rows), setting
+    for k in (1, 4, 8):
+        assert any(r.startswith("| 2 vectorized seeds") and f"K={k}, S=25" in r for r in rows), k
+    assert any(r.startswith("| 3 sweep overhead") for r in rows)
+    assert any(r.startswith("| 4 curvature probes") for r in rows)

@@ -1,0 +1,174 @@
+"""Vectorized seeds (trainables/replicas.py): the same computation as separate runs, and the
+sweep wiring (``train.replicas``) that gives every seed its own trial rows."""
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainables.config import DatasetConfig, ModelConfig, TrainConfig
+from trainables.data import load_dataset
+from trainables.models import build_model
+from trainables.replicas import StackedMLP, StackedSGD, cross_entropy_per_replica, run_replicas
+from trainables.train_loop import TrialPoint, run_training
+
+DIGITS = DatasetConfig(name="digits", val_fraction=0.2)
+QUICKSTART_MODEL = ModelConfig(name="mlp", depth=4, width=256, batch_norm=True)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset(DIGITS)
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_ten_steps_match_separate_runs(digits, batch_norm):
+    """Same seeds, same batches: after 10 SGD steps (momentum and weight decay on) every
+    replica's parameters and batch-norm statistics equal those of its own nn.Module run."""
+    seeds, lr, s = [0, 1, 5], 0.1, 32
+    cfg = ModelConfig(name="mlp", depth=4, width=64, batch_norm=batch_norm)
+    stacked = StackedMLP.from_seeds(seeds, cfg, digits.input_shape, digits.n_classes)
+    opt = StackedSGD(stacked.parameters(), lr, momentum=0.9, weight_decay=1e-3)
+    n = len(digits.x_train)
+    perms = torch.stack([torch.randperm(n, generator=torch.Generator().manual_seed(seed)) for seed in seeds])
+    for step in range(10):
+        idx = perms[:, step * s:(step + 1) * s]
+        loss = cross_entropy_per_replica(stacked(digits.x_train[idx], training=True), digits.y_train[idx])
+        opt.zero_grad()
+        loss.sum().backward()
+        opt.step()
+    for k, seed in enumerate(seeds):
+        # What run_training does for this seed: init after manual_seed, torch.optim.SGD, own order.
+        torch.manual_seed(seed)
+        model = build_model(cfg, digits.input_shape, digits.n_classes)
+        model.train()
+        ref_opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-3)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        for step in range(10):
+            i = perm[step * s:(step + 1) * s]
+            ref_loss = F.cross_entropy(model(digits.x_train[i]), digits.y_train[i])
+            ref_opt.zero_grad(set_to_none=True)
+            ref_loss.backward()
+            ref_opt.step()
+        ours = stacked.replica_state(k)
+        ref = {name: t for name, t in model.state_dict().items() if not name.endswith("num_batches_tracked")}
+        assert set(ours) == set(ref)
+        for name, t in ref.items():
+            torch.testing.assert_close(ours[name], t, rtol=0, atol=1e-5, msg=name)
+
+
+def test_rows_match_run_training_over_one_short_epoch(digits):
+    """run_replicas' rows equal run_training's for a 10-step epoch (n_train = 10 S)."""
+    ds = DatasetConfig(name="digits", val_fraction=0.2, n_train=320)
+    data = load_dataset(ds)
+    cfg = ModelConfig(name="mlp", depth=3, width=64, batch_norm=True)
+    train = TrainConfig(epochs=1, momentum=0.9)
+    rows: list[dict] = []
+    run_replicas(0.05, 32, [3, 4], ds, cfg, train, report=rows.extend, data=data)
+    assert [r["seed"] for r in rows] == [3, 4]
+    for r in rows:
+        ref: list[dict] = []
+        run_training(TrialPoint(0.05, 32, r["seed"]), ds, cfg, train, report=lambda row, state: ref.append(row), data=data)
+        (ref_row,) = ref
+        assert set(r) == set(ref_row)
+        assert r["steps"] == ref_row["steps"] == 10 and r["status"] == ref_row["status"] == "finished"
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            assert r[key] == pytest.approx(ref_row[key], abs=1e-5), key
+
+
+def test_full_quickstart_trial_within_seed_spread(digits):
+    """A whole quickstart trial (40 epochs, S = 128): each replica's final metrics lie within
+    the spread over seeds of separate runs (and next to its own seed's separate run)."""
+    seeds = [0, 1, 2, 3]
+    train = TrainConfig(epochs=40)
+    final: dict[int, dict] = {}
+    run_replicas(0.16, 128, seeds, DIGITS, QUICKSTART_MODEL, train,
+                 report=lambda rows: final.update({r["seed"]: r for r in rows}), data=digits)
+    separate = {}
+    for seed in seeds:
+        rows: list[dict] = []
+        run_training(TrialPoint(0.16, 128, seed), DIGITS, QUICKSTART_MODEL, train, report=lambda row, state: rows.append(row), data=digits)
+        separate[seed] = rows[-1]
+    for key in ("train_loss", "val_loss", "val_acc"):
+        values = [separate[s][key] for s in seeds]
+        spread = max(values) - min(values)
+        sd = statistics.stdev(values)
+        for s in seeds:
+            assert final[s]["status"] == "finished" and final[s]["epoch"] == 40
+            assert min(values) - sd <= final[s][key] <= max(values) + sd, (key, s, final[s][key], values)
+            assert abs(final[s][key] - separate[s][key]) <= max(spread, 1e-6), (key, s)
+
+
+def test_diverged_replicas_stop(digits):
+    """A replica whose epoch ends diverged reports status 'diverged' once and is dropped."""
+    rows: list[list[dict]] = []
+    status = run_replicas(1e4, 32, [0, 1], DIGITS, ModelConfig(depth=3, width=32, batch_norm=False),
+                          TrainConfig(epochs=5), report=rows.append, data=digits)
+    assert status == {0: "diverged", 1: "diverged"}
+    assert len(rows) == 1 and [r["status"] for r in rows[0]] == ["diverged", "diverged"]
+
+
+def test_dropping_a_replica_leaves_the_others_unchanged(digits):
+    """select() + rebind(): the kept replicas continue exactly as a stack without the dropped one."""
+    cfg = ModelConfig(depth=3, width=32)
+    a = StackedMLP.from_seeds([0, 1, 2], cfg, digits.input_shape, 10)
+    b = StackedMLP.from_seeds([0, 2], cfg, digits.input_shape, 10)
+    oa = StackedSGD(a.parameters(), 0.1, momentum=0.9)
+    ob = StackedSGD(b.parameters(), 0.1, momentum=0.9)
+    x, y = digits.x_train[:32], digits.y_train[:32]
+
+    def step(model, opt, k):
+        loss = cross_entropy_per_replica(model(x.expand(k, -1, -1).contiguous(), training=True), y.expand(k, -1))
+        opt.zero_grad()
+        loss.sum().backward()
+        opt.step()
+
+    step(a, oa, 3)
+    step(b, ob, 2)
+    keep = torch.tensor([0, 2])
+    a.select(keep)
+    oa.rebind(a.parameters(), keep)
+    for _ in range(3):
+        step(a, oa, 2)
+        step(b, ob, 2)
+    for pa_, pb_ in zip(a.parameters() + a.buffers(), b.parameters() + b.buffers()):
+        torch.testing.assert_close(pa_, pb_, rtol=0, atol=1e-6)
+
+
+def test_spec_groups_seeds():
+    from sweeps.spec import SpecError, expand_points, spec_from_dict
+    from tests.conftest import tiny_spec
+
+    spec = spec_from_dict(tiny_spec(train={"epochs": 1, "replicas": 2}, grid={"lr": [0.1], "batch_size": [32],
+                                                                                "seed": [0, 1, 2]}))
+    assert expand_points(spec) == [{"lr": 0.1, "batch_size": 32, "seeds": [0, 1]},
+                                   {"lr": 0.1, "batch_size": 32, "seeds": [2]}]
+    single = spec_from_dict(tiny_spec(grid={"seed": [0, 1]}))
+    assert all("seed" in p and "seeds" not in p for p in expand_points(single))
+    with pytest.raises(SpecError, match="train.replicas: must be >= 1"):
+        spec_from_dict(tiny_spec(train={"replicas": 0}))
+
+
+def test_sweep_with_replicas_writes_one_trial_per_seed(ray_local, tmp_path):
+    """A real local Ray sweep, train.replicas 2 and 2 seeds: one Tune trial, two trial ids in
+    the tables, exactly epochs rows each."""
+    from analysis.tables import load_metrics, load_trials
+    from sweeps.cli import main
+    from tests.conftest import tiny_spec, write_yaml
+
+    spec = write_yaml(tmp_path / "rep.yaml", tiny_spec(
+        "rep", train={"epochs": 3, "replicas": 2}, grid={"lr": [0.1], "batch_size": [32], "seed": [0, 1]}))
+    assert main(["run", str(spec), "--storage", str(tmp_path / "runs"), "--no-report"]) == 0
+    run_dir = tmp_path / "runs" / "rep"
+    metrics = load_metrics(run_dir)
+    assert metrics.num_rows == 2 * 3
+    ids = sorted(set(metrics.column("trial_id").to_pylist()))
+    assert len(ids) == 2 and {i.rsplit("-s", 1)[1] for i in ids} == {"0", "1"}
+    assert ids[0].rsplit("-s", 1)[0] == ids[1].rsplit("-s", 1)[0]  # one Tune trial behind both
+    trials = load_trials(run_dir).to_pylist()
+    assert sorted(t["seed"] for t in trials) == [0, 1]
+    for t in trials:
+        assert t["status"] == "finished" and t["epochs_done"] == 3 and t["lr"] == 0.1 and t["batch_size"] == 32
+        assert t["cfg.train.replicas"] == 2
