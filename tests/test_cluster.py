@@ -1,6 +1,7 @@
 """cluster.yaml (Ray cluster launcher) and fractional GPU requests of trials."""
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -22,6 +23,10 @@ def test_cluster_yaml_matches_rays_schema(cluster):
     schema_path = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
     jsonschema.validate(cluster, json.loads(schema_path.read_text()))
     assert cluster["provider"]["type"] == "aws"
+    # Ray's own checks as `ray up` runs them (defaults filled in, then validated), offline.
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(copy.deepcopy(cluster)))
 
 
 def test_cluster_node_types(cluster):
