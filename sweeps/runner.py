@@ -46,7 +46,8 @@ def init_ray(address: str | None) -> None:
         ray.init(address=address, log_to_driver=False)
     else:
         # An embedded local cluster; its dashboard (if any) listens on loopback only.
-        ray.init(include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False)
+        # address="local": a new cluster even when another one runs on this machine.
+        ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False)
 
 
 def trial_resources(spec: SweepSpec) -> dict[str, float]:

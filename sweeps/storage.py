@@ -238,7 +238,8 @@ def fetch_run_dir(run_dir: str | os.PathLike, filesystem: pafs.FileSystem | None
     if target.is_local:
         return Path(target.path)
     name = target.path.rstrip("/").rsplit("/", 1)[-1] or "run"
-    key = hashlib.sha1(display(target).encode()).hexdigest()[:12]
+    where = f"{display(target)}|{getattr(target.fs, 'base_path', '')}"  # subtrees: their root too
+    key = hashlib.sha1(where.encode()).hexdigest()[:12]
     local = cache_dir() / "fetched" / key / name
     try:
         infos = target.fs.get_file_info(pafs.FileSelector(_join(target.path, METRIC_DIR), allow_not_found=True))
