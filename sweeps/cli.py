@@ -36,26 +36,45 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     run_dir = run_sweep(spec, storage=args.storage, address=args.address)
     if not args.no_report:
-        from analysis.report import write_report
+        from analysis.report import write_reports
 
-        html_path, json_path = write_report(run_dir)
-        print(f"[lrbs] report: {html_path}\n[lrbs] fits: {json_path}")
+        paths = write_reports(run_dir)
+        print(f"[lrbs] report: {paths['html']}\n[lrbs] fits: {paths['json']}\n[lrbs] summary: {paths['md']}")
+        _publish(f"{args.storage.rstrip('/')}/{spec.name}", list(paths.values()), "[lrbs] ")
     return 0
+
+
+def _publish(run_uri: str, files: list[Path], prefix: str = "") -> None:
+    """Copy report files into a run directory given as a URI (no-op for a local one)."""
+    from sweeps.storage import is_uri, upload_files
+
+    if is_uri(run_uri):
+        for where in upload_files(run_uri, files):
+            print(f"{prefix}uploaded: {where}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from analysis.report import FORMATS, write_reports
+    from sweeps.storage import fetch_run_dir
 
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "metrics").is_dir():
-        raise LrbsError(f"RUN_DIR: {run_dir} is not an lrbs run directory (no metrics/ inside)")
     formats = [f.strip() for item in (args.format or list(FORMATS)) for f in item.split(",") if f.strip()]
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise LrbsError(f"--format: unknown format {unknown[0]!r} (choose from {', '.join(FORMATS)})")
+    run_dir = fetch_run_dir(args.run_dir)  # a URI (s3://, gs://, file://) is fetched to a local cache
+    if not (run_dir / "metrics").is_dir():
+        raise LrbsError(f"RUN_DIR: {run_dir} is not an lrbs run directory (no metrics/ inside)")
     paths = write_reports(run_dir, tuple(dict.fromkeys(formats)))
     labels = {"html": "report", "json": "fits", "md": "summary"}
     print("\n".join(f"{labels[f]}: {p}" for f, p in paths.items()))
+    _publish(args.run_dir, list(paths.values()))
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from sweeps.submit import submit_sweep
+
+    submit_sweep(args.spec, args.address, args.storage, job_id=args.job_id)
     return 0
 
 
@@ -82,17 +101,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("run", help="run a sweep (embedded local Ray unless --address)")
     p.add_argument("spec")
-    p.add_argument("--storage", default="runs", help="directory holding run directories (default: ./runs)")
+    p.add_argument("--storage", default="runs",
+                   help="directory or URI (s3://, gs://, file://) holding run directories (default: ./runs)")
     p.add_argument("--address", default=None, help="address of an existing Ray cluster (e.g. auto, HOST:6379)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("report", help="write report.html, fits.json and report.md for a run directory "
                                       "(also while the sweep runs: partial data, marked)")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="run directory: a path or a URI (s3://, gs://, file://)")
     p.add_argument("--format", action="append", metavar="FMT",
                    help="html (report.html), json (fits.json) or md (report.md); repeat or comma-separate "
                         "(default: all three)")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("submit", help="submit a sweep as a Ray job to a remote cluster")
+    p.add_argument("spec", help="spec file inside this project (it travels with the job's working dir)")
+    p.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://HEAD:8265")
+    p.add_argument("--storage", default=None,
+                   help="storage as the head node sees it: a URI (s3://, gs://) or a path there "
+                        "(default: ~/lrbs-runs on the head node)")
+    p.add_argument("--job-id", default=None, help="submission id (default: Ray picks one)")
+    p.set_defaults(func=cmd_submit)
     p = sub.add_parser("interpolate", help="loss along the line between two trials' final weights (Fig. 4)")
     p.add_argument("run_dir")
     p.add_argument("trial_a")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import yaml
 
@@ -45,29 +45,41 @@ def init_ray(address: str | None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        # A new embedded local cluster (address="local": never attach to another Ray that happens
-        # to run on this machine); its dashboard, if any, listens on loopback only.
+        # An embedded local cluster; its dashboard (if any) listens on loopback only.
+        # address="local": a new cluster even when another one runs on this machine.
         ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False)
 
 
+def trial_resources(spec: SweepSpec) -> dict[str, float]:
+    """What each trial asks Ray for; a fractional ``gpu`` lets several trials share one card."""
+    return {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+
+
 def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None = None,
-              out: TextIO = sys.stdout) -> Path:
-    """Run every trial of ``spec``; returns the run directory."""
+              out: TextIO = sys.stdout, *, storage_filesystem=None,
+              upload_interval_s: float | None = None) -> Path:
+    """Run every trial of ``spec``; returns the (local) run directory.
+
+    ``storage`` may be a URI (``s3://``, ``gs://``, ``file://``) or, with ``storage_filesystem``
+    (a ``pyarrow.fs.FileSystem``), a path inside that filesystem; a remote run directory is
+    mirrored in a local staging directory, which is returned (see ``sweeps.storage``).
+    """
     from ray import tune
 
     from sweeps.metrics_sink import ArrowMetricsSink
     from sweeps.progress import ProgressPrinter
     from sweeps.spec import expand_points
+    from sweeps.storage import prepare_placement
     from sweeps.version import code_version
     from trainables.train_loop import train_trial
 
-    run_dir = prepare_run_dir(spec, storage)
+    place = prepare_placement(spec, storage, storage_filesystem, upload_interval_s)
+    run_dir = place.run_dir
     init_ray(address)
     n_trials = len(expand_points(spec))
-    print(f"[lrbs] sweep {spec.name}: {n_trials} trials -> {run_dir}", file=out, flush=True)
-    resources: dict[str, Any] = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    print(f"[lrbs] sweep {spec.name}: {n_trials} trials -> {place.where}", file=out, flush=True)
     tuner = tune.Tuner(
-        tune.with_resources(train_trial, resources),
+        tune.with_resources(train_trial, trial_resources(spec)),
         param_space=to_param_space(spec, code_version()),
         # Reused actors: a trial after the first on a worker skips process start-up and imports
         # (seconds per trial; see docs/performance.md). Trials share no state: each one seeds
@@ -75,15 +87,16 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
         tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),
         run_config=tune.RunConfig(
             name=spec.name,
-            storage_path=str(run_dir.parent),
-            callbacks=[ArrowMetricsSink(run_dir / METRIC_DIR), ProgressPrinter(n_trials)],
+            **place.tune_kwargs,
+            callbacks=[ArrowMetricsSink(place.metrics_dir), *place.callbacks, ProgressPrinter(n_trials)],
             failure_config=tune.FailureConfig(max_failures=spec.resilience.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.resilience.keep_checkpoints),
             verbose=0,
         ),
     )
     results = tuner.fit()
+    place.finish()
     n_err = sum(1 for r in results if r.error is not None)
     print(f"[lrbs] sweep {spec.name} ended: {len(results) - n_err} trials finished, {n_err} errored; "
-          f"metrics in {run_dir / METRIC_DIR}", file=out, flush=True)
+          f"metrics in {place.where}/{METRIC_DIR}", file=out, flush=True)
     return run_dir

@@ -24,7 +24,8 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        # address="local": our own cluster even when another process on this machine runs one.
+        # address="local": always a new cluster, never one that another process on this machine
+        # started (ray.init() without an address would join the newest one in /tmp/ray).
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -1,0 +1,89 @@
+"""``lrbs submit``: run a sweep on a remote Ray cluster as a Ray job.
+
+The spec is validated here first (bad input: exit 2, nothing submitted). The job's working
+directory is this project (uploaded by Ray; the cluster nodes also have it pip-installed, see
+cluster.yaml), and its entrypoint is ``python -m sweeps.cli run SPEC --address auto --storage S``
+on the head node. Token auth: the client sends the token Ray finds on this machine
+(``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``) when ``RAY_AUTH_MODE=token``.
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from sweeps.errors import LrbsError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Never uploaded with the working dir: environments, results, caches, data, weights.
+EXCLUDES = [".venv", "venv", "runs", ".git", "data", "__pycache__", ".pytest_cache", "*.egg-info",
+            "*.arrow", "*.pt", "*.ckpt", "report.html", ".gl"]
+EXCLUDED_DIRS = {".venv", "venv", "runs", ".git", "data", ".gl"}
+# Storage on the head node when --storage is not given: outside the job's working dir, which
+# Ray deletes with the job. Multi-node runs need a URI every node reaches (s3://, gs://, NFS).
+DEFAULT_JOB_STORAGE = "~/lrbs-runs"
+
+
+def spec_in_project(spec_path: str | Path, root: Path = PROJECT_ROOT) -> str:
+    """The spec's path relative to the project (it travels with the job's working dir)."""
+    path = Path(spec_path).resolve()
+    try:
+        rel = path.relative_to(root.resolve())
+    except ValueError:
+        raise LrbsError(f"SPEC: {spec_path} is outside the project directory {root}; only files inside it "
+                        f"travel with the job (copy the spec there, e.g. into specs/)") from None
+    if rel.parts and rel.parts[0] in EXCLUDED_DIRS:
+        raise LrbsError(f"SPEC: {spec_path} is under {rel.parts[0]}/, which is not uploaded with the job")
+    return rel.as_posix()
+
+
+def job_entrypoint(spec_rel: str, storage: str) -> str:
+    return shlex.join(["python", "-m", "sweeps.cli", "run", spec_rel, "--address", "auto", "--storage", storage])
+
+
+def submit_sweep(spec_path: str | Path, address: str, storage: str | None = None, *,
+                 job_id: str | None = None, root: Path = PROJECT_ROOT,
+                 out: TextIO = sys.stdout) -> str:
+    """Validate ``spec_path``, submit it as a Ray job to the dashboard at ``address``; returns the job id."""
+    from sweeps.spec import expand_points, load_spec
+
+    spec = load_spec(spec_path)
+    n_trials = len(expand_points(spec))
+    spec_rel = spec_in_project(spec_path, root)
+    storage = storage or DEFAULT_JOB_STORAGE
+    if "://" not in address:
+        address = f"http://{address}"  # the dashboard's HTTP address, e.g. http://HEAD:8265
+
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        client = JobSubmissionClient(address)
+    except Exception as exc:  # ConnectionError, RuntimeError from the SDK, auth errors
+        raise LrbsError(f"--address: cannot reach the Ray dashboard at {address} ({_first_line(exc)})") from None
+    runtime_env: dict[str, Any] = {"working_dir": str(root), "excludes": list(EXCLUDES)}
+    try:
+        job_id = client.submit_job(
+            entrypoint=job_entrypoint(spec_rel, storage),
+            runtime_env=runtime_env,
+            submission_id=job_id,
+            metadata={"lrbs_sweep": spec.name, "lrbs_spec": spec_rel, "lrbs_storage": storage},
+        )
+    except Exception as exc:
+        raise LrbsError(f"--address: {address} refused the job ({_first_line(exc)})") from None
+    run_dir = f"{storage.rstrip('/')}/{spec.name}"
+    print(f"submitted {spec.name} ({n_trials} trials) as Ray job {job_id} to {address}", file=out)
+    print(f"  run directory (on the head node): {run_dir}", file=out)
+    print(f"  follow: ray job logs --follow {job_id} --address {address}", file=out)
+    print(f"  status: ray job status {job_id} --address {address}", file=out)
+    print(f"  stop:   ray job stop {job_id} --address {address}", file=out)
+    print(f"  resume: lrbs resume {run_dir}   (on the head node: ray attach cluster.yaml)", file=out)
+    if "://" in storage:
+        print(f"  report: lrbs report {run_dir}", file=out)
+    out.flush()
+    return job_id
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

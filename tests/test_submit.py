@@ -1,0 +1,166 @@
+"""``lrbs submit`` against a real Ray head (dashboard + job server, token auth) started by the test.
+
+The head runs in its own process group with its own temp dir, ports and token, and is stopped by
+killing that group: the in-process Ray of the other tests (``ray_local``) is never touched.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from analysis.tables import load_metrics
+from tests.conftest import ROOT
+
+SPEC = "tests/specs/submit_digits.yaml"
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _own_pids(marker: str) -> list[int]:
+    """PIDs of this user's processes whose command line names ``marker`` (the head's temp dir)."""
+    out = subprocess.run(["pgrep", "-u", str(os.getuid()), "-f", marker], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split() if int(p) != os.getpid()]
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A Ray head with dashboard on 127.0.0.1 and RAY_AUTH_MODE=token; yields (address, env, token)."""
+    temp_dir = Path(f"/tmp/lrbs-{secrets.token_hex(3)}")  # short: Ray's socket paths have a length limit
+    gcs, dash, client, agent = _free_ports(4)
+    token = secrets.token_hex(16)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}".rstrip(os.pathsep),
+           "OMP_NUM_THREADS": "1", "LRBS_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
+    log = open(tmp_path / "head.log", "w")
+    head = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={gcs}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
+         f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+         "--num-cpus=2", "--num-gpus=0", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        _wait_for_dashboard(address, token, head, tmp_path / "head.log")
+        yield address, env, token
+    finally:
+        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(head.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                head.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        # Anything of this head that left the group (named by its unique temp dir).
+        deadline = time.monotonic() + 10
+        while (pids := _own_pids(str(temp_dir))) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _client(address: str, token: str):
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"})
+
+
+def _wait_for_dashboard(address: str, token: str, head: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if head.poll() is not None:
+            pytest.fail(f"ray start exited with {head.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            _client(address, token).list_jobs()
+            return
+        except Exception:
+            time.sleep(1)
+    pytest.fail(f"the dashboard at {address} did not come up in {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def _lrbs(env, *args):
+    return subprocess.run([sys.executable, "-m", "sweeps.cli", *args], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=120)
+
+
+@pytest.mark.slow
+def test_submit_runs_the_sweep_as_a_ray_job(ray_head, tmp_path):
+    from ray.job_submission import JobStatus
+
+    address, env, token = ray_head
+    storage = tmp_path / "runs"
+    out = _lrbs(env, "submit", SPEC, "--address", address, "--storage", str(storage))
+    assert out.returncode == 0, out.stderr
+    job_id = re.search(r"as Ray job (\S+) to ", out.stdout).group(1)
+    assert f"ray job logs --follow {job_id} --address {address}" in out.stdout
+    assert f"ray job status {job_id} --address {address}" in out.stdout
+    assert f"lrbs resume {storage}/submit_digits" in out.stdout
+
+    client = _client(address, token)
+    deadline = time.monotonic() + 150
+    status = client.get_job_status(job_id)
+    while status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED} and time.monotonic() < deadline:
+        time.sleep(2)
+        status = client.get_job_status(job_id)
+    logs = client.get_job_logs(job_id)
+    assert status == JobStatus.SUCCEEDED, logs[-4000:]
+    info = client.get_job_info(job_id)
+    assert info.entrypoint == f"python -m sweeps.cli run {SPEC} --address auto --storage {storage}"
+    assert info.metadata["lrbs_sweep"] == "submit_digits"
+    assert "[lrbs] sweep submit_digits: 2 trials" in logs
+
+    run = storage / "submit_digits"
+    metrics = load_metrics(run)
+    assert metrics.num_rows == 2 * 2
+    assert set(metrics.column("status").to_pylist()) <= {"running", "finished"}
+    assert (run / "report.html").is_file() and (run / "fits.json").is_file()
+
+    # Token auth: a client with a wrong token is refused (exit 2, one line, nothing submitted).
+    bad = _lrbs({**env, "RAY_AUTH_TOKEN": "wrong-token"}, "submit", SPEC, "--address", address,
+                "--storage", str(tmp_path / "other"))
+    assert bad.returncode == 2, bad.stdout + bad.stderr
+    assert bad.stderr.startswith("lrbs: error: --address:") and bad.stderr.count("\n") == 1
+    assert len(client.list_jobs()) == 1
+
+
+def test_submit_rejects_bad_input_before_contacting_anything(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ngrid: {lr: [-1], batch_size: [8], seed: [0]}\n")
+    # Port 9 (discard): nothing is listening; validation must fail first.
+    out = _lrbs(os.environ, "submit", str(bad), "--address", "http://127.0.0.1:9")
+    assert out.returncode == 2 and "grid.lr[0]: must be > 0" in out.stderr and out.stdout == ""
+    outside = tmp_path / "ok.yaml"
+    outside.write_text("name: ok\n")
+    out = _lrbs(os.environ, "submit", str(outside), "--address", "http://127.0.0.1:9")
+    assert out.returncode == 2 and "outside the project directory" in out.stderr
+    out = _lrbs(os.environ, "submit", SPEC, "--address", "http://127.0.0.1:9")
+    assert out.returncode == 2 and "cannot reach the Ray dashboard" in out.stderr
