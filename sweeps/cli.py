@@ -48,6 +48,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_resume(args: argparse.Namespace) -> int:
+    from sweeps.resume import resume_sweep
+
+    run_dir = resume_sweep(args.run_dir, restart_errored=args.restart_errored, address=args.address)
+    if not args.no_report:
+        from analysis.report import write_report
+
+        html_path, json_path = write_report(run_dir)
+        print(f"[lrbs] report: {html_path}\n[lrbs] fits: {json_path}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from sweeps.status import format_status, read_status
+
+    print(format_status(read_status(args.run_dir)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lrbs", description="Ray Tune sweeps of SGD's eta/S ratio.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -63,6 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write report.html and fits.json for a run directory")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("resume", help="continue an interrupted sweep (unfinished and errored trials)")
+    p.add_argument("run_dir")
+    p.add_argument("--restart-errored", action="store_true",
+                   help="restart errored trials from scratch instead of from their last checkpoint")
+    p.add_argument("--address", default=None, help="address of an existing Ray cluster (e.g. auto, HOST:6379)")
+    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.set_defaults(func=cmd_resume)
+    p = sub.add_parser("status", help="table of a run's trials, read from its files (no Ray)")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_status)
     return parser
 
 
