@@ -52,9 +52,10 @@ def check_trusted(run_dir: Path) -> None:
 
 
 def resume_sweep(run_dir: str | Path, restart_errored: bool = False, address: str | None = None,
-                 out: TextIO = sys.stdout) -> Path:
+                 out: TextIO | None = None) -> Path:
     """Finish the sweep in ``run_dir``. Finished trials are left alone; unfinished ones continue
     from their last checkpoint; errored ones too, or from scratch with ``restart_errored``."""
+    out = out or sys.stdout
     from ray import tune
 
     from sweeps.metrics_sink import ArrowMetricsSink

@@ -50,8 +50,9 @@ def init_ray(address: str | None) -> None:
 
 
 def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None = None,
-              out: TextIO = sys.stdout) -> Path:
+              out: TextIO | None = None) -> Path:
     """Run every trial of ``spec``; returns the run directory."""
+    out = out or sys.stdout  # looked up per call: a default bound at import outlives a swapped stdout
     from ray import tune
 
     from sweeps.metrics_sink import ArrowMetricsSink
