@@ -360,6 +360,8 @@ def test_errored_trial_status_then_resume_and_restart(cluster, tmp_path):
     assert [(t.status, t.epochs_done, t.row_status) for t in trials] == [("TERMINATED", 3, "finished")] * 2
     out = status_cli(run_dir)
     assert out.returncode == 0 and out.stdout.splitlines()[-1] == "2 trials: 2 TERMINATED"
+    for trial_dir in run_dir.glob("train_trial_*"):  # resilience.keep_checkpoints (default 2)
+        assert [p.name for p in sorted(trial_dir.glob("checkpoint_*"))] == ["checkpoint_000001", "checkpoint_000002"]
     new_files = [p for p in (run_dir / "metrics").glob("*.arrow")]
     assert len(new_files) == 4
     assert sorted(read_stream_file(p)[0].column("epoch").to_pylist()[0] for p in new_files) == [1, 1, 2, 2]
@@ -383,3 +385,15 @@ def test_resume_refuses_a_run_dir_others_can_write(tmp_path, capsys):
     assert main(["resume", str(run_dir)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "tuner.pkl is writable by other users" in err
+
+
+@pytest.mark.parametrize("value, ok", [(None, True), (1, True), (3, True), (0, False), (4, False)])
+def test_fail_at_epoch_must_be_an_epoch_of_the_run(value, ok):
+    from sweeps.spec import SpecError, spec_from_dict
+
+    data = tiny_spec("v", resilience={"fail_at_epoch": value})  # 3 epochs
+    if ok:
+        assert spec_from_dict(data).resilience.fail_at_epoch == value
+    else:
+        with pytest.raises(SpecError, match=r"resilience.fail_at_epoch: must be an epoch in 1..3"):
+            spec_from_dict(data)
