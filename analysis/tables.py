@@ -21,6 +21,7 @@ class ReadReport:
     files: int = 0
     rows_read: int = 0
     dropped_bytes: dict[str, int] = field(default_factory=dict)  # file name -> bytes not readable
+    superseded_rows: int = 0  # rows of earlier attempts replaced by later ones (see drop_superseded)
 
     @property
     def truncated_files(self) -> list[str]:
@@ -85,6 +86,36 @@ def dedupe_last(table: pa.Table, keys: tuple[str, ...] = ("trial_id", "epoch")) 
     return table.take(last.column("__row_max").take(keep))
 
 
+def drop_superseded(table: pa.Table) -> pa.Table:
+    """Drop the rows that a later attempt of the same trial point has superseded (table order = write order).
+
+    - A trial restarted from scratch (``lrbs resume --restart-errored``) gets a new trial id from
+      Tune: of the trials with the same config, only the one written last is kept.
+    - Rows of a trial for epochs after the epoch of its last row written come from an attempt
+      that a restart (from a checkpoint or from scratch) has not reached again, or that ended
+      earlier (e.g. diverged sooner): they are dropped.
+    Rows of the same (trial_id, epoch) are left for ``dedupe_last``.
+    """
+    if table.num_rows == 0:
+        return table
+    trial_ids = table.column("trial_id").to_pylist()
+    epochs = table.column("epoch").to_pylist()
+    configs = (table.column("config_json").to_pylist() if "config_json" in table.column_names
+               else [None] * table.num_rows)
+    last: dict[str, int] = {}
+    for i, trial_id in enumerate(trial_ids):
+        last[trial_id] = i
+    newest: dict[str, str] = {}  # config -> trial id written last
+    for trial_id, i in last.items():
+        config = configs[i]
+        if config is not None and (config not in newest or last[newest[config]] < i):
+            newest[config] = trial_id
+    replaced = {t for t, i in last.items() if configs[i] is not None and newest[configs[i]] != t}
+    keep = [i for i, (t, e) in enumerate(zip(trial_ids, epochs))
+            if t not in replaced and e <= epochs[last[t]]]
+    return table if len(keep) == table.num_rows else table.take(pa.array(keep, pa.int64()))
+
+
 def load_metrics(run_dir: str | Path) -> pa.Table:
     """One row per (trial_id, epoch), sorted by trial_id then epoch."""
     return load_metrics_with_report(run_dir)[0]
@@ -93,7 +124,8 @@ def load_metrics(run_dir: str | Path) -> pa.Table:
 def load_metrics_with_report(run_dir: str | Path) -> tuple[pa.Table, ReadReport]:
     """``load_metrics`` and what reading found (files, rows, bytes dropped from cut-off files)."""
     table, report = read_metric_files(run_dir)
-    table = dedupe_last(table)
+    table = dedupe_last(drop_superseded(table))
+    report.superseded_rows = report.rows_read - table.num_rows
     return table.sort_by([("trial_id", "ascending"), ("epoch", "ascending")]), report
 
 

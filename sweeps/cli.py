@@ -36,12 +36,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     run_dir = run_sweep(spec, storage=args.storage, address=args.address)
     if not args.no_report:
-        from analysis.report import write_reports
-
-        paths = write_reports(run_dir)
-        print(f"[lrbs] report: {paths['html']}\n[lrbs] fits: {paths['json']}\n[lrbs] summary: {paths['md']}")
-        _publish(f"{args.storage.rstrip('/')}/{spec.name}", list(paths.values()), "[lrbs] ")
+        _final_report(run_dir, f"{args.storage.rstrip('/')}/{spec.name}")
     return 0
+
+
+def _final_report(run_dir: Path, publish_to: str | None = None) -> None:
+    """The report at the end of ``run``/``resume`` (all formats), copied to a URI run dir if any."""
+    from analysis.report import write_reports
+
+    paths = write_reports(run_dir)
+    print(f"[lrbs] report: {paths['html']}\n[lrbs] fits: {paths['json']}\n[lrbs] summary: {paths['md']}")
+    if publish_to:
+        _publish(publish_to, list(paths.values()), "[lrbs] ")
 
 
 def _publish(run_uri: str, files: list[Path], prefix: str = "") -> None:
@@ -93,6 +99,22 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_resume(args: argparse.Namespace) -> int:
+    from sweeps.resume import resume_sweep
+
+    run_dir = resume_sweep(args.run_dir, restart_errored=args.restart_errored, address=args.address)
+    if not args.no_report:
+        _final_report(run_dir)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from sweeps.status import format_status, read_status
+
+    print(format_status(read_status(args.run_dir)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lrbs", description="Ray Tune sweeps of SGD's eta/S ratio.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha-max", type=float, default=2.0)
     p.add_argument("--num", type=int, default=31, help="number of alphas (default 31)")
     p.set_defaults(func=cmd_interpolate)
+    p = sub.add_parser("resume", help="continue an interrupted sweep (unfinished and errored trials)")
+    p.add_argument("run_dir")
+    p.add_argument("--restart-errored", action="store_true",
+                   help="restart errored trials from scratch instead of from their last checkpoint")
+    p.add_argument("--address", default=None, help="address of an existing Ray cluster (e.g. auto, HOST:6379)")
+    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.set_defaults(func=cmd_resume)
+    p = sub.add_parser("status", help="table of a run's trials, read from its files (no Ray)")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_status)
     return parser
 
 

@@ -54,6 +54,12 @@ class ArrowMetricsSink(Callback):
         # Tune pickles callbacks with the experiment state; open files stay with this process.
         return {**self.__dict__, "_writers": {}}
 
+    def __setstate__(self, state):
+        # An unpickled sink (Tuner.restore reloads the RunConfig) is a new driver session: it
+        # must never reopen the files of the session that pickled it.
+        self.__dict__.update(state)
+        self.session = session_tag()
+
     def _writer(self, trial_id: str) -> pa.ipc.RecordBatchStreamWriter:
         if trial_id not in self._writers:
             path = self.metrics_dir / f"{self.session}__{trial_id}.arrow"

@@ -56,7 +56,7 @@ def trial_resources(spec: SweepSpec) -> dict[str, float]:
 
 
 def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None = None,
-              out: TextIO = sys.stdout, *, storage_filesystem=None,
+              out: TextIO | None = None, *, storage_filesystem=None,
               upload_interval_s: float | None = None) -> Path:
     """Run every trial of ``spec``; returns the (local) run directory.
 
@@ -64,6 +64,7 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
     (a ``pyarrow.fs.FileSystem``), a path inside that filesystem; a remote run directory is
     mirrored in a local staging directory, which is returned (see ``sweeps.storage``).
     """
+    out = out or sys.stdout  # looked up per call: a default bound at import outlives a swapped stdout
     from ray import tune
 
     from sweeps.metrics_sink import ArrowMetricsSink

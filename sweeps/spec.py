@@ -47,6 +47,7 @@ class ResilienceConfig:
     max_failures: int = 3          # restarts of a trial whose worker died (from its last checkpoint)
     checkpoint_every: int = 1      # epochs between checkpoints (the last epoch is always saved)
     keep_checkpoints: int = 2      # checkpoints kept per trial (older ones are deleted)
+    fail_at_epoch: int | None = None  # test hook: each trial raises once at this epoch (trainables/faults.py)
 
 
 @dataclass(frozen=True)
@@ -402,6 +403,8 @@ def validate(spec: SweepSpec) -> None:
         minimum = 0 if key == "max_failures" else 1
         if getattr(r, key) < minimum:
             raise SpecError(f"resilience.{key}: must be >= {minimum} (got {getattr(r, key)})")
+    if r.fail_at_epoch is not None and not 1 <= r.fail_at_epoch <= spec.train.epochs:
+        raise SpecError(f"resilience.fail_at_epoch: must be an epoch in 1..{spec.train.epochs} (got {r.fail_at_epoch})")
 
 
 def _check_batch_size(size: int, n_train: int, where: str) -> None:

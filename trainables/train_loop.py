@@ -218,6 +218,8 @@ def train_trial(config: dict[str, Any]) -> None:
     """Ray Tune function trainable: ``config`` is the param space made by ``sweeps.spec``."""
     from ray import tune
 
+    from trainables.faults import maybe_fail
+
     resources = config.get("resources", {})
     torch.set_num_threads(max(1, int(resources.get("cpu", 1))))
     if "seeds" in config["point"]:  # train.replicas > 1: several seeds in one trial
@@ -233,6 +235,7 @@ def train_trial(config: dict[str, Any]) -> None:
             start_state = load_state(directory)
 
     def report(row: dict[str, Any], state: Callable[[], dict[str, Any]]) -> None:
+        maybe_fail(config, row["epoch"])  # test hook: resilience.fail_at_epoch (trainables/faults.py)
         if row["status"] == RUNNING and row["epoch"] % checkpoint_every:
             tune.report(row)
             return

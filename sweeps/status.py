@@ -1,0 +1,117 @@
+"""``lrbs status RUN_DIR``: the trials of a run, read from files only (no Ray, no unpickling).
+
+Trial status, failures and errors come from Ray Tune's newest ``experiment_state-*.json``
+(plain JSON; its cloudpickled fields are never decoded) and the trials' ``error.txt``; epochs
+done and the last validation accuracy come from the Arrow metric tables.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sweeps.errors import LrbsError
+
+EXPERIMENT_STATE_GLOB = "experiment_state-*.json"
+
+
+@dataclass
+class TrialStatus:
+    trial_id: str
+    lr: float | None
+    batch_size: int | None
+    seed: int | None
+    status: str                 # Tune's: PENDING, RUNNING, PAUSED, TERMINATED, ERROR; or UNKNOWN
+    epochs_done: int
+    epochs: int | None
+    last_val_acc: float | None
+    row_status: str | None      # status column of the last metric row (running/finished/diverged)
+    failures: int
+    error: str                  # last line of the trial's error.txt ('' if none)
+
+
+def newest_experiment_state(run_dir: Path) -> Path | None:
+    paths = sorted(run_dir.glob(EXPERIMENT_STATE_GLOB))  # names carry a sortable timestamp
+    return paths[-1] if paths else None
+
+
+def _error_line(path: Path) -> str:
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def _tune_trials(run_dir: Path) -> list[dict[str, Any]]:
+    """Per trial: id, Tune status, config, failures and error, from the newest experiment state."""
+    path = newest_experiment_state(run_dir)
+    if path is None:
+        return []
+    try:
+        state = json.loads(path.read_text())
+        trial_data = state["trial_data"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LrbsError(f"RUN_DIR: cannot read {path.name} ({exc})") from None
+    trials = []
+    for trial_json, meta_json in trial_data:
+        trial = json.loads(trial_json) if isinstance(trial_json, str) else trial_json
+        meta = json.loads(meta_json) if isinstance(meta_json, str) else meta_json
+        error = ""
+        if meta.get("error_filename") and trial.get("relative_logdir"):
+            error = _error_line(run_dir / trial["relative_logdir"] / meta["error_filename"])
+        trials.append({"trial_id": trial["trial_id"], "status": trial.get("status", "UNKNOWN"),
+                       "config": trial.get("config") or {}, "failures": int(meta.get("num_failures") or 0),
+                       "error": error})
+    return trials
+
+
+def read_status(run_dir: str | Path) -> list[TrialStatus]:
+    """One entry per trial of the run (Tune's trials, plus any trial only the metrics know)."""
+    from analysis.tables import load_metrics
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or not ((run_dir / "metrics").is_dir() or newest_experiment_state(run_dir)):
+        raise LrbsError(f"RUN_DIR: {run_dir} is not an lrbs run directory (no metrics/ or experiment state inside)")
+    last_rows: dict[str, dict[str, Any]] = {}
+    if (run_dir / "metrics").is_dir():
+        for row in load_metrics(run_dir).select(["trial_id", "epoch", "val_acc", "status", "config_json"]).to_pylist():
+            last_rows[row["trial_id"]] = row  # sorted by trial then epoch: the last one wins
+    trials = _tune_trials(run_dir)
+    known = {t["trial_id"] for t in trials}
+    for trial_id, row in last_rows.items():
+        if trial_id not in known:  # no experiment state yet (driver killed early)
+            trials.append({"trial_id": trial_id, "status": "UNKNOWN", "config": json.loads(row["config_json"] or "{}"),
+                           "failures": 0, "error": ""})
+    out = []
+    for t in sorted(trials, key=lambda t: t["trial_id"]):
+        point = t["config"].get("point") or {}
+        row = last_rows.get(t["trial_id"])
+        out.append(TrialStatus(
+            trial_id=t["trial_id"], lr=point.get("lr"), batch_size=point.get("batch_size"), seed=point.get("seed"),
+            status=t["status"], epochs_done=row["epoch"] if row else 0,
+            epochs=(t["config"].get("train") or {}).get("epochs"),
+            last_val_acc=row["val_acc"] if row else None, row_status=row["status"] if row else None,
+            failures=t["failures"], error=t["error"]))
+    return out
+
+
+def format_status(trials: list[TrialStatus], error_width: int = 60) -> str:
+    """A fixed-width table and a summary line."""
+    header = (f"{'trial_id':<14} {'lr':>9} {'batch':>6} {'seed':>5} {'status':<10} {'epochs':>8} "
+              f"{'val_acc':>8} {'result':<9} {'fails':>5}  error")
+    lines = [header]
+    for t in trials:
+        epochs = f"{t.epochs_done}/{t.epochs if t.epochs is not None else '?'}"
+        lr = f"{t.lr:.4g}" if t.lr is not None else "-"
+        acc = f"{t.last_val_acc:.4f}" if t.last_val_acc is not None else "-"
+        error = t.error if len(t.error) <= error_width else t.error[:error_width - 3] + "..."
+        lines.append(f"{t.trial_id:<14} {lr:>9} {t.batch_size if t.batch_size is not None else '-':>6} "
+                     f"{t.seed if t.seed is not None else '-':>5} {t.status:<10} {epochs:>8} {acc:>8} "
+                     f"{t.row_status or '-':<9} {t.failures:>5}  {error}".rstrip())
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.status] = counts.get(t.status, 0) + 1
+    lines.append(f"{len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    return "\n".join(lines)

@@ -1,0 +1,399 @@
+"""Fault tolerance with real Ray (no mocks): a dying worker node, a SIGKILLed driver, a trial that
+raises; ``lrbs resume`` and ``lrbs status``; exactly-once metric rows; cut-off Arrow files.
+
+Every faulted trial must end with exactly the epoch rows of the same trial run without a fault
+(``run_training`` in this process: same seed, CPU, one thread, deterministic).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from analysis.tables import load_metrics, load_metrics_with_report, read_stream_file
+from sweeps.cli import main
+from sweeps.metrics_sink import ArrowMetricsSink
+from sweeps.status import read_status
+from tests.conftest import ROOT, tiny_spec, write_yaml
+
+COMPARED = ("epoch", "lr", "batch_size", "steps", "examples_seen", "train_loss", "train_acc", "val_loss",
+            "val_acc", "status")
+EPOCHS = 10
+
+
+def fault_spec(name: str, **overrides) -> dict:
+    """2 trials x EPOCHS epochs of a small MLP: ~0.2 s per epoch, long enough to be interrupted."""
+    base = dict(model={"width": 128}, train={"epochs": EPOCHS},
+                grid={"lr": [0.05, 0.2], "batch_size": [16], "seed": [0]})
+    return tiny_spec(name, **{**base, **overrides})
+
+
+_EXPECTED: dict[str, list[dict]] = {}
+
+
+def uninterrupted_rows(config: dict) -> list[dict]:
+    """The epoch rows of this trial config run start to finish without Ray or faults."""
+    import torch
+
+    from trainables.config import DatasetConfig, ModelConfig, TrainConfig, from_dict
+    from trainables.schedules import schedule_from_dict
+    from trainables.train_loop import TrialPoint, run_training
+
+    key = json.dumps({k: config.get(k) for k in ("point", "dataset", "model", "train", "schedule")}, sort_keys=True)
+    if key not in _EXPECTED:
+        rows: list[dict] = []
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as inside the trial (resources.cpu: 1)
+        try:
+            run_training(TrialPoint.from_dict(config["point"]), from_dict(DatasetConfig, config["dataset"]),
+                         from_dict(ModelConfig, config["model"]), from_dict(TrainConfig, config["train"]),
+                         report=lambda row, state: rows.append(row),
+                         schedule=schedule_from_dict(config.get("schedule")))
+        finally:
+            torch.set_num_threads(threads)
+        _EXPECTED[key] = [{k: r[k] for k in COMPARED} for r in rows]
+    return _EXPECTED[key]
+
+
+def assert_exactly_once_and_unfaulted(run_dir: Path, n_trials: int, epochs: int) -> list[dict]:
+    """One row per (trial, epoch) for every trial, equal to the uninterrupted run."""
+    metrics = load_metrics(run_dir)
+    rows = metrics.to_pylist()
+    by_trial: dict[str, list[dict]] = {}
+    for r in rows:
+        by_trial.setdefault(r["trial_id"], []).append(r)
+    assert len(by_trial) == n_trials, sorted(by_trial)
+    for trial_id, trial_rows in by_trial.items():
+        assert [r["epoch"] for r in trial_rows] == list(range(1, epochs + 1)), trial_id
+        expected = uninterrupted_rows(json.loads(trial_rows[-1]["config_json"]))
+        assert [{k: r[k] for k in COMPARED} for r in trial_rows] == expected, trial_id
+    return rows
+
+
+def tune_trial_ids(run_dir: Path) -> set[str]:
+    return {t.trial_id for t in read_status(run_dir)}
+
+
+def status_cli(run_dir: Path) -> subprocess.CompletedProcess:
+    """``lrbs status`` in a fresh interpreter; it must not even import Ray."""
+    code = ("import sys; from sweeps.cli import main; rc = main(['status', sys.argv[1]]); "
+            "assert 'ray' not in sys.modules, 'lrbs status imported ray'; sys.exit(rc)")
+    return subprocess.run([sys.executable, "-c", code, str(run_dir)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+# ---------------------------------------------------------------------------------------------
+# Arrow files: cut off mid-write, and rows superseded by later attempts (no Ray)
+
+
+def _row(trial_id: str, epoch: int, config: dict, val_acc: float = 0.5, status: str = "running") -> dict:
+    from sweeps.metrics_sink import row_from_result
+
+    result = {"epoch": epoch, "lr": 0.1, "batch_size": 32, "ratio": 0.1 / 32, "seed": 0, "n_train": 100,
+              "train_loss": 1.0, "train_acc": 0.5, "val_loss": 1.0, "val_acc": val_acc, "steps": epoch,
+              "examples_seen": 32 * epoch, "epoch_s": 0.1, "wall_s": 0.1 * epoch, "status": status}
+    return row_from_result(result, config, trial_id)
+
+
+def test_truncated_arrow_file_keeps_every_whole_record(tmp_path):
+    run_dir = tmp_path / "run"
+    sink = ArrowMetricsSink(run_dir / "metrics")
+    config = {"sweep": "t", "point": {"lr": 0.1, "batch_size": 32, "seed": 0}}
+    (path,) = [None]
+    sizes = []
+    for epoch in range(1, 6):
+        sink.write_row(_row("t_00000", epoch, config))
+        (path,) = list((run_dir / "metrics").glob("*.arrow"))
+        sizes.append(path.stat().st_size)  # flushed per row: the file ends after a whole record
+    sink.on_experiment_end([])
+    full = path.read_bytes()
+    table, dropped = read_stream_file(path)
+    assert table.num_rows == 5 and dropped == 0
+    # A writer killed anywhere inside record 4 leaves records 1-3 whole.
+    for cut in (sizes[2] + 1, (sizes[2] + sizes[3]) // 2, sizes[3] - 1):
+        path.write_bytes(full[:cut])
+        table, dropped = read_stream_file(path)
+        assert table.column("epoch").to_pylist() == [1, 2, 3]
+        assert dropped == cut - sizes[2]
+        metrics, report = load_metrics_with_report(run_dir)
+        assert metrics.num_rows == 3 and report.dropped_bytes == {path.name: cut - sizes[2]}
+        assert report.truncated_files == [path.name]
+    # Cut inside the schema message: nothing readable, every byte reported dropped.
+    path.write_bytes(full[:10])
+    table, dropped = read_stream_file(path)
+    assert table.num_rows == 0 and dropped == 10
+
+
+def test_later_attempts_supersede_earlier_rows(tmp_path):
+    run_dir = tmp_path / "run"
+    a = {"sweep": "s", "point": {"lr": 0.1, "batch_size": 32, "seed": 0}}
+    b = {"sweep": "s", "point": {"lr": 0.2, "batch_size": 32, "seed": 0}}
+    first = ArrowMetricsSink(run_dir / "metrics")
+    for epoch in range(1, 5):  # attempt 1 of trial A reached epoch 4; only epoch 2 was checkpointed
+        first.write_row(_row("s_A", epoch, a, val_acc=0.1))
+    first.write_row(_row("s_B", 1, b, val_acc=0.1))  # trial B errored after epoch 1
+    first.on_experiment_end([])
+    second = ArrowMetricsSink(run_dir / "metrics")
+    assert second.session != first.session
+    # Attempt 2 of A resumed from epoch 2 and diverged at epoch 3: the old epoch 4 row is stale.
+    second.write_row(_row("s_A", 3, a, val_acc=0.3, status="diverged"))
+    # B restarted from scratch under a new trial id (lrbs resume --restart-errored).
+    for epoch in (1, 2):
+        second.write_row(_row("s_C", epoch, b, val_acc=(0.3, 0.4)[epoch - 1], status="finished" if epoch == 2 else "running"))
+    second.on_experiment_end([])
+    metrics, report = load_metrics_with_report(run_dir)
+    got = [(r["trial_id"], r["epoch"], r["val_acc"]) for r in metrics.to_pylist()]
+    assert got == [("s_A", 1, 0.1), ("s_A", 2, 0.1), ("s_A", 3, 0.3), ("s_C", 1, 0.3), ("s_C", 2, 0.4)]
+    assert report.rows_read == 8 and report.superseded_rows == 3
+
+
+def test_restored_sink_starts_a_new_session(tmp_path):
+    import ray.cloudpickle as cloudpickle
+
+    sink = ArrowMetricsSink(tmp_path / "metrics")
+    sink.write_row(_row("x_0", 1, {"sweep": "x"}))
+    restored = cloudpickle.loads(cloudpickle.dumps(sink))  # as Tuner.restore reloads the RunConfig
+    assert restored.session != sink.session and restored._writers == {}
+    restored.write_row(_row("x_0", 2, {"sweep": "x"}))  # would raise FileExistsError on the old name
+    sink.on_experiment_end([])
+    restored.on_experiment_end([])
+    assert len(list((tmp_path / "metrics").glob("*.arrow"))) == 2
+    assert load_metrics(tmp_path).column("epoch").to_pylist() == [1, 2]
+
+
+def test_status_and_resume_refuse_non_run_dirs(tmp_path, capsys):
+    assert main(["status", str(tmp_path)]) == 2
+    assert main(["resume", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("RUN_DIR" in line and str(tmp_path) in line for line in err), err
+
+
+# ---------------------------------------------------------------------------------------------
+# SIGKILL the driver mid-sweep, then lrbs resume
+
+
+def _session_pids(sid: int) -> list[int]:
+    """Processes whose session id is ``sid`` (the killed driver's, started with a new session)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":  # fields after comm: state ppid pgrp session
+                pids.append(int(entry.name))
+    return pids
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@pytest.mark.slow
+def test_sigkill_driver_then_resume(tmp_path):
+    spec = write_yaml(tmp_path / "k.yaml", fault_spec("k"))
+    run_dir = tmp_path / "runs" / "k"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    log = open(tmp_path / "run.log", "w")
+    driver = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "run", str(spec), "--storage",
+                               str(tmp_path / "runs"), "--no-report"], cwd=ROOT, env=env,
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        # Wait until Ray's experiment state records a trial past its first checkpointed epoch.
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert driver.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+            states = sorted(run_dir.glob("experiment_state-*.json"))
+            if states:
+                try:
+                    data = json.loads(states[-1].read_text())
+                    done = [json.loads(meta).get("last_result", {}).get("epoch") or 0
+                            for _, meta in data["trial_data"]]
+                except (ValueError, KeyError):
+                    done = []
+                if done and max(done) >= 2:
+                    break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the sweep made no checkpointed progress in 180 s")
+        # lrbs's local cluster: no dashboard, or one on loopback only.
+        cmdlines = [_cmdline(pid) for pid in _session_pids(driver.pid)]
+        assert any("raylet" in c for c in cmdlines), cmdlines
+        for c in cmdlines:
+            if "dashboard" in c and "--host" in c:
+                assert "--host=127.0.0.1" in c or "--host 127.0.0.1" in c, c
+        rows_before = load_metrics(run_dir).num_rows
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        # Ray's processes share the driver's session: make sure none outlives this test.
+        deadline = time.monotonic() + 30
+        while _session_pids(driver.pid) and time.monotonic() < deadline:
+            for pid in _session_pids(driver.pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.2)
+        log.close()
+    assert not _session_pids(driver.pid)
+    assert 0 < rows_before < 2 * EPOCHS  # killed mid-sweep
+    trials_before = tune_trial_ids(run_dir)
+    assert len(trials_before) == 2
+
+    out = subprocess.run([sys.executable, "-m", "sweeps.cli", "resume", str(run_dir), "--no-report"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "2 trials finished, 0 errored" in out.stdout
+    rows = assert_exactly_once_and_unfaulted(run_dir, n_trials=2, epochs=EPOCHS)
+    assert {r["trial_id"] for r in rows} == trials_before == tune_trial_ids(run_dir)
+    assert all(t.status == "TERMINATED" for t in read_status(run_dir))
+    # Some trial continued from a checkpoint: its first row in the resumed session is past epoch 1.
+    sessions = sorted({p.name.split("__")[0] for p in (run_dir / "metrics").glob("*.arrow")})
+    assert len(sessions) == 2
+    resumed_first = [read_stream_file(p)[0].column("epoch").to_pylist()[0]
+                     for p in (run_dir / "metrics").glob(f"{sessions[1]}__*.arrow")]
+    assert max(resumed_first) > 1, resumed_first
+
+
+# ---------------------------------------------------------------------------------------------
+# A real multi-node cluster on loopback: head (no CPUs) + a worker node that trials run on
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    c = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": False, "dashboard_host": "127.0.0.1"})
+    c.add_node(num_cpus=2)
+    ray.init(address=c.address, log_to_driver=False)
+    c.wait_for_nodes()
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+def _worker_nodes(c):
+    return [n for n in c.list_all_nodes() if n is not c.head_node]
+
+
+@pytest.mark.slow
+def test_worker_node_dies_trials_finish_unchanged(cluster, tmp_path):
+    spec = write_yaml(tmp_path / "n.yaml", fault_spec("n", resilience={"max_failures": 3}))
+    run_dir = tmp_path / "runs" / "n"
+    # The sweep's driver runs in a thread (Tune supports that); the main thread plays the
+    # cluster operator, since Ray only adds nodes from the main thread.
+    outcome: list = []
+    sweep = threading.Thread(target=lambda: outcome.append(main([
+        "run", str(spec), "--storage", str(tmp_path / "runs"), "--address", cluster.address, "--no-report"])),
+        daemon=True)
+    sweep.start()
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert sweep.is_alive(), outcome
+        try:
+            epochs = load_metrics(run_dir).column("epoch").to_pylist()
+        except Exception:  # noqa: BLE001 - the run directory is still being created
+            epochs = []
+        if epochs and max(epochs) >= 2:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("no trial reached epoch 2 in 180 s")
+    (node,) = _worker_nodes(cluster)
+    cluster.remove_node(node)  # kills the node's raylet and every trial running on it
+    rows_at_kill = len(epochs)
+    cluster.add_node(num_cpus=2)  # a fresh node for the trials to restart on
+    sweep.join(timeout=240)
+    assert not sweep.is_alive() and outcome == [0]
+    assert rows_at_kill < 2 * EPOCHS  # the node died mid-sweep
+    assert_exactly_once_and_unfaulted(run_dir, n_trials=2, epochs=EPOCHS)
+    trials = read_status(run_dir)
+    assert all(t.status == "TERMINATED" for t in trials)
+    assert sum(t.failures for t in trials) >= 1  # the node death did hit the trials
+
+
+@pytest.mark.slow
+def test_errored_trial_status_then_resume_and_restart(cluster, tmp_path):
+    spec = write_yaml(tmp_path / "e.yaml", tiny_spec("e", grid={"lr": [0.05, 0.2], "batch_size": [32], "seed": [0]},
+                                                      resilience={"max_failures": 0, "fail_at_epoch": 2}))
+    run_dir = tmp_path / "runs" / "e"
+    assert main(["run", str(spec), "--storage", str(tmp_path / "runs"), "--address", cluster.address,
+                 "--no-report"]) == 0
+    out = status_cli(run_dir)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:6] == ["trial_id", "lr", "batch", "seed", "status", "epochs"]
+    body = [line for line in lines[1:-1]]
+    assert len(body) == 2
+    for line in body:
+        assert " ERROR " in line and " 1/3 " in line and "InjectedFault: injected fault at epoch" in line
+    assert lines[-1] == "2 trials: 2 ERROR"
+    ids_before = tune_trial_ids(run_dir)
+
+    copy = tmp_path / "copy" / "e"  # the same errored run, for --restart-errored (moved, too)
+    shutil.copytree(run_dir, copy)
+
+    # lrbs resume: errored trials continue from their epoch-1 checkpoints, keeping their ids.
+    assert main(["resume", str(run_dir), "--address", cluster.address, "--no-report"]) == 0
+    rows = assert_exactly_once_and_unfaulted(run_dir, n_trials=2, epochs=3)
+    assert {r["trial_id"] for r in rows} == ids_before
+    trials = read_status(run_dir)
+    assert [(t.status, t.epochs_done, t.row_status) for t in trials] == [("TERMINATED", 3, "finished")] * 2
+    out = status_cli(run_dir)
+    assert out.returncode == 0 and out.stdout.splitlines()[-1] == "2 trials: 2 TERMINATED"
+    for trial_dir in run_dir.glob("train_trial_*"):  # resilience.keep_checkpoints (default 2)
+        assert [p.name for p in sorted(trial_dir.glob("checkpoint_*"))] == ["checkpoint_000001", "checkpoint_000002"]
+    new_files = [p for p in (run_dir / "metrics").glob("*.arrow")]
+    assert len(new_files) == 4
+    assert sorted(read_stream_file(p)[0].column("epoch").to_pylist()[0] for p in new_files) == [1, 1, 2, 2]
+
+    # lrbs resume --restart-errored: from scratch under new trial ids; the old rows are superseded.
+    assert main(["resume", str(copy), "--restart-errored", "--address", cluster.address, "--no-report"]) == 0
+    rows = assert_exactly_once_and_unfaulted(copy, n_trials=2, epochs=3)
+    ids_restarted = {r["trial_id"] for r in rows}
+    assert ids_restarted == tune_trial_ids(copy) and not ids_restarted & ids_before
+    _, report = load_metrics_with_report(copy)
+    assert report.rows_read == 2 + 6 and report.superseded_rows == 2
+
+
+def test_resume_refuses_a_run_dir_others_can_write(tmp_path, capsys):
+    run_dir = tmp_path / "w"
+    (run_dir / "metrics").mkdir(parents=True)
+    (run_dir / "spec.yaml").write_text("name: w\n")
+    (run_dir / "tuner.pkl").write_bytes(b"not a pickle")
+    (run_dir / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
+    os.chmod(run_dir / "tuner.pkl", 0o666)
+    assert main(["resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "tuner.pkl is writable by other users" in err
+
+
+@pytest.mark.parametrize("value, ok", [(None, True), (1, True), (3, True), (0, False), (4, False)])
+def test_fail_at_epoch_must_be_an_epoch_of_the_run(value, ok):
+    from sweeps.spec import SpecError, spec_from_dict
+
+    data = tiny_spec("v", resilience={"fail_at_epoch": value})  # 3 epochs
+    if ok:
+        assert spec_from_dict(data).resilience.fail_at_epoch == value
+    else:
+        with pytest.raises(SpecError, match=r"resilience.fail_at_epoch: must be an epoch in 1..3"):
+            spec_from_dict(data)

@@ -1,0 +1,50 @@
+"""Fault injection for the resilience tests (a test hook, not a feature).
+
+``resilience.fail_at_epoch: k`` in a spec makes each trial raise ``RuntimeError`` once, at epoch
+``k``, before that epoch is reported (so its row and checkpoint are lost, as in a crash). "Once"
+is per trial point and run directory: the first failure leaves a marker file in
+``RUN_DIR/faults/``, and no later attempt of that point (a Tune retry, ``lrbs resume``, or
+``lrbs resume --restart-errored``, which gives the trial a new id) raises again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+MARKER_DIR = "faults"
+
+
+class InjectedFault(RuntimeError):
+    """The error raised by ``resilience.fail_at_epoch``."""
+
+
+def _marker_location(point: dict[str, Any]):
+    """(pyarrow filesystem, marker path) in the run directory, or None outside a Tune session."""
+    try:  # the trial's storage context: where Tune persists this run (shared by all nodes)
+        from ray.train._internal.session import get_session
+
+        storage = get_session().storage
+        fs, root = storage.storage_filesystem, storage.experiment_fs_path
+    except Exception:  # noqa: BLE001 - not in a Tune trial (or Ray moved it): fail every time
+        return None
+    key = hashlib.sha1(json.dumps(point, sort_keys=True).encode()).hexdigest()[:16]
+    return fs, f"{root}/{MARKER_DIR}", f"{root}/{MARKER_DIR}/{key}"
+
+
+def maybe_fail(config: dict[str, Any], epoch: int) -> None:
+    """Raise ``InjectedFault`` if ``config['resilience']['fail_at_epoch'] == epoch`` (once per point)."""
+    fail_at = (config.get("resilience") or {}).get("fail_at_epoch")
+    if fail_at is None or int(fail_at) != epoch:
+        return
+    where = _marker_location(config.get("point", {}))
+    if where is not None:
+        import pyarrow.fs as pafs
+
+        fs, folder, marker = where
+        if fs.get_file_info(marker).type != pafs.FileType.NotFound:
+            return
+        fs.create_dir(folder, recursive=True)
+        with fs.open_output_stream(marker) as f:
+            f.write(f"fail_at_epoch={epoch}\n".encode())
+    raise InjectedFault(f"injected fault at epoch {epoch} (resilience.fail_at_epoch, a test hook)")
