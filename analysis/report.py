@@ -295,13 +295,17 @@ def build_report(metrics: pa.Table, read_info: dict | None = None, run_dir: str 
     figures: list[tuple[str, go.Figure]] = []
     measured = [(m, log_y) for m, log_y in CURVATURE_FIT_METRICS
                 if m in trials.column_names and trials.column(m).null_count < trials.num_rows]
+    n_ratios = len({round(r, 15) for r in trials.column("ratio").to_pylist() if r}) if trials.num_rows else 0
+    fit_ok = trials.num_rows >= 3 and n_ratios >= 2
     for metric, log_y in FIT_METRICS + tuple(measured):
-        if trials.num_rows >= 3:
+        if fit_ok:
             fits[metric] = ratio_fit(trials, metric, log_y=log_y)
         figures.append((f"{metric} against eta/S",
                         plots.metric_vs_ratio(trials, metric, fits.get(metric), log_y=log_y)))
     if trials.num_rows < 3:
         notes.append("Fits skipped: fewer than 3 trials with data.")
+    elif n_ratios < 2:
+        notes.append("Fits against eta/S skipped: every trial has the same eta/S (e.g. a beta family).")
     figures.append(("Validation accuracy per epoch", plots.learning_curves(metrics, "val_acc")))
     figures.append(("Training loss per epoch", plots.learning_curves(metrics, "train_loss")))
     sections: list[Section] = []

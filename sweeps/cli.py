@@ -115,6 +115,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_driver_args(p: argparse.ArgumentParser) -> None:
+    """Options of the commands that drive a sweep (run, resume)."""
+    p.add_argument("--address", default=None, help="address of an existing Ray cluster (e.g. auto, HOST:6379)")
+    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lrbs", description="Ray Tune sweeps of SGD's eta/S ratio.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,8 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec")
     p.add_argument("--storage", default="runs",
                    help="directory or URI (s3://, gs://, file://) holding run directories (default: ./runs)")
-    p.add_argument("--address", default=None, help="address of an existing Ray cluster (e.g. auto, HOST:6379)")
-    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    _add_driver_args(p)
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("report", help="write report.html, fits.json and report.md for a run directory "
                                       "(also while the sweep runs: partial data, marked)")
@@ -155,8 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--restart-errored", action="store_true",
                    help="restart errored trials from scratch instead of from their last checkpoint")
-    p.add_argument("--address", default=None, help="address of an existing Ray cluster (e.g. auto, HOST:6379)")
-    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    _add_driver_args(p)
     p.set_defaults(func=cmd_resume)
     p = sub.add_parser("status", help="table of a run's trials, read from its files (no Ray)")
     p.add_argument("run_dir")

@@ -16,10 +16,10 @@ import os
 import stat
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from sweeps.errors import LrbsError
-from sweeps.runner import METRIC_DIR, SPEC_COPY, init_ray
+from sweeps.runner import METRIC_DIR, SPEC_COPY, init_ray, print_outcome, resilience_settings, trial_resources
 
 TUNER_STATE = "tuner.pkl"
 EXPERIMENT_STATE_GLOB = "experiment_state-*.json"
@@ -72,10 +72,9 @@ def resume_sweep(run_dir: str | Path, restart_errored: bool = False, address: st
     n_trials = len(expand_points(spec))
     mode = "restarting errored trials from scratch" if restart_errored else "errored trials from checkpoints"
     print(f"[lrbs] resume {spec.name}: {n_trials} trials ({mode}) -> {run_dir}", file=out, flush=True)
-    resources: dict[str, Any] = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     tuner = tune.Tuner.restore(
         str(run_dir),
-        trainable=tune.with_resources(train_trial, resources),
+        trainable=tune.with_resources(train_trial, trial_resources(spec)),
         resume_unfinished=True,
         resume_errored=not restart_errored,
         restart_errored=restart_errored,
@@ -85,10 +84,8 @@ def resume_sweep(run_dir: str | Path, restart_errored: bool = False, address: st
     # now and the sink starts a new session (new files; it never reopens the old session's).
     run_config = tuner._local_tuner.get_run_config()
     run_config.callbacks = [ArrowMetricsSink(run_dir / METRIC_DIR), ProgressPrinter(n_trials)]
-    run_config.failure_config = tune.FailureConfig(max_failures=spec.resilience.max_failures)
-    run_config.checkpoint_config = tune.CheckpointConfig(num_to_keep=spec.resilience.keep_checkpoints)
+    for key, value in resilience_settings(spec).items():
+        setattr(run_config, key, value)
     results = tuner.fit()
-    n_err = sum(1 for r in results if r.error is not None)
-    print(f"[lrbs] sweep {spec.name} ended: {len(results) - n_err} trials finished, {n_err} errored; "
-          f"metrics in {run_dir / METRIC_DIR}", file=out, flush=True)
+    print_outcome(results, spec.name, str(run_dir / METRIC_DIR), out)
     return run_dir

@@ -55,6 +55,20 @@ def trial_resources(spec: SweepSpec) -> dict[str, float]:
     return {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
 
 
+def resilience_settings(spec: SweepSpec) -> dict:
+    """RunConfig fields from ``spec.resilience`` (shared by ``lrbs run`` and ``lrbs resume``)."""
+    from ray import tune
+
+    return {"failure_config": tune.FailureConfig(max_failures=spec.resilience.max_failures),
+            "checkpoint_config": tune.CheckpointConfig(num_to_keep=spec.resilience.keep_checkpoints)}
+
+
+def print_outcome(results, name: str, metrics_where: str, out: TextIO) -> None:
+    n_err = sum(1 for r in results if r.error is not None)
+    print(f"[lrbs] sweep {name} ended: {len(results) - n_err} trials finished, {n_err} errored; "
+          f"metrics in {metrics_where}", file=out, flush=True)
+
+
 def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None = None,
               out: TextIO | None = None, *, storage_filesystem=None,
               upload_interval_s: float | None = None) -> Path:
@@ -90,14 +104,11 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
             name=spec.name,
             **place.tune_kwargs,
             callbacks=[ArrowMetricsSink(place.metrics_dir), *place.callbacks, ProgressPrinter(n_trials)],
-            failure_config=tune.FailureConfig(max_failures=spec.resilience.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.resilience.keep_checkpoints),
+            **resilience_settings(spec),
             verbose=0,
         ),
     )
     results = tuner.fit()
     place.finish()
-    n_err = sum(1 for r in results if r.error is not None)
-    print(f"[lrbs] sweep {spec.name} ended: {len(results) - n_err} trials finished, {n_err} errored; "
-          f"metrics in {place.where}/{METRIC_DIR}", file=out, flush=True)
+    print_outcome(results, spec.name, f"{place.where}/{METRIC_DIR}", out)
     return run_dir

@@ -18,7 +18,7 @@ from scipy import stats
 
 from analysis.breakdown import breakdown
 from analysis.collapse import collapse_test
-from analysis.curves import curve_distance, curves_of, equal_ratio_pairs, rescale_distances
+from analysis.curves import curve_distance, equal_ratio_pairs, rescale_distances
 from analysis.geometry import eq7_check, ratio_band_fit
 from analysis.interpolation import load_interpolations, summarize
 from analysis.report import build_report, write_reports

@@ -47,6 +47,14 @@ def test_paper_specs_match_the_paper():
     assert load_spec(SWEEPS / "fig2_rescaling_vgg11.yaml").schedule.every == 25
 
 
+def _section(run_dir, name):
+    """The report section that stands for the twin's figure (fits.json), after a fresh report."""
+    import json
+
+    assert main(["report", str(run_dir)]) == 0
+    return json.loads((run_dir / "fits.json").read_text())["sections"][name]
+
+
 def _run_twin(name, tmp_path):
     assert main(["run", str(SWEEPS / f"{name}.yaml"), "--storage", str(tmp_path)]) == 0
     run_dir = tmp_path / name
@@ -64,7 +72,8 @@ def _run_twin(name, tmp_path):
 
 @pytest.mark.slow
 def test_fig1_twin_cyclic_schedules_share_eta_over_s_at_the_ends(ray_local, tmp_path):
-    _, metrics, _ = _run_twin("fig1_cyclic_small", tmp_path)
+    run_dir, metrics, _ = _run_twin("fig1_cyclic_small", tmp_path)
+    assert _section(run_dir, "equal_ratio")["status"] == "ok"
     rows = [r for r in metrics.to_pylist() if r["seed"] == 0]
     by = {(r["variant"], r["epoch"]): r for r in rows}
     assert [by[("cyclic_batch", e)]["batch_size"] for e in (1, 3, 5, 7, 9)] == [32, 96, 160, 96, 32]
@@ -76,7 +85,8 @@ def test_fig1_twin_cyclic_schedules_share_eta_over_s_at_the_ends(ray_local, tmp_
 
 @pytest.mark.slow
 def test_fig2_twin_rescaling_rules(ray_local, tmp_path):
-    _, _, trials = _run_twin("fig2_rescaling_small", tmp_path)
+    run_dir, _, trials = _run_twin("fig2_rescaling_small", tmp_path)
+    assert _section(run_dir, "rescaling")["status"] == "ok"
     by = {t["rescale"]: t for t in trials.to_pylist()}
     assert set(by) == {"reference", "linear", "sqrt", "none"}
     assert by["linear"]["ratio"] == pytest.approx(by["reference"]["ratio"])
@@ -86,7 +96,8 @@ def test_fig2_twin_rescaling_rules(ray_local, tmp_path):
 
 @pytest.mark.slow
 def test_fig3_twin_has_sharpness_for_every_trial(ray_local, tmp_path):
-    _, _, trials = _run_twin("fig3_grid_small", tmp_path)
+    run_dir, _, trials = _run_twin("fig3_grid_small", tmp_path)
+    assert _section(run_dir, "geometry")["status"] == "ok" and _section(run_dir, "eq7")["status"] == "ok"
     for t in trials.to_pylist():
         assert t["lambda_max"] > 0 and t["hessian_fro"] > 0 and t["probe_n_samples"] == 500
         assert math.isfinite(t["hessian_trace_stderr"]) and t["grad_noise_scale"] is not None
@@ -99,11 +110,13 @@ def test_fig4_twin_interpolates_between_endpoints(ray_local, tmp_path):
     for other in ("large_batch_0.1_256", "small_lr_0.0125_32"):
         assert main(["interpolate", str(run_dir), ids["base_0.1_32"], ids[other], "--num", "7"]) == 0
         assert (run_dir / "interpolation" / f"{ids['base_0.1_32']}__{ids[other]}.arrow").exists()
+    assert _section(run_dir, "interpolation")["status"] == "ok"
 
 
 @pytest.mark.slow
 def test_fig5_twin_beta_family_at_two_sizes(ray_local, tmp_path):
-    _, _, trials = _run_twin("fig5_breakdown_small", tmp_path)
+    run_dir, _, trials = _run_twin("fig5_breakdown_small", tmp_path)
+    assert _section(run_dir, "breakdown")["status"] == "ok"
     combos = {(t["n_train"], t["beta"]) for t in trials.to_pylist()}
     assert combos == {(n, b) for n in (400, 1400) for b in (1.0, 4.0, 16.0, 32.0)}
     ratios = {round(t["ratio"], 12) for t in trials.to_pylist()}

@@ -6,7 +6,6 @@ import re
 import subprocess
 import sys
 
-import pyarrow as pa
 import pytest
 
 from analysis.tables import load_metrics, load_trials
