@@ -521,3 +521,30 @@ def test_same_results_on_cpu_and_gpu():
     rb = cv.interpolate(gpu, _bn_mlp(1).state_dict(), _bn_mlp(2).state_dict(), [0.0, 0.5], CE, bg)
     assert [r["train_loss"] for r in ra] == pytest.approx([r["train_loss"] for r in rb], rel=1e-10)
     assert_unchanged(gpu, snap)
+
+
+def test_retained_graph_gives_the_same_estimates():
+    """HessianOperator(retain_graph=True) reuses the first-order graph: same numbers, fewer passes."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.BatchNorm1d(8), torch.nn.Tanh(),
+                                torch.nn.Linear(8, 3)).double()
+    x, y = torch.randn(120, 5, dtype=torch.float64), torch.randint(0, 3, (120,))
+    batches = cv.make_batches(x, y, None, 50)  # uneven batches: 50, 50, 20
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for kwargs in ({"max_iters": 30, "tol": 1e-10}, {"max_iters": 30, "tol": 1e-10, "method": "power"}):
+        a = cv.top_eigenvalue(model, nn.functional.cross_entropy, batches, **kwargs)
+        b = cv.top_eigenvalue(model, nn.functional.cross_entropy, batches, retain_graph=True, **kwargs)
+        assert b.value == pytest.approx(a.value, rel=1e-10) and b.n_hvp == a.n_hvp
+    t_a, f_a = cv.hessian_trace_and_frobenius(model, nn.functional.cross_entropy, batches, n_probes=6)
+    t_b, f_b = cv.hessian_trace_and_frobenius(model, nn.functional.cross_entropy, batches, n_probes=6, retain_graph=True)
+    assert t_b.value == pytest.approx(t_a.value, rel=1e-10) and f_b.value == pytest.approx(f_a.value, rel=1e-10)
+    params = [p for p in model.parameters()]
+    vecs = [torch.randn_like(p) for p in params]
+    with cv.probe_mode(model):
+        op = cv.HessianOperator(model, nn.functional.cross_entropy, batches, params, retain_graph=True)
+        first, second = op(vecs), op(vecs)  # the kept graph serves any number of products
+    ref = cv.hvp(model, nn.functional.cross_entropy, batches, vecs)
+    for r, u, w in zip(ref, first, second):
+        assert torch.allclose(r, u, rtol=1e-10, atol=1e-12) and torch.equal(u, w)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.training

@@ -68,4 +68,7 @@ class CurvatureConfig:
     noise_b_big: int = 512
     noise_pairs: int = 16
     batch_size: int = 1000             # examples per forward pass inside probes (memory only)
+    # Keep the first-order gradient graph of the probe set across Hessian-vector products:
+    # ~2x faster probes, memory growing with n_samples (turn off for big convnets on small GPUs).
+    retain_graph: bool = True
     seed: int = 0

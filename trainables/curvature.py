@@ -48,7 +48,7 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 __all__ = [
     "Batches", "EigResult", "Estimate", "NoiseScaleResult",
-    "probe_mode", "probe_subset", "make_batches", "loss_and_grad", "hvp",
+    "probe_mode", "probe_subset", "make_batches", "loss_and_grad", "hvp", "HessianOperator",
     "top_eigenvalue", "hessian_trace", "hessian_frobenius", "hessian_trace_and_frobenius",
     "gradient_noise_scale", "noise_scale_from_sq_norms", "interpolate",
 ]
@@ -250,38 +250,61 @@ def loss_and_grad(model: nn.Module, loss_fn: LossFn, batches: Batches) -> tuple[
     return float(loss), grads  # GPU sync: the loss as a Python float
 
 
+class HessianOperator:
+    """``H v`` of the example-weighted mean loss over fixed ``batches``: the one HVP routine
+    every estimator here uses (double backward). Use it inside ``probe_mode``.
+
+    With ``retain_graph`` the first-order gradient graph of every batch is built once and kept
+    for all products, so each product is one double backward instead of a forward, a backward
+    with ``create_graph`` and a double backward: about half the time on the quickstart model.
+    The memory for those graphs grows with the number of probe examples, so big convnets on
+    small GPUs may want it off (``curvature.retain_graph: false``).
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, batches: Batches, params: Sequence[Tensor],
+                 retain_graph: bool = False):
+        self.model, self.loss_fn, self.params = model, loss_fn, list(params)
+        self.batches, self.total = _check_batches(batches)
+        self._graphs = [self._first_order(x, y) for x, y in self.batches] if retain_graph else None
+
+    def _first_order(self, x: Tensor, y: Tensor) -> tuple[Tensor | None, ...]:
+        with torch.enable_grad():  # also when the caller runs under torch.no_grad()
+            loss = self.loss_fn(self.model(x), y) * (x.shape[0] / self.total)
+            return torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+
+    def __call__(self, vecs: Sequence[Tensor]) -> list[Tensor]:
+        vecs = [v.to(device=p.device, dtype=p.dtype) for v, p in zip(vecs, self.params)]
+        out = [torch.zeros_like(p) for p in self.params]
+        graphs = self._graphs if self._graphs is not None else (self._first_order(x, y) for x, y in self.batches)
+        with torch.enable_grad():
+            for grads in graphs:
+                used = [(g, v) for g, v in zip(grads, vecs) if g is not None]
+                if not used:
+                    continue
+                dot = sum((g * v).sum() for g, v in used)
+                if not dot.requires_grad:  # loss linear in every parameter: H = 0 on this batch
+                    continue
+                hv = torch.autograd.grad(dot, self.params, allow_unused=True, retain_graph=self._graphs is not None)
+                torch._foreach_add_(out, _grads_or_zeros(hv, self.params))
+        return out
+
+    def flat(self, vec: Tensor) -> Tensor:
+        return _flatten(self(_unflatten(vec, self.params))).to(vec.dtype)
+
+
 def hvp(model: nn.Module, loss_fn: LossFn, batches: Batches, vecs: Sequence[Tensor]) -> list[Tensor]:
     """Hessian-vector product ``H v`` of the mean loss over ``batches`` (double backward).
 
     ``vecs`` holds one tensor per trainable parameter (shapes as the parameters). The Hessian
     is the one of the example-weighted mean loss, so it does not depend on how the probe set
-    is cut into batches. This is the one HVP routine every estimator here uses. No host sync.
+    is cut into batches. A one-off ``HessianOperator`` product. No host sync.
     """
     params = _params(model)
     vecs = list(vecs)
     if len(vecs) != len(params) or any(v.shape != p.shape for v, p in zip(vecs, params)):
         raise ValueError("vecs must hold one tensor per trainable parameter, shaped like it")
-    batches, total = _check_batches(batches)
-    vecs = [v.to(device=p.device, dtype=p.dtype) for v, p in zip(vecs, params)]
-    out = [torch.zeros_like(p) for p in params]
-    with probe_mode(model), torch.enable_grad():
-        for x, y in batches:
-            w = x.shape[0] / total
-            loss = loss_fn(model(x), y) * w
-            grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-            used = [(g, v) for g, v in zip(grads, vecs) if g is not None]
-            if not used:
-                continue
-            dot = sum((g * v).sum() for g, v in used)
-            if not dot.requires_grad:  # loss linear in every parameter: H = 0 on this batch
-                continue
-            hv = _grads_or_zeros(torch.autograd.grad(dot, params, allow_unused=True), params)
-            torch._foreach_add_(out, hv)
-    return out
-
-
-def _flat_hvp(model, loss_fn, batches, params, vec: Tensor) -> Tensor:
-    return _flatten(hvp(model, loss_fn, batches, _unflatten(vec, params))).to(vec.dtype)
+    with probe_mode(model):
+        return HessianOperator(model, loss_fn, batches, params)(vecs)
 
 
 # ----------------------------------------------------------------------------- top eigenvalue
@@ -291,7 +314,7 @@ def _rel(a: float, b: float) -> float:
     return abs(a - b) / scale if scale > 0 else 0.0
 
 
-def _lanczos(model, loss_fn, batches, params, *, max_iters, tol, seed) -> EigResult:
+def _lanczos(op: HessianOperator, params, *, max_iters, tol, seed) -> EigResult:
     n = sum(p.numel() for p in params)
     dtype, device = _flat_dtype(params), params[0].device
     m = min(int(max_iters), n)
@@ -304,7 +327,7 @@ def _lanczos(model, loss_fn, batches, params, *, max_iters, tol, seed) -> EigRes
     n_hvp = 0
     for j in range(m):
         v = basis[j]
-        w = _flat_hvp(model, loss_fn, batches, params, v)
+        w = op.flat(v)
         n_hvp += 1
         alpha = torch.dot(w, v)
         w = w - alpha * v
@@ -343,7 +366,7 @@ def _lanczos(model, loss_fn, batches, params, *, max_iters, tol, seed) -> EigRes
                      method="lanczos", residual=residual)
 
 
-def _power(model, loss_fn, batches, params, *, max_iters, tol, seed,
+def _power(op: HessianOperator, params, *, max_iters, tol, seed,
            shift: float = 0.0) -> tuple[float, int, bool, float, float]:
     """Power iteration on ``A = H - shift I``.
 
@@ -357,7 +380,7 @@ def _power(model, loss_fn, batches, params, *, max_iters, tol, seed,
     lam_prev = math.nan
     lam, rel_change, residual, converged, n_hvp = math.nan, math.inf, math.inf, False, 0
     for k in range(int(max_iters)):
-        w = _flat_hvp(model, loss_fn, batches, params, v)
+        w = op.flat(v)
         n_hvp += 1
         if shift:
             w = w - shift * v
@@ -379,7 +402,8 @@ def _power(model, loss_fn, batches, params, *, max_iters, tol, seed,
 
 
 def top_eigenvalue(model: nn.Module, loss_fn: LossFn, batches: Batches, *, max_iters: int = 20,
-                   tol: float = 1e-3, seed: int = 0, method: str = "lanczos") -> EigResult:
+                   tol: float = 1e-3, seed: int = 0, method: str = "lanczos",
+                   retain_graph: bool = False) -> EigResult:
     """Largest algebraic eigenvalue of the Hessian of the mean loss over ``batches``.
 
     ``method="lanczos"``: Lanczos with full reorthogonalisation, ``max_iters`` steps (one HVP
@@ -402,16 +426,15 @@ def top_eigenvalue(model: nn.Module, loss_fn: LossFn, batches: Batches, *, max_i
         raise ValueError(f"method must be 'lanczos' or 'power', got {method!r}")
     params = _params(model)
     with probe_mode(model):
+        op = HessianOperator(model, loss_fn, batches, params, retain_graph=retain_graph)
         if method == "lanczos":
-            return _lanczos(model, loss_fn, batches, params, max_iters=max_iters, tol=tol, seed=seed)
-        lam, n_hvp, conv, rel, res = _power(model, loss_fn, batches, params,
-                                            max_iters=max_iters, tol=tol, seed=seed)
+            return _lanczos(op, params, max_iters=max_iters, tol=tol, seed=seed)
+        lam, n_hvp, conv, rel, res = _power(op, params, max_iters=max_iters, tol=tol, seed=seed)
         if lam < 0:
             # The dominant eigenvalue is negative: every eigenvalue of A = H - lam I is >= 0
             # (up to the error in lam) and A's dominant one is lambda_max - lam, so a second
             # power iteration on A finds the largest algebraic eigenvalue of H.
-            lam2, n2, conv2, rel2, res2 = _power(model, loss_fn, batches, params,
-                                                 max_iters=max_iters, tol=tol, seed=seed + 1,
+            lam2, n2, conv2, rel2, res2 = _power(op, params, max_iters=max_iters, tol=tol, seed=seed + 1,
                                                  shift=lam)
             return EigResult(value=lam2, n_hvp=n_hvp + n2, converged=conv and conv2,
                              rel_change=rel2, method="power", residual=res2)
@@ -429,7 +452,8 @@ def _mean_stderr(samples: Tensor) -> tuple[float, float]:
 
 
 def hessian_trace_and_frobenius(model: nn.Module, loss_fn: LossFn, batches: Batches, *,
-                                n_probes: int = 32, seed: int = 0) -> tuple[Estimate, Estimate]:
+                                n_probes: int = 32, seed: int = 0,
+                                retain_graph: bool = False) -> tuple[Estimate, Estimate]:
     """Hutchinson estimates of Tr(H) and ||H||_F from the SAME ``n_probes`` HVPs.
 
     For Rademacher ``v``: ``E v^T H v = Tr(H)`` and ``E ||H v||^2 = Tr(H^2) = ||H||_F^2``. The
@@ -445,9 +469,10 @@ def hessian_trace_and_frobenius(model: nn.Module, loss_fn: LossFn, batches: Batc
     gen = _generator(seed)
     quad, sq = [], []
     with probe_mode(model):
+        op = HessianOperator(model, loss_fn, batches, params, retain_graph=retain_graph)
         for _ in range(int(n_probes)):
             v = _rademacher(n, gen, dtype, device)
-            hv = _flat_hvp(model, loss_fn, batches, params, v)
+            hv = op.flat(v)
             quad.append(torch.dot(v, hv))
             sq.append(torch.dot(hv, hv))
     t_mean, t_se = _mean_stderr(torch.stack(quad))

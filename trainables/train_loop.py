@@ -89,9 +89,10 @@ def run_probes(model: nn.Module, data: TensorData, cfg: CurvatureConfig) -> dict
     idx = curvature.probe_subset(n, min(cfg.n_samples, n), cfg.seed)
     batches = curvature.make_batches(data.x_train, data.y_train, idx, cfg.batch_size)
     eig = curvature.top_eigenvalue(model, F.cross_entropy, batches, max_iters=cfg.lanczos_iters,
-                                   tol=cfg.lanczos_tol, seed=cfg.seed)
+                                   tol=cfg.lanczos_tol, seed=cfg.seed, retain_graph=cfg.retain_graph)
     trace, fro = curvature.hessian_trace_and_frobenius(model, F.cross_entropy, batches,
-                                                       n_probes=cfg.hutchinson_probes, seed=cfg.seed)
+                                                       n_probes=cfg.hutchinson_probes, seed=cfg.seed,
+                                                       retain_graph=cfg.retain_graph)
     row: dict[str, Any] = {
         "lambda_max": eig.value, "lambda_max_converged": eig.converged, "lambda_max_n_hvp": eig.n_hvp,
         "hessian_trace": trace.value, "hessian_trace_stderr": trace.stderr,
