@@ -22,12 +22,18 @@ def storage_root(storage: str | None) -> Path:
     return root
 
 
-def prepare_run_dir(spec: SweepSpec, storage: str | None) -> Path:
-    """Create ``<storage>/<name>/`` with a copy of the spec; never reuse an existing one."""
+def free_run_dir(spec: SweepSpec, storage: str | None) -> Path:
+    """``<storage>/<name>/`` if it can be created; LrbsError if storage is a file or it exists."""
     run_dir = storage_root(storage) / spec.name
     if run_dir.exists():
         raise LrbsError(f"run directory {run_dir} already exists: pick another name or --storage "
                         f"(nothing was changed there)")
+    return run_dir
+
+
+def prepare_run_dir(spec: SweepSpec, storage: str | None) -> Path:
+    """Create ``<storage>/<name>/`` with a copy of the spec; never reuse an existing one."""
+    run_dir = free_run_dir(spec, storage)
     try:
         run_dir.mkdir(parents=True)
     except OSError as exc:
@@ -43,7 +49,11 @@ def init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, log_to_driver=False)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except Exception as exc:  # ConnectionError, TimeoutError, RuntimeError, ValueError: all bad input here
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise LrbsError(f"--address: cannot connect to a Ray cluster at {address} ({first})") from None
     else:
         # An embedded local cluster; its dashboard (if any) listens on loopback only.
         # address="local": a new cluster even when another one runs on this machine.
@@ -84,13 +94,16 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
     from sweeps.metrics_sink import ArrowMetricsSink
     from sweeps.progress import ProgressPrinter
     from sweeps.spec import expand_points
-    from sweeps.storage import prepare_placement
+    from sweeps.storage import prepare_placement, resolve_storage
     from sweeps.version import code_version
     from trainables.train_loop import train_trial
 
+    target = resolve_storage(storage, storage_filesystem)
+    if target.is_local:
+        free_run_dir(spec, target.path)  # fail before starting Ray; nothing is written yet
+    init_ray(address)  # before the run directory exists: a bad --address leaves nothing behind
     place = prepare_placement(spec, storage, storage_filesystem, upload_interval_s)
     run_dir = place.run_dir
-    init_ray(address)
     n_trials = len(expand_points(spec))
     print(f"[lrbs] sweep {spec.name}: {n_trials} trials -> {place.where}", file=out, flush=True)
     tuner = tune.Tuner(

@@ -147,3 +147,11 @@ def test_interpolate_between_two_trials(tiny_run, capsys):
     capsys.readouterr()
     assert main(["interpolate", str(tiny_run), a, "nope"]) == 2
     assert "no trial 'nope'" in capsys.readouterr().err
+
+
+def test_cli_bad_address_exit_2_nothing_written(tmp_path):
+    spec = write_yaml(tmp_path / "s.yaml", tiny_spec("s"))
+    out = _lrbs("run", str(spec), "--storage", str(tmp_path / "runs"), "--address", "nohost:abc")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("lrbs: error: --address: cannot connect to a Ray cluster at nohost:abc")
+    assert not (tmp_path / "runs").exists()  # the run directory is made only once Ray is reached
