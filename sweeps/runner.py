@@ -79,6 +79,19 @@ def print_outcome(results, name: str, metrics_where: str, out: TextIO) -> None:
           f"metrics in {metrics_where}", file=out, flush=True)
 
 
+def preflight_data(spec: SweepSpec) -> None:
+    """Files-on-disk data sets must load (or download) on the driver before any trial starts:
+    a missing set is one line and exit 2, not N errored trials, and parallel trials never race
+    to download into the same folder. (On a cluster the nodes pre-download: cluster.yaml.)"""
+    from trainables.data import DataError, load_dataset
+
+    if spec.dataset.name in ("fashion_mnist", "cifar10"):
+        try:
+            load_dataset(spec.dataset)
+        except DataError as exc:
+            raise LrbsError(str(exc)) from None
+
+
 def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None = None,
               out: TextIO | None = None, *, storage_filesystem=None,
               upload_interval_s: float | None = None) -> Path:
@@ -101,6 +114,8 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
     target = resolve_storage(storage, storage_filesystem)
     if target.is_local:
         free_run_dir(spec, target.path)  # fail before starting Ray; nothing is written yet
+    if address is None:
+        preflight_data(spec)
     init_ray(address)  # before the run directory exists: a bad --address leaves nothing behind
     place = prepare_placement(spec, storage, storage_filesystem, upload_interval_s)
     run_dir = place.run_dir

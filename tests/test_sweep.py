@@ -155,3 +155,13 @@ def test_cli_bad_address_exit_2_nothing_written(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("lrbs: error: --address: cannot connect to a Ray cluster at nohost:abc")
     assert not (tmp_path / "runs").exists()  # the run directory is made only once Ray is reached
+
+
+def test_cli_missing_torchvision_data_exit_2_before_launch(tmp_path):
+    spec = write_yaml(tmp_path / "f.yaml", tiny_spec("f", dataset={
+        "name": "fashion_mnist", "data_dir": str(tmp_path / "nodata"), "download": False}))
+    out = _lrbs("run", str(spec), "--storage", str(tmp_path / "runs"))
+    assert out.returncode == 2
+    err = out.stderr.strip()
+    assert "\n" not in err and "dataset fashion_mnist not found" in err and "python -m trainables.data download" in err
+    assert not (tmp_path / "runs").exists()
