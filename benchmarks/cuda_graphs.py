@@ -32,6 +32,29 @@ def _capture(body: Callable[[], torch.Tensor], zero_grad: Callable[[], None]) ->
     return graph
 
 
+def _time_steps(body, zero, idx: torch.Tensor, perm: torch.Tensor, batch_size: int, steps: int,
+                graphed: bool) -> float:
+    """Seconds for ``steps`` calls of zero-grad + ``body`` (eager, or one captured CUDA graph),
+    copying the next ``batch_size`` indices of ``perm`` (last dim) into the static ``idx`` first."""
+    per_epoch = perm.shape[-1] // batch_size
+    if graphed:
+        run = _capture(body, zero).replay
+    else:
+        def run() -> None:
+            zero()
+            body()
+    for _ in range(5):
+        run()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for step in range(steps):
+        j = step % per_epoch
+        idx.copy_(perm[..., j * batch_size:(j + 1) * batch_size])
+        run()
+    torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
 def time_single(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, lr: float,
                 steps: int, graphed: bool) -> float:
     """Seconds for ``steps`` SGD steps of ``model`` on random batches, eager or as one CUDA graph."""
@@ -49,24 +72,7 @@ def time_single(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_
     def zero() -> None:
         opt.zero_grad(set_to_none=True)
 
-    per_epoch = n // batch_size
-    if graphed:
-        graph = _capture(body, zero)
-        run = graph.replay
-    else:
-        def run() -> None:
-            zero()
-            body()
-    for _ in range(5):
-        run()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for step in range(steps):
-        j = step % per_epoch
-        idx.copy_(perm[j * batch_size:(j + 1) * batch_size])
-        run()
-    torch.cuda.synchronize()
-    return time.perf_counter() - t
+    return _time_steps(body, zero, idx, perm, batch_size, steps, graphed)
 
 
 def time_replicas(stacked: StackedMLP, x: torch.Tensor, y: torch.Tensor, batch_size: int, lr: float,
@@ -84,21 +90,4 @@ def time_replicas(stacked: StackedMLP, x: torch.Tensor, y: torch.Tensor, batch_s
         opt.step()
         return loss
 
-    per_epoch = n // batch_size
-    if graphed:
-        graph = _capture(body, opt.zero_grad)
-        run = graph.replay
-    else:
-        def run() -> None:
-            opt.zero_grad()
-            body()
-    for _ in range(5):
-        run()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for step in range(steps):
-        j = step % per_epoch
-        idx.copy_(perms[:, j * batch_size:(j + 1) * batch_size])
-        run()
-    torch.cuda.synchronize()
-    return time.perf_counter() - t
+    return _time_steps(body, opt.zero_grad, idx, perms, batch_size, steps, graphed)
