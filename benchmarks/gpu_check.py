@@ -84,7 +84,8 @@ def main(argv=None) -> int:
     seeds = list(range(8))
     rep_rows: list[dict] = []
     t = time.perf_counter()
-    run_replicas(0.04, 32, seeds, DIGITS, MODEL, TrainConfig(epochs=1), report=rep_rows.extend, device=dev, data=data)
+    run_replicas(0.04, 32, seeds, DIGITS, MODEL, TrainConfig(epochs=1), report=lambda rs, state: rep_rows.extend(rs),
+                 device=dev, data=data)
     t_rep = time.perf_counter() - t
     t = time.perf_counter()
     sep = [_run(TrialPoint(0.04, 32, s), 1, dev, data)[0][0] for s in seeds]

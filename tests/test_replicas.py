@@ -66,7 +66,7 @@ def test_rows_match_run_training_over_one_short_epoch(digits):
     cfg = ModelConfig(name="mlp", depth=3, width=64, batch_norm=True)
     train = TrainConfig(epochs=1, momentum=0.9)
     rows: list[dict] = []
-    run_replicas(0.05, 32, [3, 4], ds, cfg, train, report=rows.extend, data=data)
+    run_replicas(0.05, 32, [3, 4], ds, cfg, train, report=lambda rs, state: rows.extend(rs), data=data)
     assert [r["seed"] for r in rows] == [3, 4]
     for r in rows:
         ref: list[dict] = []
@@ -85,7 +85,7 @@ def test_full_quickstart_trial_within_seed_spread(digits):
     train = TrainConfig(epochs=40)
     final: dict[int, dict] = {}
     run_replicas(0.16, 128, seeds, DIGITS, QUICKSTART_MODEL, train,
-                 report=lambda rows: final.update({r["seed"]: r for r in rows}), data=digits)
+                 report=lambda rows, state: final.update({r["seed"]: r for r in rows}), data=digits)
     separate = {}
     for seed in seeds:
         rows: list[dict] = []
@@ -105,7 +105,7 @@ def test_diverged_replicas_stop(digits):
     """A replica whose epoch ends diverged reports status 'diverged' once and is dropped."""
     rows: list[list[dict]] = []
     status = run_replicas(1e4, 32, [0, 1], DIGITS, ModelConfig(depth=3, width=32, batch_norm=False),
-                          TrainConfig(epochs=5), report=rows.append, data=digits)
+                          TrainConfig(epochs=5), report=lambda rs, state: rows.append(rs), data=digits)
     assert status == {0: "diverged", 1: "diverged"}
     assert len(rows) == 1 and [r["status"] for r in rows[0]] == ["diverged", "diverged"]
 
@@ -172,3 +172,179 @@ def test_sweep_with_replicas_writes_one_trial_per_seed(ray_local, tmp_path):
     for t in trials:
         assert t["status"] == "finished" and t["epochs_done"] == 3 and t["lr"] == 0.1 and t["batch_size"] == 32
         assert t["cfg.train.replicas"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: run_replicas(start_state=...) continues with the rows of an uninterrupted run
+
+class _Stop(Exception):
+    """Raised from a report callback to end a run after a checkpoint, as a crash would."""
+
+
+def _roundtrip(state: dict) -> dict:
+    """The checkpoint as a trial stores and reloads it: torch.save, torch.load(weights_only=True)."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf, map_location="cpu", weights_only=True)
+
+
+def _stop_after(epoch: int, rows: list[dict], saved: list[dict]):
+    def report(rs, state):
+        rows.extend(rs)
+        if rs[0]["epoch"] == epoch:
+            saved.append(_roundtrip(state()))
+            raise _Stop
+    return report
+
+
+def _without_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("epoch_s", "wall_s")} for r in rows]
+
+
+def _resume_case(data, lr, seeds, cfg, train, stop_epoch):
+    """(uninterrupted rows, rows before the stop, the checkpoint, rows after resuming, statuses)."""
+    full: list[dict] = []
+    full_status = run_replicas(lr, 32, seeds, DIGITS, cfg, train, report=lambda rs, state: full.extend(rs), data=data)
+    before: list[dict] = []
+    saved: list[dict] = []
+    with pytest.raises(_Stop):
+        run_replicas(lr, 32, seeds, DIGITS, cfg, train, report=_stop_after(stop_epoch, before, saved), data=data)
+    (ckpt,) = saved
+    after: list[dict] = []
+    status = run_replicas(lr, 32, seeds, DIGITS, cfg, train, report=lambda rs, state: after.extend(rs),
+                          data=data, start_state=ckpt)
+    assert status == full_status
+    return full, before, ckpt, after
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(digits):
+    """Stopped after epoch 2 of 4 (momentum and weight decay on, batch norm), resumed from the
+    reloaded checkpoint: epochs 3-4 are the uninterrupted run's rows, number for number."""
+    cfg = ModelConfig(name="mlp", depth=3, width=64, batch_norm=True)
+    train = TrainConfig(epochs=4, momentum=0.9, weight_decay=1e-3)
+    full, before, ckpt, after = _resume_case(digits, 0.1, [0, 1], cfg, train, stop_epoch=2)
+    assert ckpt["epoch"] == 2 and ckpt["active"] == [0, 1] and ckpt["status"] == ["running", "running"]
+    assert ckpt["momentum"] is not None and len(ckpt["order_rng"]) == 2
+    assert _without_timing(before) == _without_timing(full[:4])
+    assert [(r["epoch"], r["seed"]) for r in after] == [(3, 0), (3, 1), (4, 0), (4, 1)]
+    assert _without_timing(after) == _without_timing(full[4:])
+    assert all(r["wall_s"] > ckpt["wall_s"] for r in after)  # training time continues
+
+
+def test_resume_after_a_replica_diverged_keeps_the_survivors(digits):
+    """Seed 2 diverges in epoch 1 (lr 2, momentum 0.9, no batch norm) and is dropped; seed 0
+    trains on. The epoch-2 checkpoint holds only seed 0's stacks and momentum (active position 1),
+    and the resumed run reports seed 0's epochs 3-4 exactly as the uninterrupted run does."""
+    cfg = ModelConfig(name="mlp", depth=3, width=64, batch_norm=False)
+    train = TrainConfig(epochs=4, momentum=0.9)
+    full, before, ckpt, after = _resume_case(digits, 2.0, [2, 0], cfg, train, stop_epoch=2)
+    # The premise: seed 2 diverged before the checkpoint, seed 0 did not.
+    assert [(r["epoch"], r["seed"], r["status"]) for r in full] == [
+        (1, 2, "diverged"), (1, 0, "running"), (2, 0, "running"), (3, 0, "running"), (4, 0, "finished")]
+    assert ckpt["active"] == [1] and ckpt["status"] == ["diverged", "running"]
+    assert all(w.shape[0] == 1 for w in ckpt["model"]["weights"]) and all(b.shape[0] == 1 for b in ckpt["momentum"])
+    assert _without_timing(after) == _without_timing(full[3:])
+
+
+def test_resume_after_every_replica_diverged_reports_nothing(digits):
+    """A checkpoint taken when every replica had diverged: resuming trains nothing and returns the
+    statuses (a restored trial that had ended)."""
+    cfg = ModelConfig(depth=3, width=32, batch_norm=False)
+    saved: list[dict] = []
+    status = run_replicas(1e4, 32, [0, 1], DIGITS, cfg, TrainConfig(epochs=5), data=digits,
+                          report=lambda rs, state: saved.append(_roundtrip(state())))
+    assert status == {0: "diverged", 1: "diverged"} and len(saved) == 1
+    (ckpt,) = saved
+    assert ckpt["active"] == [] and ckpt["model"] is None
+    rows: list = []
+    again = run_replicas(1e4, 32, [0, 1], DIGITS, cfg, TrainConfig(epochs=5), data=digits,
+                         report=lambda rs, state: rows.append(rs), start_state=ckpt)
+    assert again == status and rows == []
+    with pytest.raises(ValueError, match="checkpoint of seeds"):
+        run_replicas(1e4, 32, [0, 2], DIGITS, cfg, TrainConfig(epochs=5), data=digits,
+                     report=lambda rs, state: None, start_state=ckpt)
+
+
+@pytest.mark.slow
+def test_replica_trial_fails_and_continues_from_its_checkpoint(ray_local, tmp_path):
+    """A real local Ray sweep, train.replicas 2: the trial raises at epoch 2 (resilience.fail_at_epoch)
+    and Tune restarts it (max_failures 1) from its epoch-1 checkpoint. Each seed's trial id ends
+    with exactly one row per epoch, equal to run_replicas run without Ray or a fault, and no epoch
+    was written twice: a restart from scratch would have written epoch 1 again."""
+    import json
+
+    from analysis.tables import load_metrics_with_report
+    from sweeps.cli import main
+    from sweeps.replica_points import replica_trial_id
+    from sweeps.status import read_status
+    from tests.conftest import tiny_spec, write_yaml
+    from trainables.config import from_dict
+
+    epochs = 3
+    spec = write_yaml(tmp_path / "repf.yaml", tiny_spec(
+        "repf", train={"epochs": epochs, "replicas": 2, "momentum": 0.9},
+        grid={"lr": [0.1], "batch_size": [32], "seed": [0, 1]},
+        resilience={"fail_at_epoch": 2, "max_failures": 1}))
+    assert main(["run", str(spec), "--storage", str(tmp_path / "runs"), "--no-report"]) == 0
+    run_dir = tmp_path / "runs" / "repf"
+    metrics, report = load_metrics_with_report(run_dir)
+    rows = metrics.to_pylist()
+    assert report.rows_read == 2 * epochs and report.superseded_rows == 0  # epoch 1 written once
+    assert len(list((run_dir / "faults").iterdir())) == 1  # the fault did fire
+
+    config = json.loads(rows[0]["config_json"])
+    expected: list[dict] = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as inside the trial (resources.cpu: 1)
+    try:
+        run_replicas(0.1, 32, [0, 1], from_dict(DatasetConfig, config["dataset"]),
+                     from_dict(ModelConfig, config["model"]), from_dict(TrainConfig, config["train"]),
+                     report=lambda rs, state: expected.extend(rs))
+    finally:
+        torch.set_num_threads(threads)
+    compared = ("epoch", "lr", "batch_size", "seed", "steps", "examples_seen", "train_loss", "train_acc",
+                "val_loss", "val_acc", "status")
+    tune_trial = rows[0]["trial_id"].rsplit("-s", 1)[0]
+    for seed in (0, 1):
+        got = [r for r in rows if r["trial_id"] == replica_trial_id(tune_trial, seed)]
+        assert [r["epoch"] for r in got] == list(range(1, epochs + 1))
+        want = [r for r in expected if r["seed"] == seed]
+        assert [{k: r[k] for k in compared} for r in got] == [{k: r[k] for k in compared} for r in want]
+        assert got[0]["wall_s"] < got[1]["wall_s"] < got[2]["wall_s"]  # the clock went on from the checkpoint
+    (trial,) = [t for t in read_status(run_dir) if t.trial_id == tune_trial]
+    assert trial.status == "TERMINATED" and trial.failures == 1
+    ckpts = sorted(p.name for p in next(run_dir.glob("train_trial_*")).glob("checkpoint_*"))
+    assert len(ckpts) == 2  # resilience.keep_checkpoints (default 2) of the epochs 1..3 saved
+
+
+def test_sequential_fallback_resumes_between_and_within_seeds():
+    """Models without a stacked path run seed after seed; their checkpoint is the current seed's
+    run_training checkpoint plus the position in the seed list. Stopped after seed 0's last
+    epoch, or inside seed 1, the resumed run reports the uninterrupted run's remaining rows."""
+    ds = DatasetConfig(name="digits", val_fraction=0.2, n_train=128)
+    data = load_dataset(ds)
+    cfg = ModelConfig(name="resnet20", width_mult=0.25)
+    train = TrainConfig(epochs=2, momentum=0.9)
+    full: list[dict] = []
+    run_replicas(0.05, 32, [0, 1], ds, cfg, train, report=lambda rs, state: full.extend(rs), data=data)
+    assert [(r["seed"], r["epoch"]) for r in full] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    for n_before in (2, 3):  # stop after seed 0's epoch 2 (it had finished), after seed 1's epoch 1
+        before: list[dict] = []
+        saved: list[dict] = []
+
+        def report(rs, state):
+            before.extend(rs)
+            if len(before) == n_before:
+                saved.append(_roundtrip(state()))
+                raise _Stop
+
+        with pytest.raises(_Stop):
+            run_replicas(0.05, 32, [0, 1], ds, cfg, train, report=report, data=data)
+        after: list[dict] = []
+        status = run_replicas(0.05, 32, [0, 1], ds, cfg, train, report=lambda rs, state: after.extend(rs),
+                              data=data, start_state=saved[0])
+        assert status == {0: "finished", 1: "finished"}
+        assert _without_timing(after) == _without_timing(full[n_before:])

@@ -20,6 +20,11 @@ does for its own seed, batched:
   elementwise and therefore the same per replica.
 * **Divergence**: a replica whose epoch ends diverged (the rule of ``run_training``) gets its
   last row with status ``diverged`` and is then dropped from the stacks; the others go on.
+* **Checkpoints**: ``report(rows, state)``'s ``state()`` holds the stacks of the replicas still
+  active, the momentum buffers, every replica's batch-order generator state, torch's RNG state,
+  the active positions and per-seed statuses; ``run_replicas(start_state=...)`` continues from it
+  with the rows of an uninterrupted run, and ``train_replica_trial`` saves and restores it as
+  ``train_trial`` does for one seed.
 
 Only the ``mlp`` model has a vectorized path; ``run_replicas`` runs other models one seed after
 another through ``run_training``.
@@ -124,6 +129,32 @@ class StackedMLP:
         self._map(lambda t: t.index_select(0, keep.to(t.device)).contiguous())
         self.k = len(keep)
 
+    def state_tensors(self) -> dict[str, Any]:
+        """Detached CPU copies of every stacked tensor (parameters and batch-norm buffers), as lists
+        and dicts of tensors: what a ``weights_only`` checkpoint can hold."""
+        def cpu(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to("cpu", copy=True)
+        return {
+            "weights": [cpu(w) for w in self.weights],
+            "biases": [None if b is None else cpu(b) for b in self.biases],
+            "bn": [None if bn is None else {k: cpu(v) for k, v in bn.items()} for bn in self.bn],
+        }
+
+    def load_state_tensors(self, state: dict[str, Any]) -> None:
+        """Replace the stacks by those of ``state_tensors()`` (any K: the stacks take their size)."""
+        def into(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+            if old.shape[1:] != new.shape[1:]:
+                raise ValueError(f"checkpoint tensor of shape {tuple(new.shape)} for a stack of {tuple(old.shape)}")
+            out = new.detach().to(old.device, old.dtype).contiguous()
+            return out.requires_grad_() if old.requires_grad else out
+        if len(state["weights"]) != len(self.weights):
+            raise ValueError(f"checkpoint has {len(state['weights'])} layers, the model {len(self.weights)}")
+        self.weights = [into(w, n) for w, n in zip(self.weights, state["weights"])]
+        self.biases = [None if b is None else into(b, n) for b, n in zip(self.biases, state["biases"])]
+        self.bn = [None if bn is None else {k: into(v, nbn[k]) for k, v in bn.items()}
+                   for bn, nbn in zip(self.bn, state["bn"])]
+        self.k = self.weights[0].shape[0]
+
     def replica_state(self, k: int) -> dict[str, torch.Tensor]:
         """Replica k's tensors under the ``state_dict`` names of the equivalent ``MLP``."""
         out: dict[str, torch.Tensor] = {}
@@ -206,6 +237,20 @@ class StackedSGD:
             grads = self.bufs
         torch._foreach_add_(self.params, grads, alpha=-self.lr)
 
+    def state_tensors(self) -> list[torch.Tensor] | None:
+        """Detached CPU copies of the momentum buffers (None before the first momentum step)."""
+        if self.bufs[0] is None:
+            return None
+        return [b.detach().to("cpu", copy=True) for b in self.bufs]  # type: ignore[union-attr]
+
+    def load_state_tensors(self, bufs: list[torch.Tensor] | None) -> None:
+        if bufs is None:
+            self.bufs = [None] * len(self.params)
+            return
+        if len(bufs) != len(self.params):
+            raise ValueError(f"checkpoint has {len(bufs)} momentum buffers for {len(self.params)} parameters")
+        self.bufs = [b.to(p.device, p.dtype).contiguous() for b, p in zip(bufs, self.params)]
+
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None
@@ -240,6 +285,11 @@ def evaluate_replicas(model: StackedMLP, x: torch.Tensor, y: torch.Tensor, batch
     return (loss_sum / n).tolist(), (correct.double() / n).tolist()  # GPU sync: once per evaluation
 
 
+# Reporter for run_replicas: report(rows, state); ``state()`` builds the checkpoint dict (a
+# reporter that does not checkpoint never calls it, so plain runs pay nothing for it).
+ReplicaReporter = Callable[[list[dict[str, Any]], Callable[[], dict[str, Any]]], None]
+
+
 def run_replicas(
     lr: float,
     batch_size: int,
@@ -247,31 +297,55 @@ def run_replicas(
     dataset: DatasetConfig,
     model_cfg: ModelConfig,
     train: TrainConfig,
-    report: Callable[[list[dict[str, Any]]], None],
+    report: ReplicaReporter,
     device: torch.device | str = "cpu",
     data: TensorData | None = None,
     max_steps: int | None = None,
+    start_state: dict[str, Any] | None = None,
 ) -> dict[int, str]:
     """Train one (lr, S) point for every seed in ``seeds`` together; returns ``{seed: status}``.
 
-    After every epoch ``report(rows)`` gets one row per replica still training (same keys as
-    ``run_training``'s rows; a replica that diverged that epoch is in it one last time).
-    ``max_steps`` stops after that many steps (for tests and benchmarks; no row is reported
-    for a cut-off epoch).
+    After every epoch ``report(rows, state)`` gets one row per replica still training (same keys
+    as ``run_training``'s rows; a replica that diverged that epoch is in it one last time) and
+    ``state``, a function that builds the checkpoint of that epoch: tensors and plain data only
+    (``torch.save`` / ``torch.load(weights_only=True)``), taken after the replicas that diverged
+    were dropped. ``start_state`` (such a checkpoint) continues from the epoch after it with the
+    same rows an uninterrupted run would have reported. ``max_steps`` stops after that many steps
+    (for tests and benchmarks; no row is reported for a cut-off epoch).
     """
     seeds = list(seeds)
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"run_replicas: repeated seeds {seeds}")
+    if start_state is not None and list(start_state["seeds"]) != seeds:
+        raise ValueError(f"run_replicas: checkpoint of seeds {list(start_state['seeds'])}, asked for {seeds}")
     device = torch.device(device)
     data = (data or load_dataset(dataset)).to(device)
     if model_cfg.name not in VECTORIZED_MODELS:
-        return _run_sequential(lr, batch_size, seeds, dataset, model_cfg, train, report, device, data)
+        return _run_sequential(lr, batch_size, seeds, dataset, model_cfg, train, report, device, data, start_state)
 
-    model = StackedMLP.from_seeds(seeds, model_cfg, data.input_shape, data.n_classes, device)
-    opt = StackedSGD(model.parameters(), lr, train.momentum, train.weight_decay)
     gens = [torch.Generator().manual_seed(seed) for seed in seeds]
     active = list(range(len(seeds)))  # positions (in ``seeds``) of the replicas still in the stacks
     status = {seed: RUNNING for seed in seeds}
+    first_epoch, examples_seen, steps_done, wall_before = 1, 0, 0, 0.0
+    if start_state is not None:
+        active = [int(i) for i in start_state["active"]]
+        status = {seed: str(st) for seed, st in zip(seeds, start_state["status"])}
+        for i, gen_state in enumerate(start_state["order_rng"]):
+            gens[i].set_state(gen_state)
+        first_epoch = int(start_state["epoch"]) + 1
+        examples_seen, steps_done = int(start_state["examples_seen"]), int(start_state["steps"])
+        wall_before = float(start_state["wall_s"])
+        if not active:  # every replica diverged (or the run had finished): nothing left to train
+            torch.set_rng_state(start_state["torch_rng"])
+            return status
+    # Initialize only the replicas that will train; a checkpoint then overwrites their tensors.
+    model = StackedMLP.from_seeds([seeds[i] for i in active], model_cfg, data.input_shape, data.n_classes, device)
+    opt = StackedSGD(model.parameters(), lr, train.momentum, train.weight_decay)
+    if start_state is not None:
+        model.load_state_tensors(start_state["model"])
+        opt.params = model.parameters()
+        opt.load_state_tensors(start_state["momentum"])
+        torch.set_rng_state(start_state["torch_rng"])
 
     x_train = data.x_train.flatten(1)
     y_train = data.y_train
@@ -279,10 +353,8 @@ def run_replicas(
     s = batch_size
     steps_per_epoch = n // s
     blowup = train.divergence_factor * math.log(data.n_classes)
-    examples_seen = 0
-    steps_done = 0
     t_start = time.perf_counter()
-    for epoch in range(1, train.epochs + 1):
+    for epoch in range(first_epoch, train.epochs + 1):
         t_epoch = time.perf_counter()
         perms = torch.stack([torch.randperm(n, generator=gens[i]) for i in active]).to(device, non_blocking=True)
         k = len(active)
@@ -307,6 +379,7 @@ def run_replicas(
         train_accs = (correct.double() / seen).tolist()
         val_losses, val_accs = evaluate_replicas(model, data.x_val, data.y_val, train.eval_batch_size)
         now = time.perf_counter()
+        wall_s = wall_before + now - t_start
         rows, keep = [], []
         for j, pos in enumerate(active):
             seed = seeds[pos]
@@ -323,51 +396,106 @@ def run_replicas(
                 "train_loss": tl, "train_acc": train_accs[j],
                 "val_loss": val_losses[j], "val_acc": val_accs[j],
                 "steps": epoch * steps_per_epoch, "examples_seen": examples_seen,
-                "epoch_s": now - t_epoch, "wall_s": now - t_start, "status": status[seed],
+                "epoch_s": now - t_epoch, "wall_s": wall_s, "status": status[seed],
             })
-        report(rows)
+        # Drop the replicas that diverged before reporting, so the checkpoint holds the survivors.
         if len(keep) < len(active):
-            if not keep:
-                break
-            keep_t = torch.tensor(keep, dtype=torch.long)
-            model.select(keep_t)
-            opt.rebind(model.parameters(), keep_t)
+            if keep:
+                keep_t = torch.tensor(keep, dtype=torch.long)
+                model.select(keep_t)
+                opt.rebind(model.parameters(), keep_t)
             active = [active[j] for j in keep]
+
+        def state(epoch=epoch, wall_s=wall_s, examples_seen=examples_seen, steps_done=steps_done,
+                  active=list(active), status=dict(status)) -> dict[str, Any]:
+            return {
+                "kind": "replicas", "seeds": list(seeds), "active": active,
+                "status": [status[seed] for seed in seeds],
+                "model": model.state_tensors() if active else None,
+                "momentum": opt.state_tensors() if active else None,
+                "order_rng": [g.get_state() for g in gens], "torch_rng": torch.get_rng_state(),
+                "epoch": epoch, "steps": steps_done, "examples_seen": examples_seen, "wall_s": wall_s,
+            }
+
+        report(rows, state)
+        if not active:
+            break
     return status
 
 
-def _run_sequential(lr, batch_size, seeds, dataset, model_cfg, train, report, device, data) -> dict[int, str]:
-    """Fallback for models without a vectorized path: one ``run_training`` per seed."""
+def _run_sequential(lr, batch_size, seeds, dataset, model_cfg, train, report, device, data,
+                    start_state=None) -> dict[int, str]:
+    """Fallback for models without a vectorized path: one ``run_training`` per seed.
+
+    Its checkpoint is the current seed's ``run_training`` checkpoint plus the position in
+    ``seeds`` and the statuses of the seeds already done."""
     from trainables.train_loop import TrialPoint, run_training
 
-    out = {}
-    for seed in seeds:
-        out[seed] = run_training(TrialPoint(lr, batch_size, seed), dataset, model_cfg, train,
-                                 report=lambda row, state: report([row]), device=device, data=data)
+    out: dict[int, str] = {}
+    first, inner = 0, None
+    if start_state is not None:
+        first = int(start_state["position"])
+        out = {seed: str(st) for seed, st in zip(seeds[:first], start_state["done"])}
+        inner = start_state["run"]
+        if inner["status"] != RUNNING or int(inner["epoch"]) >= train.epochs:  # that seed had ended
+            out[seeds[first]] = str(inner["status"])
+            first, inner = first + 1, None
+    for i in range(first, len(seeds)):
+        seed = seeds[i]
+
+        def rep(row, state, i=i):
+            report([row], lambda: {"kind": "sequential", "seeds": list(seeds), "position": i,
+                                   "done": [out[s] for s in seeds[:i]], "run": state()})
+
+        out[seed] = run_training(TrialPoint(lr, batch_size, seed), dataset, model_cfg, train, report=rep,
+                                 device=device, data=data, start_state=inner if i == first else None)
     return out
 
 
 def train_replica_trial(config: dict[str, Any], device: torch.device | str = "cpu") -> None:
     """Ray Tune body for a point with ``seeds``: one ``tune.report`` per epoch carrying
     ``replica_rows`` (one row per seed; the driver's metric sink writes each under its own
-    trial id) and, for Tune's own bookkeeping, the best val_acc and a summary status."""
+    trial id) and, for Tune's own bookkeeping, the best val_acc and a summary status.
+
+    Checkpoints as ``train_trial`` does: every ``resilience.checkpoint_every`` epochs and when no
+    replica is still running (last epoch, all diverged); a restarted trial continues from
+    ``tune.get_checkpoint()``."""
+    import tempfile
+    from pathlib import Path
+
     from ray import tune
 
     from trainables.config import from_dict
+    from trainables.faults import maybe_fail
+    from trainables.train_loop import CHECKPOINT_FILE, load_state
 
     point = config["point"]
+    checkpoint_every = int(config.get("resilience", {}).get("checkpoint_every", 1))
+    start_state = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            start_state = load_state(directory)
 
-    def report(rows: list[dict[str, Any]]) -> None:
+    def report(rows: list[dict[str, Any]], state: Callable[[], dict[str, Any]]) -> None:
+        epoch = rows[0]["epoch"]
+        maybe_fail(config, epoch)  # test hook: resilience.fail_at_epoch (trainables/faults.py)
         accs = [r["val_acc"] for r in rows if math.isfinite(r["val_acc"])]
         statuses = {r["status"] for r in rows}
         summary = DIVERGED if statuses == {DIVERGED} else (RUNNING if RUNNING in statuses else FINISHED)
-        tune.report({"replica_rows": rows, "replica_epoch": rows[0]["epoch"],
-                     "val_acc": max(accs) if accs else float("nan"), "status": summary})
+        result = {"replica_rows": rows, "replica_epoch": epoch,
+                  "val_acc": max(accs) if accs else float("nan"), "status": summary}
+        if summary == RUNNING and epoch % checkpoint_every:
+            tune.report(result)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(state(), Path(tmp) / CHECKPOINT_FILE)
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     run_replicas(
         lr=point["lr"], batch_size=point["batch_size"], seeds=point["seeds"],
         dataset=from_dict(DatasetConfig, config["dataset"]),
         model_cfg=from_dict(ModelConfig, config["model"]),
         train=from_dict(TrainConfig, config["train"]),
-        report=report, device=device,
+        report=report, device=device, start_state=start_state,
     )

@@ -225,7 +225,7 @@ def train_trial(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(resources.get("cpu", 1))))
     if "seeds" in config["point"]:  # train.replicas > 1: several seeds in one trial
         from trainables.replicas import train_replica_trial
-        # Replica trials do not checkpoint yet: a failed one restarts from scratch.
+        # Checkpoints, restores and fault hook as below (see train_replica_trial).
         return train_replica_trial(config, device=pick_device(float(resources.get("gpu", 0))))
 
     checkpoint_every = int(config.get("resilience", {}).get("checkpoint_every", 1))
