@@ -172,6 +172,12 @@ def test_sweep_with_replicas_writes_one_trial_per_seed(ray_local, tmp_path):
     for t in trials:
         assert t["status"] == "finished" and t["epochs_done"] == 3 and t["lr"] == 0.1 and t["batch_size"] == 32
         assert t["cfg.train.replicas"] == 2
+    # lrbs status shows the per-seed trials of the tables, with the Tune trial's status.
+    from sweeps.status import read_status
+
+    status = read_status(run_dir)
+    assert sorted(s.trial_id for s in status) == ids
+    assert all(s.status == "TERMINATED" and s.epochs_done == 3 and s.seed in (0, 1) for s in status)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,8 +320,9 @@ def test_replica_trial_fails_and_continues_from_its_checkpoint(ray_local, tmp_pa
         want = [r for r in expected if r["seed"] == seed]
         assert [{k: r[k] for k in compared} for r in got] == [{k: r[k] for k in compared} for r in want]
         assert got[0]["wall_s"] < got[1]["wall_s"] < got[2]["wall_s"]  # the clock went on from the checkpoint
-    (trial,) = [t for t in read_status(run_dir) if t.trial_id == tune_trial]
-    assert trial.status == "TERMINATED" and trial.failures == 1
+    # lrbs status lists the per-seed trials, each with the Tune trial's status and failure count.
+    per_seed = [t for t in read_status(run_dir) if t.trial_id.startswith(f"{tune_trial}-s")]
+    assert len(per_seed) == 2 and all(t.status == "TERMINATED" and t.failures == 1 for t in per_seed)
     ckpts = sorted(p.name for p in next(run_dir.glob("train_trial_*")).glob("checkpoint_*"))
     assert len(ckpts) == 2  # resilience.keep_checkpoints (default 2) of the epochs 1..3 saved
 
