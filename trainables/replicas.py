@@ -460,22 +460,12 @@ def train_replica_trial(config: dict[str, Any], device: torch.device | str = "cp
     Checkpoints as ``train_trial`` does: every ``resilience.checkpoint_every`` epochs and when no
     replica is still running (last epoch, all diverged); a restarted trial continues from
     ``tune.get_checkpoint()``."""
-    import tempfile
-    from pathlib import Path
-
-    from ray import tune
-
     from trainables.config import from_dict
     from trainables.faults import maybe_fail
-    from trainables.train_loop import CHECKPOINT_FILE, load_state
+    from trainables.train_loop import tune_report, tune_start_state
 
     point = config["point"]
     checkpoint_every = int(config.get("resilience", {}).get("checkpoint_every", 1))
-    start_state = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            start_state = load_state(directory)
 
     def report(rows: list[dict[str, Any]], state: Callable[[], dict[str, Any]]) -> None:
         epoch = rows[0]["epoch"]
@@ -485,17 +475,12 @@ def train_replica_trial(config: dict[str, Any], device: torch.device | str = "cp
         summary = DIVERGED if statuses == {DIVERGED} else (RUNNING if RUNNING in statuses else FINISHED)
         result = {"replica_rows": rows, "replica_epoch": epoch,
                   "val_acc": max(accs) if accs else float("nan"), "status": summary}
-        if summary == RUNNING and epoch % checkpoint_every:
-            tune.report(result)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            torch.save(state(), Path(tmp) / CHECKPOINT_FILE)
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
+        tune_report(result, state, epoch=epoch, status=summary, checkpoint_every=checkpoint_every)
 
     run_replicas(
         lr=point["lr"], batch_size=point["batch_size"], seeds=point["seeds"],
         dataset=from_dict(DatasetConfig, config["dataset"]),
         model_cfg=from_dict(ModelConfig, config["model"]),
         train=from_dict(TrainConfig, config["train"]),
-        report=report, device=device, start_state=start_state,
+        report=report, device=device, start_state=tune_start_state(),
     )

@@ -215,10 +215,33 @@ def load_state(directory: str | Path) -> dict[str, Any]:
     return torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 
 
-def train_trial(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable: ``config`` is the param space made by ``sweeps.spec``."""
+def tune_start_state() -> dict[str, Any] | None:
+    """The state in the trial's latest Tune checkpoint (after a failure or ``lrbs resume``), if any."""
     from ray import tune
 
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        return load_state(directory)
+
+
+def tune_report(result: dict[str, Any], state: Callable[[], dict[str, Any]], *, epoch: int, status: str,
+                checkpoint_every: int) -> None:
+    """``tune.report(result)``, with the checkpoint ``state()`` every ``checkpoint_every`` epochs
+    and whenever training stops (finished or diverged)."""
+    from ray import tune
+
+    if status == RUNNING and epoch % checkpoint_every:
+        tune.report(result)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(state(), Path(tmp) / CHECKPOINT_FILE)
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def train_trial(config: dict[str, Any]) -> None:
+    """Ray Tune function trainable: ``config`` is the param space made by ``sweeps.spec``."""
     from trainables.faults import maybe_fail
 
     resources = config.get("resources", {})
@@ -229,20 +252,10 @@ def train_trial(config: dict[str, Any]) -> None:
         return train_replica_trial(config, device=pick_device(float(resources.get("gpu", 0))))
 
     checkpoint_every = int(config.get("resilience", {}).get("checkpoint_every", 1))
-    start_state = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            start_state = load_state(directory)
 
     def report(row: dict[str, Any], state: Callable[[], dict[str, Any]]) -> None:
         maybe_fail(config, row["epoch"])  # test hook: resilience.fail_at_epoch (trainables/faults.py)
-        if row["status"] == RUNNING and row["epoch"] % checkpoint_every:
-            tune.report(row)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            torch.save(state(), Path(tmp) / CHECKPOINT_FILE)
-            tune.report(row, checkpoint=tune.Checkpoint.from_directory(tmp))
+        tune_report(row, state, epoch=row["epoch"], status=row["status"], checkpoint_every=checkpoint_every)
 
     run_training(
         point=TrialPoint.from_dict(config["point"]),
@@ -253,5 +266,5 @@ def train_trial(config: dict[str, Any]) -> None:
         device=pick_device(float(resources.get("gpu", 0))),
         schedule=schedule_from_dict(config.get("schedule")),
         probes=from_dict(CurvatureConfig, config["curvature"]) if config.get("curvature") else None,
-        start_state=start_state,
+        start_state=tune_start_state(),
     )
