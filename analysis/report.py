@@ -467,12 +467,6 @@ def write_reports(run_dir: str | Path, formats: tuple[str, ...] = FORMATS) -> di
     return paths
 
 
-def write_report(run_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``report.html``, ``fits.json`` and ``report.md``; returns the first two paths."""
-    paths = write_reports(run_dir)
-    return paths["html"], paths["json"]
-
-
 def _json_safe(value):
     """NaN is not JSON: write null instead."""
     if isinstance(value, dict):
