@@ -38,16 +38,32 @@ def last_checkpoint(directory: Path) -> Path:
     return ckpts[-1]
 
 
+def member_checkpoint(run_dir: Path, trial_id: str) -> tuple[dict, dict]:
+    """(config, final weights) of one point: a Tune trial, or member j of a pack (``<id>-m<j>``)."""
+    from sweeps.packing import member_config, split_member_id
+    from trainables.train_loop import load_state
+
+    tune_id, j = split_member_id(trial_id)
+    directory = trial_dir(run_dir, tune_id)
+    config = json.loads((directory / "params.json").read_text())
+    members = load_state(last_checkpoint(directory))["members"]
+    j = 0 if j is None else j
+    if j >= len(members) or ("members" in config["point"]) != (len(members) > 1):
+        raise LrbsError(f"TRIAL: no trial {trial_id!r} in {run_dir} (trial ids are in `lrbs status` and the metric tables)")
+    if members[j]["model"] is None:
+        raise LrbsError(f"TRIAL: {trial_id} diverged; it has no final weights to interpolate from")
+    return member_config(config, j), members[j]["model"]
+
+
 def interpolate_trials(run_dir: str | Path, trial_a: str, trial_b: str, alphas: list[float]) -> pa.Table:
     from trainables.config import DatasetConfig, ModelConfig, TrainConfig, from_dict
     from trainables.curvature import interpolate, make_batches
     from trainables.data import load_dataset
     from trainables.models import build_model
-    from trainables.train_loop import TrialPoint, load_state
+    from trainables.train_loop import TrialPoint
 
     run_dir = Path(run_dir)
-    dirs = [trial_dir(run_dir, t) for t in (trial_a, trial_b)]
-    configs = [json.loads((d / "params.json").read_text()) for d in dirs]
+    configs, states = zip(*(member_checkpoint(run_dir, t) for t in (trial_a, trial_b)))
     for key in ("dataset", "model"):
         if configs[0][key] != configs[1][key]:
             raise LrbsError(f"TRIAL: {trial_a} and {trial_b} differ in {key}; interpolation needs the same {key}")
@@ -59,7 +75,6 @@ def interpolate_trials(run_dir: str | Path, trial_a: str, trial_b: str, alphas: 
         dataset = dataclasses.replace(dataset, n_train=points[0].n_train)
     data = load_dataset(dataset)
     model = build_model(from_dict(ModelConfig, configs[0]["model"]), data.input_shape, data.n_classes)
-    states = [load_state(last_checkpoint(d))["model"] for d in dirs]
     batch = from_dict(TrainConfig, configs[0]["train"]).eval_batch_size
     rows = interpolate(model, states[0], states[1], torch.tensor(alphas), F.cross_entropy,
                        make_batches(data.x_train, data.y_train, None, batch),

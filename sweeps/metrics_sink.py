@@ -73,18 +73,17 @@ class ArrowMetricsSink(Callback):
         self._writers[row["trial_id"]][0].flush()  # readable while the sweep runs
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if "replica_rows" in result:  # train.replicas > 1: one row per seed, each its own trial id
-            from sweeps.replica_points import replica_config, replica_trial_id
+        from sweeps.packing import members
 
-            for r in result["replica_rows"]:
-                self.write_row(row_from_result(r, replica_config(trial.config, r["seed"]),
-                                               replica_trial_id(trial.trial_id, r["seed"])))
-        elif "epoch" in result:
-            self.write_row(row_from_result(result, trial.config, trial.trial_id))
+        if "pack_rows" in result:  # one row per member still training, each under its own trial id
+            ids = members(trial.trial_id, trial.config)
+            for r in result["pack_rows"].values():
+                trial_id, config = ids[r["member"]]
+                self.write_row(row_from_result(r, config, trial_id))
 
     def _close(self, trial_id: str) -> None:
-        # Also the per-seed files of a replica trial (``<trial_id>-s<seed>``).
-        for key in [k for k in self._writers if k == trial_id or k.startswith(f"{trial_id}-s")]:
+        # Also the files of a pack's members (``<trial_id>-m<j>``).
+        for key in [k for k in self._writers if k == trial_id or k.startswith(f"{trial_id}-m")]:
             sink, writer = self._writers.pop(key)
             writer.close()
             sink.close()

@@ -8,14 +8,16 @@ from ray.tune import Callback
 
 
 class ProgressPrinter(Callback):
-    """Tune callback printing one line per change: trials done/running/errored, best val acc."""
+    """Tune callback printing one line per change: points done/running/errored, best val acc.
+
+    Counts are of points (the trials of the metric tables), so a pack of K points counts K."""
 
     def __init__(self, total: int, min_interval_s: float = 5.0):
         # No stream attribute: Tune pickles callbacks with the experiment state.
         self.total = total
         self.min_interval_s = min_interval_s
         self.done = self.errored = self.diverged = 0
-        self.running: set[str] = set()
+        self.running: dict[str, int] = {}
         self.best: tuple[float, str] | None = None
         self._last_print = 0.0
 
@@ -25,27 +27,31 @@ class ProgressPrinter(Callback):
             return
         self._last_print = now
         best = f"best val_acc {self.best[0]:.4f} ({self.best[1]})" if self.best else "best val_acc -"
-        print(f"[lrbs] {self.done}/{self.total} done ({self.diverged} diverged), {len(self.running)} running, "
+        print(f"[lrbs] {self.done}/{self.total} done ({self.diverged} diverged), {sum(self.running.values())} running, "
               f"{self.errored} errored | {best}", flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.running.add(trial.trial_id)
+        from sweeps.packing import members
+
+        self.running[trial.trial_id] = len(members(trial.trial_id, trial.config))
         self._print()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        acc = result.get("val_acc")
-        if acc is not None and math.isfinite(acc) and (self.best is None or acc > self.best[0]):
-            self.best = (acc, trial.trial_id)
-        if result.get("status") == "diverged":
-            self.diverged += 1
+        from sweeps.packing import members
+
+        ids = members(trial.trial_id, trial.config)
+        for row in result.get("pack_rows", {}).values():
+            acc = row.get("val_acc")
+            if acc is not None and math.isfinite(acc) and (self.best is None or acc > self.best[0]):
+                self.best = (acc, ids[row["member"]][0])
+            if row.get("status") == "diverged":
+                self.diverged += 1
         self._print()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.running.discard(trial.trial_id)
-        self.done += 1
+        self.done += self.running.pop(trial.trial_id, 1)
         self._print(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.running.discard(trial.trial_id)
-        self.errored += 1
+        self.errored += self.running.pop(trial.trial_id, 1)
         self._print(force=True)

@@ -60,6 +60,7 @@ def resume_sweep(run_dir: str | Path, restart_errored: bool = False, address: st
 
     from sweeps.metrics_sink import ArrowMetricsSink
     from sweeps.progress import ProgressPrinter
+    from sweeps.packing import plan_packs
     from sweeps.spec import expand_points, load_spec
     from trainables.train_loop import train_trial
 
@@ -69,9 +70,9 @@ def resume_sweep(run_dir: str | Path, restart_errored: bool = False, address: st
     if spec.name != run_dir.name:
         raise LrbsError(f"RUN_DIR: {run_dir / SPEC_COPY} names sweep {spec.name!r}, not {run_dir.name!r}")
     init_ray(address)
-    n_trials = len(expand_points(spec))
+    n_trials, n_packs = len(expand_points(spec)), len(plan_packs(spec))
     mode = "restarting errored trials from scratch" if restart_errored else "errored trials from checkpoints"
-    print(f"[lrbs] resume {spec.name}: {n_trials} trials ({mode}) -> {run_dir}", file=out, flush=True)
+    print(f"[lrbs] resume {spec.name}: {n_trials} trials in {n_packs} packs ({mode}) -> {run_dir}", file=out, flush=True)
     tuner = tune.Tuner.restore(
         str(run_dir),
         trainable=tune.with_resources(train_trial, trial_resources(spec)),

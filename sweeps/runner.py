@@ -74,8 +74,13 @@ def resilience_settings(spec: SweepSpec) -> dict:
 
 
 def print_outcome(results, name: str, metrics_where: str, out: TextIO) -> None:
-    n_err = sum(1 for r in results if r.error is not None)
-    print(f"[lrbs] sweep {name} ended: {len(results) - n_err} trials finished, {n_err} errored; "
+    """Counts are of points (a pack's Tune trial counts once per member)."""
+    from sweeps.packing import members
+
+    sizes = [(len(members("", r.config or {})) if r.config else 1, r.error is not None) for r in results]
+    n_err = sum(k for k, err in sizes if err)
+    n_ok = sum(k for k, err in sizes if not err)
+    print(f"[lrbs] sweep {name} ended: {n_ok} trials finished, {n_err} errored; "
           f"metrics in {metrics_where}", file=out, flush=True)
 
 
@@ -106,6 +111,7 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
 
     from sweeps.metrics_sink import ArrowMetricsSink
     from sweeps.progress import ProgressPrinter
+    from sweeps.packing import plan_packs
     from sweeps.spec import expand_points
     from sweeps.storage import prepare_placement, resolve_storage
     from sweeps.version import code_version
@@ -119,8 +125,8 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
     init_ray(address)  # before the run directory exists: a bad --address leaves nothing behind
     place = prepare_placement(spec, storage, storage_filesystem, upload_interval_s)
     run_dir = place.run_dir
-    n_trials = len(expand_points(spec))
-    print(f"[lrbs] sweep {spec.name}: {n_trials} trials -> {place.where}", file=out, flush=True)
+    n_trials, n_packs = len(expand_points(spec)), len(plan_packs(spec))
+    print(f"[lrbs] sweep {spec.name}: {n_trials} trials in {n_packs} packs -> {place.where}", file=out, flush=True)
     tuner = tune.Tuner(
         tune.with_resources(train_trial, trial_resources(spec)),
         param_space=to_param_space(spec, code_version()),

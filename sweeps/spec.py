@@ -45,7 +45,11 @@ class AxisRange:
 @dataclass(frozen=True)
 class ResilienceConfig:
     max_failures: int = 3          # restarts of a trial whose worker died (from its last checkpoint)
-    checkpoint_every: int = 1      # epochs between checkpoints (the last epoch is always saved)
+    # A checkpoint is saved at the end of an epoch when `checkpoint_every` epochs (if set) or
+    # `checkpoint_every_s` seconds (if set) have passed since the last one; always when training
+    # stops. Time-based by default, so a sweep of short epochs does not pay a save per epoch.
+    checkpoint_every: int | None = None
+    checkpoint_every_s: float | None = 30.0
     keep_checkpoints: int = 2      # checkpoints kept per trial (older ones are deleted)
     fail_at_epoch: int | None = None  # test hook: each trial raises once at this epoch (trainables/faults.py)
 
@@ -166,6 +170,7 @@ def spec_from_dict(data: Any) -> SweepSpec:
     kwargs: dict[str, Any] = {"name": name}
     if "description" in data:
         kwargs["description"] = _check_type(data["description"], str, "description")
+    _check_pack(data.get("train"))
     for key, cls in SECTIONS.items():
         if data.get(key) is not None or (key in data and key not in OPTIONAL_SECTIONS):
             kwargs[key] = _build(cls, data[key], key)
@@ -193,6 +198,23 @@ def spec_from_dict(data: Any) -> SweepSpec:
     spec = SweepSpec(**kwargs)
     validate(spec)
     return spec
+
+
+def _check_pack(train: Any) -> None:
+    """``train.pack``: an integer >= 1 or ``auto``; ``train.replicas`` (its old name) is refused by name."""
+    if not isinstance(train, dict):
+        return
+    if "replicas" in train:
+        raise SpecError("train.replicas: replaced by train.pack (points trained together in one trial, "
+                        "seeds or any other points; default auto)")
+    pack = train.get("pack", "auto")
+    if pack != "auto" and (isinstance(pack, bool) or not isinstance(pack, int) or pack < 1):
+        raise SpecError(f"train.pack: must be an integer >= 1 or auto (got {_short(pack)})")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _build_variants(data: Any) -> tuple[VariantConfig, ...]:
@@ -340,18 +362,10 @@ def validate(spec: SweepSpec) -> None:
         raise SpecError(f"train.divergence_factor: must be > 1 (got {train.divergence_factor})")
     if train.eval_batch_size < 1:
         raise SpecError(f"train.eval_batch_size: must be >= 1 (got {train.eval_batch_size})")
-    if train.replicas < 1:
-        raise SpecError(f"train.replicas: must be >= 1 (got {train.replicas})")
-    if train.replicas > 1:
-        # The vectorized loop (trainables/replicas.py) has no schedules, probes or per-point
-        # families yet: refuse rather than silently run something else.
-        unsupported = [k for k, on in (("schedule", spec.schedule.kind != "constant"),
-                                       ("curvature", spec.curvature is not None),
-                                       ("rescale", spec.rescale is not None), ("beta", spec.beta is not None),
-                                       ("variants", bool(spec.variants))) if on]
-        if unsupported:
-            raise SpecError(f"train.replicas: vectorized seeds support plain grids only (no {unsupported[0]}); "
-                            f"set train.replicas: 1")
+    from trainables.packed_models import LAYOUTS
+
+    if train.pack_layout not in LAYOUTS:
+        raise SpecError(f"train.pack_layout: must be one of {', '.join(LAYOUTS)} (got {train.pack_layout!r})")
     if res.cpu <= 0:
         raise SpecError(f"resources.cpu: must be > 0 (got {res.cpu})")
     if res.gpu < 0:
@@ -399,9 +413,11 @@ def validate(spec: SweepSpec) -> None:
     if spec.curvature is not None:
         _validate_curvature(spec.curvature)
     r = spec.resilience
+    if r.checkpoint_every_s is not None and not (r.checkpoint_every_s > 0 and math.isfinite(r.checkpoint_every_s)):
+        raise SpecError(f"resilience.checkpoint_every_s: must be a number of seconds > 0 or null (got {r.checkpoint_every_s})")
     for key in ("max_failures", "checkpoint_every", "keep_checkpoints"):
         minimum = 0 if key == "max_failures" else 1
-        if getattr(r, key) < minimum:
+        if getattr(r, key) is not None and getattr(r, key) < minimum:
             raise SpecError(f"resilience.{key}: must be >= {minimum} (got {getattr(r, key)})")
     if r.fail_at_epoch is not None and not 1 <= r.fail_at_epoch <= spec.train.epochs:
         raise SpecError(f"resilience.fail_at_epoch: must be an epoch in 1..{spec.train.epochs} (got {r.fail_at_epoch})")
@@ -496,8 +512,7 @@ def expand_points(spec: SweepSpec) -> list[dict[str, Any]]:
     Each point carries what varies between trials; everything else is shared by the sweep.
     ``grid``: lr x batch_size x seed. ``rescale``: the reference (lr0, S0) once, then every
     batch size under every rule. ``beta``: every n_train x beta.
-    With ``train.replicas`` K > 1 (MLP only) a point holds up to K seeds (``seeds``) trained
-    together in one Tune trial; see ``sweeps.replica_points``.
+    ``sweeps.packing.plan_packs`` groups these points into the packs that Tune runs.
     """
     seeds = spec.grid.seed
     if spec.rescale is not None:
@@ -524,28 +539,27 @@ def expand_points(spec: SweepSpec) -> list[dict[str, Any]]:
         ]
     lrs = axis_values(spec.grid.lr, "grid.lr")
     sizes = axis_values(spec.grid.batch_size, "grid.batch_size")
-    points = [
+    return [
         {"lr": lr, "batch_size": s, "seed": seed}
         for lr, s, seed in itertools.product(lrs, sizes, seeds)
     ]
-    from sweeps.replica_points import group_seeds
-
-    return group_seeds(points, spec.train.replicas, spec.model.name)
 
 
 def to_param_space(spec: SweepSpec, code_version: str) -> dict[str, Any]:
-    """The Ray Tune ``param_space``: one ``grid_search`` over the explicit points.
+    """The Ray Tune ``param_space``: one ``grid_search`` over the packs of explicit points.
 
     A single grid over whole points (rather than one per axis) lets later axes pair values
-    (rescaling rules, beta families) without Tune crossing them.
+    (rescaling rules, beta families) without Tune crossing them; each pack is one Tune trial.
     """
     from ray import tune
+
+    from sweeps.packing import plan_packs, tune_point
 
     shared = spec.to_dict()
     for key in ("grid", "description", "rescale", "beta", "variants"):
         shared.pop(key)
     return {
-        "point": tune.grid_search(expand_points(spec)),
+        "point": tune.grid_search([tune_point(pack) for pack in plan_packs(spec)]),
         "sweep": shared.pop("name"),
         "code_version": code_version,
         **shared,

@@ -67,19 +67,12 @@ def _tune_trials(run_dir: Path) -> list[dict[str, Any]]:
     return trials
 
 
-def _per_seed(trials: list[dict]) -> list[dict]:
-    """A vectorized-seed Tune trial (``train.replicas``) as the per-seed trials of the tables."""
-    from sweeps.replica_points import replica_config, replica_trial_id
+def _per_member(trials: list[dict]) -> list[dict]:
+    """A pack's Tune trial as the per-point trials of the tables (``sweeps.packing.members``)."""
+    from sweeps.packing import members
 
-    out = []
-    for t in trials:
-        seeds = (t["config"].get("point") or {}).get("seeds")
-        if not seeds:
-            out.append(t)
-            continue
-        out += [{**t, "trial_id": replica_trial_id(t["trial_id"], s), "config": replica_config(t["config"], s)}
-                for s in seeds]
-    return out
+    return [{**t, "trial_id": trial_id, "config": config}
+            for t in trials for trial_id, config in members(t["trial_id"], t["config"])]
 
 
 def read_status(run_dir: str | Path) -> list[TrialStatus]:
@@ -93,7 +86,7 @@ def read_status(run_dir: str | Path) -> list[TrialStatus]:
     if (run_dir / "metrics").is_dir():
         for row in load_metrics(run_dir).select(["trial_id", "epoch", "val_acc", "status", "config_json"]).to_pylist():
             last_rows[row["trial_id"]] = row  # sorted by trial then epoch: the last one wins
-    trials = _per_seed(_tune_trials(run_dir))
+    trials = _per_member(_tune_trials(run_dir))
     known = {t["trial_id"] for t in trials}
     for trial_id, row in last_rows.items():
         if trial_id not in known:  # no experiment state yet (driver killed early)

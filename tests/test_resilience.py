@@ -2,7 +2,7 @@
 raises; ``lrbs resume`` and ``lrbs status``; exactly-once metric rows; cut-off Arrow files.
 
 Every faulted trial must end with exactly the epoch rows of the same trial run without a fault
-(``run_training`` in this process: same seed, CPU, one thread, deterministic).
+(its pack run by ``run_pack`` in this process: same seeds, CPU, one thread, deterministic).
 """
 from __future__ import annotations
 
@@ -27,54 +27,67 @@ from tests.conftest import ROOT, tiny_spec, write_yaml
 COMPARED = ("epoch", "lr", "batch_size", "steps", "examples_seen", "train_loss", "train_acc", "val_loss",
             "val_acc", "status")
 EPOCHS = 10
+KILL_EPOCHS = 60
 
 
 def fault_spec(name: str, **overrides) -> dict:
-    """2 trials x EPOCHS epochs of a small MLP: ~0.2 s per epoch, long enough to be interrupted."""
-    base = dict(model={"width": 128}, train={"epochs": EPOCHS},
+    """2 trials (one pack of 2 by default) x EPOCHS epochs of a small MLP, checkpointed every epoch."""
+    base = dict(model={"width": 128}, train={"epochs": EPOCHS}, resilience={"checkpoint_every": 1},
                 grid={"lr": [0.05, 0.2], "batch_size": [16], "seed": [0]})
     return tiny_spec(name, **{**base, **overrides})
 
 
-_EXPECTED: dict[str, list[dict]] = {}
+_EXPECTED: dict[str, list[list[dict]]] = {}
 
 
-def uninterrupted_rows(config: dict) -> list[dict]:
-    """The epoch rows of this trial config run start to finish without Ray or faults."""
+def uninterrupted_rows(configs: list[dict]) -> list[list[dict]]:
+    """Per member, the epoch rows of this pack (the member configs of one Tune trial, in member
+    order) run start to finish without Ray or faults."""
     import torch
 
     from trainables.config import DatasetConfig, ModelConfig, TrainConfig, from_dict
     from trainables.schedules import schedule_from_dict
-    from trainables.train_loop import TrialPoint, run_training
+    from trainables.train_loop import TrialPoint, run_pack
 
-    key = json.dumps({k: config.get(k) for k in ("point", "dataset", "model", "train", "schedule")}, sort_keys=True)
+    config = configs[0]
+    key = json.dumps([[c.get(k) for k in ("point", "dataset", "model", "train", "schedule")] for c in configs],
+                     sort_keys=True)
     if key not in _EXPECTED:
-        rows: list[dict] = []
+        rows: list[list[dict]] = [[] for _ in configs]
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # as inside the trial (resources.cpu: 1)
         try:
-            run_training(TrialPoint.from_dict(config["point"]), from_dict(DatasetConfig, config["dataset"]),
-                         from_dict(ModelConfig, config["model"]), from_dict(TrainConfig, config["train"]),
-                         report=lambda row, state: rows.append(row),
-                         schedule=schedule_from_dict(config.get("schedule")))
+            run_pack([TrialPoint.from_dict(c["point"]) for c in configs], from_dict(DatasetConfig, config["dataset"]),
+                     from_dict(ModelConfig, config["model"]), from_dict(TrainConfig, config["train"]),
+                     report=lambda rs, state: [rows[r["member"]].append(r) for r in rs],
+                     schedule=schedule_from_dict(config.get("schedule")))
         finally:
             torch.set_num_threads(threads)
-        _EXPECTED[key] = [{k: r[k] for k in COMPARED} for r in rows]
+        _EXPECTED[key] = [[{k: r[k] for k in COMPARED} for r in member] for member in rows]
     return _EXPECTED[key]
 
 
 def assert_exactly_once_and_unfaulted(run_dir: Path, n_trials: int, epochs: int) -> list[dict]:
-    """One row per (trial, epoch) for every trial, equal to the uninterrupted run."""
+    """One row per (trial, epoch) for every trial, equal to the uninterrupted run of its pack."""
+    from sweeps.packing import split_member_id
+
     metrics = load_metrics(run_dir)
     rows = metrics.to_pylist()
     by_trial: dict[str, list[dict]] = {}
     for r in rows:
         by_trial.setdefault(r["trial_id"], []).append(r)
     assert len(by_trial) == n_trials, sorted(by_trial)
-    for trial_id, trial_rows in by_trial.items():
-        assert [r["epoch"] for r in trial_rows] == list(range(1, epochs + 1)), trial_id
-        expected = uninterrupted_rows(json.loads(trial_rows[-1]["config_json"]))
-        assert [{k: r[k] for k in COMPARED} for r in trial_rows] == expected, trial_id
+    packs: dict[str, dict[int, str]] = {}
+    for trial_id in by_trial:
+        tune_id, j = split_member_id(trial_id)
+        packs.setdefault(tune_id, {})[j or 0] = trial_id
+    for tune_id, ids in packs.items():
+        ordered = [ids[j] for j in sorted(ids)]
+        expected = uninterrupted_rows([json.loads(by_trial[t][-1]["config_json"]) for t in ordered])
+        for trial_id, member_expected in zip(ordered, expected):
+            trial_rows = by_trial[trial_id]
+            assert [r["epoch"] for r in trial_rows] == list(range(1, epochs + 1)), trial_id
+            assert [{k: r[k] for k in COMPARED} for r in trial_rows] == member_expected, trial_id
     return rows
 
 
@@ -203,7 +216,8 @@ def _cmdline(pid: int) -> str:
 
 @pytest.mark.slow
 def test_sigkill_driver_then_resume(tmp_path):
-    spec = write_yaml(tmp_path / "k.yaml", fault_spec("k"))
+    # A pack of 2 trained for KILL_EPOCHS: long enough to be killed mid-sweep.
+    spec = write_yaml(tmp_path / "k.yaml", fault_spec("k", train={"epochs": KILL_EPOCHS}))
     run_dir = tmp_path / "runs" / "k"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log = open(tmp_path / "run.log", "w")
@@ -251,7 +265,7 @@ def test_sigkill_driver_then_resume(tmp_path):
             time.sleep(0.2)
         log.close()
     assert not _session_pids(driver.pid)
-    assert 0 < rows_before < 2 * EPOCHS  # killed mid-sweep
+    assert 0 < rows_before < 2 * KILL_EPOCHS  # killed mid-sweep
     trials_before = tune_trial_ids(run_dir)
     assert len(trials_before) == 2
 
@@ -259,7 +273,7 @@ def test_sigkill_driver_then_resume(tmp_path):
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "2 trials finished, 0 errored" in out.stdout
-    rows = assert_exactly_once_and_unfaulted(run_dir, n_trials=2, epochs=EPOCHS)
+    rows = assert_exactly_once_and_unfaulted(run_dir, n_trials=2, epochs=KILL_EPOCHS)
     assert {r["trial_id"] for r in rows} == trials_before == tune_trial_ids(run_dir)
     assert all(t.status == "TERMINATED" for t in read_status(run_dir))
     # Some trial continued from a checkpoint: its first row in the resumed session is past epoch 1.
@@ -334,7 +348,8 @@ def test_worker_node_dies_trials_finish_unchanged(cluster, tmp_path):
 @pytest.mark.slow
 def test_errored_trial_status_then_resume_and_restart(cluster, tmp_path):
     spec = write_yaml(tmp_path / "e.yaml", tiny_spec("e", grid={"lr": [0.05, 0.2], "batch_size": [32], "seed": [0]},
-                                                      resilience={"max_failures": 0, "fail_at_epoch": 2}))
+                                                      resilience={"max_failures": 0, "fail_at_epoch": 2,
+                                                                  "checkpoint_every": 1}))
     run_dir = tmp_path / "runs" / "e"
     assert main(["run", str(spec), "--storage", str(tmp_path / "runs"), "--address", cluster.address,
                  "--no-report"]) == 0

@@ -53,10 +53,14 @@ def test_fractional_resources_accepted():
     assert spec.resources.cpu == 0.5 and spec.resources.gpu == 0.25
 
 
-def test_to_param_space_has_one_grid_over_points():
+def test_to_param_space_has_one_grid_over_packs_of_points():
     spec = spec_from_dict(tiny_spec())
     space = to_param_space(spec, "v1")
-    assert space["point"] == {"grid_search": expand_points(spec)}
+    # auto packs: the points that share S (and n_train) train together, one Tune trial each
+    by_s = [[p for p in expand_points(spec) if p["batch_size"] == s] for s in (32, 128)]
+    assert space["point"] == {"grid_search": [{"members": pack} for pack in by_s]}
+    unpacked = to_param_space(spec_from_dict(tiny_spec(train={"pack": 1})), "v1")
+    assert unpacked["point"] == {"grid_search": expand_points(spec)}
     assert space["sweep"] == "tiny" and space["code_version"] == "v1"
     assert space["dataset"]["name"] == "digits" and space["model"]["width"] == 32
 
@@ -206,7 +210,39 @@ def test_variant_errors(variants, message):
     assert str(err.value).startswith(message), str(err.value)
 
 
-@pytest.mark.parametrize("extra", [{"curvature": {"n_samples": 100}}, {"schedule": {"kind": "step", "every": 1}}])
-def test_replicas_refuse_what_the_vectorized_loop_cannot_do(extra):
-    with pytest.raises(SpecError, match=r"^train.replicas: vectorized seeds support plain grids only"):
-        spec_from_dict(tiny_spec(train={"epochs": 3, "replicas": 2}, **extra))
+def test_replicas_is_a_one_line_error_naming_pack():
+    with pytest.raises(SpecError, match=r"^train.replicas: replaced by train.pack"):
+        spec_from_dict(tiny_spec(train={"epochs": 3, "replicas": 2}))
+
+
+@pytest.mark.parametrize("pack", [0, -1, 2.5, "many", True, [2]])
+def test_bad_pack_is_a_one_line_error(pack):
+    with pytest.raises(SpecError, match=r"^train.pack: must be an integer >= 1 or auto"):
+        spec_from_dict(tiny_spec(train={"pack": pack}))
+
+
+def test_bad_pack_exits_2_from_the_cli(tmp_path):
+    from sweeps.cli import main
+
+    path = write_yaml(tmp_path / "s.yaml", tiny_spec(train={"pack": 0}))
+    assert main(["validate", str(path)]) == 2
+
+
+def test_plan_packs_groups_by_batch_size_schedule_and_n_train_and_splits_at_k():
+    from sweeps.packing import plan_packs
+
+    # beta family: each beta has its own S, so packs are the seeds of one (beta, n_train)
+    spec = spec_from_dict(tiny_spec(grid={"seed": [0, 1, 2]}, beta={"lr0": 0.05, "batch_size0": 16,
+                                                                  "values": [1, 2], "n_train": [400, 800]}))
+    packs = plan_packs(spec)
+    assert [len(p) for p in packs] == [3, 3, 3, 3]
+    assert all(len({(m["batch_size"], m.get("n_train")) for m in p}) == 1 for p in packs)
+    # a grid with an explicit K: groups of one S are cut into packs of at most K, never refused
+    spec = spec_from_dict(tiny_spec(train={"pack": 3}, grid={"lr": [0.01, 0.02], "batch_size": [32], "seed": [0, 1, 2, 3]}))
+    assert [len(p) for p in plan_packs(spec)] == [3, 3, 2]
+    # points with different batch-size schedules never share a pack; lr-only schedules may
+    spec = spec_from_dict(tiny_spec(grid={"seed": [0]}, train={"epochs": 4}, variants=[
+        {"label": "clr", "lr": 0.1, "batch_size": 32, "schedule": {"kind": "cyclic_lr", "low": 0.01, "high": 0.05, "cycle_epochs": 2}},
+        {"label": "const", "lr": 0.05, "batch_size": 32},
+        {"label": "cbs", "lr": 0.05, "batch_size": 32, "schedule": {"kind": "cyclic_batch", "low": 32, "high": 64, "cycle_epochs": 2}}]))
+    assert [[m["variant"] for m in p] for p in plan_packs(spec)] == [["clr", "const"], ["cbs"]]

@@ -129,8 +129,8 @@ def test_interpolate_between_two_trials(tiny_run, capsys):
     from trainables.config import DatasetConfig, ModelConfig
     from trainables.data import load_dataset
     from trainables.models import build_model
-    from trainables.train_loop import evaluate, load_state
-    from sweeps.interpolate import last_checkpoint, trial_dir
+    from trainables.train_loop import evaluate
+    from sweeps.interpolate import member_checkpoint
 
     a, b = load_trials(tiny_run).column("trial_id").to_pylist()[:2]
     assert main(["interpolate", str(tiny_run), a, b, "--num", "4"]) == 0
@@ -140,7 +140,7 @@ def test_interpolate_between_two_trials(tiny_run, capsys):
     # alpha = 0 is trial A's final checkpoint, evaluated independently here.
     data = load_dataset(DatasetConfig(name="digits", val_fraction=0.2))
     model = build_model(ModelConfig(name="mlp", depth=3, width=32), data.input_shape, data.n_classes)
-    model.load_state_dict(load_state(last_checkpoint(trial_dir(tiny_run, a)))["model"])
+    model.load_state_dict(member_checkpoint(tiny_run, a)[1])  # a pack member's weights, by its trial id
     loss, acc = evaluate(model, data.x_train, data.y_train, 4096)
     row = table.to_pylist()[1]
     assert row["train_loss"] == pytest.approx(loss, rel=1e-5) and row["train_acc"] == pytest.approx(acc)

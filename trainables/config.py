@@ -45,10 +45,12 @@ class TrainConfig:
     # divergence_factor * log(n_classes) (the loss of a uniform guess, in nats per example).
     divergence_factor: float = 10.0
     eval_batch_size: int = 2048        # examples per forward pass in evaluation (memory only)
-    # Seeds trained together in one trial (trainables/replicas.py): a Tune trial holds up to this
-    # many seeds of one (lr, S) point, and every seed still gets its own trial id and rows.
-    replicas: int = 1
-
+    # Points trained together in lockstep in one Tune trial (sweeps/packing.py): an int K >= 1,
+    # or "auto" (as many as share the batch-size schedule and n_train, up to AUTO_PACK_CAP).
+    # Every point still gets its own trial id, rows and status.
+    pack: int | str = "auto"
+    pack_layout: str = "auto"          # auto | stacked | loop (trainables/packed_models.py)
+    cuda_graphs: bool = True           # capture each step as a CUDA graph on GPUs (static shapes)
 
 
 @dataclass(frozen=True)

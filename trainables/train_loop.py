@@ -1,20 +1,23 @@
-"""The SGD loop that runs inside one trial.
+"""The one SGD loop: a pack of K >= 1 sweep points trained in lockstep inside one Tune trial.
 
-Data live on the trial's device as tensors; each epoch draws a seeded ``randperm`` and batches
-are index slices of it (airbench style: no DataLoader, no per-item Python in the hot loop).
-``run_training`` is plain Python with a ``report`` callback so it can be tested and benchmarked
-without Ray; ``train_trial`` is the Ray Tune function trainable around it, with per-epoch
-checkpoints that let a restarted trial continue the same batch order.
+Data live on the trial's device as tensors; each epoch draws a seeded ``randperm`` per member and
+batches are index slices of it (airbench style: no DataLoader, no per-item Python in the hot
+loop). The members' models are one ``trainables.packed_models`` pack, so a step of K members is
+one forward, one backward and one update, captured as a CUDA graph on GPUs. ``run_pack`` (and
+``run_training``, a pack of one) is plain Python with a ``report`` callback so it can be tested
+and benchmarked without Ray; ``train_trial`` is the Ray Tune function trainable around it, with
+checkpoints that let a restarted trial continue the same batch orders.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +27,8 @@ from trainables import curvature
 from trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig, from_dict
 from trainables.data import TensorData, load_dataset
 from trainables.models import build_model
+from trainables.pack_sgd import PackSGD
+from trainables.packed_models import build_pack, choose_layout
 from trainables.schedules import ScheduleConfig, schedule_at, schedule_from_dict
 
 # Row status values (the ``status`` column of the metric tables).
@@ -33,6 +38,7 @@ CHECKPOINT_FILE = "state.pt"
 # report(row, state): ``state()`` builds the checkpoint dict; a reporter that does not
 # checkpoint never calls it, so plain runs pay nothing for it.
 Reporter = Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None]
+PackReporter = Callable[[list[dict[str, Any]], Callable[[], dict[str, Any]]], None]
 
 
 @dataclass(frozen=True)
@@ -109,105 +115,228 @@ def run_probes(model: nn.Module, data: TensorData, cfg: CurvatureConfig) -> dict
     return row
 
 
-def run_training(
-    point: TrialPoint,
+def _cross_entropy_per_member(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(K, B, C) logits, (K, B) labels -> (K,) mean cross-entropy of each member (nats per example)."""
+    k, b, c = logits.shape
+    return F.cross_entropy(logits.reshape(k * b, c), y.reshape(k * b), reduction="none").view(k, b).mean(1)
+
+
+@torch.no_grad()
+def evaluate_pack(pack, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[list[float], list[float]]:
+    """Per-member mean cross-entropy and accuracy on shared data, batch norm in inference mode."""
+    loss_sum = torch.zeros(pack.k, device=x.device, dtype=torch.float64)
+    correct = torch.zeros(pack.k, device=x.device, dtype=torch.int64)
+    for start in range(0, len(x), batch_size):
+        logits = pack.forward(x[start:start + batch_size], training=False)  # (K, B, C)
+        yb = y[start:start + batch_size]
+        for j in range(pack.k):  # one reduction per member: the same float32 sums whatever K is
+            loss_sum[j] += F.cross_entropy(logits[j], yb, reduction="sum").double()
+        correct += (logits.argmax(2) == yb).sum(1)
+    n = max(len(x), 1)
+    return (loss_sum / n).tolist(), (correct.double() / n).tolist()  # GPU sync point: once per evaluation
+
+
+class _Steps:
+    """One SGD step of every member, eager or replayed from a CUDA graph.
+
+    The step reads its batch indices from ``self.idx`` and adds each member's loss (times S) and
+    correct count to ``loss_sum`` / ``correct``; every tensor it touches keeps its address until
+    members leave (``reset``), which is what lets a captured graph replay it. One graph per batch
+    size; ``WARMUP`` real steps run eagerly on a side stream before each capture (lazy cuBLAS and
+    autograd set-up must not happen inside it), so a graphed epoch trains exactly the same steps.
+    """
+    WARMUP = 2
+
+    def __init__(self, pack, opt: PackSGD, x_train, y_train, use_graphs: bool):
+        self.pack, self.opt, self.x, self.y = pack, opt, x_train, y_train
+        self.use_graphs = use_graphs and x_train.is_cuda
+        self.reset()
+
+    def reset(self) -> None:
+        device = self.x.device
+        self.loss_sum = torch.zeros(self.pack.k, device=device, dtype=torch.float64)
+        self.correct = torch.zeros(self.pack.k, device=device, dtype=torch.int64)
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+
+    def _step(self, idx: torch.Tensor) -> None:
+        xb, yb = self.x[idx], self.y[idx]                      # (K, S, ...), (K, S)
+        logits = self.pack.forward(xb, training=True)
+        losses = _cross_entropy_per_member(logits, yb)          # the sum's gradient is each member's own
+        grads = torch.autograd.grad(losses.sum(), self.pack.params)
+        self.opt.step(self.pack.params, grads)
+        with torch.no_grad():  # accumulated on the device: reading them would sync the GPU every step
+            self.loss_sum += losses.detach().double() * idx.shape[1]
+            self.correct += (logits.argmax(2) == yb).sum(1)
+
+    def epoch(self, perms: torch.Tensor, s: int, n_steps: int) -> None:
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        first = 0
+        if self.use_graphs and s not in self.graphs and n_steps > self.WARMUP:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for first in range(self.WARMUP):
+                    self._step(perms[:, first * s:(first + 1) * s])
+            torch.cuda.current_stream().wait_stream(stream)
+            first = self.WARMUP
+            static_idx = perms[:, :s].clone()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):  # recorded, not run: step `first` runs at its replay below
+                self._step(static_idx)
+            self.graphs[s] = (graph, static_idx)
+        if s in self.graphs:
+            graph, static_idx = self.graphs[s]
+            for step in range(first, n_steps):
+                static_idx.copy_(perms[:, step * s:(step + 1) * s])
+                graph.replay()
+        else:
+            for step in range(first, n_steps):
+                self._step(perms[:, step * s:(step + 1) * s])
+
+
+def run_pack(
+    points: Sequence[TrialPoint],
     dataset: DatasetConfig,
     model_cfg: ModelConfig,
     train: TrainConfig,
-    report: Reporter,
+    report: PackReporter,
     device: torch.device | str = "cpu",
     data: TensorData | None = None,
     schedule: ScheduleConfig | None = None,
     probes: CurvatureConfig | None = None,
     start_state: dict[str, Any] | None = None,
-) -> str:
-    """Train one model with plain SGD; call ``report(row, state)`` after every epoch. Returns the status.
+    max_steps: int | None = None,
+) -> list[str]:
+    """Train the K ``points`` in lockstep with plain SGD; returns each member's status.
 
+    Every member is the run its point would be alone: initialized after ``torch.manual_seed(seed)``,
+    its own batch order (a CPU generator seeded with its seed), its own learning-rate schedule,
+    batch-norm statistics and divergence. The members share the data and the batch size of every
+    epoch (``sweeps.packing`` only packs points whose batch-size schedules and n_train agree).
     Steps per epoch are ``floor(N / S)`` so every step sees exactly S examples: the SDE argument
     is about the noise of an S-example mean, and a ragged last batch would change it.
-    ``start_state`` (a checkpoint made by ``state()``) continues a trial where it stopped, with
-    the same weights, optimizer, batch order and random state as if it had never stopped.
+
+    After every epoch ``report(rows, state)`` gets one row per member still training (a member
+    that diverged in that epoch is in it a last time, with status ``diverged``, and then leaves
+    the pack), each with ``member`` (its index in ``points``); ``state()`` builds the checkpoint
+    (tensors and plain data only). ``start_state`` continues from such a checkpoint with the rows
+    an uninterrupted run would report. ``max_steps`` stops after that many steps (benchmarks).
     """
+    points = list(points)
     device = torch.device(device)
-    schedule = schedule_from_dict(point.schedule) if point.schedule else (schedule or ScheduleConfig())
-    if point.n_train is not None:
-        dataset = dataclasses.replace(dataset, n_train=point.n_train)
+    scheds = [schedule_from_dict(p.schedule) if p.schedule else (schedule or ScheduleConfig()) for p in points]
+    if len({p.n_train for p in points}) > 1:
+        raise ValueError(f"run_pack: members differ in n_train {[p.n_train for p in points]}")
+    if points[0].n_train is not None:
+        dataset = dataclasses.replace(dataset, n_train=points[0].n_train)
     data = (data or load_dataset(dataset)).to(device)
-    torch.manual_seed(point.seed)  # initialization
-    model = build_model(model_cfg, data.input_shape, data.n_classes).to(device)
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=point.lr, momentum=train.momentum,
-                          weight_decay=train.weight_decay)
-    # Batch order has its own CPU generator: the same order on any device, and unaffected by
-    # whatever else draws random numbers.
-    order_gen = torch.Generator().manual_seed(point.seed)
-    n = len(data.x_train)
-    blowup = train.divergence_factor * math.log(data.n_classes)  # nats per example
-    examples_seen = steps = 0
-    first_epoch, wall_before = 1, 0.0
+    gens = [torch.Generator().manual_seed(p.seed) for p in points]
+    status = [RUNNING] * len(points)
+    first_epoch, examples_seen, steps, wall_before = 1, 0, 0, 0.0
     if start_state is not None:
-        model.load_state_dict(start_state["model"])
-        opt.load_state_dict(start_state["optimizer"])
-        order_gen.set_state(start_state["order_rng"])
-        torch.set_rng_state(start_state["torch_rng"])
+        if len(start_state["members"]) != len(points):
+            raise ValueError(f"run_pack: checkpoint of {len(start_state['members'])} members for {len(points)} points")
+        for gen, m in zip(gens, start_state["members"]):
+            gen.set_state(m["order_rng"])
+        status = [str(m["status"]) for m in start_state["members"]]
         first_epoch = int(start_state["epoch"]) + 1
         examples_seen, steps = int(start_state["examples_seen"]), int(start_state["steps"])
         wall_before = float(start_state["wall_s"])
+    active = [j for j, st in enumerate(status) if st == RUNNING]
+    modules = []
+    for j in active:  # only the members that will train; a checkpoint then overwrites their weights
+        torch.manual_seed(points[j].seed)  # initialization, as an unpacked run does it
+        modules.append(build_model(model_cfg, data.input_shape, data.n_classes).to(device).train())
+        if start_state is not None:
+            modules[-1].load_state_dict(start_state["members"][j]["model"])
+    if start_state is not None:
+        torch.set_rng_state(start_state["torch_rng"])
+    if not active or first_epoch > train.epochs:
+        return status
+    rank = len(data.input_shape)
+    pack = build_pack(modules, choose_layout(modules[0], device, train.pack_layout), rank)
+    opt = PackSGD(pack, len(active), device, train.momentum, train.weight_decay)
+    if start_state is not None and opt.bufs is not None:
+        opt.bufs = pack.aligned_from_members([start_state["members"][j]["momentum"] for j in active], opt.bufs)
+    # Probes run on a plain module reloaded with each member's weights: the unpacked run's code.
+    probe_model = copy.deepcopy(modules[0]) if probes is not None else None
+    stepper = _Steps(pack, opt, data.x_train, data.y_train, train.cuda_graphs)
+    n = len(data.x_train)
+    blowup = train.divergence_factor * math.log(data.n_classes)  # nats per example
     t_start = time.perf_counter()
-    status = RUNNING
     for epoch in range(first_epoch, train.epochs + 1):
         t_epoch = time.perf_counter()
-        lr, s = schedule_at(schedule, epoch - 1, point.lr, point.batch_size)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        steps_per_epoch = n // s
-        perm = torch.randperm(n, generator=order_gen).to(device, non_blocking=True)
-        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        for step in range(steps_per_epoch):
-            idx = perm[step * s:(step + 1) * s]
-            xb, yb = data.x_train[idx], data.y_train[idx]
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)  # mean over the S examples of the batch
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            # Accumulate on the device; reading them back would sync the GPU every step.
-            loss_sum += loss.detach().double() * s
-            correct += (logits.detach().argmax(1) == yb).sum()
-        seen = steps_per_epoch * s
+        plan = [schedule_at(scheds[j], epoch - 1, points[j].lr, points[j].batch_size) for j in active]
+        s = plan[0][1]
+        if any(size != s for _, size in plan):
+            raise ValueError(f"run_pack: members' batch sizes differ at epoch {epoch}: {[b for _, b in plan]}")
+        opt.set_lr([lr for lr, _ in plan])
+        n_steps = n // s
+        if max_steps is not None:
+            n_steps = min(n_steps, max_steps - steps)
+        perms = torch.stack([torch.randperm(n, generator=gens[j]) for j in active]).to(device, non_blocking=True)
+        stepper.epoch(perms, s, n_steps)
+        if max_steps is not None and steps + n_steps >= max_steps:
+            return status  # cut off: no row for a partial epoch
+        seen = n_steps * s
         examples_seen += seen
-        steps += steps_per_epoch
-        train_loss = loss_sum.item() / seen  # GPU sync point: once per epoch
-        train_acc = correct.item() / seen
-        val_loss, val_acc = evaluate(model, data.x_val, data.y_val, train.eval_batch_size)
-        if not math.isfinite(train_loss) or train_loss > blowup:
-            status = DIVERGED
-        elif epoch == train.epochs:
-            status = FINISHED
-        row: dict[str, Any] = {
-            "epoch": epoch, "lr": lr, "batch_size": s, "ratio": lr / s, "seed": point.seed,
-            "n_train": n, "beta": point.beta, "rescale": point.rescale, "variant": point.variant,
-            "schedule": schedule.kind,
-            "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
-            "steps": steps, "examples_seen": examples_seen,
-        }
-        # No probes on a diverged model: its Hessian is not a minimum's (and may be NaN).
-        if status != DIVERGED and probe_due(probes, epoch, train.epochs):
-            row.update(run_probes(model, data, probes))
+        steps += n_steps
+        train_losses = (stepper.loss_sum / seen).tolist()  # GPU sync point: once per epoch
+        train_accs = (stepper.correct.double() / seen).tolist()
+        val_losses, val_accs = evaluate_pack(pack, data.x_val, data.y_val, train.eval_batch_size)
+        rows, keep = [], []
+        for i, j in enumerate(active):
+            p, (lr, _) = points[j], plan[i]
+            if not math.isfinite(train_losses[i]) or train_losses[i] > blowup:
+                status[j] = DIVERGED
+            else:
+                keep.append(i)
+                status[j] = FINISHED if epoch == train.epochs else RUNNING
+            row: dict[str, Any] = {
+                "member": j, "epoch": epoch, "lr": lr, "batch_size": s, "ratio": lr / s, "seed": p.seed,
+                "n_train": n, "beta": p.beta, "rescale": p.rescale, "variant": p.variant,
+                "schedule": scheds[j].kind, "train_loss": train_losses[i], "train_acc": train_accs[i],
+                "val_loss": val_losses[i], "val_acc": val_accs[i], "steps": steps, "examples_seen": examples_seen,
+            }
+            # No probes on a diverged model: its Hessian is not a minimum's (and may be NaN).
+            if status[j] != DIVERGED and probe_due(probes, epoch, train.epochs):
+                probe_model.load_state_dict(pack.member_state(i))
+                row.update(run_probes(probe_model, data, probes))
+            rows.append(row)
         now = time.perf_counter()
-        row.update(epoch_s=now - t_epoch, wall_s=wall_before + now - t_start, status=status)
+        for row in rows:
+            row.update(epoch_s=now - t_epoch, wall_s=wall_before + now - t_start, status=status[row["member"]])
+        if len(keep) < len(active):  # diverged members leave before the checkpoint is taken
+            if keep:
+                pack.select(keep)
+                opt.select(pack, keep)
+                stepper.reset()
+            active = [active[i] for i in keep]
 
-        def state(epoch=epoch, row=row) -> dict[str, Any]:
-            return {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "order_rng": order_gen.get_state(), "torch_rng": torch.get_rng_state(),
-                    "epoch": epoch, "examples_seen": examples_seen, "steps": steps,
-                    "wall_s": row["wall_s"], "status": status}
+        def state(epoch=epoch, wall_s=rows[0]["wall_s"], examples_seen=examples_seen, steps=steps,
+                  active=list(active), status=list(status)) -> dict[str, Any]:
+            members = []
+            for j in range(len(points)):
+                i = active.index(j) if j in active else None
+                members.append({
+                    "status": status[j], "order_rng": gens[j].get_state(),
+                    "model": pack.member_state(i) if i is not None else None,
+                    "momentum": pack.member_tensors(opt.bufs, i) if i is not None and opt.bufs is not None else None,
+                })
+            return {"format": "pack-v1", "members": members, "torch_rng": torch.get_rng_state(),
+                    "epoch": epoch, "steps": steps, "examples_seen": examples_seen, "wall_s": wall_s}
 
-        report(row, state)
-        if status == DIVERGED:
+        report(rows, state)
+        if not active:
             break
     return status
+
+
+def run_training(point: TrialPoint, dataset: DatasetConfig, model_cfg: ModelConfig, train: TrainConfig,
+                 report: Reporter, **kwargs) -> str:
+    """One point alone: a pack of one (same arguments as ``run_pack``), ``report(row, state)``."""
+    return run_pack([point], dataset, model_cfg, train, lambda rows, state: report(rows[0], state), **kwargs)[0]
 
 
 def load_state(directory: str | Path) -> dict[str, Any]:
@@ -226,13 +355,28 @@ def tune_start_state() -> dict[str, Any] | None:
         return load_state(directory)
 
 
-def tune_report(result: dict[str, Any], state: Callable[[], dict[str, Any]], *, epoch: int, status: str,
-                checkpoint_every: int) -> None:
-    """``tune.report(result)``, with the checkpoint ``state()`` every ``checkpoint_every`` epochs
-    and whenever training stops (finished or diverged)."""
+class CheckpointClock:
+    """When to save: every ``every`` epochs if set, and whenever ``every_s`` seconds have passed
+    since the last save, so short epochs do not each pay a save; always when training stops."""
+
+    def __init__(self, every: int | None, every_s: float | None):
+        self.every, self.every_s = every, every_s
+        self.last = time.monotonic()
+
+    def due(self, epoch: int, status: str) -> bool:
+        now = time.monotonic()
+        if (status != RUNNING or (self.every and epoch % self.every == 0)
+                or (self.every_s is not None and now - self.last >= self.every_s)):
+            self.last = now
+            return True
+        return False
+
+
+def tune_report(result: dict[str, Any], state: Callable[[], dict[str, Any]], save: bool) -> None:
+    """``tune.report(result)``, with the checkpoint ``state()`` when ``save``."""
     from ray import tune
 
-    if status == RUNNING and epoch % checkpoint_every:
+    if not save:
         tune.report(result)
         return
     with tempfile.TemporaryDirectory() as tmp:
@@ -240,25 +384,45 @@ def tune_report(result: dict[str, Any], state: Callable[[], dict[str, Any]], *, 
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
+def pack_points(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The points a trial trains: ``point.members`` for a pack, else the one ``point``."""
+    point = config["point"]
+    return list(point["members"]) if "members" in point else [point]
+
+
+def pack_summary(rows: list[dict[str, Any]]) -> str:
+    """One status for Tune's bookkeeping: running while any member is, diverged if all did."""
+    statuses = {r["status"] for r in rows}
+    return DIVERGED if statuses == {DIVERGED} else (RUNNING if RUNNING in statuses else FINISHED)
+
+
 def train_trial(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable: ``config`` is the param space made by ``sweeps.spec``."""
+    """Ray Tune function trainable: ``config`` is the param space made by ``sweeps.spec``.
+
+    One ``tune.report`` per epoch carries ``pack_rows`` (member -> row, for the members still training; the
+    driver's metric sink writes each under the member's own trial id) and, for Tune's own
+    bookkeeping, the best val_acc and a summary status. A restarted trial continues from
+    ``tune.get_checkpoint()``."""
     from trainables.faults import maybe_fail
 
     resources = config.get("resources", {})
     torch.set_num_threads(max(1, int(resources.get("cpu", 1))))
-    if "seeds" in config["point"]:  # train.replicas > 1: several seeds in one trial
-        from trainables.replicas import train_replica_trial
-        # Checkpoints, restores and fault hook as below (see train_replica_trial).
-        return train_replica_trial(config, device=pick_device(float(resources.get("gpu", 0))))
+    resilience = config.get("resilience", {})
+    clock = CheckpointClock(resilience.get("checkpoint_every"), resilience.get("checkpoint_every_s"))
 
-    checkpoint_every = int(config.get("resilience", {}).get("checkpoint_every", 1))
+    def report(rows: list[dict[str, Any]], state: Callable[[], dict[str, Any]]) -> None:
+        epoch = rows[0]["epoch"]
+        maybe_fail(config, epoch)  # test hook: resilience.fail_at_epoch (trainables/faults.py)
+        accs = [r["val_acc"] for r in rows if math.isfinite(r["val_acc"])]
+        summary = pack_summary(rows)
+        # pack_rows keyed by member: Tune's loggers flatten it to per-member scalars
+        # (pack_rows/<j>/train_loss in TensorBoard) instead of refusing a list.
+        result = {"pack_rows": {str(r["member"]): r for r in rows}, "epoch": epoch,
+                  "val_acc": max(accs) if accs else float("nan"), "status": summary}
+        tune_report(result, state, clock.due(epoch, summary))
 
-    def report(row: dict[str, Any], state: Callable[[], dict[str, Any]]) -> None:
-        maybe_fail(config, row["epoch"])  # test hook: resilience.fail_at_epoch (trainables/faults.py)
-        tune_report(row, state, epoch=row["epoch"], status=row["status"], checkpoint_every=checkpoint_every)
-
-    run_training(
-        point=TrialPoint.from_dict(config["point"]),
+    run_pack(
+        points=[TrialPoint.from_dict(p) for p in pack_points(config)],
         dataset=from_dict(DatasetConfig, config["dataset"]),
         model_cfg=from_dict(ModelConfig, config["model"]),
         train=from_dict(TrainConfig, config["train"]),

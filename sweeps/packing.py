@@ -1,0 +1,83 @@
+"""Packs on the sweep side (spec key ``train.pack``): which points train together in one Tune trial.
+
+Points can share a pack when every epoch gives them the same batch size (same S, same
+batch-size schedule) and they train on the same ``n_train``: the pack's members then take the
+same number of steps of the same shape, and differ only in per-member scalars (learning rate and
+its schedule, seed, family labels). ``plan_packs`` groups the points of a spec by that key, in
+spec order, and cuts each group into packs of at most K points (``auto``: ``AUTO_PACK_CAP`` for
+the trial's device), so a pack that cannot be formed is split, never refused.
+
+Every point keeps its own trial id in the metric tables: the Tune trial id for a pack of one,
+``<tune trial id>-m<j>`` for member j of a larger pack (``member_trial_id``), with a config that
+looks exactly like the unpacked trial's (``member_config``).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from trainables.schedules import schedule_at, schedule_from_dict
+
+# ``train.pack: auto`` packs at most this many points per Tune trial. On a GPU, 64 MLP members
+# still run a step in about the time of one (launch-bound; docs/performance.md); on a CPU a pack
+# is one process on resources.cpu threads, and smaller packs leave room for parallel trials.
+AUTO_PACK_CAP = {"cpu": 32, "gpu": 64}
+
+
+def pack_cap(spec) -> int:
+    if spec.train.pack != "auto":
+        return int(spec.train.pack)
+    return AUTO_PACK_CAP["gpu" if spec.resources.gpu > 0 else "cpu"]
+
+
+def pack_key(point: dict[str, Any], spec) -> tuple:
+    """What members of one pack must share: n_train and the batch size of every epoch."""
+    schedule = schedule_from_dict(point["schedule"]) if point.get("schedule") else spec.schedule
+    sizes = tuple(schedule_at(schedule, e, point["lr"], point["batch_size"])[1] for e in range(spec.train.epochs))
+    return point.get("n_train"), sizes
+
+
+def plan_packs(spec, points: list[dict[str, Any]] | None = None) -> list[list[dict[str, Any]]]:
+    """The spec's points (``sweeps.spec.expand_points``) grouped into packs, in spec order."""
+    from sweeps.spec import expand_points
+
+    points = expand_points(spec) if points is None else points
+    cap = pack_cap(spec)
+    if cap == 1:
+        return [[p] for p in points]
+    groups: dict[tuple, list[list[dict[str, Any]]]] = {}
+    for p in points:
+        packs = groups.setdefault(pack_key(p, spec), [[]])
+        if len(packs[-1]) == cap:
+            packs.append([])
+        packs[-1].append(p)
+    return [pack for packs in groups.values() for pack in packs]
+
+
+def tune_point(pack: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``point`` of a Tune trial's config: the point itself, or ``{"members": [...]}``."""
+    return dict(pack[0]) if len(pack) == 1 else {"members": [dict(p) for p in pack]}
+
+
+def member_trial_id(tune_trial_id: str, j: int, k: int) -> str:
+    return tune_trial_id if k == 1 else f"{tune_trial_id}-m{j}"
+
+
+def member_config(config: dict[str, Any], j: int) -> dict[str, Any]:
+    """Member j's trial config as an unpacked trial would have it (its own ``point``)."""
+    point = config.get("point") or {}
+    if "members" not in point:
+        return config
+    return {**config, "point": dict(point["members"][j])}
+
+
+def members(trial_id: str, config: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(trial id, config) of every point a Tune trial trains."""
+    point = config.get("point") or {}
+    k = len(point["members"]) if "members" in point else 1
+    return [(member_trial_id(trial_id, j, k), member_config(config, j)) for j in range(k)]
+
+
+def split_member_id(trial_id: str) -> tuple[str, int | None]:
+    """``<tune id>-m<j>`` -> (tune id, j); a plain Tune trial id -> (id, None)."""
+    base, sep, j = trial_id.rpartition("-m")
+    return (base, int(j)) if sep and j.isdigit() else (trial_id, None)
