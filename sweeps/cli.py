@@ -11,18 +11,20 @@ EXIT_BAD_INPUT = 2
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from sweeps.spec import expand_points, load_spec
+    from sweeps.packing import plan_packs
+    from sweeps.spec import load_spec
 
     spec = load_spec(args.spec)
-    points = expand_points(spec)
+    packs = plan_packs(spec)
+    points = [(i, p) for i, pack in enumerate(packs) for p in pack]
     print(f"{spec.name}: {len(points)} trials ({spec.dataset.name}, {spec.model.name}, "
-          f"{spec.train.epochs} epochs)")
-    extra = [k for k in ("variant", "rescale", "beta", "n_train") if any(k in p for p in points)]
-    print(f"{'#':>4} {'lr':>10} {'batch_size':>10} {'eta/S':>11} {'seed':>5}" + "".join(f" {k:>10}" for k in extra))
-    for i, p in enumerate(points):
-        seed = p["seed"] if "seed" in p else ",".join(map(str, p["seeds"]))  # train.replicas > 1
-        print(f"{i:>4} {p['lr']:>10.4g} {p['batch_size']:>10d} {p['lr'] / p['batch_size']:>11.4g} {seed:>5}"
-              + "".join(f" {str(p.get(k, '-')):>10}" for k in extra))
+          f"{spec.train.epochs} epochs) in {len(packs)} packs (train.pack: {spec.train.pack})")
+    extra = [k for k in ("variant", "rescale", "beta", "n_train") if any(k in p for _, p in points)]
+    print(f"{'#':>4} {'pack':>5} {'lr':>10} {'batch_size':>10} {'eta/S':>11} {'seed':>5}"
+          + "".join(f" {k:>10}" for k in extra))
+    for n, (i, p) in enumerate(points):
+        print(f"{n:>4} {i:>5} {p['lr']:>10.4g} {p['batch_size']:>10d} {p['lr'] / p['batch_size']:>11.4g} "
+              f"{p['seed']:>5}" + "".join(f" {str(p.get(k, '-')):>10}" for k in extra))
     from sweeps.estimate import describe, estimate_cost
 
     print(describe(estimate_cost(spec)))

@@ -84,9 +84,11 @@ def test_cli_validate_prints_grid():
     out = _lrbs("validate", str(ROOT / "sweeps" / "quickstart.yaml"))
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0].startswith("quickstart: 12 trials")
-    assert len(lines) == 2 + 12 + 1
-    assert lines[-1].startswith("estimated cost:") and "GPU-hours" in lines[-1]
+    assert lines[0].startswith("quickstart: 12 trials") and "in 2 packs" in lines[0]
+    assert len(lines) == 2 + 12 + 2
+    assert [line.split()[1] for line in lines[2:14]] == ["0"] * 6 + ["1"] * 6  # the pack of each point
+    assert lines[-2].startswith("pack plan: 2 Tune trials for 12 points (packs x members: 2 x 6)")
+    assert lines[-1].startswith("estimated cost:") and "CPU-hours" in lines[-1]
 
 
 @pytest.mark.parametrize("content, needle", [

@@ -15,6 +15,7 @@ import dataclasses
 import math
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -182,9 +183,13 @@ class _Steps:
             first = self.WARMUP
             static_idx = perms[:, :s].clone()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):  # recorded, not run: step `first` runs at its replay below
-                self._step(static_idx)
-            self.graphs[s] = (graph, static_idx)
+            try:
+                with torch.cuda.graph(graph):  # recorded, not run: step `first` runs at its replay below
+                    self._step(static_idx)
+                self.graphs[s] = (graph, static_idx)
+            except RuntimeError as exc:  # a model the graph cannot hold: train eagerly, same steps
+                warnings.warn(f"CUDA graph capture failed, training eagerly: {str(exc).splitlines()[0]}")
+                self.use_graphs = False
         if s in self.graphs:
             graph, static_idx = self.graphs[s]
             for step in range(first, n_steps):
