@@ -140,8 +140,7 @@ def evaluate_pack(pack, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tu
 class _Steps:
     """One SGD step of every member, eager or replayed from a CUDA graph.
 
-    The step reads its batch indices from ``self.idx`` and adds each member's loss (times S) and
-    correct count to ``loss_sum`` / ``correct``; every tensor it touches keeps its address until
+    The step adds each member's mean loss and correct count to ``loss_sum`` / ``correct``; every tensor it touches keeps its address until
     members leave (``reset``), which is what lets a captured graph replay it. One graph per batch
     size; ``WARMUP`` real steps run eagerly on a side stream before each capture (lazy cuBLAS and
     autograd set-up must not happen inside it), so a graphed epoch trains exactly the same steps.
@@ -166,8 +165,8 @@ class _Steps:
         grads = torch.autograd.grad(losses.sum(), self.pack.params)
         self.opt.step(self.pack.params, grads)
         with torch.no_grad():  # accumulated on the device: reading them would sync the GPU every step
-            self.loss_sum += losses.detach().double() * idx.shape[1]
-            self.correct += (logits.argmax(2) == yb).sum(1)
+            self.loss_sum.add_(losses.detach())  # float64 sum of per-step means (x S at the epoch's end)
+            self.correct.add_((logits.argmax(2) == yb).sum(1))
 
     def epoch(self, perms: torch.Tensor, s: int, n_steps: int) -> None:
         self.loss_sum.zero_()
@@ -287,7 +286,7 @@ def run_pack(
         seen = n_steps * s
         examples_seen += seen
         steps += n_steps
-        train_losses = (stepper.loss_sum / seen).tolist()  # GPU sync point: once per epoch
+        train_losses = (stepper.loss_sum * s / seen).tolist()  # GPU sync point: once per epoch
         train_accs = (stepper.correct.double() / seen).tolist()
         val_losses, val_accs = evaluate_pack(pack, data.x_val, data.y_val, train.eval_batch_size)
         rows, keep = [], []
