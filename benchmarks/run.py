@@ -1,6 +1,6 @@
 """lrbs performance benchmark: ratios measured side by side, in one run, on one machine.
 
-    python -m benchmarks.run [--quick] [--device cpu|cuda] [--threads N] [--out FILE] [--skip-sweep]
+    python -m benchmarks.run [--quick] [--device cpu|cuda] [--threads N] [--out FILE] [--only SECTIONS]
 
 Prints a markdown table (and writes it to ``--out``). Rows:
 
@@ -8,16 +8,18 @@ Prints a markdown table (and writes it to ``--out``). Rows:
    FashionMNIST + ToTensor + DataLoader), same BN MLP 784-256-256-256-10, same S, at S = 25, 128
    and 1000, on Fashion-MNIST-format files written here; plus the step's achieved FLOP rate as a
    fraction of this machine's measured fp32 matmul rate (the physical limit).
-2. K = 1, 4, 8 replicas of the quickstart model (digits, S = 25) trained together
-   (``trainables.replicas.run_replicas``) against K sequential ``run_training`` runs.
-3. Sweep overhead: wall time of a 16-trial local Ray sweep against the sum of its trials'
-   training time divided by the cores used; the per-trial fixed cost.
+2. Packs: K points of the quickstart model (digits, S = 25) trained in lockstep by ``run_pack``
+   (K = 8 seeds; K = 25 = 5 learning rates x 5 seeds) against K separate ``run_training`` runs;
+   a convnet pack in both layouts (stacked vmap, loop); on CUDA the graphed pack step of the
+   Fig. 3 MLP. Also the per-step cost model (``sweeps/step_costs.json``, ``--costs-out``).
+3. Fixed costs and the quickstart end to end: ``lrbs run sweeps/quickstart.yaml`` packed (the
+   default) against the same spec with ``train.pack: 1`` (one trial per point), each as a fresh
+   process, with the packed run's time line (start-up, Ray, worker start, trials, report).
 4. Curvature probes (top Hessian eigenvalue by Lanczos + Hutchinson trace/Frobenius) as a
    fraction of a quickstart trial's training time.
 
-With ``--device cuda``, also the step as one CUDA graph and under ``torch.compile``. Speed is
-never asserted: the numbers are for docs/performance.md. ``--quick`` shrinks everything so the
-whole run takes seconds (CI runs it; its numbers are rough).
+Speed is never asserted: the numbers are for docs/performance.md. ``--quick`` shrinks everything
+so the whole run takes seconds (CI runs it; its numbers are rough).
 """
 from __future__ import annotations
 
@@ -41,8 +43,7 @@ import torch
 from trainables.config import DatasetConfig, ModelConfig, TrainConfig
 from trainables.data import load_dataset
 from trainables.models import build_model
-from trainables.replicas import run_replicas
-from trainables.train_loop import TrialPoint, run_training
+from trainables.train_loop import TrialPoint, run_pack, run_training
 
 FMNIST_MODEL = ModelConfig(name="mlp", depth=4, width=256, batch_norm=True)
 QUICKSTART_MODEL = ModelConfig(name="mlp", depth=4, width=256, batch_norm=True)
@@ -162,153 +163,153 @@ def bench_loops(device: torch.device, quick: bool, peak: float, extra_cuda: bool
 
 
 def cuda_step_variants(s: int, device: torch.device, quick: bool) -> list[Row]:
-    """The single-model step eager vs one CUDA graph vs torch.compile (GPU only)."""
-    from benchmarks.cuda_graphs import time_single
+    """The single-model step eager vs one CUDA graph (GPU only)."""
+    from benchmarks.pack_timing import pack_step_seconds
+    from trainables.data import TensorData
 
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(12000, 1, 28, 28, generator=g).to(device)
-    y = torch.randint(0, 10, (12000,), generator=g).to(device)
+    data = TensorData(torch.randn(12000, 1, 28, 28, generator=g).to(device),
+                      torch.randint(0, 10, (12000,), generator=g).to(device), torch.zeros(0, 1, 28, 28, device=device),
+                      torch.zeros(0, dtype=torch.long, device=device), 10)
     steps = 200 if quick else 2000
-    out = []
-
-    def model():
-        torch.manual_seed(0)
-        return build_model(FMNIST_MODEL, (1, 28, 28), 10).to(device)
-
-    eager = time_single(model(), x, y, s, 0.05, steps, graphed=False)
-    try:
-        graph = time_single(model(), x, y, s, 0.05, steps, graphed=True)
-        out.append(Row("1 loop vs DataLoader", f"S={s} step: CUDA graph vs eager", f"{eager / graph:.2f}x", "-",
-                       f"eager {eager / steps * 1e6:.0f} us/step, graphed {graph / steps * 1e6:.0f} us/step"))
-    except Exception as e:  # pragma: no cover - GPU only
-        out.append(Row("1 loop vs DataLoader", f"S={s} step: CUDA graph", "failed", "-", _short(e)))
-    if s == 25:
-        try:
-            compiled = torch.compile(model())
-            t0 = time.perf_counter()
-            time_single(compiled, x, y, s, 0.05, 10, graphed=False)  # compile
-            compile_s = time.perf_counter() - t0
-            t = time_single(compiled, x, y, s, 0.05, steps, graphed=False)
-            out.append(Row("1 loop vs DataLoader", f"S={s} step: torch.compile vs eager", f"{eager / t:.2f}x", "-",
-                           f"{t / steps * 1e6:.0f} us/step; compile took {compile_s:.0f} s"))
-        except Exception as e:  # pragma: no cover - GPU only
-            out.append(Row("1 loop vs DataLoader", f"S={s} step: torch.compile", "failed", "-", _short(e)))
-    return out
+    eager = pack_step_seconds(FMNIST_MODEL, data, 1, s, device, graphed=False, n_steps=steps)
+    graph = pack_step_seconds(FMNIST_MODEL, data, 1, s, device, graphed=True, n_steps=steps)
+    return [Row("1 loop vs DataLoader", f"S={s} step: CUDA graph vs eager", f"{eager / graph:.2f}x", "-",
+                f"eager {eager * 1e6:.0f} us/step, graphed {graph * 1e6:.0f} us/step")]
 
 
 def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"
 
 
-# ---------------------------------------------------------------------------------- 2. replicas
+# ---------------------------------------------------------------------------------- 2. packs
 
-def bench_replicas(device: torch.device, quick: bool) -> list[Row]:
+def bench_packs(device: torch.device, quick: bool, costs_out: str | None) -> list[Row]:
+    from benchmarks.pack_timing import pack_step_seconds
+
     data = load_dataset(DIGITS, device)
     epochs, repeats = (1, 1) if quick else (3, 3)
     train = TrainConfig(epochs=epochs)
-    s, lr = 25, 0.04
-    rows = []
-    run_replicas(lr, s, [0], DIGITS, QUICKSTART_MODEL, train, report=_noop, device=device, data=data)  # warm-up
-    run_training(TrialPoint(lr, s, 0), DIGITS, QUICKSTART_MODEL, train, report=_noop, device=device, data=data)
-    for k in (1, 4, 8):
-        seeds = list(range(k))
-
-        def together() -> None:
-            run_replicas(lr, s, seeds, DIGITS, QUICKSTART_MODEL, train, report=_noop, device=device, data=data)
-
-        def sequential() -> None:
-            for seed in seeds:
-                run_training(TrialPoint(lr, s, seed), DIGITS, QUICKSTART_MODEL, train, report=_noop,
-                             device=device, data=data)
-
-        t_vec, t_seq = paired(together, sequential, repeats, device)
-        target = "-" if k != 8 else ("<= 0.7x" if device.type == "cpu" else "<= 0.25x")
-        rows.append(Row("2 vectorized seeds", f"K={k}, S={s}", f"{t_vec / t_seq:.2f}x", target,
-                        f"together {t_vec:.2f} s vs {k} sequential runs {t_seq:.2f} s ({epochs} epochs each)"))
-    if device.type == "cuda":
-        rows += cuda_replica_variants(data, device, quick)
-    return rows
-
-
-def cuda_replica_variants(data, device: torch.device, quick: bool) -> list[Row]:
-    from benchmarks.cuda_graphs import time_replicas, time_single
-    from trainables.replicas import StackedMLP
-
-    steps = 200 if quick else 2000
     s = 25
     rows = []
-    torch.manual_seed(0)
-    single = time_single(build_model(QUICKSTART_MODEL, data.input_shape, 10).to(device), data.x_train,
-                         data.y_train, s, 0.04, steps, graphed=False)
-    for k in (8, 64):
-        try:
-            stacked = StackedMLP.from_seeds(range(k), QUICKSTART_MODEL, data.input_shape, 10, device)
-            t = time_replicas(stacked, data.x_train, data.y_train, s, 0.04, steps, graphed=True)
-            rows.append(Row("2 vectorized seeds", f"K={k}, S={s} step: CUDA graph vs {k} eager single steps",
-                            f"{t / (k * single):.3f}x", "<= 0.25x" if k == 8 else "-",
-                            f"graphed K={k} step {t / steps * 1e6:.0f} us vs eager single step "
-                            f"{single / steps * 1e6:.0f} us"))
-        except Exception as e:  # pragma: no cover - GPU only
-            rows.append(Row("2 vectorized seeds", f"K={k} CUDA graph", "failed", "-", _short(e)))
+    run_training(TrialPoint(0.04, s, 0), DIGITS, QUICKSTART_MODEL, train, report=_noop, device=device, data=data)
+    lrs = [0.01, 0.02, 0.04, 0.08, 0.16]
+    cases = {1: [TrialPoint(0.04, s, 0)], 8: [TrialPoint(0.04, s, seed) for seed in range(8)],
+             25: [TrialPoint(lr, s, seed) for lr in lrs for seed in range(5)]}
+    targets = {8: "<= 0.6x", 25: "<= 0.3x"} if device.type == "cpu" else {}
+    for k, points in cases.items():
+        def together() -> None:
+            run_pack(points, DIGITS, QUICKSTART_MODEL, train, report=_noop, device=device, data=data)
+
+        def separate() -> None:
+            for p in points:
+                run_training(p, DIGITS, QUICKSTART_MODEL, train, report=_noop, device=device, data=data)
+
+        t_pack, t_sep = paired(together, separate, repeats, device)
+        what = "seeds" if k < 25 else "5 lr x 5 seeds"
+        rows.append(Row("2 packs", f"K={k} ({what}), S={s}", f"{t_pack / t_sep:.2f}x", targets.get(k, "-"),
+                        f"pack {t_pack:.2f} s vs {k} separate runs {t_sep:.2f} s ({epochs} epochs each)"))
+    conv = ModelConfig(name="resnet20", width_mult=0.25)
+    n_steps = 5 if quick else 40
+    layouts = {lay: pack_step_seconds(conv, data, 4, 32, device, graphed=True, n_steps=n_steps, layout=lay)
+               for lay in ("stacked", "loop")}
+    rows.append(Row("2 packs", "ResNet20 (x0.25) K=4, S=32 step: stacked (vmap) vs loop layout",
+                    f"{layouts['stacked'] / layouts['loop']:.2f}x", "-",
+                    f"vmap {layouts['stacked'] * 1e3:.1f} ms vs loop {layouts['loop'] * 1e3:.1f} ms per step"))
+    if device.type == "cuda":
+        g = torch.Generator().manual_seed(0)
+        from trainables.data import TensorData
+
+        fm = TensorData(torch.randn(60000, 1, 28, 28, generator=g).to(device),
+                        torch.randint(0, 10, (60000,), generator=g).to(device), torch.zeros(0, 1, 28, 28, device=device),
+                        torch.zeros(0, dtype=torch.long, device=device), 10)
+        graphed = pack_step_seconds(FMNIST_MODEL, fm, 25, 25, device, graphed=True, n_steps=200 if quick else 2000)
+        eager1 = pack_step_seconds(FMNIST_MODEL, fm, 1, 25, device, graphed=False, n_steps=200 if quick else 2000)
+        rows.append(Row("2 packs", "Fig. 3 MLP, K=25, S=25: graphed pack step", f"{graphed * 1e3:.3f} ms", "<= 0.3 ms",
+                        f"{graphed / (25 * eager1):.3f}x of 25 eager single steps ({eager1 * 1e3:.3f} ms each)"))
+    rows.append(step_cost_row(device, quick, costs_out))
     return rows
 
 
-# ---------------------------------------------------------------------------------- 3. sweep
+def step_cost_row(device: torch.device, quick: bool, costs_out: str | None) -> Row:
+    """Fit t(K, S) = floor + K*S*flops/rate to graphed (CUDA) or eager (CPU) Fig. 3 MLP pack steps:
+    the per-step cost model that ``lrbs validate`` uses (sweeps/step_costs.json)."""
+    import json
 
-def bench_sweep(quick: bool, threads: int) -> list[Row]:
+    import numpy as np
+
+    from benchmarks.pack_timing import pack_step_seconds
+    from sweeps.estimate import train_flops_per_example
+    from trainables.data import TensorData
+
+    g = torch.Generator().manual_seed(0)
+    n = 4000 if quick else 20000
+    fm = TensorData(torch.randn(n, 1, 28, 28, generator=g).to(device), torch.randint(0, 10, (n,), generator=g).to(device),
+                    torch.zeros(0, 1, 28, 28, device=device), torch.zeros(0, dtype=torch.long, device=device), 10)
+    fl = train_flops_per_example(FMNIST_MODEL, "fashion_mnist")
+    grid = [(1, 25), (8, 25), (1, 250), (8, 250)] if device.type == "cpu" else [(25, 25), (25, 250), (64, 25), (64, 1000)]
+    pts = [(k * s * fl, pack_step_seconds(FMNIST_MODEL, fm, k, s, device, graphed=True, n_steps=5 if quick else 60))
+           for k, s in grid]
+    floor, per_flop = np.linalg.lstsq(np.array([[1.0, x] for x, _ in pts]), np.array([t for _, t in pts]), rcond=None)[0]
+    entry = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"{cpu_model()}, 1 thread",
+             "step_floor_s": max(float(floor), 0.0), "flops_per_s": 1.0 / max(float(per_flop), 1e-18),
+             "source": f"python -m benchmarks.run --device {device.type} --costs-out FILE"}
+    if costs_out:
+        Path(costs_out).write_text(json.dumps({device.type: entry}, indent=1) + "\n")
+    return Row("2 packs", f"step cost model, Fig. 3 MLP at (K, S) in {grid}", f"{entry['step_floor_s'] * 1e3:.3f} ms",
+               "-", f"t(K,S) = {entry['step_floor_s'] * 1e3:.3f} ms + K*S*{fl / 1e6:.2f} MFLOP / "
+               f"{entry['flops_per_s'] / 1e9:.1f} GFLOP/s (sweeps/step_costs.json)")
+
+
+# ---------------------------------------------------------------------------------- 3. fixed costs
+
+def bench_quickstart(quick: bool) -> list[Row]:
+    """``lrbs run`` of the quickstart as a user runs it (fresh processes), packed and unpacked."""
+    import re
+
+    import yaml
+
     try:
-        import ray
+        import ray  # noqa: F401
     except ImportError:
-        return [Row("3 sweep overhead", "-", "n/a", "<= 1.15x", "ray is not installed here")]
-    from analysis.tables import load_metrics
-    from sweeps.runner import run_sweep
-    from sweeps.spec import spec_from_dict
-
-    cores = 2 if quick else max(1, min(os.cpu_count() or 1, 16))
-    n_trials, trial_s = (2, 0.5) if quick else (16, 20.0)
-    s = 32
-    # Calibrate epochs so that every trial trains for at least trial_s seconds.
-    data = load_dataset(DIGITS)
-    cal: list[dict] = []
-    run_training(TrialPoint(0.04, s, 0), DIGITS, QUICKSTART_MODEL, TrainConfig(epochs=3), report=lambda row, state: cal.append(row), data=data)
-    epoch_s = min(r["epoch_s"] for r in cal)
-    epochs = max(1, math.ceil(trial_s / epoch_s * 1.1))
-    lrs = [round(0.01 * 1.25 ** i, 5) for i in range(max(1, n_trials // 2))]
-    spec = spec_from_dict({
-        "name": "bench-sweep",
-        "dataset": {"name": "digits", "val_fraction": 0.2},
-        "model": {"name": "mlp", "depth": 4, "width": 256, "batch_norm": True},
-        "train": {"epochs": epochs},
-        "grid": {"lr": lrs, "batch_size": [s], "seed": [0, 1] if n_trials > 1 else [0]},
-        "resources": {"cpu": threads},
-    })
-    was_running = ray.is_initialized()
-    t0 = time.perf_counter()
-    if not was_running:
-        # address="local": always a fresh local cluster of our own, never one another process started.
-        ray.init(address="local", num_cpus=cores, include_dashboard=False, log_to_driver=False)
-    init_s = time.perf_counter() - t0
-    cores_used = int(ray.cluster_resources().get("CPU", cores)) // threads
+        return [Row("3 quickstart end to end", "-", "n/a", ">= 2x", "ray is not installed here")]
+    spec = yaml.safe_load((Path(__file__).resolve().parent.parent / "sweeps" / "quickstart.yaml").read_text())
+    if quick:  # a tiny stand-in: same shape, seconds of training
+        spec["train"]["epochs"] = 2
+        spec["model"]["width"] = 32
+        spec.pop("curvature")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "OMP_NUM_THREADS": "1"}
+    out: dict[str, tuple[float, str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()):
-            run_dir = run_sweep(spec, storage=tmp, out=io.StringIO())
-        wall = time.perf_counter() - t0
-        metrics = load_metrics(run_dir)
-    if not was_running:
-        ray.shutdown()
-    per_trial: dict[str, float] = {}
-    for tid, w in zip(metrics.column("trial_id").to_pylist(), metrics.column("wall_s").to_pylist()):
-        per_trial[tid] = max(per_trial.get(tid, 0.0), w)
-    total = sum(per_trial.values())
-    n = len(per_trial)
-    ideal = total / cores_used
-    fixed = (wall * cores_used - total) / max(n, 1)
-    return [Row("3 sweep overhead", f"{n} trials x {epochs} epochs on {cores_used} cores",
-                f"{wall / ideal:.3f}x", "<= 1.15x",
-                f"wall {wall:.1f} s vs ideal {ideal:.1f} s (trials train {min(per_trial.values()):.1f}-"
-                f"{max(per_trial.values()):.1f} s); fixed cost {fixed:.2f} s per trial (start-up, data "
-                f"load, result streaming); ray.init {init_s:.1f} s not counted")]
+        for label, pack in (("unpacked", 1), ("packed", "auto")):
+            spec["train"]["pack"] = pack
+            path = Path(tmp) / f"{label}.yaml"
+            path.write_text(yaml.safe_dump({**spec, "name": label}))
+            t = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "sweeps.cli", "run", str(path), "--storage", f"{tmp}/runs"],
+                                  env=env, capture_output=True, text=True, timeout=900)
+            wall = time.perf_counter() - t
+            if proc.returncode != 0:
+                raise RuntimeError(f"lrbs run ({label}) failed: {proc.stderr.strip().splitlines()[-1:]}")
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("[lrbs] time:")), "")
+            out[label] = (wall, line)
+        from analysis.tables import load_trials
+
+        finals = {label: {(t["lr"], t["batch_size"], t["seed"]): t for t in load_trials(f"{tmp}/runs/{label}").to_pylist()}
+                  for label in out}
+        diff = max(abs(finals["packed"][k]["final_train_loss"] - v["final_train_loss"]) /
+                   max(abs(v["final_train_loss"]), 1e-12) for k, v in finals["unpacked"].items())
+    (t_un, line_un), (t_pk, line_pk) = out["unpacked"], out["packed"]
+    parts = dict(re.findall(r"(start-up|Ray|worker start|report) ([0-9.]+) s", line_pk))
+    fixed = sum(float(v) for v in parts.values())
+    return [
+        Row("3 quickstart end to end", f"{'tiny stand-in' if quick else 'sweeps/quickstart.yaml'}: "
+            "train.pack 1 vs auto", f"{t_un / t_pk:.2f}x", ">= 2x",
+            f"unpacked {t_un:.1f} s vs packed {t_pk:.1f} s wall, fresh processes; max rel. diff of final train "
+            f"loss per point {diff:.1e}"),
+        Row("3 fixed costs", "packed quickstart: start-up + Ray + worker start + report", f"{fixed:.1f} s", "< 15 s",
+            line_pk.replace("[lrbs] time: ", "") + f" | unpacked: {line_un.replace('[lrbs] time: ', '')}"),
+    ]
 
 
 # ---------------------------------------------------------------------------------- 4. probes
@@ -383,15 +384,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=1, help="torch threads (and CPUs per sweep trial)")
     p.add_argument("--out", help="also write the table to this file")
-    p.add_argument("--skip-sweep", action="store_true", help="leave out the Ray sweep (3)")
-    p.add_argument("--only", help="comma-separated sections to run: loops,replicas,sweep,probes")
+    p.add_argument("--skip-sweep", action="store_true", help="leave out the Ray runs (3)")
+    p.add_argument("--only", help="comma-separated sections to run: loops,packs,quickstart,probes")
+    p.add_argument("--costs-out", help="write the fitted per-step cost model (sweeps/step_costs.json entry) here")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but no CUDA device is visible", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    only = set(args.only.split(",")) if args.only else {"loops", "replicas", "sweep", "probes"}
+    only = set(args.only.split(",")) if args.only else {"loops", "packs", "quickstart", "probes"}
     t_all = time.perf_counter()
     peak = matmul_rate(device, args.quick)
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else f"{cpu_model()}, {os.cpu_count()} cores"
@@ -406,8 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     sections = [
         ("loops", lambda: bench_loops(device, args.quick, peak, extra_cuda=device.type == "cuda")),
-        ("replicas", lambda: bench_replicas(device, args.quick)),
-        ("sweep", lambda: [] if args.skip_sweep else bench_sweep(args.quick, args.threads)),
+        ("packs", lambda: bench_packs(device, args.quick, args.costs_out)),
+        ("quickstart", lambda: [] if args.skip_sweep else bench_quickstart(args.quick)),
         ("probes", lambda: bench_probes(device, args.quick)),
     ]
     for key, fn in sections:

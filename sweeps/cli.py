@@ -2,12 +2,28 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from pathlib import Path
 
 from sweeps.errors import LrbsError
 
 EXIT_BAD_INPUT = 2
+
+
+def _process_age() -> float:
+    """Seconds since this process started (Linux /proc; 0 elsewhere): interpreter and imports."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time, clock ticks after boot
+        return max(0.0, float(Path("/proc/uptime").read_text().split()[0]) - started)
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+# Wall-clock origin of `lrbs run`'s time line: the process's start.
+_PROCESS_START = time.monotonic() - _process_age()
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -32,13 +48,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from sweeps.progress import PhaseTimes
     from sweeps.runner import run_sweep
     from sweeps.spec import load_spec
 
     spec = load_spec(args.spec)
-    run_dir = run_sweep(spec, storage=args.storage, address=args.address)
+    times = PhaseTimes()
+    run_dir = run_sweep(spec, storage=args.storage, address=args.address, times=times)
     if not args.no_report:
+        t = time.monotonic()
         _final_report(run_dir, f"{args.storage.rstrip('/')}/{spec.name}")
+        times.report = time.monotonic() - t
+    total = time.monotonic() - _PROCESS_START
+    times.start = max(0.0, total - times.ray - times.trials - times.report)
+    print(times.line(total), flush=True)
     return 0
 
 

@@ -3,8 +3,23 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 from ray.tune import Callback
+
+
+@dataclass
+class PhaseTimes:
+    """Where a sweep's wall time went (seconds), printed at the end of ``lrbs run``/``resume``."""
+    start: float = 0.0            # process start-up to the driver's first line: imports, spec, data check
+    ray: float = 0.0              # starting (or joining) Ray
+    worker_start: float = 0.0     # first trial: Tuner start to its first result, less that epoch's time
+    trials: float = 0.0           # Tuner.fit(), start to end
+    report: float = 0.0           # end-of-run report (html, json, md)
+
+    def line(self, total: float) -> str:
+        return (f"[lrbs] time: {total:.1f} s = start-up {self.start:.1f} s + Ray {self.ray:.1f} s + trials "
+                f"{self.trials:.1f} s (first trial's worker start {self.worker_start:.1f} s) + report {self.report:.1f} s")
 
 
 class ProgressPrinter(Callback):
@@ -20,6 +35,7 @@ class ProgressPrinter(Callback):
         self.running: dict[str, int] = {}
         self.best: tuple[float, str] | None = None
         self._last_print = 0.0
+        self.first_result: tuple[float, float] | None = None  # (monotonic time, that epoch's seconds)
 
     def _print(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -40,6 +56,8 @@ class ProgressPrinter(Callback):
         from sweeps.packing import members
 
         ids = members(trial.trial_id, trial.config)
+        if self.first_result is None and result.get("pack_rows"):
+            self.first_result = (time.monotonic(), next(iter(result["pack_rows"].values())).get("epoch_s") or 0.0)
         for row in result.get("pack_rows", {}).values():
             acc = row.get("val_acc")
             if acc is not None and math.isfinite(acc) and (self.best is None or acc > self.best[0]):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import TextIO
 
@@ -99,12 +100,13 @@ def preflight_data(spec: SweepSpec) -> None:
 
 def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None = None,
               out: TextIO | None = None, *, storage_filesystem=None,
-              upload_interval_s: float | None = None) -> Path:
+              upload_interval_s: float | None = None, times=None) -> Path:
     """Run every trial of ``spec``; returns the (local) run directory.
 
     ``storage`` may be a URI (``s3://``, ``gs://``, ``file://``) or, with ``storage_filesystem``
     (a ``pyarrow.fs.FileSystem``), a path inside that filesystem; a remote run directory is
     mirrored in a local staging directory, which is returned (see ``sweeps.storage``).
+    ``times`` (a ``sweeps.progress.PhaseTimes``) gets the Ray start, trials and worker start-up.
     """
     out = out or sys.stdout  # looked up per call: a default bound at import outlives a swapped stdout
     from ray import tune
@@ -122,11 +124,14 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
         free_run_dir(spec, target.path)  # fail before starting Ray; nothing is written yet
     if address is None:
         preflight_data(spec)
+    t0 = time.monotonic()
     init_ray(address)  # before the run directory exists: a bad --address leaves nothing behind
+    t_ray = time.monotonic() - t0
     place = prepare_placement(spec, storage, storage_filesystem, upload_interval_s)
     run_dir = place.run_dir
     n_trials, n_packs = len(expand_points(spec)), len(plan_packs(spec))
     print(f"[lrbs] sweep {spec.name}: {n_trials} trials in {n_packs} packs -> {place.where}", file=out, flush=True)
+    printer = ProgressPrinter(n_trials)
     tuner = tune.Tuner(
         tune.with_resources(train_trial, trial_resources(spec)),
         param_space=to_param_space(spec, code_version()),
@@ -137,12 +142,17 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
         run_config=tune.RunConfig(
             name=spec.name,
             **place.tune_kwargs,
-            callbacks=[ArrowMetricsSink(place.metrics_dir), *place.callbacks, ProgressPrinter(n_trials)],
+            callbacks=[ArrowMetricsSink(place.metrics_dir), *place.callbacks, printer],
             **resilience_settings(spec),
             verbose=0,
         ),
     )
+    t0 = time.monotonic()
     results = tuner.fit()
+    if times is not None:
+        times.ray, times.trials = t_ray, time.monotonic() - t0
+        if printer.first_result is not None:
+            times.worker_start = max(0.0, printer.first_result[0] - t0 - printer.first_result[1])
     place.finish()
     print_outcome(results, spec.name, f"{place.where}/{METRIC_DIR}", out)
     return run_dir

@@ -21,7 +21,10 @@ def test_benchmark_quick_mode_prints_the_table(tmp_path):
     assert not any("| error |" in r for r in rows), rows
     for setting in ("S=25", "S=128", "S=1000"):
         assert any(r.startswith("| 1 loop vs DataLoader") and f"| {setting} |" in r for r in rows), setting
-    for k in (1, 4, 8):
-        assert any(r.startswith("| 2 vectorized seeds") and f"K={k}, S=25" in r for r in rows), k
-    assert any(r.startswith("| 3 sweep overhead") for r in rows)
+    for k in (1, 8, 25):
+        assert any(r.startswith("| 2 packs") and f"K={k} (" in r for r in rows), k
+    assert any(r.startswith("| 2 packs") and "stacked (vmap) vs loop" in r for r in rows)
+    assert any(r.startswith("| 2 packs | step cost model") for r in rows)
+    assert any(r.startswith("| 3 quickstart end to end") for r in rows)
+    assert any(r.startswith("| 3 fixed costs") for r in rows)
     assert any(r.startswith("| 4 curvature probes") for r in rows)
