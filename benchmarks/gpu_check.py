@@ -10,7 +10,7 @@
 5. One full-length pack of the Fig. 3 grid (200 epochs, probes at the end) on Fashion-MNIST-format
    files written here, its wall time against the projection of that pack.
 6. Convnets on CUDA: stacked (vmap) against loop layout per step (VGG11, ResNet20), the measurement
-   behind ``choose_layout``.
+   behind ``choose_layout`` (loop for every model but the MLP).
 7. Resume and divergence on CUDA with graphs: a pack stopped after epoch 2 and resumed matches the
    uninterrupted run; a member that diverges leaves the pack and the others' rows are unchanged.
 
@@ -95,19 +95,29 @@ def main(argv=None) -> int:
     steps = graphed[0][0]["steps"]
     print(f"1 graph vs eager: 25 members x {steps} steps, max rel. loss diff {d:.2e} {'ok' if good else 'FAIL'}",
           flush=True)
-    single = []
+    def separately(data):
+        out = []
+        for pt in points:
+            r: list[dict] = []
+            run_training(pt, fmnist, FIG3_MODEL, one, lambda row, st: r.append(row), device=dev, data=data)
+            out.append(r)
+        return out
+
     t = time.perf_counter()
-    for pt in points:
-        r: list[dict] = []
-        run_training(pt, fmnist, FIG3_MODEL, one, lambda row, st: r.append(row), device=dev, data=sub)
-        single.append(r)
+    single = separately(sub)
     t_s = time.perf_counter() - t
-    d2 = max(_rel(a[0][k], b[0][k]) for a, b in zip(graphed, single) for k in ("train_loss", "val_loss"))
-    good = d2 < 1e-3
+    d_long = max(_rel(a[0][k], b[0][k]) for a, b in zip(graphed, single) for k in ("train_loss", "val_loss"))
+    # The same after 30 steps: float32 round-off of batched vs single matmuls, before 300 SGD
+    # steps amplify it (members are chaotic dynamical systems; graphs vs eager above are exact).
+    short = dataclasses.replace(sub, x_train=sub.x_train[:750], y_train=sub.y_train[:750])
+    d2 = max(_rel(a[0][k], b[0][k]) for a, b in zip(_pack_rows(points, fmnist, FIG3_MODEL, one, dev, short),
+                                                     separately(short)) for k in ("train_loss", "val_loss"))
+    good = d2 < 1e-4
     ok &= good
-    print(f"2 packed vs unpacked: max rel. loss diff {d2:.2e}; pack {t_g:.2f} s vs 25 runs {t_s:.2f} s "
-          f"({t_g / t_s:.3f}x) {'ok' if good else 'FAIL'}", flush=True)
-    out.update(graph_vs_eager_rel=d, packed_vs_unpacked_rel=d2, pack_vs_separate=t_g / t_s)
+    print(f"2 packed vs unpacked: max rel. loss diff {d2:.2e} after 30 steps, {d_long:.2e} after {steps}; pack "
+          f"{t_g:.2f} s vs 25 runs {t_s:.2f} s ({t_g / t_s:.3f}x) {'ok' if good else 'FAIL'}", flush=True)
+    out.update(graph_vs_eager_rel=d, packed_vs_unpacked_rel_30=d2, packed_vs_unpacked_rel_300=d_long,
+               pack_vs_separate=t_g / t_s)
 
     # 3. per-step costs
     n_steps = 30 if q else 500
