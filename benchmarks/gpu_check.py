@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     fl = train_flops_per_example(FIG3_MODEL, "fashion_mnist")
     xs = [(25 * s * fl, costs[s]) for s in FIG3_SIZES] + [(64 * s * fl, extra[f"K=64,S={s},graph"]) for s in (25, 1000)]
     a = np.array([[1.0, x] for x, _ in xs])
-    floor, per_flop = np.linalg.lstsq(a, np.array([t for _, t in xs]), rcond=None)[0]
+    floor, per_flop = np.linalg.lstsq(a / np.array([[t] for _, t in xs]), np.ones(len(xs)), rcond=None)[0]  # relative error
     model_fit = {"step_floor_s": max(float(floor), 0.0), "flops_per_s": 1.0 / max(float(per_flop), 1e-18)}
     print(f"3 cost model: step floor {model_fit['step_floor_s'] * 1e3:.3f} ms, "
           f"{model_fit['flops_per_s'] / 1e12:.1f} TFLOP/s on packed MLP steps", flush=True)

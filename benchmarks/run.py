@@ -250,7 +250,9 @@ def step_cost_row(device: torch.device, quick: bool, costs_out: str | None) -> R
     grid = [(1, 25), (8, 25), (1, 250), (8, 250)] if device.type == "cpu" else [(25, 25), (25, 250), (64, 25), (64, 1000)]
     pts = [(k * s * fl, pack_step_seconds(FMNIST_MODEL, fm, k, s, device, graphed=True, n_steps=5 if quick else 60))
            for k, s in grid]
-    floor, per_flop = np.linalg.lstsq(np.array([[1.0, x] for x, _ in pts]), np.array([t for _, t in pts]), rcond=None)[0]
+    # Least squares on relative error (rows divided by the time): small, launch-bound steps count as
+    # much as big, compute-bound ones.
+    floor, per_flop = np.linalg.lstsq(np.array([[1.0 / t, x / t] for x, t in pts]), np.ones(len(pts)), rcond=None)[0]
     entry = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"{cpu_model()}, 1 thread",
              "step_floor_s": max(float(floor), 0.0), "flops_per_s": 1.0 / max(float(per_flop), 1e-18),
              "source": f"python -m benchmarks.run --device {device.type} --costs-out FILE"}

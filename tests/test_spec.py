@@ -210,6 +210,20 @@ def test_variant_errors(variants, message):
     assert str(err.value).startswith(message), str(err.value)
 
 
+@pytest.mark.parametrize("value", [0, -1.0, ".inf", "soon"])
+def test_bad_checkpoint_every_s_is_a_one_line_error(value):
+    import yaml
+
+    with pytest.raises(SpecError, match=r"^resilience.checkpoint_every_s: "):
+        spec_from_dict(tiny_spec(resilience={"checkpoint_every_s": yaml.safe_load(str(value))}))
+
+
+def test_checkpoints_are_time_based_by_default():
+    spec = spec_from_dict(tiny_spec())
+    assert spec.resilience.checkpoint_every is None and spec.resilience.checkpoint_every_s == 30.0
+    assert spec_from_dict(tiny_spec(resilience={"checkpoint_every": 5, "checkpoint_every_s": None})).resilience.checkpoint_every == 5
+
+
 def test_replicas_is_a_one_line_error_naming_pack():
     with pytest.raises(SpecError, match=r"^train.replicas: replaced by train.pack"):
         spec_from_dict(tiny_spec(train={"epochs": 3, "replicas": 2}))

@@ -116,3 +116,19 @@ def test_probes_at_the_end_fill_the_curvature_columns():
 def test_point_n_train_overrides_the_data_set_size():
     _, rows = _run(TrialPoint(lr=0.1, batch_size=32, seed=0, beta=1.0, n_train=500), epochs=1)
     assert rows[0]["n_train"] == 500 and rows[0]["beta"] == 1.0 and rows[0]["steps"] == 500 // 32
+
+
+def test_checkpoint_clock_saves_by_epochs_by_seconds_and_when_training_stops():
+    import time
+
+    from trainables.train_loop import CheckpointClock
+
+    by_time = CheckpointClock(every=None, every_s=3600.0)  # short epochs: no save until training stops
+    assert [by_time.due(e, "running") for e in (1, 2, 3)] == [False, False, False]
+    assert by_time.due(4, "finished") and by_time.due(2, "diverged")
+    by_epoch = CheckpointClock(every=2, every_s=None)
+    assert [by_epoch.due(e, "running") for e in (1, 2, 3, 4)] == [False, True, False, True]
+    soon = CheckpointClock(every=None, every_s=0.01)
+    assert not soon.due(1, "running")
+    time.sleep(0.02)
+    assert soon.due(2, "running") and not soon.due(3, "running")  # the clock restarts at each save
