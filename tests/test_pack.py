@@ -110,7 +110,7 @@ def test_vmap_layout_computes_what_the_loop_layout_computes():
             idx = torch.randint(0, len(x), (2, 32), generator=gen)
             logits = pack.forward(x[idx], training=True)
             loss = F.cross_entropy(logits.flatten(0, 1), data.y_train[idx].flatten(), reduction="none").view(2, 32).mean(1)
-            opt.step(pack.params, torch.autograd.grad(loss.sum(), pack.params))
+            opt.step(pack.params, torch.autograd.grad(opt.objective(loss), pack.params))
         states[layout] = [pack.member_state(j) for j in range(2)]
     for a, b in zip(states["stacked"], states["loop"]):
         assert a.keys() == b.keys()

@@ -5,6 +5,12 @@ separate optimizers. Learning rates live in one device tensor ``neg_lr`` (K,) th
 loop overwrites in place each epoch: a captured CUDA graph reads the new rates without a
 re-capture. Momentum buffers start at zero, which gives torch's first step (``buf = grad``)
 exactly (0 * m + g == g) without a branch a graph could not hold.
+
+Plain SGD (no momentum, no weight decay; the paper's setting) folds each member's rate into the
+objective instead: the gradient of sum_k(-lr_k * L_k) with respect to member k's parameters is
+-lr_k * grad L_k, its whole update, so one fused ``_foreach_add_`` applies every parameter's
+update (on a GPU one kernel instead of one per parameter tensor). Same update, float32 round-off
+apart (the rate multiplies at the top of the backward pass instead of at the end).
 """
 from __future__ import annotations
 
@@ -24,6 +30,14 @@ class PackSGD:
         if self.momentum and self.bufs is None:
             self.bufs = [torch.zeros_like(p) for p in pack.params]
 
+    @property
+    def folds_lr(self) -> bool:
+        return not self.momentum and not self.weight_decay
+
+    def objective(self, losses: torch.Tensor) -> torch.Tensor:
+        """The scalar to differentiate for the (K,) per-member mean losses."""
+        return (losses * self.neg_lr).sum() if self.folds_lr else losses.sum()
+
     def set_lr(self, lrs: list[float]) -> None:
         self.neg_lr.copy_(torch.tensor([-lr for lr in lrs]), non_blocking=True)
 
@@ -36,7 +50,11 @@ class PackSGD:
 
     @torch.no_grad()
     def step(self, params: list[torch.Tensor], grads: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> None:
+        """Apply the update; ``grads`` are of ``objective(losses)``."""
         grads = list(grads)
+        if self.folds_lr:
+            torch._foreach_add_(params, grads)
+            return
         if self.weight_decay:
             grads = torch._foreach_add(grads, params, alpha=self.weight_decay)
         if self.bufs is not None:

@@ -143,6 +143,13 @@ class StackedPack:
                 w = p[f"net.{i}.weight"]                         # (K, in, out)
                 bias = p.get(f"net.{i}.bias")
                 h = torch.bmm(h, w) if bias is None else torch.baddbmm(bias.unsqueeze(1), h, w)
+            elif isinstance(module, nn.BatchNorm1d) and not training:
+                # Inference: elementwise with the member's running statistics, in (K, B, H) layout.
+                # Every element sees the same operations whatever K is (a fused batch_norm over
+                # K*H channels rounded differently for K = 1 and K = 2), so a member's evaluation
+                # does not depend on its pack.
+                scale = torch.rsqrt(b[f"net.{i}.running_var"] + module.eps) * p[f"net.{i}.weight"]
+                h = (h - b[f"net.{i}.running_mean"].unsqueeze(1)) * scale.unsqueeze(1) + p[f"net.{i}.bias"].unsqueeze(1)
             elif isinstance(module, nn.BatchNorm1d):
                 k, n, width = h.shape
                 flat = h.transpose(0, 1).reshape(n, k * width)  # channel = (member, feature)
@@ -150,8 +157,6 @@ class StackedPack:
                 flat = F.batch_norm(flat, b[f"net.{i}.running_mean"].view(-1), b[f"net.{i}.running_var"].view(-1),
                                     p[f"net.{i}.weight"].reshape(-1), p[f"net.{i}.bias"].reshape(-1),
                                     training=training, momentum=module.momentum, eps=module.eps)
-                if training:
-                    b[f"net.{i}.num_batches_tracked"].add_(1)
                 h = flat.view(n, k, width).transpose(0, 1)  # (K, S, H), strided
                 if not h.is_cuda:
                     # On CPU, bmm and its backward measured faster on dense inputs; cuBLAS reads
@@ -160,6 +165,14 @@ class StackedPack:
             elif isinstance(module, nn.ReLU):
                 h = torch.relu(h)
         return h
+
+    def count_batches(self, n: int) -> None:
+        """Add ``n`` training batches to the MLP's ``num_batches_tracked`` (``nn.BatchNorm1d`` counts
+        one per training forward; the pack counts an epoch's at its end, which saves a kernel per
+        step; the counter feeds nothing while BN momentum is set). vmap's modules count themselves."""
+        counts = [b for name, b in zip(self.buffer_names, self.buffers) if name.endswith("num_batches_tracked")]
+        if self.mlp is not None and counts:
+            torch._foreach_add_(counts, n)
 
 
 class LoopPack:
@@ -212,6 +225,9 @@ class LoopPack:
 
     def member_state(self, j: int) -> dict[str, torch.Tensor]:
         return {n: _cpu_copy(t) for n, t in self.modules[j].state_dict().items()}
+
+    def count_batches(self, n: int) -> None:
+        """The modules count their own batches."""
 
     def forward(self, x: torch.Tensor, training: bool) -> torch.Tensor:
         shared = x.dim() == self.rank + 1

@@ -140,7 +140,7 @@ def evaluate_pack(pack, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tu
 class _Steps:
     """One SGD step of every member, eager or replayed from a CUDA graph.
 
-    The step adds each member's mean loss and correct count to ``loss_sum`` / ``correct``; every tensor it touches keeps its address until
+    The step adds each member's mean loss to ``loss_sum`` and its hits to a (K, S) counter; every tensor it touches keeps its address until
     members leave (``reset``), which is what lets a captured graph replay it. One graph per batch
     size; ``WARMUP`` real steps run eagerly on a side stream before each capture (lazy cuBLAS and
     autograd set-up must not happen inside it), so a graphed epoch trains exactly the same steps.
@@ -153,24 +153,31 @@ class _Steps:
         self.reset()
 
     def reset(self) -> None:
-        device = self.x.device
-        self.loss_sum = torch.zeros(self.pack.k, device=device, dtype=torch.float64)
-        self.correct = torch.zeros(self.pack.k, device=device, dtype=torch.int64)
+        self.loss_sum = torch.zeros(self.pack.k, device=self.x.device, dtype=torch.float64)
+        self.hits: dict[int, torch.Tensor] = {}  # per batch size: (K, S) correct predictions, summed per epoch
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
     def _step(self, idx: torch.Tensor) -> None:
         xb, yb = self.x[idx], self.y[idx]                      # (K, S, ...), (K, S)
         logits = self.pack.forward(xb, training=True)
-        losses = _cross_entropy_per_member(logits, yb)          # the sum's gradient is each member's own
-        grads = torch.autograd.grad(losses.sum(), self.pack.params)
+        losses = _cross_entropy_per_member(logits, yb)  # member k's parameters get only L_k's gradient
+        grads = torch.autograd.grad(self.opt.objective(losses), self.pack.params)
         self.opt.step(self.pack.params, grads)
         with torch.no_grad():  # accumulated on the device: reading them would sync the GPU every step
             self.loss_sum.add_(losses.detach())  # float64 sum of per-step means (x S at the epoch's end)
-            self.correct.add_((logits.argmax(2) == yb).sum(1))
+            self.hits[idx.shape[1]].add_(logits.argmax(2) == yb)
+
+    @property
+    def correct(self) -> torch.Tensor:
+        """(K,) correct predictions of the epoch so far."""
+        return sum(h.sum(1) for h in self.hits.values())
 
     def epoch(self, perms: torch.Tensor, s: int, n_steps: int) -> None:
         self.loss_sum.zero_()
-        self.correct.zero_()
+        for h in self.hits.values():
+            h.zero_()
+        if s not in self.hits:
+            self.hits[s] = torch.zeros(self.pack.k, s, device=self.x.device, dtype=torch.int64)
         first = 0
         if self.use_graphs and s not in self.graphs and n_steps > self.WARMUP:
             stream = torch.cuda.Stream()
@@ -197,6 +204,7 @@ class _Steps:
         else:
             for step in range(first, n_steps):
                 self._step(perms[:, step * s:(step + 1) * s])
+        self.pack.count_batches(n_steps)
 
 
 def run_pack(
