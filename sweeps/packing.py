@@ -5,7 +5,8 @@ batch-size schedule) and they train on the same ``n_train``: the pack's members 
 same number of steps of the same shape, and differ only in per-member scalars (learning rate and
 its schedule, seed, family labels). ``plan_packs`` groups the points of a spec by that key, in
 spec order, and cuts each group into packs of at most K points (``auto``: ``AUTO_PACK_CAP`` for
-the trial's device), so a pack that cannot be formed is split, never refused.
+the trial's device for the MLP, 1 for other models unless ``train.pack_layout: stacked``), so a
+pack that cannot be formed is split, never refused.
 
 Every point keeps its own trial id in the metric tables: the Tune trial id for a pack of one,
 ``<tune trial id>-m<j>`` for member j of a larger pack (``member_trial_id``), with a config that
@@ -24,8 +25,13 @@ AUTO_PACK_CAP = {"cpu": 32, "gpu": 64}
 
 
 def pack_cap(spec) -> int:
+    """K for ``train.pack``. ``auto`` packs MLPs (and models put in the stacked layout) only: other
+    models run as members one after another in a pack (the loop layout), which measured no faster
+    per step than separate trials (docs/performance.md) while it takes away parallel trials."""
     if spec.train.pack != "auto":
         return int(spec.train.pack)
+    if spec.model.name != "mlp" and spec.train.pack_layout != "stacked":
+        return 1
     return AUTO_PACK_CAP["gpu" if spec.resources.gpu > 0 else "cpu"]
 
 

@@ -364,6 +364,9 @@ def validate(spec: SweepSpec) -> None:
         raise SpecError(f"train.eval_batch_size: must be >= 1 (got {train.eval_batch_size})")
     from trainables.packed_models import LAYOUTS
 
+    if train.pack != "auto" and (isinstance(train.pack, bool) or not isinstance(train.pack, int) or train.pack < 1):
+        raise SpecError(f"train.pack: must be an integer >= 1 or auto (got {_short(train.pack)})")
+
     if train.pack_layout not in LAYOUTS:
         raise SpecError(f"train.pack_layout: must be one of {', '.join(LAYOUTS)} (got {train.pack_layout!r})")
     if res.cpu <= 0:

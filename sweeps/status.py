@@ -93,7 +93,13 @@ def read_status(run_dir: str | Path) -> list[TrialStatus]:
             trials.append({"trial_id": trial_id, "status": "UNKNOWN", "config": json.loads(row["config_json"] or "{}"),
                            "failures": 0, "error": ""})
     out = []
-    for t in sorted(trials, key=lambda t: t["trial_id"]):
+    from sweeps.packing import split_member_id
+
+    def order(t):  # pack members in member order: ...-m2 before ...-m10
+        base, j = split_member_id(t["trial_id"])
+        return base, -1 if j is None else j
+
+    for t in sorted(trials, key=order):
         point = t["config"].get("point") or {}
         row = last_rows.get(t["trial_id"])
         out.append(TrialStatus(

@@ -222,3 +222,13 @@ def test_packed_sweep_equals_unpacked_sweep_rows_status_and_report(ray_local, tm
     packed_fits, unpacked_fits = _normalized_fits(runs["packed"]), _normalized_fits(runs["unpacked"])
     for section in ("sections", "notes"):
         _close(packed_fits[section], unpacked_fits[section], section)
+
+
+def test_loop_layout_member_with_momentum_diverges_and_leaves_the_pack():
+    """The loop layout (every model but the MLP) drops a diverged member's momentum buffers too."""
+    points = [TrialPoint(0.05, 32, 0), TrialPoint(50.0, 32, 1), TrialPoint(0.1, 32, 2)]
+    train = TrainConfig(epochs=3, momentum=0.9, pack_layout="loop")
+    rows = packed(points, MLP_NOBN, train)
+    assert [r[-1]["status"] for r in rows] == [FINISHED, DIVERGED, FINISHED]
+    for j in (0, 2):
+        assert view(rows[j]) == view(alone(points[j], MLP_NOBN, train))

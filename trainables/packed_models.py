@@ -190,29 +190,26 @@ class LoopPack:
     def params(self) -> list[torch.Tensor]:
         return [p for m in self.modules for p in m.parameters()]
 
-    def _counts(self) -> list[int]:
-        return [sum(1 for _ in m.parameters()) for m in self.modules]
-
-    def _out(self, name: str, t: torch.Tensor) -> torch.Tensor:
-        """Module layout <-> stacked layout of one member's tensor (its own inverse)."""
-        return t.t() if name in self.transposed else t
+    @property
+    def _per_member(self) -> int:
+        """Parameter tensors per member (one architecture: the same for all)."""
+        return sum(1 for _ in self.modules[0].parameters())
 
     def lr_views(self, neg_lr: torch.Tensor) -> list[torch.Tensor]:
-        return [neg_lr[j] for j, c in enumerate(self._counts()) for _ in range(c)]
+        return [neg_lr[j] for j in range(self.k) for _ in range(self._per_member)]
 
     def select(self, keep: list[int]) -> None:
         self.modules = [self.modules[j] for j in keep]
 
     def select_aligned(self, tensors: list[torch.Tensor], keep: list[int]) -> list[torch.Tensor]:
+        # Split by the fixed count per member, not by the current modules: ``tensors`` may still
+        # cover the members that ``select`` has just dropped.
         per = self._split(tensors)
         return [t for j in keep for t in per[j]]
 
     def _split(self, tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
-        out, start = [], 0
-        for c in self._counts():
-            out.append(tensors[start:start + c])
-            start += c
-        return out
+        c = self._per_member
+        return [tensors[i:i + c] for i in range(0, len(tensors), c)]
 
     def member_tensors(self, aligned: list[torch.Tensor], j: int) -> dict[str, torch.Tensor]:
         names = [n for n, _ in self.modules[j].named_parameters()]

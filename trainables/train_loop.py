@@ -247,6 +247,9 @@ def run_pack(
     status = [RUNNING] * len(points)
     first_epoch, examples_seen, steps, wall_before = 1, 0, 0, 0.0
     if start_state is not None:
+        if start_state.get("format") != "pack-v1":
+            raise ValueError("run_pack: checkpoint written by an older lrbs (no pack format); restart the trial "
+                             "from scratch (lrbs resume --restart-errored)")
         if len(start_state["members"]) != len(points):
             raise ValueError(f"run_pack: checkpoint of {len(start_state['members'])} members for {len(points)} points")
         for gen, m in zip(gens, start_state["members"]):
