@@ -207,7 +207,10 @@ def _check_pack(train: Any) -> None:
     if "replicas" in train:
         raise SpecError("train.replicas: replaced by train.pack (points trained together in one trial, "
                         "seeds or any other points; default auto)")
-    pack = train.get("pack", "auto")
+    _check_pack_value(train.get("pack", "auto"))
+
+
+def _check_pack_value(pack: Any) -> None:
     if pack != "auto" and (isinstance(pack, bool) or not isinstance(pack, int) or pack < 1):
         raise SpecError(f"train.pack: must be an integer >= 1 or auto (got {_short(pack)})")
 
@@ -364,8 +367,7 @@ def validate(spec: SweepSpec) -> None:
         raise SpecError(f"train.eval_batch_size: must be >= 1 (got {train.eval_batch_size})")
     from trainables.packed_models import LAYOUTS
 
-    if train.pack != "auto" and (isinstance(train.pack, bool) or not isinstance(train.pack, int) or train.pack < 1):
-        raise SpecError(f"train.pack: must be an integer >= 1 or auto (got {_short(train.pack)})")
+    _check_pack_value(train.pack)  # also for specs built in code, not read from YAML
 
     if train.pack_layout not in LAYOUTS:
         raise SpecError(f"train.pack_layout: must be one of {', '.join(LAYOUTS)} (got {train.pack_layout!r})")

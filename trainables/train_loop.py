@@ -64,23 +64,6 @@ def pick_device(gpus: float) -> torch.device:
     return torch.device("cuda") if gpus > 0 and torch.cuda.is_available() else torch.device("cpu")
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
-    """Mean cross-entropy (nats per example) and accuracy, in eval mode; restores the mode."""
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
-    correct = torch.zeros((), device=x.device, dtype=torch.int64)
-    for start in range(0, len(x), batch_size):
-        logits = model(x[start:start + batch_size])
-        yb = y[start:start + batch_size]
-        loss_sum += F.cross_entropy(logits, yb, reduction="sum").double()
-        correct += (logits.argmax(1) == yb).sum()
-    model.train(was_training)
-    n = max(len(x), 1)
-    return loss_sum.item() / n, correct.item() / n  # GPU sync point: once per evaluation
-
-
 def probe_due(cfg: CurvatureConfig | None, epoch: int, last_epoch: int) -> bool:
     if cfg is None:
         return False
