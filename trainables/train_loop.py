@@ -123,8 +123,9 @@ def evaluate_pack(pack, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tu
 class _Steps:
     """One SGD step of every member, eager or replayed from a CUDA graph.
 
-    The step adds each member's mean loss to ``loss_sum`` and its hits to a (K, S) counter; every tensor it touches keeps its address until
-    members leave (``reset``), which is what lets a captured graph replay it. One graph per batch
+    The step adds each member's mean loss to ``loss_sum`` and its hits to a (K, S) counter per
+    batch size; every tensor it touches keeps its address until members leave (``reset``), which
+    is what lets a captured graph replay it. One graph per batch
     size; ``WARMUP`` real steps run eagerly on a side stream before each capture (lazy cuBLAS and
     autograd set-up must not happen inside it), so a graphed epoch trains exactly the same steps.
     """
