@@ -12,6 +12,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import plotly.graph_objects as go
 import pyarrow as pa
@@ -272,6 +273,20 @@ def section_breakdown(metrics: pa.Table, trials: pa.Table) -> Section:
     return sec
 
 
+# The one registry of report sections, in report order: key -> builder(metrics, trials, run_dir).
+# A section is a pure function of the tables returning a Section (docs/extending.md); one that
+# does not apply to a run returns ``Section(...).skip(reason)``.
+SECTIONS: dict[str, Callable[[pa.Table, pa.Table, Path | None], Section]] = {
+    "collapse": lambda metrics, trials, run_dir: section_collapse(trials),
+    "equal_ratio": lambda metrics, trials, run_dir: section_equal_ratio(metrics, trials),
+    "rescaling": lambda metrics, trials, run_dir: section_rescaling(metrics, trials),
+    "geometry": lambda metrics, trials, run_dir: section_geometry(trials),
+    "interpolation": lambda metrics, trials, run_dir: section_interpolation(run_dir),
+    "breakdown": lambda metrics, trials, run_dir: section_breakdown(metrics, trials),
+    "eq7": lambda metrics, trials, run_dir: section_eq7(trials),
+}
+
+
 def build_report(metrics: pa.Table, read_info: dict | None = None, run_dir: str | Path | None = None) -> Report:
     """Everything the report shows, computed from the metric table (and interpolation files)."""
     trials = trial_table(metrics)
@@ -310,13 +325,9 @@ def build_report(metrics: pa.Table, read_info: dict | None = None, run_dir: str 
     figures.append(("Training loss per epoch", plots.learning_curves(metrics, "train_loss")))
     sections: list[Section] = []
     if trials.num_rows:
-        builders = (lambda: section_collapse(trials), lambda: section_equal_ratio(metrics, trials),
-                    lambda: section_rescaling(metrics, trials), lambda: section_geometry(trials),
-                    lambda: section_interpolation(Path(run_dir) if run_dir else None),
-                    lambda: section_breakdown(metrics, trials), lambda: section_eq7(trials))
         running = _running_note(trials)
-        for build in builders:
-            sec = build()
+        for build in SECTIONS.values():
+            sec = build(metrics, trials, Path(run_dir) if run_dir else None)
             if sec.status == "ok":
                 sec.notes = running + sec.notes
             sections.append(sec)

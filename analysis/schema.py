@@ -52,3 +52,19 @@ PROBES = [
 ]
 
 METRIC_SCHEMA = pa.schema(PROVENANCE + METRICS + PROBES)
+
+# Keys of a trainable's epoch row that are not columns: ``member`` routes a pack member's row to
+# its own trial id (sweeps/metrics_sink.py) and is dropped there.
+ROUTING_KEYS = frozenset({"member"})
+
+
+def check_row(row: dict) -> None:
+    """Raise ValueError naming any key of an epoch row that the schema does not declare.
+
+    A new probe or metric must add its column here (docs/extending.md); without this check the
+    sink would silently drop it and the value would never reach a table or a report.
+    """
+    undeclared = sorted(set(row) - set(METRIC_SCHEMA.names) - ROUTING_KEYS)
+    if undeclared:
+        raise ValueError(f"metric row: columns {undeclared} are not declared in analysis/schema.py "
+                         f"(add a pa.field to METRICS or PROBES)")

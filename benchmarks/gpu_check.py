@@ -37,9 +37,10 @@ from benchmarks.pack_timing import pack_step_seconds
 from trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig
 from trainables.data import TensorData, load_dataset
 from trainables.models import build_model
-from trainables.train_loop import TrialPoint, evaluate_pack, run_pack, run_probes, run_training
+from trainables.probes import run_probes
+from trainables.train_loop import TrialPoint, evaluate_pack, run_pack, run_training
 
-FIG3_MODEL = ModelConfig(name="mlp", depth=4, width=256, batch_norm=True)
+FIG3_MODEL = ModelConfig(name="mlp", options=dict(depth=4, width=256, batch_norm=True))
 FIG3_LRS = [float(f"{v:.6g}") for v in np.geomspace(0.005, 0.1, 5)]
 FIG3_SIZES = [int(round(v)) for v in np.geomspace(25, 1000, 5)]
 FIG3_PROBES = CurvatureConfig(n_samples=2000, lanczos_iters=20, lanczos_tol=1e-4, hutchinson_probes=32)
@@ -186,7 +187,7 @@ def main(argv=None) -> int:
     # the graphed steps measured above).
     from sweeps.estimate import train_flops_per_example
 
-    fl = train_flops_per_example(FIG3_MODEL, "fashion_mnist")
+    fl = train_flops_per_example(FIG3_MODEL, DatasetConfig(name="fashion_mnist"))
     xs = [(25 * s * fl, costs[s]) for s in FIG3_SIZES] + [(64 * s * fl, extra[f"K=64,S={s},graph"]) for s in (25, 1000)]
     a = np.array([[1.0, x] for x, _ in xs])
     floor, per_flop = np.linalg.lstsq(a / np.array([[t] for _, t in xs]), np.ones(len(xs)), rcond=None)[0]  # relative error
@@ -257,7 +258,7 @@ def main(argv=None) -> int:
     cifar = TensorData(torch.randn(2000, 3, 32, 32, generator=g).to(dev), torch.randint(0, 10, (2000,), generator=g).to(dev),
                        torch.randn(200, 3, 32, 32, generator=g).to(dev), torch.randint(0, 10, (200,), generator=g).to(dev), 10)
     conv = {}
-    for cfg in (ModelConfig(name="vgg11", width_mult=0.25 if q else 1.0), ModelConfig(name="resnet20", width_mult=0.25 if q else 1.0)):
+    for cfg in (ModelConfig(name="vgg11", options=dict(width_mult=0.25 if q else 1.0)), ModelConfig(name="resnet20", options=dict(width_mult=0.25 if q else 1.0))):
         for layout in ("stacked", "loop"):
             for graphed_ in ((True, False) if dev.type == "cuda" else (False,)):
                 key = f"{cfg.name} K=5 S=50 {layout} {'graph' if graphed_ else 'eager'}"
@@ -292,7 +293,7 @@ def main(argv=None) -> int:
         pass
     res = _pack_rows(pts, fmnist, FIG3_MODEL, tr, dev, small, start_state=saved)
     d_res = max(_rel(a[2 + i]["train_loss"], b[i]["train_loss"]) for a, b in zip(ref, res) for i in range(2))
-    nobn = ModelConfig(name="mlp", depth=4, width=256, batch_norm=False)
+    nobn = ModelConfig(name="mlp", options=dict(depth=4, width=256, batch_norm=False))
     div = _pack_rows([TrialPoint(0.02, 32, 0), TrialPoint(50.0, 32, 1)], fmnist, nobn, TrainConfig(epochs=3), dev, small)
     alone = _pack_rows([TrialPoint(0.02, 32, 0)], fmnist, nobn, TrainConfig(epochs=3), dev, small)
     d_div = max(_rel(a["train_loss"], b["train_loss"]) for a, b in zip(div[0], alone[0]))

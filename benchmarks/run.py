@@ -44,8 +44,8 @@ from trainables.data import load_dataset
 from trainables.models import build_model
 from trainables.train_loop import TrialPoint, run_pack, run_training
 
-FMNIST_MODEL = ModelConfig(name="mlp", depth=4, width=256, batch_norm=True)
-QUICKSTART_MODEL = ModelConfig(name="mlp", depth=4, width=256, batch_norm=True)
+FMNIST_MODEL = ModelConfig(name="mlp", options=dict(depth=4, width=256, batch_norm=True))
+QUICKSTART_MODEL = ModelConfig(name="mlp", options=dict(depth=4, width=256, batch_norm=True))
 DIGITS = DatasetConfig(name="digits", val_fraction=0.2)
 
 
@@ -127,7 +127,7 @@ def bench_loops(device: torch.device, quick: bool, peak: float, extra_cuda: bool
     n_train, n_test = (2000, 500) if quick else (12000, 1000)
     epochs, repeats = (1, 1) if quick else (2, 3)
     rows: list[Row] = []
-    flops_ex = mlp_train_flops_per_example(784, FMNIST_MODEL.width, FMNIST_MODEL.depth, 10)
+    flops_ex = mlp_train_flops_per_example(784, FMNIST_MODEL.options["width"], FMNIST_MODEL.options["depth"], 10)
     with tempfile.TemporaryDirectory() as root:
         write_fashion_mnist(root, n_train, n_test)
         ds = DatasetConfig(name="fashion_mnist", data_dir=root, val_fraction=None, download=False)
@@ -208,7 +208,7 @@ def bench_packs(device: torch.device, quick: bool, costs_out: str | None) -> lis
         what = "seeds" if k < 25 else "5 lr x 5 seeds"
         rows.append(Row("2 packs", f"K={k} ({what}), S={s}", f"{t_pack / t_sep:.2f}x", targets.get(k, "-"),
                         f"pack {t_pack:.2f} s vs {k} separate runs {t_sep:.2f} s ({epochs} epochs each)"))
-    conv = ModelConfig(name="resnet20", width_mult=0.25)
+    conv = ModelConfig(name="resnet20", options=dict(width_mult=0.25))
     n_steps = 5 if quick else 40
     layouts = {lay: pack_step_seconds(conv, data, 4, 32, device, graphed=True, n_steps=n_steps, layout=lay)
                for lay in ("stacked", "loop")}
@@ -245,7 +245,7 @@ def step_cost_row(device: torch.device, quick: bool, costs_out: str | None) -> R
     n = 4000 if quick else 20000
     fm = TensorData(torch.randn(n, 1, 28, 28, generator=g).to(device), torch.randint(0, 10, (n,), generator=g).to(device),
                     torch.zeros(0, 1, 28, 28, device=device), torch.zeros(0, dtype=torch.long, device=device), 10)
-    fl = train_flops_per_example(FMNIST_MODEL, "fashion_mnist")
+    fl = train_flops_per_example(FMNIST_MODEL, DatasetConfig(name="fashion_mnist"))
     grid = [(1, 25), (8, 25), (1, 250), (8, 250)] if device.type == "cpu" else [(25, 25), (25, 250), (64, 25), (64, 1000)]
     pts = [(k * s * fl, pack_step_seconds(FMNIST_MODEL, fm, k, s, device, graphed=True, n_steps=5 if quick else 60))
            for k, s in grid]
@@ -277,7 +277,7 @@ def bench_quickstart(quick: bool) -> list[Row]:
     spec = yaml.safe_load((Path(__file__).resolve().parent.parent / "sweeps" / "quickstart.yaml").read_text())
     if quick:  # a tiny stand-in: same shape, seconds of training
         spec["train"]["epochs"] = 2
-        spec["model"]["width"] = 32
+        spec["model"]["options"]["width"] = 32
         spec.pop("curvature")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "OMP_NUM_THREADS": "1"}
     out: dict[str, tuple[float, str]] = {}

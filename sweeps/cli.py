@@ -41,10 +41,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for n, (i, p) in enumerate(points):
         print(f"{n:>4} {i:>5} {p['lr']:>10.4g} {p['batch_size']:>10d} {p['lr'] / p['batch_size']:>11.4g} "
               f"{p['seed']:>5}" + "".join(f" {str(p.get(k, '-')):>10}" for k in extra))
-    from sweeps.estimate import describe, estimate_cost
+    from sweeps.estimate import describe, estimate_cost, model_profile
 
+    prof = model_profile(spec.model, spec.dataset)
+    print(f"model: {spec.model.name} {_options(spec.model.options)}: {prof.n_params:,} parameters, "
+          f"{prof.forward_flops_per_example / 1e6:.3g} MFLOP forward per example; data: {spec.dataset.name} "
+          f"{_options(spec.dataset.options)}: input {prof.input_shape}, {prof.n_classes} classes")
     print(describe(estimate_cost(spec)))
     return 0
+
+
+def _options(options: dict) -> str:
+    return "{" + ", ".join(f"{k}: {v}" for k, v in options.items()) + "}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -25,15 +25,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from sweeps.packing import plan_packs
-from sweeps.spec import SweepSpec
-from trainables.config import ModelConfig
-from trainables.data import train_set_size
+from sweeps.spec import SpecError, SweepSpec
+from trainables.config import DatasetConfig, ModelConfig, options_key
+from trainables.data import DataError, dataset_entry, train_set_size
 from trainables.models import build_model
+from trainables.plugins import PluginError
 from trainables.schedules import schedule_at, schedule_from_dict
 
-# Per-example input shape and classes of each data set (no files needed).
-DATASET_SHAPES = {"digits": ((64,), 10), "synthetic": ((32,), 10), "fashion_mnist": ((1, 28, 28), 10),
-                  "cifar10": ((3, 32, 32), 10)}
 STEP_COSTS = Path(__file__).with_name("step_costs.json")
 
 
@@ -52,17 +50,69 @@ class CostEstimate:
         return self.device_hours
 
 
+@dataclass(frozen=True)
+class ModelProfile:
+    """What the pre-flight check learned by building the model once on the driver."""
+    n_params: int
+    forward_flops_per_example: float
+    input_shape: tuple[int, ...]
+    n_classes: int
+
+
+def data_shape(dataset: DatasetConfig) -> tuple[tuple[int, ...], int]:
+    """(per-example input shape, classes): fixed for built-ins, from the factory for a user's set."""
+    entry = dataset_entry(dataset.name)
+    try:
+        return tuple(entry.input_shape(dataset)), int(entry.n_classes(dataset))
+    except (DataError, PluginError) as exc:
+        raise SpecError(str(exc)) from None
+
+
+def model_profile(model_cfg: ModelConfig, dataset: DatasetConfig) -> ModelProfile:
+    """Build the model for the data set's examples, run it on two of them and count its FLOPs.
+
+    The pre-flight check of every model, built-in or a user's factory: a factory that raises,
+    returns something else than a module, or whose output is not (batch, n_classes) logits is
+    one line naming ``model.name``, before Ray starts. FLOPs by ``torch.utils.flop_counter``
+    (matmuls and convolutions; elementwise ops are not counted).
+    """
+    shape, classes = data_shape(dataset)
+    return _profile(model_cfg.name, options_key(model_cfg.options), shape, classes)
+
+
 @functools.lru_cache(maxsize=16)
-def forward_flops(model_cfg: ModelConfig, dataset: str) -> float:
-    shape, classes = DATASET_SHAPES[dataset]
-    model = build_model(model_cfg, shape, classes).eval()
+def _profile(name: str, options: str, shape: tuple[int, ...], classes: int) -> ModelProfile:
+    cfg = ModelConfig(name=name, options=json.loads(options))
+    state = torch.random.get_rng_state()
+    try:
+        model = build_model(cfg, shape, classes).eval()
+    except (PluginError, ValueError) as exc:
+        message = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SpecError(message if message.startswith("model.") else f"model.options: {message}") from None
+    finally:
+        torch.random.set_rng_state(state)  # building initializes weights: leave the caller's stream
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(torch.zeros(2, *shape))
-    return counter.get_total_flops() / 2
+    x = torch.zeros(2, *shape)
+    try:
+        with torch.no_grad(), counter:
+            out = model(x)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise SpecError(f"model.name: {name}'s forward pass on a batch of shape {tuple(x.shape)} raised "
+                        f"{type(exc).__name__}: {first}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise SpecError(f"model.name: {name} must return logits of shape (batch, {classes}) for "
+                        f"{classes} classes; on a batch of 2 it returned {got}")
+    n_params = sum(p.numel() for p in model.parameters())
+    return ModelProfile(n_params, counter.get_total_flops() / 2, shape, classes)
 
 
-def train_flops_per_example(model_cfg: ModelConfig, dataset: str) -> float:
+def forward_flops(model_cfg: ModelConfig, dataset: DatasetConfig) -> float:
+    return model_profile(model_cfg, dataset).forward_flops_per_example
+
+
+def train_flops_per_example(model_cfg: ModelConfig, dataset: DatasetConfig) -> float:
     return 3.0 * forward_flops(model_cfg, dataset)
 
 
@@ -71,7 +121,7 @@ def step_costs(device: str) -> dict:
 
 
 def estimate_cost(spec: SweepSpec) -> CostEstimate:
-    per_example = forward_flops(spec.model, spec.dataset.name)
+    per_example = forward_flops(spec.model, spec.dataset)
     train_flops = 3.0 * per_example
     device = "cuda" if spec.resources.gpu > 0 else "cpu"
     costs = step_costs(device)

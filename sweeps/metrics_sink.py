@@ -26,6 +26,7 @@ def session_tag() -> str:
 
 
 def row_from_result(result: dict[str, Any], config: dict[str, Any], trial_id: str) -> dict[str, Any]:
+    # The trainable checked every key against the schema (analysis.schema.check_row).
     row = {f.name: result.get(f.name) for f in METRIC_SCHEMA}
     dataset = config.get("dataset", {})
     row.update(

@@ -26,11 +26,14 @@ AUTO_PACK_CAP = {"cpu": 32, "gpu": 64}
 
 def pack_cap(spec) -> int:
     """K for ``train.pack``. ``auto`` packs MLPs (and models put in the stacked layout) only: other
-    models run as members one after another in a pack (the loop layout), which measured no faster
+    models (user models included) run as members one after another in a pack (the loop layout), which measured no faster
     per step than separate trials (docs/performance.md) while it takes away parallel trials."""
     if spec.train.pack != "auto":
         return int(spec.train.pack)
-    if spec.model.name != "mlp" and spec.train.pack_layout != "stacked":
+    from trainables.models import MODELS
+
+    stacked = spec.model.name in MODELS and MODELS[spec.model.name].stacked
+    if not stacked and spec.train.pack_layout != "stacked":
         return 1
     return AUTO_PACK_CAP["gpu" if spec.resources.gpu > 0 else "cpu"]
 

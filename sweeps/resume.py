@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TextIO
 
 from sweeps.errors import LrbsError
-from sweeps.runner import METRIC_DIR, SPEC_COPY, init_ray, print_outcome, resilience_settings, trial_resources
+from sweeps.runner import (METRIC_DIR, SPEC_COPY, init_ray, plugin_runtime_env, print_outcome, resilience_settings,
+                           trial_resources)
 
 TUNER_STATE = "tuner.pkl"
 EXPERIMENT_STATE_GLOB = "experiment_state-*.json"
@@ -69,7 +70,7 @@ def resume_sweep(run_dir: str | Path, restart_errored: bool = False, address: st
     spec = load_spec(run_dir / SPEC_COPY)
     if spec.name != run_dir.name:
         raise LrbsError(f"RUN_DIR: {run_dir / SPEC_COPY} names sweep {spec.name!r}, not {run_dir.name!r}")
-    init_ray(address)
+    init_ray(address, plugin_runtime_env(spec))
     n_trials, n_packs = len(expand_points(spec)), len(plan_packs(spec))
     mode = "restarting errored trials from scratch" if restart_errored else "errored trials from checkpoints"
     print(f"[lrbs] resume {spec.name}: {n_trials} trials in {n_packs} packs ({mode}) -> {run_dir}", file=out, flush=True)

@@ -44,21 +44,38 @@ def prepare_run_dir(spec: SweepSpec, storage: str | None) -> Path:
     return run_dir
 
 
-def init_ray(address: str | None) -> None:
+def plugin_runtime_env(spec: SweepSpec) -> dict | None:
+    """Ray ``runtime_env`` that ships the user's model and data-set modules to every worker.
+
+    Each ``package.module:factory`` in ``model.name`` or ``dataset.name`` that is not an
+    installed package goes as its top-level package folder (or single-file module) in
+    ``py_modules``: Ray uploads it once per job and puts it on the workers' ``sys.path``, on
+    this machine and on every node of a cluster alike (docs/extending.md).
+    """
+    from trainables.plugins import is_import_path, ship_path
+
+    paths = [ship_path(name) for name in (spec.model.name, spec.dataset.name) if is_import_path(name)]
+    paths = list(dict.fromkeys(p for p in paths if p))
+    return {"py_modules": paths} if paths else None
+
+
+def init_ray(address: str | None, runtime_env: dict | None = None) -> None:
     import ray
 
     if ray.is_initialized():
         return
+    extra = {"runtime_env": runtime_env} if runtime_env else {}
     if address:
         try:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, **extra)
         except Exception as exc:  # ConnectionError, TimeoutError, RuntimeError, ValueError: all bad input here
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise LrbsError(f"--address: cannot connect to a Ray cluster at {address} ({first})") from None
     else:
         # An embedded local cluster; its dashboard (if any) listens on loopback only.
         # address="local": a new cluster even when another one runs on this machine.
-        ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False)
+        ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False,
+                 **extra)
 
 
 def trial_resources(spec: SweepSpec) -> dict[str, float]:
@@ -85,13 +102,22 @@ def print_outcome(results, name: str, metrics_where: str, out: TextIO) -> None:
           f"metrics in {metrics_where}", file=out, flush=True)
 
 
-def preflight_data(spec: SweepSpec) -> None:
-    """Files-on-disk data sets must load (or download) on the driver before any trial starts:
-    a missing set is one line and exit 2, not N errored trials, and parallel trials never race
-    to download into the same folder. (On a cluster the nodes pre-download: cluster.yaml.)"""
-    from trainables.data import DataError, load_dataset
+def preflight_model(spec: SweepSpec):
+    """Build the model once on the driver and run it on two examples (``estimate.model_profile``):
+    a broken factory is one line and exit 2 before Ray starts. Returns the profile."""
+    from sweeps.estimate import model_profile
 
-    if spec.dataset.name in ("fashion_mnist", "cifar10"):
+    return model_profile(spec.model, spec.dataset)
+
+
+def preflight_data(spec: SweepSpec) -> None:
+    """Data sets read from (or generated into) ``data_dir`` must load on the driver before any
+    trial starts: a missing set is one line and exit 2, not N errored trials, and parallel trials
+    never race to download or generate into the same folder. (On a cluster the nodes
+    pre-download: cluster.yaml.)"""
+    from trainables.data import DataError, dataset_entry, load_dataset
+
+    if dataset_entry(spec.dataset.name).on_disk:
         try:
             load_dataset(spec.dataset)
         except DataError as exc:
@@ -122,10 +148,12 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
     target = resolve_storage(storage, storage_filesystem)
     if target.is_local:
         free_run_dir(spec, target.path)  # fail before starting Ray; nothing is written yet
+    preflight_model(spec)
     if address is None:
         preflight_data(spec)
     t0 = time.monotonic()
-    init_ray(address)  # before the run directory exists: a bad --address leaves nothing behind
+    # Before the run directory exists: a bad --address leaves nothing behind.
+    init_ray(address, plugin_runtime_env(spec))
     t_ray = time.monotonic() - t0
     place = prepare_placement(spec, storage, storage_filesystem, upload_interval_s)
     run_dir = place.run_dir

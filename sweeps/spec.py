@@ -151,6 +151,9 @@ def load_spec(path: str | Path) -> SweepSpec:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SpecError(f"{path}: malformed YAML{where}: {problem}") from None
+    from trainables.plugins import add_search_root
+
+    add_search_root(path.resolve().parent)  # plug-in modules next to the spec (trainables/plugins.py)
     try:
         return spec_from_dict(data)
     except SpecError as exc:
@@ -171,6 +174,8 @@ def spec_from_dict(data: Any) -> SweepSpec:
     if "description" in data:
         kwargs["description"] = _check_type(data["description"], str, "description")
     _check_pack(data.get("train"))
+    if isinstance(data.get("model"), dict):
+        data = {**data, "model": _legacy_model_keys(data["model"])}
     for key, cls in SECTIONS.items():
         if data.get(key) is not None or (key in data and key not in OPTIONAL_SECTIONS):
             kwargs[key] = _build(cls, data[key], key)
@@ -208,6 +213,22 @@ def _check_pack(train: Any) -> None:
         raise SpecError("train.replicas: replaced by train.pack (points trained together in one trial, "
                         "seeds or any other points; default auto)")
     _check_pack_value(train.get("pack", "auto"))
+
+
+def _legacy_model_keys(model: dict) -> dict:
+    """``model: {name: mlp, depth: 4}`` (before ``options``) reads as ``options: {depth: 4}``."""
+    from trainables.config import LEGACY_MODEL_KEYS
+
+    legacy = {k: model[k] for k in LEGACY_MODEL_KEYS if k in model}
+    if not legacy:
+        return model
+    options = model.get("options") or {}
+    if isinstance(options, dict):
+        for key in legacy:
+            if key in options:
+                raise SpecError(f"model.{key}: conflicts with model.options.{key} (keep model.options.{key})")
+    rest = {k: v for k, v in model.items() if k not in legacy}
+    return {**rest, "options": {**legacy, **(options if isinstance(options, dict) else {})}}
 
 
 def _check_pack_value(pack: Any) -> None:
@@ -257,7 +278,8 @@ def _reject_unknown(data: dict, known: set[str], prefix: str) -> None:
     for key in data:
         if key not in known:
             where = f"{prefix}{key}"
-            raise SpecError(f"{where}: unknown key (allowed here: {', '.join(sorted(known))})")
+            allowed = f"allowed here: {', '.join(sorted(known))}" if known else "none are allowed here"
+            raise SpecError(f"{where}: unknown key ({allowed})")
 
 
 def _build(cls: type, data: Any, path: str):
@@ -290,6 +312,13 @@ def _check_type(value: Any, hint: Any, path: str) -> Any:
             except SpecError as exc:
                 errors.append(str(exc))
         raise SpecError(errors[0] if len(errors) == 1 else f"{path}: unexpected value {value!r}")
+    if origin is dict:  # options mappings: string keys, any YAML values (checked by their owner)
+        if not isinstance(value, dict):
+            raise SpecError(f"{path}: must be a mapping of option names to values (got {type(value).__name__})")
+        for key in value:
+            if not isinstance(key, str):
+                raise SpecError(f"{path}: option names must be strings (got {key!r})")
+        return dict(value)
     if origin is tuple:
         if not isinstance(value, list) or not value:
             raise SpecError(f"{path}: must be a non-empty list (got {value!r})")
@@ -339,22 +368,15 @@ def _build_grid(data: Any) -> GridConfig:
 
 def validate(spec: SweepSpec) -> None:
     """Value checks that need more than types. Raises SpecError naming the field."""
-    from trainables.data import DATASET_NAMES, DataError, train_set_size
-    from trainables.models import MODEL_NAMES
+    from trainables.data import DataError, train_set_size
+    from trainables.plugins import PluginError
 
-    ds, model, train, res = spec.dataset, spec.model, spec.train, spec.resources
-    if ds.name not in DATASET_NAMES:
-        raise SpecError(f"dataset.name: unknown data set {ds.name!r} (known: {', '.join(DATASET_NAMES)})")
+    ds, train, res = spec.dataset, spec.train, spec.resources
     if ds.n_train is not None and ds.n_train < 1:
         raise SpecError(f"dataset.n_train: must be >= 1 (got {ds.n_train})")
     if ds.val_fraction is not None and not 0.0 < ds.val_fraction < 1.0:
         raise SpecError(f"dataset.val_fraction: must be in (0, 1) (got {ds.val_fraction})")
-    if model.name not in MODEL_NAMES:
-        raise SpecError(f"model.name: unknown model {model.name!r} (known: {', '.join(MODEL_NAMES)})")
-    if model.depth < 1:
-        raise SpecError(f"model.depth: must be >= 1 (got {model.depth})")
-    if model.width < 1:
-        raise SpecError(f"model.width: must be >= 1 (got {model.width})")
+    _validate_plugin_options(spec)
     if train.epochs < 1:
         raise SpecError(f"train.epochs: must be >= 1 (got {train.epochs})")
     if not 0.0 <= train.momentum < 1.0:
@@ -378,8 +400,8 @@ def validate(spec: SweepSpec) -> None:
     if res.gpu > 1 and res.gpu != int(res.gpu):
         raise SpecError(f"resources.gpu: fractions are only allowed below 1 (got {res.gpu})")
     try:
-        n_train = train_set_size(ds)
-    except DataError as exc:
+        n_train = train_set_size(ds)  # a user's data-set factory runs here, once per process
+    except (DataError, PluginError) as exc:
         raise SpecError(str(exc)) from None
     for i, seed in enumerate(spec.grid.seed):
         if seed < 0:
@@ -426,6 +448,45 @@ def validate(spec: SweepSpec) -> None:
             raise SpecError(f"resilience.{key}: must be >= {minimum} (got {getattr(r, key)})")
     if r.fail_at_epoch is not None and not 1 <= r.fail_at_epoch <= spec.train.epochs:
         raise SpecError(f"resilience.fail_at_epoch: must be an epoch in 1..{spec.train.epochs} (got {r.fail_at_epoch})")
+
+
+def _validate_plugin_options(spec: SweepSpec) -> None:
+    """``model`` and ``dataset``: a known name or an importable factory, and options it accepts.
+
+    Built-ins check ``options`` against their options dataclass (types, unknown keys, values);
+    a user's factory against its signature. Building the model and calling it is the
+    pre-flight check's (``sweeps.estimate.model_profile``).
+    """
+    import inspect
+
+    from trainables.data import DATASETS, DataError, dataset_entry
+    from trainables.models import MODELS, model_factory
+    from trainables.plugins import PluginError, load_object
+    from trainables.user_data import check_signature
+
+    for section, cfg, registry in (("dataset", spec.dataset, DATASETS), ("model", spec.model, MODELS)):
+        try:
+            factory = model_factory(cfg.name) if section == "model" else None
+            if section == "dataset":
+                dataset_entry(cfg.name)
+                if cfg.name not in registry:
+                    check_signature(load_object(cfg.name, "dataset.name"), cfg.options, cfg.name)
+        except (DataError, PluginError) as exc:
+            raise SpecError(str(exc)) from None
+        if cfg.name in registry:
+            try:
+                _build(registry[cfg.name].options, cfg.options, f"{section}.options")
+            except SpecError:
+                raise
+            except ValueError as exc:  # the options dataclass's own value checks
+                raise SpecError(f"{section}.options.{exc}") from None
+        elif section == "model":
+            try:
+                inspect.signature(factory).bind((1,), 2, **cfg.options)
+            except TypeError as exc:
+                raise SpecError(f"model.options: {cfg.name} does not take these options ({exc})") from None
+            except ValueError:
+                pass  # no inspectable signature: building the model decides
 
 
 def _check_batch_size(size: int, n_train: int, where: str) -> None:

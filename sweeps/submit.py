@@ -48,7 +48,10 @@ def submit_sweep(spec_path: str | Path, address: str, storage: str | None = None
     """Validate ``spec_path``, submit it as a Ray job to the dashboard at ``address``; returns the job id."""
     from sweeps.spec import expand_points, load_spec
 
+    from sweeps.runner import plugin_runtime_env, preflight_model
+
     spec = load_spec(spec_path)
+    preflight_model(spec)  # a broken model factory: one line, exit 2, nothing submitted
     n_trials = len(expand_points(spec))
     spec_rel = spec_in_project(spec_path, root)
     storage = storage or DEFAULT_JOB_STORAGE
@@ -62,6 +65,8 @@ def submit_sweep(spec_path: str | Path, address: str, storage: str | None = None
     except Exception as exc:  # ConnectionError, RuntimeError from the SDK, auth errors
         raise LrbsError(f"--address: cannot reach the Ray dashboard at {address} ({_first_line(exc)})") from None
     runtime_env: dict[str, Any] = {"working_dir": str(root), "excludes": list(EXCLUDES)}
+    # User model/data-set modules outside the project travel as py_modules (sweeps/runner.py).
+    runtime_env.update(plugin_runtime_env(spec) or {})
     try:
         job_id = client.submit_job(
             entrypoint=job_entrypoint(spec_rel, storage),

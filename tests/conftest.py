@@ -40,18 +40,26 @@ def write_yaml(path: Path, data) -> Path:
 
 def tiny_spec(name: str = "tiny", **overrides) -> dict:
     """A spec that trains in about a second per trial. Sections in ``overrides`` are merged into
-    the defaults, except ``grid``, which is replaced whole."""
+    the defaults (nested mappings too), except ``grid``, which is replaced whole."""
     spec = {
         "name": name,
         "dataset": {"name": "digits", "val_fraction": 0.2},
-        "model": {"name": "mlp", "depth": 3, "width": 32, "batch_norm": True},
+        "model": {"name": "mlp", "options": {"depth": 3, "width": 32, "batch_norm": True}},
         "train": {"epochs": 3},
         "grid": {"lr": [0.05, 0.2], "batch_size": [32, 128], "seed": [0]},
         "resources": {"cpu": 1},
     }
     for key, value in overrides.items():
         if key != "grid" and isinstance(value, dict) and isinstance(spec.get(key), dict):
-            spec[key] = {**spec[key], **value}
+            spec[key] = _merge(spec[key], value)
         else:
             spec[key] = value
     return spec
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    """``extra`` over ``base``; nested mappings (``model.options``) are merged too."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out

@@ -268,7 +268,7 @@ def test_n_train_too_large(fmnist, cifar):
 
 
 def test_invalid_fields():
-    with pytest.raises(DataError, match=r"^dataset\.name: unknown data set 'mnist' \(known: digits, "):
+    with pytest.raises(DataError, match=r"^dataset\.name: unknown data set 'mnist' \(built-in: digits, "):
         load_dataset(DatasetConfig(name="mnist"))
     with pytest.raises(DataError, match=r"^dataset\.name: "):
         train_set_size(DatasetConfig(name="mnist"))
@@ -281,8 +281,9 @@ def test_invalid_fields():
 # ------------------------------------------------------------------------------ train_set_size
 
 
-def test_train_set_size_agrees_with_load_dataset(fmnist, cifar):
+def test_train_set_size_agrees_with_load_dataset(fmnist, cifar, tmp_path):
     fm = dict(name="fashion_mnist", data_dir=fmnist[0], download=False)
+    m1 = dict(name="mnist1d", data_dir=str(tmp_path), options={"n_samples": 1005})
     cf = dict(name="cifar10", data_dir=cifar[0], download=False)
     cfgs = [
         DatasetConfig(name="digits"),
@@ -295,6 +296,8 @@ def test_train_set_size_agrees_with_load_dataset(fmnist, cifar):
         DatasetConfig(**fm, n_train=77),
         DatasetConfig(**cf),
         DatasetConfig(**cf, val_fraction=0.25, n_train=64),
+        DatasetConfig(**m1),
+        DatasetConfig(**m1, val_fraction=0.3, n_train=500),
     ]
     for cfg in cfgs:
         assert train_set_size(cfg) == len(load_quiet(cfg).x_train), cfg
@@ -328,3 +331,52 @@ def test_cli_entry_point(fmnist):
     )
     assert proc.returncode == 0, proc.stderr
     assert "fashion_mnist is ready" in proc.stdout
+
+
+# ------------------------------------------------------------------------------ MNIST-1D
+
+
+def test_mnist1d_generates_once_then_reads_the_cache(tmp_path):
+    import random
+    import time
+
+    from trainables import mnist1d
+
+    cfg = DatasetConfig(name="mnist1d", data_dir=str(tmp_path), options={"n_samples": 1000, "seed": 3})
+    np_state, py_state = np.random.get_state(), random.getstate()
+    first = load_dataset(cfg)
+    # The generator seeds numpy's and Python's global RNGs; the caller's streams are left as they were.
+    assert np.array_equal(np.random.get_state()[1], np_state[1]) and random.getstate() == py_state
+    assert first.x_train.shape == (800, 40) and first.x_val.shape == (200, 40) and first.n_classes == 10
+    assert first.x_train.dtype == torch.float32 and first.y_train.dtype == torch.int64
+    assert set(first.y_train.tolist()) == set(range(10))
+    path = mnist1d.cache_path(cfg)
+    assert os.path.isfile(path) and "n1000" in path and "seed3" in path and "train0.8" in path
+    t0 = time.perf_counter()
+    again = load_dataset(cfg)
+    assert time.perf_counter() - t0 < 0.5  # a cached read, not a second generation (seconds)
+    assert torch.equal(first.x_train, again.x_train) and torch.equal(first.y_val, again.y_val)
+    # Every option is in the cache key: another seed or split is another file and other data.
+    other = DatasetConfig(name="mnist1d", data_dir=str(tmp_path), options={"n_samples": 1000, "seed": 4})
+    assert mnist1d.cache_path(other) != path and not torch.equal(load_dataset(other).y_train, first.y_train)
+    split = DatasetConfig(name="mnist1d", data_dir=str(tmp_path), options={"n_samples": 1000, "seed": 3},
+                          val_fraction=0.5)
+    assert mnist1d.cache_path(split) != path and train_set_size(split) == 500
+    # n_train: a seeded subset of the training part; the validation split does not move.
+    sub = load_dataset(DatasetConfig(name="mnist1d", data_dir=str(tmp_path), n_train=300,
+                                     options={"n_samples": 1000, "seed": 3}))
+    assert sub.x_train.shape == (300, 40) and torch.equal(sub.y_val, first.y_val)
+
+
+@pytest.mark.parametrize("options, field", [
+    ({"n_samples": 5}, "dataset.options.n_samples"),
+    ({"samples": 5000}, "dataset.options.samples"),
+    ({"seed": -1}, "dataset.options.seed"),
+])
+def test_mnist1d_bad_options_name_the_field(options, field, tmp_path):
+    from sweeps.spec import SpecError, spec_from_dict
+    from tests.conftest import tiny_spec
+
+    with pytest.raises(SpecError) as err:
+        spec_from_dict(tiny_spec(dataset={"name": "mnist1d", "data_dir": str(tmp_path), "options": options}))
+    assert str(err.value).startswith(f"{field}:"), err.value

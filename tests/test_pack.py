@@ -19,9 +19,9 @@ from trainables.schedules import ScheduleConfig
 from trainables.train_loop import DIVERGED, FINISHED, TrialPoint, run_pack, run_training
 
 DIGITS = DatasetConfig(name="digits", val_fraction=0.2)
-MLP = ModelConfig(name="mlp", depth=3, width=32, batch_norm=True)
-MLP_NOBN = ModelConfig(name="mlp", depth=3, width=32, batch_norm=False)
-CONV = ModelConfig(name="resnet20", width_mult=0.25)
+MLP = ModelConfig(name="mlp", options=dict(depth=3, width=32, batch_norm=True))
+MLP_NOBN = ModelConfig(name="mlp", options=dict(depth=3, width=32, batch_norm=False))
+CONV = ModelConfig(name="resnet20", options=dict(width_mult=0.25))
 PROBES = CurvatureConfig(n_samples=200, lanczos_iters=8, hutchinson_probes=4, noise_b_small=16, noise_b_big=64,
                          noise_pairs=4, every=2)
 KEYS = ("epoch", "lr", "batch_size", "ratio", "seed", "n_train", "beta", "variant", "schedule", "train_loss",

@@ -16,10 +16,14 @@ def test_quickstart_end_to_end_shows_the_effect(ray_local, tmp_path):
     run_dir = tmp_path / "quickstart"
     trials = load_trials(run_dir)
     assert trials.num_rows == 12 and set(trials.column("status").to_pylist()) == {"finished"}
-    assert min(trials.column("final_train_acc").to_pylist()) > 0.98  # ~100% train accuracy
+    assert min(trials.column("final_train_acc").to_pylist()) > 0.9  # every run fits the training set
+    assert set(trials.column("cfg.dataset.name").to_pylist()) == {"mnist1d"}
     fits = json.loads((run_dir / "fits.json").read_text())["fits"]
-    # Issue 2: final train loss falls as eta/S rises; issue 3: so does the sharpness.
-    assert fits["final_train_loss"]["spearman_rho"] < -0.8
-    assert fits["lambda_max"]["spearman_rho"] < -0.8
-    assert fits["hessian_fro"]["spearman_rho"] < -0.8
+    # The paper's claim on MNIST-1D: validation accuracy rises with eta/S, with a bootstrap CI
+    # over seeds that excludes zero, while the minima get wider (sharpness falls).
+    for metric in ("final_val_acc", "max_val_acc"):
+        assert fits[metric]["slope"] > 0 and fits[metric]["slope_ci"][0] > 0, fits[metric]
+    assert fits["lambda_max"]["slope"] < 0 and fits["lambda_max"]["slope_ci"][1] < 0, fits["lambda_max"]
+    assert fits["lambda_max"]["spearman_rho"] < -0.7
+    assert fits["hessian_fro"]["spearman_rho"] < -0.7
     assert (run_dir / "report.html").exists() and (run_dir / "report.md").exists()

@@ -32,7 +32,7 @@ KILL_EPOCHS = 60
 
 def fault_spec(name: str, **overrides) -> dict:
     """2 trials (one pack of 2 by default) x EPOCHS epochs of a small MLP, checkpointed every epoch."""
-    base = dict(model={"width": 128}, train={"epochs": EPOCHS}, resilience={"checkpoint_every": 1},
+    base = dict(model={"options": {"width": 128}}, train={"epochs": EPOCHS}, resilience={"checkpoint_every": 1},
                 grid={"lr": [0.05, 0.2], "batch_size": [16], "seed": [0]})
     return tiny_spec(name, **{**base, **overrides})
 

@@ -62,7 +62,7 @@ def test_to_param_space_has_one_grid_over_packs_of_points():
     unpacked = to_param_space(spec_from_dict(tiny_spec(train={"pack": 1})), "v1")
     assert unpacked["point"] == {"grid_search": expand_points(spec)}
     assert space["sweep"] == "tiny" and space["code_version"] == "v1"
-    assert space["dataset"]["name"] == "digits" and space["model"]["width"] == 32
+    assert space["dataset"]["name"] == "digits" and space["model"]["options"]["width"] == 32
 
 
 def test_round_trip_through_dict():
@@ -86,7 +86,12 @@ def test_round_trip_through_dict():
     ({"dataset": {"name": "digits", "n_train": 10**6}}, "dataset.n_train"),
     ({"dataset": {"name": "digits", "val_fraction": 1.5}}, "dataset.val_fraction"),
     ({"model": {"name": "transformer"}}, "model.name"),
-    ({"model": {"name": "mlp", "depth": "four"}}, "model.depth"),
+    ({"model": {"options": {"depth": "four"}}}, "model.options.depth"),
+        ({"model": {"options": {"depth": 0}}}, "model.options.depth"),
+        ({"model": {"options": {"heads": 4}}}, "model.options.heads"),
+        ({"model": {"options": [1, 2]}}, "model.options"),
+        ({"dataset": {"name": "digits", "options": {"size": 3}}}, "dataset.options.size"),
+        ({"dataset": {"name": "mnist1d", "options": {"n_samples": 5}}}, "dataset.options.n_samples"),
     ({"train": {"epochs": 0}}, "train.epochs"),
     ({"train": {"epochs": 2, "momentum": 1.5}}, "train.momentum"),
     ({"resources": {"cpu": 0}}, "resources.cpu"),

@@ -43,7 +43,8 @@ def _own_pids(marker: str) -> list[int]:
 
 @pytest.fixture
 def ray_head(tmp_path):
-    """A Ray head with dashboard on 127.0.0.1 and RAY_AUTH_MODE=token; yields (address, env, token)."""
+    """A Ray head with dashboard on 127.0.0.1 and RAY_AUTH_MODE=token; yields (dashboard address, env,
+    token, GCS address)."""
     temp_dir = Path(f"/tmp/lrbs-{secrets.token_hex(3)}")  # short: Ray's socket paths have a length limit
     gcs, dash, client, agent = _free_ports(4)
     token = secrets.token_hex(16)
@@ -63,7 +64,7 @@ def ray_head(tmp_path):
     address = f"http://127.0.0.1:{dash}"
     try:
         _wait_for_dashboard(address, token, head, tmp_path / "head.log")
-        yield address, env, token
+        yield address, env, token, f"127.0.0.1:{gcs}"
     finally:
         for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
             try:
@@ -116,7 +117,7 @@ def _lrbs(env, *args):
 def test_submit_runs_the_sweep_as_a_ray_job(ray_head, tmp_path):
     from ray.job_submission import JobStatus
 
-    address, env, token = ray_head
+    address, env, token, _ = ray_head
     storage = tmp_path / "runs"
     out = _lrbs(env, "submit", SPEC, "--address", address, "--storage", str(storage))
     assert out.returncode == 0, out.stderr
@@ -150,6 +151,41 @@ def test_submit_runs_the_sweep_as_a_ray_job(ray_head, tmp_path):
     assert bad.returncode == 2, bad.stdout + bad.stderr
     assert bad.stderr.startswith("lrbs: error: --address:") and bad.stderr.count("\n") == 1
     assert len(client.list_jobs()) == 1
+
+
+@pytest.mark.slow
+def test_run_on_a_ray_head_ships_the_user_module(ray_head, tmp_path):
+    """``lrbs run --address`` with the example's user model and data set, from a folder the head's
+    workers cannot see: the module reaches them only through the runtime_env (py_modules).
+    3 points at one batch size with train.pack: 2 make a pack of 2 and a pack of 1."""
+    import yaml
+
+    _, env, _, gcs = ray_head
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    shutil.copy(ROOT / "examples" / "mnist1d_conv.py", project / "mnist1d_conv.py")
+    spec = yaml.safe_load((ROOT / "examples" / "mnist1d_conv.yaml").read_text())
+    spec["dataset"]["options"]["n_samples"] = 1000
+    spec["model"]["options"]["channels"] = 8
+    spec["train"] = {"epochs": 2, "pack": 2}
+    spec["curvature"] = {"n_samples": 64, "lanczos_iters": 3, "hutchinson_probes": 2, "noise_scale": False}
+    spec["grid"] = {"lr": [0.02, 0.08, 0.32], "batch_size": [32], "seed": [0]}
+    (project / "spec.yaml").write_text(yaml.safe_dump(spec))
+    storage = tmp_path / "runs"
+    out = subprocess.run([sys.executable, "-m", "sweeps.cli", "run", str(project / "spec.yaml"), "--address", gcs,
+                          "--storage", str(storage)], capture_output=True, text=True, cwd=elsewhere, env=env,
+                         timeout=240)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "3 trials in 2 packs" in out.stdout and "3 trials finished, 0 errored" in out.stdout
+    metrics = load_metrics(storage / "mnist1d_conv")
+    assert metrics.num_rows == 3 * 2
+    assert set(metrics.column("model").to_pylist()) == {"mnist1d_conv:conv1d"}
+    assert set(metrics.column("dataset").to_pylist()) == {"mnist1d_conv:signals"}
+    ids = sorted(set(metrics.column("trial_id").to_pylist()))
+    assert sum(i.endswith(("-m0", "-m1")) for i in ids) == 2 and len(ids) == 3  # members of the pack of 2
+    last = [r for r in metrics.to_pylist() if r["epoch"] == 2]
+    assert all(r["status"] == "finished" and r["lambda_max"] is not None for r in last)
 
 
 def test_submit_rejects_bad_input_before_contacting_anything(tmp_path):

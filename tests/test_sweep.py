@@ -46,7 +46,7 @@ def test_trial_table(tiny_run):
     for r in rows:
         assert r["status"] == "finished" and r["epochs_done"] == 3
         assert r["max_val_acc"] >= r["final_val_acc"]
-        assert r["cfg.model.width"] == 32 and r["cfg.dataset.name"] == "digits"
+        assert r["cfg.model.options.width"] == 32 and r["cfg.dataset.name"] == "digits"
         assert r["cfg.train.epochs"] == 3
     # The spec copy in the run directory is the validated spec.
     assert (tiny_run / "spec.yaml").read_text().startswith("name: tiny")
@@ -85,8 +85,11 @@ def test_cli_validate_prints_grid():
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].startswith("quickstart: 12 trials") and "in 2 packs" in lines[0]
-    assert len(lines) == 2 + 12 + 2
+    assert len(lines) == 2 + 12 + 3
     assert [line.split()[1] for line in lines[2:14]] == ["0"] * 6 + ["1"] * 6  # the pack of each point
+    # The model, built once on the driver: 40*256 + 2*256*256 + 3*2*256 (BN) + 256*10 + 10 parameters.
+    assert lines[-3].startswith("model: mlp {depth: 4, width: 256, batch_norm: True}: 145,418 parameters")
+    assert "data: mnist1d {n_samples: 5000, seed: 42}: input (40,), 10 classes" in lines[-3]
     assert lines[-2].startswith("pack plan: 2 Tune trials for 12 points (packs x members: 2 x 6)")
     assert lines[-1].startswith("estimated cost:") and "CPU-hours" in lines[-1]
 
@@ -142,7 +145,7 @@ def test_interpolate_between_two_trials(tiny_run, capsys):
     assert (tiny_run / "interpolation" / f"{a}__{b}.html").stat().st_size > 1_000_000
     # alpha = 0 is trial A's final checkpoint, evaluated independently here.
     data = load_dataset(DatasetConfig(name="digits", val_fraction=0.2))
-    model = build_model(ModelConfig(name="mlp", depth=3, width=32), data.input_shape, data.n_classes)
+    model = build_model(ModelConfig(name="mlp", options=dict(depth=3, width=32)), data.input_shape, data.n_classes)
     model.load_state_dict(member_checkpoint(tiny_run, a)[1])  # a pack member's weights, by its trial id
     model.eval()
     with torch.no_grad():

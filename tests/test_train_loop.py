@@ -11,7 +11,7 @@ from trainables.schedules import ScheduleConfig
 from trainables.train_loop import DIVERGED, FINISHED, TrialPoint, run_training
 
 DIGITS = DatasetConfig(name="digits", val_fraction=0.2)
-SMALL = ModelConfig(name="mlp", depth=3, width=32, batch_norm=True)
+SMALL = ModelConfig(name="mlp", options=dict(depth=3, width=32, batch_norm=True))
 
 
 def _run(point, epochs=3, model=SMALL, train=None, **kwargs):
@@ -50,7 +50,7 @@ def test_same_seed_same_trajectory_other_seed_differs():
 
 def test_exploding_loss_is_a_diverged_result_not_a_crash():
     # No batch norm and a huge step: the loss blows up within the first epoch.
-    model = ModelConfig(name="mlp", depth=3, width=32, batch_norm=False)
+    model = ModelConfig(name="mlp", options=dict(depth=3, width=32, batch_norm=False))
     status, rows = _run(TrialPoint(lr=50.0, batch_size=32, seed=0), epochs=5, model=model)
     assert status == DIVERGED
     assert rows[-1]["status"] == DIVERGED

@@ -7,19 +7,37 @@ never import the sweep layer.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
 
 def from_dict(cls, data: dict[str, Any] | None):
-    """Rebuild a flat config dataclass from ``dataclasses.asdict`` output (unknown keys dropped)."""
+    """Rebuild a flat config dataclass from ``dataclasses.asdict`` output (unknown keys dropped).
+
+    ``ModelConfig`` written before ``options`` existed (flat ``depth``, ``width``, ...) is read
+    with those keys moved into ``options``, so old run directories still resume.
+    """
+    data = dict(data or {})
+    if cls is ModelConfig:
+        legacy = {k: data.pop(k) for k in LEGACY_MODEL_KEYS if k in data}
+        if legacy:
+            data["options"] = {**legacy, **(data.get("options") or {})}
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in (data or {}).items() if k in names})
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def options_key(options: dict[str, Any]) -> str:
+    """A stable, hashable key for an ``options`` mapping (caches and cache file names)."""
+    return json.dumps(options, sort_keys=True, default=str)
 
 
 @dataclass(frozen=True)
 class DatasetConfig:
-    name: str = "digits"               # digits | synthetic | fashion_mnist | cifar10
+    # A built-in set (trainables/data.py: DATASETS) or "package.module:factory", a function
+    # factory(**options) -> {x_train, y_train, x_val, y_val} (trainables/plugins.py).
+    name: str = "digits"
+    options: dict[str, Any] = field(default_factory=dict)  # the set's own knobs (mnist1d: n_samples, seed)
     n_train: int | None = None         # seeded subset of the training split (None: all of it)
     val_fraction: float | None = None  # carve validation out of train; None: the set's own test split
     data_dir: str = "~/.cache/lrbs/data"
@@ -29,11 +47,14 @@ class DatasetConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "mlp"                  # mlp | vgg11 | resnet20 | resnet56
-    depth: int = 4                     # mlp: number of Linear layers (depth - 1 hidden layers)
-    width: int = 256                   # mlp: hidden units per layer
-    batch_norm: bool = True            # mlp and vgg11 (the CIFAR ResNets always have it)
-    width_mult: float = 1.0            # vgg11/resnets: channel multiplier (small CPU twins use < 1)
+    # A built-in model (trainables/models.py: MODELS; mlp | vgg11 | resnet20 | resnet56) or
+    # "package.module:factory", a function factory(input_shape, n_classes, **options) -> nn.Module.
+    name: str = "mlp"
+    options: dict[str, Any] = field(default_factory=dict)  # the model's own hyperparameters
+
+
+# ModelConfig's fields before ``options`` (still read from old specs and run directories).
+LEGACY_MODEL_KEYS = ("depth", "width", "batch_norm", "width_mult")
 
 
 @dataclass(frozen=True)

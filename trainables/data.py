@@ -21,12 +21,13 @@ import pickle
 import sys
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from trainables.config import DatasetConfig
+from trainables.plugins import is_import_path
 
 
 class DataError(Exception):
@@ -63,9 +64,7 @@ class TensorData:
         )
 
 
-DATASET_NAMES = ("digits", "synthetic", "fashion_mnist", "cifar10")
-
-N_CLASSES = 10  # all four sets are 10-way classification
+N_CLASSES = 10  # every built-in set is 10-way classification
 
 # Published split sizes, used by train_set_size when the files are not on this machine (the
 # sweep driver need not hold the data that the trial workers read).
@@ -96,8 +95,9 @@ _FMNIST_FILES = {
 
 
 def _check_name(name: str) -> None:
-    if name not in DATASET_NAMES:
-        raise DataError(f"dataset.name: unknown data set {name!r} (known: {', '.join(DATASET_NAMES)})")
+    if name not in DATASETS and not is_import_path(name):
+        raise DataError(f"dataset.name: unknown data set {name!r} (built-in: {', '.join(DATASET_NAMES)}; "
+                        f"or your own as package.module:factory)")
 
 
 def _val_fraction(cfg: DatasetConfig, default: float | None) -> float | None:
@@ -156,20 +156,22 @@ def _root(cfg: DatasetConfig) -> str:
 
 
 def train_set_size(cfg: DatasetConfig) -> int:
-    """Size of the training split that trials will see, without loading the data.
+    """Size of the training split that trials will see, without loading the data where possible.
 
     Uses the published sizes, except where the torchvision files are present under
-    ``cfg.data_dir`` (then their headers decide, so reduced copies are counted right).
-    Raises DataError for an unknown name or an ``n_train`` larger than what is available.
+    ``cfg.data_dir`` (then their headers decide, so reduced copies are counted right); a user's
+    factory is called (once per process). Raises DataError for an unknown name or an
+    ``n_train`` larger than what is available.
     """
-    _check_name(cfg.name)
-    if cfg.name == "synthetic":
-        return _synthetic_sizes(cfg)[0]
-    if cfg.name == "digits":
-        vf = _val_fraction(cfg, _DIGITS_DEFAULT_VAL_FRACTION)
-        return _split_sizes(cfg, _DIGITS_SIZE, vf)[1]
-    vf = _val_fraction(cfg, None)
-    return _split_sizes(cfg, _tv_train_pool_size(cfg.name, _root(cfg)), vf)[1]
+    return dataset_entry(cfg.name).train_size(cfg)
+
+
+def _digits_size(cfg: DatasetConfig) -> int:
+    return _split_sizes(cfg, _DIGITS_SIZE, _val_fraction(cfg, _DIGITS_DEFAULT_VAL_FRACTION))[1]
+
+
+def _tv_size(cfg: DatasetConfig) -> int:
+    return _split_sizes(cfg, _tv_train_pool_size(cfg.name, _root(cfg)), _val_fraction(cfg, None))[1]
 
 
 def _tv_train_pool_size(name: str, root: str) -> int:
@@ -205,18 +207,11 @@ def _cifar_batch_len(path: str, mtime: float, size: int) -> int:
 
 
 def load_dataset(cfg: DatasetConfig, device: torch.device | str = "cpu") -> TensorData:
-    """Load ``cfg.name`` as standardized tensors on ``device``, split as ``cfg`` says.
+    """Load ``cfg.name`` as tensors on ``device``, split as ``cfg`` says.
 
     The split depends only on ``cfg`` (notably ``split_seed``), never on global RNG state.
     """
-    _check_name(cfg.name)
-    if cfg.name == "synthetic":
-        data = _load_synthetic(cfg)
-    elif cfg.name == "digits":
-        data = _load_digits(cfg)
-    else:
-        data = _load_torchvision(cfg)
-    return data.to(device)
+    return dataset_entry(cfg.name).load(cfg).to(device)
 
 
 def _split_generator(cfg: DatasetConfig) -> torch.Generator:
@@ -497,6 +492,84 @@ def _load_torchvision(cfg: DatasetConfig) -> TensorData:
 
 
 # --------------------------------------------------------------------------------------------
+# The registry.
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """``dataset.options`` of a set that has none (any key is refused by name)."""
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A data set: how to load it, how big its training split is, and what one example looks like.
+
+    ``options`` is the dataclass of ``dataset.options``; ``on_disk`` sets are read from (or
+    generated into) ``data_dir``, so ``lrbs run`` loads them once on the driver before any trial
+    starts (a missing set is one line, and parallel trials never race to fetch it); ``fetch``
+    puts it there ahead of time (``python -m trainables.data download``).
+    """
+    load: Callable[[DatasetConfig], TensorData]
+    train_size: Callable[[DatasetConfig], int]
+    input_shape: Callable[[DatasetConfig], tuple[int, ...]]
+    n_classes: Callable[[DatasetConfig], int]
+    options: type = NoOptions
+    on_disk: bool = False
+    fetch: Callable[[str], str] | None = None
+
+
+def _fixed(value: Any) -> Callable[[DatasetConfig], Any]:
+    return lambda cfg: value
+
+
+def _fetch_tv(name: str) -> Callable[[str], str]:
+    def fetch(root: str) -> str:
+        if name == "fashion_mnist":
+            _fetch_fashion_mnist(root, True, True)
+        else:
+            _fetch_cifar10(root, False, True)
+        return f"{name} is ready under {root}"
+    return fetch
+
+
+def _mnist1d() -> DatasetEntry:
+    from trainables import mnist1d
+
+    return DatasetEntry(mnist1d.load, mnist1d.train_size, _fixed((mnist1d.LENGTH,)), _fixed(N_CLASSES),
+                        mnist1d.Mnist1dOptions, on_disk=True, fetch=mnist1d.fetch)
+
+
+# The one registry of built-in data sets: spec validation, the trainable, the cost estimate and
+# the pre-flight check all look names up here. Adding a set is one entry (docs/extending.md).
+DATASETS: dict[str, DatasetEntry] = {
+    "digits": DatasetEntry(_load_digits, _digits_size, _fixed((64,)), _fixed(N_CLASSES)),
+    "synthetic": DatasetEntry(_load_synthetic, lambda cfg: _synthetic_sizes(cfg)[0], _fixed((_SYNTH_DIM,)),
+                              _fixed(N_CLASSES)),
+    "fashion_mnist": DatasetEntry(_load_torchvision, _tv_size, _fixed((1, 28, 28)), _fixed(N_CLASSES),
+                                  on_disk=True, fetch=_fetch_tv("fashion_mnist")),
+    "cifar10": DatasetEntry(_load_torchvision, _tv_size, _fixed((3, 32, 32)), _fixed(N_CLASSES),
+                            on_disk=True, fetch=_fetch_tv("cifar10")),
+    "mnist1d": _mnist1d(),
+}
+DATASET_NAMES = tuple(DATASETS)
+
+
+def dataset_entry(name: str) -> DatasetEntry:
+    """The registry entry for ``dataset.name``; a ``package.module:factory`` gets one built on the fly."""
+    _check_name(name)
+    if name in DATASETS:
+        return DATASETS[name]
+    from trainables import user_data
+
+    return user_data.ENTRY
+
+
+def check_options(cfg: DatasetConfig) -> Any:
+    """A built-in set's ``dataset.options`` as its dataclass (TypeError/ValueError on bad ones)."""
+    return dataset_entry(cfg.name).options(**cfg.options)
+
+
+# --------------------------------------------------------------------------------------------
 # CLI: pre-download for offline machines.
 
 
@@ -506,13 +579,10 @@ def download(name: str, data_dir: str) -> str:
     root = os.path.abspath(os.path.expanduser(data_dir))
     if name == "digits":
         return "digits ships with scikit-learn; nothing to download"
-    if name == "synthetic":
-        return "synthetic is generated on the fly; nothing to download"
-    if name == "fashion_mnist":
-        _fetch_fashion_mnist(root, True, True)
-    else:
-        _fetch_cifar10(root, False, True)
-    return f"{name} is ready under {root}"
+    fetch = dataset_entry(name).fetch
+    if fetch is None:
+        return f"{name} is generated or loaded on the fly; nothing to download"
+    return fetch(root)
 
 
 def main(argv: list[str] | None = None) -> int:

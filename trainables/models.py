@@ -1,13 +1,19 @@
-"""Model builders. ``build_model(cfg, input_shape, n_classes)`` is the one entry point."""
+"""Models: the registry of built-ins (``MODELS``) and ``build_model(cfg, input_shape, n_classes)``,
+the one entry point, which also builds a user's ``package.module:factory`` (trainables/plugins.py).
+"""
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from trainables import convnets
 from trainables.config import ModelConfig
+from trainables.plugins import PluginError, call_error, is_import_path, load_object
 
 
 class MLP(nn.Module):
@@ -35,12 +41,42 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-CONVNETS = {
-    "vgg11": lambda cfg, c, k: convnets.vgg11(k, c, batch_norm=cfg.batch_norm, width_mult=cfg.width_mult),
-    "resnet20": lambda cfg, c, k: convnets.resnet20(k, c, width_mult=cfg.width_mult),
-    "resnet56": lambda cfg, c, k: convnets.resnet56(k, c, width_mult=cfg.width_mult),
-}
-MODEL_NAMES = ("mlp", *CONVNETS)
+@dataclass(frozen=True)
+class MLPOptions:
+    depth: int = 4             # Linear layers (depth - 1 hidden layers)
+    width: int = 256           # hidden units per layer
+    batch_norm: bool = True
+
+    def __post_init__(self):
+        _at_least("depth", self.depth, 1)
+        _at_least("width", self.width, 1)
+
+
+@dataclass(frozen=True)
+class VGGOptions:
+    batch_norm: bool = True
+    width_mult: float = 1.0    # channel multiplier (small CPU twins use < 1)
+
+    def __post_init__(self):
+        _positive("width_mult", self.width_mult)
+
+
+@dataclass(frozen=True)
+class ResNetOptions:
+    width_mult: float = 1.0    # channel multiplier (the CIFAR ResNets always have batch norm)
+
+    def __post_init__(self):
+        _positive("width_mult", self.width_mult)
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if value < low:
+        raise ValueError(f"{name}: must be >= {low} (got {value})")
+
+
+def _positive(name: str, value: float) -> None:
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name}: must be > 0 (got {value})")
 
 
 def image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int] | None:
@@ -53,15 +89,68 @@ def image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int] | None:
     return None
 
 
-def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
-    if cfg.name == "mlp":
-        return MLP(math.prod(input_shape), n_classes, cfg.depth, cfg.width, cfg.batch_norm)
-    if cfg.name in CONVNETS:
+def _convnet(build: Callable[..., nn.Module], name: str) -> Callable[..., nn.Module]:
+    """A factory(input_shape, n_classes, **options) for a convnet of (n_classes, in_channels, ...)."""
+    def factory(input_shape: tuple[int, ...], n_classes: int, **options: Any) -> nn.Module:
         shape = image_shape(input_shape)
         if shape is None:
-            raise ValueError(f"model.name: {cfg.name} needs image inputs, the data set gives {tuple(input_shape)}")
-        net = CONVNETS[cfg.name](cfg, shape[0], n_classes)
-        if tuple(input_shape) != shape:
-            net = nn.Sequential(nn.Unflatten(1, shape), net)
-        return net
-    raise ValueError(f"model.name: unknown model {cfg.name!r} (known: {', '.join(MODEL_NAMES)})")
+            raise ValueError(f"model.name: {name} needs image inputs, the data set gives {tuple(input_shape)}")
+        net = build(n_classes, shape[0], **options)
+        return net if tuple(input_shape) == shape else nn.Sequential(nn.Unflatten(1, shape), net)
+    return factory
+
+
+def mlp(input_shape: tuple[int, ...], n_classes: int, depth: int = 4, width: int = 256,
+        batch_norm: bool = True) -> nn.Module:
+    return MLP(math.prod(input_shape), n_classes, depth, width, batch_norm)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A built-in model: ``factory(input_shape, n_classes, **options)`` and its options' dataclass.
+
+    ``stacked``: the model has the stacked pack layout (trainables/packed_models.py), so
+    ``train.pack: auto`` packs it; other models pack only when asked (the loop layout)."""
+    factory: Callable[..., nn.Module]
+    options: type
+    stacked: bool = False
+
+
+# The one registry of built-in models: spec validation, the trainable, the cost estimate and
+# the pre-flight check all look names up here. Adding a model is one entry (docs/extending.md).
+MODELS: dict[str, ModelEntry] = {
+    "mlp": ModelEntry(mlp, MLPOptions, stacked=True),
+    "vgg11": ModelEntry(_convnet(convnets.vgg11, "vgg11"), VGGOptions),
+    "resnet20": ModelEntry(_convnet(convnets.resnet20, "resnet20"), ResNetOptions),
+    "resnet56": ModelEntry(_convnet(convnets.resnet56, "resnet56"), ResNetOptions),
+}
+MODEL_NAMES = tuple(MODELS)
+
+
+def model_factory(name: str) -> Callable[..., nn.Module]:
+    """The factory for ``model.name``: a built-in, or a user's ``package.module:factory``."""
+    if name in MODELS:
+        return MODELS[name].factory
+    if is_import_path(name):
+        return load_object(name, "model.name")
+    raise PluginError(f"model.name: unknown model {name!r} (built-in: {', '.join(MODEL_NAMES)}; "
+                      f"or your own as package.module:factory)")
+
+
+def builtin_options(cfg: ModelConfig) -> Any:
+    """A built-in model's options as its dataclass (defaults filled in; ValueError on bad values)."""
+    return MODELS[cfg.name].options(**cfg.options)
+
+
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+    """The one entry point: ``cfg.name``'s factory called with ``cfg.options``."""
+    factory = model_factory(cfg.name)
+    if cfg.name in MODELS:
+        return factory(tuple(input_shape), n_classes, **dataclasses.asdict(builtin_options(cfg)))
+    try:
+        model = factory(tuple(input_shape), n_classes, **cfg.options)
+    except Exception as exc:
+        raise call_error(cfg.name, "model.name", exc) from None
+    if not isinstance(model, nn.Module):
+        raise PluginError(f"model.name: {cfg.name} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model

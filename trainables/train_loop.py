@@ -24,12 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables import curvature
+from analysis.schema import check_row
 from trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig, from_dict
 from trainables.data import TensorData, load_dataset
 from trainables.models import build_model
 from trainables.pack_sgd import PackSGD
 from trainables.packed_models import build_pack, choose_layout
+from trainables.probes import probe_due, run_probes
 from trainables.schedules import ScheduleConfig, schedule_at, schedule_from_dict
 
 # Row status values (the ``status`` column of the metric tables).
@@ -62,41 +63,6 @@ class TrialPoint:
 def pick_device(gpus: float) -> torch.device:
     # Ray sets CUDA_VISIBLE_DEVICES for trials that asked for a GPU (or a fraction of one).
     return torch.device("cuda") if gpus > 0 and torch.cuda.is_available() else torch.device("cpu")
-
-
-def probe_due(cfg: CurvatureConfig | None, epoch: int, last_epoch: int) -> bool:
-    if cfg is None:
-        return False
-    if epoch == last_epoch:
-        return True
-    return isinstance(cfg.every, int) and epoch % cfg.every == 0
-
-
-def run_probes(model: nn.Module, data: TensorData, cfg: CurvatureConfig) -> dict[str, Any]:
-    """Sharpness and noise-scale columns for one epoch row (probes restore the model's mode)."""
-    t0 = time.perf_counter()
-    n = len(data.x_train)
-    idx = curvature.probe_subset(n, min(cfg.n_samples, n), cfg.seed)
-    batches = curvature.make_batches(data.x_train, data.y_train, idx, cfg.batch_size)
-    eig = curvature.top_eigenvalue(model, F.cross_entropy, batches, max_iters=cfg.lanczos_iters,
-                                   tol=cfg.lanczos_tol, seed=cfg.seed, retain_graph=cfg.retain_graph)
-    trace, fro = curvature.hessian_trace_and_frobenius(model, F.cross_entropy, batches,
-                                                       n_probes=cfg.hutchinson_probes, seed=cfg.seed,
-                                                       retain_graph=cfg.retain_graph)
-    row: dict[str, Any] = {
-        "lambda_max": eig.value, "lambda_max_converged": eig.converged, "lambda_max_n_hvp": eig.n_hvp,
-        "hessian_trace": trace.value, "hessian_trace_stderr": trace.stderr,
-        "hessian_fro": fro.value, "hessian_fro_stderr": fro.stderr,
-        "probe_n_samples": len(idx), "grad_noise_scale": None,
-    }
-    if cfg.noise_scale and cfg.noise_b_big <= n:
-        xs, ys = data.x_train[idx.to(data.x_train.device)], data.y_train[idx.to(data.y_train.device)]
-        ns = curvature.gradient_noise_scale(model, F.cross_entropy, xs, ys, b_small=cfg.noise_b_small,
-                                            b_big=cfg.noise_b_big, n_pairs=cfg.noise_pairs, seed=cfg.seed,
-                                            chunk_size=cfg.batch_size)
-        row["grad_noise_scale"] = ns.b_simple
-    row["probe_s"] = time.perf_counter() - t0
-    return row
 
 
 def _cross_entropy_per_member(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -326,6 +292,8 @@ def run_pack(
             return {"format": "pack-v1", "members": members, "torch_rng": torch.get_rng_state(),
                     "epoch": epoch, "steps": steps, "examples_seen": examples_seen, "wall_s": wall_s}
 
+        for row in rows:
+            check_row(row)  # an undeclared probe or metric column is an error, never silently dropped
         report(rows, state)
         if not active:
             break

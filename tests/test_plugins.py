@@ -1,0 +1,216 @@
+"""Bring your own model and data set: import-path factories, their checks, packing, shipping.
+
+The end-to-end run on a separate Ray head (the module shipped to its workers) is in
+tests/test_submit.py, beside the other test that starts a head.
+"""
+from __future__ import annotations
+
+import shutil
+import textwrap
+
+import pytest
+import torch
+
+from sweeps.cli import main
+from tests.conftest import ROOT, tiny_spec, write_yaml
+from trainables import probes
+from trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig
+from trainables.data import load_dataset
+from trainables.train_loop import TrialPoint, run_pack
+
+USER_MODULE = textwrap.dedent('''
+    import numpy as np
+    import torch
+    from torch import nn
+
+    def tiny_net(input_shape, n_classes, hidden=8):
+        return nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), hidden), nn.ReLU(),
+                             nn.Linear(hidden, n_classes))
+
+    def raises(input_shape, n_classes):
+        raise RuntimeError("no GPU kernels for this layer")
+
+    def not_a_module(input_shape, n_classes):
+        return 42
+
+    def wrong_logits(input_shape, n_classes):
+        return nn.Linear(int(np.prod(input_shape)), n_classes + 1)
+
+    def crashes_forward(input_shape, n_classes):
+        return nn.Linear(3, n_classes)
+
+    NOT_CALLABLE = 3
+
+    def _blobs(n_train=60, n_val=20):
+        g = np.random.default_rng(0)
+        return {"x_train": g.standard_normal((n_train, 5)).astype(np.float32), "y_train": g.integers(0, 3, n_train),
+                "x_val": g.standard_normal((n_val, 5)).astype(np.float32), "y_val": g.integers(0, 3, n_val)}
+
+    def blobs(n_train=60, n_val=20):
+        return _blobs(n_train, n_val)
+
+    def blobs_tensors():
+        return {k: torch.as_tensor(v) for k, v in _blobs().items()}
+
+    def data_raises():
+        raise OSError("bucket not mounted")
+
+    def data_list():
+        return [1, 2, 3]
+
+    def data_missing():
+        d = _blobs(); del d["y_val"]; return d
+
+    def data_bad_labels():
+        d = _blobs(); d["n_classes"] = 2; return d
+
+    def data_negative_labels():
+        d = _blobs(); d["y_train"] = d["y_train"] - 1; return d
+
+    def data_lengths():
+        d = _blobs(); d["y_train"] = d["y_train"][:-1]; return d
+
+    def data_nan():
+        d = _blobs(); d["x_train"][3, 1] = np.nan; return d
+
+    def data_float_labels():
+        d = _blobs(); d["y_val"] = d["y_val"].astype(np.float32); return d
+
+    def data_shapes():
+        d = _blobs(); d["x_val"] = d["x_val"][:, :4]; return d
+''')
+
+
+@pytest.fixture
+def user_dir(tmp_path):
+    """A user's project folder: a module next to the specs, outside lrbs and outside sys.path."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "usermods_lrbs_test.py").write_text(USER_MODULE)
+    (folder / "broken_import_lrbs_test.py").write_text("import numpy\nraise ImportError('needs cuda 13')\n")
+    return folder
+
+
+def user_spec(name: str = "tiny", **sections) -> dict:
+    """tiny_spec with ``model`` and ``dataset`` replaced whole (not merged into the MLP's options)."""
+    spec = tiny_spec(name, **{k: v for k, v in sections.items() if k not in ("model", "dataset")})
+    spec.update({k: v for k, v in sections.items() if k in ("model", "dataset")})
+    return spec
+
+
+def _validate(folder, capsys, **overrides):
+    spec = write_yaml(folder / "spec.yaml", user_spec(**overrides))
+    code = main(["validate", str(spec)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+M = "usermods_lrbs_test"
+DATA = {"name": f"{M}:blobs"}
+
+
+def test_user_model_and_data_validate_with_counts(user_dir, capsys, monkeypatch):
+    monkeypatch.chdir(user_dir.parent)  # found through the spec's folder, not the current one
+    code, out, err = _validate(user_dir, capsys, model={"name": f"{M}:tiny_net", "options": {"hidden": 16}},
+                               dataset={**DATA, "val_fraction": None, "options": {"n_train": 80}},
+                               grid={"lr": [0.1], "batch_size": [8, 16], "seed": [0]})
+    assert code == 0, err
+    # 5*16 + 16 + 16*3 + 3 parameters, and the forward FLOPs the estimate uses.
+    assert f"model: {M}:tiny_net {{hidden: 16}}: 147 parameters" in out
+    assert "input (5,), 3 classes" in out and "estimated cost:" in out
+
+
+@pytest.mark.parametrize("model, dataset, field, words", [
+    ({"name": "no_such_module_xyz:net"}, DATA, "model.name", "cannot import module 'no_such_module_xyz'"),
+    ({"name": f"{M}:missing"}, DATA, "model.name", "has no attribute 'missing'"),
+    ({"name": f"{M}:NOT_CALLABLE"}, DATA, "model.name", "not a callable"),
+    ({"name": "broken_import_lrbs_test:net"}, DATA, "model.name", "ImportError: needs cuda 13"),
+    ({"name": "not a path"}, DATA, "model.name", "unknown model"),
+    ({"name": f"{M}:raises"}, DATA, "model.name", "RuntimeError: no GPU kernels"),
+    ({"name": f"{M}:not_a_module"}, DATA, "model.name", "not a torch.nn.Module"),
+    ({"name": f"{M}:wrong_logits"}, DATA, "model.name", "logits of shape (batch, 3)"),
+    ({"name": f"{M}:crashes_forward"}, DATA, "model.name", "forward pass"),
+    ({"name": f"{M}:tiny_net", "options": {"heads": 2}}, DATA, "model.options", "heads"),
+    ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_raises"}, "dataset.name", "OSError: bucket not mounted"),
+    ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_list"}, "dataset.name", "returned a list"),
+    ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_missing"}, "dataset.name", "returned no y_val"),
+    ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_bad_labels"}, "dataset.name", "outside [0, 2)"),
+    ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_negative_labels"}, "dataset.name", "outside [0, 3)"),
+    ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_lengths"}, "dataset.name", "differ in length"),
+    ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_nan"}, "dataset.name", "non-finite"),
+    ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_float_labels"}, "dataset.name", "integer class labels"),
+    ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_shapes"}, "dataset.name", "differ in example shape"),
+    ({"name": f"{M}:tiny_net"}, {**DATA, "options": {"n_test": 3}}, "dataset.options", "n_test"),
+    ({"name": f"{M}:tiny_net"}, {**DATA, "val_fraction": 0.2}, "dataset.val_fraction", "own validation split"),
+])
+def test_bad_factories_are_one_line_exit_2(user_dir, capsys, model, dataset, field, words):
+    overrides = {"model": model, "dataset": {"val_fraction": None, **dataset},
+                 "grid": {"lr": [0.1], "batch_size": [8], "seed": [0]}}
+    code, out, err = _validate(user_dir, capsys, **overrides)
+    assert code == 2, out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lrbs: error: "), err
+    message = lines[0].split(": ", 2)[2]
+    assert f": {field}: " in f": {message}" and words in message, message
+
+
+def test_run_refuses_a_broken_factory_before_ray_starts(user_dir, capsys, tmp_path):
+    spec = write_yaml(user_dir / "bad.yaml", user_spec("bad", model={"name": f"{M}:raises"}))
+    assert main(["run", str(spec), "--storage", str(tmp_path / "runs")]) == 2
+    assert "model.name:" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "bad").exists()  # nothing written
+
+
+def test_user_data_set_loads_and_subsets(user_dir, monkeypatch):
+    from trainables.plugins import add_search_root
+
+    add_search_root(user_dir)
+    full = load_dataset(DatasetConfig(name=f"{M}:blobs_tensors"))
+    assert full.x_train.shape == (60, 5) and full.n_classes == 3 and full.x_train.dtype == torch.float32
+    sub = load_dataset(DatasetConfig(name=f"{M}:blobs", n_train=25, options={"n_train": 60}))
+    assert sub.x_train.shape == (25, 5) and torch.equal(sub.y_val, full.y_val)
+    # The subset is the built-ins' seeded carve: rows of the full training split, in file order.
+    rows = [next(i for i in range(60) if torch.equal(full.x_train[i], x)) for x in sub.x_train]
+    assert rows == sorted(rows)
+
+
+def test_user_model_packs_through_the_general_path(tmp_path):
+    """The example's 1-D convnet (a user model) packed 2 at a time gives the unpacked runs' rows."""
+    data = load_dataset(DatasetConfig(name="mnist1d", n_train=256, options={"n_samples": 1000},
+                                      data_dir=str(tmp_path)))
+    model = ModelConfig(name="examples.mnist1d_conv:conv1d", options={"channels": 8})
+    train = TrainConfig(epochs=2, pack=2)
+    points = [TrialPoint(lr=0.05, batch_size=32, seed=0), TrialPoint(lr=0.2, batch_size=32, seed=1)]
+
+    def collect(store):
+        return lambda rows, state: store.extend(rows)
+
+    packed: list = []
+    run_pack(points, DatasetConfig(), model, train, collect(packed), data=data)
+    for j, p in enumerate(points):
+        alone: list = []
+        run_pack([p], DatasetConfig(), model, train, collect(alone), data=data)
+        mine = [r for r in packed if r["member"] == j]
+        assert [r["train_loss"] for r in mine] == pytest.approx([r["train_loss"] for r in alone], rel=1e-5)
+        assert [r["val_acc"] for r in mine] == [r["val_acc"] for r in alone]
+
+
+def test_undeclared_probe_column_is_an_error(monkeypatch):
+    data = load_dataset(DatasetConfig(name="synthetic", n_train=64))
+    monkeypatch.setitem(probes.PROBES, "bogus", lambda model, data, cfg, idx: {"bogus_sharpness": 1.0})
+    with pytest.raises(ValueError, match=r"\['bogus_sharpness'\] are not declared in analysis/schema.py"):
+        run_pack([TrialPoint(lr=0.1, batch_size=32, seed=0)], DatasetConfig(),
+                 ModelConfig(options={"depth": 2, "width": 8}), TrainConfig(epochs=1), lambda rows, state: None,
+                 data=data, probes=CurvatureConfig(n_samples=32, lanczos_iters=2, hutchinson_probes=2,
+                                                   noise_scale=False))
+
+
+def test_legacy_flat_model_keys_still_read(tmp_path):
+    """Specs and run directories written before ``model.options`` keep working."""
+    from sweeps.spec import spec_from_dict
+    from trainables.config import from_dict
+
+    spec = spec_from_dict(tiny_spec(model={"name": "mlp", "depth": 2, "width": 16, "options": None}))
+    assert spec.model.options == {"depth": 2, "width": 16}
+    assert from_dict(ModelConfig, {"name": "mlp", "width": 8, "batch_norm": False}).options == \
+        {"width": 8, "batch_norm": False}

@@ -1,0 +1,118 @@
+"""User code named by import path: ``"package.module:factory"`` in ``model.name`` or ``dataset.name``.
+
+Like Hydra's ``_target_``, but explicit: the part before ``:`` is imported as a module, the part
+after it is looked up in that module (dots walk attributes). Modules are found on ``sys.path``,
+then in the current folder, then in the folder of the spec being read (``add_search_root``), so
+a ``my_models.py`` next to the spec works without installing anything. On Ray workers the module
+arrives through the job's ``runtime_env`` (``ship_paths``; sweeps/runner.py), not through these
+folders.
+
+Every failure is a ``PluginError`` whose text is one line naming the spec field.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import sysconfig
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+# lrbs' own top-level packages: never shipped as user code (the workers have lrbs installed).
+OWN_PACKAGES = ("sweeps", "trainables", "analysis")
+
+_search_roots: list[str] = []
+
+
+class PluginError(ValueError):
+    """A plug-in that cannot be used; ``str()`` is one line starting with the spec field."""
+
+
+def is_import_path(name: str) -> bool:
+    return ":" in name
+
+
+def add_search_root(folder: str | os.PathLike) -> None:
+    """Also look for plug-in modules in ``folder`` (``load_spec`` adds the spec's folder)."""
+    folder = os.path.abspath(folder)
+    if folder not in _search_roots:
+        _search_roots.append(folder)
+
+
+def _extend_sys_path() -> None:
+    for folder in [os.getcwd(), *_search_roots]:
+        if folder not in sys.path:
+            sys.path.append(folder)  # appended: user folders never shadow installed packages
+
+
+def _split(path: str, field: str) -> tuple[str, str]:
+    module_name, _, attr = path.partition(":")
+    parts = module_name.split(".") + attr.split(".")
+    if not module_name or not attr or not all(p.isidentifier() for p in parts):
+        raise PluginError(f"{field}: {path!r} is not an import path of the form package.module:factory")
+    return module_name, attr
+
+
+def import_module(path: str, field: str) -> ModuleType:
+    module_name, _ = _split(path, field)
+    _extend_sys_path()
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            where = ", ".join(dict.fromkeys([os.getcwd(), *_search_roots]))
+            raise PluginError(f"{field}: cannot import module {module_name!r} (not installed, and not found "
+                              f"in {where})") from None
+        raise PluginError(f"{field}: importing {module_name!r} failed: {_one_line(exc)}") from None
+    except Exception as exc:  # the user's module raised while it was imported
+        raise PluginError(f"{field}: importing {module_name!r} failed: {_one_line(exc)}") from None
+
+
+def load_object(path: str, field: str) -> Any:
+    """The callable named by ``path`` (``"package.module:factory"``)."""
+    module_name, attr = _split(path, field)
+    obj: Any = import_module(path, field)
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise PluginError(f"{field}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise PluginError(f"{field}: {path} is a {type(obj).__name__}, not a callable factory")
+    return obj
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def call_error(path: str, field: str, exc: BaseException) -> PluginError:
+    """The one-line error for a factory that raised."""
+    return PluginError(f"{field}: {path} raised {_one_line(exc)}")
+
+
+def _installed(path: Path) -> bool:
+    prefixes = {sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib")}
+    return any(path.is_relative_to(p) for p in prefixes if p)
+
+
+def ship_path(path: str) -> str | None:
+    """The local folder (a package) or file (a single-file module) that holds ``path``'s top-level
+    module, for Ray's ``runtime_env`` ``py_modules``; None when the workers already have it
+    (an installed package, or lrbs itself)."""
+    module = import_module(path, "plugin")
+    top = module.__name__.split(".")[0]
+    if top in OWN_PACKAGES:
+        return None
+    root = sys.modules[top]
+    locations = list(getattr(root, "__path__", []) or [])
+    if locations:
+        if len(locations) != 1:  # a namespace package spread over folders: ship nothing, say so in docs
+            return None
+        target = Path(locations[0])
+    elif getattr(root, "__file__", None):
+        target = Path(root.__file__)
+    else:
+        return None
+    return None if _installed(target.resolve()) else str(target.resolve())

@@ -1,0 +1,73 @@
+"""The probes run on a trial's model at the end of an epoch: one registry, ``PROBES``.
+
+A probe is ``probe(model, data, cfg, idx) -> {column: value}``: ``model`` is a plain module
+holding one member's weights (train mode; curvature functions switch batch norm to eval mode
+themselves and restore it), ``data`` the trial's tensors, ``cfg`` the spec's ``curvature``
+section and ``idx`` the fixed, seeded probe subset of the training set (the same examples in
+every trial of a sweep). Every column a probe returns must be declared in
+``analysis/schema.py`` (PROBES): an undeclared one fails the trial by name
+(``analysis.schema.check_row``) instead of being dropped. Adding a probe is a function and an
+entry here plus its columns there (docs/extending.md).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainables import curvature
+from trainables.config import CurvatureConfig
+from trainables.data import TensorData
+
+Probe = Callable[[nn.Module, TensorData, CurvatureConfig, torch.Tensor], dict[str, Any]]
+
+
+def probe_due(cfg: CurvatureConfig | None, epoch: int, last_epoch: int) -> bool:
+    if cfg is None:
+        return False
+    if epoch == last_epoch:
+        return True
+    return isinstance(cfg.every, int) and epoch % cfg.every == 0
+
+
+def sharpness(model: nn.Module, data: TensorData, cfg: CurvatureConfig, idx: torch.Tensor) -> dict[str, Any]:
+    """lambda_max (Lanczos), Tr(H) and ||H||_F (Hutchinson) of the mean loss on the probe subset."""
+    batches = curvature.make_batches(data.x_train, data.y_train, idx, cfg.batch_size)
+    eig = curvature.top_eigenvalue(model, F.cross_entropy, batches, max_iters=cfg.lanczos_iters,
+                                   tol=cfg.lanczos_tol, seed=cfg.seed, retain_graph=cfg.retain_graph)
+    trace, fro = curvature.hessian_trace_and_frobenius(model, F.cross_entropy, batches,
+                                                       n_probes=cfg.hutchinson_probes, seed=cfg.seed,
+                                                       retain_graph=cfg.retain_graph)
+    return {"lambda_max": eig.value, "lambda_max_converged": eig.converged, "lambda_max_n_hvp": eig.n_hvp,
+            "hessian_trace": trace.value, "hessian_trace_stderr": trace.stderr,
+            "hessian_fro": fro.value, "hessian_fro_stderr": fro.stderr}
+
+
+def noise_scale(model: nn.Module, data: TensorData, cfg: CurvatureConfig, idx: torch.Tensor) -> dict[str, Any]:
+    """B_simple = tr(Sigma) / |G|^2 (examples) from pairs of small and big batches of the subset."""
+    if not cfg.noise_scale or cfg.noise_b_big > len(data.x_train):
+        return {"grad_noise_scale": None}
+    xs, ys = data.x_train[idx.to(data.x_train.device)], data.y_train[idx.to(data.y_train.device)]
+    ns = curvature.gradient_noise_scale(model, F.cross_entropy, xs, ys, b_small=cfg.noise_b_small,
+                                        b_big=cfg.noise_b_big, n_pairs=cfg.noise_pairs, seed=cfg.seed,
+                                        chunk_size=cfg.batch_size)
+    return {"grad_noise_scale": ns.b_simple}
+
+
+# Run in this order on every probed epoch.
+PROBES: dict[str, Probe] = {"sharpness": sharpness, "noise_scale": noise_scale}
+
+
+def run_probes(model: nn.Module, data: TensorData, cfg: CurvatureConfig) -> dict[str, Any]:
+    """Every registered probe's columns for one epoch row, plus the subset size and their time."""
+    t0 = time.perf_counter()
+    n = len(data.x_train)
+    idx = curvature.probe_subset(n, min(cfg.n_samples, n), cfg.seed)
+    row: dict[str, Any] = {"probe_n_samples": len(idx)}
+    for probe in PROBES.values():
+        row.update(probe(model, data, cfg, idx))
+    row["probe_s"] = time.perf_counter() - t0  # includes the GPU syncs of .item() inside the probes
+    return row
