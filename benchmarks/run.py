@@ -8,15 +8,15 @@ Prints a markdown table (and writes it to ``--out``). Rows:
    FashionMNIST + ToTensor + DataLoader), same BN MLP 784-256-256-256-10, same S, at S = 25, 128
    and 1000, on Fashion-MNIST-format files written here; plus the step's achieved FLOP rate as a
    fraction of this machine's measured fp32 matmul rate (the physical limit).
-2. Packs: K points of the quickstart model (digits, S = 25) trained in lockstep by ``run_pack``
+2. Packs: K points of the quickstart's MLP on digits (S = 25) trained in lockstep by ``run_pack``
    (K = 8 seeds; K = 25 = 5 learning rates x 5 seeds) against K separate ``run_training`` runs;
    a convnet pack in both layouts (stacked vmap, loop); on CUDA the graphed pack step of the
    Fig. 3 MLP. Also the per-step cost model (``sweeps/step_costs.json``, ``--costs-out``).
-3. Fixed costs and the quickstart end to end: ``lrbs run sweeps/quickstart.yaml`` packed (the
+3. Fixed costs and the quickstart (MNIST-1D) end to end: ``lrbs run sweeps/quickstart.yaml`` packed (the
    default) against the same spec with ``train.pack: 1`` (one trial per point), each as a fresh
    process, with the packed run's time line (start-up, Ray, worker start, trials, report).
 4. Curvature probes (top Hessian eigenvalue by Lanczos + Hutchinson trace/Frobenius) as a
-   fraction of a quickstart trial's training time.
+   fraction of a training run of the quickstart's MLP on digits (the quickstart before MNIST-1D).
 
 Speed is never asserted: the numbers are for docs/performance.md. ``--quick`` shrinks everything
 so the whole run takes seconds (CI runs it; its numbers are rough).

@@ -15,7 +15,6 @@ figure is a planning aid for the MLP-sized steps it was fitted on; convnets reac
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from sweeps.spec import SpecError, SweepSpec
 from trainables.config import DatasetConfig, ModelConfig, options_key
 from trainables.data import DataError, dataset_entry, train_set_size
 from trainables.models import build_model
+from trainables.packed_models import stackable
 from trainables.plugins import PluginError
 from trainables.schedules import schedule_at, schedule_from_dict
 
@@ -57,6 +57,7 @@ class ModelProfile:
     forward_flops_per_example: float
     input_shape: tuple[int, ...]
     n_classes: int
+    stackable: bool   # has the stacked pack layout, so train.pack: auto packs it (sweeps/packing.py)
 
 
 def data_shape(dataset: DatasetConfig) -> tuple[tuple[int, ...], int]:
@@ -77,12 +78,17 @@ def model_profile(model_cfg: ModelConfig, dataset: DatasetConfig) -> ModelProfil
     (matmuls and convolutions; elementwise ops are not counted).
     """
     shape, classes = data_shape(dataset)
-    return _profile(model_cfg.name, options_key(model_cfg.options), shape, classes)
+    key = (model_cfg.name, options_key(model_cfg.options), shape, classes)
+    if key not in _PROFILES:
+        _PROFILES[key] = _profile(model_cfg, shape, classes)
+    return _PROFILES[key]
 
 
-@functools.lru_cache(maxsize=16)
-def _profile(name: str, options: str, shape: tuple[int, ...], classes: int) -> ModelProfile:
-    cfg = ModelConfig(name=name, options=json.loads(options))
+_PROFILES: dict[tuple, ModelProfile] = {}  # per process; the factory gets the spec's own options
+
+
+def _profile(cfg: ModelConfig, shape: tuple[int, ...], classes: int) -> ModelProfile:
+    name = cfg.name
     state = torch.random.get_rng_state()
     try:
         model = build_model(cfg, shape, classes).eval()
@@ -105,7 +111,7 @@ def _profile(name: str, options: str, shape: tuple[int, ...], classes: int) -> M
         raise SpecError(f"model.name: {name} must return logits of shape (batch, {classes}) for "
                         f"{classes} classes; on a batch of 2 it returned {got}")
     n_params = sum(p.numel() for p in model.parameters())
-    return ModelProfile(n_params, counter.get_total_flops() / 2, shape, classes)
+    return ModelProfile(n_params, counter.get_total_flops() / 2, shape, classes, stackable(model))
 
 
 def forward_flops(model_cfg: ModelConfig, dataset: DatasetConfig) -> float:

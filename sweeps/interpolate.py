@@ -73,8 +73,16 @@ def interpolate_trials(run_dir: str | Path, trial_a: str, trial_b: str, alphas: 
     dataset = from_dict(DatasetConfig, configs[0]["dataset"])
     if points[0].n_train is not None:
         dataset = dataclasses.replace(dataset, n_train=points[0].n_train)
-    data = load_dataset(dataset)
-    model = build_model(from_dict(ModelConfig, configs[0]["model"]), data.input_shape, data.n_classes)
+    from sweeps.runner import restore_plugin_folders
+    from trainables.data import DataError
+    from trainables.plugins import PluginError
+
+    restore_plugin_folders(run_dir)
+    try:
+        data = load_dataset(dataset)
+        model = build_model(from_dict(ModelConfig, configs[0]["model"]), data.input_shape, data.n_classes)
+    except (DataError, PluginError) as exc:
+        raise LrbsError(str(exc).splitlines()[0]) from None
     batch = from_dict(TrainConfig, configs[0]["train"]).eval_batch_size
     rows = interpolate(model, states[0], states[1], torch.tensor(alphas), F.cross_entropy,
                        make_batches(data.x_train, data.y_train, None, batch),

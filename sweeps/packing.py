@@ -30,10 +30,9 @@ def pack_cap(spec) -> int:
     per step than separate trials (docs/performance.md) while it takes away parallel trials."""
     if spec.train.pack != "auto":
         return int(spec.train.pack)
-    from trainables.models import MODELS
+    from sweeps.estimate import model_profile  # builds the model once per process (cached)
 
-    stacked = spec.model.name in MODELS and MODELS[spec.model.name].stacked
-    if not stacked and spec.train.pack_layout != "stacked":
+    if not model_profile(spec.model, spec.dataset).stackable and spec.train.pack_layout != "stacked":
         return 1
     return AUTO_PACK_CAP["gpu" if spec.resources.gpu > 0 else "cpu"]
 

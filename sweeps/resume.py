@@ -20,7 +20,7 @@ from typing import TextIO
 
 from sweeps.errors import LrbsError
 from sweeps.runner import (METRIC_DIR, SPEC_COPY, init_ray, plugin_runtime_env, print_outcome, resilience_settings,
-                           trial_resources)
+                           restore_plugin_folders, trial_resources)
 
 TUNER_STATE = "tuner.pkl"
 EXPERIMENT_STATE_GLOB = "experiment_state-*.json"
@@ -67,6 +67,7 @@ def resume_sweep(run_dir: str | Path, restart_errored: bool = False, address: st
 
     run_dir = check_run_dir(run_dir)
     check_trusted(run_dir)
+    restore_plugin_folders(run_dir)  # user modules: found where `lrbs run` found them
     spec = load_spec(run_dir / SPEC_COPY)
     if spec.name != run_dir.name:
         raise LrbsError(f"RUN_DIR: {run_dir / SPEC_COPY} names sweep {spec.name!r}, not {run_dir.name!r}")

@@ -52,11 +52,53 @@ def plugin_runtime_env(spec: SweepSpec) -> dict | None:
     ``py_modules``: Ray uploads it once per job and puts it on the workers' ``sys.path``, on
     this machine and on every node of a cluster alike (docs/extending.md).
     """
+    import os
+
     from trainables.plugins import is_import_path, ship_path
 
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        # Inside a Ray job (`lrbs submit`): the job's runtime_env already ships them, and Ray
+        # refuses a second runtime_env that sets py_modules again.
+        return None
     paths = [ship_path(name) for name in (spec.model.name, spec.dataset.name) if is_import_path(name)]
     paths = list(dict.fromkeys(p for p in paths if p))
     return {"py_modules": paths} if paths else None
+
+
+PLUGIN_ROOTS = "plugins.json"
+
+
+def plugin_folders(spec: SweepSpec) -> list[str]:
+    """The folders the spec's user modules were imported from (their sys.path entries)."""
+    from trainables.plugins import is_import_path, ship_path
+
+    paths = [ship_path(name) for name in (spec.model.name, spec.dataset.name) if is_import_path(name)]
+    return list(dict.fromkeys(str(Path(p).parent) for p in paths if p))
+
+
+def record_plugin_folders(spec: SweepSpec, run_dir: Path) -> None:
+    """Write where the user modules came from, so ``lrbs resume`` and ``lrbs interpolate`` find
+    them again from any folder (plain JSON data; nothing in it is executed)."""
+    import json
+
+    folders = plugin_folders(spec)
+    if folders:
+        (run_dir / PLUGIN_ROOTS).write_text(json.dumps({"search_roots": folders}, indent=1))
+
+
+def restore_plugin_folders(run_dir: Path) -> None:
+    """Add the folders ``record_plugin_folders`` wrote to the plug-in search path (if they exist)."""
+    import json
+
+    from trainables.plugins import add_search_root
+
+    try:
+        roots = json.loads((run_dir / PLUGIN_ROOTS).read_text())["search_roots"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no user modules, or an unreadable file: the usual search path applies
+    for folder in roots if isinstance(roots, list) else []:
+        if isinstance(folder, str) and Path(folder).is_dir():
+            add_search_root(folder)
 
 
 def init_ray(address: str | None, runtime_env: dict | None = None) -> None:
@@ -157,6 +199,7 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
     t_ray = time.monotonic() - t0
     place = prepare_placement(spec, storage, storage_filesystem, upload_interval_s)
     run_dir = place.run_dir
+    record_plugin_folders(spec, run_dir)
     n_trials, n_packs = len(expand_points(spec)), len(plan_packs(spec))
     print(f"[lrbs] sweep {spec.name}: {n_trials} trials in {n_packs} packs -> {place.where}", file=out, flush=True)
     printer = ProgressPrinter(n_trials)

@@ -153,9 +153,15 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise SpecError(f"{path}: malformed YAML{where}: {problem}") from None
     from trainables.plugins import add_search_root
 
+    from sweeps.estimate import model_profile
+
     add_search_root(path.resolve().parent)  # plug-in modules next to the spec (trainables/plugins.py)
     try:
-        return spec_from_dict(data)
+        spec = spec_from_dict(data)
+        # The pre-flight check: build the model once and run it on two examples (a broken
+        # factory is this one line, exit 2, before anything starts).
+        model_profile(spec.model, spec.dataset)
+        return spec
     except SpecError as exc:
         raise SpecError(f"{path}: {exc}") from None
 
@@ -217,18 +223,21 @@ def _check_pack(train: Any) -> None:
 
 def _legacy_model_keys(model: dict) -> dict:
     """``model: {name: mlp, depth: 4}`` (before ``options``) reads as ``options: {depth: 4}``."""
-    from trainables.config import LEGACY_MODEL_KEYS
+    from trainables.config import LEGACY_MODEL_KEYS, legacy_options
 
     legacy = {k: model[k] for k in LEGACY_MODEL_KEYS if k in model}
     if not legacy:
         return model
-    options = model.get("options") or {}
-    if isinstance(options, dict):
-        for key in legacy:
-            if key in options:
-                raise SpecError(f"model.{key}: conflicts with model.options.{key} (keep model.options.{key})")
+    options = model.get("options")
+    if options is not None and not isinstance(options, dict):
+        raise SpecError(f"model.options: must be a mapping of option names to values (got {type(options).__name__})")
+    options = options or {}
+    for key in legacy:
+        if key in options:
+            raise SpecError(f"model.{key}: conflicts with model.options.{key} (keep model.options.{key})")
     rest = {k: v for k, v in model.items() if k not in legacy}
-    return {**rest, "options": {**legacy, **(options if isinstance(options, dict) else {})}}
+    name = model.get("name", "mlp")
+    return {**rest, "options": {**legacy_options(name if isinstance(name, str) else "", legacy), **options}}
 
 
 def _check_pack_value(pack: Any) -> None:
@@ -313,6 +322,8 @@ def _check_type(value: Any, hint: Any, path: str) -> Any:
                 errors.append(str(exc))
         raise SpecError(errors[0] if len(errors) == 1 else f"{path}: unexpected value {value!r}")
     if origin is dict:  # options mappings: string keys, any YAML values (checked by their owner)
+        if value is None:  # `options:` left empty
+            return {}
         if not isinstance(value, dict):
             raise SpecError(f"{path}: must be a mapping of option names to values (got {type(value).__name__})")
         for key in value:
@@ -454,30 +465,24 @@ def _validate_plugin_options(spec: SweepSpec) -> None:
     """``model`` and ``dataset``: a known name or an importable factory, and options it accepts.
 
     Built-ins check ``options`` against their options dataclass (types, unknown keys, values);
-    a user's factory against its signature. Building the model and calling it is the
-    pre-flight check's (``sweeps.estimate.model_profile``).
+    a user's model factory against its signature. Building the model and calling it is the
+    pre-flight check's (``sweeps.estimate.model_profile``, run by ``load_spec``).
     """
     import inspect
 
     from trainables.data import DATASETS, DataError, dataset_entry
     from trainables.models import MODELS, model_factory
-    from trainables.plugins import PluginError, load_object
-    from trainables.user_data import check_signature
+    from trainables.plugins import PluginError
 
     for section, cfg, registry in (("dataset", spec.dataset, DATASETS), ("model", spec.model, MODELS)):
         try:
-            factory = model_factory(cfg.name) if section == "model" else None
-            if section == "dataset":
-                dataset_entry(cfg.name)
-                if cfg.name not in registry:
-                    check_signature(load_object(cfg.name, "dataset.name"), cfg.options, cfg.name)
+            # A user's data-set factory is imported, checked and called by train_set_size below.
+            factory = model_factory(cfg.name) if section == "model" else dataset_entry(cfg.name)
         except (DataError, PluginError) as exc:
             raise SpecError(str(exc)) from None
         if cfg.name in registry:
             try:
                 _build(registry[cfg.name].options, cfg.options, f"{section}.options")
-            except SpecError:
-                raise
             except ValueError as exc:  # the options dataclass's own value checks
                 raise SpecError(f"{section}.options.{exc}") from None
         elif section == "model":

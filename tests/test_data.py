@@ -380,3 +380,16 @@ def test_mnist1d_bad_options_name_the_field(options, field, tmp_path):
     with pytest.raises(SpecError) as err:
         spec_from_dict(tiny_spec(dataset={"name": "mnist1d", "data_dir": str(tmp_path), "options": options}))
     assert str(err.value).startswith(f"{field}:"), err.value
+
+
+def test_mnist1d_replaces_a_damaged_cache_file(tmp_path):
+    from trainables import mnist1d
+
+    cfg = DatasetConfig(name="mnist1d", data_dir=str(tmp_path), options={"n_samples": 200})
+    good = load_dataset(cfg)
+    path = mnist1d.cache_path(cfg)
+    with open(path, "r+b") as f:  # a writer killed mid-file (or a full disk)
+        f.truncate(100)
+    again = load_dataset(cfg)
+    assert torch.equal(again.x_train, good.x_train) and torch.equal(again.y_val, good.y_val)
+    assert os.path.getsize(path) > 100 and not [p for p in os.listdir(os.path.dirname(path)) if p.endswith(".tmp")]

@@ -5,7 +5,8 @@ tests/test_submit.py, beside the other test that starts a head.
 """
 from __future__ import annotations
 
-import shutil
+import json
+import os
 import textwrap
 
 import pytest
@@ -13,7 +14,7 @@ import torch
 
 from sweeps.cli import main
 from tests.conftest import ROOT, tiny_spec, write_yaml
-from trainables import probes
+from trainables import plugins, probes
 from trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig
 from trainables.data import load_dataset
 from trainables.train_loop import TrialPoint, run_pack
@@ -82,8 +83,22 @@ USER_MODULE = textwrap.dedent('''
 
 
 @pytest.fixture
-def user_dir(tmp_path):
-    """A user's project folder: a module next to the specs, outside lrbs and outside sys.path."""
+def user_dir(tmp_path, monkeypatch):
+    """A user's project folder: a module next to the specs, outside lrbs and outside sys.path.
+
+    Each test gets a fresh folder, so the module (and what was built from it) is forgotten first:
+    a process imports a module name once (docs/extending.md)."""
+    import sys
+
+    from sweeps import estimate
+    from trainables import user_data
+
+    for name in [m for m in sys.modules if m.startswith(("usermods_lrbs_test", "broken_import_lrbs_test"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(user_data, "_CACHE", {})
+    monkeypatch.setattr(estimate, "_PROFILES", {})
+    monkeypatch.setattr(plugins, "_search_roots", [])  # earlier tests' spec folders
+    monkeypatch.setattr(sys, "path", list(sys.path))    # restored after the test
     folder = tmp_path / "project"
     folder.mkdir()
     (folder / "usermods_lrbs_test.py").write_text(USER_MODULE)
@@ -212,5 +227,51 @@ def test_legacy_flat_model_keys_still_read(tmp_path):
 
     spec = spec_from_dict(tiny_spec(model={"name": "mlp", "depth": 2, "width": 16, "options": None}))
     assert spec.model.options == {"depth": 2, "width": 16}
-    assert from_dict(ModelConfig, {"name": "mlp", "width": 8, "batch_norm": False}).options == \
-        {"width": 8, "batch_norm": False}
+    # Old configs were written with asdict: all four flat keys, whatever the model.
+    old = {"depth": 4, "width": 256, "batch_norm": True, "width_mult": 1.0}
+    mlp = from_dict(ModelConfig, {"name": "mlp", **old})
+    assert mlp.options == {"depth": 4, "width": 256, "batch_norm": True}
+    assert from_dict(ModelConfig, {"name": "vgg11", **old}).options == {"batch_norm": True, "width_mult": 1.0}
+    assert spec_from_dict(user_spec(model={"name": "mlp", **old})).model.options == mlp.options
+    from trainables.models import build_model
+
+    assert sum(p.numel() for p in build_model(mlp, (64,), 10).parameters()) == 151_562  # the old quickstart MLP
+
+
+def test_the_example_spec_validates_from_any_folder(tmp_path):
+    """examples/mnist1d_conv.yaml finds its module next to it, whatever the current folder."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "sweeps.cli", "validate", str(ROOT / "examples" / "mnist1d_conv.yaml")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert "mnist1d_conv: 6 trials" in out.stdout and "in 2 packs (train.pack: 3)" in out.stdout
+    assert "model: mnist1d_conv:conv1d {channels: 32, batch_norm: True}" in out.stdout
+    assert "input (1, 40), 10 classes" in out.stdout
+
+
+def test_resume_finds_user_modules_where_run_found_them(user_dir, tmp_path, monkeypatch):
+    """``plugins.json`` in the run directory: resume and interpolate add its folders to the search."""
+    import sys
+
+    from sweeps.runner import PLUGIN_ROOTS, record_plugin_folders, restore_plugin_folders
+    from sweeps.spec import load_spec
+
+    spec_path = write_yaml(user_dir / "spec.yaml", user_spec(model={"name": f"{M}:tiny_net"},
+                                                             dataset={**DATA, "val_fraction": None},
+                                                             grid={"lr": [0.1], "batch_size": [8], "seed": [0]}))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    record_plugin_folders(load_spec(spec_path), run_dir)
+    assert json.loads((run_dir / PLUGIN_ROOTS).read_text()) == {"search_roots": [str(user_dir)]}
+    monkeypatch.setattr(plugins, "_search_roots", [])
+    for name in [m for m in sys.modules if m.startswith(M)]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(user_dir)])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(plugins.PluginError, match="cannot import module"):
+        plugins.load_object(f"{M}:tiny_net", "model.name")
+    restore_plugin_folders(run_dir)
+    assert callable(plugins.load_object(f"{M}:tiny_net", "model.name"))

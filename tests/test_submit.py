@@ -5,6 +5,7 @@ killing that group: the in-process Ray of the other tests (``ray_local``) is nev
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -186,6 +187,8 @@ def test_run_on_a_ray_head_ships_the_user_module(ray_head, tmp_path):
     assert sum(i.endswith(("-m0", "-m1")) for i in ids) == 2 and len(ids) == 3  # members of the pack of 2
     last = [r for r in metrics.to_pylist() if r["epoch"] == 2]
     assert all(r["status"] == "finished" and r["lambda_max"] is not None for r in last)
+    # Where the module came from, for lrbs resume / interpolate from any folder.
+    assert json.loads((storage / "mnist1d_conv" / "plugins.json").read_text()) == {"search_roots": [str(project)]}
 
 
 def test_submit_rejects_bad_input_before_contacting_anything(tmp_path):

@@ -22,7 +22,7 @@ def from_dict(cls, data: dict[str, Any] | None):
     if cls is ModelConfig:
         legacy = {k: data.pop(k) for k in LEGACY_MODEL_KEYS if k in data}
         if legacy:
-            data["options"] = {**legacy, **(data.get("options") or {})}
+            data["options"] = {**legacy_options(data.get("name", "mlp"), legacy), **(data.get("options") or {})}
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -30,6 +30,10 @@ def from_dict(cls, data: dict[str, Any] | None):
 def options_key(options: dict[str, Any]) -> str:
     """A stable, hashable key for an ``options`` mapping (caches and cache file names)."""
     return json.dumps(options, sort_keys=True, default=str)
+
+
+# DatasetConfig and ModelConfig hold an ``options`` dict: frozen (no field reassignment) but not
+# hashable; cache on ``options_key(cfg.options)``, never on the config itself.
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,20 @@ class ModelConfig:
 
 # ModelConfig's fields before ``options`` (still read from old specs and run directories).
 LEGACY_MODEL_KEYS = ("depth", "width", "batch_norm", "width_mult")
+
+
+def legacy_options(name: str, legacy: dict[str, Any]) -> dict[str, Any]:
+    """The flat keys of an old ModelConfig that model ``name`` takes as options.
+
+    Old specs and trial configs were written with ``asdict`` and hold all four keys whatever the
+    model (an MLP's had ``width_mult``), so keep only those the built-in's options declare.
+    """
+    from trainables.models import MODELS
+
+    if name not in MODELS:
+        return legacy
+    declared = {f.name for f in dataclasses.fields(MODELS[name].options)}
+    return {k: v for k, v in legacy.items() if k in declared}
 
 
 @dataclass(frozen=True)

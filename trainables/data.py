@@ -564,11 +564,6 @@ def dataset_entry(name: str) -> DatasetEntry:
     return user_data.ENTRY
 
 
-def check_options(cfg: DatasetConfig) -> Any:
-    """A built-in set's ``dataset.options`` as its dataclass (TypeError/ValueError on bad ones)."""
-    return dataset_entry(cfg.name).options(**cfg.options)
-
-
 # --------------------------------------------------------------------------------------------
 # CLI: pre-download for offline machines.
 

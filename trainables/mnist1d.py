@@ -18,13 +18,18 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from importlib import metadata
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from trainables.config import DatasetConfig
+
+if TYPE_CHECKING:
+    from trainables.data import TensorData
 
 # trainables.data holds the registry that imports this module, so its helpers are imported
 # inside the functions below (no import cycle, also when data.py runs as __main__).
@@ -108,18 +113,20 @@ def arrays(cfg: DatasetConfig) -> dict[str, np.ndarray]:
     try:
         with np.load(path) as f:
             return {k: f[k] for k in ("x_train", "y_train", "x_val", "y_val")}
-    except (OSError, ValueError, KeyError):
-        pass  # absent or unreadable (a foreign file): generate and replace it
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        pass  # absent, truncated or a foreign file: generate and replace it
     opts, train_split, _, _ = _sizes(cfg)
     out = _generate(opts.n_samples, opts.seed, train_split)
+    tmp = None
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **out)
         os.replace(tmp, path)  # atomic: a reader sees the whole file or none
-    except OSError:
-        pass  # a read-only data_dir: the set is still usable, just not cached
+    except OSError:  # a read-only or full data_dir: the set is still usable, just not cached
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
     return out
 
 

@@ -107,19 +107,15 @@ def mlp(input_shape: tuple[int, ...], n_classes: int, depth: int = 4, width: int
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A built-in model: ``factory(input_shape, n_classes, **options)`` and its options' dataclass.
-
-    ``stacked``: the model has the stacked pack layout (trainables/packed_models.py), so
-    ``train.pack: auto`` packs it; other models pack only when asked (the loop layout)."""
+    """A built-in model: ``factory(input_shape, n_classes, **options)`` and its options' dataclass."""
     factory: Callable[..., nn.Module]
     options: type
-    stacked: bool = False
 
 
 # The one registry of built-in models: spec validation, the trainable, the cost estimate and
 # the pre-flight check all look names up here. Adding a model is one entry (docs/extending.md).
 MODELS: dict[str, ModelEntry] = {
-    "mlp": ModelEntry(mlp, MLPOptions, stacked=True),
+    "mlp": ModelEntry(mlp, MLPOptions),
     "vgg11": ModelEntry(_convnet(convnets.vgg11, "vgg11"), VGGOptions),
     "resnet20": ModelEntry(_convnet(convnets.resnet20, "resnet20"), ResNetOptions),
     "resnet56": ModelEntry(_convnet(convnets.resnet56, "resnet56"), ResNetOptions),

@@ -39,6 +39,12 @@ from trainables.models import MLP
 LAYOUTS = ("auto", "stacked", "loop")
 
 
+def stackable(model: nn.Module) -> bool:
+    """Whether ``model`` has the hand-written stacked layout (the MLP). The one rule: the layout
+    here and ``train.pack: auto`` on the sweep side (sweeps/packing.py) both ask it."""
+    return isinstance(model, MLP)
+
+
 def choose_layout(model: nn.Module, device: torch.device, requested: str = "auto") -> str:
     """``stacked`` for the MLP (its hand-written batched forward), ``loop`` for every other model.
 
@@ -49,7 +55,7 @@ def choose_layout(model: nn.Module, device: torch.device, requested: str = "auto
     to depend on it if a device ever measures the other way."""
     if requested != "auto":
         return requested
-    return "stacked" if isinstance(model, MLP) else "loop"
+    return "stacked" if stackable(model) else "loop"
 
 
 def build_pack(modules: Sequence[nn.Module], layout: str, example_rank: int) -> StackedPack | LoopPack:

@@ -106,7 +106,8 @@ def ship_path(path: str) -> str | None:
     if top in OWN_PACKAGES:
         return None
     root = sys.modules[top]
-    locations = list(getattr(root, "__path__", []) or [])
+    # Deduplicated: a namespace package lists its folder once per sys.path entry that reaches it.
+    locations = list(dict.fromkeys(os.path.realpath(p) for p in getattr(root, "__path__", None) or []))
     if locations:
         if len(locations) != 1:  # a namespace package spread over folders: ship nothing, say so in docs
             return None

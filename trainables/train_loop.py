@@ -22,7 +22,6 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from analysis.schema import check_row
 from trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig, from_dict

@@ -10,9 +10,7 @@ factory fails ``lrbs validate`` before any trial starts.
 """
 from __future__ import annotations
 
-import functools
 import inspect
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,16 +33,23 @@ def check_signature(factory: Any, options: dict[str, Any], path: str) -> None:
         pass
 
 
-@functools.lru_cache(maxsize=1)  # the last set only: workers reused across trials skip the factory
-def _raw(name: str, key: str) -> TensorData:
-    options = json.loads(key)
+_CACHE: dict[tuple[str, str], TensorData] = {}  # the last set only: reused workers skip the factory
+
+
+def _raw(name: str, options: dict[str, Any]) -> TensorData:
+    key = (name, options_key(options))
+    if key in _CACHE:
+        return _CACHE[key]
     factory = load_object(name, "dataset.name")
     check_signature(factory, options, name)
     try:
         out = factory(**options)
     except Exception as exc:
         raise call_error(name, "dataset.name", exc) from None
-    return _tensors(name, out)
+    data = _tensors(name, out)
+    _CACHE.clear()
+    _CACHE[key] = data
+    return data
 
 
 def _tensors(name: str, out: Any) -> TensorData:
@@ -99,7 +104,7 @@ def raw(cfg: DatasetConfig) -> TensorData:
     if cfg.val_fraction is not None:
         raise DataError(f"dataset.val_fraction: {cfg.name} returns its own validation split; leave "
                         f"val_fraction unset (got {cfg.val_fraction})")
-    return _raw(cfg.name, options_key(cfg.options))
+    return _raw(cfg.name, cfg.options)
 
 
 def load(cfg: DatasetConfig) -> TensorData:
@@ -113,6 +118,5 @@ def train_size(cfg: DatasetConfig) -> int:
     return _split_sizes(cfg, len(raw(cfg).x_train), None)[1]
 
 
-# options=dict: a factory's options are its keyword arguments (check_signature), not a dataclass.
-ENTRY = DatasetEntry(load, train_size, lambda cfg: tuple(raw(cfg).input_shape), lambda cfg: raw(cfg).n_classes,
-                     options=dict)
+# A factory's options are its keyword arguments (check_signature), so the entry has no options dataclass.
+ENTRY = DatasetEntry(load, train_size, lambda cfg: tuple(raw(cfg).input_shape), lambda cfg: raw(cfg).n_classes)
