@@ -101,17 +101,27 @@ class Eq7Result:
     spearman_rho: float
     spearman_p: float
     points: list[dict]      # trial_id, predicted, loss
+    loss_column: str = "probe_loss"   # probe_loss; final_train_loss for runs written before it existed
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def eq7_loss_column(trials: pa.Table) -> str:
+    """E(l) for Eq. 7: ``probe_loss`` (eval mode, probe subset, probed weights: the loss whose
+    Hessian Tr(H) is), or ``final_train_loss`` (the train-mode epoch mean) for older runs."""
+    if "probe_loss" in trials.column_names and trials.column("probe_loss").null_count < trials.num_rows:
+        return "probe_loss"
+    return "final_train_loss"
+
+
 def eq7_points(trials: pa.Table) -> tuple[list[dict], int]:
-    rows = trials.select(["trial_id", "lr", "batch_size", "final_ratio", "hessian_trace", "final_train_loss",
+    loss_col = eq7_loss_column(trials)
+    rows = trials.select(["trial_id", "lr", "batch_size", "final_ratio", "hessian_trace", loss_col,
                           "status"]).to_pylist()
     pts = []
     for r in rows:
-        tr, loss, q = r["hessian_trace"], r["final_train_loss"], r["final_ratio"]
+        tr, loss, q = r["hessian_trace"], r[loss_col], r["final_ratio"]
         if None in (tr, loss, q) or r["status"] == "diverged":
             continue
         pred = q / 4.0 * tr
@@ -126,7 +136,7 @@ def eq7_check(trials: pa.Table) -> Eq7Result | str:
         return "no hessian_trace column"
     pts, excluded = eq7_points(trials)
     if len(pts) < 3:
-        return f"{len(pts)} trials with a positive final Tr(H) and train loss (needs >= 3)"
+        return f"{len(pts)} trials with a positive final Tr(H) and {eq7_loss_column(trials)} (needs >= 3)"
     x = np.log10([p["predicted"] for p in pts])
     y = np.log10([p["loss"] for p in pts])
     q = np.array([p["loss"] / p["predicted"] for p in pts])
@@ -138,4 +148,4 @@ def eq7_check(trials: pa.Table) -> Eq7Result | str:
     return Eq7Result(n=len(pts), n_excluded=excluded, ratio_median=float(np.median(q)),
                      ratio_q25=float(np.percentile(q, 25)), ratio_q75=float(np.percentile(q, 75)),
                      slope=float(fit.coef[1]), slope_ci=(float(ci[0]), float(ci[1])), intercept=float(fit.coef[0]),
-                     r2=fit.r2, spearman_rho=rho, spearman_p=rp, points=pts)
+                     r2=fit.r2, spearman_rho=rho, spearman_p=rp, points=pts, loss_column=eq7_loss_column(trials))

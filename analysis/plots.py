@@ -161,9 +161,9 @@ def eq7_plot(result) -> go.Figure:
     hi = max(max(p["predicted"] for p in pts), max(p["loss"] for p in pts))
     fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line=dict(color="grey", dash="dot"),
                              name="loss = (eta/4S) Tr H"))
-    fig.update_layout(title=f"Eq. 7: final train loss against (eta/4S) Tr(H) (median ratio {result.ratio_median:.3g}, "
+    fig.update_layout(title=f"Eq. 7: {result.loss_column} against (eta/4S) Tr(H) (median ratio {result.ratio_median:.3g}, "
                             f"log-log slope {result.slope:.3g})", xaxis_title="(eta / 4S) Tr(H)",
-                      yaxis_title="final train loss", template="plotly_white")
+                      yaxis_title=result.loss_column, template="plotly_white")
     fig.update_xaxes(type="log")
     fig.update_yaxes(type="log")
     return fig

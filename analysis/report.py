@@ -215,7 +215,13 @@ def section_eq7(trials: pa.Table) -> Section:
     r = eq7_check(trials)
     if isinstance(r, str):
         return sec.skip(r)
-    sec.tables.append(Table("x = (eta/4S) Tr(H) at the last epoch, y = final train loss",
+    what = ("the loss on the probe subset in eval mode, at the probed weights (the loss whose Hessian Tr(H) is)"
+            if r.loss_column == "probe_loss" else
+            "final train loss, the train-mode epoch mean (this run predates probe_loss; it is not the loss "
+            "whose Hessian Tr(H) is, and differs from it most at large eta/S)")
+    if r.loss_column != "probe_loss":
+        sec.notes.append("Eq. 7 uses final_train_loss: this run has no probe_loss column (written before it existed).")
+    sec.tables.append(Table(f"x = (eta/4S) Tr(H) at the last epoch, y = {what}",
                             ["n", "median y/x [IQR]", "log-log slope [95% CI]", "R^2", "Spearman rho (p)"],
                             [[str(r.n), f"{fmt(r.ratio_median, 3)} [{fmt(r.ratio_q25, 3)}, {fmt(r.ratio_q75, 3)}]",
                               f"{fmt(r.slope, 3)} {fmt(r.slope_ci, 3)}", fmt(r.r2, 3),

@@ -39,6 +39,9 @@ METRICS = [
 # Curvature probes (trainables/curvature.py): null on epochs without a probe. Batch norm in
 # eval mode, on a fixed seeded subset of probe_n_samples training examples.
 PROBES = [
+    # Mean cross-entropy on the probe subset in eval mode at the probed weights: the E(l) that
+    # Eq. 7 compares with (eta/4S) Tr(H) (the train-mode epoch mean differs by up to 7x).
+    pa.field("probe_loss", pa.float64()),             # nats per example
     pa.field("lambda_max", pa.float64()),             # largest Hessian eigenvalue (Lanczos)
     pa.field("lambda_max_converged", pa.bool_()),
     pa.field("lambda_max_n_hvp", pa.int64()),
@@ -47,6 +50,7 @@ PROBES = [
     pa.field("hessian_fro", pa.float64()),            # Frobenius norm ||H||_F, Hutchinson
     pa.field("hessian_fro_stderr", pa.float64()),
     pa.field("grad_noise_scale", pa.float64()),       # B_simple = tr(Sigma)/|G|^2, in examples
+    pa.field("grad_noise_scale_stderr", pa.float64()),  # its standard error (examples)
     pa.field("probe_n_samples", pa.int64()),
     pa.field("probe_s", pa.float64()),                # wall seconds spent in probes this epoch
 ]

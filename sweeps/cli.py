@@ -127,7 +127,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         raise LrbsError("--alphas: need --alpha-min < --alpha-max and --num >= 2")
     step = (args.alpha_max - args.alpha_min) / (args.num - 1)
     alphas = [args.alpha_min + i * step for i in range(args.num)]
-    arrow_path, html_path = write_interpolation(run_dir, args.trial_a, args.trial_b, alphas)
+    arrow_path, html_path = write_interpolation(run_dir, args.trial_a, args.trial_b, alphas, args.batch_norm)
     print(f"interpolation: {arrow_path}\nplot: {html_path}")
     return 0
 
@@ -188,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha-min", type=float, default=-1.0)
     p.add_argument("--alpha-max", type=float, default=2.0)
     p.add_argument("--num", type=int, default=31, help="number of alphas (default 31)")
+    p.add_argument("--batch-norm", choices=("recompute", "interpolate"), default="recompute",
+                   help="batch-norm running statistics at each alpha: re-estimated on a fixed subset of "
+                        "4,096 training examples (default), or interpolated like the weights (the old way; "
+                        "written to <A>__<B>__bn-interpolated.*)")
     p.set_defaults(func=cmd_interpolate)
     p = sub.add_parser("resume", help="continue an interrupted sweep (unfinished and errored trials)")
     p.add_argument("run_dir")

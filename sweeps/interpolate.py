@@ -55,9 +55,15 @@ def member_checkpoint(run_dir: Path, trial_id: str) -> tuple[dict, dict]:
     return member_config(config, j), members[j]["model"]
 
 
-def interpolate_trials(run_dir: str | Path, trial_a: str, trial_b: str, alphas: list[float]) -> pa.Table:
+# Batch-norm statistics are re-estimated at every alpha on this many training examples (a fixed,
+# seeded subset: the same for every alpha and every pair), in batches of train.eval_batch_size.
+BN_SUBSET = 4096
+
+
+def interpolate_trials(run_dir: str | Path, trial_a: str, trial_b: str, alphas: list[float],
+                       batch_norm: str = "recompute") -> pa.Table:
     from trainables.config import DatasetConfig, ModelConfig, TrainConfig, from_dict
-    from trainables.curvature import interpolate, make_batches
+    from trainables.curvature import interpolate, make_batches, probe_subset
     from trainables.data import load_dataset
     from trainables.models import build_model
     from trainables.train_loop import TrialPoint
@@ -84,21 +90,26 @@ def interpolate_trials(run_dir: str | Path, trial_a: str, trial_b: str, alphas: 
     except (DataError, PluginError) as exc:
         raise LrbsError(str(exc).splitlines()[0]) from None
     batch = from_dict(TrainConfig, configs[0]["train"]).eval_batch_size
+    n = len(data.x_train)
+    bn_batches = make_batches(data.x_train, data.y_train, probe_subset(n, min(n, BN_SUBSET), 0), batch)
     rows = interpolate(model, states[0], states[1], torch.tensor(alphas), F.cross_entropy,
                        make_batches(data.x_train, data.y_train, None, batch),
-                       make_batches(data.x_val, data.y_val, None, batch))
+                       make_batches(data.x_val, data.y_val, None, batch),
+                       batch_norm=batch_norm, bn_batches=bn_batches)
     return pa.Table.from_pylist([{**r, "trial_a": trial_a, "trial_b": trial_b} for r in rows], schema=INTERP_SCHEMA)
 
 
-def write_interpolation(run_dir: str | Path, trial_a: str, trial_b: str, alphas: list[float]) -> tuple[Path, Path]:
+def write_interpolation(run_dir: str | Path, trial_a: str, trial_b: str, alphas: list[float],
+                        batch_norm: str = "recompute") -> tuple[Path, Path]:
     """Write ``interpolation/<A>__<B>.arrow`` (IPC stream) and ``.html`` (plotly) in the run directory."""
     from analysis.plots import interpolation_plot
 
     run_dir = Path(run_dir)
-    table = interpolate_trials(run_dir, trial_a, trial_b, alphas)
+    table = interpolate_trials(run_dir, trial_a, trial_b, alphas, batch_norm)
     out = run_dir / INTERP_DIR
     out.mkdir(exist_ok=True)
-    stem = out / f"{trial_a}__{trial_b}"
+    # The old way (running statistics interpolated, for comparison) gets its own file.
+    stem = out / (f"{trial_a}__{trial_b}" + ("__bn-interpolated" if batch_norm == "interpolate" else ""))
     arrow_path, html_path = stem.with_suffix(".arrow"), stem.with_suffix(".html")
     with pa.OSFile(str(arrow_path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)

@@ -542,11 +542,17 @@ def _validate_curvature(c: CurvatureConfig) -> None:
     for key in ("n_samples", "lanczos_iters", "hutchinson_probes", "noise_pairs", "batch_size"):
         if getattr(c, key) < 1:
             raise SpecError(f"curvature.{key}: must be >= 1 (got {getattr(c, key)})")
-    if c.hutchinson_probes < 2:
-        raise SpecError("curvature.hutchinson_probes: need >= 2 probes for a standard error")
+    if c.hutchinson_probes < 4:
+        raise SpecError(f"curvature.hutchinson_probes: need >= 4 HVPs for a standard error (got {c.hutchinson_probes})")
     if not 0 < c.lanczos_tol < 1:
         raise SpecError(f"curvature.lanczos_tol: must be in (0, 1) (got {c.lanczos_tol})")
-    if not 0 < c.noise_b_small < c.noise_b_big:
+    if c.trace_method not in ("hutch++", "hutchinson"):
+        raise SpecError(f"curvature.trace_method: must be hutch++ or hutchinson (got {c.trace_method!r})")
+    if c.noise_method not in ("full", "two_batch"):
+        raise SpecError(f"curvature.noise_method: must be full or two_batch (got {c.noise_method!r})")
+    if c.noise_method == "full" and c.noise_pairs < 2:
+        raise SpecError(f"curvature.noise_pairs: need >= 2 batches for a standard error (got {c.noise_pairs})")
+    if c.noise_method == "two_batch" and not 0 < c.noise_b_small < c.noise_b_big:
         raise SpecError(f"curvature.noise_b_small: need 0 < noise_b_small < noise_b_big "
                         f"(got {c.noise_b_small}, {c.noise_b_big})")
 

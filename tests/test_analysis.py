@@ -277,6 +277,20 @@ def test_eq7_against_numpy(grid):
     assert r.slope == pytest.approx(stats.linregress(np.log10(pred[ok]), np.log10(loss[ok])).slope)
 
 
+def test_eq7_uses_the_probe_loss_when_the_run_has_it(grid):
+    """E(l) in Eq. 7 is the eval-mode loss on the probe subset (``probe_loss``), not the train-mode
+    epoch mean: a run with the column is fitted on it; the frozen fixture (older) falls back."""
+    _, trials = grid
+    old = eq7_check(trials)
+    assert old.loss_column == "final_train_loss"
+    probe_loss = pa.array([None if v is None else v / 7.0 for v in trials.column("final_train_loss").to_pylist()])
+    assert trials.column("probe_loss").null_count == trials.num_rows  # the reader fills the old files' gap
+    new = eq7_check(trials.set_column(trials.column_names.index("probe_loss"), "probe_loss", probe_loss))
+    assert new.loss_column == "probe_loss" and new.n == old.n
+    assert new.ratio_median == pytest.approx(old.ratio_median / 7.0)
+    assert [p["loss"] for p in new.points] == pytest.approx([p["loss"] / 7.0 for p in old.points])
+
+
 def test_interpolation_reader_and_barrier():
     curves, problems = load_interpolations(FIX / "grid")
     assert not problems and len(curves) == 2

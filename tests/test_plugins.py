@@ -212,11 +212,11 @@ def test_user_model_packs_through_the_general_path(tmp_path):
 
 def test_undeclared_probe_column_is_an_error(monkeypatch):
     data = load_dataset(DatasetConfig(name="synthetic", n_train=64))
-    monkeypatch.setitem(probes.PROBES, "bogus", lambda model, data, cfg, idx: {"bogus_sharpness": 1.0})
+    monkeypatch.setitem(probes.PROBES, "bogus", lambda model, data, cfg, idx, seed: {"bogus_sharpness": 1.0})
     with pytest.raises(ValueError, match=r"\['bogus_sharpness'\] are not declared in analysis/schema.py"):
         run_pack([TrialPoint(lr=0.1, batch_size=32, seed=0)], DatasetConfig(),
                  ModelConfig(options={"depth": 2, "width": 8}), TrainConfig(epochs=1), lambda rows, state: None,
-                 data=data, probes=CurvatureConfig(n_samples=32, lanczos_iters=2, hutchinson_probes=2,
+                 data=data, probes=CurvatureConfig(n_samples=32, lanczos_iters=2, hutchinson_probes=4,
                                                    noise_scale=False))
 
 

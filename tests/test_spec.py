@@ -168,7 +168,10 @@ def test_beta_points_cross_training_set_sizes():
     ({"schedule": {"knd": "step"}}, "schedule.knd: unknown key"),
     ({"curvature": {"every": "sometimes"}}, "curvature.every"),
     ({"curvature": {"n_samples": 0}}, "curvature.n_samples"),
-    ({"curvature": {"noise_b_small": 512, "noise_b_big": 32}}, "curvature.noise_b_small"),
+    ({"curvature": {"noise_method": "two_batch", "noise_b_small": 512, "noise_b_big": 32}}, "curvature.noise_b_small"),
+    ({"curvature": {"noise_method": "exact"}}, "curvature.noise_method"),
+    ({"curvature": {"trace_method": "hutch"}}, "curvature.trace_method"),
+    ({"curvature": {"hutchinson_probes": 3}}, "curvature.hutchinson_probes"),
     ({"curvature": {"lanczos_iter": 5}}, "curvature.lanczos_iter: unknown key"),
     ({"resilience": {"max_failures": -1}}, "resilience.max_failures"),
 ])

@@ -170,7 +170,7 @@ def test_run_on_a_ray_head_ships_the_user_module(ray_head, tmp_path):
     spec["dataset"]["options"]["n_samples"] = 1000
     spec["model"]["options"]["channels"] = 8
     spec["train"] = {"epochs": 2, "pack": 2}
-    spec["curvature"] = {"n_samples": 64, "lanczos_iters": 3, "hutchinson_probes": 2, "noise_scale": False}
+    spec["curvature"] = {"n_samples": 64, "lanczos_iters": 3, "hutchinson_probes": 4, "noise_scale": False}
     spec["grid"] = {"lr": [0.02, 0.08, 0.32], "batch_size": [32], "seed": [0]}
     (project / "spec.yaml").write_text(yaml.safe_dump(spec))
     storage = tmp_path / "runs"

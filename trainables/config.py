@@ -97,17 +97,24 @@ class CurvatureConfig:
     """Sharpness probes on a fixed, seeded subset of the training set (batch norm in eval mode).
 
     The same ``seed`` picks the same examples in every trial of a sweep, so their sharpness
-    values are comparable.
+    values are comparable; each trial's random probe vectors are seeded from ``seed`` and its
+    own point (``trainables.probes.trial_probe_seed``), so their errors are independent.
     """
     n_samples: int = 2000              # probe subset size (capped at the training set size)
     every: str | int = "end"           # "end": after the last epoch; k: every k epochs and at the end
     lanczos_iters: int = 20            # max Lanczos steps (1 HVP each) for lambda_max
     lanczos_tol: float = 1e-4          # relative change of the top Ritz value that counts as converged
-    hutchinson_probes: int = 16        # Rademacher probes shared by the trace and Frobenius estimates
+    hutchinson_probes: int = 16        # HVPs shared by the trace and Frobenius estimates
+    trace_method: str = "hutch++"      # hutch++ (Meyer et al. 2021) | hutchinson (curvature.py)
     noise_scale: bool = True           # also measure the gradient noise scale B_simple
-    noise_b_small: int = 32            # batch sizes (examples) of the two-batch noise-scale estimator
-    noise_b_big: int = 512
-    noise_pairs: int = 16
+    # "full": B_simple of the whole training set, |G|^2 from one full-batch gradient and tr(Sigma)
+    # from noise_pairs batches of noise_b_small (curvature.gradient_noise_scale_full);
+    # "two_batch": McCandlish's two-batch estimator on the probe subset (noise_pairs pairs of
+    # noise_b_small and noise_b_big), capped near the subset size and noisier (docs/curvature.md).
+    noise_method: str = "full"
+    noise_b_small: int = 32            # batch sizes (examples) of the noise-scale estimators
+    noise_b_big: int = 512             # two_batch only
+    noise_pairs: int = 64              # small batches (full) or pairs (two_batch)
     batch_size: int = 1000             # examples per forward pass inside probes (memory only)
     # Keep the first-order gradient graph of the probe set across Hessian-vector products:
     # ~2x faster probes, memory growing with n_samples (turn off for big convnets on small GPUs).

@@ -452,47 +452,79 @@ def _mean_stderr(samples: Tensor) -> tuple[float, float]:
 
 
 def hessian_trace_and_frobenius(model: nn.Module, loss_fn: LossFn, batches: Batches, *,
-                                n_probes: int = 32, seed: int = 0,
-                                retain_graph: bool = False) -> tuple[Estimate, Estimate]:
-    """Hutchinson estimates of Tr(H) and ||H||_F from the SAME ``n_probes`` HVPs.
+                                n_probes: int = 32, seed: int = 0, retain_graph: bool = False,
+                                method: str = "hutch++") -> tuple[Estimate, Estimate]:
+    """Estimates of Tr(H) and ||H||_F from the SAME ``n_probes`` Hessian-vector products.
 
-    For Rademacher ``v``: ``E v^T H v = Tr(H)`` and ``E ||H v||^2 = Tr(H^2) = ||H||_F^2``. The
-    Frobenius norm is ``sqrt`` of the mean of ``||H v||^2``, its standard error by the delta
-    method, ``se(m) / (2 sqrt(m))``. Standard errors need ``n_probes >= 2`` (NaN otherwise).
-    One HVP per probe, no host sync until the end.
+    ``method="hutchinson"``: for Rademacher ``v``, ``E v^T H v = Tr(H)`` and ``E ||H v||^2 =
+    Tr(H^2) = ||H||_F^2``, averaged over ``n_probes`` probes.
+
+    ``method="hutch++"`` (default; Meyer et al. 2021): ``k = n_probes // 3`` HVPs sketch the
+    top of the spectrum (``Q = orth(H S)``, ``S`` Rademacher), ``k`` more give ``H Q``, whose
+    part of the trace and of ``Tr(H^2)`` is exact (``tr(Q^T H Q)``, ``||H Q||_F^2``), and the
+    remaining ``n_probes - 2k`` Rademacher probes, projected off ``Q`` (``p = (I - Q Q^T) g``),
+    estimate the rest without bias (``E p^T H p = tr(H (I - QQ^T))``, ``E ||H p||^2 = tr(H^2 (I -
+    QQ^T))``). A Hessian's few large outlier eigenvalues, which dominate the variance of
+    plain Hutchinson, land in the exact part, so the error is several times smaller at the
+    same HVP count. ``k`` is cut so that at least 4 random probes remain (``n_probes < 6``: plain
+    Hutchinson).
+
+    Standard errors are over the random probes (the exact part has none given ``Q``), scaled by
+    ``sqrt((r - 1) / (r - 3))`` for ``r`` probes (the variance of a t statistic with ``r - 1``
+    degrees of freedom), so that ``(estimate - truth) / stderr`` has unit variance although the
+    error is estimated from few probes; ``||H||_F``'s by the delta method, ``se(m) / (2
+    sqrt(m))``. NaN for fewer than 4 random probes. No host sync until the end.
     """
     if n_probes < 1:
         raise ValueError("n_probes must be >= 1")
+    if method not in ("hutch++", "hutchinson"):
+        raise ValueError(f"method must be 'hutch++' or 'hutchinson', got {method!r}")
     params = _params(model)
     n = sum(p.numel() for p in params)
     dtype, device = _flat_dtype(params), params[0].device
     gen = _generator(seed)
+    m = int(n_probes)
+    # Sketch size: Meyer et al.'s third, but leaving >= 4 random probes for the standard error.
+    k = max(0, min(m // 3, (m - 4) // 2)) if method == "hutch++" else 0
+    top_trace = top_sq = torch.zeros((), dtype=dtype, device=device)
     quad, sq = [], []
     with probe_mode(model):
         op = HessianOperator(model, loss_fn, batches, params, retain_graph=retain_graph)
-        for _ in range(int(n_probes)):
+        if k:
+            hs = torch.stack([op.flat(_rademacher(n, gen, dtype, device)) for _ in range(k)], dim=1)
+            q = torch.linalg.qr(hs).Q                                   # (n, k) orthonormal
+            hq = torch.stack([op.flat(q[:, i].contiguous()) for i in range(k)], dim=1)
+            top_trace = (q * hq).sum()                                  # tr(Q^T H Q)
+            top_sq = hq.pow(2).sum()                                    # ||H Q||_F^2
+        for _ in range(m - 2 * k):
             v = _rademacher(n, gen, dtype, device)
+            if k:
+                v = v - q @ (q.T @ v)
             hv = op.flat(v)
             quad.append(torch.dot(v, hv))
             sq.append(torch.dot(hv, hv))
-    t_mean, t_se = _mean_stderr(torch.stack(quad))
-    f2_mean, f2_se = _mean_stderr(torch.stack(sq))
+    t_rest, t_se = _mean_stderr(torch.stack(quad))
+    f2_rest, f2_se = _mean_stderr(torch.stack(sq))
+    r = m - 2 * k
+    inflate = math.sqrt((r - 1) / (r - 3)) if r > 3 else math.nan
+    t_mean, f2_mean = float(top_trace) + t_rest, float(top_sq) + f2_rest
+    t_se, f2_se = t_se * inflate, f2_se * inflate
     frob = math.sqrt(max(f2_mean, 0.0))
     frob_se = f2_se / (2.0 * frob) if frob > 0 else (0.0 if f2_se == 0 else math.nan)
-    return (Estimate(value=t_mean, stderr=t_se, n_probes=int(n_probes)),
-            Estimate(value=frob, stderr=frob_se, n_probes=int(n_probes)))
+    return (Estimate(value=t_mean, stderr=t_se, n_probes=m),
+            Estimate(value=frob, stderr=frob_se, n_probes=m))
 
 
 def hessian_trace(model: nn.Module, loss_fn: LossFn, batches: Batches, *, n_probes: int = 32,
-                  seed: int = 0) -> Estimate:
-    """Hutchinson estimate of Tr(H) = E v^T H v (Rademacher v) with its standard error."""
-    return hessian_trace_and_frobenius(model, loss_fn, batches, n_probes=n_probes, seed=seed)[0]
+                  seed: int = 0, method: str = "hutch++") -> Estimate:
+    """Estimate of Tr(H) with its standard error (``hessian_trace_and_frobenius``)."""
+    return hessian_trace_and_frobenius(model, loss_fn, batches, n_probes=n_probes, seed=seed, method=method)[0]
 
 
 def hessian_frobenius(model: nn.Module, loss_fn: LossFn, batches: Batches, *, n_probes: int = 32,
-                      seed: int = 0) -> Estimate:
-    """Estimate of ||H||_F = sqrt(E ||H v||^2) (Rademacher v), delta-method standard error."""
-    return hessian_trace_and_frobenius(model, loss_fn, batches, n_probes=n_probes, seed=seed)[1]
+                      seed: int = 0, method: str = "hutch++") -> Estimate:
+    """Estimate of ||H||_F with its delta-method standard error (``hessian_trace_and_frobenius``)."""
+    return hessian_trace_and_frobenius(model, loss_fn, batches, n_probes=n_probes, seed=seed, method=method)[1]
 
 
 # ----------------------------------------------------------------------------- gradient noise scale
@@ -599,6 +631,51 @@ def gradient_noise_scale(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor
                             replace=replace)
 
 
+def gradient_noise_scale_full(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, *, b_small: int,
+                              n_batches: int = 64, seed: int = 0, chunk_size: int = 1000) -> NoiseScaleResult:
+    """``B_simple = tr(Sigma) / |G|^2`` of the whole set ``(x, y)``, with ``|G|^2`` computed exactly.
+
+    ``G`` is the full-batch gradient over every example of ``(x, y)`` (one pass, in chunks);
+    ``tr(Sigma)`` comes from ``n_batches`` batches of ``b_small`` examples drawn with replacement,
+    for which ``E|G_b|^2 = |G|^2 + tr(Sigma) / b`` holds exactly, so each batch gives an unbiased
+    ``t_i = b (|G_b,i|^2 - |G|^2)`` and ``tr(Sigma)`` is their mean. Compared with the two-batch
+    estimator (``gradient_noise_scale``), ``|G|^2`` (small near a minimum, and the denominator)
+    carries no sampling error, so ``B_simple``'s standard error is that of the mean of the
+    ``t_i`` over ``|G|^2``. Sigma is the per-example covariance over ``(x, y)`` (population
+    convention): pass the whole training set, not a subset, whose own gradient noise would cap
+    ``B_simple`` near the subset size. Inference-mode loss, as the other probes.
+    """
+    b_small, n_batches = int(b_small), int(n_batches)
+    if b_small < 1 or n_batches < 2:
+        raise ValueError(f"need b_small >= 1 and n_batches >= 2, got {b_small}, {n_batches}")
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be >= 1")
+    n_total = int(x.shape[0])
+    params = _params(model)
+    gen = _generator(seed)
+    draws = _to_device(torch.randint(0, n_total, (n_batches * b_small,), generator=gen), x.device)
+    with probe_mode(model):
+        full = [(x[i:i + chunk_size], y[i:i + chunk_size]) for i in range(0, n_total, chunk_size)]
+        _, g_full = _loss_and_grad(model, loss_fn, full, params)
+        sq = []
+        for k in range(n_batches):
+            idx = draws[k * b_small:(k + 1) * b_small]
+            xb, yb = x[idx], y[idx.to(y.device)]
+            _, g = _loss_and_grad(model, loss_fn, [(xb[i:i + chunk_size], yb[i:i + chunk_size])
+                                                   for i in range(0, b_small, chunk_size)], params)
+            sq.append(sum(gi.double().pow(2).sum() for gi in g))
+    g2 = float(sum(gi.double().pow(2).sum() for gi in g_full))  # GPU sync: once, with the next line
+    s = torch.stack(sq).cpu().numpy()
+    t = b_small * (s - g2)
+    tr_sigma, tr_se = float(t.mean()), float(np.std(t, ddof=1) / math.sqrt(n_batches))
+    b_simple = tr_sigma / g2 if g2 > 0 else math.copysign(math.inf, tr_sigma)
+    b_se = tr_se / g2 if g2 > 0 else math.nan
+    return NoiseScaleResult(b_simple=float(b_simple), g2=g2, trace_sigma=tr_sigma, b_small=b_small,
+                            b_big=n_total, n_pairs=n_batches, n_samples=n_total + n_batches * b_small,
+                            b_simple_stderr=float(b_se), g2_stderr=0.0, trace_sigma_stderr=tr_se,
+                            g2_small=float(s.mean()), g2_big=g2, replace=True)
+
+
 # ----------------------------------------------------------------------------- interpolation
 
 def _eval_batches(model, loss_fn, batches) -> tuple[Tensor, Tensor]:
@@ -617,23 +694,74 @@ def _eval_batches(model, loss_fn, batches) -> tuple[Tensor, Tensor]:
     return loss_sum, correct / total
 
 
+def batch_norm_layers(model: nn.Module) -> list[nn.Module]:
+    """The batch-norm layers of ``model`` that keep running statistics."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@torch.no_grad()
+def recompute_batch_norm(model: nn.Module, batches: Batches) -> None:
+    """Set every batch-norm layer's running statistics to their mean over ``batches`` ("precise BN").
+
+    Running means and (unbiased) variances are reset and re-estimated with ``momentum=None`` (a
+    cumulative average over the batches), with only the batch-norm layers in training mode; the
+    weights are not touched. Mutates the buffers on purpose: callers that must leave the model
+    as it was (``interpolate``) save and restore them. Mode flags and momenta are restored.
+    """
+    layers = batch_norm_layers(model)
+    if not layers:
+        return
+    saved = [(m, m.momentum, m.training) for m in layers]
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        for m in layers:
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        for x, _ in _check_batches(batches)[0]:
+            model(x)
+    finally:
+        for m, momentum, _ in saved:
+            m.momentum = momentum
+        for m, flag in flags:
+            m.training = flag
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, loss_fn: LossFn, batches: Batches) -> float:
+    """Mean loss over ``batches`` in inference mode (batch norm on its running statistics): the
+    loss whose Hessian the probes measure, at the same weights. Mode flags are restored."""
+    with probe_mode(model):
+        loss, _ = _eval_batches(model, loss_fn, batches)
+    return float(loss)  # GPU sync point
+
+
 @torch.no_grad()
 def interpolate(model: nn.Module, params_a: dict[str, Tensor], params_b: dict[str, Tensor],
                 alphas: Sequence[float] | Tensor | None = None, loss_fn: LossFn | None = None,
                 train_batches: Batches | None = None,
-                val_batches: Batches | None = None) -> list[dict[str, float]]:
+                val_batches: Batches | None = None, *, batch_norm: str = "recompute",
+                bn_batches: Batches | None = None) -> list[dict[str, float]]:
     """Loss and accuracy along ``theta(alpha) = (1 - alpha) theta_A + alpha theta_B``.
 
     ``params_a``/``params_b`` are state_dict-like (name -> tensor) and must cover every entry of
-    ``model.state_dict()``: floating parameters and buffers (batch-norm running statistics
-    included) are interpolated; integer buffers (``num_batches_tracked``) are taken from the
-    nearer endpoint. ``alphas`` defaults to ``torch.linspace(-1, 2, 31)``; ``loss_fn`` to
-    cross-entropy. Evaluated in inference mode. Accuracy is argmax accuracy for 2-D outputs and
-    integer targets (NaN otherwise); a missing ``val_batches`` gives NaN validation entries.
-    The model's own parameters, buffers and mode flags are restored bit for bit afterwards.
+    ``model.state_dict()``: floating parameters and buffers are interpolated; integer buffers
+    (``num_batches_tracked``) are taken from the nearer endpoint. Batch-norm running statistics
+    (``batch_norm``): ``"recompute"`` (default) re-estimates them at every alpha on
+    ``bn_batches`` (default ``train_batches``; ``recompute_batch_norm``), because interpolated
+    running variances extrapolate to negative values outside [0, 1] (NaN losses) and are not the
+    statistics of the interpolated weights inside it; ``"interpolate"`` interpolates them like
+    the weights (the endpoints then reproduce the two models exactly). ``alphas`` defaults to
+    ``torch.linspace(-1, 2, 31)``; ``loss_fn`` to cross-entropy. Evaluated in inference mode.
+    Accuracy is argmax accuracy for 2-D outputs and integer targets (NaN otherwise); a missing
+    ``val_batches`` gives NaN validation entries. The model's own parameters, buffers and mode
+    flags are restored bit for bit afterwards.
     """
     if train_batches is None:
         raise TypeError("interpolate() needs train_batches")
+    if batch_norm not in ("recompute", "interpolate"):
+        raise ValueError(f"interpolate(): batch_norm must be 'recompute' or 'interpolate', got {batch_norm!r}")
     if loss_fn is None:
         loss_fn = nn.functional.cross_entropy
     if alphas is None:
@@ -649,6 +777,7 @@ def interpolate(model: nn.Module, params_a: dict[str, Tensor], params_b: dict[st
     a = {k: params_a[k].detach().to(device=t.device, dtype=t.dtype) for k, t in state.items()}
     b = {k: params_b[k].detach().to(device=t.device, dtype=t.dtype) for k, t in state.items()}
     saved = {k: t.clone() for k, t in state.items()}
+    recompute = batch_norm == "recompute" and bool(batch_norm_layers(model))
     results = []
     try:
         with probe_mode(model):
@@ -659,6 +788,8 @@ def interpolate(model: nn.Module, params_a: dict[str, Tensor], params_b: dict[st
                         t.copy_((1.0 - alpha) * a[k] + alpha * b[k])
                     else:
                         t.copy_(a[k] if alpha <= 0.5 else b[k])
+                if recompute:
+                    recompute_batch_norm(model, bn_batches if bn_batches is not None else train_batches)
                 tl, ta = _eval_batches(model, loss_fn, train_batches)
                 if val_batches is not None:
                     vl, va = _eval_batches(model, loss_fn, val_batches)

@@ -29,7 +29,7 @@ from trainables.data import TensorData, load_dataset
 from trainables.models import build_model
 from trainables.pack_sgd import PackSGD
 from trainables.packed_models import build_pack, choose_layout
-from trainables.probes import probe_due, run_probes
+from trainables.probes import probe_due, run_probes, trial_probe_seed
 from trainables.schedules import ScheduleConfig, schedule_at, schedule_from_dict
 
 # Row status values (the ``status`` column of the metric tables).
@@ -266,7 +266,8 @@ def run_pack(
             # No probes on a diverged model: its Hessian is not a minimum's (and may be NaN).
             if status[j] != DIVERGED and probe_due(probes, epoch, train.epochs):
                 probe_model.load_state_dict(pack.member_state(i))
-                row.update(run_probes(probe_model, data, probes))
+                row.update(run_probes(probe_model, data, probes, trial_probe_seed(
+                    probes.seed, p.lr, p.batch_size, p.seed, p.beta, p.rescale, p.variant, n)))
             rows.append(row)
         now = time.perf_counter()
         for row in rows:
