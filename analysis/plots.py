@@ -182,3 +182,37 @@ def interpolation_plot(curves: dict[str, pa.Table], y: str = "train_loss") -> go
     if y.endswith("loss"):
         fig.update_yaxes(type="log")
     return fig
+
+
+def grid_map(cells: list[dict], value: str, log_color: bool = False) -> go.Figure:
+    """(lr, S) grid on log axes, one square per cell coloured by ``value`` (mean over seeds), with
+    dashed iso-eta/S lines (lr = r S) through the cells' ratios: the paper's claim is that colour is
+    constant along them. Cells without a finite value (every seed diverged) are grey crosses."""
+    def ok(v) -> bool:
+        return v is not None and math.isfinite(v) and (v > 0 or not log_color)
+
+    xs = [c["batch_size"] for c in cells]
+    ys = [c["lr"] for c in cells]
+    fig = go.Figure()
+    s_lo, s_hi = min(xs) / 1.5, max(xs) * 1.5
+    for r in sorted({round(c["lr"] / c["batch_size"], 15) for c in cells}):
+        fig.add_trace(go.Scatter(x=[s_lo, s_hi], y=[r * s_lo, r * s_hi], mode="lines", showlegend=False,
+                                 line=dict(color="#999", dash="dash", width=1), hoverinfo="skip"))
+    good = [c for c in cells if ok(c[value])]
+    bad = [c for c in cells if not ok(c[value])]
+    fig.add_trace(go.Scatter(
+        x=[c["batch_size"] for c in good], y=[c["lr"] for c in good], mode="markers", showlegend=False,
+        marker=dict(symbol="square", size=30, color=[math.log10(c[value]) if log_color else c[value] for c in good],
+                    colorscale="Viridis", showscale=True, colorbar=dict(title=("log10 " if log_color else "") + value),
+                    line=dict(color="#333", width=1)),
+        text=[f"lr={c['lr']:.3g}, S={c['batch_size']}, eta/S={c['lr'] / c['batch_size']:.3g}<br>{value}="
+              f"{c[value]:.4g} (n={c['n']})" for c in good],
+        hovertemplate="%{text}<extra></extra>"))
+    if bad:
+        fig.add_trace(go.Scatter(x=[c["batch_size"] for c in bad], y=[c["lr"] for c in bad], mode="markers",
+                                 name="no finite value (diverged)", marker=dict(symbol="x", size=14, color="#888")))
+    fig.update_layout(title=f"{value} over the (lr, S) grid; dashed: equal eta/S", xaxis_title="batch size S",
+                      yaxis_title="learning rate", xaxis_type="log", yaxis_type="log", template="plotly_white",
+                      yaxis_range=[math.log10(min(ys) / 1.5), math.log10(max(ys) * 1.5)],
+                      xaxis_range=[math.log10(s_lo), math.log10(s_hi)])
+    return fig

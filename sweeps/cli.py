@@ -107,6 +107,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     labels = {"html": "report", "json": "fits", "md": "summary"}
     print("\n".join(f"{labels[f]}: {p}" for f, p in paths.items()))
     _publish(args.run_dir, list(paths.values()))
+    if args.compare:
+        from analysis.report import write_comparison
+
+        other = fetch_run_dir(args.compare)
+        if not (other / "metrics").is_dir():
+            raise LrbsError(f"--compare: {other} is not an lrbs run directory (no metrics/ inside)")
+        cmp_paths = write_comparison(run_dir, other)
+        print(f"comparison: {cmp_paths['html']}\ncomparison summary: {cmp_paths['md']}")
+        _publish(args.run_dir, list(cmp_paths.values()))
     return 0
 
 
@@ -172,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", action="append", metavar="FMT",
                    help="html (report.html), json (fits.json) or md (report.md); repeat or comma-separate "
                         "(default: all three)")
+    p.add_argument("--compare", metavar="RUN_B", default=None,
+                   help="also compare with another run: writes compare-<RUN_B name>.md and .html in RUN_DIR "
+                        "(slopes with CIs, beta*, every section's headline, side by side)")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("submit", help="submit a sweep as a Ray job to a remote cluster")
     p.add_argument("spec", help="spec file inside this project (it travels with the job's working dir)")

@@ -101,6 +101,51 @@ def restore_plugin_folders(run_dir: Path) -> None:
             add_search_root(folder)
 
 
+PROVENANCE = "provenance.json"
+PACKAGES = ("torch", "torchvision", "ray", "pyarrow", "numpy", "scipy", "plotly", "mnist1d")
+
+
+def provenance(spec: SweepSpec, address: str | None) -> dict:
+    """Where and with what a sweep ran (the report's provenance section reads it back)."""
+    import datetime
+    import platform
+    from importlib import metadata
+
+    from sweeps.estimate import estimate_cost
+    from sweeps.version import code_version
+
+    packages = {}
+    for name in PACKAGES:
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    device = "cpu"
+    if spec.resources.gpu > 0:
+        import torch
+
+        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "GPU (not visible to the driver)"
+    cost = estimate_cost(spec)
+    return {"code_version": code_version(), "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "python": platform.python_version(), "platform": platform.platform(), "cpu": _cpu_model(),
+            "driver_device": device, "ray_address": address or "embedded local Ray",
+            "resources_per_trial": {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+            "packages": packages,
+            "estimate": {"device_hours": cost.device_hours, "device": cost.device, "total_pflop": cost.total_pflop}}
+
+
+def _cpu_model() -> str:
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def init_ray(address: str | None, runtime_env: dict | None = None) -> None:
     import ray
 
@@ -200,6 +245,9 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
     place = prepare_placement(spec, storage, storage_filesystem, upload_interval_s)
     run_dir = place.run_dir
     record_plugin_folders(spec, run_dir)
+    import json
+
+    (run_dir / PROVENANCE).write_text(json.dumps(provenance(spec, address), indent=1))
     n_trials, n_packs = len(expand_points(spec)), len(plan_packs(spec))
     print(f"[lrbs] sweep {spec.name}: {n_trials} trials in {n_packs} packs -> {place.where}", file=out, flush=True)
     printer = ProgressPrinter(n_trials)

@@ -69,7 +69,8 @@ class RescaleConfig:
 
 @dataclass(frozen=True)
 class BetaConfig:
-    """Fig. 5: lr = lr0 * beta, S = round(S0 * beta) for each beta, crossed with training-set sizes."""
+    """Fig. 5: S = round(S0 * beta), lr = lr0 * S / S0 (= lr0 * beta up to S's rounding, so eta/S is
+    exactly lr0/S0 for every member), for each beta, crossed with training-set sizes."""
     lr0: float
     batch_size0: int
     values: tuple[float, ...]
@@ -402,6 +403,10 @@ def validate(spec: SweepSpec) -> None:
 
     _check_pack_value(train.pack)  # also for specs built in code, not read from YAML
 
+    from trainables.augment import AUGMENTATIONS
+
+    if train.augment not in AUGMENTATIONS:
+        raise SpecError(f"train.augment: must be one of {', '.join(AUGMENTATIONS)} (got {train.augment!r})")
     if train.pack_layout not in LAYOUTS:
         raise SpecError(f"train.pack_layout: must be one of {', '.join(LAYOUTS)} (got {train.pack_layout!r})")
     if res.cpu <= 0:
@@ -412,6 +417,13 @@ def validate(spec: SweepSpec) -> None:
         raise SpecError(f"resources.gpu: fractions are only allowed below 1 (got {res.gpu})")
     try:
         n_train = train_set_size(ds)  # a user's data-set factory runs here, once per process
+        if train.augment != "none":
+            from trainables.data import dataset_entry
+
+            shape = tuple(dataset_entry(ds.name).input_shape(ds))
+            if len(shape) != 3:
+                raise SpecError(f"train.augment: {train.augment} crops and flips images (C, H, W); "
+                                f"{ds.name} gives examples of shape {shape}")
     except (DataError, PluginError) as exc:
         raise SpecError(str(exc)) from None
     for i, seed in enumerate(spec.grid.seed):
@@ -533,7 +545,7 @@ def _validate_beta(spec: SweepSpec, n_train: int) -> None:
             raise SpecError(f"beta.n_train[{i}]: {str(exc).split(': ', 1)[-1]}") from None
     smallest = min(sizes[1:] or sizes)
     for i, value in enumerate(b.values):
-        _check_batch_size(max(1, int(round(b.batch_size0 * value))), smallest, f"beta.values[{i}]")
+        _check_batch_size(beta_size(b, value), smallest, f"beta.values[{i}]")
 
 
 def _validate_curvature(c: CurvatureConfig) -> None:
@@ -609,8 +621,10 @@ def expand_points(spec: SweepSpec) -> list[dict[str, Any]]:
         ]
     if spec.beta is not None:
         b = spec.beta
+        # S is rounded to an integer; lr = lr0 * S / S0 then keeps eta/S exactly lr0/S0 for every
+        # member (lr0 * beta would be off by the rounding: beta 0.25 of S0 = 50 is S = 12, 4%).
         return [
-            {"lr": float(f"{b.lr0 * beta:.6g}"), "batch_size": max(1, int(round(b.batch_size0 * beta))),
+            {"lr": float(f"{b.lr0 * beta_size(b, beta) / b.batch_size0:.6g}"), "batch_size": beta_size(b, beta),
              "seed": seed, "beta": beta, **({"n_train": n} if n is not None else {})}
             for n in (b.n_train or (None,)) for beta in b.values for seed in seeds
         ]
@@ -620,6 +634,11 @@ def expand_points(spec: SweepSpec) -> list[dict[str, Any]]:
         {"lr": lr, "batch_size": s, "seed": seed}
         for lr, s, seed in itertools.product(lrs, sizes, seeds)
     ]
+
+
+def beta_size(b: BetaConfig, beta: float) -> int:
+    """The batch size of family member ``beta``: S0 * beta rounded to the nearest integer (>= 1)."""
+    return max(1, int(math.floor(b.batch_size0 * beta + 0.5)))
 
 
 def to_param_space(spec: SweepSpec, code_version: str) -> dict[str, Any]:

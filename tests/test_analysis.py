@@ -323,8 +323,14 @@ def test_report_on_grid_fixture(tmp_path):
     assert set(fits["fits"]) == {"final_val_acc", "max_val_acc", "final_train_loss",
                                  "lambda_max", "hessian_fro", "hessian_trace"}
     sec = fits["sections"]
-    assert {k for k, v in sec.items() if v["status"] == "ok"} == {"collapse", "equal_ratio", "geometry",
-                                                                     "interpolation", "eq7"}
+    assert {k for k, v in sec.items() if v["status"] == "ok"} == {
+        "overview", "collapse", "equal_ratio", "geometry", "interpolation", "eq7", "grid", "gap", "probes",
+        "provenance", "trials"}
+    # The best point of the fixture's grid (lr 0.16, S 16) is on two edges: the report says so.
+    assert sec["grid"]["data"]["on_edge"] and "WARNING: the best point sits on the grid's edge" in sec["grid"]["notes"][0]
+    assert sec["probes"]["data"]["lambda_max_converged"] == 18
+    assert sec["provenance"]["data"]["code_versions"] == ["fixture"]
+    assert sec["gap"]["data"]["fit"]["n"] == 18
     assert "no trial has a beta" in sec["breakdown"]["reason"]
     assert "rescale" in sec["rescaling"]["reason"]
     md = (run / "report.md").read_text()
@@ -385,6 +391,22 @@ def test_sections_skip_when_curvature_columns_are_absent_or_null(grid):
         assert sec["eq7"].status == "skipped" and "hessian_trace" in sec["eq7"].reason
         assert sec["collapse"].status == "ok"  # still has final_val_acc / final_train_loss
         assert sec["interpolation"].status == "skipped"  # no run directory given
+        assert sec["probes"].status == "skipped" and "lambda_max" in sec["probes"].reason
+        assert sec["provenance"].status == "skipped" and sec["grid"].status == "ok"
+
+
+def test_compare_two_runs(tmp_path):
+    """lrbs report A --compare B: slopes with CIs side by side; no common metric is said, not a crash."""
+    a, b = _copy("grid", tmp_path / "a"), _copy("grid", tmp_path / "b")
+    assert main(["report", str(a), "--format", "md", "--compare", str(b)]) == 0
+    md = (a / "compare-grid.md").read_text()
+    assert "slopes against log10(eta/S)" in md and "| yes |" in md and "NO:" not in md  # a run against itself
+    assert (a / "compare-grid.html").read_text().count("<table>") >= 2
+    c = _copy("breakdown", tmp_path)
+    assert main(["report", str(a), "--format", "md", "--compare", str(c)]) == 0
+    md = (a / "compare-breakdown.md").read_text()
+    assert "No fit against eta/S is in both runs" in md and "beta*=32" in md
+    assert main(["report", str(a), "--compare", str(tmp_path / "nothing")]) == 2
 
 
 def test_cli_report_format_errors(tmp_path):

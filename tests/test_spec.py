@@ -150,6 +150,14 @@ def test_beta_points_cross_training_set_sizes():
     assert max(ratios) == pytest.approx(min(ratios))  # a beta family keeps eta/S fixed
 
 
+def test_beta_family_keeps_eta_over_s_exact_when_s_rounds():
+    """Fig. 4's beta = 0.25 of S0 = 50: S = 13 (12.5 rounded), lr from S, so eta/S stays lr0/S0."""
+    spec = spec_from_dict(tiny_spec(grid={"seed": [0]}, beta={"lr0": 0.1, "batch_size0": 50, "values": [0.25, 1, 4]}))
+    points = expand_points(spec)
+    assert [(p["lr"], p["batch_size"]) for p in points] == [(0.026, 13), (0.1, 50), (0.4, 200)]
+    assert all(p["lr"] / p["batch_size"] == pytest.approx(0.1 / 50, rel=1e-12) for p in points)
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"rescale": {"lr0": 0.1, "batch_size0": 50, "batch_sizes": [100]}}, "rescale: conflicts with grid.lr"),
     ({"grid": {"seed": [0]}, "rescale": {"lr0": 0.1, "batch_size0": 50, "batch_sizes": [100], "rules": ["cubic"]}},
@@ -170,6 +178,8 @@ def test_beta_points_cross_training_set_sizes():
     ({"curvature": {"n_samples": 0}}, "curvature.n_samples"),
     ({"curvature": {"noise_method": "two_batch", "noise_b_small": 512, "noise_b_big": 32}}, "curvature.noise_b_small"),
     ({"curvature": {"noise_method": "exact"}}, "curvature.noise_method"),
+    ({"train": {"augment": "mixup"}}, "train.augment"),
+    ({"train": {"augment": "crop_flip"}}, "train.augment"),
     ({"curvature": {"trace_method": "hutch"}}, "curvature.trace_method"),
     ({"curvature": {"hutchinson_probes": 3}}, "curvature.hutchinson_probes"),
     ({"curvature": {"lanczos_iter": 5}}, "curvature.lanczos_iter: unknown key"),

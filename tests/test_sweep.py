@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -20,6 +21,19 @@ def tiny_run(ray_local, tmp_path_factory):
     spec = write_yaml(tmp / "tiny.yaml", tiny_spec("tiny"))
     assert main(["run", str(spec), "--storage", str(tmp / "runs")]) == 0
     return tmp / "runs" / "tiny"
+
+
+def test_provenance_is_recorded_and_reported(tiny_run):
+    """provenance.json at run start; the report's provenance section reads it with the time used."""
+    import json
+
+    info = json.loads((tiny_run / "provenance.json").read_text())
+    assert {"code_version", "started_at", "python", "platform", "cpu", "driver_device", "packages",
+            "estimate"} <= set(info)
+    assert {"torch", "ray", "pyarrow"} <= set(info["packages"]) and info["estimate"]["device"] == "cpu"
+    sec = json.loads((tiny_run / "fits.json").read_text())["sections"]["provenance"]
+    assert sec["status"] == "ok" and sec["data"]["device_hours_estimated"] == pytest.approx(info["estimate"]["device_hours"])
+    assert 0 < sec["data"]["device_hours_used"] < 0.1 and sec["data"]["packages"]["torch"] == info["packages"]["torch"]
 
 
 def test_metric_rows_exactly_one_per_trial_epoch(tiny_run):
@@ -152,8 +166,17 @@ def test_interpolate_between_two_trials(tiny_run, capsys):
         logits = model(data.x_train)
     loss = F.cross_entropy(logits, data.y_train).item()
     acc = (logits.argmax(1) == data.y_train).double().mean().item()
+    # By default batch norm is re-estimated at alpha = 0 too (on a fixed training subset): finite,
+    # and near the trial's own loss; the old way (interpolated statistics) reproduces it exactly.
     row = table.to_pylist()[1]
+    assert all(math.isfinite(r["train_loss"]) for r in table.to_pylist())
+    assert row["train_loss"] == pytest.approx(loss, rel=0.5) and row["train_acc"] == pytest.approx(acc, abs=0.05)
+    assert main(["interpolate", str(tiny_run), a, b, "--num", "4", "--batch-norm", "interpolate"]) == 0
+    old, _ = read_stream_file(tiny_run / "interpolation" / f"{a}__{b}__bn-interpolated.arrow")
+    row = old.to_pylist()[1]
     assert row["train_loss"] == pytest.approx(loss, rel=1e-5) and row["train_acc"] == pytest.approx(acc)
+    (tiny_run / "interpolation" / f"{a}__{b}__bn-interpolated.arrow").unlink()  # the report reads the rest
+    (tiny_run / "interpolation" / f"{a}__{b}__bn-interpolated.html").unlink()
     capsys.readouterr()
     assert main(["interpolate", str(tiny_run), a, "nope"]) == 2
     assert "no trial 'nope'" in capsys.readouterr().err

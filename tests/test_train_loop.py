@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from trainables.data import train_set_size
 from trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig
 from trainables.schedules import ScheduleConfig
-from trainables.train_loop import DIVERGED, FINISHED, TrialPoint, run_training
+from trainables.train_loop import DIVERGED, FINISHED, TrialPoint, run_pack, run_training
 
 DIGITS = DatasetConfig(name="digits", val_fraction=0.2)
 SMALL = ModelConfig(name="mlp", options=dict(depth=3, width=32, batch_norm=True))
@@ -132,3 +133,38 @@ def test_checkpoint_clock_saves_by_epochs_by_seconds_and_when_training_stops():
     assert not soon.due(1, "running")
     time.sleep(0.02)
     assert soon.due(2, "running") and not soon.due(3, "running")  # the clock restarts at each save
+
+
+def test_crop_flip_augmentation_is_per_example_deterministic_and_packs():
+    """train.augment: crop_flip crops and flips each example with the member's own draws: the
+    same run twice is identical, a packed member equals its run alone, and 'none' changes nothing."""
+    from trainables import augment
+
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).view(2, 3, 5, 5)
+    params = torch.tensor([[4, 4, 0], [0, 8, 1]])  # centre, no flip; top-right corner, flipped
+    out = augment.apply(x, params)
+    assert torch.equal(out[0], x[0])  # offset 4 of a 4-pixel pad: the image itself
+    padded = torch.nn.functional.pad(x[1], (4, 4, 4, 4))
+    assert torch.equal(out[1], padded[:, 0:5, 8:13].flip(-1))
+
+    from trainables.config import DatasetConfig
+    from trainables.data import TensorData
+
+    g = torch.Generator().manual_seed(0)
+    data = TensorData(torch.randn(96, 3, 8, 8, generator=g), torch.randint(0, 4, (96,), generator=g),
+                      torch.randn(32, 3, 8, 8, generator=g), torch.randint(0, 4, (32,), generator=g), 4)
+    conv = ModelConfig(name="resnet20", options=dict(width_mult=0.25))
+    train = TrainConfig(epochs=2, augment="crop_flip", pack=2)
+    pts = [TrialPoint(lr=0.05, batch_size=16, seed=0), TrialPoint(lr=0.1, batch_size=16, seed=1)]
+
+    def run(points, train):
+        rows = []
+        run_pack(points, DatasetConfig(), conv, train, lambda r, st: rows.extend(r), data=data)
+        return rows
+
+    packed = run(pts, train)
+    assert [r["train_loss"] for r in run(pts, train)] == [r["train_loss"] for r in packed]
+    alone = run(pts[1:], train)
+    assert [r["train_loss"] for r in packed if r["member"] == 1] == pytest.approx([r["train_loss"] for r in alone], rel=1e-5)
+    plain = run(pts[1:], TrainConfig(epochs=2, pack=2))
+    assert [r["train_loss"] for r in plain] != [r["train_loss"] for r in alone]

@@ -90,6 +90,10 @@ class TrainConfig:
     pack: int | str = "auto"
     pack_layout: str = "auto"          # auto | stacked | loop (trainables/packed_models.py)
     cuda_graphs: bool = True           # capture each step as a CUDA graph on GPUs (static shapes)
+    # none | crop_flip (random 4-pixel crop + horizontal flip of images; trainables/augment.py).
+    # Off by default and in the fig specs: the paper does not state it, and augmentation adds a
+    # noise of its own to the SGD noise whose scale eta/S is about (docs/experiments.md).
+    augment: str = "none"
 
 
 @dataclass(frozen=True)

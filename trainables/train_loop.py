@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from analysis.schema import check_row
+from trainables import augment
 from trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig, from_dict
 from trainables.data import TensorData, load_dataset
 from trainables.models import build_model
@@ -104,10 +105,13 @@ class _Steps:
     def reset(self) -> None:
         self.loss_sum = torch.zeros(self.pack.k, device=self.x.device, dtype=torch.float64)
         self.hits: dict[int, torch.Tensor] = {}  # per batch size: (K, S) correct predictions, summed per epoch
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor | None]] = {}
 
-    def _step(self, idx: torch.Tensor) -> None:
+    def _step(self, idx: torch.Tensor, aug: torch.Tensor | None = None) -> None:
         xb, yb = self.x[idx], self.y[idx]                      # (K, S, ...), (K, S)
+        if aug is not None:  # (K, S, 3) crop/flip draws of these examples (trainables/augment.py)
+            k, s = idx.shape
+            xb = augment.apply(xb.flatten(0, 1), aug.flatten(0, 1)).view(k, s, *xb.shape[2:])
         logits = self.pack.forward(xb, training=True)
         losses = _cross_entropy_per_member(logits, yb)  # member k's parameters get only L_k's gradient
         grads = torch.autograd.grad(self.opt.objective(losses), self.pack.params)
@@ -121,7 +125,11 @@ class _Steps:
         """(K,) correct predictions of the epoch so far."""
         return sum(h.sum(1) for h in self.hits.values())
 
-    def epoch(self, perms: torch.Tensor, s: int, n_steps: int) -> None:
+    def epoch(self, perms: torch.Tensor, s: int, n_steps: int, augs: torch.Tensor | None = None) -> None:
+        """``perms`` (K, N) batch order; ``augs`` (K, N, 3) augmentation draws (None: none)."""
+        def aug(lo: int, hi: int) -> torch.Tensor | None:
+            return None if augs is None else augs[:, lo:hi]
+
         self.loss_sum.zero_()
         for h in self.hits.values():
             h.zero_()
@@ -133,26 +141,29 @@ class _Steps:
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 for first in range(self.WARMUP):
-                    self._step(perms[:, first * s:(first + 1) * s])
+                    self._step(perms[:, first * s:(first + 1) * s], aug(first * s, (first + 1) * s))
             torch.cuda.current_stream().wait_stream(stream)
             first = self.WARMUP
             static_idx = perms[:, :s].clone()
+            static_aug = None if augs is None else augs[:, :s].clone()
             graph = torch.cuda.CUDAGraph()
             try:
                 with torch.cuda.graph(graph):  # recorded, not run: step `first` runs at its replay below
-                    self._step(static_idx)
-                self.graphs[s] = (graph, static_idx)
+                    self._step(static_idx, static_aug)
+                self.graphs[s] = (graph, static_idx, static_aug)
             except RuntimeError as exc:  # a model the graph cannot hold: train eagerly, same steps
                 warnings.warn(f"CUDA graph capture failed, training eagerly: {str(exc).splitlines()[0]}")
                 self.use_graphs = False
         if s in self.graphs:
-            graph, static_idx = self.graphs[s]
+            graph, static_idx, static_aug = self.graphs[s]
             for step in range(first, n_steps):
                 static_idx.copy_(perms[:, step * s:(step + 1) * s])
+                if static_aug is not None:
+                    static_aug.copy_(augs[:, step * s:(step + 1) * s])
                 graph.replay()
         else:
             for step in range(first, n_steps):
-                self._step(perms[:, step * s:(step + 1) * s])
+                self._step(perms[:, step * s:(step + 1) * s], aug(step * s, (step + 1) * s))
         self.pack.count_batches(n_steps)
 
 
@@ -240,7 +251,10 @@ def run_pack(
         if max_steps is not None:
             n_steps = min(n_steps, max_steps - steps)
         perms = torch.stack([torch.randperm(n, generator=gens[j]) for j in active]).to(device, non_blocking=True)
-        stepper.epoch(perms, s, n_steps)
+        # Augmentation draws follow each member's permutation in its own generator stream.
+        draws = [augment.draw(train.augment, n, gens[j]) for j in active]
+        augs = None if draws[0] is None else torch.stack(draws).to(device, non_blocking=True)
+        stepper.epoch(perms, s, n_steps, augs)
         if max_steps is not None and steps + n_steps >= max_steps:
             return status  # cut off: no row for a partial epoch
         seen = n_steps * s

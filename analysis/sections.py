@@ -1,0 +1,484 @@
+"""The report's sections: one builder per question of the paper, registered in ``SECTIONS``.
+
+A builder is ``builder(metrics, trials, run_dir) -> Section``: a pure function of the Arrow
+tables (and, for interpolation and provenance, files of the run directory), which returns either
+an ``ok`` section (tables, plotly figures, JSON-safe ``data``) or ``Section(...).skip(reason)``.
+The renderers (``analysis/render.py``) know nothing of any one section: adding a section is a
+builder and a registry entry here (docs/extending.md).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import plotly.graph_objects as go
+import pyarrow as pa
+
+from analysis import plots
+from analysis.breakdown import breakdown
+from analysis.collapse import COLLAPSE_METRICS, collapse_test
+from analysis.curves import equal_ratio_pairs, rescale_distances
+from analysis.fits import ratio_fit
+from analysis.geometry import GEOMETRY_METRICS, eq7_check, ratio_band_fit
+from analysis.interpolation import load_interpolations, summarize
+from analysis.trialinfo import has_values
+
+# (column, fit on log10 of the value?) for the eta/S fits.
+FIT_METRICS = (("final_val_acc", False), ("max_val_acc", False), ("final_train_loss", True))
+# Sharpness fits (Fig. 3), on log axes; only for runs that measured it.
+CURVATURE_FIT_METRICS = (("lambda_max", True), ("hessian_fro", True), ("hessian_trace", True))
+
+
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Section:
+    key: str
+    title: str
+    figure: str                       # the paper's figure / equation it answers
+    status: str = "ok"                # ok | skipped
+    reason: str = ""                  # why skipped
+    headline: str = ""                # one line for the summary table
+    tables: list[Table] = field(default_factory=list)
+    figures: list[tuple[str, go.Figure]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    data: dict = field(default_factory=dict)
+
+    def skip(self, reason: str) -> "Section":
+        self.status, self.reason = "skipped", reason
+        return self
+
+    def to_dict(self) -> dict:
+        return {"title": self.title, "figure": self.figure, "status": self.status, "reason": self.reason,
+                "headline": self.headline, "notes": self.notes, "data": self.data}
+
+
+def fmt(v, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.{digits}g}"
+    if isinstance(v, (tuple, list)):
+        return "[" + ", ".join(fmt(x, digits) for x in v) + "]"
+    return str(v)
+
+
+def pm(mean: float, sd: float) -> str:
+    return fmt(mean) if sd is None or math.isnan(sd) else f"{fmt(mean)} +- {fmt(sd, 2)}"
+
+
+# ----------------------------------------------------------------------------- sections
+
+def _running_note(trials: pa.Table) -> list[str]:
+    n = sum(s == "running" for s in trials.column("status").to_pylist()) if trials.num_rows else 0
+    return [f"PARTIAL: {n} trial(s) still running; their values are from their latest epoch."] if n else []
+
+
+def section_collapse(trials: pa.Table) -> Section:
+    sec = Section("collapse", "Collapse test: do eta and S act only through eta/S?", "Fig. 3 / Sec. 3")
+    groups = {}
+    n_trains = sorted({v for v in trials.column("n_train").to_pylist()}, key=lambda v: (v is None, v))
+    for n in n_trains:
+        groups["all" if len(n_trains) == 1 else f"n_train={n}"] = trials.filter(
+            pa.compute.equal(trials.column("n_train"), n)) if n is not None else trials
+    results, why = [], {}
+    for metric, log_y in COLLAPSE_METRICS:
+        name = ("log10 " if log_y else "") + metric
+        if not has_values(trials, metric):
+            why.setdefault("column absent or all null", []).append(name)
+            continue
+        for g, t in groups.items():
+            r = collapse_test(t, metric, log_y, group=g)
+            if isinstance(r, str):
+                why.setdefault(r, []).append(name if g == "all" else f"{name} ({g})")
+            else:
+                results.append(r)
+    skipped = [f"{', '.join(dict.fromkeys(names))}: {reason}" for reason, names in why.items()]
+    sec.notes += skipped
+    if not results:
+        return sec.skip("; ".join(skipped) or "no trials")
+    sec.tables.append(Table(
+        "y = a + b log10(eta) + c log10(S), OLS with classical SEs; H0: b + c = 0 (two-sided t-test)",
+        ["metric", "group", "n", "b [95% CI]", "c [95% CI]", "b + c [95% CI]", "p (b+c=0)", "R^2 full",
+         "R^2 ratio-only", "equal and opposite"],
+        [[r.metric, r.group, str(r.n), f"{fmt(r.b)} {fmt(r.b_ci, 3)}", f"{fmt(r.c)} {fmt(r.c_ci, 3)}",
+          f"{fmt(r.b_plus_c)} {fmt(r.b_plus_c_ci, 3)}", fmt(r.p, 3), fmt(r.r2_full, 3), fmt(r.r2_ratio, 3),
+          fmt(r.equal_and_opposite)] for r in results]))
+    sec.figures.append(("Collapse test coefficients", plots.collapse_coefficients(results)))
+    sec.data = {"results": [r.to_dict() for r in results], "skipped": skipped}
+    held = [r for r in results if r.equal_and_opposite]
+    sec.headline = (f"b = -c not rejected for {len(held)}/{len(results)} fits ("
+                    + ", ".join(f"{r.metric}: b+c={fmt(r.b_plus_c, 3)} p={fmt(r.p, 2)}" for r in results[:3]) + ")")
+    return sec
+
+
+def _distance_table(title: str, distances) -> Table:
+    return Table(title, ["A", "B", "epochs", "rms(mean curves)", "mean |diff|", "per-seed rms (mean +- sd)",
+                         "seed-noise rms", "seeds A/B"],
+                 [[d.a, d.b, str(len(d.epochs)), fmt(d.rms, 3), fmt(d.mean_abs, 3),
+                   pm(d.seed_rms_mean, d.seed_rms_sd), fmt(d.noise_rms, 3), f"{d.n_a}/{d.n_b}"] for d in distances])
+
+
+def section_equal_ratio(metrics: pa.Table, trials: pa.Table) -> Section:
+    sec = Section("equal_ratio", "Learning curves of runs with equal eta/S", "Fig. 1")
+    pairs = equal_ratio_pairs(metrics, trials, "val_acc")
+    if not pairs:
+        return sec.skip("no two configurations share their eta/S sequence (same n_train and model) "
+                        "outside beta and rescaling families")
+    loss = equal_ratio_pairs(metrics, trials, "train_loss")
+    sec.tables.append(_distance_table("val acc: distance between configurations with equal eta/S", pairs))
+    sec.tables.append(_distance_table("train loss: distance between configurations with equal eta/S", loss))
+    sec.figures.append(("Equal eta/S: val acc difference per epoch",
+                        plots.curve_differences(pairs, "Equal eta/S pairs: val acc difference per epoch (+-2 SE)")))
+    sec.figures.append(("Equal eta/S: train loss difference per epoch",
+                        plots.curve_differences(loss, "Equal eta/S pairs: train loss difference per epoch (+-2 SE)")))
+    sec.data = {"val_acc": [d.to_dict() for d in pairs], "train_loss": [d.to_dict() for d in loss]}
+    sec.headline = "; ".join(f"{d.a} vs {d.b}: val acc rms {fmt(d.rms, 2)} (seed noise {fmt(d.noise_rms, 2)})"
+                             for d in pairs[:3])
+    return sec
+
+
+def section_rescaling(metrics: pa.Table, trials: pa.Table) -> Section:
+    sec = Section("rescaling", "Rescaling rules against the small-batch reference", "Fig. 2")
+    if not has_values(trials, "rescale"):
+        return sec.skip("no rescale column with values (no rescaling family in this run)")
+    dists = rescale_distances(metrics, trials, "val_acc")
+    if not dists:
+        return sec.skip("the rescaling family has only its reference batch size")
+    loss = rescale_distances(metrics, trials, "train_loss")
+    sec.tables.append(_distance_table("val acc: each rule and batch size against the reference", dists))
+    sec.tables.append(_distance_table("train loss: each rule and batch size against the reference", loss))
+    sec.figures.append(("Rescaling rules: val acc difference from the reference",
+                        plots.curve_differences(dists, "Rescaling rules: val acc minus reference, per epoch (+-2 SE)")))
+    sec.data = {"val_acc": [d.to_dict() for d in dists], "train_loss": [d.to_dict() for d in loss]}
+    sec.headline = "; ".join(f"{d.a}: rms {fmt(d.rms, 2)}" for d in dists)
+    return sec
+
+
+def section_geometry(trials: pa.Table) -> Section:
+    sec = Section("geometry", "Sharpness and generalization against eta/S", "Fig. 3")
+    fits, skipped = [], []
+    for column, log_y in GEOMETRY_METRICS:
+        if not has_values(trials, column):
+            skipped.append(f"{column}: column absent or all null")
+            continue
+        f = ratio_band_fit(trials, column, log_y)
+        if isinstance(f, str):
+            skipped.append(f"{column}: {f}")
+        else:
+            fits.append(f)
+    sec.notes += skipped
+    if not [f for f in fits if f.column != "final_val_acc"]:
+        return sec.skip("; ".join(skipped) or "no curvature values")
+    sec.tables.append(Table("y = a + slope log10(eta/S), OLS; 95% t-interval; p of slope = 0",
+                            ["y", "n", "slope [95% CI]", "p", "R^2", "Spearman rho (p)"],
+                            [[f.metric, str(f.n), f"{fmt(f.slope)} {fmt(f.slope_ci, 3)}", fmt(f.p, 3), fmt(f.r2, 3),
+                              f"{fmt(f.spearman_rho, 3)} ({fmt(f.spearman_p, 2)})"] for f in fits]))
+    for f in fits:
+        sec.figures.append((f"{f.column} against eta/S", plots.band_fit_plot(trials, f)))
+    sec.data = {"fits": [f.to_dict() for f in fits], "skipped": skipped}
+    sec.headline = ", ".join(f"{f.metric} slope {fmt(f.slope, 3)} {fmt(f.slope_ci, 2)}" for f in fits)
+    return sec
+
+
+def section_eq7(trials: pa.Table) -> Section:
+    sec = Section("eq7", "Eq. 7: final loss against (eta/4S) Tr(H)", "Eq. 7")
+    if not has_values(trials, "hessian_trace"):
+        return sec.skip("no hessian_trace values (curvature probes not run)")
+    r = eq7_check(trials)
+    if isinstance(r, str):
+        return sec.skip(r)
+    what = ("the loss on the probe subset in eval mode, at the probed weights (the loss whose Hessian Tr(H) is)"
+            if r.loss_column == "probe_loss" else
+            "final train loss, the train-mode epoch mean (this run predates probe_loss; it is not the loss "
+            "whose Hessian Tr(H) is, and differs from it most at large eta/S)")
+    if r.loss_column != "probe_loss":
+        sec.notes.append("Eq. 7 uses final_train_loss: this run has no probe_loss column (written before it existed).")
+    sec.tables.append(Table(f"x = (eta/4S) Tr(H) at the last epoch, y = {what}",
+                            ["n", "median y/x [IQR]", "log-log slope [95% CI]", "R^2", "Spearman rho (p)"],
+                            [[str(r.n), f"{fmt(r.ratio_median, 3)} [{fmt(r.ratio_q25, 3)}, {fmt(r.ratio_q75, 3)}]",
+                              f"{fmt(r.slope, 3)} {fmt(r.slope_ci, 3)}", fmt(r.r2, 3),
+                              f"{fmt(r.spearman_rho, 3)} ({fmt(r.spearman_p, 2)})"]]))
+    sec.figures.append(("Eq. 7 check", plots.eq7_plot(r)))
+    sec.data = r.to_dict()
+    sec.headline = f"median loss/((eta/4S)TrH) = {fmt(r.ratio_median, 3)}, log-log slope {fmt(r.slope, 3)} {fmt(r.slope_ci, 2)}"
+    return sec
+
+
+def section_interpolation(run_dir: Path | None) -> Section:
+    sec = Section("interpolation", "Interpolation between minima", "Fig. 4")
+    if run_dir is None:
+        return sec.skip("no run directory given")
+    curves, problems = load_interpolations(run_dir)
+    sec.notes += problems
+    if not curves:
+        return sec.skip("no interpolation/*.arrow files (make them with `lrbs interpolate RUN_DIR A B`)"
+                        + (f"; unreadable: {'; '.join(problems)}" if problems else ""))
+    sums = [summarize(name, t) for name, t in sorted(curves.items())]
+    sec.tables.append(Table("train loss along the line; barrier = max loss on [0, 1] - max(loss at A, loss at B)",
+                            ["A", "B", "alphas", "loss A", "loss B", "barrier", "val acc A", "val acc B"],
+                            [[s.trial_a, s.trial_b, f"{s.n_alpha} in [{fmt(s.alpha_min, 3)}, {fmt(s.alpha_max, 3)}]",
+                              fmt(s.loss_a, 3), fmt(s.loss_b, 3), fmt(s.barrier, 3), fmt(s.val_acc_a, 3),
+                              fmt(s.val_acc_b, 3)] for s in sums]))
+    sec.figures.append(("Interpolation: train loss", plots.interpolation_plot(curves, "train_loss")))
+    sec.figures.append(("Interpolation: val acc", plots.interpolation_plot(curves, "val_acc")))
+    sec.data = {"curves": [s.to_dict() for s in sums]}
+    sec.headline = "; ".join(f"{s.trial_a}->{s.trial_b} barrier {fmt(s.barrier, 3)}" for s in sums[:3])
+    return sec
+
+
+def section_breakdown(metrics: pa.Table, trials: pa.Table) -> Section:
+    sec = Section("breakdown", "Breakdown of eta/S scaling at large beta", "Fig. 5")
+    res = breakdown(metrics, trials)
+    if isinstance(res, str):
+        return sec.skip(res)
+    for r in res:
+        sec.notes += [f"n_train={r.n_train}: {n}" for n in r.notes]
+        pred = ("-" if r.b_crit is None else
+                f"B_crit = {fmt(r.b_crit, 3)}" + (f" +- {fmt(r.b_crit_sd, 2)}" if r.b_crit_sd else "")
+                + f" (n={r.b_crit_n}) -> beta_crit = {fmt(r.beta_crit, 3)}")
+        sec.tables.append(Table(
+            f"n_train={r.n_train}: S0={r.s0}, lr0={fmt(r.lr0)}; beta* = {fmt(r.beta_star)}; "
+            f"noise-scale prediction: {pred}. Test: {r.test}",
+            ["beta", "lr", "S", "seeds", "max val acc (mean +- sd)", "", "p (Welch)", "p (Holm)", "below beta=1",
+             "curve rms vs beta=1", "per-seed rms"],
+            [[fmt(b.beta), fmt(b.lr), str(b.batch_size), str(b.n) + (f" ({b.n_running} running)" if b.n_running else ""),
+              pm(b.mean, b.sd), b.diverged_mark, fmt(b.p, 3), fmt(b.p_holm, 3), fmt(b.significant) if b.beta > 1 else "",
+              fmt(b.curve_rms, 3), pm(b.curve_seed_rms_mean, b.curve_seed_rms_sd)] for b in r.rows]))
+    sec.figures.append(("Breakdown: max val acc against beta", plots.breakdown_plot(res)))
+    sec.data = {"results": [r.to_dict() for r in res]}
+    sec.headline = "; ".join(f"n_train={r.n_train}: beta*={fmt(r.beta_star)}"
+                             + (f", B_crit/S0={fmt(r.beta_crit, 3)}" if r.beta_crit is not None else "") for r in res)
+    return sec
+
+
+def section_overview(metrics: pa.Table, trials: pa.Table) -> Section:
+    """Fits of the end-of-training quantities against log10(eta/S), and the learning curves."""
+    sec = Section("overview", "Fits against eta/S and learning curves", "Fig. 3")
+    measured = [(m, log_y) for m, log_y in CURVATURE_FIT_METRICS
+                if m in trials.column_names and trials.column(m).null_count < trials.num_rows]
+    n_ratios = len({round(r, 15) for r in trials.column("ratio").to_pylist() if r})
+    fit_ok = trials.num_rows >= 3 and n_ratios >= 2
+    fits = {}
+    for metric, log_y in FIT_METRICS + tuple(measured):
+        if fit_ok:
+            fits[metric] = ratio_fit(trials, metric, log_y=log_y)
+        sec.figures.append((f"{metric} against eta/S", plots.metric_vs_ratio(trials, metric, fits.get(metric), log_y=log_y)))
+    if trials.num_rows < 3:
+        sec.notes.append("Fits skipped: fewer than 3 trials with data.")
+    elif n_ratios < 2:
+        sec.notes.append("Fits against eta/S skipped: every trial has the same eta/S (e.g. a beta family).")
+    if fits:
+        sec.tables.append(Table("fits against log10(eta/S) (95% CI: bootstrap over seeds)",
+                                ["metric", "n", "slope [95% CI]", "R^2", "Spearman rho (p)"],
+                                [[f.metric, str(f.n), f"{fmt(f.slope)} {fmt(f.slope_ci, 3)}", fmt(f.r2, 3),
+                                  f"{fmt(f.spearman_rho, 3)} ({fmt(f.spearman_p, 2)})"] for f in fits.values()]))
+    sec.figures.append(("Validation accuracy per epoch", plots.learning_curves(metrics, "val_acc")))
+    sec.figures.append(("Training loss per epoch", plots.learning_curves(metrics, "train_loss")))
+    sec.data = {"fits": {k: v.to_dict() for k, v in fits.items()}}
+    sec.headline = ", ".join(f"{k} slope {fmt(v.slope, 3)} {fmt(v.slope_ci, 2)}" for k, v in fits.items()
+                             if k in ("final_val_acc", "lambda_max")) or "no fits"
+    return sec
+
+
+def _cells(trials: pa.Table, value: str) -> list[dict]:
+    """Mean of ``value`` over the seeds of each (lr, S) point (finite values of non-diverged trials)."""
+    groups: dict[tuple, list[float]] = {}
+    for r in trials.select(["lr", "batch_size", "status", value]).to_pylist():
+        v = r[value]
+        key = (r["lr"], r["batch_size"])
+        groups.setdefault(key, [])
+        if v is not None and r["status"] != "diverged" and math.isfinite(v):
+            groups[key].append(float(v))
+    return [{"lr": lr, "batch_size": s, value: (sum(v) / len(v) if v else None), "n": len(v)}
+            for (lr, s), v in sorted(groups.items())]
+
+
+def section_grid(trials: pa.Table) -> Section:
+    """Heat maps of validation accuracy and lambda_max over (lr, S), iso-eta/S lines, edge warning."""
+    sec = Section("grid", "(lr, S) grid: validation accuracy and sharpness", "Fig. 3")
+    lrs = sorted(set(trials.column("lr").to_pylist()))
+    sizes = sorted(set(trials.column("batch_size").to_pylist()))
+    n_ratios = len({round(r, 15) for r in trials.column("ratio").to_pylist() if r})
+    if len(lrs) < 2 or len(sizes) < 2 or n_ratios < 2:
+        return sec.skip(f"needs >= 2 learning rates, >= 2 batch sizes and >= 2 values of eta/S (has {len(lrs)}, "
+                        f"{len(sizes)} and {n_ratios}; a beta family keeps eta/S fixed)")
+    cells = _cells(trials, "final_val_acc")
+    filled = [c for c in cells if c["final_val_acc"] is not None]
+    if not filled:
+        return sec.skip("no finite final_val_acc")
+    best = max(filled, key=lambda c: c["final_val_acc"])
+    sec.figures.append(("Final validation accuracy over (lr, S)", plots.grid_map(cells, "final_val_acc")))
+    if has_values(trials, "lambda_max"):
+        sec.figures.append(("lambda_max over (lr, S)", plots.grid_map(_cells(trials, "lambda_max"), "lambda_max",
+                                                                       log_color=True)))
+    edges = []
+    for axis, values, v in (("lr", lrs, best["lr"]), ("batch size", sizes, best["batch_size"])):
+        if len(values) >= 3 and v in (values[0], values[-1]):
+            edges.append(f"{axis} = {fmt(v)} is the {'smallest' if v == values[0] else 'largest'} in the grid")
+        elif len(values) < 3:
+            sec.notes.append(f"Only {len(values)} values of {axis}: whether the best point is interior cannot be told.")
+    if edges:
+        sec.notes.insert(0, "WARNING: the best point sits on the grid's edge (" + "; ".join(edges)
+                         + "): the optimum may lie outside the grid; extend it in that direction.")
+    sec.tables.append(Table("final validation accuracy, mean over seeds (rows: lr, columns: S)",
+                            ["lr \\ S", *[str(s) for s in sizes]],
+                            [[fmt(lr), *[fmt(next((c["final_val_acc"] for c in cells if c["lr"] == lr and c["batch_size"] == s),
+                                                  None), 3) for s in sizes]] for lr in lrs]))
+    sec.data = {"best": best, "on_edge": bool(edges), "cells": cells}
+    sec.headline = (f"best final val acc {fmt(best['final_val_acc'], 3)} at lr {fmt(best['lr'])}, S {best['batch_size']}"
+                    + (" (ON THE GRID'S EDGE)" if edges else ""))
+    return sec
+
+
+def section_gap(trials: pa.Table) -> Section:
+    """Generalization gap (final train accuracy - final validation accuracy) against eta/S."""
+    sec = Section("gap", "Generalization gap against eta/S", "Fig. 3")
+    if not (has_values(trials, "final_train_acc") and has_values(trials, "final_val_acc")):
+        return sec.skip("no final train and validation accuracy")
+    gap = [None if a is None or b is None else a - b for a, b in
+           zip(trials.column("final_train_acc").to_pylist(), trials.column("final_val_acc").to_pylist())]
+    table = trials.append_column("generalization_gap", pa.array(gap, type=pa.float64()))
+    n_ratios = len({round(r, 15) for r in trials.column("ratio").to_pylist() if r})
+    if trials.num_rows < 3 or n_ratios < 2:
+        return sec.skip(f"needs >= 3 trials over >= 2 values of eta/S (has {trials.num_rows}, {n_ratios})")
+    fit = ratio_fit(table, "generalization_gap")
+    sec.figures.append(("Generalization gap against eta/S", plots.metric_vs_ratio(table, "generalization_gap", fit)))
+    sec.tables.append(Table("gap = final train accuracy - final validation accuracy, fitted on log10(eta/S)",
+                            ["n", "slope [95% CI]", "R^2", "Spearman rho (p)"],
+                            [[str(fit.n), f"{fmt(fit.slope, 3)} {fmt(fit.slope_ci, 3)}", fmt(fit.r2, 3),
+                              f"{fmt(fit.spearman_rho, 3)} ({fmt(fit.spearman_p, 2)})"]]))
+    sec.data = {"fit": fit.to_dict()}
+    sec.headline = f"gap slope {fmt(fit.slope, 3)} {fmt(fit.slope_ci, 2)} per decade of eta/S"
+    return sec
+
+
+def _rel(values, errors) -> list[float]:
+    return [abs(e / v) for v, e in zip(values, errors) if v not in (None, 0) and e is not None
+            and math.isfinite(v) and math.isfinite(e)]
+
+
+def section_probes(trials: pa.Table) -> Section:
+    """How far the probes' numbers can be trusted: Lanczos convergence and relative standard errors."""
+    sec = Section("probes", "Probe reliability", "Sec. 4")
+    if not has_values(trials, "lambda_max"):
+        return sec.skip("no lambda_max values (curvature probes not run)")
+    rows = [r for r in trials.to_pylist() if r.get("lambda_max") is not None]
+    conv = [r for r in rows if r.get("lambda_max_converged")]
+    out = [["lambda_max converged (Lanczos)", f"{len(conv)}/{len(rows)}", "-"]]
+    flagged: list[str] = []
+    for col, name in (("hessian_trace", "Tr(H)"), ("hessian_fro", "||H||_F"), ("grad_noise_scale", "B_simple")):
+        err = f"{col}_stderr"
+        if col not in trials.column_names or err not in trials.column_names or not has_values(trials, col):
+            continue
+        rel = _rel([r.get(col) for r in rows], [r.get(err) for r in rows])
+        if not rel:
+            continue
+        rel_sorted = sorted(rel)
+        out.append([f"{name} relative standard error", f"median {fmt(rel_sorted[len(rel) // 2], 2)}",
+                    f"max {fmt(rel_sorted[-1], 2)}"])
+        flagged += [f"{r['trial_id']} ({name} +-{fmt(abs(r[err] / r[col]), 2)})" for r in rows
+                    if r.get(col) and r.get(err) is not None and math.isfinite(r[err]) and abs(r[err] / r[col]) > 0.5]
+    sec.tables.append(Table("per trial, at its last probe", ["quantity", "value", "worst"], out))
+    if len(conv) < len(rows):
+        sec.notes.append(f"{len(rows) - len(conv)} trial(s) stopped Lanczos before it converged (raise "
+                         f"curvature.lanczos_iters): " + ", ".join(r["trial_id"] for r in rows if not r.get("lambda_max_converged"))[:500])
+    if flagged:
+        sec.notes.append("Relative standard error above 50% (more probes or pairs would help): " + ", ".join(flagged)[:500])
+    sec.data = {"n": len(rows), "lambda_max_converged": len(conv), "flagged": flagged}
+    sec.headline = f"lambda_max converged in {len(conv)}/{len(rows)} trials; {len(flagged)} estimate(s) with > 50% error"
+    return sec
+
+
+MAX_TRIAL_ROWS = 500  # the per-trial table of a 10,000-trial sweep is the Arrow file's job
+
+
+def section_trials(trials: pa.Table) -> Section:
+    sec = Section("trials", "Per-trial table", "-")
+    cols = [c for c in ("trial_id", "lr", "batch_size", "ratio", "seed", "status", "epochs_done", "final_val_acc",
+                        "max_val_acc", "final_train_loss", "lambda_max", "hessian_trace", "grad_noise_scale")
+            if c in trials.column_names]
+    rows = sorted(trials.select(cols).to_pylist(), key=lambda r: (r["ratio"] or 0, r["lr"] or 0, r["seed"] or 0))
+    sec.tables.append(Table(f"every trial, by eta/S{f' (first {MAX_TRIAL_ROWS} of {len(rows)})' if len(rows) > MAX_TRIAL_ROWS else ''}",
+                            cols, [[fmt(r[c], 4) for c in cols] for r in rows[:MAX_TRIAL_ROWS]]))
+    if len(rows) > MAX_TRIAL_ROWS:
+        sec.notes.append(f"{len(rows) - MAX_TRIAL_ROWS} more trials: load_trials(run_dir) has them all.")
+    sec.headline = f"{len(rows)} trials"
+    return sec
+
+
+def _tune_trial(trial_id: str) -> str:
+    """A pack member's Tune trial (``<id>-m<j>`` -> ``<id>``; sweeps/packing.py)."""
+    base, sep, j = trial_id.rpartition("-m")
+    return base if sep and j.isdigit() else trial_id
+
+
+def section_provenance(metrics: pa.Table, trials: pa.Table, run_dir: Path | None) -> Section:
+    """What ran, where, with which code, and the device time used against the estimate."""
+    import json
+
+    sec = Section("provenance", "Provenance", "-")
+    if run_dir is None:
+        return sec.skip("no run directory")
+    info: dict = {}
+    try:
+        info = json.loads((run_dir / "provenance.json").read_text())
+    except (OSError, ValueError):
+        sec.notes.append("No provenance.json (written by lrbs run since issue 12): packages and device unknown.")
+    versions = sorted({v for v in metrics.column("code_version").to_pylist() if v})
+    rows = [["sweep", fmt(trials.column("sweep")[0].as_py())], ["code version(s) in the rows", ", ".join(versions) or "-"]]
+    rows += [[k, fmt(v)] for k, v in info.items() if k not in ("packages", "estimate")]
+    rows += [[f"package {k}", str(v)] for k, v in sorted((info.get("packages") or {}).items())]
+    # Device time used: each Tune trial (a pack counts once) held its resources for its wall time.
+    wall: dict[str, float] = {}
+    for r in metrics.select(["trial_id", "wall_s"]).to_pylist():
+        if r["wall_s"] is not None:
+            t = _tune_trial(r["trial_id"])
+            wall[t] = max(wall.get(t, 0.0), float(r["wall_s"]))
+    gpu = trials.column("cfg.resources.gpu")[0].as_py() if "cfg.resources.gpu" in trials.column_names else 0
+    cpu = trials.column("cfg.resources.cpu")[0].as_py() if "cfg.resources.cpu" in trials.column_names else 1
+    unit, per = ("GPU-hours", gpu) if gpu else ("CPU-hours", cpu or 1)
+    used = sum(wall.values()) * float(per or 1) / 3600
+    est = (info.get("estimate") or {}).get("device_hours")
+    rows.append([f"{unit} used (training time x resources)", f"{used:.3g}" + (f" against {est:.3g} estimated" if est else "")])
+    sec.tables.append(Table("run", ["what", "value"], rows))
+    try:
+        spec = (run_dir / "spec.yaml").read_text()
+        sec.tables.append(Table("the spec (spec.yaml in the run directory)", ["spec.yaml"],
+                                [[line] for line in spec.splitlines()]))
+    except OSError:
+        pass
+    sec.data = {"code_versions": versions, "device_hours_used": used, "device_hours_estimated": est, **info}
+    sec.headline = f"code {', '.join(versions) or '-'}; {used:.3g} {unit} used" + (f" of {est:.3g} estimated" if est else "")
+    return sec
+
+
+# The one registry of report sections, in report order: key -> builder(metrics, trials, run_dir).
+# A section is a pure function of the tables returning a Section (docs/extending.md); one that
+# does not apply to a run returns ``Section(...).skip(reason)``.
+SECTIONS: dict[str, Callable[[pa.Table, pa.Table, Path | None], Section]] = {
+    "overview": lambda metrics, trials, run_dir: section_overview(metrics, trials),
+    "collapse": lambda metrics, trials, run_dir: section_collapse(trials),
+    "equal_ratio": lambda metrics, trials, run_dir: section_equal_ratio(metrics, trials),
+    "rescaling": lambda metrics, trials, run_dir: section_rescaling(metrics, trials),
+    "geometry": lambda metrics, trials, run_dir: section_geometry(trials),
+    "interpolation": lambda metrics, trials, run_dir: section_interpolation(run_dir),
+    "breakdown": lambda metrics, trials, run_dir: section_breakdown(metrics, trials),
+    "eq7": lambda metrics, trials, run_dir: section_eq7(trials),
+    "grid": lambda metrics, trials, run_dir: section_grid(trials),
+    "gap": lambda metrics, trials, run_dir: section_gap(trials),
+    "probes": lambda metrics, trials, run_dir: section_probes(trials),
+    "provenance": section_provenance,
+    "trials": lambda metrics, trials, run_dir: section_trials(trials),
+}
+
+
