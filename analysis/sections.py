@@ -389,12 +389,23 @@ def section_probes(trials: pa.Table) -> Section:
         flagged += [f"{r['trial_id']} ({name} +-{fmt(abs(r[err] / r[col]), 2)})" for r in rows
                     if r.get(col) and r.get(err) is not None and math.isfinite(r[err]) and abs(r[err] / r[col]) > 0.5]
     sec.tables.append(Table("per trial, at its last probe", ["quantity", "value", "worst"], out))
+    # The two-batch estimator on the probe subset (runs before issue 12, or noise_method:
+    # two_batch) cannot see a noise scale beyond about the subset size: flag those near it.
+    method = (trials.column("cfg.curvature.noise_method").to_pylist() if "cfg.curvature.noise_method"
+              in trials.column_names else [None] * trials.num_rows)
+    capped = [r["trial_id"] for r, m in zip(trials.to_pylist(), method)
+              if m in (None, "two_batch") and r.get("grad_noise_scale") is not None and r.get("probe_n_samples")
+              and r["grad_noise_scale"] > 0.25 * r["probe_n_samples"]]
+    if capped:
+        sec.notes.append(f"B_simple of {len(capped)} trial(s) was estimated on the {rows[0].get('probe_n_samples')}-example "
+                         "probe subset (two-batch) and is above a quarter of it: the subset caps it (use "
+                         "curvature.noise_method: full): " + ", ".join(capped)[:500])
     if len(conv) < len(rows):
         sec.notes.append(f"{len(rows) - len(conv)} trial(s) stopped Lanczos before it converged (raise "
                          f"curvature.lanczos_iters): " + ", ".join(r["trial_id"] for r in rows if not r.get("lambda_max_converged"))[:500])
     if flagged:
         sec.notes.append("Relative standard error above 50% (more probes or pairs would help): " + ", ".join(flagged)[:500])
-    sec.data = {"n": len(rows), "lambda_max_converged": len(conv), "flagged": flagged}
+    sec.data = {"n": len(rows), "lambda_max_converged": len(conv), "flagged": flagged, "noise_scale_capped": capped}
     sec.headline = f"lambda_max converged in {len(conv)}/{len(rows)} trials; {len(flagged)} estimate(s) with > 50% error"
     return sec
 

@@ -329,6 +329,7 @@ def test_report_on_grid_fixture(tmp_path):
     # The best point of the fixture's grid (lr 0.16, S 16) is on two edges: the report says so.
     assert sec["grid"]["data"]["on_edge"] and "WARNING: the best point sits on the grid's edge" in sec["grid"]["notes"][0]
     assert sec["probes"]["data"]["lambda_max_converged"] == 18
+    assert sec["probes"]["data"]["noise_scale_capped"] == []  # the fixture measured no noise scale
     assert sec["provenance"]["data"]["code_versions"] == ["fixture"]
     assert sec["gap"]["data"]["fit"]["n"] == 18
     assert "no trial has a beta" in sec["breakdown"]["reason"]
@@ -393,6 +394,26 @@ def test_sections_skip_when_curvature_columns_are_absent_or_null(grid):
         assert sec["interpolation"].status == "skipped"  # no run directory given
         assert sec["probes"].status == "skipped" and "lambda_max" in sec["probes"].reason
         assert sec["provenance"].status == "skipped" and sec["grid"].status == "ok"
+
+
+def test_probe_reliability_flags_subset_capped_noise_scales(grid):
+    """Two-batch B_simple on the probe subset (runs before noise_method: full) cannot exceed ~the
+    subset size: values above a quarter of it are flagged, as are large relative errors."""
+    from analysis.sections import section_probes
+
+    _, trials = grid
+    n = trials.num_rows
+    b = [10.0 * (i + 1) for i in range(n)]          # 10 .. 180 examples, probe subset of 512
+    se = [0.9 * v if i == 0 else 0.1 * v for i, v in enumerate(b)]
+    t = trials.set_column(trials.column_names.index("grad_noise_scale"), "grad_noise_scale", pa.array(b))
+    t = t.set_column(t.column_names.index("grad_noise_scale_stderr"), "grad_noise_scale_stderr", pa.array(se))
+    sec = section_probes(t)
+    ids = t.column("trial_id").to_pylist()
+    assert sec.data["noise_scale_capped"] == [i for i, v in zip(ids, b) if v > 128]
+    assert any("caps it" in note for note in sec.notes)
+    assert [f.split(" ")[0] for f in sec.data["flagged"]] == [ids[0]]  # +-90%
+    full = t.append_column("cfg.curvature.noise_method", pa.array(["full"] * n))
+    assert section_probes(full).data["noise_scale_capped"] == []  # the whole-set estimator has no such cap
 
 
 def test_compare_two_runs(tmp_path):
