@@ -83,6 +83,8 @@ def check_eq7(data, make_model, ends) -> list[str]:
 
 
 def exact_noise_scale(model, x, y) -> float:
+    """tr(Sigma) / |G|^2 of the whole set from every per-example gradient (population covariance),
+    in eval mode (tests/test_curvature.py uses it too)."""
     params = list(model.parameters())
     model.eval()
     grads = []
@@ -112,7 +114,9 @@ def check_noise(data, make_model, ends, seeds: int) -> list[str]:
             f"probe subset, 16 pairs: {summary(old)} | whole set, 64 batches: {summary(new)} |"]
 
 
-def check_hutchinson(seeds: int) -> list[str]:
+def trained_tanh_net() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A 499-parameter float64 tanh net after 200 full-batch steps, with its 400 examples: small
+    enough for an exact Hessian (tests/test_curvature.py uses it too)."""
     torch.manual_seed(0)
     n = 400
     x = torch.randn(n, 10, dtype=torch.float64)
@@ -123,6 +127,11 @@ def check_hutchinson(seeds: int) -> list[str]:
         opt.zero_grad()
         CE(model(x), y).backward()
         opt.step()
+    return model, x, y
+
+
+def exact_spectrum(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Every eigenvalue of the Hessian of the mean cross-entropy (autograd Hessian, eigvalsh)."""
     names = [k for k, _ in model.named_parameters()]
     shapes = [p.shape for p in model.parameters()]
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
@@ -134,7 +143,12 @@ def check_hutchinson(seeds: int) -> list[str]:
             i += math.prod(shape)
         return CE(torch.func.functional_call(model, parts, (x,)), y)
 
-    ev = torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss, flat))
+    return torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss, flat))
+
+
+def check_hutchinson(seeds: int) -> list[str]:
+    model, x, y = trained_tanh_net()
+    ev = exact_spectrum(model, x, y)
     exact_t, exact_f = float(ev.sum()), float(ev.pow(2).sum().sqrt())
     batches = cv.make_batches(x, y, None, 1000)
     out = []

@@ -28,3 +28,15 @@ def test_benchmark_quick_mode_prints_the_table(tmp_path):
     assert any(r.startswith("| 3 quickstart end to end") for r in rows)
     assert any(r.startswith("| 3 fixed costs") for r in rows)
     assert any(r.startswith("| 4 curvature probes") for r in rows)
+
+
+def test_measurement_check_quick_mode_prints_every_check(capsys):
+    """benchmarks/measurement_check.py (the before/after figures of docs/curvature.md) runs."""
+    from benchmarks.measurement_check import main
+
+    assert main(["--quick"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "| check |" not in line]
+    for check in ("| 1 interpolation", "| 2 Eq. 7", "| 3 noise scale", "| 4 Tr(H)"):
+        assert any(r.startswith(check) for r in rows), check
+    interp = next(r for r in rows if r.startswith("| 1 interpolation"))
+    assert interp.split(" | ")[2].startswith("non-finite alphas: none")  # after the fix: finite everywhere

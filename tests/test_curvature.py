@@ -626,18 +626,6 @@ def test_probe_loss_is_the_eval_mode_loss_of_the_probed_subset():
     assert abs(row["probe_loss"] - train_mode) > 1e-3  # the two modes differ here, as in the issue
 
 
-def _exact_noise_scale(model, x, y):
-    """tr(Sigma) / |G|^2 of the whole set from every per-example gradient (population covariance)."""
-    params = [p for p in model.parameters()]
-    grads = []
-    for i in range(len(x)):
-        g = torch.autograd.grad(CE(model(x[i:i + 1]), y[i:i + 1]), params)
-        grads.append(torch.cat([t.reshape(-1) for t in g]).double())
-    g = torch.stack(grads)
-    mean = g.mean(0)
-    return float(((g - mean) ** 2).sum(1).mean() / mean.pow(2).sum())
-
-
 def test_noise_scale_of_the_whole_training_set_is_calibrated():
     """The probe's B_simple is the training set's, not the probe subset's (which caps it near the
     subset size), and its standard error covers the exact value."""
@@ -655,7 +643,9 @@ def test_noise_scale_of_the_whole_training_set_is_calibrated():
         opt.zero_grad()
         CE(model(x), y).backward()
         opt.step()
-    exact = _exact_noise_scale(model, x, y)
+    from benchmarks.measurement_check import exact_noise_scale
+
+    exact = exact_noise_scale(model, x, y)
     assert exact > 200
     data = TensorData(x, y, x[:10], y[:10], 3)
     base = dict(n_samples=100, lanczos_iters=2, hutchinson_probes=4)
@@ -674,36 +664,6 @@ def test_noise_scale_of_the_whole_training_set_is_calibrated():
     assert abs(statistics.mean(zs)) < 0.8 and 0.6 < statistics.pstdev(zs) < 1.5, zs
 
 
-def _trained_tanh_net():
-    torch.manual_seed(0)
-    n = 400
-    x = torch.randn(n, 10, dtype=torch.float64)
-    y = (x[:, 0] + 0.5 * torch.randn(n, dtype=torch.float64) > 0).long() + (x[:, 1] > 0.3).long()
-    model = nn.Sequential(nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3)).double()
-    opt = torch.optim.SGD(model.parameters(), lr=0.3)
-    for _ in range(200):
-        opt.zero_grad()
-        CE(model(x), y).backward()
-        opt.step()
-    return model, x, y
-
-
-def _exact_spectrum(model, x, y):
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for p in model.parameters()]
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-    def loss(v):
-        parts, i = {}, 0
-        for name, shape in zip(names, shapes):
-            k = math.prod(shape)
-            parts[name] = v[i:i + k].view(shape)
-            i += k
-        return CE(torch.func.functional_call(model, parts, (x,)), y)
-
-    return torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss, flat))
-
-
 @pytest.mark.parametrize("method", ["hutch++", "hutchinson"])
 def test_trace_and_frobenius_standard_errors_are_calibrated(method):
     """(estimate - exact) / stderr over 100 seeds has sd within 0.8-1.2 at the default 16 HVPs
@@ -712,8 +672,10 @@ def test_trace_and_frobenius_standard_errors_are_calibrated(method):
 
     from trainables.config import CurvatureConfig
 
-    model, x, y = _trained_tanh_net()
-    ev = _exact_spectrum(model, x, y)
+    from benchmarks.measurement_check import exact_spectrum, trained_tanh_net
+
+    model, x, y = trained_tanh_net()
+    ev = exact_spectrum(model, x, y)
     exact_t, exact_f = float(ev.sum()), float(ev.pow(2).sum().sqrt())
     batches = cv.make_batches(x, y, None, 1000)
     m = CurvatureConfig().hutchinson_probes
