@@ -185,6 +185,8 @@ def section_geometry(trials: pa.Table) -> Section:
                               f"{fmt(f.spearman_rho, 3)} ({fmt(f.spearman_p, 2)})"] for f in fits]))
     for f in fits:
         sec.figures.append((f"{f.column} against eta/S", plots.band_fit_plot(trials, f)))
+    sec.notes.append("These OLS intervals treat trials as independent; the overview's bootstrap over seeds (fits.json "
+                     "'fits') is the interval to quote for a slope against eta/S.")
     sec.data = {"fits": [f.to_dict() for f in fits], "skipped": skipped}
     sec.headline = ", ".join(f"{f.metric} slope {fmt(f.slope, 3)} {fmt(f.slope_ci, 2)}" for f in fits)
     return sec
@@ -224,14 +226,21 @@ def section_interpolation(run_dir: Path | None) -> Section:
         return sec.skip("no interpolation/*.arrow files (make them with `lrbs interpolate RUN_DIR A B`)"
                         + (f"; unreadable: {'; '.join(problems)}" if problems else ""))
     sums = [summarize(name, t) for name, t in sorted(curves.items())]
-    sec.tables.append(Table("train loss along the line; barrier = max loss on [0, 1] - max(loss at A, loss at B)",
-                            ["A", "B", "alphas", "loss A", "loss B", "barrier", "val acc A", "val acc B"],
-                            [[s.trial_a, s.trial_b, f"{s.n_alpha} in [{fmt(s.alpha_min, 3)}, {fmt(s.alpha_max, 3)}]",
+    # Files written before batch norm was re-estimated per alpha have no batch_norm column.
+    modes = {name: (t.column("batch_norm")[0].as_py() if "batch_norm" in t.column_names else "interpolated")
+             for name, t in curves.items()}
+    sec.tables.append(Table("train loss along the line; barrier = max loss on [0, 1] - max(loss at A, loss at B); "
+                            "batch norm: statistics re-estimated at each alpha (recomputed) or interpolated",
+                            ["A", "B", "batch norm", "alphas", "loss A", "loss B", "barrier", "val acc A", "val acc B"],
+                            [[s.trial_a, s.trial_b, modes[s.name], f"{s.n_alpha} in [{fmt(s.alpha_min, 3)}, {fmt(s.alpha_max, 3)}]",
                               fmt(s.loss_a, 3), fmt(s.loss_b, 3), fmt(s.barrier, 3), fmt(s.val_acc_a, 3),
                               fmt(s.val_acc_b, 3)] for s in sums]))
+    if "interpolated" in modes.values():
+        sec.notes.append("Curves with interpolated batch-norm statistics can go NaN past an endpoint and are not the "
+                         "statistics of the interpolated weights (docs/curvature.md); `lrbs interpolate` re-estimates them.")
     sec.figures.append(("Interpolation: train loss", plots.interpolation_plot(curves, "train_loss")))
     sec.figures.append(("Interpolation: val acc", plots.interpolation_plot(curves, "val_acc")))
-    sec.data = {"curves": [s.to_dict() for s in sums]}
+    sec.data = {"curves": [{**s.to_dict(), "batch_norm": modes[s.name]} for s in sums]}
     sec.headline = "; ".join(f"{s.trial_a}->{s.trial_b} barrier {fmt(s.barrier, 3)}" for s in sums[:3])
     return sec
 
@@ -341,7 +350,10 @@ def section_grid(trials: pa.Table) -> Section:
 
 
 def section_gap(trials: pa.Table) -> Section:
-    """Generalization gap (final train accuracy - final validation accuracy) against eta/S."""
+    """Generalization gap (final train accuracy - final validation accuracy) against eta/S.
+
+    ``final_train_acc`` is the train-mode accuracy averaged over the last epoch (on augmented
+    inputs when ``train.augment`` is on), not an evaluation at the final weights."""
     sec = Section("gap", "Generalization gap against eta/S", "Fig. 3")
     if not (has_values(trials, "final_train_acc") and has_values(trials, "final_val_acc")):
         return sec.skip("no final train and validation accuracy")
@@ -353,7 +365,8 @@ def section_gap(trials: pa.Table) -> Section:
         return sec.skip(f"needs >= 3 trials over >= 2 values of eta/S (has {trials.num_rows}, {n_ratios})")
     fit = ratio_fit(table, "generalization_gap")
     sec.figures.append(("Generalization gap against eta/S", plots.metric_vs_ratio(table, "generalization_gap", fit)))
-    sec.tables.append(Table("gap = final train accuracy - final validation accuracy, fitted on log10(eta/S)",
+    sec.tables.append(Table("gap = final train accuracy (train-mode mean over the last epoch) - final validation "
+                            "accuracy, fitted on log10(eta/S)",
                             ["n", "slope [95% CI]", "R^2", "Spearman rho (p)"],
                             [[str(fit.n), f"{fmt(fit.slope, 3)} {fmt(fit.slope_ci, 3)}", fmt(fit.r2, 3),
                               f"{fmt(fit.spearman_rho, 3)} ({fmt(fit.spearman_p, 2)})"]]))

@@ -19,6 +19,7 @@ INTERP_DIR = "interpolation"
 INTERP_SCHEMA = pa.schema([
     ("alpha", pa.float64()), ("train_loss", pa.float64()), ("train_acc", pa.float64()),
     ("val_loss", pa.float64()), ("val_acc", pa.float64()), ("trial_a", pa.string()), ("trial_b", pa.string()),
+    ("batch_norm", pa.string()),  # recompute | interpolate: how the running statistics were set at each alpha
 ])
 
 
@@ -96,7 +97,9 @@ def interpolate_trials(run_dir: str | Path, trial_a: str, trial_b: str, alphas: 
                        make_batches(data.x_train, data.y_train, None, batch),
                        make_batches(data.x_val, data.y_val, None, batch),
                        batch_norm=batch_norm, bn_batches=bn_batches)
-    return pa.Table.from_pylist([{**r, "trial_a": trial_a, "trial_b": trial_b} for r in rows], schema=INTERP_SCHEMA)
+    return pa.Table.from_pylist([{**r, "trial_a": trial_a, "trial_b": trial_b,
+                                  "batch_norm": "interpolated" if batch_norm == "interpolate" else "recomputed"}
+                                 for r in rows], schema=INTERP_SCHEMA)
 
 
 def write_interpolation(run_dir: str | Path, trial_a: str, trial_b: str, alphas: list[float],

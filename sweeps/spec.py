@@ -562,6 +562,8 @@ def _validate_curvature(c: CurvatureConfig) -> None:
         raise SpecError(f"curvature.trace_method: must be hutch++ or hutchinson (got {c.trace_method!r})")
     if c.noise_method not in ("full", "two_batch"):
         raise SpecError(f"curvature.noise_method: must be full or two_batch (got {c.noise_method!r})")
+    if c.noise_b_small < 1:
+        raise SpecError(f"curvature.noise_b_small: must be >= 1 (got {c.noise_b_small})")
     if c.noise_method == "full" and c.noise_pairs < 2:
         raise SpecError(f"curvature.noise_pairs: need >= 2 batches for a standard error (got {c.noise_pairs})")
     if c.noise_method == "two_batch" and not 0 < c.noise_b_small < c.noise_b_big:
@@ -622,7 +624,7 @@ def expand_points(spec: SweepSpec) -> list[dict[str, Any]]:
     if spec.beta is not None:
         b = spec.beta
         # S is rounded to an integer; lr = lr0 * S / S0 then keeps eta/S exactly lr0/S0 for every
-        # member (lr0 * beta would be off by the rounding: beta 0.25 of S0 = 50 is S = 12, 4%).
+        # member (beta 0.25 of S0 = 50 is S = 13, 12.5 rounded; lr0 * beta would put eta/S 4% off).
         return [
             {"lr": float(f"{b.lr0 * beta_size(b, beta) / b.batch_size0:.6g}"), "batch_size": beta_size(b, beta),
              "seed": seed, "beta": beta, **({"n_train": n} if n is not None else {})}

@@ -702,3 +702,19 @@ def test_each_trial_draws_its_own_probe_vectors():
     others = {trial_probe_seed(0, 0.1, 32, 1, None, None, None, 4000), trial_probe_seed(0, 0.2, 32, 0, None, None, None, 4000),
               trial_probe_seed(0, 0.1, 64, 0, None, None, None, 4000), trial_probe_seed(1, 0.1, 32, 0, None, None, None, 4000)}
     assert a not in others and len(others) == 4
+
+
+def test_hutchpp_on_a_model_smaller_than_its_sketch_and_batch_norm_weights_by_examples():
+    """Review findings: a sketch never exceeds the parameters; uneven batches weigh by examples."""
+    torch.manual_seed(0)
+    tiny = nn.Linear(2, 1).double()
+    x, y = torch.randn(20, 2, dtype=torch.float64), torch.randn(20, 1, dtype=torch.float64)
+    t, f = cv.hessian_trace_and_frobenius(tiny, nn.functional.mse_loss, [(x, y)], n_probes=32)
+    assert math.isfinite(t.value) and math.isfinite(f.value)
+    model = _bn_mlp(0)
+    xs, ys = _data()
+    cv.recompute_batch_norm(model, [(xs[:50], ys[:50]), (xs[50:53], ys[50:53])])  # 50 + 3 examples
+    (bn,) = cv.batch_norm_layers(model)
+    with torch.no_grad():
+        h = model[0](xs[:53])
+    assert torch.allclose(bn.running_mean, h.mean(0), atol=1e-12)  # the mean of all 53, not of 2 batch means

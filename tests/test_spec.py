@@ -178,6 +178,7 @@ def test_beta_family_keeps_eta_over_s_exact_when_s_rounds():
     ({"curvature": {"n_samples": 0}}, "curvature.n_samples"),
     ({"curvature": {"noise_method": "two_batch", "noise_b_small": 512, "noise_b_big": 32}}, "curvature.noise_b_small"),
     ({"curvature": {"noise_method": "exact"}}, "curvature.noise_method"),
+    ({"curvature": {"noise_b_small": 0}}, "curvature.noise_b_small"),
     ({"train": {"augment": "mixup"}}, "train.augment"),
     ({"train": {"augment": "crop_flip"}}, "train.augment"),
     ({"curvature": {"trace_method": "hutch"}}, "curvature.trace_method"),
