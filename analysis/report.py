@@ -49,7 +49,7 @@ def build_report(metrics: pa.Table, read_info: dict | None = None, run_dir: str 
         "trials": trials.num_rows,
         "epoch_rows": metrics.num_rows,
         "status_counts": {s: statuses.count(s) for s in sorted(set(statuses))},
-        "partial": any(s == "running" for s in statuses),
+        "partial": any(s == "running" for s in statuses) or bool((read_info or {}).get("damaged_files")),
         **(read_info or {}),
     }
     notes = []
@@ -59,6 +59,9 @@ def build_report(metrics: pa.Table, read_info: dict | None = None, run_dir: str 
     if summary.get("truncated_files"):
         notes.append(f"{len(summary['truncated_files'])} metric file(s) end mid-record (writer killed); "
                      "read up to the last whole row.")
+    for name, problem in (summary.get("damaged_files") or {}).items():
+        notes.append(f"DAMAGED metric file {name}: {problem}; rows before the damage are kept, its trial's "
+                     "later epochs are missing.")
     sections: list[Section] = []
     if trials.num_rows:
         running = _running_note(trials)
@@ -77,8 +80,9 @@ def write_reports(run_dir: str | Path, formats: tuple[str, ...] = FORMATS) -> di
         raise ValueError(f"unknown report format(s) {', '.join(bad)} (known: {', '.join(FORMATS)})")
     run_dir = Path(run_dir)
     metrics, info = load_metrics_with_report(run_dir)
-    report = build_report(metrics, {"truncated_files": info.dropped_bytes} if info.dropped_bytes else None,
-                          run_dir=run_dir)
+    read_info = {**({"truncated_files": info.dropped_bytes} if info.dropped_bytes else {}),
+                 **({"damaged_files": info.damaged} if info.damaged else {})}
+    report = build_report(metrics, read_info or None, run_dir=run_dir)
     title = f"lrbs report: {report.summary.get('sweep') or run_dir.name}"
     paths = {}
     for f in FORMATS:

@@ -22,6 +22,8 @@ class ReadReport:
     rows_read: int = 0
     dropped_bytes: dict[str, int] = field(default_factory=dict)  # file name -> bytes not readable
     superseded_rows: int = 0  # rows of earlier attempts replaced by later ones (see drop_superseded)
+    # file name -> what is wrong: empty, an unreadable header, or bad bytes inside (not a cut-off)
+    damaged: dict[str, str] = field(default_factory=dict)
 
     @property
     def truncated_files(self) -> list[str]:
@@ -34,28 +36,50 @@ def read_stream_file(path: str | Path) -> tuple[pa.Table, int]:
     A stream that was never closed (the writer was killed) has no end-of-stream marker and may
     end inside a message; everything before the broken message is returned.
     """
+    table, dropped, _ = read_stream_file_checked(path)
+    return table, dropped
+
+
+def read_stream_file_checked(path: str | Path) -> tuple[pa.Table, int, str | None]:
+    """``read_stream_file`` plus what is wrong with the file, if it is damaged rather than cut off.
+
+    Cut off (a killed writer): whole batches, then an incomplete message at the end. Damaged: a
+    0-byte file, a header that is not an Arrow stream, or a batch whose bytes do not validate
+    (e.g. flipped bytes: invalid UTF-8 in a string column); the batches before it are kept.
+    """
     path = Path(path)
     size = path.stat().st_size
+    if size == 0:
+        return METRIC_SCHEMA.empty_table(), 0, "empty file (0 bytes): no row was ever written to it"
     batches: list[pa.RecordBatch] = []
     good = 0  # offset just past the last whole message
     schema = None
+    problem = None
     with pa.OSFile(str(path), "rb") as f:
         try:
             reader = pa.ipc.open_stream(f)
             schema = reader.schema
             good = f.tell()
-            while True:
-                try:
-                    batch = reader.read_next_batch()
-                except StopIteration:
-                    good = size
-                    break
-                batches.append(batch)
-                good = f.tell()
-        except (pa.ArrowInvalid, pa.ArrowIOError, OSError, EOFError):
-            pass
+        except (pa.ArrowInvalid, pa.ArrowIOError, OSError, EOFError) as exc:
+            reader = None
+            problem = f"unreadable header ({str(exc).splitlines()[0][:120]}): not an Arrow stream"
+        while reader is not None:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                good = size
+                break
+            except (pa.ArrowInvalid, pa.ArrowIOError, OSError, EOFError):
+                break  # an incomplete message at the end: the writer was cut off
+            try:
+                batch.validate(full=True)
+            except (pa.ArrowInvalid, ValueError) as exc:
+                problem = f"bad bytes in the record at byte {good} ({str(exc).splitlines()[0][:120]})"
+                break
+            batches.append(batch)
+            good = f.tell()
     table = pa.Table.from_batches(batches, schema=schema or METRIC_SCHEMA)
-    return table, size - good
+    return table, size - good, problem
 
 
 def read_metric_files(run_dir: str | Path) -> tuple[pa.Table, ReadReport]:
@@ -63,10 +87,12 @@ def read_metric_files(run_dir: str | Path) -> tuple[pa.Table, ReadReport]:
     report = ReadReport()
     tables = []
     for path in sorted(Path(run_dir, "metrics").glob("*.arrow")):
-        table, dropped = read_stream_file(path)
+        table, dropped, problem = read_stream_file_checked(path)
         report.files += 1
         report.rows_read += table.num_rows
-        if dropped:
+        if problem:
+            report.damaged[path.name] = problem
+        elif dropped:
             report.dropped_bytes[path.name] = dropped
         tables.append(table)
     if not tables:

@@ -62,7 +62,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec)
     times = PhaseTimes()
-    run_dir = run_sweep(spec, storage=args.storage, address=args.address, times=times)
+    outcome: dict = {}
+    run_dir = run_sweep(spec, storage=args.storage, address=args.address, times=times, outcome=outcome)
     if not args.no_report:
         t = time.monotonic()
         _final_report(run_dir, f"{args.storage.rstrip('/')}/{spec.name}")
@@ -70,7 +71,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     total = time.monotonic() - _PROCESS_START
     times.start = max(0.0, total - times.ray - times.trials - times.report)
     print(times.line(total), flush=True)
-    return 0
+    return _exit_code(outcome, run_dir)
+
+
+def _exit_code(outcome: dict, run_dir) -> int:
+    """0 when every trial finished or diverged; EXIT_TRIALS_ERRORED (3) when any ended in ERROR,
+    said in the last line, so scripts can tell a failed sweep from a good one."""
+    from sweeps.runner import EXIT_TRIALS_ERRORED
+
+    n_err = outcome.get("errored", 0)
+    if not n_err:
+        return 0
+    total = n_err + outcome.get("finished", 0)
+    print(f"[lrbs] {n_err} of {total} trials errored (exit {EXIT_TRIALS_ERRORED}): see lrbs status {run_dir}; "
+          f"lrbs resume {run_dir} --restart-errored retries them", flush=True)
+    return EXIT_TRIALS_ERRORED
 
 
 def _final_report(run_dir: Path, publish_to: str | None = None) -> None:
@@ -122,7 +137,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from sweeps.submit import submit_sweep
 
-    submit_sweep(args.spec, args.address, args.storage, job_id=args.job_id)
+    submit_sweep(args.spec, args.address, args.storage, job_id=args.job_id, insecure=args.insecure)
     return 0
 
 
@@ -144,10 +159,11 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from sweeps.resume import resume_sweep
 
-    run_dir = resume_sweep(args.run_dir, restart_errored=args.restart_errored, address=args.address)
+    outcome: dict = {}
+    run_dir = resume_sweep(args.run_dir, restart_errored=args.restart_errored, address=args.address, outcome=outcome)
     if not args.no_report:
         _final_report(run_dir)
-    return 0
+    return _exit_code(outcome, run_dir)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -192,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="storage as the head node sees it: a URI (s3://, gs://) or a path there "
                         "(default: ~/lrbs-runs on the head node)")
     p.add_argument("--job-id", default=None, help="submission id (default: Ray picks one)")
+    p.add_argument("--insecure", action="store_true",
+                   help="send the auth token over plain http:// to a non-loopback address anyway (refused otherwise)")
     p.set_defaults(func=cmd_submit)
     p = sub.add_parser("interpolate", help="loss along the line between two trials' final weights (Fig. 4)")
     p.add_argument("run_dir")

@@ -53,7 +53,7 @@ def check_trusted(run_dir: Path) -> None:
 
 
 def resume_sweep(run_dir: str | Path, restart_errored: bool = False, address: str | None = None,
-                 out: TextIO | None = None) -> Path:
+                 out: TextIO | None = None, outcome: dict | None = None) -> Path:
     """Finish the sweep in ``run_dir``. Finished trials are left alone; unfinished ones continue
     from their last checkpoint; errored ones too, or from scratch with ``restart_errored``."""
     out = out or sys.stdout
@@ -90,5 +90,5 @@ def resume_sweep(run_dir: str | Path, restart_errored: bool = False, address: st
     for key, value in resilience_settings(spec).items():
         setattr(run_config, key, value)
     results = tuner.fit()
-    print_outcome(results, spec.name, str(run_dir / METRIC_DIR), out)
+    print_outcome(results, spec.name, str(run_dir / METRIC_DIR), out, outcome)
     return run_dir

@@ -178,8 +178,11 @@ def resilience_settings(spec: SweepSpec) -> dict:
             "checkpoint_config": tune.CheckpointConfig(num_to_keep=spec.resilience.keep_checkpoints)}
 
 
-def print_outcome(results, name: str, metrics_where: str, out: TextIO) -> None:
-    """Counts are of points (a pack's Tune trial counts once per member)."""
+EXIT_TRIALS_ERRORED = 3  # `lrbs run`/`resume`: the sweep ran, but some trials ended in ERROR
+
+
+def print_outcome(results, name: str, metrics_where: str, out: TextIO, outcome: dict | None = None) -> None:
+    """Counts are of points (a pack's Tune trial counts once per member); ``outcome`` gets them."""
     from sweeps.packing import members
 
     sizes = [(len(members("", r.config or {})) if r.config else 1, r.error is not None) for r in results]
@@ -187,6 +190,8 @@ def print_outcome(results, name: str, metrics_where: str, out: TextIO) -> None:
     n_ok = sum(k for k, err in sizes if not err)
     print(f"[lrbs] sweep {name} ended: {n_ok} trials finished, {n_err} errored; "
           f"metrics in {metrics_where}", file=out, flush=True)
+    if outcome is not None:
+        outcome.update(finished=n_ok, errored=n_err)
 
 
 def preflight_model(spec: SweepSpec):
@@ -213,13 +218,14 @@ def preflight_data(spec: SweepSpec) -> None:
 
 def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None = None,
               out: TextIO | None = None, *, storage_filesystem=None,
-              upload_interval_s: float | None = None, times=None) -> Path:
+              upload_interval_s: float | None = None, times=None, outcome: dict | None = None) -> Path:
     """Run every trial of ``spec``; returns the (local) run directory.
 
     ``storage`` may be a URI (``s3://``, ``gs://``, ``file://``) or, with ``storage_filesystem``
     (a ``pyarrow.fs.FileSystem``), a path inside that filesystem; a remote run directory is
     mirrored in a local staging directory, which is returned (see ``sweeps.storage``).
-    ``times`` (a ``sweeps.progress.PhaseTimes``) gets the Ray start, trials and worker start-up.
+    ``times`` (a ``sweeps.progress.PhaseTimes``) gets the Ray start, trials and worker start-up;
+    ``outcome`` (a dict) the counts of finished and errored points.
     """
     out = out or sys.stdout  # looked up per call: a default bound at import outlives a swapped stdout
     from ray import tune
@@ -273,5 +279,5 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
         if printer.first_result is not None:
             times.worker_start = max(0.0, printer.first_result[0] - t0 - printer.first_result[1])
     place.finish()
-    print_outcome(results, spec.name, f"{place.where}/{METRIC_DIR}", out)
+    print_outcome(results, spec.name, f"{place.where}/{METRIC_DIR}", out, outcome)
     return run_dir

@@ -24,7 +24,70 @@ from trainables.schedules import ScheduleConfig, schedule_from_dict, validate_sc
 
 
 class SpecError(LrbsError):
-    """A spec that cannot run. ``str()`` is ``"<file>: <field>: <problem>"``."""
+    """A spec that cannot run. ``str()`` is ``"<file>: <field>: <problem>"``, one line of at most
+    ``MAX_ERROR`` characters (a huge offending value is cut, never printed whole)."""
+
+    MAX_ERROR = 400
+
+    def __init__(self, message: str):
+        message = " ".join(str(message).split("\n"))
+        if len(message) > self.MAX_ERROR:
+            message = message[:self.MAX_ERROR - 30] + f"... ({len(message)} characters)"
+        super().__init__(message)
+
+
+# YAML limits: a spec is a page of text; these only stop inputs built to exhaust the machine.
+MAX_SPEC_BYTES = 1_000_000
+MAX_YAML_NODES = 100_000   # nodes after expanding aliases (a 496-byte alias bomb expands to ~10^9)
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys (YAML would keep the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue  # complex keys: the spec's checks refuse them by name
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {_short(key)}",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+_SpecLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _SpecLoader.construct_mapping)
+
+
+def _expanded_size(node, memo: dict) -> int:
+    """Nodes of the document with every alias expanded (memoized: linear in the written nodes)."""
+    key = id(node)
+    if key not in memo:
+        memo[key] = 0  # a self-referencing alias counts once instead of recursing forever
+        if isinstance(node, yaml.MappingNode):
+            size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            size = 1 + sum(_expanded_size(v, memo) for v in node.value)
+        else:
+            size = 1
+        memo[key] = min(size, MAX_YAML_NODES + 1)
+    return memo[key]
+
+
+def parse_yaml(text: str) -> Any:
+    """The spec's data: safe YAML, no duplicate keys, bounded alias expansion and nesting."""
+    loader = _SpecLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_YAML_NODES:
+            raise SpecError(f"malformed YAML: more than {MAX_YAML_NODES:,} values once aliases are expanded "
+                            f"(an alias bomb?)")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 @dataclass(frozen=True)
@@ -142,11 +205,21 @@ def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a YAML spec file; raises SpecError naming the file and field."""
     path = Path(path)
     try:
-        text = path.read_text()
+        if path.stat().st_size > MAX_SPEC_BYTES:
+            raise SpecError(f"{path}: {path.stat().st_size:,} bytes; a spec is at most {MAX_SPEC_BYTES:,}")
+        raw = path.read_bytes()
     except OSError as exc:
         raise SpecError(f"{path}: cannot read spec ({exc.strerror or exc})") from None
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
+    try:
+        data = parse_yaml(text)
+    except SpecError as exc:
+        raise SpecError(f"{path}: {exc}") from None
+    except RecursionError:
+        raise SpecError(f"{path}: malformed YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -175,8 +248,8 @@ def spec_from_dict(data: Any) -> SweepSpec:
     if "name" not in data:
         raise SpecError("name: required (the run directory is <storage>/<name>)")
     name = _check_type(data["name"], str, "name")
-    if not name or any(c in name for c in "/\\") or name.startswith("."):
-        raise SpecError(f"name: must be a non-empty file name without '/' (got {name!r})")
+    if not name or any(c in name for c in "/\\") or name.startswith(".") or not name.isprintable() or len(name) > 100:
+        raise SpecError(f"name: must be a file name of 1-100 printable characters without '/' (got {_short(name)})")
     kwargs: dict[str, Any] = {"name": name}
     if "description" in data:
         kwargs["description"] = _check_type(data["description"], str, "description")
@@ -321,7 +394,7 @@ def _check_type(value: Any, hint: Any, path: str) -> Any:
                 return _check_type(value, option, path)
             except SpecError as exc:
                 errors.append(str(exc))
-        raise SpecError(errors[0] if len(errors) == 1 else f"{path}: unexpected value {value!r}")
+        raise SpecError(errors[0] if len(errors) == 1 else f"{path}: unexpected value {_short(value)}")
     if origin is dict:  # options mappings: string keys, any YAML values (checked by their owner)
         if value is None:  # `options:` left empty
             return {}
@@ -329,28 +402,28 @@ def _check_type(value: Any, hint: Any, path: str) -> Any:
             raise SpecError(f"{path}: must be a mapping of option names to values (got {type(value).__name__})")
         for key in value:
             if not isinstance(key, str):
-                raise SpecError(f"{path}: option names must be strings (got {key!r})")
+                raise SpecError(f"{path}: option names must be strings (got {_short(key)})")
         return dict(value)
     if origin is tuple:
         if not isinstance(value, list) or not value:
-            raise SpecError(f"{path}: must be a non-empty list (got {value!r})")
+            raise SpecError(f"{path}: must be a non-empty list (got {_short(value)})")
         (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
         return tuple(_check_type(v, item, f"{path}[{i}]") for i, v in enumerate(value))
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SpecError(f"{path}: must be a number (got {value!r})")
+            raise SpecError(f"{path}: must be a number (got {_short(value)})")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise SpecError(f"{path}: must be an integer (got {value!r})")
+            raise SpecError(f"{path}: must be an integer (got {_short(value)})")
         return value
     if hint is bool:
         if not isinstance(value, bool):
-            raise SpecError(f"{path}: must be true or false (got {value!r})")
+            raise SpecError(f"{path}: must be true or false (got {_short(value)})")
         return value
     if hint is str:
         if not isinstance(value, str):
-            raise SpecError(f"{path}: must be a string (got {value!r})")
+            raise SpecError(f"{path}: must be a string (got {_short(value)})")
         return value
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, path)
@@ -427,8 +500,8 @@ def validate(spec: SweepSpec) -> None:
     except (DataError, PluginError) as exc:
         raise SpecError(str(exc)) from None
     for i, seed in enumerate(spec.grid.seed):
-        if seed < 0:
-            raise SpecError(f"grid.seed[{i}]: must be >= 0 (got {seed})")
+        if not 0 <= seed < 2**63:  # torch's and numpy's seeds are 64-bit integers
+            raise SpecError(f"grid.seed[{i}]: must be in 0..2**63-1 (got {_short(seed)})")
     if len(set(spec.grid.seed)) != len(spec.grid.seed):
         raise SpecError(f"grid.seed: repeated values {list(spec.grid.seed)}")
     if spec.rescale is not None:
@@ -579,6 +652,9 @@ def axis_values(axis: tuple | AxisRange, path: str) -> tuple:
         raise SpecError(f"{path}.num: must be >= 1 (got {axis.num})")
     if axis.scale not in ("log", "linear"):
         raise SpecError(f"{path}.scale: must be log or linear (got {axis.scale!r})")
+    for key in ("min", "max"):
+        if not math.isfinite(getattr(axis, key)):
+            raise SpecError(f"{path}.{key}: must be a finite number (got {getattr(axis, key)})")
     if axis.min > axis.max:
         raise SpecError(f"{path}: min ({axis.min}) is larger than max ({axis.max})")
     if axis.scale == "log":

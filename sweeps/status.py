@@ -77,14 +77,17 @@ def _per_member(trials: list[dict]) -> list[dict]:
 
 def read_status(run_dir: str | Path) -> list[TrialStatus]:
     """One entry per trial of the run (Tune's trials, plus any trial only the metrics know)."""
-    from analysis.tables import load_metrics
+    from analysis.tables import load_metrics_with_report
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or not ((run_dir / "metrics").is_dir() or newest_experiment_state(run_dir)):
         raise LrbsError(f"RUN_DIR: {run_dir} is not an lrbs run directory (no metrics/ or experiment state inside)")
     last_rows: dict[str, dict[str, Any]] = {}
+    damaged: dict[str, str] = {}  # metric file name -> what is wrong with it
     if (run_dir / "metrics").is_dir():
-        for row in load_metrics(run_dir).select(["trial_id", "epoch", "val_acc", "status", "config_json"]).to_pylist():
+        metrics, info = load_metrics_with_report(run_dir)
+        damaged.update(info.damaged)
+        for row in metrics.select(["trial_id", "epoch", "val_acc", "status", "config_json"]).to_pylist():
             last_rows[row["trial_id"]] = row  # sorted by trial then epoch: the last one wins
     trials = _per_member(_tune_trials(run_dir))
     known = {t["trial_id"] for t in trials}
@@ -108,6 +111,13 @@ def read_status(run_dir: str | Path) -> list[TrialStatus]:
             epochs=(t["config"].get("train") or {}).get("epochs"),
             last_val_acc=row["val_acc"] if row else None, row_status=row["status"] if row else None,
             failures=t["failures"], error=t["error"]))
+    by_id = {t.trial_id: t for t in out}
+    for name, problem in sorted(damaged.items()):
+        # Metric files are named <session>__<trial id>.arrow (sweeps/metrics_sink.py).
+        trial = by_id.get(name[:-len(".arrow")].rpartition("__")[2])
+        if trial is not None:
+            trial.row_status = "damaged"
+            trial.error = f"metric file {name}: {problem}"
     return out
 
 
@@ -127,5 +137,9 @@ def format_status(trials: list[TrialStatus], error_width: int = 60) -> str:
     counts: dict[str, int] = {}
     for t in trials:
         counts[t.status] = counts.get(t.status, 0) + 1
+    damaged = [t for t in trials if t.row_status == "damaged"]
+    if damaged:
+        lines.append(f"DAMAGED: {len(damaged)} trial(s) with a damaged metric file (rows before the damage are "
+                     f"kept; see the error column)")
     lines.append(f"{len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     return "\n".join(lines)

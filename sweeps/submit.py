@@ -38,13 +38,45 @@ def spec_in_project(spec_path: str | Path, root: Path = PROJECT_ROOT) -> str:
     return rel.as_posix()
 
 
+def token_would_be_sent() -> bool:
+    """The Ray client attaches a bearer token when token auth is on and a token is found."""
+    import os
+
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return False
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or os.path.isfile(path)
+
+
+def check_transport(address: str, insecure: bool = False, err: TextIO = sys.stderr) -> None:
+    """Refuse plain HTTP to a host other than this machine when the auth token would travel in
+    clear text (with the project upload); ``--insecure`` sends anyway, with a warning."""
+    import ipaddress
+    from urllib.parse import urlparse
+
+    url = urlparse(address)
+    host = url.hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if url.scheme != "http" or loopback or not token_would_be_sent():
+        return
+    message = (f"--address: {address} is plain HTTP to another host: the Ray auth token and the project "
+               f"upload would cross the network in clear text; use https://, or an SSH tunnel to "
+               f"http://127.0.0.1:8265 (docs/cluster.md)")
+    if not insecure:
+        raise LrbsError(message + ", or pass --insecure to send anyway")
+    print(f"lrbs: warning: {message} (sent anyway: --insecure)", file=err, flush=True)
+
+
 def job_entrypoint(spec_rel: str, storage: str) -> str:
     return shlex.join(["python", "-m", "sweeps.cli", "run", spec_rel, "--address", "auto", "--storage", storage])
 
 
 def submit_sweep(spec_path: str | Path, address: str, storage: str | None = None, *,
                  job_id: str | None = None, root: Path = PROJECT_ROOT,
-                 out: TextIO = sys.stdout) -> str:
+                 out: TextIO = sys.stdout, insecure: bool = False) -> str:
     """Validate ``spec_path``, submit it as a Ray job to the dashboard at ``address``; returns the job id."""
     from sweeps.spec import expand_points, load_spec
 
@@ -57,6 +89,7 @@ def submit_sweep(spec_path: str | Path, address: str, storage: str | None = None
     storage = storage or DEFAULT_JOB_STORAGE
     if "://" not in address:
         address = f"http://{address}"  # the dashboard's HTTP address, e.g. http://HEAD:8265
+    check_transport(address, insecure)
 
     from ray.job_submission import JobSubmissionClient
 

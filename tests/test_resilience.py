@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pytest
 
 from analysis.tables import load_metrics, load_metrics_with_report, read_stream_file
@@ -346,13 +348,16 @@ def test_worker_node_dies_trials_finish_unchanged(cluster, tmp_path):
 
 
 @pytest.mark.slow
-def test_errored_trial_status_then_resume_and_restart(cluster, tmp_path):
+def test_errored_trial_status_then_resume_and_restart(cluster, tmp_path, capsys):
     spec = write_yaml(tmp_path / "e.yaml", tiny_spec("e", grid={"lr": [0.05, 0.2], "batch_size": [32], "seed": [0]},
                                                       resilience={"max_failures": 0, "fail_at_epoch": 2,
                                                                   "checkpoint_every": 1}))
     run_dir = tmp_path / "runs" / "e"
+    # Trials that ended in ERROR: exit 3 (not 0), said in the last line (issue 13).
     assert main(["run", str(spec), "--storage", str(tmp_path / "runs"), "--address", cluster.address,
-                 "--no-report"]) == 0
+                 "--no-report"]) == 3
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("[lrbs] 2 of 2 trials errored (exit 3)") and "--restart-errored" in last
     out = status_cli(run_dir)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
@@ -412,3 +417,42 @@ def test_fail_at_epoch_must_be_an_epoch_of_the_run(value, ok):
     else:
         with pytest.raises(SpecError, match=r"resilience.fail_at_epoch: must be an epoch in 1..3"):
             spec_from_dict(data)
+
+
+def test_damaged_metric_files_are_flagged_not_crashed(tmp_path):
+    """Issue 13: a 0-byte file, an overwritten header and flipped bytes in a string column are
+    'damaged' (named, in status and the report), never a traceback and never 'writer killed'."""
+    from analysis.report import write_reports
+    from analysis.tables import load_metrics_with_report
+
+    run = tmp_path / "run"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "grid", run)
+    src = sorted((run / "metrics").glob("*.arrow"))[0]
+    table, _ = read_stream_file(src)
+    ids = sorted(set(table.column("trial_id").to_pylist()))
+    one = table.filter(pa.compute.equal(table.column("trial_id"), ids[0]))
+    good = run / "metrics" / f"s1__{ids[0]}.arrow"
+    with pa.OSFile(str(good), "wb") as f, pa.ipc.new_stream(f, one.schema) as w:
+        for batch in one.to_batches(max_chunksize=1):
+            w.write_batch(batch)
+    data = good.read_bytes()
+    (run / "metrics" / "s2__empty.arrow").write_bytes(b"")
+    (run / "metrics" / "s3__header.arrow").write_bytes(b"\x00" * 16 + data[16:])
+    flipped = bytearray(data)
+    pos = data.rfind(ids[0].encode())  # a trial id inside the last record batch
+    flipped[pos:pos + 2] = b"\xff\xfe"  # invalid UTF-8 in a string column
+    (run / "metrics" / "s4__flipped.arrow").write_bytes(bytes(flipped))
+    _, info = load_metrics_with_report(run)
+    assert set(info.damaged) == {"s2__empty.arrow", "s3__header.arrow", "s4__flipped.arrow"}
+    assert "0 bytes" in info.damaged["s2__empty.arrow"] and "header" in info.damaged["s3__header.arrow"]
+    assert "bad bytes" in info.damaged["s4__flipped.arrow"] and not set(info.dropped_bytes) & set(info.damaged)
+    fits = json.loads(write_reports(run, ("json",))["json"].read_text())
+    assert fits["summary"]["partial"] is True
+    assert sum("DAMAGED metric file" in n for n in fits["notes"]) == 3
+    # lrbs status names the trial whose file is damaged (files are <session>__<trial id>.arrow).
+    (run / "metrics" / f"s5__{ids[1]}.arrow").write_bytes(b"")
+    from sweeps.status import format_status
+
+    trials = {t.trial_id: t for t in read_status(run)}
+    assert trials[ids[1]].row_status == "damaged" and "0 bytes" in trials[ids[1]].error
+    assert "DAMAGED: 1 trial(s)" in format_status(list(trials.values()))

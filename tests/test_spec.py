@@ -179,6 +179,7 @@ def test_beta_family_keeps_eta_over_s_exact_when_s_rounds():
     ({"curvature": {"noise_method": "two_batch", "noise_b_small": 512, "noise_b_big": 32}}, "curvature.noise_b_small"),
     ({"curvature": {"noise_method": "exact"}}, "curvature.noise_method"),
     ({"curvature": {"noise_b_small": 0}}, "curvature.noise_b_small"),
+    ({"grid": {"lr": [0.1], "batch_size": [8], "seed": [2**70]}}, "grid.seed[0]"),
     ({"train": {"augment": "mixup"}}, "train.augment"),
     ({"train": {"augment": "crop_flip"}}, "train.augment"),
     ({"curvature": {"trace_method": "hutch"}}, "curvature.trace_method"),
@@ -279,3 +280,42 @@ def test_plan_packs_groups_by_batch_size_schedule_and_n_train_and_splits_at_k():
         {"label": "const", "lr": 0.05, "batch_size": 32},
         {"label": "cbs", "lr": 0.05, "batch_size": 32, "schedule": {"kind": "cyclic_batch", "low": 32, "high": 64, "cycle_epochs": 2}}]))
     assert [[m["variant"] for m in p] for p in plan_packs(spec)] == [["clr", "const"], ["cbs"]]
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"name: x\ngrid: {lr: [0.1], lr: [0.2], batch_size: [8], seed: [0]}\n", "duplicate key 'lr'"),
+    (b"name: x\nname: y\n", "duplicate key 'name'"),
+    (b"name: caf\xe9\n", "not UTF-8 text (byte 0xe9 at offset 9)"),
+    (b"name: x\ngrid: {lr: [0.1], batch_size: {min: .nan, max: 64, num: 3}, seed: [0]}\n",
+     "grid.batch_size.min: must be a finite number"),
+    (b"name: x\ngrid: {lr: {min: 0.01, max: .inf, num: 3}, batch_size: [8], seed: [0]}\n",
+     "grid.lr.max: must be a finite number"),
+    (b"name: \"a\\0b\"\n", "name: must be a file name of 1-100 printable characters"),
+    (b"name: " + b"n" * 300 + b"\n", "name: must be a file name of 1-100 printable characters"),
+    (b"name: x\n" + b"a: " * 0 + b"grid: " + b"[" * 20000 + b"]" * 20000 + b"\n", "malformed YAML"),
+])
+def test_hostile_specs_are_one_line_errors(tmp_path, content, needle):
+    """Red-team inputs (issue 13): one line naming the problem, exit 2, nothing started."""
+    path = tmp_path / "s.yaml"
+    path.write_bytes(content)
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    message = str(err.value)
+    assert needle in message and "\n" not in message and len(message) <= SpecError.MAX_ERROR, message
+
+
+def test_alias_bomb_is_refused_quickly_and_huge_values_are_cut(tmp_path):
+    import time
+
+    bomb = ["name: x", 'a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    bomb += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(bomb) + "\n")
+    t0 = time.perf_counter()
+    with pytest.raises(SpecError, match="alias bomb"):
+        load_spec(path)
+    assert time.perf_counter() - t0 < 5
+    path.write_text("name: x\ngrid: {lr: " + str(list(range(200_000))) + ", batch_size: [8], seed: [0], x: 1}\n")
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    assert len(str(err.value)) <= SpecError.MAX_ERROR

@@ -203,3 +203,28 @@ def test_submit_rejects_bad_input_before_contacting_anything(tmp_path):
     assert out.returncode == 2 and "outside the project directory" in out.stderr
     out = _lrbs(os.environ, "submit", SPEC, "--address", "http://127.0.0.1:9")
     assert out.returncode == 2 and "cannot reach the Ray dashboard" in out.stderr
+
+
+def test_submit_refuses_clear_text_token_to_another_host(tmp_path, monkeypatch):
+    """Issue 13: with token auth on, http:// to a non-loopback host is refused (one line, exit 2,
+    nothing contacted); loopback and https are fine; --insecure sends anyway, with a warning."""
+    import io
+
+    from sweeps.errors import LrbsError
+    from sweeps.submit import check_transport
+
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "secret"}
+    out = _lrbs(env, "submit", SPEC, "--address", "http://192.0.2.10:8265")
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and "clear text" in out.stderr and "--insecure" in out.stderr
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "secret")
+    for ok in ("http://127.0.0.1:8265", "http://localhost:8265", "https://head.example:8265"):
+        check_transport(ok)
+    with pytest.raises(LrbsError, match="clear text"):
+        check_transport("http://head.example:8265")
+    err = io.StringIO()
+    check_transport("http://head.example:8265", insecure=True, err=err)
+    assert "warning" in err.getvalue() and "sent anyway" in err.getvalue()
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    check_transport("http://head.example:8265")  # no token travels: nothing to refuse
