@@ -16,10 +16,20 @@ SPEC_COPY = "spec.yaml"
 
 
 def storage_root(storage: str | None) -> Path:
-    """The directory that holds run directories; a path that is a file is an error."""
+    """The directory that holds run directories; refused before anything starts when it is a file,
+    lies under a file, or cannot be created or written (the first existing folder above it decides)."""
+    import os
+
     root = Path(storage or "runs").expanduser().resolve()
     if root.exists() and not root.is_dir():
         raise LrbsError(f"--storage: {root} is a file, not a directory")
+    existing = root
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise LrbsError(f"--storage: {root} lies under {existing}, which is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise LrbsError(f"--storage: cannot write under {existing} (read-only or not yours)")
     return root
 
 

@@ -198,3 +198,21 @@ def test_cli_missing_torchvision_data_exit_2_before_launch(tmp_path):
     err = out.stderr.strip()
     assert "\n" not in err and "dataset fashion_mnist not found" in err and "python -m trainables.data download" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_storage_under_a_file_or_read_only_fails_before_ray(tmp_path):
+    """Issue 13: refused with one line before Ray starts (the embedded Ray is never launched)."""
+    import os
+
+    spec = write_yaml(tmp_path / "s.yaml", tiny_spec("s"))
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    out = _lrbs("run", str(spec), "--storage", str(afile / "sub" / "runs"))
+    assert out.returncode == 2 and "lies under" in out.stderr and out.stderr.count("\n") == 1
+    assert "Started a local Ray instance" not in out.stderr + out.stdout
+    if os.getuid() != 0:  # root writes anywhere: the read-only case only means something for users
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        out = _lrbs("run", str(spec), "--storage", str(ro / "runs"))
+        assert out.returncode == 2 and "cannot write under" in out.stderr
