@@ -118,7 +118,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     run_dir = fetch_run_dir(args.run_dir)  # a URI (s3://, gs://, file://) is fetched to a local cache
     if not (run_dir / "metrics").is_dir():
         raise LrbsError(f"RUN_DIR: {run_dir} is not an lrbs run directory (no metrics/ inside)")
-    paths = write_reports(run_dir, tuple(dict.fromkeys(formats)))
+    try:
+        paths = write_reports(run_dir, tuple(dict.fromkeys(formats)))
+    except OSError as exc:  # a read-only run directory (or a full disk): say where
+        raise LrbsError(f"RUN_DIR: cannot write the report in {run_dir} ({exc.strerror or exc}; "
+                        f"{getattr(exc, 'filename', '') or ''})") from None
     labels = {"html": "report", "json": "fits", "md": "summary"}
     print("\n".join(f"{labels[f]}: {p}" for f, p in paths.items()))
     _publish(args.run_dir, list(paths.values()))

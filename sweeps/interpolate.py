@@ -46,8 +46,17 @@ def member_checkpoint(run_dir: Path, trial_id: str) -> tuple[dict, dict]:
 
     tune_id, j = split_member_id(trial_id)
     directory = trial_dir(run_dir, tune_id)
-    config = json.loads((directory / "params.json").read_text())
-    members = load_state(last_checkpoint(directory))["members"]
+    try:
+        config = json.loads((directory / "params.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise LrbsError(f"TRIAL: {directory / 'params.json'} is unreadable ({str(exc).splitlines()[0][:120]})") from None
+    ckpt = last_checkpoint(directory)
+    try:
+        members = load_state(ckpt)["members"]
+    except Exception as exc:  # truncated, overwritten or not a torch file: an unpickling error of any kind
+        # No fallback to an older checkpoint here: interpolation needs the final weights.
+        raise LrbsError(f"TRIAL: the final checkpoint {ckpt} does not load ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
     j = 0 if j is None else j
     if j >= len(members) or ("members" in config["point"]) != (len(members) > 1):
         raise LrbsError(f"TRIAL: no trial {trial_id!r} in {run_dir} (trial ids are in `lrbs status` and the metric tables)")
@@ -110,7 +119,13 @@ def write_interpolation(run_dir: str | Path, trial_a: str, trial_b: str, alphas:
     run_dir = Path(run_dir)
     table = interpolate_trials(run_dir, trial_a, trial_b, alphas, batch_norm)
     out = run_dir / INTERP_DIR
-    out.mkdir(exist_ok=True)
+    try:
+        out.mkdir(exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise LrbsError(f"RUN_DIR: cannot write {out} ({exc.strerror or exc})") from None
     # The old way (running statistics interpolated, for comparison) gets its own file.
     stem = out / (f"{trial_a}__{trial_b}" + ("__bn-interpolated" if batch_norm == "interpolate" else ""))
     arrow_path, html_path = stem.with_suffix(".arrow"), stem.with_suffix(".html")

@@ -216,3 +216,28 @@ def test_storage_under_a_file_or_read_only_fails_before_ray(tmp_path):
         ro.chmod(0o500)
         out = _lrbs("run", str(spec), "--storage", str(ro / "runs"))
         assert out.returncode == 2 and "cannot write under" in out.stderr
+
+
+def test_damaged_checkpoint_and_unwritable_report_are_one_line(tiny_run, tmp_path, capsys):
+    """Issue 13 item 9: a corrupt final checkpoint in interpolate and a report that cannot be
+    written are one line, exit 2, nothing else touched."""
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_run, run)
+    shutil.rmtree(run / "interpolation", ignore_errors=True)  # curves other tests wrote there
+    a, b = load_trials(run).column("trial_id").to_pylist()[:2]
+    from sweeps.interpolate import last_checkpoint, trial_dir
+    from sweeps.packing import split_member_id
+
+    state = last_checkpoint(trial_dir(run, split_member_id(a)[0])) / "state.pt"
+    state.write_bytes(state.read_bytes()[:100])  # truncated: a full disk or a killed copy
+    capsys.readouterr()
+    assert main(["interpolate", str(run), a, b, "--num", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not load" in err and not (run / "interpolation" / f"{a}__{b}.arrow").exists()
+    (run / "report.html").unlink()
+    (run / "report.html").mkdir()  # a path the report cannot be written to (root ignores chmod)
+    assert main(["report", str(run), "--format", "html"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write the report" in err
