@@ -270,12 +270,17 @@ def section_breakdown(metrics: pa.Table, trials: pa.Table) -> Section:
     return sec
 
 
+def _n_ratios(trials: pa.Table) -> int:
+    """Distinct values of eta/S among the trials (15 significant digits)."""
+    return len({round(r, 15) for r in trials.column("ratio").to_pylist() if r})
+
+
 def section_overview(metrics: pa.Table, trials: pa.Table) -> Section:
     """Fits of the end-of-training quantities against log10(eta/S), and the learning curves."""
     sec = Section("overview", "Fits against eta/S and learning curves", "Fig. 3")
     measured = [(m, log_y) for m, log_y in CURVATURE_FIT_METRICS
                 if m in trials.column_names and trials.column(m).null_count < trials.num_rows]
-    n_ratios = len({round(r, 15) for r in trials.column("ratio").to_pylist() if r})
+    n_ratios = _n_ratios(trials)
     fit_ok = trials.num_rows >= 3 and n_ratios >= 2
     fits = {}
     for metric, log_y in FIT_METRICS + tuple(measured):
@@ -317,7 +322,7 @@ def section_grid(trials: pa.Table) -> Section:
     sec = Section("grid", "(lr, S) grid: validation accuracy and sharpness", "Fig. 3")
     lrs = sorted(set(trials.column("lr").to_pylist()))
     sizes = sorted(set(trials.column("batch_size").to_pylist()))
-    n_ratios = len({round(r, 15) for r in trials.column("ratio").to_pylist() if r})
+    n_ratios = _n_ratios(trials)
     if len(lrs) < 2 or len(sizes) < 2 or n_ratios < 2:
         return sec.skip(f"needs >= 2 learning rates, >= 2 batch sizes and >= 2 values of eta/S (has {len(lrs)}, "
                         f"{len(sizes)} and {n_ratios}; a beta family keeps eta/S fixed)")
@@ -360,7 +365,7 @@ def section_gap(trials: pa.Table) -> Section:
     gap = [None if a is None or b is None else a - b for a, b in
            zip(trials.column("final_train_acc").to_pylist(), trials.column("final_val_acc").to_pylist())]
     table = trials.append_column("generalization_gap", pa.array(gap, type=pa.float64()))
-    n_ratios = len({round(r, 15) for r in trials.column("ratio").to_pylist() if r})
+    n_ratios = _n_ratios(trials)
     if trials.num_rows < 3 or n_ratios < 2:
         return sec.skip(f"needs >= 3 trials over >= 2 values of eta/S (has {trials.num_rows}, {n_ratios})")
     fit = ratio_fit(table, "generalization_gap")

@@ -64,26 +64,29 @@ def plugin_runtime_env(spec: SweepSpec) -> dict | None:
     """
     import os
 
-    from trainables.plugins import is_import_path, ship_path
-
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
         # Inside a Ray job (`lrbs submit`): the job's runtime_env already ships them, and Ray
         # refuses a second runtime_env that sets py_modules again.
         return None
-    paths = [ship_path(name) for name in (spec.model.name, spec.dataset.name) if is_import_path(name)]
-    paths = list(dict.fromkeys(p for p in paths if p))
+    paths = ship_paths(spec)
     return {"py_modules": paths} if paths else None
 
 
 PLUGIN_ROOTS = "plugins.json"
 
 
-def plugin_folders(spec: SweepSpec) -> list[str]:
-    """The folders the spec's user modules were imported from (their sys.path entries)."""
+def ship_paths(spec: SweepSpec) -> list[str]:
+    """The local package folders or single-file modules of the spec's user factories (installed
+    packages and lrbs itself excluded: trainables.plugins.ship_path)."""
     from trainables.plugins import is_import_path, ship_path
 
     paths = [ship_path(name) for name in (spec.model.name, spec.dataset.name) if is_import_path(name)]
-    return list(dict.fromkeys(str(Path(p).parent) for p in paths if p))
+    return list(dict.fromkeys(p for p in paths if p))
+
+
+def plugin_folders(spec: SweepSpec) -> list[str]:
+    """The folders the spec's user modules were imported from (their sys.path entries)."""
+    return list(dict.fromkeys(str(Path(p).parent) for p in ship_paths(spec)))
 
 
 def record_plugin_folders(spec: SweepSpec, run_dir: Path) -> None:
