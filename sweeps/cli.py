@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except LrbsError as exc:
         print(f"lrbs: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -58,6 +59,7 @@ class ModelProfile:
     input_shape: tuple[int, ...]
     n_classes: int
     stackable: bool   # has the stacked pack layout, so train.pack: auto packs it (sweeps/packing.py)
+    activation_bytes_per_example: float = 0.0  # outputs of every leaf module, float32 (kept for backward)
 
 
 def data_shape(dataset: DatasetConfig) -> tuple[tuple[int, ...], int]:
@@ -69,7 +71,7 @@ def data_shape(dataset: DatasetConfig) -> tuple[tuple[int, ...], int]:
         raise SpecError(str(exc)) from None
 
 
-def model_profile(model_cfg: ModelConfig, dataset: DatasetConfig) -> ModelProfile:
+def model_profile(model_cfg: ModelConfig, dataset: DatasetConfig, max_params: int | None = None) -> ModelProfile:
     """Build the model for the data set's examples, run it on two of them and count its FLOPs.
 
     The pre-flight check of every model, built-in or a user's factory: a factory that raises,
@@ -80,15 +82,32 @@ def model_profile(model_cfg: ModelConfig, dataset: DatasetConfig) -> ModelProfil
     shape, classes = data_shape(dataset)
     key = (model_cfg.name, options_key(model_cfg.options), shape, classes)
     if key not in _PROFILES:
-        _PROFILES[key] = _profile(model_cfg, shape, classes)
+        _PROFILES[key] = _profile(model_cfg, shape, classes, max_params)
     return _PROFILES[key]
 
 
 _PROFILES: dict[tuple, ModelProfile] = {}  # per process; the factory gets the spec's own options
 
 
-def _profile(cfg: ModelConfig, shape: tuple[int, ...], classes: int) -> ModelProfile:
+def meta_param_count(cfg: ModelConfig, shape: tuple[int, ...], classes: int) -> int | None:
+    """Parameters of the model built on torch's meta device (no memory, no initialization cost),
+    so a typo like ``width: 100000`` is refused before a real build allocates it; None when the
+    factory cannot build on the meta device (the real build then counts)."""
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg, shape, classes)
+        return sum(p.numel() for p in model.parameters())
+    except Exception:  # noqa: BLE001 - a factory that needs real tensors: checked after the real build
+        return None
+
+
+def _profile(cfg: ModelConfig, shape: tuple[int, ...], classes: int, max_params: int | None = None) -> ModelProfile:
     name = cfg.name
+    if max_params is not None:
+        n = meta_param_count(cfg, shape, classes)
+        if n is not None and n > max_params:
+            raise SpecError(f"model.options: {name} would have {n:,} parameters; limits.max_params is "
+                            f"{max_params:,} (raise it if you mean it)")
     state = torch.random.get_rng_state()
     try:
         model = build_model(cfg, shape, classes).eval()
@@ -99,6 +118,13 @@ def _profile(cfg: ModelConfig, shape: tuple[int, ...], classes: int) -> ModelPro
         torch.random.set_rng_state(state)  # building initializes weights: leave the caller's stream
     counter = FlopCounterMode(display=False)
     x = torch.zeros(2, *shape)
+    outputs = [0]
+
+    def count(_module, _inputs, output):
+        if isinstance(output, torch.Tensor):
+            outputs[0] += output.numel()
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
     try:
         with torch.no_grad(), counter:
             out = model(x)
@@ -106,12 +132,64 @@ def _profile(cfg: ModelConfig, shape: tuple[int, ...], classes: int) -> ModelPro
         first = (str(exc).strip().splitlines() or [""])[0]
         raise SpecError(f"model.name: {name}'s forward pass on a batch of shape {tuple(x.shape)} raised "
                         f"{type(exc).__name__}: {first}") from None
+    finally:
+        for hook in hooks:
+            hook.remove()
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, classes):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise SpecError(f"model.name: {name} must return logits of shape (batch, {classes}) for "
                         f"{classes} classes; on a batch of 2 it returned {got}")
     n_params = sum(p.numel() for p in model.parameters())
-    return ModelProfile(n_params, counter.get_total_flops() / 2, shape, classes, stackable(model))
+    return ModelProfile(n_params, counter.get_total_flops() / 2, shape, classes, stackable(model),
+                        activation_bytes_per_example=4.0 * (outputs[0] + x[0].numel() * 2) / 2)
+
+
+def trial_memory(spec: SweepSpec, profile: ModelProfile) -> tuple[float, str]:
+    """Bytes one trial needs at its largest (most members, largest batch, largest n_train), and
+    what they are made of: 4 float32 copies of the parameters per member (weights, gradient,
+    momentum, a probe or evaluation copy), activations kept for backward at the largest batch
+    per member, the training and validation sets as float32 on the device."""
+    packs = plan_packs(spec)
+    k = max(len(p) for p in packs)
+    batch = 1
+    for pack in packs:
+        p = pack[0]
+        schedule = schedule_from_dict(p["schedule"]) if p.get("schedule") else spec.schedule
+        batch = max([batch] + [schedule_at(schedule, e, p["lr"], p["batch_size"])[1] for e in range(spec.train.epochs)])
+    n_train = max(p.get("n_train") or train_set_size(spec.dataset) for pack in packs for p in pack)
+    per_example = 4.0 * float(np.prod(profile.input_shape))
+    state = 16.0 * profile.n_params * k
+    acts = profile.activation_bytes_per_example * batch * k
+    data = per_example * n_train * 1.25  # + the validation split (at most a quarter more, usually)
+    why = (f"{k} member(s) x {profile.n_params:,} parameters, activations at batch {batch}, "
+           f"{n_train:,} training examples of shape {profile.input_shape}")
+    return state + acts + data, why
+
+
+def machine_memory_gb(gpu: float) -> tuple[float | None, str]:
+    """Memory a trial may use here: RAM for CPU trials, this GPU's memory x ``gpu`` for GPU trials
+    (None when this machine has no GPU: a cluster's GPUs cannot be seen from here)."""
+    if gpu > 0:
+        if not torch.cuda.is_available():
+            return None, "GPU"
+        return torch.cuda.get_device_properties(0).total_memory * min(gpu, 1.0) / 1e9, "GPU memory here"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024 / 1e9, "RAM here"
+    except (OSError, ValueError, IndexError):
+        pass
+    return None, "RAM"
+
+
+def check_limits(spec: SweepSpec, profile: ModelProfile) -> None:
+    """``limits.memory_gb`` (default: this machine) against one trial's memory; one line naming the key."""
+    need, why = trial_memory(spec, profile)
+    limit, where = (spec.limits.memory_gb, "limits.memory_gb") if spec.limits.memory_gb is not None else \
+        machine_memory_gb(spec.resources.gpu)
+    if limit is not None and need / 1e9 > limit:
+        raise SpecError(f"limits.memory_gb: one trial needs ~{need / 1e9:.3g} GB ({why}); the limit is "
+                        f"{limit:.3g} GB ({where}): shrink the sweep, or set limits.memory_gb for bigger nodes")
 
 
 def forward_flops(model_cfg: ModelConfig, dataset: DatasetConfig) -> float:

@@ -1,4 +1,6 @@
-"""Driver-side Tune callback that streams every reported epoch to Arrow IPC files.
+"""Driver-side Tune callbacks that write the run directory: every reported epoch to Arrow IPC
+files (``ArrowMetricsSink``), and each trial's record to ``trials/`` (``TrialLedger``,
+``sweeps.ledger``).
 
 Rows are written by the driver (not the trial), so they reach the run directory whatever node
 the trial ran on. Each driver session writes its own file per trial and never reopens an old
@@ -18,6 +20,7 @@ import pyarrow as pa
 from ray.tune import Callback
 
 from analysis.schema import METRIC_SCHEMA
+from sweeps.ledger import ERROR, RUNNING, TERMINATED, TrialRecord, lineage_id, write_record
 
 
 def session_tag() -> str:
@@ -36,7 +39,8 @@ def row_from_result(result: dict[str, Any], config: dict[str, Any], trial_id: st
         dataset=dataset.get("name"),
         n_train=result.get("n_train"),
         model=config.get("model", {}).get("name"),
-        config_json=json.dumps(config, sort_keys=True, default=str),
+        # Without lrbs resume's checkpoint map: a resumed trial's config equals its first attempt's.
+        config_json=json.dumps({k: v for k, v in config.items() if k != "resume"}, sort_keys=True, default=str),
         written_at=time.time(),
     )
     return row
@@ -77,12 +81,13 @@ class ArrowMetricsSink(Callback):
         from sweeps.packing import members
 
         if "pack_rows" in result:  # one row per member still training, each under its own trial id
-            ids = members(trial.trial_id, trial.config)
+            ids = members(lineage_id(trial), trial.config)
             for r in result["pack_rows"].values():
                 trial_id, config = ids[r["member"]]
                 self.write_row(row_from_result(r, config, trial_id))
 
     def _close(self, trial_id: str) -> None:
+
         # Also the files of a pack's members (``<trial_id>-m<j>``).
         for key in [k for k in self._writers if k == trial_id or k.startswith(f"{trial_id}-m")]:
             sink, writer = self._writers.pop(key)
@@ -90,11 +95,64 @@ class ArrowMetricsSink(Callback):
             sink.close()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._close(trial.trial_id)
+        self._close(lineage_id(trial))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._close(trial.trial_id)
+        self._close(lineage_id(trial))
 
     def on_experiment_end(self, trials, **info):
         for trial_id in list(self._writers):
             self._close(trial_id)
+
+
+def _last_error_line(trial) -> str:
+    try:
+        text = Path(trial.error_file).read_text(errors="replace") if trial.error_file else ""
+    except OSError:
+        return ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:500] if lines else ""
+
+
+class TrialLedger(Callback):
+    """Keeps ``RUN_DIR/trials/`` up to date from the driver (start, failure, end of each trial).
+
+    ``run_dir`` is where the records go and what trial folders are relative to."""
+
+    def __init__(self, run_dir: str | Path, records: dict[str, TrialRecord] | None = None):
+        self.run_dir = Path(run_dir)
+        self.records = dict(records or {})
+        self._failures_before: dict[str, int] = {}  # failures of earlier sessions, per trial id
+
+    def _record(self, trial) -> TrialRecord:
+        trial_id = lineage_id(trial)
+        record = self.records.get(trial_id)
+        if record is None:
+            record = self.records[trial_id] = TrialRecord(trial_id, trial.config.get("point") or {})
+        self._failures_before.setdefault(trial_id, record.failures)
+        # trial.path: the trial folder in the storage (Ray's local_path is a staging copy).
+        logdir = os.path.relpath(trial.path, self.run_dir) if trial.path and os.path.isabs(trial.path) else trial.path
+        if logdir and logdir not in record.logdirs:
+            record.logdirs.append(logdir)
+        record.failures = self._failures_before[trial_id] + trial.num_failures
+        return record
+
+    def _update(self, trial, status: str | None = None) -> None:
+        record = self._record(trial)
+        if status is not None:
+            record.status = status
+        if status == ERROR:
+            record.error = _last_error_line(trial)
+        write_record(self.run_dir, record)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._update(trial, RUNNING)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._update(trial)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._update(trial, TERMINATED)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._update(trial, ERROR)

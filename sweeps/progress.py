@@ -53,9 +53,10 @@ class ProgressPrinter(Callback):
         self._print()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        from sweeps.ledger import lineage_id
         from sweeps.packing import members
 
-        ids = members(trial.trial_id, trial.config)
+        ids = members(lineage_id(trial), trial.config)
         if self.first_result is None and result.get("pack_rows"):
             self.first_result = (time.monotonic(), next(iter(result["pack_rows"].values())).get("epoch_s") or 0.0)
         for row in result.get("pack_rows", {}).values():

@@ -1,6 +1,8 @@
 """Turn a validated spec into a Ray Tune run: ``tune.Tuner`` over the trial points."""
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -8,7 +10,7 @@ from typing import TextIO
 
 import yaml
 
-from sweeps.errors import LrbsError
+from sweeps.errors import LrbsError, SweepStopped
 from sweeps.spec import SweepSpec, to_param_space
 
 METRIC_DIR = "metrics"
@@ -18,7 +20,6 @@ SPEC_COPY = "spec.yaml"
 def storage_root(storage: str | None) -> Path:
     """The directory that holds run directories; refused before anything starts when it is a file,
     lies under a file, or cannot be created or written (the first existing folder above it decides)."""
-    import os
 
     root = Path(storage or "runs").expanduser().resolve()
     if root.exists() and not root.is_dir():
@@ -62,8 +63,6 @@ def plugin_runtime_env(spec: SweepSpec) -> dict | None:
     ``py_modules``: Ray uploads it once per job and puts it on the workers' ``sys.path``, on
     this machine and on every node of a cluster alike (docs/extending.md).
     """
-    import os
-
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
         # Inside a Ray job (`lrbs submit`): the job's runtime_env already ships them, and Ray
         # refuses a second runtime_env that sets py_modules again.
@@ -172,15 +171,105 @@ def init_ray(address: str | None, runtime_env: dict | None = None) -> None:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise LrbsError(f"--address: cannot connect to a Ray cluster at {address} ({first})") from None
     else:
-        # An embedded local cluster; its dashboard (if any) listens on loopback only.
+        # An embedded local cluster, on loopback only and with token auth (issue 13).
         # address="local": a new cluster even when another one runs on this machine.
-        ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False,
-                 **extra)
+        with loopback_only(), token_auth():
+            ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False,
+                     **extra)
+
+
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def loopback_only():
+    """Ray picks 127.0.0.1 as the node address, and then binds every server (GCS, raylet, object
+    manager, workers, agents) to loopback, when it believes it runs a single-machine cluster
+    (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``; read at import, so the constant is set too). Only for
+    the embedded cluster, and only while it starts: a driver joining a real cluster must advertise
+    a reachable address. The processes started here keep the setting."""
+    from ray._private import ray_constants
+
+    before_env, before_flag = os.environ.get(LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before_flag
+        if before_env is None:
+            os.environ.pop(LOOPBACK_ENV, None)
+        else:
+            os.environ[LOOPBACK_ENV] = before_env
+
+
+@contextlib.contextmanager
+def token_auth():
+    """Token authentication on for the embedded cluster, set here rather than left to Ray's
+    default (which a future Ray, or RAY_AUTH_MODE in the environment, may change); the token
+    file (``~/.ray/auth_token``, made by Ray if missing) readable by its owner only."""
+    from ray._raylet import Config
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    Config.initialize("")  # Ray's own way to re-read the mode in this process (as its default does)
+    yield
+    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    try:
+        if token.is_file() and token.stat().st_uid == os.getuid():
+            token.chmod(0o600)
+    except OSError:
+        pass
 
 
 def trial_resources(spec: SweepSpec) -> dict[str, float]:
     """What each trial asks Ray for; a fractional ``gpu`` lets several trials share one card."""
     return {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+
+
+def node_capacity() -> list[dict[str, float]]:
+    """CPUs and GPUs of each live node of the connected Ray cluster."""
+    import ray
+
+    return [{"cpu": float(n["Resources"].get("CPU", 0)), "gpu": float(n["Resources"].get("GPU", 0))}
+            for n in ray.nodes() if n.get("Alive")]
+
+
+def _fits(need: dict[str, float], nodes: list[dict[str, float]]) -> bool:
+    return any(all(node[k] >= v for k, v in need.items()) for node in nodes)
+
+
+def local_capacity() -> dict[str, float]:
+    """This machine's CPUs and GPUs, as an embedded Ray cluster would count them (at most)."""
+    import torch
+
+    return {"cpu": float(os.cpu_count() or 1), "gpu": float(torch.cuda.device_count())}
+
+
+def wait_for_resources(spec: SweepSpec, embedded: bool, out: TextIO, poll_s: float = 5.0,
+                       ray_started: bool = True) -> None:
+    """One trial's resources must fit on some node, or no trial would ever start (Tune waits
+    forever, warning every minute). The embedded cluster is this machine: refused at once. A
+    cluster (``--address``) may grow (an autoscaler): wait up to ``limits.resource_wait_s``.
+    ``ray_started=False`` checks this machine before the embedded Ray starts (no Ray output)."""
+    need = trial_resources(spec)
+    nodes = node_capacity() if ray_started else [local_capacity()]
+    if _fits(need, nodes):
+        return
+    have = ", ".join(f"{n['cpu']:g} CPU / {n['gpu']:g} GPU" for n in nodes) or "no live nodes"
+    ask = f"{need['cpu']:g} CPU / {need['gpu']:g} GPU"
+    if embedded:
+        raise LrbsError(f"resources: a trial asks for {ask} but this machine has {have}; lower resources.cpu "
+                        f"or resources.gpu, or run on a cluster with --address")
+    wait = spec.limits.resource_wait_s
+    print(f"[lrbs] waiting up to {wait:g} s (limits.resource_wait_s) for a node with {ask}; the cluster has: {have}",
+          file=out, flush=True)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+        if _fits(need, node_capacity()):
+            return
+    raise LrbsError(f"resources: no node of the cluster can hold a trial ({ask}) after {wait:g} s; nodes: {have}; "
+                    f"lower resources.cpu or resources.gpu, or raise limits.resource_wait_s")
 
 
 def resilience_settings(spec: SweepSpec) -> dict:
@@ -194,25 +283,73 @@ def resilience_settings(spec: SweepSpec) -> dict:
 EXIT_TRIALS_ERRORED = 3  # `lrbs run`/`resume`: the sweep ran, but some trials ended in ERROR
 
 
-def print_outcome(results, name: str, metrics_where: str, out: TextIO, outcome: dict | None = None) -> None:
-    """Counts are of points (a pack's Tune trial counts once per member); ``outcome`` gets them."""
-    from sweeps.packing import members
+def print_outcome(spec: SweepSpec, run_dir: Path, metrics_where: str, out: TextIO,
+                  outcome: dict | None = None) -> None:
+    """Counts are of points (a pack counts once per member), from lrbs's own files (rows and
+    trial records, ``sweeps.ledger.sweep_outcome``); ``outcome`` gets them."""
+    from sweeps.ledger import sweep_outcome
+    from sweeps.spec import expand_points
 
-    sizes = [(len(members("", r.config or {})) if r.config else 1, r.error is not None) for r in results]
-    n_err = sum(k for k, err in sizes if err)
-    n_ok = sum(k for k, err in sizes if not err)
-    print(f"[lrbs] sweep {name} ended: {n_ok} trials finished, {n_err} errored; "
+    counts = sweep_outcome(run_dir, expand_points(spec))
+    extra = f", {counts['unfinished']} unfinished" if counts["unfinished"] else ""
+    print(f"[lrbs] sweep {spec.name} ended: {counts['finished']} trials finished, {counts['errored']} errored{extra}; "
           f"metrics in {metrics_where}", file=out, flush=True)
     if outcome is not None:
-        outcome.update(finished=n_ok, errored=n_err)
+        outcome.update(counts)
+
+
+def fit(tuner, run_dir: Path) -> None:
+    """``tuner.fit()``; Ray failing under the sweep (most often a full disk: Ray then dies reading a
+    0-byte error file) is one line naming the run directory, exit 4, and the rows written so far
+    stay intact for ``lrbs resume``. The traceback goes to ``RUN_DIR/driver-error.txt``."""
+    try:
+        tuner.fit()
+    except Exception as exc:  # noqa: BLE001 - every failure of Ray's driver loop ends the same way
+        raise stopped_error(exc, run_dir) from None
+
+
+STORAGE_ERRNOS = {28: "the disk is full", 122: "the disk quota is exceeded", 30: "it is read-only"}
+
+
+def stopped_error(exc: BaseException, run_dir: Path) -> SweepStopped:
+    import shutil
+    import traceback
+
+    why = None
+    seen, cur = set(), exc
+    while cur is not None and id(cur) not in seen:  # an OSError anywhere in the chain says why
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in STORAGE_ERRNOS:
+            why = STORAGE_ERRNOS[cur.errno]
+        cur = cur.__cause__ or cur.__context__
+    try:
+        if why is None and shutil.disk_usage(run_dir).free < 1 << 20:
+            why = "the disk is full"
+    except OSError:
+        pass
+    log = run_dir / "driver-error.txt"
+    try:
+        log.write_text("".join(traceback.format_exception(exc)))
+        where = f"; traceback in {log}"
+    except OSError:
+        where = ""
+    resume = f"lrbs resume {run_dir}"
+    if why:
+        return SweepStopped(f"sweep stopped: {run_dir}: {why}; the rows written so far are intact: "
+                            f"make room, then {resume}{where}")
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    return SweepStopped(f"sweep stopped: Ray failed ({type(exc).__name__}: {first}); the rows written so far are "
+                        f"intact: {resume} continues it{where}")
 
 
 def preflight_model(spec: SweepSpec):
     """Build the model once on the driver and run it on two examples (``estimate.model_profile``):
     a broken factory is one line and exit 2 before Ray starts. Returns the profile."""
-    from sweeps.estimate import model_profile
+    from sweeps.estimate import check_limits, model_profile
 
-    return model_profile(spec.model, spec.dataset)
+    profile = model_profile(spec.model, spec.dataset, max_params=spec.limits.max_params)
+    check_limits(spec, profile)
+    return profile
 
 
 def preflight_data(spec: SweepSpec) -> None:
@@ -243,7 +380,8 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
     out = out or sys.stdout  # looked up per call: a default bound at import outlives a swapped stdout
     from ray import tune
 
-    from sweeps.metrics_sink import ArrowMetricsSink
+    from sweeps.lock import RunLock
+    from sweeps.metrics_sink import ArrowMetricsSink, TrialLedger
     from sweeps.progress import ProgressPrinter
     from sweeps.packing import plan_packs
     from sweeps.spec import expand_points
@@ -257,10 +395,12 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
     preflight_model(spec)
     if address is None:
         preflight_data(spec)
+        wait_for_resources(spec, embedded=True, out=out, ray_started=False)
     t0 = time.monotonic()
     # Before the run directory exists: a bad --address leaves nothing behind.
     init_ray(address, plugin_runtime_env(spec))
     t_ray = time.monotonic() - t0
+    wait_for_resources(spec, embedded=address is None, out=out)
     place = prepare_placement(spec, storage, storage_filesystem, upload_interval_s)
     run_dir = place.run_dir
     record_plugin_folders(spec, run_dir)
@@ -270,27 +410,32 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
     n_trials, n_packs = len(expand_points(spec)), len(plan_packs(spec))
     print(f"[lrbs] sweep {spec.name}: {n_trials} trials in {n_packs} packs -> {place.where}", file=out, flush=True)
     printer = ProgressPrinter(n_trials)
-    tuner = tune.Tuner(
-        tune.with_resources(train_trial, trial_resources(spec)),
-        param_space=to_param_space(spec, code_version()),
-        # Reused actors: a trial after the first on a worker skips process start-up and imports
-        # (seconds per trial; see docs/performance.md). Trials share no state: each one seeds
-        # torch and sets its threads itself.
-        tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),
-        run_config=tune.RunConfig(
-            name=spec.name,
-            **place.tune_kwargs,
-            callbacks=[ArrowMetricsSink(place.metrics_dir), *place.callbacks, printer],
-            **resilience_settings(spec),
-            verbose=0,
-        ),
-    )
-    t0 = time.monotonic()
-    results = tuner.fit()
-    if times is not None:
-        times.ray, times.trials = t_ray, time.monotonic() - t0
-        if printer.first_result is not None:
-            times.worker_start = max(0.0, printer.first_result[0] - t0 - printer.first_result[1])
-    place.finish()
-    print_outcome(results, spec.name, f"{place.where}/{METRIC_DIR}", out, outcome)
+    lock = RunLock(run_dir, "lrbs run").acquire() if target.is_local else None
+    try:
+        tuner = tune.Tuner(
+            tune.with_resources(train_trial, trial_resources(spec)),
+            param_space=to_param_space(spec, code_version()),
+            # Reused actors: a trial after the first on a worker skips process start-up and imports
+            # (seconds per trial; see docs/performance.md). Trials share no state: each one seeds
+            # torch and sets its threads itself.
+            tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),
+            run_config=tune.RunConfig(
+                name=spec.name,
+                **place.tune_kwargs,
+                callbacks=[ArrowMetricsSink(place.metrics_dir), TrialLedger(run_dir), *place.callbacks, printer],
+                **resilience_settings(spec),
+                verbose=0,
+            ),
+        )
+        t0 = time.monotonic()
+        fit(tuner, run_dir)
+        if times is not None:
+            times.ray, times.trials = t_ray, time.monotonic() - t0
+            if printer.first_result is not None:
+                times.worker_start = max(0.0, printer.first_result[0] - t0 - printer.first_result[1])
+        place.finish()
+        print_outcome(spec, run_dir, f"{place.where}/{METRIC_DIR}", out, outcome)
+    finally:
+        if lock is not None:
+            lock.release()
     return run_dir

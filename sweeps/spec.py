@@ -97,6 +97,23 @@ class ResourcesConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """Sizes ``lrbs validate`` (and ``run``) checks before anything starts (docs/resilience.md).
+    Each guards against a typo that would otherwise hang or exhaust a machine; raise one when the
+    sweep really is that big."""
+    max_points: int = 10_000             # trial points in the sweep (grid size)
+    max_params: int = 2_000_000_000      # parameters of one model
+    # Memory one trial may use, GB: the model's state (weights, gradients, momentum) per pack
+    # member, activations at the largest batch and the data set on the device. null: this
+    # machine's RAM for CPU trials, this machine's GPU memory (times resources.gpu) for GPU trials
+    # (not checked when this machine has no GPU).
+    memory_gb: float | None = None
+    # `--address`: how long `lrbs run` waits for a node that can hold one trial's resources
+    # (an autoscaler adding it) before it stops with one line; nodes that fit start at once.
+    resource_wait_s: float = 600.0
+
+
+@dataclass(frozen=True)
 class AxisRange:
     """``{min, max, num, scale}``: ``num`` values from min to max, log- or linearly spaced."""
     min: float
@@ -176,6 +193,7 @@ class SweepSpec:
     beta: BetaConfig | None = None               # replaces grid.lr and grid.batch_size
     variants: tuple[VariantConfig, ...] = ()     # named explicit points; replace grid.lr and grid.batch_size
     resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     description: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -192,6 +210,7 @@ SECTIONS: dict[str, type] = {
     "rescale": RescaleConfig,
     "beta": BetaConfig,
     "resilience": ResilienceConfig,
+    "limits": LimitsConfig,
 }
 # Sections whose absence (or null) means "off" rather than "defaults".
 OPTIONAL_SECTIONS = ("curvature", "rescale", "beta")
@@ -227,14 +246,14 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise SpecError(f"{path}: malformed YAML{where}: {problem}") from None
     from trainables.plugins import add_search_root
 
-    from sweeps.estimate import model_profile
+    from sweeps.estimate import check_limits, model_profile
 
     add_search_root(path.resolve().parent)  # plug-in modules next to the spec (trainables/plugins.py)
     try:
         spec = spec_from_dict(data)
         # The pre-flight check: build the model once and run it on two examples (a broken
-        # factory is this one line, exit 2, before anything starts).
-        model_profile(spec.model, spec.dataset)
+        # factory is this one line, exit 2, before anything starts), within spec.limits.
+        check_limits(spec, model_profile(spec.model, spec.dataset, max_params=spec.limits.max_params))
         return spec
     except SpecError as exc:
         raise SpecError(f"{path}: {exc}") from None
@@ -519,6 +538,11 @@ def validate(spec: SweepSpec) -> None:
                 except (ValueError, TypeError) as exc:
                     raise SpecError(f"variants[{i}].{_schedule_message(exc)}") from None
     else:
+        for key in ("lr", "batch_size"):
+            axis = getattr(spec.grid, key)
+            if isinstance(axis, AxisRange) and axis.num > spec.limits.max_points:
+                raise SpecError(f"grid.{key}.num: {axis.num:,} values; limits.max_points is "
+                                f"{spec.limits.max_points:,} (raise it if you mean it)")
         lrs = axis_values(spec.grid.lr, "grid.lr")
         sizes = axis_values(spec.grid.batch_size, "grid.batch_size")
         for i, lr in enumerate(lrs):
@@ -535,6 +559,7 @@ def validate(spec: SweepSpec) -> None:
         raise SpecError(_schedule_message(exc)) from None
     if spec.curvature is not None:
         _validate_curvature(spec.curvature)
+    _validate_limits(spec)
     r = spec.resilience
     if r.checkpoint_every_s is not None and not (r.checkpoint_every_s > 0 and math.isfinite(r.checkpoint_every_s)):
         raise SpecError(f"resilience.checkpoint_every_s: must be a number of seconds > 0 or null (got {r.checkpoint_every_s})")
@@ -544,6 +569,35 @@ def validate(spec: SweepSpec) -> None:
             raise SpecError(f"resilience.{key}: must be >= {minimum} (got {getattr(r, key)})")
     if r.fail_at_epoch is not None and not 1 <= r.fail_at_epoch <= spec.train.epochs:
         raise SpecError(f"resilience.fail_at_epoch: must be an epoch in 1..{spec.train.epochs} (got {r.fail_at_epoch})")
+
+
+def count_points(spec: SweepSpec) -> int:
+    """The number of trial points ``expand_points`` will make, without making them."""
+    seeds = len(spec.grid.seed)
+    if spec.rescale is not None:
+        r = spec.rescale
+        return seeds * (1 + len(r.rules) * sum(s != r.batch_size0 for s in r.batch_sizes))
+    if spec.variants:
+        return seeds * len(spec.variants)
+    if spec.beta is not None:
+        return seeds * len(spec.beta.values) * max(1, len(spec.beta.n_train))
+    return (seeds * len(axis_values(spec.grid.lr, "grid.lr"))
+            * len(axis_values(spec.grid.batch_size, "grid.batch_size")))
+
+
+def _validate_limits(spec: SweepSpec) -> None:
+    lim = spec.limits
+    for key in ("max_points", "max_params"):
+        if getattr(lim, key) < 1:
+            raise SpecError(f"limits.{key}: must be >= 1 (got {getattr(lim, key)})")
+    if lim.memory_gb is not None and not (lim.memory_gb > 0 and math.isfinite(lim.memory_gb)):
+        raise SpecError(f"limits.memory_gb: must be a number of GB > 0 or null (got {lim.memory_gb})")
+    if not (lim.resource_wait_s >= 0 and math.isfinite(lim.resource_wait_s)):
+        raise SpecError(f"limits.resource_wait_s: must be a number of seconds >= 0 (got {lim.resource_wait_s})")
+    n = count_points(spec)
+    if n > lim.max_points:
+        raise SpecError(f"grid: the sweep has {n:,} trial points; limits.max_points is {lim.max_points:,} "
+                        f"(raise it if you mean it)")
 
 
 def _validate_plugin_options(spec: SweepSpec) -> None:
@@ -719,24 +773,29 @@ def beta_size(b: BetaConfig, beta: float) -> int:
     return max(1, int(math.floor(b.batch_size0 * beta + 0.5)))
 
 
-def to_param_space(spec: SweepSpec, code_version: str) -> dict[str, Any]:
+def to_param_space(spec: SweepSpec, code_version: str, packs: list[list[dict[str, Any]]] | None = None,
+                   resume: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The Ray Tune ``param_space``: one ``grid_search`` over the packs of explicit points.
 
     A single grid over whole points (rather than one per axis) lets later axes pair values
     (rescaling rules, beta families) without Tune crossing them; each pack is one Tune trial.
+    ``lrbs resume`` passes the packs still to train and ``resume``: per trial point
+    (``point_key``), the trial id to keep and the checkpoints to continue from.
     """
     from ray import tune
 
     from sweeps.packing import plan_packs, tune_point
 
     shared = spec.to_dict()
-    for key in ("grid", "description", "rescale", "beta", "variants"):
+    for key in ("grid", "description", "rescale", "beta", "variants", "limits"):
         shared.pop(key)
+    packs = plan_packs(spec) if packs is None else packs
     return {
-        "point": tune.grid_search([tune_point(pack) for pack in plan_packs(spec)]),
+        "point": tune.grid_search([tune_point(pack) for pack in packs]),
         "sweep": shared.pop("name"),
         "code_version": code_version,
         **shared,
+        **({"resume": resume} if resume else {}),
     }
 
 

@@ -1,8 +1,11 @@
 """``lrbs status RUN_DIR``: the trials of a run, read from files only (no Ray, no unpickling).
 
-Trial status, failures and errors come from Ray Tune's newest ``experiment_state-*.json``
-(plain JSON; its cloudpickled fields are never decoded) and the trials' ``error.txt``; epochs
-done and the last validation accuracy come from the Arrow metric tables.
+Trial status, failures and errors come from lrbs's trial records (``RUN_DIR/trials/``,
+``sweeps.ledger``); a trial whose driver is gone (no live holder of the run directory's lock)
+while its record says RUNNING is shown STOPPED.
+Run directories written before the records existed are read from Ray Tune's newest
+``experiment_state-*.json`` (plain JSON; its cloudpickled fields are never decoded) and the
+trials' ``error.txt``. Epochs done and the last validation accuracy come from the Arrow tables.
 """
 from __future__ import annotations
 
@@ -67,6 +70,39 @@ def _tune_trials(run_dir: Path) -> list[dict[str, Any]]:
     return trials
 
 
+def _ledger_trials(run_dir: Path) -> list[dict[str, Any]] | None:
+    """Per Tune trial lineage, from ``RUN_DIR/trials/`` (None when the run has no records)."""
+    import yaml
+
+    from sweeps.ledger import LEDGER_DIR, RUNNING, read_ledger
+    from sweeps.lock import LOCK_FILE, holder_alive
+    from trainables.config import point_key
+
+    if not (run_dir / LEDGER_DIR).is_dir():
+        return None
+    records, damaged = read_ledger(run_dir)
+    try:
+        spec = yaml.safe_load((run_dir / "spec.yaml").read_text()) or {}
+    except (OSError, ValueError, yaml.YAMLError):
+        spec = {}
+    shared = {"train": spec.get("train") or {}} if isinstance(spec, dict) else {}
+    live = holder_alive(run_dir / LOCK_FILE)
+    newest: dict[str, Any] = {}  # a trial restarted from scratch (new id) supersedes its older record
+    for record in records.values():
+        key = point_key(record.point)
+        if key not in newest or newest[key].updated_at < record.updated_at:
+            newest[key] = record
+    trials = []
+    for record in newest.values():
+        status = record.status if record.status != RUNNING or live else "STOPPED"
+        trials.append({"trial_id": record.trial_id, "status": status, "config": {**shared, "point": record.point},
+                       "failures": record.failures, "error": record.error})
+    for name, problem in sorted(damaged.items()):
+        trials.append({"trial_id": name[:-len(".json")], "status": "UNKNOWN", "config": shared, "failures": 0,
+                       "error": f"trial record {name}: {problem}"})
+    return trials
+
+
 def _per_member(trials: list[dict]) -> list[dict]:
     """A pack's Tune trial as the per-point trials of the tables (``sweeps.packing.members``)."""
     from sweeps.packing import members
@@ -89,7 +125,8 @@ def read_status(run_dir: str | Path) -> list[TrialStatus]:
         damaged.update(info.damaged)
         for row in metrics.select(["trial_id", "epoch", "val_acc", "status", "config_json"]).to_pylist():
             last_rows[row["trial_id"]] = row  # sorted by trial then epoch: the last one wins
-    trials = _per_member(_tune_trials(run_dir))
+    ledger = _ledger_trials(run_dir)
+    trials = _per_member(ledger if ledger is not None else _tune_trials(run_dir))
     known = {t["trial_id"] for t in trials}
     for trial_id, row in last_rows.items():
         if trial_id not in known:  # no experiment state yet (driver killed early)

@@ -49,6 +49,8 @@ def test_cluster_token_auth_and_private_dashboard(cluster):
     # The token reaches every node (file_mounts apply to all of them) at Ray's default path.
     assert cluster["file_mounts"]["/home/ubuntu/.ray/auth_token"] == "~/.ray/auth_token"
     assert any("RAY_AUTH_MODE=token" in c and ".bashrc" in c for c in cluster["setup_commands"])
+    # ... readable by its owner only, before anything else runs (setup runs before ray start).
+    assert cluster["setup_commands"][0] == "chmod 600 ~/.ray/auth_token"
     # Only SSH is opened, and not to the whole internet.
     rules = cluster["provider"]["security_group"]["IpPermissions"]
     assert [(r["FromPort"], r["ToPort"]) for r in rules] == [(22, 22)]

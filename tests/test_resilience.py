@@ -209,6 +209,46 @@ def _session_pids(sid: int) -> list[int]:
     return pids
 
 
+def _listening(pids: list[int]) -> list[tuple[str, int]]:
+    """(address, port) of every listening TCP socket the processes hold (/proc, no tools needed)."""
+    import ipaddress
+    import socket
+
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    found = []
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state != "0A" or inode not in inodes:  # 0A: LISTEN
+                continue
+            hex_ip, hex_port = local.split(":")
+            raw = bytes.fromhex(hex_ip)
+            if family == socket.AF_INET:
+                ip = str(ipaddress.IPv4Address(raw[::-1]))
+            else:  # four little-endian 32-bit words
+                ip = str(ipaddress.IPv6Address(b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))))
+                if ip.startswith("::ffff:"):
+                    ip = "::ffff:" + str(ipaddress.IPv6Address(ip).ipv4_mapped)
+            found.append((ip, int(hex_port, 16)))
+    return found
+
+
+def _environ(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -227,29 +267,30 @@ def test_sigkill_driver_then_resume(tmp_path):
                                str(tmp_path / "runs"), "--no-report"], cwd=ROOT, env=env,
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        # Wait until Ray's experiment state records a trial past its first checkpointed epoch.
+        # Wait until the trial has two kept checkpoints (epochs >= 2).
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             assert driver.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
-            states = sorted(run_dir.glob("experiment_state-*.json"))
-            if states:
-                try:
-                    data = json.loads(states[-1].read_text())
-                    done = [json.loads(meta).get("last_result", {}).get("epoch") or 0
-                            for _, meta in data["trial_data"]]
-                except (ValueError, KeyError):
-                    done = []
-                if done and max(done) >= 2:
-                    break
+            if list(run_dir.glob("train_trial_*/checkpoint_000001/state.pt")):
+                break
             time.sleep(0.1)
         else:
             pytest.fail("the sweep made no checkpointed progress in 180 s")
+        time.sleep(0.5)  # the checkpoint's folder is complete
         # lrbs's local cluster: no dashboard, or one on loopback only.
         cmdlines = [_cmdline(pid) for pid in _session_pids(driver.pid)]
         assert any("raylet" in c for c in cmdlines), cmdlines
         for c in cmdlines:
             if "dashboard" in c and "--host" in c:
                 assert "--host=127.0.0.1" in c or "--host 127.0.0.1" in c, c
+        # Every TCP port Ray listens on is on loopback (issue 13, item 11), and token auth is on.
+        listening = _listening(_session_pids(driver.pid))
+        assert len(listening) >= 5 and all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for ip, _ in listening), \
+            listening
+        assert any("RAY_AUTH_MODE=token" in _environ(pid) for pid in _session_pids(driver.pid) if "gcs_server" in
+                   _cmdline(pid))
+        token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+        assert token.stat().st_mode & 0o077 == 0  # the token file: its owner only
         rows_before = load_metrics(run_dir).num_rows
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
@@ -270,20 +311,50 @@ def test_sigkill_driver_then_resume(tmp_path):
     assert 0 < rows_before < 2 * KILL_EPOCHS  # killed mid-sweep
     trials_before = tune_trial_ids(run_dir)
     assert len(trials_before) == 2
+    # The killed driver's trials show as STOPPED (its lock is left, its holder dead).
+    assert [t.status for t in read_status(run_dir)] == ["STOPPED"] * 2
+    assert json.loads((run_dir / "lock.json").read_text())["pid"] == driver.pid
+
+    # Hostile and damaged Ray state must not matter (issue 13, items 1, 9 and 11): a crafted
+    # tuner.pkl that would run code if unpickled, a truncated experiment state; and the newest
+    # checkpoint cut off (a full disk): resume falls back to the one before it.
+    marker = tmp_path / "pwned"
+    (run_dir / "tuner.pkl").write_bytes(
+        b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR.")
+    for state in run_dir.glob("experiment_state-*.json"):
+        state.write_bytes(state.read_bytes()[:100])
+    (trial_dir,) = run_dir.glob("train_trial_*")
+    newest = sorted(trial_dir.glob("checkpoint_*"))[-1]
+    (newest / "state.pt").write_bytes((newest / "state.pt").read_bytes()[:1000])
 
     out = subprocess.run([sys.executable, "-m", "sweeps.cli", "resume", str(run_dir), "--no-report"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "2 trials finished, 0 errored" in out.stdout
+    assert "took over a stale lock" in out.stderr
+    assert "2 continue from checkpoints" in out.stdout and "2 trials finished, 0 errored" in out.stdout
+    assert not marker.exists() and not (run_dir / "lock.json").exists()
     rows = assert_exactly_once_and_unfaulted(run_dir, n_trials=2, epochs=KILL_EPOCHS)
     assert {r["trial_id"] for r in rows} == trials_before == tune_trial_ids(run_dir)
     assert all(t.status == "TERMINATED" for t in read_status(run_dir))
-    # Some trial continued from a checkpoint: its first row in the resumed session is past epoch 1.
+    # Both members continued from the older checkpoint: their first row in the resumed session is
+    # the epoch after it (the newest checkpoint did not load).
+    older = torch_load_epoch(sorted(trial_dir.glob("checkpoint_*"))[-2])
     sessions = sorted({p.name.split("__")[0] for p in (run_dir / "metrics").glob("*.arrow")})
     assert len(sessions) == 2
     resumed_first = [read_stream_file(p)[0].column("epoch").to_pylist()[0]
                      for p in (run_dir / "metrics").glob(f"{sessions[1]}__*.arrow")]
-    assert max(resumed_first) > 1, resumed_first
+    assert resumed_first == [older + 1] * 2, (resumed_first, older)
+
+    # A second resume finds nothing to do and starts no Ray.
+    out = subprocess.run([sys.executable, "-m", "sweeps.cli", "resume", str(run_dir), "--no-report"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "2 trials done; 0 continue" in out.stdout, out.stdout + out.stderr
+
+
+def torch_load_epoch(checkpoint: Path) -> int:
+    from trainables.train_loop import load_state
+
+    return int(load_state(checkpoint)["epoch"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,6 +418,21 @@ def test_worker_node_dies_trials_finish_unchanged(cluster, tmp_path):
     assert sum(t.failures for t in trials) >= 1  # the node death did hit the trials
 
 
+def test_resources_no_node_can_hold_wait_then_one_line(cluster, tmp_path, capsys):
+    """``--address``: no node can ever hold a trial (8 CPUs; nodes of 0 and 2): lrbs waits
+    ``limits.resource_wait_s`` for one to join, then one line, exit 2, no run directory."""
+    spec = write_yaml(tmp_path / "big.yaml", tiny_spec("big", resources={"cpu": 8}, limits={"resource_wait_s": 1}))
+    t0 = time.monotonic()
+    assert main(["run", str(spec), "--storage", str(tmp_path / "runs"), "--address", cluster.address,
+                 "--no-report"]) == 2
+    assert time.monotonic() - t0 < 60
+    out, err = capsys.readouterr()
+    assert "[lrbs] waiting up to 1 s (limits.resource_wait_s) for a node with 8 CPU / 0 GPU" in out
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("lrbs: error: resources: no node of the cluster can hold a trial (8 CPU / 0 GPU) after 1 s")
+    assert not (tmp_path / "runs" / "big").exists()
+
+
 @pytest.mark.slow
 def test_errored_trial_status_then_resume_and_restart(cluster, tmp_path, capsys):
     spec = write_yaml(tmp_path / "e.yaml", tiny_spec("e", grid={"lr": [0.05, 0.2], "batch_size": [32], "seed": [0]},
@@ -380,8 +466,12 @@ def test_errored_trial_status_then_resume_and_restart(cluster, tmp_path, capsys)
     assert [(t.status, t.epochs_done, t.row_status) for t in trials] == [("TERMINATED", 3, "finished")] * 2
     out = status_cli(run_dir)
     assert out.returncode == 0 and out.stdout.splitlines()[-1] == "2 trials: 2 TERMINATED"
-    for trial_dir in run_dir.glob("train_trial_*"):  # resilience.keep_checkpoints (default 2)
-        assert [p.name for p in sorted(trial_dir.glob("checkpoint_*"))] == ["checkpoint_000001", "checkpoint_000002"]
+    # The resumed pack ran in this session's Ray experiment (RUN_DIR/resume-*/), from its epoch-1
+    # checkpoint: epochs 2 and 3 there (resilience.keep_checkpoints, default 2).
+    resumed_dirs = list(run_dir.glob("resume-*/train_trial_*"))
+    assert len(resumed_dirs) == 1
+    for trial_dir in resumed_dirs:
+        assert [p.name for p in sorted(trial_dir.glob("checkpoint_*"))] == ["checkpoint_000000", "checkpoint_000001"]
     new_files = [p for p in (run_dir / "metrics").glob("*.arrow")]
     assert len(new_files) == 4
     assert sorted(read_stream_file(p)[0].column("epoch").to_pylist()[0] for p in new_files) == [1, 1, 2, 2]
@@ -395,16 +485,64 @@ def test_errored_trial_status_then_resume_and_restart(cluster, tmp_path, capsys)
     assert report.rows_read == 2 + 6 and report.superseded_rows == 2
 
 
-def test_resume_refuses_a_run_dir_others_can_write(tmp_path, capsys):
+def _finished_run_dir(tmp_path: Path) -> Path:
+    """A run directory whose one trial wrote its last row (no Ray needed to resume it)."""
+    from sweeps.spec import expand_points, spec_from_dict
+
+    data = tiny_spec("w", grid={"lr": [0.1], "batch_size": [32], "seed": [0]})
     run_dir = tmp_path / "w"
     (run_dir / "metrics").mkdir(parents=True)
-    (run_dir / "spec.yaml").write_text("name: w\n")
-    (run_dir / "tuner.pkl").write_bytes(b"not a pickle")
-    (run_dir / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
+    write_yaml(run_dir / "spec.yaml", data)
+    (point,) = expand_points(spec_from_dict(data))
+    sink = ArrowMetricsSink(run_dir / "metrics")
+    config = {"point": point, "train": {"epochs": 3}}
+    for epoch in (1, 2, 3):
+        sink.write_row(_row("t_1", epoch, config, status="finished" if epoch == 3 else "running"))
+    sink.on_experiment_end([])
+    return run_dir
+
+
+def test_resume_never_unpickles_ray_state(tmp_path, capsys):
+    """A crafted tuner.pkl (it would run a command when unpickled) and a garbage experiment state,
+    even group- and world-writable, are never read: resume rebuilds from spec, rows and records."""
+    run_dir = _finished_run_dir(tmp_path)
+    marker = tmp_path / "pwned"
+    (run_dir / "tuner.pkl").write_bytes(b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR.")
+    (run_dir / "experiment_state-2026-01-01_00-00-00.json").write_text("{")
     os.chmod(run_dir / "tuner.pkl", 0o666)
-    assert main(["resume", str(run_dir)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "tuner.pkl is writable by other users" in err
+    assert main(["resume", str(run_dir), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "1 trials done; 0 continue" in out and "1 trials finished, 0 errored" in out
+    assert not marker.exists() and not (run_dir / "lock.json").exists()
+
+
+def test_run_dir_lock(tmp_path, capsys):
+    """One driver per run directory: a live holder refuses the second (one line naming it), a dead
+    holder's lock is stale and taken over, a read-only run directory is one line, exit 2."""
+    from sweeps.lock import RunLock
+
+    run_dir = _finished_run_dir(tmp_path)
+    with RunLock(run_dir, "lrbs resume"):  # held by this (live) process
+        assert main(["resume", str(run_dir), "--no-report"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and f"is in use by lrbs resume (pid {os.getpid()}" in err
+    assert not (run_dir / "lock.json").exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (run_dir / "lock.json").write_text(json.dumps({"host": os.uname().nodename, "pid": int(dead.stdout),
+                                                   "command": "lrbs run", "at": 0}))
+    assert main(["resume", str(run_dir), "--no-report"]) == 0
+    assert "took over a stale lock of lrbs run" in capsys.readouterr().err
+    (run_dir / "lock.json").write_text(json.dumps({"host": "elsewhere", "pid": 1, "command": "lrbs run", "at": 0}))
+    assert main(["resume", str(run_dir), "--no-report"]) == 2
+    assert "locked by lrbs run (pid 1 on elsewhere" in capsys.readouterr().err
+    (run_dir / "lock.json").unlink()
+    if os.geteuid() != 0:  # root writes anywhere
+        os.chmod(run_dir, 0o555)
+        try:
+            assert main(["resume", str(run_dir), "--no-report"]) == 2
+            assert "cannot lock" in capsys.readouterr().err
+        finally:
+            os.chmod(run_dir, 0o755)
 
 
 @pytest.mark.parametrize("value, ok", [(None, True), (1, True), (3, True), (0, False), (4, False)])

@@ -293,6 +293,22 @@ def test_plan_packs_groups_by_batch_size_schedule_and_n_train_and_splits_at_k():
     (b"name: \"a\\0b\"\n", "name: must be a file name of 1-100 printable characters"),
     (b"name: " + b"n" * 300 + b"\n", "name: must be a file name of 1-100 printable characters"),
     (b"name: x\n" + b"a: " * 0 + b"grid: " + b"[" * 20000 + b"]" * 20000 + b"\n", "malformed YAML"),
+    # Limits (issue 13, item 7): refused before anything is built or expanded.
+    (b"name: x\ndataset: {name: synthetic, n_train: 512}\n"
+     b"grid: {lr: {min: 0.01, max: 1, num: 1000000000}, batch_size: [8], seed: [0]}\n",
+     "grid.lr.num: 1,000,000,000 values; limits.max_points is 10,000"),
+    (b"name: x\ndataset: {name: synthetic, n_train: 512}\ngrid: {lr: {min: 0.01, max: 1, num: 1000}, "
+     b"batch_size: {min: 8, max: 512, num: 1000}, seed: [0]}\n", "the sweep has 415,000 trial points"),
+    (b"name: x\ndataset: {name: synthetic, n_train: 512}\nmodel: {name: mlp, options: {width: 100000, depth: 3}}\n"
+     b"grid: {lr: [0.1], batch_size: [8], seed: [0]}\n", "would have 10,004,600,010 parameters; limits.max_params"),
+    (b"name: x\ndataset: {name: synthetic, n_train: 512}\nmodel: {name: mlp, options: {depth: 100000}}\n"
+     b"grid: {lr: [0.1], batch_size: [8], seed: [0]}\n", "model.options.depth: must be <= 1000"),
+    (b"name: x\ndataset: {name: synthetic, n_train: 10000000000}\ngrid: {lr: [0.1], batch_size: [8], seed: [0]}\n",
+     "limits.memory_gb: one trial needs ~"),
+    (b"name: x\ndataset: {name: synthetic, n_train: 512}\nlimits: {memory_gb: 0.0001}\n"
+     b"grid: {lr: [0.1], batch_size: [8], seed: [0]}\n", "the limit is 0.0001 GB (limits.memory_gb)"),
+    (b"name: x\nlimits: {max_points: 0}\n", "limits.max_points: must be >= 1"),
+    (b"name: x\nlimits: {resource_wait_s: .inf}\n", "limits.resource_wait_s: must be a number of seconds"),
 ])
 def test_hostile_specs_are_one_line_errors(tmp_path, content, needle):
     """Red-team inputs (issue 13): one line naming the problem, exit 2, nothing started."""
@@ -302,6 +318,31 @@ def test_hostile_specs_are_one_line_errors(tmp_path, content, needle):
         load_spec(path)
     message = str(err.value)
     assert needle in message and "\n" not in message and len(message) <= SpecError.MAX_ERROR, message
+
+
+def test_limits_can_be_raised(tmp_path):
+    """Each limit is a key: a sweep that really is that big runs once the key says so."""
+    path = tmp_path / "big.yaml"
+    path.write_text("name: big\ndataset: {name: synthetic, n_train: 512}\nlimits: {max_points: 20000}\n"
+                    "grid: {lr: {min: 0.01, max: 1, num: 150}, batch_size: {min: 8, max: 64, num: 100}, seed: [0, 1]}\n")
+    spec = load_spec(path)
+    assert spec.limits.max_points == 20000 and len(expand_points(spec)) > 10_000
+
+
+def test_resources_beyond_this_machine_are_refused_before_anything_is_written(tmp_path, capsys):
+    """``resources: {cpu: 64}`` on this machine: one line, exit 2, no run directory (Tune would
+    wait forever for a node that never comes)."""
+    import os
+
+    from sweeps.cli import main
+
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: r\ndataset: {{name: synthetic, n_train: 256}}\ntrain: {{epochs: 1}}\n"
+                    f"resources: {{cpu: {4 * (os.cpu_count() or 1)}}}\ngrid: {{lr: [0.1], batch_size: [32], seed: [0]}}\n")
+    assert main(["run", str(path), "--storage", str(tmp_path / "runs"), "--no-report"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("lrbs: error: resources: a trial asks for") and "this machine has" in err
+    assert not (tmp_path / "runs" / "r").exists()
 
 
 def test_alias_bomb_is_refused_quickly_and_huge_values_are_cut(tmp_path):

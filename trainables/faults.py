@@ -26,6 +26,8 @@ def _marker_location(point: dict[str, Any]):
 
         storage = get_session().storage
         fs, root = storage.storage_filesystem, storage.experiment_fs_path
+        if root.rstrip("/").rpartition("/")[2].startswith("resume-"):  # `lrbs resume`'s experiment, in RUN_DIR
+            root = root.rstrip("/").rpartition("/")[0]
     except Exception:  # noqa: BLE001 - not in a Tune trial (or Ray moved it): fail every time
         return None
     key = hashlib.sha1(json.dumps(point, sort_keys=True).encode()).hexdigest()[:16]

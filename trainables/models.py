@@ -41,6 +41,9 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+MAX_MLP_DEPTH = 1000
+
+
 @dataclass(frozen=True)
 class MLPOptions:
     depth: int = 4             # Linear layers (depth - 1 hidden layers)
@@ -50,6 +53,8 @@ class MLPOptions:
     def __post_init__(self):
         _at_least("depth", self.depth, 1)
         _at_least("width", self.width, 1)
+        if self.depth > MAX_MLP_DEPTH:  # building and profiling 10^5 layers takes minutes before any check
+            raise ValueError(f"depth: must be <= {MAX_MLP_DEPTH} (got {self.depth})")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import sys
 import tempfile
 import time
 import warnings
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 
 from analysis.schema import check_row
 from trainables import augment
-from trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig, from_dict
+from trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig, from_dict, point_key
 from trainables.data import TensorData, load_dataset
 from trainables.models import build_model
 from trainables.pack_sgd import PackSGD
@@ -325,15 +326,45 @@ def load_state(directory: str | Path) -> dict[str, Any]:
     return torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 
 
-def tune_start_state() -> dict[str, Any] | None:
-    """The state in the trial's latest Tune checkpoint (after a failure or ``lrbs resume``), if any."""
+def first_loadable_state(directories: list[str | Path]) -> dict[str, Any] | None:
+    """The state of the first checkpoint folder that loads (newest first); a damaged one (cut off
+    by a full disk or a kill while it was written) is skipped with a warning. None if none loads:
+    the trial then starts from scratch and its new rows supersede the old ones."""
+    for directory in directories:
+        try:
+            return load_state(directory)
+        except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, OSError, ...
+            print(f"[lrbs] checkpoint {directory} does not load ({type(exc).__name__}: {str(exc)[:200]}); "
+                  f"trying the one before it", file=sys.stderr, flush=True)
+    if directories:
+        print(f"[lrbs] no checkpoint of this trial loads ({len(directories)} tried); starting from scratch",
+              file=sys.stderr, flush=True)
+    return None
+
+
+def tune_start_state(config: dict[str, Any]) -> dict[str, Any] | None:
+    """Where a trial continues from: Tune's latest checkpoint of this trial (after a failure in
+    this session) and the kept checkpoints before it, then those ``lrbs resume`` found in earlier
+    sessions (``config["resume"]``); the first that loads wins."""
+    import pyarrow.fs as pafs
     from ray import tune
 
+    candidates: list[str | Path] = []
     checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as directory:
-        return load_state(directory)
+    if checkpoint is not None:
+        if isinstance(checkpoint.filesystem, pafs.LocalFileSystem):
+            latest = Path(checkpoint.path)
+            candidates += [latest, *(p for p in sorted(latest.parent.glob("checkpoint_*"), reverse=True)
+                                     if p != latest)]
+        else:  # a remote store: no listing of older ones here
+            with checkpoint.as_directory() as directory:
+                state = first_loadable_state([directory])
+                if state is not None:
+                    return state
+    entry = (config.get("resume") or {}).get(point_key(config.get("point") or {}))
+    if entry:
+        candidates += [c for c in entry.get("checkpoints", []) if Path(c) not in candidates]
+    return first_loadable_state(candidates)
 
 
 class CheckpointClock:
@@ -411,5 +442,5 @@ def train_trial(config: dict[str, Any]) -> None:
         device=pick_device(float(resources.get("gpu", 0))),
         schedule=schedule_from_dict(config.get("schedule")),
         probes=from_dict(CurvatureConfig, config["curvature"]) if config.get("curvature") else None,
-        start_state=tune_start_state(),
+        start_state=tune_start_state(config),
     )

@@ -1,0 +1,135 @@
+"""``RUN_DIR/lock.json``: one driver (``lrbs run`` or ``lrbs resume``) per run directory.
+
+Two drivers on one run directory both trained every unfinished trial, and one deleted the
+other's checkpoints. The lock is a file created with ``O_EXCL`` (atomic on a local or NFSv3+
+filesystem) holding who took it: host, pid, the process's start time (so a reused pid is not
+mistaken for the holder), the command and when. A second driver is refused with one line naming
+the holder. A lock whose holder is gone (same host, pid dead or reused) is stale: it is taken
+over by renaming it away first, so of two drivers breaking the same stale lock one wins.
+A lock held from another host cannot be checked from here; the message says how to remove it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from sweeps.errors import LrbsError
+
+LOCK_FILE = "lock.json"
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), or None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(holder: dict) -> bool:
+    """Whether the holder (on this host) still runs: its pid exists and started when it said."""
+    try:
+        pid = int(holder["pid"])
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    except (KeyError, TypeError, ValueError):
+        return False  # not a lock lrbs wrote whole: nobody can hold it
+    started = holder.get("started")
+    return started is None or _process_start(pid) in (None, started)
+
+
+def holder_alive(path: str | Path) -> bool:
+    """Whether a driver holds the lock at ``path`` now (a holder on another host counts as alive:
+    it cannot be checked from here)."""
+    try:
+        holder = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(holder, dict):
+        return False
+    return holder.get("host") != socket.gethostname() or _alive(holder)
+
+
+def _age_s(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return float("inf")
+
+
+def describe(holder: dict) -> str:
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("at", 0)))
+    return f"{holder.get('command', '?')} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {since})"
+
+
+class RunLock:
+    """Held from :meth:`acquire` to :meth:`release` (also a context manager)."""
+
+    def __init__(self, run_dir: str | Path, command: str):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.command = command
+        self.held = False
+
+    def _me(self) -> dict:
+        return {"host": socket.gethostname(), "pid": os.getpid(), "started": _process_start(os.getpid()),
+                "command": self.command, "at": time.time()}
+
+    def _read(self) -> dict:
+        try:
+            data = json.loads(self.path.read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}  # half-written or garbage: treated as a lock with no live holder
+
+    def acquire(self) -> RunLock:
+        for _ in range(8):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                holder = self._read()
+                if not holder and _age_s(self.path) < 2.0:  # just created, its holder still writing
+                    time.sleep(0.5)
+                    continue
+                if holder.get("host") not in (None, socket.gethostname()):
+                    raise LrbsError(f"RUN_DIR: {self.path.parent} is locked by {describe(holder)}; if that "
+                                    f"driver is gone, delete {self.path}") from None
+                if _alive(holder):
+                    raise LrbsError(f"RUN_DIR: {self.path.parent} is in use by {describe(holder)}; wait for it "
+                                    f"or stop it first") from None
+                stale = self.path.with_name(f"{LOCK_FILE}.stale-{os.getpid()}")
+                try:
+                    os.replace(self.path, stale)  # only one of two breakers finds the file to move
+                    print(f"[lrbs] took over a stale lock of {describe(holder)}", file=sys.stderr)
+                    stale.unlink(missing_ok=True)
+                except FileNotFoundError:
+                    pass
+                continue
+            except OSError as exc:  # read-only folder, full disk, missing folder
+                raise LrbsError(f"RUN_DIR: cannot lock {self.path.parent} ({exc.strerror or exc})") from None
+            try:
+                os.write(fd, json.dumps(self._me()).encode())
+            finally:
+                os.close(fd)
+            self.held = True
+            return self
+        raise LrbsError(f"RUN_DIR: {self.path.parent}: could not take its lock (another driver keeps taking it)")
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            if self._read().get("pid") == os.getpid():
+                self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> RunLock:
+        return self.acquire() if not self.held else self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
