@@ -121,24 +121,46 @@ def member_points(point: dict[str, Any]) -> list[dict[str, Any]]:
 FINAL_ROW_STATUSES = ("finished", "diverged")
 
 
-def points_done(run_dir: str | Path) -> set[str]:
-    """Keys (``point_key``) of the points whose newest trial wrote its last row: finished or diverged."""
+def last_rows(run_dir: str | Path) -> dict[str, tuple[int, str, str | None]]:
+    """Per trial id of the rows (pack members ``-m<j>`` included): the epoch and status of its
+    last row (after exactly-once reading) and its point's key."""
     from analysis.tables import load_metrics
 
-    done = set()
     table = load_metrics(run_dir)  # exactly-once rows, sorted by trial then epoch
-    last: dict[str, tuple[str, str]] = {}
-    for trial_id, status, config in zip(table.column("trial_id").to_pylist(), table.column("status").to_pylist(),
-                                        table.column("config_json").to_pylist()):
-        last[trial_id] = (status, config)
-    for status, config in last.values():
+    last: dict[str, tuple[int, str, str | None]] = {}
+    for trial_id, epoch, status, config in zip(
+            table.column("trial_id").to_pylist(), table.column("epoch").to_pylist(),
+            table.column("status").to_pylist(), table.column("config_json").to_pylist()):
+        last[trial_id] = (epoch, status, config)
+    out = {}
+    for trial_id, (epoch, status, config) in last.items():
         try:
             point = json.loads(config or "{}").get("point")
         except ValueError:
-            continue
-        if status in FINAL_ROW_STATUSES and isinstance(point, dict):
-            done.add(point_key(point))
-    return done
+            point = None
+        out[trial_id] = (int(epoch), status, point_key(point) if isinstance(point, dict) else None)
+    return out
+
+
+def points_done(run_dir: str | Path, rows: dict | None = None) -> set[str]:
+    """Keys (``point_key``) of the points whose newest trial wrote its last row: finished or diverged."""
+    rows = last_rows(run_dir) if rows is None else rows
+    return {key for _, status, key in rows.values() if status in FINAL_ROW_STATUSES and key is not None}
+
+
+def resumable_epoch(record: TrialRecord, rows: dict[str, tuple[int, str, str | None]]) -> int:
+    """The newest epoch a checkpoint of ``record``'s trial may be from: the last epoch every member
+    still training has a row for. The driver writes an epoch's rows after Tune has stored its
+    checkpoint, so a driver killed (or a disk filled) in between leaves a checkpoint one epoch
+    ahead of the rows; continuing from it would leave that epoch without a row."""
+    points = member_points(record.point)
+    epochs = []
+    for j in range(len(points)):
+        trial_id = record.trial_id if len(points) == 1 else f"{record.trial_id}-m{j}"
+        epoch, status, _ = rows.get(trial_id, (0, "running", None))
+        if status not in FINAL_ROW_STATUSES:
+            epochs.append(epoch)
+    return min(epochs, default=0)
 
 
 def sweep_outcome(run_dir: str | Path, points: list[dict[str, Any]]) -> dict[str, int]:

@@ -52,8 +52,8 @@ def plan_resume(spec, run_dir: Path, restart_errored: bool) -> tuple[list[list[d
     """What is left to train: the packs (each a list of points), the ``resume`` map for the
     param space (point key -> trial id and checkpoints), counts for the first line and the
     trial records (for the ledger to go on with)."""
-    from sweeps.ledger import (ERROR, TERMINATED, ledger_from_trial_dirs, member_points, points_done,
-                               read_ledger)
+    from sweeps.ledger import (ERROR, TERMINATED, last_rows, ledger_from_trial_dirs, member_points, points_done,
+                               read_ledger, resumable_epoch)
     from sweeps.packing import plan_packs
     from sweeps.spec import expand_points
     from trainables.config import point_key
@@ -68,7 +68,8 @@ def plan_resume(spec, run_dir: Path, restart_errored: bool) -> tuple[list[list[d
         print(f"[lrbs] {len(damaged)} damaged trial record(s) in {run_dir / 'trials'} "
               f"({', '.join(sorted(damaged)[:3])}): rebuilt from the trial folders and the metric rows",
               file=sys.stderr)
-    done = points_done(run_dir)
+    rows = last_rows(run_dir)
+    done = points_done(run_dir, rows)
     started: set[str] = set()
     packs: list[list[dict]] = []
     resume: dict[str, dict[str, Any]] = {}
@@ -90,7 +91,8 @@ def plan_resume(spec, run_dir: Path, restart_errored: bool) -> tuple[list[list[d
             counts["restarted"] += len(keys)
             continue
         resume[point_key(record.point)] = {"trial_id": record.trial_id,
-                                           "checkpoints": [str(p) for p in record.checkpoints(run_dir)]}
+                                           "checkpoints": [str(p) for p in record.checkpoints(run_dir)],
+                                           "max_epoch": resumable_epoch(record, rows)}
         counts["continued"] += len(keys)
     fresh = [p for k, p in by_key.items() if k not in started and k not in done]
     counts["done"] += sum(k in done and k not in started for k in by_key)

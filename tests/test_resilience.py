@@ -516,6 +516,34 @@ def test_resume_never_unpickles_ray_state(tmp_path, capsys):
     assert not marker.exists() and not (run_dir / "lock.json").exists()
 
 
+def test_resume_never_continues_from_a_checkpoint_ahead_of_the_rows(tmp_path, capsys):
+    """Tune stores an epoch's checkpoint before the driver writes its rows: a driver killed (or a
+    disk filled) in between leaves the newest checkpoint one epoch ahead. Resume takes the newest
+    checkpoint no later than the last epoch every member still training has rows for; damaged
+    ones are skipped; none left: from scratch."""
+    import torch
+
+    from sweeps.ledger import TrialRecord, resumable_epoch
+    from trainables.train_loop import CHECKPOINT_FILE, first_loadable_state
+
+    record = TrialRecord("t_1", {"members": [{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.4}]})
+    rows = {"t_1-m0": (3, "running", None), "t_1-m1": (2, "diverged", None), "t_1-m2": (4, "running", None)}
+    assert resumable_epoch(record, rows) == 3  # m1 diverged: its rows stop early, it does not count
+    assert resumable_epoch(record, {"t_1-m0": (3, "running", None)}) == 0  # m2 has no rows yet
+    folders = []
+    for epoch in (4, 3, 2):  # newest first, as TrialRecord.checkpoints lists them
+        folder = tmp_path / f"checkpoint_{epoch:06d}"
+        folder.mkdir()
+        torch.save({"epoch": epoch}, folder / CHECKPOINT_FILE)
+        folders.append(folder)
+    assert first_loadable_state(folders, max_epoch=3)["epoch"] == 3
+    (folders[1] / CHECKPOINT_FILE).write_bytes(b"cut off")
+    assert first_loadable_state(folders, max_epoch=3)["epoch"] == 2
+    assert first_loadable_state(folders, max_epoch=1) is None
+    err = capsys.readouterr().err
+    assert "past the last epoch with rows (3)" in err and "does not load" in err and "starting from scratch" in err
+
+
 def test_run_dir_lock(tmp_path, capsys):
     """One driver per run directory: a live holder refuses the second (one line naming it), a dead
     holder's lock is stale and taken over, a read-only run directory is one line, exit 2."""

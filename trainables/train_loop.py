@@ -326,18 +326,25 @@ def load_state(directory: str | Path) -> dict[str, Any]:
     return torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 
 
-def first_loadable_state(directories: list[str | Path]) -> dict[str, Any] | None:
-    """The state of the first checkpoint folder that loads (newest first); a damaged one (cut off
-    by a full disk or a kill while it was written) is skipped with a warning. None if none loads:
-    the trial then starts from scratch and its new rows supersede the old ones."""
+def first_loadable_state(directories: list[str | Path], max_epoch: int | None = None) -> dict[str, Any] | None:
+    """The state of the first checkpoint folder that loads (newest first) and is from epoch
+    ``max_epoch`` or before; a damaged one (cut off by a full disk or a kill while it was written)
+    is skipped with a warning. None if none qualifies: the trial then starts from scratch and its
+    new rows supersede the old ones."""
     for directory in directories:
         try:
-            return load_state(directory)
+            state = load_state(directory)
         except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, OSError, ...
             print(f"[lrbs] checkpoint {directory} does not load ({type(exc).__name__}: {str(exc)[:200]}); "
                   f"trying the one before it", file=sys.stderr, flush=True)
+            continue
+        if max_epoch is not None and int(state.get("epoch", 0)) > max_epoch:
+            print(f"[lrbs] checkpoint {directory} is from epoch {state.get('epoch')}, past the last epoch with "
+                  f"rows ({max_epoch}); trying the one before it", file=sys.stderr, flush=True)
+            continue
+        return state
     if directories:
-        print(f"[lrbs] no checkpoint of this trial loads ({len(directories)} tried); starting from scratch",
+        print(f"[lrbs] no usable checkpoint of this trial ({len(directories)} tried); starting from scratch",
               file=sys.stderr, flush=True)
     return None
 
@@ -361,10 +368,14 @@ def tune_start_state(config: dict[str, Any]) -> dict[str, Any] | None:
                 state = first_loadable_state([directory])
                 if state is not None:
                     return state
+    if candidates:  # this session's own checkpoints: their rows were written by this driver
+        state = first_loadable_state(candidates)
+        if state is not None:
+            return state
     entry = (config.get("resume") or {}).get(point_key(config.get("point") or {}))
     if entry:
-        candidates += [c for c in entry.get("checkpoints", []) if Path(c) not in candidates]
-    return first_loadable_state(candidates)
+        return first_loadable_state(entry.get("checkpoints", []), entry.get("max_epoch"))
+    return None
 
 
 class CheckpointClock:
