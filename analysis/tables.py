@@ -48,38 +48,70 @@ def read_stream_file_checked(path: str | Path) -> tuple[pa.Table, int, str | Non
     (e.g. flipped bytes: invalid UTF-8 in a string column); the batches before it are kept.
     """
     path = Path(path)
-    size = path.stat().st_size
+    try:
+        size = path.stat().st_size
+        if not path.is_file():
+            raise IsADirectoryError(f"{path.name} is not a regular file")
+        with pa.OSFile(str(path), "rb") as f:
+            return _read_stream(f, size)
+    except OSError as exc:  # a folder in its place, no permission to read, an I/O error
+        return METRIC_SCHEMA.empty_table(), 0, f"unreadable ({exc.strerror or exc})"
+
+
+END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # what a closed stream writer writes last
+
+
+def _read_stream(f, size: int) -> tuple[pa.Table, int, str | None]:
     if size == 0:
         return METRIC_SCHEMA.empty_table(), 0, "empty file (0 bytes): no row was ever written to it"
     batches: list[pa.RecordBatch] = []
     good = 0  # offset just past the last whole message
     schema = None
     problem = None
-    with pa.OSFile(str(path), "rb") as f:
+    try:
+        reader = pa.ipc.open_stream(f)
+        schema = reader.schema
+        good = f.tell()
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError, EOFError) as exc:
+        reader = None
+        problem = f"unreadable header ({str(exc).splitlines()[0][:120]}): not an Arrow stream"
+    while reader is not None:
         try:
-            reader = pa.ipc.open_stream(f)
-            schema = reader.schema
+            batch = reader.read_next_batch()
+        except StopIteration:
             good = f.tell()
+            if size > good:  # the rows are whole; something wrote after the stream's end
+                problem = f"{size - good} bytes after the end of the stream (the rows before are intact)"
+            break
         except (pa.ArrowInvalid, pa.ArrowIOError, OSError, EOFError) as exc:
-            reader = None
-            problem = f"unreadable header ({str(exc).splitlines()[0][:120]}): not an Arrow stream"
-        while reader is not None:
-            try:
-                batch = reader.read_next_batch()
-            except StopIteration:
-                good = size
-                break
-            except (pa.ArrowInvalid, pa.ArrowIOError, OSError, EOFError):
-                break  # an incomplete message at the end: the writer was cut off
-            try:
-                batch.validate(full=True)
-            except (pa.ArrowInvalid, ValueError) as exc:
+            if _damaged_not_cut_off(f, good, size):
                 problem = f"bad bytes in the record at byte {good} ({str(exc).splitlines()[0][:120]})"
-                break
-            batches.append(batch)
-            good = f.tell()
+            break  # else an incomplete message at the end: the writer was cut off
+        try:
+            batch.validate(full=True)
+        except (pa.ArrowInvalid, ValueError) as exc:
+            problem = f"bad bytes in the record at byte {good} ({str(exc).splitlines()[0][:120]})"
+            break
+        batches.append(batch)
+        good = f.tell()
     table = pa.Table.from_batches(batches, schema=schema or METRIC_SCHEMA)
     return table, size - good, problem
+
+
+def _damaged_not_cut_off(f, good: int, size: int) -> bool:
+    """Whether a record that does not read at ``good`` is damage rather than a writer cut off
+    mid-write: the file was closed (it ends with the end-of-stream marker), or the message at
+    ``good`` is whole (its bytes are all there) and still does not read. (Damage in the last
+    message of a file whose writer was killed looks like a cut-off: it is read the same way.)"""
+    f.seek(max(0, size - len(END_OF_STREAM)))
+    if size - good > len(END_OF_STREAM) and f.read(len(END_OF_STREAM)) == END_OF_STREAM:
+        return True
+    f.seek(good)
+    try:
+        pa.ipc.read_message(pa.BufferReader(f.read(size - good)))
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError, EOFError, ValueError):
+        return False  # not even a whole message: cut off
+    return True
 
 
 def read_metric_files(run_dir: str | Path) -> tuple[pa.Table, ReadReport]:

@@ -1,7 +1,7 @@
 """Re-measure issue 13's bad-input figures (docs/resilience.md, "Hardening against bad and
 hostile input"), without starting Ray.
 
-    cd /work/main && PYTHONPATH=$PWD .venv/bin/python -m benchmarks.hardening_check
+    PYTHONPATH=$PWD .venv/bin/python -m benchmarks.hardening_check     # from the repository root
 
 Every check runs the real command line (``python -m sweeps.cli ...``) in a subprocess, with
 cwd at the repository root, ``PYTHONPATH`` set to it and a 120 s timeout; at most two run at
@@ -618,7 +618,7 @@ def summarize(cases: list[Case], total_s: float, tmp: Path) -> str:
                          f"{_cell(why, 260 if key == 'damage' else 160)} |")
     failed = [c for c in cases if c.verdict in (NOT_HANDLED, FAIL)]
     lines += ["", "## Not handled", ""]
-    lines += [f"- [{c.category}] {c.name}: {c.reason}; {'output' if c.describe else 'last stderr line'}: "
+    lines += [f"- [{c.category}] {c.name}: {c.reason}; {'last stderr line' if c.detail.startswith('lrbs:') else 'output'}: "
               f"`{_cell(c.detail.replace(str(tmp), '$TMP'), 300)}`" for c in failed] or ["none"]
     return "\n".join(lines) + "\n"
 

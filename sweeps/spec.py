@@ -485,9 +485,9 @@ def validate(spec: SweepSpec) -> None:
         raise SpecError(f"train.epochs: must be >= 1 (got {train.epochs})")
     if not 0.0 <= train.momentum < 1.0:
         raise SpecError(f"train.momentum: must be in [0, 1) (got {train.momentum})")
-    if train.weight_decay < 0:
+    if not (train.weight_decay >= 0 and math.isfinite(train.weight_decay)):
         raise SpecError(f"train.weight_decay: must be >= 0 (got {train.weight_decay})")
-    if train.divergence_factor <= 1:
+    if not (train.divergence_factor > 1 and math.isfinite(train.divergence_factor)):
         raise SpecError(f"train.divergence_factor: must be > 1 (got {train.divergence_factor})")
     if train.eval_batch_size < 1:
         raise SpecError(f"train.eval_batch_size: must be >= 1 (got {train.eval_batch_size})")
@@ -501,9 +501,9 @@ def validate(spec: SweepSpec) -> None:
         raise SpecError(f"train.augment: must be one of {', '.join(AUGMENTATIONS)} (got {train.augment!r})")
     if train.pack_layout not in LAYOUTS:
         raise SpecError(f"train.pack_layout: must be one of {', '.join(LAYOUTS)} (got {train.pack_layout!r})")
-    if res.cpu <= 0:
+    if not (res.cpu > 0 and math.isfinite(res.cpu)):
         raise SpecError(f"resources.cpu: must be > 0 (got {res.cpu})")
-    if res.gpu < 0:
+    if not (res.gpu >= 0 and math.isfinite(res.gpu)):
         raise SpecError(f"resources.gpu: must be >= 0 (got {res.gpu})")
     if res.gpu > 1 and res.gpu != int(res.gpu):
         raise SpecError(f"resources.gpu: fractions are only allowed below 1 (got {res.gpu})")

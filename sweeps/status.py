@@ -32,6 +32,7 @@ class TrialStatus:
     row_status: str | None      # status column of the last metric row (running/finished/diverged)
     failures: int
     error: str                  # last line of the trial's error.txt ('' if none)
+    damaged_file: str = ""      # its metric file, when that is damaged
 
 
 def newest_experiment_state(run_dir: Path) -> Path | None:
@@ -154,7 +155,8 @@ def read_status(run_dir: str | Path) -> list[TrialStatus]:
         trial = by_id.get(name[:-len(".arrow")].rpartition("__")[2])
         if trial is not None:
             trial.row_status = "damaged"
-            trial.error = f"metric file {name}: {problem}"
+            trial.error = f"{problem} (metric file {name})"  # the problem first: the table cuts long errors
+            trial.damaged_file = name
     return out
 
 
@@ -176,7 +178,8 @@ def format_status(trials: list[TrialStatus], error_width: int = 60) -> str:
         counts[t.status] = counts.get(t.status, 0) + 1
     damaged = [t for t in trials if t.row_status == "damaged"]
     if damaged:
-        lines.append(f"DAMAGED: {len(damaged)} trial(s) with a damaged metric file (rows before the damage are "
-                     f"kept; see the error column)")
+        names = ", ".join(t.damaged_file for t in damaged[:3]) + (", ..." if len(damaged) > 3 else "")
+        lines.append(f"DAMAGED: {len(damaged)} trial(s) with a damaged metric file ({names}; rows before the "
+                     f"damage are kept; see the error column)")
     lines.append(f"{len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     return "\n".join(lines)

@@ -608,13 +608,28 @@ def test_damaged_metric_files_are_flagged_not_crashed(tmp_path):
     pos = data.rfind(ids[0].encode())  # a trial id inside the last record batch
     flipped[pos:pos + 2] = b"\xff\xfe"  # invalid UTF-8 in a string column
     (run / "metrics" / "s4__flipped.arrow").write_bytes(bytes(flipped))
+    # 8 bytes inverted in the middle of a closed file (its end-of-stream marker intact): damage,
+    # not a cut-off, though the reader stops there as at a cut-off.
+    middle = bytearray(data)
+    at = len(data) // 2
+    middle[at:at + 8] = bytes(b ^ 0xFF for b in middle[at:at + 8])
+    (run / "metrics" / "s6__middle.arrow").write_bytes(bytes(middle))
+    (run / "metrics" / "s7__appended.arrow").write_bytes(data + b"garbage after the end")
+    (run / "metrics" / "s8__folder.arrow").mkdir()  # a folder where a file should be
+    cut = run / "metrics" / "s9__cut.arrow"
+    cut.write_bytes(data[:-len(b"\xff\xff\xff\xff\x00\x00\x00\x00") - 20])  # a writer killed mid-record
     _, info = load_metrics_with_report(run)
-    assert set(info.damaged) == {"s2__empty.arrow", "s3__header.arrow", "s4__flipped.arrow"}
+    assert set(info.damaged) == {"s2__empty.arrow", "s3__header.arrow", "s4__flipped.arrow", "s6__middle.arrow",
+                                 "s7__appended.arrow", "s8__folder.arrow"}
     assert "0 bytes" in info.damaged["s2__empty.arrow"] and "header" in info.damaged["s3__header.arrow"]
     assert "bad bytes" in info.damaged["s4__flipped.arrow"] and not set(info.dropped_bytes) & set(info.damaged)
+    assert "bad bytes" in info.damaged["s6__middle.arrow"]
+    assert "21 bytes after the end of the stream" in info.damaged["s7__appended.arrow"]
+    assert "unreadable" in info.damaged["s8__folder.arrow"]
+    assert set(info.dropped_bytes) == {"s9__cut.arrow"}  # still "writer killed", read up to its last row
     fits = json.loads(write_reports(run, ("json",))["json"].read_text())
     assert fits["summary"]["partial"] is True
-    assert sum("DAMAGED metric file" in n for n in fits["notes"]) == 3
+    assert sum("DAMAGED metric file" in n for n in fits["notes"]) == 6
     # lrbs status names the trial whose file is damaged (files are <session>__<trial id>.arrow).
     (run / "metrics" / f"s5__{ids[1]}.arrow").write_bytes(b"")
     from sweeps.status import format_status

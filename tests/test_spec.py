@@ -308,6 +308,11 @@ def test_plan_packs_groups_by_batch_size_schedule_and_n_train_and_splits_at_k():
     (b"name: x\ndataset: {name: synthetic, n_train: 512}\nlimits: {memory_gb: 0.0001}\n"
      b"grid: {lr: [0.1], batch_size: [8], seed: [0]}\n", "the limit is 0.0001 GB (limits.memory_gb)"),
     (b"name: x\nlimits: {max_points: 0}\n", "limits.max_points: must be >= 1"),
+    # NaN compares false with every bound: each number is checked finite too.
+    (b"name: x\ntrain: {weight_decay: .nan}\n", "train.weight_decay: must be >= 0"),
+    (b"name: x\ntrain: {divergence_factor: .nan}\n", "train.divergence_factor: must be > 1"),
+    (b"name: x\nresources: {cpu: .nan}\n", "resources.cpu: must be > 0"),
+    (b"name: x\nresources: {gpu: .nan}\n", "resources.gpu: must be >= 0"),
     (b"name: x\nlimits: {resource_wait_s: .inf}\n", "limits.resource_wait_s: must be a number of seconds"),
 ])
 def test_hostile_specs_are_one_line_errors(tmp_path, content, needle):
