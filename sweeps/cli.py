@@ -177,26 +177,100 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from sweeps.export import export_run
+
+    for path in export_run(args.run_dir, args.format, args.out):
+        print(f"exported: {path}")
+    return 0
+
+
 def _add_driver_args(p: argparse.ArgumentParser) -> None:
     """Options of the commands that drive a sweep (run, resume)."""
-    p.add_argument("--address", default=None, help="address of an existing Ray cluster (e.g. auto, HOST:6379)")
+    p.add_argument("--address", default=None,
+                   help="address of an existing Ray cluster (auto, HOST:6379); default: start a local one on "
+                        "this machine (loopback only)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
 
 
+# name -> (one-line help, description, examples): what `lrbs NAME --help` prints.
+COMMANDS = {
+    "validate": ("check a spec and print its points, pack plan and cost estimate",
+                 "Check a sweep spec without running it: every key and value, the model built once on "
+                 "two examples, the limits. Prints the trial points, the pack plan and a time estimate. "
+                 "Bad input is one line naming the field, exit 2.",
+                 ["lrbs validate sweeps/quickstart.yaml"]),
+    "run": ("run a sweep (embedded local Ray unless --address)",
+            "Run every trial of a spec and write the run directory STORAGE/<name>/: the spec copy, the "
+            "Arrow metric tables, the trial records, checkpoints and (unless --no-report) the report. "
+            "Exit 0 when every trial finished or diverged, 3 when some errored, 4 when the sweep had to "
+            "stop (full disk), 2 for bad input.",
+            ["lrbs run sweeps/quickstart.yaml", "lrbs run sweeps/fig3_grid.yaml --storage s3://bucket/runs "
+             "--address auto"]),
+    "report": ("write report.html, fits.json and report.md for a run directory",
+               "(Re)write the report of a run: fits of validation accuracy and sharpness against eta/S, "
+               "the breakdown, every figure. Works mid-sweep (partial data, marked) and on a URI.",
+               ["lrbs report runs/quickstart", "lrbs report runs/a --compare runs/b --format md"]),
+    "submit": ("submit a sweep as a Ray job to a remote cluster",
+               "Send this project and a spec to a Ray cluster's job API; the job runs `lrbs run` on the "
+               "head node. Plain http:// to another host is refused when a token would be sent.",
+               ["lrbs submit sweeps/fig3_grid.yaml --address http://127.0.0.1:8265 --storage s3://bucket/runs"]),
+    "interpolate": ("loss along the line between two trials' final weights (Fig. 4)",
+                    "Evaluate the loss and accuracy at weights (1 - alpha) A + alpha B between two trials' "
+                    "final checkpoints, batch-norm statistics re-estimated at each alpha. Writes "
+                    "RUN_DIR/interpolation/<A>__<B>.arrow and .html.",
+                    ["lrbs interpolate runs/fig4 1a2b3_00000 1a2b3_00001 --num 21"]),
+    "resume": ("continue an interrupted sweep (unfinished and errored trials)",
+               "Finish a sweep whose driver died, whose disk filled up or whose trials errored, rebuilt from "
+               "the spec copy, the metric rows and the trial records (never Ray's pickled state). Finished "
+               "trials are left alone; the others continue from their newest checkpoint that loads.",
+               ["lrbs resume runs/quickstart", "lrbs resume runs/fig3 --restart-errored --address auto"]),
+    "status": ("table of a run's trials, read from its files (no Ray)",
+               "One line per trial: status, epochs done, last validation accuracy, failures, last error; "
+               "damaged metric files named. Reads JSON, YAML and Arrow only; never starts Ray.",
+               ["lrbs status runs/quickstart"]),
+    "export": ("write a run's epoch and trial tables as Parquet or CSV",
+               "Write epochs.<ext> (one row per trial and epoch, deduplicated as the report reads them) and "
+               "trials.<ext> (one row per trial) for pandas, polars or a spreadsheet. Never overwrites.",
+               ["lrbs export runs/quickstart", "lrbs export runs/quickstart --format csv --out /tmp/qs"]),
+}
+
+
+def _sub(sub, name: str) -> argparse.ArgumentParser:
+    short, description, examples = COMMANDS[name]
+    return sub.add_parser(name, help=short, description=description,
+                          epilog="examples:\n" + "\n".join(f"  {e}" for e in examples),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+class _Version(argparse.Action):
+    """``--version``: the code version of the metric rows (asks git only when used)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from sweeps.version import code_version
+
+        print(f"lrbs {code_version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lrbs", description="Ray Tune sweeps of SGD's eta/S ratio.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("validate", help="check a spec and print its expanded grid")
-    p.add_argument("spec")
+    parser = argparse.ArgumentParser(
+        prog="lrbs", description="Ray Tune sweeps of SGD's learning-rate to batch-size ratio (eta/S): run, resume, "
+                                 "report.",
+        epilog="start with: lrbs validate sweeps/quickstart.yaml && lrbs run sweeps/quickstart.yaml")
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="print the code version (as recorded in every metric row) and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = _sub(sub, "validate")
+    p.add_argument("spec", help="the sweep spec (YAML)")
     p.set_defaults(func=cmd_validate)
-    p = sub.add_parser("run", help="run a sweep (embedded local Ray unless --address)")
-    p.add_argument("spec")
+    p = _sub(sub, "run")
+    p.add_argument("spec", help="the sweep spec (YAML)")
     p.add_argument("--storage", default="runs",
                    help="directory or URI (s3://, gs://, file://) holding run directories (default: ./runs)")
     _add_driver_args(p)
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("report", help="write report.html, fits.json and report.md for a run directory "
-                                      "(also while the sweep runs: partial data, marked)")
+    p = _sub(sub, "report")
     p.add_argument("run_dir", help="run directory: a path or a URI (s3://, gs://, file://)")
     p.add_argument("--format", action="append", metavar="FMT",
                    help="html (report.html), json (fits.json) or md (report.md); repeat or comma-separate "
@@ -205,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also compare with another run: writes compare-<RUN_B name>.md and .html in RUN_DIR "
                         "(slopes with CIs, beta*, every section's headline, side by side)")
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("submit", help="submit a sweep as a Ray job to a remote cluster")
+    p = _sub(sub, "submit")
     p.add_argument("spec", help="spec file inside this project (it travels with the job's working dir)")
     p.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://HEAD:8265")
     p.add_argument("--storage", default=None,
@@ -215,28 +289,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true",
                    help="send the auth token over plain http:// to a non-loopback address anyway (refused otherwise)")
     p.set_defaults(func=cmd_submit)
-    p = sub.add_parser("interpolate", help="loss along the line between two trials' final weights (Fig. 4)")
-    p.add_argument("run_dir")
-    p.add_argument("trial_a")
-    p.add_argument("trial_b")
-    p.add_argument("--alpha-min", type=float, default=-1.0)
-    p.add_argument("--alpha-max", type=float, default=2.0)
+    p = _sub(sub, "interpolate")
+    p.add_argument("run_dir", help="the run directory")
+    p.add_argument("trial_a", help="trial id of the alpha = 0 end (see lrbs status)")
+    p.add_argument("trial_b", help="trial id of the alpha = 1 end")
+    p.add_argument("--alpha-min", type=float, default=-1.0, help="first alpha (default -1)")
+    p.add_argument("--alpha-max", type=float, default=2.0, help="last alpha (default 2)")
     p.add_argument("--num", type=int, default=31, help="number of alphas (default 31)")
     p.add_argument("--batch-norm", choices=("recompute", "interpolate"), default="recompute",
                    help="batch-norm running statistics at each alpha: re-estimated on a fixed subset of "
                         "4,096 training examples (default), or interpolated like the weights (the old way; "
                         "written to <A>__<B>__bn-interpolated.*)")
     p.set_defaults(func=cmd_interpolate)
-    p = sub.add_parser("resume", help="continue an interrupted sweep (unfinished and errored trials)")
-    p.add_argument("run_dir")
+    p = _sub(sub, "resume")
+    p.add_argument("run_dir", help="the run directory to finish (a local or mounted path)")
     p.add_argument("--restart-errored", action="store_true",
                    help="restart errored trials from scratch instead of from their last checkpoint")
     _add_driver_args(p)
     p.set_defaults(func=cmd_resume)
-    p = sub.add_parser("status", help="table of a run's trials, read from its files (no Ray)")
-    p.add_argument("run_dir")
+    p = _sub(sub, "status")
+    p.add_argument("run_dir", help="the run directory")
     p.set_defaults(func=cmd_status)
+    p = _sub(sub, "export")
+    p.add_argument("run_dir", help="the run directory")
+    p.add_argument("--format", choices=FORMATS_EXPORT, default="parquet", help="file format (default parquet)")
+    p.add_argument("--out", default=None, help="folder for epochs.<ext> and trials.<ext> (default RUN_DIR/export)")
+    p.set_defaults(func=cmd_export)
     return parser
+
+
+FORMATS_EXPORT = ("parquet", "csv")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,48 @@
+"""``lrbs export RUN_DIR --format parquet|csv``: the run's tables as files pandas and polars read.
+
+The metric files are Arrow IPC *streams* (appendable while the sweep runs), which
+``pandas.read_feather``, ``pyarrow.dataset(format="ipc")`` and ``polars.read_ipc`` do not open.
+Export writes what ``analysis.tables`` reads, deduplicated (one row per (trial, epoch), each
+trial's newest attempt): ``epochs.<ext>`` (``load_metrics``) and ``trials.<ext>``
+(``load_trials``). Existing files are never overwritten.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from sweeps.errors import LrbsError
+
+FORMATS = ("parquet", "csv")
+
+
+def export_run(run_dir: str | Path, fmt: str = "parquet", out: str | Path | None = None) -> list[Path]:
+    """Write ``epochs.<fmt>`` and ``trials.<fmt>`` into ``out`` (default ``RUN_DIR/export/``)."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from analysis.tables import load_metrics, load_trials
+
+    run_dir = Path(run_dir)
+    if fmt not in FORMATS:
+        raise LrbsError(f"--format: unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+    if not (run_dir / "metrics").is_dir():
+        raise LrbsError(f"RUN_DIR: {run_dir} is not an lrbs run directory (no metrics/ inside)")
+    out = Path(out) if out is not None else run_dir / "export"
+    paths = [out / f"epochs.{fmt}", out / f"trials.{fmt}"]
+    existing = [p for p in paths if p.exists()]
+    if existing:
+        raise LrbsError(f"--out: {existing[0]} already exists (nothing was overwritten; pick another --out)")
+    metrics = load_metrics(run_dir)
+    tables = [metrics, load_trials(run_dir, metrics)]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for table, path in zip(tables, paths):
+            tmp = path.with_name(f".{path.name}.tmp")
+            if fmt == "parquet":
+                pq.write_table(table, tmp)
+            else:
+                pacsv.write_csv(table, tmp)
+            tmp.rename(path)  # whole files only: a reader never sees half an export
+    except OSError as exc:
+        raise LrbsError(f"--out: cannot write into {out} ({exc.strerror or exc})") from None
+    return paths
