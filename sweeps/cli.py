@@ -171,9 +171,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from sweeps.status import format_status, read_status
+    from sweeps.status import format_status, read_progress, read_status
 
-    print(format_status(read_status(args.run_dir)))
+    print(format_status(read_status(args.run_dir), progress=read_progress(args.run_dir)))
     return 0
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sweeps.errors import LrbsError
+from sweeps.raylog import RayOutput
 from sweeps.runner import (METRIC_DIR, SPEC_COPY, fit, init_ray, plugin_runtime_env, print_outcome,
                            resilience_settings, restore_plugin_folders, trial_resources,
                            wait_for_resources)
@@ -130,21 +131,27 @@ def resume_sweep(run_dir: str | Path, restart_errored: bool = False, address: st
         if n_left:
             if address is None:
                 wait_for_resources(spec, embedded=True, out=out, ray_started=False)
-            init_ray(address, plugin_runtime_env(spec))
-            wait_for_resources(spec, embedded=address is None, out=out)
-            tuner = tune.Tuner(
-                tune.with_resources(train_trial, trial_resources(spec)),
-                param_space=to_param_space(spec, code_version(), packs=packs, resume=resume),
-                tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),
-                run_config=tune.RunConfig(
-                    name=f"resume-{session_tag()}",  # this session's Ray experiment, inside RUN_DIR
-                    storage_path=str(run_dir),
-                    callbacks=[ArrowMetricsSink(run_dir / METRIC_DIR), TrialLedger(run_dir, records),
-                               ProgressPrinter(n_left)],
-                    **resilience_settings(spec),
-                    verbose=0,
-                ),
-            )
-            fit(tuner, run_dir)
+            raylog = RayOutput().start()
+            try:
+                init_ray(address, plugin_runtime_env(spec))
+                wait_for_resources(spec, embedded=address is None, out=out)
+                print(f"[lrbs] Ray's log: {raylog.to_file(run_dir)}", file=out, flush=True)
+                tuner = tune.Tuner(
+                    tune.with_resources(train_trial, trial_resources(spec)),
+                    param_space=to_param_space(spec, code_version(), packs=packs, resume=resume),
+                    tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),
+                    run_config=tune.RunConfig(
+                        name=f"resume-{session_tag()}",  # this session's Ray experiment, inside RUN_DIR
+                        storage_path=str(run_dir),
+                        callbacks=[ArrowMetricsSink(run_dir / METRIC_DIR), TrialLedger(run_dir, records),
+                                   ProgressPrinter(n_left, n_left * spec.train.epochs,
+                                                   unit="GPU" if spec.resources.gpu > 0 else "CPU", out=out)],
+                        **resilience_settings(spec),
+                        verbose=0,
+                    ),
+                )
+                fit(tuner, run_dir, raylog)
+            finally:
+                raylog.stop()
         print_outcome(spec, run_dir, str(run_dir / METRIC_DIR), out, outcome)
     return run_dir

@@ -11,6 +11,7 @@ from typing import TextIO
 import yaml
 
 from sweeps.errors import LrbsError, SweepStopped
+from sweeps.raylog import RayOutput
 from sweeps.spec import SweepSpec, to_param_space
 
 METRIC_DIR = "metrics"
@@ -143,7 +144,8 @@ def provenance(spec: SweepSpec, address: str | None) -> dict:
             "driver_device": device, "ray_address": address or "embedded local Ray",
             "resources_per_trial": {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
             "packages": packages,
-            "estimate": {"device_hours": cost.device_hours, "device": cost.device, "total_pflop": cost.total_pflop}}
+            "estimate": {"device_hours": cost.device_hours, "device": cost.device, "total_pflop": cost.total_pflop},
+            "points": cost.trials, "epochs": spec.train.epochs}
 
 
 def _cpu_model() -> str:
@@ -298,12 +300,13 @@ def print_outcome(spec: SweepSpec, run_dir: Path, metrics_where: str, out: TextI
         outcome.update(counts)
 
 
-def fit(tuner, run_dir: Path) -> None:
+def fit(tuner, run_dir: Path, raylog=None) -> None:
     """``tuner.fit()``; Ray failing under the sweep (most often a full disk: Ray then dies reading a
     0-byte error file) is one line naming the run directory, exit 4, and the rows written so far
     stay intact for ``lrbs resume``. The traceback goes to ``RUN_DIR/driver-error.txt``."""
     try:
-        tuner.fit()
+        with raylog.printed() if raylog is not None else contextlib.nullcontext():
+            tuner.fit()
     except Exception as exc:  # noqa: BLE001 - every failure of Ray's driver loop ends the same way
         raise stopped_error(exc, run_dir) from None
 
@@ -396,22 +399,28 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
     if address is None:
         preflight_data(spec)
         wait_for_resources(spec, embedded=True, out=out, ray_started=False)
-    t0 = time.monotonic()
-    # Before the run directory exists: a bad --address leaves nothing behind.
-    init_ray(address, plugin_runtime_env(spec))
-    t_ray = time.monotonic() - t0
-    wait_for_resources(spec, embedded=address is None, out=out)
-    place = prepare_placement(spec, storage, storage_filesystem, upload_interval_s)
-    run_dir = place.run_dir
-    record_plugin_folders(spec, run_dir)
-    import json
-
-    (run_dir / PROVENANCE).write_text(json.dumps(provenance(spec, address), indent=1))
-    n_trials, n_packs = len(expand_points(spec)), len(plan_packs(spec))
-    print(f"[lrbs] sweep {spec.name}: {n_trials} trials in {n_packs} packs -> {place.where}", file=out, flush=True)
-    printer = ProgressPrinter(n_trials)
-    lock = RunLock(run_dir, "lrbs run").acquire() if target.is_local else None
+    raylog = RayOutput().start()  # Ray's own lines: to RUN_DIR/ray.log, errors still to the terminal
+    lock = None
     try:
+        t0 = time.monotonic()
+        # Before the run directory exists: a bad --address leaves nothing behind.
+        init_ray(address, plugin_runtime_env(spec))
+        t_ray = time.monotonic() - t0
+        wait_for_resources(spec, embedded=address is None, out=out)
+        place = prepare_placement(spec, storage, storage_filesystem, upload_interval_s)
+        run_dir = place.run_dir
+        lock = RunLock(run_dir, "lrbs run").acquire() if target.is_local else None
+        log_path = raylog.to_file(run_dir)
+        record_plugin_folders(spec, run_dir)
+        import json
+
+        info = provenance(spec, address)
+        (run_dir / PROVENANCE).write_text(json.dumps(info, indent=1))
+        n_trials, n_packs = len(expand_points(spec)), len(plan_packs(spec))
+        print(f"[lrbs] sweep {spec.name}: {n_trials} trials in {n_packs} packs -> {place.where} (Ray's log: {log_path})",
+              file=out, flush=True)
+        printer = ProgressPrinter(n_trials, n_trials * spec.train.epochs, info["estimate"]["device_hours"],
+                                  "GPU" if spec.resources.gpu > 0 else "CPU", out=out)
         tuner = tune.Tuner(
             tune.with_resources(train_trial, trial_resources(spec)),
             param_space=to_param_space(spec, code_version()),
@@ -428,7 +437,7 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
             ),
         )
         t0 = time.monotonic()
-        fit(tuner, run_dir)
+        fit(tuner, run_dir, raylog)
         if times is not None:
             times.ray, times.trials = t_ray, time.monotonic() - t0
             if printer.first_result is not None:
@@ -436,6 +445,7 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
         place.finish()
         print_outcome(spec, run_dir, f"{place.where}/{METRIC_DIR}", out, outcome)
     finally:
+        raylog.stop()
         if lock is not None:
             lock.release()
     return run_dir

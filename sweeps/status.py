@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.errors import LrbsError
+from sweeps.summary import Progress
 
 EXPERIMENT_STATE_GLOB = "experiment_state-*.json"
 
@@ -112,6 +113,46 @@ def _per_member(trials: list[dict]) -> list[dict]:
             for t in trials for trial_id, config in members(t["trial_id"], t["config"])]
 
 
+def read_progress(run_dir: str | Path) -> Progress | None:
+    """The summary line's numbers from the run's files: totals from ``provenance.json`` (written
+    by ``lrbs run``), epochs and training time from the rows, elapsed from the start to now (a
+    driver holds the lock) or to the last row; None for a run without ``provenance.json``."""
+    import time
+    from datetime import datetime
+
+    from analysis.tables import load_metrics
+    from sweeps.ledger import FINAL_ROW_STATUSES
+    from sweeps.lock import LOCK_FILE, holder_alive
+    from sweeps.packing import split_member_id
+    from sweeps.summary import eta_seconds
+
+    run_dir = Path(run_dir)
+    try:
+        info = json.loads((run_dir / "provenance.json").read_text())
+        total, epochs = int(info["points"]), int(info["epochs"])
+        started = datetime.fromisoformat(info["started_at"]).timestamp()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    table = load_metrics(run_dir).select(["trial_id", "epoch", "status", "wall_s", "written_at"]).to_pylist()
+    last: dict[str, dict] = {}
+    for row in table:
+        last[row["trial_id"]] = row
+    done = sum(r["status"] in FINAL_ROW_STATUSES for r in last.values())
+    epochs_done = sum(epochs if r["status"] in FINAL_ROW_STATUSES else r["epoch"] for r in last.values())
+    walls: dict[str, float] = {}  # a pack's members share its training time: count it once
+    for trial_id, r in last.items():
+        base = split_member_id(trial_id)[0]
+        walls[base] = max(walls.get(base, 0.0), float(r["wall_s"] or 0.0))
+    live = holder_alive(run_dir / LOCK_FILE)
+    end = time.time() if live else max((r["written_at"] or started for r in last.values()), default=started)
+    elapsed = max(0.0, end - started)
+    eta = eta_seconds(total * epochs - epochs_done, epochs_done, elapsed) if live else None
+    estimate = (info.get("estimate") or {}).get("device_hours")
+    unit = "GPU" if (info.get("resources_per_trial") or {}).get("gpu") else "CPU"
+    return Progress(done, total, epochs_done, total * epochs, elapsed, eta, sum(walls.values()) / 3600, estimate,
+                    unit, diverged=sum(r["status"] == "diverged" for r in last.values()))
+
+
 def read_status(run_dir: str | Path) -> list[TrialStatus]:
     """One entry per trial of the run (Tune's trials, plus any trial only the metrics know)."""
     from analysis.tables import load_metrics_with_report
@@ -160,7 +201,7 @@ def read_status(run_dir: str | Path) -> list[TrialStatus]:
     return out
 
 
-def format_status(trials: list[TrialStatus], error_width: int = 60) -> str:
+def format_status(trials: list[TrialStatus], error_width: int = 60, progress: Progress | None = None) -> str:
     """A fixed-width table and a summary line."""
     header = (f"{'trial_id':<14} {'lr':>9} {'batch':>6} {'seed':>5} {'status':<10} {'epochs':>8} "
               f"{'val_acc':>8} {'result':<9} {'fails':>5}  error")
@@ -181,5 +222,9 @@ def format_status(trials: list[TrialStatus], error_width: int = 60) -> str:
         names = ", ".join(t.damaged_file for t in damaged[:3]) + (", ..." if len(damaged) > 3 else "")
         lines.append(f"DAMAGED: {len(damaged)} trial(s) with a damaged metric file ({names}; rows before the "
                      f"damage are kept; see the error column)")
+    if progress is not None:  # the line `lrbs run` prints while it runs
+        progress.errored = counts.get("ERROR", 0)
+        progress.running = counts.get("RUNNING", 0)
+        lines.append(progress.line())
     lines.append(f"{len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     return "\n".join(lines)

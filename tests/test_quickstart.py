@@ -11,9 +11,17 @@ from tests.conftest import ROOT
 
 
 @pytest.mark.slow
-def test_quickstart_end_to_end_shows_the_effect(ray_local, tmp_path):
+def test_quickstart_end_to_end_shows_the_effect(ray_local, tmp_path, capfd):
     assert main(["run", str(ROOT / "sweeps" / "quickstart.yaml"), "--storage", str(tmp_path)]) == 0
     run_dir = tmp_path / "quickstart"
+    # The terminal has lrbs's lines only (Ray's go to RUN_DIR/ray.log), and the progress line an ETA.
+    out, err = capfd.readouterr()
+    lines = [line for line in (out + err).splitlines() if line.strip()]
+    assert all(line.startswith("[lrbs] ") for line in lines), [x for x in lines if not x.startswith("[lrbs] ")]
+    progress = [line for line in lines if "points done" in line]
+    assert any(", ETA " in line for line in progress) and progress[-1].startswith("[lrbs] 12/12 points done"), progress
+    assert "epochs 720/720" in progress[-1] and "CPU-hours" in progress[-1]
+    assert (run_dir / "ray.log").is_file()
     trials = load_trials(run_dir)
     assert trials.num_rows == 12 and set(trials.column("status").to_pylist()) == {"finished"}
     assert min(trials.column("final_train_acc").to_pylist()) > 0.9  # every run fits the training set

@@ -448,7 +448,8 @@ def test_errored_trial_status_then_resume_and_restart(cluster, tmp_path, capsys)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].split()[:6] == ["trial_id", "lr", "batch", "seed", "status", "epochs"]
-    body = [line for line in lines[1:-1]]
+    assert lines[-2].startswith("0/2 points done (0 diverged, 2 errored, 0 running) | epochs 2/6 |")  # the run's line
+    body = [line for line in lines[1:-2]]
     assert len(body) == 2
     for line in body:
         assert " ERROR " in line and " 1/3 " in line and "InjectedFault: injected fault at epoch" in line

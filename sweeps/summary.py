@@ -1,0 +1,50 @@
+"""The one-line progress summary of a sweep, shared by the live progress line of ``lrbs run`` /
+``lrbs resume`` (``sweeps.progress``) and ``lrbs status`` (no Ray, no torch imported here)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def duration(seconds: float | None) -> str:
+    """``42s``, ``3m05s``, ``2h07m``; ``?`` when unknown."""
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+@dataclass
+class Progress:
+    points_done: int            # finished or diverged
+    points_total: int
+    epochs_done: int            # point-epochs (a pack of K at epoch e: K * e)
+    epochs_total: int
+    elapsed_s: float
+    eta_s: float | None         # None: no rate measured yet (or nothing is running)
+    used_hours: float           # device-hours the trials have trained (sum of their training time)
+    estimate_hours: float | None  # `lrbs validate`'s estimate for the whole sweep
+    unit: str = "CPU"           # CPU or GPU
+    errored: int = 0
+    diverged: int = 0
+    running: int = 0
+
+    def line(self) -> str:
+        est = f" of ~{self.estimate_hours:.3g} estimated" if self.estimate_hours else ""
+        eta = f", ETA {duration(self.eta_s)}" if self.eta_s is not None else ""
+        return (f"{self.points_done}/{self.points_total} points done ({self.diverged} diverged, {self.errored} "
+                f"errored, {self.running} running) | epochs {self.epochs_done}/{self.epochs_total} | "
+                f"{duration(self.elapsed_s)} elapsed{eta} | {self.unit}-hours {self.used_hours:.3g}{est}")
+
+
+def eta_seconds(epochs_left: int, epochs_in_window: int, window_s: float) -> float | None:
+    """Time left at the rate measured so far (point-epochs per second over the whole sweep's
+    running time, so parallel trials count)."""
+    if epochs_left <= 0:
+        return 0.0
+    if epochs_in_window <= 0 or window_s <= 0:
+        return None
+    return epochs_left * window_s / epochs_in_window
