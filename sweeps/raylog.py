@@ -28,13 +28,21 @@ def _ray_stream_handlers() -> list[logging.Handler]:
     return found
 
 
+class _QuietHandler(logging.StreamHandler):
+    """A log line that cannot be written (a full disk) is dropped, never a traceback on the
+    terminal: the sweep's own error says what happened."""
+
+    def handleError(self, record):
+        pass
+
+
 class RayOutput:
     """``start()`` before ``ray.init``, ``to_file(run_dir)`` once it exists, ``stop()`` at the end."""
 
     def __init__(self):
         self.buffer = io.StringIO()
         self.file = None
-        self.handler = logging.StreamHandler(self.buffer)
+        self.handler = _QuietHandler(self.buffer)
         self.handler.setLevel(logging.INFO)
         self.handler.setFormatter(logging.Formatter("%(asctime)s\t%(levelname)s %(filename)s:%(lineno)s -- %(message)s"))
         self.saved: list[tuple[logging.Handler, int]] = []
@@ -53,11 +61,15 @@ class RayOutput:
             logger.setLevel(logging.INFO)
         return self
 
-    def to_file(self, run_dir: str | Path) -> Path:
+    def to_file(self, run_dir: str | Path) -> Path | str:
+        """The log's path; if it cannot be written, Ray's lines stay in memory and say why."""
         self.path = Path(run_dir) / LOG_FILE
-        self.file = open(self.path, "a", encoding="utf-8")
-        self.file.write(self.buffer.getvalue())
-        self.file.flush()
+        try:
+            self.file = open(self.path, "a", encoding="utf-8", buffering=1)  # line-buffered: readable as it runs
+            self.file.write(self.buffer.getvalue())
+        except OSError as exc:
+            self.file = None
+            return f"not written ({exc.strerror or exc})"
         self.handler.setStream(self.file)
         return self.path
 
@@ -75,4 +87,7 @@ class RayOutput:
         for handler, level in self.saved:
             handler.setLevel(level)
         if self.file is not None:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:  # a full disk: the log's tail is lost, the sweep's own error stands
+                pass
