@@ -60,8 +60,8 @@ class ArrowMetricsSink(Callback):
         return {**self.__dict__, "_writers": {}}
 
     def __setstate__(self, state):
-        # An unpickled sink (Tuner.restore reloads the RunConfig) is a new driver session: it
-        # must never reopen the files of the session that pickled it.
+        # An unpickled sink (Ray's own Tuner.restore would reload it; lrbs resume builds a new
+        # one) is a new driver session: it must never reopen the files of the session that pickled it.
         self.__dict__.update(state)
         self.session = session_tag()
 
