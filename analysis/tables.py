@@ -144,6 +144,20 @@ def dedupe_last(table: pa.Table, keys: tuple[str, ...] = ("trial_id", "epoch")) 
     return table.take(last.column("__row_max").take(keep))
 
 
+def _attempt_key(config_json: str | None) -> str | None:
+    """What makes two trials attempts of the same point: their config without ``code_version``
+    (a resume after a commit restarts a trial under newer code; it still replaces the old one)."""
+    if config_json is None:
+        return None
+    try:
+        config = json.loads(config_json)
+    except ValueError:
+        return config_json
+    if isinstance(config, dict):
+        config.pop("code_version", None)
+    return json.dumps(config, sort_keys=True)
+
+
 def drop_superseded(table: pa.Table) -> pa.Table:
     """Drop the rows that a later attempt of the same trial point has superseded (table order = write order).
 
@@ -158,8 +172,10 @@ def drop_superseded(table: pa.Table) -> pa.Table:
         return table
     trial_ids = table.column("trial_id").to_pylist()
     epochs = table.column("epoch").to_pylist()
-    configs = (table.column("config_json").to_pylist() if "config_json" in table.column_names
-               else [None] * table.num_rows)
+    raw = (table.column("config_json").to_pylist() if "config_json" in table.column_names
+           else [None] * table.num_rows)
+    same = {c: _attempt_key(c) for c in set(raw)}  # parsed once per distinct config
+    configs = [same[c] for c in raw]
     last: dict[str, int] = {}
     for i, trial_id in enumerate(trial_ids):
         last[trial_id] = i

@@ -9,9 +9,6 @@ from pathlib import Path
 
 from sweeps.errors import LrbsError
 
-EXIT_BAD_INPUT = 2
-
-
 def _process_age() -> float:
     """Seconds since this process started (Linux /proc; 0 elsewhere): interpreter and imports."""
     try:
@@ -79,11 +76,18 @@ def _exit_code(outcome: dict, run_dir) -> int:
     said in the last line, so scripts can tell a failed sweep from a good one."""
     from sweeps.runner import EXIT_TRIALS_ERRORED
 
-    n_err = outcome.get("errored", 0)
+    n_err, n_left = outcome.get("errored", 0), outcome.get("unfinished", 0)
+    total = n_err + n_left + outcome.get("finished", 0)
+    if n_left and not n_err:  # stopped early (Ctrl-C, SIGUSR1): not a finished sweep
+        from sweeps.errors import SweepStopped
+
+        print(f"[lrbs] {n_left} of {total} trials unfinished (exit {SweepStopped.exit_code}): "
+              f"lrbs resume {run_dir} finishes them", flush=True)
+        return SweepStopped.exit_code
     if not n_err:
         return 0
-    total = n_err + outcome.get("finished", 0)
-    print(f"[lrbs] {n_err} of {total} trials errored (exit {EXIT_TRIALS_ERRORED}): see lrbs status {run_dir}; "
+    left = f" and {n_left} unfinished" if n_left else ""
+    print(f"[lrbs] {n_err} of {total} trials errored{left} (exit {EXIT_TRIALS_ERRORED}): see lrbs status {run_dir}; "
           f"lrbs resume {run_dir} --restart-errored retries them", flush=True)
     return EXIT_TRIALS_ERRORED
 

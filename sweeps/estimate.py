@@ -140,6 +140,9 @@ def _profile(cfg: ModelConfig, shape: tuple[int, ...], classes: int, max_params:
         raise SpecError(f"model.name: {name} must return logits of shape (batch, {classes}) for "
                         f"{classes} classes; on a batch of 2 it returned {got}")
     n_params = sum(p.numel() for p in model.parameters())
+    if max_params is not None and n_params > max_params:  # a factory that could not build on the meta device
+        raise SpecError(f"model.options: {name} has {n_params:,} parameters; limits.max_params is "
+                        f"{max_params:,} (raise it if you mean it)")
     return ModelProfile(n_params, counter.get_total_flops() / 2, shape, classes, stackable(model),
                         activation_bytes_per_example=4.0 * (outputs[0] + x[0].numel() * 2) / 2)
 

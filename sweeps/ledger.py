@@ -12,6 +12,7 @@ attempt. A trial continued by ``lrbs resume`` runs as a new Tune trial but keeps
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -45,9 +46,28 @@ class TrialRecord:
         return found
 
 
+def resume_entry(config: dict[str, Any]) -> dict[str, Any] | None:
+    """What ``lrbs resume`` planned for this trial (``config["resume"]``: the path of the session's
+    plan, a JSON map of point key -> trial id, checkpoints, max_epoch), or None. Each trial's
+    config holds only the path, so configs stay small however many trials a resume continues."""
+    plan = config.get("resume")
+    if not isinstance(plan, str):
+        return None
+    return resume_plan(plan).get(point_key(config.get("point") or {}))
+
+
+@functools.lru_cache(maxsize=8)
+def resume_plan(path: str) -> dict[str, dict[str, Any]]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def lineage_id(trial) -> str:
     """The id a Tune trial's rows and record carry: the first attempt's, kept across resumes."""
-    entry = (trial.config.get("resume") or {}).get(point_key(trial.config.get("point") or {}))
+    entry = resume_entry(trial.config)
     return entry["trial_id"] if entry else trial.trial_id
 
 
@@ -68,6 +88,29 @@ def write_record(run_dir: Path, record: TrialRecord) -> None:
         tmp.unlink(missing_ok=True)
 
 
+_TRIAL_ID = re.compile(r"^[0-9a-f]{5}_\d{5}$")  # Tune's trial ids: the only ids lrbs writes records for
+
+
+def _check_record(record: TrialRecord, path: Path) -> None:
+    """Every field of the type lrbs writes; the id is a Tune trial id equal to the file's name
+    (so a record cannot name a file elsewhere); folders are relative and inside the run."""
+    if not (isinstance(record.trial_id, str) and _TRIAL_ID.match(record.trial_id) and path.stem == record.trial_id):
+        raise ValueError("trial_id is not a Tune trial id matching the file name")
+    if not isinstance(record.point, dict) or ("members" in record.point and not (
+            isinstance(record.point["members"], list) and all(isinstance(m, dict) for m in record.point["members"]))):
+        raise TypeError("point is not a point or a pack of points")
+    if not isinstance(record.logdirs, list) or not all(
+            isinstance(d, str) and not d.startswith("/") and ".." not in Path(d).parts for d in record.logdirs):
+        raise ValueError("logdirs are not folders inside the run directory")
+    if record.status not in (RUNNING, TERMINATED, ERROR):
+        raise ValueError(f"unknown status {str(record.status)[:20]!r}")
+    for key in ("failures", "updated_at"):
+        if isinstance(getattr(record, key), bool) or not isinstance(getattr(record, key), (int, float)):
+            raise TypeError(f"{key} is not a number")
+    if not isinstance(record.error, str):
+        raise TypeError("error is not text")
+
+
 def read_ledger(run_dir: str | Path) -> tuple[dict[str, TrialRecord], dict[str, str]]:
     """Records by trial id, and the files that could not be read (name -> why)."""
     run_dir = Path(run_dir)
@@ -76,16 +119,15 @@ def read_ledger(run_dir: str | Path) -> tuple[dict[str, TrialRecord], dict[str, 
         try:
             data = json.loads(path.read_text())
             record = TrialRecord(**{k: data[k] for k in TrialRecord.__dataclass_fields__ if k in data})
-            if not isinstance(record.point, dict) or not isinstance(record.logdirs, list):
-                raise TypeError("point or logdirs of the wrong type")
-        except (OSError, ValueError, TypeError, KeyError) as exc:
+            _check_record(record, path)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             damaged[path.name] = f"{type(exc).__name__}: {str(exc)[:100]}"
             continue
         records[record.trial_id] = record
     return records, damaged
 
 
-_TRIAL_DIR_ID = re.compile(r"^[A-Za-z0-9]+_([0-9a-f]+_\d{5})_")
+_TRIAL_DIR_ID = re.compile(r"_([0-9a-f]{5}_\d{5})_")  # Tune's folder: <trainable>_<trial id>_<index>_...
 SESSION_GLOB = "resume-*"  # the Ray experiment of each `lrbs resume` session, inside RUN_DIR
 
 
@@ -98,11 +140,11 @@ def ledger_from_trial_dirs(run_dir: str | Path) -> dict[str, TrialRecord]:
     records: dict[str, TrialRecord] = {}
     folders = sorted(run_dir.glob("*/params.json")) + sorted(run_dir.glob(f"{SESSION_GLOB}/*/params.json"))
     for params in folders:
-        match = _TRIAL_DIR_ID.match(params.parent.name)
+        match = _TRIAL_DIR_ID.search(params.parent.name)
         try:
             config = json.loads(params.read_text())
             point = config.get("point")
-            entry = (config.get("resume") or {}).get(point_key(point)) if isinstance(point, dict) else None
+            entry = resume_entry(config) if isinstance(point, dict) else None
         except (OSError, ValueError, AttributeError, TypeError):
             continue
         if not match or not isinstance(point, dict):
@@ -163,12 +205,23 @@ def resumable_epoch(record: TrialRecord, rows: dict[str, tuple[int, str, str | N
     return min(epochs, default=0)
 
 
+def current_records(records: dict[str, TrialRecord]) -> list[TrialRecord]:
+    """Per trial point (a pack's points), its newest attempt: a trial restarted from scratch
+    under a new id (``--restart-errored``) supersedes the older record."""
+    newest: dict[str, TrialRecord] = {}
+    for record in records.values():
+        key = point_key(record.point)
+        if key not in newest or newest[key].updated_at < record.updated_at:
+            newest[key] = record
+    return list(newest.values())
+
+
 def sweep_outcome(run_dir: str | Path, points: list[dict[str, Any]]) -> dict[str, int]:
     """Per point of the sweep: finished (its rows end finished or diverged), errored (its trial's
     record says ERROR), else unfinished (never started, or stopped with its driver)."""
     done = points_done(run_dir)
     records, _ = read_ledger(run_dir)
-    errored = {point_key(p) for r in records.values() if r.status == ERROR for p in member_points(r.point)}
+    errored = {point_key(p) for r in current_records(records) if r.status == ERROR for p in member_points(r.point)}
     keys = [point_key(p) for p in points]
     n_ok = sum(k in done for k in keys)
     n_err = sum(k not in done and k in errored for k in keys)

@@ -39,11 +39,19 @@ def _alive(holder: dict) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # someone else's live process
+        pass  # another user's live process: still check that it is the one that took the lock
     except (KeyError, TypeError, ValueError):
         return False  # not a lock lrbs wrote whole: nobody can hold it
     started = holder.get("started")
     return started is None or _process_start(pid) in (None, started)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def holder_alive(path: str | Path) -> bool:
@@ -83,11 +91,7 @@ class RunLock:
                 "command": self.command, "at": time.time()}
 
     def _read(self) -> dict:
-        try:
-            data = json.loads(self.path.read_text())
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}  # half-written or garbage: treated as a lock with no live holder
+        return _read_json(self.path)  # half-written or garbage: {}, a lock with no live holder
 
     def acquire(self) -> RunLock:
         for _ in range(8):
@@ -106,18 +110,31 @@ class RunLock:
                                     f"or stop it first") from None
                 stale = self.path.with_name(f"{LOCK_FILE}.stale-{os.getpid()}")
                 try:
-                    os.replace(self.path, stale)  # only one of two breakers finds the file to move
-                    print(f"[lrbs] took over a stale lock of {describe(holder)}", file=sys.stderr)
-                    stale.unlink(missing_ok=True)
+                    os.replace(self.path, stale)
                 except FileNotFoundError:
-                    pass
+                    continue  # another driver moved it first
+                moved = _read_json(stale)
+                if moved != holder and moved:
+                    # Between our read and the move another driver broke the stale lock and took
+                    # its own: put that live lock back (link fails if a third one exists) and retry.
+                    try:
+                        os.link(stale, self.path)
+                    except OSError:
+                        pass
+                    stale.unlink(missing_ok=True)
+                    continue
+                print(f"[lrbs] took over a stale lock of {describe(holder)}", file=sys.stderr)
+                stale.unlink(missing_ok=True)
                 continue
             except OSError as exc:  # read-only folder, full disk, missing folder
                 raise LrbsError(f"RUN_DIR: cannot lock {self.path.parent} ({exc.strerror or exc})") from None
             try:
                 os.write(fd, json.dumps(self._me()).encode())
-            finally:
+            except OSError as exc:  # a full disk: leave no empty lock behind
                 os.close(fd)
+                self.path.unlink(missing_ok=True)
+                raise LrbsError(f"RUN_DIR: cannot lock {self.path.parent} ({exc.strerror or exc})") from None
+            os.close(fd)
             self.held = True
             return self
         raise LrbsError(f"RUN_DIR: {self.path.parent}: could not take its lock (another driver keeps taking it)")

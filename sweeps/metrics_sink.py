@@ -87,7 +87,6 @@ class ArrowMetricsSink(Callback):
                 self.write_row(row_from_result(r, config, trial_id))
 
     def _close(self, trial_id: str) -> None:
-
         # Also the files of a pack's members (``<trial_id>-m<j>``).
         for key in [k for k in self._writers if k == trial_id or k.startswith(f"{trial_id}-m")]:
             sink, writer = self._writers.pop(key)

@@ -21,11 +21,12 @@ rows are superseded. The run directory is locked (``sweeps.lock``) for the whole
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from sweeps.errors import LrbsError
+from sweeps.errors import LrbsError, SweepStopped
 from sweeps.raylog import RayOutput
 from sweeps.runner import (METRIC_DIR, SPEC_COPY, fit, init_ray, plugin_runtime_env, print_outcome,
                            resilience_settings, restore_plugin_folders, trial_resources,
@@ -132,16 +133,23 @@ def resume_sweep(run_dir: str | Path, restart_errored: bool = False, address: st
             if address is None:
                 wait_for_resources(spec, embedded=True, out=out, ray_started=False)
             raylog = RayOutput().start()
+            tag = f"resume-{session_tag()}"  # this session's Ray experiment, inside RUN_DIR
+            plan = run_dir / tag / "lrbs-resume-plan.json"  # the trials read their entry from it
+            try:
+                plan.parent.mkdir()
+                plan.write_text(json.dumps(resume, indent=1))
+            except OSError as exc:
+                raise SweepStopped(f"RUN_DIR: cannot write {plan} ({exc.strerror or exc})") from None
             try:
                 init_ray(address, plugin_runtime_env(spec))
                 wait_for_resources(spec, embedded=address is None, out=out)
                 print(f"[lrbs] Ray's log: {raylog.to_file(run_dir)}", file=out, flush=True)
                 tuner = tune.Tuner(
                     tune.with_resources(train_trial, trial_resources(spec)),
-                    param_space=to_param_space(spec, code_version(), packs=packs, resume=resume),
+                    param_space=to_param_space(spec, code_version(), packs=packs, resume=str(plan)),
                     tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),
                     run_config=tune.RunConfig(
-                        name=f"resume-{session_tag()}",  # this session's Ray experiment, inside RUN_DIR
+                        name=tag,
                         storage_path=str(run_dir),
                         callbacks=[ArrowMetricsSink(run_dir / METRIC_DIR), TrialLedger(run_dir, records),
                                    ProgressPrinter(n_left, n_left * spec.train.epochs,

@@ -411,11 +411,14 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
         run_dir = place.run_dir
         lock = RunLock(run_dir, "lrbs run").acquire() if target.is_local else None
         log_path = raylog.to_file(run_dir)
-        record_plugin_folders(spec, run_dir)
         import json
 
         info = provenance(spec, address)
-        (run_dir / PROVENANCE).write_text(json.dumps(info, indent=1))
+        try:
+            record_plugin_folders(spec, run_dir)
+            (run_dir / PROVENANCE).write_text(json.dumps(info, indent=1))
+        except OSError as exc:  # a full disk right at the start
+            raise SweepStopped(f"RUN_DIR: cannot write into {run_dir} ({exc.strerror or exc})") from None
         n_trials, n_packs = len(expand_points(spec)), len(plan_packs(spec))
         print(f"[lrbs] sweep {spec.name}: {n_trials} trials in {n_packs} packs -> {place.where} (Ray's log: {log_path})",
               file=out, flush=True)

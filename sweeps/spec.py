@@ -197,8 +197,15 @@ class SweepSpec:
     description: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (YAML/JSON-safe) that ``spec_from_dict`` reads back to an equal spec."""
-        return _plain(dataclasses.asdict(self))
+        """Plain data (YAML/JSON-safe) that ``spec_from_dict`` reads back to an equal spec (the spec
+        copy ``lrbs resume`` rebuilds a run from): a family of points (rescale, beta, variants)
+        keeps only ``grid.seed``, and ``beta.n_train`` is left out when empty, as a spec writes them."""
+        data = _plain(dataclasses.asdict(self))
+        if self.rescale is not None or self.beta is not None or self.variants:
+            data["grid"] = {"seed": data["grid"]["seed"]}
+        if self.beta is not None and not self.beta.n_train:
+            data["beta"].pop("n_train")
+        return data
 
 
 SECTIONS: dict[str, type] = {
@@ -774,13 +781,13 @@ def beta_size(b: BetaConfig, beta: float) -> int:
 
 
 def to_param_space(spec: SweepSpec, code_version: str, packs: list[list[dict[str, Any]]] | None = None,
-                   resume: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+                   resume: str | None = None) -> dict[str, Any]:
     """The Ray Tune ``param_space``: one ``grid_search`` over the packs of explicit points.
 
     A single grid over whole points (rather than one per axis) lets later axes pair values
     (rescaling rules, beta families) without Tune crossing them; each pack is one Tune trial.
-    ``lrbs resume`` passes the packs still to train and ``resume``: per trial point
-    (``point_key``), the trial id to keep and the checkpoints to continue from.
+    ``lrbs resume`` passes the packs still to train and ``resume``: the path of its plan (per trial
+    point, the trial id to keep and the checkpoints to continue from; ``sweeps.ledger.resume_entry``).
     """
     from ray import tune
 

@@ -76,9 +76,8 @@ def _ledger_trials(run_dir: Path) -> list[dict[str, Any]] | None:
     """Per Tune trial lineage, from ``RUN_DIR/trials/`` (None when the run has no records)."""
     import yaml
 
-    from sweeps.ledger import LEDGER_DIR, RUNNING, read_ledger
+    from sweeps.ledger import LEDGER_DIR, RUNNING, current_records, read_ledger
     from sweeps.lock import LOCK_FILE, holder_alive
-    from trainables.config import point_key
 
     if not (run_dir / LEDGER_DIR).is_dir():
         return None
@@ -89,13 +88,8 @@ def _ledger_trials(run_dir: Path) -> list[dict[str, Any]] | None:
         spec = {}
     shared = {"train": spec.get("train") or {}} if isinstance(spec, dict) else {}
     live = holder_alive(run_dir / LOCK_FILE)
-    newest: dict[str, Any] = {}  # a trial restarted from scratch (new id) supersedes its older record
-    for record in records.values():
-        key = point_key(record.point)
-        if key not in newest or newest[key].updated_at < record.updated_at:
-            newest[key] = record
     trials = []
-    for record in newest.values():
+    for record in current_records(records):  # a trial restarted under a new id supersedes its older record
         status = record.status if record.status != RUNNING or live else "STOPPED"
         trials.append({"trial_id": record.trial_id, "status": status, "config": {**shared, "point": record.point},
                        "failures": record.failures, "error": record.error})

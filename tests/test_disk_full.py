@@ -48,7 +48,7 @@ def _fill(path: Path) -> None:
 
 @pytest.mark.slow
 def test_disk_full_mid_sweep_then_resume(small_disk, tmp_path):
-    spec = write_yaml(tmp_path / "d.yaml", fault_spec("d", train={"epochs": 25}))
+    spec = write_yaml(tmp_path / "d.yaml", fault_spec("d", train={"epochs": 12}))
     run_dir = small_disk / "runs" / "d"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     driver = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "run", str(spec), "--storage",
@@ -72,7 +72,7 @@ def test_disk_full_mid_sweep_then_resume(small_disk, tmp_path):
     assert f"lrbs resume {run_dir}" in last
     # The rows written before the disk filled are intact (a cut-off tail at most), each once.
     metrics, report = load_metrics_with_report(run_dir)
-    assert 0 < metrics.num_rows < 2 * 25 and not report.damaged
+    assert 0 < metrics.num_rows < 2 * 12 and not report.damaged
     assert not (run_dir / "lock.json").exists()
 
     filler.unlink()  # space is back
@@ -80,7 +80,7 @@ def test_disk_full_mid_sweep_then_resume(small_disk, tmp_path):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "2 trials finished, 0 errored" in done.stdout
-    assert_exactly_once_and_unfaulted(run_dir, n_trials=2, epochs=25)
+    assert_exactly_once_and_unfaulted(run_dir, n_trials=2, epochs=12)
 
 
 def test_read_only_run_dir(small_disk, tmp_path, capsys):

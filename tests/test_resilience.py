@@ -545,6 +545,62 @@ def test_resume_never_continues_from_a_checkpoint_ahead_of_the_rows(tmp_path, ca
     assert "past the last epoch with rows (3)" in err and "does not load" in err and "starting from scratch" in err
 
 
+def test_restart_under_newer_code_supersedes_the_old_attempt(tmp_path):
+    """``--restart-errored`` after a commit: the new trial's config differs only in code_version;
+    it still replaces the old attempt's rows (one row per epoch of the point)."""
+    from analysis.tables import load_metrics_with_report
+
+    metrics = tmp_path / "r" / "metrics"
+    point = {"lr": 0.1, "batch_size": 32, "seed": 0}
+    old, new = ArrowMetricsSink(metrics), ArrowMetricsSink(metrics)
+    for epoch in (1, 2):
+        old.write_row(_row("a_1", epoch, {"point": point, "code_version": "0.1+gaaa"}))
+    for epoch in (1, 2, 3):
+        new.write_row(_row("b_2", epoch, {"point": point, "code_version": "0.1+gbbb.dirty"}))
+    table, report = load_metrics_with_report(tmp_path / "r")
+    assert table.column("trial_id").to_pylist() == ["b_2"] * 3 and report.superseded_rows == 2
+
+
+def test_records_rebuilt_from_real_tune_trial_folders(tmp_path):
+    """A run directory written before the trial records (or with a damaged one): records come
+    from the Tune trial folders' params.json and their names (train_trial_<id>_<index>_...),
+    a resumed session's folders counted under the first attempt's id."""
+    from sweeps.ledger import ledger_from_trial_dirs
+    from trainables.config import point_key
+
+    point = {"members": [{"lr": 0.1}, {"lr": 0.2}]}
+    first = tmp_path / "train_trial_418cf_00000_0_point=members_lr_0_1_2026-11-28_06-52-31"
+    first.mkdir()
+    (first / "params.json").write_text(json.dumps({"point": point}))
+    plan = tmp_path / "resume-20261128T070000Z-1" / "lrbs-resume-plan.json"
+    later = plan.parent / "train_trial_9b0e2_00000_0_point=members_2026-11-28_07-00-01"
+    later.mkdir(parents=True)
+    plan.write_text(json.dumps({point_key(point): {"trial_id": "418cf_00000", "checkpoints": [], "max_epoch": 1}}))
+    (later / "params.json").write_text(json.dumps({"point": point, "resume": str(plan)}))
+    records = ledger_from_trial_dirs(tmp_path)
+    assert list(records) == ["418cf_00000"]
+    assert records["418cf_00000"].logdirs == [first.name, f"{plan.parent.name}/{later.name}"]
+
+
+@pytest.mark.parametrize("record", [
+    {"trial_id": "../../../tmp/x", "point": {}},
+    {"trial_id": "418cf_00000", "point": {}, "logdirs": [1]},
+    {"trial_id": "418cf_00000", "point": {}, "logdirs": ["../../elsewhere"]},
+    {"trial_id": "418cf_00000", "point": {}, "updated_at": "x"},
+    {"trial_id": "418cf_00000", "point": {"members": 3}},
+    {"trial_id": "418cf_00000", "point": {}, "status": "PWNED"},
+    {"trial_id": "418cf_00001", "point": {}},   # not the file's name
+    [1, 2, 3],
+])
+def test_hostile_trial_records_are_damaged_not_trusted(tmp_path, record):
+    from sweeps.ledger import read_ledger
+
+    (tmp_path / "trials").mkdir()
+    (tmp_path / "trials" / "418cf_00000.json").write_text(json.dumps(record))
+    records, damaged = read_ledger(tmp_path)
+    assert records == {} and list(damaged) == ["418cf_00000.json"]
+
+
 def test_run_dir_lock(tmp_path, capsys):
     """One driver per run directory: a live holder refuses the second (one line naming it), a dead
     holder's lock is stale and taken over, a read-only run directory is one line, exit 2."""

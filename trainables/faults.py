@@ -26,7 +26,7 @@ def _marker_location(point: dict[str, Any]):
 
         storage = get_session().storage
         fs, root = storage.storage_filesystem, storage.experiment_fs_path
-        if root.rstrip("/").rpartition("/")[2].startswith("resume-"):  # `lrbs resume`'s experiment, in RUN_DIR
+        if fs.get_file_info(f"{root}/lrbs-resume-plan.json").is_file:  # `lrbs resume`'s experiment, in RUN_DIR
             root = root.rstrip("/").rpartition("/")[0]
     except Exception:  # noqa: BLE001 - not in a Tune trial (or Ray moved it): fail every time
         return None

@@ -361,8 +361,9 @@ def tune_start_state(config: dict[str, Any]) -> dict[str, Any] | None:
     if checkpoint is not None:
         if isinstance(checkpoint.filesystem, pafs.LocalFileSystem):
             latest = Path(checkpoint.path)
+            # the kept ones before it (never a newer orphan: its rows may not have been written)
             candidates += [latest, *(p for p in sorted(latest.parent.glob("checkpoint_*"), reverse=True)
-                                     if p != latest)]
+                                     if p.name < latest.name)]
         else:  # a remote store: no listing of older ones here
             with checkpoint.as_directory() as directory:
                 state = first_loadable_state([directory])
@@ -372,7 +373,9 @@ def tune_start_state(config: dict[str, Any]) -> dict[str, Any] | None:
         state = first_loadable_state(candidates)
         if state is not None:
             return state
-    entry = (config.get("resume") or {}).get(point_key(config.get("point") or {}))
+    from sweeps.ledger import resume_entry
+
+    entry = resume_entry(config)
     if entry:
         return first_loadable_state(entry.get("checkpoints", []), entry.get("max_epoch"))
     return None
