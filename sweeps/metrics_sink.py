@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -118,8 +119,11 @@ class TrialLedger(Callback):
 
     ``run_dir`` is where the records go and what trial folders are relative to."""
 
-    def __init__(self, run_dir: str | Path, records: dict[str, TrialRecord] | None = None):
+    def __init__(self, run_dir: str | Path, records: dict[str, TrialRecord] | None = None,
+                 trial_root: str | None = None):
         self.run_dir = Path(run_dir)
+        # Tune's trial paths are in the run's filesystem: a remote run's are under its remote path.
+        self.trial_root = trial_root or str(self.run_dir)
         self.records = dict(records or {})
         self._failures_before: dict[str, int] = {}  # failures of earlier sessions, per trial id
 
@@ -130,7 +134,7 @@ class TrialLedger(Callback):
             record = self.records[trial_id] = TrialRecord(trial_id, trial.config.get("point") or {})
         self._failures_before.setdefault(trial_id, record.failures)
         # trial.path: the trial folder in the storage (Ray's local_path is a staging copy).
-        logdir = os.path.relpath(trial.path, self.run_dir) if trial.path and os.path.isabs(trial.path) else trial.path
+        logdir = posixpath.relpath(trial.path, self.trial_root) if trial.path else None
         if logdir and logdir not in record.logdirs:
             record.logdirs.append(logdir)
         record.failures = self._failures_before[trial_id] + trial.num_failures

@@ -434,7 +434,8 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
             run_config=tune.RunConfig(
                 name=spec.name,
                 **place.tune_kwargs,
-                callbacks=[ArrowMetricsSink(place.metrics_dir), TrialLedger(run_dir), *place.callbacks, printer],
+                callbacks=[ArrowMetricsSink(place.metrics_dir), TrialLedger(run_dir, trial_root=place.trial_root), *place.callbacks,
+                           printer],
                 **resilience_settings(spec),
                 verbose=0,
             ),

@@ -29,6 +29,7 @@ import pyarrow.fs as pafs
 from ray.tune import Callback
 
 from sweeps.errors import LrbsError
+from sweeps.ledger import LEDGER_DIR
 
 METRIC_DIR = "metrics"
 SPEC_COPY = "spec.yaml"
@@ -109,6 +110,7 @@ def prepare_remote_run_dir(spec, target: StorageTarget) -> str:
             raise LrbsError(f"run directory {display(target, spec.name)} already exists: pick another name "
                             f"or --storage (nothing was changed there)")
         fs.create_dir(_join(run_path, METRIC_DIR), recursive=True)
+        fs.create_dir(_join(run_path, LEDGER_DIR), recursive=True)
         with fs.open_output_stream(_join(run_path, SPEC_COPY)) as f:
             f.write(yaml.safe_dump(spec.to_dict(), sort_keys=False).encode())
     except OSError as exc:
@@ -143,12 +145,15 @@ class MetricsUploader(Callback):
     """
 
     def __init__(self, local_dir: str | Path, fs: pafs.FileSystem, remote_dir: str,
-                 interval_s: float = DEFAULT_UPLOAD_INTERVAL_S):
+                 interval_s: float = DEFAULT_UPLOAD_INTERVAL_S,
+                 also: list[tuple[str | Path, str, str]] | None = None):
         self.local_dir = Path(local_dir)
         self.fs = fs
         self.remote_dir = remote_dir
         self.interval_s = interval_s
         self.sent: dict[str, tuple[int, int]] = {}
+        # (local folder, remote folder, pattern) also kept in step: the trial records (sweeps/ledger.py)
+        self.also = [(Path(a), b, c, {}) for a, b, c in (also or [])]
         self.uploads = 0  # files copied (a file copied again after it grew counts again)
         self._last = time.monotonic()
 
@@ -156,6 +161,8 @@ class MetricsUploader(Callback):
         self._last = time.monotonic()
         try:
             self.uploads += len(upload_changed(self.local_dir, self.fs, self.remote_dir, self.sent, "*.arrow"))
+            for local, remote, pattern, sent in self.also:
+                upload_changed(local, self.fs, remote, sent, pattern)
         except OSError as exc:
             if strict:
                 raise LrbsError(f"--storage: cannot upload metrics to {self.remote_dir} ({_first_line(exc)}); "
@@ -179,13 +186,18 @@ class MetricsUploader(Callback):
 
 @dataclass
 class Placement:
-    """Where a run writes: ``run_dir`` is local (the run directory, or the staging mirror of a remote one)."""
+    """Where a run writes: ``run_dir`` is local (the run directory, or the staging mirror of a remote one);
+    ``trial_root``: the run directory as Tune's trial paths name it (in the target filesystem)."""
     target: StorageTarget
     name: str
     run_dir: Path
     tune_kwargs: dict[str, Any]
     callbacks: list[Any] = field(default_factory=list)   # after the metric sink
     remote_run_path: str | None = None
+
+    @property
+    def trial_root(self) -> str:
+        return self.remote_run_path if self.remote_run_path is not None else str(self.run_dir)
 
     @property
     def metrics_dir(self) -> Path:
@@ -218,7 +230,8 @@ def prepare_placement(spec, storage: str | None, filesystem: pafs.FileSystem | N
     with target.fs.open_input_stream(_join(run_path, SPEC_COPY)) as f:
         (staging / SPEC_COPY).write_bytes(f.read())
     uploader = MetricsUploader(staging / METRIC_DIR, target.fs, _join(run_path, METRIC_DIR),
-                               DEFAULT_UPLOAD_INTERVAL_S if upload_interval_s is None else upload_interval_s)
+                               DEFAULT_UPLOAD_INTERVAL_S if upload_interval_s is None else upload_interval_s,
+                               also=[(staging / LEDGER_DIR, _join(run_path, LEDGER_DIR), "*.json")])
     return Placement(target, spec.name, staging,
                      {"storage_path": target.path, "storage_filesystem": target.fs},
                      callbacks=[uploader], remote_run_path=run_path)

@@ -71,6 +71,12 @@ def test_remote_metrics_and_tune_state_arrive(bucket_run):
     assert len(trial_dirs) == 1  # the trials are one pack: one Tune trial
     for d in trial_dirs:
         assert sorted(c.name for c in d.glob("checkpoint_*"))
+    # lrbs's trial records reach the bucket too, their folders relative to the run directory there.
+    from sweeps.ledger import read_ledger
+
+    records, damaged = read_ledger(run)
+    assert not damaged and [r.status for r in records.values()] == ["TERMINATED"]
+    assert [r.logdirs for r in records.values()] == [[trial_dirs[0].name]]
 
 
 def test_remote_existing_run_dir_is_refused(bucket_run):
