@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from sweeps.errors import LrbsError
+from sweeps.export import FORMATS as EXPORT_FORMATS
 
 def _process_age() -> float:
     """Seconds since this process started (Linux /proc; 0 elsewhere): interpreter and imports."""
@@ -316,13 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
     p = _sub(sub, "export")
     p.add_argument("run_dir", help="the run directory")
-    p.add_argument("--format", choices=FORMATS_EXPORT, default="parquet", help="file format (default parquet)")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="parquet", help="file format (default parquet)")
     p.add_argument("--out", default=None, help="folder for epochs.<ext> and trials.<ext> (default RUN_DIR/export)")
     p.set_defaults(func=cmd_export)
     return parser
-
-
-FORMATS_EXPORT = ("parquet", "csv")
 
 
 def main(argv: list[str] | None = None) -> int:
