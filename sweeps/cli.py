@@ -46,6 +46,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
           f"{prof.forward_flops_per_example / 1e6:.3g} MFLOP forward per example; data: {spec.dataset.name} "
           f"{_options(spec.dataset.options)}: input {prof.input_shape}, {prof.n_classes} classes")
     print(describe(estimate_cost(spec)))
+    if spec.tracking:  # each tracker's package installed (one line naming the extra otherwise)
+        from sweeps.tracking import build_trackers
+
+        build_trackers(spec.tracking, spec.name, Path("runs") / spec.name)
+        print(f"tracking: {', '.join(spec.tracking)} (one run per point)")
     return 0
 
 
@@ -58,13 +63,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sweeps.runner import run_sweep
     from sweeps.spec import load_spec
 
-    spec = load_spec(args.spec)
+    from sweeps.tracking import with_tracks
+
+    spec = with_tracks(load_spec(args.spec), args.track)  # kept in the spec copy: lrbs resume re-attaches
     times = PhaseTimes()
     outcome: dict = {}
-    run_dir = run_sweep(spec, storage=args.storage, address=args.address, times=times, outcome=outcome)
+    run_dir = run_sweep(spec, storage=args.storage, address=args.address, times=times, outcome=outcome,
+                        upload_interval_s=args.upload_interval)
     if not args.no_report:
         t = time.monotonic()
-        _final_report(run_dir, f"{args.storage.rstrip('/')}/{spec.name}")
+        from sweeps.storage import join_uri
+
+        _final_report(run_dir, join_uri(args.storage, spec.name))
         times.report = time.monotonic() - t
     total = time.monotonic() - _PROCESS_START
     times.start = max(0.0, total - times.ray - times.trials - times.report)
@@ -105,7 +115,8 @@ def _final_report(run_dir: Path, publish_to: str | None = None) -> None:
 
 def _publish(run_uri: str, files: list[Path], prefix: str = "") -> None:
     """Copy report files into a run directory given as a URI (no-op for a local one)."""
-    from sweeps.storage import is_uri, upload_files
+    from sweeps.remote import upload_files
+    from sweeps.storage import is_uri
 
     if is_uri(run_uri):
         for where in upload_files(run_uri, files):
@@ -114,7 +125,7 @@ def _publish(run_uri: str, files: list[Path], prefix: str = "") -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from analysis.report import FORMATS, write_reports
-    from sweeps.storage import fetch_run_dir
+    from sweeps.remote import fetch_run_dir
 
     formats = [f.strip() for item in (args.format or list(FORMATS)) for f in item.split(",") if f.strip()]
     unknown = [f for f in formats if f not in FORMATS]
@@ -151,17 +162,27 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
-    from sweeps.interpolate import write_interpolation
+    from sweeps.interpolate import INTERP_DIR, write_interpolation
+    from sweeps.packing import split_member_id
+    from sweeps.remote import fetch_run_dir, fetch_trial_folders, open_run
 
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "metrics").is_dir():
-        raise LrbsError(f"RUN_DIR: {run_dir} is not an lrbs run directory (no metrics/ inside)")
     if args.num < 2 or args.alpha_min >= args.alpha_max:
         raise LrbsError("--alphas: need --alpha-min < --alpha-max and --num >= 2")
+    remote = open_run(args.run_dir)  # a URI: the two trials' folders are fetched into the local cache
+    run_dir = fetch_run_dir(args.run_dir)
+    if remote is not None:
+        fetch_trial_folders(remote, run_dir, [split_member_id(t)[0] for t in (args.trial_a, args.trial_b)])
+    if not (run_dir / "metrics").is_dir():
+        raise LrbsError(f"RUN_DIR: {run_dir} is not an lrbs run directory (no metrics/ inside)")
     step = (args.alpha_max - args.alpha_min) / (args.num - 1)
     alphas = [args.alpha_min + i * step for i in range(args.num)]
     arrow_path, html_path = write_interpolation(run_dir, args.trial_a, args.trial_b, alphas, args.batch_norm)
     print(f"interpolation: {arrow_path}\nplot: {html_path}")
+    if remote is not None:
+        from sweeps.remote import upload_files
+
+        for where in upload_files(args.run_dir, [arrow_path, html_path], sub=INTERP_DIR):
+            print(f"uploaded: {where}")
     return 0
 
 
@@ -169,16 +190,19 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from sweeps.resume import resume_sweep
 
     outcome: dict = {}
-    run_dir = resume_sweep(args.run_dir, restart_errored=args.restart_errored, address=args.address, outcome=outcome)
+    run_dir = resume_sweep(args.run_dir, restart_errored=args.restart_errored, address=args.address, outcome=outcome,
+                           upload_interval_s=args.upload_interval, track=args.track)
     if not args.no_report:
-        _final_report(run_dir)
+        _final_report(run_dir, args.run_dir)
     return _exit_code(outcome, run_dir)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from sweeps.remote import fetch_run_dir
     from sweeps.status import format_status, read_progress, read_status
 
-    print(format_status(read_status(args.run_dir), progress=read_progress(args.run_dir)))
+    run_dir = fetch_run_dir(args.run_dir)  # a URI: its data files mirrored into the local cache
+    print(format_status(read_status(run_dir), progress=read_progress(run_dir)))
     return 0
 
 
@@ -196,6 +220,12 @@ def _add_driver_args(p: argparse.ArgumentParser) -> None:
                    help="address of an existing Ray cluster (auto, HOST:6379); default: start a local one on "
                         "this machine (loopback only)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--track", action="append", metavar="TRACKER", default=None,
+                   help="also log every point to tensorboard, mlflow or wandb (repeatable; defaults as in the "
+                        "spec's tracking: section; run keeps it in the spec copy, so resume re-attaches)")
+    p.add_argument("--upload-interval", type=float, default=None, metavar="SECONDS",
+                   help="with a URI run directory: upload new metric rows and trial records at least this often "
+                        "while trials run (default 30; always at each trial's end)")
 
 
 # name -> (one-line help, description, examples): what `lrbs NAME --help` prints.
@@ -210,8 +240,8 @@ COMMANDS = {
             "Arrow metric tables, the trial records, checkpoints and (unless --no-report) the report. "
             "Exit 0 when every trial finished or diverged, 3 when some errored, 4 when the sweep had to "
             "stop (full disk), 2 for bad input.",
-            ["lrbs run sweeps/quickstart.yaml", "lrbs run sweeps/fig3_grid.yaml --storage s3://bucket/runs "
-             "--address auto"]),
+            ["lrbs run sweeps/quickstart.yaml", "lrbs run sweeps/quickstart.yaml --track tensorboard --track mlflow",
+             "lrbs run sweeps/fig3_grid.yaml --storage s3://bucket/runs --address auto"]),
     "report": ("write report.html, fits.json and report.md for a run directory",
                "(Re)write the report of a run: fits of validation accuracy and sharpness against eta/S, "
                "the breakdown, every figure. Works mid-sweep (partial data, marked) and on a URI.",
@@ -229,11 +259,12 @@ COMMANDS = {
                "Finish a sweep whose driver died, whose disk filled up or whose trials errored, rebuilt from "
                "the spec copy, the metric rows and the trial records (never Ray's pickled state). Finished "
                "trials are left alone; the others continue from their newest checkpoint that loads.",
-               ["lrbs resume runs/quickstart", "lrbs resume runs/fig3 --restart-errored --address auto"]),
+               ["lrbs resume runs/quickstart", "lrbs resume runs/fig3 --restart-errored --address auto",
+                "lrbs resume s3://bucket/runs/fig3 --track tensorboard"]),
     "status": ("table of a run's trials, read from its files (no Ray)",
                "One line per trial: status, epochs done, last validation accuracy, failures, last error; "
                "damaged metric files named. Reads JSON, YAML and Arrow only; never starts Ray.",
-               ["lrbs status runs/quickstart"]),
+               ["lrbs status runs/quickstart", "lrbs status s3://bucket/runs/fig3"]),
     "export": ("write a run's epoch and trial tables as Parquet or CSV",
                "Write epochs.<ext> (one row per trial and epoch, deduplicated as the report reads them) and "
                "trials.<ext> (one row per trial) for pandas, polars or a spreadsheet. Never overwrites.",
@@ -295,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="send the auth token over plain http:// to a non-loopback address anyway (refused otherwise)")
     p.set_defaults(func=cmd_submit)
     p = _sub(sub, "interpolate")
-    p.add_argument("run_dir", help="the run directory")
+    p.add_argument("run_dir", help="the run directory: a path or a URI (s3://, gs://, file://)")
     p.add_argument("trial_a", help="trial id of the alpha = 0 end (see lrbs status)")
     p.add_argument("trial_b", help="trial id of the alpha = 1 end")
     p.add_argument("--alpha-min", type=float, default=-1.0, help="first alpha (default -1)")
@@ -307,13 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "written to <A>__<B>__bn-interpolated.*)")
     p.set_defaults(func=cmd_interpolate)
     p = _sub(sub, "resume")
-    p.add_argument("run_dir", help="the run directory to finish (a local or mounted path)")
+    p.add_argument("run_dir", help="the run directory to finish: a path or a URI (s3://, gs://, file://)")
     p.add_argument("--restart-errored", action="store_true",
                    help="restart errored trials from scratch instead of from their last checkpoint")
     _add_driver_args(p)
     p.set_defaults(func=cmd_resume)
     p = _sub(sub, "status")
-    p.add_argument("run_dir", help="the run directory")
+    p.add_argument("run_dir", help="the run directory: a path or a URI (s3://, gs://, file://)")
     p.set_defaults(func=cmd_status)
     p = _sub(sub, "export")
     p.add_argument("run_dir", help="the run directory")

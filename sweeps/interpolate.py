@@ -24,12 +24,26 @@ INTERP_SCHEMA = pa.schema([
 
 
 def trial_dir(run_dir: Path, trial_id: str) -> Path:
-    """Tune's directory of ``trial_id`` inside the run directory."""
+    """Tune's folder of ``trial_id`` that holds its final weights: from the trial's record
+    (``sweeps.ledger``), its newest folder with a checkpoint (a trial continued by ``lrbs resume``
+    ends in ``RUN_DIR/resume-<session>/``); without a record, the one folder named after it."""
+    for logdir in reversed(trial_logdirs(run_dir, trial_id)):
+        directory = run_dir / logdir
+        if (directory / "params.json").is_file() and any(directory.glob("checkpoint_*")):
+            return directory
     matches = [p for p in run_dir.glob(f"*_{trial_id}_*") if (p / "params.json").is_file()]
     if len(matches) != 1:
         raise LrbsError(f"TRIAL: no trial {trial_id!r} in {run_dir} (trial ids are in `lrbs status` and the metric tables)"
                         if not matches else f"TRIAL: {trial_id!r} matches several trial directories in {run_dir}")
     return matches[0]
+
+
+def trial_logdirs(run_dir: Path, trial_id: str) -> list[str]:
+    """The trial's folders (relative to the run, oldest first) as its record names them; [] if none."""
+    from sweeps.ledger import read_ledger
+
+    record = read_ledger(run_dir)[0].get(trial_id)
+    return list(record.logdirs) if record is not None else []
 
 
 def last_checkpoint(directory: Path) -> Path:

@@ -58,9 +58,22 @@ def resume_entry(config: dict[str, Any]) -> dict[str, Any] | None:
 
 @functools.lru_cache(maxsize=8)
 def resume_plan(path: str) -> dict[str, dict[str, Any]]:
+    if "://" in path:  # the plan of a resume in object storage (sweeps.remote), read where the trial runs
+        import pyarrow.fs as pafs
+
+        # An unreachable store raises (not cached): the trial fails and Tune retries it, rather
+        # than starting it from scratch under a new id.
+        fs, inner = pafs.FileSystem.from_uri(path)
+        with fs.open_input_stream(inner) as f:
+            text = f.read().decode()
+    else:
+        try:
+            text = Path(path).read_text()
+        except OSError:
+            return {}
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        data = json.loads(text)
+    except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
 

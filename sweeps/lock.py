@@ -150,3 +150,59 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+class RemoteRunLock(RunLock):
+    """``lock.json`` in a run directory on an object store (``sweeps.remote``), same holder format.
+
+    Object stores offer no exclusive create through pyarrow, so this lock is not atomic: two
+    drivers started within the same moment can both take it. It does refuse a driver started
+    while another holds the run, names a holder on another host, and takes over the lock of a
+    dead driver on this host (a SIGKILLed ``lrbs run``)."""
+
+    def __init__(self, run, command: str):
+        self.run = run
+        self.command = command
+        self.held = False
+
+    def _read(self) -> dict:
+        import pyarrow.fs as pafs
+
+        fs = self.run.target.fs
+        path = self.run.path(LOCK_FILE)
+        try:
+            if fs.get_file_info(path).type != pafs.FileType.File:
+                return {}
+            with fs.open_input_stream(path) as f:
+                data = json.loads(f.read().decode())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def acquire(self) -> RemoteRunLock:
+        where = f"{self.run.where}/{LOCK_FILE}"
+        holder = self._read()
+        if holder:
+            if holder.get("host") != socket.gethostname():
+                raise LrbsError(f"RUN_DIR: {self.run.where} is locked by {describe(holder)}; if that driver is "
+                                f"gone, delete {where}")
+            if _alive(holder):
+                raise LrbsError(f"RUN_DIR: {self.run.where} is in use by {describe(holder)}; wait for it or stop "
+                                f"it first")
+            print(f"[lrbs] took over a stale lock of {describe(holder)}", file=sys.stderr)
+        try:
+            with self.run.target.fs.open_output_stream(self.run.path(LOCK_FILE)) as f:
+                f.write(json.dumps(self._me()).encode())
+        except OSError as exc:
+            raise LrbsError(f"RUN_DIR: cannot lock {self.run.where} ({str(exc).strip().splitlines()[0][:300]})") from None
+        self.held = True
+        return self
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            if self._read().get("pid") == os.getpid():
+                try:
+                    self.run.target.fs.delete_file(self.run.path(LOCK_FILE))
+                except OSError:
+                    pass  # the store went away: the next driver finds a dead holder and takes over

@@ -1,6 +1,7 @@
 """Driver-side Tune callbacks that write the run directory: every reported epoch to Arrow IPC
-files (``ArrowMetricsSink``), and each trial's record to ``trials/`` (``TrialLedger``,
-``sweeps.ledger``).
+files (``ArrowMetricsSink``), each trial's record to ``trials/`` (``TrialLedger``,
+``sweeps.ledger``), for a run directory in object storage their uploads (``MetricsUploader``), and
+every point's epochs to the experiment trackers of ``tracking:`` (``TrackingCallback``, ``sweeps.tracking``).
 
 Rows are written by the driver (not the trial), so they reach the run directory whatever node
 the trial ran on. Each driver session writes its own file per trial and never reopens an old
@@ -12,16 +13,20 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 from ray.tune import Callback
 
 from analysis.schema import METRIC_SCHEMA
+from sweeps.errors import LrbsError
 from sweeps.ledger import ERROR, RUNNING, TERMINATED, TrialRecord, lineage_id, write_record
+from sweeps.storage import DEFAULT_UPLOAD_INTERVAL_S, _first_line, upload_changed
 
 
 def session_tag() -> str:
@@ -159,3 +164,123 @@ class TrialLedger(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._update(trial, ERROR)
+
+
+class MetricsUploader(Callback):
+    """Copies the staged metric files to the remote run directory (after ``ArrowMetricsSink``).
+
+    Put it after the sink in the callback list: Tune calls callbacks in order, so a trial's file
+    is closed (whole) before it is uploaded on the trial's completion.
+    """
+
+    def __init__(self, local_dir: str | Path, fs: pafs.FileSystem, remote_dir: str,
+                 interval_s: float = DEFAULT_UPLOAD_INTERVAL_S,
+                 also: list[tuple[str | Path, str, str]] | None = None):
+        self.local_dir = Path(local_dir)
+        self.fs = fs
+        self.remote_dir = remote_dir
+        self.interval_s = interval_s
+        self.sent: dict[str, tuple[int, int]] = {}
+        # (local folder, remote folder, pattern) also kept in step: the trial records (sweeps/ledger.py)
+        self.also = [(Path(a), b, c, {}) for a, b, c in (also or [])]
+        self.uploads = 0  # files copied (a file copied again after it grew counts again)
+        self._last = time.monotonic()
+
+    def mark_sent(self) -> None:
+        """Take the local files as they are now as uploaded (a mirror of the remote run)."""
+        for local, sent in [(self.local_dir, self.sent), *((a, d) for a, _, _, d in self.also)]:
+            for path in Path(local).glob("*"):
+                if path.is_file():
+                    st = path.stat()
+                    sent[path.name] = (st.st_size, st.st_mtime_ns)
+
+    def upload(self, strict: bool = False) -> None:
+        self._last = time.monotonic()
+        try:
+            self.uploads += len(upload_changed(self.local_dir, self.fs, self.remote_dir, self.sent, "*.arrow"))
+            for local, remote, pattern, sent in self.also:
+                upload_changed(local, self.fs, remote, sent, pattern)
+        except OSError as exc:
+            if strict:
+                raise LrbsError(f"--storage: cannot upload metrics to {self.remote_dir} ({_first_line(exc)}); "
+                                f"they are kept in {self.local_dir}") from None
+            print(f"[lrbs] warning: metric upload to {self.remote_dir} failed ({_first_line(exc)}); "
+                  f"will retry", file=sys.stderr, flush=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if time.monotonic() - self._last >= self.interval_s:
+            self.upload()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.upload()
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.upload()
+
+    def on_experiment_end(self, trials, **info):
+        self.upload()
+
+
+class TrackingCallback(Callback):
+    """Feeds every point's epoch rows to the trackers (one run per point, step = epoch)."""
+
+    def __init__(self, trackers: list[Any]):
+        self.trackers = list(trackers)
+        self.open: dict[str, list[Any]] = {}  # point's trial id -> trackers with its run open
+
+    def __getstate__(self):
+        # Tune pickles callbacks with its experiment state; clients and writers stay here.
+        return {"trackers": [], "open": {}}
+
+    def _call(self, tracker, method: str, *args) -> bool:
+        try:
+            getattr(tracker, method)(*args)
+            return True
+        except Exception as exc:  # a tracker's server or disk failing must not stop the sweep
+            from sweeps.tracking import TRACKERS
+
+            name = next((n for n, c in TRACKERS.items() if isinstance(tracker, c)), type(tracker).__name__)
+            print(f"[lrbs] warning: tracking.{name} failed ({type(exc).__name__}: {str(exc)[:200]}); it is switched "
+                  f"off for this session (the metric tables have every row)", file=sys.stderr, flush=True)
+            self.trackers = [t for t in self.trackers if t is not tracker]
+            for key in self.open:
+                self.open[key] = [t for t in self.open[key] if t is not tracker]
+            return False
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "pack_rows" not in result or not self.trackers:
+            return
+        from sweeps.packing import members
+        from sweeps.tracking import FINAL, metrics_of, params_of
+
+        ids = members(lineage_id(trial), trial.config)
+        for r in result["pack_rows"].values():
+            key, config = ids[r["member"]]
+            row = row_from_result(r, config, key)
+            if key not in self.open:
+                self.open[key] = [t for t in self.trackers if self._call(t, "start", key, params_of(row))]
+            for tracker in list(self.open.get(key, [])):
+                self._call(tracker, "log", key, int(row["epoch"]), metrics_of(row))
+            if row.get("status") in FINAL:
+                self._finish(key, row["status"])
+
+    def _finish(self, key: str, status: str) -> None:
+        for tracker in self.open.pop(key, []):
+            self._call(tracker, "finish", key, status)
+
+    def _finish_trial(self, trial, status: str) -> None:
+        base = lineage_id(trial)
+        for key in [k for k in self.open if k == base or k.startswith(f"{base}-m")]:
+            self._finish(key, status)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finish_trial(trial, "stopped")  # points still open here stopped early (no final row)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish_trial(trial, "error")
+
+    def on_experiment_end(self, trials, **info):
+        for key in list(self.open):
+            self._finish(key, "stopped")
+        for tracker in self.trackers:
+            self._call(tracker, "close")

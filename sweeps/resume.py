@@ -21,6 +21,7 @@ rows are superseded. The run directory is locked (``sweeps.lock``) for the whole
 """
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -50,10 +51,12 @@ def _recency(record) -> tuple:
     return record.updated_at, max(sessions, default="")
 
 
-def plan_resume(spec, run_dir: Path, restart_errored: bool) -> tuple[list[list[dict]], dict[str, dict], dict, dict]:
+def plan_resume(spec, run_dir: Path, restart_errored: bool, checkpoints=None
+                ) -> tuple[list[list[dict]], dict[str, dict], dict, dict]:
     """What is left to train: the packs (each a list of points), the ``resume`` map for the
     param space (point key -> trial id and checkpoints), counts for the first line and the
-    trial records (for the ledger to go on with)."""
+    trial records (for the ledger to go on with). ``checkpoints(record)``: its checkpoint
+    folders, newest first (default: local folders under ``run_dir``; URIs for a remote run)."""
     from sweeps.ledger import (ERROR, TERMINATED, last_rows, ledger_from_trial_dirs, member_points, points_done,
                                read_ledger, resumable_epoch)
     from sweeps.packing import plan_packs
@@ -93,7 +96,8 @@ def plan_resume(spec, run_dir: Path, restart_errored: bool) -> tuple[list[list[d
             counts["restarted"] += len(keys)
             continue
         resume[point_key(record.point)] = {"trial_id": record.trial_id,
-                                           "checkpoints": [str(p) for p in record.checkpoints(run_dir)],
+                                           "checkpoints": (checkpoints(record) if checkpoints else
+                                                           [str(p) for p in record.checkpoints(run_dir)]),
                                            "max_epoch": resumable_epoch(record, rows)}
         counts["continued"] += len(keys)
     fresh = [p for k, p in by_key.items() if k not in started and k not in done]
@@ -105,61 +109,114 @@ def plan_resume(spec, run_dir: Path, restart_errored: bool) -> tuple[list[list[d
 
 
 def resume_sweep(run_dir: str | Path, restart_errored: bool = False, address: str | None = None,
-                 out: TextIO | None = None, outcome: dict | None = None) -> Path:
+                 out: TextIO | None = None, outcome: dict | None = None,
+                 upload_interval_s: float | None = None, track: list[str] | None = None) -> Path:
     """Finish the sweep in ``run_dir``. Finished trials are left alone; unfinished ones continue
-    from their last checkpoint that loads; errored ones too, or from scratch with ``restart_errored``."""
+    from their last checkpoint that loads; errored ones too, or from scratch with ``restart_errored``.
+
+    ``run_dir`` may be a URI (``s3://``, ``gs://``; ``sweeps.remote``): its data files are mirrored
+    into a local staging directory (returned), the new rows and records are uploaded as the run
+    goes (every ``upload_interval_s`` seconds and at each trial's end), and Tune writes the new
+    checkpoints beside the old ones in the store."""
     out = out or sys.stdout
+    from sweeps.lock import RemoteRunLock, RunLock
+    from sweeps.metrics_sink import session_tag
+    from sweeps.remote import mirror, open_run
+    from sweeps.storage import cache_dir, resolve_storage
+
+    if track:
+        from sweeps.tracking import with_tracks
+
+        with_tracks(None, track)  # an unknown name: one line before anything is read
+    remote = open_run(run_dir, need=(SPEC_COPY, METRIC_DIR))  # one line if unreachable or not a run
+    if remote is None:
+        local = check_run_dir(resolve_storage(run_dir).path)  # a path, or a file:// URI
+        lock = RunLock(local, "lrbs resume")
+    else:
+        lock = RemoteRunLock(remote, "lrbs resume")
+    with lock:  # before Ray starts: a second driver or a read-only folder is one line
+        if remote is not None:
+            local = mirror(remote, cache_dir() / "staging" / f"{remote.name}-{session_tag()}")
+        _resume_locked(local, remote, restart_errored, address, out, outcome, upload_interval_s, track)
+    return local
+
+
+def _resume_locked(local: Path, remote, restart_errored: bool, address: str | None, out: TextIO,
+                   outcome: dict | None, upload_interval_s: float | None, track: list[str] | None) -> None:
     from ray import tune
 
-    from sweeps.lock import RunLock
-    from sweeps.metrics_sink import ArrowMetricsSink, TrialLedger, session_tag
+    from sweeps.ledger import LEDGER_DIR
+    from sweeps.metrics_sink import ArrowMetricsSink, MetricsUploader, TrackingCallback, TrialLedger, session_tag
     from sweeps.progress import ProgressPrinter
     from sweeps.spec import load_spec, to_param_space
+    from sweeps.storage import DEFAULT_UPLOAD_INTERVAL_S
+    from sweeps.tracking import build_trackers, with_tracks
     from sweeps.version import code_version
     from trainables.train_loop import train_trial
 
-    run_dir = check_run_dir(run_dir)
-    with RunLock(run_dir, "lrbs resume"):  # before Ray starts: a second driver or a read-only folder is one line
-        restore_plugin_folders(run_dir)  # user modules: found where `lrbs run` found them
-        spec = load_spec(run_dir / SPEC_COPY)
-        if spec.name != run_dir.name:
-            raise LrbsError(f"RUN_DIR: {run_dir / SPEC_COPY} names sweep {spec.name!r}, not {run_dir.name!r}")
-        packs, resume, counts, records = plan_resume(spec, run_dir, restart_errored)
-        n_left = counts["continued"] + counts["restarted"] + counts["new"]
-        print(f"[lrbs] resume {spec.name}: {counts['done']} trials done; {counts['continued']} continue from "
-              f"checkpoints, {counts['restarted']} restart from scratch, {counts['new']} never started "
-              f"({len(packs)} packs) -> {run_dir}", file=out, flush=True)
-        if n_left:
-            if address is None:
-                wait_for_resources(spec, embedded=True, out=out, ray_started=False)
-            raylog = RayOutput().start()
-            tag = f"resume-{session_tag()}"  # this session's Ray experiment, inside RUN_DIR
-            plan = run_dir / tag / "lrbs-resume-plan.json"  # the trials read their entry from it
+    restore_plugin_folders(local)  # user modules: found where `lrbs run` found them
+    spec = with_tracks(load_spec(local / SPEC_COPY), track)  # the spec's trackers, and --track's for this session
+    trackers = build_trackers(spec.tracking, spec.name, local)  # re-attached: each point goes on in its run
+    name = remote.name if remote is not None else local.name
+    where = remote.where if remote is not None else str(local)
+    if spec.name != name:
+        raise LrbsError(f"RUN_DIR: {where}/{SPEC_COPY} names sweep {spec.name!r}, not {name!r}")
+    checkpoints = None
+    if remote is not None:
+        from sweeps.remote import remote_checkpoints
+
+        checkpoints = functools.partial(remote_checkpoints, remote)
+    packs, resume, counts, records = plan_resume(spec, local, restart_errored, checkpoints)
+    n_left = counts["continued"] + counts["restarted"] + counts["new"]
+    print(f"[lrbs] resume {spec.name}: {counts['done']} trials done; {counts['continued']} continue from "
+          f"checkpoints, {counts['restarted']} restart from scratch, {counts['new']} never started "
+          f"({len(packs)} packs) -> {where}", file=out, flush=True)
+    if n_left:
+        if address is None:
+            wait_for_resources(spec, embedded=True, out=out, ray_started=False)
+        raylog = RayOutput().start()
+        tag = f"resume-{session_tag()}"  # this session's Ray experiment, inside RUN_DIR
+        plan = local / tag / "lrbs-resume-plan.json"  # the trials read their entry from it
+        try:
+            plan.parent.mkdir()
+            plan.write_text(json.dumps(resume, indent=1))
+        except OSError as exc:
+            raise SweepStopped(f"RUN_DIR: cannot write {plan} ({exc.strerror or exc})") from None
+        sink = ArrowMetricsSink(local / METRIC_DIR)
+        callbacks = [sink, TrialLedger(local, records, trial_root=remote.path() if remote is not None else None),
+                     TrackingCallback(trackers)]
+        storage: dict = {"storage_path": str(local)}
+        if remote is not None:
+            remote.put(plan, tag, plan.name)
+            plan_ref = remote.uri_of(remote.path(tag, plan.name))  # trials on any node read it there
+            uploader = MetricsUploader(local / METRIC_DIR, remote.target.fs, remote.path(METRIC_DIR),
+                                       DEFAULT_UPLOAD_INTERVAL_S if upload_interval_s is None else upload_interval_s,
+                                       also=[(local / LEDGER_DIR, remote.path(LEDGER_DIR), "*.json")])
+            uploader.mark_sent()  # the mirrored files are the remote's already
+            callbacks.append(uploader)
+            storage = {"storage_path": remote.target.path, "storage_filesystem": remote.target.fs}
+        else:
+            plan_ref = str(plan)
+        callbacks.append(ProgressPrinter(n_left, n_left * spec.train.epochs,
+                                         unit="GPU" if spec.resources.gpu > 0 else "CPU", out=out))
+        try:
+            init_ray(address, plugin_runtime_env(spec))
+            wait_for_resources(spec, embedded=address is None, out=out)
+            print(f"[lrbs] Ray's log: {raylog.to_file(local)}", file=out, flush=True)
+            tuner = tune.Tuner(
+                tune.with_resources(train_trial, trial_resources(spec)),
+                param_space=to_param_space(spec, code_version(), packs=packs, resume=plan_ref),
+                tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),
+                run_config=tune.RunConfig(name=tag, callbacks=callbacks, **storage,
+                                          **resilience_settings(spec), verbose=0),
+            )
+            fitted = False
             try:
-                plan.parent.mkdir()
-                plan.write_text(json.dumps(resume, indent=1))
-            except OSError as exc:
-                raise SweepStopped(f"RUN_DIR: cannot write {plan} ({exc.strerror or exc})") from None
-            try:
-                init_ray(address, plugin_runtime_env(spec))
-                wait_for_resources(spec, embedded=address is None, out=out)
-                print(f"[lrbs] Ray's log: {raylog.to_file(run_dir)}", file=out, flush=True)
-                tuner = tune.Tuner(
-                    tune.with_resources(train_trial, trial_resources(spec)),
-                    param_space=to_param_space(spec, code_version(), packs=packs, resume=str(plan)),
-                    tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),
-                    run_config=tune.RunConfig(
-                        name=tag,
-                        storage_path=str(run_dir),
-                        callbacks=[ArrowMetricsSink(run_dir / METRIC_DIR), TrialLedger(run_dir, records),
-                                   ProgressPrinter(n_left, n_left * spec.train.epochs,
-                                                   unit="GPU" if spec.resources.gpu > 0 else "CPU", out=out)],
-                        **resilience_settings(spec),
-                        verbose=0,
-                    ),
-                )
-                fit(tuner, run_dir, raylog)
-            finally:
-                raylog.stop()
-        print_outcome(spec, run_dir, str(run_dir / METRIC_DIR), out, outcome)
-    return run_dir
+                fit(tuner, local, raylog)
+                fitted = True
+            finally:  # also when the sweep stopped: what was written reaches the store (or stays staged)
+                if remote is not None:
+                    uploader.upload(strict=fitted)
+        finally:
+            raylog.stop()
+    print_outcome(spec, local, f"{where}/{METRIC_DIR}", out, outcome)

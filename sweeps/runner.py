@@ -384,7 +384,7 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
     from ray import tune
 
     from sweeps.lock import RunLock
-    from sweeps.metrics_sink import ArrowMetricsSink, TrialLedger
+    from sweeps.metrics_sink import ArrowMetricsSink, TrackingCallback, TrialLedger
     from sweeps.progress import ProgressPrinter
     from sweeps.packing import plan_packs
     from sweeps.spec import expand_points
@@ -392,9 +392,13 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
     from sweeps.version import code_version
     from trainables.train_loop import train_trial
 
+    from sweeps.tracking import build_trackers
+
     target = resolve_storage(storage, storage_filesystem)
     if target.is_local:
         free_run_dir(spec, target.path)  # fail before starting Ray; nothing is written yet
+    # trackers: their packages installed, their folders writable (one line, before anything starts)
+    build_trackers(spec.tracking, spec.name, Path(target.path) / spec.name if target.is_local else Path("."))
     preflight_model(spec)
     if address is None:
         preflight_data(spec)
@@ -409,7 +413,13 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
         wait_for_resources(spec, embedded=address is None, out=out)
         place = prepare_placement(spec, storage, storage_filesystem, upload_interval_s)
         run_dir = place.run_dir
-        lock = RunLock(run_dir, "lrbs run").acquire() if target.is_local else None
+        if target.is_local:
+            lock = RunLock(run_dir, "lrbs run").acquire()
+        else:  # the run directory in the store: a resume started while this runs is refused
+            from sweeps.lock import RemoteRunLock
+            from sweeps.remote import RemoteRun
+
+            lock = RemoteRunLock(RemoteRun(target._replace(path=place.remote_run_path)), "lrbs run").acquire()
         log_path = raylog.to_file(run_dir)
         import json
 
@@ -434,7 +444,8 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
             run_config=tune.RunConfig(
                 name=spec.name,
                 **place.tune_kwargs,
-                callbacks=[ArrowMetricsSink(place.metrics_dir), TrialLedger(run_dir, trial_root=place.trial_root), *place.callbacks,
+                callbacks=[ArrowMetricsSink(place.metrics_dir), TrialLedger(run_dir, trial_root=place.trial_root),
+                           *place.callbacks, TrackingCallback(build_trackers(spec.tracking, spec.name, run_dir)),
                            printer],
                 **resilience_settings(spec),
                 verbose=0,

@@ -194,6 +194,9 @@ class SweepSpec:
     variants: tuple[VariantConfig, ...] = ()     # named explicit points; replace grid.lr and grid.batch_size
     resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    # Experiment trackers fed by the driver, tracker name -> its options (sweeps.tracking):
+    # tensorboard, mlflow, wandb. The trials never see this section.
+    tracking: dict[str, Any] = field(default_factory=dict)
     description: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -296,6 +299,8 @@ def spec_from_dict(data: Any) -> SweepSpec:
             kwargs["schedule"] = schedule_from_dict(data["schedule"] or {})
         except (ValueError, TypeError) as exc:
             raise SpecError(_schedule_message(exc)) from None
+    if data.get("tracking") is not None:
+        kwargs["tracking"] = _tracking_section(data["tracking"])
     families = [k for k in ("rescale", "beta", "variants") if data.get(k) is not None]
     for key in families:
         if data.get(key) is not None:
@@ -309,6 +314,24 @@ def spec_from_dict(data: Any) -> SweepSpec:
     spec = SweepSpec(**kwargs)
     validate(spec)
     return spec
+
+
+def _tracking_section(data: Any) -> dict[str, Any]:
+    """``tracking:`` as a mapping of tracker name -> options: a list of names, and ``true``/``null``
+    for "on with its defaults", are accepted too (``false`` leaves a tracker off)."""
+    if isinstance(data, list) and all(isinstance(n, str) for n in data):
+        data = {n: {} for n in data}
+    if not isinstance(data, dict):
+        raise SpecError(f"tracking: must be a mapping of tracker names to options (got {_short(data)})")
+    out = {}
+    for name, options in data.items():
+        if options is False:
+            continue
+        out[str(name)] = {} if options is None or options is True else options
+    from sweeps.tracking import check_options
+
+    check_options(out)
+    return out
 
 
 def _check_pack(train: Any) -> None:
@@ -794,7 +817,7 @@ def to_param_space(spec: SweepSpec, code_version: str, packs: list[list[dict[str
     from sweeps.packing import plan_packs, tune_point
 
     shared = spec.to_dict()
-    for key in ("grid", "description", "rescale", "beta", "variants", "limits"):
+    for key in ("grid", "description", "rescale", "beta", "variants", "limits", "tracking"):
         shared.pop(key)
     packs = plan_packs(spec) if packs is None else packs
     return {

@@ -7,26 +7,22 @@ checkpoints of a run on more than one node. ``--storage`` takes such a URI; Tune
 The Arrow metric tables are appended to row by row (``sweeps.metrics_sink``). A local directory
 (a plain path, ``file://``, a mounted NFS path) takes the appends directly. An object store cannot
 be appended to, so for any other filesystem the sink writes into a local staging directory and
-:class:`MetricsUploader` copies the changed files to ``<storage>/<name>/metrics/`` on each trial
+:class:`sweeps.metrics_sink.MetricsUploader` copies the changed files to ``<storage>/<name>/metrics/`` on each trial
 completion or error, every ``upload_interval_s`` seconds of results, and at the end of the run.
 Each upload replaces the whole remote file, so a remote reader sees a whole-record prefix of the
 stream, which ``analysis.tables`` reads like any cut-off file.
 
-The analysis functions take local paths: :func:`fetch_run_dir` downloads ``metrics/`` and
-``spec.yaml`` of a remote run directory into a local cache first.
+The analysis functions take local paths: ``sweeps.remote`` mirrors the data files of a remote
+run directory into a local cache first, and lets ``lrbs resume`` continue one in place.
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pyarrow.fs as pafs
-from ray.tune import Callback
 
 from sweeps.errors import LrbsError
 from sweeps.ledger import LEDGER_DIR
@@ -45,6 +41,12 @@ class StorageTarget(NamedTuple):
 
 def is_uri(storage: str) -> bool:
     return "://" in str(storage)
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """``base`` (a path or URI, maybe with a ``?query``) with ``parts`` appended to its path."""
+    head, sep, query = str(base).partition("?")
+    return _join(head, *parts) + sep + query
 
 
 def cache_dir() -> Path:
@@ -137,53 +139,6 @@ def upload_changed(local_dir: Path, fs: pafs.FileSystem, remote_dir: str,
     return copied
 
 
-class MetricsUploader(Callback):
-    """Copies the staged metric files to the remote run directory (after ``ArrowMetricsSink``).
-
-    Put it after the sink in the callback list: Tune calls callbacks in order, so a trial's file
-    is closed (whole) before it is uploaded on the trial's completion.
-    """
-
-    def __init__(self, local_dir: str | Path, fs: pafs.FileSystem, remote_dir: str,
-                 interval_s: float = DEFAULT_UPLOAD_INTERVAL_S,
-                 also: list[tuple[str | Path, str, str]] | None = None):
-        self.local_dir = Path(local_dir)
-        self.fs = fs
-        self.remote_dir = remote_dir
-        self.interval_s = interval_s
-        self.sent: dict[str, tuple[int, int]] = {}
-        # (local folder, remote folder, pattern) also kept in step: the trial records (sweeps/ledger.py)
-        self.also = [(Path(a), b, c, {}) for a, b, c in (also or [])]
-        self.uploads = 0  # files copied (a file copied again after it grew counts again)
-        self._last = time.monotonic()
-
-    def upload(self, strict: bool = False) -> None:
-        self._last = time.monotonic()
-        try:
-            self.uploads += len(upload_changed(self.local_dir, self.fs, self.remote_dir, self.sent, "*.arrow"))
-            for local, remote, pattern, sent in self.also:
-                upload_changed(local, self.fs, remote, sent, pattern)
-        except OSError as exc:
-            if strict:
-                raise LrbsError(f"--storage: cannot upload metrics to {self.remote_dir} ({_first_line(exc)}); "
-                                f"they are kept in {self.local_dir}") from None
-            print(f"[lrbs] warning: metric upload to {self.remote_dir} failed ({_first_line(exc)}); "
-                  f"will retry", file=sys.stderr, flush=True)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        if time.monotonic() - self._last >= self.interval_s:
-            self.upload()
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self.upload()
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self.upload()
-
-    def on_experiment_end(self, trials, **info):
-        self.upload()
-
-
 @dataclass
 class Placement:
     """Where a run writes: ``run_dir`` is local (the run directory, or the staging mirror of a remote one);
@@ -209,6 +164,8 @@ class Placement:
 
     def finish(self) -> None:
         """Last upload of the staged metrics (raises LrbsError if the remote cannot be reached)."""
+        from sweeps.metrics_sink import MetricsUploader
+
         for cb in self.callbacks:
             if isinstance(cb, MetricsUploader):
                 cb.upload(strict=True)
@@ -217,7 +174,7 @@ class Placement:
 def prepare_placement(spec, storage: str | None, filesystem: pafs.FileSystem | None = None,
                       upload_interval_s: float | None = None) -> Placement:
     """Create the run directory (refusing an existing one) and say how Tune and the sink reach it."""
-    from sweeps.metrics_sink import session_tag
+    from sweeps.metrics_sink import MetricsUploader, session_tag
     from sweeps.runner import prepare_run_dir
 
     target = resolve_storage(storage, filesystem)
@@ -231,64 +188,8 @@ def prepare_placement(spec, storage: str | None, filesystem: pafs.FileSystem | N
         (staging / SPEC_COPY).write_bytes(f.read())
     uploader = MetricsUploader(staging / METRIC_DIR, target.fs, _join(run_path, METRIC_DIR),
                                DEFAULT_UPLOAD_INTERVAL_S if upload_interval_s is None else upload_interval_s,
-                               also=[(staging / LEDGER_DIR, _join(run_path, LEDGER_DIR), "*.json")])
+                               also=[(staging / LEDGER_DIR, _join(run_path, LEDGER_DIR), "*.json"),
+                                     (staging, run_path, "*.json")])  # provenance.json, plugins.json
     return Placement(target, spec.name, staging,
                      {"storage_path": target.path, "storage_filesystem": target.fs},
                      callbacks=[uploader], remote_run_path=run_path)
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading and writing a run directory given as a URI
-
-
-def fetch_run_dir(run_dir: str | os.PathLike, filesystem: pafs.FileSystem | None = None) -> Path:
-    """A local directory holding ``metrics/`` and ``spec.yaml`` of ``run_dir``.
-
-    A local run directory is returned as it is. A remote one is downloaded (only the files that
-    changed since the last fetch) into ``<cache>/fetched/<hash>/<name>/``.
-    """
-    target = resolve_storage(run_dir, filesystem)
-    if target.is_local:
-        return Path(target.path)
-    name = target.path.rstrip("/").rsplit("/", 1)[-1] or "run"
-    where = f"{display(target)}|{getattr(target.fs, 'base_path', '')}"  # subtrees: their root too
-    key = hashlib.sha1(where.encode()).hexdigest()[:12]
-    local = cache_dir() / "fetched" / key / name
-    try:
-        infos = target.fs.get_file_info(pafs.FileSelector(_join(target.path, METRIC_DIR), allow_not_found=True))
-        if not infos and target.fs.get_file_info(_join(target.path, METRIC_DIR)).type != pafs.FileType.Directory:
-            raise LrbsError(f"RUN_DIR: {display(target)} is not an lrbs run directory (no metrics/ inside)")
-        (local / METRIC_DIR).mkdir(parents=True, exist_ok=True)
-        for info in infos:
-            if info.type != pafs.FileType.File or not info.base_name.endswith(".arrow"):
-                continue
-            dest = local / METRIC_DIR / info.base_name
-            if dest.is_file() and dest.stat().st_size == info.size:
-                continue  # stream files only grow: same size, same content
-            pafs.copy_files(info.path, str(dest), source_filesystem=target.fs,
-                            destination_filesystem=pafs.LocalFileSystem(), use_threads=False)
-        spec_path = _join(target.path, SPEC_COPY)
-        if target.fs.get_file_info(spec_path).type == pafs.FileType.File:
-            with target.fs.open_input_stream(spec_path) as f:
-                (local / SPEC_COPY).write_bytes(f.read())
-    except OSError as exc:
-        raise LrbsError(f"RUN_DIR: cannot read {display(target)} ({_first_line(exc)})") from None
-    return local
-
-
-def upload_files(run_dir: str | os.PathLike, files: list[Path],
-                 filesystem: pafs.FileSystem | None = None) -> list[str]:
-    """Copy ``files`` (e.g. report.html, fits.json) into a remote run directory; no-op for a local one."""
-    target = resolve_storage(run_dir, filesystem)
-    if target.is_local:
-        return []
-    copied = []
-    try:
-        for path in files:
-            dest = _join(target.path, Path(path).name)
-            pafs.copy_files(str(path), dest, source_filesystem=pafs.LocalFileSystem(),
-                            destination_filesystem=target.fs, use_threads=False)
-            copied.append(display(target, Path(path).name))
-    except OSError as exc:
-        raise LrbsError(f"cannot upload {Path(path).name} to {display(target)} ({_first_line(exc)})") from None
-    return copied

@@ -109,7 +109,9 @@ def submit_sweep(spec_path: str | Path, address: str, storage: str | None = None
         )
     except Exception as exc:
         raise LrbsError(f"--address: {address} refused the job ({_first_line(exc)})") from None
-    run_dir = f"{storage.rstrip('/')}/{spec.name}"
+    from sweeps.storage import join_uri
+
+    run_dir = join_uri(storage, spec.name)
     print(f"submitted {spec.name} ({n_trials} trials) as Ray job {job_id} to {address}", file=out)
     print(f"  run directory (on the head node): {run_dir}", file=out)
     print(f"  follow: ray job logs --follow {job_id} --address {address}", file=out)

@@ -13,7 +13,8 @@ from sweeps.cli import main
 from sweeps.errors import LrbsError
 from sweeps.runner import run_sweep
 from sweeps.spec import spec_from_dict
-from sweeps.storage import fetch_run_dir, resolve_storage, upload_files
+from sweeps.remote import fetch_run_dir, upload_files
+from sweeps.storage import resolve_storage
 from tests.conftest import tiny_spec, write_yaml
 
 N_TRIALS, N_EPOCHS = 2, 2

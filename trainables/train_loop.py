@@ -322,7 +322,16 @@ def run_training(point: TrialPoint, dataset: DatasetConfig, model_cfg: ModelConf
 
 
 def load_state(directory: str | Path) -> dict[str, Any]:
-    """A checkpoint written by ``train_trial``; tensors and plain data only (no unpickling of code)."""
+    """A checkpoint written by ``train_trial``; tensors and plain data only (no unpickling of code).
+    ``directory`` may be a URI (``lrbs resume`` of a run directory in object storage)."""
+    if "://" in str(directory):
+        import io
+
+        import pyarrow.fs as pafs
+
+        fs, path = pafs.FileSystem.from_uri(str(directory))
+        with fs.open_input_stream(f"{path.rstrip('/')}/{CHECKPOINT_FILE}") as f:
+            return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
     return torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 
 

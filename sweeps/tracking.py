@@ -1,0 +1,275 @@
+"""Experiment trackers fed by the driver: TensorBoard, MLflow, Weights & Biases.
+
+A spec turns them on in ``tracking:`` (``lrbs run/resume --track NAME`` adds one with its
+defaults)::
+
+    tracking:
+      tensorboard: {}                                  # dir: default RUN_DIR/tensorboard
+      mlflow: {tracking_uri: file:/data/mlruns}        # default $MLFLOW_TRACKING_URI, else RUN_DIR/mlruns
+      wandb: {project: my-project, mode: offline}      # default project: the sweep's name
+
+Each tracker gets **one run per point** (a pack's members are separate runs, named by the trial
+id their metric rows carry), the point as parameters (sweep, trial id, lr, batch size, eta/S,
+seed, code version, ...) and every epoch's metrics with step = epoch. The Arrow tables stay the
+record the analysis reads; a tracker is a view for the tools researchers already use.
+
+Trackers run in the driver (``sweeps.metrics_sink.TrackingCallback``, after the metric sink), so the nodes need
+none of them installed, and a tracker that fails mid-sweep is switched off with one warning
+rather than stopping the sweep. ``lrbs resume`` re-attaches every point to its run: TensorBoard
+writes to the same folder, MLflow finds the run by its ``lrbs.trial_id`` tag, W&B resumes the run
+id ``<sweep>-<trial id>``.
+
+Adding a tracker: a class with ``Options`` (a dataclass: the keys its spec section takes),
+``module`` (the package it needs), ``start``/``log``/``finish``/``close``, and an entry in
+:data:`TRACKERS`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sweeps.errors import LrbsError
+
+# Row fields that are per-point parameters or bookkeeping, not curves.
+NOT_METRICS = {"sweep", "trial_id", "code_version", "dataset", "n_train", "model", "seed", "config_json", "epoch",
+               "status", "beta", "rescale", "variant", "schedule", "written_at"}
+PARAMS = ("sweep", "trial_id", "lr", "batch_size", "ratio", "seed", "code_version", "dataset", "n_train", "model",
+          "beta", "rescale", "variant", "schedule")
+FINAL = ("finished", "diverged")
+
+
+def metrics_of(row: dict[str, Any]) -> dict[str, float]:
+    """The numeric, finite epoch metrics of a metric row (losses, accuracies, probes, timings)."""
+    out = {}
+    for key, value in row.items():
+        if key in NOT_METRICS or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if math.isfinite(value):
+            out[key] = float(value)
+    return out
+
+
+def params_of(row: dict[str, Any]) -> dict[str, Any]:
+    """The point's parameters, as the first row of its run gives them (eta/S as ``eta_over_s``)."""
+    params = {("eta_over_s" if k == "ratio" else k): row.get(k) for k in PARAMS}
+    return {k: v for k, v in params.items() if v is not None}
+
+
+# ---------------------------------------------------------------------------------------------
+# The trackers
+
+
+class TensorBoard:
+    """Event files in ``<dir>/<trial id>/`` (one TensorBoard run per point)."""
+    module = "tensorboard"
+
+    @dataclass(frozen=True)
+    class Options:
+        dir: str | None = None  # a local folder; default RUN_DIR/tensorboard
+
+    def __init__(self, options: Options, sweep: str, run_dir: Path):
+        self.root = Path(options.dir).expanduser() if options.dir else run_dir / "tensorboard"
+        self.writers: dict[str, Any] = {}
+
+    def check(self) -> None:
+        _check_writable(self.root, "tracking.tensorboard.dir")
+
+    def start(self, key: str, params: dict[str, Any]) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        # Same folder on resume: TensorBoard shows the old and the new event files as one run.
+        writer = self.writers[key] = SummaryWriter(log_dir=str(self.root / key))
+        writer.add_text("lrbs/params", "\n".join(f"{k}: {v}  " for k, v in params.items()))
+
+    def log(self, key: str, step: int, metrics: dict[str, float]) -> None:
+        writer = self.writers[key]
+        for name, value in metrics.items():
+            writer.add_scalar(name, value, step)
+        writer.flush()  # readable while the sweep runs (one flush per epoch and point)
+
+    def finish(self, key: str, status: str) -> None:
+        self.writers.pop(key).close()
+
+    def close(self) -> None:
+        for key in list(self.writers):
+            self.finish(key, "stopped")
+
+
+class MLflow:
+    """One MLflow run per point in the experiment named after the sweep."""
+    module = "mlflow"
+
+    @dataclass(frozen=True)
+    class Options:
+        tracking_uri: str | None = None  # default $MLFLOW_TRACKING_URI, else the file store RUN_DIR/mlruns
+        experiment: str | None = None    # default: the sweep's name
+
+    def __init__(self, options: Options, sweep: str, run_dir: Path):
+        self.uri = options.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"file:{run_dir / 'mlruns'}"
+        self.experiment = options.experiment or sweep
+        self.runs: dict[str, str] = {}  # point's trial id -> MLflow run id
+        self._client = None
+        self._experiment_id = None
+
+    def _open(self):
+        if self._client is None:
+            if self.uri.startswith("file:"):
+                # MLflow 3 keeps its file store in maintenance mode and asks for this to use it.
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri=self.uri)
+            experiment = client.get_experiment_by_name(self.experiment)
+            self._experiment_id = (experiment.experiment_id if experiment is not None
+                                   else client.create_experiment(self.experiment))
+            self._client = client
+        return self._client
+
+    def check(self) -> None:
+        if self.uri.startswith("file:"):
+            _check_writable(Path(self.uri[len("file:"):].removeprefix("//")), "tracking.mlflow.tracking_uri")
+
+    def start(self, key: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param, RunStatus
+
+        client = self._open()
+        found = client.search_runs([self._experiment_id], filter_string=f"tags.`lrbs.trial_id` = '{key}'",
+                                   max_results=1)
+        if found:  # lrbs resume: the point's run goes on
+            run_id = found[0].info.run_id
+            client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        else:
+            run = client.create_run(self._experiment_id, run_name=key,
+                                    tags={"lrbs.trial_id": key, "lrbs.sweep": str(params.get("sweep", ""))})
+            run_id = run.info.run_id
+            client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self.runs[key] = run_id
+
+    def log(self, key: str, step: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._open().log_batch(self.runs[key], metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
+
+    def finish(self, key: str, status: str) -> None:
+        run_id = self.runs.pop(key)
+        # stopped (the driver ended before the point did): KILLED, so a resume's RUNNING is visible
+        self._open().set_terminated(run_id, {"finished": "FINISHED", "diverged": "FINISHED",
+                                             "error": "FAILED"}.get(status, "KILLED"))
+
+    def close(self) -> None:
+        for key in list(self.runs):
+            self.finish(key, "stopped")
+
+
+class Wandb:
+    """One W&B run per point (id ``<sweep>-<trial id>``, grouped by sweep); offline by default."""
+    module = "wandb"
+
+    @dataclass(frozen=True)
+    class Options:
+        project: str | None = None  # default: the sweep's name
+        entity: str | None = None
+        mode: str = "offline"       # offline (sync later with `wandb sync DIR`) | online | disabled
+        dir: str | None = None      # where W&B writes (its wandb/ folder); default RUN_DIR
+
+    CHOICES = {"mode": ("offline", "online", "disabled")}
+
+    def __init__(self, options: Options, sweep: str, run_dir: Path):
+        self.options = options
+        self.sweep = sweep
+        self.dir = Path(options.dir).expanduser() if options.dir else run_dir
+        self.runs: dict[str, Any] = {}
+
+    def check(self) -> None:
+        _check_writable(self.dir, "tracking.wandb.dir")
+
+    def run_id(self, key: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_-]", "-", f"{self.sweep}-{key}")[-128:]
+
+    def start(self, key: str, params: dict[str, Any]) -> None:
+        import wandb
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.runs[key] = wandb.init(
+            project=self.options.project or self.sweep, entity=self.options.entity, id=self.run_id(key), name=key,
+            group=self.sweep, config=params, mode=self.options.mode, dir=str(self.dir), resume="allow",
+            reinit="create_new", settings=wandb.Settings(silent=True, console="off"))
+
+    def log(self, key: str, step: int, metrics: dict[str, float]) -> None:
+        self.runs[key].log(metrics, step=step)
+
+    def finish(self, key: str, status: str) -> None:
+        self.runs.pop(key).finish(exit_code=1 if status == "error" else 0)
+
+    def close(self) -> None:
+        for key in list(self.runs):
+            self.finish(key, "stopped")
+
+
+TRACKERS: dict[str, type] = {"tensorboard": TensorBoard, "mlflow": MLflow, "wandb": Wandb}
+
+
+def _check_writable(folder: Path, field: str) -> None:
+    """``folder`` exists (or can be made) and takes a file; one line naming ``field`` otherwise."""
+    folder = Path(folder)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise LrbsError(f"{field}: cannot write to {folder} ({existing or '/'} is "
+                        f"{'not a folder' if existing is not None and not existing.is_dir() else 'not writable'})")
+
+
+# ---------------------------------------------------------------------------------------------
+# From the spec
+
+
+def check_options(tracking: dict[str, Any]) -> None:
+    """Spec validation (``lrbs validate``): known trackers, known keys with the right types."""
+    from sweeps.spec import SpecError, _build
+
+    for name, options in tracking.items():
+        if name not in TRACKERS:
+            raise SpecError(f"tracking.{name}: unknown tracker (choose from {', '.join(TRACKERS)})")
+        built = _build(TRACKERS[name].Options, options, f"tracking.{name}")
+        for key, allowed in getattr(TRACKERS[name], "CHOICES", {}).items():
+            if getattr(built, key) not in allowed:
+                raise SpecError(f"tracking.{name}.{key}: must be one of {', '.join(allowed)} "
+                                f"(got {getattr(built, key)!r})")
+
+
+def build_trackers(tracking: dict[str, Any], sweep: str, run_dir: Path) -> list[Any]:
+    """The trackers of a spec's ``tracking`` for ``run_dir``, each checked: its package installed
+    (one line naming the extra) and its destination writable. Nothing is written yet."""
+    from sweeps.spec import _build
+
+    trackers = []
+    for name, options in tracking.items():
+        cls = TRACKERS[name]
+        try:
+            importlib.import_module(cls.module)
+        except ImportError:
+            raise LrbsError(f"tracking.{name}: the {cls.module} package is not installed "
+                            f"(pip install 'lrbs[{name}]', or drop tracking.{name})") from None
+        tracker = cls(_build(cls.Options, options, f"tracking.{name}"), sweep, Path(run_dir))
+        tracker.check()
+        trackers.append(tracker)
+    return trackers
+
+
+def with_tracks(spec, names: list[str] | None):
+    """``spec`` with the trackers named on the command line added (with their defaults)."""
+    if not names:
+        return spec
+    unknown = [n for n in names if n not in TRACKERS]
+    if unknown:
+        raise LrbsError(f"--track: unknown tracker {unknown[0]!r} (choose from {', '.join(TRACKERS)})")
+    if spec is None:
+        return None
+    return dataclasses.replace(spec, tracking={**{n: {} for n in names}, **spec.tracking})
