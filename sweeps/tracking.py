@@ -135,6 +135,21 @@ class MLflow:
     def check(self) -> None:
         if self.uri.startswith("file:"):
             _check_writable(Path(self.uri[len("file:"):].removeprefix("//")), "tracking.mlflow.tracking_uri")
+            return
+        # A server or database: reach it now (one try, 10 s), not after hours of training.
+        saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+        os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
+        try:
+            self._open()
+        except Exception as exc:  # MlflowException, requests' errors, a missing database driver
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise LrbsError(f"tracking.mlflow.tracking_uri: cannot use {self.uri} ({first})") from None
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
     def start(self, key: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param, RunStatus
@@ -190,6 +205,11 @@ class Wandb:
 
     def check(self) -> None:
         _check_writable(self.dir, "tracking.wandb.dir")
+        if self.options.mode == "online" and not os.environ.get("WANDB_API_KEY"):
+            netrc = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
+            if not (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="replace")):
+                raise LrbsError("tracking.wandb.mode: online needs a W&B login (WANDB_API_KEY or `wandb login`); "
+                                "mode: offline logs locally and `wandb sync` uploads later")
 
     def run_id(self, key: str) -> str:
         return re.sub(r"[^A-Za-z0-9_-]", "-", f"{self.sweep}-{key}")[-128:]

@@ -132,6 +132,11 @@ def test_tracking_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
         ({}, ["--track", "comet"], "--track: unknown tracker 'comet'"),
         # a folder that cannot be written: a file stands where the folder would be
         ({"tracking": {"tensorboard": {"dir": str(tmp_path / "afile" / "tb")}}}, [], "tracking.tensorboard.dir"),
+        ({"tracking": {"mlflow": {"tracking_uri": f"file:{tmp_path / 'afile' / 'mlruns'}"}}}, [],
+         "tracking.mlflow.tracking_uri: cannot write"),
+        # an MLflow server nobody runs (port 9 of loopback): refused at once, not after the sweep
+        ({"tracking": {"mlflow": {"tracking_uri": "http://127.0.0.1:9"}}}, [],
+         "tracking.mlflow.tracking_uri: cannot use http://127.0.0.1:9"),
     ]
     (tmp_path / "afile").write_text("keep")
     for extra, args, expected in cases:
