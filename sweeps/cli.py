@@ -113,13 +113,13 @@ def _final_report(run_dir: Path, publish_to: str | None = None) -> None:
         _publish(publish_to, list(paths.values()), "[lrbs] ")
 
 
-def _publish(run_uri: str, files: list[Path], prefix: str = "") -> None:
+def _publish(run_uri: str, files: list[Path], prefix: str = "", sub: str = "") -> None:
     """Copy report files into a run directory given as a URI (no-op for a local one)."""
     from sweeps.remote import upload_files
     from sweeps.storage import is_uri
 
     if is_uri(run_uri):
-        for where in upload_files(run_uri, files):
+        for where in upload_files(run_uri, files, sub=sub):
             print(f"{prefix}uploaded: {where}")
 
 
@@ -208,9 +208,24 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from sweeps.export import export_run
+    from sweeps.remote import fetch_run_dir, open_run
 
-    for path in export_run(args.run_dir, args.format, args.out):
+    remote = open_run(args.run_dir)  # a URI: read from the local mirror; without --out, the files go next to the run
+    if remote is not None and args.out is None:
+        taken = [f"export/{n}.{args.format}" for n in ("epochs", "trials")
+                 if remote.info("export", f"{n}.{args.format}").type.name != "NotFound"]
+        if taken:
+            raise LrbsError(f"--out: {remote.where}/{taken[0]} already exists (nothing was overwritten; pick --out)")
+    run_dir = fetch_run_dir(args.run_dir)
+    if remote is not None and args.out is None:
+        import shutil
+
+        shutil.rmtree(run_dir / "export", ignore_errors=True)  # the cache's copy of an earlier export
+    paths = export_run(run_dir, args.format, args.out)
+    for path in paths:
         print(f"exported: {path}")
+    if remote is not None and args.out is None:
+        _publish(args.run_dir, paths, sub="export")
     return 0
 
 
@@ -347,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="the run directory: a path or a URI (s3://, gs://, file://)")
     p.set_defaults(func=cmd_status)
     p = _sub(sub, "export")
-    p.add_argument("run_dir", help="the run directory")
+    p.add_argument("run_dir", help="the run directory: a path or a URI (s3://, gs://, file://; then uploaded to "
+                                   "RUN_DIR/export/ unless --out)")
     p.add_argument("--format", choices=EXPORT_FORMATS, default="parquet", help="file format (default parquet)")
     p.add_argument("--out", default=None, help="folder for epochs.<ext> and trials.<ext> (default RUN_DIR/export)")
     p.set_defaults(func=cmd_export)

@@ -40,3 +40,14 @@ def test_measurement_check_quick_mode_prints_every_check(capsys):
         assert any(r.startswith(check) for r in rows), check
     interp = next(r for r in rows if r.startswith("| 1 interpolation"))
     assert interp.split(" | ")[2].startswith("non-finite alphas: none")  # after the fix: finite everywhere
+
+
+def test_tracking_cost_prints_every_writer(capsys):
+    """benchmarks/tracking_cost.py (docs/performance.md's tracker costs) runs, tiny."""
+    from benchmarks.tracking_cost import main
+
+    assert main(["--points", "2", "--epochs", "2"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [r.split(" | ")[0] for r in rows[1:]] == ["| Arrow metric sink (always on)", "| tensorboard", "| mlflow",
+                                                    "| wandb"]
+    assert not any("nan" in r for r in rows), rows

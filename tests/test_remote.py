@@ -249,6 +249,16 @@ def test_s3_sigkill_resume_status_report_interpolate(s3_server, tmp_path):
     assert out.returncode == 0, out.stderr
     assert fs.get_file_info(f"{run_path}/fits.json").type == pafs.FileType.File
 
+    # lrbs export: the deduplicated tables next to the run in the bucket; a second export refuses.
+    out = _lrbs("export", uri, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    import pyarrow.parquet as pq
+
+    exported = pq.read_table(f"{run_path}/export/epochs.parquet", filesystem=fs)
+    assert exported.num_rows == len(rows) == 2 * KILL_EPOCHS
+    out = _lrbs("export", uri, env=env, timeout=120)
+    assert out.returncode == 2 and "already exists" in out.stderr, out.stderr
+
     members = sorted({r["trial_id"] for r in rows})
     out = _lrbs("interpolate", uri, *members, "--num", "3", env=env)
     assert out.returncode == 0, out.stderr
