@@ -210,10 +210,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     from sweeps.export import export_run
     from sweeps.remote import fetch_run_dir, open_run
 
+    from sweeps.storage import is_uri
+
+    if args.out is not None and is_uri(args.out):
+        raise LrbsError(f"--out: a local folder (got {args.out}); without --out, a URI run directory gets "
+                        f"the files in RUN_DIR/export/")
     remote = open_run(args.run_dir)  # a URI: read from the local mirror; without --out, the files go next to the run
     if remote is not None and args.out is None:
-        taken = [f"export/{n}.{args.format}" for n in ("epochs", "trials")
-                 if remote.info("export", f"{n}.{args.format}").type.name != "NotFound"]
+        try:
+            taken = [f"export/{n}.{args.format}" for n in ("epochs", "trials")
+                     if remote.info("export", f"{n}.{args.format}").type.name != "NotFound"]
+        except OSError as exc:
+            raise LrbsError(f"RUN_DIR: cannot read {remote.where} ({str(exc).strip().splitlines()[0][:300]})") from None
         if taken:
             raise LrbsError(f"--out: {remote.where}/{taken[0]} already exists (nothing was overwritten; pick --out)")
     run_dir = fetch_run_dir(args.run_dir)

@@ -21,6 +21,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import pyarrow.fs as pafs
 
@@ -59,7 +60,8 @@ class RemoteRun:
             raise LrbsError(f"RUN_DIR: {self.where} has no URI (give the run directory as s3://..., gs://...)")
         scheme = self.uri.split("://", 1)[0]
         _, sep, query = self.uri.partition("?")
-        return f"{scheme}://{path.lstrip('/')}{sep}{query}"
+        # percent-encoded: a space, '#', '%' or '?' in a sweep name must not end the path
+        return f"{scheme}://{quote(path.lstrip('/'), safe='/')}{sep}{query}"
 
     def info(self, *parts: str) -> pafs.FileInfo:
         return self.target.fs.get_file_info(self.path(*parts))
@@ -90,6 +92,10 @@ def open_run(run_dir: str | os.PathLike, filesystem: pafs.FileSystem | None = No
     return run
 
 
+def _mirrored(name: str, patterns: tuple[str, ...]) -> bool:
+    return not name.startswith(".") and any(fnmatch.fnmatch(name, p) for p in patterns)
+
+
 def _fetch(run: RemoteRun, src: str, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     pafs.copy_files(src, str(dest), source_filesystem=run.target.fs,
@@ -106,24 +112,27 @@ def mirror(run: RemoteRun, local: Path) -> Path:
             names = set()
             (local / sub).mkdir(parents=True, exist_ok=True)
             for info in infos:
-                if info.type != pafs.FileType.File or not any(fnmatch.fnmatch(info.base_name, p) for p in patterns):
+                if info.type != pafs.FileType.File or not _mirrored(info.base_name, patterns):
                     continue
                 names.add(info.base_name)
                 dest = local / sub / info.base_name
                 if sub in GROWS_ONLY and dest.is_file() and dest.stat().st_size == info.size:
                     continue
                 _fetch(run, info.path, dest)
-            if sub == "" and LOCK_FILE not in names:
-                (local / LOCK_FILE).unlink(missing_ok=True)
+            for path in (local / sub).iterdir():  # gone from the store (a lock released, a run made anew)
+                if path.is_file() and _mirrored(path.name, patterns) and path.name not in names:
+                    path.unlink()
     except OSError as exc:
         raise LrbsError(f"RUN_DIR: cannot read {run.where} ({_first_line(exc)[:300]})") from None
     return local
 
 
-def fetched_dir(run: RemoteRun) -> Path:
-    """The local cache of a remote run directory: ``<cache>/fetched/<hash>/<name>/``."""
+def fetched_dir(run: RemoteRun, kind: str = "fetched") -> Path:
+    """A local folder of a remote run directory, the same in every session on this machine:
+    ``<cache>/<kind>/<hash>/<name>/`` (kind ``fetched``: the readers' mirror; ``local``: the
+    trackers' default folders, so ``lrbs resume`` re-attaches to them)."""
     where = f"{run.where}|{getattr(run.target.fs, 'base_path', '')}"  # subtrees: their root too
-    return cache_dir() / "fetched" / hashlib.sha1(where.encode()).hexdigest()[:12] / run.name
+    return cache_dir() / kind / hashlib.sha1(where.encode()).hexdigest()[:12] / run.name
 
 
 def fetch_run_dir(run_dir: str | os.PathLike, filesystem: pafs.FileSystem | None = None) -> Path:
@@ -163,11 +172,15 @@ def remote_checkpoints(run: RemoteRun, record: TrialRecord) -> list[str]:
     """URIs of ``record``'s kept checkpoint folders in ``run``, newest first (as
     ``TrialRecord.checkpoints`` orders local ones)."""
     found = []
-    for logdir in reversed(record.logdirs):
-        infos = run.target.fs.get_file_info(pafs.FileSelector(run.path(logdir), allow_not_found=True))
-        names = sorted((i.path for i in infos if i.type == pafs.FileType.Directory
-                        and fnmatch.fnmatch(i.base_name, CHECKPOINT_GLOB)), reverse=True)
-        found += [run.uri_of(p) for p in names]
+    try:
+        for logdir in reversed(record.logdirs):
+            infos = run.target.fs.get_file_info(pafs.FileSelector(run.path(logdir), allow_not_found=True))
+            names = sorted((i.path for i in infos if i.type == pafs.FileType.Directory
+                            and fnmatch.fnmatch(i.base_name, CHECKPOINT_GLOB)), reverse=True)
+            found += [run.uri_of(p) for p in names]
+    except OSError as exc:
+        raise LrbsError(f"RUN_DIR: cannot list the checkpoints of trial {record.trial_id} in {run.where} "
+                        f"({_first_line(exc)[:300]})") from None
     return found
 
 

@@ -131,36 +131,51 @@ def resume_sweep(run_dir: str | Path, restart_errored: bool = False, address: st
     remote = open_run(run_dir, need=(SPEC_COPY, METRIC_DIR))  # one line if unreachable or not a run
     if remote is None:
         local = check_run_dir(resolve_storage(run_dir).path)  # a path, or a file:// URI
-        lock = RunLock(local, "lrbs resume")
-    else:
-        lock = RemoteRunLock(remote, "lrbs resume")
+    else:  # reading only: nothing is written to the store before the spec and trackers check out
+        local = mirror(remote, cache_dir() / "staging" / f"{remote.name}-{session_tag()}")
+    spec, trackers = _checked_spec(local, remote, track)
+    lock = RunLock(local, "lrbs resume") if remote is None else RemoteRunLock(remote, "lrbs resume")
     with lock:  # before Ray starts: a second driver or a read-only folder is one line
         if remote is not None:
-            local = mirror(remote, cache_dir() / "staging" / f"{remote.name}-{session_tag()}")
-        _resume_locked(local, remote, restart_errored, address, out, outcome, upload_interval_s, track)
+            mirror(remote, local)  # again, under the lock: the store as the last driver left it
+        _resume_locked(spec, trackers, local, remote, restart_errored, address, out, outcome, upload_interval_s)
     return local
 
 
-def _resume_locked(local: Path, remote, restart_errored: bool, address: str | None, out: TextIO,
-                   outcome: dict | None, upload_interval_s: float | None, track: list[str] | None) -> None:
-    from ray import tune
-
-    from sweeps.ledger import LEDGER_DIR
-    from sweeps.metrics_sink import ArrowMetricsSink, MetricsUploader, TrackingCallback, TrialLedger, session_tag
-    from sweeps.progress import ProgressPrinter
-    from sweeps.spec import load_spec, to_param_space
-    from sweeps.storage import DEFAULT_UPLOAD_INTERVAL_S
+def _checked_spec(local: Path, remote, track: list[str] | None):
+    """The run's spec (with ``--track``'s trackers for this session) and its trackers, checked
+    against the run directory's name; one line (exit 2) otherwise, before anything is written."""
+    from sweeps.spec import load_spec
     from sweeps.tracking import build_trackers, with_tracks
-    from sweeps.version import code_version
-    from trainables.train_loop import train_trial
 
     restore_plugin_folders(local)  # user modules: found where `lrbs run` found them
     spec = with_tracks(load_spec(local / SPEC_COPY), track)  # the spec's trackers, and --track's for this session
-    trackers = build_trackers(spec.tracking, spec.name, local)  # re-attached: each point goes on in its run
     name = remote.name if remote is not None else local.name
-    where = remote.where if remote is not None else str(local)
     if spec.name != name:
+        where = remote.where if remote is not None else str(local)
         raise LrbsError(f"RUN_DIR: {where}/{SPEC_COPY} names sweep {spec.name!r}, not {name!r}")
+    if remote is not None:
+        from sweeps.remote import fetched_dir
+
+        tracking_root = fetched_dir(remote, "local")  # the same folder in every session: resume re-attaches
+    else:
+        tracking_root = local
+    return spec, build_trackers(spec.tracking, spec.name, tracking_root)
+
+
+def _resume_locked(spec, trackers: list, local: Path, remote, restart_errored: bool, address: str | None,
+                   out: TextIO, outcome: dict | None, upload_interval_s: float | None) -> None:
+    from ray import tune
+
+    from sweeps.ledger import LEDGER_DIR, resume_plan
+    from sweeps.metrics_sink import ArrowMetricsSink, MetricsUploader, TrackingCallback, TrialLedger, session_tag
+    from sweeps.progress import ProgressPrinter
+    from sweeps.spec import to_param_space
+    from sweeps.storage import DEFAULT_UPLOAD_INTERVAL_S
+    from sweeps.version import code_version
+    from trainables.train_loop import train_trial
+
+    where = remote.where if remote is not None else str(local)
     checkpoints = None
     if remote is not None:
         from sweeps.remote import remote_checkpoints
@@ -177,17 +192,12 @@ def _resume_locked(local: Path, remote, restart_errored: bool, address: str | No
         raylog = RayOutput().start()
         tag = f"resume-{session_tag()}"  # this session's Ray experiment, inside RUN_DIR
         plan = local / tag / "lrbs-resume-plan.json"  # the trials read their entry from it
-        try:
-            plan.parent.mkdir()
-            plan.write_text(json.dumps(resume, indent=1))
-        except OSError as exc:
-            raise SweepStopped(f"RUN_DIR: cannot write {plan} ({exc.strerror or exc})") from None
         sink = ArrowMetricsSink(local / METRIC_DIR)
         callbacks = [sink, TrialLedger(local, records, trial_root=remote.path() if remote is not None else None),
                      TrackingCallback(trackers)]
         storage: dict = {"storage_path": str(local)}
+        plan_ref = str(plan)
         if remote is not None:
-            remote.put(plan, tag, plan.name)
             plan_ref = remote.uri_of(remote.path(tag, plan.name))  # trials on any node read it there
             uploader = MetricsUploader(local / METRIC_DIR, remote.target.fs, remote.path(METRIC_DIR),
                                        DEFAULT_UPLOAD_INTERVAL_S if upload_interval_s is None else upload_interval_s,
@@ -195,13 +205,26 @@ def _resume_locked(local: Path, remote, restart_errored: bool, address: str | No
             uploader.mark_sent()  # the mirrored files are the remote's already
             callbacks.append(uploader)
             storage = {"storage_path": remote.target.path, "storage_filesystem": remote.target.fs}
-        else:
-            plan_ref = str(plan)
         callbacks.append(ProgressPrinter(n_left, n_left * spec.train.epochs,
                                          unit="GPU" if spec.resources.gpu > 0 else "CPU", out=out))
         try:
             init_ray(address, plugin_runtime_env(spec))
             wait_for_resources(spec, embedded=address is None, out=out)
+            # The plan, once Ray is up (a bad --address leaves no session folder behind).
+            try:
+                plan.parent.mkdir()
+                plan.write_text(json.dumps(resume, indent=1))
+            except OSError as exc:
+                raise SweepStopped(f"RUN_DIR: cannot write {plan} ({exc.strerror or exc})") from None
+            if remote is not None:
+                remote.put(plan, tag, plan.name)
+                why = "it reads back different"
+                try:  # read back as the trials will (and cached for the driver's callbacks)
+                    readable = resume_plan(plan_ref) == resume
+                except (OSError, ValueError) as exc:
+                    readable, why = False, (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                if not readable:
+                    raise LrbsError(f"RUN_DIR: the trials could not read the resume plan {plan_ref} ({why})")
             print(f"[lrbs] Ray's log: {raylog.to_file(local)}", file=out, flush=True)
             tuner = tune.Tuner(
                 tune.with_resources(train_trial, trial_resources(spec)),

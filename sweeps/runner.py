@@ -369,6 +369,18 @@ def preflight_data(spec: SweepSpec) -> None:
             raise LrbsError(str(exc)) from None
 
 
+def tracking_dir(target, name: str) -> Path:
+    """Where the trackers' default folders go (``sweeps.tracking``): the run directory, or for a
+    run in object storage a local folder that is the same in every session (``lrbs resume``
+    re-attaches to it; ``sweeps.remote.fetched_dir``)."""
+    if target.is_local:
+        return Path(target.path) / name
+    from sweeps.remote import RemoteRun, fetched_dir
+    from sweeps.storage import _join
+
+    return fetched_dir(RemoteRun(target._replace(path=_join(target.path, name))), "local")
+
+
 def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None = None,
               out: TextIO | None = None, *, storage_filesystem=None,
               upload_interval_s: float | None = None, times=None, outcome: dict | None = None) -> Path:
@@ -398,7 +410,8 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
     if target.is_local:
         free_run_dir(spec, target.path)  # fail before starting Ray; nothing is written yet
     # trackers: their packages installed, their folders writable (one line, before anything starts)
-    build_trackers(spec.tracking, spec.name, Path(target.path) / spec.name if target.is_local else Path("."))
+    tracking_root = tracking_dir(target, spec.name)
+    build_trackers(spec.tracking, spec.name, tracking_root)
     preflight_model(spec)
     if address is None:
         preflight_data(spec)
@@ -445,7 +458,7 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
                 name=spec.name,
                 **place.tune_kwargs,
                 callbacks=[ArrowMetricsSink(place.metrics_dir), TrialLedger(run_dir, trial_root=place.trial_root),
-                           *place.callbacks, TrackingCallback(build_trackers(spec.tracking, spec.name, run_dir)),
+                           *place.callbacks, TrackingCallback(build_trackers(spec.tracking, spec.name, tracking_root)),
                            printer],
                 **resilience_settings(spec),
                 verbose=0,

@@ -91,7 +91,8 @@ def display(target: StorageTarget, *parts: str) -> str:
     path = _join(target.path, *parts)
     if target.is_local:
         return path
-    return f"{target.fs.type_name}://{path.lstrip('/')}"
+    scheme = {"gcs": "gs"}.get(target.fs.type_name, target.fs.type_name)  # as gcloud and users write it
+    return f"{scheme}://{path.lstrip('/')}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ Trackers run in the driver (``sweeps.metrics_sink.TrackingCallback``, after the 
 none of them installed, and a tracker that fails mid-sweep is switched off with one warning
 rather than stopping the sweep. ``lrbs resume`` re-attaches every point to its run: TensorBoard
 writes to the same folder, MLflow finds the run by its ``lrbs.trial_id`` tag, W&B resumes the run
-id ``<sweep>-<trial id>``.
+id ``<sweep>-<trial id>`` (online; offline, W&B writes a second folder under the same id).
 
 Adding a tracker: a class with ``Options`` (a dataclass: the keys its spec section takes),
 ``module`` (the package it needs), ``start``/``log``/``finish``/``close``, and an entry in
@@ -136,12 +136,16 @@ class MLflow:
         if self.uri.startswith("file:"):
             _check_writable(Path(self.uri[len("file:"):].removeprefix("//")), "tracking.mlflow.tracking_uri")
             return
-        # A server or database: reach it now (one try, 10 s), not after hours of training.
+        if not self.uri.startswith(("http://", "https://")):
+            return  # a database (sqlite:, postgresql:, ...) or databricks: checked when the first point starts
+        # A server: reach it now (one try, 10 s; reading only), not after hours of training.
         saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
         os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
         try:
-            self._open()
-        except Exception as exc:  # MlflowException, requests' errors, a missing database driver
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient(tracking_uri=self.uri).get_experiment_by_name(self.experiment)
+        except Exception as exc:  # MlflowException, requests' errors
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             raise LrbsError(f"tracking.mlflow.tracking_uri: cannot use {self.uri} ({first})") from None
         finally:
@@ -206,8 +210,15 @@ class Wandb:
     def check(self) -> None:
         _check_writable(self.dir, "tracking.wandb.dir")
         if self.options.mode == "online" and not os.environ.get("WANDB_API_KEY"):
+            from urllib.parse import urlparse
+
+            host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or "api.wandb.ai"
             netrc = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
-            if not (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="replace")):
+            try:
+                logged_in = host in netrc.read_text(errors="replace")
+            except OSError:
+                logged_in = False
+            if not logged_in:
                 raise LrbsError("tracking.wandb.mode: online needs a W&B login (WANDB_API_KEY or `wandb login`); "
                                 "mode: offline logs locally and `wandb sync` uploads later")
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from analysis.schema import check_row
 from trainables import augment
-from trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig, from_dict, point_key
+from trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig, from_dict
 from trainables.data import TensorData, load_dataset
 from trainables.models import build_model
 from trainables.pack_sgd import PackSGD
@@ -343,7 +343,13 @@ def first_loadable_state(directories: list[str | Path], max_epoch: int | None = 
     for directory in directories:
         try:
             state = load_state(directory)
-        except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, OSError, ...
+        except OSError as exc:
+            if "://" in str(directory) and not isinstance(exc, FileNotFoundError):
+                raise  # the store unreachable, not a damaged checkpoint: fail, and Tune retries the trial
+            print(f"[lrbs] checkpoint {directory} does not load ({type(exc).__name__}: {str(exc)[:200]}); "
+                  f"trying the one before it", file=sys.stderr, flush=True)
+            continue
+        except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
             print(f"[lrbs] checkpoint {directory} does not load ({type(exc).__name__}: {str(exc)[:200]}); "
                   f"trying the one before it", file=sys.stderr, flush=True)
             continue
