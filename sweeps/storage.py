@@ -46,6 +46,10 @@ def is_uri(storage: str) -> bool:
 def join_uri(base: str, *parts: str) -> str:
     """``base`` (a path or URI, maybe with a ``?query``) with ``parts`` appended to its path."""
     head, sep, query = str(base).partition("?")
+    if is_uri(head):  # a sweep name with ' ', '#' or '%' stays one path segment
+        from urllib.parse import quote
+
+        parts = tuple(quote(p, safe="/") for p in parts)
     return _join(head, *parts) + sep + query
 
 
