@@ -202,7 +202,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     from sweeps.status import format_status, read_progress, read_status
 
     run_dir = fetch_run_dir(args.run_dir)  # a URI: its data files mirrored into the local cache
-    print(format_status(read_status(run_dir), progress=read_progress(run_dir)))
+    loaded = None
+    if (run_dir / "metrics").is_dir():  # read once for the table and the summary line
+        from analysis.tables import load_metrics_with_report
+
+        loaded = load_metrics_with_report(run_dir)
+    print(format_status(read_status(run_dir, loaded),
+                        progress=read_progress(run_dir, loaded[0] if loaded is not None else None)))
     return 0
 
 

@@ -107,7 +107,7 @@ def _per_member(trials: list[dict]) -> list[dict]:
             for t in trials for trial_id, config in members(t["trial_id"], t["config"])]
 
 
-def read_progress(run_dir: str | Path) -> Progress | None:
+def read_progress(run_dir: str | Path, metrics=None) -> Progress | None:
     """The summary line's numbers from the run's files: totals from ``provenance.json`` (written
     by ``lrbs run``), epochs and training time from the rows, elapsed from the start to now (a
     driver holds the lock) or to the last row; None for a run without ``provenance.json``."""
@@ -127,7 +127,8 @@ def read_progress(run_dir: str | Path) -> Progress | None:
         started = datetime.fromisoformat(info["started_at"]).timestamp()
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    table = load_metrics(run_dir).select(["trial_id", "epoch", "status", "wall_s", "written_at"]).to_pylist()
+    metrics = load_metrics(run_dir) if metrics is None else metrics  # the caller's copy: read once
+    table = metrics.select(["trial_id", "epoch", "status", "wall_s", "written_at"]).to_pylist()
     last: dict[str, dict] = {}
     for row in table:
         last[row["trial_id"]] = row
@@ -147,8 +148,9 @@ def read_progress(run_dir: str | Path) -> Progress | None:
                     unit, diverged=sum(r["status"] == "diverged" for r in last.values()))
 
 
-def read_status(run_dir: str | Path) -> list[TrialStatus]:
-    """One entry per trial of the run (Tune's trials, plus any trial only the metrics know)."""
+def read_status(run_dir: str | Path, loaded=None) -> list[TrialStatus]:
+    """One entry per trial of the run (Tune's trials, plus any trial only the metrics know).
+    ``loaded``: ``load_metrics_with_report(run_dir)`` if the caller has it already."""
     from analysis.tables import load_metrics_with_report
 
     run_dir = Path(run_dir)
@@ -157,7 +159,7 @@ def read_status(run_dir: str | Path) -> list[TrialStatus]:
     last_rows: dict[str, dict[str, Any]] = {}
     damaged: dict[str, str] = {}  # metric file name -> what is wrong with it
     if (run_dir / "metrics").is_dir():
-        metrics, info = load_metrics_with_report(run_dir)
+        metrics, info = loaded if loaded is not None else load_metrics_with_report(run_dir)
         damaged.update(info.damaged)
         for row in metrics.select(["trial_id", "epoch", "val_acc", "status", "config_json"]).to_pylist():
             last_rows[row["trial_id"]] = row  # sorted by trial then epoch: the last one wins
