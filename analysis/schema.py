@@ -72,3 +72,9 @@ def check_row(row: dict) -> None:
     if undeclared:
         raise ValueError(f"metric row: columns {undeclared} are not declared in analysis/schema.py "
                          f"(add a pa.field to METRICS or PROBES)")
+
+# A compacted metric file (``metrics/<session>__compacted-<k>.parquet``, written by the driver
+# from the stream files of finished trials, sweeps/compaction.py) names the stream files it
+# replaces in this key of its Parquet metadata (a JSON list of file names). Readers skip those
+# stream files if they are still there (the driver stopped between writing it and deleting them).
+COMPACTED_SOURCES = "lrbs.sources"

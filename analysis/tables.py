@@ -9,10 +9,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from analysis.schema import METRIC_SCHEMA, PROBES
+from analysis.schema import COMPACTED_SOURCES, METRIC_SCHEMA, PROBES
 
 
 @dataclass
@@ -114,11 +115,43 @@ def _damaged_not_cut_off(f, good: int, size: int) -> bool:
     return True
 
 
+def read_compacted_file(path: str | Path) -> tuple[pa.Table, list[str], str | None]:
+    """The rows of a compacted metric file (Parquet, ``sweeps.compaction``), the stream files it
+    replaces, and what is wrong with it if it does not read (then no rows and no sources: the
+    streams it would replace, if still there, are read instead)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    try:
+        if not path.is_file():
+            raise IsADirectoryError(f"{path.name} is not a regular file")
+        table = pq.read_table(path, read_dictionary=["config_json"])  # a config once per trial in memory too
+        sources = json.loads((table.schema.metadata or {}).get(COMPACTED_SOURCES.encode(), b"[]"))
+        if not isinstance(sources, list) or not all(isinstance(n, str) for n in sources):
+            raise ValueError("its list of source files is not a list of names")
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        return METRIC_SCHEMA.empty_table(), [], f"unreadable compacted file ({str(exc).splitlines()[0][:120]})"
+    return table.replace_schema_metadata(None), sources, None
+
+
 def read_metric_files(run_dir: str | Path) -> tuple[pa.Table, ReadReport]:
-    """Every row of every metric file, in write order (files sort by driver session)."""
+    """Every row of every metric file, in write order (files sort by driver session): the
+    compacted Parquet files, and the stream files no compacted file replaces."""
     report = ReadReport()
-    tables = []
-    for path in sorted(Path(run_dir, "metrics").glob("*.arrow")):
+    pieces: list[tuple[str, pa.Table]] = []
+    covered: set[str] = set()
+    folder = Path(run_dir, "metrics")
+    for path in sorted(folder.glob("*.parquet")):
+        table, sources, problem = read_compacted_file(path)
+        report.files += 1
+        report.rows_read += table.num_rows
+        if problem:
+            report.damaged[path.name] = problem
+        covered.update(sources)
+        pieces.append((path.name, table))
+    for path in sorted(folder.glob("*.arrow")):
+        if path.name in covered:
+            continue  # its rows are in a compacted file (the driver stopped before deleting it)
         table, dropped, problem = read_stream_file_checked(path)
         report.files += 1
         report.rows_read += table.num_rows
@@ -126,18 +159,34 @@ def read_metric_files(run_dir: str | Path) -> tuple[pa.Table, ReadReport]:
             report.damaged[path.name] = problem
         elif dropped:
             report.dropped_bytes[path.name] = dropped
-        tables.append(table)
+        pieces.append((path.name, table))
+    tables = [_config_as_dictionary(t) for _, t in sorted(pieces, key=lambda p: p[0])]
     if not tables:
-        return METRIC_SCHEMA.empty_table(), report
+        return _config_as_dictionary(METRIC_SCHEMA.empty_table()), report
     # Files from older code versions may lack newer columns: promote fills them with nulls.
     return pa.concat_tables(tables, promote_options="default"), report
+
+
+CONFIG_TYPE = pa.dictionary(pa.int32(), pa.string())
+
+
+def _config_as_dictionary(table: pa.Table) -> pa.Table:
+    """``config_json`` dictionary-encoded: every row of a trial repeats its config (~1 KB), so a
+    million rows would hold a gigabyte of copies; encoded, each distinct config is held once."""
+    if "config_json" not in table.column_names:
+        return table
+    i = table.column_names.index("config_json")
+    column = table.column(i)
+    if column.type != CONFIG_TYPE:
+        column = pc.dictionary_encode(column.cast(pa.string())).cast(CONFIG_TYPE)
+    return table.set_column(i, pa.field("config_json", CONFIG_TYPE), column)
 
 
 def dedupe_last(table: pa.Table, keys: tuple[str, ...] = ("trial_id", "epoch")) -> pa.Table:
     """Keep the last row (in table order) of each key: a retried epoch replaces the lost attempt."""
     if table.num_rows == 0:
         return table
-    order = pa.array(range(table.num_rows), pa.int64())
+    order = pa.array(np.arange(table.num_rows, dtype=np.int64))
     indexed = table.select(list(keys)).append_column("__row", order)
     last = indexed.group_by(list(keys), use_threads=False).aggregate([("__row", "max")])
     keep = pc.sort_indices(last.column("__row_max"))
@@ -168,26 +217,29 @@ def drop_superseded(table: pa.Table) -> pa.Table:
       earlier (e.g. diverged sooner): they are dropped.
     Rows of the same (trial_id, epoch) are left for ``dedupe_last``.
     """
-    if table.num_rows == 0:
+    n = table.num_rows
+    if n == 0:
         return table
-    trial_ids = table.column("trial_id").to_pylist()
-    epochs = table.column("epoch").to_pylist()
-    raw = (table.column("config_json").to_pylist() if "config_json" in table.column_names
-           else [None] * table.num_rows)
+    rows = pa.array(np.arange(n, dtype=np.int64))
+    trial_col = table.column("trial_id")
+    last = pa.table({"t": trial_col, "r": rows}).group_by("t", use_threads=False).aggregate([("r", "max")])
+    trials = last.column("t").to_pylist()                  # one entry per trial (not per row)
+    last_row = last.column("r_max").to_numpy()
+    epochs = table.column("epoch").to_numpy()
+    if "config_json" in table.column_names:
+        raw = table.column("config_json").take(pa.array(last_row)).to_pylist()
+    else:
+        raw = [None] * len(trials)
     same = {c: _attempt_key(c) for c in set(raw)}  # parsed once per distinct config
-    configs = [same[c] for c in raw]
-    last: dict[str, int] = {}
-    for i, trial_id in enumerate(trial_ids):
-        last[trial_id] = i
-    newest: dict[str, str] = {}  # config -> trial id written last
-    for trial_id, i in last.items():
-        config = configs[i]
-        if config is not None and (config not in newest or last[newest[config]] < i):
-            newest[config] = trial_id
-    replaced = {t for t, i in last.items() if configs[i] is not None and newest[configs[i]] != t}
-    keep = [i for i, (t, e) in enumerate(zip(trial_ids, epochs))
-            if t not in replaced and e <= epochs[last[t]]]
-    return table if len(keep) == table.num_rows else table.take(pa.array(keep, pa.int64()))
+    newest: dict[str, int] = {}  # attempt key -> index (in trials) of the trial written last
+    for k, config in enumerate(same[c] for c in raw):
+        if config is not None and (config not in newest or last_row[newest[config]] < last_row[k]):
+            newest[config] = k
+    replaced = np.array([same[c] is not None and newest[same[c]] != k for k, c in enumerate(raw)], dtype=bool)
+    # per row: its trial's position in ``trials`` (vectorized lookup), then the two rules
+    which = pc.index_in(trial_col, value_set=last.column("t")).to_numpy(zero_copy_only=False)
+    keep = ~replaced[which] & (epochs <= epochs[last_row][which])
+    return table if keep.all() else table.filter(pa.array(keep))
 
 
 def load_metrics(run_dir: str | Path) -> pa.Table:
@@ -200,7 +252,24 @@ def load_metrics_with_report(run_dir: str | Path) -> tuple[pa.Table, ReadReport]
     table, report = read_metric_files(run_dir)
     table = dedupe_last(drop_superseded(table))
     report.superseded_rows = report.rows_read - table.num_rows
-    return table.sort_by([("trial_id", "ascending"), ("epoch", "ascending")]), report
+    table = table.sort_by([("trial_id", "ascending"), ("epoch", "ascending")])
+    return _config_on_last_rows(table), report
+
+
+def _config_on_last_rows(table: pa.Table) -> pa.Table:
+    """``config_json`` (plain strings again) on each trial's last row only, null on the others:
+    the config once per trial, as every reader takes it from the last row."""
+    if "config_json" not in table.column_names:
+        return table
+    n = table.num_rows
+    is_last = np.ones(n, dtype=bool)
+    if n > 1:  # sorted by trial: a last row is one whose next row is another trial's
+        trial = table.column("trial_id").combine_chunks()
+        is_last[:-1] = pc.not_equal(trial.slice(0, n - 1), trial.slice(1)).to_numpy(zero_copy_only=False)
+    index = pa.array(np.arange(n, dtype=np.int64), mask=~is_last)
+    column = table.column("config_json").take(index).cast(pa.string())
+    i = table.column_names.index("config_json")
+    return table.set_column(i, pa.field("config_json", pa.string()), column)
 
 
 PROBE_COLUMNS = tuple(f.name for f in PROBES)
@@ -222,17 +291,54 @@ def load_trials(run_dir: str | Path, metrics: pa.Table | None = None) -> pa.Tabl
     return trials_from_metrics(metrics)
 
 
+def _valid(column) -> pa.ChunkedArray:
+    """Not null and not NaN (``_is_value``), vectorized."""
+    valid = pc.is_valid(column)
+    if pa.types.is_floating(column.type):
+        valid = pc.and_(valid, pc.invert(pc.fill_null(pc.is_nan(column), True)))
+    return valid
+
+
+def _last_per_trial(trial_ids, rows: np.ndarray) -> dict[str, int]:
+    """trial id -> the largest of ``rows`` among that trial's rows (``trial_ids`` taken at ``rows``)."""
+    if len(rows) == 0:
+        return {}
+    grouped = pa.table({"t": trial_ids, "r": pa.array(rows)}).group_by("t", use_threads=False).aggregate(
+        [("r", "max")])
+    return dict(zip(grouped.column("t").to_pylist(), grouped.column("r_max").to_pylist()))
+
+
 def trials_from_metrics(metrics: pa.Table) -> pa.Table:
+    """One row per trial from epoch rows (vectorized: per-row work in Arrow, per-trial work in Python)."""
     rows = []
-    by_trial: dict[str, list[dict]] = {}
-    for row in metrics.to_pylist():
-        by_trial.setdefault(row["trial_id"], []).append(row)
-    for trial_id, epochs in sorted(by_trial.items()):
-        epochs.sort(key=lambda r: r["epoch"])
-        last = epochs[-1]
+    m = metrics.sort_by([("trial_id", "ascending"), ("epoch", "ascending")]) if metrics.num_rows else metrics
+    n = m.num_rows
+    every = np.arange(n, dtype=np.int64)
+    trial_col = m.column("trial_id")
+    last_of = _last_per_trial(trial_col, every)
+    val = m.column("val_acc")
+    max_val = {}
+    if n:
+        valid_val = _valid(val).to_numpy(zero_copy_only=False)
+        grouped = pa.table({"t": trial_col.filter(pa.array(valid_val)), "v": val.filter(pa.array(valid_val))}) \
+            .group_by("t", use_threads=False).aggregate([("v", "max")])
+        max_val = dict(zip(grouped.column("t").to_pylist(), grouped.column("v_max").to_pylist()))
+    probe_cols = [c for c in ("lambda_max", "hessian_trace", "hessian_fro") if c in m.column_names]
+    probed_of: dict[str, int] = {}
+    if n and probe_cols:
+        any_probe = np.zeros(n, dtype=bool)
+        for c in probe_cols:
+            any_probe |= _valid(m.column(c)).to_numpy(zero_copy_only=False)
+        probed = every[any_probe]
+        probed_of = _last_per_trial(trial_col.take(pa.array(probed)), probed)
+    order = sorted(last_of)
+    lasts = m.take(pa.array([last_of[t] for t in order], pa.int64())).to_pylist() if order else []
+    probed_ids = [t for t in order if t in probed_of]
+    probed_rows = dict(zip(probed_ids, m.take(pa.array([probed_of[t] for t in probed_ids], pa.int64())).to_pylist())) \
+        if probed_ids else {}
+    for trial_id, last in zip(order, lasts):
         config = json.loads(last["config_json"] or "{}")
         point = config.get("point", {})
-        val_accs = [r["val_acc"] for r in epochs if _is_value(r["val_acc"])]
         row = {
             "trial_id": trial_id,
             "sweep": last["sweep"],
@@ -242,7 +348,7 @@ def trials_from_metrics(metrics: pa.Table) -> pa.Table:
             "status": last["status"],
             "epochs_done": last["epoch"],
             "final_val_acc": last["val_acc"],
-            "max_val_acc": max(val_accs) if val_accs else None,
+            "max_val_acc": max_val.get(trial_id),
             "final_val_loss": last["val_loss"],
             "final_train_loss": last["train_loss"],
             "final_train_acc": last["train_acc"],
@@ -254,10 +360,10 @@ def trials_from_metrics(metrics: pa.Table) -> pa.Table:
             **{k: last.get(k) if last.get(k) is not None else point.get(k) for k in ("beta", "rescale", "variant")},
             "schedule": last.get("schedule") or (config.get("schedule") or {}).get("kind"),
         }
-        probed = [r for r in epochs if any(_is_value(r.get(c)) for c in ("lambda_max", "hessian_trace", "hessian_fro"))]
-        row["probe_epoch"] = probed[-1]["epoch"] if probed else None
+        probe = probed_rows.get(trial_id)
+        row["probe_epoch"] = probe["epoch"] if probe else None
         for col in PROBE_COLUMNS:
-            row[col] = probed[-1].get(col) if probed else None
+            row[col] = probe.get(col) if probe else None
         row["ratio"] = row["lr"] / row["batch_size"]
         row.update(_flatten(config, "cfg"))
         rows.append(row)

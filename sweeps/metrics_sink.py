@@ -53,17 +53,24 @@ def row_from_result(result: dict[str, Any], config: dict[str, Any], trial_id: st
 
 
 class ArrowMetricsSink(Callback):
-    """Appends one record batch per reported epoch and flushes it to disk at once."""
+    """Appends one record batch per reported epoch and flushes it to disk at once; compacts the
+    files of ended trials into Parquet every ``compact_every`` files and at the end
+    (``sweeps.compaction``)."""
 
-    def __init__(self, metrics_dir: str | Path):
+    def __init__(self, metrics_dir: str | Path, compact_every: int | None = None):
+        from sweeps.compaction import COMPACT_EVERY
+
         self.metrics_dir = Path(metrics_dir)
         self.metrics_dir.mkdir(parents=True, exist_ok=True)
         self.session = session_tag()
-        self._writers: dict[str, tuple[Any, pa.ipc.RecordBatchStreamWriter]] = {}
+        self._writers: dict[str, tuple[Any, pa.ipc.RecordBatchStreamWriter, Path]] = {}
+        self.compact_every = COMPACT_EVERY if compact_every is None else compact_every
+        self._closed: list[Path] = []  # this session's closed stream files, not compacted yet
+        self._compactions = 0
 
     def __getstate__(self):
         # Tune pickles callbacks with the experiment state; open files stay with this process.
-        return {**self.__dict__, "_writers": {}}
+        return {**self.__dict__, "_writers": {}, "_closed": []}
 
     def __setstate__(self, state):
         # An unpickled sink (Ray's own Tuner.restore would reload it; lrbs resume builds a new
@@ -75,7 +82,7 @@ class ArrowMetricsSink(Callback):
         if trial_id not in self._writers:
             path = self.metrics_dir / f"{self.session}__{trial_id}.arrow"
             sink = open(path, "xb")  # 'x': never truncate an existing file
-            self._writers[trial_id] = (sink, pa.ipc.new_stream(sink, METRIC_SCHEMA))
+            self._writers[trial_id] = (sink, pa.ipc.new_stream(sink, METRIC_SCHEMA), path)
         return self._writers[trial_id][1]
 
     def write_row(self, row: dict[str, Any]) -> None:
@@ -95,9 +102,28 @@ class ArrowMetricsSink(Callback):
     def _close(self, trial_id: str) -> None:
         # Also the files of a pack's members (``<trial_id>-m<j>``).
         for key in [k for k in self._writers if k == trial_id or k.startswith(f"{trial_id}-m")]:
-            sink, writer = self._writers.pop(key)
+            sink, writer, path = self._writers.pop(key)
             writer.close()
             sink.close()
+            self._closed.append(path)
+        if self.compact_every and len(self._closed) >= self.compact_every:
+            self.compact()
+
+    def compact(self) -> None:
+        """Rewrite this session's closed stream files into one Parquet file (``sweeps.compaction``).
+        A failure (a full disk) leaves them as they are: they read the same, only larger."""
+        from sweeps.compaction import compact_streams
+
+        if not self._closed:
+            return
+        dest = self.metrics_dir / f"{self.session}__compacted-{self._compactions:04d}.parquet"
+        try:
+            compact_streams(self._closed, dest)
+            self._compactions += 1
+        except OSError as exc:
+            print(f"[lrbs] warning: could not compact {len(self._closed)} metric files into {dest.name} "
+                  f"({exc.strerror or exc}); they stay as stream files (read the same)", file=sys.stderr, flush=True)
+        self._closed = []
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._close(lineage_id(trial))
@@ -108,6 +134,7 @@ class ArrowMetricsSink(Callback):
     def on_experiment_end(self, trials, **info):
         for trial_id in list(self._writers):
             self._close(trial_id)
+        self.compact()
 
 
 def _last_error_line(trial) -> str:
@@ -197,7 +224,8 @@ class MetricsUploader(Callback):
     def upload(self, strict: bool = False) -> None:
         self._last = time.monotonic()
         try:
-            self.uploads += len(upload_changed(self.local_dir, self.fs, self.remote_dir, self.sent, "*.arrow"))
+            for pattern in ("*.arrow", "*.parquet"):  # streams, and the compacted files that replace them
+                self.uploads += len(upload_changed(self.local_dir, self.fs, self.remote_dir, self.sent, pattern))
             for local, remote, pattern, sent in self.also:
                 upload_changed(local, self.fs, remote, sent, pattern)
         except OSError as exc:

@@ -32,8 +32,8 @@ from sweeps.storage import (METRIC_DIR, StorageTarget, _first_line, _join, cache
 
 LOCK_FILE = "lock.json"
 # folder inside the run -> the names lrbs wrote there as data (never Tune's pickles)
-MIRRORED = {"": ("*.json", "*.yaml"), METRIC_DIR: ("*.arrow",), LEDGER_DIR: ("*.json",)}
-GROWS_ONLY = {METRIC_DIR}  # stream files only grow: same size there means same content
+MIRRORED = {"": ("*.json", "*.yaml"), METRIC_DIR: ("*.arrow", "*.parquet"), LEDGER_DIR: ("*.json",)}
+GROWS_ONLY = {METRIC_DIR}  # stream files only grow, compacted files never change: same size, same content
 
 
 @dataclass

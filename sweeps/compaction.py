@@ -1,0 +1,82 @@
+"""Compaction of finished trials' metric files into Parquet (the driver's job; docs/metrics.md).
+
+While a trial trains, its rows go to an Arrow IPC stream file, one record batch per epoch,
+flushed at once (readable mid-sweep, a crash cuts off at most the tail). Each such batch carries
+its own metadata (~3 KB a row with lrbs's ~50 columns), so a finished sweep's streams are ~10x
+larger, and ~10x slower to read, than its rows need. When trials end, the driver rewrites their
+closed stream files into one Parquet file (zstd, dictionary-encoded: a trial's config is stored
+once per file, not once per row), then deletes them.
+
+Crash safety (exactly-once reading at every point):
+1. the Parquet file is written under a temporary name (``.<name>.tmp``, which readers ignore)
+   and fsynced;
+2. renamed into place (atomic) and the folder fsynced; its metadata names its source files
+   (``analysis.schema.COMPACTED_SOURCES``), so from here on readers skip those streams;
+3. read back (row count) before 4. the sources are deleted.
+A crash between any two steps leaves either the streams alone, or the Parquet file plus streams
+it covers: either way every row is read once. A stream that was cut off or is damaged is never
+compacted (it stays as it is, read and flagged as before).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from analysis.schema import COMPACTED_SOURCES
+
+COMPACT_EVERY = 256  # closed stream files per compacted file (also at the end of every session)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def compact_streams(sources: list[Path], dest: Path) -> list[Path]:
+    """Rewrite the closed stream files ``sources`` into the Parquet file ``dest`` and delete them.
+    Returns the files compacted (those read whole; the others are left alone). Raises OSError if
+    the Parquet file cannot be written (then nothing is deleted)."""
+    tables, used = [], []
+    for path in sources:
+        # Files this driver wrote and closed: read whole or not at all (a closed stream that does
+        # not read to its end marker is left alone, for the readers to flag).
+        try:
+            with pa.OSFile(str(path), "rb") as f:
+                table = pa.ipc.open_stream(f).read_all()
+                whole = f.tell() == f.size()  # nothing after the end-of-stream marker
+        except (OSError, pa.ArrowException):
+            continue
+        if table.num_rows and whole:
+            tables.append(table)
+            used.append(Path(path))
+    if not tables:
+        return []
+    table = pa.concat_tables(tables, promote_options="default")
+    table = table.replace_schema_metadata({COMPACTED_SOURCES: json.dumps([p.name for p in used])})
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    try:
+        # One row group per 64k rows: readers can skip columns (and groups) without reading all.
+        pq.write_table(table, tmp, compression="zstd", use_dictionary=True, row_group_size=65536)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if pq.read_metadata(dest).num_rows != table.num_rows:  # never delete rows that do not read back
+        raise OSError(f"{dest.name} reads back short")
+    for path in used:
+        path.unlink(missing_ok=True)
+    return used

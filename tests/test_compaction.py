@@ -1,0 +1,139 @@
+"""Metric storage at scale (issue 15): finished trials compacted into Parquet by the driver, read
+exactly once at every crash point of the compaction; the vectorized readers equal the old
+per-row readers (tests/reference_readers.py) on the frozen fixtures and on sink-written runs."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from analysis.tables import load_metrics, load_metrics_with_report, load_trials
+from sweeps.compaction import compact_streams
+from sweeps.metrics_sink import ArrowMetricsSink
+from tests import reference_readers as old
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def same_values(a: pa.Table, b: pa.Table) -> bool:
+    """Equal types and values, NaN equal to NaN (Arrow's ``equals`` says NaN != NaN)."""
+    def plain(v):
+        return "NaN" if isinstance(v, float) and v != v else v
+
+    return a.schema == b.schema and all(
+        a.column(c).equals(b.column(c)) or [plain(v) for v in a.column(c).to_pylist()] ==
+        [plain(v) for v in b.column(c).to_pylist()] for c in a.column_names)
+
+
+def assert_same_rows(new: pa.Table, reference: pa.Table) -> None:
+    """Equal in every column; ``config_json`` only on each trial's last row (the reference has it on all)."""
+    assert new.column_names == reference.column_names
+    assert same_values(new.drop_columns(["config_json"]), reference.drop_columns(["config_json"]))
+    trial = new.column("trial_id").to_pylist()
+    last = [i == len(trial) - 1 or trial[i] != trial[i + 1] for i in range(len(trial))]
+    ref_config = reference.column("config_json").to_pylist()
+    assert new.column("config_json").to_pylist() == [c if is_last else None for c, is_last in zip(ref_config, last)]
+
+
+@pytest.mark.parametrize("name", ["grid", "rescale", "breakdown"])
+def test_readers_equal_the_old_readers_on_frozen_fixtures(name):
+    reference = old.load_metrics(FIXTURES / name)
+    assert reference.num_rows > 0
+    assert_same_rows(load_metrics(FIXTURES / name), reference)
+    assert same_values(load_trials(FIXTURES / name), old.trials_from_metrics(reference))
+
+
+def write_run(run_dir: Path, n_trials: int = 12, epochs: int = 6) -> None:
+    """Rows through the real sink, as a sweep writes them, without compaction; one trial restarted
+    from scratch under a new id and one continued after a lost epoch, so superseding matters."""
+    from benchmarks.metrics_scale import trial_config
+    from sweeps.metrics_sink import row_from_result
+
+    sink = ArrowMetricsSink(run_dir / "metrics", compact_every=0)
+
+    def rows(trial_id: str, config: dict, first: int, last: int, shift: float = 0.0) -> None:
+        for e in range(first, last + 1):
+            result = {"epoch": e, "lr": config["point"]["lr"], "batch_size": config["point"]["batch_size"],
+                      "val_acc": 0.5 + 0.01 * e + shift, "val_loss": 1.0 / e, "train_loss": 1.0 / e + shift,
+                      "train_acc": 0.4 + 0.01 * e, "status": "finished" if e == epochs else "running", "n_train": 100,
+                      "seed": config["point"]["seed"], **({"lambda_max": 5.0 + e} if e % 3 == 0 else {})}
+            sink.write_row(row_from_result(result, config, trial_id))
+
+    for t in range(n_trials):
+        config = trial_config(0.01 * (t + 1), 16 * (1 + t % 3), t % 2)
+        rows(f"aaaaa_{t:05d}", config, 1, epochs if t != 0 else 3)
+        sink._close(f"aaaaa_{t:05d}")
+    # a second session: trial 1 continued from epoch 2 (epochs 3.. written again), trial 0
+    # restarted from scratch under a new id (its old rows are superseded)
+    later = ArrowMetricsSink(run_dir / "metrics", compact_every=0)
+    sink = later
+    rows("aaaaa_00001", trial_config(0.02, 32, 1), 3, epochs, shift=0.5)
+    rows("bbbbb_00000", trial_config(0.01, 16, 0), 1, epochs, shift=0.25)
+    later._close("aaaaa_00001")
+    later._close("bbbbb_00000")
+
+
+def test_compaction_is_read_exactly_once_at_every_crash_point(tmp_path):
+    run = tmp_path / "run"
+    write_run(run)
+    metrics = run / "metrics"
+    streams = sorted(metrics.glob("*.arrow"))
+    reference = old.load_metrics(run)  # the old reader on the old layout
+    assert_same_rows(load_metrics(run), reference)
+    assert {r["trial_id"] for r in reference.to_pylist()} >= {"bbbbb_00000"}
+    assert "aaaaa_00000" not in set(reference.column("trial_id").to_pylist())  # superseded
+    saved = tmp_path / "saved"
+    shutil.copytree(metrics, saved)
+    stream_bytes = sum(p.stat().st_size for p in streams)
+
+    # 1. killed while writing the Parquet file: a temporary file readers ignore
+    (metrics / ".x__compacted-0000.parquet.tmp").write_bytes(b"PAR1 half a file")
+    assert_same_rows(load_metrics(run), reference)
+    (metrics / ".x__compacted-0000.parquet.tmp").unlink()
+
+    # 2. killed after the rename, before the sources were deleted: each row still read once
+    dest = metrics / "20990101T000000000000Z-1__compacted-0000.parquet"
+    assert compact_streams(streams, dest) == streams
+    assert not list(metrics.glob("*.arrow"))
+    assert_same_rows(load_metrics(run), reference)  # 3. done: the new layout reads the same
+    compacted_bytes = dest.stat().st_size
+    for p in streams:
+        shutil.copy(saved / p.name, p)
+    table, info = load_metrics_with_report(run)
+    assert_same_rows(table, reference) and not info.damaged
+
+    # 4. the compacted file damaged while its sources are still there: flagged, rows from the sources
+    dest.write_bytes(dest.read_bytes()[: compacted_bytes // 2])
+    table, info = load_metrics_with_report(run)
+    assert_same_rows(table, reference)
+    assert list(info.damaged) == [dest.name] and "unreadable compacted file" in info.damaged[dest.name]
+    assert old.load_metrics(run).num_rows == reference.num_rows
+    assert stream_bytes / compacted_bytes > 5  # what compaction is for (the benchmark has the real figures)
+
+
+def test_sink_compacts_as_trials_end_and_at_the_end(tmp_path):
+    """Through the sink: every ``compact_every`` closed files and at the experiment's end; a
+    trial still open keeps its stream file until it ends."""
+    run = tmp_path / "run"
+    write_run(run)
+    reference = old.load_metrics(run)
+    shutil.rmtree(run)
+    from benchmarks.metrics_scale import trial_config
+    from sweeps.metrics_sink import row_from_result
+
+    sink = ArrowMetricsSink(run / "metrics", compact_every=5)
+    for r in reference.to_pylist():  # the same final rows, one trial after another
+        sink.write_row(r)
+        if r["epoch"] == 6 or (r["trial_id"] == "aaaaa_00000" and r["epoch"] == 3):
+            sink._close(r["trial_id"])
+    assert len(list((run / "metrics").glob("*.parquet"))) == 2  # two batches of 5 closed files
+    sink.write_row(row_from_result({"epoch": 1, "status": "running"}, trial_config(0.5, 16, 0), "ccccc_00000"))
+    sink.on_experiment_end([])
+    files = sorted(p.suffix for p in (run / "metrics").iterdir())
+    assert files == [".parquet"] * 3 and not list((run / "metrics").glob(".*"))
+    table = load_metrics(run)
+    kept = table.filter(pc.not_equal(table.column("trial_id"), "ccccc_00000"))
+    assert_same_rows(kept, reference)
