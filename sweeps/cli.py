@@ -208,7 +208,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
         loaded = load_metrics_with_report(run_dir)
     print(format_status(read_status(run_dir, loaded),
-                        progress=read_progress(run_dir, loaded[0] if loaded is not None else None)))
+                        progress=read_progress(run_dir, loaded[0] if loaded is not None else None),
+                        damaged_files=loaded[1].damaged if loaded is not None else None))
     return 0
 
 

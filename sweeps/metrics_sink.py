@@ -134,7 +134,8 @@ class ArrowMetricsSink(Callback):
     def on_experiment_end(self, trials, **info):
         for trial_id in list(self._writers):
             self._close(trial_id)
-        self.compact()
+        if self.compact_every:  # 0: never compact (streams only, as before compaction existed)
+            self.compact()
 
 
 def _last_error_line(trial) -> str:

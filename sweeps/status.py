@@ -197,7 +197,8 @@ def read_status(run_dir: str | Path, loaded=None) -> list[TrialStatus]:
     return out
 
 
-def format_status(trials: list[TrialStatus], error_width: int = 60, progress: Progress | None = None) -> str:
+def format_status(trials: list[TrialStatus], error_width: int = 60, progress: Progress | None = None,
+                  damaged_files: dict[str, str] | None = None) -> str:
     """A fixed-width table and a summary line."""
     header = (f"{'trial_id':<14} {'lr':>9} {'batch':>6} {'seed':>5} {'status':<10} {'epochs':>8} "
               f"{'val_acc':>8} {'result':<9} {'fails':>5}  error")
@@ -218,6 +219,11 @@ def format_status(trials: list[TrialStatus], error_width: int = 60, progress: Pr
         names = ", ".join(t.damaged_file for t in damaged[:3]) + (", ..." if len(damaged) > 3 else "")
         lines.append(f"DAMAGED: {len(damaged)} trial(s) with a damaged metric file ({names}; rows before the "
                      f"damage are kept; see the error column)")
+    # A compacted file holds many trials' rows (sweeps/compaction.py): named on its own line.
+    for name, problem in sorted((damaged_files or {}).items()):
+        if name.endswith(".parquet"):
+            lines.append(f"DAMAGED: compacted metric file {name}: {problem}; its trials' rows are missing unless "
+                         f"their stream files are still there")
     if progress is not None:  # the line `lrbs run` prints while it runs
         progress.errored = counts.get("ERROR", 0)
         progress.running = counts.get("RUNNING", 0)

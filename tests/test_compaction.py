@@ -76,7 +76,7 @@ def write_run(run_dir: Path, n_trials: int = 12, epochs: int = 6) -> None:
     later._close("bbbbb_00000")
 
 
-def test_compaction_is_read_exactly_once_at_every_crash_point(tmp_path):
+def test_compaction_is_read_exactly_once_at_every_crash_point(tmp_path, capsys):
     run = tmp_path / "run"
     write_run(run)
     metrics = run / "metrics"
@@ -110,6 +110,10 @@ def test_compaction_is_read_exactly_once_at_every_crash_point(tmp_path):
     table, info = load_metrics_with_report(run)
     assert_same_rows(table, reference)
     assert list(info.damaged) == [dest.name] and "unreadable compacted file" in info.damaged[dest.name]
+    from sweeps.cli import main
+
+    assert main(["status", str(run)]) == 0
+    assert f"DAMAGED: compacted metric file {dest.name}: unreadable compacted file" in capsys.readouterr().out
     assert old.load_metrics(run).num_rows == reference.num_rows
     assert stream_bytes / compacted_bytes > 5  # what compaction is for (the benchmark has the real figures)
 
