@@ -1,6 +1,6 @@
 """How metric storage, reading and the report scale with the number of trials (issue 15).
 
-    python -m benchmarks.metrics_scale [--trials 1000] [--epochs 100] [--skip-report] [--keep DIR]
+    python -m benchmarks.metrics_scale [--trials 1000] [--epochs 100] [--old] [--skip-report]
 
 Writes N synthetic trials x E epochs through the real driver sink (``ArrowMetricsSink``, one
 record batch per epoch row, as a sweep writes them; the trial config is a real quickstart trial
@@ -10,6 +10,10 @@ fresh process so the memory figure is that step's alone:
 - the sink's speed (rows per second) and the bytes per row on disk,
 - ``load_metrics`` and ``load_trials``: seconds and peak RSS,
 - ``lrbs report`` (html + json + md): seconds, peak RSS and report.html's size.
+
+``--old`` writes the same sweep a second time the way lrbs did before issue 15 (stream files
+only, never compacted) and reads it with the readers of then (``benchmarks/old_readers.py``,
+Python per row), side by side, with the ratios.
 
 The synthetic curves are smooth functions of (lr, batch size, seed, epoch), so every report
 section has something to fit. Prints one Markdown table.
@@ -58,13 +62,14 @@ def points(n: int) -> list[tuple[float, int, int]]:
     return out
 
 
-def write_sweep(run_dir: Path, n_trials: int, epochs: int) -> tuple[float, int]:
-    """Write the rows through the sink; (seconds, rows)."""
+def write_sweep(run_dir: Path, n_trials: int, epochs: int, compact_every: int | None = None) -> tuple[float, int]:
+    """Write the rows through the sink; (seconds, rows). ``compact_every=0``: the old layout
+    (stream files only)."""
     import random
 
     from sweeps.metrics_sink import ArrowMetricsSink, row_from_result
 
-    sink = ArrowMetricsSink(run_dir / "metrics")
+    sink = ArrowMetricsSink(run_dir / "metrics", compact_every=compact_every)
     rows = 0
     elapsed = 0.0
     for t, (lr, size, seed) in enumerate(points(n_trials)):
@@ -111,43 +116,75 @@ def measure(code: str, run_dir: Path) -> tuple[float, float, str]:
     return float(seconds), float(rss), proc.stdout
 
 
+LAYOUTS = {
+    # name: (compact_every, module with load_metrics / trials_from_metrics)
+    "old": (0, "benchmarks.old_readers"),   # stream files only, readers in Python per row (before issue 15)
+    "new": (None, "analysis.tables"),       # compacted Parquet, vectorized readers
+}
+
+
+def measure_layout(run_dir: Path, layout: str, n_trials: int, epochs: int, report: bool) -> dict[str, tuple]:
+    compact_every, module = LAYOUTS[layout]
+    write_s, rows = write_sweep(run_dir, n_trials, epochs, compact_every)
+    on_disk = sum(f.stat().st_size for f in (run_dir / "metrics").rglob("*") if f.is_file())
+    out = {"rows": rows, "write": (write_s, rows / write_s), "disk": (on_disk, on_disk / rows)}
+    s, rss, _ = measure(f"from {module} import load_metrics; m = load_metrics(run_dir); assert m.num_rows == {rows}",
+                        run_dir)
+    out["load_metrics"] = (s, rss)
+    code = ("from analysis.tables import load_trials; t = load_trials(run_dir)" if layout == "new" else
+            f"from {module} import load_metrics, trials_from_metrics; t = trials_from_metrics(load_metrics(run_dir))")
+    s, rss, _ = measure(f"{code}; assert t.num_rows == {n_trials}", run_dir)
+    out["load_trials"] = (s, rss)
+    if report:
+        s, rss, _ = measure("from analysis.report import write_reports; write_reports(run_dir)", run_dir)
+        out["report"] = (s, rss, (run_dir / "report.html").stat().st_size)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--old", action="store_true",
+                   help="also the old way side by side (stream files, per-row readers; ~12 GB of RAM per million rows)")
     p.add_argument("--skip-report", action="store_true", help="measure storage and readers only")
-    p.add_argument("--keep", default=None, help="write the run directory here (kept) instead of a temporary one")
     args = p.parse_args(argv)
-    tmp = None
-    if args.keep:
-        run_dir = Path(args.keep)
-        run_dir.mkdir(parents=True, exist_ok=False)
-    else:
-        tmp = tempfile.mkdtemp(prefix="lrbs-scale-")
-        run_dir = Path(tmp) / "scale"
-    try:
-        write_s, rows = write_sweep(run_dir, args.trials, args.epochs)
-        on_disk = sum(f.stat().st_size for f in (run_dir / "metrics").rglob("*") if f.is_file())
-        results = [("sink: write every row (driver)", f"{write_s:.1f} s", f"{rows / write_s:,.0f} rows/s", "-"),
-                   ("on disk", f"{on_disk / 1e6:.1f} MB", f"{on_disk / rows:,.0f} bytes/row", "-")]
-        s, rss, _ = measure("from analysis.tables import load_metrics; m = load_metrics(run_dir); "
-                            "assert m.num_rows == " + str(rows), run_dir)
-        results.append(("load_metrics", f"{s:.1f} s", f"{rows / s:,.0f} rows/s", f"{rss:.2f} GB"))
-        s, rss, _ = measure("from analysis.tables import load_trials; t = load_trials(run_dir); "
-                            "assert t.num_rows == " + str(args.trials), run_dir)
-        results.append(("load_trials", f"{s:.1f} s", "-", f"{rss:.2f} GB"))
-        if not args.skip_report:
-            s, rss, _ = measure("from analysis.report import write_reports; write_reports(run_dir)", run_dir)
-            html = (run_dir / "report.html").stat().st_size
-            results.append(("lrbs report (html, json, md)", f"{s:.1f} s", f"report.html {html / 1e6:.1f} MB",
-                            f"{rss:.2f} GB"))
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
-    print(f"| {args.trials:,} trials x {args.epochs} epochs = {rows:,} rows | time | rate / size | peak RSS |")
+    layouts = ["old", "new"] if args.old else ["new"]
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="lrbs-scale-") as tmp:
+        for layout in layouts:
+            results[layout] = measure_layout(Path(tmp) / layout / "scale", layout, args.trials, args.epochs,
+                                             report=not args.skip_report and layout == "new")
+            shutil.rmtree(Path(tmp) / layout, ignore_errors=True)
+    rows = results["new"]["rows"]
+
+    def cell(layout: str, key: str) -> str:
+        r = results.get(layout, {}).get(key)
+        if r is None:
+            return "-"
+        if key == "write":
+            return f"{r[0]:.1f} s ({r[1]:,.0f} rows/s)"
+        if key == "disk":
+            return f"{r[0] / 1e6:.1f} MB ({r[1]:,.0f} B/row)"
+        if key == "report":
+            return f"{r[0]:.1f} s, {r[1]:.2f} GB, report.html {r[2] / 1e6:.1f} MB"
+        return f"{r[0]:.1f} s, {r[1]:.2f} GB"
+
+    def ratio(key: str) -> str:
+        if "old" not in results or key not in results["old"] or key == "report":
+            return "-"
+        old, new = results["old"][key][0], results["new"][key][0]
+        return f"{old / new:.1f}x {'smaller' if key == 'disk' else 'faster' if key != 'write' else ''}".strip()
+
+    print(f"| {args.trials:,} trials x {args.epochs} epochs = {rows:,} rows | old way (streams, per-row readers) "
+          f"| lrbs now (compacted, vectorized) | old / now |")
     print("| --- | --- | --- | --- |")
-    for r in results:
-        print("| " + " | ".join(r) + " |")
+    labels = {"write": "sink: write every row (driver)", "disk": "on disk once the sweep ended",
+              "load_metrics": "load_metrics (time, peak RSS)", "load_trials": "load_trials (time, peak RSS)",
+              "report": "lrbs report (html, json, md)"}
+    for key, label in labels.items():
+        if key in results["new"]:
+            print(f"| {label} | {cell('old', key)} | {cell('new', key)} | {ratio(key)} |")
     print(json.dumps({"trials": args.trials, "epochs": args.epochs, "rows": rows}))
     return 0
 

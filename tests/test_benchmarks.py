@@ -51,3 +51,14 @@ def test_tracking_cost_prints_every_writer(capsys):
     assert [r.split(" | ")[0] for r in rows[1:]] == ["| Arrow metric sink (always on)", "| tensorboard", "| mlflow",
                                                     "| wandb"]
     assert not any("nan" in r for r in rows), rows
+
+
+def test_metrics_scale_compares_old_and_new_layouts(capsys):
+    """benchmarks/metrics_scale.py (docs/performance.md's scale table) runs, tiny, both ways."""
+    from benchmarks.metrics_scale import main
+
+    assert main(["--trials", "12", "--epochs", "4", "--old", "--skip-report"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [r.split(" | ")[0] for r in rows[1:]] == ["| sink: write every row (driver)", "| on disk once the sweep ended",
+                                                    "| load_metrics (time, peak RSS)", "| load_trials (time, peak RSS)"]
+    assert "smaller" in rows[2] and all(r.count(" s, ") >= 2 for r in rows[3:]), rows

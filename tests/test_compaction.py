@@ -1,6 +1,6 @@
 """Metric storage at scale (issue 15): finished trials compacted into Parquet by the driver, read
 exactly once at every crash point of the compaction; the vectorized readers equal the old
-per-row readers (tests/reference_readers.py) on the frozen fixtures and on sink-written runs."""
+per-row readers (benchmarks/old_readers.py) on the frozen fixtures and on sink-written runs."""
 from __future__ import annotations
 
 import shutil
@@ -13,7 +13,7 @@ import pytest
 from analysis.tables import load_metrics, load_metrics_with_report, load_trials
 from sweeps.compaction import compact_streams
 from sweeps.metrics_sink import ArrowMetricsSink
-from tests import reference_readers as old
+from benchmarks import old_readers as old
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -1,4 +1,5 @@
-"""The metric readers as they were before issue 15 (Python per row): a test oracle that the
+"""The metric readers as they were before issue 15 (Python per row): the old way for
+benchmarks/metrics_scale.py, and a test oracle that the
 vectorized readers of ``analysis/tables.py`` must equal on the frozen fixtures and on runs
 written through the real sink (tests/test_compaction.py)."""
 from __future__ import annotations
