@@ -54,7 +54,7 @@ def compact_streams(sources: list[Path], dest: Path) -> list[Path]:
         # not read to its end marker is left alone, for the readers to flag).
         try:
             with pa.OSFile(str(path), "rb") as f:
-                table = pa.ipc.open_stream(f).read_all()
+                table = pa.ipc.open_stream(f).read_all().combine_chunks()  # one chunk, not one per row
                 whole = f.tell() == f.size()  # nothing after the end-of-stream marker
         except (OSError, pa.ArrowException):
             continue
@@ -63,7 +63,7 @@ def compact_streams(sources: list[Path], dest: Path) -> list[Path]:
             used.append(Path(path))
     if not tables:
         return []
-    table = pa.concat_tables(tables, promote_options="default")
+    table = pa.concat_tables(tables, promote_options="default").combine_chunks()
     table = table.replace_schema_metadata({COMPACTED_SOURCES: json.dumps([p.name for p in used])})
     tmp = dest.with_name(f".{dest.name}.tmp")
     try:
