@@ -121,3 +121,20 @@ def trials_from_metrics(metrics: pa.Table) -> pa.Table:
                      for c in columns})
 
 
+
+
+def bootstrap_slopes(x, y, members, n_boot, rng):
+    """``analysis.fits``'s bootstrap over seeds before issue 15: a Python loop per resample and per point."""
+    import math
+
+    import numpy as np
+
+    from analysis.fits import ols
+
+    slopes = []
+    for _ in range(n_boot if members else 0):
+        idx = np.concatenate([rng.choice(rows, size=len(rows), replace=True) for rows in members])
+        b, _, _ = ols(x[idx], y[idx])
+        if math.isfinite(b):
+            slopes.append(b)
+    return slopes

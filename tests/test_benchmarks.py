@@ -60,5 +60,7 @@ def test_metrics_scale_compares_old_and_new_layouts(capsys):
     assert main(["--trials", "12", "--epochs", "4", "--old", "--skip-report"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
     assert [r.split(" | ")[0] for r in rows[1:]] == ["| sink: write every row (driver)", "| on disk once the sweep ended",
-                                                    "| load_metrics (time, peak RSS)", "| load_trials (time, peak RSS)"]
-    assert "smaller" in rows[2] and all(r.count(" s, ") >= 2 for r in rows[3:]), rows
+                                                    "| load_metrics (time, peak RSS)", "| load_trials (time, peak RSS)",
+                                                    "| one fit against eta/S: 1,000-resample bootstrap CI"]
+    assert "smaller" in rows[2] and all(r.count(" s, ") >= 2 for r in rows[3:5]), rows
+    assert rows[5].count(" s |") >= 2 and "faster" in rows[5], rows
