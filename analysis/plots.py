@@ -44,8 +44,20 @@ def metric_vs_ratio(trials: pa.Table, metric: str, fit: RatioFit | None = None, 
     return fig
 
 
-def learning_curves(metrics: pa.Table, y: str = "val_acc", x: str = "epoch") -> go.Figure:
-    """One line per trial, coloured by log10(eta/S) of its base point, so equal ratios share a colour."""
+# Above this many trials a learning-curve figure draws one line per point (lr, S, ... without
+# the seed: the mean over seeds, with a min-max band) instead of one line per trial: 10,000
+# trials' lines would make a 100 MB report that no browser draws.
+MAX_TRIAL_CURVES = 200
+CURVE_GROUP = ("lr", "batch_size", "n_train", "beta", "rescale", "variant", "schedule")
+
+
+def learning_curves(metrics: pa.Table, y: str = "val_acc", x: str = "epoch", trials: pa.Table | None = None,
+                    max_trials: int = MAX_TRIAL_CURVES) -> go.Figure:
+    """One line per trial, coloured by log10(eta/S) of its base point, so equal ratios share a colour;
+    with more than ``max_trials`` trials (and ``trials`` given), one line per point: the mean over
+    its seeds, with a band from their min to max (``aggregated_curves``)."""
+    if trials is not None and trials.num_rows > max_trials:
+        return aggregated_curves(metrics, trials, y, x)
     rows = metrics.select(["trial_id", x, y, "ratio", "lr", "batch_size", "seed"]).to_pylist()
     by_trial: dict[str, list[dict]] = {}
     for r in rows:
@@ -64,6 +76,50 @@ def learning_curves(metrics: pa.Table, y: str = "val_acc", x: str = "epoch") -> 
             hovertemplate=f"{trial_id}<br>eta/S={first['ratio']:.3g}<br>{x}=%{{x}}<br>{_label(y)}=%{{y:.4g}}<extra></extra>"))
     fig.update_layout(title=f"Learning curves: {_label(y)} (colour: log10 eta/S, {lo:.2f} to {hi:.2f})",
                       xaxis_title=x, yaxis_title=_label(y), template="plotly_white")
+    return fig
+
+
+def aggregated_curves(metrics: pa.Table, trials: pa.Table, y: str = "val_acc", x: str = "epoch") -> go.Figure:
+    """Per point (the trial's base lr, S and family labels; seeds pooled): mean of ``y`` per
+    ``x`` over the seeds, and a min-max band, coloured by log10(eta/S). Computed in Arrow (group
+    by point and epoch); the figure has two traces per point, whatever the number of seeds."""
+    import pyarrow.compute as pc
+
+    keys = [k for k in CURVE_GROUP if k in trials.column_names]
+    points = trials.select(["trial_id", "ratio", *keys])
+    joined = metrics.select(["trial_id", x, y]).join(points, "trial_id")
+    valid = pc.is_finite(joined.column(y)) if pa.types.is_floating(joined.column(y).type) else pc.is_valid(
+        joined.column(y))
+    joined = joined.filter(pc.fill_null(valid, False))
+    stats = joined.group_by([*keys, "ratio", x], use_threads=False).aggregate(
+        [(y, "mean"), (y, "min"), (y, "max"), (y, "count")]).sort_by([(k, "ascending") for k in [*keys, x]
+                                                                       if k in ("lr", "batch_size", x)])
+    curves: dict[tuple, list[dict]] = {}
+    for r in stats.to_pylist():
+        curves.setdefault(tuple(r[k] for k in keys) + (r["ratio"],), []).append(r)
+    ratios = [k[-1] for k in curves if k[-1]]
+    lo, hi = (math.log10(min(ratios)), math.log10(max(ratios))) if ratios else (0.0, 1.0)
+    fig = go.Figure()
+    for key, pts in sorted(curves.items(), key=lambda kv: [str(v) for v in kv[0]]):
+        pts.sort(key=lambda r: r[x])
+        ratio = key[-1]
+        t = 0.5 if hi == lo or not ratio else (math.log10(ratio) - lo) / (hi - lo)
+        colour = sample_colorscale("Viridis", [t])[0]
+        label = " ".join(f"{'S' if k == 'batch_size' else k}={v:g}" if isinstance(v, float) else
+                         f"{'S' if k == 'batch_size' else k}={v}" for k, v in zip(keys, key) if v is not None)
+        xs = [p[x] for p in pts]
+        fig.add_trace(go.Scattergl(  # the band: min over seeds forward, max back
+            x=xs + xs[::-1], y=[p[f"{y}_min"] for p in pts] + [p[f"{y}_max"] for p in pts][::-1],
+            fill="toself", line=dict(width=0), fillcolor=colour, opacity=0.15, hoverinfo="skip",
+            showlegend=False, legendgroup=label))
+        fig.add_trace(go.Scattergl(
+            x=xs, y=[p[f"{y}_mean"] for p in pts], mode="lines", line=dict(color=colour, width=1.5), name=label,
+            legendgroup=label, customdata=[p[f"{y}_count"] for p in pts],
+            hovertemplate=f"{label}<br>eta/S={ratio:.3g}<br>{x}=%{{x}}<br>mean {_label(y)}=%{{y:.4g}} "
+                          f"over %{{customdata}} seeds<extra></extra>"))
+    fig.update_layout(title=f"Learning curves: {_label(y)}, mean over seeds per point and min-max band "
+                            f"({trials.num_rows:,} trials; colour: log10 eta/S, {lo:.2f} to {hi:.2f}; each trial's "
+                            f"rows: lrbs export)", xaxis_title=x, yaxis_title=_label(y), template="plotly_white")
     return fig
 
 

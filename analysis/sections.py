@@ -296,8 +296,8 @@ def section_overview(metrics: pa.Table, trials: pa.Table) -> Section:
                                 ["metric", "n", "slope [95% CI]", "R^2", "Spearman rho (p)"],
                                 [[f.metric, str(f.n), f"{fmt(f.slope)} {fmt(f.slope_ci, 3)}", fmt(f.r2, 3),
                                   f"{fmt(f.spearman_rho, 3)} ({fmt(f.spearman_p, 2)})"] for f in fits.values()]))
-    sec.figures.append(("Validation accuracy per epoch", plots.learning_curves(metrics, "val_acc")))
-    sec.figures.append(("Training loss per epoch", plots.learning_curves(metrics, "train_loss")))
+    sec.figures.append(("Validation accuracy per epoch", plots.learning_curves(metrics, "val_acc", trials=trials)))
+    sec.figures.append(("Training loss per epoch", plots.learning_curves(metrics, "train_loss", trials=trials)))
     sec.data = {"fits": {k: v.to_dict() for k, v in fits.items()}}
     sec.headline = ", ".join(f"{k} slope {fmt(v.slope, 3)} {fmt(v.slope_ci, 2)}" for k, v in fits.items()
                              if k in ("final_val_acc", "lambda_max")) or "no fits"

@@ -435,3 +435,30 @@ def test_cli_report_format_errors(tmp_path):
     assert main(["report", str(run), "--format", "md"]) == 0
     assert (run / "report.md").exists() and not (run / "fits.json").exists()
     assert main(["report", str(run), "--format", "pdf"]) == 2
+
+
+def test_learning_curves_aggregate_over_seeds_for_large_sweeps():
+    """Above plots.MAX_TRIAL_CURVES trials: one mean line and one min-max band per point (seeds
+    pooled), equal to numpy over the trials' rows."""
+    from analysis.plots import learning_curves
+
+    metrics = load_metrics(FIX / "grid")
+    trials = trial_table(metrics)
+    per_trial = learning_curves(metrics, "val_acc", trials=trials, max_trials=10_000)
+    assert len(per_trial.data) == trials.num_rows
+    fig = learning_curves(metrics, "val_acc", trials=trials, max_trials=1)
+    rows = metrics.select(["trial_id", "epoch", "val_acc"]).to_pylist()
+    point_of = {t["trial_id"]: (t["lr"], t["batch_size"]) for t in trials.to_pylist()}
+    points = sorted(set(point_of.values()))
+    assert len(fig.data) == 2 * len(points) < len(per_trial.data)
+    means = [tr for tr in fig.data if tr.mode == "lines"]
+    bands = [tr for tr in fig.data if tr.fill == "toself"]
+    assert len(means) == len(bands) == len(points)
+    for mean, band in zip(means, bands):
+        lr, s = next(p for p in points if f"lr={p[0]:g} S={p[1]}" in mean.name)
+        for k, epoch in enumerate(mean.x):
+            vals = [r["val_acc"] for r in rows if point_of[r["trial_id"]] == (lr, s) and r["epoch"] == epoch
+                    and r["val_acc"] is not None and math.isfinite(r["val_acc"])]
+            assert mean.y[k] == pytest.approx(np.mean(vals))
+            assert mean.customdata[k] == len(vals)
+            assert band.y[k] == pytest.approx(min(vals)) and band.y[len(band.y) - 1 - k] == pytest.approx(max(vals))
