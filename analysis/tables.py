@@ -115,7 +115,7 @@ def _damaged_not_cut_off(f, good: int, size: int) -> bool:
     return True
 
 
-def read_compacted_file(path: str | Path) -> tuple[pa.Table, list[str], str | None]:
+def read_compacted_file(path: str | Path, columns: list[str] | None = None) -> tuple[pa.Table, list[str], str | None]:
     """The rows of a compacted metric file (Parquet, ``sweeps.compaction``), the stream files it
     replaces, and what is wrong with it if it does not read (then no rows and no sources: the
     streams it would replace, if still there, are read instead)."""
@@ -125,7 +125,8 @@ def read_compacted_file(path: str | Path) -> tuple[pa.Table, list[str], str | No
     try:
         if not path.is_file():
             raise IsADirectoryError(f"{path.name} is not a regular file")
-        table = pq.read_table(path, read_dictionary=["config_json"])  # a config once per trial in memory too
+        # config_json dictionary-encoded: a config once per trial in memory too; ``columns``: only those read
+        table = pq.read_table(path, columns=columns, read_dictionary=["config_json"])
         sources = json.loads((table.schema.metadata or {}).get(COMPACTED_SOURCES.encode(), b"[]"))
         if not isinstance(sources, list) or not all(isinstance(n, str) for n in sources):
             raise ValueError("its list of source files is not a list of names")
@@ -134,15 +135,16 @@ def read_compacted_file(path: str | Path) -> tuple[pa.Table, list[str], str | No
     return table.replace_schema_metadata(None), sources, None
 
 
-def read_metric_files(run_dir: str | Path) -> tuple[pa.Table, ReadReport]:
+def read_metric_files(run_dir: str | Path, columns: list[str] | None = None) -> tuple[pa.Table, ReadReport]:
     """Every row of every metric file, in write order (files sort by driver session): the
-    compacted Parquet files, and the stream files no compacted file replaces."""
+    compacted Parquet files, and the stream files no compacted file replaces. ``columns``: only
+    these (a compacted file reads only their bytes)."""
     report = ReadReport()
     pieces: list[tuple[str, pa.Table]] = []
     covered: set[str] = set()
     folder = Path(run_dir, "metrics")
     for path in sorted(folder.glob("*.parquet")):
-        table, sources, problem = read_compacted_file(path)
+        table, sources, problem = read_compacted_file(path, columns)
         report.files += 1
         report.rows_read += table.num_rows
         if problem:
@@ -159,7 +161,7 @@ def read_metric_files(run_dir: str | Path) -> tuple[pa.Table, ReadReport]:
             report.damaged[path.name] = problem
         elif dropped:
             report.dropped_bytes[path.name] = dropped
-        pieces.append((path.name, table))
+        pieces.append((path.name, table.select([c for c in columns if c in table.column_names]) if columns else table))
     tables = [_config_as_dictionary(t) for _, t in sorted(pieces, key=lambda p: p[0])]
     if not tables:
         return _config_as_dictionary(METRIC_SCHEMA.empty_table()), report
@@ -247,9 +249,13 @@ def load_metrics(run_dir: str | Path) -> pa.Table:
     return load_metrics_with_report(run_dir)[0]
 
 
-def load_metrics_with_report(run_dir: str | Path) -> tuple[pa.Table, ReadReport]:
-    """``load_metrics`` and what reading found (files, rows, bytes dropped from cut-off files)."""
-    table, report = read_metric_files(run_dir)
+def load_metrics_with_report(run_dir: str | Path, columns: list[str] | None = None) -> tuple[pa.Table, ReadReport]:
+    """``load_metrics`` and what reading found (files, rows, bytes dropped from cut-off files).
+    ``columns``: only these (``trial_id``, ``epoch`` and ``config_json`` are always read: the
+    exactly-once rules need them)."""
+    if columns is not None:
+        columns = list(dict.fromkeys(["trial_id", "epoch", "config_json", *columns]))
+    table, report = read_metric_files(run_dir, columns)
     table = dedupe_last(drop_superseded(table))
     report.superseded_rows = report.rows_read - table.num_rows
     table = table.sort_by([("trial_id", "ascending"), ("epoch", "ascending")])
@@ -279,6 +285,11 @@ TRIAL_COLUMNS = ("trial_id", "sweep", "lr", "batch_size", "ratio", "seed", "stat
                  "probe_epoch", *PROBE_COLUMNS)
 
 
+TRIAL_SOURCE_COLUMNS = ["sweep", "lr", "batch_size", "seed", "status", "val_acc", "val_loss", "train_loss",
+                        "train_acc", "dataset", "n_train", "model", "code_version", "beta", "rescale", "variant",
+                        "schedule", *PROBE_COLUMNS]
+
+
 def load_trials(run_dir: str | Path, metrics: pa.Table | None = None) -> pa.Table:
     """One row per trial: its point, status, end-of-training values and the rest of its config.
 
@@ -287,7 +298,8 @@ def load_trials(run_dir: str | Path, metrics: pa.Table | None = None) -> pa.Tabl
     (at ``probe_epoch``; the last epoch when probes ran at the end). Config keys become
     ``cfg.<section>.<key>`` columns.
     """
-    metrics = load_metrics(run_dir) if metrics is None else metrics
+    if metrics is None:  # only the columns a trial row is made of
+        metrics = load_metrics_with_report(run_dir, TRIAL_SOURCE_COLUMNS)[0]
     return trials_from_metrics(metrics)
 
 
