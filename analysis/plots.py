@@ -11,6 +11,12 @@ from plotly.colors import sample_colorscale
 from analysis.fits import RatioFit
 
 
+
+def _f32(values) -> np.ndarray:
+    """Plot data as float32 (None -> NaN): plotly writes numpy arrays as base64 binary, ~4x smaller
+    in report.html than JSON text of Python floats, with 7 digits still shown on hover."""
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float32)
+
 def _label(metric: str) -> str:
     return metric.replace("_", " ")
 
@@ -25,7 +31,7 @@ def metric_vs_ratio(trials: pa.Table, metric: str, fit: RatioFit | None = None, 
     for s in sorted({r["batch_size"] for r in rows}):
         pts = [r for r in rows if r["batch_size"] == s and r[metric] is not None and math.isfinite(r[metric])]
         fig.add_trace(go.Scatter(
-            x=[r["ratio"] for r in pts], y=[r[metric] for r in pts], mode="markers", name=f"S={s}",
+            x=_f32([r["ratio"] for r in pts]), y=_f32([r[metric] for r in pts]), mode="markers", name=f"S={s}",
             marker=dict(size=9, symbol=["x" if r["status"] == "diverged" else "circle" for r in pts]),
             text=[f"{r['trial_id']}<br>lr={r['lr']:g} S={r['batch_size']} seed={r['seed']} {r['status']}" for r in pts],
             hovertemplate="%{text}<br>eta/S=%{x:.3g}<br>" + _label(metric) + "=%{y:.4g}<extra></extra>"))
@@ -70,7 +76,7 @@ def learning_curves(metrics: pa.Table, y: str = "val_acc", x: str = "epoch", tri
         t = 0.5 if hi == lo else (math.log10(first["ratio"]) - lo) / (hi - lo)
         colour = sample_colorscale("Viridis", [t])[0]
         fig.add_trace(go.Scatter(
-            x=[p[x] for p in pts], y=[p[y] for p in pts], mode="lines", line=dict(color=colour, width=1.5),
+            x=_f32([p[x] for p in pts]), y=_f32([p[y] for p in pts]), mode="lines", line=dict(color=colour, width=1.5),
             name=f"lr={first['lr']:g} S={first['batch_size']} s{first['seed']}",
             legendgroup=f"{first['ratio']:.6g}",
             hovertemplate=f"{trial_id}<br>eta/S={first['ratio']:.3g}<br>{x}=%{{x}}<br>{_label(y)}=%{{y:.4g}}<extra></extra>"))
@@ -99,7 +105,17 @@ def aggregated_curves(metrics: pa.Table, trials: pa.Table, y: str = "val_acc", x
         curves.setdefault(tuple(r[k] for k in keys) + (r["ratio"],), []).append(r)
     ratios = [k[-1] for k in curves if k[-1]]
     lo, hi = (math.log10(min(ratios)), math.log10(max(ratios))) if ratios else (0.0, 1.0)
-    fig = go.Figure()
+    # What every band and every mean line share is said once, in the figure's template (its trace
+    # defaults apply in turn: band, mean, band, mean, ...), not once per trace.
+    import plotly.io as pio
+
+    template = go.layout.Template(pio.templates["plotly_white"])
+    template.data.scattergl = [
+        go.Scattergl(fill="toself", line=dict(width=0), opacity=0.15, hoverinfo="skip", showlegend=False),
+        go.Scattergl(mode="lines", line=dict(width=1.5),
+                     hovertemplate=f"%{{fullData.name}}<br>{x}=%{{x}}<br>mean {_label(y)}=%{{y:.4g}} over "
+                                   f"%{{customdata}} seeds<extra></extra>")]
+    fig = go.Figure(layout=dict(template=template))
     for key, pts in sorted(curves.items(), key=lambda kv: [str(v) for v in kv[0]]):
         pts.sort(key=lambda r: r[x])
         ratio = key[-1]
@@ -107,19 +123,17 @@ def aggregated_curves(metrics: pa.Table, trials: pa.Table, y: str = "val_acc", x
         colour = sample_colorscale("Viridis", [t])[0]
         label = " ".join(f"{'S' if k == 'batch_size' else k}={v:g}" if isinstance(v, float) else
                          f"{'S' if k == 'batch_size' else k}={v}" for k, v in zip(keys, key) if v is not None)
+        label += f" (eta/S={ratio:.3g})" if ratio else ""
         xs = [p[x] for p in pts]
         fig.add_trace(go.Scattergl(  # the band: min over seeds forward, max back
-            x=xs + xs[::-1], y=[p[f"{y}_min"] for p in pts] + [p[f"{y}_max"] for p in pts][::-1],
-            fill="toself", line=dict(width=0), fillcolor=colour, opacity=0.15, hoverinfo="skip",
-            showlegend=False, legendgroup=label))
+            x=_f32(xs + xs[::-1]), y=_f32([p[f"{y}_min"] for p in pts] + [p[f"{y}_max"] for p in pts][::-1]),
+            fillcolor=colour, legendgroup=label))
         fig.add_trace(go.Scattergl(
-            x=xs, y=[p[f"{y}_mean"] for p in pts], mode="lines", line=dict(color=colour, width=1.5), name=label,
-            legendgroup=label, customdata=[p[f"{y}_count"] for p in pts],
-            hovertemplate=f"{label}<br>eta/S={ratio:.3g}<br>{x}=%{{x}}<br>mean {_label(y)}=%{{y:.4g}} "
-                          f"over %{{customdata}} seeds<extra></extra>"))
+            x=_f32(xs), y=_f32([p[f"{y}_mean"] for p in pts]), line=dict(color=colour), name=label,
+            legendgroup=label, customdata=np.array([p[f"{y}_count"] for p in pts], dtype=np.int32)))
     fig.update_layout(title=f"Learning curves: {_label(y)}, mean over seeds per point and min-max band "
                             f"({trials.num_rows:,} trials; colour: log10 eta/S, {lo:.2f} to {hi:.2f}; each trial's "
-                            f"rows: lrbs export)", xaxis_title=x, yaxis_title=_label(y), template="plotly_white")
+                            f"rows: lrbs export)", xaxis_title=x, yaxis_title=_label(y))
     return fig
 
 
@@ -152,8 +166,9 @@ def curve_differences(distances, title: str) -> go.Figure:
         colour = _PALETTE[k % len(_PALETTE)]
         se = [0.0 if (s is None or not math.isfinite(s)) else 2 * s for s in d.diff_se]
         fig.add_trace(go.Scatter(
-            x=d.epochs, y=d.diff, mode="lines+markers", name=f"{d.a} vs {d.b} (rms {d.rms:.3g}, noise {d.noise_rms:.3g})",
-            line=dict(color=colour), error_y=dict(type="data", array=se, visible=any(se), color=colour, thickness=1)))
+            x=np.asarray(d.epochs, dtype=np.int32), y=_f32(d.diff), mode="lines+markers",
+            name=f"{d.a} vs {d.b} (rms {d.rms:.3g}, noise {d.noise_rms:.3g})",
+            line=dict(color=colour), error_y=dict(type="data", array=_f32(se), visible=any(se), color=colour, thickness=1)))
     fig.add_hline(y=0, line=dict(color="grey", dash="dot"))
     metric = distances[0].metric if distances else ""
     fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=f"{_label(metric)}: A - B (seed means)",

@@ -451,8 +451,9 @@ def test_learning_curves_aggregate_over_seeds_for_large_sweeps():
     point_of = {t["trial_id"]: (t["lr"], t["batch_size"]) for t in trials.to_pylist()}
     points = sorted(set(point_of.values()))
     assert len(fig.data) == 2 * len(points) < len(per_trial.data)
-    means = [tr for tr in fig.data if tr.mode == "lines"]
-    bands = [tr for tr in fig.data if tr.fill == "toself"]
+    means = [tr for tr in fig.data if tr.name is not None]       # band, mean, band, mean, ...
+    bands = [tr for tr in fig.data if tr.fillcolor is not None]
+    assert [d.fill for d in fig.layout.template.data.scattergl] == ["toself", None]  # shared, said once
     assert len(means) == len(bands) == len(points)
     for mean, band in zip(means, bands):
         lr, s = next(p for p in points if f"lr={p[0]:g} S={p[1]}" in mean.name)
