@@ -21,6 +21,9 @@ def _label(metric: str) -> str:
     return metric.replace("_", " ")
 
 
+MAX_SVG_POINTS = 1000  # above this many trials, per-trial scatter plots draw with WebGL (Scattergl)
+
+
 def metric_vs_ratio(trials: pa.Table, metric: str, fit: RatioFit | None = None, log_y: bool = False) -> go.Figure:
     """``metric`` per trial against eta/S (log axis), one colour per batch size, fit line on top.
 
@@ -28,9 +31,10 @@ def metric_vs_ratio(trials: pa.Table, metric: str, fit: RatioFit | None = None, 
     """
     fig = go.Figure()
     rows = trials.select(["ratio", "batch_size", "lr", "seed", "status", "trial_id", metric]).to_pylist()
+    scatter = go.Scattergl if len(rows) > MAX_SVG_POINTS else go.Scatter  # WebGL: thousands of markers
     for s in sorted({r["batch_size"] for r in rows}):
         pts = [r for r in rows if r["batch_size"] == s and r[metric] is not None and math.isfinite(r[metric])]
-        fig.add_trace(go.Scatter(
+        fig.add_trace(scatter(
             x=_f32([r["ratio"] for r in pts]), y=_f32([r[metric] for r in pts]), mode="markers", name=f"S={s}",
             marker=dict(size=9, symbol=["x" if r["status"] == "diverged" else "circle" for r in pts]),
             text=[f"{r['trial_id']}<br>lr={r['lr']:g} S={r['batch_size']} seed={r['seed']} {r['status']}" for r in pts],

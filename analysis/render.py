@@ -33,7 +33,10 @@ _HOOK = ("<script>window.__lrbsErrors=[];window.addEventListener('error',functio
          "Array.prototype.join.call(arguments,' '));return ce.apply(console,arguments);};})();</script>")
 _STATUS = ("<script>window.addEventListener('load',function(){setTimeout(function(){"
            "var plots=document.querySelectorAll('.js-plotly-plot');var drawn=0;var boxes=[];"
-           "plots.forEach(function(p){var n=p.querySelectorAll('.main-svg .trace').length;if(n>0)drawn++;"
+           # SVG traces, or WebGL ones (large sweeps): a GL canvas and no "WebGL not supported" notice
+           "var nogl=/WebGL/.test((document.querySelector('.plotly-notifier')||{}).textContent||'');"
+           "plots.forEach(function(p){var n=p.querySelectorAll('.main-svg .trace').length"
+           "+(nogl?0:p.querySelectorAll('canvas.gl-canvas-context').length);if(n>0)drawn++;"
            "var r=p.getBoundingClientRect();boxes.push([Math.round(r.left+window.scrollX),"
            "Math.round(r.top+window.scrollY),Math.round(r.width),Math.round(r.height),n]);});"
            "var s=document.getElementById('lrbs-status');s.setAttribute('data-plots',plots.length);"
