@@ -7,34 +7,10 @@ from __future__ import annotations
 import json
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from analysis.tables import PROBE_COLUMNS, TRIAL_COLUMNS, _flatten, _is_value, _trial_type, read_metric_files
-
-
-def dedupe_last(table: pa.Table, keys: tuple[str, ...] = ("trial_id", "epoch")) -> pa.Table:
-    """Keep the last row (in table order) of each key: a retried epoch replaces the lost attempt."""
-    if table.num_rows == 0:
-        return table
-    order = pa.array(range(table.num_rows), pa.int64())
-    indexed = table.select(list(keys)).append_column("__row", order)
-    last = indexed.group_by(list(keys), use_threads=False).aggregate([("__row", "max")])
-    keep = pc.sort_indices(last.column("__row_max"))
-    return table.take(last.column("__row_max").take(keep))
-
-
-def _attempt_key(config_json: str | None) -> str | None:
-    """What makes two trials attempts of the same point: their config without ``code_version``
-    (a resume after a commit restarts a trial under newer code; it still replaces the old one)."""
-    if config_json is None:
-        return None
-    try:
-        config = json.loads(config_json)
-    except ValueError:
-        return config_json
-    if isinstance(config, dict):
-        config.pop("code_version", None)
-    return json.dumps(config, sort_keys=True)
+# unchanged by issue 15 (dedupe_last was already vectorized): shared, not copied
+from analysis.tables import (PROBE_COLUMNS, TRIAL_COLUMNS, _attempt_key, _flatten, _is_value, _trial_type, dedupe_last,
+                             read_metric_files)
 
 
 def drop_superseded(table: pa.Table) -> pa.Table:
