@@ -21,6 +21,7 @@ section has something to fit. Prints one Markdown table.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -34,8 +35,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def trial_config(lr: float, batch_size: int, seed: int) -> dict:
-    """A quickstart trial's config (what ``to_param_space`` gives a trial), for this point."""
+@functools.lru_cache(maxsize=1)
+def _quickstart_shared() -> str:
+    """The part of a quickstart trial's config every trial shares (JSON; loaded once)."""
     import yaml
 
     from sweeps.spec import spec_from_dict
@@ -44,6 +46,12 @@ def trial_config(lr: float, batch_size: int, seed: int) -> dict:
     shared = spec.to_dict()
     for key in ("grid", "description", "rescale", "beta", "variants", "limits", "tracking"):
         shared.pop(key, None)
+    return json.dumps(shared)
+
+
+def trial_config(lr: float, batch_size: int, seed: int) -> dict:
+    """A quickstart trial's config (what ``to_param_space`` gives a trial), for this point."""
+    shared = json.loads(_quickstart_shared())
     name = shared.pop("name")
     return {"point": {"lr": lr, "batch_size": batch_size, "seed": seed}, "sweep": name, "code_version": "bench",
             **shared}

@@ -93,3 +93,34 @@ def test_report_html_renders_every_figure(tmp_path):
         assert crop.size and traces > 0
         dark = (crop < 200).mean()  # axes, ticks, markers, lines, text
         assert 0.003 < dark < 0.6 and crop.std() > 10, (top, dark, crop.std())
+
+
+@pytest.mark.slow
+def test_large_sweep_report_draws_with_webgl(tmp_path):
+    """A sweep over plots.MAX_SVG_POINTS trials (issue 15): aggregated learning curves and WebGL
+    scatter plots draw in the browser without errors, and each figure's box holds a drawing."""
+    from PIL import Image
+
+    from analysis.plots import MAX_SVG_POINTS
+    from benchmarks.metrics_scale import write_sweep
+
+    run = tmp_path / "large"
+    write_sweep(run, MAX_SVG_POINTS + 50, 3)  # rows through the real sink, compacted at the end
+    page = write_reports(run, ("html",))["html"]
+    html = page.read_text()
+    assert '"type":"scattergl"' in html and "mean over seeds per point" in html
+    out = _chromium(tmp_path, f"--window-size={WIDTH},900", "--dump-dom", page.as_uri())
+    assert out.returncode == 0 and not _console_errors(out.stderr), out.stderr[-2000:]
+    st = _status(out.stdout)
+    assert st["errors"] == "" and st["plots"] == html.count("Plotly.newPlot") and st["drawn"] == st["plots"], st
+    shot = tmp_path / "shot.png"
+    height = min(st["height"], 30000)
+    _chromium(tmp_path, f"--window-size={WIDTH},{height}", f"--screenshot={shot}", page.as_uri())
+    img = np.asarray(Image.open(io.BytesIO(shot.read_bytes())).convert("L"), dtype=float)
+    checked = 0
+    for left, top, width, h, traces in st["boxes"]:
+        if top + h <= height:
+            crop = img[top:top + h, left:left + width]
+            assert 0.003 < (crop < 200).mean() < 0.6 and crop.std() > 10, (top, traces)
+            checked += 1
+    assert checked >= 5
