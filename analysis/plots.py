@@ -115,7 +115,8 @@ def aggregated_curves(metrics: pa.Table, trials: pa.Table, y: str = "val_acc", x
 
     template = go.layout.Template(pio.templates["plotly_white"])
     template.data.scattergl = [
-        go.Scattergl(fill="toself", line=dict(width=0), opacity=0.15, hoverinfo="skip", showlegend=False),
+        go.Scattergl(mode="lines", fill="toself", line=dict(width=0), opacity=0.15, hoverinfo="skip",
+                     showlegend=False),
         go.Scattergl(mode="lines", line=dict(width=1.5),
                      hovertemplate=f"%{{fullData.name}}<br>{x}=%{{x}}<br>mean {_label(y)}=%{{y:.4g}} over "
                                    f"%{{customdata}} seeds<extra></extra>")]

@@ -126,6 +126,9 @@ def read_compacted_file(path: str | Path, columns: list[str] | None = None) -> t
         if not path.is_file():
             raise IsADirectoryError(f"{path.name} is not a regular file")
         # config_json dictionary-encoded: a config once per trial in memory too; ``columns``: only those read
+        if columns is not None:  # a file from before a column existed: read what it has (concat fills nulls)
+            names = set(pq.read_schema(path).names)
+            columns = [c for c in columns if c in names]
         table = pq.read_table(path, columns=columns, read_dictionary=["config_json"])
         sources = json.loads((table.schema.metadata or {}).get(COMPACTED_SOURCES.encode(), b"[]"))
         if not isinstance(sources, list) or not all(isinstance(n, str) for n in sources):

@@ -56,7 +56,8 @@ def compact_streams(sources: list[Path], dest: Path) -> list[Path]:
             with pa.OSFile(str(path), "rb") as f:
                 table = pa.ipc.open_stream(f).read_all().combine_chunks()  # one chunk, not one per row
                 whole = f.tell() == f.size()  # nothing after the end-of-stream marker
-        except (OSError, pa.ArrowException):
+            table.validate(full=True)  # bad bytes (e.g. invalid UTF-8): left for the readers to flag
+        except (OSError, pa.ArrowException, ValueError):
             continue
         if table.num_rows and whole:
             tables.append(table)

@@ -4,7 +4,8 @@ The metric files are Arrow IPC *streams* (appendable while the sweep runs), whic
 ``pandas.read_feather``, ``pyarrow.dataset(format="ipc")`` and ``polars.read_ipc`` do not open.
 Export writes what ``analysis.tables`` reads, deduplicated (one row per (trial, epoch), each
 trial's newest attempt): ``epochs.<ext>`` (``load_metrics``) and ``trials.<ext>``
-(``load_trials``). Existing files are never overwritten.
+(``load_trials``). As in ``load_metrics``, ``config_json`` is on each trial's last epoch row only;
+``trials.<ext>`` has the whole config as ``cfg.*`` columns. Existing files are never overwritten.
 """
 from __future__ import annotations
 

@@ -66,11 +66,12 @@ class ArrowMetricsSink(Callback):
         self._writers: dict[str, tuple[Any, pa.ipc.RecordBatchStreamWriter, Path]] = {}
         self.compact_every = COMPACT_EVERY if compact_every is None else compact_every
         self._closed: list[Path] = []  # this session's closed stream files, not compacted yet
+        self._used_names: set[str] = set()  # closed earlier in this session (compacted or not)
         self._compactions = 0
 
     def __getstate__(self):
         # Tune pickles callbacks with the experiment state; open files stay with this process.
-        return {**self.__dict__, "_writers": {}, "_closed": []}
+        return {**self.__dict__, "_writers": {}, "_closed": [], "_used_names": set()}
 
     def __setstate__(self, state):
         # An unpickled sink (Ray's own Tuner.restore would reload it; lrbs resume builds a new
@@ -81,6 +82,10 @@ class ArrowMetricsSink(Callback):
     def _writer(self, trial_id: str) -> pa.ipc.RecordBatchStreamWriter:
         if trial_id not in self._writers:
             path = self.metrics_dir / f"{self.session}__{trial_id}.arrow"
+            if path.name in self._used_names or path in self._closed:
+                # Closed (maybe compacted and deleted): a file under that name again would be
+                # skipped by readers as covered. Not reached today (a recovered trial keeps its file).
+                raise RuntimeError(f"metric file {path.name} was closed in this session; not reopening it")
             sink = open(path, "xb")  # 'x': never truncate an existing file
             self._writers[trial_id] = (sink, pa.ipc.new_stream(sink, METRIC_SCHEMA), path)
         return self._writers[trial_id][1]
@@ -120,9 +125,11 @@ class ArrowMetricsSink(Callback):
         try:
             compact_streams(self._closed, dest)
             self._compactions += 1
-        except OSError as exc:
+        except (OSError, pa.ArrowException, ValueError) as exc:  # a full disk, an Arrow write error
             print(f"[lrbs] warning: could not compact {len(self._closed)} metric files into {dest.name} "
-                  f"({exc.strerror or exc}); they stay as stream files (read the same)", file=sys.stderr, flush=True)
+                  f"({getattr(exc, 'strerror', None) or exc}); they stay as stream files (read the same)",
+                  file=sys.stderr, flush=True)
+        self._used_names.update(p.name for p in self._closed)
         self._closed = []
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -225,8 +232,10 @@ class MetricsUploader(Callback):
     def upload(self, strict: bool = False) -> None:
         self._last = time.monotonic()
         try:
-            for pattern in ("*.arrow", "*.parquet"):  # streams, and the compacted files that replace them
-                self.uploads += len(upload_changed(self.local_dir, self.fs, self.remote_dir, self.sent, pattern))
+            self.uploads += len(upload_changed(self.local_dir, self.fs, self.remote_dir, self.sent, "*.arrow"))
+            compacted = upload_changed(self.local_dir, self.fs, self.remote_dir, self.sent, "*.parquet")
+            self.uploads += len(compacted)
+            self._drop_covered(compacted)
             for local, remote, pattern, sent in self.also:
                 upload_changed(local, self.fs, remote, sent, pattern)
         except OSError as exc:
@@ -235,6 +244,28 @@ class MetricsUploader(Callback):
                                 f"they are kept in {self.local_dir}") from None
             print(f"[lrbs] warning: metric upload to {self.remote_dir} failed ({_first_line(exc)}); "
                   f"will retry", file=sys.stderr, flush=True)
+
+    def _drop_covered(self, compacted: list[str]) -> None:
+        """Delete from the store the stream files a just-uploaded compacted file replaces (readers
+        skip them anyway; this keeps the store at the compacted size)."""
+        import json
+
+        import pyarrow.parquet as pq
+
+        from analysis.schema import COMPACTED_SOURCES
+
+        for name in compacted:
+            try:
+                meta = pq.read_schema(self.local_dir / name).metadata or {}
+                sources = json.loads(meta.get(COMPACTED_SOURCES.encode(), b"[]"))
+            except (OSError, ValueError, pa.ArrowException):
+                continue
+            for source in sources if isinstance(sources, list) else []:
+                try:
+                    self.fs.delete_file(f"{self.remote_dir}/{source}")
+                except FileNotFoundError:
+                    pass
+                self.sent.pop(source, None)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if time.monotonic() - self._last >= self.interval_s:

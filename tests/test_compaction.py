@@ -141,3 +141,29 @@ def test_sink_compacts_as_trials_end_and_at_the_end(tmp_path):
     table = load_metrics(run)
     kept = table.filter(pc.not_equal(table.column("trial_id"), "ccccc_00000"))
     assert_same_rows(kept, reference)
+
+
+def test_damaged_streams_are_not_compacted_and_old_compacted_files_read(tmp_path):
+    """A closed stream with bad bytes stays a stream (flagged by the readers, not laundered into
+    Parquet); a compacted file written before a column existed still reads in load_trials."""
+    import pyarrow.parquet as pq
+
+    run = tmp_path / "run"
+    write_run(run)
+    streams = sorted((run / "metrics").glob("*.arrow"))
+    bad = streams[0]
+    data = bytearray(bad.read_bytes())
+    at = data.find(b'"point"')  # inside the config text of a record: invalid UTF-8 there
+    data[at:at + 2] = b"\xff\xfe"
+    bad.write_bytes(bytes(data))
+    before = load_metrics_with_report(run)[1].damaged
+    assert bad.name in before
+    dest = run / "metrics" / "20990101T000000000000Z-1__compacted-0000.parquet"
+    assert bad not in compact_streams(streams, dest) and bad.exists()
+    assert bad.name in load_metrics_with_report(run)[1].damaged
+    # Drop a column from the compacted file, as a file from older code would lack a newer one.
+    table = pq.read_table(dest)
+    pq.write_table(table.drop_columns(["schedule"]).replace_schema_metadata(table.schema.metadata), dest)
+    trials = load_trials(run)
+    assert trials.num_rows == len({t for t in load_metrics(run).column("trial_id").to_pylist()})
+    assert not load_metrics_with_report(run)[1].damaged.get(dest.name)

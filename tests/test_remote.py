@@ -219,8 +219,10 @@ def test_s3_sigkill_resume_status_report_interpolate(s3_server, tmp_path):
     finally:
         os.environ.pop("LRBS_CACHE_DIR")
     rows = assert_exactly_once_and_unfaulted(local, n_trials=2, epochs=KILL_EPOCHS)
-    sessions = sorted({p.name.split("__")[0] for p in (local / "metrics").glob("*.arrow")})
+    sessions = sorted({p.name.split("__")[0] for p in (local / "metrics").iterdir()})
     assert len(sessions) == 2  # the killed driver's rows and the resumed session's, both in the bucket
+    # The killed session left streams; the resumed one ended compacted (its streams deleted from the store).
+    assert [p.suffix for p in (local / "metrics").glob(f"{sessions[1]}__*")] == [".parquet"]
     # Both members continued from the newest checkpoint that loads and is not ahead of the rows
     # the bucket had (the cut-off one was skipped): their first resumed row is the epoch after it.
     from trainables.train_loop import load_state
@@ -229,8 +231,14 @@ def test_s3_sigkill_resume_status_report_interpolate(s3_server, tmp_path):
                   for p in (local / "metrics").glob(f"{sessions[0]}__*.arrow")]
     last_row = min(max(epochs) for epochs in first_rows)
     usable = [e for e in (load_state(f"s3://{p.rsplit('/', 1)[0]}?endpoint_override={endpoint}&scheme=http")["epoch"] for p in states[:-1]) if e <= last_row]
-    resumed_first = [read_stream_file(p)[0].column("epoch").to_pylist()[0]
-                     for p in (local / "metrics").glob(f"{sessions[1]}__*.arrow")]
+    from analysis.tables import read_compacted_file
+
+    (compacted,) = (local / "metrics").glob(f"{sessions[1]}__*.parquet")
+    table = read_compacted_file(compacted)[0]
+    first_of: dict[str, int] = {}
+    for trial_id, epoch in zip(table.column("trial_id").to_pylist(), table.column("epoch").to_pylist()):
+        first_of.setdefault(trial_id, epoch)
+    resumed_first = list(first_of.values())
     assert resumed_first == [max(usable) + 1] * 2, (resumed_first, usable, last_row)
     resumed = [i for i in fs.get_file_info(pafs.FileSelector(run_path, recursive=True))
                if "/resume-" in i.path and i.path.endswith("/state.pt")]

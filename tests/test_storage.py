@@ -58,8 +58,9 @@ def test_remote_metrics_and_tune_state_arrive(bucket_run):
     # Nothing of the run lands in the staging area's place in the bucket, and vice versa.
     assert staging.is_relative_to(tmp / "cache" / "staging")
     assert "-> subtree://exp/remote" in log
-    # Arrow metric tables: one file per trial, exactly one row per (trial, epoch).
-    assert len(list((run / "metrics").glob("*.arrow"))) == N_TRIALS
+    # Arrow metric tables: compacted at the end into one Parquet file, the streams it replaces
+    # deleted from the store after it arrived; exactly one row per (trial, epoch).
+    assert [p.suffix for p in (run / "metrics").iterdir()] == [".parquet"]
     metrics = load_metrics(run)
     assert metrics.num_rows == N_TRIALS * N_EPOCHS
     assert len(set(zip(metrics.column("trial_id").to_pylist(), metrics.column("epoch").to_pylist()))) == 4
