@@ -19,9 +19,9 @@ rather than stopping the sweep. ``lrbs resume`` re-attaches every point to its r
 writes to the same folder, MLflow finds the run by its ``lrbs.trial_id`` tag, W&B resumes the run
 id ``<sweep>-<trial id>`` (online; offline, W&B writes a second folder under the same id).
 
-Adding a tracker: a class with ``Options`` (a dataclass: the keys its spec section takes),
-``module`` (the package it needs), ``start``/``log``/``finish``/``close``, and an entry in
-:data:`TRACKERS`.
+Adding a tracker: a ``Tracker`` subclass with ``Options`` (a dataclass: the keys its spec
+section takes), ``module`` (the package it needs), ``check``/``start``/``log``/``finish`` over
+its ``runs``, and an entry in :data:`TRACKERS`.
 """
 from __future__ import annotations
 
@@ -66,7 +66,20 @@ def params_of(row: dict[str, Any]) -> dict[str, Any]:
 # The trackers
 
 
-class TensorBoard:
+class Tracker:
+    """What every tracker shares: ``runs``, its open run per point's trial id, closed by ``close``."""
+
+    runs: dict[str, Any]
+
+    def finish(self, key: str, status: str) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        for key in list(self.runs):
+            self.finish(key, "stopped")
+
+
+class TensorBoard(Tracker):
     """Event files in ``<dir>/<trial id>/`` (one TensorBoard run per point)."""
     module = "tensorboard"
 
@@ -76,7 +89,7 @@ class TensorBoard:
 
     def __init__(self, options: Options, sweep: str, run_dir: Path):
         self.root = Path(options.dir).expanduser() if options.dir else run_dir / "tensorboard"
-        self.writers: dict[str, Any] = {}
+        self.runs: dict[str, Any] = {}
 
     def check(self) -> None:
         _check_writable(self.root, "tracking.tensorboard.dir")
@@ -85,24 +98,20 @@ class TensorBoard:
         from torch.utils.tensorboard import SummaryWriter
 
         # Same folder on resume: TensorBoard shows the old and the new event files as one run.
-        writer = self.writers[key] = SummaryWriter(log_dir=str(self.root / key))
+        writer = self.runs[key] = SummaryWriter(log_dir=str(self.root / key))
         writer.add_text("lrbs/params", "\n".join(f"{k}: {v}  " for k, v in params.items()))
 
     def log(self, key: str, step: int, metrics: dict[str, float]) -> None:
-        writer = self.writers[key]
+        writer = self.runs[key]
         for name, value in metrics.items():
             writer.add_scalar(name, value, step)
         writer.flush()  # readable while the sweep runs (one flush per epoch and point)
 
     def finish(self, key: str, status: str) -> None:
-        self.writers.pop(key).close()
-
-    def close(self) -> None:
-        for key in list(self.writers):
-            self.finish(key, "stopped")
+        self.runs.pop(key).close()
 
 
-class MLflow:
+class MLflow(Tracker):
     """One MLflow run per point in the experiment named after the sweep."""
     module = "mlflow"
 
@@ -183,12 +192,8 @@ class MLflow:
         self._open().set_terminated(run_id, {"finished": "FINISHED", "diverged": "FINISHED",
                                              "error": "FAILED"}.get(status, "KILLED"))
 
-    def close(self) -> None:
-        for key in list(self.runs):
-            self.finish(key, "stopped")
 
-
-class Wandb:
+class Wandb(Tracker):
     """One W&B run per point (id ``<sweep>-<trial id>``, grouped by sweep); offline by default."""
     module = "wandb"
 
@@ -239,10 +244,6 @@ class Wandb:
 
     def finish(self, key: str, status: str) -> None:
         self.runs.pop(key).finish(exit_code=1 if status == "error" else 0)
-
-    def close(self) -> None:
-        for key in list(self.runs):
-            self.finish(key, "stopped")
 
 
 TRACKERS: dict[str, type] = {"tensorboard": TensorBoard, "mlflow": MLflow, "wandb": Wandb}
