@@ -62,11 +62,11 @@ CURVE_GROUP = ("lr", "batch_size", "n_train", "beta", "rescale", "variant", "sch
 
 
 def learning_curves(metrics: pa.Table, y: str = "val_acc", x: str = "epoch", trials: pa.Table | None = None,
-                    max_trials: int = MAX_TRIAL_CURVES) -> go.Figure:
+                    max_trials: int | None = None) -> go.Figure:
     """One line per trial, coloured by log10(eta/S) of its base point, so equal ratios share a colour;
     with more than ``max_trials`` trials (and ``trials`` given), one line per point: the mean over
     its seeds, with a band from their min to max (``aggregated_curves``)."""
-    if trials is not None and trials.num_rows > max_trials:
+    if trials is not None and trials.num_rows > (MAX_TRIAL_CURVES if max_trials is None else max_trials):
         return aggregated_curves(metrics, trials, y, x)
     rows = metrics.select(["trial_id", x, y, "ratio", "lr", "batch_size", "seed"]).to_pylist()
     by_trial: dict[str, list[dict]] = {}
@@ -128,6 +128,7 @@ def aggregated_curves(metrics: pa.Table, trials: pa.Table, y: str = "val_acc", x
         colour = sample_colorscale("Viridis", [t])[0]
         label = " ".join(f"{'S' if k == 'batch_size' else k}={v:g}" if isinstance(v, float) else
                          f"{'S' if k == 'batch_size' else k}={v}" for k, v in zip(keys, key) if v is not None)
+        # the label (without its eta/S) is a selector of the point's trials (analysis/selection.py)
         label += f" (eta/S={ratio:.3g})" if ratio else ""
         xs = [p[x] for p in pts]
         fig.add_trace(go.Scattergl(  # the band: min over seeds forward, max back
@@ -137,8 +138,9 @@ def aggregated_curves(metrics: pa.Table, trials: pa.Table, y: str = "val_acc", x
             x=_f32(xs), y=_f32([p[f"{y}_mean"] for p in pts]), line=dict(color=colour), name=label,
             legendgroup=label, customdata=np.array([p[f"{y}_count"] for p in pts], dtype=np.int32)))
     fig.update_layout(title=f"Learning curves: {_label(y)}, mean over seeds per point and min-max band "
-                            f"({trials.num_rows:,} trials; colour: log10 eta/S, {lo:.2f} to {hi:.2f}; each trial's "
-                            f"rows: lrbs export)", xaxis_title=x, yaxis_title=_label(y))
+                            f"({trials.num_rows:,} trials; colour: log10 eta/S, {lo:.2f} to {hi:.2f})<br>"
+                            f"<sup>a point's trials, one line each: lrbs report RUN_DIR --trials '&lt;its legend "
+                            f"name&gt;'; their rows: lrbs export</sup>", xaxis_title=x, yaxis_title=_label(y))
     return fig
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from analysis.render import _json_safe, render_html, render_md
 from analysis.sections import SECTIONS, Section, _running_note
@@ -99,6 +100,27 @@ def write_reports(run_dir: str | Path, formats: tuple[str, ...] = FORMATS) -> di
     return paths
 
 
+
+
+def write_trial_page(run_dir: str | Path, selectors: list[str]) -> Path:
+    """``trials-<selectors>.html`` in the run directory: the trials the selectors pick
+    (``analysis/selection.py``), one learning curve per trial. Raises ValueError (one line) for a
+    selector that is malformed or picks nothing."""
+    from analysis.selection import page_name, section_selected, select_trials
+
+    run_dir = Path(run_dir)
+    metrics, _ = load_metrics_with_report(run_dir)
+    trials = select_trials(trial_table(metrics), selectors)
+    sec = section_selected(metrics, trials, selectors)
+    statuses = trials.column("status").to_pylist()
+    sweep = trials.column("sweep")[0].as_py()
+    rows = int(pa.compute.sum(pa.compute.is_in(metrics.column("trial_id"), value_set=trials.column("trial_id"))).as_py())
+    report = Report(summary={"sweep": sweep, "trials": trials.num_rows, "epoch_rows": rows,
+                             "status_counts": {s: statuses.count(s) for s in sorted(set(statuses))}},
+                    sections=[sec])
+    path = run_dir / page_name(selectors)
+    path.write_text(render_html(report, f"lrbs trials: {sweep or run_dir.name}: {' | '.join(selectors)}"))
+    return path
 
 
 def write_comparison(run_a: str | Path, run_b: str | Path) -> dict[str, Path]:

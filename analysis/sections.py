@@ -128,6 +128,25 @@ def _distance_table(title: str, distances) -> Table:
                    pm(d.seed_rms_mean, d.seed_rms_sd), fmt(d.noise_rms, 3), f"{d.n_a}/{d.n_b}"] for d in distances])
 
 
+# A 20 x 20 grid has thousands of equal-eta/S pairs: the page shows those that disagree most
+# (rms of the mean curves over the seed noise), all of them are in fits.json.
+MAX_PAIR_ROWS = 200
+MAX_PAIR_LINES = 24
+
+
+def _most_apart(distances, n: int) -> list:
+    """At most ``n`` of ``distances``, those with the largest rms over seed noise, in their order."""
+    if len(distances) <= n:
+        return list(distances)
+
+    def apart(d) -> float:
+        value = d.rms / d.noise_rms if d.noise_rms and math.isfinite(d.noise_rms) and d.noise_rms > 0 else d.rms
+        return value if math.isfinite(value) else -math.inf
+
+    keep = set(sorted(range(len(distances)), key=lambda i: -apart(distances[i]))[:n])
+    return [d for i, d in enumerate(distances) if i in keep]
+
+
 def section_equal_ratio(metrics: pa.Table, trials: pa.Table) -> Section:
     sec = Section("equal_ratio", "Learning curves of runs with equal eta/S", "Fig. 1")
     pairs = equal_ratio_pairs(metrics, trials, "val_acc")
@@ -135,12 +154,16 @@ def section_equal_ratio(metrics: pa.Table, trials: pa.Table) -> Section:
         return sec.skip("no two configurations share their eta/S sequence (same n_train and model) "
                         "outside beta and rescaling families")
     loss = equal_ratio_pairs(metrics, trials, "train_loss")
-    sec.tables.append(_distance_table("val acc: distance between configurations with equal eta/S", pairs))
-    sec.tables.append(_distance_table("train loss: distance between configurations with equal eta/S", loss))
-    sec.figures.append(("Equal eta/S: val acc difference per epoch",
-                        plots.curve_differences(pairs, "Equal eta/S pairs: val acc difference per epoch (+-2 SE)")))
-    sec.figures.append(("Equal eta/S: train loss difference per epoch",
-                        plots.curve_differences(loss, "Equal eta/S pairs: train loss difference per epoch (+-2 SE)")))
+    some = f" ({{}} of {len(pairs)} pairs: the largest rms over seed noise; all in fits.json)"
+    for metric, dists in (("val acc", pairs), ("train loss", loss)):
+        rows = _most_apart(dists, MAX_PAIR_ROWS)
+        sec.tables.append(_distance_table(f"{metric}: distance between configurations with equal eta/S"
+                                          + (some.format(len(rows)) if len(rows) < len(dists) else ""), rows))
+    for metric, dists in (("val acc", pairs), ("train loss", loss)):
+        lines = _most_apart(dists, MAX_PAIR_LINES)
+        title = f"Equal eta/S pairs: {metric} difference per epoch (+-2 SE)"
+        sec.figures.append((f"Equal eta/S: {metric} difference per epoch", plots.curve_differences(
+            lines, title + (some.format(len(lines)) if len(lines) < len(dists) else ""))))
     sec.data = {"val_acc": [d.to_dict() for d in pairs], "train_loss": [d.to_dict() for d in loss]}
     sec.headline = "; ".join(f"{d.a} vs {d.b}: val acc rms {fmt(d.rms, 2)} (seed noise {fmt(d.noise_rms, 2)})"
                              for d in pairs[:3])

@@ -134,6 +134,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     run_dir = fetch_run_dir(args.run_dir)  # a URI (s3://, gs://, file://) is fetched to a local cache
     if not (run_dir / "metrics").is_dir():
         raise LrbsError(f"RUN_DIR: {run_dir} is not an lrbs run directory (no metrics/ inside)")
+    if args.trials:  # individual trials on demand: their page only, not the whole report
+        from analysis.report import write_trial_page
+
+        try:
+            page = write_trial_page(run_dir, args.trials)
+        except ValueError as exc:
+            raise LrbsError(str(exc)) from None
+        except OSError as exc:
+            raise LrbsError(f"RUN_DIR: cannot write the trials page in {run_dir} ({exc.strerror or exc})") from None
+        print(f"trials: {page}")
+        _publish(args.run_dir, [page])
+        return 0
     try:
         paths = write_reports(run_dir, tuple(dict.fromkeys(formats)))
     except OSError as exc:  # a read-only run directory (or a full disk): say where
@@ -275,7 +287,8 @@ COMMANDS = {
     "report": ("write report.html, fits.json and report.md for a run directory",
                "(Re)write the report of a run: fits of validation accuracy and sharpness against eta/S, "
                "the breakdown, every figure. Works mid-sweep (partial data, marked) and on a URI.",
-               ["lrbs report runs/quickstart", "lrbs report runs/a --compare runs/b --format md"]),
+               ["lrbs report runs/quickstart", "lrbs report runs/a --compare runs/b --format md",
+                "lrbs report runs/fig3_grid --trials 'lr=0.1 S=128'"]),
     "submit": ("submit a sweep as a Ray job to a remote cluster",
                "Send this project and a spec to a Ray cluster's job API; the job runs `lrbs run` on the "
                "head node. Plain http:// to another host is refused when a token would be sent.",
@@ -344,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", metavar="RUN_B", default=None,
                    help="also compare with another run: writes compare-<RUN_B name>.md and .html in RUN_DIR "
                         "(slopes with CIs, beta*, every section's headline, side by side)")
+    p.add_argument("--trials", action="append", metavar="SELECTOR",
+                   help="instead of the report, draw these trials' own learning curves in "
+                        "RUN_DIR/trials-<SELECTOR>.html: key=value terms ('lr=0.1 S=32'; a point's legend "
+                        "name in the report is one) or trial ids; repeat for more")
     p.set_defaults(func=cmd_report)
     p = _sub(sub, "submit")
     p.add_argument("spec", help="spec file inside this project (it travels with the job's working dir)")

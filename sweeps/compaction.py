@@ -81,3 +81,36 @@ def compact_streams(sources: list[Path], dest: Path) -> list[Path]:
     for path in used:
         path.unlink(missing_ok=True)
     return used
+
+
+def compact_earlier_sessions(metrics_dir: Path) -> list[Path]:
+    """Compact the stream files that earlier driver sessions left behind (a killed driver never
+    compacts its own): one Parquet file per session, named inside that session's range so that
+    write order (file-name order) is kept. Only for a caller holding the run's lock (``lrbs
+    resume``): no other driver may be writing these files. Cut-off streams stay as they are.
+    Returns the Parquet files written; a failure (a full disk) leaves the streams, with a warning."""
+    import sys
+
+    covered: set[str] = set()
+    for path in metrics_dir.glob("*.parquet"):  # streams a compacted file already holds: not twice
+        try:
+            covered.update(json.loads((pq.read_schema(path).metadata or {}).get(COMPACTED_SOURCES.encode(), b"[]")))
+        except (OSError, ValueError, TypeError, pa.ArrowException):
+            continue
+    by_session: dict[str, list[Path]] = {}
+    for path in sorted(metrics_dir.glob("*.arrow")):
+        if "__" in path.name and path.name not in covered:
+            by_session.setdefault(path.name.split("__", 1)[0], []).append(path)
+    written = []
+    for session, streams in by_session.items():
+        k = 0
+        while (dest := metrics_dir / f"{session}__compacted-r{k:04d}.parquet").exists():
+            k += 1
+        try:
+            if compact_streams(streams, dest):
+                written.append(dest)
+        except (OSError, pa.ArrowException, ValueError) as exc:
+            print(f"[lrbs] warning: could not compact {len(streams)} metric files of session {session} "
+                  f"({getattr(exc, 'strerror', None) or exc}); they stay as stream files (read the same)",
+                  file=sys.stderr, flush=True)
+    return written

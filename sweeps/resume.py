@@ -167,6 +167,7 @@ def _resume_locked(spec, trackers: list, local: Path, remote, restart_errored: b
                    out: TextIO, outcome: dict | None, upload_interval_s: float | None) -> None:
     from ray import tune
 
+    from sweeps.compaction import compact_earlier_sessions
     from sweeps.ledger import LEDGER_DIR, resume_plan
     from sweeps.metrics_sink import ArrowMetricsSink, MetricsUploader, TrackingCallback, TrialLedger, session_tag
     from sweeps.progress import ProgressPrinter
@@ -183,6 +184,11 @@ def _resume_locked(spec, trackers: list, local: Path, remote, restart_errored: b
         checkpoints = functools.partial(remote_checkpoints, remote)
     packs, resume, counts, records = plan_resume(spec, local, restart_errored, checkpoints)
     n_left = counts["continued"] + counts["restarted"] + counts["new"]
+    compacted: list = []
+    if n_left or remote is None:  # (a remote run's compacted files reach the store with this session's uploads)
+        # Under the lock no earlier driver is alive: the streams a killed one left are compacted
+        # now (it never got to its own end-of-session compaction).
+        compacted = compact_earlier_sessions(local / METRIC_DIR)
     print(f"[lrbs] resume {spec.name}: {counts['done']} trials done; {counts['continued']} continue from "
           f"checkpoints, {counts['restarted']} restart from scratch, {counts['new']} never started "
           f"({len(packs)} packs) -> {where}", file=out, flush=True)
@@ -202,7 +208,9 @@ def _resume_locked(spec, trackers: list, local: Path, remote, restart_errored: b
             uploader = MetricsUploader(local / METRIC_DIR, remote.target.fs, remote.path(METRIC_DIR),
                                        DEFAULT_UPLOAD_INTERVAL_S if upload_interval_s is None else upload_interval_s,
                                        also=[(local / LEDGER_DIR, remote.path(LEDGER_DIR), "*.json")])
-            uploader.mark_sent()  # the mirrored files are the remote's already
+            uploader.mark_sent()  # the mirrored files are the remote's already (not the ones compacted here)
+            for path in compacted:
+                uploader.sent.pop(path.name, None)
             callbacks.append(uploader)
             storage = {"storage_path": remote.target.path, "storage_filesystem": remote.target.fs}
         callbacks.append(ProgressPrinter(n_left, n_left * spec.train.epochs,

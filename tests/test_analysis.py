@@ -463,3 +463,59 @@ def test_learning_curves_aggregate_over_seeds_for_large_sweeps():
             assert mean.y[k] == pytest.approx(np.mean(vals))
             assert mean.customdata[k] == len(vals)
             assert band.y[k] == pytest.approx(min(vals)) and band.y[len(band.y) - 1 - k] == pytest.approx(max(vals))
+
+
+def test_individual_trials_on_demand(tmp_path, capsys):
+    """Each aggregated curve's legend name selects exactly its point's seeds; ``lrbs report
+    --trials`` draws those trials one line each on their own page (and nothing else); bad
+    selectors are one line, exit 2."""
+    from analysis.plots import learning_curves
+    from analysis.selection import select_trials
+
+    metrics = load_metrics(FIX / "grid")
+    trials = trial_table(metrics)
+    fig = learning_curves(metrics, "val_acc", trials=trials, max_trials=1)
+    point_of = {t["trial_id"]: (t["lr"], t["batch_size"]) for t in trials.to_pylist()}
+    for mean in (tr for tr in fig.data if tr.name is not None):
+        picked = select_trials(trials, [mean.name]).column("trial_id").to_pylist()
+        points = {point_of[t] for t in picked}
+        assert len(points) == 1 and len(picked) == sum(p in points for p in point_of.values()) >= 2
+        assert max(mean.customdata) == len(picked)  # the seeds its mean was over
+
+    run = _copy("grid", tmp_path)
+    lr, s = next(iter(point_of.values()))
+    ids = sorted(t for t, p in point_of.items() if p == (lr, s))
+    assert main(["report", str(run), "--trials", f"lr={lr:g},S={s}", "--trials", ids[0]]) == 0
+    out = capsys.readouterr().out
+    page = run / f"trials-lr={lr:g}-S={s}_{ids[0]}.html"
+    assert f"trials: {page}" in out and page.exists() and not (run / "report.html").exists()
+    text = page.read_text()
+    assert all(t in text for t in ids) and text.count("class=\"plotly-graph-div\"") >= 2
+    for bad, why in [("lr=0.1 color=red", "unknown key 'color'"), (f"lr={lr * 7:g}", "no trial matches"),
+                     ("nosuchtrial_00000", "no trial 'nosuchtrial_00000'"), (f"lr={lr:g} {ids[0]}", "mixes")]:
+        assert main(["report", str(run), "--trials", bad]) == 2
+        err = capsys.readouterr().err
+        assert why in err and err.count("\n") == 1, err
+
+
+def test_equal_ratio_section_shows_the_pairs_most_apart_when_there_are_many(monkeypatch):
+    """Thousands of equal-eta/S pairs (a big grid): the page's tables and lines keep those with the
+    largest rms over seed noise; fits.json keeps every pair."""
+    from analysis import sections
+
+    metrics = load_metrics(FIX / "grid")
+    trials = trial_table(metrics)
+    full = sections.section_equal_ratio(metrics, trials)
+    n = len(full.data["val_acc"])
+    assert n >= 2 and len(full.tables[0].rows) == n and "pairs:" not in full.tables[0].title
+    monkeypatch.setattr(sections, "MAX_PAIR_ROWS", 1)
+    monkeypatch.setattr(sections, "MAX_PAIR_LINES", 1)
+    sec = sections.section_equal_ratio(metrics, trials)
+    assert len(sec.data["val_acc"]) == n  # all pairs in the data
+    assert len(sec.tables[0].rows) == 1 and f"(1 of {n} pairs" in sec.tables[0].title
+    apart = sorted(full.data["val_acc"], key=lambda d: -d["rms"] / d["noise_rms"])
+    shown = {(r[0], r[1]) for r in sec.tables[0].rows}
+    assert shown == {(d["a"], d["b"]) for d in apart[:1]}
+    fig = sec.figures[0][1]
+    assert len([t for t in fig.data if t.name]) == 1 and f"(1 of {n} pairs" in fig.layout.title.text
+    assert fig.data[0].name.startswith(f"{apart[0]['a']} vs {apart[0]['b']}")

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pytest
 
 from analysis.tables import load_metrics, load_metrics_with_report, load_trials
-from sweeps.compaction import compact_streams
+from sweeps.compaction import compact_earlier_sessions, compact_streams
 from sweeps.metrics_sink import ArrowMetricsSink
 from benchmarks import old_readers as old
 
@@ -116,6 +116,31 @@ def test_compaction_is_read_exactly_once_at_every_crash_point(tmp_path, capsys):
     assert f"DAMAGED: compacted metric file {dest.name}: unreadable compacted file" in capsys.readouterr().out
     assert old.load_metrics(run).num_rows == reference.num_rows
     assert stream_bytes / compacted_bytes > 5  # what compaction is for (the benchmark has the real figures)
+
+
+def test_resume_compacts_the_streams_killed_sessions_left(tmp_path):
+    """``lrbs resume`` (under the run's lock) compacts what killed drivers left as streams: one
+    Parquet file per session, inside that session's name range (write order kept, so superseding
+    reads the same); a cut-off stream stays; a second pass finds nothing to do."""
+    run = tmp_path / "run"
+    write_run(run)  # two sessions, neither compacted (as if both drivers were killed)
+    metrics = run / "metrics"
+    streams = sorted(metrics.glob("*.arrow"))
+    first = streams[0].name.split("__")[0]
+    compact_streams(streams[:3], metrics / f"{first}__compacted-0000.parquet")  # it got that far
+    cut = streams[-1]  # the second driver was killed while writing its newest batch
+    cut.write_bytes(cut.read_bytes()[:-40])
+    before, info = load_metrics_with_report(run)
+    assert list(info.dropped_bytes) == [cut.name]
+
+    written = compact_earlier_sessions(metrics)
+    sessions = sorted({p.name.split("__")[0] for p in streams})
+    assert [p.name for p in written] == [f"{s}__compacted-r0000.parquet" for s in sessions]
+    assert [p.name for p in metrics.glob("*.arrow")] == [cut.name]
+    after, info = load_metrics_with_report(run)
+    assert same_values(after, before) and list(info.dropped_bytes) == [cut.name] and not info.damaged
+    assert "aaaaa_00000" not in set(after.column("trial_id").to_pylist())  # still superseded
+    assert compact_earlier_sessions(metrics) == []  # the cut-off stream is never compacted
 
 
 def test_sink_compacts_as_trials_end_and_at_the_end(tmp_path):

@@ -221,18 +221,25 @@ def test_s3_sigkill_resume_status_report_interpolate(s3_server, tmp_path):
     rows = assert_exactly_once_and_unfaulted(local, n_trials=2, epochs=KILL_EPOCHS)
     sessions = sorted({p.name.split("__")[0] for p in (local / "metrics").iterdir()})
     assert len(sessions) == 2  # the killed driver's rows and the resumed session's, both in the bucket
-    # The killed session left streams; the resumed one ended compacted (its streams deleted from the store).
+    # The resumed session ended compacted (its streams deleted from the store); the streams the
+    # killed driver left were compacted by the resume (those read whole: a cut-off one would stay).
     assert [p.suffix for p in (local / "metrics").glob(f"{sessions[1]}__*")] == [".parquet"]
+    assert ".parquet" in [p.suffix for p in (local / "metrics").glob(f"{sessions[0]}__*")]
     # Both members continued from the newest checkpoint that loads and is not ahead of the rows
     # the bucket had (the cut-off one was skipped): their first resumed row is the epoch after it.
     from trainables.train_loop import load_state
 
-    first_rows = [read_stream_file(p)[0].column("epoch").to_pylist()
-                  for p in (local / "metrics").glob(f"{sessions[0]}__*.arrow")]
-    last_row = min(max(epochs) for epochs in first_rows)
-    usable = [e for e in (load_state(f"s3://{p.rsplit('/', 1)[0]}?endpoint_override={endpoint}&scheme=http")["epoch"] for p in states[:-1]) if e <= last_row]
     from analysis.tables import read_compacted_file
 
+    killed = [read_stream_file(p)[0] for p in (local / "metrics").glob(f"{sessions[0]}__*.arrow")]
+    killed += [read_compacted_file(p)[0] for p in (local / "metrics").glob(f"{sessions[0]}__*.parquet")]
+    last_of: dict[str, int] = {}
+    for t in killed:
+        for trial_id, epoch in zip(t.column("trial_id").to_pylist(), t.column("epoch").to_pylist()):
+            last_of[trial_id] = max(epoch, last_of.get(trial_id, 0))
+    assert len(last_of) == 2
+    last_row = min(last_of.values())
+    usable = [e for e in (load_state(f"s3://{p.rsplit('/', 1)[0]}?endpoint_override={endpoint}&scheme=http")["epoch"] for p in states[:-1]) if e <= last_row]
     (compacted,) = (local / "metrics").glob(f"{sessions[1]}__*.parquet")
     table = read_compacted_file(compacted)[0]
     first_of: dict[str, int] = {}

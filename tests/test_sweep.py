@@ -117,13 +117,14 @@ def test_cli_validate_prints_grid():
     ("name: x\ndataset: {name: mnist2}\n", "dataset.name: unknown data set"),
     ("name: x\nmodel: {name: gpt}\n", "model.name: unknown model"),
 ])
-def test_cli_bad_spec_exit_2_one_line_nothing_launched(tmp_path, content, needle):
+def test_cli_bad_spec_exit_2_one_line_nothing_launched(tmp_path, content, needle, capsys):
+    # In-process (the CLI's exit code and streams; the other tests here run it as a process)
     spec = tmp_path / "bad.yaml"
     spec.write_text(content)
-    out = _lrbs("run", str(spec), "--storage", str(tmp_path / "runs"))
-    assert out.returncode == 2
-    assert out.stdout == ""
-    err = out.stderr.strip()
+    assert main(["run", str(spec), "--storage", str(tmp_path / "runs")]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    err = out.err.strip()
     assert "\n" not in err and needle in err and "bad.yaml" in err, err
     assert not (tmp_path / "runs").exists()  # nothing launched, nothing written
 
