@@ -101,7 +101,9 @@ def write_record(run_dir: Path, record: TrialRecord) -> None:
         tmp.unlink(missing_ok=True)
 
 
-_TRIAL_ID = re.compile(r"^[0-9a-f]{5}_\d{5}$")  # Tune's trial ids: the only ids lrbs writes records for
+# Tune's trial ids, the only ids lrbs writes records for: a grid's (``<5 hex>_<index>``) and a
+# search algorithm's (8 hex; ``beta.search``)
+_TRIAL_ID = re.compile(r"^(?:[0-9a-f]{5}_\d{5}|[0-9a-f]{8})$")
 
 
 def _check_record(record: TrialRecord, path: Path) -> None:
@@ -140,7 +142,7 @@ def read_ledger(run_dir: str | Path) -> tuple[dict[str, TrialRecord], dict[str, 
     return records, damaged
 
 
-_TRIAL_DIR_ID = re.compile(r"_([0-9a-f]{5}_\d{5})_")  # Tune's folder: <trainable>_<trial id>_<index>_...
+_TRIAL_DIR_ID = re.compile(r"_([0-9a-f]{5}_\d{5}|[0-9a-f]{8})_\d+_")  # Tune's folder: <trainable>_<trial id>_<index>_...
 SESSION_GLOB = "resume-*"  # the Ray experiment of each `lrbs resume` session, inside RUN_DIR
 
 

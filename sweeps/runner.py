@@ -290,14 +290,41 @@ def print_outcome(spec: SweepSpec, run_dir: Path, metrics_where: str, out: TextI
     """Counts are of points (a pack counts once per member), from lrbs's own files (rows and
     trial records, ``sweeps.ledger.sweep_outcome``); ``outcome`` gets them."""
     from sweeps.ledger import sweep_outcome
-    from sweeps.spec import expand_points
 
-    counts = sweep_outcome(run_dir, expand_points(spec))
+    counts = sweep_outcome(run_dir, run_points(spec, run_dir))
     extra = f", {counts['unfinished']} unfinished" if counts["unfinished"] else ""
     print(f"[lrbs] sweep {spec.name} ended: {counts['finished']} trials finished, {counts['errored']} errored{extra}; "
           f"metrics in {metrics_where}", file=out, flush=True)
     if outcome is not None:
         outcome.update(counts)
+
+
+def run_points(spec: SweepSpec, run_dir: Path) -> list[dict]:
+    """The sweep's points: the spec's; for a ``beta.search``, those its trials were given (the
+    trial records), which is all the search launched."""
+    from sweeps.spec import expand_points, is_search
+
+    if not is_search(spec):
+        return expand_points(spec)
+    from sweeps.ledger import current_records, member_points, read_ledger
+
+    records, _ = read_ledger(run_dir)
+    return [p for r in current_records(records) for p in member_points(r.point)]
+
+
+def tune_settings(spec: SweepSpec, out: TextIO, **searcher) -> dict:
+    """``TuneConfig`` keywords: one sample of the grid of packs, or the beta searcher (``num_samples``
+    -1: as many as it proposes, until it says FINISHED)."""
+    from sweeps.spec import is_search
+
+    # Reused actors: a trial after the first on a worker skips process start-up and imports
+    # (seconds per trial; see docs/performance.md). Trials share no state: each one seeds
+    # torch and sets its threads itself.
+    if not is_search(spec):
+        return {"num_samples": 1, "reuse_actors": True}
+    from sweeps.beta_searcher import BetaSearcher
+
+    return {"num_samples": -1, "reuse_actors": True, "search_alg": BetaSearcher(spec, out=out, **searcher)}
 
 
 def fit(tuner, run_dir: Path, raylog=None) -> None:
@@ -399,7 +426,7 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
     from sweeps.metrics_sink import ArrowMetricsSink, TrackingCallback, TrialLedger
     from sweeps.progress import ProgressPrinter
     from sweeps.packing import plan_packs
-    from sweeps.spec import expand_points
+    from sweeps.spec import expand_points, is_search, search_settings
     from sweeps.storage import prepare_placement, resolve_storage
     from sweeps.version import code_version
     from trainables.train_loop import train_trial
@@ -442,18 +469,23 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
             (run_dir / PROVENANCE).write_text(json.dumps(info, indent=1))
         except OSError as exc:  # a full disk right at the start
             raise SweepStopped(f"RUN_DIR: cannot write into {run_dir} ({exc.strerror or exc})") from None
-        n_trials, n_packs = len(expand_points(spec)), len(plan_packs(spec))
-        print(f"[lrbs] sweep {spec.name}: {n_trials} trials in {n_packs} packs -> {place.where} (Ray's log: {log_path})",
-              file=out, flush=True)
+        if is_search(spec):
+            settings = search_settings(spec)
+            n_trials = settings.budget  # at most
+            print(f"[lrbs] sweep {spec.name}: beta search over {len(settings.betas)} betas "
+                  f"(1 to {settings.betas[-1]:g}, x{spec.beta.search.resolution:.4g}) at "
+                  f"{len(spec.beta.n_train) or 1} training-set size(s), at most {n_trials} trials -> {place.where} "
+                  f"(Ray's log: {log_path})", file=out, flush=True)
+        else:
+            n_trials, n_packs = len(expand_points(spec)), len(plan_packs(spec))
+            print(f"[lrbs] sweep {spec.name}: {n_trials} trials in {n_packs} packs -> {place.where} "
+                  f"(Ray's log: {log_path})", file=out, flush=True)
         printer = ProgressPrinter(n_trials, n_trials * spec.train.epochs, info["estimate"]["device_hours"],
                                   "GPU" if spec.resources.gpu > 0 else "CPU", out=out)
         tuner = tune.Tuner(
             tune.with_resources(train_trial, trial_resources(spec)),
             param_space=to_param_space(spec, code_version()),
-            # Reused actors: a trial after the first on a worker skips process start-up and imports
-            # (seconds per trial; see docs/performance.md). Trials share no state: each one seeds
-            # torch and sets its threads itself.
-            tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),
+            tune_config=tune.TuneConfig(**tune_settings(spec, out)),
             run_config=tune.RunConfig(
                 name=spec.name,
                 **place.tune_kwargs,

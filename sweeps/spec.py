@@ -148,13 +148,29 @@ class RescaleConfig:
 
 
 @dataclass(frozen=True)
+class BetaSearchConfig:
+    """``beta.search``: find beta* per training-set size adaptively instead of training a fixed
+    ladder (``analysis/beta_search.py``): candidates 1, r, r^2, ... (r = ``resolution``) up to
+    ``max_beta``; each point starts with ``grid.seed``'s seeds."""
+    max_beta: float | None = None     # None: the largest candidate whose S fits the smallest training set
+    resolution: float = 2 ** 0.5      # the ratio of neighbouring candidates: beta* is bracketed to this factor
+    # seeds a point may grow to where its test is undecided (None: grid.seed's, no added seeds; more
+    # than that holds every test to alpha / looks: analysis/beta_search.py)
+    max_seeds: int | None = None
+    budget: int | None = None         # trials (points x seeds) over all sizes (None: the fixed ladder's count)
+    undecided_p: float = 0.25         # Holm p in [level, undecided_p): add seeds before calling it "holds"
+
+
+@dataclass(frozen=True)
 class BetaConfig:
     """Fig. 5: S = round(S0 * beta), lr = lr0 * S / S0 (= lr0 * beta up to S's rounding, so eta/S is
-    exactly lr0/S0 for every member), for each beta, crossed with training-set sizes."""
+    exactly lr0/S0 for every member), for each beta, crossed with training-set sizes. ``values``
+    (a fixed ladder) or ``search`` (beta* found adaptively), not both."""
     lr0: float
     batch_size0: int
-    values: tuple[float, ...]
+    values: tuple[float, ...] = ()
     n_train: tuple[int, ...] = ()   # empty: dataset.n_train for every trial
+    search: BetaSearchConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -206,8 +222,10 @@ class SweepSpec:
         data = _plain(dataclasses.asdict(self))
         if self.rescale is not None or self.beta is not None or self.variants:
             data["grid"] = {"seed": data["grid"]["seed"]}
-        if self.beta is not None and not self.beta.n_train:
-            data["beta"].pop("n_train")
+        if self.beta is not None:
+            for key in ("n_train", "values", "search"):
+                if not data["beta"][key]:  # empty / None: as a spec leaves it out
+                    data["beta"].pop(key)
         return data
 
 
@@ -610,6 +628,8 @@ def count_points(spec: SweepSpec) -> int:
     if spec.variants:
         return seeds * len(spec.variants)
     if spec.beta is not None:
+        if spec.beta.search is not None:  # the budget: at most this many (the ladder's count by default)
+            return search_settings(spec).budget
         return seeds * len(spec.beta.values) * max(1, len(spec.beta.n_train))
     return (seeds * len(axis_values(spec.grid.lr, "grid.lr"))
             * len(axis_values(spec.grid.batch_size, "grid.batch_size")))
@@ -689,6 +709,10 @@ def _validate_beta(spec: SweepSpec, n_train: int) -> None:
         raise SpecError(f"beta.lr0: must be > 0 (got {b.lr0})")
     if b.batch_size0 < 1:
         raise SpecError(f"beta.batch_size0: must be >= 1 (got {b.batch_size0})")
+    if b.values and b.search is not None:
+        raise SpecError("beta.values: conflicts with beta.search (the search picks the betas; keep one)")
+    if not b.values and b.search is None:
+        raise SpecError("beta.values: required (a list of betas), or beta.search to find beta* adaptively")
     for i, value in enumerate(b.values):
         if not value > 0:
             raise SpecError(f"beta.values[{i}]: must be > 0 (got {value})")
@@ -703,6 +727,70 @@ def _validate_beta(spec: SweepSpec, n_train: int) -> None:
     smallest = min(sizes[1:] or sizes)
     for i, value in enumerate(b.values):
         _check_batch_size(beta_size(b, value), smallest, f"beta.values[{i}]")
+    if b.search is not None:
+        _validate_beta_search(spec, smallest)
+
+
+def _validate_beta_search(spec: SweepSpec, smallest: int) -> None:
+    """``beta.search``: its knobs, then what the search needs to bracket beta* at all."""
+    b, q = spec.beta, spec.beta.search
+    if not (q.resolution > 1 and math.isfinite(q.resolution)):
+        raise SpecError(f"beta.search.resolution: must be a factor > 1 (got {q.resolution})")
+    if q.max_beta is not None and not (q.max_beta >= q.resolution and math.isfinite(q.max_beta)):
+        raise SpecError(f"beta.search.max_beta: must be >= the resolution {q.resolution:g} (got {q.max_beta}): "
+                        f"the search needs a beta above the reference beta = 1")
+    if q.max_beta is not None and beta_size(b, q.max_beta) > smallest:
+        raise SpecError(f"beta.search.max_beta: beta = {q.max_beta:g} means S = {beta_size(b, q.max_beta)}, larger "
+                        f"than the smallest training set ({smallest} examples)")
+    elif beta_size(b, q.resolution) > smallest:
+        raise SpecError(f"beta.search.max_beta: even beta = {q.resolution:g} (S = {beta_size(b, q.resolution)}) "
+                        f"exceeds the smallest training set ({smallest} examples)")
+    betas = search_ladder(spec)
+    sizes = [beta_size(b, beta) for beta in betas]
+    same = next((i for i in range(1, len(sizes)) if sizes[i] == sizes[i - 1]), None)
+    if same is not None:
+        raise SpecError(f"beta.search.resolution: beta {betas[same - 1]:g} and {betas[same]:g} both round to "
+                        f"S = {sizes[same]} (batch_size0 = {b.batch_size0}); use a larger batch_size0 or resolution")
+    if len(spec.grid.seed) < 2:
+        raise SpecError(f"grid.seed: beta.search needs >= 2 seeds per point for its Welch test "
+                        f"(got {list(spec.grid.seed)})")
+    if q.max_seeds is not None and q.max_seeds < len(spec.grid.seed):
+        raise SpecError(f"beta.search.max_seeds: must be >= the {len(spec.grid.seed)} seeds of grid.seed "
+                        f"(got {q.max_seeds})")
+    if not 0 < q.undecided_p <= 1:
+        raise SpecError(f"beta.search.undecided_p: must be in (0, 1] (got {q.undecided_p})")
+    n_sizes = max(1, len(b.n_train))
+    need = 2 * len(spec.grid.seed) * n_sizes
+    if q.budget is not None and q.budget < need:
+        raise SpecError(f"beta.search.budget: {q.budget} trials cannot bracket beta* (needs >= {need}: beta = 1 "
+                        f"and one probe, {len(spec.grid.seed)} seeds each, at {n_sizes} training-set size(s))")
+
+
+def search_ladder(spec: SweepSpec) -> tuple[float, ...]:
+    """``beta.search``'s candidates: 1, r, r^2, ... up to max_beta (default: the largest whose S
+    fits the smallest training set)."""
+    from analysis.beta_search import ladder
+    from trainables.data import train_set_size
+
+    b, q = spec.beta, spec.beta.search
+    if q.max_beta is not None:
+        return ladder(q.resolution, q.max_beta)
+    sizes = [train_set_size(dataclasses.replace(spec.dataset, n_train=n)) for n in b.n_train] or \
+        [train_set_size(spec.dataset)]
+    fits = [beta for beta in ladder(q.resolution, max(sizes) / b.batch_size0 + 1) if beta_size(b, beta) <= min(sizes)]
+    return tuple(fits)
+
+
+def search_settings(spec: SweepSpec):
+    """``analysis.beta_search.SearchSettings`` of a ``beta.search`` spec."""
+    from analysis.beta_search import SearchSettings
+
+    b, q = spec.beta, spec.beta.search
+    seeds = tuple(spec.grid.seed)
+    betas = search_ladder(spec)
+    ladder_trials = len(betas) * len(seeds) * max(1, len(b.n_train))
+    return SearchSettings(betas=betas, seeds=seeds, max_seeds=q.max_seeds or len(seeds),
+                          budget=q.budget or ladder_trials, undecided_p=q.undecided_p)
 
 
 def _validate_curvature(c: CurvatureConfig) -> None:
@@ -783,19 +871,30 @@ def expand_points(spec: SweepSpec) -> list[dict[str, Any]]:
         ]
     if spec.beta is not None:
         b = spec.beta
+        if b.search is not None:  # its points come from the search (sweeps/beta_searcher.py); these
+            # are the fixed ladder it replaces, each candidate with grid.seed's seeds (estimates, validate)
+            return [beta_point(b, beta, seed, n) for n in (b.n_train or (None,)) for beta in search_ladder(spec)
+                    for seed in seeds]
         # S is rounded to an integer; lr = lr0 * S / S0 then keeps eta/S exactly lr0/S0 for every
         # member (beta 0.25 of S0 = 50 is S = 13, 12.5 rounded; lr0 * beta would put eta/S 4% off).
-        return [
-            {"lr": float(f"{b.lr0 * beta_size(b, beta) / b.batch_size0:.6g}"), "batch_size": beta_size(b, beta),
-             "seed": seed, "beta": beta, **({"n_train": n} if n is not None else {})}
-            for n in (b.n_train or (None,)) for beta in b.values for seed in seeds
-        ]
+        return [beta_point(b, beta, seed, n) for n in (b.n_train or (None,)) for beta in b.values for seed in seeds]
     lrs = axis_values(spec.grid.lr, "grid.lr")
     sizes = axis_values(spec.grid.batch_size, "grid.batch_size")
     return [
         {"lr": lr, "batch_size": s, "seed": seed}
         for lr, s, seed in itertools.product(lrs, sizes, seeds)
     ]
+
+
+def is_search(spec: SweepSpec) -> bool:
+    """A ``beta.search`` spec: its points are proposed as the sweep runs, not expanded up front."""
+    return spec.beta is not None and spec.beta.search is not None
+
+
+def beta_point(b: BetaConfig, beta: float, seed: int, n_train: int | None) -> dict[str, Any]:
+    """The trial point of family member ``beta`` (one seed, one training-set size)."""
+    return {"lr": float(f"{b.lr0 * beta_size(b, beta) / b.batch_size0:.6g}"), "batch_size": beta_size(b, beta),
+            "seed": seed, "beta": beta, **({"n_train": n_train} if n_train is not None else {})}
 
 
 def beta_size(b: BetaConfig, beta: float) -> int:
@@ -819,9 +918,13 @@ def to_param_space(spec: SweepSpec, code_version: str, packs: list[list[dict[str
     shared = spec.to_dict()
     for key in ("grid", "description", "rescale", "beta", "variants", "limits", "tracking"):
         shared.pop(key)
-    packs = plan_packs(spec) if packs is None else packs
+    if is_search(spec):  # each trial's point comes from the searcher (sweeps/beta_searcher.py)
+        points = {}
+    else:
+        packs = plan_packs(spec) if packs is None else packs
+        points = {"point": tune.grid_search([tune_point(pack) for pack in packs])}
     return {
-        "point": tune.grid_search([tune_point(pack) for pack in packs]),
+        **points,
         "sweep": shared.pop("name"),
         "code_version": code_version,
         **shared,

@@ -1,0 +1,251 @@
+"""Adaptive search for the breakdown point beta* (``beta.search`` in a spec; docs/experiments.md).
+
+beta* is the smallest beta > 1 whose maximum validation accuracy is significantly below beta = 1's:
+the one-sided Welch test the breakdown section applies to a fixed ladder (``analysis.breakdown``),
+at ``analysis.breakdown.ALPHA`` family-wise. The ladder corrects with Holm over all its betas; a
+bisection does not know in advance which betas it will test, only how many at most (m, see
+below), so each test is held to alpha / m (Bonferroni): a decision never changes when later
+betas are tested, and whatever the search calls significant, Holm over the betas it tested
+(the breakdown section on the same trials) calls significant too.
+
+The candidates are a ladder beta_k = resolution^k, k = 0..K (beta_0 = 1, the reference). Per
+training-set size the search bisects the index range: lo (known not significantly below) starts
+at k = 0, hi (significantly below) at K + 1, "beyond the ladder", so beta_K itself is only
+trained if every beta below it held; it tests mid = (lo + hi) // 2 and moves lo or hi until
+hi = lo + 1. Then beta* = beta_hi, bracketed by (beta_lo, beta_hi]: within one resolution step.
+The level: m = ceil(log2(K + 1)), the most betas such a bisection tests, so alpha / m per test.
+With ``max_seeds`` above the starting seeds, a test that is undecided (p in [level,
+undecided_p)) gets more seeds, for that beta and for the reference, before it is called "holds";
+extra seeds come only from budget the rest of the bisection does not need. Looking again after
+adding seeds is another test of the same hypothesis (optional stopping inflates false
+breakdowns), so then the level is alpha / (m L), L the looks a point can get. (The reference's
+added seeds change every test: the only way a decision can change.)
+
+The policy is a pure function of the finished trials (``search_step``): the state is never kept
+anywhere else, so a search resumed after a crash carries on from the trials that finished, and
+the report replays it from the trial table. Nothing here imports Ray.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from analysis.breakdown import ALPHA
+from analysis.stats import welch_less
+
+DIVERGED_OR_DONE = ("finished", "diverged")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """What the policy needs (``sweeps.spec.BetaSearchConfig`` resolved against the spec)."""
+    betas: tuple[float, ...]        # the candidate ladder, betas[0] == 1
+    seeds: tuple[int, ...]          # the seeds every point starts with (>= 2: Welch)
+    max_seeds: int                  # seeds a point may grow to while its test is undecided
+    budget: int                     # trials (points x seeds) over all training-set sizes
+    undecided_p: float = 0.25
+    alpha: float = ALPHA
+
+    @property
+    def looks(self) -> int:
+        """Tests a point can get: the first, and one per round of added seeds."""
+        n = len(self.seeds)
+        return 1 + max(0, math.ceil((self.max_seeds - n) / n))
+
+    @property
+    def probes(self) -> int:
+        """The most betas one bisection tests: ceil(log2(K + 1)) for candidates 0..K."""
+        return max(1, math.ceil(math.log2(len(self.betas))))
+
+    @property
+    def level(self) -> float:
+        """The level every test is held to: alpha over the probes and the looks (Bonferroni)."""
+        return self.alpha / (self.probes * self.looks)
+
+
+@dataclass
+class Outcome:
+    """One trial the search launched: its point and, once it ended, its max val acc."""
+    n_train: int | None
+    k: int
+    seed: int
+    value: float | None = None     # max val acc over its epochs (None: not ended, or errored)
+    ended: bool = False            # finished or diverged (it has its value), or errored (no value)
+
+
+@dataclass
+class Proposal:
+    n_train: int | None
+    k: int
+    seeds: list[int]
+    why: str
+
+
+@dataclass
+class BetaTest:
+    beta: float
+    n: int
+    mean: float
+    p: float                        # one-sided Welch: mean below beta = 1's
+    level: float                    # what p must be under (alpha / (probes x looks))
+    significant: bool
+
+
+@dataclass
+class SearchState:
+    """Where the search stands at one training-set size."""
+    n_train: int | None
+    status: str                     # searching | found | none_below (no breakdown up to the top) | stopped (budget)
+    lo: int = 0                     # index of the largest beta known not significantly below
+    hi: int | None = None           # index of beta*, the smallest significantly below (None: not found)
+    waiting: bool = False           # trials of this size are still running
+    tests: dict[int, BetaTest] = field(default_factory=dict)
+    reference: list[float] = field(default_factory=list)
+    message: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def ladder(resolution: float, max_beta: float) -> tuple[float, ...]:
+    """1, r, r^2, ... up to the largest power <= max_beta (6 significant digits, as labels)."""
+    k_max = int(math.floor(math.log(max_beta) / math.log(resolution) + 1e-9))
+    return tuple(float(f"{resolution ** k:.6g}") for k in range(k_max + 1))
+
+
+def _values(outcomes: list[Outcome], k: int) -> list[float]:
+    return [o.value for o in outcomes if o.k == k and o.ended and o.value is not None and math.isfinite(o.value)]
+
+
+def _running(outcomes: list[Outcome], k: int) -> bool:
+    return any(o.k == k and not o.ended for o in outcomes)
+
+
+def _tests(outcomes: list[Outcome], settings: SearchSettings) -> dict[int, BetaTest]:
+    """Welch against beta = 1 for every beta > 1 with >= 2 values and nothing still running."""
+    ref = np.array(_values(outcomes, 0))
+    out = {}
+    for k in sorted({o.k for o in outcomes if o.k > 0}):
+        vals = np.array(_values(outcomes, k))
+        if len(vals) < 2 or _running(outcomes, k):
+            continue
+        _, p = welch_less(vals, ref)
+        out[k] = BetaTest(beta=settings.betas[k], n=len(vals), mean=float(vals.mean()), p=float(p),
+                          level=settings.level, significant=bool(math.isfinite(p) and p < settings.level))
+    return out
+
+
+def _more_seeds(outcomes: list[Outcome], k: int, target: int) -> list[int]:
+    """Seeds for point k until it has ``target`` launched that did not error (errored ones are replaced)."""
+    mine = [o for o in outcomes if o.k == k]
+    alive = [o for o in mine if not o.ended or o.value is not None]
+    used = {o.seed for o in mine}
+    out, s = [], 0
+    while len(alive) + len(out) < target:
+        if s not in used:
+            out.append(s)
+        s += 1
+    return out
+
+
+def search_step(n_train: int | None, outcomes: list[Outcome], settings: SearchSettings,
+                budget_left: int) -> tuple[SearchState, list[Proposal]]:
+    """The state of the search at ``n_train`` and what to launch next (nothing while waiting).
+
+    ``outcomes``: every trial launched at this size (ended or not). ``budget_left``: trials
+    that may still be launched (shared by all sizes; a proposal never exceeds it)."""
+    K = len(settings.betas) - 1
+    first = len(settings.seeds)
+    state = SearchState(n_train=n_train, status="searching", hi=None)
+    proposals: list[Proposal] = []
+
+    def want(k: int, target: int, why: str) -> bool:
+        """Launch seeds for point k up to ``target`` (within the budget); False if the budget is out."""
+        seeds = _more_seeds(outcomes, k, target)
+        if not seeds:
+            return True
+        if len(seeds) > budget_left - sum(len(p.seeds) for p in proposals):
+            return False
+        proposals.append(Proposal(n_train, k, seeds, why))
+        return True
+
+    def stop(message: str) -> tuple[SearchState, list[Proposal]]:
+        state.status, state.message = "stopped", message
+        return state, []
+
+    ref_values = _values(outcomes, 0)
+    state.reference = ref_values
+    lo, hi = 0, K + 1
+    mid0 = (lo + hi) // 2
+    if len(ref_values) < first or _running(outcomes, 0):
+        # The reference and the first probe do not depend on each other: both at once.
+        if not want(0, first, "reference (beta = 1)"):
+            return stop(f"the budget cannot pay for the reference's {first} seeds")
+        if not want(mid0, first, f"first probe: the middle of the ladder (beta {settings.betas[mid0]:g})"):
+            return stop("the budget cannot pay for a first probe")
+        state.waiting = True
+        return state, proposals
+    if len(ref_values) < 2:
+        return stop("fewer than 2 reference trials ended with a value (errored)")
+    tests = state.tests = _tests(outcomes, settings)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        test = tests.get(mid)
+        if _running(outcomes, mid):
+            state.waiting = True
+            state.lo, state.hi = lo, (hi if hi <= K else None)
+            return state, proposals
+        if test is None:  # not launched yet (or its seeds errored): launch / replace them
+            span = f"beta {settings.betas[lo]:g} holds" + (f", beta {settings.betas[hi]:g} is below" if hi <= K else "")
+            if not want(mid, first, f"bisect: {span}; try beta {settings.betas[mid]:g}"):
+                state.lo, state.hi = lo, (hi if hi <= K else None)
+                return stop(f"budget spent with beta* between beta {settings.betas[lo]:g} and "
+                            + (f"{settings.betas[hi]:g}" if hi <= K else f"above {settings.betas[lo]:g}"))
+            state.waiting = True
+            state.lo, state.hi = lo, (hi if hi <= K else None)
+            return state, proposals
+        undecided = not test.significant and test.p < settings.undecided_p
+        if undecided and (test.n < settings.max_seeds or len(ref_values) < settings.max_seeds):
+            n_more = min(settings.max_seeds, max(test.n, len(ref_values)) + first)
+            # only from budget the bisection after this point still needs (worst case)
+            steps_after = math.ceil(math.log2(max(hi - mid, mid - lo, 1))) if max(hi - mid, mid - lo) > 1 else 0
+            spare = budget_left - steps_after * first
+            why = (f"undecided at beta {test.beta:g} (p = {test.p:.3g}, level {settings.level:.3g}): "
+                   f"more seeds")
+            extra = len(_more_seeds(outcomes, mid, n_more)) + len(_more_seeds(outcomes, 0, n_more))
+            if extra and extra <= spare:
+                want(mid, n_more, why)
+                want(0, n_more, why + " (the reference)")
+                state.waiting = True
+                state.lo, state.hi = lo, (hi if hi <= K else None)
+                return state, proposals
+            # no spare budget (or seeds): it counts as holding
+        if test.significant:
+            hi = mid
+        else:
+            lo = mid
+    state.lo, state.hi = lo, (hi if hi <= K else None)
+    if hi <= K:
+        state.status = "found"
+        state.message = (f"beta* = {settings.betas[hi]:g} (bracket: beta {settings.betas[lo]:g} holds, "
+                         f"{settings.betas[hi]:g} is below)")
+    else:
+        state.status = "none_below"
+        state.message = f"not found below beta = {settings.betas[K]:g} (every beta tested holds)"
+    return state, []
+
+
+def plan_search(outcomes: list[Outcome], settings: SearchSettings, sizes: list[int | None]
+                ) -> tuple[dict, list[Proposal]]:
+    """Every size's state and the proposals for all of them, within the shared budget (sizes in
+    order: the first gets the budget first)."""
+    left = settings.budget - len(outcomes)
+    states, proposals = {}, []
+    for n in sizes:
+        state, mine = search_step(n, [o for o in outcomes if o.n_train == n], settings, left)
+        left -= sum(len(p.seeds) for p in mine)
+        states[n] = state
+        proposals += mine
+    return states, proposals

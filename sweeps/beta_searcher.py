@@ -1,0 +1,138 @@
+"""``beta.search`` as a Ray Tune search algorithm: the policy of ``analysis/beta_search.py``
+proposes the next betas from the trials that ended, this ``Searcher`` turns them into packs
+(the seeds of one beta share lr and S: one Tune trial, ``sweeps.packing``) and hands Tune one
+pack per ``suggest``.
+
+It runs in the driver (Tune's controller) like any searcher, so a search runs on a cluster as
+any sweep does. Its state is only what the trials wrote: ``lrbs resume`` builds a new searcher
+from the run directory's trial table (ended trials) and the trials it continues (queued first),
+so a resumed search repeats no trial that ended. Every point it launches carries
+``search_step`` and ``search_why`` (in its config, hence in every metric row's provenance and
+the trial table): the report's trace of which beta when, and why.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any, TextIO
+
+from ray.tune.search import Searcher
+
+from analysis.beta_search import Outcome, plan_search
+from sweeps.ledger import FINAL_ROW_STATUSES as ENDED
+
+
+def _beta_index(betas: tuple[float, ...], beta: float) -> int | None:
+    return next((k for k, b in enumerate(betas) if math.isclose(b, beta, rel_tol=1e-5)), None)
+
+
+def outcomes_from_trials(trials, betas: tuple[float, ...]) -> list[Outcome]:
+    """The ended trials of a run's trial table (``analysis.tables.load_trials``) as outcomes."""
+    out = []
+    for r in trials.to_pylist() if trials.num_rows else []:
+        k = _beta_index(betas, r.get("beta")) if r.get("beta") is not None else None
+        if k is None or r.get("status") not in ENDED:
+            continue
+        value = r.get("max_val_acc")
+        out.append(Outcome(r.get("n_train") if r.get("cfg.point.n_train") is not None else None, k, int(r["seed"]),
+                           value if value is not None and math.isfinite(value) else None, ended=True))
+    return out
+
+
+def _member_rows(result: dict) -> list[dict]:
+    """Each member's row of a trial's result. Tune hands searchers the result flattened
+    (``pack_rows/<j>/val_acc``); callbacks get it nested (``pack_rows: {j: row}``)."""
+    if isinstance(result.get("pack_rows"), dict):
+        return list(result["pack_rows"].values())
+    rows: dict[str, dict] = {}
+    for key, value in result.items():
+        if key.startswith("pack_rows/"):
+            _, j, name = key.split("/", 2)
+            rows.setdefault(j, {})[name] = value
+    return list(rows.values())
+
+
+class BetaSearcher(Searcher):
+    """Proposes packs until every training-set size's search has ended (``Searcher.FINISHED``)."""
+
+    def __init__(self, spec, done: list[Outcome] | None = None, queued: list[list[dict]] | None = None,
+                 first_step: int = 0, out: TextIO | None = None):
+        super().__init__()
+        from sweeps.spec import search_settings
+
+        self.spec = spec
+        self.settings = search_settings(spec)
+        self.sizes = list(spec.beta.n_train) or [None]
+        self.outcomes: list[Outcome] = list(done or [])
+        self.queue: list[list[dict]] = [list(p) for p in queued or []]  # continued by lrbs resume: first
+        for pack in self.queue:
+            for p in pack:
+                self.outcomes.append(self._outcome(p))
+        self.live: dict[str, list[Outcome]] = {}           # Tune trial id -> its members' outcomes
+        self.best: dict[str, dict[int, float]] = {}        # Tune trial id -> member -> max val acc so far
+        self.final: dict[str, dict[int, str]] = {}         # Tune trial id -> member -> last status
+        self.step = first_step
+        self.out = out
+        self.states: dict = {}
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # no metric to optimize: the policy reads val_acc from every result
+
+    def _outcome(self, point: dict) -> Outcome:
+        k = _beta_index(self.settings.betas, point["beta"])
+        return Outcome(point.get("n_train"), k, int(point["seed"]))
+
+    def _say(self, text: str) -> None:
+        print(f"[lrbs] beta search: {text}", file=self.out or sys.stdout, flush=True)
+
+    def _propose(self) -> None:
+        from sweeps.packing import plan_packs
+        from sweeps.spec import beta_point
+
+        self.states, proposals = plan_search(self.outcomes, self.settings, self.sizes)
+        for prop in proposals:
+            beta = self.settings.betas[prop.k]
+            points = [{**beta_point(self.spec.beta, beta, seed, prop.n_train), "search_step": self.step,
+                       "search_why": prop.why} for seed in prop.seeds]
+            where = f"n_train={prop.n_train} " if prop.n_train is not None else ""
+            self._say(f"step {self.step}: {where}beta {beta:g} (S={points[0]['batch_size']}), "
+                      f"seeds {prop.seeds}: {prop.why}")
+            self.step += 1
+            self.outcomes += [self._outcome(p) for p in points]
+            self.queue += plan_packs(self.spec, points)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        from sweeps.packing import tune_point
+
+        if not self.queue:
+            self._propose()
+        if not self.queue:
+            if any(not o.ended for o in self.outcomes):
+                return None  # waiting for running trials
+            for n, state in self.states.items():
+                self._say(f"{'n_train=' + str(n) + ': ' if n is not None else ''}{state.message}")
+            return Searcher.FINISHED
+        pack = self.queue.pop(0)
+        mine = [o for o in self.outcomes if not o.ended and o not in sum(self.live.values(), [])]
+        self.live[trial_id] = [next(o for o in mine if (o.n_train, o.k, o.seed) ==
+                                    (p.get("n_train"), _beta_index(self.settings.betas, p["beta"]), p["seed"]))
+                               for p in pack]
+        return {"point": tune_point(pack)}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        best = self.best.setdefault(trial_id, {})
+        final = self.final.setdefault(trial_id, {})
+        for r in _member_rows(result):
+            j, acc = r.get("member", 0), r.get("val_acc")
+            if acc is not None and math.isfinite(acc):
+                best[j] = max(acc, best.get(j, -math.inf))
+            final[j] = r.get("status")
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if result:
+            self.on_trial_result(trial_id, result)
+        best, final = self.best.pop(trial_id, {}), self.final.pop(trial_id, {})
+        for j, outcome in enumerate(self.live.pop(trial_id, [])):
+            outcome.ended = True
+            if final.get(j) in ENDED:  # an errored member has no value: the policy replaces its seed
+                outcome.value = best.get(j)

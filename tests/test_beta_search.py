@@ -1,0 +1,111 @@
+"""Adaptive beta* search (issue 16): the policy on synthetic accuracy curves with a known
+breakdown (no training), the spec's bad input, and (slow) a small real search end to end."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from analysis.beta_search import Outcome, SearchSettings, ladder, plan_search
+
+LADDER = ladder(2 ** 0.5, 64.0)  # 1, 1.41, ..., 64: 13 candidates
+
+
+def simulate(true_beta: float, settings: SearchSettings, sizes=(None,), noise: float = 0.004, drop: float = 0.05,
+             seed: int = 0, fail_every: int = 0):
+    """Run the policy to the end against max val acc = 0.9 below ``true_beta`` and 0.9 - drop at or
+    above it (per size: the size's own breakdown if ``true_beta`` is a dict), Gaussian noise per
+    seed. Launches run in rounds (everything proposed ends before the next call), as a cluster
+    with room for all of them would; ``fail_every``: every n-th launch errors (no value)."""
+    rng = np.random.default_rng(seed)
+    outcomes: list[Outcome] = []
+    rounds = 0
+    while True:
+        states, proposals = plan_search(outcomes, settings, list(sizes))
+        if not proposals:
+            return states, outcomes, rounds
+        rounds += 1
+        assert rounds < 100
+        for p in proposals:
+            for s in p.seeds:
+                b = settings.betas[p.k]
+                edge = true_beta[p.n_train] if isinstance(true_beta, dict) else true_beta
+                errored = fail_every and (len(outcomes) + 1) % fail_every == 0
+                value = None if errored else 0.9 - (drop if b >= edge else 0.0) + noise * rng.standard_normal()
+                outcomes.append(Outcome(p.n_train, p.k, s, value, ended=True))
+
+
+def settings(**kw) -> SearchSettings:
+    return SearchSettings(**{"betas": LADDER, "seeds": (0, 1, 2), "max_seeds": 3, "budget": 10_000, **kw})
+
+
+REPEATS = 20  # searches per case, each with its own noise: the test is statistical (alpha = 0.05)
+
+
+@pytest.mark.parametrize("true_k", range(1, len(LADDER)))
+def test_search_brackets_a_known_breakdown_within_one_step_at_under_half_the_ladder(true_k):
+    """A drop of 0.05 at candidate ``true_k`` (noise sd 0.004, 3 seeds): the bracket is exactly
+    (beta_{k-1}, beta_k] unless a test of a beta that holds came out significant (a false
+    breakdown: at most alpha per search, family-wise), never above the edge; every search uses at
+    most half the trials of the ladder that resolves beta* to the same factor."""
+    st = settings()
+    ladder_trials = len(LADDER) * len(st.seeds)
+    exact = 0
+    for seed in range(REPEATS):
+        states, outcomes, _ = simulate(LADDER[true_k] * 0.99, st, seed=seed)  # breaks at exactly true_k
+        state = states[None]
+        assert state.status == "found" and state.hi <= true_k and state.hi == state.lo + 1
+        exact += state.hi == true_k
+        assert len(outcomes) <= ladder_trials / 2, (len(outcomes), ladder_trials)
+    assert exact >= REPEATS - 3, exact
+    state = simulate(LADDER[true_k] * 0.99, st, noise=0.0001)[0][None]  # noise far below the drop
+    assert (state.lo, state.hi) == (true_k - 1, true_k)
+    assert LADDER[state.hi] / LADDER[state.lo] == pytest.approx(2 ** 0.5, rel=1e-4)
+
+
+def test_no_breakdown_up_to_the_top_says_so():
+    states, outcomes, _ = simulate(1e9, settings(), noise=0.0001)
+    assert states[None].status == "none_below" and states[None].lo == len(LADDER) - 1
+    assert "not found below beta = 64" in states[None].message
+    assert len(outcomes) <= len(LADDER) * 3 / 2
+
+
+def test_sizes_search_in_parallel_and_share_the_budget():
+    st = settings()
+    edges = {400: LADDER[3] * 0.99, 1400: LADDER[9] * 0.99}
+    states, outcomes, rounds = simulate(edges, st, sizes=(400, 1400), noise=0.0001)
+    assert (states[400].hi, states[1400].hi) == (3, 9)
+    assert rounds <= 6  # one point per size per round: log2(13) + 1 rounds, not one size after the other
+    small = settings(budget=12)  # the reference and a first probe at each size, no more
+    states, outcomes, _ = simulate(edges, small, sizes=(400, 1400), noise=0.0001)
+    assert len(outcomes) <= 12 and {s.status for s in states.values()} == {"stopped"}
+    assert [s.message for s in states.values()] == [
+        "budget spent with beta* between beta 1 and 8", "budget spent with beta* between beta 8 and above 8"]
+
+
+def test_undecided_tests_get_more_seeds_and_decide():
+    """A drop of about three noise sd: with 3 seeds the test is often undecided; with max_seeds 9
+    the search adds seeds (the point's and the reference's) and brackets the edge more often
+    than without, every look at alpha / (4 probes x 3 looks)."""
+    found = {}
+    for max_seeds in (3, 9):
+        st = settings(max_seeds=max_seeds)
+        assert st.probes == 4 and st.level == pytest.approx(0.05 / 4 / (1 if max_seeds == 3 else 3))
+        hits = 0
+        grew = 0
+        for seed in range(REPEATS):
+            states, outcomes, _ = simulate(LADDER[6] * 0.99, st, noise=0.01, drop=0.03, seed=seed)
+            hits += states[None].hi == 6 and states[None].lo == 5
+            grew += max(sum(o.k == k for o in outcomes) for k in range(len(LADDER))) > 3
+        found[max_seeds] = hits
+        assert (grew > 0) == (max_seeds > 3)
+    assert found[9] > found[3], found
+
+
+def test_errored_trials_are_replaced_not_repeated():
+    states, outcomes, _ = simulate(LADDER[4] * 0.99, settings(), fail_every=5, noise=0.0001)
+    assert states[None].status == "found" and states[None].hi == 4
+    keys = [(o.k, o.seed) for o in outcomes]
+    assert len(keys) == len(set(keys))  # a (beta, seed) never twice: a new seed replaces an errored one
+    assert any(o.value is None for o in outcomes)
