@@ -182,9 +182,9 @@ def search_step(n_train: int | None, outcomes: list[Outcome], settings: SearchSe
     if len(ref_values) < first or _running(outcomes, 0):
         # The reference and the first probe do not depend on each other: both at once.
         if not want(0, first, "reference (beta = 1)"):
-            return stop(f"the budget cannot pay for the reference's {first} seeds")
+            return stop(f"not found below beta = 1 (the budget cannot pay for the reference's {first} seeds)")
         if not want(mid0, first, f"first probe: the middle of the ladder (beta {settings.betas[mid0]:g})"):
-            return stop("the budget cannot pay for a first probe")
+            return stop("not found below beta = 1 (the budget cannot pay for a first probe)")
         state.waiting = True
         return state, proposals
     if len(ref_values) < 2:
@@ -201,8 +201,11 @@ def search_step(n_train: int | None, outcomes: list[Outcome], settings: SearchSe
             span = f"beta {settings.betas[lo]:g} holds" + (f", beta {settings.betas[hi]:g} is below" if hi <= K else "")
             if not want(mid, first, f"bisect: {span}; try beta {settings.betas[mid]:g}"):
                 state.lo, state.hi = lo, (hi if hi <= K else None)
-                return stop(f"budget spent with beta* between beta {settings.betas[lo]:g} and "
-                            + (f"{settings.betas[hi]:g}" if hi <= K else f"above {settings.betas[lo]:g}"))
+                if hi <= K:
+                    return stop(f"budget spent: beta* in ({settings.betas[lo]:g}, {settings.betas[hi]:g}], "
+                                f"not resolved to one step")
+                return stop(f"not found below beta = {settings.betas[lo]:g} (budget spent; "
+                            f"beta {settings.betas[lo + 1]:g} to {settings.betas[K]:g} untested)")
             state.waiting = True
             state.lo, state.hi = lo, (hi if hi <= K else None)
             return state, proposals
@@ -249,3 +252,91 @@ def plan_search(outcomes: list[Outcome], settings: SearchSettings, sizes: list[i
         states[n] = state
         proposals += mine
     return states, proposals
+
+
+def settings_to_dict(settings: SearchSettings) -> dict:
+    """Plain data, kept in every search trial's config (``beta_search``): the report replays the
+    search from the trial table with it, without the spec or the data set."""
+    return {**asdict(settings), "betas": list(settings.betas), "seeds": list(settings.seeds)}
+
+
+def settings_from_dict(data: dict) -> SearchSettings:
+    return SearchSettings(**{**data, "betas": tuple(data["betas"]), "seeds": tuple(data["seeds"])})
+
+
+def _beta_index(betas: tuple[float, ...], beta: float) -> int | None:
+    return next((k for k, b in enumerate(betas) if math.isclose(b, beta, rel_tol=1e-5)), None)
+
+
+def outcomes_from_trials(trials, betas: tuple[float, ...]) -> list[Outcome]:
+    """The ended trials of a run's trial table (``analysis.tables.load_trials``) as outcomes:
+    finished or diverged, with their max val acc. A size is None where the points have no
+    ``n_train`` of their own (the spec's ``beta.n_train`` is empty)."""
+    out = []
+    for r in trials.to_pylist() if trials.num_rows else []:
+        k = _beta_index(betas, r["beta"]) if r.get("beta") is not None else None
+        if k is None or r.get("status") not in DIVERGED_OR_DONE or r.get("cfg.point.search_step") is None:
+            continue
+        value = r.get("max_val_acc")
+        out.append(Outcome(r.get("n_train") if r.get("cfg.point.n_train") is not None else None, k, int(r["seed"]),
+                           value if value is not None and math.isfinite(value) else None, ended=True))
+    return out
+
+
+def search_report(metrics, trials) -> dict:
+    """The search replayed from a run's tables: per size its state, bracket, trials spent
+    against the fixed ladder's (same candidates and seeds), the noise-scale prediction and the
+    breakdown section's beta* on the same trials; and the trace, one entry per step."""
+    import json
+
+    from analysis.breakdown import breakdown
+
+    search = trials.filter(trials.column("cfg.point.search_step").is_valid())
+    configs = [c for c in metrics.column("config_json").to_pylist() if c] if "config_json" in metrics.column_names else []
+    settings = settings_from_dict(json.loads(configs[-1])["beta_search"])
+    outcomes = outcomes_from_trials(search, settings.betas)
+    rows = search.to_pylist()
+    sizes = sorted({(r["n_train"] if r.get("cfg.point.n_train") is not None else None) for r in rows},
+                   key=lambda n: (n is None, n))
+    states, _ = plan_search(outcomes, settings, sizes)
+    crit = breakdown(metrics, search)
+    crit = {res.n_train: res for res in crit} if not isinstance(crit, str) else {}
+    per_size = []
+    for n in sizes:
+        st = states[n]
+        b = settings.betas
+        res = crit.get(n) if n is not None else next(iter(crit.values()), None)
+        bracket = (f"({b[st.lo]:g}, {b[st.hi]:g}]" if st.hi is not None else f"> {b[st.lo]:g}")
+        per_size.append({
+            "n_train": n if n is not None else (rows[0]["n_train"] if rows else None),
+            "status": st.status, "message": st.message or ("still searching" if st.status == "searching" else ""),
+            "beta_lo": b[st.lo], "beta_star": b[st.hi] if st.hi is not None else None, "bracket": bracket,
+            "trials": sum(1 for r in rows if (r["n_train"] if r.get("cfg.point.n_train") is not None else None) == n),
+            "ladder_trials": len(b) * len(settings.seeds),
+            "beta_crit": res.beta_crit if res is not None else None,
+            "breakdown_beta_star": res.beta_star if res is not None else None,
+            "tests": {f"{st.tests[k].beta:g}": asdict(st.tests[k]) for k in sorted(st.tests)},
+        })
+    trace: dict[int, dict] = {}
+    for r in sorted(rows, key=lambda r: (r["cfg.point.search_step"], r["seed"])):
+        step = int(r["cfg.point.search_step"])
+        n = r["n_train"] if r.get("cfg.point.n_train") is not None else None
+        t = trace.setdefault(step, {"step": step, "n_train": r["n_train"], "beta": r["beta"],
+                                    "batch_size": r["batch_size"], "seeds": [], "why": r.get("cfg.point.search_why"),
+                                    "mean": None, "p": None, "decision": ""})
+        t["seeds"].append(int(r["seed"]))
+        k = _beta_index(settings.betas, r["beta"])
+        test = states[n].tests.get(k) if n in states and k is not None else None
+        if k == 0:
+            vals = [o.value for o in outcomes if o.n_train == n and o.k == 0 and o.value is not None]
+            t["mean"] = float(np.mean(vals)) if vals else None
+            t["decision"] = "reference"
+        elif test is not None:
+            t["mean"], t["p"] = test.mean, test.p
+            t["decision"] = "below beta = 1" if test.significant else "holds"
+        else:
+            t["decision"] = "running" if any(x.get("status") == "running" for x in rows if x["trial_id"] == r["trial_id"]) \
+                else "no test (fewer than 2 values)"
+    return {"betas": list(settings.betas), "resolution": settings.betas[1] if len(settings.betas) > 1 else None,
+            "alpha": settings.alpha, "level": settings.level, "probes": settings.probes, "looks": settings.looks,
+            "budget": settings.budget, "sizes": per_size, "trace": [trace[k] for k in sorted(trace)]}

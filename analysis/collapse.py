@@ -69,7 +69,7 @@ def collapse_arrays(lr: np.ndarray, bs: np.ndarray, y: np.ndarray, metric: str, 
     X = np.column_stack([np.ones_like(le), le, ls])
     fit = ols(X, y)
     comb = lincomb_test(fit, np.array([0.0, 1.0, 1.0]))
-    ratio = simple_fit(le - ls, y) if np.ptp(le - ls) > 0 else None
+    ratio = simple_fit(le - ls, y) if np.ptp(le - ls) > 1e-9 else None  # (float rounding is no spread)
     ci = fit.ci()
     lo, hi = comb["ci"]
     return CollapseResult(

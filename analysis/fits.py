@@ -39,7 +39,7 @@ def _finite(values) -> np.ndarray:
 
 def ols(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     """Slope, intercept and R^2 of y on x (nan where x has no spread)."""
-    if len(x) < 2 or np.ptp(x) == 0:
+    if len(x) < 2 or np.ptp(x) < 1e-9:  # no spread, up to float rounding
         return math.nan, math.nan, math.nan
     slope, intercept = np.polyfit(x, y, 1)
     resid = y - (intercept + slope * x)

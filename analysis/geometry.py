@@ -72,7 +72,7 @@ def ratio_band_fit(trials: pa.Table, column: str, log_y: bool, x_column: str = "
     y = np.array([float(r[column]) for r in keep])
     if log_y:
         y = np.log10(y)
-    if np.ptp(x) == 0:
+    if np.ptp(x) < 1e-9:  # equal up to float rounding (a beta family: lr0 S/S0 over S)
         return "every trial has the same eta/S"
     fit = simple_fit(x, y)
     ci = fit.ci()[1]
@@ -140,7 +140,7 @@ def eq7_check(trials: pa.Table) -> Eq7Result | str:
     x = np.log10([p["predicted"] for p in pts])
     y = np.log10([p["loss"] for p in pts])
     q = np.array([p["loss"] / p["predicted"] for p in pts])
-    if np.ptp(x) == 0:
+    if np.ptp(x) < 1e-9:
         return "every trial has the same predicted loss"
     fit = simple_fit(x, y)
     ci = fit.ci()[1]

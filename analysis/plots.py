@@ -216,6 +216,37 @@ def breakdown_plot(results) -> go.Figure:
     return fig
 
 
+def beta_search_plot(rep: dict) -> go.Figure:
+    """Per training-set size: mean max val acc of each beta the search tested (label: its step),
+    filled when significantly below beta = 1; the bracket of beta* shaded; the noise-scale
+    prediction B_crit/S0 dotted."""
+    fig = go.Figure()
+    steps = {}
+    for t in rep["trace"]:
+        steps.setdefault((t["n_train"], t["beta"]), []).append(str(t["step"]))
+    for k, size in enumerate(rep["sizes"]):
+        colour = _PALETTE[k % len(_PALETTE)]
+        tests = sorted(size["tests"].values(), key=lambda t: t["beta"])
+        ref = next((t for t in rep["trace"] if t["n_train"] == size["n_train"] and t["decision"] == "reference"), None)
+        xs = ([1.0] if ref and ref["mean"] is not None else []) + [t["beta"] for t in tests]
+        ys = ([ref["mean"]] if ref and ref["mean"] is not None else []) + [t["mean"] for t in tests]
+        below = ([False] if ref and ref["mean"] is not None else []) + [t["significant"] for t in tests]
+        labels = [",".join(steps.get((size["n_train"], x), [])) for x in xs]
+        fig.add_trace(go.Scatter(
+            x=xs, y=ys, mode="markers+text", text=labels, textposition="top center", name=f"n_train={size['n_train']}",
+            marker=dict(size=11, color=[colour if b else "white" for b in below], line=dict(color=colour, width=2)),
+            hovertemplate="beta=%{x:.4g}<br>mean max val acc=%{y:.4f}<br>step %{text}<extra></extra>"))
+        if size["beta_star"] is not None:
+            fig.add_vrect(x0=size["beta_lo"], x1=size["beta_star"], fillcolor=colour, opacity=0.12, line_width=0)
+        if size["beta_crit"]:
+            fig.add_vline(x=size["beta_crit"], line=dict(color=colour, dash="dot"))
+    fig.update_layout(title="Beta search: tested betas (label: step; filled: below beta = 1), bracket of beta* "
+                            "(shaded), noise-scale prediction (dotted)", xaxis_title="beta", yaxis_title="max val acc",
+                      template="plotly_white")
+    fig.update_xaxes(type="log")
+    return fig
+
+
 def band_fit_plot(trials: pa.Table, fit) -> go.Figure:
     """``fit.column`` per trial against eta/S with the OLS line and its 95% confidence band."""
     fig = metric_vs_ratio(trials, fit.column, None, log_y=fit.log_y)

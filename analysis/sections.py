@@ -293,6 +293,42 @@ def section_breakdown(metrics: pa.Table, trials: pa.Table) -> Section:
     return sec
 
 
+def section_beta_search(metrics: pa.Table, trials: pa.Table) -> Section:
+    """``beta.search`` runs: beta* with its bracket per training-set size, the search's trace,
+    its trials against the fixed ladder's, the noise-scale prediction beside it."""
+    from analysis.beta_search import search_report
+
+    sec = Section("beta_search", "Adaptive search for beta*", "Fig. 5")
+    if "cfg.point.search_step" not in trials.column_names or not has_values(trials, "cfg.point.search_step"):
+        return sec.skip("no beta.search in this run (its betas were a fixed ladder, if any)")
+    rep = search_report(metrics, trials)
+    rows = []
+    for r in rep["sizes"]:
+        rows.append([fmt(r["n_train"]), r["status"], r["bracket"], r["message"], f"{r['trials']} / {r['ladder_trials']}",
+                     fmt(r["beta_crit"], 3), fmt(r["breakdown_beta_star"])])
+    sec.tables.append(Table(f"beta* per training-set size (candidates 1 to {rep['betas'][-1]:g}, step x{rep['resolution']:.4g}; "
+                            f"one-sided Welch against beta = 1 at level {rep['level']:.3g} = alpha {rep['alpha']:g} / "
+                            f"({rep['probes']} probes x {rep['looks']} looks))",
+                            ["n_train", "status", "bracket", "result", "trials (search / fixed ladder)",
+                             "noise-scale prediction B_crit/S0", "beta* (breakdown section: Holm over the tested betas)"], rows))
+    sec.tables.append(Table("trace: which beta when, and why (decision from the trials that ended)",
+                            ["step", "n_train", "beta", "S", "seeds", "why", "max val acc (mean)", "p", "decision"],
+                            [[str(t["step"]), fmt(t["n_train"]), fmt(t["beta"]), fmt(t["batch_size"]),
+                              ",".join(str(x) for x in t["seeds"]), t["why"], fmt(t["mean"], 4), fmt(t["p"], 3),
+                              t["decision"]] for t in rep["trace"]]))
+    for r in rep["sizes"]:
+        if r["breakdown_beta_star"] is not None and r["beta_star"] is not None and \
+                not math.isclose(r["breakdown_beta_star"], r["beta_star"], rel_tol=1e-5):
+            sec.notes.append(f"n_train={r['n_train']}: the breakdown section's Holm test calls beta "
+                             f"{r['breakdown_beta_star']:g} significant too (the search holds each test to the "
+                             f"stricter level {rep['level']:.3g}; the accuracy is not monotone in beta there)")
+    sec.figures.append(("Beta search: tested betas and brackets", plots.beta_search_plot(rep)))
+    sec.data = rep
+    sec.headline = "; ".join(f"n_train={r['n_train']}: {r['message']} ({r['trials']} of {r['ladder_trials']} "
+                             f"ladder trials)" for r in rep["sizes"])
+    return sec
+
+
 def _n_ratios(trials: pa.Table) -> int:
     """Distinct values of eta/S among the trials (15 significant digits)."""
     return len({round(r, 15) for r in trials.column("ratio").to_pylist() if r})
@@ -525,6 +561,7 @@ SECTIONS: dict[str, Callable[[pa.Table, pa.Table, Path | None], Section]] = {
     "geometry": lambda metrics, trials, run_dir: section_geometry(trials),
     "interpolation": lambda metrics, trials, run_dir: section_interpolation(run_dir),
     "breakdown": lambda metrics, trials, run_dir: section_breakdown(metrics, trials),
+    "beta_search": lambda metrics, trials, run_dir: section_beta_search(metrics, trials),
     "eq7": lambda metrics, trials, run_dir: section_eq7(trials),
     "grid": lambda metrics, trials, run_dir: section_grid(trials),
     "gap": lambda metrics, trials, run_dir: section_gap(trials),

@@ -18,25 +18,8 @@ from typing import Any, TextIO
 
 from ray.tune.search import Searcher
 
-from analysis.beta_search import Outcome, plan_search
+from analysis.beta_search import Outcome, _beta_index, outcomes_from_trials, plan_search
 from sweeps.ledger import FINAL_ROW_STATUSES as ENDED
-
-
-def _beta_index(betas: tuple[float, ...], beta: float) -> int | None:
-    return next((k for k, b in enumerate(betas) if math.isclose(b, beta, rel_tol=1e-5)), None)
-
-
-def outcomes_from_trials(trials, betas: tuple[float, ...]) -> list[Outcome]:
-    """The ended trials of a run's trial table (``analysis.tables.load_trials``) as outcomes."""
-    out = []
-    for r in trials.to_pylist() if trials.num_rows else []:
-        k = _beta_index(betas, r.get("beta")) if r.get("beta") is not None else None
-        if k is None or r.get("status") not in ENDED:
-            continue
-        value = r.get("max_val_acc")
-        out.append(Outcome(r.get("n_train") if r.get("cfg.point.n_train") is not None else None, k, int(r["seed"]),
-                           value if value is not None and math.isfinite(value) else None, ended=True))
-    return out
 
 
 def _member_rows(result: dict) -> list[dict]:
@@ -65,9 +48,9 @@ class BetaSearcher(Searcher):
         self.sizes = list(spec.beta.n_train) or [None]
         self.outcomes: list[Outcome] = list(done or [])
         self.queue: list[list[dict]] = [list(p) for p in queued or []]  # continued by lrbs resume: first
-        for pack in self.queue:
-            for p in pack:
-                self.outcomes.append(self._outcome(p))
+        ended = {(o.n_train, o.k, o.seed) for o in self.outcomes}
+        for pack in self.queue:  # members that ended already (a pack's other member did not) stay ended
+            self.outcomes += [self._outcome(p) for p in pack if self._key(p) not in ended]
         self.live: dict[str, list[Outcome]] = {}           # Tune trial id -> its members' outcomes
         self.best: dict[str, dict[int, float]] = {}        # Tune trial id -> member -> max val acc so far
         self.final: dict[str, dict[int, str]] = {}         # Tune trial id -> member -> last status
@@ -78,9 +61,11 @@ class BetaSearcher(Searcher):
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # no metric to optimize: the policy reads val_acc from every result
 
+    def _key(self, point: dict) -> tuple:
+        return point.get("n_train"), _beta_index(self.settings.betas, point["beta"]), int(point["seed"])
+
     def _outcome(self, point: dict) -> Outcome:
-        k = _beta_index(self.settings.betas, point["beta"])
-        return Outcome(point.get("n_train"), k, int(point["seed"]))
+        return Outcome(*self._key(point))
 
     def _say(self, text: str) -> None:
         print(f"[lrbs] beta search: {text}", file=self.out or sys.stdout, flush=True)
@@ -113,10 +98,8 @@ class BetaSearcher(Searcher):
                 self._say(f"{'n_train=' + str(n) + ': ' if n is not None else ''}{state.message}")
             return Searcher.FINISHED
         pack = self.queue.pop(0)
-        mine = [o for o in self.outcomes if not o.ended and o not in sum(self.live.values(), [])]
-        self.live[trial_id] = [next(o for o in mine if (o.n_train, o.k, o.seed) ==
-                                    (p.get("n_train"), _beta_index(self.settings.betas, p["beta"]), p["seed"]))
-                               for p in pack]
+        running = {(o.n_train, o.k, o.seed): o for o in self.outcomes if not o.ended}
+        self.live[trial_id] = [running.get(self._key(p)) for p in pack]  # None: a member that ended already
         return {"point": tune_point(pack)}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -133,6 +116,26 @@ class BetaSearcher(Searcher):
             self.on_trial_result(trial_id, result)
         best, final = self.best.pop(trial_id, {}), self.final.pop(trial_id, {})
         for j, outcome in enumerate(self.live.pop(trial_id, [])):
+            if outcome is None:
+                continue
             outcome.ended = True
             if final.get(j) in ENDED:  # an errored member has no value: the policy replaces its seed
                 outcome.value = best.get(j)
+
+
+def search_resumption(spec, trials, packs: list[list[dict]], records: dict) -> dict:
+    """``BetaSearcher`` keywords for ``lrbs resume``: the ended trials (from the trial table),
+    the packs the resume continues (queued first), the next step number; and ``n_left``, how
+    many trials the session may still train (0: the search has ended, nothing to start)."""
+    from sweeps.ledger import member_points
+    from sweeps.spec import search_settings
+
+    settings = search_settings(spec)
+    done = outcomes_from_trials(trials, settings.betas)
+    steps = [p.get("search_step", -1) for r in records.values() for p in member_points(r.point)]
+    first_step = max(steps, default=-1) + 1
+    if not packs:
+        _, proposals = plan_search(done, settings, list(spec.beta.n_train) or [None])
+        if not proposals:
+            return {"n_left": 0, "done": done, "queued": [], "first_step": first_step}
+    return {"n_left": max(1, settings.budget - len(done)), "done": done, "queued": packs, "first_step": first_step}

@@ -31,8 +31,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     packs = plan_packs(spec)
     points = [(i, p) for i, pack in enumerate(packs) for p in pack]
-    print(f"{spec.name}: {len(points)} trials ({spec.dataset.name}, {spec.model.name}, "
-          f"{spec.train.epochs} epochs) in {len(packs)} packs (train.pack: {spec.train.pack})")
+    from sweeps.spec import is_search, search_settings
+
+    if is_search(spec):  # the points below are the ladder the search picks from, not its trials
+        st = search_settings(spec)
+        sizes = len(spec.beta.n_train) or 1
+        print(f"{spec.name}: beta search over {len(st.betas)} betas (1 to {st.betas[-1]:g}, "
+              f"x{spec.beta.search.resolution:.4g}) at {sizes} training-set size(s): at most {st.budget} trials; "
+              f"a bisection trains about {(1 + st.probes) * len(st.seeds) * sizes} (beta = 1 and up to {st.probes} "
+              f"probes per size, {len(st.seeds)} seeds each, tests at level {st.level:.3g}). The fixed ladder it "
+              f"replaces, and the estimate below: {len(points)} trials ({spec.dataset.name}, {spec.model.name}, "
+              f"{spec.train.epochs} epochs) in {len(packs)} packs")
+    else:
+        print(f"{spec.name}: {len(points)} trials ({spec.dataset.name}, {spec.model.name}, "
+              f"{spec.train.epochs} epochs) in {len(packs)} packs (train.pack: {spec.train.pack})")
     extra = [k for k in ("variant", "rescale", "beta", "n_train") if any(k in p for _, p in points)]
     print(f"{'#':>4} {'pack':>5} {'lr':>10} {'batch_size':>10} {'eta/S':>11} {'seed':>5}"
           + "".join(f" {k:>10}" for k in extra))

@@ -30,8 +30,9 @@ from typing import Any, TextIO
 from sweeps.errors import LrbsError, SweepStopped
 from sweeps.raylog import RayOutput
 from sweeps.runner import (METRIC_DIR, SPEC_COPY, fit, init_ray, plugin_runtime_env, print_outcome,
-                           resilience_settings, restore_plugin_folders, trial_resources,
+                           resilience_settings, restore_plugin_folders, trial_resources, tune_settings,
                            wait_for_resources)
+from sweeps.spec import is_search
 
 
 def check_run_dir(run_dir: str | Path) -> Path:
@@ -60,15 +61,16 @@ def plan_resume(spec, run_dir: Path, restart_errored: bool, checkpoints=None
     from sweeps.ledger import (ERROR, TERMINATED, last_rows, ledger_from_trial_dirs, member_points, points_done,
                                read_ledger, resumable_epoch)
     from sweeps.packing import plan_packs
-    from sweeps.spec import expand_points
+    from sweeps.spec import expand_points, is_search
     from trainables.config import point_key
 
-    points = expand_points(spec)
-    by_key = {point_key(p): p for p in points}
     records, damaged = read_ledger(run_dir)
     rebuilt = ledger_from_trial_dirs(run_dir)
     for trial_id, record in rebuilt.items():  # old layout, or records that did not read
         records.setdefault(trial_id, record)
+    # A beta search's points are those it launched (the records); the search proposes the rest.
+    points = [p for r in records.values() for p in member_points(r.point)] if is_search(spec) else expand_points(spec)
+    by_key = {point_key(p): p for p in points}
     if damaged:
         print(f"[lrbs] {len(damaged)} damaged trial record(s) in {run_dir / 'trials'} "
               f"({', '.join(sorted(damaged)[:3])}): rebuilt from the trial folders and the metric rows",
@@ -184,6 +186,13 @@ def _resume_locked(spec, trackers: list, local: Path, remote, restart_errored: b
         checkpoints = functools.partial(remote_checkpoints, remote)
     packs, resume, counts, records = plan_resume(spec, local, restart_errored, checkpoints)
     n_left = counts["continued"] + counts["restarted"] + counts["new"]
+    searcher: dict = {}
+    if is_search(spec):  # the search goes on from the trials that ended (none is repeated)
+        from analysis.tables import load_trials
+        from sweeps.beta_searcher import search_resumption
+
+        searcher = search_resumption(spec, load_trials(local), packs, records)
+        n_left = max(n_left, searcher.pop("n_left"))
     compacted: list = []
     if n_left or remote is None:  # (a remote run's compacted files reach the store with this session's uploads)
         # Under the lock no earlier driver is alive: the streams a killed one left are compacted
@@ -237,7 +246,7 @@ def _resume_locked(spec, trackers: list, local: Path, remote, restart_errored: b
             tuner = tune.Tuner(
                 tune.with_resources(train_trial, trial_resources(spec)),
                 param_space=to_param_space(spec, code_version(), packs=packs, resume=plan_ref),
-                tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),
+                tune_config=tune.TuneConfig(**tune_settings(spec, out, **searcher)),
                 run_config=tune.RunConfig(name=tag, callbacks=callbacks, **storage,
                                           **resilience_settings(spec), verbose=0),
             )

@@ -734,6 +734,9 @@ def _validate_beta(spec: SweepSpec, n_train: int) -> None:
 def _validate_beta_search(spec: SweepSpec, smallest: int) -> None:
     """``beta.search``: its knobs, then what the search needs to bracket beta* at all."""
     b, q = spec.beta, spec.beta.search
+    if b.batch_size0 > smallest:
+        raise SpecError(f"beta.batch_size0: {b.batch_size0} is larger than the smallest training set ({smallest} "
+                        f"examples): the search would have no beta = 1 reference")
     if not (q.resolution > 1 and math.isfinite(q.resolution)):
         raise SpecError(f"beta.search.resolution: must be a factor > 1 (got {q.resolution})")
     if q.max_beta is not None and not (q.max_beta >= q.resolution and math.isfinite(q.max_beta)):
@@ -918,8 +921,11 @@ def to_param_space(spec: SweepSpec, code_version: str, packs: list[list[dict[str
     shared = spec.to_dict()
     for key in ("grid", "description", "rescale", "beta", "variants", "limits", "tracking"):
         shared.pop(key)
-    if is_search(spec):  # each trial's point comes from the searcher (sweeps/beta_searcher.py)
-        points = {}
+    if is_search(spec):  # each trial's point comes from the searcher (sweeps/beta_searcher.py); its
+        # settings ride along in every trial's config, so the report replays the search from the rows
+        from analysis.beta_search import settings_to_dict
+
+        points = {"beta_search": settings_to_dict(search_settings(spec))}
     else:
         packs = plan_packs(spec) if packs is None else packs
         points = {"point": tune.grid_search([tune_point(pack) for pack in packs])}

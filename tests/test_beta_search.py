@@ -81,7 +81,8 @@ def test_sizes_search_in_parallel_and_share_the_budget():
     states, outcomes, _ = simulate(edges, small, sizes=(400, 1400), noise=0.0001)
     assert len(outcomes) <= 12 and {s.status for s in states.values()} == {"stopped"}
     assert [s.message for s in states.values()] == [
-        "budget spent with beta* between beta 1 and 8", "budget spent with beta* between beta 8 and above 8"]
+        "budget spent: beta* in (1, 8], not resolved to one step",
+        "not found below beta = 8 (budget spent; beta 11.3137 to 64 untested)"]
 
 
 def test_undecided_tests_get_more_seeds_and_decide():
@@ -109,3 +110,51 @@ def test_errored_trials_are_replaced_not_repeated():
     keys = [(o.k, o.seed) for o in outcomes]
     assert len(keys) == len(set(keys))  # a (beta, seed) never twice: a new seed replaces an errored one
     assert any(o.value is None for o in outcomes)
+
+
+BASE = {"name": "bs", "dataset": {"name": "digits", "val_fraction": 0.2},
+        "model": {"name": "mlp", "options": {"depth": 2, "width": 16}}, "train": {"epochs": 2},
+        "beta": {"lr0": 0.05, "batch_size0": 8, "n_train": [400, 1400], "search": {}}, "grid": {"seed": [0, 1]}}
+
+
+def with_beta(**beta) -> dict:
+    search = beta.pop("search", {})
+    return {**BASE, "beta": {**BASE["beta"], **beta, "search": {**BASE["beta"]["search"], **(search or {})}}}
+
+
+@pytest.mark.parametrize("data, needle", [
+    (with_beta(values=[1, 2]), "beta.values: conflicts with beta.search"),
+    ({**BASE, "beta": {"lr0": 0.05, "batch_size0": 8}}, "beta.values: required"),
+    (with_beta(batch_size0=500), "beta.batch_size0: 500 is larger than the smallest training set (400 examples): "
+                                 "the search would have no beta = 1 reference"),
+    (with_beta(search={"budget": 7}), "beta.search.budget: 7 trials cannot bracket beta* (needs >= 8"),
+    (with_beta(search={"max_beta": 64}), "beta.search.max_beta: beta = 64 means S = 512, larger than the smallest "
+                                         "training set (400 examples)"),
+    (with_beta(search={"max_beta": 1.2}), "beta.search.max_beta: must be >= the resolution"),
+    (with_beta(search={"resolution": 1.0}), "beta.search.resolution: must be a factor > 1"),
+    (with_beta(batch_size0=2, search={"resolution": 1.1}), "beta.search.resolution: beta 1 and 1.1 both round to S = 2"),
+    ({**with_beta(), "grid": {"seed": [0]}}, "grid.seed: beta.search needs >= 2 seeds"),
+    (with_beta(search={"max_seeds": 1}), "beta.search.max_seeds: must be >= the 2 seeds"),
+    (with_beta(search={"alpha": 0.1}), "beta.search.alpha: unknown key"),
+])
+def test_bad_search_specs_are_one_line_naming_the_field(tmp_path, capsys, data, needle):
+    import yaml
+
+    from sweeps.cli import main
+
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    assert main(["run", str(spec), "--storage", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and needle in err and "bad.yaml" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_search_spec_round_trips_and_its_ladder_is_the_comparison():
+    from sweeps.spec import count_points, expand_points, search_settings, spec_from_dict
+
+    spec = spec_from_dict(with_beta())
+    st = search_settings(spec)
+    assert st.betas[0] == 1 and st.betas[-1] == pytest.approx(45.2548) and len(st.betas) == 12  # S = 362 <= 400
+    assert st.budget == count_points(spec) == len(expand_points(spec)) == 12 * 2 * 2  # the ladder's count
+    assert spec_from_dict(spec.to_dict()) == spec and "values" not in spec.to_dict()["beta"]
