@@ -34,8 +34,10 @@ class ProgressPrinter(Callback):
     epochs are point-epochs. ``out`` is where the line goes (kept out of pickles)."""
 
     def __init__(self, total: int, epochs: int = 0, estimate_hours: float | None = None, unit: str = "CPU",
-                 min_interval_s: float = 5.0, out=None, done_before: int = 0, epochs_before: int = 0):
+                 min_interval_s: float = 5.0, out=None, done_before: int = 0, epochs_before: int = 0,
+                 at_most: bool = False):
         self.total, self.epochs, self.estimate_hours, self.unit = total, epochs, estimate_hours, unit
+        self.at_most = at_most  # a beta search: ``total`` is its budget
         self.min_interval_s = min_interval_s
         self.out = out
         self.done, self.errored, self.diverged = done_before, 0, 0
@@ -62,7 +64,8 @@ class ProgressPrinter(Callback):
             else None
         used = sum(w for _, _, w in self.trained.values()) / 3600
         return Progress(self.done, self.total, done_epochs, self.epochs, now - self._t0, eta, used,
-                        self.estimate_hours, self.unit, self.errored, self.diverged, sum(self.running.values()))
+                        self.estimate_hours, self.unit, self.errored, self.diverged, sum(self.running.values()),
+                        self.at_most)
 
     def _print(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -223,7 +223,8 @@ def _resume_locked(spec, trackers: list, local: Path, remote, restart_errored: b
             callbacks.append(uploader)
             storage = {"storage_path": remote.target.path, "storage_filesystem": remote.target.fs}
         callbacks.append(ProgressPrinter(n_left, n_left * spec.train.epochs,
-                                         unit="GPU" if spec.resources.gpu > 0 else "CPU", out=out))
+                                         unit="GPU" if spec.resources.gpu > 0 else "CPU", out=out,
+                                         at_most=is_search(spec)))
         try:
             init_ray(address, plugin_runtime_env(spec))
             wait_for_resources(spec, embedded=address is None, out=out)

@@ -125,6 +125,7 @@ def provenance(spec: SweepSpec, address: str | None) -> dict:
     from importlib import metadata
 
     from sweeps.estimate import estimate_cost
+    from sweeps.spec import is_search, search_settings
     from sweeps.version import code_version
 
     packages = {}
@@ -145,7 +146,8 @@ def provenance(spec: SweepSpec, address: str | None) -> dict:
             "resources_per_trial": {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
             "packages": packages,
             "estimate": {"device_hours": cost.device_hours, "device": cost.device, "total_pflop": cost.total_pflop},
-            "points": cost.trials, "epochs": spec.train.epochs}
+            "points": cost.trials, "epochs": spec.train.epochs,
+            **({"beta_search": True, "points": search_settings(spec).budget} if is_search(spec) else {})}
 
 
 def _cpu_model() -> str:
@@ -481,7 +483,7 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
             print(f"[lrbs] sweep {spec.name}: {n_trials} trials in {n_packs} packs -> {place.where} "
                   f"(Ray's log: {log_path})", file=out, flush=True)
         printer = ProgressPrinter(n_trials, n_trials * spec.train.epochs, info["estimate"]["device_hours"],
-                                  "GPU" if spec.resources.gpu > 0 else "CPU", out=out)
+                                  "GPU" if spec.resources.gpu > 0 else "CPU", out=out, at_most=is_search(spec))
         tuner = tune.Tuner(
             tune.with_resources(train_trial, trial_resources(spec)),
             param_space=to_param_space(spec, code_version()),

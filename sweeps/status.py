@@ -145,7 +145,8 @@ def read_progress(run_dir: str | Path, metrics=None) -> Progress | None:
     estimate = (info.get("estimate") or {}).get("device_hours")
     unit = "GPU" if (info.get("resources_per_trial") or {}).get("gpu") else "CPU"
     return Progress(done, total, epochs_done, total * epochs, elapsed, eta, sum(walls.values()) / 3600, estimate,
-                    unit, diverged=sum(r["status"] == "diverged" for r in last.values()))
+                    unit, diverged=sum(r["status"] == "diverged" for r in last.values()),
+                    at_most=bool(info.get("beta_search")))
 
 
 def read_status(run_dir: str | Path, loaded=None) -> list[TrialStatus]:

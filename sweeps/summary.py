@@ -31,12 +31,14 @@ class Progress:
     errored: int = 0
     diverged: int = 0
     running: int = 0
+    at_most: bool = False       # a beta search: the total is its budget, the most it may train
 
     def line(self) -> str:
         est = f" of ~{self.estimate_hours:.3g} estimated" if self.estimate_hours else ""
-        eta = f", ETA {duration(self.eta_s)}" if self.eta_s is not None else ""
-        return (f"{self.points_done}/{self.points_total} points done ({self.diverged} diverged, {self.errored} "
-                f"errored, {self.running} running) | epochs {self.epochs_done}/{self.epochs_total} | "
+        eta = f", ETA {duration(self.eta_s)}" if self.eta_s is not None and not self.at_most else ""
+        most = "at most " if self.at_most else ""
+        return (f"{self.points_done}/{most}{self.points_total} points done ({self.diverged} diverged, {self.errored} "
+                f"errored, {self.running} running) | epochs {self.epochs_done}/{most}{self.epochs_total} | "
                 f"{duration(self.elapsed_s)} elapsed{eta} | {self.unit}-hours {self.used_hours:.3g}{est}")
 
 

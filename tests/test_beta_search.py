@@ -9,6 +9,9 @@ import pytest
 
 from analysis.beta_search import Outcome, SearchSettings, ladder, plan_search
 
+from pathlib import Path
+
+ROOT_SPECS = Path(__file__).resolve().parent.parent / "sweeps"
 LADDER = ladder(2 ** 0.5, 64.0)  # 1, 1.41, ..., 64: 13 candidates
 
 
@@ -158,3 +161,78 @@ def test_search_spec_round_trips_and_its_ladder_is_the_comparison():
     assert st.betas[0] == 1 and st.betas[-1] == pytest.approx(45.2548) and len(st.betas) == 12  # S = 362 <= 400
     assert st.budget == count_points(spec) == len(expand_points(spec)) == 12 * 2 * 2  # the ladder's count
     assert spec_from_dict(spec.to_dict()) == spec and "values" not in spec.to_dict()["beta"]
+
+
+@pytest.mark.slow
+def test_search_runs_end_to_end_and_resumes_after_sigkill_repeating_no_ended_trial(tmp_path):
+    """A real search (Ray, digits MLP): SIGKILL the driver once its second round has started,
+    ``lrbs resume``: the trials that had ended are not trained again (their rows untouched), no
+    (beta, seed) is trained under two trial ids, the search ends with its bracket, and the
+    report has the section."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from analysis.beta_search import search_report
+    from analysis.report import write_reports
+    from analysis.tables import load_metrics, load_trials
+    from tests.conftest import ROOT, tiny_spec, write_yaml
+    from tests.test_remote import _kill_session
+
+    spec = write_yaml(tmp_path / "bk.yaml", tiny_spec(
+        "bk", train={"epochs": 6}, resilience={"checkpoint_every": 1}, grid={"seed": [0, 1, 2]},
+        beta={"lr0": 0.1, "batch_size0": 8, "n_train": [400], "search": {"max_beta": 32}}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    log = tmp_path / "run.log"
+    with open(log, "w") as out:
+        driver = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "run", str(spec), "--storage",
+                                   str(tmp_path / "runs"), "--no-report"], cwd=ROOT, env=env, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 180
+            while "beta search: step 2:" not in log.read_text():  # round 2: round 1's trials ended
+                assert driver.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.05)
+        finally:
+            _kill_session(driver)
+    run = tmp_path / "runs" / "bk"
+    before = load_trials(run)
+    ended = {r["trial_id"] for r in before.to_pylist() if r["status"] in ("finished", "diverged")}
+    assert len(ended) >= 6  # the reference's and the first probe's seeds
+    rows_before = {r["trial_id"] + f"/{r['epoch']}": r["written_at"] for r in load_metrics(run).to_pylist()
+                   if r["trial_id"] in ended}
+
+    out = subprocess.run([sys.executable, "-m", "sweeps.cli", "resume", str(run), "--no-report"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "beta search: n_train=400: " in out.stdout, out.stdout
+
+    metrics = load_metrics(run)
+    trials = load_trials(run)
+    rows_after = {r["trial_id"] + f"/{r['epoch']}": r["written_at"] for r in metrics.to_pylist()
+                  if r["trial_id"] in ended}
+    assert rows_after == rows_before  # the ended trials were not trained again
+    keys = [(r["beta"], r["seed"]) for r in trials.to_pylist()]
+    assert len(keys) == len(set(keys)) and all(r["status"] in ("finished", "diverged") for r in trials.to_pylist())
+    rep = search_report(metrics, trials)
+    (size,) = rep["sizes"]
+    assert size["status"] in ("found", "none_below") and size["trials"] == len(keys) <= size["ladder_trials"] / 2
+    assert [t["step"] for t in rep["trace"]] == list(range(len(rep["trace"])))  # steps continue across the kill
+    write_reports(run, ("md",))
+    md = (run / "report.md").read_text()
+    assert "Adaptive search for beta*" in md and size["message"] in md
+
+
+def test_fig5_search_twin_and_its_ladder_share_candidates_seeds_and_everything_else():
+    """docs/experiments.md compares these two runs: the ladder must be exactly the candidates the
+    search picks from, with the same seeds, model, data and schedule."""
+    from sweeps.spec import load_spec, search_settings
+
+    search = load_spec(ROOT_SPECS / "fig5_search_small.yaml")
+    ladder = load_spec(ROOT_SPECS / "fig5_ladder_small.yaml")
+    assert ladder.beta.values == search_settings(search).betas
+    assert search_settings(search).seeds == ladder.grid.seed and search.beta.n_train == ladder.beta.n_train
+    for part in ("dataset", "model", "train", "schedule", "curvature"):
+        assert getattr(search, part) == getattr(ladder, part), part
+    assert (search.beta.lr0, search.beta.batch_size0) == (ladder.beta.lr0, ladder.beta.batch_size0)
