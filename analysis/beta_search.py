@@ -291,8 +291,12 @@ def search_report(metrics, trials) -> dict:
 
     from analysis.breakdown import breakdown
 
+    import pyarrow.compute as pc
+
     search = trials.filter(trials.column("cfg.point.search_step").is_valid())
-    configs = [c for c in metrics.column("config_json").to_pylist() if c] if "config_json" in metrics.column_names else []
+    # The settings, from a search trial's config (the run may hold other trials too)
+    rows_of = metrics.filter(pc.is_in(metrics.column("trial_id"), value_set=search.column("trial_id")))
+    configs = [c for c in rows_of.column("config_json").to_pylist() if c]
     settings = settings_from_dict(json.loads(configs[-1])["beta_search"])
     outcomes = outcomes_from_trials(search, settings.betas)
     rows = search.to_pylist()

@@ -63,12 +63,12 @@ def test_console_error_detection_works(tmp_path):
 
 
 def test_report_html_renders_every_figure(tmp_path):
-    """One run directory holding all three fixtures, so every section (and figure kind) is on the page."""
+    """One run directory holding all four fixtures, so every section (and figure kind) is on the page."""
     from PIL import Image
 
     run = tmp_path / "all"
     shutil.copytree(ROOT / "tests" / "fixtures" / "grid", run)
-    for name in ("breakdown", "rescale"):
+    for name in ("breakdown", "rescale", "search"):
         shutil.copy(ROOT / "tests" / "fixtures" / name / "metrics" / "fixture.arrow", run / "metrics" / f"{name}.arrow")
     page = write_reports(run, ("html",))["html"]
     assert "Skipped:" not in page.read_text()

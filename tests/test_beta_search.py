@@ -236,3 +236,30 @@ def test_fig5_search_twin_and_its_ladder_share_candidates_seeds_and_everything_e
     for part in ("dataset", "model", "train", "schedule", "curvature"):
         assert getattr(search, part) == getattr(ladder, part), part
     assert (search.beta.lr0, search.beta.batch_size0) == (ladder.beta.lr0, ladder.beta.batch_size0)
+
+
+def test_report_replays_the_search_from_a_frozen_real_run():
+    """tests/fixtures/search: the rows of a real `lrbs run sweeps/fig5_search_small.yaml`. The
+    report's replay gives its bracket, trial counts and trace; each decision's p is scipy's
+    one-sided Welch test on the trials' max val acc, against the level in the settings."""
+    from scipy import stats
+
+    from analysis.beta_search import search_report
+    from analysis.tables import load_metrics, load_trials
+
+    fixture = ROOT_SPECS.parent / "tests" / "fixtures" / "search"
+    metrics, trials = load_metrics(fixture), load_trials(fixture)
+    rep = search_report(metrics, trials)
+    by_n = {s["n_train"]: s for s in rep["sizes"]}
+    assert (by_n[400]["status"], by_n[400]["bracket"]) == ("found", "(16, 22.6274]")
+    assert by_n[1400]["status"] == "none_below" and by_n[400]["breakdown_beta_star"] == pytest.approx(22.6274)
+    assert [by_n[n]["trials"] for n in (400, 1400)] == [25, 25] and by_n[400]["ladder_trials"] == 60
+    assert rep["level"] == pytest.approx(0.05 / 4) and len(rep["trace"]) == 10
+    rows = trials.to_pylist()
+    for step in rep["trace"]:
+        if step["decision"] in ("holds", "below beta = 1"):
+            vals = [r["max_val_acc"] for r in rows if r["n_train"] == step["n_train"] and r["beta"] == step["beta"]]
+            ref = [r["max_val_acc"] for r in rows if r["n_train"] == step["n_train"] and r["beta"] == 1.0]
+            p = stats.ttest_ind(vals, ref, equal_var=False, alternative="less").pvalue
+            assert step["p"] == pytest.approx(p, rel=1e-9)
+            assert (step["decision"] == "below beta = 1") == (p < rep["level"])
