@@ -19,7 +19,10 @@ undecided_p)) gets more seeds, for that beta and for the reference, before it is
 extra seeds come only from budget the rest of the bisection does not need. Looking again after
 adding seeds is another test of the same hypothesis (optional stopping inflates false
 breakdowns), so then the level is alpha / (m L), L the looks a point can get. (The reference's
-added seeds change every test: the only way a decision can change.)
+added seeds re-test every earlier point, so with added seeds the bound is approximate; without
+them it is exact.) A point whose trials errored as many times as it has seeds stops its size's
+search (``_Untestable``): replacing them forever would spend the budget on, e.g., an S that does
+not fit in memory.
 
 The policy is a pure function of the finished trials (``search_step``): the state is never kept
 anywhere else, so a search resumed after a crash carries on from the trials that finished, and
@@ -111,7 +114,8 @@ class SearchState:
 
 def ladder(resolution: float, max_beta: float) -> tuple[float, ...]:
     """1, r, r^2, ... up to the largest power <= max_beta (6 significant digits, as labels)."""
-    k_max = int(math.floor(math.log(max_beta) / math.log(resolution) + 1e-9))
+    # max_beta as printed (6 digits, e.g. 45.2548 for sqrt(2)^11 = 45.2548339...) still includes it
+    k_max = int(math.floor(math.log(max_beta * (1 + 1e-5)) / math.log(resolution)))
     return tuple(float(f"{resolution ** k:.6g}") for k in range(k_max + 1))
 
 
@@ -150,12 +154,34 @@ def _more_seeds(outcomes: list[Outcome], k: int, target: int) -> list[int]:
     return out
 
 
+class _Untestable(Exception):
+    """A point's trials errored ``len(seeds)`` times: replacing them again would spend the budget on it."""
+
+    def __init__(self, k: int):
+        self.k = k
+
+
+def _errored(outcomes: list[Outcome], k: int) -> int:
+    return sum(o.k == k and o.ended and o.value is None for o in outcomes)
+
+
+def bisection_need(state: SearchState, settings: SearchSettings) -> int:
+    """Trials a size still needs, at worst, to finish a plain bisection from where it stands."""
+    if state.status != "searching":
+        return 0
+    first, K = len(settings.seeds), len(settings.betas) - 1
+    hi = state.hi if state.hi is not None else K + 1
+    steps = math.ceil(math.log2(hi - state.lo)) if hi - state.lo > 1 else 0
+    return (steps + (1 if len(state.reference) < first else 0)) * first
+
+
 def search_step(n_train: int | None, outcomes: list[Outcome], settings: SearchSettings,
-                budget_left: int) -> tuple[SearchState, list[Proposal]]:
+                budget_left: int, reserve: int = 0) -> tuple[SearchState, list[Proposal]]:
     """The state of the search at ``n_train`` and what to launch next (nothing while waiting).
 
     ``outcomes``: every trial launched at this size (ended or not). ``budget_left``: trials
-    that may still be launched (shared by all sizes; a proposal never exceeds it)."""
+    that may still be launched (shared by all sizes; a proposal never exceeds it). ``reserve``:
+    what the other sizes' bisections may still need; added seeds never take it."""
     K = len(settings.betas) - 1
     first = len(settings.seeds)
     state = SearchState(n_train=n_train, status="searching", hi=None)
@@ -166,6 +192,8 @@ def search_step(n_train: int | None, outcomes: list[Outcome], settings: SearchSe
         seeds = _more_seeds(outcomes, k, target)
         if not seeds:
             return True
+        if _errored(outcomes, k) >= first:  # e.g. out of memory at this S: no more replacements
+            raise _Untestable(k)
         if len(seeds) > budget_left - sum(len(p.seeds) for p in proposals):
             return False
         proposals.append(Proposal(n_train, k, seeds, why))
@@ -174,6 +202,20 @@ def search_step(n_train: int | None, outcomes: list[Outcome], settings: SearchSe
     def stop(message: str) -> tuple[SearchState, list[Proposal]]:
         state.status, state.message = "stopped", message
         return state, []
+
+    try:
+        return _bisect(n_train, outcomes, settings, budget_left, reserve, state, proposals, want, stop)
+    except _Untestable as exc:
+        b, n = settings.betas, _errored(outcomes, exc.k)
+        where = (f"beta* in ({b[state.lo]:g}, {b[state.hi]:g}], not resolved" if state.hi is not None else
+                 f"not found below beta = {b[state.lo]:g}")
+        return stop(f"{where}: beta {b[exc.k]:g} errored {n} times (lrbs status shows why; the search does not "
+                    f"retry it again)")
+
+
+def _bisect(n_train, outcomes, settings, budget_left, reserve, state, proposals, want, stop):
+    K = len(settings.betas) - 1
+    first = len(settings.seeds)
 
     ref_values = _values(outcomes, 0)
     state.reference = ref_values
@@ -191,6 +233,7 @@ def search_step(n_train: int | None, outcomes: list[Outcome], settings: SearchSe
         return stop("fewer than 2 reference trials ended with a value (errored)")
     tests = state.tests = _tests(outcomes, settings)
     while hi - lo > 1:
+        state.lo, state.hi = lo, (hi if hi <= K else None)
         mid = (lo + hi) // 2
         test = tests.get(mid)
         if _running(outcomes, mid):
@@ -214,7 +257,7 @@ def search_step(n_train: int | None, outcomes: list[Outcome], settings: SearchSe
             n_more = min(settings.max_seeds, max(test.n, len(ref_values)) + first)
             # only from budget the bisection after this point still needs (worst case)
             steps_after = math.ceil(math.log2(max(hi - mid, mid - lo, 1))) if max(hi - mid, mid - lo) > 1 else 0
-            spare = budget_left - steps_after * first
+            spare = budget_left - steps_after * first - reserve
             why = (f"undecided at beta {test.beta:g} (p = {test.p:.3g}, level {settings.level:.3g}): "
                    f"more seeds")
             extra = len(_more_seeds(outcomes, mid, n_more)) + len(_more_seeds(outcomes, 0, n_more))
@@ -245,10 +288,15 @@ def plan_search(outcomes: list[Outcome], settings: SearchSettings, sizes: list[i
     """Every size's state and the proposals for all of them, within the shared budget (sizes in
     order: the first gets the budget first)."""
     left = settings.budget - len(outcomes)
+    mine_of = {n: [o for o in outcomes if o.n_train == n] for n in sizes}
+    # What each size's plain bisection may still need: one size's added seeds never take another's
+    need = {n: bisection_need(search_step(n, mine_of[n], settings, 10 ** 9, 10 ** 9)[0], settings) for n in sizes}
     states, proposals = {}, []
     for n in sizes:
-        state, mine = search_step(n, [o for o in outcomes if o.n_train == n], settings, left)
+        reserve = sum(v for m, v in need.items() if m != n)
+        state, mine = search_step(n, mine_of[n], settings, left, reserve)
         left -= sum(len(p.seeds) for p in mine)
+        need[n] = max(0, need[n] - sum(len(p.seeds) for p in mine))  # launched now: no longer to reserve
         states[n] = state
         proposals += mine
     return states, proposals
@@ -268,22 +316,31 @@ def _beta_index(betas: tuple[float, ...], beta: float) -> int | None:
     return next((k for k, b in enumerate(betas) if math.isclose(b, beta, rel_tol=1e-5)), None)
 
 
-def outcomes_from_trials(trials, betas: tuple[float, ...]) -> list[Outcome]:
+def outcomes_from_trials(trials, betas: tuple[float, ...], errored: list[dict] | None = None) -> list[Outcome]:
     """The ended trials of a run's trial table (``analysis.tables.load_trials``) as outcomes:
-    finished or diverged, with their max val acc. A size is None where the points have no
-    ``n_train`` of their own (the spec's ``beta.n_train`` is empty)."""
+    finished or diverged, with their max val acc; and ``errored`` (points of trials whose record
+    says ERROR, ``sweeps.ledger``) as ended without a value, as the searcher counted them. The
+    size is the point's own ``n_train`` (None where the spec's ``beta.n_train`` is empty)."""
     out = []
     for r in trials.to_pylist() if trials.num_rows else []:
         k = _beta_index(betas, r["beta"]) if r.get("beta") is not None else None
         if k is None or r.get("status") not in DIVERGED_OR_DONE or r.get("cfg.point.search_step") is None:
             continue
         value = r.get("max_val_acc")
-        out.append(Outcome(r.get("n_train") if r.get("cfg.point.n_train") is not None else None, k, int(r["seed"]),
+        n = r.get("cfg.point.n_train")
+        out.append(Outcome(int(n) if n is not None else None, k, int(r["seed"]),
                            value if value is not None and math.isfinite(value) else None, ended=True))
+    ended = {(o.n_train, o.k, o.seed) for o in out}
+    for p in errored or []:
+        k = _beta_index(betas, p["beta"]) if p.get("beta") is not None else None
+        key = (p.get("n_train"), k, int(p["seed"]))
+        if k is not None and "search_step" in p and key not in ended:
+            out.append(Outcome(*key, value=None, ended=True))
+            ended.add(key)
     return out
 
 
-def search_report(metrics, trials) -> dict:
+def search_report(metrics, trials, errored: list[dict] | None = None) -> dict:
     """The search replayed from a run's tables: per size its state, bracket, trials spent
     against the fixed ladder's (same candidates and seeds), the noise-scale prediction and the
     breakdown section's beta* on the same trials; and the trace, one entry per step."""
@@ -298,13 +355,19 @@ def search_report(metrics, trials) -> dict:
     rows_of = metrics.filter(pc.is_in(metrics.column("trial_id"), value_set=search.column("trial_id")))
     configs = [c for c in rows_of.column("config_json").to_pylist() if c]
     settings = settings_from_dict(json.loads(configs[-1])["beta_search"])
-    outcomes = outcomes_from_trials(search, settings.betas)
+    outcomes = outcomes_from_trials(search, settings.betas, errored)
     rows = search.to_pylist()
-    sizes = sorted({(r["n_train"] if r.get("cfg.point.n_train") is not None else None) for r in rows},
-                   key=lambda n: (n is None, n))
+
+    def size_of(r: dict):  # the policy's key: the point's own n_train (None: the spec's data set size)
+        return int(r["cfg.point.n_train"]) if r.get("cfg.point.n_train") is not None else None
+
+    sizes = sorted({size_of(r) for r in rows}, key=lambda n: (n is None, n))
     states, _ = plan_search(outcomes, settings, sizes)
     crit = breakdown(metrics, search)
     crit = {res.n_train: res for res in crit} if not isinstance(crit, str) else {}
+    # every (size, beta, seed) launched: rows in the table, or errored without a row
+    launched = {(size_of(r), _beta_index(settings.betas, r["beta"]), int(r["seed"])) for r in rows} | \
+        {(o.n_train, o.k, o.seed) for o in outcomes}
     per_size = []
     for n in sizes:
         st = states[n]
@@ -315,7 +378,7 @@ def search_report(metrics, trials) -> dict:
             "n_train": n if n is not None else (rows[0]["n_train"] if rows else None),
             "status": st.status, "message": st.message or ("still searching" if st.status == "searching" else ""),
             "beta_lo": b[st.lo], "beta_star": b[st.hi] if st.hi is not None else None, "bracket": bracket,
-            "trials": sum(1 for r in rows if (r["n_train"] if r.get("cfg.point.n_train") is not None else None) == n),
+            "trials": len({k for k in launched if k[0] == n}),
             "ladder_trials": len(b) * len(settings.seeds),
             "beta_crit": res.beta_crit if res is not None else None,
             "breakdown_beta_star": res.beta_star if res is not None else None,
@@ -324,7 +387,7 @@ def search_report(metrics, trials) -> dict:
     trace: dict[int, dict] = {}
     for r in sorted(rows, key=lambda r: (r["cfg.point.search_step"], r["seed"])):
         step = int(r["cfg.point.search_step"])
-        n = r["n_train"] if r.get("cfg.point.n_train") is not None else None
+        n = size_of(r)
         t = trace.setdefault(step, {"step": step, "n_train": r["n_train"], "beta": r["beta"],
                                     "batch_size": r["batch_size"], "seeds": [], "why": r.get("cfg.point.search_why"),
                                     "mean": None, "p": None, "decision": ""})

@@ -89,6 +89,21 @@ def learning_curves(metrics: pa.Table, y: str = "val_acc", x: str = "epoch", tri
     return fig
 
 
+def point_label(point: dict) -> str:
+    """``lr=0.1 S=32 variant='big batch'``: a point's legend name, which is also a selector of its
+    trials (``analysis/selection.py``; strings quoted where they need it)."""
+    import re
+
+    def value(v) -> str:
+        if isinstance(v, float):
+            return f"{v:g}"
+        if isinstance(v, str) and not re.fullmatch(r"[\w.+-]+", v):  # quoted as a POSIX shell would
+            return "'" + v.replace("'", "'\"'\"'") + "'"
+        return str(v)
+
+    return " ".join(f"{'S' if k == 'batch_size' else k}={value(v)}" for k, v in point.items() if v is not None)
+
+
 def aggregated_curves(metrics: pa.Table, trials: pa.Table, y: str = "val_acc", x: str = "epoch") -> go.Figure:
     """Per point (the trial's base lr, S and family labels; seeds pooled): mean of ``y`` per
     ``x`` over the seeds, and a min-max band, coloured by log10(eta/S). Computed in Arrow (group
@@ -126,8 +141,7 @@ def aggregated_curves(metrics: pa.Table, trials: pa.Table, y: str = "val_acc", x
         ratio = key[-1]
         t = 0.5 if hi == lo or not ratio else (math.log10(ratio) - lo) / (hi - lo)
         colour = sample_colorscale("Viridis", [t])[0]
-        label = " ".join(f"{'S' if k == 'batch_size' else k}={v:g}" if isinstance(v, float) else
-                         f"{'S' if k == 'batch_size' else k}={v}" for k, v in zip(keys, key) if v is not None)
+        label = point_label(dict(zip(keys, key)))
         # the label (without its eta/S) is a selector of the point's trials (analysis/selection.py)
         label += f" (eta/S={ratio:.3g})" if ratio else ""
         xs = [p[x] for p in pts]

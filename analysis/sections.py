@@ -293,7 +293,7 @@ def section_breakdown(metrics: pa.Table, trials: pa.Table) -> Section:
     return sec
 
 
-def section_beta_search(metrics: pa.Table, trials: pa.Table) -> Section:
+def section_beta_search(metrics: pa.Table, trials: pa.Table, run_dir: Path | None = None) -> Section:
     """``beta.search`` runs: beta* with its bracket per training-set size, the search's trace,
     its trials against the fixed ladder's, the noise-scale prediction beside it."""
     from analysis.beta_search import search_report
@@ -301,7 +301,13 @@ def section_beta_search(metrics: pa.Table, trials: pa.Table) -> Section:
     sec = Section("beta_search", "Adaptive search for beta*", "Fig. 5")
     if "cfg.point.search_step" not in trials.column_names or not has_values(trials, "cfg.point.search_step"):
         return sec.skip("no beta.search in this run (its betas were a fixed ladder, if any)")
-    rep = search_report(metrics, trials)
+    errored = []
+    if run_dir is not None:  # trials that ended in ERROR: the search counted them (ended, no value)
+        from sweeps.ledger import ERROR, current_records, member_points, read_ledger
+
+        records, _ = read_ledger(run_dir)
+        errored = [p for r in current_records(records) if r.status == ERROR for p in member_points(r.point)]
+    rep = search_report(metrics, trials, errored)
     rows = []
     for r in rep["sizes"]:
         rows.append([fmt(r["n_train"]), r["status"], r["bracket"], r["message"], f"{r['trials']} / {r['ladder_trials']}",
@@ -317,11 +323,11 @@ def section_beta_search(metrics: pa.Table, trials: pa.Table) -> Section:
                               ",".join(str(x) for x in t["seeds"]), t["why"], fmt(t["mean"], 4), fmt(t["p"], 3),
                               t["decision"]] for t in rep["trace"]]))
     for r in rep["sizes"]:
-        if r["breakdown_beta_star"] is not None and r["beta_star"] is not None and \
-                not math.isclose(r["breakdown_beta_star"], r["beta_star"], rel_tol=1e-5):
-            sec.notes.append(f"n_train={r['n_train']}: the breakdown section's Holm test calls beta "
-                             f"{r['breakdown_beta_star']:g} significant too (the search holds each test to the "
-                             f"stricter level {rep['level']:.3g}; the accuracy is not monotone in beta there)")
+        a, b = r["beta_star"], r["breakdown_beta_star"]
+        if (a is None) != (b is None) or (a is not None and not math.isclose(a, b, rel_tol=1e-5)):
+            sec.notes.append(f"n_train={r['n_train']}: the breakdown section (Holm over the betas the search tested, "
+                             f"at alpha {rep['alpha']:g}) gives beta* = {fmt(b)}, the search {fmt(a)}: the search "
+                             f"holds each test to level {rep['level']:.3g} and decides along its bisection path")
     sec.figures.append(("Beta search: tested betas and brackets", plots.beta_search_plot(rep)))
     sec.data = rep
     sec.headline = "; ".join(f"n_train={r['n_train']}: {r['message']} ({r['trials']} of {r['ladder_trials']} "
@@ -561,7 +567,7 @@ SECTIONS: dict[str, Callable[[pa.Table, pa.Table, Path | None], Section]] = {
     "geometry": lambda metrics, trials, run_dir: section_geometry(trials),
     "interpolation": lambda metrics, trials, run_dir: section_interpolation(run_dir),
     "breakdown": lambda metrics, trials, run_dir: section_breakdown(metrics, trials),
-    "beta_search": lambda metrics, trials, run_dir: section_beta_search(metrics, trials),
+    "beta_search": lambda metrics, trials, run_dir: section_beta_search(metrics, trials, run_dir),
     "eq7": lambda metrics, trials, run_dir: section_eq7(trials),
     "grid": lambda metrics, trials, run_dir: section_grid(trials),
     "gap": lambda metrics, trials, run_dir: section_gap(trials),

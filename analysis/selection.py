@@ -4,7 +4,8 @@ trial table and draws each one's learning curves on its own page (``trials-<sele
 Above ``analysis.plots.MAX_TRIAL_CURVES`` trials the report draws one mean line and band per
 point; a point's legend name (``lr=0.1 S=32 n_train=1000``) is itself a selector for its seeds.
 
-A selector is ``key=value`` terms (all must hold; separated by commas or spaces) or trial ids.
+A selector is ``key=value`` terms (all must hold; separated by commas or spaces; quote a value
+with spaces: ``variant='big batch'``) or trial ids.
 Keys are trial-table columns (``lr``, ``batch_size`` or ``S``, ``seed``, ``n_train``, ``beta``,
 ``status``, ...); numbers match to 5 significant digits (the legend prints 6). Several
 selectors: a trial matching any of them.
@@ -24,8 +25,16 @@ CURVE_METRICS = ("val_acc", "train_loss", "val_loss", "lambda_max", "hessian_tra
 
 
 def _terms(selector: str) -> list[str]:
-    # a legend name pasted whole: its "(eta/S=...)" is a label, not a term
-    return [t for t in re.split(r"[,\s]+", re.sub(r"\([^)]*\)", " ", selector).strip()) if t]
+    """Terms split at commas and spaces outside quotes (``variant='big batch'`` is one term); a
+    legend name pasted whole keeps its "(eta/S=...)", which is a label, not a term."""
+    import shlex
+
+    lexer = shlex.shlex(re.sub(r"\(eta/S=[^)]*\)", " ", selector), posix=True)
+    lexer.whitespace, lexer.whitespace_split = " ,\t\n", True
+    try:
+        return list(lexer)
+    except ValueError as exc:  # an unclosed quote
+        raise ValueError(f"--trials: {selector!r}: {exc}") from None
 
 
 def _matches(value, wanted: str) -> bool:

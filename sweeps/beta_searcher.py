@@ -123,15 +123,19 @@ class BetaSearcher(Searcher):
                 outcome.value = best.get(j)
 
 
-def search_resumption(spec, trials, packs: list[list[dict]], records: dict) -> dict:
+def search_resumption(spec, trials, packs: list[list[dict]], records: dict, restart_errored: bool = False) -> dict:
     """``BetaSearcher`` keywords for ``lrbs resume``: the ended trials (from the trial table),
     the packs the resume continues (queued first), the next step number; and ``n_left``, how
     many trials the session may still train (0: the search has ended, nothing to start)."""
     from sweeps.ledger import member_points
     from sweeps.spec import search_settings
 
+    from sweeps.ledger import ERROR, current_records
+
     settings = search_settings(spec)
-    done = outcomes_from_trials(trials, settings.betas)
+    errored = [] if restart_errored else \
+        [p for r in current_records(records) if r.status == ERROR for p in member_points(r.point)]
+    done = outcomes_from_trials(trials, settings.betas, errored)
     steps = [p.get("search_step", -1) for r in records.values() for p in member_points(r.point)]
     first_step = max(steps, default=-1) + 1
     if not packs:

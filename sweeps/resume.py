@@ -93,6 +93,11 @@ def plan_resume(spec, run_dir: Path, restart_errored: bool, checkpoints=None
         if record.status == TERMINATED or all(k in done for k in keys):
             counts["done"] += len(keys)
             continue
+        if is_search(spec) and record.status == ERROR and not restart_errored:
+            # The search has replaced its seeds already (an errored trial is an ended one without
+            # a value: sweeps/beta_searcher.py); continuing it would train the point twice.
+            counts["done"] += len(keys)
+            continue
         packs.append([by_key[k] for k in keys])
         if record.status == ERROR and restart_errored:
             counts["restarted"] += len(keys)
@@ -191,7 +196,7 @@ def _resume_locked(spec, trackers: list, local: Path, remote, restart_errored: b
         from analysis.tables import load_trials
         from sweeps.beta_searcher import search_resumption
 
-        searcher = search_resumption(spec, load_trials(local), packs, records)
+        searcher = search_resumption(spec, load_trials(local), packs, records, restart_errored)
         n_left = max(n_left, searcher.pop("n_left"))
     compacted: list = []
     if n_left or remote is None:  # (a remote run's compacted files reach the store with this session's uploads)

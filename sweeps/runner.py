@@ -324,9 +324,19 @@ def tune_settings(spec: SweepSpec, out: TextIO, **searcher) -> dict:
     # torch and sets its threads itself.
     if not is_search(spec):
         return {"num_samples": 1, "reuse_actors": True}
-    from sweeps.beta_searcher import BetaSearcher
+    import math
 
-    return {"num_samples": -1, "reuse_actors": True, "search_alg": BetaSearcher(spec, out=out, **searcher)}
+    from sweeps.beta_searcher import BetaSearcher
+    from sweeps.packing import pack_cap
+    from sweeps.spec import search_settings
+
+    # Tune keeps only one trial of a plain Searcher pending (one placement group asked of an
+    # autoscaler at a time); a bound on live trials lifts that: at most a point and the reference
+    # per size at once, each in ceil(seeds / pack size) packs.
+    n_sizes = len(spec.beta.n_train) or 1
+    packs_per_point = math.ceil(search_settings(spec).max_seeds / max(1, pack_cap(spec)))
+    return {"num_samples": -1, "reuse_actors": True, "search_alg": BetaSearcher(spec, out=out, **searcher),
+            "max_concurrent_trials": 2 * n_sizes * packs_per_point}
 
 
 def fit(tuner, run_dir: Path, raylog=None) -> None:

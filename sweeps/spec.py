@@ -731,6 +731,9 @@ def _validate_beta(spec: SweepSpec, n_train: int) -> None:
         _validate_beta_search(spec, smallest)
 
 
+MAX_SEARCH_CANDIDATES = 1000  # a finer ladder than this is a typo (resolution 1.000001), not a study
+
+
 def _validate_beta_search(spec: SweepSpec, smallest: int) -> None:
     """``beta.search``: its knobs, then what the search needs to bracket beta* at all."""
     b, q = spec.beta, spec.beta.search
@@ -742,6 +745,14 @@ def _validate_beta_search(spec: SweepSpec, smallest: int) -> None:
     if q.max_beta is not None and not (q.max_beta >= q.resolution and math.isfinite(q.max_beta)):
         raise SpecError(f"beta.search.max_beta: must be >= the resolution {q.resolution:g} (got {q.max_beta}): "
                         f"the search needs a beta above the reference beta = 1")
+    if q.max_beta is not None and b.batch_size0 * q.max_beta > 1e12:
+        raise SpecError(f"beta.search.max_beta: beta = {q.max_beta:g} means S = {b.batch_size0} x {q.max_beta:g}, "
+                        f"larger than the smallest training set ({smallest} examples)")
+    top = q.max_beta if q.max_beta is not None else smallest / b.batch_size0 + 1
+    n_candidates = math.floor(math.log(max(top, 1.0)) / math.log(q.resolution)) + 1
+    if n_candidates > MAX_SEARCH_CANDIDATES:
+        raise SpecError(f"beta.search.resolution: x{q.resolution:g} up to beta {top:g} is {n_candidates:,} candidates "
+                        f"(at most {MAX_SEARCH_CANDIDATES:,}; a coarser resolution or a smaller max_beta)")
     if q.max_beta is not None and beta_size(b, q.max_beta) > smallest:
         raise SpecError(f"beta.search.max_beta: beta = {q.max_beta:g} means S = {beta_size(b, q.max_beta)}, larger "
                         f"than the smallest training set ({smallest} examples)")

@@ -519,3 +519,19 @@ def test_equal_ratio_section_shows_the_pairs_most_apart_when_there_are_many(monk
     fig = sec.figures[0][1]
     assert len([t for t in fig.data if t.name]) == 1 and f"(1 of {n} pairs" in fig.layout.title.text
     assert fig.data[0].name.startswith(f"{apart[0]['a']} vs {apart[0]['b']}")
+
+
+def test_legend_names_with_odd_labels_select_their_trials():
+    """Variant labels are any string: a point's legend name quotes them, and is still a selector."""
+    from analysis.plots import point_label
+    from analysis.selection import select_trials
+
+    labels = ["big batch", "x (warm)", "y=1", "a,b", "it's"]
+    trials = pa.table({"trial_id": [f"t{i}" for i in range(10)], "lr": [0.1] * 10, "batch_size": [32] * 10,
+                       "variant": labels * 2, "seed": [0] * 5 + [1] * 5})
+    for label in labels:
+        name = point_label({"lr": 0.1, "batch_size": 32, "variant": label}) + " (eta/S=0.00313)"
+        picked = select_trials(trials, [name]).column("trial_id").to_pylist()
+        assert sorted(picked) == sorted(r["trial_id"] for r in trials.to_pylist() if r["variant"] == label), name
+    with pytest.raises(ValueError, match="--trials: .*No closing quotation"):
+        select_trials(trials, ["variant='big"])

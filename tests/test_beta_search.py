@@ -135,6 +135,8 @@ def with_beta(**beta) -> dict:
                                          "training set (400 examples)"),
     (with_beta(search={"max_beta": 1.2}), "beta.search.max_beta: must be >= the resolution"),
     (with_beta(search={"resolution": 1.0}), "beta.search.resolution: must be a factor > 1"),
+    (with_beta(search={"resolution": 1.000001}), "beta.search.resolution: x1 up to beta 51 is 3,931,828 candidates"),
+    (with_beta(search={"max_beta": 1e308}), "beta.search.max_beta: beta = 1e+308 means S = 8 x 1e+308, larger than"),
     (with_beta(batch_size0=2, search={"resolution": 1.1}), "beta.search.resolution: beta 1 and 1.1 both round to S = 2"),
     ({**with_beta(), "grid": {"seed": [0]}}, "grid.seed: beta.search needs >= 2 seeds"),
     (with_beta(search={"max_seeds": 1}), "beta.search.max_seeds: must be >= the 2 seeds"),
@@ -161,6 +163,7 @@ def test_search_spec_round_trips_and_its_ladder_is_the_comparison():
     assert st.betas[0] == 1 and st.betas[-1] == pytest.approx(45.2548) and len(st.betas) == 12  # S = 362 <= 400
     assert st.budget == count_points(spec) == len(expand_points(spec)) == 12 * 2 * 2  # the ladder's count
     assert spec_from_dict(spec.to_dict()) == spec and "values" not in spec.to_dict()["beta"]
+    assert ladder(2 ** 0.5, 45.2548)[-1] == 45.2548  # a max_beta copied from a printed label keeps that candidate
 
 
 @pytest.mark.slow
@@ -263,3 +266,53 @@ def test_report_replays_the_search_from_a_frozen_real_run():
             p = stats.ttest_ind(vals, ref, equal_var=False, alternative="less").pvalue
             assert step["p"] == pytest.approx(p, rel=1e-9)
             assert (step["decision"] == "below beta = 1") == (p < rep["level"])
+
+
+def test_a_beta_that_always_errors_stops_its_search_without_spending_the_budget():
+    """E.g. out of memory at large S: after len(seeds) errors at one beta the search stops there
+    with a message naming it, instead of replacing its seeds until the budget is gone."""
+    st = settings(budget=200)
+    outcomes: list[Outcome] = []
+    for _ in range(30):
+        states, proposals = plan_search(outcomes, st, [None])
+        if not proposals:
+            break
+        for p in proposals:
+            for s in p.seeds:
+                value = None if st.betas[p.k] >= 8 else 0.9 + 0.0001 * s  # beta >= 8 always errors
+                outcomes.append(Outcome(None, p.k, s, value, ended=True))
+    state = states[None]
+    assert state.status == "stopped" and "beta 8 errored 3 times" in state.message, state.message
+    assert len(outcomes) <= 3 * 4 + 3  # reference, the first probe (errored) once, replaced once: not 200
+
+
+def test_added_seeds_never_take_another_sizes_bisection_budget():
+    """Budget for exactly two plain bisections and max_seeds above the seeds: an undecided test at
+    one size gets no added seeds the other size's bisection needs; both sizes still finish."""
+    st = settings(max_seeds=9, budget=30)
+    for seed in range(10):
+        states, outcomes, _ = simulate({400: LADDER[6] * 0.99, 1400: LADDER[9] * 0.99}, st, sizes=(400, 1400),
+                                       noise=0.01, drop=0.03, seed=seed)
+        assert len(outcomes) <= 30
+        assert all(s.status in ("found", "none_below") for s in states.values()), \
+            [s.message for s in states.values()]
+
+
+def test_errored_trials_count_as_ended_without_a_value_in_the_replay():
+    """As the live searcher counts them (sweeps/beta_searcher.py): a trial whose record says
+    ERROR is an ended (beta, seed) without a value, so a resumed search and the report's replay
+    spend the same budget and replace the same seeds, and never continue it."""
+    import pyarrow as pa
+
+    from analysis.beta_search import outcomes_from_trials
+
+    trials = pa.table({"trial_id": ["a", "b"], "beta": [1.0, 1.0], "seed": [0, 1], "status": ["finished"] * 2,
+                       "max_val_acc": [0.9, 0.91], "n_train": [400, 400], "cfg.point.n_train": [400, 400],
+                       "cfg.point.search_step": [0, 0]})
+    errored = [{"beta": 8.0, "seed": 0, "n_train": 400, "search_step": 1},
+               {"beta": 1.0, "seed": 1, "n_train": 400, "search_step": 0}]  # its pack-mate ended: stays ended
+    got = outcomes_from_trials(trials, LADDER, errored)
+    assert [(o.n_train, o.k, o.seed, o.value) for o in got] == [(400, 0, 0, 0.9), (400, 0, 1, 0.91), (400, 6, 0, None)]
+    st = settings(seeds=(0, 1), max_seeds=2)
+    _, proposals = plan_search(got, st, [400])
+    assert [(p.k, p.seeds) for p in proposals] == [(6, [1, 2])]  # beta 8's errored seed 0 replaced by seed 2
