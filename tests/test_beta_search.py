@@ -227,13 +227,14 @@ def test_search_runs_end_to_end_and_resumes_after_sigkill_repeating_no_ended_tri
     assert "Adaptive search for beta*" in md and size["message"] in md
 
 
-def test_fig5_search_twin_and_its_ladder_share_candidates_seeds_and_everything_else():
-    """docs/experiments.md compares these two runs: the ladder must be exactly the candidates the
+@pytest.mark.parametrize("twin", ["small", "mnist1d"])
+def test_fig5_search_twin_and_its_ladder_share_candidates_seeds_and_everything_else(twin):
+    """docs/experiments.md compares these runs: each ladder must be exactly the candidates its
     search picks from, with the same seeds, model, data and schedule."""
     from sweeps.spec import load_spec, search_settings
 
-    search = load_spec(ROOT_SPECS / "fig5_search_small.yaml")
-    ladder = load_spec(ROOT_SPECS / "fig5_ladder_small.yaml")
+    search = load_spec(ROOT_SPECS / f"fig5_search_{twin}.yaml")
+    ladder = load_spec(ROOT_SPECS / f"fig5_ladder_{twin}.yaml")
     assert ladder.beta.values == search_settings(search).betas
     assert search_settings(search).seeds == ladder.grid.seed and search.beta.n_train == ladder.beta.n_train
     for part in ("dataset", "model", "train", "schedule", "curvature"):
