@@ -203,84 +203,77 @@ def search_step(n_train: int | None, outcomes: list[Outcome], settings: SearchSe
         state.status, state.message = "stopped", message
         return state, []
 
+    def walk() -> tuple[SearchState, list[Proposal]]:
+        """The bisection from the reference up, to the first thing to launch or wait for."""
+        ref_values = _values(outcomes, 0)
+        state.reference = ref_values
+        lo, hi = 0, K + 1
+        mid0 = (lo + hi) // 2
+        if len(ref_values) < first or _running(outcomes, 0):
+            # The reference and the first probe do not depend on each other: both at once.
+            if not want(0, first, "reference (beta = 1)"):
+                return stop(f"not found below beta = 1 (the budget cannot pay for the reference's {first} seeds)")
+            if not want(mid0, first, f"first probe: the middle of the ladder (beta {settings.betas[mid0]:g})"):
+                return stop("not found below beta = 1 (the budget cannot pay for a first probe)")
+            state.waiting = True
+            return state, proposals
+        if len(ref_values) < 2:
+            return stop("fewer than 2 reference trials ended with a value (errored)")
+        tests = state.tests = _tests(outcomes, settings)
+        while hi - lo > 1:
+            state.lo, state.hi = lo, (hi if hi <= K else None)  # where it stands (also for an early return)
+            mid = (lo + hi) // 2
+            test = tests.get(mid)
+            if _running(outcomes, mid):
+                state.waiting = True
+                return state, proposals
+            if test is None:  # not launched yet (or its seeds errored): launch / replace them
+                span = f"beta {settings.betas[lo]:g} holds" + (f", beta {settings.betas[hi]:g} is below" if hi <= K else "")
+                if not want(mid, first, f"bisect: {span}; try beta {settings.betas[mid]:g}"):
+                    if hi <= K:
+                        return stop(f"budget spent: beta* in ({settings.betas[lo]:g}, {settings.betas[hi]:g}], "
+                                    f"not resolved to one step")
+                    return stop(f"not found below beta = {settings.betas[lo]:g} (budget spent; "
+                                f"beta {settings.betas[lo + 1]:g} to {settings.betas[K]:g} untested)")
+                state.waiting = True
+                return state, proposals
+            undecided = not test.significant and test.p < settings.undecided_p
+            if undecided and (test.n < settings.max_seeds or len(ref_values) < settings.max_seeds):
+                n_more = min(settings.max_seeds, max(test.n, len(ref_values)) + first)
+                # only from budget the bisection after this point still needs (worst case)
+                steps_after = math.ceil(math.log2(max(hi - mid, mid - lo, 1))) if max(hi - mid, mid - lo) > 1 else 0
+                spare = budget_left - steps_after * first - reserve
+                why = (f"undecided at beta {test.beta:g} (p = {test.p:.3g}, level {settings.level:.3g}): "
+                       f"more seeds")
+                extra = len(_more_seeds(outcomes, mid, n_more)) + len(_more_seeds(outcomes, 0, n_more))
+                if extra and extra <= spare:
+                    want(mid, n_more, why)
+                    want(0, n_more, why + " (the reference)")
+                    state.waiting = True
+                    return state, proposals
+                # no spare budget (or seeds): it counts as holding
+            if test.significant:
+                hi = mid
+            else:
+                lo = mid
+        state.lo, state.hi = lo, (hi if hi <= K else None)
+        if hi <= K:
+            state.status = "found"
+            state.message = (f"beta* = {settings.betas[hi]:g} (bracket: beta {settings.betas[lo]:g} holds, "
+                             f"{settings.betas[hi]:g} is below)")
+        else:
+            state.status = "none_below"
+            state.message = f"not found below beta = {settings.betas[K]:g} (every beta tested holds)"
+        return state, []
+
     try:
-        return _bisect(n_train, outcomes, settings, budget_left, reserve, state, proposals, want, stop)
+        return walk()
     except _Untestable as exc:
         b, n = settings.betas, _errored(outcomes, exc.k)
         where = (f"beta* in ({b[state.lo]:g}, {b[state.hi]:g}], not resolved" if state.hi is not None else
                  f"not found below beta = {b[state.lo]:g}")
         return stop(f"{where}: beta {b[exc.k]:g} errored {n} times (lrbs status shows why; the search does not "
                     f"retry it again)")
-
-
-def _bisect(n_train, outcomes, settings, budget_left, reserve, state, proposals, want, stop):
-    K = len(settings.betas) - 1
-    first = len(settings.seeds)
-
-    ref_values = _values(outcomes, 0)
-    state.reference = ref_values
-    lo, hi = 0, K + 1
-    mid0 = (lo + hi) // 2
-    if len(ref_values) < first or _running(outcomes, 0):
-        # The reference and the first probe do not depend on each other: both at once.
-        if not want(0, first, "reference (beta = 1)"):
-            return stop(f"not found below beta = 1 (the budget cannot pay for the reference's {first} seeds)")
-        if not want(mid0, first, f"first probe: the middle of the ladder (beta {settings.betas[mid0]:g})"):
-            return stop("not found below beta = 1 (the budget cannot pay for a first probe)")
-        state.waiting = True
-        return state, proposals
-    if len(ref_values) < 2:
-        return stop("fewer than 2 reference trials ended with a value (errored)")
-    tests = state.tests = _tests(outcomes, settings)
-    while hi - lo > 1:
-        state.lo, state.hi = lo, (hi if hi <= K else None)
-        mid = (lo + hi) // 2
-        test = tests.get(mid)
-        if _running(outcomes, mid):
-            state.waiting = True
-            state.lo, state.hi = lo, (hi if hi <= K else None)
-            return state, proposals
-        if test is None:  # not launched yet (or its seeds errored): launch / replace them
-            span = f"beta {settings.betas[lo]:g} holds" + (f", beta {settings.betas[hi]:g} is below" if hi <= K else "")
-            if not want(mid, first, f"bisect: {span}; try beta {settings.betas[mid]:g}"):
-                state.lo, state.hi = lo, (hi if hi <= K else None)
-                if hi <= K:
-                    return stop(f"budget spent: beta* in ({settings.betas[lo]:g}, {settings.betas[hi]:g}], "
-                                f"not resolved to one step")
-                return stop(f"not found below beta = {settings.betas[lo]:g} (budget spent; "
-                            f"beta {settings.betas[lo + 1]:g} to {settings.betas[K]:g} untested)")
-            state.waiting = True
-            state.lo, state.hi = lo, (hi if hi <= K else None)
-            return state, proposals
-        undecided = not test.significant and test.p < settings.undecided_p
-        if undecided and (test.n < settings.max_seeds or len(ref_values) < settings.max_seeds):
-            n_more = min(settings.max_seeds, max(test.n, len(ref_values)) + first)
-            # only from budget the bisection after this point still needs (worst case)
-            steps_after = math.ceil(math.log2(max(hi - mid, mid - lo, 1))) if max(hi - mid, mid - lo) > 1 else 0
-            spare = budget_left - steps_after * first - reserve
-            why = (f"undecided at beta {test.beta:g} (p = {test.p:.3g}, level {settings.level:.3g}): "
-                   f"more seeds")
-            extra = len(_more_seeds(outcomes, mid, n_more)) + len(_more_seeds(outcomes, 0, n_more))
-            if extra and extra <= spare:
-                want(mid, n_more, why)
-                want(0, n_more, why + " (the reference)")
-                state.waiting = True
-                state.lo, state.hi = lo, (hi if hi <= K else None)
-                return state, proposals
-            # no spare budget (or seeds): it counts as holding
-        if test.significant:
-            hi = mid
-        else:
-            lo = mid
-    state.lo, state.hi = lo, (hi if hi <= K else None)
-    if hi <= K:
-        state.status = "found"
-        state.message = (f"beta* = {settings.betas[hi]:g} (bracket: beta {settings.betas[lo]:g} holds, "
-                         f"{settings.betas[hi]:g} is below)")
-    else:
-        state.status = "none_below"
-        state.message = f"not found below beta = {settings.betas[K]:g} (every beta tested holds)"
-    return state, []
 
 
 def plan_search(outcomes: list[Outcome], settings: SearchSettings, sizes: list[int | None]

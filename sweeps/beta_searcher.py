@@ -127,10 +127,8 @@ def search_resumption(spec, trials, packs: list[list[dict]], records: dict, rest
     """``BetaSearcher`` keywords for ``lrbs resume``: the ended trials (from the trial table),
     the packs the resume continues (queued first), the next step number; and ``n_left``, how
     many trials the session may still train (0: the search has ended, nothing to start)."""
-    from sweeps.ledger import member_points
+    from sweeps.ledger import ERROR, current_records, member_points
     from sweeps.spec import search_settings
-
-    from sweeps.ledger import ERROR, current_records
 
     settings = search_settings(spec)
     errored = [] if restart_errored else \

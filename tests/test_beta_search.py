@@ -2,8 +2,6 @@
 breakdown (no training), the spec's bad input, and (slow) a small real search end to end."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
