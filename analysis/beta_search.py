@@ -309,6 +309,13 @@ def _beta_index(betas: tuple[float, ...], beta: float) -> int | None:
     return next((k for k, b in enumerate(betas) if math.isclose(b, beta, rel_tol=1e-5)), None)
 
 
+def size_of(row: dict) -> int | None:
+    """A trial-table row's size key for the policy: its point's own n_train (None where the
+    spec's ``beta.n_train`` is empty, as the searcher keys it)."""
+    n = row.get("cfg.point.n_train")
+    return int(n) if n is not None else None
+
+
 def outcomes_from_trials(trials, betas: tuple[float, ...], errored: list[dict] | None = None) -> list[Outcome]:
     """The ended trials of a run's trial table (``analysis.tables.load_trials``) as outcomes:
     finished or diverged, with their max val acc; and ``errored`` (points of trials whose record
@@ -320,8 +327,7 @@ def outcomes_from_trials(trials, betas: tuple[float, ...], errored: list[dict] |
         if k is None or r.get("status") not in DIVERGED_OR_DONE or r.get("cfg.point.search_step") is None:
             continue
         value = r.get("max_val_acc")
-        n = r.get("cfg.point.n_train")
-        out.append(Outcome(int(n) if n is not None else None, k, int(r["seed"]),
+        out.append(Outcome(size_of(r), k, int(r["seed"]),
                            value if value is not None and math.isfinite(value) else None, ended=True))
     ended = {(o.n_train, o.k, o.seed) for o in out}
     for p in errored or []:
@@ -350,9 +356,6 @@ def search_report(metrics, trials, errored: list[dict] | None = None) -> dict:
     settings = settings_from_dict(json.loads(configs[-1])["beta_search"])
     outcomes = outcomes_from_trials(search, settings.betas, errored)
     rows = search.to_pylist()
-
-    def size_of(r: dict):  # the policy's key: the point's own n_train (None: the spec's data set size)
-        return int(r["cfg.point.n_train"]) if r.get("cfg.point.n_train") is not None else None
 
     sizes = sorted({size_of(r) for r in rows}, key=lambda n: (n is None, n))
     states, _ = plan_search(outcomes, settings, sizes)

@@ -61,7 +61,7 @@ def plan_resume(spec, run_dir: Path, restart_errored: bool, checkpoints=None
     from sweeps.ledger import (ERROR, TERMINATED, last_rows, ledger_from_trial_dirs, member_points, points_done,
                                read_ledger, resumable_epoch)
     from sweeps.packing import plan_packs
-    from sweeps.spec import expand_points, is_search
+    from sweeps.spec import expand_points
     from trainables.config import point_key
 
     records, damaged = read_ledger(run_dir)
