@@ -24,6 +24,12 @@ them it is exact.) A point whose trials errored as many times as it has seeds st
 search (``_Untestable``): replacing them forever would spend the budget on, e.g., an S that does
 not fit in memory.
 
+``min_drop`` (``beta.min_drop``, accuracy points): a beta is "below" only when its drop from
+beta = 1 is significantly larger than min_drop (``analysis.breakdown.drop_test``), so beta* is
+defined by a drop that matters rather than by whatever the seeds can resolve. Each test also
+carries its effect size (the drop with its 95% interval) and its power (the seeds on each side
+and the drop it detects with 80% power at its level, ``analysis.breakdown.detectable_drop``).
+
 The policy is a pure function of the finished trials (``search_step``): the state is never kept
 anywhere else, so a search resumed after a crash carries on from the trials that finished, and
 the report replays it from the trial table. Nothing here imports Ray.
@@ -35,8 +41,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from analysis.breakdown import ALPHA
-from analysis.stats import welch_less
+from analysis.breakdown import ALPHA, detectable_drop, drop_interval, drop_test
 
 DIVERGED_OR_DONE = ("finished", "diverged")
 
@@ -50,6 +55,7 @@ class SearchSettings:
     budget: int                     # trials (points x seeds) over all training-set sizes
     undecided_p: float = 0.25
     alpha: float = ALPHA
+    min_drop: float | None = None   # accuracy points a drop must significantly exceed (None: any drop)
 
     @property
     def looks(self) -> int:
@@ -91,9 +97,14 @@ class BetaTest:
     beta: float
     n: int
     mean: float
-    p: float                        # one-sided Welch: mean below beta = 1's
+    p: float                        # one-sided Welch: mean below beta = 1's (by more than min_drop)
     level: float                    # what p must be under (alpha / (probes x looks))
     significant: bool
+    n_ref: int = 0                  # seeds at beta = 1
+    drop: float = math.nan          # mean at beta = 1 minus mean here, accuracy points
+    drop_lo: float = math.nan       # its 95% Welch-Satterthwaite t interval, accuracy points
+    drop_hi: float = math.nan
+    detectable_drop: float = math.nan   # accuracy points detected with 80% power at ``level`` (the report fills it)
 
 
 @dataclass
@@ -135,9 +146,11 @@ def _tests(outcomes: list[Outcome], settings: SearchSettings) -> dict[int, BetaT
         vals = np.array(_values(outcomes, k))
         if len(vals) < 2 or _running(outcomes, k):
             continue
-        _, p = welch_less(vals, ref)
+        _, p = drop_test(vals, ref, settings.min_drop)
+        drop, lo, hi = drop_interval(vals, ref)
         out[k] = BetaTest(beta=settings.betas[k], n=len(vals), mean=float(vals.mean()), p=float(p),
-                          level=settings.level, significant=bool(math.isfinite(p) and p < settings.level))
+                          level=settings.level, significant=bool(math.isfinite(p) and p < settings.level),
+                          n_ref=len(ref), drop=drop, drop_lo=lo, drop_hi=hi)
     return out
 
 
@@ -297,8 +310,13 @@ def plan_search(outcomes: list[Outcome], settings: SearchSettings, sizes: list[i
 
 def settings_to_dict(settings: SearchSettings) -> dict:
     """Plain data, kept in every search trial's config (``beta_search``): the report replays the
-    search from the trial table with it, without the spec or the data set."""
-    return {**asdict(settings), "betas": list(settings.betas), "seeds": list(settings.seeds)}
+    search from the trial table with it, without the spec or the data set. ``min_drop`` is left
+    out when None: a resume rebuilds the same config as the trials it continues (attempts are
+    matched by config, ``analysis.tables``) whether or not they were written with the key."""
+    data = {**asdict(settings), "betas": list(settings.betas), "seeds": list(settings.seeds)}
+    if data["min_drop"] is None:
+        data.pop("min_drop")
+    return data
 
 
 def settings_from_dict(data: dict) -> SearchSettings:
@@ -359,7 +377,11 @@ def search_report(metrics, trials, errored: list[dict] | None = None) -> dict:
 
     sizes = sorted({size_of(r) for r in rows}, key=lambda n: (n is None, n))
     states, _ = plan_search(outcomes, settings, sizes)
-    crit = breakdown(metrics, search)
+    for n, st in states.items():  # the power behind each decision (a simulation: the report's, not the policy's)
+        mine = [o for o in outcomes if o.n_train == n]
+        for k, test in st.tests.items():
+            test.detectable_drop = detectable_drop(_values(mine, k), _values(mine, 0), test.level, settings.min_drop)
+    crit = breakdown(metrics, search, min_drop=settings.min_drop)
     crit = {res.n_train: res for res in crit} if not isinstance(crit, str) else {}
     # every (size, beta, seed) launched: rows in the table, or errored without a row
     launched = {(size_of(r), _beta_index(settings.betas, r["beta"]), int(r["seed"])) for r in rows} | \
@@ -386,7 +408,7 @@ def search_report(metrics, trials, errored: list[dict] | None = None) -> dict:
         n = size_of(r)
         t = trace.setdefault(step, {"step": step, "n_train": r["n_train"], "beta": r["beta"],
                                     "batch_size": r["batch_size"], "seeds": [], "why": r.get("cfg.point.search_why"),
-                                    "mean": None, "p": None, "decision": ""})
+                                    "mean": None, "p": None, "drop": None, "drop_ci": None, "decision": ""})
         t["seeds"].append(int(r["seed"]))
         k = _beta_index(settings.betas, r["beta"])
         test = states[n].tests.get(k) if n in states and k is not None else None
@@ -395,11 +417,13 @@ def search_report(metrics, trials, errored: list[dict] | None = None) -> dict:
             t["mean"] = float(np.mean(vals)) if vals else None
             t["decision"] = "reference"
         elif test is not None:
-            t["mean"], t["p"] = test.mean, test.p
-            t["decision"] = "below beta = 1" if test.significant else "holds"
+            t["mean"], t["p"], t["drop"], t["drop_ci"] = test.mean, test.p, test.drop, [test.drop_lo, test.drop_hi]
+            t["decision"] = ("holds" if not test.significant else "below beta = 1" if settings.min_drop is None
+                             else f"below beta = 1 by > {settings.min_drop:g} points")
         else:
             t["decision"] = "running" if any(x.get("status") == "running" for x in rows if x["trial_id"] == r["trial_id"]) \
                 else "no test (fewer than 2 values)"
     return {"betas": list(settings.betas), "resolution": settings.betas[1] if len(settings.betas) > 1 else None,
             "alpha": settings.alpha, "level": settings.level, "probes": settings.probes, "looks": settings.looks,
-            "budget": settings.budget, "sizes": per_size, "trace": [trace[k] for k in sorted(trace)]}
+            "budget": settings.budget, "min_drop": settings.min_drop, "sizes": per_size,
+            "trace": [trace[k] for k in sorted(trace)]}

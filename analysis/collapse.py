@@ -1,6 +1,8 @@
 """Collapse test: do eta and S act on an end-of-training quantity only through eta/S?
 
-Full model (OLS over trials, classical standard errors):
+Full model (OLS over point means, classical standard errors): the seeds of each point (lr, S, and
+the family labels) are averaged first, because the point is the replication unit (seeds of one
+point are not independent draws of how eta and S act; analysis/fits.py):
 
     y = a + b log10(eta) + c log10(S) + e
 
@@ -10,7 +12,7 @@ same test as the nested F-test of the ratio-only model
 
     y = a' + k log10(eta / S) + e
 
-against the full one (F = t^2). The report gives b and c with 95% CIs, b + c with its CI and p,
+against the full one (F = t^2), with n_points - 3 dof. The report gives b and c with 95% CIs, b + c with its CI and p,
 and R^2 of both models: R^2 close between them means the ratio explains what eta and S explain.
 
 y is the value itself for every metric and, for the positive scale quantities (train loss and
@@ -26,6 +28,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
+from analysis.fits import point_keys, point_means
 from analysis.stats import lincomb_test, ols, simple_fit
 
 # (metric, fit log10(y)?): every metric as it is (the issue's y), and the positive scale
@@ -39,8 +42,8 @@ COLLAPSE_METRICS = (("final_val_acc", False), ("final_train_loss", False), ("fin
 class CollapseResult:
     metric: str               # as fitted, e.g. "log10 final_train_loss"
     group: str                # "all" or e.g. "n_train=360"
-    n: int
-    n_excluded: int
+    n: int                    # points (seed means) fitted
+    n_excluded: int           # trials left out (diverged, no finite value)
     n_lr: int                 # distinct eta values
     n_batch_size: int         # distinct S values
     a: float
@@ -57,14 +60,16 @@ class CollapseResult:
     r2_ratio: float           # ratio-only model
     k_ratio: float            # slope on log10(eta/S) of the ratio-only model
     equal_and_opposite: bool  # b+c CI contains 0 (not rejected at 5%)
+    n_trials: int = 0         # trials averaged into the points
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def collapse_arrays(lr: np.ndarray, bs: np.ndarray, y: np.ndarray, metric: str, group: str = "all",
-                    n_excluded: int = 0) -> CollapseResult:
-    """The collapse test on finite arrays (raises ValueError when eta and S are not separable)."""
+                    n_excluded: int = 0, n_trials: int | None = None) -> CollapseResult:
+    """The collapse test on finite arrays, one row per point (raises ValueError when eta and S are
+    not separable)."""
     le, ls = np.log10(lr), np.log10(bs)
     X = np.column_stack([np.ones_like(le), le, ls])
     fit = ols(X, y)
@@ -79,7 +84,7 @@ def collapse_arrays(lr: np.ndarray, bs: np.ndarray, y: np.ndarray, metric: str, 
         b_plus_c=comb["estimate"], b_plus_c_ci=(float(lo), float(hi)), t=comb["t"], p=comb["p"], dof=comb["dof"],
         r2_full=fit.r2, r2_ratio=ratio.r2 if ratio else math.nan,
         k_ratio=float(ratio.coef[1]) if ratio else math.nan,
-        equal_and_opposite=bool(lo <= 0 <= hi))
+        equal_and_opposite=bool(lo <= 0 <= hi), n_trials=len(y) if n_trials is None else n_trials)
 
 
 def collapse_test(trials: pa.Table, metric: str, log_y: bool, group: str = "all") -> CollapseResult | str:
@@ -88,7 +93,8 @@ def collapse_test(trials: pa.Table, metric: str, log_y: bool, group: str = "all"
         return f"no {metric} column"
     rows = trials.select(["lr", "batch_size", "status", metric]).to_pylist()
     keep, excluded = [], 0
-    for r in rows:
+    for r, point in zip(rows, point_keys(trials)):
+        r["_point"] = point
         v = r[metric]
         ok = (v is not None and math.isfinite(float(v)) and r["status"] != "diverged"
               and (not log_y or float(v) > 0))
@@ -98,16 +104,22 @@ def collapse_test(trials: pa.Table, metric: str, log_y: bool, group: str = "all"
             excluded += 1
     if not keep:
         return f"no finite {metric} values"
-    lr = np.array([r["lr"] for r in keep], dtype=float)
-    bs = np.array([r["batch_size"] for r in keep], dtype=float)
     y = np.array([float(r[metric]) for r in keep])
     if log_y:
         y = np.log10(y)
+    # Seeds averaged per point; lr and S are constant within a point, so their means are the values.
+    lr_col = np.array([r["lr"] for r in keep], dtype=float)
+    bs_col = np.array([r["batch_size"] for r in keep], dtype=float)
+    keys = [r["_point"] for r in keep]
+    lr_pm = point_means(keys, lr_col, y)
+    bs_pm = point_means(keys, bs_col, y)
+    lr, bs, y_pm = lr_pm.x, bs_pm.x, lr_pm.y
     if len(set(lr)) < 2 or len(set(bs)) < 2:
         return f"needs >= 2 distinct lr and >= 2 distinct batch sizes (has {len(set(lr))} and {len(set(bs))})"
-    if len(keep) < 5:
-        return f"only {len(keep)} usable trials (needs >= 5 for a 3-parameter fit with dof)"
+    if len(y_pm) < 5:
+        return f"only {len(y_pm)} usable points (needs >= 5 for a 3-parameter fit with 2 dof)"
     try:
-        return collapse_arrays(lr, bs, y, ("log10 " if log_y else "") + metric, group, excluded)
+        return collapse_arrays(lr, bs, y_pm, ("log10 " if log_y else "") + metric, group, excluded,
+                               n_trials=len(keep))
     except ValueError:
         return "log10(eta) and log10(S) are collinear (e.g. a pure beta family): b and c are not separable"

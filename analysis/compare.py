@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import math
 
+from analysis.fits import slope_text
 from analysis.render import _md_table
 from analysis.sections import Table, fmt
 
@@ -29,6 +30,11 @@ def _overlap(a: tuple, b: tuple) -> bool | None:
     return a[0] <= b[1] and b[0] <= a[1]
 
 
+def _slope(fit: dict) -> str:
+    ci = tuple(math.nan if v is None else v for v in fit["slope_ci"])
+    return slope_text(fit["slope"] if fit["slope"] is not None else math.nan, ci, fit.get("ci_note", ""))
+
+
 def _beta_star(report) -> dict:
     sec = next((s for s in report.sections if s.key == "breakdown" and s.status == "ok"), None)
     if sec is None:
@@ -43,12 +49,11 @@ def compare_tables(a, b, name_a: str, name_b: str) -> list[Table]:
     for metric in [m for m in sa if m in sb]:
         fa, fb = sa[metric], sb[metric]
         ov = _overlap(tuple(fa["slope_ci"]), tuple(fb["slope_ci"]))
-        rows.append([fa.get("metric", metric), f"{fmt(fa['slope'], 3)} {fmt(tuple(fa['slope_ci']), 3)}",
-                     f"{fmt(fb['slope'], 3)} {fmt(tuple(fb['slope_ci']), 3)}", fmt(fb["slope"] - fa["slope"], 3),
+        rows.append([fa.get("metric", metric), _slope(fa), _slope(fb), fmt(fb["slope"] - fa["slope"], 3),
                      "-" if ov is None else ("yes" if ov else "NO: the runs differ")])
     tables = []
     if rows:
-        tables.append(Table("slopes against log10(eta/S) [95% CI]", ["metric", name_a, name_b, "B - A", "CIs overlap"], rows))
+        tables.append(Table("slopes against log10(eta/S) over point means [95% CI]", ["metric", name_a, name_b, "B - A", "CIs overlap"], rows))
     ba, bb = _beta_star(a), _beta_star(b)
     if ba and bb:
         keys = sorted(set(ba) | set(bb), key=str)

@@ -1,102 +1,186 @@
-"""Fits of end-of-training quantities against log10(eta/S). Pure functions over Arrow tables."""
+"""Fits of end-of-training quantities against log10(eta/S), over the design's replication unit.
+
+The unit is a point (lr, S, and the family labels that make two runs different configurations),
+not a seed: the seeds of one point share everything but their randomness, so they are not
+independent draws of the relation between eta/S and the metric. A slope against eta/S is
+uncertain mostly through the scatter between points (a point can sit off the line for reasons
+other than eta/S), which resampling seeds within points never sees. So every fit here first
+averages each point's seeds, then fits the point means:
+
+* slope and intercept: least squares of the point means on log10(eta/S) (every point weighs the
+  same, however many seeds it has);
+* ``slope_ci``: the 95% t interval of that slope with n_points - 2 degrees of freedom (exact for
+  normal point effects plus seed noise with equal seeds per point; ``ci_method``);
+* p: two-sided t-test of slope = 0 on the same fit; Spearman's rho and its p over the point
+  means (``n_points`` says how many).
+
+No interval is given (``slope_ci`` is (nan, nan) and ``ci_note`` says why) with fewer than 3
+distinct eta/S values or fewer than 4 points (2 degrees of freedom). Equal-eta/S points stay
+separate points. Pure functions over Arrow tables.
+"""
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
 from scipy import stats
 
+from analysis.stats import OLSResult, simple_fit
+
+CI_METHOD = "t interval on point means (n_points - 2 dof)"
+# What tells two trials apart as points of the design, beyond their seed (those present in the table).
+POINT_KEYS = ("lr", "batch_size", "n_train", "beta", "rescale", "variant", "schedule")
+MIN_RATIOS = 3        # distinct eta/S values for an interval
+MIN_POINTS = 4        # points for an interval (n_points - 2 >= 2 dof)
+
+
+@dataclass(frozen=True)
+class PointMeans:
+    """Per-point means of x and y over the seeds with finite values, in first-seen order."""
+    keys: list[tuple]
+    x: np.ndarray
+    y: np.ndarray
+    n_seeds: np.ndarray   # trials averaged into each point
+
+    @property
+    def n_trials(self) -> int:
+        return int(self.n_seeds.sum())
+
+
+def point_means(keys: Sequence[tuple], x: np.ndarray, y: np.ndarray) -> PointMeans:
+    """Average x and y over the rows of each key (rows with a non-finite x or y are dropped)."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    code: dict[tuple, int] = {}
+    idx = np.array([code.setdefault(tuple(k), len(code)) for k, good in zip(keys, ok) if good], dtype=np.int64)
+    n = len(code)
+    counts = np.bincount(idx, minlength=n).astype(float)
+    with np.errstate(invalid="ignore"):
+        mx = np.bincount(idx, weights=x[ok], minlength=n) / counts
+        my = np.bincount(idx, weights=y[ok], minlength=n) / counts
+    return PointMeans(keys=list(code), x=mx, y=my, n_seeds=counts.astype(np.int64))
+
+
+def point_keys(trials: pa.Table) -> list[tuple]:
+    """Each trial's point: the values of ``POINT_KEYS`` present in the table."""
+    cols = [trials.column(k).to_pylist() for k in POINT_KEYS if k in trials.column_names]
+    return list(zip(*cols)) if cols else [()] * trials.num_rows
+
+
+def n_distinct(x: np.ndarray) -> int:
+    """Distinct values up to float rounding (12 significant digits of log10(eta/S))."""
+    return len({round(float(v), 12) for v in x})
+
+
+@dataclass(frozen=True)
+class PointFit:
+    """Least squares of point means on x, with the interval and tests over points."""
+    slope: float
+    intercept: float
+    slope_ci: tuple[float, float]
+    p: float                  # two-sided, slope = 0, n_points - 2 dof
+    r2: float                 # of the point means
+    spearman_rho: float       # over point means
+    spearman_p: float
+    n_points: int
+    n_trials: int
+    n_ratios: int             # distinct x values
+    ci_method: str
+    ci_note: str              # why there is no interval ("" when there is one)
+    ols: OLSResult | None     # the point-mean fit (None when it could not be made)
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Spearman's rho and its two-sided p (nan without 3 values and spread in both)."""
+    if len(x) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
+        r = stats.spearmanr(x, y)
+        return float(r.statistic), float(r.pvalue)
+    return math.nan, math.nan
+
+
+def fit_points(pm: PointMeans) -> PointFit:
+    """The slope of ``pm.y`` on ``pm.x`` over points, with its t interval when the design allows one."""
+    n, k = len(pm.x), n_distinct(pm.x)
+    nan2 = (math.nan, math.nan)
+    rho, rho_p = spearman(pm.x, pm.y)
+    base = dict(spearman_rho=rho, spearman_p=rho_p, n_points=n, n_trials=pm.n_trials, n_ratios=k,
+                ci_method=CI_METHOD)
+    if k < 2:
+        return PointFit(slope=math.nan, intercept=math.nan, slope_ci=nan2, p=math.nan, r2=math.nan,
+                        ci_note=f"{k} distinct eta/S value(s): no slope", ols=None, **base)
+    if k < MIN_RATIOS:
+        note = f"{k} distinct eta/S values: no interval (needs >= {MIN_RATIOS})"
+    elif n < MIN_POINTS:
+        note = f"{n} points: no interval (needs >= {MIN_POINTS}, i.e. 2 degrees of freedom)"
+    else:
+        note = ""
+    if n < 3:  # two points: a line through them, no residual to judge it by
+        slope = float((pm.y[1] - pm.y[0]) / (pm.x[1] - pm.x[0]))
+        return PointFit(slope=slope, intercept=float(pm.y[0] - slope * pm.x[0]), slope_ci=nan2, p=math.nan,
+                        r2=math.nan, ci_note=note, ols=None, **base)
+    fit = simple_fit(pm.x, pm.y)
+    slope, intercept = float(fit.coef[1]), float(fit.coef[0])
+    ci = nan2 if note else tuple(float(v) for v in fit.ci()[1])
+    p = math.nan if note else float(fit.p_values()[1])
+    return PointFit(slope=slope, intercept=intercept, slope_ci=ci, p=p, r2=fit.r2, ci_note=note, ols=fit, **base)
+
 
 @dataclass(frozen=True)
 class RatioFit:
-    """y = intercept + slope * log10(eta/S), least squares over trials.
-
-    ``slope_ci`` is a 95% percentile bootstrap interval over seeds: each replicate redraws, for
-    every (lr, batch_size) point, its seeds with replacement, so the interval reflects seed
-    spread, not only the scatter between points.
-    """
+    """y = intercept + slope * log10(eta/S) over point means (module docstring)."""
     metric: str
     x: str
     n: int                  # trials in the fit
     n_excluded: int         # trials without a finite value (e.g. diverged)
+    n_points: int           # points (seeds averaged) the slope, its interval and the tests are over
+    n_ratios: int           # distinct eta/S values among them
     slope: float
     intercept: float
-    slope_ci: tuple[float, float]
-    r2: float
-    spearman_rho: float
+    slope_ci: tuple[float, float]   # (nan, nan) when no interval can be given: see ci_note
+    p: float                # two-sided, slope = 0
+    r2: float               # of the point means
+    spearman_rho: float     # over point means
     spearman_p: float
-    n_boot: int
+    ci_method: str
+    ci_note: str
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _finite(values) -> np.ndarray:
-    return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
-
-
-def ols(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-    """Slope, intercept and R^2 of y on x (nan where x has no spread)."""
-    if len(x) < 2 or np.ptp(x) < 1e-9:  # no spread, up to float rounding
-        return math.nan, math.nan, math.nan
-    slope, intercept = np.polyfit(x, y, 1)
-    resid = y - (intercept + slope * x)
-    ss_tot = float(np.sum((y - y.mean()) ** 2))
-    r2 = 1.0 - float(np.sum(resid ** 2)) / ss_tot if ss_tot > 0 else math.nan
-    return float(slope), float(intercept), r2
-
-
-def _bootstrap_slopes(x: np.ndarray, y: np.ndarray, members: list[list[int]], n_boot: int,
-                      rng: np.random.Generator, block: int = 100) -> list[float]:
-    """OLS slopes of y on x over ``n_boot`` resamples, each drawing with replacement within every
-    group of rows (``members``: the seeds of one point), as many rows as the group has.
-    Vectorized: ``block`` resamples at a time as rows of a matrix (a 10,000-trial sweep's fit
-    takes a second, not minutes)."""
-    if not members or n_boot <= 0:
-        return []
-    order = np.concatenate([np.asarray(rows, dtype=np.int64) for rows in members])
-    sizes = np.array([len(rows) for rows in members], dtype=np.int64)
-    start = np.repeat(np.cumsum(sizes) - sizes, sizes)  # per position: where its group starts in ``order``
-    size = np.repeat(sizes, sizes)
-    slopes: list[float] = []
-    for done in range(0, n_boot, block):
-        k = min(block, n_boot - done)
-        idx = order[start + rng.integers(0, size, size=(k, len(order)))]
-        xs, ys = x[idx], y[idx]
-        dx = xs - xs.mean(axis=1, keepdims=True)
-        sxx = (dx * dx).sum(axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            b = np.where(sxx > 0, (dx * (ys - ys.mean(axis=1, keepdims=True))).sum(axis=1) / sxx, np.nan)
-        slopes += [float(v) for v in b if math.isfinite(v)]
-    return slopes
-
-
-def ratio_fit(trials: pa.Table, metric: str, *, log_y: bool = False, n_boot: int = 1000,
-              seed: int = 0, groups: tuple[str, ...] = ("lr", "batch_size")) -> RatioFit:
-    """Fit ``metric`` (or log10 of it with ``log_y``) against log10(ratio) across trials."""
-    x_all = np.log10(_finite(trials.column("ratio").to_pylist()))
-    y_all = _finite(trials.column(metric).to_pylist())
+def metric_values(trials: pa.Table, metric: str, log_y: bool) -> np.ndarray:
+    """The metric per trial as floats (nan for null; log10 of it with ``log_y``, nan where <= 0)."""
+    y = np.array([np.nan if v is None else float(v) for v in trials.column(metric).to_pylist()], dtype=float)
     if log_y:
         with np.errstate(divide="ignore", invalid="ignore"):
-            y_all = np.where(y_all > 0, np.log10(y_all), np.nan)
-    ok = np.isfinite(x_all) & np.isfinite(y_all)
-    x, y = x_all[ok], y_all[ok]
-    slope, intercept, r2 = ols(x, y)
-    if len(x) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
-        rho, p = stats.spearmanr(x, y)
-        rho, p = float(rho), float(p)
-    else:
-        rho = p = math.nan
+            y = np.where(y > 0, np.log10(y), np.nan)
+    return y
 
-    # Bootstrap over seeds within each point.
-    keys = list(zip(*(trials.column(g).to_pylist() for g in groups)))
-    point_rows: dict[tuple, list[int]] = {}
-    for i, key in enumerate(np.array(keys, dtype=object)[ok] if len(keys) else []):
-        point_rows.setdefault(tuple(key), []).append(i)
-    slopes = _bootstrap_slopes(x, y, list(point_rows.values()), n_boot, np.random.default_rng(seed))
-    ci = (float(np.percentile(slopes, 2.5)), float(np.percentile(slopes, 97.5))) if slopes else (math.nan, math.nan)
-    return RatioFit(metric=("log10 " if log_y else "") + metric, x="log10(lr/batch_size)", n=int(ok.sum()),
-                    n_excluded=int((~ok).sum()), slope=slope, intercept=intercept, slope_ci=ci, r2=r2,
-                    spearman_rho=rho, spearman_p=p, n_boot=len(slopes))
+
+def log_ratios(trials: pa.Table, column: str = "ratio") -> np.ndarray:
+    x = np.array([np.nan if v is None else float(v) for v in trials.column(column).to_pylist()], dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(x > 0, np.log10(x), np.nan)
+
+
+def ratio_fit(trials: pa.Table, metric: str, *, log_y: bool = False, x_column: str = "ratio") -> RatioFit:
+    """Fit ``metric`` (or log10 of it with ``log_y``) against log10(eta/S) over point means."""
+    x, y = log_ratios(trials, x_column), metric_values(trials, metric, log_y)
+    pm = point_means(point_keys(trials), x, y)
+    f = fit_points(pm)
+    return RatioFit(metric=("log10 " if log_y else "") + metric, x=f"log10({x_column})", n=pm.n_trials,
+                    n_excluded=trials.num_rows - pm.n_trials, n_points=f.n_points, n_ratios=f.n_ratios,
+                    slope=f.slope, intercept=f.intercept, slope_ci=f.slope_ci, p=f.p, r2=f.r2,
+                    spearman_rho=f.spearman_rho, spearman_p=f.spearman_p, ci_method=f.ci_method, ci_note=f.ci_note)
+
+
+def slope_text(slope: float, ci: tuple[float, float], note: str = "", digits: int = 3) -> str:
+    """``slope [lo, hi]``, or ``slope (no CI: why)`` when the design allows no interval."""
+    s = f"{slope:.{digits}g}" if math.isfinite(slope) else "nan"
+    if note or not all(math.isfinite(v) for v in ci):
+        return f"{s} (no CI: {note or 'undefined'})"
+    return f"{s} [{ci[0]:.{digits}g}, {ci[1]:.{digits}g}]"

@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 import pyarrow as pa
 from plotly.colors import sample_colorscale
 
-from analysis.fits import RatioFit
+from analysis.fits import RatioFit, slope_text
 
 
 
@@ -45,7 +45,8 @@ def metric_vs_ratio(trials: pa.Table, metric: str, fit: RatioFit | None = None, 
         ly = fit.intercept + fit.slope * lx
         fig.add_trace(go.Scatter(
             x=10 ** lx, y=10 ** ly if log_y else ly, mode="lines", line=dict(dash="dash", color="black"),
-            name=f"fit: slope {fit.slope:.3g} [{fit.slope_ci[0]:.3g}, {fit.slope_ci[1]:.3g}], rho {fit.spearman_rho:.2f}"))
+            name=f"fit over {fit.n_points} point means: slope {slope_text(fit.slope, fit.slope_ci, fit.ci_note)}, "
+                 f"rho {fit.spearman_rho:.2f}"))
     fig.update_layout(title=f"{_label(metric)} against eta/S", xaxis_title="eta / S (lr per example)",
                       yaxis_title=_label(metric), legend_title="batch size", template="plotly_white")
     fig.update_xaxes(type="log")
@@ -268,8 +269,8 @@ def band_fit_plot(trials: pa.Table, fit) -> go.Figure:
                              fillcolor="rgba(0,0,0,0.12)", line=dict(width=0), name="95% band of the mean",
                              hoverinfo="skip"))
     fig.add_trace(go.Scatter(x=fit.band_x, y=fit.band_mean, mode="lines", line=dict(color="black", dash="dash"),
-                             name=f"fit: slope {fit.slope:.3g} [{fit.slope_ci[0]:.3g}, {fit.slope_ci[1]:.3g}], "
-                                  f"R^2 {fit.r2:.2f}"))
+                             name=f"fit over {fit.n_points} point means: slope "
+                                  f"{slope_text(fit.slope, fit.slope_ci, fit.ci_note)}, R^2 {fit.r2:.2f}"))
     return fig
 
 

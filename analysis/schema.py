@@ -24,6 +24,11 @@ METRICS = [
     pa.field("train_acc", pa.float64()),      # running mean over the epoch
     pa.field("val_loss", pa.float64()),       # end of epoch, eval mode, nats per example
     pa.field("val_acc", pa.float64()),
+    # Eval mode (batch norm in inference mode) at the last epoch's final weights, on a fixed
+    # seeded subset of train.train_eval_samples training examples (the same in every trial of a
+    # sweep); null on other epochs and for a diverged trial.
+    pa.field("train_eval_loss", pa.float64()),  # nats per example
+    pa.field("train_eval_acc", pa.float64()),
     pa.field("steps", pa.int64()),            # optimizer steps since the start of training
     pa.field("examples_seen", pa.int64()),
     pa.field("epoch_s", pa.float64()),        # wall seconds of this epoch (train + eval)

@@ -17,10 +17,11 @@ import plotly.graph_objects as go
 import pyarrow as pa
 
 from analysis import plots
-from analysis.breakdown import breakdown
+from analysis.breakdown import breakdown, min_drop_of
 from analysis.collapse import COLLAPSE_METRICS, collapse_test
 from analysis.curves import equal_ratio_pairs, rescale_distances
-from analysis.fits import ratio_fit
+from analysis.convergence import converged
+from analysis.fits import CI_METHOD, ratio_fit, slope_text
 from analysis.geometry import GEOMETRY_METRICS, eq7_check, ratio_band_fit
 from analysis.interpolation import load_interpolations, summarize
 from analysis.trialinfo import has_values
@@ -85,6 +86,8 @@ def _running_note(trials: pa.Table) -> list[str]:
 
 def section_collapse(trials: pa.Table) -> Section:
     sec = Section("collapse", "Collapse test: do eta and S act only through eta/S?", "Fig. 3 / Sec. 3")
+    conv = converged(trials)
+    trials = conv.kept
     groups = {}
     n_trains = sorted({v for v in trials.column("n_train").to_pylist()}, key=lambda v: (v is None, v))
     for n in n_trains:
@@ -103,18 +106,21 @@ def section_collapse(trials: pa.Table) -> Section:
             else:
                 results.append(r)
     skipped = [f"{', '.join(dict.fromkeys(names))}: {reason}" for reason, names in why.items()]
+    sec.notes.append(conv.note())
     sec.notes += skipped
     if not results:
         return sec.skip("; ".join(skipped) or "no trials")
+    warn = "WARNING: many trials not converged (notes); " if conv.many_left_out else ""
     sec.tables.append(Table(
-        "y = a + b log10(eta) + c log10(S), OLS with classical SEs; H0: b + c = 0 (two-sided t-test)",
-        ["metric", "group", "n", "b [95% CI]", "c [95% CI]", "b + c [95% CI]", "p (b+c=0)", "R^2 full",
-         "R^2 ratio-only", "equal and opposite"],
-        [[r.metric, r.group, str(r.n), f"{fmt(r.b)} {fmt(r.b_ci, 3)}", f"{fmt(r.c)} {fmt(r.c_ci, 3)}",
+        f"{warn}y = a + b log10(eta) + c log10(S), OLS over point means (seeds averaged; n = points, "
+        "n_points - 3 dof) with classical SEs; H0: b + c = 0 (two-sided t-test)",
+        ["metric", "group", "n points (trials)", "b [95% CI]", "c [95% CI]", "b + c [95% CI]", "p (b+c=0)",
+         "R^2 full", "R^2 ratio-only", "equal and opposite"],
+        [[r.metric, r.group, f"{r.n} ({r.n_trials})", f"{fmt(r.b)} {fmt(r.b_ci, 3)}", f"{fmt(r.c)} {fmt(r.c_ci, 3)}",
           f"{fmt(r.b_plus_c)} {fmt(r.b_plus_c_ci, 3)}", fmt(r.p, 3), fmt(r.r2_full, 3), fmt(r.r2_ratio, 3),
           fmt(r.equal_and_opposite)] for r in results]))
     sec.figures.append(("Collapse test coefficients", plots.collapse_coefficients(results)))
-    sec.data = {"results": [r.to_dict() for r in results], "skipped": skipped}
+    sec.data = {"results": [r.to_dict() for r in results], "skipped": skipped, "convergence": conv.to_dict()}
     held = [r for r in results if r.equal_and_opposite]
     sec.headline = (f"b = -c not rejected for {len(held)}/{len(results)} fits ("
                     + ", ".join(f"{r.metric}: b+c={fmt(r.b_plus_c, 3)} p={fmt(r.p, 2)}" for r in results[:3]) + ")")
@@ -189,29 +195,34 @@ def section_rescaling(metrics: pa.Table, trials: pa.Table) -> Section:
 
 def section_geometry(trials: pa.Table) -> Section:
     sec = Section("geometry", "Sharpness and generalization against eta/S", "Fig. 3")
+    conv = converged(trials)
     fits, skipped = [], []
     for column, log_y in GEOMETRY_METRICS:
         if not has_values(trials, column):
             skipped.append(f"{column}: column absent or all null")
             continue
-        f = ratio_band_fit(trials, column, log_y)
+        # Curvature is a property of a minimum: fitted over the converged trials only.
+        f = ratio_band_fit(trials if column == "final_val_acc" else conv.kept, column, log_y)
         if isinstance(f, str):
             skipped.append(f"{column}: {f}")
         else:
             fits.append(f)
+    sec.notes.append(conv.note())
     sec.notes += skipped
     if not [f for f in fits if f.column != "final_val_acc"]:
-        return sec.skip("; ".join(skipped) or "no curvature values")
-    sec.tables.append(Table("y = a + slope log10(eta/S), OLS; 95% t-interval; p of slope = 0",
-                            ["y", "n", "slope [95% CI]", "p", "R^2", "Spearman rho (p)"],
-                            [[f.metric, str(f.n), f"{fmt(f.slope)} {fmt(f.slope_ci, 3)}", fmt(f.p, 3), fmt(f.r2, 3),
-                              f"{fmt(f.spearman_rho, 3)} ({fmt(f.spearman_p, 2)})"] for f in fits]))
+        return sec.skip("; ".join([conv.note()] * bool(conv.left_out) + skipped) or "no curvature values")
+    warn = "WARNING: many trials not converged, sharpness fitted without them (notes); " if conv.many_left_out else ""
+    sec.tables.append(Table(f"{warn}y = a + slope log10(eta/S), OLS over point means (seeds averaged); 95% t-interval "
+                            "with n_points - 2 dof; p of slope = 0; Spearman over point means",
+                            ["y", "n points (trials)", "slope [95% CI]", "p", "R^2", "Spearman rho (p)"],
+                            [[f.metric, f"{f.n_points} ({f.n})", slope_text(f.slope, f.slope_ci, f.ci_note), fmt(f.p, 3),
+                              fmt(f.r2, 3), f"{fmt(f.spearman_rho, 3)} ({fmt(f.spearman_p, 2)})"] for f in fits]))
     for f in fits:
-        sec.figures.append((f"{f.column} against eta/S", plots.band_fit_plot(trials, f)))
-    sec.notes.append("These OLS intervals treat trials as independent; the overview's bootstrap over seeds (fits.json "
-                     "'fits') is the interval to quote for a slope against eta/S.")
-    sec.data = {"fits": [f.to_dict() for f in fits], "skipped": skipped}
-    sec.headline = ", ".join(f"{f.metric} slope {fmt(f.slope, 3)} {fmt(f.slope_ci, 2)}" for f in fits)
+        sec.figures.append((f"{f.column} against eta/S",
+                            plots.band_fit_plot(trials if f.column == "final_val_acc" else conv.kept, f)))
+    sec.data = {"fits": [f.to_dict() for f in fits], "skipped": skipped, "convergence": conv.to_dict(),
+                "ci_method": CI_METHOD}
+    sec.headline = ", ".join(f"{f.metric} slope {slope_text(f.slope, f.slope_ci, f.ci_note, 2)}" for f in fits)
     return sec
 
 
@@ -219,23 +230,28 @@ def section_eq7(trials: pa.Table) -> Section:
     sec = Section("eq7", "Eq. 7: final loss against (eta/4S) Tr(H)", "Eq. 7")
     if not has_values(trials, "hessian_trace"):
         return sec.skip("no hessian_trace values (curvature probes not run)")
-    r = eq7_check(trials)
+    conv = converged(trials)  # Eq. 7 describes the loss at a minimum: converged trials only
+    r = eq7_check(conv.kept)
     if isinstance(r, str):
-        return sec.skip(r)
+        return sec.skip(r + ("; " + conv.note() if conv.left_out else ""))
+    sec.notes.append(conv.note())
     what = ("the loss on the probe subset in eval mode, at the probed weights (the loss whose Hessian Tr(H) is)"
             if r.loss_column == "probe_loss" else
             "final train loss, the train-mode epoch mean (this run predates probe_loss; it is not the loss "
             "whose Hessian Tr(H) is, and differs from it most at large eta/S)")
     if r.loss_column != "probe_loss":
         sec.notes.append("Eq. 7 uses final_train_loss: this run has no probe_loss column (written before it existed).")
-    sec.tables.append(Table(f"x = (eta/4S) Tr(H) at the last epoch, y = {what}",
-                            ["n", "median y/x [IQR]", "log-log slope [95% CI]", "R^2", "Spearman rho (p)"],
-                            [[str(r.n), f"{fmt(r.ratio_median, 3)} [{fmt(r.ratio_q25, 3)}, {fmt(r.ratio_q75, 3)}]",
-                              f"{fmt(r.slope, 3)} {fmt(r.slope_ci, 3)}", fmt(r.r2, 3),
+    warn = "WARNING: many trials not converged (notes); " if conv.many_left_out else ""
+    sec.tables.append(Table(f"{warn}x = (eta/4S) Tr(H) at the last epoch, y = {what}; median over trials, log-log "
+                            "slope and Spearman over point means (logs averaged per point, n_points - 2 dof)",
+                            ["n points (trials)", "median y/x [IQR]", "log-log slope [95% CI]", "R^2", "Spearman rho (p)"],
+                            [[f"{r.n_points} ({r.n})", f"{fmt(r.ratio_median, 3)} [{fmt(r.ratio_q25, 3)}, {fmt(r.ratio_q75, 3)}]",
+                              slope_text(r.slope, r.slope_ci, r.ci_note), fmt(r.r2, 3),
                               f"{fmt(r.spearman_rho, 3)} ({fmt(r.spearman_p, 2)})"]]))
     sec.figures.append(("Eq. 7 check", plots.eq7_plot(r)))
-    sec.data = r.to_dict()
-    sec.headline = f"median loss/((eta/4S)TrH) = {fmt(r.ratio_median, 3)}, log-log slope {fmt(r.slope, 3)} {fmt(r.slope_ci, 2)}"
+    sec.data = {**r.to_dict(), "convergence": conv.to_dict()}
+    sec.headline = (f"median loss/((eta/4S)TrH) = {fmt(r.ratio_median, 3)}, log-log slope "
+                    f"{slope_text(r.slope, r.slope_ci, r.ci_note, 2)}")
     return sec
 
 
@@ -268,11 +284,20 @@ def section_interpolation(run_dir: Path | None) -> Section:
     return sec
 
 
+def _drop_ci(drop: float, lo: float, hi: float) -> str:
+    """A drop in accuracy points with its 95% interval ("no CI" under 2 seeds a side or no spread)."""
+    if drop is None or math.isnan(drop):
+        return "-"
+    return f"{drop:.3g} " + ("(no CI)" if lo is None or math.isnan(lo) else f"[{lo:.3g}, {hi:.3g}]")
+
+
 def section_breakdown(metrics: pa.Table, trials: pa.Table) -> Section:
     sec = Section("breakdown", "Breakdown of eta/S scaling at large beta", "Fig. 5")
-    res = breakdown(metrics, trials)
+    min_drop = min_drop_of(trials)
+    res = breakdown(metrics, trials, min_drop=min_drop)
     if isinstance(res, str):
         return sec.skip(res)
+    below = "below beta=1" + (f" by > {min_drop:g} points" if min_drop is not None else "")
     for r in res:
         sec.notes += [f"n_train={r.n_train}: {n}" for n in r.notes]
         pred = ("-" if r.b_crit is None else
@@ -280,11 +305,16 @@ def section_breakdown(metrics: pa.Table, trials: pa.Table) -> Section:
                 + f" (n={r.b_crit_n}) -> beta_crit = {fmt(r.beta_crit, 3)}")
         sec.tables.append(Table(
             f"n_train={r.n_train}: S0={r.s0}, lr0={fmt(r.lr0)}; beta* = {fmt(r.beta_star)}; "
-            f"noise-scale prediction: {pred}. Test: {r.test}",
-            ["beta", "lr", "S", "seeds", "max val acc (mean +- sd)", "", "p (Welch)", "p (Holm)", "below beta=1",
-             "curve rms vs beta=1", "per-seed rms"],
+            f"noise-scale prediction: {pred}. Test: {r.test}. Drop: mean at beta=1 minus mean at beta, accuracy "
+            f"points, 95% Welch t interval; detectable drop: the true drop this test finds with 80% power at "
+            f"level alpha / (betas tested), given the seeds and their observed sd",
+            ["beta", "lr", "S", "seeds", "max val acc (mean +- sd)", "", "drop (points) [95% CI]", "p (Welch)",
+             "p (Holm)", below, "seeds (beta / beta=1)", "detectable drop (80% power)", "curve rms vs beta=1",
+             "per-seed rms"],
             [[fmt(b.beta), fmt(b.lr), str(b.batch_size), str(b.n) + (f" ({b.n_running} running)" if b.n_running else ""),
-              pm(b.mean, b.sd), b.diverged_mark, fmt(b.p, 3), fmt(b.p_holm, 3), fmt(b.significant) if b.beta > 1 else "",
+              pm(b.mean, b.sd), b.diverged_mark, _drop_ci(b.drop, b.drop_lo, b.drop_hi) if b.n_ref else "",
+              fmt(b.p, 3), fmt(b.p_holm, 3), fmt(b.significant) if b.beta > 1 else "",
+              f"{b.n} / {b.n_ref}" if b.beta > 1 else "", fmt(b.detectable_drop, 3) if b.beta > 1 else "",
               fmt(b.curve_rms, 3), pm(b.curve_seed_rms_mean, b.curve_seed_rms_sd)] for b in r.rows]))
     sec.figures.append(("Breakdown: max val acc against beta", plots.breakdown_plot(res)))
     sec.data = {"results": [r.to_dict() for r in res]}
@@ -312,11 +342,23 @@ def section_beta_search(metrics: pa.Table, trials: pa.Table, run_dir: Path | Non
     for r in rep["sizes"]:
         rows.append([fmt(r["n_train"]), r["status"], r["bracket"], r["message"], f"{r['trials']} / {r['ladder_trials']}",
                      fmt(r["beta_crit"], 3), fmt(r["breakdown_beta_star"])])
+    by = f" by more than {rep['min_drop']:g} accuracy points" if rep.get("min_drop") is not None else ""
+    below = "below beta = 1" + (f" by > {rep['min_drop']:g} points" if rep.get("min_drop") is not None else "")
     sec.tables.append(Table(f"beta* per training-set size (candidates 1 to {rep['betas'][-1]:g}, step x{rep['resolution']:.4g}; "
-                            f"one-sided Welch against beta = 1 at level {rep['level']:.3g} = alpha {rep['alpha']:g} / "
+                            f"one-sided Welch against beta = 1{by} at level {rep['level']:.3g} = alpha {rep['alpha']:g} / "
                             f"({rep['probes']} probes x {rep['looks']} looks))",
                             ["n_train", "status", "bracket", "result", "trials (search / fixed ladder)",
                              "noise-scale prediction B_crit/S0", "beta* (breakdown section: Holm over the tested betas)"], rows))
+    tests = [(r["n_train"], t) for r in rep["sizes"] for t in sorted(r["tests"].values(), key=lambda t: t["beta"])]
+    sec.tables.append(Table(
+        "tests: each beta the search tested against beta = 1 (drop: mean at beta = 1 minus mean at beta, accuracy "
+        "points, 95% Welch t interval; detectable drop: the true drop the test finds with 80% power at its level, "
+        "given the seeds and their observed sd)",
+        ["n_train", "beta", "seeds (beta / beta=1)", "max val acc (mean)", "drop (points) [95% CI]", "p", "level",
+         "decision", "detectable drop (80% power)"],
+        [[fmt(n), fmt(t["beta"]), f"{t['n']} / {t['n_ref']}", fmt(t["mean"], 4),
+          _drop_ci(t["drop"], t["drop_lo"], t["drop_hi"]), fmt(t["p"], 3), fmt(t["level"], 3),
+          below if t["significant"] else "holds", fmt(t["detectable_drop"], 3)] for n, t in tests]))
     sec.tables.append(Table("trace: which beta when, and why (decision from the trials that ended)",
                             ["step", "n_train", "beta", "S", "seeds", "why", "max val acc (mean)", "p", "decision"],
                             [[str(t["step"]), fmt(t["n_train"]), fmt(t["beta"]), fmt(t["batch_size"]),
@@ -347,24 +389,33 @@ def section_overview(metrics: pa.Table, trials: pa.Table) -> Section:
                 if m in trials.column_names and trials.column(m).null_count < trials.num_rows]
     n_ratios = _n_ratios(trials)
     fit_ok = trials.num_rows >= 3 and n_ratios >= 2
+    conv = converged(trials)  # curvature is fitted over the trials that reached a minimum
     fits = {}
     for metric, log_y in FIT_METRICS + tuple(measured):
+        source = conv.kept if (metric, log_y) in measured else trials
         if fit_ok:
-            fits[metric] = ratio_fit(trials, metric, log_y=log_y)
-        sec.figures.append((f"{metric} against eta/S", plots.metric_vs_ratio(trials, metric, fits.get(metric), log_y=log_y)))
+            fits[metric] = ratio_fit(source, metric, log_y=log_y)
+        sec.figures.append((f"{metric} against eta/S", plots.metric_vs_ratio(source, metric, fits.get(metric), log_y=log_y)))
     if trials.num_rows < 3:
         sec.notes.append("Fits skipped: fewer than 3 trials with data.")
     elif n_ratios < 2:
         sec.notes.append("Fits against eta/S skipped: every trial has the same eta/S (e.g. a beta family).")
+    if measured:
+        sec.notes.append(conv.note())
     if fits:
-        sec.tables.append(Table("fits against log10(eta/S) (95% CI: bootstrap over seeds)",
-                                ["metric", "n", "slope [95% CI]", "R^2", "Spearman rho (p)"],
-                                [[f.metric, str(f.n), f"{fmt(f.slope)} {fmt(f.slope_ci, 3)}", fmt(f.r2, 3),
-                                  f"{fmt(f.spearman_rho, 3)} ({fmt(f.spearman_p, 2)})"] for f in fits.values()]))
+        sec.tables.append(Table(("WARNING: many trials not converged, curvature fitted without them (notes); "
+                                 if measured and conv.many_left_out else "")
+                                + "fits against log10(eta/S) over point means (seeds averaged; the point is the unit): "
+                                "95% CI " + CI_METHOD + "; p of slope = 0; Spearman over point means",
+                                ["metric", "n points (trials)", "slope [95% CI]", "p", "R^2", "Spearman rho (p)"],
+                                [[f.metric, f"{f.n_points} ({f.n})", slope_text(f.slope, f.slope_ci, f.ci_note),
+                                  fmt(f.p, 3), fmt(f.r2, 3), f"{fmt(f.spearman_rho, 3)} ({fmt(f.spearman_p, 2)})"]
+                                 for f in fits.values()]))
     sec.figures.append(("Validation accuracy per epoch", plots.learning_curves(metrics, "val_acc", trials=trials)))
     sec.figures.append(("Training loss per epoch", plots.learning_curves(metrics, "train_loss", trials=trials)))
-    sec.data = {"fits": {k: v.to_dict() for k, v in fits.items()}}
-    sec.headline = ", ".join(f"{k} slope {fmt(v.slope, 3)} {fmt(v.slope_ci, 2)}" for k, v in fits.items()
+    sec.data = {"fits": {k: v.to_dict() for k, v in fits.items()}, "ci_method": CI_METHOD,
+                "convergence": conv.to_dict()}
+    sec.headline = ", ".join(f"{k} slope {slope_text(v.slope, v.slope_ci, v.ci_note, 2)}" for k, v in fits.items()
                              if k in ("final_val_acc", "lambda_max")) or "no fits"
     return sec
 
@@ -422,26 +473,55 @@ def section_grid(trials: pa.Table) -> Section:
 def section_gap(trials: pa.Table) -> Section:
     """Generalization gap (final train accuracy - final validation accuracy) against eta/S.
 
-    ``final_train_acc`` is the train-mode accuracy averaged over the last epoch (on augmented
-    inputs when ``train.augment`` is on), not an evaluation at the final weights."""
+    The train accuracy is ``final_train_eval_acc``: the final weights in eval mode on the fixed
+    train-eval subset of the training set, measured as the validation accuracy is. Runs written
+    without it fall back to ``final_train_acc``, the train-mode running mean over the last epoch
+    (earlier weights, batch-norm batch statistics, augmented inputs when ``train.augment`` is
+    on): not the final weights' accuracy and usually below it, so that gap is biased (usually
+    understated), and a note says so. In a run with eval-mode values, trials without one
+    (diverged, still running, or finished by older code) are left out of the fit and counted in
+    a note."""
     sec = Section("gap", "Generalization gap against eta/S", "Fig. 3")
-    if not (has_values(trials, "final_train_acc") and has_values(trials, "final_val_acc")):
+    # Code that records the eval-mode value writes train.train_eval_samples into every config.
+    eval_mode = has_values(trials, "final_train_eval_acc") or has_values(trials, "cfg.train.train_eval_samples")
+    train_col = "final_train_eval_acc" if eval_mode else "final_train_acc"
+    if eval_mode and not has_values(trials, train_col):
+        return sec.skip("no eval-mode train accuracy yet (measured at the last epoch of trials that did not "
+                        "diverge)")
+    if not (has_values(trials, train_col) and has_values(trials, "final_val_acc")):
         return sec.skip("no final train and validation accuracy")
     gap = [None if a is None or b is None else a - b for a, b in
-           zip(trials.column("final_train_acc").to_pylist(), trials.column("final_val_acc").to_pylist())]
+           zip(trials.column(train_col).to_pylist(), trials.column("final_val_acc").to_pylist())]
     table = trials.append_column("generalization_gap", pa.array(gap, type=pa.float64()))
     n_ratios = _n_ratios(trials)
     if trials.num_rows < 3 or n_ratios < 2:
         return sec.skip(f"needs >= 3 trials over >= 2 values of eta/S (has {trials.num_rows}, {n_ratios})")
     fit = ratio_fit(table, "generalization_gap")
     sec.figures.append(("Generalization gap against eta/S", plots.metric_vs_ratio(table, "generalization_gap", fit)))
-    sec.tables.append(Table("gap = final train accuracy (train-mode mean over the last epoch) - final validation "
-                            "accuracy, fitted on log10(eta/S)",
-                            ["n", "slope [95% CI]", "R^2", "Spearman rho (p)"],
+    if eval_mode:
+        title = ("gap = final train accuracy (eval mode, final weights, fixed train-eval subset) - final "
+                 "validation accuracy, fitted on log10(eta/S)")
+        missing: dict[str, list[str]] = {}
+        for t, g, st in zip(trials.column("trial_id").to_pylist(), gap, trials.column("status").to_pylist()):
+            if g is None and st != "diverged":
+                missing.setdefault("still running" if st == "running" else "finished by older code", []).append(t)
+        for why, ids in missing.items():
+            sec.notes.append(f"{len(ids)} trial(s) without an eval-mode train accuracy ({why}) are left out: "
+                             f"{', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}")
+    else:
+        title = ("gap = final train accuracy (TRAIN-MODE mean over the last epoch) - final validation accuracy, "
+                 "fitted on log10(eta/S)")
+        sec.notes.append("This run has no eval-mode train accuracy (written by older code): the gap uses the "
+                         "train-mode running mean over the last epoch, which is not the final weights' accuracy "
+                         "(earlier weights, batch-norm batch statistics, augmented inputs) and usually below it, "
+                         "so the gap is biased (usually understated) and so is its slope; runs from current code "
+                         "measure the final weights in eval mode.")
+    sec.tables.append(Table(title, ["n", "slope [95% CI]", "R^2", "Spearman rho (p)"],
                             [[str(fit.n), f"{fmt(fit.slope, 3)} {fmt(fit.slope_ci, 3)}", fmt(fit.r2, 3),
                               f"{fmt(fit.spearman_rho, 3)} ({fmt(fit.spearman_p, 2)})"]]))
-    sec.data = {"fit": fit.to_dict()}
-    sec.headline = f"gap slope {fmt(fit.slope, 3)} {fmt(fit.slope_ci, 2)} per decade of eta/S"
+    sec.data = {"fit": fit.to_dict(), "train_accuracy": "eval_mode" if eval_mode else "train_mode_epoch_mean"}
+    sec.headline = (f"gap slope {fmt(fit.slope, 3)} {fmt(fit.slope_ci, 2)} per decade of eta/S"
+                    + ("" if eval_mode else " (train-mode train accuracy: biased)"))
     return sec
 
 
@@ -499,7 +579,8 @@ MAX_TRIAL_ROWS = 500  # the per-trial table of a 10,000-trial sweep is the Arrow
 def section_trials(trials: pa.Table) -> Section:
     sec = Section("trials", "Per-trial table", "-")
     cols = [c for c in ("trial_id", "lr", "batch_size", "ratio", "seed", "status", "epochs_done", "final_val_acc",
-                        "max_val_acc", "final_train_loss", "lambda_max", "hessian_trace", "grad_noise_scale")
+                        "max_val_acc", "final_train_eval_acc", "final_train_loss", "lambda_max", "hessian_trace",
+                        "grad_noise_scale")
             if c in trials.column_names]
     rows = sorted(trials.select(cols).to_pylist(), key=lambda r: (r["ratio"] or 0, r["lr"] or 0, r["seed"] or 0))
     sec.tables.append(Table(f"every trial, by eta/S{f' (first {MAX_TRIAL_ROWS} of {len(rows)})' if len(rows) > MAX_TRIAL_ROWS else ''}",

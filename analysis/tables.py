@@ -284,13 +284,13 @@ def _config_on_last_rows(table: pa.Table) -> pa.Table:
 PROBE_COLUMNS = tuple(f.name for f in PROBES)
 TRIAL_COLUMNS = ("trial_id", "sweep", "lr", "batch_size", "ratio", "seed", "status", "epochs_done",
                  "final_val_acc", "max_val_acc", "final_val_loss", "final_train_loss", "final_train_acc",
-                 "dataset", "n_train", "model", "code_version", "beta", "rescale", "variant", "schedule",
-                 "probe_epoch", *PROBE_COLUMNS)
+                 "final_train_eval_loss", "final_train_eval_acc", "dataset", "n_train", "model", "code_version",
+                 "beta", "rescale", "variant", "schedule", "probe_epoch", *PROBE_COLUMNS)
 
 
 TRIAL_SOURCE_COLUMNS = ["sweep", "lr", "batch_size", "seed", "status", "val_acc", "val_loss", "train_loss",
-                        "train_acc", "dataset", "n_train", "model", "code_version", "beta", "rescale", "variant",
-                        "schedule", *PROBE_COLUMNS]
+                        "train_acc", "train_eval_loss", "train_eval_acc", "dataset", "n_train", "model",
+                        "code_version", "beta", "rescale", "variant", "schedule", *PROBE_COLUMNS]
 
 
 def load_trials(run_dir: str | Path, metrics: pa.Table | None = None) -> pa.Table:
@@ -298,8 +298,10 @@ def load_trials(run_dir: str | Path, metrics: pa.Table | None = None) -> pa.Tabl
 
     ``lr`` and ``batch_size`` are the trial's base values (the spec point); with schedules the
     per-epoch values stay in ``load_metrics``. Curvature columns hold the trial's latest probe
-    (at ``probe_epoch``; the last epoch when probes ran at the end). Config keys become
-    ``cfg.<section>.<key>`` columns.
+    (at ``probe_epoch``; the last epoch when probes ran at the end). ``final_train_eval_loss`` /
+    ``final_train_eval_acc`` are the trial's last ``train_eval_loss`` / ``train_eval_acc`` (its
+    final weights in eval mode on the train-eval subset; null for runs written without them and
+    for diverged trials). Config keys become ``cfg.<section>.<key>`` columns.
     """
     if metrics is None:  # only the columns a trial row is made of
         metrics = load_metrics_with_report(run_dir, TRIAL_SOURCE_COLUMNS)[0]
@@ -346,6 +348,14 @@ def trials_from_metrics(metrics: pa.Table) -> pa.Table:
             any_probe |= _valid(m.column(c)).to_numpy(zero_copy_only=False)
         probed = every[any_probe]
         probed_of = _last_per_trial(trial_col.take(pa.array(probed)), probed)
+    # The last row of each trial with an eval-mode train accuracy (only the last epoch has one).
+    train_eval: dict[str, tuple] = {}
+    if n and "train_eval_acc" in m.column_names:
+        measured = every[_valid(m.column("train_eval_acc")).to_numpy(zero_copy_only=False)]
+        rows_of = _last_per_trial(trial_col.take(pa.array(measured)), measured)
+        taken = pa.array(list(rows_of.values()), pa.int64())
+        train_eval = dict(zip(rows_of, zip(m.column("train_eval_loss").take(taken).to_pylist(),
+                                           m.column("train_eval_acc").take(taken).to_pylist())))
     order = sorted(last_of)
     lasts = m.take(pa.array([last_of[t] for t in order], pa.int64())).to_pylist() if order else []
     probed_ids = [t for t in order if t in probed_of]
@@ -375,6 +385,7 @@ def trials_from_metrics(metrics: pa.Table) -> pa.Table:
             **{k: last.get(k) if last.get(k) is not None else point.get(k) for k in ("beta", "rescale", "variant")},
             "schedule": last.get("schedule") or (config.get("schedule") or {}).get("kind"),
         }
+        row["final_train_eval_loss"], row["final_train_eval_acc"] = train_eval.get(trial_id, (None, None))
         probe = probed_rows.get(trial_id)
         row["probe_epoch"] = probe["epoch"] if probe else None
         for col in PROBE_COLUMNS:

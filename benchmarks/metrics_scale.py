@@ -143,16 +143,16 @@ def measure_layout(run_dir: Path, layout: str, n_trials: int, epochs: int, repor
             f"from {module} import load_metrics, trials_from_metrics; t = trials_from_metrics(load_metrics(run_dir))")
     s, rss, _ = measure(f"{code}; assert t.num_rows == {n_trials}", run_dir)
     out["load_trials"] = (s, rss)
-    # One fit against eta/S with its bootstrap CI (1,000 resamples over seeds), as the report does
-    # for every fitted metric: the old per-resample loop, or the vectorized one.
-    fit = ("import numpy as np; from analysis.tables import load_trials; from analysis.fits import _bootstrap_slopes; "
+    # One fit against eta/S with its interval, as the report does for every fitted metric: the old
+    # 1,000-resample bootstrap over seeds (a per-resample loop), or the t interval on point means.
+    fit = ("import numpy as np; from analysis.tables import load_trials; from analysis.fits import ratio_fit; "
            "import benchmarks.old_readers as old; t = load_trials(run_dir); "
            "x = np.log10(np.array(t.column('ratio').to_pylist())); y = np.array(t.column('final_val_acc').to_pylist()); "
            "keys = list(zip(t.column('lr').to_pylist(), t.column('batch_size').to_pylist())); g = {}; "
            "[g.setdefault(k, []).append(i) for i, k in enumerate(keys)]; "
            "__f = __import__('time').perf_counter(); "
            + ("old.bootstrap_slopes(x, y, list(g.values()), 1000, np.random.default_rng(0))" if layout == "old" else
-              "_bootstrap_slopes(x, y, list(g.values()), 1000, np.random.default_rng(0))")
+              "ratio_fit(t, 'final_val_acc')")
            + "; print('FIT', __import__('time').perf_counter() - __f)")
     _, _, stdout = measure(fit, run_dir)
     out["fit"] = (float(next(ln for ln in stdout.splitlines() if ln.startswith("FIT")).split()[1]),)
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         if key == "report":
             return f"{r[0]:.1f} s, {r[1]:.2f} GB, report.html {r[2] / 1e6:.1f} MB"
         if key == "fit":
-            return f"{r[0]:.2f} s"
+            return f"{r[0] * 1000:.1f} ms" if r[0] < 0.1 else f"{r[0]:.2f} s"
         return f"{r[0]:.1f} s, {r[1]:.2f} GB"
 
     def ratio(key: str) -> str:
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| --- | --- | --- | --- |")
     labels = {"write": "sink: write every row (driver)", "disk": "on disk once the sweep ended",
               "load_metrics": "load_metrics (time, peak RSS)", "load_trials": "load_trials (time, peak RSS)",
-              "fit": "one fit against eta/S: 1,000-resample bootstrap CI",
+              "fit": "one fit against eta/S with its CI (old: 1,000-resample bootstrap; now: point means)",
               "report": "lrbs report (html, json, md)"}
     for key, label in labels.items():
         if key in results["new"]:

@@ -83,6 +83,10 @@ def trials_from_metrics(metrics: pa.Table) -> pa.Table:
             **{k: last.get(k) if last.get(k) is not None else point.get(k) for k in ("beta", "rescale", "variant")},
             "schedule": last.get("schedule") or (config.get("schedule") or {}).get("kind"),
         }
+        # eval-mode train values at the final weights: from the last row that has them
+        evaluated = [r for r in epochs if _is_value(r.get("train_eval_acc"))]
+        row["final_train_eval_loss"] = evaluated[-1].get("train_eval_loss") if evaluated else None
+        row["final_train_eval_acc"] = evaluated[-1].get("train_eval_acc") if evaluated else None
         probed = [r for r in epochs if any(_is_value(r.get(c)) for c in ("lambda_max", "hessian_trace", "hessian_fro"))]
         row["probe_epoch"] = probed[-1]["epoch"] if probed else None
         for col in PROBE_COLUMNS:
@@ -100,17 +104,13 @@ def trials_from_metrics(metrics: pa.Table) -> pa.Table:
 
 
 def bootstrap_slopes(x, y, members, n_boot, rng):
-    """``analysis.fits``'s bootstrap over seeds before issue 15: a Python loop per resample and per point."""
-    import math
-
+    """The old slope interval of ``analysis.fits``: a bootstrap over seeds within points, a Python
+    loop per resample and per point (it also missed the scatter between points)."""
     import numpy as np
-
-    from analysis.fits import ols
 
     slopes = []
     for _ in range(n_boot if members else 0):
         idx = np.concatenate([rng.choice(rows, size=len(rows), replace=True) for rows in members])
-        b, _, _ = ols(x[idx], y[idx])
-        if math.isfinite(b):
-            slopes.append(b)
+        if np.ptp(x[idx]) > 1e-9:
+            slopes.append(float(np.polyfit(x[idx], y[idx], 1)[0]))
     return slopes

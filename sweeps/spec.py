@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from analysis.convergence import DEFAULT_CONVERGED_TRAIN_ACC
 from sweeps.errors import LrbsError
 from trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig
 from trainables.schedules import ScheduleConfig, schedule_from_dict, validate_schedule
@@ -114,6 +115,15 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    """``report:``: settings of the analysis (``lrbs report``) that travel with every trial's config
+    (the trial table's ``cfg.report.*`` columns); training never reads them."""
+    # A trial counts as converged, and enters the sharpness, Eq. 7 and collapse fits, when its
+    # final eval-mode train accuracy (final_train_eval_acc, a fraction) is >= this; null: no filter.
+    converged_train_acc: float | None = DEFAULT_CONVERGED_TRAIN_ACC
+
+
+@dataclass(frozen=True)
 class AxisRange:
     """``{min, max, num, scale}``: ``num`` values from min to max, log- or linearly spaced."""
     min: float
@@ -171,6 +181,9 @@ class BetaConfig:
     values: tuple[float, ...] = ()
     n_train: tuple[int, ...] = ()   # empty: dataset.n_train for every trial
     search: BetaSearchConfig | None = None
+    # accuracy points (x100) a beta's drop from beta = 1 must significantly exceed to count as a
+    # breakdown (one-sided Welch of the drop > min_drop; analysis/breakdown.py); None: any drop
+    min_drop: float | None = None
 
 
 @dataclass(frozen=True)
@@ -210,6 +223,7 @@ class SweepSpec:
     variants: tuple[VariantConfig, ...] = ()     # named explicit points; replace grid.lr and grid.batch_size
     resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     # Experiment trackers fed by the driver, tracker name -> its options (sweeps.tracking):
     # tensorboard, mlflow, wandb. The trials never see this section.
     tracking: dict[str, Any] = field(default_factory=dict)
@@ -226,6 +240,8 @@ class SweepSpec:
             for key in ("n_train", "values", "search"):
                 if not data["beta"][key]:  # empty / None: as a spec leaves it out
                     data["beta"].pop(key)
+            if data["beta"]["min_drop"] is None:  # (0 is a value: kept)
+                data["beta"].pop("min_drop")
         return data
 
 
@@ -239,6 +255,7 @@ SECTIONS: dict[str, type] = {
     "beta": BetaConfig,
     "resilience": ResilienceConfig,
     "limits": LimitsConfig,
+    "report": ReportConfig,
 }
 # Sections whose absence (or null) means "off" rather than "defaults".
 OPTIONAL_SECTIONS = ("curvature", "rescale", "beta")
@@ -539,6 +556,8 @@ def validate(spec: SweepSpec) -> None:
         raise SpecError(f"train.divergence_factor: must be > 1 (got {train.divergence_factor})")
     if train.eval_batch_size < 1:
         raise SpecError(f"train.eval_batch_size: must be >= 1 (got {train.eval_batch_size})")
+    if train.train_eval_samples < 1:
+        raise SpecError(f"train.train_eval_samples: must be >= 1 (got {train.train_eval_samples})")
     from trainables.packed_models import LAYOUTS
 
     _check_pack_value(train.pack)  # also for specs built in code, not read from YAML
@@ -608,6 +627,9 @@ def validate(spec: SweepSpec) -> None:
     if spec.curvature is not None:
         _validate_curvature(spec.curvature)
     _validate_limits(spec)
+    converged = spec.report.converged_train_acc
+    if converged is not None and not 0.0 < converged <= 1.0:  # also NaN
+        raise SpecError(f"report.converged_train_acc: must be an accuracy in (0, 1] or null (got {converged})")
     r = spec.resilience
     if r.checkpoint_every_s is not None and not (r.checkpoint_every_s > 0 and math.isfinite(r.checkpoint_every_s)):
         raise SpecError(f"resilience.checkpoint_every_s: must be a number of seconds > 0 or null (got {r.checkpoint_every_s})")
@@ -713,6 +735,8 @@ def _validate_beta(spec: SweepSpec, n_train: int) -> None:
         raise SpecError("beta.values: conflicts with beta.search (the search picks the betas; keep one)")
     if not b.values and b.search is None:
         raise SpecError("beta.values: required (a list of betas), or beta.search to find beta* adaptively")
+    if b.min_drop is not None and not 0 <= b.min_drop < 100:
+        raise SpecError(f"beta.min_drop: must be a drop in accuracy points, >= 0 and < 100 (got {b.min_drop})")
     for i, value in enumerate(b.values):
         if not value > 0:
             raise SpecError(f"beta.values[{i}]: must be > 0 (got {value})")
@@ -804,7 +828,7 @@ def search_settings(spec: SweepSpec):
     betas = search_ladder(spec)
     ladder_trials = len(betas) * len(seeds) * max(1, len(b.n_train))
     return SearchSettings(betas=betas, seeds=seeds, max_seeds=q.max_seeds or len(seeds),
-                          budget=q.budget or ladder_trials, undecided_p=q.undecided_p)
+                          budget=q.budget or ladder_trials, undecided_p=q.undecided_p, min_drop=b.min_drop)
 
 
 def _validate_curvature(c: CurvatureConfig) -> None:
@@ -940,6 +964,8 @@ def to_param_space(spec: SweepSpec, code_version: str, packs: list[list[dict[str
     else:
         packs = plan_packs(spec) if packs is None else packs
         points = {"point": tune.grid_search([tune_point(pack) for pack in packs])}
+        if spec.beta is not None and spec.beta.min_drop is not None:  # read back by the breakdown section
+            points["beta_test"] = {"min_drop": spec.beta.min_drop}
     return {
         **points,
         "sweep": shared.pop("name"),

@@ -22,6 +22,7 @@ from analysis.curves import curve_distance, equal_ratio_pairs, rescale_distances
 from analysis.geometry import eq7_check, ratio_band_fit
 from analysis.interpolation import load_interpolations, summarize
 from analysis.report import build_report, write_reports
+from analysis.sections import section_breakdown
 from analysis.stats import holm
 from analysis.tables import load_metrics
 from analysis.trialinfo import trial_table
@@ -80,14 +81,18 @@ def test_trial_table_takes_last_measured_curvature(grid):
 @pytest.mark.parametrize("metric, log_y", [("final_train_loss", False), ("final_train_loss", True),
                                            ("lambda_max", True), ("final_val_acc", False)])
 def test_collapse_against_lstsq_and_nested_f_test(grid, metric, log_y):
+    """The collapse test over point means (each (lr, S)'s seeds averaged), recomputed with numpy."""
     _, trials = grid
     res = collapse_test(trials, metric, log_y)
     rows = [r for r in _rows(trials) if r["status"] != "diverged"]
-    y = np.array([r[metric] for r in rows], dtype=float)
-    y = np.log10(y) if log_y else y
-    le = np.log10([r["lr"] for r in rows])
-    ls = np.log10([r["batch_size"] for r in rows])
+    points: dict[tuple, list[float]] = {}
+    for r in rows:
+        points.setdefault((r["lr"], r["batch_size"]), []).append(math.log10(r[metric]) if log_y else r[metric])
+    y = np.array([np.mean(v) for v in points.values()])
+    le = np.log10([k[0] for k in points])
+    ls = np.log10([k[1] for k in points])
     n = len(y)
+    assert res.n == n < len(rows) == res.n_trials
     X = np.column_stack([np.ones(n), le, ls])
     beta, rss_full, *_ = np.linalg.lstsq(X, y, rcond=None)
     rss_full = float(rss_full[0])
@@ -237,14 +242,98 @@ def test_breakdown_skipped_without_beta(grid):
     assert "no trial has a beta" in breakdown(metrics, trials)
 
 
+def _beta_family(values: dict[float, list[float]], n_train: int = 400, **columns) -> tuple[pa.Table, pa.Table]:
+    """A synthetic Fig. 5 family: one finished trial per (beta, seed) whose max val acc is the given
+    value (one epoch row each: the breakdown's curve distances have something to read);
+    ``columns``: extra trial-table columns, one value for every trial (e.g. a config key)."""
+    rows = [(beta, seed, v) for beta, vs in values.items() for seed, v in enumerate(vs)]
+    ids = [f"b{beta:g}-s{seed}" for beta, seed, _ in rows]
+    metrics = pa.table({"trial_id": ids, "seed": [s for _, s, _ in rows], "epoch": [1] * len(rows),
+                        "ratio": [0.05 / 8] * len(rows), "val_acc": [v for *_, v in rows]})
+    trials = pa.table({"trial_id": ids, "beta": [b for b, *_ in rows], "seed": [s for _, s, _ in rows],
+                       "n_train": [n_train] * len(rows), "lr": [0.05 * b for b, *_ in rows],
+                       "batch_size": [round(8 * b) for b, *_ in rows], "status": ["finished"] * len(rows),
+                       "max_val_acc": [v for *_, v in rows], **{k: [v] * len(rows) for k, v in columns.items()}})
+    return metrics, trials
+
+
+def test_breakdown_drop_and_its_interval_match_scipy():
+    """Each beta's drop (mean at beta = 1 minus mean at beta, accuracy points) and its 95% interval
+    are scipy's Welch interval x100, unequal seeds and sds included; beside it the seeds on each side."""
+    rng = np.random.default_rng(3)
+    values = {1.0: list(0.9 + 0.004 * rng.standard_normal(4)), 2.0: list(0.895 + 0.01 * rng.standard_normal(6)),
+              4.0: list(0.85 + 0.002 * rng.standard_normal(3))}
+    (res,) = breakdown(*_beta_family(values))
+    for row in res.rows[1:]:
+        ci = stats.ttest_ind(values[1.0], values[row.beta], equal_var=False).confidence_interval(0.95)
+        assert row.drop == pytest.approx(100 * (np.mean(values[1.0]) - np.mean(values[row.beta])), rel=1e-12)
+        assert (row.drop_lo, row.drop_hi) == pytest.approx((100 * ci.low, 100 * ci.high), rel=1e-9)
+        assert (row.n, row.n_ref) == (len(values[row.beta]), 4)
+
+
+def test_min_drop_makes_a_small_significant_drop_hold_and_a_large_one_count():
+    """A 1-point drop with tight seeds is significant, so by default it is beta*; with
+    min_drop = 3 points only the 8-point drop counts, its p scipy's Welch test of the drop > 3
+    points. The section reads min_drop from the trials' config (``beta_test``) and says so."""
+    rng = np.random.default_rng(5)
+    values = {beta: list(mean + 0.002 * rng.standard_normal(5)) for beta, mean in ((1.0, 0.90), (2.0, 0.89), (4.0, 0.82))}
+    (plain,) = breakdown(*_beta_family(values))
+    assert [r.significant for r in plain.rows] == [False, True, True] and plain.beta_star == 2.0
+    (strict,) = breakdown(*_beta_family(values), min_drop=3.0)
+    assert [r.significant for r in strict.rows] == [False, False, True] and strict.beta_star == 4.0
+    for row in strict.rows[1:]:
+        p = stats.ttest_ind(np.array(values[row.beta]) + 0.03, values[1.0], equal_var=False, alternative="less").pvalue
+        assert row.p == pytest.approx(p, rel=1e-9)
+    assert plain.rows[1].drop == strict.rows[1].drop and plain.rows[1].drop_lo > 0  # same effect size, another bar
+    sec = section_breakdown(*_beta_family(values, **{"cfg.beta_test.min_drop": 3.0}))
+    assert sec.data["results"][0]["min_drop"] == 3.0 and sec.data["results"][0]["beta_star"] == 4.0
+    assert "below beta=1 by > 3 points" in sec.tables[0].header
+    assert "minus at beta > 3 accuracy points" in sec.tables[0].title
+
+
+def test_detectable_drop_has_80_percent_power_and_shrinks_with_more_seeds():
+    """The detectable drop is the true drop the test (one-sided Welch at alpha / m) rejects 80% of
+    the time when the seeds' sds are the observed ones: checked by simulating scipy's test at
+    it; with the same sd, 10 seeds a side detect a smaller drop than 3."""
+    def exact_sd(n: int, sd: float, seed: int) -> list[float]:
+        z = np.random.default_rng(seed).standard_normal(n)
+        return list(0.9 + sd * (z - z.mean()) / z.std(ddof=1))
+
+    drops = {}
+    for n in (3, 10):
+        values = {1.0: exact_sd(n, 0.01, 1), 2.0: exact_sd(n, 0.01, 2), 4.0: exact_sd(n, 0.004, 3)}
+        (res,) = breakdown(*_beta_family(values))
+        row = res.rows[1]
+        assert row.level == pytest.approx(0.05 / 2) and (row.n, row.n_ref) == (n, n)
+        drops[n] = row.detectable_drop
+        rng = np.random.default_rng(11)
+        reps = 8000
+        x = 0.9 - row.detectable_drop / 100 + 0.01 * rng.standard_normal((reps, n))
+        ref = 0.9 + 0.01 * rng.standard_normal((reps, n))
+        p = stats.ttest_ind(x, ref, axis=1, equal_var=False, alternative="less").pvalue
+        assert 0.77 <= np.mean(p < row.level) <= 0.83, (n, np.mean(p < row.level))
+    assert drops[10] < drops[3] / 2, drops
+
+
 # ----------------------------------------------------------------------------- Fig. 3 and Eq. 7
 
+def _point_mean_xy(rows, column, log_y):
+    """log10(eta/S) and the metric (log10 with ``log_y``) averaged over each (lr, S)'s seeds."""
+    points: dict[tuple, list[tuple[float, float]]] = {}
+    for r in rows:
+        v = math.log10(r[column]) if log_y else r[column]
+        points.setdefault((r["lr"], r["batch_size"]), []).append((math.log10(r["ratio"]), v))
+    return (np.array([np.mean([a for a, _ in v]) for v in points.values()]),
+            np.array([np.mean([b for _, b in v]) for v in points.values()]))
+
+
 def test_band_fit_against_linregress(grid):
+    """The Fig. 3 fit over point means (seeds averaged), recomputed with scipy."""
     _, trials = grid
     f = ratio_band_fit(trials, "lambda_max", True)
     rows = _rows(trials)
-    x = np.log10([r["ratio"] for r in rows])
-    y = np.log10([r["lambda_max"] for r in rows])
+    x, y = _point_mean_xy(rows, "lambda_max", True)
+    assert f.n_points == len(x) < f.n == len(rows)
     lr = stats.linregress(x, y)
     q = stats.t.ppf(0.975, len(x) - 2)
     assert f.slope == pytest.approx(lr.slope) and f.p == pytest.approx(lr.pvalue, rel=1e-6)
@@ -274,7 +363,16 @@ def test_eq7_against_numpy(grid):
     ok = pred > 0
     assert r.n == ok.sum()
     assert r.ratio_median == pytest.approx(np.median(loss[ok] / pred[ok]))
-    assert r.slope == pytest.approx(stats.linregress(np.log10(pred[ok]), np.log10(loss[ok])).slope)
+    # the log-log slope over point means: logs averaged over each (lr, S)'s seeds
+    points: dict[tuple, list[tuple[float, float]]] = {}
+    for (tid, rows), p, l, good in zip(by.items(), pred, loss, ok):
+        if good:
+            points.setdefault((rows[0]["lr"], rows[0]["batch_size"]), []).append((math.log10(p), math.log10(l)))
+    px = [np.mean([a for a, _ in v]) for v in points.values()]
+    py = [np.mean([b for _, b in v]) for v in points.values()]
+    assert r.n_points == len(points)
+    assert r.slope == pytest.approx(stats.linregress(px, py).slope)
+    assert r.spearman_rho == pytest.approx(stats.spearmanr(px, py).statistic)
 
 
 def test_eq7_uses_the_probe_loss_when_the_run_has_it(grid):
@@ -535,3 +633,122 @@ def test_legend_names_with_odd_labels_select_their_trials():
         assert sorted(picked) == sorted(r["trial_id"] for r in trials.to_pylist() if r["variant"] == label), name
     with pytest.raises(ValueError, match="--trials: .*No closing quotation"):
         select_trials(trials, ["variant='big"])
+
+
+# ----------------------------------------------------------------------------- eval-mode train accuracy
+
+def _write_trained_run(run_dir, report_section):
+    """A real pack of four points (one diverges) trained and written as a sweep writes it: each
+    member's rows under its own trial id with its own config (``to_param_space`` and
+    ``sweeps.packing.members``), through the real metric sink."""
+    import torch
+
+    from sweeps.metrics_sink import ArrowMetricsSink, row_from_result
+    from sweeps.packing import members, tune_point
+    from sweeps.spec import expand_points, spec_from_dict, to_param_space
+    from tests.conftest import tiny_spec
+    from trainables.train_loop import TrialPoint, run_pack
+
+    torch.set_num_threads(1)
+    spec = spec_from_dict(tiny_spec(name="te", train={"epochs": 2, "momentum": 0.9, "train_eval_samples": 300},
+                                    grid={"lr": [0.02, 0.08, 0.3, 1e4], "batch_size": [32], "seed": [0]},
+                                    report=report_section))
+    points = expand_points(spec)
+    config = {**{k: v for k, v in to_param_space(spec, "test").items() if k != "point"}, "point": tune_point(points)}
+    ids = members("te_00000", config)
+    sink = ArrowMetricsSink(run_dir / "metrics", compact_every=0)
+    run_pack([TrialPoint.from_dict(p) for p in points], spec.dataset, spec.model, spec.train,
+             lambda rows, state: [sink.write_row(row_from_result(r, ids[r["member"]][1], ids[r["member"]][0]))
+                                  for r in rows])
+    sink._close("te_00000")
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    run = tmp_path_factory.mktemp("evaluated")
+    _write_trained_run(run, {"converged_train_acc": 0.9})
+    return run
+
+
+def test_trial_table_has_each_trials_final_eval_mode_train_values(evaluated):
+    from analysis.tables import load_trials
+
+    metrics, trials = load_metrics(evaluated), load_trials(evaluated)
+    by = _by_trial(metrics)
+    assert trials.num_rows == 4
+    for t in _rows(trials):
+        rows = by[t["trial_id"]]
+        assert all(r["train_eval_acc"] is None and r["train_eval_loss"] is None for r in rows[:-1])
+        if t["status"] == "diverged":
+            assert t["final_train_eval_acc"] is None and t["final_train_eval_loss"] is None
+            continue
+        assert t["status"] == "finished"
+        assert t["final_train_eval_acc"] == rows[-1]["train_eval_acc"] and 0 < t["final_train_eval_acc"] <= 1
+        assert t["final_train_eval_loss"] == rows[-1]["train_eval_loss"] > 0
+        assert t["cfg.report.converged_train_acc"] == 0.9 and t["cfg.train.train_eval_samples"] == 300
+    assert sorted(trials.column("status").to_pylist()) == ["diverged", "finished", "finished", "finished"]
+    assert trials.schema.field("final_train_eval_acc").type == pa.float64()
+
+
+def test_trial_table_of_a_run_written_without_eval_mode_columns():
+    """The frozen fixtures predate the columns: they still load, with the trial columns null."""
+    from analysis.tables import load_trials
+
+    for name in ("grid", "rescale", "breakdown"):
+        trials = load_trials(FIX / name)
+        assert trials.num_rows > 0
+        for col in ("final_train_eval_acc", "final_train_eval_loss"):
+            assert trials.schema.field(col).type == pa.float64() and trials.column(col).null_count == trials.num_rows
+        assert "cfg.report.converged_train_acc" not in trials.column_names
+
+
+def test_report_threshold_null_reaches_the_trial_table(tmp_path):
+    from analysis.tables import load_trials
+
+    _write_trained_run(tmp_path, {"converged_train_acc": None})
+    trials = load_trials(tmp_path)
+    assert "cfg.report.converged_train_acc" in trials.column_names
+    assert trials.column("cfg.report.converged_train_acc").null_count == trials.num_rows
+
+
+def _gap_fit(x_ratio, train, val):
+    """OLS slope of (train - val) on log10(eta/S) over the finite pairs, with numpy."""
+    pairs = [(math.log10(r), a - b) for r, a, b in zip(x_ratio, train, val) if a is not None and b is not None]
+    x, y = np.array(pairs).T
+    return len(x), np.polyfit(x, y, 1)[0]
+
+
+def test_gap_uses_the_eval_mode_train_accuracy_of_the_final_weights(evaluated):
+    from analysis.sections import section_gap
+
+    trials = trial_table(load_metrics(evaluated))
+    sec = section_gap(trials)
+    assert sec.status == "ok" and sec.data["train_accuracy"] == "eval_mode"
+    n, slope = _gap_fit(trials.column("ratio").to_pylist(), trials.column("final_train_eval_acc").to_pylist(),
+                        trials.column("final_val_acc").to_pylist())
+    assert n == 3 and sec.data["fit"]["n"] == 3  # the diverged trial has no eval-mode value
+    assert sec.data["fit"]["slope"] == pytest.approx(slope)
+    assert "eval mode, final weights" in sec.tables[0].title and not sec.notes
+    assert "biased" not in sec.headline
+    # a trial without the value that did not diverge (finished by older code) is named in a note
+    first = trials.column("final_train_eval_acc").to_pylist()
+    finished = [i for i, v in enumerate(first) if v is not None]
+    dropped = first[:finished[0]] + [None] + first[finished[0] + 1:]
+    mixed = trials.set_column(trials.column_names.index("final_train_eval_acc"), "final_train_eval_acc",
+                              pa.array(dropped, pa.float64()))
+    sec = section_gap(mixed)
+    assert sec.data["fit"]["n"] == 2 and len(sec.notes) == 1
+    assert "finished by older code" in sec.notes[0] and trials.column("trial_id")[finished[0]].as_py() in sec.notes[0]
+
+
+def test_gap_of_an_older_run_is_the_train_mode_gap_and_says_so(grid):
+    from analysis.sections import section_gap
+
+    _, trials = grid
+    sec = section_gap(trials)
+    assert sec.status == "ok" and sec.data["train_accuracy"] == "train_mode_epoch_mean"
+    n, slope = _gap_fit(trials.column("ratio").to_pylist(), trials.column("final_train_acc").to_pylist(),
+                        trials.column("final_val_acc").to_pylist())
+    assert sec.data["fit"]["n"] == n == 18 and sec.data["fit"]["slope"] == pytest.approx(slope)
+    assert "TRAIN-MODE" in sec.tables[0].title and "biased" in sec.headline
+    assert any("train-mode running mean" in note for note in sec.notes)

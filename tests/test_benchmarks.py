@@ -1,6 +1,7 @@
 """The benchmark's quick mode runs and prints every row (numbers are not checked: not a speed test)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -61,6 +62,25 @@ def test_metrics_scale_compares_old_and_new_layouts(capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
     assert [r.split(" | ")[0] for r in rows[1:]] == ["| sink: write every row (driver)", "| on disk once the sweep ended",
                                                     "| load_metrics (time, peak RSS)", "| load_trials (time, peak RSS)",
-                                                    "| one fit against eta/S: 1,000-resample bootstrap CI"]
+                                                    "| one fit against eta/S with its CI (old: 1,000-resample "
+                                                    "bootstrap; now: point means)"]
     assert "smaller" in rows[2] and all(r.count(" s, ") >= 2 for r in rows[3:5]), rows
-    assert rows[5].count(" s |") >= 2 and "faster" in rows[5], rows
+    assert rows[5].count(" s |") + rows[5].count(" ms |") >= 2 and "faster" in rows[5], rows
+
+
+def test_precision_check_quick_mode_measures_every_precision(tmp_path, capsys):
+    """benchmarks/precision_check.py (docs/performance.md's convnet precision table) runs, tiny, on CPU."""
+    from benchmarks.precision_check import PRECISIONS, QUICK_CASES, main
+
+    assert main(["--quick", "--device", "cpu", "--out", str(tmp_path / "p.json")]) == 0
+    out = json.loads((tmp_path / "p.json").read_text())
+    measured = {(r["section"], r["model"], r["S"], r["precision"]) for r in out["rows"]
+                if r["median_s"] > 0 and r["tflops"] > 0}
+    assert {m for m in measured if m[0] == "1"} == {("1", c.label, s, p) for c in QUICK_CASES for s in c.sizes
+                                                    for p in PRECISIONS}
+    assert {m[1] for m in measured if m[0] == "5" and m[3] == "bf16-nchw"} == {c.label for c in QUICK_CASES[:2]}
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + sum(len(c.sizes) for c in QUICK_CASES) and not any("not measured" in r for r in rows)
+    for fid in out["fidelity"].values():
+        assert fid["fp32 again"]["train_rel"] == 0.0  # on a CPU, same init and batches: bitwise-equal runs
+        assert fid["bf16"]["train_rel"] > 0.0  # autocast really changed the arithmetic

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import stats
 
-from analysis.beta_search import Outcome, SearchSettings, ladder, plan_search
+from analysis.beta_search import Outcome, SearchSettings, ladder, plan_search, settings_from_dict, settings_to_dict
 
 from pathlib import Path
 
@@ -14,11 +15,12 @@ LADDER = ladder(2 ** 0.5, 64.0)  # 1, 1.41, ..., 64: 13 candidates
 
 
 def simulate(true_beta: float, settings: SearchSettings, sizes=(None,), noise: float = 0.004, drop: float = 0.05,
-             seed: int = 0, fail_every: int = 0):
+             seed: int = 0, fail_every: int = 0, curve=None):
     """Run the policy to the end against max val acc = 0.9 below ``true_beta`` and 0.9 - drop at or
-    above it (per size: the size's own breakdown if ``true_beta`` is a dict), Gaussian noise per
-    seed. Launches run in rounds (everything proposed ends before the next call), as a cluster
-    with room for all of them would; ``fail_every``: every n-th launch errors (no value)."""
+    above it (per size: the size's own breakdown if ``true_beta`` is a dict; ``curve``: beta -> mean
+    max val acc instead), Gaussian noise per seed. Launches run in rounds (everything proposed ends
+    before the next call), as a cluster with room for all of them would; ``fail_every``: every n-th
+    launch errors (no value)."""
     rng = np.random.default_rng(seed)
     outcomes: list[Outcome] = []
     rounds = 0
@@ -33,7 +35,8 @@ def simulate(true_beta: float, settings: SearchSettings, sizes=(None,), noise: f
                 b = settings.betas[p.k]
                 edge = true_beta[p.n_train] if isinstance(true_beta, dict) else true_beta
                 errored = fail_every and (len(outcomes) + 1) % fail_every == 0
-                value = None if errored else 0.9 - (drop if b >= edge else 0.0) + noise * rng.standard_normal()
+                mean = curve(b) if curve is not None else 0.9 - (drop if b >= edge else 0.0)
+                value = None if errored else mean + noise * rng.standard_normal()
                 outcomes.append(Outcome(p.n_train, p.k, s, value, ended=True))
 
 
@@ -105,6 +108,56 @@ def test_undecided_tests_get_more_seeds_and_decide():
     assert found[9] > found[3], found
 
 
+def test_min_drop_makes_the_search_pass_a_small_significant_drop_and_stop_at_a_large_one():
+    """A graded decline: 1 point below beta = 1 from beta 2.83 on, 8 points from beta 16 on, seeds
+    0.1 point apart. By default the 1-point drop is a breakdown (beta* = 2.83); with min_drop = 3
+    points the search brackets the 8-point drop (beta* = 16). Each test's drop and interval are
+    scipy's Welch interval x100 on the seeds the policy saw, and its p the test of a drop > 3 points."""
+    def curve(beta: float) -> float:
+        return 0.9 - (0.01 if beta >= 2.8 else 0.0) - (0.07 if beta >= 15.9 else 0.0)
+
+    found = {}
+    for min_drop in (None, 3.0):
+        st = settings(min_drop=min_drop)
+        states, outcomes, _ = simulate(None, st, noise=0.001, curve=curve)
+        state = states[None]
+        found[min_drop] = (state.status, st.betas[state.lo], st.betas[state.hi])
+        ref = [o.value for o in outcomes if o.k == 0]
+        for k, test in state.tests.items():
+            vals = [o.value for o in outcomes if o.k == k]
+            ci = stats.ttest_ind(ref, vals, equal_var=False).confidence_interval(0.95)
+            assert (test.drop_lo, test.drop_hi) == pytest.approx((100 * ci.low, 100 * ci.high), rel=1e-9)
+            assert (test.n, test.n_ref) == (3, 3)
+            shifted = np.array(vals) + (min_drop or 0) / 100
+            assert test.p == pytest.approx(stats.ttest_ind(shifted, ref, equal_var=False, alternative="less").pvalue,
+                                           rel=1e-9)
+    assert found == {None: ("found", 2, 2.82843), 3.0: ("found", 11.3137, 16)}, found
+
+
+def graded_beta_stars(n_seeds: int, min_drop: float | None, repeats: int, slope: float = 1.5,
+                      sd: float = 1.5) -> list[float]:
+    """beta* of ``repeats`` searches (inf: none found) on a graded decline: the drop from beta = 1
+    is ``slope`` accuracy points per doubling of beta, seed sd ``sd`` points, ``n_seeds`` seeds per
+    point. docs/experiments.md quotes the medians (200 searches per case)."""
+    out = []
+    for rep in range(repeats):
+        st = settings(seeds=tuple(range(n_seeds)), max_seeds=n_seeds, min_drop=min_drop)
+        states, _, _ = simulate(None, st, noise=sd / 100, seed=rep, curve=lambda b: 0.9 - slope / 100 * np.log2(b))
+        out.append(LADDER[states[None].hi] if states[None].hi is not None else np.inf)
+    return out
+
+
+def test_min_drop_changes_what_beta_star_estimates_on_a_graded_decline():
+    """No edge, a decline of 1.5 points per doubling (seed sd 1.5 points): plain beta* falls as
+    seeds are added (it estimates the first beta with any drop); with min_drop = 3 points beta* is
+    the first beta whose drop is significantly above 3 points, so it stays above beta = 4 (drop
+    exactly 3) but for false breakdowns (each test at alpha / 4), approaching 5.66 from above."""
+    plain = {n: np.median(graded_beta_stars(n, None, 30)) for n in (3, 10)}
+    strict = graded_beta_stars(10, 3.0, 30)
+    assert plain[10] < plain[3] and plain[10] < 4
+    assert sum(b <= 4 for b in strict) <= 2 and np.median(strict) > plain[10]
+
+
 def test_errored_trials_are_replaced_not_repeated():
     states, outcomes, _ = simulate(LADDER[4] * 0.99, settings(), fail_every=5, noise=0.0001)
     assert states[None].status == "found" and states[None].hi == 4
@@ -139,6 +192,12 @@ def with_beta(**beta) -> dict:
     ({**with_beta(), "grid": {"seed": [0]}}, "grid.seed: beta.search needs >= 2 seeds"),
     (with_beta(search={"max_seeds": 1}), "beta.search.max_seeds: must be >= the 2 seeds"),
     (with_beta(search={"alpha": 0.1}), "beta.search.alpha: unknown key"),
+    (with_beta(min_drop=-1), "beta.min_drop: must be a drop in accuracy points, >= 0 and < 100 (got -1.0)"),
+    (with_beta(min_drop=100), "beta.min_drop: must be a drop in accuracy points, >= 0 and < 100 (got 100.0)"),
+    (with_beta(min_drop=float("nan")), "beta.min_drop: must be a drop in accuracy points, >= 0 and < 100 (got nan)"),
+    (with_beta(min_drop="big"), "beta.min_drop: must be a number (got 'big')"),
+    ({**BASE, "beta": {"lr0": 0.05, "batch_size0": 8, "values": [1, 2], "min_drop": -0.5}},
+     "beta.min_drop: must be a drop in accuracy points, >= 0 and < 100 (got -0.5)"),
 ])
 def test_bad_search_specs_are_one_line_naming_the_field(tmp_path, capsys, data, needle):
     import yaml
@@ -164,12 +223,37 @@ def test_search_spec_round_trips_and_its_ladder_is_the_comparison():
     assert ladder(2 ** 0.5, 45.2548)[-1] == 45.2548  # a max_beta copied from a printed label keeps that candidate
 
 
+def test_min_drop_rides_in_the_spec_the_search_settings_and_the_trial_config():
+    """``beta.min_drop`` round-trips through the spec copy (0 kept: it is a value), reaches the
+    search's settings and every search trial's config (``beta_search``, what the report replays),
+    or a ladder's config (``beta_test``, what the breakdown section reads); without it, configs
+    carry no such key and old settings (no ``min_drop``) read back as None."""
+    from sweeps.spec import search_settings, spec_from_dict, to_param_space
+
+    for value in (0.0, 2.5):
+        spec = spec_from_dict(with_beta(min_drop=value))
+        assert spec.beta.min_drop == value and spec_from_dict(spec.to_dict()) == spec
+        st = search_settings(spec)
+        assert st.min_drop == value and settings_from_dict(settings_to_dict(st)) == st
+        assert to_param_space(spec, "v")["beta_search"]["min_drop"] == value
+    plain = spec_from_dict(with_beta())
+    assert plain.beta.min_drop is None and "min_drop" not in plain.to_dict()["beta"]
+    assert "min_drop" not in to_param_space(plain, "v")["beta_search"]
+    old = settings_to_dict(search_settings(plain))
+    assert settings_from_dict(old).min_drop is None
+    ladder_spec = {**BASE, "beta": {"lr0": 0.05, "batch_size0": 8, "values": [1, 2], "n_train": [400]}}
+    assert to_param_space(spec_from_dict({**ladder_spec, "beta": {**ladder_spec["beta"], "min_drop": 1}}),
+                          "v")["beta_test"] == {"min_drop": 1.0}
+    assert "beta_test" not in to_param_space(spec_from_dict(ladder_spec), "v")
+
+
 @pytest.mark.slow
 def test_search_runs_end_to_end_and_resumes_after_sigkill_repeating_no_ended_trial(tmp_path):
     """A real search (Ray, digits MLP): SIGKILL the driver once its second round has started,
     ``lrbs resume``: the trials that had ended are not trained again (their rows untouched), no
     (beta, seed) is trained under two trial ids, the search ends with its bracket, and the
-    report has the section."""
+    report has the section, with the spec's ``min_drop`` carried through the run, the resume and
+    the replay."""
     import os
     import subprocess
     import sys
@@ -183,7 +267,7 @@ def test_search_runs_end_to_end_and_resumes_after_sigkill_repeating_no_ended_tri
 
     spec = write_yaml(tmp_path / "bk.yaml", tiny_spec(
         "bk", train={"epochs": 6}, resilience={"checkpoint_every": 1}, grid={"seed": [0, 1, 2]},
-        beta={"lr0": 0.1, "batch_size0": 8, "n_train": [400], "search": {"max_beta": 32}}))
+        beta={"lr0": 0.1, "batch_size0": 8, "n_train": [400], "search": {"max_beta": 32}, "min_drop": 1}))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log = tmp_path / "run.log"
     with open(log, "w") as out:
@@ -223,6 +307,8 @@ def test_search_runs_end_to_end_and_resumes_after_sigkill_repeating_no_ended_tri
     write_reports(run, ("md",))
     md = (run / "report.md").read_text()
     assert "Adaptive search for beta*" in md and size["message"] in md
+    assert rep["min_drop"] == 1.0 and "against beta = 1 by more than 1 accuracy points" in md
+    assert "detectable drop (80% power)" in md
 
 
 @pytest.mark.parametrize("twin", ["small", "mnist1d"])
@@ -265,6 +351,11 @@ def test_report_replays_the_search_from_a_frozen_real_run():
             p = stats.ttest_ind(vals, ref, equal_var=False, alternative="less").pvalue
             assert step["p"] == pytest.approx(p, rel=1e-9)
             assert (step["decision"] == "below beta = 1") == (p < rep["level"])
+            ci = stats.ttest_ind(ref, vals, equal_var=False).confidence_interval(0.95)
+            assert step["drop_ci"] == pytest.approx([100 * ci.low, 100 * ci.high], rel=1e-9)
+    # no min_drop in this run's config: every test is of any drop, each with the drop it could detect
+    assert rep["min_drop"] is None
+    assert all(t["detectable_drop"] > 0 and t["n"] == t["n_ref"] == 5 for s in rep["sizes"] for t in s["tests"].values())
 
 
 def test_a_beta_that_always_errors_stops_its_search_without_spending_the_budget():

@@ -192,3 +192,44 @@ def test_damaged_streams_are_not_compacted_and_old_compacted_files_read(tmp_path
     trials = load_trials(run)
     assert trials.num_rows == len({t for t in load_metrics(run).column("trial_id").to_pylist()})
     assert not load_metrics_with_report(run)[1].damaged.get(dest.name)
+
+
+def test_readers_equal_the_old_readers_on_eval_mode_train_columns(tmp_path):
+    """Rows with train_eval_loss/acc on each trial's last epoch (one trial diverged without them,
+    one restarted from scratch, one continued): the trial table's final_train_eval_* equal the
+    per-row oracle's, compacted or not, and are the values of each trial's last row."""
+    from benchmarks.metrics_scale import trial_config
+    from sweeps.metrics_sink import row_from_result
+
+    run, epochs = tmp_path / "run", 4
+    written: dict[str, tuple[float, float]] = {}
+
+    def rows(sink, trial_id, config, first, last, diverged=False, shift=0.0):
+        for e in range(first, last + 1):
+            end = e == last
+            result = {"epoch": e, "lr": config["point"]["lr"], "batch_size": config["point"]["batch_size"],
+                      "val_acc": 0.5 + 0.01 * e, "val_loss": 1.0 / e, "train_loss": 1.0 / e, "train_acc": 0.4 + 0.1 * e,
+                      "status": ("diverged" if diverged else "finished") if end else "running", "n_train": 100,
+                      "seed": config["point"]["seed"]}
+            if end and not diverged:
+                result.update(train_eval_loss=0.1 / e + shift, train_eval_acc=0.9 + shift)
+                written[trial_id] = (result["train_eval_loss"], result["train_eval_acc"])
+            sink.write_row(row_from_result(result, config, trial_id))
+        sink._close(trial_id)
+
+    first = ArrowMetricsSink(run / "metrics", compact_every=0)
+    for t in range(6):
+        rows(first, f"aaaaa_{t:05d}", trial_config(0.01 * (t + 1), 16, t % 2), 1,
+             2 if t == 0 else epochs, diverged=t == 5, shift=0.001 * t)
+    later = ArrowMetricsSink(run / "metrics", compact_every=0)
+    rows(later, "aaaaa_00001", trial_config(0.02, 16, 1), 3, epochs, shift=0.05)  # continued: rows replaced
+    rows(later, "bbbbb_00000", trial_config(0.01, 16, 0), 1, epochs, shift=0.02)  # restarted from scratch
+    written.pop("aaaaa_00000", None)
+    for compacted in (False, True):
+        if compacted:
+            dest = run / "metrics" / "20990101T0Z-1__compacted-0000.parquet"
+            compact_streams(sorted((run / "metrics").glob("*.arrow")), dest)
+        trials = load_trials(run)
+        assert same_values(trials, old.trials_from_metrics(old.load_metrics(run)))
+        got = {t["trial_id"]: (t["final_train_eval_loss"], t["final_train_eval_acc"]) for t in trials.to_pylist()}
+        assert got == {**written, "aaaaa_00005": (None, None)}

@@ -375,3 +375,52 @@ def test_every_shipped_spec_round_trips_through_its_copy(path):
 
     spec = spec_from_dict(yaml.safe_load(path.read_text()))  # load_spec's checks without building the model
     assert spec_from_dict(yaml.safe_load(yaml.safe_dump(spec.to_dict(), sort_keys=False))) == spec
+
+
+def test_report_converged_train_acc_defaults_and_reaches_every_trial_config():
+    """``report.converged_train_acc``: 0.99 when the section is absent, a value in (0, 1] or null
+    as given; the whole section rides in every trial's config (the trial table's cfg.report.*)."""
+    import yaml
+
+    assert spec_from_dict(tiny_spec()).report.converged_train_acc == 0.99
+    for value in (0.9, 1, None):
+        spec = spec_from_dict(tiny_spec(report={"converged_train_acc": value}))
+        assert spec.report.converged_train_acc == value
+        assert to_param_space(spec, "v")["report"] == {"converged_train_acc": value}
+        # the run directory's spec copy (what lrbs resume reads) gives the same spec back
+        assert spec_from_dict(yaml.safe_load(yaml.safe_dump(spec.to_dict(), sort_keys=False))) == spec
+    assert spec_from_dict(tiny_spec(report=None)).report.converged_train_acc == 0.99  # `report:` left empty
+    # a spec copy written before the section existed still loads (lrbs resume of an older run)
+    old_copy = spec_from_dict(tiny_spec()).to_dict()
+    old_copy.pop("report")
+    assert spec_from_dict(old_copy) == spec_from_dict(tiny_spec())
+
+
+@pytest.mark.parametrize("report, message", [
+    ({"converged_train_acc": 0}, "report.converged_train_acc: must be an accuracy in (0, 1] or null"),
+    ({"converged_train_acc": 1.5}, "report.converged_train_acc: must be an accuracy in (0, 1] or null"),
+    ({"converged_train_acc": -0.2}, "report.converged_train_acc: must be an accuracy in (0, 1] or null"),
+    ({"converged_train_acc": float("nan")}, "report.converged_train_acc: must be an accuracy in (0, 1] or null"),
+    ({"converged_train_acc": "99%"}, "report.converged_train_acc: must be a number"),
+    ({"converged_train_loss": 0.05}, "report.converged_train_loss: unknown key (allowed here: converged_train_acc)"),
+    ([0.99], "report: must be a mapping"),
+])
+def test_bad_report_section_is_a_one_line_error_naming_the_field(report, message):
+    with pytest.raises(SpecError) as err:
+        spec_from_dict(tiny_spec(report=report))
+    assert str(err.value).startswith(message) and "\n" not in str(err.value), str(err.value)
+
+
+def test_bad_train_eval_samples_is_a_one_line_error():
+    assert spec_from_dict(tiny_spec(train={"train_eval_samples": 100})).train.train_eval_samples == 100
+    with pytest.raises(SpecError, match=r"^train.train_eval_samples: must be >= 1 \(got 0\)$"):
+        spec_from_dict(tiny_spec(train={"train_eval_samples": 0}))
+
+
+def test_report_section_from_a_yaml_file_exits_2_naming_the_field(tmp_path, capsys):
+    from sweeps.cli import main
+
+    path = write_yaml(tmp_path / "s.yaml", tiny_spec(report={"converged_train_acc": 2}))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "report.converged_train_acc: must be an accuracy in (0, 1] or null (got 2.0)" in err[0]

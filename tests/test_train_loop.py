@@ -168,3 +168,82 @@ def test_crop_flip_augmentation_is_per_example_deterministic_and_packs():
     assert [r["train_loss"] for r in packed if r["member"] == 1] == pytest.approx([r["train_loss"] for r in alone], rel=1e-5)
     plain = run(pts[1:], TrainConfig(epochs=2, pack=2))
     assert [r["train_loss"] for r in plain] != [r["train_loss"] for r in alone]
+
+
+def _final_weights_eval(model_cfg, states, data, k, split_seed=0):
+    """An independent evaluation of final weights: for each state dict a plain module in eval
+    mode, one forward pass over the subset the spec promises (k training examples drawn by a
+    randperm seeded with the data split's seed, then sorted) -> [(loss in nats, accuracy)]."""
+    from trainables.models import build_model
+
+    n = len(data.x_train)
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))[:min(k, n)].sort().values
+    x, y = data.x_train[idx], data.y_train[idx]
+    out = []
+    for state in states:
+        model = build_model(model_cfg, data.input_shape, data.n_classes)
+        model.load_state_dict(state)
+        with torch.no_grad():
+            logits = model.eval()(x)
+        out.append((torch.nn.functional.cross_entropy(logits, y).item(),
+                    (logits.argmax(1) == y).double().mean().item()))
+    return out
+
+
+def _pack_rows_and_final_weights(points, model_cfg, train, data):
+    """Each member's rows and the weights it ended with (from the checkpoint of its last epoch)."""
+    rows: list[list[dict]] = [[] for _ in points]
+    final: dict[int, dict] = {}
+
+    def report(rs, state):
+        for r in rs:
+            rows[r["member"]].append(r)
+        if rs[0]["epoch"] == train.epochs:
+            final.update({j: m["model"] for j, m in enumerate(state()["members"]) if m["model"] is not None})
+
+    run_pack(points, DIGITS, model_cfg, train, report, data=data)
+    return rows, final
+
+
+@pytest.mark.parametrize("samples", [300, 10_000])  # a subset, and more than the training set (capped)
+def test_last_epoch_rows_hold_the_final_weights_eval_mode_train_loss_and_accuracy(samples):
+    """A pack of three batch-norm MLPs and one that diverges: on the last epoch each surviving
+    member's train_eval_loss/acc equal a plain module's eval-mode pass with its final weights
+    over the same seeded subset; earlier rows and the diverged member have none."""
+    from trainables.data import load_dataset
+
+    torch.set_num_threads(1)
+    data = load_dataset(DIGITS)
+    model = ModelConfig(name="mlp", options=dict(depth=3, width=32, batch_norm=True))
+    points = [TrialPoint(0.05, 32, 0), TrialPoint(0.2, 32, 1), TrialPoint(0.1, 32, 2), TrialPoint(1e4, 32, 3)]
+    train = TrainConfig(epochs=3, momentum=0.9, train_eval_samples=samples)
+    rows, final = _pack_rows_and_final_weights(points, model, train, data)
+    assert rows[3][-1]["status"] == DIVERGED and "train_eval_acc" not in rows[3][-1]
+    assert sorted(final) == [0, 1, 2]
+    expected = _final_weights_eval(model, [final[j] for j in (0, 1, 2)], data, samples)
+    n_eval = min(samples, len(data.x_train))
+    for j, (loss, acc) in zip((0, 1, 2), expected):
+        last = rows[j][-1]
+        assert last["status"] == FINISHED and last["epoch"] == 3
+        assert last["train_eval_loss"] == pytest.approx(loss, rel=1e-5, abs=1e-7)
+        assert last["train_eval_acc"] == pytest.approx(acc, abs=0.5 / n_eval)  # the same count of hits
+        assert all(r.get("train_eval_loss") is None and r.get("train_eval_acc") is None for r in rows[j][:-1])
+    # eval mode on the final weights, not the train-mode running mean over the last epoch
+    assert any(rows[j][-1]["train_eval_acc"] != rows[j][-1]["train_acc"] for j in (0, 1, 2))
+
+
+def test_train_eval_subset_is_the_same_for_every_trial_and_a_pack_of_one():
+    """Alone (a pack of one) each point gets the values it gets in a pack; with the probes'
+    seed and size the subset is the probe subset, so train_eval_loss is probe_loss."""
+    torch.set_num_threads(1)
+    probes = CurvatureConfig(n_samples=400, lanczos_iters=4, hutchinson_probes=4, noise_scale=False, seed=0)
+    train = TrainConfig(epochs=2, train_eval_samples=400)
+    points = [TrialPoint(0.1, 64, 0), TrialPoint(0.3, 64, 1)]
+    packed: list[list[dict]] = [[], []]
+    run_pack(points, DIGITS, SMALL, train, lambda rs, state: [packed[r["member"]].append(r) for r in rs],
+             probes=probes)
+    for point, member_rows in zip(points, packed):
+        _, alone = _run(point, train=train, probes=probes)
+        assert alone[-1]["train_eval_loss"] == member_rows[-1]["train_eval_loss"]
+        assert alone[-1]["train_eval_acc"] == member_rows[-1]["train_eval_acc"]
+        assert alone[-1]["train_eval_loss"] == pytest.approx(alone[-1]["probe_loss"], rel=1e-5)

@@ -90,6 +90,10 @@ class TrainConfig:
     # divergence_factor * log(n_classes) (the loss of a uniform guess, in nats per example).
     divergence_factor: float = 10.0
     eval_batch_size: int = 2048        # examples per forward pass in evaluation (memory only)
+    # Examples of the training set evaluated in eval mode at the last epoch's weights
+    # (train_eval_loss / train_eval_acc); a subset seeded by dataset.split_seed, so the same
+    # examples in every trial of a sweep; capped at the training set size.
+    train_eval_samples: int = 2000
     # Points trained together in lockstep in one Tune trial (sweeps/packing.py): an int K >= 1,
     # or "auto" (as many as share the batch-size schedule and n_train, up to AUTO_PACK_CAP).
     # Every point still gets its own trial id, rows and status.

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from analysis.schema import check_row
 from trainables import augment
 from trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig, from_dict
+from trainables.curvature import probe_subset
 from trainables.data import TensorData, load_dataset
 from trainables.models import build_model
 from trainables.pack_sgd import PackSGD
@@ -192,7 +193,10 @@ def run_pack(
 
     After every epoch ``report(rows, state)`` gets one row per member still training (a member
     that diverged in that epoch is in it a last time, with status ``diverged``, and then leaves
-    the pack), each with ``member`` (its index in ``points``); ``state()`` builds the checkpoint
+    the pack), each with ``member`` (its index in ``points``); the last epoch's rows of members
+    that did not diverge also hold ``train_eval_loss`` / ``train_eval_acc``, their final weights
+    evaluated in eval mode on ``train.train_eval_samples`` training examples seeded by
+    ``dataset.split_seed`` (the same examples in every trial); ``state()`` builds the checkpoint
     (tensors and plain data only). ``start_state`` continues from such a checkpoint with the rows
     an uninterrupted run would report. ``max_steps`` stops after that many steps (benchmarks).
     """
@@ -240,6 +244,9 @@ def run_pack(
     stepper = _Steps(pack, opt, data.x_train, data.y_train, train.cuda_graphs)
     n = len(data.x_train)
     blowup = train.divergence_factor * math.log(data.n_classes)  # nats per example
+    # The train-eval subset: seeded by the data split, not the trial, so every trial of a sweep
+    # (every member of every pack) is evaluated on the same training examples.
+    eval_idx = probe_subset(n, min(train.train_eval_samples, n), dataset.split_seed).to(device)
     t_start = time.perf_counter()
     for epoch in range(first_epoch, train.epochs + 1):
         t_epoch = time.perf_counter()
@@ -264,6 +271,8 @@ def run_pack(
         train_losses = (stepper.loss_sum * s / seen).tolist()  # GPU sync point: once per epoch
         train_accs = (stepper.correct.double() / seen).tolist()
         val_losses, val_accs = evaluate_pack(pack, data.x_val, data.y_val, train.eval_batch_size)
+        if epoch == train.epochs:  # the final weights: every member in one pass over the subset, one sync
+            train_eval = evaluate_pack(pack, data.x_train[eval_idx], data.y_train[eval_idx], train.eval_batch_size)
         rows, keep = [], []
         for i, j in enumerate(active):
             p, (lr, _) = points[j], plan[i]
@@ -278,6 +287,8 @@ def run_pack(
                 "schedule": scheds[j].kind, "train_loss": train_losses[i], "train_acc": train_accs[i],
                 "val_loss": val_losses[i], "val_acc": val_accs[i], "steps": steps, "examples_seen": examples_seen,
             }
+            if epoch == train.epochs and status[j] != DIVERGED:
+                row.update(train_eval_loss=train_eval[0][i], train_eval_acc=train_eval[1][i])
             # No probes on a diverged model: its Hessian is not a minimum's (and may be NaN).
             if status[j] != DIVERGED and probe_due(probes, epoch, train.epochs):
                 probe_model.load_state_dict(pack.member_state(i))
