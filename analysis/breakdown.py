@@ -25,6 +25,7 @@ Per training-set size (``n_train``) and beta:
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -46,7 +47,9 @@ def _welch_se_df(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     freedom; nan for both with fewer than 2 values on a side or no variance on either."""
     if len(x) < 2 or len(y) < 2:
         return math.nan, math.nan
-    vx, vy = np.var(x, ddof=1) / len(x), np.var(y, ddof=1) / len(y)
+    # equal values have no variance (np.var of equal floats can come out as ~1e-33, not 0)
+    vx = np.var(x, ddof=1) / len(x) if np.ptp(x) > 0 else 0.0
+    vy = np.var(y, ddof=1) / len(y) if np.ptp(y) > 0 else 0.0
     if vx + vy == 0:
         return math.nan, math.nan
     df = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
@@ -86,6 +89,15 @@ def detectable_drop(values, reference, level: float, min_drop: float | None = No
     drop, so D = min_drop + 100 x the ``power`` quantile of c over ``draws`` seeded draws
     (deterministic). nan where the test is undefined (fewer than 2 seeds a side, or no spread
     on either side)."""
+    return _detectable_drop(tuple(float(v) for v in values), tuple(float(v) for v in reference), float(level),
+                            min_drop, float(power), int(draws))
+
+
+@functools.lru_cache(maxsize=4096)
+def _detectable_drop(values: tuple, reference: tuple, level: float, min_drop: float | None, power: float,
+                     draws: int) -> float:
+    """:func:`detectable_drop` on hashable arguments: the breakdown and beta-search sections ask
+    for the same betas' figures, and each Monte Carlo takes 10-40 ms."""
     x, y = np.asarray(values, dtype=float), np.asarray(reference, dtype=float)
     se, _ = _welch_se_df(x, y)
     if not (math.isfinite(se) and 0 < level < power < 1):

@@ -28,16 +28,20 @@ class Convergence:
     kept: pa.Table
     threshold: float | None                 # None: the filter is off, or the run did not record it
     recorded: bool                          # the run has final_train_eval_acc values
-    left_out: list[tuple[str, float]] = field(default_factory=list)   # (trial_id, final_train_eval_acc)
+    # the trials left out below the threshold: trial_id, lr, batch_size, seed and final_train_eval_acc
+    left_out: list[dict] = field(default_factory=list)
+    # trials left out without a final_train_eval_acc (still running; trained by older code)
+    unmeasured: list[str] = field(default_factory=list)
 
     @property
     def n_total(self) -> int:
-        return self.kept.num_rows + len(self.left_out)
+        return self.kept.num_rows + len(self.left_out) + len(self.unmeasured)
 
     @property
     def many_left_out(self) -> bool:
         """More than a few trials left out: more than 2, and more than 10% of the trials."""
-        return len(self.left_out) > max(2, 0.1 * self.n_total)
+        out = len(self.left_out) + len(self.unmeasured)
+        return out > max(2, 0.1 * self.n_total)
 
     def note(self) -> str:
         """One line for a section: what was fitted, and which trials were left out."""
@@ -46,18 +50,23 @@ class Convergence:
                     "recorded); every trial's curvature is fitted, reached a minimum or not.")
         if self.threshold is None:
             return "Convergence filter off (report.converged_train_acc: null): every trial is fitted."
+        unmeasured = (f" {len(self.unmeasured)} trial(s) without an eval-mode train accuracy (still running, "
+                      f"or trained by code that did not record it) left out too: "
+                      + ", ".join(self.unmeasured)[:300] + "." if self.unmeasured else "")
         if not self.left_out:
-            return (f"Every trial reached the convergence threshold (eval-mode train accuracy >= "
-                    f"{self.threshold:g} on the training subset).")
-        names = ", ".join(f"{t} ({acc:.3f})" for t, acc in self.left_out)
+            return (("WARNING: " if self.many_left_out else "")
+                    + f"Every trial with an eval-mode train accuracy reached the convergence threshold (>= "
+                    f"{self.threshold:g} on the training subset)." + unmeasured)
+        names = ", ".join(f"{t['trial_id']} (lr={t['lr']:g} S={t['batch_size']} seed={t['seed']}: "
+                          f"{t['final_train_eval_acc']:.3f})" for t in self.left_out)
         return (("WARNING: " if self.many_left_out else "")
                 + f"{len(self.left_out)} of {self.n_total} trials left out as not converged (eval-mode train "
                 f"accuracy of the final weights < {self.threshold:g}; report.converged_train_acc): "
-                + (names if len(names) <= 600 else names[:600] + " ..."))
+                + (names if len(names) <= 600 else names[:600] + " ...") + "." + unmeasured)
 
     def to_dict(self) -> dict:
         return {"threshold": self.threshold, "recorded": self.recorded, "n_fitted": self.kept.num_rows,
-                "left_out": [{"trial_id": t, "final_train_eval_acc": a} for t, a in self.left_out]}
+                "left_out": list(self.left_out), "unmeasured": list(self.unmeasured)}
 
 
 def threshold_of(trials: pa.Table) -> float | None:
@@ -72,16 +81,21 @@ def threshold_of(trials: pa.Table) -> float | None:
 def converged(trials: pa.Table) -> Convergence:
     """Split ``trials`` by the run's convergence threshold.
 
-    Trials without a final_train_eval_acc (diverged, still running, or a run that never recorded
-    it) are kept: the metric filters of each fit decide about them."""
+    Kept: trials at or above it, and diverged trials (every fit leaves those out by its own rule
+    and counts them). Left out: trials below it, and trials without a final_train_eval_acc in a
+    run that records it (still running, or finished under code that did not record it). A run
+    with no value at all (written before the measurement existed) is kept whole."""
     if ACC_COLUMN not in trials.column_names or trials.column(ACC_COLUMN).null_count == trials.num_rows:
         return Convergence(kept=trials, threshold=None, recorded=False)
     threshold = threshold_of(trials)
     if threshold is None:
         return Convergence(kept=trials, threshold=None, recorded=True)
     accs = trials.column(ACC_COLUMN).to_pylist()
-    keep = [a is None or not math.isfinite(a) or a >= threshold for a in accs]
-    ids = trials.column("trial_id").to_pylist()
-    left = [(t, float(a)) for t, a, k in zip(ids, accs, keep) if not k]
+    rows = trials.select(["trial_id", "lr", "batch_size", "seed", "status"]).to_pylist()
+    measured = [a is not None and math.isfinite(a) for a in accs]
+    keep = [r["status"] == "diverged" or (m and a >= threshold) for r, a, m in zip(rows, accs, measured)]
+    left = [{k: r[k] for k in ("trial_id", "lr", "batch_size", "seed")} | {"final_train_eval_acc": float(a)}
+            for r, a, m, k in zip(rows, accs, measured, keep) if m and not k]
+    unmeasured = [r["trial_id"] for r, m, k in zip(rows, measured, keep) if not m and not k]
     return Convergence(kept=trials.filter(pa.array(keep, type=pa.bool_())), threshold=threshold,
-                       recorded=True, left_out=left)
+                       recorded=True, left_out=left, unmeasured=unmeasured)

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from analysis.fits import CI_METHOD, fit_points, log_ratios, metric_values, point_keys, point_means
 from analysis.stats import mean_band
@@ -66,7 +67,7 @@ class BandFit:
 def ratio_band_fit(trials: pa.Table, column: str, log_y: bool, x_column: str = "ratio") -> BandFit | str:
     if column not in trials.column_names:
         return f"no {column} column"
-    live = trials.filter(pa.compute.not_equal(trials.column("status"), "diverged")) if trials.num_rows else trials
+    live = trials.filter(pc.not_equal(trials.column("status"), "diverged")) if trials.num_rows else trials
     x, y = log_ratios(live, x_column), metric_values(live, column, log_y)
     pm = point_means(point_keys(live), x, y)
     if pm.n_trials < 3:
@@ -133,7 +134,7 @@ def eq7_points(trials: pa.Table) -> tuple[list[dict], int]:
         pred = q / 4.0 * tr
         if math.isfinite(pred) and pred > 0 and math.isfinite(loss) and loss > 0:
             pts.append({"trial_id": r["trial_id"], "predicted": pred, "loss": loss, "lr": r["lr"],
-                        "batch_size": r["batch_size"], "point": repr(key)})
+                        "batch_size": r["batch_size"], "point": key})
     return pts, len(rows) - len(pts)
 
 
@@ -148,7 +149,7 @@ def eq7_check(trials: pa.Table) -> Eq7Result | str:
     q = np.array([p["loss"] / p["predicted"] for p in pts])
     if np.ptp(x) < 1e-9:
         return "every trial has the same predicted loss"
-    pm = point_means([p["point"] for p in pts], x, y)
+    pm = point_means([p.pop("point") for p in pts], x, y)  # the key is for grouping, not for fits.json
     if len(pm.x) < 3:
         return f"{len(pm.x)} points with a positive final Tr(H) and {eq7_loss_column(trials)} (needs >= 3)"
     f = fit_points(pm)

@@ -265,9 +265,10 @@ def beta_search_plot(rep: dict) -> go.Figure:
 def band_fit_plot(trials: pa.Table, fit) -> go.Figure:
     """``fit.column`` per trial against eta/S with the OLS line and its 95% confidence band."""
     fig = metric_vs_ratio(trials, fit.column, None, log_y=fit.log_y)
-    fig.add_trace(go.Scatter(x=fit.band_x + fit.band_x[::-1], y=fit.band_hi + fit.band_lo[::-1], fill="toself",
-                             fillcolor="rgba(0,0,0,0.12)", line=dict(width=0), name="95% band of the mean",
-                             hoverinfo="skip"))
+    if all(math.isfinite(v) for v in fit.band_lo):  # no band where the design allows no interval
+        fig.add_trace(go.Scatter(x=fit.band_x + fit.band_x[::-1], y=fit.band_hi + fit.band_lo[::-1], fill="toself",
+                                 fillcolor="rgba(0,0,0,0.12)", line=dict(width=0), name="95% band of the mean",
+                                 hoverinfo="skip"))
     fig.add_trace(go.Scatter(x=fit.band_x, y=fit.band_mean, mode="lines", line=dict(color="black", dash="dash"),
                              name=f"fit over {fit.n_points} point means: slope "
                                   f"{slope_text(fit.slope, fit.slope_ci, fit.ci_note)}, R^2 {fit.r2:.2f}"))

@@ -500,27 +500,29 @@ def section_gap(trials: pa.Table) -> Section:
     sec.figures.append(("Generalization gap against eta/S", plots.metric_vs_ratio(table, "generalization_gap", fit)))
     if eval_mode:
         title = ("gap = final train accuracy (eval mode, final weights, fixed train-eval subset) - final "
-                 "validation accuracy, fitted on log10(eta/S)")
+                 "validation accuracy, fitted on log10(eta/S) over point means (seeds averaged; 95% CI "
+                 + CI_METHOD + ")")
         missing: dict[str, list[str]] = {}
         for t, g, st in zip(trials.column("trial_id").to_pylist(), gap, trials.column("status").to_pylist()):
             if g is None and st != "diverged":
-                missing.setdefault("still running" if st == "running" else "finished by older code", []).append(t)
+                missing.setdefault("still running" if st == "running" else
+                                   "finished by code that did not record it" if st == "finished" else st, []).append(t)
         for why, ids in missing.items():
             sec.notes.append(f"{len(ids)} trial(s) without an eval-mode train accuracy ({why}) are left out: "
                              f"{', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}")
     else:
         title = ("gap = final train accuracy (TRAIN-MODE mean over the last epoch) - final validation accuracy, "
-                 "fitted on log10(eta/S)")
+                 "fitted on log10(eta/S) over point means (seeds averaged; 95% CI " + CI_METHOD + ")")
         sec.notes.append("This run has no eval-mode train accuracy (written by older code): the gap uses the "
                          "train-mode running mean over the last epoch, which is not the final weights' accuracy "
                          "(earlier weights, batch-norm batch statistics, augmented inputs) and usually below it, "
                          "so the gap is biased (usually understated) and so is its slope; runs from current code "
                          "measure the final weights in eval mode.")
-    sec.tables.append(Table(title, ["n", "slope [95% CI]", "R^2", "Spearman rho (p)"],
-                            [[str(fit.n), f"{fmt(fit.slope, 3)} {fmt(fit.slope_ci, 3)}", fmt(fit.r2, 3),
-                              f"{fmt(fit.spearman_rho, 3)} ({fmt(fit.spearman_p, 2)})"]]))
+    sec.tables.append(Table(title, ["n points (trials)", "slope [95% CI]", "p", "R^2", "Spearman rho (p)"],
+                            [[f"{fit.n_points} ({fit.n})", slope_text(fit.slope, fit.slope_ci, fit.ci_note), fmt(fit.p, 3),
+                              fmt(fit.r2, 3), f"{fmt(fit.spearman_rho, 3)} ({fmt(fit.spearman_p, 2)})"]]))
     sec.data = {"fit": fit.to_dict(), "train_accuracy": "eval_mode" if eval_mode else "train_mode_epoch_mean"}
-    sec.headline = (f"gap slope {fmt(fit.slope, 3)} {fmt(fit.slope_ci, 2)} per decade of eta/S"
+    sec.headline = (f"gap slope {slope_text(fit.slope, fit.slope_ci, fit.ci_note, 2)} per decade of eta/S"
                     + ("" if eval_mode else " (train-mode train accuracy: biased)"))
     return sec
 

@@ -96,7 +96,8 @@ def welch_less(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     (fewer than 2 values in a group, or no variance in either)."""
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
-    if len(x) < 2 or len(y) < 2 or (np.var(x) == 0 and np.var(y) == 0):
+    # np.ptp, not np.var: the variance of equal floats can come out as ~1e-33 instead of 0
+    if len(x) < 2 or len(y) < 2 or (np.ptp(x) == 0 and np.ptp(y) == 0):
         return math.nan, math.nan
     res = stats.ttest_ind(x, y, equal_var=False, alternative="less")
     return float(res.statistic), float(res.pvalue)

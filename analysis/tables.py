@@ -198,9 +198,14 @@ def dedupe_last(table: pa.Table, keys: tuple[str, ...] = ("trial_id", "epoch")) 
     return table.take(last.column("__row_max").take(keep))
 
 
+# Config keys that do not tell two attempts of a point apart: the code version, analysis settings
+# and measurements that change no training step. A resume under newer code (which writes keys
+# the older attempt's config lacks) still replaces the older attempt.
+NOT_ATTEMPT_KEYS = (("code_version",), ("report",), ("train", "train_eval_samples"))
+
+
 def _attempt_key(config_json: str | None) -> str | None:
-    """What makes two trials attempts of the same point: their config without ``code_version``
-    (a resume after a commit restarts a trial under newer code; it still replaces the old one)."""
+    """What makes two trials attempts of the same point: their config without ``NOT_ATTEMPT_KEYS``."""
     if config_json is None:
         return None
     try:
@@ -208,7 +213,12 @@ def _attempt_key(config_json: str | None) -> str | None:
     except ValueError:
         return config_json
     if isinstance(config, dict):
-        config.pop("code_version", None)
+        for *parents, key in NOT_ATTEMPT_KEYS:
+            node = config
+            for parent in parents:
+                node = node.get(parent) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(key, None)
     return json.dumps(config, sort_keys=True)
 
 

@@ -14,20 +14,25 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+import torch
 from scipy import stats
 
-from analysis.breakdown import breakdown
+from analysis.breakdown import breakdown, drop_interval, drop_test
 from analysis.collapse import collapse_test
 from analysis.curves import curve_distance, equal_ratio_pairs, rescale_distances
 from analysis.geometry import eq7_check, ratio_band_fit
 from analysis.interpolation import load_interpolations, summarize
 from analysis.report import build_report, write_reports
-from analysis.sections import section_breakdown
+from analysis.sections import section_breakdown, section_gap
 from analysis.stats import holm
-from analysis.tables import load_metrics
+from analysis.tables import load_metrics, load_trials
 from analysis.trialinfo import trial_table
 from sweeps.cli import main
-from tests.conftest import ROOT
+from sweeps.metrics_sink import ArrowMetricsSink, row_from_result
+from sweeps.packing import members, tune_point
+from sweeps.spec import expand_points, spec_from_dict, to_param_space
+from tests.conftest import ROOT, tiny_spec
+from trainables.train_loop import TrialPoint, run_pack
 
 FIX = ROOT / "tests" / "fixtures"
 
@@ -641,14 +646,6 @@ def _write_trained_run(run_dir, report_section):
     """A real pack of four points (one diverges) trained and written as a sweep writes it: each
     member's rows under its own trial id with its own config (``to_param_space`` and
     ``sweeps.packing.members``), through the real metric sink."""
-    import torch
-
-    from sweeps.metrics_sink import ArrowMetricsSink, row_from_result
-    from sweeps.packing import members, tune_point
-    from sweeps.spec import expand_points, spec_from_dict, to_param_space
-    from tests.conftest import tiny_spec
-    from trainables.train_loop import TrialPoint, run_pack
-
     torch.set_num_threads(1)
     spec = spec_from_dict(tiny_spec(name="te", train={"epochs": 2, "momentum": 0.9, "train_eval_samples": 300},
                                     grid={"lr": [0.02, 0.08, 0.3, 1e4], "batch_size": [32], "seed": [0]},
@@ -660,7 +657,7 @@ def _write_trained_run(run_dir, report_section):
     run_pack([TrialPoint.from_dict(p) for p in points], spec.dataset, spec.model, spec.train,
              lambda rows, state: [sink.write_row(row_from_result(r, ids[r["member"]][1], ids[r["member"]][0]))
                                   for r in rows])
-    sink._close("te_00000")
+    sink.on_experiment_end([])
 
 
 @pytest.fixture(scope="module")
@@ -671,7 +668,6 @@ def evaluated(tmp_path_factory):
 
 
 def test_trial_table_has_each_trials_final_eval_mode_train_values(evaluated):
-    from analysis.tables import load_trials
 
     metrics, trials = load_metrics(evaluated), load_trials(evaluated)
     by = _by_trial(metrics)
@@ -692,7 +688,6 @@ def test_trial_table_has_each_trials_final_eval_mode_train_values(evaluated):
 
 def test_trial_table_of_a_run_written_without_eval_mode_columns():
     """The frozen fixtures predate the columns: they still load, with the trial columns null."""
-    from analysis.tables import load_trials
 
     for name in ("grid", "rescale", "breakdown"):
         trials = load_trials(FIX / name)
@@ -703,7 +698,6 @@ def test_trial_table_of_a_run_written_without_eval_mode_columns():
 
 
 def test_report_threshold_null_reaches_the_trial_table(tmp_path):
-    from analysis.tables import load_trials
 
     _write_trained_run(tmp_path, {"converged_train_acc": None})
     trials = load_trials(tmp_path)
@@ -719,7 +713,6 @@ def _gap_fit(x_ratio, train, val):
 
 
 def test_gap_uses_the_eval_mode_train_accuracy_of_the_final_weights(evaluated):
-    from analysis.sections import section_gap
 
     trials = trial_table(load_metrics(evaluated))
     sec = section_gap(trials)
@@ -727,6 +720,8 @@ def test_gap_uses_the_eval_mode_train_accuracy_of_the_final_weights(evaluated):
     n, slope = _gap_fit(trials.column("ratio").to_pylist(), trials.column("final_train_eval_acc").to_pylist(),
                         trials.column("final_val_acc").to_pylist())
     assert n == 3 and sec.data["fit"]["n"] == 3  # the diverged trial has no eval-mode value
+    # 3 points: a slope, and no interval (the table says why instead of printing one)
+    assert sec.data["fit"]["n_points"] == 3 and "no CI: 3 points" in sec.tables[0].rows[0][1]
     assert sec.data["fit"]["slope"] == pytest.approx(slope)
     assert "eval mode, final weights" in sec.tables[0].title and not sec.notes
     assert "biased" not in sec.headline
@@ -738,11 +733,10 @@ def test_gap_uses_the_eval_mode_train_accuracy_of_the_final_weights(evaluated):
                               pa.array(dropped, pa.float64()))
     sec = section_gap(mixed)
     assert sec.data["fit"]["n"] == 2 and len(sec.notes) == 1
-    assert "finished by older code" in sec.notes[0] and trials.column("trial_id")[finished[0]].as_py() in sec.notes[0]
+    assert "finished by code that did not record it" in sec.notes[0] and trials.column("trial_id")[finished[0]].as_py() in sec.notes[0]
 
 
 def test_gap_of_an_older_run_is_the_train_mode_gap_and_says_so(grid):
-    from analysis.sections import section_gap
 
     _, trials = grid
     sec = section_gap(trials)
@@ -752,3 +746,13 @@ def test_gap_of_an_older_run_is_the_train_mode_gap_and_says_so(grid):
     assert sec.data["fit"]["n"] == n == 18 and sec.data["fit"]["slope"] == pytest.approx(slope)
     assert "TRAIN-MODE" in sec.tables[0].title and "biased" in sec.headline
     assert any("train-mode running mean" in note for note in sec.notes)
+
+
+def test_equal_accuracies_are_no_evidence_of_a_drop():
+    """Accuracies are discrete, so seeds tie: two groups of 3 equal values have no spread, and the
+    Welch test and the drop interval say 'undefined', not p ~ 1e-30 (np.var of equal floats can
+    be ~1e-33 instead of 0)."""
+    ref, lower = [0.7] * 3, [0.69] * 3
+    assert all(math.isnan(v) for v in drop_test(lower, ref))
+    drop, lo, hi = drop_interval(lower, ref)
+    assert drop == pytest.approx(1.0) and math.isnan(lo) and math.isnan(hi)

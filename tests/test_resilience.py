@@ -169,6 +169,31 @@ def test_later_attempts_supersede_earlier_rows(tmp_path):
     assert report.rows_read == 8 and report.superseded_rows == 3
 
 
+def test_a_restart_under_newer_code_supersedes_the_older_attempt(tmp_path):
+    """lrbs resume --restart-errored under code that writes more config keys (a new code version,
+    report settings, a measurement setting) still replaces the errored attempt's rows."""
+    run_dir = tmp_path / "run"
+    old = {"sweep": "s", "code_version": "old", "point": {"lr": 0.2, "batch_size": 32, "seed": 0},
+           "train": {"epochs": 2}}
+    new = {**old, "code_version": "new", "report": {"converged_train_acc": 0.99},
+           "train": {"epochs": 2, "train_eval_samples": 2000}}
+    first = ArrowMetricsSink(run_dir / "metrics")
+    first.write_row(_row("s_B", 1, old, val_acc=0.1))  # errored after epoch 1
+    first.on_experiment_end([])
+    second = ArrowMetricsSink(run_dir / "metrics")
+    for epoch in (1, 2):
+        second.write_row(_row("s_C", epoch, new, val_acc=0.4, status="finished" if epoch == 2 else "running"))
+    second.on_experiment_end([])
+    metrics, report = load_metrics_with_report(run_dir)
+    assert set(metrics.column("trial_id").to_pylist()) == {"s_C"} and report.superseded_rows == 1
+    # a different point is never merged: another lr stays its own trial
+    other = {**new, "point": {"lr": 0.4, "batch_size": 32, "seed": 0}}
+    third = ArrowMetricsSink(run_dir / "metrics")
+    third.write_row(_row("s_D", 1, other, val_acc=0.2))
+    third.on_experiment_end([])
+    assert set(load_metrics_with_report(run_dir)[0].column("trial_id").to_pylist()) == {"s_C", "s_D"}
+
+
 def test_restored_sink_starts_a_new_session(tmp_path):
     import ray.cloudpickle as cloudpickle
 

@@ -117,7 +117,7 @@ def test_sharpness_fits_leave_out_unconverged_trials_and_name_them():
     t = _with_convergence(t.append_column("final_val_acc", t.column("m")), accs)
 
     conv = converged(t)
-    assert [tid for tid, _ in conv.left_out] == left and conv.kept.num_rows == t.num_rows - len(left)
+    assert [t["trial_id"] for t in conv.left_out] == left and conv.kept.num_rows == t.num_rows - len(left)
     assert conv.many_left_out
 
     sec = section_geometry(t)
@@ -157,3 +157,46 @@ def test_eq7_fits_converged_trials_over_point_means():
     assert sec.status == "ok" and sec.data["n"] == t.num_rows - 4
     assert sec.data["n_points"] == 12 - 2
     assert sec.data["n_points"] == eq7_check(converged(t).kept).n_points
+
+
+def test_trials_without_a_train_accuracy_are_left_out_and_counted():
+    """In a run that records final_train_eval_acc, a trial without one (still running in a partial
+    report, or finished under code that did not record it) is not fitted as if converged."""
+    t = synthetic(np.random.default_rng(8), 2)
+    t = t.append_column("lambda_max", t.column("lam"))
+    accs = [None if i in (0, 1) else 1.0 for i in range(t.num_rows)]
+    status = ["running" if i in (0, 1) else "finished" for i in range(t.num_rows)]
+    t = _with_convergence(t.set_column(t.column_names.index("status"), "status", pa.array(status)), accs)
+    conv = converged(t)
+    ids = t.column("trial_id").to_pylist()
+    assert conv.unmeasured == ids[:2] and not conv.left_out and conv.kept.num_rows == t.num_rows - 2
+    assert "2 trial(s) without an eval-mode train accuracy" in conv.note()
+    assert ratio_band_fit(conv.kept, "lambda_max", True).n == t.num_rows - 2
+
+
+@pytest.mark.parametrize("n", [4, 5, 6])
+def test_spearman_holds_its_level_with_few_points(n):
+    """Few point means: Spearman's p is exact (every permutation), so a null relation is rejected
+    at most at the nominal rate; a perfect order of 4 points has p = 1/12, not 0."""
+    from analysis.fits import spearman
+
+    rng = np.random.default_rng(n)
+    x = np.log10(np.array([0.01, 0.01, 0.04, 0.08, 0.16, 0.32])[:n] / 32)
+    rejected = np.mean([spearman(x, rng.normal(size=n))[1] < 0.05 for _ in range(2000)])
+    assert rejected <= 0.07, rejected
+    assert spearman(np.arange(4.0), np.arange(4.0)) == (pytest.approx(1.0), pytest.approx(1 / 12))
+
+
+def test_no_zero_width_interval_on_a_perfect_line():
+    t = synthetic(np.random.default_rng(9), 2, point_sd=0.0, seed_sd=0.0)
+    f = ratio_fit(t, "m")
+    assert f.slope == pytest.approx(SLOPE) and all(math.isnan(v) for v in f.slope_ci) and "no scatter" in f.ci_note
+
+
+def test_float_rounding_does_not_split_a_point():
+    """0.1 * 3 and 0.3 are one learning rate: the seeds of that point stay one point."""
+    t = synthetic(np.random.default_rng(10), 2, lrs=(0.3, 0.6, 1.2), sizes=(32, 64))
+    lr = [0.1 * 3 if v == 0.3 and i % 2 else v for i, v in enumerate(t.column("lr").to_pylist())]
+    assert 0.1 * 3 in lr and 0.3 in lr
+    t = t.set_column(t.column_names.index("lr"), "lr", pa.array(lr))
+    assert ratio_fit(t, "m").n_points == 6
