@@ -155,7 +155,7 @@ def main(argv=None) -> None:
     b_small, b_big, n_pairs = (16, 256, 4) if args.quick else (32, 512, 16)
     r, t = timed(lambda: cv.gradient_noise_scale(model, ce, x, y, b_small=b_small, b_big=b_big,
                                                  n_pairs=n_pairs, seed=args.seed), device)
-    print("| B_small | B_big | pairs | B_simple | jackknife se | |G|^2 | tr(Sigma) | seconds |")
+    print("| B_small | B_big | pairs | B_simple | stderr (Fieller) | |G|^2 | tr(Sigma) | seconds |")
     print("|---|---|---|---|---|---|---|---|")
     print(f"| {b_small} | {b_big} | {n_pairs} | {r.b_simple:.4g} | {r.b_simple_stderr:.2g} | {r.g2:.3g} ± "
           f"{r.g2_stderr:.1g} | {r.trace_sigma:.3g} ± {r.trace_sigma_stderr:.1g} | {t:.2f} |")

@@ -121,8 +121,9 @@ class CurvatureConfig:
     hutchinson_probes: int = 16        # HVPs shared by the trace and Frobenius estimates
     trace_method: str = "hutch++"      # hutch++ (Meyer et al. 2021) | hutchinson (curvature.py)
     noise_scale: bool = True           # also measure the gradient noise scale B_simple
-    # "full": B_simple of the whole training set, |G|^2 from one full-batch gradient and tr(Sigma)
-    # from noise_pairs batches of noise_b_small (curvature.gradient_noise_scale_full);
+    # "full": B_simple of the whole training set, |G|^2 exact and tr(Sigma) from at least
+    # noise_pairs batches of at most noise_b_small examples, in whole passes over the training set
+    # (every example once per pass; curvature.gradient_noise_scale_full);
     # "two_batch": McCandlish's two-batch estimator on the probe subset (noise_pairs pairs of
     # noise_b_small and noise_b_big), capped near the subset size and noisier (docs/curvature.md).
     noise_method: str = "full"
