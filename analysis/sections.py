@@ -528,8 +528,10 @@ def section_gap(trials: pa.Table) -> Section:
 
 
 def _rel(values, errors) -> list[float]:
-    return [abs(e / v) for v, e in zip(values, errors) if v not in (None, 0) and e is not None
-            and math.isfinite(v) and math.isfinite(e)]
+    """|error / value| per finite non-zero value; an infinite error (an unbounded interval, e.g.
+    Fieller's for a noise scale whose |G|^2 cannot be told from 0) is an infinite relative error."""
+    return [abs(e / v) if math.isfinite(e) else math.inf for v, e in zip(values, errors)
+            if v not in (None, 0) and e is not None and math.isfinite(v) and not math.isnan(e)]
 
 
 def section_probes(trials: pa.Table) -> Section:
@@ -551,8 +553,9 @@ def section_probes(trials: pa.Table) -> Section:
         rel_sorted = sorted(rel)
         out.append([f"{name} relative standard error", f"median {fmt(rel_sorted[len(rel) // 2], 2)}",
                     f"max {fmt(rel_sorted[-1], 2)}"])
-        flagged += [f"{r['trial_id']} ({name} +-{fmt(abs(r[err] / r[col]), 2)})" for r in rows
-                    if r.get(col) and r.get(err) is not None and math.isfinite(r[err]) and abs(r[err] / r[col]) > 0.5]
+        flagged += [f"{r['trial_id']} ({name} " + (f"+-{fmt(abs(r[err] / r[col]), 2)})" if math.isfinite(r[err])
+                                                  else "unbounded)") for r in rows
+                    if r.get(col) and r.get(err) is not None and not math.isnan(r[err]) and abs(r[err] / r[col]) > 0.5]
     sec.tables.append(Table("per trial, at its last probe", ["quantity", "value", "worst"], out))
     # The two-batch estimator on the probe subset (runs before issue 12, or noise_method:
     # two_batch) cannot see a noise scale beyond about the subset size: flag those near it.

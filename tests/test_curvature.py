@@ -718,7 +718,10 @@ def test_frobenius_interval_covers_the_exact_norm_at_the_default_settings():
         _, f = cv.hessian_trace_and_frobenius(model, loss_fn, batches, n_probes=m, seed=seed)
         z.append((f.value - exact) / f.stderr)
     cover = sum(abs(v) <= 1.96 for v in z) / len(z)
-    assert 0.90 <= cover <= 0.99 and statistics.pstdev(z) <= 1.15, (cover, statistics.pstdev(z))
+    # 600 seeds: the coverage to about +-0.009 (one binomial standard error; 0.92-0.96 over five
+    # blocks of 600 seeds at a mean of 0.945); z itself is heavy
+    # tailed (a few seeds get a small stderr), so its sd is no stable check
+    assert 0.915 <= cover <= 0.985, (cover, statistics.pstdev(z))
 
 
 def _planted_regression(n: int = 1500):
@@ -768,8 +771,7 @@ def test_noise_scale_intervals_cover_the_exact_value():
         r = cv.gradient_noise_scale_full(model, mse, x, y, b_small=32, n_batches=64, seed=seed)
         z.append((r.b_simple - trs / g2) / r.b_simple_stderr)
     cover = sum(abs(v) <= 1.96 for v in z) / len(z)
-    assert 0.90 <= cover <= 0.99 and abs(statistics.mean(z)) < 0.3 and 0.8 <= statistics.pstdev(z) <= 1.2, (
-        cover, statistics.mean(z), statistics.pstdev(z))
+    assert 0.91 <= cover <= 0.99 and abs(statistics.mean(z)) < 0.3, (cover, statistics.mean(z), statistics.pstdev(z))
     model, x, y = _mislabeled_linear_problem()
     g2, trs = _exact_noise(per_example_grads(model, CE, x, y))
     z = []
@@ -789,7 +791,8 @@ def test_full_noise_scale_takes_every_example_once_per_pass():
     assert one.g2 == pytest.approx(g2, rel=1e-9) and one.trace_sigma == pytest.approx(trs, rel=1e-9)
     assert one.b_simple_stderr == 0.0 and (one.n_pairs, one.n_samples) == (N, N)
     res = cv.gradient_noise_scale_full(model, CE, x, y, b_small=10, n_batches=20, seed=0, chunk_size=3)
-    assert (res.n_pairs, res.n_samples, res.replace) == (21, 3 * N, False)  # 3 passes of 7 batches of 9-10
+    # 4 passes of 7 batches of 9-10: 20 batches need 3, and 8 neighbour products need 4 (2 a pass)
+    assert (res.n_pairs, res.n_samples, res.replace) == (28, 4 * N, False)
     assert res.g2 == pytest.approx(g2, rel=1e-9) and 0 < res.b_simple_stderr < math.inf
     assert abs(res.b_simple - trs / g2) <= 4 * res.b_simple_stderr
     with pytest.raises(ValueError, match="at least 4 examples"):

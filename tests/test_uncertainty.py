@@ -19,7 +19,7 @@ from analysis.collapse import collapse_test
 from analysis.convergence import DEFAULT_CONVERGED_TRAIN_ACC, converged
 from analysis.fits import CI_METHOD, ratio_fit
 from analysis.geometry import eq7_check, ratio_band_fit
-from analysis.sections import section_eq7, section_geometry
+from analysis.sections import section_eq7, section_geometry, section_probes
 
 LRS = (0.01, 0.02, 0.04, 0.08)
 SIZES = (32, 64, 128)
@@ -200,3 +200,16 @@ def test_float_rounding_does_not_split_a_point():
     assert 0.1 * 3 in lr and 0.3 in lr
     t = t.set_column(t.column_names.index("lr"), "lr", pa.array(lr))
     assert ratio_fit(t, "m").n_points == 6
+
+
+def test_probe_section_flags_unbounded_standard_errors():
+    """An infinite standard error (an interval without bound) is the least trustworthy estimate:
+    it is flagged, not filtered out as if it were not there."""
+    t = synthetic(np.random.default_rng(11), 1, lrs=(0.1,), sizes=(32, 64, 128))
+    t = (t.append_column("lambda_max", t.column("lam"))
+          .append_column("grad_noise_scale", pa.array([50.0, 60.0, 70.0]))
+          .append_column("grad_noise_scale_stderr", pa.array([5.0, math.inf, 7.0])))
+    sec = section_probes(t)
+    unbounded = t.column("trial_id")[1].as_py()
+    assert sec.data["flagged"] == [f"{unbounded} (B_simple unbounded)"]
+    assert sec.tables[0].rows[-1][2] == "max inf"

@@ -452,6 +452,9 @@ def top_eigenvalue(model: nn.Module, loss_fn: LossFn, batches: Batches, *, max_i
 # ----------------------------------------------------------------------------- trace and Frobenius
 
 _Z95 = 1.959963984540054  # two-sided 95% quantile of the normal: a 95% half-width / _Z95 = stderr
+# Fewest products of neighbouring batch-gradient differences the full-set noise scale estimates
+# its standard error from (gradient_noise_scale_full): more passes over small training sets.
+MIN_NEIGHBOUR_PRODUCTS = 8
 
 
 def _mean_stderr(samples: Tensor) -> tuple[float, float]:
@@ -479,7 +482,8 @@ def _frobenius_and_stderr(top_sq: float, gram: np.ndarray) -> tuple[float, float
       for ``E = tr(A)``; the sketch's part ``top_sq`` is exact given the sketch.
     * The interval for ``||H||_F`` is the square root of the one for ``top_sq + E``; the
       standard error is its larger side (the upper one) over 1.96, so ``value +- 1.96 se``
-      contains it.
+      contains it, widened by ``sqrt((r - 1) / (r - 3))`` because ``Var x`` is estimated from
+      the same ``r`` probes (as the trace's standard error is).
 
     NaN for fewer than 4 random probes (as the trace's).
     """
@@ -497,7 +501,9 @@ def _frobenius_and_stderr(top_sq: float, gram: np.ndarray) -> tuple[float, float
     lo = nu * mean / float(special.chdtri(nu, 0.025))   # chdtri(nu, p): the upper-p chi2_nu quantile
     hi = nu * mean / float(special.chdtri(nu, 0.975))
     f_lo, f_hi = math.sqrt(max(top_sq + lo, 0.0)), math.sqrt(top_sq + hi)
-    return frob, max(f_hi - frob, frob - f_lo) / _Z95
+    # var_x is itself estimated from r probes: widen as the trace does (the variance of a t
+    # statistic with r - 1 dof), or the interval undercovers when the sketch leaves a bulk-like rest
+    return frob, max(f_hi - frob, frob - f_lo) / _Z95 * math.sqrt((r - 1) / (r - 3))
 
 
 def hessian_trace_and_frobenius(model: nn.Module, loss_fn: LossFn, batches: Batches, *,
@@ -562,7 +568,7 @@ def hessian_trace_and_frobenius(model: nn.Module, loss_fn: LossFn, batches: Batc
             quad.append(torch.dot(v, hv))
             hvs.append(hv)
     hv_rows = torch.stack(hvs)
-    gram = (hv_rows @ hv_rows.T).double().cpu().numpy()  # GPU sync: once, with the next line
+    gram = (hv_rows.double() @ hv_rows.double().T).cpu().numpy()  # GPU sync: once, with the next line
     t_rest, t_se = _mean_stderr(torch.stack(quad))
     f2_rest = float(np.diag(gram).mean())
     r = m - 2 * k
@@ -749,7 +755,9 @@ def gradient_noise_scale_full(model: nn.Module, loss_fn: LossFn, x: Tensor, y: T
     Sigma is the per-example covariance over ``(x, y)`` (population convention): pass the whole
     training set, not a subset, whose own gradient noise would cap ``B_simple`` near the subset
     size. Inference-mode loss, as the other probes. Costs ``N`` example gradients per pass, in
-    batches of ``b_small``; ``chunk_size`` bounds the examples per forward pass (memory only).
+    batches of ``b_small``: at least one whole pass whatever ``n_batches`` (``ceil(N / b_small)``
+    backward passes; on a GPU about one epoch at S = ``b_small``; a larger ``b_small`` is cheaper
+    and its standard error grows about as its square root); ``chunk_size`` bounds the examples per forward pass (memory only).
     The result's ``n_pairs`` is the number of batches, ``n_samples`` the example gradients taken,
     ``g2_small`` the mean ``|G_k|^2``; ``replace`` is False (batches without replacement).
     """
@@ -763,7 +771,9 @@ def gradient_noise_scale_full(model: nn.Module, loss_fn: LossFn, x: Tensor, y: T
         raise ValueError(f"need at least 4 examples, got {n_total}")
     params = _params(model)
     m = max(math.ceil(n_total / b_small), 4)                  # batches per pass
-    passes = math.ceil(n_batches / m)
+    # At least n_batches batches, and enough passes for MIN_NEIGHBOUR_PRODUCTS products Q (a pass
+    # of m batches gives m // 2 - 1): the standard error is estimated from their squares.
+    passes = max(math.ceil(n_batches / m), math.ceil(MIN_NEIGHBOUR_PRODUCTS / (m // 2 - 1)))
     sizes = [n_total // m + (1 if k < n_total % m else 0) for k in range(m)]
     weights = [b * b / ((n_total - b) / (n_total - 1)) for b in sizes]  # b_k^2 / c_k
     gen = _generator(seed)
@@ -809,8 +819,9 @@ def gradient_noise_scale_full(model: nn.Module, loss_fn: LossFn, x: Tensor, y: T
     c_mean = (n_total - b_mean) / (n_total - 1)
     q2 = q * q
     mean_q2 = float(q2.mean())
-    # Var(tr_hat) of one pass = 2 (b - 1)/(N - 1) S / (c N)^2 with S = b^2 N (N - 1) E Q^2 / 4.
-    var = (b_mean - 1) * b_mean ** 2 * mean_q2 / (2 * c_mean ** 2 * n_total) / passes
+    # Var(tr_hat) of one pass = 2 (b - 1)/(N - 1) S / (c N)^2 with S = b^2 N (N - 1) E Q^2 / 4,
+    # times c: pairs within a batch drawn without replacement (Var of a pair's indicator p (1 - p)).
+    var = (b_mean - 1) * b_mean ** 2 * mean_q2 / (2 * c_mean * n_total) / passes
     spread = float(q2.var(ddof=1)) if len(q2) > 1 else math.nan
     nu = len(q2) * mean_q2 ** 2 / spread if spread > 0 else (math.inf if spread == 0 else 1.0)
     factor = float(special.stdtrit(max(nu, 1.0), 0.975)) / _Z95 if math.isfinite(nu) else 1.0
