@@ -672,8 +672,10 @@ def test_noise_scale_of_the_whole_training_set_is_calibrated():
 
 @pytest.mark.parametrize("method", ["hutch++", "hutchinson"])
 def test_trace_and_frobenius_standard_errors_are_calibrated(method):
-    """(estimate - exact) / stderr over 100 seeds has sd within 0.8-1.2 at the default 16 HVPs
-    (exact values by eigvalsh); Hutch++ is also more accurate at 32 HVPs."""
+    """(estimate - exact) / stderr over 100 seeds has sd within 0.7-1.2 at the default 16 HVPs
+    (exact values by eigvalsh): never narrow, and conservative by at most ~30% (both widen their
+    standard errors for a variance estimated from the same few probes); Hutch++ is also more
+    accurate at 32 HVPs."""
     import statistics
 
     from trainables.config import CurvatureConfig
@@ -691,7 +693,7 @@ def test_trace_and_frobenius_standard_errors_are_calibrated(method):
         zt.append((t.value - exact_t) / t.stderr)
         zf.append((f.value - exact_f) / f.stderr)
     for z in (zt, zf):
-        assert abs(statistics.mean(z)) < 0.35 and 0.8 <= statistics.pstdev(z) <= 1.2, (statistics.mean(z),
+        assert abs(statistics.mean(z)) < 0.35 and 0.7 <= statistics.pstdev(z) <= 1.2, (statistics.mean(z),
                                                                                      statistics.pstdev(z))
     if method == "hutch++":
         err = {meth: statistics.median(abs(cv.hessian_trace_and_frobenius(model, CE, batches, n_probes=32, seed=s,
