@@ -202,7 +202,8 @@ def ratio_fit(trials: pa.Table, metric: str, *, log_y: bool = False, x_column: s
     x, y = log_ratios(trials, x_column), metric_values(trials, metric, log_y)
     pm = point_means(point_keys(trials), x, y)
     f = fit_points(pm)
-    return RatioFit(metric=("log10 " if log_y else "") + metric, x=f"log10({x_column})", n=pm.n_trials,
+    return RatioFit(metric=("log10 " if log_y else "") + metric,
+                    x="log10(lr/batch_size)" if x_column == "ratio" else f"log10({x_column})", n=pm.n_trials,
                     n_excluded=trials.num_rows - pm.n_trials, n_points=f.n_points, n_ratios=f.n_ratios,
                     slope=f.slope, intercept=f.intercept, slope_ci=f.slope_ci, p=f.p, r2=f.r2,
                     spearman_rho=f.spearman_rho, spearman_p=f.spearman_p, ci_method=f.ci_method, ci_note=f.ci_note)
