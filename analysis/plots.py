@@ -341,3 +341,120 @@ def grid_map(cells: list[dict], value: str, log_color: bool = False) -> go.Figur
                       yaxis_range=[math.log10(min(ys) / 1.5), math.log10(max(ys) * 1.5)],
                       xaxis_range=[math.log10(s_lo), math.log10(s_hi)])
     return fig
+
+
+# ----------------------------------------------------------------------------- comparing two runs
+
+# Run A and run B of ``lrbs report A --compare B``: a colour and a colour scale each (the scale
+# shades a run's points by eta/S when its curves are drawn one per point).
+_RUN_COLOURS = ("#1f77b4", "#d62728")
+_RUN_SCALES = ("Blues", "Reds")
+_RUN_SYMBOLS = ("circle", "diamond")
+COMPARE_MAX_POINTS = 8  # up to this many points a run's learning curves are drawn one line per point
+
+
+def compare_fits(metric: str, runs: list[tuple], log_y: bool = False) -> go.Figure:
+    """Two runs' fits of one metric against eta/S on one figure: each run's point means (seeds
+    averaged, the fit's unit) and its fit line over its own range of eta/S.
+
+    ``runs``: per run ``(name, ratios, values, n_seeds, fit)``: the points' eta/S, their mean of
+    the metric (for ``log_y``, 10 ** the mean of log10, as fitted), the trials averaged into each,
+    and the fit as a dict (``slope``, ``intercept``, ``slope_ci``, ``ci_note``, ``n_points``)."""
+    fig = go.Figure()
+    for k, (name, ratios, values, n_seeds, fit) in enumerate(runs):
+        colour = _RUN_COLOURS[k % len(_RUN_COLOURS)]
+        fig.add_trace(go.Scatter(
+            x=_f32(ratios), y=_f32(values), mode="markers", name=f"{name}: point means",
+            legendgroup=name, marker=dict(size=10, color=colour, symbol=_RUN_SYMBOLS[k % len(_RUN_SYMBOLS)]),
+            customdata=np.asarray(n_seeds, dtype=np.int32),
+            hovertemplate=f"{name}<br>eta/S=%{{x:.3g}}<br>{_label(metric)}=%{{y:.4g}} (mean of %{{customdata}} "
+                          f"trials)<extra></extra>"))
+        slope, intercept = fit.get("slope"), fit.get("intercept")
+        finite = [r for r in ratios if r is not None and r > 0 and math.isfinite(r)]
+        if slope is None or intercept is None or not math.isfinite(slope) or not finite:
+            continue
+        lx = np.linspace(math.log10(min(finite)), math.log10(max(finite)), 50)
+        ly = intercept + slope * lx
+        ci = tuple(math.nan if v is None else v for v in fit.get("slope_ci") or (None, None))
+        fig.add_trace(go.Scatter(
+            x=10 ** lx, y=10 ** ly if log_y else ly, mode="lines", legendgroup=name,
+            line=dict(color=colour, dash="solid" if k == 0 else "dash", width=2),
+            name=f"{name}: fit over {fit.get('n_points')} points, slope {slope_text(slope, ci, fit.get('ci_note', ''))}"))
+    fig.update_layout(title=f"{_label(metric)} against eta/S: both runs (point means and fit lines)",
+                      xaxis_title="eta / S (lr per example)", yaxis_title=_label(metric), template="plotly_white",
+                      legend=dict(orientation="h", y=-0.25))
+    fig.update_xaxes(type="log")
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def _point_curves(metrics: pa.Table, trials: pa.Table, y: str, x: str) -> dict[tuple, list[dict]]:
+    """Per point (``CURVE_GROUP`` labels and eta/S; seeds pooled): rows of ``x`` and the mean of
+    ``y`` over the point's trials with a finite value, in ``x`` order."""
+    import pyarrow.compute as pc
+
+    keys = [k for k in CURVE_GROUP if k in trials.column_names]
+    joined = metrics.select(["trial_id", x, y]).join(trials.select(["trial_id", "ratio", *keys]), "trial_id")
+    valid = pc.is_finite(joined.column(y)) if pa.types.is_floating(joined.column(y).type) else pc.is_valid(
+        joined.column(y))
+    joined = joined.filter(pc.fill_null(valid, False))
+    stats = joined.group_by([*keys, "ratio", x], use_threads=False).aggregate([(y, "mean"), (y, "count")])
+    curves: dict[tuple, list[dict]] = {}
+    for r in stats.to_pylist():
+        curves.setdefault(tuple(r[k] for k in keys) + (r["ratio"],), []).append(r)
+    for pts in curves.values():
+        pts.sort(key=lambda r: r[x])
+    return {key: pts for key, pts in sorted(curves.items(), key=lambda kv: [str(v) for v in kv[0]])}
+
+
+def compare_curves(runs: list[tuple], y: str = "val_acc", x: str = "epoch",
+                   max_points: int = COMPARE_MAX_POINTS) -> go.Figure:
+    """Two runs' learning curves on one figure. ``runs``: per run ``(name, metrics, trials)``.
+
+    A run with at most ``max_points`` points draws one line per point (the mean over its seeds),
+    shaded in the run's colour by log10(eta/S) over both runs' range, so equal eta/S get equal
+    shades; a run with more draws one line, the mean over its points' curves per epoch, with a
+    band from the lowest to the highest point."""
+    curves = [_point_curves(metrics, trials, y, x) for _, metrics, trials in runs]
+    ratios = [key[-1] for c in curves for key in c if key[-1]]
+    lo, hi = (math.log10(min(ratios)), math.log10(max(ratios))) if ratios else (0.0, 1.0)
+    fig = go.Figure()
+    for k, ((name, _, trials), points) in enumerate(zip(runs, curves)):
+        colour = _RUN_COLOURS[k % len(_RUN_COLOURS)]
+        dash = "solid" if k == 0 else "dash"
+        if len(points) <= max_points:
+            keys = [c for c in CURVE_GROUP if c in trials.column_names]
+            for key, pts in points.items():
+                ratio = key[-1]
+                t = 0.5 if hi == lo or not ratio else (math.log10(ratio) - lo) / (hi - lo)
+                shade = sample_colorscale(_RUN_SCALES[k % len(_RUN_SCALES)], [0.4 + 0.6 * t])[0]
+                label = point_label(dict(zip(keys, key))) + (f" (eta/S={ratio:.3g})" if ratio else "")
+                fig.add_trace(go.Scatter(
+                    x=_f32([p[x] for p in pts]), y=_f32([p[f"{y}_mean"] for p in pts]), mode="lines",
+                    name=f"{name}: {label}", legendgroup=name, line=dict(color=shade, dash=dash, width=1.8),
+                    customdata=np.array([p[f"{y}_count"] for p in pts], dtype=np.int32),
+                    hovertemplate=f"{name}: {label}<br>{x}=%{{x}}<br>mean {_label(y)}=%{{y:.4g}} over "
+                                  f"%{{customdata}} seeds<extra></extra>"))
+            continue
+        by_x: dict = {}
+        for pts in points.values():
+            for p in pts:
+                by_x.setdefault(p[x], []).append(p[f"{y}_mean"])
+        xs = sorted(by_x)
+        means = [sum(by_x[v]) / len(by_x[v]) for v in xs]
+        fig.add_trace(go.Scatter(  # the band: the lowest point forward, the highest back
+            x=_f32(xs + xs[::-1]), y=_f32([min(by_x[v]) for v in xs] + [max(by_x[v]) for v in xs][::-1]),
+            mode="lines", fill="toself", fillcolor=colour, opacity=0.15, line=dict(width=0), hoverinfo="skip",
+            legendgroup=name, name=f"{name}: lowest to highest point"))
+        fig.add_trace(go.Scatter(
+            x=_f32(xs), y=_f32(means), mode="lines", name=f"{name}: mean over its {len(points)} points",
+            legendgroup=name, line=dict(color=colour, dash=dash, width=2.5),
+            customdata=np.array([len(by_x[v]) for v in xs], dtype=np.int32),
+            hovertemplate=f"{name}<br>{x}=%{{x}}<br>mean {_label(y)}=%{{y:.4g}} over %{{customdata}} points"
+                          f"<extra></extra>"))
+    fig.update_layout(title=f"Learning curves: {_label(y)}, both runs (a line per point, seeds averaged, up to "
+                            f"{max_points} points; beyond that the mean over the run's points)",
+                      xaxis_title=x, yaxis_title=_label(y), template="plotly_white",
+                      legend=dict(orientation="h", y=-0.25))
+    return fig

@@ -3,8 +3,8 @@ summary. They walk the sections generically; no section has code here."""
 from __future__ import annotations
 
 import html
-import json
 import math
+import re
 
 from plotly.offline import get_plotlyjs
 
@@ -16,10 +16,24 @@ if TYPE_CHECKING:
     from analysis.report import Report
 
 
-def _html_table(t: Table) -> str:
+def html_table(t: Table) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in t.header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in t.rows)
     return f"<p class='cap'>{html.escape(t.title)}</p><table><tr>{head}</tr>{body}</table>"
+
+
+def status_words(counts: dict | None) -> str:
+    """Trial status counts as words: ``finished 12, diverged 2``."""
+    return ", ".join(f"{k} {v}" for k, v in (counts or {}).items()) or "no trials"
+
+
+def heading(sec) -> str:
+    """A section's heading: ``Fig. 3: <title>``; the title alone when the section answers no figure
+    (``-``) or its title already starts with it (``Eq. 7: ...``)."""
+    figure = (sec.figure or "").strip()
+    if figure in ("", "-") or sec.title.startswith(figure):
+        return sec.title
+    return f"{figure}: {sec.title}"
 
 
 # Console errors (uncaught exceptions, rejected promises, console.error) end up in the page
@@ -47,38 +61,74 @@ _STATUS = ("<script>window.addEventListener('load',function(){setTimeout(functio
            "document.getElementById('lrbs-errors').textContent=window.__lrbsErrors.join('\\n');},0);});</script>")
 
 
+_STYLE = ("<style>body{font-family:sans-serif;margin:2em;max-width:1200px}"
+          "table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+          "nav td,nav th,table.text td{text-align:left}.cap{font-style:italic;margin-bottom:.2em}"
+          ".partial{background:#fff3cd;border:1px solid #e0b000;padding:.6em}"
+          "pre.block{background:#f6f8fa;border:1px solid #ddd;padding:.6em;overflow-x:auto}"
+          ".differs{background:#fde2e1}.verdict{background:#eef;border:1px solid #99c;padding:.6em}"
+          ".skipped{color:#666}#lrbs-status{color:#999;font-size:small}</style>")
+
+
+def html_page(title: str, body: list[str]) -> str:
+    """A self-contained page around ``body`` (HTML fragments): plotly.js inline, so it opens
+    offline; the console-error hook and the status line the browser test reads."""
+    return "\n".join(["<!DOCTYPE html><html><head><meta charset='utf-8'>", f"<title>{html.escape(title)}</title>",
+                      _HOOK, f"<script type='text/javascript'>{get_plotlyjs()}</script>", _STYLE, "</head><body>",
+                      f"<h1>{html.escape(title)}</h1>", *body,
+                      "<p id='lrbs-status'></p><pre id='lrbs-errors'></pre>", _STATUS, "</body></html>"])
+
+
+def html_block(caption: str, text: str) -> str:
+    """Preformatted text (the spec as YAML) under its caption."""
+    return f"<p class='cap'>{html.escape(caption)}</p><pre class='block'>{html.escape(text)}</pre>"
+
+
+def _anchor(key: str) -> str:
+    return html.escape(key, quote=True)
+
+
+def _contents(report: Report) -> str:
+    """The table of contents: every section linked to its anchor, with its status and result
+    (or why it was skipped)."""
+    rows = "".join(
+        f"<tr><td><a href='#{_anchor(s.key)}'>{html.escape(s.title)}</a></td><td>{html.escape(s.figure)}</td>"
+        f"<td>{html.escape(s.status)}</td><td>{html.escape(s.headline if s.status == 'ok' else s.reason)}</td></tr>"
+        for s in report.sections)
+    return ("<nav id='contents'><h2>Contents</h2><p class='cap'>what the run's data supports (each section links "
+            "to its place below)</p><table><tr><th>section</th><th>figure</th><th>status</th><th>result / reason"
+            f"</th></tr>{rows}</table></nav>")
+
+
 def render_html(report: Report, title: str) -> str:
-    """One HTML file with plotly.js inline: opens offline, no files beside it."""
+    """One HTML file with plotly.js inline: opens offline, no files beside it. A linked table of
+    contents, then each section with results; skipped sections one line each at the end."""
     partial = report.summary.get("partial")
     parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title>", _HOOK,
-        f"<script type='text/javascript'>{get_plotlyjs()}</script>",
-        "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}"
-        "table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-        ".cap{font-style:italic;margin-bottom:.2em}.partial{background:#fff3cd;border:1px solid #e0b000;padding:.6em}"
-        ".skipped{color:#666}#lrbs-status{color:#999;font-size:small}</style>",
-        "</head><body>",
-        f"<h1>{html.escape(title)}</h1>",
         "<p class='partial'><b>PARTIAL RUN</b>: trials are still running; everything below is computed from the "
         "epochs written so far.</p>" if partial else "",
         f"<p>{fmt(report.summary.get('trials'))} trials, {fmt(report.summary.get('epoch_rows'))} epoch rows; "
-        f"status: {html.escape(json.dumps(report.summary.get('status_counts')))}</p>",
+        f"status: {html.escape(status_words(report.summary.get('status_counts')))}</p>",
         *(f"<p><b>Note:</b> {html.escape(n)}</p>" for n in report.notes),
-        "<h2>Sections</h2>", _html_table(_summary_table(report)),
+        _contents(report),
     ]
     for sec in report.sections:
-        parts.append(f"<h2 id='{sec.key}'>{html.escape(sec.figure)}: {html.escape(sec.title)}</h2>")
         if sec.status != "ok":
-            parts.append(f"<p class='skipped'>Skipped: {html.escape(sec.reason)}</p>")
             continue
+        parts.append(f"<h2 id='{_anchor(sec.key)}'>{html.escape(heading(sec))}</h2>")
         parts += [f"<p><b>Note:</b> {html.escape(n)}</p>" for n in sec.notes]
-        parts += [_html_table(t) for t in sec.tables]
+        parts += [html_table(t) for t in sec.tables]
+        parts += [html_block(caption, text) for caption, _, text in sec.blocks]
         for name, fig in sec.figures:
             parts.append(f"<h3>{html.escape(name)}</h3>")
             parts.append(fig.to_html(full_html=False, include_plotlyjs=False))
-    parts += ["<p id='lrbs-status'></p><pre id='lrbs-errors'></pre>", _STATUS, "</body></html>"]
-    return "\n".join(parts)
+    skipped = [sec for sec in report.sections if sec.status != "ok"]
+    if skipped:
+        parts.append("<h2 id='skipped'>Skipped</h2><ul class='skipped'>")
+        parts += [f"<li id='{_anchor(sec.key)}'><b>{html.escape(heading(sec))}</b>: {html.escape(sec.reason)}</li>"
+                  for sec in skipped]
+        parts.append("</ul>")
+    return html_page(title, parts)
 
 
 def _summary_table(report: Report) -> Table:
@@ -90,33 +140,43 @@ def _md_cell(s: str) -> str:
     return s.replace("|", "\\|").replace("\n", " ")
 
 
-def _md_table(t: Table) -> str:
+def md_table(t: Table) -> str:
     lines = [f"*{_md_cell(t.title)}*", "", "| " + " | ".join(_md_cell(h) for h in t.header) + " |",
              "|" + "|".join(" --- " for _ in t.header) + "|"]
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.rows]
     return "\n".join(lines)
 
 
+def md_block(caption: str, language: str, text: str) -> str:
+    """Preformatted text as a fenced block (a fence longer than any run of backticks inside)."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"*{_md_cell(caption)}*\n\n{fence}{language}\n{text.rstrip()}\n{fence}"
+
+
 def render_md(report: Report, title: str) -> str:
-    """A summary that reads in a terminal or a pull request: one table of sections, then theirs."""
+    """A summary that reads in a terminal or a pull request: one table of sections, then theirs;
+    skipped sections one line each at the end."""
     s = report.summary
     out = [f"# {title}", ""]
     if s.get("partial"):
         out += ["> **PARTIAL RUN**: trials are still running; values are from the epochs written so far.", ""]
     out += [f"{s.get('trials')} trials, {s.get('epoch_rows')} epoch rows; status: "
-            + ", ".join(f"{k} {v}" for k, v in (s.get("status_counts") or {}).items()), ""]
+            + status_words(s.get("status_counts")), ""]
     out += [f"- {n}" for n in report.notes] + ([""] if report.notes else [])
-    out += [_md_table(_summary_table(report)), ""]
+    out += [md_table(_summary_table(report)), ""]
     for sec in report.sections:
         if sec.status != "ok":
             continue
-        out += [f"## {sec.figure}: {sec.title}", ""]
+        out += [f"## {heading(sec)}", ""]
         out += [f"- {n}" for n in sec.notes] + ([""] if sec.notes else [])
         for t in sec.tables:
-            out += [_md_table(t), ""]
+            out += [md_table(t), ""]
+        for caption, language, text in sec.blocks:
+            out += [md_block(caption, language, text), ""]
     skipped = [sec for sec in report.sections if sec.status != "ok"]
     if skipped:
-        out += ["## Skipped", ""] + [f"- **{sec.figure}** ({sec.title}): {sec.reason}" for sec in skipped] + [""]
+        out += ["## Skipped", ""] + [f"- **{_md_cell(heading(sec))}**: {_md_cell(sec.reason)}" for sec in skipped] + [""]
     return "\n".join(out)
 
 

@@ -15,7 +15,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
+from analysis.compare import RunView, render_compare_html, render_compare_md
 from analysis.render import _json_safe, render_html, render_md
+from analysis.safe_write import write_file_safely
 from analysis.sections import SECTIONS, Section, _running_note
 from analysis.tables import load_metrics_with_report
 from analysis.trialinfo import trial_table
@@ -90,12 +92,13 @@ def write_reports(run_dir: str | Path, formats: tuple[str, ...] = FORMATS) -> di
         if f not in formats:
             continue
         path = run_dir / FILE_NAMES[f]
+        # A new file renamed over the old one: a link planted at the name is replaced, not followed
         if f == "html":
-            path.write_text(render_html(report, title))
+            write_file_safely(path, render_html(report, title), root=run_dir)
         elif f == "json":
-            path.write_text(json.dumps(_json_safe(report.fits_json()), indent=2))
+            write_file_safely(path, json.dumps(_json_safe(report.fits_json()), indent=2), root=run_dir)
         else:
-            path.write_text(render_md(report, title))
+            write_file_safely(path, render_md(report, title), root=run_dir)
         paths[f] = path
     return paths
 
@@ -119,24 +122,24 @@ def write_trial_page(run_dir: str | Path, selectors: list[str]) -> Path:
                              "status_counts": {s: statuses.count(s) for s in sorted(set(statuses))}},
                     sections=[sec])
     path = run_dir / page_name(selectors)
-    path.write_text(render_html(report, f"lrbs trials: {sweep or run_dir.name}: {' | '.join(selectors)}"))
+    write_file_safely(path, render_html(report, f"lrbs trials: {sweep or run_dir.name}: {' | '.join(selectors)}"),
+                      root=run_dir)
     return path
 
 
-def write_comparison(run_a: str | Path, run_b: str | Path) -> dict[str, Path]:
-    """``compare-<B>.md`` and ``.html`` in run A: the two runs side by side (``analysis/compare.py``)."""
-    from analysis.compare import render_compare_html, render_compare_md
-
+def write_comparison(run_a: str | Path, run_b: str | Path, allow_any: bool = False) -> dict[str, Path]:
+    """``compare-<B>.md`` and ``.html`` in run A: the two runs side by side (``analysis/compare.py``);
+    ``allow_any``: the same/different verdict even when the models or data sets differ."""
     run_a, run_b = Path(run_a), Path(run_b)
-    reports = []
-    for run in (run_a, run_b):
-        metrics, _ = load_metrics_with_report(run)
-        reports.append(build_report(metrics, run_dir=run))
     name_a, name_b = run_a.name, run_b.name
     if name_a == name_b:
         name_a, name_b = f"{run_a.parent.name}/{name_a}", f"{run_b.parent.name}/{name_b}"
+    views = []
+    for run, name in ((run_a, name_a), (run_b, name_b)):
+        metrics, _ = load_metrics_with_report(run)
+        views.append(RunView(name, build_report(metrics, run_dir=run), metrics, trial_table(metrics)))
     stem = f"compare-{run_b.name}"
     md, page = run_a / f"{stem}.md", run_a / f"{stem}.html"
-    md.write_text(render_compare_md(*reports, name_a, name_b))
-    page.write_text(render_compare_html(*reports, name_a, name_b))
+    write_file_safely(md, render_compare_md(*views, allow_any), root=run_a)
+    write_file_safely(page, render_compare_html(*views, allow_any), root=run_a)
     return {"md": md, "html": page}

@@ -58,6 +58,9 @@ PROBES = [
     pa.field("grad_noise_scale_stderr", pa.float64()),  # its standard error (examples)
     pa.field("probe_n_samples", pa.int64()),
     pa.field("probe_s", pa.float64()),                # wall seconds spent in probes this epoch
+    # A probe that raised: "<probe>: <error type>: <first line>" ("; "-joined), its columns null
+    # in this row; null when every probe ran (trainables/probes.py run_probes).
+    pa.field("probe_error", pa.string()),
 ]
 
 METRIC_SCHEMA = pa.schema(PROVENANCE + METRICS + PROBES)

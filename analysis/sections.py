@@ -51,6 +51,8 @@ class Section:
     figures: list[tuple[str, go.Figure]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     data: dict = field(default_factory=dict)
+    # preformatted text, as (caption, language, text): the spec as YAML
+    blocks: list[tuple[str, str, str]] = field(default_factory=list)
 
     def skip(self, reason: str) -> "Section":
         self.status, self.reason = "skipped", reason
@@ -535,10 +537,30 @@ def _rel(values, errors) -> list[float]:
 
 
 def section_probes(trials: pa.Table) -> Section:
-    """How far the probes' numbers can be trusted: Lanczos convergence and relative standard errors."""
+    """How far the probes' numbers can be trusted: Lanczos convergence and relative standard
+    errors; and the trials whose last probe failed (``probe_error``), grouped by error."""
     sec = Section("probes", "Probe reliability", "Sec. 4")
+    # trial ids per error of a failed last probe (its values are null: not in the fits)
+    failed: dict[str, list[str]] = {}
+    if "probe_error" in trials.column_names:
+        for trial_id, error in zip(trials.column("trial_id").to_pylist(), trials.column("probe_error").to_pylist()):
+            if error:
+                failed.setdefault(error, []).append(trial_id)
+    n_failed = sum(len(ids) for ids in failed.values())
+    if failed:
+        sec.tables.append(Table("trials whose last probe failed (the failed probe's columns null)",
+                                ["error", "trials", "which"],
+                                [[error, str(len(ids)), ", ".join(ids)[:300]] for error, ids in failed.items()]))
+        sec.notes.append(f"Probes failed in {n_failed} of {trials.num_rows} trial(s) at their last probe: the failed "
+                         f"probe's columns are null there, so those trials are left out of its fits (the error is "
+                         f"in the row's probe_error; docs/extending.md lists ops without a double backward): "
+                         + "; ".join(f"{', '.join(ids)[:200]}: {error}" for error, ids in failed.items())[:500])
     if not has_values(trials, "lambda_max"):
-        return sec.skip("no lambda_max values (curvature probes not run)")
+        if not failed:
+            return sec.skip("no lambda_max values (curvature probes not run)")
+        sec.data = {"n": 0, "probe_failed": {t: e for e, ids in failed.items() for t in ids}}
+        sec.headline = f"probes failed in {n_failed}/{trials.num_rows} trials: {next(iter(failed))}"[:300]
+        return sec
     rows = [r for r in trials.to_pylist() if r.get("lambda_max") is not None]
     conv = [r for r in rows if r.get("lambda_max_converged")]
     out = [["lambda_max converged (Lanczos)", f"{len(conv)}/{len(rows)}", "-"]]
@@ -556,7 +578,7 @@ def section_probes(trials: pa.Table) -> Section:
         flagged += [f"{r['trial_id']} ({name} " + (f"+-{fmt(abs(r[err] / r[col]), 2)})" if math.isfinite(r[err])
                                                   else "unbounded)") for r in rows
                     if r.get(col) and r.get(err) is not None and not math.isnan(r[err]) and abs(r[err] / r[col]) > 0.5]
-    sec.tables.append(Table("per trial, at its last probe", ["quantity", "value", "worst"], out))
+    sec.tables.insert(0, Table("per trial, at its last probe", ["quantity", "value", "worst"], out))
     # The two-batch estimator on the probe subset (runs before issue 12, or noise_method:
     # two_batch) cannot see a noise scale beyond about the subset size: flag those near it.
     method = (trials.column("cfg.curvature.noise_method").to_pylist() if "cfg.curvature.noise_method"
@@ -573,8 +595,11 @@ def section_probes(trials: pa.Table) -> Section:
                          f"curvature.lanczos_iters): " + ", ".join(r["trial_id"] for r in rows if not r.get("lambda_max_converged"))[:500])
     if flagged:
         sec.notes.append("Relative standard error above 50% (more probes or pairs would help): " + ", ".join(flagged)[:500])
-    sec.data = {"n": len(rows), "lambda_max_converged": len(conv), "flagged": flagged, "noise_scale_capped": capped}
+    sec.data = {"n": len(rows), "lambda_max_converged": len(conv), "flagged": flagged, "noise_scale_capped": capped,
+                "probe_failed": {t: e for e, ids in failed.items() for t in ids}}
     sec.headline = f"lambda_max converged in {len(conv)}/{len(rows)} trials; {len(flagged)} estimate(s) with > 50% error"
+    if failed:
+        sec.headline += f"; probes failed in {n_failed} trial(s)"
     return sec
 
 
@@ -613,7 +638,7 @@ def section_provenance(metrics: pa.Table, trials: pa.Table, run_dir: Path | None
     try:
         info = json.loads((run_dir / "provenance.json").read_text())
     except (OSError, ValueError):
-        sec.notes.append("No provenance.json (written by lrbs run since issue 12): packages and device unknown.")
+        sec.notes.append("No provenance.json (lrbs run writes it as a run starts; older runs lack it): packages and device unknown.")
     versions = sorted({v for v in metrics.column("code_version").to_pylist() if v})
     rows = [["sweep", fmt(trials.column("sweep")[0].as_py())], ["code version(s) in the rows", ", ".join(versions) or "-"]]
     rows += [[k, fmt(v)] for k, v in info.items() if k not in ("packages", "estimate")]
@@ -631,11 +656,9 @@ def section_provenance(metrics: pa.Table, trials: pa.Table, run_dir: Path | None
     est = (info.get("estimate") or {}).get("device_hours")
     rows.append([f"{unit} used (training time x resources)", f"{used:.3g}" + (f" against {est:.3g} estimated" if est else "")])
     sec.tables.append(Table("run", ["what", "value"], rows))
-    try:
-        spec = (run_dir / "spec.yaml").read_text()
-        sec.tables.append(Table("the spec (spec.yaml in the run directory)", ["spec.yaml"],
-                                [[line] for line in spec.splitlines()]))
-    except OSError:
+    try:  # the spec as run, as the YAML it is (nesting kept)
+        sec.blocks.append(("the spec (spec.yaml in the run directory)", "yaml", (run_dir / "spec.yaml").read_text()))
+    except (OSError, UnicodeDecodeError):
         pass
     sec.data = {"code_versions": versions, "device_hours_used": used, "device_hours_estimated": est, **info}
     sec.headline = f"code {', '.join(versions) or '-'}; {used:.3g} {unit} used" + (f" of {est:.3g} estimated" if est else "")

@@ -308,7 +308,8 @@ def load_trials(run_dir: str | Path, metrics: pa.Table | None = None) -> pa.Tabl
 
     ``lr`` and ``batch_size`` are the trial's base values (the spec point); with schedules the
     per-epoch values stay in ``load_metrics``. Curvature columns hold the trial's latest probe
-    (at ``probe_epoch``; the last epoch when probes ran at the end). ``final_train_eval_loss`` /
+    (at ``probe_epoch``; the last epoch when probes ran at the end; one that failed has null
+    values and its ``probe_error``). ``final_train_eval_loss`` /
     ``final_train_eval_acc`` are the trial's last ``train_eval_loss`` / ``train_eval_acc`` (its
     final weights in eval mode on the train-eval subset; null for runs written without them and
     for diverged trials). Config keys become ``cfg.<section>.<key>`` columns.
@@ -350,7 +351,8 @@ def trials_from_metrics(metrics: pa.Table) -> pa.Table:
         grouped = pa.table({"t": trial_col.filter(pa.array(valid_val)), "v": val.filter(pa.array(valid_val))}) \
             .group_by("t", use_threads=False).aggregate([("v", "max")])
         max_val = dict(zip(grouped.column("t").to_pylist(), grouped.column("v_max").to_pylist()))
-    probe_cols = [c for c in ("lambda_max", "hessian_trace", "hessian_fro") if c in m.column_names]
+    # The latest probe attempt: one that failed (probe_error, null values) replaces earlier values.
+    probe_cols = [c for c in ("lambda_max", "hessian_trace", "hessian_fro", "probe_error") if c in m.column_names]
     probed_of: dict[str, int] = {}
     if n and probe_cols:
         any_probe = np.zeros(n, dtype=bool)

@@ -13,13 +13,13 @@ the trial table): the report's trace of which beta when, and why.
 from __future__ import annotations
 
 import math
-import sys
 from typing import Any, TextIO
 
 from ray.tune.search import Searcher
 
 from analysis.beta_search import Outcome, _beta_index, outcomes_from_trials, plan_search
 from sweeps.ledger import FINAL_ROW_STATUSES as ENDED
+from sweeps.progress import say
 
 
 def _member_rows(result: dict) -> list[dict]:
@@ -68,7 +68,7 @@ class BetaSearcher(Searcher):
         return Outcome(*self._key(point))
 
     def _say(self, text: str) -> None:
-        print(f"[lrbs] beta search: {text}", file=self.out or sys.stdout, flush=True)
+        say(f"[lrbs] beta search: {text}", self.out)  # above the progress line, on a terminal
 
     def _propose(self) -> None:
         from sweeps.packing import plan_packs

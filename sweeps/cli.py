@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from analysis.safe_write import UnsafePathError
 from sweeps.errors import LrbsError
 from sweeps.export import FORMATS as EXPORT_FORMATS
 
@@ -28,7 +29,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from sweeps.packing import plan_packs
     from sweeps.spec import load_spec
 
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec, local_data=True)  # validate answers for a run on this machine
     packs = plan_packs(spec)
     points = [(i, p) for i, pack in enumerate(packs) for p in pack]
     from sweeps.spec import is_search, search_settings
@@ -77,7 +78,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from sweeps.tracking import with_tracks
 
-    spec = with_tracks(load_spec(args.spec), args.track)  # kept in the spec copy: lrbs resume re-attaches
+    # --address: the trials load their data on the cluster's nodes, not from this machine's disk
+    spec = load_spec(args.spec, local_data=args.address is None)
+    spec = with_tracks(spec, args.track)  # kept in the spec copy: lrbs resume re-attaches
     times = PhaseTimes()
     outcome: dict = {}
     run_dir = run_sweep(spec, storage=args.storage, address=args.address, times=times, outcome=outcome,
@@ -98,6 +101,7 @@ def _exit_code(outcome: dict, run_dir) -> int:
     """0 when every trial finished or diverged; EXIT_TRIALS_ERRORED (3) when any ended in ERROR,
     said in the last line, so scripts can tell a failed sweep from a good one."""
     from sweeps.runner import EXIT_TRIALS_ERRORED
+    from sweeps.trust import resume_command
 
     n_err, n_left = outcome.get("errored", 0), outcome.get("unfinished", 0)
     total = n_err + n_left + outcome.get("finished", 0)
@@ -105,13 +109,13 @@ def _exit_code(outcome: dict, run_dir) -> int:
         from sweeps.errors import SweepStopped
 
         print(f"[lrbs] {n_left} of {total} trials unfinished (exit {SweepStopped.exit_code}): "
-              f"lrbs resume {run_dir} finishes them", flush=True)
+              f"{resume_command(run_dir)} finishes them", flush=True)
         return SweepStopped.exit_code
     if not n_err:
         return 0
     left = f" and {n_left} unfinished" if n_left else ""
     print(f"[lrbs] {n_err} of {total} trials errored{left} (exit {EXIT_TRIALS_ERRORED}): see lrbs status {run_dir}; "
-          f"lrbs resume {run_dir} --restart-errored retries them", flush=True)
+          f"{resume_command(run_dir)} --restart-errored retries them", flush=True)
     return EXIT_TRIALS_ERRORED
 
 
@@ -143,6 +147,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise LrbsError(f"--format: unknown format {unknown[0]!r} (choose from {', '.join(FORMATS)})")
+    if args.compare_any and not args.compare:
+        raise LrbsError("--compare-any: only with --compare RUN_B")
     run_dir = fetch_run_dir(args.run_dir)  # a URI (s3://, gs://, file://) is fetched to a local cache
     if not (run_dir / "metrics").is_dir():
         raise LrbsError(f"RUN_DIR: {run_dir} is not an lrbs run directory (no metrics/ inside)")
@@ -172,7 +178,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         other = fetch_run_dir(args.compare)
         if not (other / "metrics").is_dir():
             raise LrbsError(f"--compare: {other} is not an lrbs run directory (no metrics/ inside)")
-        cmp_paths = write_comparison(run_dir, other)
+        cmp_paths = write_comparison(run_dir, other, allow_any=args.compare_any)
         print(f"comparison: {cmp_paths['html']}\ncomparison summary: {cmp_paths['md']}")
         _publish(args.run_dir, list(cmp_paths.values()))
     return 0
@@ -200,7 +206,8 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         raise LrbsError(f"RUN_DIR: {run_dir} is not an lrbs run directory (no metrics/ inside)")
     step = (args.alpha_max - args.alpha_min) / (args.num - 1)
     alphas = [args.alpha_min + i * step for i in range(args.num)]
-    arrow_path, html_path = write_interpolation(run_dir, args.trial_a, args.trial_b, alphas, args.batch_norm)
+    arrow_path, html_path = write_interpolation(run_dir, args.trial_a, args.trial_b, alphas, args.batch_norm,
+                                                trust_code=args.trust_code)
     print(f"interpolation: {arrow_path}\nplot: {html_path}")
     if remote is not None:
         from sweeps.remote import upload_files
@@ -215,7 +222,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     outcome: dict = {}
     run_dir = resume_sweep(args.run_dir, restart_errored=args.restart_errored, address=args.address, outcome=outcome,
-                           upload_interval_s=args.upload_interval, track=args.track)
+                           upload_interval_s=args.upload_interval, track=args.track, trust_code=args.trust_code)
     if not args.no_report:
         _final_report(run_dir, args.run_dir)
     return _exit_code(outcome, run_dir)
@@ -266,6 +273,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     if remote is not None and args.out is None:
         _publish(args.run_dir, paths, sub="export")
     return 0
+
+
+def _add_trust_arg(p: argparse.ArgumentParser) -> None:
+    """``--trust-code`` of the commands that import the code a run directory names (resume, interpolate)."""
+    p.add_argument("--trust-code", action="store_true",
+                   help="import and run the user code (package.module:factory) the run directory names; "
+                        "without it such a run directory is refused (a copied one may name someone else's code)")
 
 
 def _add_driver_args(p: argparse.ArgumentParser) -> None:
@@ -368,7 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: all three)")
     p.add_argument("--compare", metavar="RUN_B", default=None,
                    help="also compare with another run: writes compare-<RUN_B name>.md and .html in RUN_DIR "
-                        "(slopes with CIs, beta*, every section's headline, side by side)")
+                        "(what differs between the runs, slopes with CIs, beta*, every section's headline, side "
+                        "by side; both runs' fits and learning curves on one figure)")
+    p.add_argument("--compare-any", action="store_true",
+                   help="with --compare: say whether the slopes' CIs overlap even when the two runs train "
+                        "different models or on different data sets (withheld by default)")
     p.add_argument("--trials", action="append", metavar="SELECTOR",
                    help="instead of the report, draw these trials' own learning curves in "
                         "RUN_DIR/trials-<SELECTOR>.html: key=value terms ('lr=0.1 S=32'; a point's legend "
@@ -395,11 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch-norm running statistics at each alpha: re-estimated on a fixed subset of "
                         "4,096 training examples (default), or interpolated like the weights (the old way; "
                         "written to <A>__<B>__bn-interpolated.*)")
+    _add_trust_arg(p)
     p.set_defaults(func=cmd_interpolate)
     p = _sub(sub, "resume")
     p.add_argument("run_dir", help="the run directory to finish: a path or a URI (s3://, gs://, file://)")
     p.add_argument("--restart-errored", action="store_true",
                    help="restart errored trials from scratch instead of from their last checkpoint")
+    _add_trust_arg(p)
     _add_driver_args(p)
     p.set_defaults(func=cmd_resume)
     p = _sub(sub, "status")
@@ -419,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except LrbsError as exc:
+    except (LrbsError, UnsafePathError) as exc:  # UnsafePathError: a write refused (a link out of RUN_DIR)
         print(f"lrbs: error: {exc}", file=sys.stderr)
         return exc.exit_code
 

@@ -8,8 +8,8 @@ closed stream files into one Parquet file (zstd, dictionary-encoded: a trial's c
 once per file, not once per row), then deletes them.
 
 Crash safety (exactly-once reading at every point):
-1. the Parquet file is written under a temporary name (``.<name>.tmp``, which readers ignore)
-   and fsynced;
+1. the Parquet file is written under a temporary name (``.<name>.<random>.tmp``, which readers
+   ignore) and fsynced;
 2. renamed into place (atomic) and the folder fsynced; its metadata names its source files
    (``analysis.schema.COMPACTED_SOURCES``), so from here on readers skip those streams;
 3. read back (row count) before 4. the sources are deleted.
@@ -20,28 +20,15 @@ compacted (it stays as it is, read and flagged as before).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from analysis.safe_write import open_for_write
 from analysis.schema import COMPACTED_SOURCES
 
 COMPACT_EVERY = 256  # closed stream files per compacted file (also at the end of every session)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def compact_streams(sources: list[Path], dest: Path) -> list[Path]:
@@ -66,16 +53,11 @@ def compact_streams(sources: list[Path], dest: Path) -> list[Path]:
         return []
     table = pa.concat_tables(tables, promote_options="default").combine_chunks()
     table = table.replace_schema_metadata({COMPACTED_SOURCES: json.dumps([p.name for p in used])})
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    try:
+    # Temporary file, fsync, rename, folder fsync (analysis.safe_write): a new file with a random
+    # name, so a link planted at a predictable temporary name is never written through.
+    with open_for_write(dest, fsync=True) as f:
         # One row group per 64k rows: readers can skip columns (and groups) without reading all.
-        pq.write_table(table, tmp, compression="zstd", use_dictionary=True, row_group_size=65536)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
+        pq.write_table(table, f, compression="zstd", use_dictionary=True, row_group_size=65536)
     if pq.read_metadata(dest).num_rows != table.num_rows:  # never delete rows that do not read back
         raise OSError(f"{dest.name} reads back short")
     for path in used:

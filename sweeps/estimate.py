@@ -22,15 +22,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from sweeps.packing import plan_packs
 from sweeps.spec import SpecError, SweepSpec
+from trainables import curvature
 from trainables.config import DatasetConfig, ModelConfig, options_key
 from trainables.data import DataError, dataset_entry, train_set_size
 from trainables.models import build_model
 from trainables.packed_models import stackable
 from trainables.plugins import PluginError
+from trainables.probes import error_text
 from trainables.schedules import schedule_at, schedule_from_dict
 
 STEP_COSTS = Path(__file__).with_name("step_costs.json")
@@ -128,7 +131,7 @@ def _profile(cfg: ModelConfig, shape: tuple[int, ...], classes: int, max_params:
     try:
         with torch.no_grad(), counter:
             out = model(x)
-    except Exception as exc:
+    except BaseException as exc:  # also sys.exit() / KeyboardInterrupt in a user's forward (trainables/plugins.py)
         first = (str(exc).strip().splitlines() or [""])[0]
         raise SpecError(f"model.name: {name}'s forward pass on a batch of shape {tuple(x.shape)} raised "
                         f"{type(exc).__name__}: {first}") from None
@@ -139,12 +142,53 @@ def _profile(cfg: ModelConfig, shape: tuple[int, ...], classes: int, max_params:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise SpecError(f"model.name: {name} must return logits of shape (batch, {classes}) for "
                         f"{classes} classes; on a batch of 2 it returned {got}")
+    if not out.is_floating_point():  # cross-entropy and its gradient need floating-point logits
+        raise SpecError(f"model.name: {name} must return floating-point logits; it returned {out.dtype}")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise SpecError(f"model.name: {name} has no trainable parameters (none with requires_grad): SGD would "
+                        f"have nothing to train")
     n_params = sum(p.numel() for p in model.parameters())
     if max_params is not None and n_params > max_params:  # a factory that could not build on the meta device
         raise SpecError(f"model.options: {name} has {n_params:,} parameters; limits.max_params is "
                         f"{max_params:,} (raise it if you mean it)")
     return ModelProfile(n_params, counter.get_total_flops() / 2, shape, classes, stackable(model),
                         activation_bytes_per_example=4.0 * (outputs[0] + x[0].numel() * 2) / 2)
+
+
+def check_probes(spec: SweepSpec) -> None:
+    """With ``curvature:`` set, one Hessian-vector product through the model by the probes' own
+    code (``trainables.curvature.hvp``: eval mode, ``double_backward_kernels``), on the CPU, on
+    2 random examples of the data set's shape: a model with an op that has no double backward
+    is one line naming ``curvature`` and the op, before anything starts (docs/extending.md)."""
+    if spec.curvature is None:
+        return
+    shape, classes = data_shape(spec.dataset)
+    key = (spec.model.name, options_key(spec.model.options), shape, classes)
+    if key not in _HVP_ERRORS:
+        _HVP_ERRORS[key] = _hvp_error(spec.model, shape, classes)
+    if _HVP_ERRORS[key]:
+        raise SpecError(_HVP_ERRORS[key])
+
+
+_HVP_ERRORS: dict[tuple, str | None] = {}  # per process, as _PROFILES: the message, None when it ran
+
+
+def _hvp_error(cfg: ModelConfig, shape: tuple[int, ...], classes: int) -> str | None:
+    state = torch.random.get_rng_state()
+    try:
+        model = build_model(cfg, shape, classes)  # model_profile built it already: no error of its own here
+    finally:
+        torch.random.set_rng_state(state)  # building initializes weights: leave the caller's stream
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, *shape, generator=gen), torch.arange(2) % classes
+    vecs = [torch.randn(p.shape, generator=gen) for p in model.parameters() if p.requires_grad]
+    try:
+        curvature.hvp(model, F.cross_entropy, [(x, y)], vecs)
+    except (Exception, SystemExit) as exc:  # a user's backward is user code too (trainables/plugins.py)
+        return (f"curvature: the probes need Hessian-vector products (a double backward) through model.name "
+                f"{cfg.name}; one on 2 examples raised {error_text(exc)}. Drop the curvature section or replace "
+                f"that op (docs/extending.md)")
+    return None
 
 
 def trial_memory(spec: SweepSpec, profile: ModelProfile) -> tuple[float, str]:

@@ -9,8 +9,10 @@ trial's newest attempt): ``epochs.<ext>`` (``load_metrics``) and ``trials.<ext>`
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from analysis.safe_write import UnsafePathError, make_dirs, open_for_write
 from sweeps.errors import LrbsError
 
 FORMATS = ("parquet", "csv")
@@ -28,22 +30,27 @@ def export_run(run_dir: str | Path, fmt: str = "parquet", out: str | Path | None
         raise LrbsError(f"--format: unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
     if not (run_dir / "metrics").is_dir():
         raise LrbsError(f"RUN_DIR: {run_dir} is not an lrbs run directory (no metrics/ inside)")
+    # The folder lrbs writes into: RUN_DIR/export must not be a link out of the run directory;
+    # a --out the user names is theirs, links and all.
+    root = Path(out) if out is not None else run_dir
     out = Path(out) if out is not None else run_dir / "export"
     paths = [out / f"epochs.{fmt}", out / f"trials.{fmt}"]
-    existing = [p for p in paths if p.exists()]
+    existing = [p for p in paths if os.path.lexists(p)]  # a link counts as existing too
     if existing:
         raise LrbsError(f"--out: {existing[0]} already exists (nothing was overwritten; pick another --out)")
     metrics = load_metrics(run_dir)
     tables = [metrics, load_trials(run_dir, metrics)]
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        make_dirs(out, root)
         for table, path in zip(tables, paths):
-            tmp = path.with_name(f".{path.name}.tmp")
-            if fmt == "parquet":
-                pq.write_table(table, tmp)
-            else:
-                pacsv.write_csv(table, tmp)
-            tmp.rename(path)  # whole files only: a reader never sees half an export
+            # A new file renamed into place: whole files only, and never written through a link
+            with open_for_write(path, root) as f:
+                if fmt == "parquet":
+                    pq.write_table(table, f)
+                else:
+                    pacsv.write_csv(table, f)
+    except UnsafePathError as exc:
+        raise LrbsError(str(exc)) from None
     except OSError as exc:
         raise LrbsError(f"--out: cannot write into {out} ({exc.strerror or exc})") from None
     return paths

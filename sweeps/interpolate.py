@@ -13,7 +13,9 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
+from analysis.safe_write import UnsafePathError, check_inside, make_dirs, open_for_write, write_file_safely
 from sweeps.errors import LrbsError
+from sweeps.trust import code_names, require_trust
 
 INTERP_DIR = "interpolation"
 INTERP_SCHEMA = pa.schema([
@@ -85,7 +87,10 @@ BN_SUBSET = 4096
 
 
 def interpolate_trials(run_dir: str | Path, trial_a: str, trial_b: str, alphas: list[float],
-                       batch_norm: str = "recompute") -> pa.Table:
+                       batch_norm: str = "recompute", trust_code: bool = False) -> pa.Table:
+    """Loss and accuracy at each alpha. The trials' model and data set are built from their
+    ``params.json``: user code they name (``package.module:factory``) is imported only with
+    ``trust_code`` (``sweeps.trust``); one line (LrbsError) otherwise."""
     from trainables.config import DatasetConfig, ModelConfig, TrainConfig, from_dict
     from trainables.curvature import interpolate, make_batches, probe_subset
     from trainables.data import load_dataset
@@ -107,6 +112,8 @@ def interpolate_trials(run_dir: str | Path, trial_a: str, trial_b: str, alphas: 
     from trainables.data import DataError
     from trainables.plugins import PluginError
 
+    # Before any user module is looked for: a copied run directory may name someone else's code
+    require_trust(code_names(configs[0]), f"{run_dir}: the params.json of {trial_a}", "interpolate", trust_code)
     restore_plugin_folders(run_dir)
     try:
         data = load_dataset(dataset)
@@ -126,24 +133,29 @@ def interpolate_trials(run_dir: str | Path, trial_a: str, trial_b: str, alphas: 
 
 
 def write_interpolation(run_dir: str | Path, trial_a: str, trial_b: str, alphas: list[float],
-                        batch_norm: str = "recompute") -> tuple[Path, Path]:
-    """Write ``interpolation/<A>__<B>.arrow`` (IPC stream) and ``.html`` (plotly) in the run directory."""
+                        batch_norm: str = "recompute", trust_code: bool = False) -> tuple[Path, Path]:
+    """Write ``interpolation/<A>__<B>.arrow`` (IPC stream) and ``.html`` (plotly) in the run
+    directory (``analysis.safe_write``: new files renamed into place, never through a link)."""
     from analysis.plots import interpolation_plot
 
     run_dir = Path(run_dir)
-    table = interpolate_trials(run_dir, trial_a, trial_b, alphas, batch_norm)
     out = run_dir / INTERP_DIR
     try:
-        out.mkdir(exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise LrbsError(f"RUN_DIR: cannot write {out} ({exc.strerror or exc})") from None
+        check_inside(run_dir, out / "_")  # before the computation: a link out of the run is refused at once
+    except UnsafePathError as exc:
+        raise LrbsError(str(exc)) from None
+    table = interpolate_trials(run_dir, trial_a, trial_b, alphas, batch_norm, trust_code)
     # The old way (running statistics interpolated, for comparison) gets its own file.
     stem = out / (f"{trial_a}__{trial_b}" + ("__bn-interpolated" if batch_norm == "interpolate" else ""))
     arrow_path, html_path = stem.with_suffix(".arrow"), stem.with_suffix(".html")
-    with pa.OSFile(str(arrow_path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    interpolation_plot({stem.name: table}).write_html(str(html_path), include_plotlyjs=True)
+    try:
+        make_dirs(out, run_dir)
+        with open_for_write(arrow_path, run_dir) as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        write_file_safely(html_path, interpolation_plot({stem.name: table}).to_html(include_plotlyjs=True),
+                          root=run_dir)
+    except UnsafePathError as exc:
+        raise LrbsError(str(exc)) from None
+    except OSError as exc:
+        raise LrbsError(f"RUN_DIR: cannot write {out} ({exc.strerror or exc})") from None
     return arrow_path, html_path

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from analysis.safe_write import make_dirs, write_file_safely
 from trainables.config import point_key
 
 LEDGER_DIR = "trials"
@@ -89,16 +89,12 @@ def _record_path(run_dir: Path, trial_id: str) -> Path:
 
 
 def write_record(run_dir: Path, record: TrialRecord) -> None:
-    """Atomic (write a temporary file, then rename): a reader sees the old or the new record."""
+    """Atomic (write a temporary file, then rename): a reader sees the old or the new record.
+    Never written through a link planted in the run directory (``analysis.safe_write``)."""
     record.updated_at = time.time()
     path = _record_path(run_dir, record.trial_id)
-    path.parent.mkdir(exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(asdict(record), indent=1, default=str))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    make_dirs(path.parent, run_dir)
+    write_file_safely(path, json.dumps(asdict(record), indent=1, default=str), root=run_dir)
 
 
 # Tune's trial ids, the only ids lrbs writes records for: a grid's (``<5 hex>_<index>``) and a

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
@@ -73,9 +74,19 @@ def _age_s(path: Path) -> float:
         return float("inf")
 
 
+def _shown(value) -> str:
+    """A field of a lock file as it goes into a one-line message: printable, at most 100 characters."""
+    text = "".join(c if c.isprintable() else "?" for c in str(value))
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
 def describe(holder: dict) -> str:
-    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("at", 0)))
-    return f"{holder.get('command', '?')} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {since})"
+    try:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("at", 0)))
+    except (TypeError, ValueError, OverflowError, OSError):  # not a time lrbs wrote
+        since = "?"
+    return (f"{_shown(holder.get('command', '?'))} (pid {_shown(holder.get('pid', '?'))} on "
+            f"{_shown(holder.get('host', '?'))}, since {since})")
 
 
 class RunLock:
@@ -93,11 +104,27 @@ class RunLock:
     def _read(self) -> dict:
         return _read_json(self.path)  # half-written or garbage: {}, a lock with no live holder
 
+    def _check_regular(self) -> None:
+        """One line (exit 2) if ``lock.json`` is a folder, a link or anything but a file: no lock
+        lrbs wrote, and not one to move away or delete."""
+        try:
+            mode = os.lstat(self.path).st_mode
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise LrbsError(f"RUN_DIR: cannot lock {self.path.parent} ({exc.strerror or exc})") from None
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "a symbolic link" if stat.S_ISLNK(mode) else "not a file"
+            raise LrbsError(f"RUN_DIR: {self.path} is {kind}, not a lock lrbs wrote; if no driver runs on "
+                            f"{self.path.parent}, remove it")
+
     def acquire(self) -> RunLock:
         for _ in range(8):
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                # O_EXCL: fails if the name exists (a link included); O_NOFOLLOW: never through a link
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
             except FileExistsError:
+                self._check_regular()
                 holder = self._read()
                 if not holder and _age_s(self.path) < 2.0:  # just created, its holder still writing
                     time.sleep(0.5)
@@ -113,6 +140,9 @@ class RunLock:
                     os.replace(self.path, stale)
                 except FileNotFoundError:
                     continue  # another driver moved it first
+                except OSError as exc:  # a read-only folder: the stale lock cannot be moved away
+                    raise LrbsError(f"RUN_DIR: cannot take over the stale lock {self.path} of {describe(holder)} "
+                                    f"({exc.strerror or exc})") from None
                 moved = _read_json(stale)
                 if moved != holder and moved:
                     # Between our read and the move another driver broke the stale lock and took

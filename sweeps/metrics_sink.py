@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 from ray.tune import Callback
+from ray.tune.result import SHOULD_CHECKPOINT
 
 from analysis.schema import METRIC_SCHEMA
 from sweeps.errors import LrbsError
@@ -86,7 +87,10 @@ class ArrowMetricsSink(Callback):
                 # Closed (maybe compacted and deleted): a file under that name again would be
                 # skipped by readers as covered. Not reached today (a recovered trial keeps its file).
                 raise RuntimeError(f"metric file {path.name} was closed in this session; not reopening it")
-            sink = open(path, "xb")  # 'x': never truncate an existing file
+            # A new file only: O_EXCL fails on any existing name (a planted link included), never
+            # truncating it; O_NOFOLLOW refuses a link even where O_EXCL would not be honoured
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+            sink = os.fdopen(os.open(path, flags, 0o666), "wb")
             self._writers[trial_id] = (sink, pa.ipc.new_stream(sink, METRIC_SCHEMA), path)
         return self._writers[trial_id][1]
 
@@ -282,15 +286,24 @@ class MetricsUploader(Callback):
 
 
 class TrackingCallback(Callback):
-    """Feeds every point's epoch rows to the trackers (one run per point, step = epoch)."""
+    """Feeds every point's epoch rows to the trackers (one run per point, step = epoch).
+
+    An epoch reaches the trackers once a checkpoint holds it, or when its trial completes. The rows
+    held back are dropped when the trial fails or the driver stops: the trial restored from its
+    checkpoint (a Tune retry, ``lrbs resume``) reports those epochs again. So each epoch is logged
+    once, with the value the metric tables keep (their last row written). A tracker also skips the
+    steps its run has already (``sweeps.tracking.Tracker.log``), as after a restore from an older
+    checkpoint (the newest did not load)."""
 
     def __init__(self, trackers: list[Any]):
         self.trackers = list(trackers)
         self.open: dict[str, list[Any]] = {}  # point's trial id -> trackers with its run open
+        # point's trial id -> (epoch, status, parameters, metrics) of its rows no checkpoint holds yet
+        self.pending: dict[str, list[tuple[int, str, dict[str, Any], dict[str, float]]]] = {}
 
     def __getstate__(self):
         # Tune pickles callbacks with its experiment state; clients and writers stay here.
-        return {"trackers": [], "open": {}}
+        return {"trackers": [], "open": {}, "pending": {}}
 
     def _call(self, tracker, method: str, *args) -> bool:
         try:
@@ -311,35 +324,59 @@ class TrackingCallback(Callback):
         if "pack_rows" not in result or not self.trackers:
             return
         from sweeps.packing import members
-        from sweeps.tracking import FINAL, metrics_of, params_of
+        from sweeps.tracking import metrics_of, params_of
 
         ids = members(lineage_id(trial), trial.config)
         for r in result["pack_rows"].values():
             key, config = ids[r["member"]]
             row = row_from_result(r, config, key)
+            self.pending.setdefault(key, []).append((int(row["epoch"]), row.get("status"), params_of(row),
+                                                     metrics_of(row)))
+        if result.get(SHOULD_CHECKPOINT):  # Tune's flag: this report came with a checkpoint (stored by now)
+            for key in self._points(trial, self.pending):
+                self._flush(key)
+
+    def _flush(self, key: str) -> None:
+        """Log the point's held rows (starting its run at the first), and end its run at a final row."""
+        from sweeps.tracking import FINAL
+
+        for epoch, status, params, metrics in self.pending.pop(key, []):
             if key not in self.open:
-                self.open[key] = [t for t in self.trackers if self._call(t, "start", key, params_of(row))]
+                self.open[key] = [t for t in self.trackers if self._call(t, "start", key, params)]
             for tracker in list(self.open.get(key, [])):
-                self._call(tracker, "log", key, int(row["epoch"]), metrics_of(row))
-            if row.get("status") in FINAL:
-                self._finish(key, row["status"])
+                self._call(tracker, "log", key, epoch, metrics)
+            if status in FINAL:
+                self._finish(key, status)
 
     def _finish(self, key: str, status: str) -> None:
         for tracker in self.open.pop(key, []):
             self._call(tracker, "finish", key, status)
 
-    def _finish_trial(self, trial, status: str) -> None:
+    @staticmethod
+    def _points(trial, keys) -> list[str]:
+        """Those of ``keys`` that are points of ``trial`` (its id, or a pack's ``<id>-m<j>``)."""
         base = lineage_id(trial)
-        for key in [k for k in self.open if k == base or k.startswith(f"{base}-m")]:
-            self._finish(key, status)
+        return [k for k in keys if k == base or k.startswith(f"{base}-m")]
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        for key in self._points(trial, list(self.pending)):  # the restored attempt reports them again
+            self.pending.pop(key)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._finish_trial(trial, "stopped")  # points still open here stopped early (no final row)
+        for key in self._points(trial, list(self.pending)):
+            self._flush(key)
+        for key in self._points(trial, list(self.open)):
+            self._finish(key, "stopped")  # points still open here stopped early (no final row)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._finish_trial(trial, "error")
+        # The rows after the last checkpoint are dropped: ``lrbs resume`` continues the trial from
+        # that checkpoint and reports those epochs again.
+        self.on_trial_recover(iteration, trials, trial)
+        for key in self._points(trial, list(self.open)):
+            self._finish(key, "error")
 
     def on_experiment_end(self, trials, **info):
+        self.pending.clear()  # trials the driver stopped: ``lrbs resume`` reports these epochs again
         for key in list(self.open):
             self._finish(key, "stopped")
         for tracker in self.trackers:

@@ -1,7 +1,14 @@
-"""Progress lines while a sweep runs (Ray's own table is turned off: verbose=0)."""
+"""Progress lines while a sweep runs (Ray's own table is turned off: verbose=0).
+
+On a terminal the progress line is redrawn in place (``LiveLine``: carriage return and clear to
+the end of the line, a newline when the sweep ends); into a file or a pipe it is one plain line
+per update. Other lines printed while it is shown go through ``say``, which puts them above it.
+"""
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -25,13 +32,94 @@ class PhaseTimes:
                 f"{self.trials:.1f} s (first trial's worker start {self.worker_start:.1f} s) + report {self.report:.1f} s")
 
 
+CLEAR_TO_EOL = "\x1b[K"     # ANSI: erase from the cursor to the end of the line
+CLEAR_TO_END = "\x1b[J"     # ANSI: erase from the cursor to the end of the screen
+
+
+def is_terminal(out) -> bool:
+    try:
+        return bool(out.isatty())
+    except (AttributeError, ValueError, OSError):  # no isatty, or a closed stream
+        return False
+
+
+def _columns(out) -> int:
+    """The terminal's width in characters (80 when it cannot be told)."""
+    try:
+        return os.get_terminal_size(out.fileno()).columns or 80
+    except (AttributeError, ValueError, OSError):
+        return shutil.get_terminal_size().columns or 80
+
+
+class LiveLine:
+    """One line redrawn in place on a terminal, a plain line per update elsewhere.
+
+    ``draw(text)`` replaces the line shown (a carriage return, up over the rows a wrapped line
+    took, and a clear), leaving the cursor after it; ``say(text)`` prints a lasting line above
+    it; ``end()`` ends it with a newline. The stream is looked up per call when ``out`` is None
+    (a swapped ``sys.stdout`` is followed)."""
+
+    def __init__(self, out=None):
+        self.out = out
+        self.shown = ""  # the text on the terminal now ("" when none is)
+
+    def stream(self):
+        return self.out or sys.stdout
+
+    def _erase(self, out) -> str:
+        rows = max(1, math.ceil(len(self.shown) / _columns(out))) if self.shown else 1
+        return "\r" + CLEAR_TO_EOL if rows == 1 else f"\x1b[{rows - 1}A\r" + CLEAR_TO_END
+
+    def draw(self, text: str) -> None:
+        out = self.stream()
+        if not is_terminal(out):
+            print(text, file=out, flush=True)
+            return
+        out.write(self._erase(out) + text)
+        out.flush()
+        self.shown = text
+        _LIVE[id(out)] = self
+
+    def say(self, text: str) -> None:
+        out = self.stream()
+        if not (self.shown and is_terminal(out)):
+            print(text, file=out, flush=True)
+            return
+        out.write(self._erase(out) + text + "\n" + self.shown)
+        out.flush()
+
+    def end(self) -> None:
+        out = self.stream()
+        if self.shown:
+            out.write("\n")
+            out.flush()
+            self.shown = ""
+        if _LIVE.get(id(out)) is self:
+            del _LIVE[id(out)]
+
+
+# The live line shown on each stream (by id), so that other lines printed meanwhile go above it.
+_LIVE: dict[int, LiveLine] = {}
+
+
+def say(text: str, out=None) -> None:
+    """Print a line on ``out`` (default: sys.stdout), above a progress line shown there."""
+    out = out or sys.stdout
+    live = _LIVE.get(id(out))
+    if live is not None and live.stream() is out:
+        live.say(text)
+    else:
+        print(text, file=out, flush=True)
+
+
 class ProgressPrinter(Callback):
     """Tune callback printing one summary line per change (at most every ``min_interval_s``):
     points done / total, epochs done / total, elapsed, ETA from the measured epoch rate, device-
     hours trained against ``lrbs validate``'s estimate, best val acc (``sweeps.summary``).
 
     Counts are of points (the trials of the metric tables), so a pack of K points counts K;
-    epochs are point-epochs. ``out`` is where the line goes (kept out of pickles)."""
+    epochs are point-epochs. ``out`` is where the line goes (kept out of pickles): on a terminal
+    it is redrawn in place (``LiveLine``) and ended with a newline when the experiment ends."""
 
     def __init__(self, total: int, epochs: int = 0, estimate_hours: float | None = None, unit: str = "CPU",
                  min_interval_s: float = 5.0, out=None, done_before: int = 0, epochs_before: int = 0,
@@ -49,9 +137,11 @@ class ProgressPrinter(Callback):
         self._last_print = 0.0
         self._t0 = time.monotonic()
         self.first_result: tuple[float, float] | None = None  # (monotonic time, that epoch's seconds)
+        self.line = LiveLine(out)
 
     def __getstate__(self):
-        return {**self.__dict__, "out": None}  # Tune pickles callbacks; a stream stays with this process
+        # Tune pickles callbacks; a stream stays with this process
+        return {**self.__dict__, "out": None, "line": LiveLine()}
 
     def progress(self) -> Progress:
         from sweeps.summary import eta_seconds
@@ -73,7 +163,10 @@ class ProgressPrinter(Callback):
             return
         self._last_print = now
         best = f" | best val_acc {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
-        print(f"[lrbs] {self.progress().line()}{best}", file=self.out or sys.stdout, flush=True)
+        self.line.draw(f"[lrbs] {self.progress().line()}{best}")
+
+    def on_experiment_end(self, trials, **info):
+        self.line.end()  # the last line stays, and what follows starts on a line of its own
 
     def on_trial_start(self, iteration, trials, trial, **info):
         from sweeps.packing import members

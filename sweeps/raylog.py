@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 from pathlib import Path
 
 LOG_FILE = "ray.log"
@@ -65,7 +66,9 @@ class RayOutput:
         """The log's path; if it cannot be written, Ray's lines stay in memory and say why."""
         self.path = Path(run_dir) / LOG_FILE
         try:
-            self.file = open(self.path, "a", encoding="utf-8", buffering=1)  # line-buffered: readable as it runs
+            # Appended to, never through a link planted in the run directory (O_NOFOLLOW: ELOOP)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+            self.file = open(fd, "a", encoding="utf-8", buffering=1)  # line-buffered: readable as it runs
             self.file.write(self.buffer.getvalue())
         except OSError as exc:
             self.file = None

@@ -27,7 +27,9 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from analysis.safe_write import UnsafePathError, check_inside, write_file_safely
 from sweeps.errors import LrbsError, SweepStopped
+from sweeps.ledger import LEDGER_DIR
 from sweeps.raylog import RayOutput
 from sweeps.runner import (METRIC_DIR, SPEC_COPY, fit, init_ray, plugin_runtime_env, print_outcome,
                            resilience_settings, restore_plugin_folders, trial_resources, tune_settings,
@@ -117,9 +119,12 @@ def plan_resume(spec, run_dir: Path, restart_errored: bool, checkpoints=None
 
 def resume_sweep(run_dir: str | Path, restart_errored: bool = False, address: str | None = None,
                  out: TextIO | None = None, outcome: dict | None = None,
-                 upload_interval_s: float | None = None, track: list[str] | None = None) -> Path:
+                 upload_interval_s: float | None = None, track: list[str] | None = None,
+                 trust_code: bool = False) -> Path:
     """Finish the sweep in ``run_dir``. Finished trials are left alone; unfinished ones continue
     from their last checkpoint that loads; errored ones too, or from scratch with ``restart_errored``.
+    A spec naming user code (``package.module:factory``) is refused unless ``trust_code``
+    (``sweeps.trust``): a copied run directory may name someone else's code.
 
     ``run_dir`` may be a URI (``s3://``, ``gs://``; ``sweeps.remote``): its data files are mirrored
     into a local staging directory (returned), the new rows and records are uploaded as the run
@@ -140,7 +145,8 @@ def resume_sweep(run_dir: str | Path, restart_errored: bool = False, address: st
         local = check_run_dir(resolve_storage(run_dir).path)  # a path, or a file:// URI
     else:  # reading only: nothing is written to the store before the spec and trackers check out
         local = mirror(remote, cache_dir() / "staging" / f"{remote.name}-{session_tag()}")
-    spec, trackers = _checked_spec(local, remote, track)
+    _check_write_folders(local)
+    spec, trackers = _checked_spec(local, remote, track, trust_code)
     lock = RunLock(local, "lrbs resume") if remote is None else RemoteRunLock(remote, "lrbs resume")
     with lock:  # before Ray starts: a second driver or a read-only folder is one line
         if remote is not None:
@@ -149,12 +155,30 @@ def resume_sweep(run_dir: str | Path, restart_errored: bool = False, address: st
     return local
 
 
-def _checked_spec(local: Path, remote, track: list[str] | None):
+# Folders a resume writes into (metric rows, trial records, the trackers' default folders)
+RESUME_WRITES = (METRIC_DIR, LEDGER_DIR, "tensorboard", "mlruns", "wandb")
+
+
+def _check_write_folders(local: Path) -> None:
+    """One line (exit 2) before anything is written or imported if a folder a resume writes into
+    is a link out of the run directory (``analysis.safe_write``)."""
+    try:
+        for name in RESUME_WRITES:
+            check_inside(local, local / name / "_")
+    except UnsafePathError as exc:
+        raise LrbsError(str(exc)) from None
+
+
+def _checked_spec(local: Path, remote, track: list[str] | None, trust_code: bool = False):
     """The run's spec (with ``--track``'s trackers for this session) and its trackers, checked
     against the run directory's name; one line (exit 2) otherwise, before anything is written."""
     from sweeps.spec import load_spec
     from sweeps.tracking import build_trackers, with_tracks
+    from sweeps.trust import require_trust, spec_code_names
 
+    # Before any user module is looked for (load_spec builds the model): refused unless trusted
+    where = f"{remote.where if remote is not None else local}/{SPEC_COPY}"
+    require_trust(spec_code_names(local / SPEC_COPY), where, "resume", trust_code)
     restore_plugin_folders(local)  # user modules: found where `lrbs run` found them
     spec = with_tracks(load_spec(local / SPEC_COPY), track)  # the spec's trackers, and --track's for this session
     name = remote.name if remote is not None else local.name
@@ -175,7 +199,7 @@ def _resume_locked(spec, trackers: list, local: Path, remote, restart_errored: b
     from ray import tune
 
     from sweeps.compaction import compact_earlier_sessions
-    from sweeps.ledger import LEDGER_DIR, resume_plan
+    from sweeps.ledger import resume_plan
     from sweeps.metrics_sink import ArrowMetricsSink, MetricsUploader, TrackingCallback, TrialLedger, session_tag
     from sweeps.progress import ProgressPrinter
     from sweeps.spec import to_param_space
@@ -236,7 +260,7 @@ def _resume_locked(spec, trackers: list, local: Path, remote, restart_errored: b
             # The plan, once Ray is up (a bad --address leaves no session folder behind).
             try:
                 plan.parent.mkdir()
-                plan.write_text(json.dumps(resume, indent=1))
+                write_file_safely(plan, json.dumps(resume, indent=1), root=local)
             except OSError as exc:
                 raise SweepStopped(f"RUN_DIR: cannot write {plan} ({exc.strerror or exc})") from None
             if remote is not None:

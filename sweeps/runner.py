@@ -10,9 +10,11 @@ from typing import TextIO
 
 import yaml
 
+from analysis.safe_write import write_file_safely
 from sweeps.errors import LrbsError, SweepStopped
 from sweeps.raylog import RayOutput
 from sweeps.spec import SweepSpec, to_param_space
+from sweeps.trust import resume_command
 
 METRIC_DIR = "metrics"
 SPEC_COPY = "spec.yaml"
@@ -192,7 +194,7 @@ def loopback_only():
     (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``; read at import, so the constant is set too). Only for
     the embedded cluster, and only while it starts: a driver joining a real cluster must advertise
     a reachable address. The processes started here keep the setting."""
-    from ray._private import ray_constants
+    from sweeps.ray_private import ray_constants
 
     before_env, before_flag = os.environ.get(LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
     os.environ[LOOPBACK_ENV] = "0"
@@ -212,10 +214,10 @@ def token_auth():
     """Token authentication on for the embedded cluster, set here rather than left to Ray's
     default (which a future Ray, or RAY_AUTH_MODE in the environment, may change); the token
     file (``~/.ray/auth_token``, made by Ray if missing) readable by its owner only."""
-    from ray._raylet import Config
+    from sweeps.ray_private import RayConfig
 
     os.environ["RAY_AUTH_MODE"] = "token"
-    Config.initialize("")  # Ray's own way to re-read the mode in this process (as its default does)
+    RayConfig.initialize("")  # Ray's own way to re-read the mode in this process (as its default does)
     yield
     token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
     try:
@@ -371,11 +373,11 @@ def stopped_error(exc: BaseException, run_dir: Path) -> SweepStopped:
         pass
     log = run_dir / "driver-error.txt"
     try:
-        log.write_text("".join(traceback.format_exception(exc)))
+        write_file_safely(log, "".join(traceback.format_exception(exc)))  # a new file: never through a link
         where = f"; traceback in {log}"
     except OSError:
         where = ""
-    resume = f"lrbs resume {run_dir}"
+    resume = resume_command(run_dir)
     if why:
         return SweepStopped(f"sweep stopped: {run_dir}: {why}; the rows written so far are intact: "
                             f"make room, then {resume}{where}")

@@ -9,6 +9,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import os
+import stat
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -57,8 +60,35 @@ class _SpecLoader(yaml.SafeLoader):
             seen.add(key)
         return super().construct_mapping(node, deep)
 
+    def construct_yaml_int(self, node):
+        # Python refuses to parse decimal integers of more than sys.get_int_max_str_digits()
+        # (4,300) digits (a ValueError inside the loader): such a literal becomes a _HugeInt,
+        # which spec_from_dict refuses by the field it sits in.
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:
+            return _HugeInt(sum(c.isdigit() for c in self.construct_scalar(node)))
+
+
+class _HugeInt:
+    """An integer literal of a spec too long for Python to parse; refused by ``_check_numbers``."""
+
+    def __init__(self, digits: int):
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"<an integer of {self.digits:,} digits>"
+
 
 _SpecLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _SpecLoader.construct_mapping)
+_SpecLoader.add_constructor("tag:yaml.org,2002:int", _SpecLoader.construct_yaml_int)
+
+# Integers in a spec fit in a signed 64-bit integer (torch and numpy seeds, counts, sizes); a
+# larger one is a typo that would overflow a float or a C integer downstream.
+MAX_INT = 2**63 - 1
+# Ray counts resources in units of 1e-4 and refuses a smaller non-zero request ("the precision of
+# the fractional quantity of resource ... cannot go beyond 0.0001").
+MIN_RESOURCE = 1e-4
 
 
 def _expanded_size(node, memo: dict) -> int:
@@ -104,6 +134,7 @@ class LimitsConfig:
     sweep really is that big."""
     max_points: int = 10_000             # trial points in the sweep (grid size)
     max_params: int = 2_000_000_000      # parameters of one model
+    max_epochs: int = 100_000            # train.epochs (the cost and memory estimates walk every epoch)
     # Memory one trial may use, GB: the model's state (weights, gradients, momentum) per pack
     # member, activations at the largest batch and the data set on the device. null: this
     # machine's RAM for CPU trials, this machine's GPU memory (times resources.gpu) for GPU trials
@@ -265,15 +296,15 @@ OPTIONAL_SECTIONS = ("curvature", "rescale", "beta")
 # Loading and type checking
 
 
-def load_spec(path: str | Path) -> SweepSpec:
-    """Read and validate a YAML spec file; raises SpecError naming the file and field."""
+def load_spec(path: str | Path, *, local_data: bool = False) -> SweepSpec:
+    """Read and validate a YAML spec file; raises SpecError naming the file and field.
+
+    ``local_data``: the trials run on this machine (``lrbs validate``, ``lrbs run`` without
+    ``--address``), so a torchvision set with ``download: false`` must already be in its
+    ``data_dir`` here; a cluster's nodes have their own disks, checked when the trials load.
+    """
     path = Path(path)
-    try:
-        if path.stat().st_size > MAX_SPEC_BYTES:
-            raise SpecError(f"{path}: {path.stat().st_size:,} bytes; a spec is at most {MAX_SPEC_BYTES:,}")
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read spec ({exc.strerror or exc})") from None
+    raw = _read_spec_bytes(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -291,7 +322,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise SpecError(f"{path}: malformed YAML{where}: {problem}") from None
     from trainables.plugins import add_search_root
 
-    from sweeps.estimate import check_limits, model_profile
+    from sweeps.estimate import check_limits, check_probes, model_profile
 
     add_search_root(path.resolve().parent)  # plug-in modules next to the spec (trainables/plugins.py)
     try:
@@ -299,14 +330,55 @@ def load_spec(path: str | Path) -> SweepSpec:
         # The pre-flight check: build the model once and run it on two examples (a broken
         # factory is this one line, exit 2, before anything starts), within spec.limits.
         check_limits(spec, model_profile(spec.model, spec.dataset, max_params=spec.limits.max_params))
+        check_probes(spec)  # with curvature: one Hessian-vector product through the model
+        if local_data:
+            from trainables.data import DataError, check_data_dir
+
+            try:
+                check_data_dir(spec.dataset)
+            except DataError as exc:
+                raise SpecError(str(exc)) from None
         return spec
     except SpecError as exc:
         raise SpecError(f"{path}: {exc}") from None
 
 
+_FILE_KINDS = {stat.S_ISDIR: "a directory", stat.S_ISFIFO: "a FIFO (named pipe)", stat.S_ISCHR: "a character device",
+               stat.S_ISBLK: "a block device", stat.S_ISSOCK: "a socket"}
+
+
+def _check_regular(path: Path, info: os.stat_result) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in _FILE_KINDS.items() if test(info.st_mode)), "a special file")
+        raise SpecError(f"{path}: is {kind}, not a spec file (a spec is a YAML file)")
+
+
+def _read_spec_bytes(path: Path) -> bytes:
+    """The spec file's bytes: a regular file of at most MAX_SPEC_BYTES. A FIFO would block and a
+    device (/dev/zero) never end, so only regular files are opened, and at most one byte past the
+    limit is read (a file that grows after stat() is still cut off)."""
+    try:
+        info = path.stat()
+        _check_regular(path, info)
+        # O_NONBLOCK: a FIFO swapped in after stat() opens without waiting for a writer; fstat
+        # then sees what was really opened.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            _check_regular(path, info)
+            raw = f.read(MAX_SPEC_BYTES + 1)
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read spec ({exc.strerror or exc})") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        size = f"{info.st_size:,} bytes" if info.st_size > MAX_SPEC_BYTES else f"more than {MAX_SPEC_BYTES:,} bytes"
+        raise SpecError(f"{path}: {size}; a spec is at most {MAX_SPEC_BYTES:,}")
+    return raw
+
+
 def spec_from_dict(data: Any) -> SweepSpec:
     if not isinstance(data, dict):
         raise SpecError("spec: the top level must be a mapping of keys (name, dataset, model, ...)")
+    _check_numbers(data, "")
     known = {f.name for f in dataclasses.fields(SweepSpec)}
     _reject_unknown(data, known, "")
     if "name" not in data:
@@ -404,8 +476,39 @@ def _check_pack_value(pack: Any) -> None:
 
 
 def _short(value: Any, limit: int = 60) -> str:
+    if isinstance(value, int) and value.bit_length() > 1000:  # repr of > 4,300 digits raises
+        return f"<an integer of {value.bit_length():,} bits>"
     text = repr(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _check_numbers(data: Any, path: str) -> None:
+    """Every integer of the spec's data, under any key (options passed to a factory too), fits in
+    64 bits: one line naming where one does not, before anything converts it to a float or a C
+    integer (``2**2000`` as a float overflows; numpy and torch seeds are 64-bit)."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            _check_numbers(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            _check_numbers(value, f"{path}[{i}]")
+    elif _is_too_large(data):
+        _too_large(data, path)
+
+
+def _is_too_large(value: Any) -> bool:
+    return isinstance(value, _HugeInt) or (isinstance(value, int) and not -MAX_INT - 1 <= value <= MAX_INT)
+
+
+def _too_large(value: int | _HugeInt, path: str) -> None:
+    if isinstance(value, _HugeInt):
+        digits = f"{value.digits:,}"
+    elif value.bit_length() < 14_000:  # str() of an int works up to 4,300 digits
+        digits = f"{len(str(abs(value))):,}"
+    else:
+        digits = f"~{int(value.bit_length() * math.log10(2)):,}"
+    raise SpecError(f"{path}: an integer of {digits} digits is too large (a spec's integers fit in 64 bits: "
+                    f"-2**63..2**63-1)")
 
 
 def _build_variants(data: Any) -> tuple[VariantConfig, ...]:
@@ -493,9 +596,14 @@ def _check_type(value: Any, hint: Any, path: str) -> Any:
             raise SpecError(f"{path}: must be a non-empty list (got {_short(value)})")
         (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
         return tuple(_check_type(v, item, f"{path}[{i}]") for i, v in enumerate(value))
+    if _is_too_large(value):
+        _too_large(value, path)
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SpecError(f"{path}: must be a number (got {_short(value)})")
+        # No field takes inf or NaN (NaN compares false with every bound: range checks miss it).
+        if not math.isfinite(value):
+            raise SpecError(f"{path}: must be a finite number (got {value})")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -537,7 +645,7 @@ def _build_grid(data: Any) -> GridConfig:
 
 def validate(spec: SweepSpec) -> None:
     """Value checks that need more than types. Raises SpecError naming the field."""
-    from trainables.data import DataError, train_set_size
+    from trainables.data import DataError, check_data_dir, train_set_size
     from trainables.plugins import PluginError
 
     ds, train, res = spec.dataset, spec.train, spec.resources
@@ -545,6 +653,7 @@ def validate(spec: SweepSpec) -> None:
         raise SpecError(f"dataset.n_train: must be >= 1 (got {ds.n_train})")
     if ds.val_fraction is not None and not 0.0 < ds.val_fraction < 1.0:
         raise SpecError(f"dataset.val_fraction: must be in (0, 1) (got {ds.val_fraction})")
+    _check_seed(ds.split_seed, "dataset.split_seed")
     _validate_plugin_options(spec)
     if train.epochs < 1:
         raise SpecError(f"train.epochs: must be >= 1 (got {train.epochs})")
@@ -570,11 +679,18 @@ def validate(spec: SweepSpec) -> None:
         raise SpecError(f"train.pack_layout: must be one of {', '.join(LAYOUTS)} (got {train.pack_layout!r})")
     if not (res.cpu > 0 and math.isfinite(res.cpu)):
         raise SpecError(f"resources.cpu: must be > 0 (got {res.cpu})")
+    if res.cpu < MIN_RESOURCE:
+        raise SpecError(f"resources.cpu: must be >= {MIN_RESOURCE:g}, Ray's smallest unit of a resource "
+                        f"(got {res.cpu:g})")
     if not (res.gpu >= 0 and math.isfinite(res.gpu)):
         raise SpecError(f"resources.gpu: must be >= 0 (got {res.gpu})")
+    if 0 < res.gpu < MIN_RESOURCE:
+        raise SpecError(f"resources.gpu: must be 0 or >= {MIN_RESOURCE:g}, Ray's smallest unit of a resource "
+                        f"(got {res.gpu:g})")
     if res.gpu > 1 and res.gpu != int(res.gpu):
         raise SpecError(f"resources.gpu: fractions are only allowed below 1 (got {res.gpu})")
     try:
+        check_data_dir(ds, files=False)
         n_train = train_set_size(ds)  # a user's data-set factory runs here, once per process
         if train.augment != "none":
             from trainables.data import dataset_entry
@@ -586,8 +702,7 @@ def validate(spec: SweepSpec) -> None:
     except (DataError, PluginError) as exc:
         raise SpecError(str(exc)) from None
     for i, seed in enumerate(spec.grid.seed):
-        if not 0 <= seed < 2**63:  # torch's and numpy's seeds are 64-bit integers
-            raise SpecError(f"grid.seed[{i}]: must be in 0..2**63-1 (got {_short(seed)})")
+        _check_seed(seed, f"grid.seed[{i}]")
     if len(set(spec.grid.seed)) != len(spec.grid.seed):
         raise SpecError(f"grid.seed: repeated values {list(spec.grid.seed)}")
     if spec.rescale is not None:
@@ -627,6 +742,7 @@ def validate(spec: SweepSpec) -> None:
     if spec.curvature is not None:
         _validate_curvature(spec.curvature)
     _validate_limits(spec)
+    _check_trained_lrs(spec)
     converged = spec.report.converged_train_acc
     if converged is not None and not 0.0 < converged <= 1.0:  # also NaN
         raise SpecError(f"report.converged_train_acc: must be an accuracy in (0, 1] or null (got {converged})")
@@ -639,6 +755,48 @@ def validate(spec: SweepSpec) -> None:
             raise SpecError(f"resilience.{key}: must be >= {minimum} (got {getattr(r, key)})")
     if r.fail_at_epoch is not None and not 1 <= r.fail_at_epoch <= spec.train.epochs:
         raise SpecError(f"resilience.fail_at_epoch: must be an epoch in 1..{spec.train.epochs} (got {r.fail_at_epoch})")
+
+
+def _check_seed(seed: int, where: str) -> None:
+    # torch.Generator.manual_seed takes 64 bits (a negative seed wraps around to a large one) and
+    # numpy's SeedSequence refuses negatives: seeds are 0..2**63-1 everywhere, as grid.seed.
+    if not 0 <= seed <= MAX_INT:
+        raise SpecError(f"{where}: must be in 0..2**63-1 (got {_short(seed)})")
+
+
+def _check_trained_lrs(spec: SweepSpec) -> None:
+    """Every learning rate a trial will train at is a finite float: the lr a family derives
+    (``rescale``/``beta``: lr0 x S/S0) and the largest a step schedule reaches (lr x factor^k,
+    ``factor > 1``). Runs after the limits, so the points it expands are bounded."""
+    points = expand_points(spec)
+    family = "rescale" if spec.rescale is not None else "beta" if spec.beta is not None else None
+    for p in points:
+        if family and not (p["lr"] > 0 and math.isfinite(p["lr"])):
+            raise SpecError(f"{family}.lr0: the point at S = {p['batch_size']} would train at lr = {p['lr']} "
+                            f"(lr0 x S/S0 is not a positive finite float)")
+    shared = [p["lr"] for p in points if "schedule" not in p]
+    if shared:
+        _check_step_peak(spec.schedule, max(shared), spec.train.epochs, "schedule")
+    for i, v in enumerate(spec.variants):
+        if v.schedule is not None:
+            _check_step_peak(v.schedule, v.lr, spec.train.epochs, f"variants[{i}].schedule")
+
+
+# log10 of the largest finite float (~1.8e308): a larger lr is inf.
+_LOG10_FLOAT_MAX = math.log10(sys.float_info.max)
+
+
+def _check_step_peak(schedule: ScheduleConfig, lr: float, epochs: int, where: str) -> None:
+    """A step schedule's largest lr, lr x factor^k after its last decay within ``epochs``, is a
+    finite float (and so is factor^k, which ``schedule_at`` computes first)."""
+    if schedule.kind != "step" or not schedule.factor > 1:
+        return
+    last = epochs - 1  # the last 0-based epoch
+    k = sum(m <= last for m in schedule.milestones) if schedule.milestones else last // schedule.every
+    grow = k * math.log10(schedule.factor)  # log10(factor^k)
+    if max(grow, math.log10(lr) + grow) >= _LOG10_FLOAT_MAX:
+        raise SpecError(f"{where}.factor: lr {lr:g} x {schedule.factor:g}^{k} (its {k} steps within "
+                        f"{epochs} epochs) overflows a float to inf")
 
 
 def count_points(spec: SweepSpec) -> int:
@@ -659,9 +817,12 @@ def count_points(spec: SweepSpec) -> int:
 
 def _validate_limits(spec: SweepSpec) -> None:
     lim = spec.limits
-    for key in ("max_points", "max_params"):
+    for key in ("max_points", "max_params", "max_epochs"):
         if getattr(lim, key) < 1:
             raise SpecError(f"limits.{key}: must be >= 1 (got {getattr(lim, key)})")
+    if spec.train.epochs > lim.max_epochs:
+        raise SpecError(f"train.epochs: {spec.train.epochs:,} epochs; limits.max_epochs is {lim.max_epochs:,} "
+                        f"(raise it if you mean it)")
     if lim.memory_gb is not None and not (lim.memory_gb > 0 and math.isfinite(lim.memory_gb)):
         raise SpecError(f"limits.memory_gb: must be a number of GB > 0 or null (got {lim.memory_gb})")
     if not (lim.resource_wait_s >= 0 and math.isfinite(lim.resource_wait_s)):
@@ -721,6 +882,18 @@ def _validate_rescale(r: RescaleConfig, n_train: int) -> None:
             raise SpecError(f"rescale.rules[{i}]: unknown rule {rule!r} (known: {', '.join(RESCALE_RULES)})")
     for i, size in enumerate(r.batch_sizes):
         _check_batch_size(size, n_train, f"rescale.batch_sizes[{i}]")
+    _check_distinct(r.rules, "rescale.rules")
+    _check_distinct(r.batch_sizes, "rescale.batch_sizes")
+
+
+def _check_distinct(values: tuple, where: str) -> None:
+    """A family's values are a set: a repeated one makes two identical points, which the run
+    directory cannot tell apart (one of them loses its rows)."""
+    seen: dict = {}
+    for i, value in enumerate(values):
+        if value in seen:
+            raise SpecError(f"{where}[{i}]: repeats {where}[{seen[value]}] ({value!r}); each value once")
+        seen[value] = i
 
 
 def _validate_beta(spec: SweepSpec, n_train: int) -> None:
@@ -740,6 +913,8 @@ def _validate_beta(spec: SweepSpec, n_train: int) -> None:
     for i, value in enumerate(b.values):
         if not value > 0:
             raise SpecError(f"beta.values[{i}]: must be > 0 (got {value})")
+    _check_distinct(b.values, "beta.values")
+    _check_distinct(b.n_train, "beta.n_train")
     if spec.dataset.n_train is not None and b.n_train:
         raise SpecError("beta.n_train: conflicts with dataset.n_train (set the sizes in one place)")
     sizes = [n_train]
@@ -749,8 +924,19 @@ def _validate_beta(spec: SweepSpec, n_train: int) -> None:
         except DataError as exc:
             raise SpecError(f"beta.n_train[{i}]: {str(exc).split(': ', 1)[-1]}") from None
     smallest = min(sizes[1:] or sizes)
+    same_size: dict[int, int] = {}
     for i, value in enumerate(b.values):
-        _check_batch_size(beta_size(b, value), smallest, f"beta.values[{i}]")
+        if not b.batch_size0 * value <= MAX_INT:  # too large to round to an integer S
+            raise SpecError(f"beta.values[{i}]: S = {b.batch_size0} x {value:g} is larger than the training set "
+                            f"({smallest} examples)")
+        size = beta_size(b, value)
+        _check_batch_size(size, smallest, f"beta.values[{i}]")
+        # Betas that round to the same S are one (lr, S) point twice under two labels.
+        if size in same_size:
+            j = same_size[size]
+            raise SpecError(f"beta.values[{i}]: beta {value:g} and beta.values[{j}] ({b.values[j]:g}) both round "
+                            f"to S = {size} (batch_size0 = {b.batch_size0}); keep one")
+        same_size[size] = i
     if b.search is not None:
         _validate_beta_search(spec, smallest)
 
@@ -834,6 +1020,7 @@ def search_settings(spec: SweepSpec):
 def _validate_curvature(c: CurvatureConfig) -> None:
     if not (c.every == "end" or (isinstance(c.every, int) and c.every >= 1)):
         raise SpecError(f"curvature.every: must be 'end' or an epoch count >= 1 (got {c.every!r})")
+    _check_seed(c.seed, "curvature.seed")
     for key in ("n_samples", "lanczos_iters", "hutchinson_probes", "noise_pairs", "batch_size"):
         if getattr(c, key) < 1:
             raise SpecError(f"curvature.{key}: must be >= 1 (got {getattr(c, key)})")

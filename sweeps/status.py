@@ -2,10 +2,12 @@
 
 Trial status, failures and errors come from lrbs's trial records (``RUN_DIR/trials/``,
 ``sweeps.ledger``); a trial whose driver is gone (no live holder of the run directory's lock)
-while its record says RUNNING is shown STOPPED.
+while its record says RUNNING is stopped.
 Run directories written before the records existed are read from Ray Tune's newest
 ``experiment_state-*.json`` (plain JSON; its cloudpickled fields are never decoded) and the
 trials' ``error.txt``. Epochs done and the last validation accuracy come from the Arrow tables.
+What the table shows is one vocabulary (``STATES``, ``trial_state``), from the record and the
+trial's last metric row together.
 """
 from __future__ import annotations
 
@@ -19,6 +21,36 @@ from sweeps.summary import Progress
 
 EXPERIMENT_STATE_GLOB = "experiment_state-*.json"
 
+# The states `lrbs status` shows (docs/resilience.md), in the order of its summary line:
+#   running   a driver is training it now
+#   finished  trained every epoch (its last row says finished)
+#   diverged  stopped by its divergence check (its last row says diverged): a result, not a fault
+#   errored   ended with an error (Tune's ERROR); `lrbs resume` continues it
+#   stopped   ended unfinished without an error: its driver died or was interrupted, or it ended early
+#   pending   not started yet (Tune's PENDING, or PAUSED waiting for resources)
+#   unknown   its record is damaged and its rows do not say how it ended
+STATES = ("running", "finished", "diverged", "errored", "stopped", "pending", "unknown")
+
+
+def trial_state(status: str, row_status: str | None, driver_alive: bool) -> str:
+    """The one state of a trial from its record's (or Tune's) status and its last metric row's
+    status (running / finished / diverged, or damaged for a damaged metric file): the rows
+    say how a trial that got to its end ended, the record how one that did not stopped."""
+    if row_status in ("finished", "diverged"):
+        return row_status
+    if status == "ERROR":
+        return "errored"
+    if status in ("PENDING", "PAUSED"):
+        return "pending"
+    if status == "TERMINATED":  # ended without an error: finished, unless its rows stop short
+        return "stopped" if row_status == "running" else "finished"
+    if status == "STOPPED":
+        return "stopped"
+    if status == "RUNNING" or (status == "UNKNOWN" and row_status is not None):
+        # a driver holds the run directory: it trains; none does: it stopped with its driver
+        return "running" if driver_alive else "stopped"
+    return "unknown"
+
 
 @dataclass
 class TrialStatus:
@@ -26,7 +58,7 @@ class TrialStatus:
     lr: float | None
     batch_size: int | None
     seed: int | None
-    status: str                 # Tune's: PENDING, RUNNING, PAUSED, TERMINATED, ERROR; or UNKNOWN
+    status: str                 # the record's (Tune's): PENDING, RUNNING, PAUSED, TERMINATED, ERROR; STOPPED, UNKNOWN
     epochs_done: int
     epochs: int | None
     last_val_acc: float | None
@@ -34,6 +66,7 @@ class TrialStatus:
     failures: int
     error: str                  # last line of the trial's error.txt ('' if none)
     damaged_file: str = ""      # its metric file, when that is damaged
+    state: str = "unknown"      # what `lrbs status` shows: one of STATES (trial_state)
 
 
 def newest_experiment_state(run_dir: Path) -> Path | None:
@@ -172,7 +205,10 @@ def read_status(run_dir: str | Path, loaded=None) -> list[TrialStatus]:
             trials.append({"trial_id": trial_id, "status": "UNKNOWN", "config": json.loads(row["config_json"] or "{}"),
                            "failures": 0, "error": ""})
     out = []
+    from sweeps.lock import LOCK_FILE, holder_alive
     from sweeps.packing import split_member_id
+
+    live = holder_alive(run_dir / LOCK_FILE)
 
     def order(t):  # pack members in member order: ...-m2 before ...-m10
         base, j = split_member_id(t["trial_id"])
@@ -195,14 +231,16 @@ def read_status(run_dir: str | Path, loaded=None) -> list[TrialStatus]:
             trial.row_status = "damaged"
             trial.error = f"{problem} (metric file {name})"  # the problem first: the table cuts long errors
             trial.damaged_file = name
+    for t in out:
+        t.state = trial_state(t.status, t.row_status, live)
     return out
 
 
 def format_status(trials: list[TrialStatus], error_width: int = 60, progress: Progress | None = None,
                   damaged_files: dict[str, str] | None = None) -> str:
     """A fixed-width table and a summary line."""
-    header = (f"{'trial_id':<14} {'lr':>9} {'batch':>6} {'seed':>5} {'status':<10} {'epochs':>8} "
-              f"{'val_acc':>8} {'result':<9} {'fails':>5}  error")
+    header = (f"{'trial_id':<14} {'lr':>9} {'batch':>6} {'seed':>5} {'status':<9} {'epochs':>8} "
+              f"{'val_acc':>8} {'fails':>5}  error")
     lines = [header]
     for t in trials:
         epochs = f"{t.epochs_done}/{t.epochs if t.epochs is not None else '?'}"
@@ -210,11 +248,11 @@ def format_status(trials: list[TrialStatus], error_width: int = 60, progress: Pr
         acc = f"{t.last_val_acc:.4f}" if t.last_val_acc is not None else "-"
         error = t.error if len(t.error) <= error_width else t.error[:error_width - 3] + "..."
         lines.append(f"{t.trial_id:<14} {lr:>9} {t.batch_size if t.batch_size is not None else '-':>6} "
-                     f"{t.seed if t.seed is not None else '-':>5} {t.status:<10} {epochs:>8} {acc:>8} "
-                     f"{t.row_status or '-':<9} {t.failures:>5}  {error}".rstrip())
+                     f"{t.seed if t.seed is not None else '-':>5} {t.state:<9} {epochs:>8} {acc:>8} "
+                     f"{t.failures:>5}  {error}".rstrip())
     counts: dict[str, int] = {}
     for t in trials:
-        counts[t.status] = counts.get(t.status, 0) + 1
+        counts[t.state] = counts.get(t.state, 0) + 1
     damaged = [t for t in trials if t.row_status == "damaged"]
     if damaged:
         names = ", ".join(t.damaged_file for t in damaged[:3]) + (", ..." if len(damaged) > 3 else "")
@@ -226,8 +264,8 @@ def format_status(trials: list[TrialStatus], error_width: int = 60, progress: Pr
             lines.append(f"DAMAGED: compacted metric file {name}: {problem}; its trials' rows are missing unless "
                          f"their stream files are still there")
     if progress is not None:  # the line `lrbs run` prints while it runs
-        progress.errored = counts.get("ERROR", 0)
-        progress.running = counts.get("RUNNING", 0)
+        progress.errored = counts.get("errored", 0)
+        progress.running = counts.get("running", 0)
         lines.append(progress.line())
-    lines.append(f"{len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    lines.append(f"{len(trials)} trials: " + ", ".join(f"{counts[s]} {s}" for s in STATES if s in counts))
     return "\n".join(lines)

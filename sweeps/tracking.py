@@ -19,17 +19,26 @@ rather than stopping the sweep. ``lrbs resume`` re-attaches every point to its r
 writes to the same folder, MLflow finds the run by its ``lrbs.trial_id`` tag, W&B resumes the run
 id ``<sweep>-<trial id>`` (online; offline, W&B writes a second folder under the same id).
 
+Each (point, epoch) is logged once, across Tune retries and ``lrbs resume``: the callback hands a
+tracker an epoch only once a checkpoint holds it (a restored trial reports again only the epochs
+after its checkpoint, so the value logged is the one the metric tables keep), and a tracker skips
+the steps its run already has in its own store (``Tracker.log``; ``start`` reads them: the event
+files, MLflow's metric history, W&B's earlier offline folders or, online, the resumed run's step).
+
 Adding a tracker: a ``Tracker`` subclass with ``Options`` (a dataclass: the keys its spec
-section takes), ``module`` (the package it needs), ``check``/``start``/``log``/``finish`` over
-its ``runs``, and an entry in :data:`TRACKERS`.
+section takes), ``module`` (the package it needs), ``check``, ``start`` (which fills
+``steps[key]`` with the steps the point's run has already), ``write`` and ``finish`` over its
+``runs``, and an entry in :data:`TRACKERS`.
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import math
 import os
 import re
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,9 +76,25 @@ def params_of(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class Tracker:
-    """What every tracker shares: ``runs``, its open run per point's trial id, closed by ``close``."""
+    """What every tracker shares: ``runs``, its open run per point's trial id, closed by ``close``;
+    ``steps``, per point's trial id the steps its run has (this session's and, read by ``start``,
+    earlier sessions'), so that ``log`` writes each step once."""
 
     runs: dict[str, Any]
+    steps: dict[str, set[int]]
+
+    def log(self, key: str, step: int, metrics: dict[str, float]) -> bool:
+        """Write ``metrics`` at ``step`` unless the point's run has that step already (an epoch
+        that an earlier attempt of the point logged): then nothing is written and False returned."""
+        have = self.steps.setdefault(key, set())
+        if step in have:
+            return False
+        self.write(key, step, metrics)
+        have.add(step)
+        return True
+
+    def write(self, key: str, step: int, metrics: dict[str, float]) -> None:
+        raise NotImplementedError
 
     def finish(self, key: str, status: str) -> None:
         raise NotImplementedError
@@ -90,6 +115,7 @@ class TensorBoard(Tracker):
     def __init__(self, options: Options, sweep: str, run_dir: Path):
         self.root = Path(options.dir).expanduser() if options.dir else run_dir / "tensorboard"
         self.runs: dict[str, Any] = {}
+        self.steps: dict[str, set[int]] = {}
 
     def check(self) -> None:
         _check_writable(self.root, "tracking.tensorboard.dir")
@@ -97,11 +123,13 @@ class TensorBoard(Tracker):
     def start(self, key: str, params: dict[str, Any]) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        # Same folder on resume: TensorBoard shows the old and the new event files as one run.
+        # Same folder on resume: TensorBoard shows the old and the new event files as one run;
+        # the old files say which steps the run has.
+        self.steps[key] = self.steps.get(key, set()) | tensorboard_steps(self.root / key)
         writer = self.runs[key] = SummaryWriter(log_dir=str(self.root / key))
         writer.add_text("lrbs/params", "\n".join(f"{k}: {v}  " for k, v in params.items()))
 
-    def log(self, key: str, step: int, metrics: dict[str, float]) -> None:
+    def write(self, key: str, step: int, metrics: dict[str, float]) -> None:
         writer = self.runs[key]
         for name, value in metrics.items():
             writer.add_scalar(name, value, step)
@@ -124,6 +152,7 @@ class MLflow(Tracker):
         self.uri = options.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"file:{run_dir / 'mlruns'}"
         self.experiment = options.experiment or sweep
         self.runs: dict[str, str] = {}  # point's trial id -> MLflow run id
+        self.steps: dict[str, set[int]] = {}
         self._client = None
         self._experiment_id = None
 
@@ -170,9 +199,11 @@ class MLflow(Tracker):
         client = self._open()
         found = client.search_runs([self._experiment_id], filter_string=f"tags.`lrbs.trial_id` = '{key}'",
                                    max_results=1)
-        if found:  # lrbs resume: the point's run goes on
+        if found:  # lrbs resume: the point's run goes on, with the steps its metric histories have
             run_id = found[0].info.run_id
             client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            self.steps[key] = self.steps.get(key, set()) | {
+                m.step for name in found[0].data.metrics for m in client.get_metric_history(run_id, name)}
         else:
             run = client.create_run(self._experiment_id, run_name=key,
                                     tags={"lrbs.trial_id": key, "lrbs.sweep": str(params.get("sweep", ""))})
@@ -180,7 +211,7 @@ class MLflow(Tracker):
             client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
         self.runs[key] = run_id
 
-    def log(self, key: str, step: int, metrics: dict[str, float]) -> None:
+    def write(self, key: str, step: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -211,6 +242,7 @@ class Wandb(Tracker):
         self.sweep = sweep
         self.dir = Path(options.dir).expanduser() if options.dir else run_dir
         self.runs: dict[str, Any] = {}
+        self.steps: dict[str, set[int]] = {}
 
     def check(self) -> None:
         _check_writable(self.dir, "tracking.wandb.dir")
@@ -234,12 +266,17 @@ class Wandb(Tracker):
         import wandb
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.runs[key] = wandb.init(
+        have = self.steps.setdefault(key, set())
+        if self.options.mode == "offline":  # each session's own folder: the earlier ones have these steps
+            have |= wandb_steps(self.dir / "wandb", self.run_id(key))
+        run = self.runs[key] = wandb.init(
             project=self.options.project or self.sweep, entity=self.options.entity, id=self.run_id(key), name=key,
             group=self.sweep, config=params, mode=self.options.mode, dir=str(self.dir), resume="allow",
             reinit="create_new", settings=wandb.Settings(silent=True, console="off"))
+        if self.options.mode == "online":  # a resumed run takes no step below the one it stands at
+            have.update(range(run.starting_step))
 
-    def log(self, key: str, step: int, metrics: dict[str, float]) -> None:
+    def write(self, key: str, step: int, metrics: dict[str, float]) -> None:
         self.runs[key].log(metrics, step=step)
 
     def finish(self, key: str, status: str) -> None:
@@ -247,6 +284,79 @@ class Wandb(Tracker):
 
 
 TRACKERS: dict[str, type] = {"tensorboard": TensorBoard, "mlflow": MLflow, "wandb": Wandb}
+
+
+# ---------------------------------------------------------------------------------------------
+# What a tracker's store has (read when a point's run starts, and by the tests)
+
+
+def tensorboard_steps(folder: Path) -> set[int]:
+    """The steps with a scalar in the TensorBoard event files of ``folder`` (all of its files;
+    a record cut off by a killed driver is skipped, as TensorBoard skips it)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    steps = set()
+    for path in sorted(Path(folder).glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            # EventFileLoader gives every summary in today's form: scalars name the plugin "scalars"
+            if any(value.metadata.plugin_data.plugin_name == "scalars" for value in event.summary.value):
+                steps.add(int(event.step))
+    return steps
+
+
+WANDB_BLOCK = 32768  # bytes: the .wandb file is in LevelDB's log format, records in 32 KiB blocks
+WANDB_HEADER = 7     # bytes: ":W&B", a 2-byte magic number, a 1-byte version
+
+
+def wandb_records(path: Path):
+    """The protobuf records of a W&B ``.wandb`` file, up to the first one that does not read (a
+    file cut off mid-record ends there). Read here because wandb ships no reader for them."""
+    from google.protobuf.message import DecodeError
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(path).read_bytes()
+    if data[:4] != b":W&B":
+        return
+    pos, pending = WANDB_HEADER, b""
+    while pos + 7 <= len(data):
+        left = WANDB_BLOCK - pos % WANDB_BLOCK
+        if left < 7:  # a block's tail too short for a record header: zero padding
+            pos += left
+            continue
+        # 7-byte record header: checksum (4 bytes), length (2), kind (1: whole, 2/3/4: first/middle/last part)
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if len(chunk) < length:
+            return  # cut off
+        if kind in (1, 4):
+            record = pb.Record()
+            try:
+                record.ParseFromString(pending + chunk)
+            except DecodeError:
+                return
+            pending = b""
+            yield record
+        elif kind in (2, 3):
+            pending += chunk
+        else:  # kind 0: zero padding to the block's end
+            pos += left - 7 - length
+
+
+def wandb_history(wandb_dir: Path, run_id: str) -> list[tuple[int, dict[str, Any]]]:
+    """(step, metrics) of every history record of W&B run ``run_id`` in the offline folders of
+    ``wandb_dir`` (one folder per session), in the order the folders were written."""
+    out = []
+    for path in sorted(Path(wandb_dir).glob(f"offline-run-*/run-{run_id}.wandb")):
+        for record in wandb_records(path):
+            if record.WhichOneof("record_type") == "history":
+                items = {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item}
+                out.append((int(items.get("_step", record.history.step.num)), items))
+    return out
+
+
+def wandb_steps(wandb_dir: Path, run_id: str) -> set[int]:
+    """The steps W&B run ``run_id`` has in the offline folders of ``wandb_dir``."""
+    return {step for step, _ in wandb_history(wandb_dir, run_id)}
 
 
 def _check_writable(folder: Path, field: str) -> None:

@@ -756,3 +756,205 @@ def test_equal_accuracies_are_no_evidence_of_a_drop():
     assert all(math.isnan(v) for v in drop_test(lower, ref))
     drop, lo, hi = drop_interval(lower, ref)
     assert drop == pytest.approx(1.0) and math.isnan(lo) and math.isnan(hi)
+
+
+# ----------------------------------------------------------------------------- comparing runs honestly
+
+def _train_run(run_dir, spec_dict) -> None:
+    """A real run without Ray: each pack of the spec trained by ``run_pack``, its members' rows
+    under their own trial ids and configs through the real metric sink, the spec copied in."""
+    from sweeps.packing import plan_packs
+    from tests.conftest import write_yaml
+
+    torch.set_num_threads(1)
+    spec = spec_from_dict(spec_dict)
+    run_dir.mkdir(parents=True)
+    write_yaml(run_dir / "spec.yaml", spec_dict)
+    sink = ArrowMetricsSink(run_dir / "metrics", compact_every=0)
+    for k, pack in enumerate(plan_packs(spec)):
+        config = {**{key: v for key, v in to_param_space(spec, "test").items() if key != "point"},
+                  "point": tune_point(pack)}
+        ids = members(f"{spec.name}_{k:05d}", config)
+        run_pack([TrialPoint.from_dict(p) for p in pack], spec.dataset, spec.model, spec.train,
+                 lambda rows, state, ids=ids: [sink.write_row(row_from_result(r, ids[r["member"]][1],
+                                                                              ids[r["member"]][0])) for r in rows])
+    sink.on_experiment_end([])
+
+
+@pytest.fixture(scope="module")
+def narrow(tmp_path_factory):
+    """The grid fixture's data set (digits) and model family with half its width: 4 points (lr
+    0.05, 0.2 x S 32, 128; three values of eta/S), 2 epochs, one seed."""
+    run = tmp_path_factory.mktemp("narrow") / "narrow"
+    _train_run(run, tiny_spec("narrow", model={"options": {"width": 32}}, train={"epochs": 2}))
+    return run
+
+
+def _md_row(md: str, first: str) -> list[str]:
+    (line,) = [line for line in md.splitlines() if line.startswith(f"| {first} |")]
+    return [c.strip() for c in line.strip("|").split(" | ")]
+
+
+def test_compare_says_what_differs_and_withholds_the_verdict_across_models(tmp_path, narrow, capsys):
+    """Different models (width 64 against 32): the comparison says so at the top, with both
+    runs' values, and gives no "CIs overlap" verdict, saying why in one line; --compare-any
+    gives it, with what else differs. The same model: the verdict, and the differences named."""
+    a = _copy("grid", tmp_path)
+    assert main(["report", str(a), "--format", "md", "--compare", str(narrow)]) == 0
+    md = (a / "compare-narrow.md").read_text()
+    assert md.index("## What differs") < md.index("slopes against log10(eta/S)")
+    assert _md_row(md, "model") == ["model", "mlp (batch_norm=yes, depth=3, width=64)",
+                                    "mlp (batch_norm=yes, depth=3, width=32)", "DIFFERS"]
+    assert _md_row(md, "data set")[-1] == "yes" and _md_row(md, "data set")[1] == _md_row(md, "data set")[2]
+    assert _md_row(md, "epochs")[1:] == ["12", "2", "DIFFERS"] and _md_row(md, "seeds")[1:] == ["0, 1, 2", "0", "DIFFERS"]
+    assert _md_row(md, "code version")[1:] == ["fixture", "test", "DIFFERS"]
+    assert "The runs differ in: model, epochs," in md
+    (refusal,) = [line for line in md.splitlines() if "No same/different verdict" in line]
+    assert "the runs have different models" in refusal and "--compare-any" in refusal
+    assert "| metric | grid | narrow | B - A |\n" in md and "| CIs overlap |" not in md and "NO: the runs differ" not in md
+    assert _md_row(md, "final_val_acc")[0] == "final_val_acc" and len(_md_row(md, "final_val_acc")) == 4
+    html_page = (a / "compare-narrow.html").read_text()
+    assert html_page.index("What differs") < html_page.index("Side by side")
+    assert "No same/different verdict" in html_page and "<tr class='differs'><td>model</td>" in html_page
+
+    assert main(["report", str(a), "--format", "md", "--compare", str(narrow), "--compare-any"]) == 0
+    md = (a / "compare-narrow.md").read_text()
+    assert "No same/different verdict" not in md and "| metric | grid | narrow | B - A | CIs overlap |" in md
+    assert "the runs also differ in model, epochs" in md
+    # --compare-any alone is bad input: one line, exit 2
+    capsys.readouterr()
+    assert main(["report", str(a), "--compare-any"]) == 2
+    assert capsys.readouterr().err.strip().startswith("lrbs: error: --compare-any: only with --compare")
+
+    # the same model and data set (the rescale fixture): the verdict, and what else differs
+    b = _copy("rescale", tmp_path)
+    assert main(["report", str(a), "--format", "md", "--compare", str(b)]) == 0
+    md = (a / "compare-rescale.md").read_text()
+    assert _md_row(md, "model")[-1] == "yes" and "No same/different verdict" not in md and "CIs overlap" in md
+    assert "The runs differ in: epochs, learning rates, batch sizes, seeds." in md
+
+
+def test_compare_overlays_both_runs_fits_and_learning_curves(tmp_path, narrow):
+    """The comparison page draws, per fit both runs have, each run's point means (equal to numpy
+    over its trials) with its fit line, and both runs' validation accuracy curves (a line per
+    point, the mean of its seeds per epoch, equal to numpy over the rows)."""
+    from analysis.compare import RunView, compare_figures
+
+    views = []
+    for name, run in (("grid", FIX / "grid"), ("narrow", narrow)):
+        m = load_metrics(run)
+        views.append(RunView(name, build_report(m), m, trial_table(m)))
+    figures = dict(compare_figures(*views))
+    common = [k for k in views[0].report.fits if k in views[1].report.fits] + ["generalization_gap"]
+    assert len(figures) == len(common) + 1 and "Validation accuracy per epoch" in figures
+    fig = figures["final_val_acc against eta/S"]
+    for view in views:
+        pts = next(t for t in fig.data if t.name == f"{view.name}: point means")
+        by_point: dict = {}
+        for r in _rows(view.trials):
+            by_point.setdefault((r["lr"], r["batch_size"]), []).append(r["final_val_acc"])
+        expected = sorted((lr / s, np.mean(v)) for (lr, s), v in by_point.items())
+        got = sorted(zip(np.asarray(pts.x, float), np.asarray(pts.y, float)))
+        assert np.allclose(got, expected, rtol=1e-6)
+        fit = view.report.fits["final_val_acc"]
+        line = next(t for t in fig.data if t.name.startswith(f"{view.name}: fit over {fit['n_points']} points"))
+        x = np.log10(np.asarray(line.x, float))
+        assert np.allclose(np.asarray(line.y, float), fit["intercept"] + fit["slope"] * x)
+        assert min(line.x) == pytest.approx(min(p[0] for p in expected), rel=1e-6)
+    log_fig = figures["log10 final_train_loss against eta/S"]  # fitted on log10: points are 10 ** mean log10
+    assert log_fig.layout.yaxis.type == "log"
+    pts = next(t for t in log_fig.data if t.name == "narrow: point means")  # one seed: each trial's own loss
+    assert np.allclose(sorted(np.asarray(pts.y, float)), sorted(views[1].trials.column("final_train_loss").to_pylist()),
+                       rtol=1e-5)
+    curves = figures["Validation accuracy per epoch"]
+    assert len(curves.data) == 6 + 4  # the grid's 6 points and narrow's 4, a line each
+    by_trial = _by_trial(views[1].metrics)
+    lr, s = 0.05, 32
+    ids = [t for t, rows in by_trial.items() if rows[0]["lr"] == lr and rows[0]["batch_size"] == s]
+    line = next(t for t in curves.data if t.name.startswith(f"narrow: lr={lr:g} S={s} "))
+    assert np.allclose(np.asarray(line.y, float),
+                       np.mean([[r["val_acc"] for r in by_trial[t]] for t in ids], axis=0), rtol=1e-6)
+    # in the page: a plotly figure per overlay, under its own heading
+    a = _copy("grid", tmp_path)
+    assert main(["report", str(a), "--format", "md", "--compare", str(narrow)]) == 0
+    page = (a / "compare-narrow.html").read_text()
+    assert page.count("Plotly.newPlot") == len(figures) and "both runs (point means and fit lines)" in page
+    assert all(f"<h3>{name}</h3>" in page for name in figures)
+
+
+def test_compare_curves_of_many_points_are_one_mean_line_per_run(grid):
+    """Past plots.COMPARE_MAX_POINTS points a run draws one line (the mean over its points' seed
+    means per epoch) and a band from its lowest to highest point, equal to numpy over the rows."""
+    from analysis import plots
+
+    metrics, trials = grid
+    fig = plots.compare_curves([("A", metrics, trials), ("B", metrics, trials)], max_points=4)
+    names = [t.name for t in fig.data]
+    assert names == ["A: lowest to highest point", "A: mean over its 6 points", "B: lowest to highest point",
+                     "B: mean over its 6 points"]
+    by_trial = _by_trial(metrics)
+    points: dict = {}
+    for t, rows in by_trial.items():
+        points.setdefault((rows[0]["lr"], rows[0]["batch_size"]), []).append([r["val_acc"] for r in rows])
+    point_means = np.array([np.mean(v, axis=0) for v in points.values()])
+    assert np.allclose(np.asarray(fig.data[1].y, float), point_means.mean(axis=0), rtol=1e-6)
+    band = np.asarray(fig.data[0].y, float)
+    n = point_means.shape[1]
+    assert np.allclose(band[:n], point_means.min(axis=0), rtol=1e-6)
+    assert np.allclose(band[n:], point_means.max(axis=0)[::-1], rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- the report's layout
+
+def test_report_layout_contents_spec_yaml_skipped_lines_and_headings(tmp_path):
+    """report.html: a table of contents linking every section to an anchor that exists; the
+    spec as the YAML it is (a <pre> block; a ```yaml block in report.md), not a table of lines;
+    each skipped section one line (title and reason), not a heading of its own; headings
+    without a "-: " prefix or a doubled "Eq. 7"; the status counts in words."""
+    import html as html_lib
+    import re
+
+    import yaml
+
+    from tests.conftest import write_yaml
+
+    run = _copy("grid", tmp_path)
+    spec = tiny_spec("grid", model={"options": {"width": 64}}, train={"epochs": 12},
+                     grid={"lr": [0.01, 0.04, 0.16], "batch_size": [16, 64], "seed": [0, 1, 2]})
+    write_yaml(run / "spec.yaml", spec)
+    paths = write_reports(run)
+    page, md = paths["html"].read_text(), paths["md"].read_text()
+    sections = json.loads(paths["json"].read_text())["sections"]
+    skipped = {k: v for k, v in sections.items() if v["status"] == "skipped"}
+    assert skipped and len(skipped) < len(sections)
+
+    nav = re.search(r"<nav id='contents'>(.*?)</nav>", page, re.S).group(1)
+    links = re.findall(r"<a href='#([^']+)'>", nav)
+    ids = re.findall(r"\sid='([^']+)'", page)
+    assert links == list(sections) and all(ids.count(link) == 1 for link in links)
+    assert page.index("<nav id='contents'>") < min(page.index(f"id='{k}'") for k in sections)
+
+    for key, sec in sections.items():
+        if key in skipped:  # one line: its title and its reason, no heading of its own
+            (line,) = [line for line in page.splitlines() if f"<li id='{key}'>" in line]
+            assert html_lib.escape(sec["title"]) in line and html_lib.escape(sec["reason"]) in line
+            assert f"<h2 id='{key}'>" not in page
+            (md_line,) = [line for line in md.splitlines() if line.startswith("- **") and sec["title"] in line]
+            assert md_line.endswith(f": {sec['reason']}")
+        else:
+            assert f"<h2 id='{key}'>" in page
+    headings = re.findall(r"<h2[^>]*>(.*?)</h2>", page) + [line for line in md.splitlines() if line.startswith("#")]
+    assert "Provenance" in headings and "## Provenance" in md
+    assert not [h for h in headings if h.lstrip("# ").startswith("-") or h.count("Eq. 7") > 1], headings
+    assert "Eq. 7: final loss against (eta/4S) Tr(H)" in headings and "- **-**" not in md
+
+    text = (run / "spec.yaml").read_text()
+    block = re.search(r"<p class='cap'>the spec \(spec.yaml in the run directory\)</p><pre class='block'>(.*?)</pre>",
+                      page, re.S).group(1)
+    assert html_lib.unescape(block) == text and yaml.safe_load(html_lib.unescape(block)) == spec
+    assert f"```yaml\n{text.rstrip()}\n```" in md
+    assert "| spec.yaml |" not in md and "<th>spec.yaml</th>" not in page
+
+    counts = json.loads(paths["json"].read_text())["summary"]["status_counts"]
+    words = ", ".join(f"{k} {v}" for k, v in counts.items())
+    assert f"status: {words}</p>" in page and f"status: {words}\n" in md and "{&quot;" not in page

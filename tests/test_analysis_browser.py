@@ -71,7 +71,7 @@ def test_report_html_renders_every_figure(tmp_path):
     for name in ("breakdown", "rescale", "search"):
         shutil.copy(ROOT / "tests" / "fixtures" / name / "metrics" / "fixture.arrow", run / "metrics" / f"{name}.arrow")
     page = write_reports(run, ("html",))["html"]
-    assert "Skipped:" not in page.read_text()
+    assert "<h2 id='skipped'>" not in page.read_text()  # every section has results
     out = _chromium(tmp_path, f"--window-size={WIDTH},900", "--dump-dom", page.as_uri())
     assert out.returncode == 0, out.stderr[-2000:]
     assert not _console_errors(out.stderr), _console_errors(out.stderr)
@@ -135,3 +135,33 @@ def test_large_sweep_report_draws_with_webgl(tmp_path, monkeypatch):
     out = _chromium(tmp_path, f"--window-size={WIDTH},900", "--dump-dom", trials_page.as_uri())
     st = _status(out.stdout)
     assert out.returncode == 0 and st["errors"] == "" and st["drawn"] == st["plots"] >= 2, st
+
+
+def test_comparison_page_draws_both_runs_overlays(tmp_path):
+    """compare-<B>.html (two frozen runs with the same model and data set): loads offline without
+    console errors, every overlay (a fit per common metric, the learning curves) draws traces of
+    both runs, and each figure's box holds a drawing."""
+    from PIL import Image
+
+    from analysis.report import write_comparison
+
+    a, b = tmp_path / "grid", tmp_path / "rescale"
+    for name, run in (("grid", a), ("rescale", b)):
+        shutil.copytree(ROOT / "tests" / "fixtures" / name, run)
+    page = write_comparison(a, b)["html"]
+    html = page.read_text()
+    n_figures = html.count("Plotly.newPlot")
+    assert n_figures >= 2 and "grid: point means" in html and "rescale: point means" in html
+    out = _chromium(tmp_path, f"--window-size={WIDTH},900", "--dump-dom", page.as_uri())
+    assert out.returncode == 0 and not _console_errors(out.stderr), out.stderr[-2000:]
+    st = _status(out.stdout)
+    assert st["errors"] == "" and st["plots"] == n_figures and st["drawn"] == n_figures, st
+    assert all(traces >= 2 for *_, traces in st["boxes"])  # both runs in every figure
+    shot = tmp_path / "shot.png"
+    height = min(st["height"], 30000)
+    _chromium(tmp_path, f"--window-size={WIDTH},{height}", f"--screenshot={shot}", page.as_uri())
+    img = np.asarray(Image.open(io.BytesIO(shot.read_bytes())).convert("L"), dtype=float)
+    for left, top, width, h, _ in st["boxes"]:
+        if top + h <= height:
+            crop = img[top:top + h, left:left + width]
+            assert 0.003 < (crop < 200).mean() < 0.6 and crop.std() > 10, top

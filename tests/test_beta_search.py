@@ -194,7 +194,7 @@ def with_beta(**beta) -> dict:
     (with_beta(search={"alpha": 0.1}), "beta.search.alpha: unknown key"),
     (with_beta(min_drop=-1), "beta.min_drop: must be a drop in accuracy points, >= 0 and < 100 (got -1.0)"),
     (with_beta(min_drop=100), "beta.min_drop: must be a drop in accuracy points, >= 0 and < 100 (got 100.0)"),
-    (with_beta(min_drop=float("nan")), "beta.min_drop: must be a drop in accuracy points, >= 0 and < 100 (got nan)"),
+    (with_beta(min_drop=float("nan")), "beta.min_drop: must be a finite number (got nan)"),
     (with_beta(min_drop="big"), "beta.min_drop: must be a number (got 'big')"),
     ({**BASE, "beta": {"lr0": 0.05, "batch_size0": 8, "values": [1, 2], "min_drop": -0.5}},
      "beta.min_drop: must be a drop in accuracy points, >= 0 and < 100 (got -0.5)"),

@@ -179,6 +179,133 @@ def test_frozen_parameters_are_excluded():
     assert model[0].bias.requires_grad is False
 
 
+# ----------------------------------------------------------------------------- kernels without double backward
+
+class _Attention(nn.Module):
+    """Self-attention over 4 tokens of 3 features, pooled to 3 logits: through
+    ``F.scaled_dot_product_attention`` (whose fused kernels have no double backward) or, with
+    ``explicit``, the same product written out (softmax(q k^T / sqrt(3)) v: plain autograd ops)."""
+
+    def __init__(self, explicit: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.qkv, self.out, self.explicit = nn.Linear(3, 9), nn.Linear(3, 3), explicit
+
+    def forward(self, x):
+        q, k, v = self.qkv(x.view(-1, 4, 3)).chunk(3, dim=-1)
+        if self.explicit:
+            h = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(3), dim=-1) @ v
+        else:
+            h = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.out(h.mean(1))
+
+
+def _sdpa_flags() -> tuple[bool, ...]:
+    b = torch.backends.cuda
+    return b.flash_sdp_enabled(), b.mem_efficient_sdp_enabled(), b.math_sdp_enabled(), b.cudnn_sdp_enabled()
+
+
+def test_hvp_through_fused_attention_uses_the_math_kernel():
+    """On the CPU, F.scaled_dot_product_attention picks a flash kernel without double backward:
+    probes run it through the math kernel, and their HVPs equal the exact Hessian of the same
+    attention written out; the kernel flags come back as they were."""
+    flags = _sdpa_flags()
+    fused, explicit = _Attention().double(), _Attention(explicit=True).double()
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(N, 12, generator=g, dtype=torch.float64), torch.randint(0, 3, (N,), generator=g)
+    H = exact_hessian(explicit, CE, x, y)
+    v = torch.randn(H.shape[0], dtype=torch.float64, generator=g)
+    params = [p for _, p in _trainable(fused)]
+    vecs = [t.view_as(p) for t, p in zip(torch.split(v, [p.numel() for p in params]), params)]
+    hv = cv.hvp(fused, CE, cv.make_batches(x, y, batch_size=25), vecs)
+    torch.testing.assert_close(torch.cat([t.reshape(-1) for t in hv]), H @ v, rtol=1e-9, atol=1e-11)
+    lam = cv.top_eigenvalue(fused, CE, cv.make_batches(x, y), max_iters=60, tol=1e-10, retain_graph=True)
+    assert lam.converged and lam.value == pytest.approx(float(torch.linalg.eigvalsh(H)[-1]), rel=1e-6)
+    assert _sdpa_flags() == flags
+
+
+def test_probe_mode_turns_cudnn_off_for_recurrent_models_only():
+    """cuDNN's RNN backward runs only in training mode (probes are in eval mode): off inside
+    probe_mode for a model with an LSTM, left on for a convnet (cuDNN convolutions have a double
+    backward), and back on afterwards."""
+    assert torch.backends.cudnn.enabled
+    rnn = nn.Sequential(nn.LSTM(3, 4, batch_first=True))
+    with cv.probe_mode(rnn):
+        assert not torch.backends.cudnn.enabled
+    with cv.probe_mode(nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten())):
+        assert torch.backends.cudnn.enabled
+    assert torch.backends.cudnn.enabled
+
+
+class _Clip(torch.autograd.Function):
+    """tanh, its backward marked as having no backward of its own."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return grad * (1 - y * y)
+
+
+def test_hvp_through_a_once_differentiable_function_raises_instead_of_dropping_terms():
+    """autograd.grad with respect to the parameters never reaches once_differentiable's error
+    node, and would return H v without that function's second-order terms: the HVP raises,
+    naming the function. The same model with torch.tanh gives the exact Hessian's product."""
+    model, (x, y) = _mlp(), _data()
+    batches, v = cv.make_batches(x, y), [torch.ones_like(p) for p in model.parameters()]
+
+    class Clipped(nn.Module):
+        def forward(self, h):
+            return _Clip.apply(h)
+
+    model[1] = Clipped()
+    with pytest.raises(RuntimeError, match=r"once_differentiable \(custom autograd.Function _Clip\)"):
+        cv.hvp(model, CE, batches, v)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        cv.top_eigenvalue(model, CE, batches, max_iters=3, retain_graph=True)
+    model[1] = nn.Tanh()
+    H = exact_hessian(model, CE, x, y)
+    torch.testing.assert_close(torch.cat([t.reshape(-1) for t in cv.hvp(model, CE, batches, v)]),
+                               H @ torch.ones(H.shape[0], dtype=torch.float64), rtol=1e-9, atol=1e-11)
+
+
+class _Recurrent(nn.Module):
+    """An LSTM over 4 steps of 3 features, its last output to 3 logits."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lstm, self.out = nn.LSTM(3, 5, batch_first=True), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.out(self.lstm(x.view(-1, 4, 3))[0][:, -1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("make", [_Attention, _Recurrent])
+def test_probes_through_attention_and_lstm_on_gpu(make):
+    """The fused GPU kernels (flash / memory-efficient attention, cuDNN RNN) have no double
+    backward: probes on a GPU give the CPU's values, also for the first-order noise scale."""
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(N, 12, generator=g), torch.randint(0, 3, (N,), generator=g)
+    cpu, gpu = make(), make().cuda()
+    bc, bg = cv.make_batches(x, y, batch_size=32), cv.make_batches(x.cuda(), y.cuda(), batch_size=32)
+    a = cv.top_eigenvalue(cpu, CE, bc, max_iters=10, tol=1e-6)
+    b = cv.top_eigenvalue(gpu, CE, bg, max_iters=10, tol=1e-6)
+    assert a.n_hvp == b.n_hvp and b.value == pytest.approx(a.value, rel=1e-3)
+    ta, tb = (cv.hessian_trace_and_frobenius(m, CE, bt, n_probes=8)[0] for m, bt in ((cpu, bc), (gpu, bg)))
+    assert tb.value == pytest.approx(ta.value, rel=1e-3)
+    na = cv.gradient_noise_scale_full(cpu, CE, x, y, b_small=8, n_batches=8)
+    nb = cv.gradient_noise_scale_full(gpu, CE, x.cuda(), y.cuda(), b_small=8, n_batches=8)
+    assert nb.b_simple == pytest.approx(na.b_simple, rel=1e-3)
+
+
 # ----------------------------------------------------------------------------- top eigenvalue
 
 @pytest.mark.parametrize("name", MODELS)

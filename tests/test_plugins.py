@@ -6,13 +6,19 @@ tests/test_submit.py, beside the other test that starts a head.
 from __future__ import annotations
 
 import json
+import math
 import os
 import textwrap
 
+import pyarrow as pa
 import pytest
 import torch
 
+from analysis.schema import METRIC_SCHEMA
+from analysis.sections import section_probes
+from analysis.tables import trials_from_metrics
 from sweeps.cli import main
+from sweeps.metrics_sink import row_from_result
 from tests.conftest import ROOT, tiny_spec, write_yaml
 from trainables import plugins, probes
 from trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig
@@ -39,6 +45,39 @@ USER_MODULE = textwrap.dedent('''
 
     def crashes_forward(input_shape, n_classes):
         return nn.Linear(3, n_classes)
+
+    def exits(input_shape, n_classes):
+        import sys
+        sys.exit(0)
+
+    def interrupted(input_shape, n_classes):
+        raise KeyboardInterrupt
+
+    class _ExitingForward(nn.Linear):
+        def forward(self, x):
+            import sys
+            sys.exit(0)
+
+    def exits_in_forward(input_shape, n_classes):
+        return _ExitingForward(int(np.prod(input_shape)), n_classes)
+
+    class _Constant(nn.Module):
+        def __init__(self, n_classes):
+            super().__init__()
+            self.n_classes = n_classes
+
+        def forward(self, x):
+            return torch.zeros(len(x), self.n_classes)
+
+    def no_params(input_shape, n_classes):
+        return _Constant(n_classes)
+
+    class _Rounded(nn.Linear):
+        def forward(self, x):
+            return super().forward(x.flatten(1)).round().long()
+
+    def integer_logits(input_shape, n_classes):
+        return _Rounded(int(np.prod(input_shape)), n_classes)
 
     NOT_CALLABLE = 3
 
@@ -79,6 +118,16 @@ USER_MODULE = textwrap.dedent('''
 
     def data_shapes():
         d = _blobs(); d["x_val"] = d["x_val"][:, :4]; return d
+
+    def data_no_features():
+        d = _blobs(); d["x_train"] = d["x_train"][:, :0]; d["x_val"] = d["x_val"][:, :0]; return d
+
+    def data_exits():
+        import sys
+        sys.exit(0)
+
+    def data_interrupted():
+        raise KeyboardInterrupt
 ''')
 
 
@@ -93,7 +142,8 @@ def user_dir(tmp_path, monkeypatch):
     from sweeps import estimate
     from trainables import user_data
 
-    for name in [m for m in sys.modules if m.startswith(("usermods_lrbs_test", "broken_import_lrbs_test"))]:
+    for name in [m for m in sys.modules if m.startswith(("usermods_lrbs_test", "broken_import_lrbs_test",
+                                                          "exit_import_lrbs_test", "interrupt_import_lrbs_test"))]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setattr(user_data, "_CACHE", {})
     monkeypatch.setattr(estimate, "_PROFILES", {})
@@ -103,6 +153,8 @@ def user_dir(tmp_path, monkeypatch):
     folder.mkdir()
     (folder / "usermods_lrbs_test.py").write_text(USER_MODULE)
     (folder / "broken_import_lrbs_test.py").write_text("import numpy\nraise ImportError('needs cuda 13')\n")
+    (folder / "exit_import_lrbs_test.py").write_text("import sys\nsys.exit(0)\n")
+    (folder / "interrupt_import_lrbs_test.py").write_text("raise KeyboardInterrupt\n")
     return folder
 
 
@@ -115,9 +167,18 @@ def user_spec(name: str = "tiny", **sections) -> dict:
 
 def _validate(folder, capsys, **overrides):
     spec = write_yaml(folder / "spec.yaml", user_spec(**overrides))
-    code = main(["validate", str(spec)])
+    code = _main(["validate", str(spec)])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def _main(argv: list[str]):
+    """``main(argv)``; user code's SystemExit or KeyboardInterrupt escaping lrbs is returned as
+    its name (it must not end pytest's session, nor pass as an exit code)."""
+    try:
+        return main(argv)
+    except (SystemExit, KeyboardInterrupt) as exc:
+        return f"{type(exc).__name__} escaped"
 
 
 M = "usermods_lrbs_test"
@@ -157,8 +218,22 @@ def test_user_model_and_data_validate_with_counts(user_dir, capsys, monkeypatch)
     ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_shapes"}, "dataset.name", "differ in example shape"),
     ({"name": f"{M}:tiny_net"}, {**DATA, "options": {"n_test": 3}}, "dataset.options", "n_test"),
     ({"name": f"{M}:tiny_net"}, {**DATA, "val_fraction": 0.2}, "dataset.val_fraction", "own validation split"),
+    # User code that stops the process instead of raising, at import, in a factory, in forward
+    ({"name": f"{M}:exits"}, DATA, "model.name", "called sys.exit(0)"),
+    ({"name": f"{M}:interrupted"}, DATA, "model.name", "KeyboardInterrupt"),
+    ({"name": f"{M}:exits_in_forward"}, DATA, "model.name", "forward pass"),
+    ({"name": "exit_import_lrbs_test:net"}, DATA, "model.name", "called sys.exit(0)"),
+    ({"name": "interrupt_import_lrbs_test:net"}, DATA, "model.name", "KeyboardInterrupt"),
+    ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_exits"}, "dataset.name", "called sys.exit(0)"),
+    ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_interrupted"}, "dataset.name", "KeyboardInterrupt"),
+    ({"name": f"{M}:tiny_net"}, {"name": "interrupt_import_lrbs_test:data"}, "dataset.name", "KeyboardInterrupt"),
+    # Models and data SGD cannot train on
+    ({"name": f"{M}:no_params"}, DATA, "model.name", "no trainable parameters"),
+    ({"name": f"{M}:integer_logits"}, DATA, "model.name", "floating-point logits; it returned torch.int64"),
+    ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_no_features"}, "dataset.name", "has no features"),
 ])
-def test_bad_factories_are_one_line_exit_2(user_dir, capsys, model, dataset, field, words):
+def test_bad_factories_are_one_line_exit_2(user_dir, capsys, tmp_path, model, dataset, field, words):
+    """``lrbs validate`` and ``lrbs run``: one line naming the field, exit 2, nothing written."""
     overrides = {"model": model, "dataset": {"val_fraction": None, **dataset},
                  "grid": {"lr": [0.1], "batch_size": [8], "seed": [0]}}
     code, out, err = _validate(user_dir, capsys, **overrides)
@@ -167,6 +242,9 @@ def test_bad_factories_are_one_line_exit_2(user_dir, capsys, model, dataset, fie
     assert len(lines) == 1 and lines[0].startswith("lrbs: error: "), err
     message = lines[0].split(": ", 2)[2]
     assert f": {field}: " in f": {message}" and words in message, message
+    assert _main(["run", str(user_dir / "spec.yaml"), "--storage", str(tmp_path / "runs"), "--no-report"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == lines
+    assert not (tmp_path / "runs").exists()
 
 
 def test_run_refuses_a_broken_factory_before_ray_starts(user_dir, capsys, tmp_path):
@@ -275,3 +353,143 @@ def test_resume_finds_user_modules_where_run_found_them(user_dir, tmp_path, monk
         plugins.load_object(f"{M}:tiny_net", "model.name")
     restore_plugin_folders(run_dir)
     assert callable(plugins.load_object(f"{M}:tiny_net", "model.name"))
+
+
+# ----------------------------------------------------------------------------- probes through user models
+
+ATTENTION_MODULE = textwrap.dedent('''
+    import numpy as np
+    import torch
+    from torch import nn
+    from torch.autograd.function import once_differentiable
+
+    class _Encoder(nn.Module):
+        def __init__(self, input_shape, n_classes, d_model, heads, token):
+            super().__init__()
+            n = int(np.prod(input_shape))
+            self.token = token
+            self.embed = nn.Linear(token, d_model)
+            self.position = nn.Parameter(torch.zeros(n // token, d_model))
+            layer = nn.TransformerEncoderLayer(d_model, heads, dim_feedforward=2 * d_model, dropout=0.0,
+                                               batch_first=True)
+            self.encoder = nn.TransformerEncoder(layer, num_layers=1, enable_nested_tensor=False)
+            self.head = nn.Linear(d_model, n_classes)
+
+        def forward(self, x):
+            tokens = x.flatten(1).unflatten(1, (-1, self.token))  # (batch, n / token, token)
+            return self.head(self.encoder(self.embed(tokens) + self.position).mean(1))
+
+    def encoder(input_shape, n_classes, d_model=16, heads=2, token=8):
+        """A 1-layer transformer encoder over the example cut into tokens of `token` values."""
+        return _Encoder(input_shape, n_classes, d_model, heads, token)
+
+    class _SoftSign(torch.autograd.Function):
+        """x / (1 + |x|), whose backward has no backward of its own."""
+
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x / (1 + x.abs())
+
+        @staticmethod
+        @once_differentiable
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return grad / (1 + x.abs()) ** 2
+
+    class _SoftSignNet(nn.Module):
+        def __init__(self, n_in, n_classes, hidden):
+            super().__init__()
+            self.hidden, self.out = nn.Linear(n_in, hidden), nn.Linear(hidden, n_classes)
+
+        def forward(self, x):
+            return self.out(_SoftSign.apply(self.hidden(x.flatten(1))))
+
+    def no_double_backward(input_shape, n_classes, hidden=16):
+        return _SoftSignNet(int(np.prod(input_shape)), n_classes, hidden)
+''')
+A = "attention_lrbs_test"
+PROBE_CFG = {"n_samples": 64, "lanczos_iters": 6, "hutchinson_probes": 4, "noise_b_small": 32, "noise_pairs": 8}
+
+
+@pytest.fixture
+def attention_dir(user_dir, monkeypatch):
+    """``user_dir`` with a module holding a transformer encoder and a model without double backward."""
+    import sys
+
+    from sweeps import estimate
+
+    for name in [m for m in sys.modules if m.startswith(A)]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(estimate, "_HVP_ERRORS", {})
+    (user_dir / f"{A}.py").write_text(ATTENTION_MODULE)
+    plugins.add_search_root(user_dir)
+    return user_dir
+
+
+def test_probes_run_through_a_user_transformer(attention_dir):
+    """nn.TransformerEncoder's attention runs a fused kernel without double backward: the probes
+    run it through the math kernel and measure finite, positive curvature."""
+    data = load_dataset(DatasetConfig(name="digits", n_train=256))
+    rows: list = []
+    status = run_pack([TrialPoint(lr=0.1, batch_size=32, seed=0)], DatasetConfig(name="digits"),
+                      ModelConfig(name=f"{A}:encoder"), TrainConfig(epochs=2), lambda r, state: rows.extend(r),
+                      data=data, probes=CurvatureConfig(**PROBE_CFG))
+    assert status == ["finished"] and [r["epoch"] for r in rows] == [1, 2]
+    last = rows[-1]
+    assert "probe_error" not in last, last.get("probe_error")
+    for col in ("lambda_max", "hessian_trace", "hessian_fro", "grad_noise_scale", "probe_loss"):
+        assert isinstance(last[col], float) and math.isfinite(last[col]), (col, last[col])
+    assert last["lambda_max"] > 0 and last["hessian_fro"] > 0
+
+
+def test_validate_runs_one_hvp_when_probes_are_on(attention_dir, capsys, tmp_path):
+    """With ``curvature:`` set, ``lrbs validate`` (and ``lrbs run``) runs one Hessian-vector
+    product through the model: the transformer passes, a model whose op has no double backward
+    is one line naming curvature and the op, exit 2, nothing written; without curvature it passes."""
+    digits = {"name": "digits", "val_fraction": 0.2}
+    grid = {"lr": [0.1], "batch_size": [32], "seed": [0]}
+    code, out, err = _validate(attention_dir, capsys, model={"name": f"{A}:encoder"}, dataset=digits, grid=grid,
+                               curvature=PROBE_CFG)
+    assert code == 0, err
+    overrides = {"model": {"name": f"{A}:no_double_backward"}, "dataset": digits, "grid": grid}
+    code, out, err = _validate(attention_dir, capsys, **overrides, curvature=PROBE_CFG)
+    assert code == 2, out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lrbs: error: "), err
+    assert f"curvature: the probes need Hessian-vector products (a double backward) through model.name {A}:" \
+           "no_double_backward" in lines[0] and "once_differentiable" in lines[0], lines[0]
+    assert _main(["run", str(attention_dir / "spec.yaml"), "--storage", str(tmp_path / "runs"), "--no-report"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == lines
+    assert not (tmp_path / "runs").exists()
+    code, out, err = _validate(attention_dir, capsys, **overrides)  # no curvature section: no HVP, no error
+    assert code == 0, err
+
+
+def test_a_failing_probe_leaves_null_columns_and_the_error_and_the_trial_goes_on(attention_dir):
+    """A probe that raises mid-training (validate's check bypassed: the config built in code) is
+    recorded, not raised: each probed row has null sharpness columns and probe_error, the
+    first-order noise scale still runs, the trial finishes with all its rows, and the report's
+    probe section names the trial with its error."""
+    data = load_dataset(DatasetConfig(name="digits", n_train=128))
+    rows: list = []
+    status = run_pack([TrialPoint(lr=0.1, batch_size=32, seed=0)], DatasetConfig(name="digits"),
+                      ModelConfig(name=f"{A}:no_double_backward"), TrainConfig(epochs=3),
+                      lambda r, state: rows.extend(r), data=data, probes=CurvatureConfig(**PROBE_CFG, every=2))
+    assert status == ["finished"] and [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [r["status"] for r in rows] == ["running", "running", "finished"]
+    assert "probe_error" not in rows[0] and "lambda_max" not in rows[0]  # no probe due at epoch 1
+    for row in rows[1:]:
+        assert row["probe_error"].startswith("sharpness: RuntimeError: ") and "once_differentiable" in row["probe_error"]
+        assert "lambda_max" not in row and "hessian_trace" not in row  # null in the tables
+        assert math.isfinite(row["grad_noise_scale"]) and row["probe_s"] > 0
+    config = {"sweep": "s", "dataset": {"name": "digits"}, "model": {"name": f"{A}:no_double_backward"},
+              "point": {"lr": 0.1, "batch_size": 32, "seed": 0}}
+    table = pa.Table.from_pylist([row_from_result(r, config, "t0") for r in rows], schema=METRIC_SCHEMA)
+    assert table.column("probe_error").to_pylist() == [None, rows[1]["probe_error"], rows[2]["probe_error"]]
+    trials = trials_from_metrics(table)
+    assert trials.column("probe_epoch").to_pylist() == [3] and trials.column("lambda_max").to_pylist() == [None]
+    sec = section_probes(trials)
+    assert sec.status == "ok" and sec.data["probe_failed"] == {"t0": rows[2]["probe_error"]}
+    assert "probes failed in 1/1 trials" in sec.headline
+    assert any("t0: sharpness: RuntimeError" in note for note in sec.notes)

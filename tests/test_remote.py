@@ -201,7 +201,7 @@ def test_s3_sigkill_resume_status_report_interpolate(s3_server, tmp_path):
     uri = f"s3://{run_path}"
     out = _lrbs("status", uri, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "2 trials: 2 STOPPED" in out.stdout and f"/{2 * KILL_EPOCHS} |" in out.stdout, out.stdout  # the dead driver's trials
+    assert "2 trials: 2 stopped" in out.stdout and f"/{2 * KILL_EPOCHS} |" in out.stdout, out.stdout  # the dead driver's trials
 
     out = _lrbs("resume", uri, "--no-report", "--upload-interval", "0", env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -255,7 +255,7 @@ def test_s3_sigkill_resume_status_report_interpolate(s3_server, tmp_path):
     assert [r["status"] for r in records] == ["TERMINATED"] and len(records[0]["logdirs"]) == 2
 
     out = _lrbs("status", uri, env=env, timeout=120)
-    assert out.returncode == 0 and "2 trials: 2 TERMINATED" in out.stdout, out.stdout + out.stderr
+    assert out.returncode == 0 and "2 trials: 2 finished" in out.stdout, out.stdout + out.stderr
     # A second resume finds nothing to do and starts no Ray.
     out = _lrbs("resume", uri, "--no-report", env=env, timeout=120)
     assert out.returncode == 0 and "2 trials done; 0 continue" in out.stdout, out.stdout + out.stderr

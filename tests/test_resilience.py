@@ -311,8 +311,8 @@ def test_errored_trial_status_then_resume_and_restart(cluster, tmp_path, capsys)
     body = [line for line in lines[1:-2]]
     assert len(body) == 2
     for line in body:
-        assert " ERROR " in line and " 1/3 " in line and "InjectedFault: injected fault at epoch" in line
-    assert lines[-1] == "2 trials: 2 ERROR"
+        assert " errored " in line and " 1/3 " in line and "InjectedFault: injected fault at epoch" in line
+    assert lines[-1] == "2 trials: 2 errored"
     ids_before = tune_trial_ids(run_dir)
 
     copy = tmp_path / "copy" / "e"  # the same errored run, for --restart-errored (moved, too)
@@ -325,7 +325,7 @@ def test_errored_trial_status_then_resume_and_restart(cluster, tmp_path, capsys)
     trials = read_status(run_dir)
     assert [(t.status, t.epochs_done, t.row_status) for t in trials] == [("TERMINATED", 3, "finished")] * 2
     out = status_cli(run_dir)
-    assert out.returncode == 0 and out.stdout.splitlines()[-1] == "2 trials: 2 TERMINATED"
+    assert out.returncode == 0 and out.stdout.splitlines()[-1] == "2 trials: 2 finished"
     # The resumed pack ran in this session's Ray experiment (RUN_DIR/resume-*/), from its epoch-1
     # checkpoint: epochs 2 and 3 there (resilience.keep_checkpoints, default 2).
     resumed_dirs = list(run_dir.glob("resume-*/train_trial_*"))
@@ -564,3 +564,87 @@ def test_damaged_metric_files_are_flagged_not_crashed(tmp_path):
     trials = {t.trial_id: t for t in read_status(run)}
     assert trials[ids[1]].row_status == "damaged" and "0 bytes" in trials[ids[1]].error
     assert "DAMAGED: 1 trial(s)" in format_status(list(trials.values()))
+
+
+# ---------------------------------------------------------------------------------------------
+# lrbs status: one vocabulary (no Ray)
+
+
+class _StopTraining(Exception):
+    """Raised by a test's report callback: the trial's process dies after that epoch."""
+
+
+def _write_states_run(run_dir: Path) -> dict[str, str]:
+    """A run as a sweep leaves it: real packs trained by ``run_pack`` (3 epochs), their rows
+    through the real metric sink and lrbs's trial records through ``write_record``. A pack of two
+    (lr 0.05 finishes, lr 1e4 diverges) ended TERMINATED; a trial that raised after epoch 1 ended
+    ERROR; one whose driver died after epoch 2 still says RUNNING. Returns trial id -> expected state."""
+    import torch
+
+    from sweeps.ledger import ERROR, RUNNING, TERMINATED, TrialRecord, write_record
+    from sweeps.metrics_sink import row_from_result
+    from sweeps.packing import members, tune_point
+    from sweeps.spec import expand_points, spec_from_dict, to_param_space
+    from trainables.train_loop import TrialPoint, run_pack
+
+    torch.set_num_threads(1)
+    spec = spec_from_dict(tiny_spec("states", train={"epochs": 3},
+                                    grid={"lr": [0.05, 1e4, 0.2], "batch_size": [32], "seed": [0]}))
+    (run_dir / "spec.yaml").parent.mkdir(parents=True, exist_ok=True)
+    write_yaml(run_dir / "spec.yaml", tiny_spec("states", train={"epochs": 3}))
+    points = expand_points(spec)
+    sink = ArrowMetricsSink(run_dir / "metrics", compact_every=0)
+    trials = [("5a7e5_00000", points[:2], TERMINATED, None, ""),
+              ("5a7e5_00001", points[2:], ERROR, 1, "trainables.faults.InjectedFault: injected fault at epoch 2"),
+              ("5a7e5_00002", [dict(points[0], seed=1)], RUNNING, 2, "")]
+    for trial_id, pack, status, stop_after, error in trials:
+        config = {**{k: v for k, v in to_param_space(spec, "test").items() if k != "point"}, "point": tune_point(pack)}
+        ids = members(trial_id, config)
+
+        def report(rows, state, ids=ids, stop_after=stop_after):
+            for r in rows:
+                sink.write_row(row_from_result(r, ids[r["member"]][1], ids[r["member"]][0]))
+            if stop_after is not None and rows[0]["epoch"] >= stop_after:
+                raise _StopTraining
+
+        try:
+            run_pack([TrialPoint.from_dict(p) for p in pack], spec.dataset, spec.model, spec.train, report)
+        except _StopTraining:
+            pass
+        write_record(run_dir, TrialRecord(trial_id, tune_point(pack), status=status, failures=int(status == ERROR),
+                                          error=error))
+    sink.on_experiment_end([])
+    return {"5a7e5_00000-m0": "finished", "5a7e5_00000-m1": "diverged", "5a7e5_00001": "errored",
+            "5a7e5_00002": "stopped"}
+
+
+def test_status_shows_one_vocabulary(tmp_path, capsys):
+    """``lrbs status`` on a run with finished, diverged, errored and stopped trials: every trial's
+    status is one of sweeps.status.STATES (never Tune's TERMINATED/ERROR/STOPPED, nor a second
+    "result" column that says running for a trial that is not), and the summary counts them."""
+    from sweeps.lock import RunLock
+    from sweeps.status import STATES
+
+    run = tmp_path / "states"
+    expected = _write_states_run(run)
+    assert main(["status", str(run)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[0].split()
+    assert header[:8] == ["trial_id", "lr", "batch", "seed", "status", "epochs", "val_acc", "fails"]
+    assert "result" not in header
+    shown = {line.split()[0]: line.split()[4] for line in lines[1:1 + len(expected)]}
+    assert shown == expected and set(shown.values()) <= set(STATES)
+    for line in lines:
+        assert not {"TERMINATED", "ERROR", "STOPPED", "RUNNING", "UNKNOWN"} & set(line.split()), line
+    assert lines[-1] == "4 trials: 1 finished, 1 diverged, 1 errored, 1 stopped"
+    epochs = {t.trial_id: t.epochs_done for t in read_status(run)}
+    assert epochs == {"5a7e5_00000-m0": 3, "5a7e5_00000-m1": epochs["5a7e5_00000-m1"], "5a7e5_00001": 1,
+                      "5a7e5_00002": 2} and epochs["5a7e5_00000-m1"] < 3  # the diverged member stopped early
+    # A driver holding the run directory: the trial whose record says RUNNING is running.
+    with RunLock(run, "lrbs run"):
+        states = {t.trial_id: t.state for t in read_status(run)}
+    assert states == {**expected, "5a7e5_00002": "running"}
+    # A run written before trial records (a frozen fixture): the rows alone give the state.
+    fixture = tmp_path / "grid"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "grid", fixture)
+    assert {t.state for t in read_status(fixture)} == {"finished"}

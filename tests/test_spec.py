@@ -308,12 +308,12 @@ def test_plan_packs_groups_by_batch_size_schedule_and_n_train_and_splits_at_k():
     (b"name: x\ndataset: {name: synthetic, n_train: 512}\nlimits: {memory_gb: 0.0001}\n"
      b"grid: {lr: [0.1], batch_size: [8], seed: [0]}\n", "the limit is 0.0001 GB (limits.memory_gb)"),
     (b"name: x\nlimits: {max_points: 0}\n", "limits.max_points: must be >= 1"),
-    # NaN compares false with every bound: each number is checked finite too.
-    (b"name: x\ntrain: {weight_decay: .nan}\n", "train.weight_decay: must be >= 0"),
-    (b"name: x\ntrain: {divergence_factor: .nan}\n", "train.divergence_factor: must be > 1"),
-    (b"name: x\nresources: {cpu: .nan}\n", "resources.cpu: must be > 0"),
-    (b"name: x\nresources: {gpu: .nan}\n", "resources.gpu: must be >= 0"),
-    (b"name: x\nlimits: {resource_wait_s: .inf}\n", "limits.resource_wait_s: must be a number of seconds"),
+    # NaN compares false with every bound: every number is checked finite where it is read.
+    (b"name: x\ntrain: {weight_decay: .nan}\n", "train.weight_decay: must be a finite number (got nan)"),
+    (b"name: x\ntrain: {divergence_factor: .nan}\n", "train.divergence_factor: must be a finite number"),
+    (b"name: x\nresources: {cpu: .nan}\n", "resources.cpu: must be a finite number"),
+    (b"name: x\nresources: {gpu: .nan}\n", "resources.gpu: must be a finite number"),
+    (b"name: x\nlimits: {resource_wait_s: .inf}\n", "limits.resource_wait_s: must be a finite number (got inf)"),
 ])
 def test_hostile_specs_are_one_line_errors(tmp_path, content, needle):
     """Red-team inputs (issue 13): one line naming the problem, exit 2, nothing started."""
@@ -400,7 +400,7 @@ def test_report_converged_train_acc_defaults_and_reaches_every_trial_config():
     ({"converged_train_acc": 0}, "report.converged_train_acc: must be an accuracy in (0, 1] or null"),
     ({"converged_train_acc": 1.5}, "report.converged_train_acc: must be an accuracy in (0, 1] or null"),
     ({"converged_train_acc": -0.2}, "report.converged_train_acc: must be an accuracy in (0, 1] or null"),
-    ({"converged_train_acc": float("nan")}, "report.converged_train_acc: must be an accuracy in (0, 1] or null"),
+    ({"converged_train_acc": float("nan")}, "report.converged_train_acc: must be a finite number (got nan)"),
     ({"converged_train_acc": "99%"}, "report.converged_train_acc: must be a number"),
     ({"converged_train_loss": 0.05}, "report.converged_train_loss: unknown key (allowed here: converged_train_acc)"),
     ([0.99], "report: must be a mapping"),
@@ -424,3 +424,155 @@ def test_report_section_from_a_yaml_file_exits_2_naming_the_field(tmp_path, caps
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "report.converged_train_acc: must be an accuracy in (0, 1] or null (got 2.0)" in err[0]
+
+
+def _text_spec(**sections: str):
+    """A spec file written as YAML text (``.inf``, 5,000-digit integers and other literals that
+    only text can hold); each section's flow text replaces the base's, None leaves it out.
+    ``TMP`` in a section is replaced by the test's folder."""
+    base = {"name": "h", "dataset": "{name: digits, val_fraction: 0.2}",
+            "model": "{name: mlp, options: {depth: 2, width: 8}}", "train": "{epochs: 2}",
+            "grid": "{lr: [0.1], batch_size: [32], seed: [0]}"}
+
+    def make(tmp: Path) -> Path:
+        text = "".join(f"{k}: {v}\n" for k, v in {**base, **sections}.items() if v is not None)
+        path = tmp / "spec.yaml"
+        path.write_text(text.replace("TMP", str(tmp)))
+        return path
+    return make
+
+
+def _special_path(kind: str):
+    def make(tmp: Path) -> Path:
+        import os
+
+        if kind == "dev-zero":
+            return Path("/dev/zero")
+        path = tmp / "spec.yaml"
+        if kind == "fifo":
+            os.mkfifo(path)
+        elif kind == "dir":
+            path.mkdir()
+        else:  # one byte over the limit
+            path.write_text("name: big\n" + "#" * SpecError.MAX_ERROR + "\n" + "#" * 1_000_000 + "\n")
+        return path
+    return make
+
+
+FAMILY = "{seed: [0]}"  # grid of a rescale / beta / variants spec
+# (case, how to write the spec, the field the one line names; None: it names the spec file)
+HOSTILE_TWO = [
+    ("epochs-5000-digits", _text_spec(train="{epochs: " + "9" * 5000 + "}"), "train.epochs"),
+    ("lr-400-digits", _text_spec(grid="{lr: [" + "9" * 400 + "], batch_size: [32], seed: [0]}"), "grid.lr[0]"),
+    ("cpu-2**2000", _text_spec(resources=f"{{cpu: {2**2000}}}"), "resources.cpu"),
+    ("options-5000-digits", _text_spec(model="{name: mlp, options: {width: -" + "7" * 5000 + "}}"),
+     "model.options.width"),
+    ("step-lr-overflows", _text_spec(train="{epochs: 3}",
+                                     schedule="{kind: step, milestones: [1, 2], factor: 1.0e+300}"), "schedule.factor"),
+    ("variant-step-lr-overflows", _text_spec(train="{epochs: 40}", grid=FAMILY, variants=(
+        "[{label: a, lr: 0.1, batch_size: 32, schedule: {kind: step, every: 1, factor: 1.0e+10}}]")),
+     "variants[0].schedule.factor"),
+    ("rescale-lr-overflows", _text_spec(grid=FAMILY, rescale="{lr0: 1.0e+308, batch_size0: 16, batch_sizes: [64]}"),
+     "rescale.lr0"),
+    ("beta-value-inf", _text_spec(grid=FAMILY, beta="{lr0: 0.1, batch_size0: 16, values: [.inf]}"), "beta.values[0]"),
+    ("beta-value-1e308", _text_spec(grid=FAMILY, beta="{lr0: 0.1, batch_size0: 16, values: [1.0e+308]}"),
+     "beta.values[0]"),
+    ("beta-lr0-inf", _text_spec(grid=FAMILY, beta="{lr0: .inf, batch_size0: 16, values: [1]}"), "beta.lr0"),
+    ("rescale-lr0-inf", _text_spec(grid=FAMILY, rescale="{lr0: .inf, batch_size0: 16, batch_sizes: [32]}"),
+     "rescale.lr0"),
+    ("momentum-nan", _text_spec(train="{epochs: 2, momentum: .nan}"), "train.momentum"),
+    ("memory-inf", _text_spec(limits="{memory_gb: .inf}"), "limits.memory_gb"),
+    ("beta-values-repeated", _text_spec(grid=FAMILY, beta="{lr0: 0.1, batch_size0: 16, values: [1, 1]}"),
+     "beta.values[1]"),
+    ("beta-values-same-S", _text_spec(grid=FAMILY, beta="{lr0: 0.1, batch_size0: 16, values: [1, 1.01]}"),
+     "beta.values[1]"),
+    ("beta-n_train-repeated", _text_spec(grid=FAMILY, dataset="{name: digits, val_fraction: 0.2}",
+                                         beta="{lr0: 0.1, batch_size0: 16, values: [1], n_train: [400, 400]}"),
+     "beta.n_train[1]"),
+    ("rescale-sizes-repeated", _text_spec(grid=FAMILY, rescale="{lr0: 0.1, batch_size0: 16, batch_sizes: [64, 64]}"),
+     "rescale.batch_sizes[1]"),
+    ("rescale-rules-repeated", _text_spec(grid=FAMILY, rescale=(
+        "{lr0: 0.1, batch_size0: 16, batch_sizes: [64], rules: [linear, linear]}")), "rescale.rules[1]"),
+    ("grid-lr-repeated", _text_spec(grid="{lr: [0.1, 0.1], batch_size: [32], seed: [0]}"), "grid.lr"),
+    ("grid-sizes-repeated", _text_spec(grid="{lr: [0.1], batch_size: [32, 32], seed: [0]}"), "grid.batch_size"),
+    ("variant-labels-repeated", _text_spec(grid=FAMILY, variants=(
+        "[{label: a, lr: 0.1, batch_size: 32}, {label: a, lr: 0.2, batch_size: 32}]")), "variants"),
+    ("split_seed-negative", _text_spec(dataset="{name: digits, val_fraction: 0.2, split_seed: -1}"),
+     "dataset.split_seed"),
+    ("split_seed-2**70", _text_spec(dataset=f"{{name: digits, val_fraction: 0.2, split_seed: {2**70}}}"),
+     "dataset.split_seed"),
+    ("curvature-seed-negative", _text_spec(curvature="{seed: -1}"), "curvature.seed"),
+    ("cpu-1e-9", _text_spec(resources="{cpu: 1.0e-9}"), "resources.cpu"),
+    ("gpu-1e-9", _text_spec(resources="{cpu: 1, gpu: 1.0e-9}"), "resources.gpu"),
+    ("epochs-10**12", _text_spec(train="{epochs: 1000000000000}"), "train.epochs"),
+    ("data_dir-a-file", _text_spec(dataset="{name: mnist1d, data_dir: TMP/spec.yaml}"), "dataset.data_dir"),
+    ("data_dir-under-a-file", _text_spec(dataset="{name: mnist1d, data_dir: TMP/spec.yaml/data}"), "dataset.data_dir"),
+    ("data_dir-empty-no-download", _text_spec(dataset="{name: fashion_mnist, data_dir: TMP, download: false}"),
+     "dataset.data_dir"),
+    ("path-dev-zero", _special_path("dev-zero"), None),
+    ("path-fifo", _special_path("fifo"), None),
+    ("path-directory", _special_path("dir"), None),
+    ("path-over-1MB", _special_path("big"), None),
+]
+
+
+@pytest.mark.timeout(60)  # a FIFO or /dev/zero that is read would otherwise block the suite
+@pytest.mark.parametrize("make, field", [c[1:] for c in HOSTILE_TWO], ids=[c[0] for c in HOSTILE_TWO])
+def test_hostile_specs_round_two_are_one_line_exit_2_from_validate_and_run(tmp_path, capsys, make, field):
+    """Each bad spec (or spec path): ``lrbs validate`` and ``lrbs run`` exit 2 with one line on
+    stderr naming the field (or the file), and write nothing (run: before Ray starts)."""
+    from sweeps.cli import main
+
+    path = make(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    for argv in (["validate", str(path)], ["run", str(path), "--storage", str(tmp_path / "runs"), "--no-report"]):
+        assert main(argv) == 2, argv
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"lrbs: error: {path}: "), lines
+        message = lines[0][len(f"lrbs: error: {path}: "):]
+        if field is not None:
+            assert message.startswith(f"{field}: "), message
+        assert len(message) <= SpecError.MAX_ERROR, message
+    assert sorted(tmp_path.rglob("*")) == before  # no run directory, no data cache, nothing else
+
+
+def test_hostile_messages_say_what_to_do():
+    """The lines above name the fix: the limit to raise, the download command, the unit Ray takes
+    (in a short folder, as a user's: a message over SpecError.MAX_ERROR characters is cut)."""
+    import shutil
+    import tempfile
+
+    messages = {}
+    for case, make, _ in HOSTILE_TWO:
+        if case in ("epochs-10**12", "data_dir-empty-no-download", "cpu-1e-9", "beta-values-repeated",
+                    "path-dev-zero", "epochs-5000-digits"):
+            folder = Path(tempfile.mkdtemp(prefix="lrbs"))
+            try:
+                with pytest.raises(SpecError) as err:
+                    load_spec(make(folder), local_data=True)
+            finally:
+                shutil.rmtree(folder)
+            messages[case] = str(err.value).replace(str(folder), "DIR")
+    assert "limits.max_epochs is 100,000 (raise it if you mean it)" in messages["epochs-10**12"]
+    assert "python -m trainables.data download fashion_mnist --data-dir DIR" in messages["data_dir-empty-no-download"]
+    assert "must be >= 0.0001, Ray's smallest unit" in messages["cpu-1e-9"]
+    assert "beta.values[1]: repeats beta.values[0]" in messages["beta-values-repeated"]
+    assert "is a character device, not a spec file" in messages["path-dev-zero"]
+    assert "an integer of 5,000 digits is too large" in messages["epochs-5000-digits"]
+
+
+def test_max_epochs_is_a_limit_that_can_be_raised():
+    with pytest.raises(SpecError, match=r"^train.epochs: 200,000 epochs; limits.max_epochs is 100,000"):
+        spec_from_dict(tiny_spec(train={"epochs": 200_000}))
+    assert spec_from_dict(tiny_spec(train={"epochs": 200_000}, limits={"max_epochs": 200_000})).train.epochs == 200_000
+    with pytest.raises(SpecError, match=r"^limits.max_epochs: must be >= 1"):
+        spec_from_dict(tiny_spec(limits={"max_epochs": 0}))
+
+
+def test_data_files_are_checked_only_where_the_trials_run(tmp_path):
+    """``download: false`` and no files here: refused for a run on this machine (validate, run),
+    accepted when the trials run on a cluster's nodes (``run --address``, submit, resume)."""
+    path = _text_spec(dataset="{name: fashion_mnist, data_dir: TMP/nodata, download: false}")(tmp_path)
+    assert load_spec(path).dataset.download is False
+    with pytest.raises(SpecError, match="dataset.data_dir: dataset fashion_mnist not found"):
+        load_spec(path, local_data=True)

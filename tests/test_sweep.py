@@ -1,6 +1,7 @@
 """A real local Ray sweep end to end: Arrow rows, trial table, report files, CLI."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -242,3 +243,80 @@ def test_damaged_checkpoint_and_unwritable_report_are_one_line(tiny_run, tmp_pat
     assert main(["report", str(run), "--format", "html"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot write the report" in err
+
+
+class _Terminal(io.StringIO):
+    """What a terminal receives: the text written, and isatty() true as a terminal's stream says."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def _progress_of_a_real_pack(out) -> None:
+    """ProgressPrinter driven as Tune drives it, for a real pack of two points trained by
+    ``run_pack`` (3 epochs): trial start, one result per epoch, completion, experiment end."""
+    import torch
+    from ray.tune.experiment import Trial
+
+    from sweeps.packing import tune_point
+    from sweeps.progress import ProgressPrinter
+    from sweeps.spec import expand_points, spec_from_dict, to_param_space
+    from trainables.train_loop import TrialPoint, run_pack
+
+    torch.set_num_threads(1)
+    spec = spec_from_dict(tiny_spec("p", grid={"lr": [0.05, 0.2], "batch_size": [32], "seed": [0]}))
+    points = expand_points(spec)
+    config = {**{k: v for k, v in to_param_space(spec, "test").items() if k != "point"}, "point": tune_point(points)}
+    trial = Trial("train_trial", config=config, trial_id="5a7e5_00000", stub=True)
+    printer = ProgressPrinter(len(points), len(points) * spec.train.epochs, 0.01, out=out, min_interval_s=0)
+    printer.on_trial_start(0, [trial], trial)
+    run_pack([TrialPoint.from_dict(p) for p in points], spec.dataset, spec.model, spec.train,
+             lambda rows, state: printer.on_trial_result(0, [trial], trial, {"pack_rows": {str(r["member"]): r
+                                                                                          for r in rows}}))
+    printer.on_trial_complete(0, [trial], trial)
+    printer.on_experiment_end([trial])
+
+
+def test_progress_line_is_redrawn_in_place_on_a_terminal(monkeypatch):
+    """On a terminal every update returns to the start of the line (\\r) and clears it, nothing
+    scrolls until the end, and the sweep's end leaves the last line with a newline; into a file
+    or pipe each update is a plain line, as before."""
+    from sweeps.progress import CLEAR_TO_EOL
+
+    monkeypatch.setenv("COLUMNS", "1000")  # a terminal wide enough for the line: no wrapped rows to go up over
+    tty = _Terminal()
+    _progress_of_a_real_pack(tty)
+    text = tty.getvalue()
+    draws = text.split("\r")[1:]
+    assert text.startswith("\r") and len(draws) >= 3 + 1  # trial start, an update per epoch, completion
+    assert all(d.startswith(CLEAR_TO_EOL + "[lrbs] ") for d in draws)
+    assert text.count("\n") == 1 and text.endswith("\n")  # one newline, at the end
+    assert draws[-1].startswith(CLEAR_TO_EOL + "[lrbs] 2/2 points done") and "epochs 6/6" in draws[-1]
+    plain = io.StringIO()
+    _progress_of_a_real_pack(plain)
+    lines = plain.getvalue().splitlines()
+    assert "\r" not in plain.getvalue() and "\x1b" not in plain.getvalue()
+    assert len(lines) == len(draws) and all(line.startswith("[lrbs] ") for line in lines)
+    assert [d.removeprefix(CLEAR_TO_EOL).split(" | ")[0] for d in draws] == [line.split(" | ")[0] for line in lines]
+
+
+def test_lines_said_while_the_progress_line_is_shown_go_above_it(monkeypatch):
+    """A line printed through ``sweeps.progress.say`` (the beta search's decisions) while the
+    progress line is drawn erases it, stays on its own line, and the progress line is drawn
+    again below it; a progress line that wrapped is erased whole (cursor up over its rows)."""
+    from sweeps.progress import CLEAR_TO_END, CLEAR_TO_EOL, LiveLine, say
+
+    monkeypatch.setenv("COLUMNS", "80")  # the width of a terminal that cannot be asked (a StringIO has no fd)
+    tty = _Terminal()
+    live = LiveLine(tty)
+    live.draw("[lrbs] 1/4 points done")
+    say("[lrbs] beta search: beta 2 holds", tty)
+    assert tty.getvalue() == ("\r" + CLEAR_TO_EOL + "[lrbs] 1/4 points done" + "\r" + CLEAR_TO_EOL
+                              + "[lrbs] beta search: beta 2 holds\n[lrbs] 1/4 points done")
+    long = "x" * 230  # three rows of an 80-column terminal (80 + 80 + 70)
+    live.draw(long)
+    live.draw("short")
+    assert tty.getvalue().endswith("\r" + CLEAR_TO_EOL + long + "\x1b[2A\r" + CLEAR_TO_END + "short")
+    live.end()
+    say("[lrbs] done", tty)  # no live line any more: a plain line
+    assert tty.getvalue().endswith("short\n[lrbs] done\n")

@@ -1,125 +1,190 @@
-"""Experiment trackers (issue 14): TensorBoard, MLflow (a local file store) and W&B (offline) each
-receive one run per point, a pack's members as separate runs, with every epoch's metrics, read
-back from what each tool wrote. One shared run: the trials fail at epoch 2 (a test hook), so the
-same run also shows ``lrbs resume`` re-attaching every point to its run."""
+"""Experiment trackers: TensorBoard, MLflow (a local file store) and W&B (offline) each receive
+one run per point, a pack's members as separate runs, with every epoch's metrics once, read back
+from what each tool wrote. The sweeps lose a trial at epoch 4 after an epoch (3) its checkpoint
+(epoch 2) does not hold: the restored trial reports epoch 3 again, after a Tune retry and after
+``lrbs resume`` (which also re-attaches every point to its run), and each tracker must hold every
+epoch once, with the values the metric tables keep."""
 from __future__ import annotations
 
-import struct
 import sys
+import time
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
-from analysis.tables import load_metrics
+from analysis.tables import load_metrics_with_report
 from sweeps.cli import main
+from sweeps.tracking import (TRACKERS, build_trackers, metrics_of, tensorboard_steps, wandb_history, wandb_records,
+                            wandb_steps)
 from tests.conftest import tiny_spec, write_yaml
 
-EPOCHS = 3
-TRACKED = ("train_loss", "val_loss", "val_acc")
+EPOCHS = 4
+LRS = [0.05, 0.1, 0.2]  # the sweeps' points: a pack of 2 (one Tune trial) and a third on its own
+# Each trial fails once at epoch 4 with a checkpoint at epoch 2 only: epoch 3 is reported twice.
+FAULT = {"fail_at_epoch": 4, "checkpoint_every": 2, "checkpoint_every_s": None}
+
+# point's trial id -> metric -> step -> every value the tracker stored for it (in write order)
+Stored = dict[str, dict[str, dict[int, list[float]]]]
 
 
-def wandb_records(path: Path):
-    """The protobuf records of a W&B offline ``.wandb`` file (LevelDB log format after a 7-byte
-    header; read here because wandb no longer ships a reader)."""
-    from wandb.proto import wandb_internal_pb2 as pb
+def stored(name: str, run_dir: Path, sweep: str, monkeypatch) -> Stored:
+    """Every entry tracker ``name`` holds for each point of the sweep in ``run_dir``, read the way
+    a user's tools read them back: all of a point's TensorBoard event files (raw, without the
+    purging TensorBoard's UI may apply), MLflow's metric histories, W&B's records over every
+    offline folder."""
+    out: Stored = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    if name == "tensorboard":
+        from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
-    data = path.read_bytes()
-    assert data[:4] == b":W&B"
-    pos, block, pending = 7, 32768, b""
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:  # a block's tail too short for a header: zero padding
-            pos += left
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
-        if kind in (1, 4):  # FULL, LAST
-            record = pb.Record()
-            record.ParseFromString(pending + chunk)
-            pending = b""
-            yield record
-        elif kind in (2, 3):  # FIRST, MIDDLE
-            pending += chunk
-        else:
-            pos += left - 7 - length  # zero padding to the block's end
+        for folder in (run_dir / "tensorboard").iterdir():
+            for path in sorted(folder.glob("events.out.tfevents.*")):
+                for event in LegacyEventFileLoader(str(path)).Load():
+                    for value in event.summary.value:
+                        if value.HasField("simple_value"):
+                            out[folder.name][value.tag][event.step].append(value.simple_value)
+    elif name == "mlflow":
+        from mlflow.tracking import MlflowClient
 
-
-def wandb_history(wandb_dir: Path) -> dict[str, dict[int, dict[str, float]]]:
-    """Run id -> step -> metrics, over every offline run folder (a resumed run has two)."""
-    import json
-
-    out: dict[str, dict[int, dict[str, float]]] = {}
-    for path in sorted(wandb_dir.glob("offline-run-*/run-*.wandb")):
-        run_id = path.stem[len("run-"):]
-        for record in wandb_records(path):
-            if record.WhichOneof("record_type") == "history":
-                items = {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item}
-                out.setdefault(run_id, {})[int(items["_step"])] = items
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 and its file store
+        client = MlflowClient(tracking_uri=f"file:{run_dir / 'mlruns'}")
+        for run in client.search_runs([client.get_experiment_by_name(sweep).experiment_id]):
+            trial_id = run.data.tags["lrbs.trial_id"]
+            for key in run.data.metrics:
+                for m in client.get_metric_history(run.info.run_id, key):
+                    out[trial_id][key][m.step].append(m.value)
+    else:
+        run_ids = {p.stem[len("run-"):] for p in (run_dir / "wandb").glob("offline-run-*/run-*.wandb")}
+        for run_id in run_ids:
+            for step, items in wandb_history(run_dir / "wandb", run_id):  # every folder of the run
+                for key, value in items.items():
+                    if not key.startswith("_"):
+                        out[run_id[len(sweep) + 1:]][key][step].append(value)
     return out
 
 
+def wait_for_wandb_files(wandb_dir: Path, timeout_s: float = 30.0) -> None:
+    """Until every offline run file in ``wandb_dir`` ends with its exit record: ``finish()``
+    returns before W&B's service process has written the file."""
+    deadline = time.monotonic() + timeout_s
+    while not all(any(r.WhichOneof("record_type") == "exit" for r in wandb_records(path))
+                  for path in wandb_dir.glob("offline-run-*/run-*.wandb")):
+        assert time.monotonic() < deadline, f"W&B did not finish its files in {wandb_dir} in {timeout_s} s"
+        time.sleep(0.05)
+
+
+def assert_once_as_tables(run_dir: Path, sweep: str, re_reported: int, monkeypatch) -> dict[str, dict[int, dict]]:
+    """Each tracker holds, for every point, each epoch's metrics exactly once, equal to the row the
+    metric tables keep; ``re_reported`` rows were superseded (epochs reported twice). The kept rows."""
+    table, report = load_metrics_with_report(run_dir)
+    assert report.superseded_rows == re_reported  # the restarts did report epochs again
+    by_point: dict[str, dict[int, dict]] = defaultdict(dict)
+    for r in table.to_pylist():
+        by_point[r["trial_id"]][r["epoch"]] = r
+    assert all(sorted(epochs) == list(range(1, EPOCHS + 1)) for epochs in by_point.values())
+    wait_for_wandb_files(run_dir / "wandb")
+    # float32 in TensorBoard's files; MLflow and W&B keep the float64 value
+    for name, rel in {"tensorboard": 1e-6, "mlflow": 1e-12, "wandb": 1e-12}.items():
+        held = stored(name, run_dir, sweep, monkeypatch)
+        assert sorted(held) == sorted(by_point), name
+        for trial_id, epochs in by_point.items():
+            expected: dict[str, dict[int, float]] = defaultdict(dict)
+            for epoch, row in epochs.items():
+                for key, value in metrics_of(row).items():
+                    expected[key][epoch] = value
+            assert sorted(held[trial_id]) == sorted(expected), (name, trial_id)
+            for key, values in expected.items():
+                got = held[trial_id][key]
+                assert {s: len(v) for s, v in got.items()} == {e: 1 for e in values}, (name, trial_id, key)
+                for epoch, value in values.items():
+                    # every metric, timings (epoch_s, wall_s) too: the newest attempt's value
+                    assert abs(got[epoch][0] - value) <= rel * max(1.0, abs(value)), (name, trial_id, key, epoch)
+    return by_point
+
+
 @pytest.mark.slow
-def test_trackers_get_one_run_per_point_and_resume_reattaches(ray_local, tmp_path, capsys):
+def test_trackers_log_each_epoch_once_after_a_retry_and_a_resume(ray_local, tmp_path, capsys, monkeypatch):
     for module in ("tensorboard", "mlflow", "wandb"):
         pytest.importorskip(module)
     from mlflow.tracking import MlflowClient
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    # A pack of 2 (one Tune trial) and a third point on its own; each trial fails once at epoch 2.
-    spec = write_yaml(tmp_path / "t.yaml", tiny_spec(
-        "t", train={"epochs": EPOCHS, "pack": 2}, grid={"lr": [0.05, 0.1, 0.2], "batch_size": [32], "seed": [0]},
-        resilience={"max_failures": 0, "fail_at_epoch": 2, "checkpoint_every": 1},
-        tracking={"mlflow": {}, "wandb": {"mode": "offline"}}))
+    # Two sweeps: one point with a Tune retry (max_failures 1); every point with no retry (the
+    # trials error), then lrbs resume.
     storage = tmp_path / "runs"
+    for name, failures, lrs in (("retry", 1, LRS[:1]), ("t", 0, LRS)):
+        spec = write_yaml(tmp_path / f"{name}.yaml", tiny_spec(
+            name, train={"epochs": EPOCHS, "pack": 2},
+            grid={"lr": lrs, "batch_size": [32], "seed": [0]},
+            resilience={"max_failures": failures, **FAULT}, tracking={"mlflow": {}, "wandb": {"mode": "offline"}}))
+        code = main(["run", str(spec), "--storage", str(storage), "--no-report", "--track", "tensorboard"])
+        assert code == (0 if failures else 3)
     run_dir = storage / "t"
-    assert main(["run", str(spec), "--storage", str(storage), "--no-report", "--track", "tensorboard"]) == 3
     assert "tensorboard" in (run_dir / "spec.yaml").read_text()  # --track is kept for resume
+    wait_for_wandb_files(run_dir / "wandb")  # as when the first driver's process has ended
     assert main(["resume", str(run_dir), "--no-report"]) == 0
     capsys.readouterr()
 
-    rows = load_metrics(run_dir).to_pylist()
-    by_point: dict[str, dict[int, dict]] = {}
-    for r in rows:
-        by_point.setdefault(r["trial_id"], {})[r["epoch"]] = r
-    assert len(by_point) == 3 and any(k.endswith("-m1") for k in by_point)  # pack members by their own ids
-    assert all(sorted(epochs) == [1, 2, 3] for epochs in by_point.values())
+    # epoch 3 of every point reported twice in each sweep
+    assert_once_as_tables(storage / "retry", "retry", re_reported=1, monkeypatch=monkeypatch)
+    by_point = assert_once_as_tables(run_dir, "t", re_reported=len(LRS), monkeypatch=monkeypatch)
+    assert len(by_point) == len(LRS) and any(k.endswith("-m1") for k in by_point)  # pack members by their own ids
 
-    def same(logged: dict[int, float], key: str, trial_id: str, rel: float) -> None:
-        expected = {e: r[key] for e, r in by_point[trial_id].items()}
-        assert sorted(logged) == sorted(expected), (trial_id, key, logged)
-        assert all(abs(logged[e] - expected[e]) <= rel * max(1.0, abs(expected[e])) for e in expected), key
+    # TensorBoard: a folder per point; the resumed session's event file beside the first one. The
+    # first session logged the epochs its checkpoint (epoch 2) held, the resumed one the others.
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
-    # TensorBoard: a folder per point; the resumed session's event file beside the first one.
     tb = run_dir / "tensorboard"
     assert sorted(p.name for p in tb.iterdir()) == sorted(by_point)
     for trial_id in by_point:
-        assert len(list((tb / trial_id).glob("events.out.tfevents.*"))) == 2
-        acc = EventAccumulator(str(tb / trial_id))
-        acc.Reload()
-        for key in TRACKED:
-            same({s.step: s.value for s in acc.Scalars(key)}, key, trial_id, 1e-6)  # float32 in the file
-
-    # MLflow: one run per point (the resume went on in the same run), full history.
+        files = sorted((tb / trial_id).glob("events.out.tfevents.*"))  # by creation time (in the name)
+        steps = [{e.step for e in LegacyEventFileLoader(str(f)).Load() if any(v.HasField("simple_value")
+                                                                          for v in e.summary.value)} for f in files]
+        assert steps == [{1, 2}, {3, 4}], (trial_id, steps)
+    # MLflow: one run per point (the resume went on in the same run), with the point's parameters.
     client = MlflowClient(tracking_uri=f"file:{run_dir / 'mlruns'}")
-    experiment = client.get_experiment_by_name("t")
-    runs = client.search_runs([experiment.experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("t").experiment_id])
     assert sorted(r.data.tags["lrbs.trial_id"] for r in runs) == sorted(by_point)
     for run in runs:
         trial_id = run.data.tags["lrbs.trial_id"]
         assert run.info.status == "FINISHED"
         assert float(run.data.params["lr"]) == by_point[trial_id][1]["lr"]
         assert float(run.data.params["eta_over_s"]) == pytest.approx(by_point[trial_id][1]["ratio"])
-        for key in TRACKED:
-            same({m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}, key, trial_id, 1e-12)
-
     # W&B offline: run id <sweep>-<trial id>, two offline folders per point (first session, resume).
-    history = wandb_history(run_dir / "wandb")
-    assert sorted(history) == sorted(f"t-{k}" for k in by_point)
-    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 2 * len(by_point)
-    for trial_id in by_point:
-        steps = history[f"t-{trial_id}"]
-        for key in TRACKED:
-            same({s: m[key] for s, m in steps.items()}, key, trial_id, 1e-12)
+    assert sorted(p.name.rpartition("-t-")[2] for p in (run_dir / "wandb").glob("offline-run-*")) == \
+        sorted([*by_point, *by_point])
+
+
+def test_a_tracker_skips_the_steps_its_store_has_from_an_earlier_session(tmp_path, monkeypatch):
+    """Each tracker, in a new driver session, reads which steps a point's run has from its own
+    store and writes only the others; a file the killed session cut off mid-record still reads."""
+    for module in ("tensorboard", "mlflow", "wandb"):
+        pytest.importorskip(module)
+    tracking = {"tensorboard": {}, "mlflow": {}, "wandb": {"mode": "offline"}}
+    key = "abc_00000"
+    for name in TRACKERS:
+        first = build_trackers({name: tracking[name]}, "s", tmp_path)[0]
+        first.start(key, {"lr": 0.1})
+        assert [first.log(key, step, {"val_acc": step / 10}) for step in (1, 2, 3)] == [True] * 3
+        first.finish(key, "stopped")
+        if name == "wandb":  # as when its process ends: W&B's own process has written the run's file
+            wait_for_wandb_files(tmp_path / "wandb")
+        again = build_trackers({name: tracking[name]}, "s", tmp_path)[0]  # the next driver session
+        again.start(key, {"lr": 0.1})
+        assert again.steps[key] == {1, 2, 3}, name
+        assert [again.log(key, step, {"val_acc": 1.0}) for step in (2, 3, 4)] == [False, False, True]
+        again.finish(key, "finished")
+        if name == "wandb":
+            wait_for_wandb_files(tmp_path / "wandb")
+        held = stored(name, tmp_path, "s", monkeypatch)[key]["val_acc"]
+        assert held == {**{s: [pytest.approx(s / 10)] for s in (1, 2, 3)}, 4: [1.0]}, name  # the first values kept
+
+    # A driver killed mid-write leaves a cut-off last record: the records before it still read.
+    for path in [*(tmp_path / "tensorboard" / key).glob("events.*"), *(tmp_path / "wandb").glob("*/run-*.wandb")]:
+        path.write_bytes(path.read_bytes()[:-3])
+    # TensorBoard: each session's last record is its last scalar (step 3, then step 4)
+    assert tensorboard_steps(tmp_path / "tensorboard" / key) == {1, 2}
+    # W&B: each session's last record is the run's exit record, after its history
+    assert wandb_steps(tmp_path / "wandb", "s-abc_00000") == {1, 2, 3, 4}
 
 
 def test_tracking_bad_input_is_one_line(tmp_path, capsys, monkeypatch):

@@ -24,6 +24,9 @@ Everything here is a pure function of ``(model, loss_fn, batches)``:
   error ``se`` is meant for ``value +- 1.96 se`` as a 95% interval: where the sampling
   distribution is skewed or the error estimate itself rests on few samples, ``se`` is the
   larger side of a 95% interval divided by 1.96 (measured coverage: docs/curvature.md).
+* **Kernels.** Every probe runs its model under ``double_backward_kernels`` (entered by
+  ``probe_mode``): attention through the math kernel and, in models with recurrent layers,
+  cuDNN off, because the fused kernels have no double backward (docs/extending.md).
 * **GPU.** Loops keep their values on the device; the host synchronisations that remain are
   marked ``# GPU sync`` (the eigen-solvers need one scalar pair per iteration for their
   convergence test; the Monte-Carlo estimators sync once at the end).
@@ -45,6 +48,7 @@ import numpy as np
 import torch
 from scipy import special
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 Tensor = torch.Tensor
 Batches = list  # list[tuple[Tensor, Tensor]]: the fixed probe subset, already on the model's device
@@ -52,7 +56,7 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 __all__ = [
     "Batches", "EigResult", "Estimate", "NoiseScaleResult",
-    "probe_mode", "probe_subset", "make_batches", "loss_and_grad", "hvp", "HessianOperator",
+    "double_backward_kernels", "probe_mode", "probe_subset", "make_batches", "loss_and_grad", "hvp", "HessianOperator",
     "top_eigenvalue", "hessian_trace", "hessian_frobenius", "hessian_trace_and_frobenius",
     "gradient_noise_scale", "noise_scale_from_sq_norms", "interpolate",
 ]
@@ -119,8 +123,29 @@ class NoiseScaleResult:
 # ----------------------------------------------------------------------------- helpers
 
 @contextlib.contextmanager
+def double_backward_kernels(model: nn.Module) -> Iterator[None]:
+    """Kernels that Hessian-vector products (a backward through a backward) can run through.
+
+    * Attention (``F.scaled_dot_product_attention``, which ``nn.MultiheadAttention`` and
+      ``nn.TransformerEncoderLayer`` call) through the math kernel: the fused ones (flash on CPU
+      and GPU, memory-efficient, cuDNN) have no derivative of their backward.
+    * cuDNN off while a model holds a recurrent layer (``nn.RNN``, ``nn.LSTM``, ``nn.GRU``): cuDNN's
+      RNN backward runs only in training mode, and probes run in eval mode. Convolutions of
+      other models keep cuDNN (their double backward works, and is much faster with it).
+
+    Both are process-wide flags, restored on exit (also on exceptions).
+    """
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+        if any(isinstance(m, nn.RNNBase) for m in model.modules()):
+            stack.enter_context(torch.backends.cudnn.flags(enabled=False))
+        yield
+
+
+@contextlib.contextmanager
 def probe_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in inference mode for a probe; restore every submodule's flag afterwards.
+    """Put ``model`` in inference mode for a probe, under ``double_backward_kernels``; restore
+    every submodule's flag afterwards.
 
     Flags are restored by direct assignment (not ``.train()``), so mixed states (a frozen
     submodule in eval inside a training model) come back exactly, also on exceptions.
@@ -128,7 +153,8 @@ def probe_mode(model: nn.Module) -> Iterator[nn.Module]:
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        yield model
+        with double_backward_kernels(model):
+            yield model
     finally:
         for m, flag in flags:
             m.training = flag
@@ -257,9 +283,39 @@ def loss_and_grad(model: nn.Module, loss_fn: LossFn, batches: Batches) -> tuple[
     return float(loss), grads  # GPU sync: the loss as a Python float
 
 
+def _check_twice_differentiable(grads: Sequence[Tensor | None]) -> None:
+    """Raise where the graph of the first-order gradients holds a node that has no derivative of
+    its own and that the double backward would skip: the output of a custom
+    ``autograd.Function`` whose backward is marked ``@once_differentiable`` hangs off a stand-in
+    leaf, so ``autograd.grad`` with respect to the parameters never reaches its error and leaves
+    its terms out of ``H v`` without a word. The walk visits each node once: little next to
+    the HVP that follows."""
+    stack = [g.grad_fn for g in grads if g is not None and g.grad_fn is not None]
+    # Nodes seen, kept alive: Python wrappers of graph nodes are made on demand, and the id of a
+    # freed one can come back as another node's.
+    seen: dict[int, object] = {}
+    stop, once = False, set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen[id(node)] = node
+        if type(node).__name__ in ("Error", "DelayedError"):  # torch's nodes that raise when differentiated
+            stop = True
+        cls = getattr(node, "_forward_cls", None)  # a custom Function's backward node
+        code = getattr(getattr(cls, "backward", None), "__code__", None)  # functools.wraps keeps only the name
+        if code is not None and code.co_qualname.startswith("once_differentiable"):
+            once.add(cls.__name__)
+        stack.extend(f for f, _ in node.next_functions)
+    if stop:
+        raise RuntimeError("trying to differentiate twice a function that was marked with @once_differentiable"
+                           + (f" (custom autograd.Function {', '.join(sorted(once))})" if once else ""))
+
+
 class HessianOperator:
     """``H v`` of the example-weighted mean loss over fixed ``batches``: the one HVP routine
-    every estimator here uses (double backward). Use it inside ``probe_mode``.
+    every estimator here uses (double backward). Use it inside ``probe_mode`` (eval mode, and
+    the kernels that have a double backward: ``double_backward_kernels``).
 
     With ``retain_graph`` the first-order gradient graph of every batch is built once and kept
     for all products, so each product is one double backward instead of a forward, a backward
@@ -277,7 +333,9 @@ class HessianOperator:
     def _first_order(self, x: Tensor, y: Tensor) -> tuple[Tensor | None, ...]:
         with torch.enable_grad():  # also when the caller runs under torch.no_grad()
             loss = self.loss_fn(self.model(x), y) * (x.shape[0] / self.total)
-            return torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+            grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        _check_twice_differentiable(grads)
+        return grads
 
     def __call__(self, vecs: Sequence[Tensor]) -> list[Tensor]:
         vecs = [v.to(device=p.device, dtype=p.dtype) for v, p in zip(vecs, self.params)]

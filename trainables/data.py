@@ -564,6 +564,35 @@ def dataset_entry(name: str) -> DatasetEntry:
     return user_data.ENTRY
 
 
+def _tv_files(name: str, root: str) -> list[str]:
+    """The files a torchvision set loads from (training and test split), where ``_fetch_*`` look."""
+    if name == "fashion_mnist":
+        return [os.path.join(root, _FMNIST_RAW, f) for f in _FMNIST_FILES[True] + _FMNIST_FILES[False]]
+    return [os.path.join(root, _CIFAR_FOLDER, f) for f in _CIFAR_TRAIN_FILES + _CIFAR_TEST_FILES]
+
+
+def check_data_dir(cfg: DatasetConfig, files: bool = True) -> None:
+    """``dataset.data_dir`` of a set read from or cached in it (``on_disk``: mnist1d and the
+    torchvision sets) is a folder, or a path where one can be made (not a file, nor under one).
+    With ``files`` (the trials run on this machine), a torchvision set with ``download: false``
+    must have its files there already. A one-line DataError naming ``dataset.data_dir``; the other
+    sets never read data_dir."""
+    if cfg.name not in DATASETS or not DATASETS[cfg.name].on_disk:
+        return
+    root = _root(cfg)
+    existing = root  # the nearest part of the path that exists decides
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = f"{root} is" if existing == root else f"{root} lies under {existing}, which is"
+        raise DataError(f"dataset.data_dir: {where} a file, not a folder")
+    if files and not cfg.download and cfg.name in _TV_SIZES:
+        if not all(os.path.isfile(f) for f in _tv_files(cfg.name, root)):
+            raise DataError(f"dataset.data_dir: dataset {cfg.name} not found under {root} and dataset.download is "
+                            f"false; on a machine with internet: python -m trainables.data download {cfg.name} "
+                            f"--data-dir {root}, then copy the folder here")
+
+
 # --------------------------------------------------------------------------------------------
 # CLI: pre-download for offline machines.
 

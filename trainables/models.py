@@ -150,7 +150,7 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) 
         return factory(tuple(input_shape), n_classes, **dataclasses.asdict(builtin_options(cfg)))
     try:
         model = factory(tuple(input_shape), n_classes, **cfg.options)
-    except Exception as exc:
+    except BaseException as exc:  # also sys.exit() / KeyboardInterrupt in user code (trainables/plugins.py)
         raise call_error(cfg.name, "model.name", exc) from None
     if not isinstance(model, nn.Module):
         raise PluginError(f"model.name: {cfg.name} returned a {type(model).__name__}, not a torch.nn.Module")

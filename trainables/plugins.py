@@ -7,7 +7,12 @@ a ``my_models.py`` next to the spec works without installing anything. On Ray wo
 arrives through the job's ``runtime_env`` (``ship_paths``; sweeps/runner.py), not through these
 folders.
 
-Every failure is a ``PluginError`` whose text is one line naming the spec field.
+Every failure is a ``PluginError`` whose text is one line naming the spec field. User code that
+stops the process instead of raising an exception (``sys.exit()``, or a ``KeyboardInterrupt``
+at import or in a factory) is such a failure too: caught as ``BaseException`` wherever lrbs runs
+user code, it cannot end ``lrbs validate`` with exit 0 or a traceback. The price: a real Ctrl-C
+that lands while a factory runs reads as that factory being interrupted (one line naming it,
+exit 2); anywhere else Ctrl-C interrupts as usual.
 """
 from __future__ import annotations
 
@@ -65,7 +70,7 @@ def import_module(path: str, field: str) -> ModuleType:
             raise PluginError(f"{field}: cannot import module {module_name!r} (not installed, and not found "
                               f"in {where})") from None
         raise PluginError(f"{field}: importing {module_name!r} failed: {_one_line(exc)}") from None
-    except Exception as exc:  # the user's module raised while it was imported
+    except BaseException as exc:  # the user's module raised (or called sys.exit) while it was imported
         raise PluginError(f"{field}: importing {module_name!r} failed: {_one_line(exc)}") from None
 
 
@@ -83,6 +88,12 @@ def load_object(path: str, field: str) -> Any:
 
 
 def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        code = repr(exc.code)
+        code = code if len(code) <= 40 else code[:37] + "..."
+        return f"SystemExit (it called sys.exit({code}); user code must raise an exception instead)"
+    if isinstance(exc, KeyboardInterrupt):
+        return "KeyboardInterrupt (raised by the code, or a Ctrl-C while it ran)"
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 

@@ -8,7 +8,8 @@ every trial of a sweep), ``seed`` the trial's own seed for random vectors
 (``trial_probe_seed``). Every column a probe returns must be declared in
 ``analysis/schema.py`` (PROBES): an undeclared one fails the trial by name
 (``analysis.schema.check_row``) instead of being dropped. Adding a probe is a function and an
-entry here plus its columns there (docs/extending.md).
+entry here plus its columns there (docs/extending.md). A probe that raises leaves its columns
+null and its error in ``probe_error``; the other probes still run and the trial goes on.
 """
 from __future__ import annotations
 
@@ -25,6 +26,16 @@ from trainables.config import CurvatureConfig
 from trainables.data import TensorData
 
 Probe = Callable[[nn.Module, TensorData, CurvatureConfig, torch.Tensor, int], dict[str, Any]]
+
+
+# Characters of probe_error kept in a row (the first line of each error, "; "-joined).
+MAX_ERROR_CHARS = 500
+
+
+def error_text(exc: BaseException) -> str:
+    """``"<Type>: <first line of the message>"``: torch names the op that lacks a derivative there."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def trial_probe_seed(base_seed: int, *point_key: Any) -> int:
@@ -88,12 +99,21 @@ PROBES: dict[str, Probe] = {"sharpness": sharpness, "noise_scale": noise_scale}
 def run_probes(model: nn.Module, data: TensorData, cfg: CurvatureConfig, seed: int | None = None) -> dict[str, Any]:
     """Every registered probe's columns for one epoch row, plus the subset size and their time.
 
-    ``seed``: the trial's seed for random vectors (``trial_probe_seed``; default ``cfg.seed``)."""
+    ``seed``: the trial's seed for random vectors (``trial_probe_seed``; default ``cfg.seed``).
+    A probe that raises (a model with an op that has no double backward, memory) adds nothing
+    but ``probe_error``, ``"<probe>: <Type>: <first line>"`` (several joined by ``"; "``): its
+    columns stay null in the row, and the row is still reported, so the trial goes on."""
     t0 = time.perf_counter()
     n = len(data.x_train)
     idx = curvature.probe_subset(n, min(cfg.n_samples, n), cfg.seed)
     row: dict[str, Any] = {"probe_n_samples": len(idx)}
-    for probe in PROBES.values():
-        row.update(probe(model, data, cfg, idx, cfg.seed if seed is None else seed))
+    errors = []
+    for name, probe in PROBES.items():
+        try:
+            row.update(probe(model, data, cfg, idx, cfg.seed if seed is None else seed))
+        except Exception as exc:  # noqa: BLE001 - any failure of a measurement, never of training
+            errors.append(f"{name}: {error_text(exc)}")
+    if errors:
+        row["probe_error"] = "; ".join(errors)[:MAX_ERROR_CHARS]
     row["probe_s"] = time.perf_counter() - t0  # includes the GPU syncs of .item() inside the probes
     return row

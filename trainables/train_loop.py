@@ -292,8 +292,12 @@ def run_pack(
             # No probes on a diverged model: its Hessian is not a minimum's (and may be NaN).
             if status[j] != DIVERGED and probe_due(probes, epoch, train.epochs):
                 probe_model.load_state_dict(pack.member_state(i))
-                row.update(run_probes(probe_model, data, probes, trial_probe_seed(
-                    probes.seed, p.lr, p.batch_size, p.seed, p.beta, p.rescale, p.variant, n)))
+                probed = run_probes(probe_model, data, probes, trial_probe_seed(
+                    probes.seed, p.lr, p.batch_size, p.seed, p.beta, p.rescale, p.variant, n))
+                if probed.get("probe_error"):  # the row keeps the error and null probe columns; training goes on
+                    print(f"[lrbs] probes failed at epoch {epoch} (lr {p.lr:g}, S {p.batch_size}, seed {p.seed}): "
+                          f"{probed['probe_error']}", file=sys.stderr, flush=True)
+                row.update(probed)
             rows.append(row)
         now = time.perf_counter()
         for row in rows:

@@ -44,7 +44,7 @@ def _raw(name: str, options: dict[str, Any]) -> TensorData:
     check_signature(factory, options, name)
     try:
         out = factory(**options)
-    except Exception as exc:
+    except BaseException as exc:  # also sys.exit() / KeyboardInterrupt in user code (trainables/plugins.py)
         raise call_error(name, "dataset.name", exc) from None
     data = _tensors(name, out)
     _CACHE.clear()
@@ -69,6 +69,9 @@ def _tensors(name: str, out: Any) -> TensorData:
         x, y = t[f"x_{split}"], t[f"y_{split}"]
         if x.dim() < 2 or len(x) == 0:
             raise DataError(f"{field}: {name}'s x_{split} must have shape (N, ...) with N >= 1 (got {tuple(x.shape)})")
+        if x[0].numel() == 0:
+            raise DataError(f"{field}: {name}'s x_{split} has no features: each example has shape "
+                            f"{tuple(x.shape[1:])} (got {tuple(x.shape)})")
         if y.dim() != 1:
             raise DataError(f"{field}: {name}'s y_{split} must be one label per example, shape (N,) (got {tuple(y.shape)})")
         if len(x) != len(y):
