@@ -176,11 +176,14 @@ _HVP_ERRORS: dict[tuple, str | None] = {}  # per process, as _PROFILES: the mess
 def _hvp_error(cfg: ModelConfig, shape: tuple[int, ...], classes: int) -> str | None:
     state = torch.random.get_rng_state()
     try:
-        model = build_model(cfg, shape, classes)  # model_profile built it already: no error of its own here
+        model = build_model(cfg, shape, classes)
+    except Exception as exc:  # noqa: BLE001 - model_profile reports a failing factory; say it here too
+        return f"model.name {cfg.name}: building the model for the curvature check raised {error_text(exc)}"
     finally:
         torch.random.set_rng_state(state)  # building initializes weights: leave the caller's stream
     gen = torch.Generator().manual_seed(0)
-    x, y = torch.randn(2, *shape, generator=gen), torch.arange(2) % classes
+    # zeros, as model_profile feeds: valid for every input a data set gives (token ids included)
+    x, y = torch.zeros(2, *shape), torch.arange(2) % classes
     vecs = [torch.randn(p.shape, generator=gen) for p in model.parameters() if p.requires_grad]
     try:
         curvature.hvp(model, F.cross_entropy, [(x, y)], vecs)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -156,7 +157,8 @@ def resume_sweep(run_dir: str | Path, restart_errored: bool = False, address: st
 
 
 # Folders a resume writes into (metric rows, trial records, the trackers' default folders)
-RESUME_WRITES = (METRIC_DIR, LEDGER_DIR, "tensorboard", "mlruns", "wandb")
+TRACKER_DIRS = ("tensorboard", "mlruns", "wandb")
+RESUME_WRITES = (METRIC_DIR, LEDGER_DIR, *TRACKER_DIRS)
 
 
 def _check_write_folders(local: Path) -> None:
@@ -165,6 +167,12 @@ def _check_write_folders(local: Path) -> None:
     try:
         for name in RESUME_WRITES:
             check_inside(local, local / name / "_")
+        # The trackers' libraries write (and MLflow's file store appends) anywhere below their
+        # folders: every link down there must stay inside the run directory too.
+        for name in TRACKER_DIRS:
+            for folder, subdirs, files in os.walk(local / name):
+                for entry in subdirs + files:
+                    check_inside(local, Path(folder) / entry / "_")
     except UnsafePathError as exc:
         raise LrbsError(str(exc)) from None
 
@@ -180,7 +188,7 @@ def _checked_spec(local: Path, remote, track: list[str] | None, trust_code: bool
     where = f"{remote.where if remote is not None else local}/{SPEC_COPY}"
     require_trust(spec_code_names(local / SPEC_COPY), where, "resume", trust_code)
     restore_plugin_folders(local)  # user modules: found where `lrbs run` found them
-    spec = with_tracks(load_spec(local / SPEC_COPY), track)  # the spec's trackers, and --track's for this session
+    spec = with_tracks(load_spec(local / SPEC_COPY, probe_check=False), track)  # the spec's trackers, and --track's for this session
     name = remote.name if remote is not None else local.name
     if spec.name != name:
         where = remote.where if remote is not None else str(local)

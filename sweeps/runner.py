@@ -194,7 +194,7 @@ def loopback_only():
     (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``; read at import, so the constant is set too). Only for
     the embedded cluster, and only while it starts: a driver joining a real cluster must advertise
     a reachable address. The processes started here keep the setting."""
-    from sweeps.ray_private import ray_constants
+    from trainables.ray_private import ray_constants
 
     before_env, before_flag = os.environ.get(LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
     os.environ[LOOPBACK_ENV] = "0"
@@ -214,7 +214,7 @@ def token_auth():
     """Token authentication on for the embedded cluster, set here rather than left to Ray's
     default (which a future Ray, or RAY_AUTH_MODE in the environment, may change); the token
     file (``~/.ray/auth_token``, made by Ray if missing) readable by its owner only."""
-    from sweeps.ray_private import RayConfig
+    from trainables.ray_private import RayConfig
 
     os.environ["RAY_AUTH_MODE"] = "token"
     RayConfig.initialize("")  # Ray's own way to re-read the mode in this process (as its default does)

@@ -296,12 +296,15 @@ OPTIONAL_SECTIONS = ("curvature", "rescale", "beta")
 # Loading and type checking
 
 
-def load_spec(path: str | Path, *, local_data: bool = False) -> SweepSpec:
+def load_spec(path: str | Path, *, local_data: bool = False, probe_check: bool = True) -> SweepSpec:
     """Read and validate a YAML spec file; raises SpecError naming the file and field.
 
     ``local_data``: the trials run on this machine (``lrbs validate``, ``lrbs run`` without
     ``--address``), so a torchvision set with ``download: false`` must already be in its
     ``data_dir`` here; a cluster's nodes have their own disks, checked when the trials load.
+    ``probe_check``: with ``curvature:``, run one Hessian-vector product through the model before
+    anything starts. ``lrbs resume`` turns it off: a run in progress cannot drop its curvature
+    section, and a probe that fails during training is recorded in its row (``probe_error``).
     """
     path = Path(path)
     raw = _read_spec_bytes(path)
@@ -330,7 +333,8 @@ def load_spec(path: str | Path, *, local_data: bool = False) -> SweepSpec:
         # The pre-flight check: build the model once and run it on two examples (a broken
         # factory is this one line, exit 2, before anything starts), within spec.limits.
         check_limits(spec, model_profile(spec.model, spec.dataset, max_params=spec.limits.max_params))
-        check_probes(spec)  # with curvature: one Hessian-vector product through the model
+        if probe_check:
+            check_probes(spec)  # with curvature: one Hessian-vector product through the model
         if local_data:
             from trainables.data import DataError, check_data_dir
 

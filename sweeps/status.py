@@ -42,8 +42,8 @@ def trial_state(status: str, row_status: str | None, driver_alive: bool) -> str:
         return "errored"
     if status in ("PENDING", "PAUSED"):
         return "pending"
-    if status == "TERMINATED":  # ended without an error: finished, unless its rows stop short
-        return "stopped" if row_status == "running" else "finished"
+    if status == "TERMINATED":  # ended without an error: its rows say whether it got to the end
+        return "stopped" if row_status == "running" else "unknown"  # damaged or no rows: cannot tell
     if status == "STOPPED":
         return "stopped"
     if status == "RUNNING" or (status == "UNKNOWN" and row_status is not None):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sweeps.errors import LrbsError
+from sweeps.trust import TRUST_FLAG, code_names
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Never uploaded with the working dir: environments, results, caches, data, weights.
@@ -117,7 +118,8 @@ def submit_sweep(spec_path: str | Path, address: str, storage: str | None = None
     print(f"  follow: ray job logs --follow {job_id} --address {address}", file=out)
     print(f"  status: ray job status {job_id} --address {address}", file=out)
     print(f"  stop:   ray job stop {job_id} --address {address}", file=out)
-    print(f"  resume: lrbs resume {run_dir}   (on the head node: ray attach cluster.yaml)", file=out)
+    trust = f" {TRUST_FLAG}" if code_names(spec.to_dict()) else ""  # the command must work as printed
+    print(f"  resume: lrbs resume {run_dir}{trust}   (on the head node: ray attach cluster.yaml)", file=out)
     if "://" in storage:
         print(f"  report: lrbs report {run_dir}", file=out)
     out.flush()

@@ -94,7 +94,7 @@ def test_cluster_yaml_matches_rays_schema(cluster):
     jsonschema.validate(cluster, json.loads(schema_path.read_text()))
     assert cluster["provider"]["type"] == "aws"
     # Ray's own checks as `ray up` runs them (defaults filled in, then validated), offline.
-    from sweeps.ray_private import prepare_config, validate_config
+    from trainables.ray_private import prepare_config, validate_config
 
     validate_config(prepare_config(copy.deepcopy(cluster)))
 
@@ -158,7 +158,7 @@ def test_images_and_pins_agree_with_pyproject_and_installed_ray(cluster, k8s, do
 def test_head_keeps_boto3_for_the_aws_autoscaler(cluster):
     # A head_setup_commands list replaces Ray's default (`pip install boto3`), without which the
     # head's autoscaler cannot launch a single worker.
-    from sweeps.ray_private import prepare_config
+    from trainables.ray_private import prepare_config
 
     head = prepare_config(copy.deepcopy(cluster))["head_setup_commands"]
     assert any("pip install" in c and '"boto3>=' in c for c in head), head

@@ -407,6 +407,19 @@ ATTENTION_MODULE = textwrap.dedent('''
 
     def no_double_backward(input_shape, n_classes, hidden=16):
         return _SoftSignNet(int(np.prod(input_shape)), n_classes, hidden)
+
+    class _TokenNet(nn.Module):
+        """Reads its float inputs as token ids (0-16 for digits' pixels) through an embedding."""
+
+        def __init__(self, n_classes, d_model):
+            super().__init__()
+            self.embed, self.head = nn.Embedding(17, d_model), nn.Linear(d_model, n_classes)
+
+        def forward(self, x):
+            return self.head(self.embed(x.flatten(1).long()).mean(1))
+
+    def tokens(input_shape, n_classes, d_model=8):
+        return _TokenNet(n_classes, d_model)
 ''')
 A = "attention_lrbs_test"
 PROBE_CFG = {"n_samples": 64, "lanczos_iters": 6, "hutchinson_probes": 4, "noise_b_small": 32, "noise_pairs": 8}
@@ -463,6 +476,10 @@ def test_validate_runs_one_hvp_when_probes_are_on(attention_dir, capsys, tmp_pat
     assert capsys.readouterr().err.strip().splitlines() == lines
     assert not (tmp_path / "runs").exists()
     code, out, err = _validate(attention_dir, capsys, **overrides)  # no curvature section: no HVP, no error
+    assert code == 0, err
+    # a model that reads its inputs as token ids passes: the check feeds inputs any data set could give
+    code, out, err = _validate(attention_dir, capsys, model={"name": f"{A}:tokens"}, dataset=digits, grid=grid,
+                               curvature=PROBE_CFG)
     assert code == 0, err
 
 

@@ -648,3 +648,15 @@ def test_status_shows_one_vocabulary(tmp_path, capsys):
     fixture = tmp_path / "grid"
     shutil.copytree(ROOT / "tests" / "fixtures" / "grid", fixture)
     assert {t.state for t in read_status(fixture)} == {"finished"}
+
+
+def test_a_trial_whose_rows_are_damaged_is_not_called_finished():
+    """Tune says TERMINATED, but a damaged or missing metric file cannot show the trial reached its
+    end: lrbs status says unknown (the error column names the file), never finished."""
+    from sweeps.status import STATES, trial_state
+
+    assert trial_state("TERMINATED", "finished", False) == "finished"
+    assert trial_state("TERMINATED", "damaged", False) == "unknown"
+    assert trial_state("TERMINATED", None, False) == "unknown"
+    assert trial_state("TERMINATED", "running", False) == "stopped"
+    assert "unknown" in STATES

@@ -285,6 +285,15 @@ def test_resume_never_writes_through_links(tmp_path, victim, outside, capsys):
         if name == "metrics":
             shutil.move(moved, run / name)
     _untouched(victim)
+    # A link deep in a tracker's folder (MLflow's file store appends to its metric files, a
+    # TensorBoard writer creates files in its run folder): refused like the folders themselves
+    deep = run / "mlruns" / "0" / "abc" / "metrics"
+    deep.mkdir(parents=True)
+    (deep / "val_acc").symlink_to(victim)
+    assert main(["resume", str(run), "--no-report"]) == 2
+    assert f"{deep / 'val_acc'} is a symbolic link to" in _one_line(capsys.readouterr().err)
+    shutil.rmtree(run / "mlruns")
+    _untouched(victim)
     # The trial records (written by the driver as trials start and end)
     record = TrialRecord("bbbbb_00000", {"lr": 0.1, "batch_size": 32, "seed": 0})
     (run / "trials").mkdir(exist_ok=True)

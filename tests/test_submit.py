@@ -125,7 +125,7 @@ def test_submit_runs_the_sweep_as_a_ray_job(ray_head, tmp_path):
     job_id = re.search(r"as Ray job (\S+) to ", out.stdout).group(1)
     assert f"ray job logs --follow {job_id} --address {address}" in out.stdout
     assert f"ray job status {job_id} --address {address}" in out.stdout
-    assert f"lrbs resume {storage}/submit_digits" in out.stdout
+    assert f"lrbs resume {storage}/submit_digits --trust-code" in out.stdout  # a user model: resume needs the flag
 
     client = _client(address, token)
     deadline = time.monotonic() + 150
