@@ -68,18 +68,23 @@ def test_metrics_scale_compares_old_and_new_layouts(capsys):
     assert rows[5].count(" s |") + rows[5].count(" ms |") >= 2 and "faster" in rows[5], rows
 
 
-def test_precision_check_quick_mode_measures_every_precision(tmp_path, capsys):
-    """benchmarks/precision_check.py (docs/performance.md's convnet precision table) runs, tiny, on CPU."""
-    from benchmarks.precision_check import PRECISIONS, QUICK_CASES, main
+def test_precision_check_quick_mode_measures_every_precision(tmp_path):
+    """benchmarks/precision_check.py (docs/performance.md's convnet precision table) runs, tiny, on
+    CPU, in its own process: it sets torch's process-wide float32-precision flags."""
+    from benchmarks.precision_check import PRECISIONS, QUICK_CASES
 
-    assert main(["--quick", "--device", "cpu", "--out", str(tmp_path / "p.json")]) == 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.precision_check", "--quick", "--device", "cpu",
+                           "--out", str(tmp_path / "p.json")], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads((tmp_path / "p.json").read_text())
     measured = {(r["section"], r["model"], r["S"], r["precision"]) for r in out["rows"]
                 if r["median_s"] > 0 and r["tflops"] > 0}
     assert {m for m in measured if m[0] == "1"} == {("1", c.label, s, p) for c in QUICK_CASES for s in c.sizes
                                                     for p in PRECISIONS}
     assert {m[1] for m in measured if m[0] == "5" and m[3] == "bf16-nchw"} == {c.label for c in QUICK_CASES[:2]}
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == 1 + sum(len(c.sizes) for c in QUICK_CASES) and not any("not measured" in r for r in rows)
     for fid in out["fidelity"].values():
         assert fid["fp32 again"]["train_rel"] == 0.0  # on a CPU, same init and batches: bitwise-equal runs

@@ -138,7 +138,11 @@ def double_backward_kernels(model: nn.Module) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         stack.enter_context(sdpa_kernel(SDPBackend.MATH))
         if any(isinstance(m, nn.RNNBase) for m in model.modules()):
-            stack.enter_context(torch.backends.cudnn.flags(enabled=False))
+            # the one flag set directly: cudnn.flags() also reads the TF32 flags, which raises once
+            # code has set them through both torch's old and new APIs
+            enabled = torch.backends.cudnn.enabled
+            torch.backends.cudnn.enabled = False
+            stack.callback(setattr, torch.backends.cudnn, "enabled", enabled)
         yield
 
 
