@@ -198,6 +198,17 @@ def check_noise(data, make_model, ends, seeds: int) -> list[str]:
     return out
 
 
+def full_batch_sgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int) -> nn.Module:
+    """``steps`` plain SGD steps on the mean cross-entropy of all of (x, y): small models brought
+    near a minimum for the exact-Hessian and exact-noise checks (here and in tests/test_curvature.py)."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        CE(model(x), y).backward()
+        opt.step()
+    return model
+
+
 def trained_tanh_net() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """A 499-parameter float64 tanh net after 200 full-batch steps, with its 400 examples: small
     enough for an exact Hessian (tests/test_curvature.py uses it too)."""
@@ -206,12 +217,7 @@ def trained_tanh_net() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     x = torch.randn(n, 10, dtype=torch.float64)
     y = (x[:, 0] + 0.5 * torch.randn(n, dtype=torch.float64) > 0).long() + (x[:, 1] > 0.3).long()
     model = nn.Sequential(nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3)).double()
-    opt = torch.optim.SGD(model.parameters(), lr=0.3)
-    for _ in range(200):
-        opt.zero_grad()
-        CE(model(x), y).backward()
-        opt.step()
-    return model, x, y
+    return full_batch_sgd(model, x, y, lr=0.3, steps=200), x, y
 
 
 def trained_bn_net(data) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:

@@ -10,6 +10,7 @@ from torch import nn
 from torch.autograd.functional import hessian
 from torch.func import functional_call
 
+from benchmarks.measurement_check import full_batch_sgd
 from trainables import curvature as cv
 
 CE = nn.functional.cross_entropy
@@ -770,12 +771,8 @@ def test_noise_scale_of_the_whole_training_set_is_calibrated():
     n = 600
     x = torch.randn(n, 6)
     y = ((x[:, 0] + 0.8 * torch.randn(n)) > 0).long() + (x[:, 1] > 0.5).long()
-    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    for _ in range(300):  # near a minimum: a small |G|, a noise scale of hundreds of examples
-        opt.zero_grad()
-        CE(model(x), y).backward()
-        opt.step()
+    # near a minimum: a small |G|, a noise scale of hundreds of examples
+    model = full_batch_sgd(nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)), x, y, lr=0.5, steps=300)
     from benchmarks.measurement_check import exact_noise_scale
 
     exact = exact_noise_scale(model, x, y)
@@ -876,13 +873,7 @@ def _mislabeled_linear_problem(n: int = 1500):
     far = (x[:, 0].abs() + (x[:, 1] - 0.5).abs()).argsort(descending=True)[:4]
     y[far] = (y[far] + 1) % 3
     torch.manual_seed(0)
-    model = nn.Linear(5, 3).double()
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    for _ in range(50):
-        opt.zero_grad()
-        CE(model(x), y).backward()
-        opt.step()
-    return model, x, y
+    return full_batch_sgd(nn.Linear(5, 3).double(), x, y, lr=0.5, steps=50), x, y
 
 
 def test_noise_scale_intervals_cover_the_exact_value():
