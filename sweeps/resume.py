@@ -157,8 +157,7 @@ def resume_sweep(run_dir: str | Path, restart_errored: bool = False, address: st
 
 
 # Folders a resume writes into (metric rows, trial records, the trackers' default folders)
-TRACKER_DIRS = ("tensorboard", "mlruns", "wandb")
-RESUME_WRITES = (METRIC_DIR, LEDGER_DIR, *TRACKER_DIRS)
+RESUME_WRITES = (METRIC_DIR, LEDGER_DIR, "tensorboard", "mlruns", "wandb")
 
 
 def _check_write_folders(local: Path) -> None:
@@ -167,9 +166,11 @@ def _check_write_folders(local: Path) -> None:
     try:
         for name in RESUME_WRITES:
             check_inside(local, local / name / "_")
-        # The trackers' libraries write (and MLflow's file store appends) anywhere below their
-        # folders: every link down there must stay inside the run directory too.
-        for name in TRACKER_DIRS:
+        # TensorBoard and MLflow's file store write (MLflow appends) into existing folders and
+        # files below theirs: every link down there must stay inside the run directory too. W&B
+        # writes each session into a new offline folder, and links its own logs out of the run
+        # (debug-core.log -> ~/.cache/wandb): its folder is checked at the top only.
+        for name in ("tensorboard", "mlruns"):
             for folder, subdirs, files in os.walk(local / name):
                 for entry in subdirs + files:
                     check_inside(local, Path(folder) / entry / "_")
