@@ -423,8 +423,8 @@ def print_table(out: dict) -> None:
 
     graph = out["device"] != "cpu"
     mode = "graphed" if graph else "eager"
-    print(f"\n| model | S | fp32 ms | tf32 ms | bf16 ms | fp32 TFLOP/s | tf32 TFLOP/s | bf16 TFLOP/s | tf32 speedup | "
-          f"bf16 speedup | eager fp32 / tf32 / bf16 ms | engine step, torch defaults, ms |")
+    print("\n| model | S | fp32 ms | tf32 ms | bf16 ms | fp32 TFLOP/s | tf32 TFLOP/s | bf16 TFLOP/s | tf32 speedup | "
+          "bf16 speedup | eager fp32 / tf32 / bf16 ms | engine step, torch defaults, ms |")
     print("| --- | --- | " + " | ".join(["---"] * 10) + " |")
     pairs = list(dict.fromkeys((r["model"], r["S"]) for r in out["rows"] if r["section"] == "1"))
     nm = "not measured"
