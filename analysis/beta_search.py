@@ -1,8 +1,8 @@
 """Adaptive search for the breakdown point beta* (``beta.search`` in a spec; docs/experiments.md).
 
 beta* is the smallest beta > 1 whose maximum validation accuracy is significantly below beta = 1's:
-the one-sided Welch test the breakdown section applies to a fixed ladder (``analysis.breakdown``),
-at ``analysis.breakdown.ALPHA`` family-wise. The ladder corrects with Holm over all its betas; a
+the one-sided Welch test the breakdown section applies to a fixed ladder (``lrbs.analysis.breakdown``),
+at ``lrbs.analysis.breakdown.ALPHA`` family-wise. The ladder corrects with Holm over all its betas; a
 bisection does not know in advance which betas it will test, only how many at most (m, see
 below), so each test is held to alpha / m (Bonferroni): a decision never changes when later
 betas are tested, and whatever the search calls significant, Holm over the betas it tested
@@ -25,10 +25,10 @@ search (``_Untestable``): replacing them forever would spend the budget on, e.g.
 not fit in memory.
 
 ``min_drop`` (``beta.min_drop``, accuracy points): a beta is "below" only when its drop from
-beta = 1 is significantly larger than min_drop (``analysis.breakdown.drop_test``), so beta* is
+beta = 1 is significantly larger than min_drop (``lrbs.analysis.breakdown.drop_test``), so beta* is
 defined by a drop that matters rather than by whatever the seeds can resolve. Each test also
 carries its effect size (the drop with its 95% interval) and its power (the seeds on each side
-and the drop it detects with 80% power at its level, ``analysis.breakdown.detectable_drop``).
+and the drop it detects with 80% power at its level, ``lrbs.analysis.breakdown.detectable_drop``).
 
 The policy is a pure function of the finished trials (``search_step``): the state is never kept
 anywhere else, so a search resumed after a crash carries on from the trials that finished, and
@@ -41,14 +41,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from analysis.breakdown import ALPHA, detectable_drop, drop_interval, drop_test
+from lrbs.analysis.breakdown import ALPHA, detectable_drop, drop_interval, drop_test
 
 DIVERGED_OR_DONE = ("finished", "diverged")
 
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """What the policy needs (``sweeps.spec.BetaSearchConfig`` resolved against the spec)."""
+    """What the policy needs (``lrbs.sweeps.spec.BetaSearchConfig`` resolved against the spec)."""
     betas: tuple[float, ...]        # the candidate ladder, betas[0] == 1
     seeds: tuple[int, ...]          # the seeds every point starts with (>= 2: Welch)
     max_seeds: int                  # seeds a point may grow to while its test is undecided
@@ -312,7 +312,7 @@ def settings_to_dict(settings: SearchSettings) -> dict:
     """Plain data, kept in every search trial's config (``beta_search``): the report replays the
     search from the trial table with it, without the spec or the data set. ``min_drop`` is left
     out when None: a resume rebuilds the same config as the trials it continues (attempts are
-    matched by config, ``analysis.tables``) whether or not they were written with the key."""
+    matched by config, ``lrbs.analysis.tables``) whether or not they were written with the key."""
     data = {**asdict(settings), "betas": list(settings.betas), "seeds": list(settings.seeds)}
     if data["min_drop"] is None:
         data.pop("min_drop")
@@ -335,9 +335,9 @@ def size_of(row: dict) -> int | None:
 
 
 def outcomes_from_trials(trials, betas: tuple[float, ...], errored: list[dict] | None = None) -> list[Outcome]:
-    """The ended trials of a run's trial table (``analysis.tables.load_trials``) as outcomes:
+    """The ended trials of a run's trial table (``lrbs.analysis.tables.load_trials``) as outcomes:
     finished or diverged, with their max val acc; and ``errored`` (points of trials whose record
-    says ERROR, ``sweeps.ledger``) as ended without a value, as the searcher counted them. The
+    says ERROR, ``lrbs.sweeps.ledger``) as ended without a value, as the searcher counted them. The
     size is the point's own ``n_train`` (None where the spec's ``beta.n_train`` is empty)."""
     out = []
     for r in trials.to_pylist() if trials.num_rows else []:
@@ -363,7 +363,7 @@ def search_report(metrics, trials, errored: list[dict] | None = None) -> dict:
     breakdown section's beta* on the same trials; and the trace, one entry per step."""
     import json
 
-    from analysis.breakdown import breakdown
+    from lrbs.analysis.breakdown import breakdown
 
     import pyarrow.compute as pc
 

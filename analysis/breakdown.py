@@ -4,7 +4,7 @@ Per training-set size (``n_train``) and beta:
 
 * mean +- sd (ddof = 1) over seeds of each trial's max validation accuracy; diverged seeds are
   kept (their best accuracy before diverging is data) and the row is marked ``*``;
-* the learning-curve distance (``analysis.curves``) of the val_acc curves from beta = 1;
+* the learning-curve distance (``lrbs.analysis.curves``) of the val_acc curves from beta = 1;
 * a one-sided Welch t-test of H1: mean max val acc at beta < at beta = 1, for every beta > 1,
   with Holm's step-down correction over the betas > 1 of that n_train, at alpha = 0.05.
   ``beta*`` is the smallest beta > 1 whose Holm-adjusted p is below alpha (None if none is).
@@ -33,8 +33,8 @@ import numpy as np
 import pyarrow as pa
 from scipy import stats
 
-from analysis.curves import curve_distance, curves_of, index_rows
-from analysis.stats import holm, mean_sd, welch_less
+from lrbs.analysis.curves import curve_distance, curves_of, index_rows
+from lrbs.analysis.stats import holm, mean_sd, welch_less
 
 ALPHA = 0.05
 POWER = 0.8            # the power the detectable drop is computed for

@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
-from analysis.fits import point_keys, point_means
-from analysis.stats import lincomb_test, ols, simple_fit
+from lrbs.analysis.fits import point_keys, point_means
+from lrbs.analysis.stats import lincomb_test, ols, simple_fit
 
 # (metric, fit log10(y)?): every metric as it is (the y), and the positive scale
 # quantities also as log10 y (multiplicative effects). The two can disagree where the

@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from analysis import plots
-from analysis.convergence import converged
-from analysis.fits import log_ratios, metric_values, point_keys, point_means, slope_text
-from analysis.render import html_page, html_table, md_table, status_words
-from analysis.sections import CURVATURE_FIT_METRICS, Table, fmt
+from lrbs.analysis import plots
+from lrbs.analysis.convergence import converged
+from lrbs.analysis.fits import log_ratios, metric_values, point_keys, point_means, slope_text
+from lrbs.analysis.render import html_page, html_table, md_table, status_words
+from lrbs.analysis.sections import CURVATURE_FIT_METRICS, Table, fmt
 
 if TYPE_CHECKING:
-    from analysis.report import Report
+    from lrbs.analysis.report import Report
 
 
 @dataclass
@@ -37,7 +37,7 @@ class RunView:
     name: str
     report: Report
     metrics: pa.Table
-    trials: pa.Table       # ``analysis.trialinfo.trial_table(metrics)``
+    trials: pa.Table       # ``lrbs.analysis.trialinfo.trial_table(metrics)``
 
 
 @dataclass(frozen=True)

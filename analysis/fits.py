@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 from scipy import stats
 
-from analysis.stats import OLSResult, simple_fit
+from lrbs.analysis.stats import OLSResult, simple_fit
 
 CI_METHOD = "t interval on point means (n_points - 2 dof)"
 # What tells two trials apart as points of the design, beyond their seed (those present in the table).

@@ -28,8 +28,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from analysis.fits import CI_METHOD, fit_points, log_ratios, metric_values, point_keys, point_means
-from analysis.stats import mean_band
+from lrbs.analysis.fits import CI_METHOD, fit_points, log_ratios, metric_values, point_keys, point_means
+from lrbs.analysis.stats import mean_band
 
 GEOMETRY_METRICS = (("lambda_max", True), ("hessian_fro", True), ("final_val_acc", False))
 

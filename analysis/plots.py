@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 import pyarrow as pa
 from plotly.colors import sample_colorscale
 
-from analysis.fits import RatioFit, slope_text
+from lrbs.analysis.fits import RatioFit, slope_text
 
 
 

@@ -10,10 +10,10 @@ from plotly.offline import get_plotlyjs
 
 from typing import TYPE_CHECKING
 
-from analysis.sections import Table, fmt
+from lrbs.analysis.sections import Table, fmt
 
 if TYPE_CHECKING:
-    from analysis.report import Report
+    from lrbs.analysis.report import Report
 
 
 def html_table(t: Table) -> str:

@@ -15,12 +15,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
-from analysis.compare import RunView, render_compare_html, render_compare_md
-from analysis.render import _json_safe, render_html, render_md
-from analysis.safe_write import write_file_safely
-from analysis.sections import SECTIONS, Section, _running_note
-from analysis.tables import load_metrics_with_report
-from analysis.trialinfo import trial_table
+from lrbs.analysis.compare import RunView, render_compare_html, render_compare_md
+from lrbs.analysis.render import _json_safe, render_html, render_md
+from lrbs.analysis.safe_write import write_file_safely
+from lrbs.analysis.sections import SECTIONS, Section, _running_note
+from lrbs.analysis.tables import load_metrics_with_report
+from lrbs.analysis.trialinfo import trial_table
 
 FORMATS = ("html", "json", "md")
 FILE_NAMES = {"html": "report.html", "json": "fits.json", "md": "report.md"}
@@ -109,7 +109,7 @@ def write_trial_page(run_dir: str | Path, selectors: list[str]) -> Path:
     """``trials-<selectors>.html`` in the run directory: the trials the selectors pick
     (``analysis/selection.py``), one learning curve per trial. Raises ValueError (one line) for a
     selector that is malformed or picks nothing."""
-    from analysis.selection import page_name, section_selected, select_trials
+    from lrbs.analysis.selection import page_name, section_selected, select_trials
 
     run_dir = Path(run_dir)
     metrics, _ = load_metrics_with_report(run_dir)

@@ -16,15 +16,15 @@ from typing import Callable
 import plotly.graph_objects as go
 import pyarrow as pa
 
-from analysis import plots
-from analysis.breakdown import breakdown, min_drop_of
-from analysis.collapse import COLLAPSE_METRICS, collapse_test
-from analysis.curves import equal_ratio_pairs, rescale_distances
-from analysis.convergence import converged
-from analysis.fits import CI_METHOD, ratio_fit, slope_text
-from analysis.geometry import GEOMETRY_METRICS, eq7_check, ratio_band_fit
-from analysis.interpolation import load_interpolations, summarize
-from analysis.trialinfo import has_values
+from lrbs.analysis import plots
+from lrbs.analysis.breakdown import breakdown, min_drop_of
+from lrbs.analysis.collapse import COLLAPSE_METRICS, collapse_test
+from lrbs.analysis.curves import equal_ratio_pairs, rescale_distances
+from lrbs.analysis.convergence import converged
+from lrbs.analysis.fits import CI_METHOD, ratio_fit, slope_text
+from lrbs.analysis.geometry import GEOMETRY_METRICS, eq7_check, ratio_band_fit
+from lrbs.analysis.interpolation import load_interpolations, summarize
+from lrbs.analysis.trialinfo import has_values
 
 # (column, fit on log10 of the value?) for the eta/S fits.
 FIT_METRICS = (("final_val_acc", False), ("max_val_acc", False), ("final_train_loss", True))
@@ -328,14 +328,14 @@ def section_breakdown(metrics: pa.Table, trials: pa.Table) -> Section:
 def section_beta_search(metrics: pa.Table, trials: pa.Table, run_dir: Path | None = None) -> Section:
     """``beta.search`` runs: beta* with its bracket per training-set size, the search's trace,
     its trials against the fixed ladder's, the noise-scale prediction beside it."""
-    from analysis.beta_search import search_report
+    from lrbs.analysis.beta_search import search_report
 
     sec = Section("beta_search", "Adaptive search for beta*", "Fig. 5")
     if "cfg.point.search_step" not in trials.column_names or not has_values(trials, "cfg.point.search_step"):
         return sec.skip("no beta.search in this run (its betas were a fixed ladder, if any)")
     errored = []
     if run_dir is not None:  # trials that ended in ERROR: the search counted them (ended, no value)
-        from sweeps.ledger import ERROR, current_records, member_points, read_ledger
+        from lrbs.sweeps.ledger import ERROR, current_records, member_points, read_ledger
 
         records, _ = read_ledger(run_dir)
         errored = [p for r in current_records(records) if r.status == ERROR for p in member_points(r.point)]

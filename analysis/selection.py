@@ -1,7 +1,7 @@
 """Individual trials on demand: ``lrbs report RUN_DIR --trials SELECTOR`` picks trials from the
 trial table and draws each one's learning curves on its own page (``trials-<selector>.html``).
 
-Above ``analysis.plots.MAX_TRIAL_CURVES`` trials the report draws one mean line and band per
+Above ``lrbs.analysis.plots.MAX_TRIAL_CURVES`` trials the report draws one mean line and band per
 point; a point's legend name (``lr=0.1 S=32 n_train=1000``) is itself a selector for its seeds.
 
 A selector is ``key=value`` terms (all must hold; separated by commas or spaces; quote a value
@@ -17,8 +17,8 @@ import re
 
 import pyarrow as pa
 
-from analysis.plots import learning_curves
-from analysis.sections import Section, section_trials
+from lrbs.analysis.plots import learning_curves
+from lrbs.analysis.sections import Section, section_trials
 
 ALIASES = {"S": "batch_size", "eta": "lr", "trial": "trial_id"}
 CURVE_METRICS = ("val_acc", "train_loss", "val_loss", "lambda_max", "hessian_trace")

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from analysis.schema import COMPACTED_SOURCES, METRIC_SCHEMA, PROBES
+from lrbs.analysis.schema import COMPACTED_SOURCES, METRIC_SCHEMA, PROBES
 
 
 @dataclass
@@ -116,7 +116,7 @@ def _damaged_not_cut_off(f, good: int, size: int) -> bool:
 
 
 def read_compacted_file(path: str | Path, columns: list[str] | None = None) -> tuple[pa.Table, list[str], str | None]:
-    """The rows of a compacted metric file (Parquet, ``sweeps.compaction``), the stream files it
+    """The rows of a compacted metric file (Parquet, ``lrbs.sweeps.compaction``), the stream files it
     replaces, and what is wrong with it if it does not read (then no rows and no sources: the
     streams it would replace, if still there, are read instead)."""
     import pyarrow.parquet as pq

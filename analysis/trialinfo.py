@@ -12,7 +12,7 @@ import math
 
 import pyarrow as pa
 
-from analysis.tables import trials_from_metrics
+from lrbs.analysis.tables import trials_from_metrics
 
 
 def _is_value(v) -> bool:

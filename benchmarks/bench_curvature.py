@@ -25,7 +25,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainables import curvature as cv  # noqa: E402
+from lrbs.trainables import curvature as cv  # noqa: E402
 
 
 def build_model(width: int = 256, depth: int = 4, n_in: int = 64, n_out: int = 10) -> nn.Module:

@@ -34,11 +34,11 @@ import torch
 
 from benchmarks.fmnist_files import write_fashion_mnist
 from benchmarks.pack_timing import pack_step_seconds
-from trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig
-from trainables.data import TensorData, load_dataset
-from trainables.models import build_model
-from trainables.probes import run_probes
-from trainables.train_loop import TrialPoint, evaluate_pack, run_pack, run_training
+from lrbs.trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig
+from lrbs.trainables.data import TensorData, load_dataset
+from lrbs.trainables.models import build_model
+from lrbs.trainables.probes import run_probes
+from lrbs.trainables.train_loop import TrialPoint, evaluate_pack, run_pack, run_training
 
 FIG3_MODEL = ModelConfig(name="mlp", options=dict(depth=4, width=256, batch_norm=True))
 FIG3_LRS = [float(f"{v:.6g}") for v in np.geomspace(0.005, 0.1, 5)]
@@ -64,9 +64,9 @@ def _pack_rows(points, ds, model, train, dev, data, **kw) -> list[list[dict]]:
 
 def first_step_diff(points, data, dev) -> float:
     """Max relative difference of the members' weights after one SGD step, packed against alone."""
-    from trainables.pack_sgd import PackSGD
-    from trainables.packed_models import build_pack
-    from trainables.train_loop import _Steps
+    from lrbs.trainables.pack_sgd import PackSGD
+    from lrbs.trainables.packed_models import build_pack
+    from lrbs.trainables.train_loop import _Steps
 
     gen = torch.Generator().manual_seed(0)
     perms = torch.stack([torch.randperm(len(data.x_train), generator=gen) for _ in points]).to(dev)
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
                                                      separately(short)) for k in ("train_loss", "val_loss"))
     # What 30 steps make of a round-off-sized difference: one member alone, its initial weights
     # perturbed by 1e-6 (relative), against the unperturbed run.
-    from trainables import train_loop
+    from lrbs.trainables import train_loop
 
     build = train_loop.build_model
 
@@ -185,7 +185,7 @@ def main(argv=None) -> int:
         print(f"3 step {key}: {v * 1e3:.3f} ms", flush=True)
     # Cost model for sweeps/step_costs.json: t(K, S) = floor + K*S*flops/rate (least squares over
     # the graphed steps measured above).
-    from sweeps.estimate import train_flops_per_example
+    from lrbs.sweeps.estimate import train_flops_per_example
 
     fl = train_flops_per_example(FIG3_MODEL, DatasetConfig(name="fashion_mnist"))
     xs = [(25 * s * fl, costs[s]) for s in FIG3_SIZES] + [(64 * s * fl, extra[f"K=64,S={s},graph"]) for s in (25, 1000)]
@@ -201,7 +201,7 @@ def main(argv=None) -> int:
     probe = run_probes(probe_model, full, FIG3_PROBES if not q else dataclasses.replace(FIG3_PROBES, n_samples=500))
     _sync(dev)
     probe_s = time.perf_counter() - t
-    from trainables.packed_models import build_pack
+    from lrbs.trainables.packed_models import build_pack
 
     pack25 = build_pack([build_model(FIG3_MODEL, full.input_shape, 10).to(dev) for _ in range(25)], "stacked", 3)
     evaluate_pack(pack25, full.x_val, full.y_val, 2048)
@@ -216,8 +216,8 @@ def main(argv=None) -> int:
                probe_s=probe_s, eval25_s=eval_s)
 
     # 4. projection of fig3_grid.yaml
-    from sweeps.packing import plan_packs
-    from sweeps.spec import load_spec
+    from lrbs.sweeps.packing import plan_packs
+    from lrbs.sweeps.spec import load_spec
 
     spec = load_spec("sweeps/fig3_grid.yaml")
     spec = dataclasses.replace(spec, resources=dataclasses.replace(spec.resources, gpu=1.0))

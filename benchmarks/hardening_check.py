@@ -3,7 +3,7 @@ hostile input"), without starting Ray.
 
     PYTHONPATH=$PWD .venv/bin/python -m benchmarks.hardening_check     # from the repository root
 
-Every check runs the real command line (``python -m sweeps.cli ...``) in a subprocess, with
+Every check runs the real command line (``python -m lrbs.sweeps.cli ...``) in a subprocess, with
 cwd at the repository root, ``PYTHONPATH`` set to it and a 120 s timeout; at most two run at
 once (a thread pool of 2 workers, each waiting on one subprocess). Three categories:
 
@@ -82,7 +82,7 @@ def lrbs(args: list[str]) -> Run:
     """``lrbs ARGS`` in a subprocess at the repository root."""
     t = time.monotonic()
     try:
-        p = subprocess.run([sys.executable, "-m", "sweeps.cli", *args], cwd=ROOT, env=ENV,
+        p = subprocess.run([sys.executable, "-m", "lrbs", *args], cwd=ROOT, env=ENV,
                            capture_output=True, timeout=TIMEOUT_S)
         rc, out, err = p.returncode, p.stdout, p.stderr
     except subprocess.TimeoutExpired as exc:
@@ -388,9 +388,9 @@ def build_run_dir(run_dir: Path) -> list[int]:
     """A finished one-trial run (3 epochs) as ``lrbs run`` leaves it: spec.yaml, one metric file
     written row by row through ArrowMetricsSink, a TERMINATED trial record. Returns the metric
     file's size after each row (record boundaries)."""
-    from sweeps.ledger import TERMINATED, TrialRecord, write_record
-    from sweeps.metrics_sink import ArrowMetricsSink, row_from_result
-    from sweeps.spec import expand_points, spec_from_dict
+    from lrbs.sweeps.ledger import TERMINATED, TrialRecord, write_record
+    from lrbs.sweeps.metrics_sink import ArrowMetricsSink, row_from_result
+    from lrbs.sweeps.spec import expand_points, spec_from_dict
 
     data = spec(name=RUN_NAME, grid={"lr": [0.1], "batch_size": [32], "seed": [0]})
     (run_dir / "metrics").mkdir(parents=True)
@@ -537,8 +537,8 @@ def resume_would_not_start_ray(run_dir: Path) -> bool:
     """``lrbs resume`` refuses before Ray (no spec.yaml or metrics/), or has nothing left to train."""
     if not (run_dir / "spec.yaml").is_file() or not (run_dir / "metrics").is_dir():
         return True
-    from sweeps.resume import plan_resume
-    from sweeps.spec import load_spec
+    from lrbs.sweeps.resume import plan_resume
+    from lrbs.sweeps.spec import load_spec
 
     _, _, counts, _ = plan_resume(load_spec(run_dir / "spec.yaml"), run_dir, restart_errored=False)
     return counts["continued"] + counts["restarted"] + counts["new"] == 0

@@ -39,10 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables import curvature as cv
-from trainables.config import DatasetConfig, ModelConfig, TrainConfig
-from trainables.data import load_dataset
-from trainables.train_loop import TrialPoint, run_pack
+from lrbs.trainables import curvature as cv
+from lrbs.trainables.config import DatasetConfig, ModelConfig, TrainConfig
+from lrbs.trainables.data import load_dataset
+from lrbs.trainables.train_loop import TrialPoint, run_pack
 
 CE = F.cross_entropy
 
@@ -56,7 +56,7 @@ def train_endpoints(epochs: int):
         run_pack([TrialPoint(lr=0.1, batch_size=s, seed=0)], DatasetConfig(name="digits"), model_cfg,
                  TrainConfig(epochs=epochs), lambda r, st: (rows.extend(r), states.append(st)), data=data)
         out[s] = (rows[-1], states[-1]()["members"][0]["model"])
-    from trainables.models import build_model
+    from lrbs.trainables.models import build_model
 
     return data, (lambda: build_model(model_cfg, data.input_shape, data.n_classes)), out
 
@@ -354,7 +354,7 @@ def _rmse(values: list[float], ref: float) -> float:
 def mnist1d_quickstart_model(epochs: int):
     """The quickstart's model (4-layer width-256 BN MLP on MNIST-1D) after ``epochs`` at lr 0.04,
     S = 32, seed 0, with the quickstart's 1,000-example probe subset: (model, batches)."""
-    from trainables.models import build_model
+    from lrbs.trainables.models import build_model
 
     ds = DatasetConfig(name="mnist1d", options={"n_samples": 5000, "seed": 42}, val_fraction=0.2, split_seed=0)
     data = load_dataset(ds)

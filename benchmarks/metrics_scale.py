@@ -40,7 +40,7 @@ def _quickstart_shared() -> str:
     """The part of a quickstart trial's config every trial shares (JSON; loaded once)."""
     import yaml
 
-    from sweeps.spec import spec_from_dict
+    from lrbs.sweeps.spec import spec_from_dict
 
     spec = spec_from_dict(yaml.safe_load((ROOT / "sweeps" / "quickstart.yaml").read_text()))
     shared = spec.to_dict()
@@ -75,7 +75,7 @@ def write_sweep(run_dir: Path, n_trials: int, epochs: int, compact_every: int | 
     (stream files only)."""
     import random
 
-    from sweeps.metrics_sink import ArrowMetricsSink, row_from_result
+    from lrbs.sweeps.metrics_sink import ArrowMetricsSink, row_from_result
 
     sink = ArrowMetricsSink(run_dir / "metrics", compact_every=compact_every)
     rows = 0
@@ -127,7 +127,7 @@ def measure(code: str, run_dir: Path) -> tuple[float, float, str]:
 LAYOUTS = {
     # name: (compact_every, module with load_metrics / trials_from_metrics)
     "old": (0, "benchmarks.old_readers"),   # stream files only, readers in Python per row (before issue 15)
-    "new": (None, "analysis.tables"),       # compacted Parquet, vectorized readers
+    "new": (None, "lrbs.analysis.tables"),       # compacted Parquet, vectorized readers
 }
 
 
@@ -139,13 +139,13 @@ def measure_layout(run_dir: Path, layout: str, n_trials: int, epochs: int, repor
     s, rss, _ = measure(f"from {module} import load_metrics; m = load_metrics(run_dir); assert m.num_rows == {rows}",
                         run_dir)
     out["load_metrics"] = (s, rss)
-    code = ("from analysis.tables import load_trials; t = load_trials(run_dir)" if layout == "new" else
+    code = ("from lrbs.analysis.tables import load_trials; t = load_trials(run_dir)" if layout == "new" else
             f"from {module} import load_metrics, trials_from_metrics; t = trials_from_metrics(load_metrics(run_dir))")
     s, rss, _ = measure(f"{code}; assert t.num_rows == {n_trials}", run_dir)
     out["load_trials"] = (s, rss)
     # One fit against eta/S with its interval, as the report does for every fitted metric: the old
     # 1,000-resample bootstrap over seeds (a per-resample loop), or the t interval on point means.
-    fit = ("import numpy as np; from analysis.tables import load_trials; from analysis.fits import ratio_fit; "
+    fit = ("import numpy as np; from lrbs.analysis.tables import load_trials; from lrbs.analysis.fits import ratio_fit; "
            "import benchmarks.old_readers as old; t = load_trials(run_dir); "
            "x = np.log10(np.array(t.column('ratio').to_pylist())); y = np.array(t.column('final_val_acc').to_pylist()); "
            "keys = list(zip(t.column('lr').to_pylist(), t.column('batch_size').to_pylist())); g = {}; "
@@ -157,7 +157,7 @@ def measure_layout(run_dir: Path, layout: str, n_trials: int, epochs: int, repor
     _, _, stdout = measure(fit, run_dir)
     out["fit"] = (float(next(ln for ln in stdout.splitlines() if ln.startswith("FIT")).split()[1]),)
     if report:
-        s, rss, _ = measure("from analysis.report import write_reports; write_reports(run_dir)", run_dir)
+        s, rss, _ = measure("from lrbs.analysis.report import write_reports; write_reports(run_dir)", run_dir)
         out["report"] = (s, rss, (run_dir / "report.html").stat().st_size)
     return out
 

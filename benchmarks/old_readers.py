@@ -9,7 +9,7 @@ import json
 import pyarrow as pa
 
 # unchanged by issue 15 (dedupe_last was already vectorized): shared, not copied
-from analysis.tables import (PROBE_COLUMNS, TRIAL_COLUMNS, _attempt_key, _flatten, _is_value, _trial_type, dedupe_last,
+from lrbs.analysis.tables import (PROBE_COLUMNS, TRIAL_COLUMNS, _attempt_key, _flatten, _is_value, _trial_type, dedupe_last,
                              read_metric_files)
 
 
@@ -104,7 +104,7 @@ def trials_from_metrics(metrics: pa.Table) -> pa.Table:
 
 
 def bootstrap_slopes(x, y, members, n_boot, rng):
-    """The old slope interval of ``analysis.fits``: a bootstrap over seeds within points, a Python
+    """The old slope interval of ``lrbs.analysis.fits``: a bootstrap over seeds within points, a Python
     loop per resample and per point (it also missed the scatter between points)."""
     import numpy as np
 

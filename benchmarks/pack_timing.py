@@ -11,12 +11,12 @@ import time
 
 import torch
 
-from trainables.config import ModelConfig
-from trainables.data import TensorData
-from trainables.models import build_model
-from trainables.pack_sgd import PackSGD
-from trainables.packed_models import build_pack, choose_layout
-from trainables.train_loop import _Steps
+from lrbs.trainables.config import ModelConfig
+from lrbs.trainables.data import TensorData
+from lrbs.trainables.models import build_model
+from lrbs.trainables.pack_sgd import PackSGD
+from lrbs.trainables.packed_models import build_pack, choose_layout
+from lrbs.trainables.train_loop import _Steps
 
 
 def _sync(device: torch.device) -> None:

@@ -45,10 +45,10 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.pack_timing import pack_step_seconds
-from sweeps.estimate import train_flops_per_example
-from trainables.config import DatasetConfig, ModelConfig
-from trainables.data import TensorData
-from trainables.models import build_model
+from lrbs.sweeps.estimate import train_flops_per_example
+from lrbs.trainables.config import DatasetConfig, ModelConfig
+from lrbs.trainables.data import TensorData
+from lrbs.trainables.models import build_model
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 

@@ -39,10 +39,10 @@ from typing import Callable
 
 import torch
 
-from trainables.config import DatasetConfig, ModelConfig, TrainConfig
-from trainables.data import load_dataset
-from trainables.models import build_model
-from trainables.train_loop import TrialPoint, run_pack, run_training
+from lrbs.trainables.config import DatasetConfig, ModelConfig, TrainConfig
+from lrbs.trainables.data import load_dataset
+from lrbs.trainables.models import build_model
+from lrbs.trainables.train_loop import TrialPoint, run_pack, run_training
 
 FMNIST_MODEL = ModelConfig(name="mlp", options=dict(depth=4, width=256, batch_norm=True))
 QUICKSTART_MODEL = ModelConfig(name="mlp", options=dict(depth=4, width=256, batch_norm=True))
@@ -164,7 +164,7 @@ def bench_loops(device: torch.device, quick: bool, peak: float, extra_cuda: bool
 def cuda_step_variants(s: int, device: torch.device, quick: bool) -> list[Row]:
     """The single-model step eager vs one CUDA graph (GPU only)."""
     from benchmarks.pack_timing import pack_step_seconds
-    from trainables.data import TensorData
+    from lrbs.trainables.data import TensorData
 
     g = torch.Generator().manual_seed(0)
     data = TensorData(torch.randn(12000, 1, 28, 28, generator=g).to(device),
@@ -217,7 +217,7 @@ def bench_packs(device: torch.device, quick: bool, costs_out: str | None) -> lis
                     f"vmap {layouts['stacked'] * 1e3:.1f} ms vs loop {layouts['loop'] * 1e3:.1f} ms per step"))
     if device.type == "cuda":
         g = torch.Generator().manual_seed(0)
-        from trainables.data import TensorData
+        from lrbs.trainables.data import TensorData
 
         fm = TensorData(torch.randn(60000, 1, 28, 28, generator=g).to(device),
                         torch.randint(0, 10, (60000,), generator=g).to(device), torch.zeros(0, 1, 28, 28, device=device),
@@ -238,8 +238,8 @@ def step_cost_row(device: torch.device, quick: bool, costs_out: str | None) -> R
     import numpy as np
 
     from benchmarks.pack_timing import pack_step_seconds
-    from sweeps.estimate import train_flops_per_example
-    from trainables.data import TensorData
+    from lrbs.sweeps.estimate import train_flops_per_example
+    from lrbs.trainables.data import TensorData
 
     g = torch.Generator().manual_seed(0)
     n = 4000 if quick else 20000
@@ -288,14 +288,14 @@ def bench_quickstart(quick: bool) -> list[Row]:
             path = Path(tmp) / f"{label}.yaml"
             path.write_text(yaml.safe_dump({**spec, "name": label}))
             t = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", "sweeps.cli", "run", str(path), "--storage", f"{tmp}/runs"],
+            proc = subprocess.run([sys.executable, "-m", "lrbs", "run", str(path), "--storage", f"{tmp}/runs"],
                                   env=env, capture_output=True, text=True, timeout=900)
             wall = time.perf_counter() - t
             if proc.returncode != 0:
                 raise RuntimeError(f"lrbs run ({label}) failed: {proc.stderr.strip().splitlines()[-1:]}")
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("[lrbs] time:")), "")
             out[label] = (wall, line)
-        from analysis.tables import load_trials
+        from lrbs.analysis.tables import load_trials
 
         finals = {label: {(t["lr"], t["batch_size"], t["seed"]): t for t in load_trials(f"{tmp}/runs/{label}").to_pylist()}
                   for label in out}
@@ -318,7 +318,7 @@ def bench_quickstart(quick: bool) -> list[Row]:
 
 def bench_probes(device: torch.device, quick: bool) -> list[Row]:
     try:
-        from trainables import curvature as cv
+        from lrbs.trainables import curvature as cv
     except ImportError:
         return [Row("4 curvature probes", "quickstart trial", "n/a", "< 10%",
                     "trainables.curvature is not in this checkout")]

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from analysis.schema import METRIC_SCHEMA
+from lrbs.analysis.schema import METRIC_SCHEMA
 
 
 def synthetic_rows(points: int, epochs: int) -> list[list[dict]]:
@@ -43,7 +43,7 @@ def synthetic_rows(points: int, epochs: int) -> list[list[dict]]:
 
 def time_tracker(name: str, rows: list[list[dict]], root: Path) -> float:
     """Seconds to open and close each point's run, and to log its rows, in tracker ``name``."""
-    from sweeps.tracking import build_trackers, metrics_of, params_of
+    from lrbs.sweeps.tracking import build_trackers, metrics_of, params_of
 
     (tracker,) = build_trackers({name: {}}, "bench", root)
     start_s = log_s = 0.0
@@ -64,7 +64,7 @@ def time_tracker(name: str, rows: list[list[dict]], root: Path) -> float:
 
 def time_sink(rows: list[list[dict]], root: Path) -> tuple[float, float]:
     """(0, seconds) for the Arrow metric sink (one record batch per row, flushed) on the same rows."""
-    from sweeps.metrics_sink import ArrowMetricsSink
+    from lrbs.sweeps.metrics_sink import ArrowMetricsSink
 
     sink = ArrowMetricsSink(root / "metrics")
     t = time.perf_counter()

@@ -1,6 +1,6 @@
 """``beta.search`` as a Ray Tune search algorithm: the policy of ``analysis/beta_search.py``
 proposes the next betas from the trials that ended, this ``Searcher`` turns them into packs
-(the seeds of one beta share lr and S: one Tune trial, ``sweeps.packing``) and hands Tune one
+(the seeds of one beta share lr and S: one Tune trial, ``lrbs.sweeps.packing``) and hands Tune one
 pack per ``suggest``.
 
 It runs in the driver (Tune's controller) like any searcher, so a search runs on a cluster as
@@ -17,9 +17,9 @@ from typing import Any, TextIO
 
 from ray.tune.search import Searcher
 
-from analysis.beta_search import Outcome, _beta_index, outcomes_from_trials, plan_search
-from sweeps.ledger import FINAL_ROW_STATUSES as ENDED
-from sweeps.progress import say
+from lrbs.analysis.beta_search import Outcome, _beta_index, outcomes_from_trials, plan_search
+from lrbs.sweeps.ledger import FINAL_ROW_STATUSES as ENDED
+from lrbs.sweeps.progress import say
 
 
 def _member_rows(result: dict) -> list[dict]:
@@ -41,7 +41,7 @@ class BetaSearcher(Searcher):
     def __init__(self, spec, done: list[Outcome] | None = None, queued: list[list[dict]] | None = None,
                  first_step: int = 0, out: TextIO | None = None):
         super().__init__()
-        from sweeps.spec import search_settings
+        from lrbs.sweeps.spec import search_settings
 
         self.spec = spec
         self.settings = search_settings(spec)
@@ -71,8 +71,8 @@ class BetaSearcher(Searcher):
         say(f"[lrbs] beta search: {text}", self.out)  # above the progress line, on a terminal
 
     def _propose(self) -> None:
-        from sweeps.packing import plan_packs
-        from sweeps.spec import beta_point
+        from lrbs.sweeps.packing import plan_packs
+        from lrbs.sweeps.spec import beta_point
 
         self.states, proposals = plan_search(self.outcomes, self.settings, self.sizes)
         for prop in proposals:
@@ -87,7 +87,7 @@ class BetaSearcher(Searcher):
             self.queue += plan_packs(self.spec, points)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        from sweeps.packing import tune_point
+        from lrbs.sweeps.packing import tune_point
 
         if not self.queue:
             self._propose()
@@ -127,8 +127,8 @@ def search_resumption(spec, trials, packs: list[list[dict]], records: dict, rest
     """``BetaSearcher`` keywords for ``lrbs resume``: the ended trials (from the trial table),
     the packs the resume continues (queued first), the next step number; and ``n_left``, how
     many trials the session may still train (0: the search has ended, nothing to start)."""
-    from sweeps.ledger import ERROR, current_records, member_points
-    from sweeps.spec import search_settings
+    from lrbs.sweeps.ledger import ERROR, current_records, member_points
+    from lrbs.sweeps.spec import search_settings
 
     settings = search_settings(spec)
     errored = [] if restart_errored else \

@@ -7,9 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-from analysis.safe_write import UnsafePathError
-from sweeps.errors import LrbsError
-from sweeps.export import FORMATS as EXPORT_FORMATS
+from lrbs.analysis.safe_write import UnsafePathError
+from lrbs.sweeps.errors import LrbsError
+from lrbs.sweeps.export import FORMATS as EXPORT_FORMATS
 
 def _process_age() -> float:
     """Seconds since this process started (Linux /proc; 0 elsewhere): interpreter and imports."""
@@ -26,13 +26,13 @@ _PROCESS_START = time.monotonic() - _process_age()
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from sweeps.packing import plan_packs
-    from sweeps.spec import load_spec
+    from lrbs.sweeps.packing import plan_packs
+    from lrbs.sweeps.spec import load_spec
 
     spec = load_spec(args.spec, local_data=True)  # validate answers for a run on this machine
     packs = plan_packs(spec)
     points = [(i, p) for i, pack in enumerate(packs) for p in pack]
-    from sweeps.spec import is_search, search_settings
+    from lrbs.sweeps.spec import is_search, search_settings
 
     if is_search(spec):  # the points below are the ladder the search picks from, not its trials
         st = search_settings(spec)
@@ -52,7 +52,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for n, (i, p) in enumerate(points):
         print(f"{n:>4} {i:>5} {p['lr']:>10.4g} {p['batch_size']:>10d} {p['lr'] / p['batch_size']:>11.4g} "
               f"{p['seed']:>5}" + "".join(f" {str(p.get(k, '-')):>10}" for k in extra))
-    from sweeps.estimate import describe, estimate_cost, model_profile
+    from lrbs.sweeps.estimate import describe, estimate_cost, model_profile
 
     prof = model_profile(spec.model, spec.dataset)
     print(f"model: {spec.model.name} {_options(spec.model.options)}: {prof.n_params:,} parameters, "
@@ -60,7 +60,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
           f"{_options(spec.dataset.options)}: input {prof.input_shape}, {prof.n_classes} classes")
     print(describe(estimate_cost(spec)))
     if spec.tracking:  # each tracker's package installed (one line naming the extra otherwise)
-        from sweeps.tracking import build_trackers
+        from lrbs.sweeps.tracking import build_trackers
 
         build_trackers(spec.tracking, spec.name, Path("runs") / spec.name)
         print(f"tracking: {', '.join(spec.tracking)} (one run per point)")
@@ -72,11 +72,11 @@ def _options(options: dict) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from sweeps.progress import PhaseTimes
-    from sweeps.runner import run_sweep
-    from sweeps.spec import load_spec
+    from lrbs.sweeps.progress import PhaseTimes
+    from lrbs.sweeps.runner import run_sweep
+    from lrbs.sweeps.spec import load_spec
 
-    from sweeps.tracking import with_tracks
+    from lrbs.sweeps.tracking import with_tracks
 
     # --address: the trials load their data on the cluster's nodes, not from this machine's disk
     spec = load_spec(args.spec, local_data=args.address is None)
@@ -87,7 +87,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                         upload_interval_s=args.upload_interval)
     if not args.no_report:
         t = time.monotonic()
-        from sweeps.storage import join_uri
+        from lrbs.sweeps.storage import join_uri
 
         _final_report(run_dir, join_uri(args.storage, spec.name))
         times.report = time.monotonic() - t
@@ -100,13 +100,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _exit_code(outcome: dict, run_dir) -> int:
     """0 when every trial finished or diverged; EXIT_TRIALS_ERRORED (3) when any ended in ERROR,
     said in the last line, so scripts can tell a failed sweep from a good one."""
-    from sweeps.runner import EXIT_TRIALS_ERRORED
-    from sweeps.trust import resume_command
+    from lrbs.sweeps.runner import EXIT_TRIALS_ERRORED
+    from lrbs.sweeps.trust import resume_command
 
     n_err, n_left = outcome.get("errored", 0), outcome.get("unfinished", 0)
     total = n_err + n_left + outcome.get("finished", 0)
     if n_left and not n_err:  # stopped early (Ctrl-C, SIGUSR1): not a finished sweep
-        from sweeps.errors import SweepStopped
+        from lrbs.sweeps.errors import SweepStopped
 
         print(f"[lrbs] {n_left} of {total} trials unfinished (exit {SweepStopped.exit_code}): "
               f"{resume_command(run_dir)} finishes them", flush=True)
@@ -121,7 +121,7 @@ def _exit_code(outcome: dict, run_dir) -> int:
 
 def _final_report(run_dir: Path, publish_to: str | None = None) -> None:
     """The report at the end of ``run``/``resume`` (all formats), copied to a URI run dir if any."""
-    from analysis.report import write_reports
+    from lrbs.analysis.report import write_reports
 
     paths = write_reports(run_dir)
     print(f"[lrbs] report: {paths['html']}\n[lrbs] fits: {paths['json']}\n[lrbs] summary: {paths['md']}")
@@ -131,8 +131,8 @@ def _final_report(run_dir: Path, publish_to: str | None = None) -> None:
 
 def _publish(run_uri: str, files: list[Path], prefix: str = "", sub: str = "") -> None:
     """Copy report files into a run directory given as a URI (no-op for a local one)."""
-    from sweeps.remote import upload_files
-    from sweeps.storage import is_uri
+    from lrbs.sweeps.remote import upload_files
+    from lrbs.sweeps.storage import is_uri
 
     if is_uri(run_uri):
         for where in upload_files(run_uri, files, sub=sub):
@@ -140,8 +140,8 @@ def _publish(run_uri: str, files: list[Path], prefix: str = "", sub: str = "") -
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from analysis.report import FORMATS, write_reports
-    from sweeps.remote import fetch_run_dir
+    from lrbs.analysis.report import FORMATS, write_reports
+    from lrbs.sweeps.remote import fetch_run_dir
 
     formats = [f.strip() for item in (args.format or list(FORMATS)) for f in item.split(",") if f.strip()]
     unknown = [f for f in formats if f not in FORMATS]
@@ -153,7 +153,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not (run_dir / "metrics").is_dir():
         raise LrbsError(f"RUN_DIR: {run_dir} is not an lrbs run directory (no metrics/ inside)")
     if args.trials:  # individual trials on demand: their page only, not the whole report
-        from analysis.report import write_trial_page
+        from lrbs.analysis.report import write_trial_page
 
         try:
             page = write_trial_page(run_dir, args.trials)
@@ -173,7 +173,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     print("\n".join(f"{labels[f]}: {p}" for f, p in paths.items()))
     _publish(args.run_dir, list(paths.values()))
     if args.compare:
-        from analysis.report import write_comparison
+        from lrbs.analysis.report import write_comparison
 
         other = fetch_run_dir(args.compare)
         if not (other / "metrics").is_dir():
@@ -185,16 +185,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from sweeps.submit import submit_sweep
+    from lrbs.sweeps.submit import submit_sweep
 
     submit_sweep(args.spec, args.address, args.storage, job_id=args.job_id, insecure=args.insecure)
     return 0
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
-    from sweeps.interpolate import INTERP_DIR, write_interpolation
-    from sweeps.packing import split_member_id
-    from sweeps.remote import fetch_run_dir, fetch_trial_folders, open_run
+    from lrbs.sweeps.interpolate import INTERP_DIR, write_interpolation
+    from lrbs.sweeps.packing import split_member_id
+    from lrbs.sweeps.remote import fetch_run_dir, fetch_trial_folders, open_run
 
     if args.num < 2 or args.alpha_min >= args.alpha_max:
         raise LrbsError("--alphas: need --alpha-min < --alpha-max and --num >= 2")
@@ -210,7 +210,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
                                                 trust_code=args.trust_code)
     print(f"interpolation: {arrow_path}\nplot: {html_path}")
     if remote is not None:
-        from sweeps.remote import upload_files
+        from lrbs.sweeps.remote import upload_files
 
         for where in upload_files(args.run_dir, [arrow_path, html_path], sub=INTERP_DIR):
             print(f"uploaded: {where}")
@@ -218,7 +218,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from sweeps.resume import resume_sweep
+    from lrbs.sweeps.resume import resume_sweep
 
     outcome: dict = {}
     run_dir = resume_sweep(args.run_dir, restart_errored=args.restart_errored, address=args.address, outcome=outcome,
@@ -229,13 +229,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from sweeps.remote import fetch_run_dir
-    from sweeps.status import format_status, read_progress, read_status
+    from lrbs.sweeps.remote import fetch_run_dir
+    from lrbs.sweeps.status import format_status, read_progress, read_status
 
     run_dir = fetch_run_dir(args.run_dir)  # a URI: its data files mirrored into the local cache
     loaded = None
     if (run_dir / "metrics").is_dir():  # read once for the table and the summary line
-        from analysis.tables import load_metrics_with_report
+        from lrbs.analysis.tables import load_metrics_with_report
 
         loaded = load_metrics_with_report(run_dir)
     print(format_status(read_status(run_dir, loaded),
@@ -245,10 +245,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from sweeps.export import export_run
-    from sweeps.remote import fetch_run_dir, open_run
+    from lrbs.sweeps.export import export_run
+    from lrbs.sweeps.remote import fetch_run_dir, open_run
 
-    from sweeps.storage import is_uri
+    from lrbs.sweeps.storage import is_uri
 
     if args.out is not None and is_uri(args.out):
         raise LrbsError(f"--out: a local folder (got {args.out}); without --out, a URI run directory gets "
@@ -352,7 +352,7 @@ class _Version(argparse.Action):
     """``--version``: the code version of the metric rows (asks git only when used)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        from sweeps.version import code_version
+        from lrbs.sweeps.version import code_version
 
         print(f"lrbs {code_version()}")
         parser.exit()

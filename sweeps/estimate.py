@@ -1,7 +1,7 @@
 """Cost of a sweep before it runs, as packs (printed by ``lrbs validate``).
 
 Compute: 3x the forward FLOPs per training example (forward + backward), counted with
-``torch.utils.flop_counter`` on the real model. Time: every pack (``sweeps.packing``) takes the
+``torch.utils.flop_counter`` on the real model. Time: every pack (``lrbs.sweeps.packing``) takes the
 steps of its batch-size schedule, and one step of K members at batch size S costs
 
     t(K, S) = step_floor_s + K * S * train_flops_per_example / flops_per_s
@@ -25,16 +25,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from sweeps.packing import plan_packs
-from sweeps.spec import SpecError, SweepSpec
-from trainables import curvature
-from trainables.config import DatasetConfig, ModelConfig, options_key
-from trainables.data import DataError, dataset_entry, train_set_size
-from trainables.models import build_model
-from trainables.packed_models import stackable
-from trainables.plugins import PluginError
-from trainables.probes import error_text
-from trainables.schedules import schedule_at, schedule_from_dict
+from lrbs.sweeps.packing import plan_packs
+from lrbs.sweeps.spec import SpecError, SweepSpec
+from lrbs.trainables import curvature
+from lrbs.trainables.config import DatasetConfig, ModelConfig, options_key
+from lrbs.trainables.data import DataError, dataset_entry, train_set_size
+from lrbs.trainables.models import build_model
+from lrbs.trainables.packed_models import stackable
+from lrbs.trainables.plugins import PluginError
+from lrbs.trainables.probes import error_text
+from lrbs.trainables.schedules import schedule_at, schedule_from_dict
 
 STEP_COSTS = Path(__file__).with_name("step_costs.json")
 
@@ -157,7 +157,7 @@ def _profile(cfg: ModelConfig, shape: tuple[int, ...], classes: int, max_params:
 
 def check_probes(spec: SweepSpec) -> None:
     """With ``curvature:`` set, one Hessian-vector product through the model by the probes' own
-    code (``trainables.curvature.hvp``: eval mode, ``double_backward_kernels``), on the CPU, on
+    code (``lrbs.trainables.curvature.hvp``: eval mode, ``double_backward_kernels``), on the CPU, on
     2 random examples of the data set's shape: a model with an op that has no double backward
     is one line naming ``curvature`` and the op, before anything starts (docs/extending.md)."""
     if spec.curvature is None:

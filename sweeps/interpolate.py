@@ -13,9 +13,9 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from analysis.safe_write import UnsafePathError, check_inside, make_dirs, open_for_write, write_file_safely
-from sweeps.errors import LrbsError
-from sweeps.trust import code_names, require_trust
+from lrbs.analysis.safe_write import UnsafePathError, check_inside, make_dirs, open_for_write, write_file_safely
+from lrbs.sweeps.errors import LrbsError
+from lrbs.sweeps.trust import code_names, require_trust
 
 INTERP_DIR = "interpolation"
 INTERP_SCHEMA = pa.schema([
@@ -27,7 +27,7 @@ INTERP_SCHEMA = pa.schema([
 
 def trial_dir(run_dir: Path, trial_id: str) -> Path:
     """Tune's folder of ``trial_id`` that holds its final weights: from the trial's record
-    (``sweeps.ledger``), its newest folder with a checkpoint (a trial continued by ``lrbs resume``
+    (``lrbs.sweeps.ledger``), its newest folder with a checkpoint (a trial continued by ``lrbs resume``
     ends in ``RUN_DIR/resume-<session>/``); without a record, the one folder named after it."""
     for logdir in reversed(trial_logdirs(run_dir, trial_id)):
         directory = run_dir / logdir
@@ -42,7 +42,7 @@ def trial_dir(run_dir: Path, trial_id: str) -> Path:
 
 def trial_logdirs(run_dir: Path, trial_id: str) -> list[str]:
     """The trial's folders (relative to the run, oldest first) as its record names them; [] if none."""
-    from sweeps.ledger import read_ledger
+    from lrbs.sweeps.ledger import read_ledger
 
     record = read_ledger(run_dir)[0].get(trial_id)
     return list(record.logdirs) if record is not None else []
@@ -57,8 +57,8 @@ def last_checkpoint(directory: Path) -> Path:
 
 def member_checkpoint(run_dir: Path, trial_id: str) -> tuple[dict, dict]:
     """(config, final weights) of one point: a Tune trial, or member j of a pack (``<id>-m<j>``)."""
-    from sweeps.packing import member_config, split_member_id
-    from trainables.train_loop import load_state
+    from lrbs.sweeps.packing import member_config, split_member_id
+    from lrbs.trainables.train_loop import load_state
 
     tune_id, j = split_member_id(trial_id)
     directory = trial_dir(run_dir, tune_id)
@@ -90,12 +90,12 @@ def interpolate_trials(run_dir: str | Path, trial_a: str, trial_b: str, alphas: 
                        batch_norm: str = "recompute", trust_code: bool = False) -> pa.Table:
     """Loss and accuracy at each alpha. The trials' model and data set are built from their
     ``params.json``: user code they name (``package.module:factory``) is imported only with
-    ``trust_code`` (``sweeps.trust``); one line (LrbsError) otherwise."""
-    from trainables.config import DatasetConfig, ModelConfig, TrainConfig, from_dict
-    from trainables.curvature import interpolate, make_batches, probe_subset
-    from trainables.data import load_dataset
-    from trainables.models import build_model
-    from trainables.train_loop import TrialPoint
+    ``trust_code`` (``lrbs.sweeps.trust``); one line (LrbsError) otherwise."""
+    from lrbs.trainables.config import DatasetConfig, ModelConfig, TrainConfig, from_dict
+    from lrbs.trainables.curvature import interpolate, make_batches, probe_subset
+    from lrbs.trainables.data import load_dataset
+    from lrbs.trainables.models import build_model
+    from lrbs.trainables.train_loop import TrialPoint
 
     run_dir = Path(run_dir)
     configs, states = zip(*(member_checkpoint(run_dir, t) for t in (trial_a, trial_b)))
@@ -108,9 +108,9 @@ def interpolate_trials(run_dir: str | Path, trial_a: str, trial_b: str, alphas: 
     dataset = from_dict(DatasetConfig, configs[0]["dataset"])
     if points[0].n_train is not None:
         dataset = dataclasses.replace(dataset, n_train=points[0].n_train)
-    from sweeps.runner import restore_plugin_folders
-    from trainables.data import DataError
-    from trainables.plugins import PluginError
+    from lrbs.sweeps.runner import restore_plugin_folders
+    from lrbs.trainables.data import DataError
+    from lrbs.trainables.plugins import PluginError
 
     # Before any user module is looked for: a copied run directory may name someone else's code
     require_trust(code_names(configs[0]), f"{run_dir}: the params.json of {trial_a}", "interpolate", trust_code)
@@ -135,8 +135,8 @@ def interpolate_trials(run_dir: str | Path, trial_a: str, trial_b: str, alphas: 
 def write_interpolation(run_dir: str | Path, trial_a: str, trial_b: str, alphas: list[float],
                         batch_norm: str = "recompute", trust_code: bool = False) -> tuple[Path, Path]:
     """Write ``interpolation/<A>__<B>.arrow`` (IPC stream) and ``.html`` (plotly) in the run
-    directory (``analysis.safe_write``: new files renamed into place, never through a link)."""
-    from analysis.plots import interpolation_plot
+    directory (``lrbs.analysis.safe_write``: new files renamed into place, never through a link)."""
+    from lrbs.analysis.plots import interpolation_plot
 
     run_dir = Path(run_dir)
     out = run_dir / INTERP_DIR

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analysis.safe_write import make_dirs, write_file_safely
-from trainables.config import point_key
+from lrbs.analysis.safe_write import make_dirs, write_file_safely
+from lrbs.trainables.config import point_key
 
 LEDGER_DIR = "trials"
 RUNNING, TERMINATED, ERROR = "RUNNING", "TERMINATED", "ERROR"
@@ -90,7 +90,7 @@ def _record_path(run_dir: Path, trial_id: str) -> Path:
 
 def write_record(run_dir: Path, record: TrialRecord) -> None:
     """Atomic (write a temporary file, then rename): a reader sees the old or the new record.
-    Never written through a link planted in the run directory (``analysis.safe_write``)."""
+    Never written through a link planted in the run directory (``lrbs.analysis.safe_write``)."""
     record.updated_at = time.time()
     path = _record_path(run_dir, record.trial_id)
     make_dirs(path.parent, run_dir)
@@ -177,7 +177,7 @@ FINAL_ROW_STATUSES = ("finished", "diverged")
 def last_rows(run_dir: str | Path) -> dict[str, tuple[int, str, str | None]]:
     """Per trial id of the rows (pack members ``-m<j>`` included): the epoch and status of its
     last row (after exactly-once reading) and its point's key."""
-    from analysis.tables import load_metrics
+    from lrbs.analysis.tables import load_metrics
 
     table = load_metrics(run_dir)  # exactly-once rows, sorted by trial then epoch
     last: dict[str, tuple[int, str, str | None]] = {}

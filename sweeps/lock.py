@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from sweeps.errors import LrbsError
+from lrbs.sweeps.errors import LrbsError
 
 LOCK_FILE = "lock.json"
 
@@ -183,7 +183,7 @@ class RunLock:
 
 
 class RemoteRunLock(RunLock):
-    """``lock.json`` in a run directory on an object store (``sweeps.remote``), same holder format.
+    """``lock.json`` in a run directory on an object store (``lrbs.sweeps.remote``), same holder format.
 
     Object stores offer no exclusive create through pyarrow, so this lock is not atomic: two
     drivers started within the same moment can both take it. It does refuse a driver started

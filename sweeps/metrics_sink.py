@@ -1,11 +1,11 @@
 """Driver-side Tune callbacks that write the run directory: every reported epoch to Arrow IPC
 files (``ArrowMetricsSink``), each trial's record to ``trials/`` (``TrialLedger``,
-``sweeps.ledger``), for a run directory in object storage their uploads (``MetricsUploader``), and
-every point's epochs to the experiment trackers of ``tracking:`` (``TrackingCallback``, ``sweeps.tracking``).
+``lrbs.sweeps.ledger``), for a run directory in object storage their uploads (``MetricsUploader``), and
+every point's epochs to the experiment trackers of ``tracking:`` (``TrackingCallback``, ``lrbs.sweeps.tracking``).
 
 Rows are written by the driver (not the trial), so they reach the run directory whatever node
 the trial ran on. Each driver session writes its own file per trial and never reopens an old
-one: a crash can only cut off the tail of the newest file, and readers (``analysis.tables``)
+one: a crash can only cut off the tail of the newest file, and readers (``lrbs.analysis.tables``)
 keep the last row written for each (trial_id, epoch).
 """
 from __future__ import annotations
@@ -24,10 +24,10 @@ import pyarrow.fs as pafs
 from ray.tune import Callback
 from ray.tune.result import SHOULD_CHECKPOINT
 
-from analysis.schema import METRIC_SCHEMA
-from sweeps.errors import LrbsError
-from sweeps.ledger import ERROR, RUNNING, TERMINATED, TrialRecord, lineage_id, write_record
-from sweeps.storage import DEFAULT_UPLOAD_INTERVAL_S, _first_line, upload_changed
+from lrbs.analysis.schema import METRIC_SCHEMA
+from lrbs.sweeps.errors import LrbsError
+from lrbs.sweeps.ledger import ERROR, RUNNING, TERMINATED, TrialRecord, lineage_id, write_record
+from lrbs.sweeps.storage import DEFAULT_UPLOAD_INTERVAL_S, _first_line, upload_changed
 
 
 def session_tag() -> str:
@@ -56,10 +56,10 @@ def row_from_result(result: dict[str, Any], config: dict[str, Any], trial_id: st
 class ArrowMetricsSink(Callback):
     """Appends one record batch per reported epoch and flushes it to disk at once; compacts the
     files of ended trials into Parquet every ``compact_every`` files and at the end
-    (``sweeps.compaction``)."""
+    (``lrbs.sweeps.compaction``)."""
 
     def __init__(self, metrics_dir: str | Path, compact_every: int | None = None):
-        from sweeps.compaction import COMPACT_EVERY
+        from lrbs.sweeps.compaction import COMPACT_EVERY
 
         self.metrics_dir = Path(metrics_dir)
         self.metrics_dir.mkdir(parents=True, exist_ok=True)
@@ -100,7 +100,7 @@ class ArrowMetricsSink(Callback):
         self._writers[row["trial_id"]][0].flush()  # readable while the sweep runs
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        from sweeps.packing import members
+        from lrbs.sweeps.packing import members
 
         if "pack_rows" in result:  # one row per member still training, each under its own trial id
             ids = members(lineage_id(trial), trial.config)
@@ -119,9 +119,9 @@ class ArrowMetricsSink(Callback):
             self.compact()
 
     def compact(self) -> None:
-        """Rewrite this session's closed stream files into one Parquet file (``sweeps.compaction``).
+        """Rewrite this session's closed stream files into one Parquet file (``lrbs.sweeps.compaction``).
         A failure (a full disk) leaves them as they are: they read the same, only larger."""
-        from sweeps.compaction import compact_streams
+        from lrbs.sweeps.compaction import compact_streams
 
         if not self._closed:
             return
@@ -256,7 +256,7 @@ class MetricsUploader(Callback):
 
         import pyarrow.parquet as pq
 
-        from analysis.schema import COMPACTED_SOURCES
+        from lrbs.analysis.schema import COMPACTED_SOURCES
 
         for name in compacted:
             try:
@@ -292,7 +292,7 @@ class TrackingCallback(Callback):
     held back are dropped when the trial fails or the driver stops: the trial restored from its
     checkpoint (a Tune retry, ``lrbs resume``) reports those epochs again. So each epoch is logged
     once, with the value the metric tables keep (their last row written). A tracker also skips the
-    steps its run has already (``sweeps.tracking.Tracker.log``), as after a restore from an older
+    steps its run has already (``lrbs.sweeps.tracking.Tracker.log``), as after a restore from an older
     checkpoint (the newest did not load)."""
 
     def __init__(self, trackers: list[Any]):
@@ -310,7 +310,7 @@ class TrackingCallback(Callback):
             getattr(tracker, method)(*args)
             return True
         except Exception as exc:  # a tracker's server or disk failing must not stop the sweep
-            from sweeps.tracking import TRACKERS
+            from lrbs.sweeps.tracking import TRACKERS
 
             name = next((n for n, c in TRACKERS.items() if isinstance(tracker, c)), type(tracker).__name__)
             print(f"[lrbs] warning: tracking.{name} failed ({type(exc).__name__}: {str(exc)[:200]}); it is switched "
@@ -323,8 +323,8 @@ class TrackingCallback(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "pack_rows" not in result or not self.trackers:
             return
-        from sweeps.packing import members
-        from sweeps.tracking import metrics_of, params_of
+        from lrbs.sweeps.packing import members
+        from lrbs.sweeps.tracking import metrics_of, params_of
 
         ids = members(lineage_id(trial), trial.config)
         for r in result["pack_rows"].values():
@@ -338,7 +338,7 @@ class TrackingCallback(Callback):
 
     def _flush(self, key: str) -> None:
         """Log the point's held rows (starting its run at the first), and end its run at a final row."""
-        from sweeps.tracking import FINAL
+        from lrbs.sweeps.tracking import FINAL
 
         for epoch, status, params, metrics in self.pending.pop(key, []):
             if key not in self.open:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainables.schedules import schedule_at, schedule_from_dict
+from lrbs.trainables.schedules import schedule_at, schedule_from_dict
 
 # ``train.pack: auto`` packs at most this many points per Tune trial. On a GPU, 64 MLP members
 # still run a step in about the time of one (launch-bound; docs/performance.md); on a CPU a pack
@@ -30,7 +30,7 @@ def pack_cap(spec) -> int:
     per step than separate trials (docs/performance.md) while it takes away parallel trials."""
     if spec.train.pack != "auto":
         return int(spec.train.pack)
-    from sweeps.estimate import model_profile  # builds the model once per process (cached)
+    from lrbs.sweeps.estimate import model_profile  # builds the model once per process (cached)
 
     if not model_profile(spec.model, spec.dataset).stackable and spec.train.pack_layout != "stacked":
         return 1
@@ -45,8 +45,8 @@ def pack_key(point: dict[str, Any], spec) -> tuple:
 
 
 def plan_packs(spec, points: list[dict[str, Any]] | None = None) -> list[list[dict[str, Any]]]:
-    """The spec's points (``sweeps.spec.expand_points``) grouped into packs, in spec order."""
-    from sweeps.spec import expand_points
+    """The spec's points (``lrbs.sweeps.spec.expand_points``) grouped into packs, in spec order."""
+    from lrbs.sweeps.spec import expand_points
 
     points = expand_points(spec) if points is None else points
     cap = pack_cap(spec)

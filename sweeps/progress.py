@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ray.tune import Callback
 
-from sweeps.summary import Progress
+from lrbs.sweeps.summary import Progress
 
 
 @dataclass
@@ -115,7 +115,7 @@ def say(text: str, out=None) -> None:
 class ProgressPrinter(Callback):
     """Tune callback printing one summary line per change (at most every ``min_interval_s``):
     points done / total, epochs done / total, elapsed, ETA from the measured epoch rate, device-
-    hours trained against ``lrbs validate``'s estimate, best val acc (``sweeps.summary``).
+    hours trained against ``lrbs validate``'s estimate, best val acc (``lrbs.sweeps.summary``).
 
     Counts are of points (the trials of the metric tables), so a pack of K points counts K;
     epochs are point-epochs. ``out`` is where the line goes (kept out of pickles): on a terminal
@@ -144,7 +144,7 @@ class ProgressPrinter(Callback):
         return {**self.__dict__, "out": None, "line": LiveLine()}
 
     def progress(self) -> Progress:
-        from sweeps.summary import eta_seconds
+        from lrbs.sweeps.summary import eta_seconds
 
         now = time.monotonic()
         done_epochs = self.epochs_before + sum(k * e for k, e, _ in self.trained.values())
@@ -169,14 +169,14 @@ class ProgressPrinter(Callback):
         self.line.end()  # the last line stays, and what follows starts on a line of its own
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        from sweeps.packing import members
+        from lrbs.sweeps.packing import members
 
         self.running[trial.trial_id] = len(members(trial.trial_id, trial.config))
         self._print()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        from sweeps.ledger import lineage_id
-        from sweeps.packing import members
+        from lrbs.sweeps.ledger import lineage_id
+        from lrbs.sweeps.packing import members
 
         ids = members(lineage_id(trial), trial.config)
         rows = list(result.get("pack_rows", {}).values())

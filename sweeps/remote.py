@@ -4,7 +4,7 @@ Every reader of lrbs works on local files, so a remote run directory is read thr
 mirror of the files lrbs wrote as data (:func:`mirror`): ``spec.yaml``, the top-level JSON files
 (provenance, plug-in folders, the lock), ``metrics/*.arrow`` and ``trials/*.json``. Nothing
 pickled is ever fetched. Checkpoints stay remote: ``lrbs resume`` lists them
-(:func:`remote_checkpoints`) and the trials load them by URI (``trainables.train_loop.load_state``), and
+(:func:`remote_checkpoints`) and the trials load them by URI (``lrbs.trainables.train_loop.load_state``), and
 ``lrbs interpolate`` fetches the two trial folders it needs (:func:`fetch_trial_folders`).
 
 How to reach the store is said the standard ways, both kept in every URI lrbs derives from the
@@ -25,9 +25,9 @@ from urllib.parse import quote
 
 import pyarrow.fs as pafs
 
-from sweeps.errors import LrbsError
-from sweeps.ledger import CHECKPOINT_GLOB, LEDGER_DIR, TrialRecord
-from sweeps.storage import (METRIC_DIR, StorageTarget, _first_line, _join, cache_dir, display,
+from lrbs.sweeps.errors import LrbsError
+from lrbs.sweeps.ledger import CHECKPOINT_GLOB, LEDGER_DIR, TrialRecord
+from lrbs.sweeps.storage import (METRIC_DIR, StorageTarget, _first_line, _join, cache_dir, display,
                             resolve_storage)
 
 LOCK_FILE = "lock.json"
@@ -188,7 +188,7 @@ def fetch_trial_folders(run: RemoteRun, local: Path, tune_ids: list[str]) -> Non
     """Copy, for each Tune trial id, its folders' ``params.json`` and newest checkpoint from
     ``run`` into the mirror ``local`` (``lrbs interpolate``'s inputs; the folders are those its
     record in the mirror names, else the one named after it), skipping what is already there."""
-    from sweeps.interpolate import trial_logdirs
+    from lrbs.sweeps.interpolate import trial_logdirs
 
     fs = run.target.fs
     try:

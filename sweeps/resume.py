@@ -7,7 +7,7 @@ The experiment is rebuilt from what lrbs wrote as data, never from Ray's experim
 - ``RUN_DIR/spec.yaml`` (``yaml.safe_load`` and the validation of ``lrbs run``): the points, the
   trainable, its resources, the failure and checkpoint settings;
 - the metric tables: which points wrote their last row (finished or diverged);
-- ``RUN_DIR/trials/*.json`` (``sweeps.ledger``): which Tune trial trained which points, where its
+- ``RUN_DIR/trials/*.json`` (``lrbs.sweeps.ledger``): which Tune trial trained which points, where its
   checkpoints are, and whether it ended in ERROR. A run directory without them (written before
   they existed) or with a damaged one is rebuilt from the trial folders' ``params.json``;
 - checkpoints, loaded with ``torch.load(weights_only=True)`` (tensors and plain data only),
@@ -17,7 +17,7 @@ Each unfinished trial runs again as a new Tune trial in a new Ray experiment
 ``RUN_DIR/resume-<session>/``, keeping its trial id (so its rows continue the same series) and
 continuing from its newest checkpoint that loads; points never started get new trials. With
 ``--restart-errored`` the trials that ended in ERROR start from scratch under new ids and their old
-rows are superseded. The run directory is locked (``sweeps.lock``) for the whole resume.
+rows are superseded. The run directory is locked (``lrbs.sweeps.lock``) for the whole resume.
 """
 from __future__ import annotations
 
@@ -28,14 +28,14 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from analysis.safe_write import UnsafePathError, check_inside, write_file_safely
-from sweeps.errors import LrbsError, SweepStopped
-from sweeps.ledger import LEDGER_DIR
-from sweeps.raylog import RayOutput
-from sweeps.runner import (METRIC_DIR, SPEC_COPY, fit, init_ray, plugin_runtime_env, print_outcome,
+from lrbs.analysis.safe_write import UnsafePathError, check_inside, write_file_safely
+from lrbs.sweeps.errors import LrbsError, SweepStopped
+from lrbs.sweeps.ledger import LEDGER_DIR
+from lrbs.sweeps.raylog import RayOutput
+from lrbs.sweeps.runner import (METRIC_DIR, SPEC_COPY, fit, init_ray, plugin_runtime_env, print_outcome,
                            resilience_settings, restore_plugin_folders, trial_resources, tune_settings,
                            wait_for_resources)
-from sweeps.spec import is_search
+from lrbs.sweeps.spec import is_search
 
 
 def check_run_dir(run_dir: str | Path) -> Path:
@@ -61,11 +61,11 @@ def plan_resume(spec, run_dir: Path, restart_errored: bool, checkpoints=None
     param space (point key -> trial id and checkpoints), counts for the first line and the
     trial records (for the ledger to go on with). ``checkpoints(record)``: its checkpoint
     folders, newest first (default: local folders under ``run_dir``; URIs for a remote run)."""
-    from sweeps.ledger import (ERROR, TERMINATED, last_rows, ledger_from_trial_dirs, member_points, points_done,
+    from lrbs.sweeps.ledger import (ERROR, TERMINATED, last_rows, ledger_from_trial_dirs, member_points, points_done,
                                read_ledger, resumable_epoch)
-    from sweeps.packing import plan_packs
-    from sweeps.spec import expand_points
-    from trainables.config import point_key
+    from lrbs.sweeps.packing import plan_packs
+    from lrbs.sweeps.spec import expand_points
+    from lrbs.trainables.config import point_key
 
     records, damaged = read_ledger(run_dir)
     rebuilt = ledger_from_trial_dirs(run_dir)
@@ -125,20 +125,20 @@ def resume_sweep(run_dir: str | Path, restart_errored: bool = False, address: st
     """Finish the sweep in ``run_dir``. Finished trials are left alone; unfinished ones continue
     from their last checkpoint that loads; errored ones too, or from scratch with ``restart_errored``.
     A spec naming user code (``package.module:factory``) is refused unless ``trust_code``
-    (``sweeps.trust``): a copied run directory may name someone else's code.
+    (``lrbs.sweeps.trust``): a copied run directory may name someone else's code.
 
-    ``run_dir`` may be a URI (``s3://``, ``gs://``; ``sweeps.remote``): its data files are mirrored
+    ``run_dir`` may be a URI (``s3://``, ``gs://``; ``lrbs.sweeps.remote``): its data files are mirrored
     into a local staging directory (returned), the new rows and records are uploaded as the run
     goes (every ``upload_interval_s`` seconds and at each trial's end), and Tune writes the new
     checkpoints beside the old ones in the store."""
     out = out or sys.stdout
-    from sweeps.lock import RemoteRunLock, RunLock
-    from sweeps.metrics_sink import session_tag
-    from sweeps.remote import mirror, open_run
-    from sweeps.storage import cache_dir, resolve_storage
+    from lrbs.sweeps.lock import RemoteRunLock, RunLock
+    from lrbs.sweeps.metrics_sink import session_tag
+    from lrbs.sweeps.remote import mirror, open_run
+    from lrbs.sweeps.storage import cache_dir, resolve_storage
 
     if track:
-        from sweeps.tracking import with_tracks
+        from lrbs.sweeps.tracking import with_tracks
 
         with_tracks(None, track)  # an unknown name: one line before anything is read
     remote = open_run(run_dir, need=(SPEC_COPY, METRIC_DIR))  # one line if unreachable or not a run
@@ -162,7 +162,7 @@ RESUME_WRITES = (METRIC_DIR, LEDGER_DIR, "tensorboard", "mlruns", "wandb")
 
 def _check_write_folders(local: Path) -> None:
     """One line (exit 2) before anything is written or imported if a folder a resume writes into
-    is a link out of the run directory (``analysis.safe_write``)."""
+    is a link out of the run directory (``lrbs.analysis.safe_write``)."""
     try:
         for name in RESUME_WRITES:
             check_inside(local, local / name / "_")
@@ -181,9 +181,9 @@ def _check_write_folders(local: Path) -> None:
 def _checked_spec(local: Path, remote, track: list[str] | None, trust_code: bool = False):
     """The run's spec (with ``--track``'s trackers for this session) and its trackers, checked
     against the run directory's name; one line (exit 2) otherwise, before anything is written."""
-    from sweeps.spec import load_spec
-    from sweeps.tracking import build_trackers, with_tracks
-    from sweeps.trust import require_trust, spec_code_names
+    from lrbs.sweeps.spec import load_spec
+    from lrbs.sweeps.tracking import build_trackers, with_tracks
+    from lrbs.sweeps.trust import require_trust, spec_code_names
 
     # Before any user module is looked for (load_spec builds the model): refused unless trusted
     where = f"{remote.where if remote is not None else local}/{SPEC_COPY}"
@@ -195,7 +195,7 @@ def _checked_spec(local: Path, remote, track: list[str] | None, trust_code: bool
         where = remote.where if remote is not None else str(local)
         raise LrbsError(f"RUN_DIR: {where}/{SPEC_COPY} names sweep {spec.name!r}, not {name!r}")
     if remote is not None:
-        from sweeps.remote import fetched_dir
+        from lrbs.sweeps.remote import fetched_dir
 
         tracking_root = fetched_dir(remote, "local")  # the same folder in every session: resume re-attaches
     else:
@@ -207,27 +207,27 @@ def _resume_locked(spec, trackers: list, local: Path, remote, restart_errored: b
                    out: TextIO, outcome: dict | None, upload_interval_s: float | None) -> None:
     from ray import tune
 
-    from sweeps.compaction import compact_earlier_sessions
-    from sweeps.ledger import resume_plan
-    from sweeps.metrics_sink import ArrowMetricsSink, MetricsUploader, TrackingCallback, TrialLedger, session_tag
-    from sweeps.progress import ProgressPrinter
-    from sweeps.spec import to_param_space
-    from sweeps.storage import DEFAULT_UPLOAD_INTERVAL_S
-    from sweeps.version import code_version
-    from trainables.train_loop import train_trial
+    from lrbs.sweeps.compaction import compact_earlier_sessions
+    from lrbs.sweeps.ledger import resume_plan
+    from lrbs.sweeps.metrics_sink import ArrowMetricsSink, MetricsUploader, TrackingCallback, TrialLedger, session_tag
+    from lrbs.sweeps.progress import ProgressPrinter
+    from lrbs.sweeps.spec import to_param_space
+    from lrbs.sweeps.storage import DEFAULT_UPLOAD_INTERVAL_S
+    from lrbs.sweeps.version import code_version
+    from lrbs.trainables.train_loop import train_trial
 
     where = remote.where if remote is not None else str(local)
     checkpoints = None
     if remote is not None:
-        from sweeps.remote import remote_checkpoints
+        from lrbs.sweeps.remote import remote_checkpoints
 
         checkpoints = functools.partial(remote_checkpoints, remote)
     packs, resume, counts, records = plan_resume(spec, local, restart_errored, checkpoints)
     n_left = counts["continued"] + counts["restarted"] + counts["new"]
     searcher: dict = {}
     if is_search(spec):  # the search goes on from the trials that ended (none is repeated)
-        from analysis.tables import load_trials
-        from sweeps.beta_searcher import search_resumption
+        from lrbs.analysis.tables import load_trials
+        from lrbs.sweeps.beta_searcher import search_resumption
 
         searcher = search_resumption(spec, load_trials(local), packs, records, restart_errored)
         n_left = max(n_left, searcher.pop("n_left"))

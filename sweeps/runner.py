@@ -10,11 +10,11 @@ from typing import TextIO
 
 import yaml
 
-from analysis.safe_write import write_file_safely
-from sweeps.errors import LrbsError, SweepStopped
-from sweeps.raylog import RayOutput
-from sweeps.spec import SweepSpec, to_param_space
-from sweeps.trust import resume_command
+from lrbs.analysis.safe_write import write_file_safely
+from lrbs.sweeps.errors import LrbsError, SweepStopped
+from lrbs.sweeps.raylog import RayOutput
+from lrbs.sweeps.spec import SweepSpec, to_param_space
+from lrbs.sweeps.trust import resume_command
 
 METRIC_DIR = "metrics"
 SPEC_COPY = "spec.yaml"
@@ -80,7 +80,7 @@ PLUGIN_ROOTS = "plugins.json"
 def ship_paths(spec: SweepSpec) -> list[str]:
     """The local package folders or single-file modules of the spec's user factories (installed
     packages and lrbs itself excluded: trainables.plugins.ship_path)."""
-    from trainables.plugins import is_import_path, ship_path
+    from lrbs.trainables.plugins import is_import_path, ship_path
 
     paths = [ship_path(name) for name in (spec.model.name, spec.dataset.name) if is_import_path(name)]
     return list(dict.fromkeys(p for p in paths if p))
@@ -105,7 +105,7 @@ def restore_plugin_folders(run_dir: Path) -> None:
     """Add the folders ``record_plugin_folders`` wrote to the plug-in search path (if they exist)."""
     import json
 
-    from trainables.plugins import add_search_root
+    from lrbs.trainables.plugins import add_search_root
 
     try:
         roots = json.loads((run_dir / PLUGIN_ROOTS).read_text())["search_roots"]
@@ -126,9 +126,9 @@ def provenance(spec: SweepSpec, address: str | None) -> dict:
     import platform
     from importlib import metadata
 
-    from sweeps.estimate import estimate_cost
-    from sweeps.spec import is_search, search_settings
-    from sweeps.version import code_version
+    from lrbs.sweeps.estimate import estimate_cost
+    from lrbs.sweeps.spec import is_search, search_settings
+    from lrbs.sweeps.version import code_version
 
     packages = {}
     for name in PACKAGES:
@@ -194,7 +194,7 @@ def loopback_only():
     (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``; read at import, so the constant is set too). Only for
     the embedded cluster, and only while it starts: a driver joining a real cluster must advertise
     a reachable address. The processes started here keep the setting."""
-    from trainables.ray_private import ray_constants
+    from lrbs.trainables.ray_private import ray_constants
 
     before_env, before_flag = os.environ.get(LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
     os.environ[LOOPBACK_ENV] = "0"
@@ -214,7 +214,7 @@ def token_auth():
     """Token authentication on for the embedded cluster, set here rather than left to Ray's
     default (which a future Ray, or RAY_AUTH_MODE in the environment, may change); the token
     file (``~/.ray/auth_token``, made by Ray if missing) readable by its owner only."""
-    from trainables.ray_private import RayConfig
+    from lrbs.trainables.ray_private import RayConfig
 
     os.environ["RAY_AUTH_MODE"] = "token"
     RayConfig.initialize("")  # Ray's own way to re-read the mode in this process (as its default does)
@@ -292,8 +292,8 @@ EXIT_TRIALS_ERRORED = 3  # `lrbs run`/`resume`: the sweep ran, but some trials e
 def print_outcome(spec: SweepSpec, run_dir: Path, metrics_where: str, out: TextIO,
                   outcome: dict | None = None) -> None:
     """Counts are of points (a pack counts once per member), from lrbs's own files (rows and
-    trial records, ``sweeps.ledger.sweep_outcome``); ``outcome`` gets them."""
-    from sweeps.ledger import sweep_outcome
+    trial records, ``lrbs.sweeps.ledger.sweep_outcome``); ``outcome`` gets them."""
+    from lrbs.sweeps.ledger import sweep_outcome
 
     counts = sweep_outcome(run_dir, run_points(spec, run_dir))
     extra = f", {counts['unfinished']} unfinished" if counts["unfinished"] else ""
@@ -306,11 +306,11 @@ def print_outcome(spec: SweepSpec, run_dir: Path, metrics_where: str, out: TextI
 def run_points(spec: SweepSpec, run_dir: Path) -> list[dict]:
     """The sweep's points: the spec's; for a ``beta.search``, those its trials were given (the
     trial records), which is all the search launched."""
-    from sweeps.spec import expand_points, is_search
+    from lrbs.sweeps.spec import expand_points, is_search
 
     if not is_search(spec):
         return expand_points(spec)
-    from sweeps.ledger import current_records, member_points, read_ledger
+    from lrbs.sweeps.ledger import current_records, member_points, read_ledger
 
     records, _ = read_ledger(run_dir)
     return [p for r in current_records(records) for p in member_points(r.point)]
@@ -319,7 +319,7 @@ def run_points(spec: SweepSpec, run_dir: Path) -> list[dict]:
 def tune_settings(spec: SweepSpec, out: TextIO, **searcher) -> dict:
     """``TuneConfig`` keywords: one sample of the grid of packs, or the beta searcher (``num_samples``
     -1: as many as it proposes, until it says FINISHED)."""
-    from sweeps.spec import is_search
+    from lrbs.sweeps.spec import is_search
 
     # Reused actors: a trial after the first on a worker skips process start-up and imports
     # (seconds per trial; see docs/performance.md). Trials share no state: each one seeds
@@ -328,9 +328,9 @@ def tune_settings(spec: SweepSpec, out: TextIO, **searcher) -> dict:
         return {"num_samples": 1, "reuse_actors": True}
     import math
 
-    from sweeps.beta_searcher import BetaSearcher
-    from sweeps.packing import pack_cap
-    from sweeps.spec import search_settings
+    from lrbs.sweeps.beta_searcher import BetaSearcher
+    from lrbs.sweeps.packing import pack_cap
+    from lrbs.sweeps.spec import search_settings
 
     # Tune keeps only one trial of a plain Searcher pending (one placement group asked of an
     # autoscaler at a time); a bound on live trials lifts that: at most a point and the reference
@@ -389,7 +389,7 @@ def stopped_error(exc: BaseException, run_dir: Path) -> SweepStopped:
 def preflight_model(spec: SweepSpec):
     """Build the model once on the driver and run it on two examples (``estimate.model_profile``):
     a broken factory is one line and exit 2 before Ray starts. Returns the profile."""
-    from sweeps.estimate import check_limits, model_profile
+    from lrbs.sweeps.estimate import check_limits, model_profile
 
     profile = model_profile(spec.model, spec.dataset, max_params=spec.limits.max_params)
     check_limits(spec, profile)
@@ -401,7 +401,7 @@ def preflight_data(spec: SweepSpec) -> None:
     trial starts: a missing set is one line and exit 2, not N errored trials, and parallel trials
     never race to download or generate into the same folder. (On a cluster the nodes
     pre-download: cluster.yaml.)"""
-    from trainables.data import DataError, dataset_entry, load_dataset
+    from lrbs.trainables.data import DataError, dataset_entry, load_dataset
 
     if dataset_entry(spec.dataset.name).on_disk:
         try:
@@ -411,13 +411,13 @@ def preflight_data(spec: SweepSpec) -> None:
 
 
 def tracking_dir(target, name: str) -> Path:
-    """Where the trackers' default folders go (``sweeps.tracking``): the run directory, or for a
+    """Where the trackers' default folders go (``lrbs.sweeps.tracking``): the run directory, or for a
     run in object storage a local folder that is the same in every session (``lrbs resume``
-    re-attaches to it; ``sweeps.remote.fetched_dir``)."""
+    re-attaches to it; ``lrbs.sweeps.remote.fetched_dir``)."""
     if target.is_local:
         return Path(target.path) / name
-    from sweeps.remote import RemoteRun, fetched_dir
-    from sweeps.storage import _join
+    from lrbs.sweeps.remote import RemoteRun, fetched_dir
+    from lrbs.sweeps.storage import _join
 
     return fetched_dir(RemoteRun(target._replace(path=_join(target.path, name))), "local")
 
@@ -429,23 +429,23 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
 
     ``storage`` may be a URI (``s3://``, ``gs://``, ``file://``) or, with ``storage_filesystem``
     (a ``pyarrow.fs.FileSystem``), a path inside that filesystem; a remote run directory is
-    mirrored in a local staging directory, which is returned (see ``sweeps.storage``).
-    ``times`` (a ``sweeps.progress.PhaseTimes``) gets the Ray start, trials and worker start-up;
+    mirrored in a local staging directory, which is returned (see ``lrbs.sweeps.storage``).
+    ``times`` (a ``lrbs.sweeps.progress.PhaseTimes``) gets the Ray start, trials and worker start-up;
     ``outcome`` (a dict) the counts of finished and errored points.
     """
     out = out or sys.stdout  # looked up per call: a default bound at import outlives a swapped stdout
     from ray import tune
 
-    from sweeps.lock import RunLock
-    from sweeps.metrics_sink import ArrowMetricsSink, TrackingCallback, TrialLedger
-    from sweeps.progress import ProgressPrinter
-    from sweeps.packing import plan_packs
-    from sweeps.spec import expand_points, is_search, search_settings
-    from sweeps.storage import prepare_placement, resolve_storage
-    from sweeps.version import code_version
-    from trainables.train_loop import train_trial
+    from lrbs.sweeps.lock import RunLock
+    from lrbs.sweeps.metrics_sink import ArrowMetricsSink, TrackingCallback, TrialLedger
+    from lrbs.sweeps.progress import ProgressPrinter
+    from lrbs.sweeps.packing import plan_packs
+    from lrbs.sweeps.spec import expand_points, is_search, search_settings
+    from lrbs.sweeps.storage import prepare_placement, resolve_storage
+    from lrbs.sweeps.version import code_version
+    from lrbs.trainables.train_loop import train_trial
 
-    from sweeps.tracking import build_trackers
+    from lrbs.sweeps.tracking import build_trackers
 
     target = resolve_storage(storage, storage_filesystem)
     if target.is_local:
@@ -470,8 +470,8 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
         if target.is_local:
             lock = RunLock(run_dir, "lrbs run").acquire()
         else:  # the run directory in the store: a resume started while this runs is refused
-            from sweeps.lock import RemoteRunLock
-            from sweeps.remote import RemoteRun
+            from lrbs.sweeps.lock import RemoteRunLock
+            from lrbs.sweeps.remote import RemoteRun
 
             lock = RemoteRunLock(RemoteRun(target._replace(path=place.remote_run_path)), "lrbs run").acquire()
         log_path = raylog.to_file(run_dir)

@@ -1,7 +1,7 @@
 """The JSON Schema of a sweep spec, generated from the spec's own dataclasses.
 
-``python -m sweeps.schema > sweeps/spec.schema.json`` regenerates the file shipped with the
-package (tests/test_packaging.py fails while it is stale); ``python -m sweeps.schema --path``
+``python -m lrbs.sweeps.schema > sweeps/spec.schema.json`` regenerates the file shipped with the
+package (tests/test_packaging.py fails while it is stale); ``python -m lrbs.sweeps.schema --path``
 prints where the installed one is. An editor with the YAML language server reads it to complete
 and check spec keys as they are typed (README.md).
 
@@ -35,14 +35,14 @@ import typing
 from importlib import resources
 from typing import Any
 
-from sweeps.spec import RESCALE_RULES, SECTIONS, RescaleConfig, SweepSpec
-from sweeps.tracking import TRACKERS
-from trainables.augment import AUGMENTATIONS
-from trainables.config import LEGACY_MODEL_KEYS, DatasetConfig, ModelConfig, TrainConfig
-from trainables.data import DATASETS
-from trainables.models import MODELS
-from trainables.packed_models import LAYOUTS
-from trainables.schedules import KINDS, STARTS, WAVES, ScheduleConfig
+from lrbs.sweeps.spec import RESCALE_RULES, SECTIONS, RescaleConfig, SweepSpec
+from lrbs.sweeps.tracking import TRACKERS
+from lrbs.trainables.augment import AUGMENTATIONS
+from lrbs.trainables.config import LEGACY_MODEL_KEYS, DatasetConfig, ModelConfig, TrainConfig
+from lrbs.trainables.data import DATASETS
+from lrbs.trainables.models import MODELS
+from lrbs.trainables.packed_models import LAYOUTS
+from lrbs.trainables.schedules import KINDS, STARTS, WAVES, ScheduleConfig
 
 SCHEMA_FILE = "spec.schema.json"  # beside this module, shipped as package data
 # Draft 7: the newest draft the YAML language server (and VS Code's JSON support) implements fully.
@@ -142,7 +142,7 @@ def _object(cls: type, defs: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def _type(hint: Any, defs: dict[str, dict[str, Any]], empty_lists: bool = False) -> dict[str, Any]:
-    """The JSON Schema of one type hint, as the spec's type check reads it (``sweeps.spec._check_type``):
+    """The JSON Schema of one type hint, as the spec's type check reads it (``lrbs.sweeps.spec._check_type``):
     ints where floats are expected, non-empty lists for tuples, any mapping for ``dict``."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
@@ -215,7 +215,7 @@ def _with_choices(schema: dict[str, Any], values: tuple[str, ...]) -> dict[str, 
 
 def _tracking(defs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """``tracking:``: tracker name -> its options (or true / null: defaults, false: off), a list of
-    names, or null (``sweeps.spec._tracking_section``)."""
+    names, or null (``lrbs.sweeps.spec._tracking_section``)."""
     names = list(TRACKERS)
     by_name = {name: {"anyOf": [_ref(t.Options, defs), {"type": ["boolean", "null"]}]} for name, t in TRACKERS.items()}
     return {"anyOf": [{"type": "object", "properties": by_name, "additionalProperties": False},
@@ -290,7 +290,7 @@ def _clean(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sweeps.schema",
+    parser = argparse.ArgumentParser(prog="python -m lrbs.sweeps.schema",
                                      description="Print the JSON Schema of a sweep spec (from its dataclasses).")
     parser.add_argument("--path", action="store_true", help="print where the installed package's schema file is")
     args = parser.parse_args(argv)

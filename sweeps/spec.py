@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from analysis.convergence import DEFAULT_CONVERGED_TRAIN_ACC
-from sweeps.errors import LrbsError
-from trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig
-from trainables.schedules import ScheduleConfig, schedule_from_dict, validate_schedule
+from lrbs.analysis.convergence import DEFAULT_CONVERGED_TRAIN_ACC
+from lrbs.sweeps.errors import LrbsError
+from lrbs.trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig
+from lrbs.trainables.schedules import ScheduleConfig, schedule_from_dict, validate_schedule
 
 
 class SpecError(LrbsError):
@@ -323,9 +323,9 @@ def load_spec(path: str | Path, *, local_data: bool = False, probe_check: bool =
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SpecError(f"{path}: malformed YAML{where}: {problem}") from None
-    from trainables.plugins import add_search_root
+    from lrbs.trainables.plugins import add_search_root
 
-    from sweeps.estimate import check_limits, check_probes, model_profile
+    from lrbs.sweeps.estimate import check_limits, check_probes, model_profile
 
     add_search_root(path.resolve().parent)  # plug-in modules next to the spec (trainables/plugins.py)
     try:
@@ -336,7 +336,7 @@ def load_spec(path: str | Path, *, local_data: bool = False, probe_check: bool =
         if probe_check:
             check_probes(spec)  # with curvature: one Hessian-vector product through the model
         if local_data:
-            from trainables.data import DataError, check_data_dir
+            from lrbs.trainables.data import DataError, check_data_dir
 
             try:
                 check_data_dir(spec.dataset)
@@ -439,7 +439,7 @@ def _tracking_section(data: Any) -> dict[str, Any]:
         if options is False:
             continue
         out[str(name)] = {} if options is None or options is True else options
-    from sweeps.tracking import check_options
+    from lrbs.sweeps.tracking import check_options
 
     check_options(out)
     return out
@@ -457,7 +457,7 @@ def _check_pack(train: Any) -> None:
 
 def _legacy_model_keys(model: dict) -> dict:
     """``model: {name: mlp, depth: 4}`` (before ``options``) reads as ``options: {depth: 4}``."""
-    from trainables.config import LEGACY_MODEL_KEYS, legacy_options
+    from lrbs.trainables.config import LEGACY_MODEL_KEYS, legacy_options
 
     legacy = {k: model[k] for k in LEGACY_MODEL_KEYS if k in model}
     if not legacy:
@@ -649,8 +649,8 @@ def _build_grid(data: Any) -> GridConfig:
 
 def validate(spec: SweepSpec) -> None:
     """Value checks that need more than types. Raises SpecError naming the field."""
-    from trainables.data import DataError, check_data_dir, train_set_size
-    from trainables.plugins import PluginError
+    from lrbs.trainables.data import DataError, check_data_dir, train_set_size
+    from lrbs.trainables.plugins import PluginError
 
     ds, train, res = spec.dataset, spec.train, spec.resources
     if ds.n_train is not None and ds.n_train < 1:
@@ -671,11 +671,11 @@ def validate(spec: SweepSpec) -> None:
         raise SpecError(f"train.eval_batch_size: must be >= 1 (got {train.eval_batch_size})")
     if train.train_eval_samples < 1:
         raise SpecError(f"train.train_eval_samples: must be >= 1 (got {train.train_eval_samples})")
-    from trainables.packed_models import LAYOUTS
+    from lrbs.trainables.packed_models import LAYOUTS
 
     _check_pack_value(train.pack)  # also for specs built in code, not read from YAML
 
-    from trainables.augment import AUGMENTATIONS
+    from lrbs.trainables.augment import AUGMENTATIONS
 
     if train.augment not in AUGMENTATIONS:
         raise SpecError(f"train.augment: must be one of {', '.join(AUGMENTATIONS)} (got {train.augment!r})")
@@ -697,7 +697,7 @@ def validate(spec: SweepSpec) -> None:
         check_data_dir(ds, files=False)
         n_train = train_set_size(ds)  # a user's data-set factory runs here, once per process
         if train.augment != "none":
-            from trainables.data import dataset_entry
+            from lrbs.trainables.data import dataset_entry
 
             shape = tuple(dataset_entry(ds.name).input_shape(ds))
             if len(shape) != 3:
@@ -842,13 +842,13 @@ def _validate_plugin_options(spec: SweepSpec) -> None:
 
     Built-ins check ``options`` against their options dataclass (types, unknown keys, values);
     a user's model factory against its signature. Building the model and calling it is the
-    pre-flight check's (``sweeps.estimate.model_profile``, run by ``load_spec``).
+    pre-flight check's (``lrbs.sweeps.estimate.model_profile``, run by ``load_spec``).
     """
     import inspect
 
-    from trainables.data import DATASETS, DataError, dataset_entry
-    from trainables.models import MODELS, model_factory
-    from trainables.plugins import PluginError
+    from lrbs.trainables.data import DATASETS, DataError, dataset_entry
+    from lrbs.trainables.models import MODELS, model_factory
+    from lrbs.trainables.plugins import PluginError
 
     for section, cfg, registry in (("dataset", spec.dataset, DATASETS), ("model", spec.model, MODELS)):
         try:
@@ -901,7 +901,7 @@ def _check_distinct(values: tuple, where: str) -> None:
 
 
 def _validate_beta(spec: SweepSpec, n_train: int) -> None:
-    from trainables.data import DataError, train_set_size
+    from lrbs.trainables.data import DataError, train_set_size
 
     b = spec.beta
     if not b.lr0 > 0:
@@ -997,8 +997,8 @@ def _validate_beta_search(spec: SweepSpec, smallest: int) -> None:
 def search_ladder(spec: SweepSpec) -> tuple[float, ...]:
     """``beta.search``'s candidates: 1, r, r^2, ... up to max_beta (default: the largest whose S
     fits the smallest training set)."""
-    from analysis.beta_search import ladder
-    from trainables.data import train_set_size
+    from lrbs.analysis.beta_search import ladder
+    from lrbs.trainables.data import train_set_size
 
     b, q = spec.beta, spec.beta.search
     if q.max_beta is not None:
@@ -1010,8 +1010,8 @@ def search_ladder(spec: SweepSpec) -> tuple[float, ...]:
 
 
 def search_settings(spec: SweepSpec):
-    """``analysis.beta_search.SearchSettings`` of a ``beta.search`` spec."""
-    from analysis.beta_search import SearchSettings
+    """``lrbs.analysis.beta_search.SearchSettings`` of a ``beta.search`` spec."""
+    from lrbs.analysis.beta_search import SearchSettings
 
     b, q = spec.beta, spec.beta.search
     seeds = tuple(spec.grid.seed)
@@ -1080,7 +1080,7 @@ def expand_points(spec: SweepSpec) -> list[dict[str, Any]]:
     Each point carries what varies between trials; everything else is shared by the sweep.
     ``grid``: lr x batch_size x seed. ``rescale``: the reference (lr0, S0) once, then every
     batch size under every rule. ``beta``: every n_train x beta.
-    ``sweeps.packing.plan_packs`` groups these points into the packs that Tune runs.
+    ``lrbs.sweeps.packing.plan_packs`` groups these points into the packs that Tune runs.
     """
     seeds = spec.grid.seed
     if spec.rescale is not None:
@@ -1138,18 +1138,18 @@ def to_param_space(spec: SweepSpec, code_version: str, packs: list[list[dict[str
     A single grid over whole points (rather than one per axis) lets later axes pair values
     (rescaling rules, beta families) without Tune crossing them; each pack is one Tune trial.
     ``lrbs resume`` passes the packs still to train and ``resume``: the path of its plan (per trial
-    point, the trial id to keep and the checkpoints to continue from; ``sweeps.ledger.resume_entry``).
+    point, the trial id to keep and the checkpoints to continue from; ``lrbs.sweeps.ledger.resume_entry``).
     """
     from ray import tune
 
-    from sweeps.packing import plan_packs, tune_point
+    from lrbs.sweeps.packing import plan_packs, tune_point
 
     shared = spec.to_dict()
     for key in ("grid", "description", "rescale", "beta", "variants", "limits", "tracking"):
         shared.pop(key)
     if is_search(spec):  # each trial's point comes from the searcher (sweeps/beta_searcher.py); its
         # settings ride along in every trial's config, so the report replays the search from the rows
-        from analysis.beta_search import settings_to_dict
+        from lrbs.analysis.beta_search import settings_to_dict
 
         points = {"beta_search": settings_to_dict(search_settings(spec))}
     else:

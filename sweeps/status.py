@@ -1,7 +1,7 @@
 """``lrbs status RUN_DIR``: the trials of a run, read from files only (no Ray, no unpickling).
 
 Trial status, failures and errors come from lrbs's trial records (``RUN_DIR/trials/``,
-``sweeps.ledger``); a trial whose driver is gone (no live holder of the run directory's lock)
+``lrbs.sweeps.ledger``); a trial whose driver is gone (no live holder of the run directory's lock)
 while its record says RUNNING is stopped.
 Run directories written before the records existed are read from Ray Tune's newest
 ``experiment_state-*.json`` (plain JSON; its cloudpickled fields are never decoded) and the
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sweeps.errors import LrbsError
-from sweeps.summary import Progress
+from lrbs.sweeps.errors import LrbsError
+from lrbs.sweeps.summary import Progress
 
 EXPERIMENT_STATE_GLOB = "experiment_state-*.json"
 
@@ -109,8 +109,8 @@ def _ledger_trials(run_dir: Path) -> list[dict[str, Any]] | None:
     """Per Tune trial lineage, from ``RUN_DIR/trials/`` (None when the run has no records)."""
     import yaml
 
-    from sweeps.ledger import LEDGER_DIR, RUNNING, current_records, read_ledger
-    from sweeps.lock import LOCK_FILE, holder_alive
+    from lrbs.sweeps.ledger import LEDGER_DIR, RUNNING, current_records, read_ledger
+    from lrbs.sweeps.lock import LOCK_FILE, holder_alive
 
     if not (run_dir / LEDGER_DIR).is_dir():
         return None
@@ -133,8 +133,8 @@ def _ledger_trials(run_dir: Path) -> list[dict[str, Any]] | None:
 
 
 def _per_member(trials: list[dict]) -> list[dict]:
-    """A pack's Tune trial as the per-point trials of the tables (``sweeps.packing.members``)."""
-    from sweeps.packing import members
+    """A pack's Tune trial as the per-point trials of the tables (``lrbs.sweeps.packing.members``)."""
+    from lrbs.sweeps.packing import members
 
     return [{**t, "trial_id": trial_id, "config": config}
             for t in trials for trial_id, config in members(t["trial_id"], t["config"])]
@@ -147,11 +147,11 @@ def read_progress(run_dir: str | Path, metrics=None) -> Progress | None:
     import time
     from datetime import datetime
 
-    from analysis.tables import load_metrics
-    from sweeps.ledger import FINAL_ROW_STATUSES
-    from sweeps.lock import LOCK_FILE, holder_alive
-    from sweeps.packing import split_member_id
-    from sweeps.summary import eta_seconds
+    from lrbs.analysis.tables import load_metrics
+    from lrbs.sweeps.ledger import FINAL_ROW_STATUSES
+    from lrbs.sweeps.lock import LOCK_FILE, holder_alive
+    from lrbs.sweeps.packing import split_member_id
+    from lrbs.sweeps.summary import eta_seconds
 
     run_dir = Path(run_dir)
     try:
@@ -185,7 +185,7 @@ def read_progress(run_dir: str | Path, metrics=None) -> Progress | None:
 def read_status(run_dir: str | Path, loaded=None) -> list[TrialStatus]:
     """One entry per trial of the run (Tune's trials, plus any trial only the metrics know).
     ``loaded``: ``load_metrics_with_report(run_dir)`` if the caller has it already."""
-    from analysis.tables import load_metrics_with_report
+    from lrbs.analysis.tables import load_metrics_with_report
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or not ((run_dir / "metrics").is_dir() or newest_experiment_state(run_dir)):
@@ -205,8 +205,8 @@ def read_status(run_dir: str | Path, loaded=None) -> list[TrialStatus]:
             trials.append({"trial_id": trial_id, "status": "UNKNOWN", "config": json.loads(row["config_json"] or "{}"),
                            "failures": 0, "error": ""})
     out = []
-    from sweeps.lock import LOCK_FILE, holder_alive
-    from sweeps.packing import split_member_id
+    from lrbs.sweeps.lock import LOCK_FILE, holder_alive
+    from lrbs.sweeps.packing import split_member_id
 
     live = holder_alive(run_dir / LOCK_FILE)
 

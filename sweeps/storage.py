@@ -4,15 +4,15 @@ Ray Tune needs storage that every node reaches (``s3://``, ``gs://``, a mounted 
 checkpoints of a run on more than one node. ``--storage`` takes such a URI; Tune gets it as
 ``storage_path`` + ``storage_filesystem``.
 
-The Arrow metric tables are appended to row by row (``sweeps.metrics_sink``). A local directory
+The Arrow metric tables are appended to row by row (``lrbs.sweeps.metrics_sink``). A local directory
 (a plain path, ``file://``, a mounted NFS path) takes the appends directly. An object store cannot
 be appended to, so for any other filesystem the sink writes into a local staging directory and
-:class:`sweeps.metrics_sink.MetricsUploader` copies the changed files to ``<storage>/<name>/metrics/`` on each trial
+:class:`lrbs.sweeps.metrics_sink.MetricsUploader` copies the changed files to ``<storage>/<name>/metrics/`` on each trial
 completion or error, every ``upload_interval_s`` seconds of results, and at the end of the run.
 Each upload replaces the whole remote file, so a remote reader sees a whole-record prefix of the
-stream, which ``analysis.tables`` reads like any cut-off file.
+stream, which ``lrbs.analysis.tables`` reads like any cut-off file.
 
-The analysis functions take local paths: ``sweeps.remote`` mirrors the data files of a remote
+The analysis functions take local paths: ``lrbs.sweeps.remote`` mirrors the data files of a remote
 run directory into a local cache first, and lets ``lrbs resume`` continue one in place.
 """
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any, NamedTuple
 
 import pyarrow.fs as pafs
 
-from sweeps.errors import LrbsError
-from sweeps.ledger import LEDGER_DIR
+from lrbs.sweeps.errors import LrbsError
+from lrbs.sweeps.ledger import LEDGER_DIR
 
 METRIC_DIR = "metrics"
 SPEC_COPY = "spec.yaml"
@@ -169,7 +169,7 @@ class Placement:
 
     def finish(self) -> None:
         """Last upload of the staged metrics (raises LrbsError if the remote cannot be reached)."""
-        from sweeps.metrics_sink import MetricsUploader
+        from lrbs.sweeps.metrics_sink import MetricsUploader
 
         for cb in self.callbacks:
             if isinstance(cb, MetricsUploader):
@@ -179,8 +179,8 @@ class Placement:
 def prepare_placement(spec, storage: str | None, filesystem: pafs.FileSystem | None = None,
                       upload_interval_s: float | None = None) -> Placement:
     """Create the run directory (refusing an existing one) and say how Tune and the sink reach it."""
-    from sweeps.metrics_sink import MetricsUploader, session_tag
-    from sweeps.runner import prepare_run_dir
+    from lrbs.sweeps.metrics_sink import MetricsUploader, session_tag
+    from lrbs.sweeps.runner import prepare_run_dir
 
     target = resolve_storage(storage, filesystem)
     if target.is_local:

@@ -2,7 +2,7 @@
 
 The spec is validated here first (bad input: exit 2, nothing submitted). The job's working
 directory is this project (uploaded by Ray; the cluster nodes also have it pip-installed, see
-cluster.yaml), and its entrypoint is ``python -m sweeps.cli run SPEC --address auto --storage S``
+cluster.yaml), and its entrypoint is ``python -m lrbs.sweeps.cli run SPEC --address auto --storage S``
 on the head node. Token auth: the client sends the token Ray finds on this machine
 (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``) when ``RAY_AUTH_MODE=token``.
 """
@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from sweeps.errors import LrbsError
-from sweeps.trust import TRUST_FLAG, code_names
+from lrbs.sweeps.errors import LrbsError
+from lrbs.sweeps.trust import TRUST_FLAG, code_names
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Never uploaded with the working dir: environments, results, caches, data, weights.
@@ -72,16 +72,16 @@ def check_transport(address: str, insecure: bool = False, err: TextIO = sys.stde
 
 
 def job_entrypoint(spec_rel: str, storage: str) -> str:
-    return shlex.join(["python", "-m", "sweeps.cli", "run", spec_rel, "--address", "auto", "--storage", storage])
+    return shlex.join(["python", "-m", "lrbs", "run", spec_rel, "--address", "auto", "--storage", storage])
 
 
 def submit_sweep(spec_path: str | Path, address: str, storage: str | None = None, *,
                  job_id: str | None = None, root: Path = PROJECT_ROOT,
                  out: TextIO = sys.stdout, insecure: bool = False) -> str:
     """Validate ``spec_path``, submit it as a Ray job to the dashboard at ``address``; returns the job id."""
-    from sweeps.spec import expand_points, load_spec
+    from lrbs.sweeps.spec import expand_points, load_spec
 
-    from sweeps.runner import plugin_runtime_env, preflight_model
+    from lrbs.sweeps.runner import plugin_runtime_env, preflight_model
 
     spec = load_spec(spec_path)
     preflight_model(spec)  # a broken model factory: one line, exit 2, nothing submitted
@@ -110,7 +110,7 @@ def submit_sweep(spec_path: str | Path, address: str, storage: str | None = None
         )
     except Exception as exc:
         raise LrbsError(f"--address: {address} refused the job ({_first_line(exc)})") from None
-    from sweeps.storage import join_uri
+    from lrbs.sweeps.storage import join_uri
 
     run_dir = join_uri(storage, spec.name)
     print(f"submitted {spec.name} ({n_trials} trials) as Ray job {job_id} to {address}", file=out)

@@ -1,5 +1,5 @@
 """The one-line progress summary of a sweep, shared by the live progress line of ``lrbs run`` /
-``lrbs resume`` (``sweeps.progress``) and ``lrbs status`` (no Ray, no torch imported here)."""
+``lrbs resume`` (``lrbs.sweeps.progress``) and ``lrbs status`` (no Ray, no torch imported here)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

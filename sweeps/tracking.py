@@ -13,7 +13,7 @@ id their metric rows carry), the point as parameters (sweep, trial id, lr, batch
 seed, code version, ...) and every epoch's metrics with step = epoch. The Arrow tables stay the
 record the analysis reads; a tracker is a view for the tools researchers already use.
 
-Trackers run in the driver (``sweeps.metrics_sink.TrackingCallback``, after the metric sink), so the nodes need
+Trackers run in the driver (``lrbs.sweeps.metrics_sink.TrackingCallback``, after the metric sink), so the nodes need
 none of them installed, and a tracker that fails mid-sweep is switched off with one warning
 rather than stopping the sweep. ``lrbs resume`` re-attaches every point to its run: TensorBoard
 writes to the same folder, MLflow finds the run by its ``lrbs.trial_id`` tag, W&B resumes the run
@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sweeps.errors import LrbsError
+from lrbs.sweeps.errors import LrbsError
 
 # Row fields that are per-point parameters or bookkeeping, not curves.
 NOT_METRICS = {"sweep", "trial_id", "code_version", "dataset", "n_train", "model", "seed", "config_json", "epoch",
@@ -374,7 +374,7 @@ def _check_writable(folder: Path, field: str) -> None:
 
 def check_options(tracking: dict[str, Any]) -> None:
     """Spec validation (``lrbs validate``): known trackers, known keys with the right types."""
-    from sweeps.spec import SpecError, _build
+    from lrbs.sweeps.spec import SpecError, _build
 
     for name, options in tracking.items():
         if name not in TRACKERS:
@@ -389,7 +389,7 @@ def check_options(tracking: dict[str, Any]) -> None:
 def build_trackers(tracking: dict[str, Any], sweep: str, run_dir: Path) -> list[Any]:
     """The trackers of a spec's ``tracking`` for ``run_dir``, each checked: its package installed
     (one line naming the extra) and its destination writable. Nothing is written yet."""
-    from sweeps.spec import _build
+    from lrbs.sweeps.spec import _build
 
     trackers = []
     for name, options in tracking.items():

@@ -15,7 +15,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from sweeps.errors import LrbsError
+from lrbs.sweeps.errors import LrbsError
 
 TRUST_FLAG = "--trust-code"
 _FIELDS = ("model", "dataset")
@@ -24,7 +24,7 @@ _FIELDS = ("model", "dataset")
 def code_names(config: Any) -> list[str]:
     """``model.name 'pkg.mod:factory'``, ... for each section of ``config`` (a spec or a trial's
     config, as a dict) whose name is an import path."""
-    from trainables.plugins import is_import_path
+    from lrbs.trainables.plugins import is_import_path
 
     found = []
     for field in _FIELDS:
@@ -39,7 +39,7 @@ def spec_code_names(path: Path) -> list[str]:
     """:func:`code_names` of the spec file at ``path``, read as ``load_spec`` reads it (a regular
     file of at most the spec size limit). A spec that does not read or parse names nothing here:
     ``load_spec`` then refuses it with its own line, before any code is imported."""
-    from sweeps.spec import MAX_SPEC_BYTES, parse_yaml
+    from lrbs.sweeps.spec import MAX_SPEC_BYTES, parse_yaml
 
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):

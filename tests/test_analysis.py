@@ -17,22 +17,22 @@ import pytest
 import torch
 from scipy import stats
 
-from analysis.breakdown import breakdown, drop_interval, drop_test
-from analysis.collapse import collapse_test
-from analysis.curves import curve_distance, equal_ratio_pairs, rescale_distances
-from analysis.geometry import eq7_check, ratio_band_fit
-from analysis.interpolation import load_interpolations, summarize
-from analysis.report import build_report, write_reports
-from analysis.sections import section_breakdown, section_gap
-from analysis.stats import holm
-from analysis.tables import load_metrics, load_trials
-from analysis.trialinfo import trial_table
-from sweeps.cli import main
-from sweeps.metrics_sink import ArrowMetricsSink, row_from_result
-from sweeps.packing import members, tune_point
-from sweeps.spec import expand_points, spec_from_dict, to_param_space
+from lrbs.analysis.breakdown import breakdown, drop_interval, drop_test
+from lrbs.analysis.collapse import collapse_test
+from lrbs.analysis.curves import curve_distance, equal_ratio_pairs, rescale_distances
+from lrbs.analysis.geometry import eq7_check, ratio_band_fit
+from lrbs.analysis.interpolation import load_interpolations, summarize
+from lrbs.analysis.report import build_report, write_reports
+from lrbs.analysis.sections import section_breakdown, section_gap
+from lrbs.analysis.stats import holm
+from lrbs.analysis.tables import load_metrics, load_trials
+from lrbs.analysis.trialinfo import trial_table
+from lrbs.sweeps.cli import main
+from lrbs.sweeps.metrics_sink import ArrowMetricsSink, row_from_result
+from lrbs.sweeps.packing import members, tune_point
+from lrbs.sweeps.spec import expand_points, spec_from_dict, to_param_space
 from tests.conftest import ROOT, tiny_spec
-from trainables.train_loop import TrialPoint, run_pack
+from lrbs.trainables.train_loop import TrialPoint, run_pack
 
 FIX = ROOT / "tests" / "fixtures"
 
@@ -502,7 +502,7 @@ def test_sections_skip_when_curvature_columns_are_absent_or_null(grid):
 def test_probe_reliability_flags_subset_capped_noise_scales(grid):
     """Two-batch B_simple on the probe subset (runs before noise_method: full) cannot exceed ~the
     subset size: values above a quarter of it are flagged, as are large relative errors."""
-    from analysis.sections import section_probes
+    from lrbs.analysis.sections import section_probes
 
     _, trials = grid
     n = trials.num_rows
@@ -543,7 +543,7 @@ def test_cli_report_format_errors(tmp_path):
 def test_learning_curves_aggregate_over_seeds_for_large_sweeps():
     """Above plots.MAX_TRIAL_CURVES trials: one mean line and one min-max band per point (seeds
     pooled), equal to numpy over the trials' rows."""
-    from analysis.plots import learning_curves
+    from lrbs.analysis.plots import learning_curves
 
     metrics = load_metrics(FIX / "grid")
     trials = trial_table(metrics)
@@ -572,8 +572,8 @@ def test_individual_trials_on_demand(tmp_path, capsys):
     """Each aggregated curve's legend name selects exactly its point's seeds; ``lrbs report
     --trials`` draws those trials one line each on their own page (and nothing else); bad
     selectors are one line, exit 2."""
-    from analysis.plots import learning_curves
-    from analysis.selection import select_trials
+    from lrbs.analysis.plots import learning_curves
+    from lrbs.analysis.selection import select_trials
 
     metrics = load_metrics(FIX / "grid")
     trials = trial_table(metrics)
@@ -604,7 +604,7 @@ def test_individual_trials_on_demand(tmp_path, capsys):
 def test_equal_ratio_section_shows_the_pairs_most_apart_when_there_are_many(monkeypatch):
     """Thousands of equal-eta/S pairs (a big grid): the page's tables and lines keep those with the
     largest rms over seed noise; fits.json keeps every pair."""
-    from analysis import sections
+    from lrbs.analysis import sections
 
     metrics = load_metrics(FIX / "grid")
     trials = trial_table(metrics)
@@ -626,8 +626,8 @@ def test_equal_ratio_section_shows_the_pairs_most_apart_when_there_are_many(monk
 
 def test_legend_names_with_odd_labels_select_their_trials():
     """Variant labels are any string: a point's legend name quotes them, and is still a selector."""
-    from analysis.plots import point_label
-    from analysis.selection import select_trials
+    from lrbs.analysis.plots import point_label
+    from lrbs.analysis.selection import select_trials
 
     labels = ["big batch", "x (warm)", "y=1", "a,b", "it's"]
     trials = pa.table({"trial_id": [f"t{i}" for i in range(10)], "lr": [0.1] * 10, "batch_size": [32] * 10,
@@ -645,7 +645,7 @@ def test_legend_names_with_odd_labels_select_their_trials():
 def _write_trained_run(run_dir, report_section):
     """A real pack of four points (one diverges) trained and written as a sweep writes it: each
     member's rows under its own trial id with its own config (``to_param_space`` and
-    ``sweeps.packing.members``), through the real metric sink."""
+    ``lrbs.sweeps.packing.members``), through the real metric sink."""
     torch.set_num_threads(1)
     spec = spec_from_dict(tiny_spec(name="te", train={"epochs": 2, "momentum": 0.9, "train_eval_samples": 300},
                                     grid={"lr": [0.02, 0.08, 0.3, 1e4], "batch_size": [32], "seed": [0]},
@@ -763,7 +763,7 @@ def test_equal_accuracies_are_no_evidence_of_a_drop():
 def _train_run(run_dir, spec_dict) -> None:
     """A real run without Ray: each pack of the spec trained by ``run_pack``, its members' rows
     under their own trial ids and configs through the real metric sink, the spec copied in."""
-    from sweeps.packing import plan_packs
+    from lrbs.sweeps.packing import plan_packs
     from tests.conftest import write_yaml
 
     torch.set_num_threads(1)
@@ -838,7 +838,7 @@ def test_compare_overlays_both_runs_fits_and_learning_curves(tmp_path, narrow):
     """The comparison page draws, per fit both runs have, each run's point means (equal to numpy
     over its trials) with its fit line, and both runs' validation accuracy curves (a line per
     point, the mean of its seeds per epoch, equal to numpy over the rows)."""
-    from analysis.compare import RunView, compare_figures
+    from lrbs.analysis.compare import RunView, compare_figures
 
     views = []
     for name, run in (("grid", FIX / "grid"), ("narrow", narrow)):
@@ -885,7 +885,7 @@ def test_compare_overlays_both_runs_fits_and_learning_curves(tmp_path, narrow):
 def test_compare_curves_of_many_points_are_one_mean_line_per_run(grid):
     """Past plots.COMPARE_MAX_POINTS points a run draws one line (the mean over its points' seed
     means per epoch) and a band from its lowest to highest point, equal to numpy over the rows."""
-    from analysis import plots
+    from lrbs.analysis import plots
 
     metrics, trials = grid
     fig = plots.compare_curves([("A", metrics, trials), ("B", metrics, trials)], max_points=4)

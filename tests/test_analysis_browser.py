@@ -16,7 +16,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from analysis.report import write_reports
+from lrbs.analysis.report import write_reports
 from tests.conftest import ROOT
 
 BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
@@ -103,7 +103,7 @@ def test_large_sweep_report_draws_with_webgl(tmp_path, monkeypatch):
     the time; benchmarks/metrics_scale.py draws the real 10,000.)"""
     from PIL import Image
 
-    from analysis import plots
+    from lrbs.analysis import plots
     from benchmarks.metrics_scale import write_sweep
 
     monkeypatch.setattr(plots, "MAX_SVG_POINTS", 60)
@@ -129,7 +129,7 @@ def test_large_sweep_report_draws_with_webgl(tmp_path, monkeypatch):
             checked += 1
     assert checked >= 5
     # A point's own trials on demand (lrbs report --trials): its page draws too, one line per trial
-    from analysis.report import write_trial_page
+    from lrbs.analysis.report import write_trial_page
 
     trials_page = write_trial_page(run, ["lr=0.001 S=8", "lr=0.002 S=8"])
     out = _chromium(tmp_path, f"--window-size={WIDTH},900", "--dump-dom", trials_page.as_uri())
@@ -143,7 +143,7 @@ def test_comparison_page_draws_both_runs_overlays(tmp_path):
     both runs, and each figure's box holds a drawing."""
     from PIL import Image
 
-    from analysis.report import write_comparison
+    from lrbs.analysis.report import write_comparison
 
     a, b = tmp_path / "grid", tmp_path / "rescale"
     for name, run in (("grid", a), ("rescale", b)):

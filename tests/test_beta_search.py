@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from analysis.beta_search import Outcome, SearchSettings, ladder, plan_search, settings_from_dict, settings_to_dict
+from lrbs.analysis.beta_search import Outcome, SearchSettings, ladder, plan_search, settings_from_dict, settings_to_dict
 
 from pathlib import Path
 
@@ -202,7 +202,7 @@ def with_beta(**beta) -> dict:
 def test_bad_search_specs_are_one_line_naming_the_field(tmp_path, capsys, data, needle):
     import yaml
 
-    from sweeps.cli import main
+    from lrbs.sweeps.cli import main
 
     spec = tmp_path / "bad.yaml"
     spec.write_text(yaml.safe_dump(data))
@@ -213,7 +213,7 @@ def test_bad_search_specs_are_one_line_naming_the_field(tmp_path, capsys, data, 
 
 
 def test_search_spec_round_trips_and_its_ladder_is_the_comparison():
-    from sweeps.spec import count_points, expand_points, search_settings, spec_from_dict
+    from lrbs.sweeps.spec import count_points, expand_points, search_settings, spec_from_dict
 
     spec = spec_from_dict(with_beta())
     st = search_settings(spec)
@@ -228,7 +228,7 @@ def test_min_drop_rides_in_the_spec_the_search_settings_and_the_trial_config():
     search's settings and every search trial's config (``beta_search``, what the report replays),
     or a ladder's config (``beta_test``, what the breakdown section reads); without it, configs
     carry no such key and old settings (no ``min_drop``) read back as None."""
-    from sweeps.spec import search_settings, spec_from_dict, to_param_space
+    from lrbs.sweeps.spec import search_settings, spec_from_dict, to_param_space
 
     for value in (0.0, 2.5):
         spec = spec_from_dict(with_beta(min_drop=value))
@@ -259,9 +259,9 @@ def test_search_runs_end_to_end_and_resumes_after_sigkill_repeating_no_ended_tri
     import sys
     import time
 
-    from analysis.beta_search import search_report
-    from analysis.report import write_reports
-    from analysis.tables import load_metrics, load_trials
+    from lrbs.analysis.beta_search import search_report
+    from lrbs.analysis.report import write_reports
+    from lrbs.analysis.tables import load_metrics, load_trials
     from tests.conftest import ROOT, tiny_spec, write_yaml
     from tests.test_remote import _kill_session
 
@@ -271,7 +271,7 @@ def test_search_runs_end_to_end_and_resumes_after_sigkill_repeating_no_ended_tri
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log = tmp_path / "run.log"
     with open(log, "w") as out:
-        driver = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "run", str(spec), "--storage",
+        driver = subprocess.Popen([sys.executable, "-m", "lrbs", "run", str(spec), "--storage",
                                    str(tmp_path / "runs"), "--no-report"], cwd=ROOT, env=env, stdout=out,
                                   stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -288,7 +288,7 @@ def test_search_runs_end_to_end_and_resumes_after_sigkill_repeating_no_ended_tri
     rows_before = {r["trial_id"] + f"/{r['epoch']}": r["written_at"] for r in load_metrics(run).to_pylist()
                    if r["trial_id"] in ended}
 
-    out = subprocess.run([sys.executable, "-m", "sweeps.cli", "resume", str(run), "--no-report"], cwd=ROOT, env=env,
+    out = subprocess.run([sys.executable, "-m", "lrbs", "resume", str(run), "--no-report"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "beta search: n_train=400: " in out.stdout, out.stdout
@@ -315,7 +315,7 @@ def test_search_runs_end_to_end_and_resumes_after_sigkill_repeating_no_ended_tri
 def test_fig5_search_twin_and_its_ladder_share_candidates_seeds_and_everything_else(twin):
     """docs/experiments.md compares these runs: each ladder must be exactly the candidates its
     search picks from, with the same seeds, model, data and schedule."""
-    from sweeps.spec import load_spec, search_settings
+    from lrbs.sweeps.spec import load_spec, search_settings
 
     search = load_spec(ROOT_SPECS / f"fig5_search_{twin}.yaml")
     ladder = load_spec(ROOT_SPECS / f"fig5_ladder_{twin}.yaml")
@@ -332,8 +332,8 @@ def test_report_replays_the_search_from_a_frozen_real_run():
     one-sided Welch test on the trials' max val acc, against the level in the settings."""
     from scipy import stats
 
-    from analysis.beta_search import search_report
-    from analysis.tables import load_metrics, load_trials
+    from lrbs.analysis.beta_search import search_report
+    from lrbs.analysis.tables import load_metrics, load_trials
 
     fixture = ROOT_SPECS.parent / "tests" / "fixtures" / "search"
     metrics, trials = load_metrics(fixture), load_trials(fixture)
@@ -394,7 +394,7 @@ def test_errored_trials_count_as_ended_without_a_value_in_the_replay():
     spend the same budget and replace the same seeds, and never continue it."""
     import pyarrow as pa
 
-    from analysis.beta_search import outcomes_from_trials
+    from lrbs.analysis.beta_search import outcomes_from_trials
 
     trials = pa.table({"trial_id": ["a", "b"], "beta": [1.0, 1.0], "seed": [0, 1], "status": ["finished"] * 2,
                        "max_val_acc": [0.9, 0.91], "n_train": [400, 400], "cfg.point.n_train": [400, 400],

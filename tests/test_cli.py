@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from analysis.tables import load_metrics, load_trials
-from sweeps.cli import COMMANDS, build_parser, main
+from lrbs.analysis.tables import load_metrics, load_trials
+from lrbs.sweeps.cli import COMMANDS, build_parser, main
 from tests.conftest import ROOT
 
 
@@ -23,7 +23,7 @@ def test_every_command_and_option_has_help_and_an_example():
 
 
 def test_version_is_the_code_version_of_the_rows(capsys):
-    from sweeps.version import code_version
+    from lrbs.sweeps.version import code_version
 
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])

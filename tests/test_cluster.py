@@ -21,15 +21,15 @@ from packaging.specifiers import SpecifierSet
 
 from tests.conftest import ROOT, tiny_spec
 from tests.fixtures_tv import write_cifar10, write_fashion_mnist
-from trainables.config import DatasetConfig
-from trainables.data import load_dataset
+from lrbs.trainables.config import DatasetConfig
+from lrbs.trainables.data import load_dataset
 
 SHARED = "/mnt/lrbs-shared"      # the shared folder of both cluster files (host, container, pod)
 TV_SETS = {"cifar10", "fashion_mnist"}  # the built-in sets that need the internet to fetch
 # Ray's image tags: <Ray version>-py<major><minor>-gpu (or -cuXYZ, a specific CUDA).
 RAY_IMAGE = re.compile(r"rayproject/ray:(?P<ray>\d+\.\d+\.\d+)-py3(?P<minor>\d+)-(?:gpu|cu\d+)")
 RAY_PIN = re.compile(r'"(ray\[[^\]]*\][^"]*)"')  # the quoted ray requirement of a pip install
-DOWNLOAD = "python -m trainables.data download"
+DOWNLOAD = "python -m lrbs.trainables.data download"
 KUBERAY_SCHEMA = ROOT / "k8s" / "raycluster-v1.5.1.schema.json.gz"
 
 
@@ -94,7 +94,7 @@ def test_cluster_yaml_matches_rays_schema(cluster):
     jsonschema.validate(cluster, json.loads(schema_path.read_text()))
     assert cluster["provider"]["type"] == "aws"
     # Ray's own checks as `ray up` runs them (defaults filled in, then validated), offline.
-    from trainables.ray_private import prepare_config, validate_config
+    from lrbs.trainables.ray_private import prepare_config, validate_config
 
     validate_config(prepare_config(copy.deepcopy(cluster)))
 
@@ -158,7 +158,7 @@ def test_images_and_pins_agree_with_pyproject_and_installed_ray(cluster, k8s, do
 def test_head_keeps_boto3_for_the_aws_autoscaler(cluster):
     # A head_setup_commands list replaces Ray's default (`pip install boto3`), without which the
     # head's autoscaler cannot launch a single worker.
-    from trainables.ray_private import prepare_config
+    from lrbs.trainables.ray_private import prepare_config
 
     head = prepare_config(copy.deepcopy(cluster))["head_setup_commands"]
     assert any("pip install" in c and '"boto3>=' in c for c in head), head
@@ -297,8 +297,8 @@ def test_trials_ask_for_fractional_gpus(gpu):
     from ray import tune
     from ray.tune.execution.placement_groups import PlacementGroupFactory
 
-    from sweeps.runner import trial_resources
-    from sweeps.spec import spec_from_dict
+    from lrbs.sweeps.runner import trial_resources
+    from lrbs.sweeps.spec import spec_from_dict
 
     spec = spec_from_dict(tiny_spec("g", resources={"cpu": 1, "gpu": gpu}))
     assert trial_resources(spec) == {"cpu": 1.0, "gpu": gpu}

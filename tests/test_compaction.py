@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from analysis.tables import load_metrics, load_metrics_with_report, load_trials
-from sweeps.compaction import compact_earlier_sessions, compact_streams
-from sweeps.metrics_sink import ArrowMetricsSink
+from lrbs.analysis.tables import load_metrics, load_metrics_with_report, load_trials
+from lrbs.sweeps.compaction import compact_earlier_sessions, compact_streams
+from lrbs.sweeps.metrics_sink import ArrowMetricsSink
 from benchmarks import old_readers as old
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -50,7 +50,7 @@ def write_run(run_dir: Path, n_trials: int = 12, epochs: int = 6) -> None:
     """Rows through the real sink, as a sweep writes them, without compaction; one trial restarted
     from scratch under a new id and one continued after a lost epoch, so superseding matters."""
     from benchmarks.metrics_scale import trial_config
-    from sweeps.metrics_sink import row_from_result
+    from lrbs.sweeps.metrics_sink import row_from_result
 
     sink = ArrowMetricsSink(run_dir / "metrics", compact_every=0)
 
@@ -110,7 +110,7 @@ def test_compaction_is_read_exactly_once_at_every_crash_point(tmp_path, capsys):
     table, info = load_metrics_with_report(run)
     assert_same_rows(table, reference)
     assert list(info.damaged) == [dest.name] and "unreadable compacted file" in info.damaged[dest.name]
-    from sweeps.cli import main
+    from lrbs.sweeps.cli import main
 
     assert main(["status", str(run)]) == 0
     assert f"DAMAGED: compacted metric file {dest.name}: unreadable compacted file" in capsys.readouterr().out
@@ -151,7 +151,7 @@ def test_sink_compacts_as_trials_end_and_at_the_end(tmp_path):
     reference = old.load_metrics(run)
     shutil.rmtree(run)
     from benchmarks.metrics_scale import trial_config
-    from sweeps.metrics_sink import row_from_result
+    from lrbs.sweeps.metrics_sink import row_from_result
 
     sink = ArrowMetricsSink(run / "metrics", compact_every=5)
     for r in reference.to_pylist():  # the same final rows, one trial after another
@@ -199,7 +199,7 @@ def test_readers_equal_the_old_readers_on_eval_mode_train_columns(tmp_path):
     one restarted from scratch, one continued): the trial table's final_train_eval_* equal the
     per-row oracle's, compacted or not, and are the values of each trial's last row."""
     from benchmarks.metrics_scale import trial_config
-    from sweeps.metrics_sink import row_from_result
+    from lrbs.sweeps.metrics_sink import row_from_result
 
     run, epochs = tmp_path / "run", 4
     written: dict[str, tuple[float, float]] = {}

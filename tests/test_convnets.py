@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainables.convnets import cifar_resnet, n_parameters, resnet20, resnet56, vgg11
+from lrbs.trainables.convnets import cifar_resnet, n_parameters, resnet20, resnet56, vgg11
 
 # VGG11-BN, CIFAR variant (kuangliu/pytorch-cifar), 3 input channels, 10 classes, by hand.
 # Conv k x k from c_in to c_out with bias: 9 * c_in * c_out + c_out; BatchNorm2d(c): 2c.

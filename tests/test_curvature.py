@@ -11,7 +11,7 @@ from torch.autograd.functional import hessian
 from torch.func import functional_call
 
 from benchmarks.measurement_check import full_batch_sgd
-from trainables import curvature as cv
+from lrbs.trainables import curvature as cv
 
 CE = nn.functional.cross_entropy
 N = 64
@@ -737,9 +737,9 @@ def test_retained_graph_gives_the_same_estimates():
 
 def test_probe_loss_is_the_eval_mode_loss_of_the_probed_subset():
     """The sharpness probe reports E(l) of Eq. 7 at its own weights, subset and mode."""
-    from trainables.config import CurvatureConfig
-    from trainables.data import TensorData
-    from trainables.probes import run_probes
+    from lrbs.trainables.config import CurvatureConfig
+    from lrbs.trainables.data import TensorData
+    from lrbs.trainables.probes import run_probes
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
@@ -763,9 +763,9 @@ def test_probe_loss_is_the_eval_mode_loss_of_the_probed_subset():
 def test_noise_scale_of_the_whole_training_set_is_calibrated():
     """The probe's B_simple is the training set's, not the probe subset's (which caps it near the
     subset size), and its standard error covers the exact value."""
-    from trainables.config import CurvatureConfig
-    from trainables.data import TensorData
-    from trainables.probes import run_probes
+    from lrbs.trainables.config import CurvatureConfig
+    from lrbs.trainables.data import TensorData
+    from lrbs.trainables.probes import run_probes
 
     torch.manual_seed(0)
     n = 600
@@ -802,7 +802,7 @@ def test_trace_and_frobenius_standard_errors_are_calibrated(method):
     accurate at 32 HVPs."""
     import statistics
 
-    from trainables.config import CurvatureConfig
+    from lrbs.trainables.config import CurvatureConfig
 
     from benchmarks.measurement_check import exact_spectrum, trained_tanh_net
 
@@ -832,7 +832,7 @@ def test_frobenius_interval_covers_the_exact_norm_at_the_default_settings():
     the delta-method standard error covered 88% with z sd 1.5 (docs/curvature.md)."""
     import statistics
 
-    from trainables.config import CurvatureConfig
+    from lrbs.trainables.config import CurvatureConfig
 
     from benchmarks.measurement_check import outlier_quadratic
 
@@ -920,7 +920,7 @@ def test_full_noise_scale_takes_every_example_once_per_pass():
 
 
 def test_each_trial_draws_its_own_probe_vectors():
-    from trainables.probes import trial_probe_seed
+    from lrbs.trainables.probes import trial_probe_seed
 
     a = trial_probe_seed(0, 0.1, 32, 0, None, None, None, 4000)
     assert a == trial_probe_seed(0, 0.1, 32, 0, None, None, None, 4000)  # stable

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.config import DatasetConfig
-from trainables.data import DATASET_NAMES, DataError, TensorData, load_dataset, main, train_set_size
+from lrbs.trainables.config import DatasetConfig
+from lrbs.trainables.data import DATASET_NAMES, DataError, TensorData, load_dataset, main, train_set_size
 
 try:  # tests/ as a plain folder (pytest's default rootdir-relative import) or as a package
     from fixtures_tv import write_cifar10, write_fashion_mnist
@@ -231,7 +231,7 @@ def test_missing_files_without_download(tmp_path, name):
         load_dataset(DatasetConfig(name=name, data_dir=root, download=False))
     msg = str(err.value)
     assert "\n" not in msg and name in msg and root in msg
-    assert f"python -m trainables.data download {name} --data-dir {root}" in msg
+    assert f"python -m lrbs.trainables.data download {name} --data-dir {root}" in msg
 
 
 def _online() -> bool:
@@ -325,7 +325,7 @@ def test_cli_download(fmnist, capsys):
 
 def test_cli_entry_point(fmnist):
     proc = subprocess.run(
-        [sys.executable, "-m", "trainables.data", "download", "fashion_mnist", "--data-dir", fmnist[0]],
+        [sys.executable, "-m", "lrbs.trainables.data", "download", "fashion_mnist", "--data-dir", fmnist[0]],
         cwd=REPO, capture_output=True, text=True, timeout=120,
         env={**os.environ, "PYTHONPATH": REPO},
     )
@@ -340,7 +340,7 @@ def test_mnist1d_generates_once_then_reads_the_cache(tmp_path):
     import random
     import time
 
-    from trainables import mnist1d
+    from lrbs.trainables import mnist1d
 
     cfg = DatasetConfig(name="mnist1d", data_dir=str(tmp_path), options={"n_samples": 1000, "seed": 3})
     np_state, py_state = np.random.get_state(), random.getstate()
@@ -374,7 +374,7 @@ def test_mnist1d_generates_once_then_reads_the_cache(tmp_path):
     ({"seed": -1}, "dataset.options.seed"),
 ])
 def test_mnist1d_bad_options_name_the_field(options, field, tmp_path):
-    from sweeps.spec import SpecError, spec_from_dict
+    from lrbs.sweeps.spec import SpecError, spec_from_dict
     from tests.conftest import tiny_spec
 
     with pytest.raises(SpecError) as err:
@@ -383,7 +383,7 @@ def test_mnist1d_bad_options_name_the_field(options, field, tmp_path):
 
 
 def test_mnist1d_replaces_a_damaged_cache_file(tmp_path):
-    from trainables import mnist1d
+    from lrbs.trainables import mnist1d
 
     cfg = DatasetConfig(name="mnist1d", data_dir=str(tmp_path), options={"n_samples": 200})
     good = load_dataset(cfg)

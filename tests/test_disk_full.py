@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.tables import load_metrics_with_report
+from lrbs.analysis.tables import load_metrics_with_report
 from tests.conftest import ROOT, write_yaml
 from tests.test_resilience import assert_exactly_once_and_unfaulted, fault_spec
 
@@ -51,7 +51,7 @@ def test_disk_full_mid_sweep_then_resume(small_disk, tmp_path):
     spec = write_yaml(tmp_path / "d.yaml", fault_spec("d", train={"epochs": 12}))
     run_dir = small_disk / "runs" / "d"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    driver = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "run", str(spec), "--storage",
+    driver = subprocess.Popen([sys.executable, "-m", "lrbs", "run", str(spec), "--storage",
                                str(small_disk / "runs"), "--no-report"], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
@@ -76,7 +76,7 @@ def test_disk_full_mid_sweep_then_resume(small_disk, tmp_path):
     assert not (run_dir / "lock.json").exists()
 
     filler.unlink()  # space is back
-    done = subprocess.run([sys.executable, "-m", "sweeps.cli", "resume", str(run_dir), "--no-report"],
+    done = subprocess.run([sys.executable, "-m", "lrbs", "resume", str(run_dir), "--no-report"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "2 trials finished, 0 errored" in done.stdout
@@ -86,7 +86,7 @@ def test_disk_full_mid_sweep_then_resume(small_disk, tmp_path):
 def test_read_only_run_dir(small_disk, tmp_path, capsys):
     """``lrbs resume`` and ``lrbs report`` on a read-only run directory: one line naming it, exit 2,
     nothing changed (a read-only bind mount: root's writes fail there too)."""
-    from sweeps.cli import main
+    from lrbs.sweeps.cli import main
     from tests.test_resilience import _finished_run_dir
 
     run_dir = _finished_run_dir(small_disk)

@@ -5,10 +5,10 @@ import math
 
 import pytest
 
-from analysis.tables import load_metrics, load_trials
-from sweeps.cli import main
-from sweeps.estimate import estimate_cost
-from sweeps.spec import expand_points, load_spec
+from lrbs.analysis.tables import load_metrics, load_trials
+from lrbs.sweeps.cli import main
+from lrbs.sweeps.estimate import estimate_cost
+from lrbs.sweeps.spec import expand_points, load_spec
 from tests.conftest import ROOT
 
 SWEEPS = ROOT / "sweeps"

@@ -13,10 +13,10 @@ import math
 import pytest
 import torch
 
-from trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig
-from trainables.data import load_dataset
-from trainables.schedules import ScheduleConfig
-from trainables.train_loop import DIVERGED, FINISHED, TrialPoint, run_pack, run_training
+from lrbs.trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig
+from lrbs.trainables.data import load_dataset
+from lrbs.trainables.schedules import ScheduleConfig
+from lrbs.trainables.train_loop import DIVERGED, FINISHED, TrialPoint, run_pack, run_training
 
 DIGITS = DatasetConfig(name="digits", val_fraction=0.2)
 MLP = ModelConfig(name="mlp", options=dict(depth=3, width=32, batch_norm=True))
@@ -87,9 +87,9 @@ def test_vmap_layout_computes_what_the_loop_layout_computes():
     per-member rates and momentum. In float64, so that the check is of the math: in float32 the
     two layouts' round-off differs, and a ResNet on digits amplifies it within a few steps (batch
     norm of near-constant channels), as it would between any two convolution algorithms."""
-    from trainables.models import build_model
-    from trainables.pack_sgd import PackSGD
-    from trainables.packed_models import build_pack
+    from lrbs.trainables.models import build_model
+    from lrbs.trainables.pack_sgd import PackSGD
+    from lrbs.trainables.packed_models import build_pack
     import torch.nn.functional as F
 
     data = load_dataset(DIGITS)
@@ -159,7 +159,7 @@ def test_pack_refuses_members_it_cannot_step_together():
 
 def _normalized_fits(run_dir) -> dict:
     """fits.json with every trial id replaced by its point (ids differ between the two runs)."""
-    from analysis.tables import load_trials
+    from lrbs.analysis.tables import load_trials
 
     text = (run_dir / "fits.json").read_text()
     for t in load_trials(run_dir).to_pylist():
@@ -188,9 +188,9 @@ def _close(a, b, path="") -> None:
 
 @pytest.mark.slow
 def test_packed_sweep_equals_unpacked_sweep_rows_status_and_report(ray_local, tmp_path):
-    from analysis.tables import load_metrics
-    from sweeps.cli import main
-    from sweeps.status import read_status
+    from lrbs.analysis.tables import load_metrics
+    from lrbs.sweeps.cli import main
+    from lrbs.sweeps.status import read_status
     from tests.conftest import tiny_spec, write_yaml
 
     base = dict(grid={"seed": [0, 1]}, train={"epochs": 3},

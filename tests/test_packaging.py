@@ -16,14 +16,14 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from sweeps import schema
-from trainables import ray_private
-from sweeps.runner import LOOPBACK_ENV
-from sweeps.spec import BetaConfig, LimitsConfig, SpecError, load_spec, spec_from_dict
+from lrbs.sweeps import schema
+from lrbs.trainables import ray_private
+from lrbs.sweeps.runner import LOOPBACK_ENV
+from lrbs.sweeps.spec import BetaConfig, LimitsConfig, SpecError, load_spec, spec_from_dict
 from tests.conftest import ROOT
-from trainables.config import CurvatureConfig, TrainConfig
-from trainables.data import DATASETS
-from trainables.models import MODELS
+from lrbs.trainables.config import CurvatureConfig, TrainConfig
+from lrbs.trainables.data import DATASETS
+from lrbs.trainables.models import MODELS
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 DEPENDENCIES = [Requirement(r) for r in PYPROJECT["project"]["dependencies"]]
@@ -134,8 +134,8 @@ def validator():
 
 def test_shipped_schema_is_the_generated_one():
     shipped = schema.shipped_path()
-    assert shipped.is_file(), f"{shipped}: missing (python -m sweeps.schema > sweeps/spec.schema.json)"
-    assert shipped.read_text() == schema.render(), "stale: python -m sweeps.schema > sweeps/spec.schema.json"
+    assert shipped.is_file(), f"{shipped}: missing (python -m lrbs.sweeps.schema > sweeps/spec.schema.json)"
+    assert shipped.read_text() == schema.render(), "stale: python -m lrbs.sweeps.schema > sweeps/spec.schema.json"
     patterns = PYPROJECT["tool"]["setuptools"]["package-data"]["sweeps"]
     assert any(fnmatch(schema.SCHEMA_FILE, p) for p in patterns), f"not package data: {patterns}"
 

@@ -14,16 +14,16 @@ import pyarrow as pa
 import pytest
 import torch
 
-from analysis.schema import METRIC_SCHEMA
-from analysis.sections import section_probes
-from analysis.tables import trials_from_metrics
-from sweeps.cli import main
-from sweeps.metrics_sink import row_from_result
+from lrbs.analysis.schema import METRIC_SCHEMA
+from lrbs.analysis.sections import section_probes
+from lrbs.analysis.tables import trials_from_metrics
+from lrbs.sweeps.cli import main
+from lrbs.sweeps.metrics_sink import row_from_result
 from tests.conftest import ROOT, tiny_spec, write_yaml
-from trainables import plugins, probes
-from trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig
-from trainables.data import load_dataset
-from trainables.train_loop import TrialPoint, run_pack
+from lrbs.trainables import plugins, probes
+from lrbs.trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig
+from lrbs.trainables.data import load_dataset
+from lrbs.trainables.train_loop import TrialPoint, run_pack
 
 USER_MODULE = textwrap.dedent('''
     import numpy as np
@@ -139,8 +139,8 @@ def user_dir(tmp_path, monkeypatch):
     a process imports a module name once (docs/extending.md)."""
     import sys
 
-    from sweeps import estimate
-    from trainables import user_data
+    from lrbs.sweeps import estimate
+    from lrbs.trainables import user_data
 
     for name in [m for m in sys.modules if m.startswith(("usermods_lrbs_test", "broken_import_lrbs_test",
                                                           "exit_import_lrbs_test", "interrupt_import_lrbs_test"))]:
@@ -255,7 +255,7 @@ def test_run_refuses_a_broken_factory_before_ray_starts(user_dir, capsys, tmp_pa
 
 
 def test_user_data_set_loads_and_subsets(user_dir, monkeypatch):
-    from trainables.plugins import add_search_root
+    from lrbs.trainables.plugins import add_search_root
 
     add_search_root(user_dir)
     full = load_dataset(DatasetConfig(name=f"{M}:blobs_tensors"))
@@ -300,8 +300,8 @@ def test_undeclared_probe_column_is_an_error(monkeypatch):
 
 def test_legacy_flat_model_keys_still_read(tmp_path):
     """Specs and run directories written before ``model.options`` keep working."""
-    from sweeps.spec import spec_from_dict
-    from trainables.config import from_dict
+    from lrbs.sweeps.spec import spec_from_dict
+    from lrbs.trainables.config import from_dict
 
     spec = spec_from_dict(tiny_spec(model={"name": "mlp", "depth": 2, "width": 16, "options": None}))
     assert spec.model.options == {"depth": 2, "width": 16}
@@ -311,7 +311,7 @@ def test_legacy_flat_model_keys_still_read(tmp_path):
     assert mlp.options == {"depth": 4, "width": 256, "batch_norm": True}
     assert from_dict(ModelConfig, {"name": "vgg11", **old}).options == {"batch_norm": True, "width_mult": 1.0}
     assert spec_from_dict(user_spec(model={"name": "mlp", **old})).model.options == mlp.options
-    from trainables.models import build_model
+    from lrbs.trainables.models import build_model
 
     assert sum(p.numel() for p in build_model(mlp, (64,), 10).parameters()) == 151_562  # the old quickstart MLP
 
@@ -321,7 +321,7 @@ def test_the_example_spec_validates_from_any_folder(tmp_path):
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "sweeps.cli", "validate", str(ROOT / "examples" / "mnist1d_conv.yaml")],
+    out = subprocess.run([sys.executable, "-m", "lrbs", "validate", str(ROOT / "examples" / "mnist1d_conv.yaml")],
                          capture_output=True, text=True, cwd=tmp_path, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr
@@ -334,8 +334,8 @@ def test_resume_finds_user_modules_where_run_found_them(user_dir, tmp_path, monk
     """``plugins.json`` in the run directory: resume and interpolate add its folders to the search."""
     import sys
 
-    from sweeps.runner import PLUGIN_ROOTS, record_plugin_folders, restore_plugin_folders
-    from sweeps.spec import load_spec
+    from lrbs.sweeps.runner import PLUGIN_ROOTS, record_plugin_folders, restore_plugin_folders
+    from lrbs.sweeps.spec import load_spec
 
     spec_path = write_yaml(user_dir / "spec.yaml", user_spec(model={"name": f"{M}:tiny_net"},
                                                              dataset={**DATA, "val_fraction": None},
@@ -430,7 +430,7 @@ def attention_dir(user_dir, monkeypatch):
     """``user_dir`` with a module holding a transformer encoder and a model without double backward."""
     import sys
 
-    from sweeps import estimate
+    from lrbs.sweeps import estimate
 
     for name in [m for m in sys.modules if m.startswith(A)]:
         monkeypatch.delitem(sys.modules, name)

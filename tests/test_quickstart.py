@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from analysis.tables import load_trials
-from sweeps.cli import main
+from lrbs.analysis.tables import load_trials
+from lrbs.sweeps.cli import main
 from tests.conftest import ROOT
 
 

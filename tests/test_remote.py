@@ -119,7 +119,7 @@ def _env(**extra) -> dict:
 
 
 def _lrbs(*args, env, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sweeps.cli", *args], cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "lrbs", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -144,7 +144,7 @@ def test_s3_sigkill_resume_status_report_interpolate(s3_server, tmp_path):
     storage = f"s3://{BUCKET}/runs?endpoint_override={endpoint}&scheme=http"  # the URI-query way
     cache = {"LRBS_CACHE_DIR": str(tmp_path / "cache")}
     log = open(tmp_path / "run.log", "w")
-    driver = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "run", str(spec), "--storage", storage,
+    driver = subprocess.Popen([sys.executable, "-m", "lrbs", "run", str(spec), "--storage", storage,
                                "--no-report", "--upload-interval", "0"], cwd=ROOT, env=_env(**cache),
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     run_path = f"{BUCKET}/runs/s3k"
@@ -211,7 +211,7 @@ def test_s3_sigkill_resume_status_report_interpolate(s3_server, tmp_path):
     assert not marker.exists()
 
     # The bucket's rows (fetched fresh): every (trial, epoch) once, equal to an uninterrupted run.
-    from sweeps.remote import fetch_run_dir
+    from lrbs.sweeps.remote import fetch_run_dir
 
     os.environ.update(cache)
     try:
@@ -227,9 +227,9 @@ def test_s3_sigkill_resume_status_report_interpolate(s3_server, tmp_path):
     assert ".parquet" in [p.suffix for p in (local / "metrics").glob(f"{sessions[0]}__*")]
     # Both members continued from the newest checkpoint that loads and is not ahead of the rows
     # the bucket had (the cut-off one was skipped): their first resumed row is the epoch after it.
-    from trainables.train_loop import load_state
+    from lrbs.trainables.train_loop import load_state
 
-    from analysis.tables import read_compacted_file
+    from lrbs.analysis.tables import read_compacted_file
 
     killed = [read_stream_file(p)[0] for p in (local / "metrics").glob(f"{sessions[0]}__*.arrow")]
     killed += [read_compacted_file(p)[0] for p in (local / "metrics").glob(f"{sessions[0]}__*.parquet")]
@@ -279,7 +279,7 @@ def test_s3_sigkill_resume_status_report_interpolate(s3_server, tmp_path):
     assert out.returncode == 0, out.stderr
     # Both ends are the final weights: the resumed session's last checkpoint, not the first session's.
     fetched = list((tmp_path / "cache" / "fetched").glob("*/s3k/resume-*/*/checkpoint_*"))
-    from trainables.train_loop import load_state
+    from lrbs.trainables.train_loop import load_state
 
     assert [load_state(p)["epoch"] for p in fetched] == [KILL_EPOCHS], fetched
     uploaded = fs.get_file_info(pafs.FileSelector(f"{run_path}/interpolation"))
@@ -288,7 +288,7 @@ def test_s3_sigkill_resume_status_report_interpolate(s3_server, tmp_path):
 
 
 def test_s3_bad_input_is_one_line(s3_server, tmp_path, monkeypatch, capsys):
-    from sweeps.cli import main
+    from lrbs.sweeps.cli import main
 
     endpoint, fs = s3_server
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{endpoint}")
@@ -312,7 +312,7 @@ def test_s3_bad_input_is_one_line(s3_server, tmp_path, monkeypatch, capsys):
 
 
 def test_mirror_follows_the_store_and_uris_survive_odd_names(s3_server, tmp_path):
-    from sweeps.remote import mirror, open_run
+    from lrbs.sweeps.remote import mirror, open_run
 
     endpoint, fs = s3_server
     run_path = f"{BUCKET}/odd runs#1/r"
@@ -320,7 +320,7 @@ def test_mirror_follows_the_store_and_uris_survive_odd_names(s3_server, tmp_path
                        ("trials/abcde_00000.json", b"{}"), ("tuner.pkl", b"never fetched")]:
         with fs.open_output_stream(f"{run_path}/{name}") as f:
             f.write(data)
-    from sweeps.storage import join_uri
+    from lrbs.sweeps.storage import join_uri
 
     # A user writes such a path percent-encoded in a URI (pyarrow refuses a bare ' '); so does lrbs.
     base = join_uri(f"s3://{BUCKET}?endpoint_override={endpoint}&scheme=http", "odd runs#1", "r")

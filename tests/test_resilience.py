@@ -19,10 +19,10 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pytest
 
-from analysis.tables import load_metrics, load_metrics_with_report, read_stream_file
-from sweeps.cli import main
-from sweeps.metrics_sink import ArrowMetricsSink
-from sweeps.status import read_status
+from lrbs.analysis.tables import load_metrics, load_metrics_with_report, read_stream_file
+from lrbs.sweeps.cli import main
+from lrbs.sweeps.metrics_sink import ArrowMetricsSink
+from lrbs.sweeps.status import read_status
 from tests.conftest import ROOT, tiny_spec, write_yaml
 
 COMPARED = ("epoch", "lr", "batch_size", "steps", "examples_seen", "train_loss", "train_acc", "val_loss",
@@ -46,9 +46,9 @@ def uninterrupted_rows(configs: list[dict]) -> list[list[dict]]:
     order) run start to finish without Ray or faults."""
     import torch
 
-    from trainables.config import DatasetConfig, ModelConfig, TrainConfig, from_dict
-    from trainables.schedules import schedule_from_dict
-    from trainables.train_loop import TrialPoint, run_pack
+    from lrbs.trainables.config import DatasetConfig, ModelConfig, TrainConfig, from_dict
+    from lrbs.trainables.schedules import schedule_from_dict
+    from lrbs.trainables.train_loop import TrialPoint, run_pack
 
     config = configs[0]
     key = json.dumps([[c.get(k) for k in ("point", "dataset", "model", "train", "schedule")] for c in configs],
@@ -70,7 +70,7 @@ def uninterrupted_rows(configs: list[dict]) -> list[list[dict]]:
 
 def assert_exactly_once_and_unfaulted(run_dir: Path, n_trials: int, epochs: int) -> list[dict]:
     """One row per (trial, epoch) for every trial, equal to the uninterrupted run of its pack."""
-    from sweeps.packing import split_member_id
+    from lrbs.sweeps.packing import split_member_id
 
     metrics = load_metrics(run_dir)
     rows = metrics.to_pylist()
@@ -98,7 +98,7 @@ def tune_trial_ids(run_dir: Path) -> set[str]:
 
 def status_cli(run_dir: Path) -> subprocess.CompletedProcess:
     """``lrbs status`` in a fresh interpreter; it must not even import Ray."""
-    code = ("import sys; from sweeps.cli import main; rc = main(['status', sys.argv[1]]); "
+    code = ("import sys; from lrbs.sweeps.cli import main; rc = main(['status', sys.argv[1]]); "
             "assert 'ray' not in sys.modules, 'lrbs status imported ray'; sys.exit(rc)")
     return subprocess.run([sys.executable, "-c", code, str(run_dir)], capture_output=True, text=True,
                           cwd=ROOT, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -109,7 +109,7 @@ def status_cli(run_dir: Path) -> subprocess.CompletedProcess:
 
 
 def _row(trial_id: str, epoch: int, config: dict, val_acc: float = 0.5, status: str = "running") -> dict:
-    from sweeps.metrics_sink import row_from_result
+    from lrbs.sweeps.metrics_sink import row_from_result
 
     result = {"epoch": epoch, "lr": 0.1, "batch_size": 32, "ratio": 0.1 / 32, "seed": 0, "n_train": 100,
               "train_loss": 1.0, "train_acc": 0.5, "val_loss": 1.0, "val_acc": val_acc, "steps": epoch,
@@ -334,7 +334,7 @@ def test_errored_trial_status_then_resume_and_restart(cluster, tmp_path, capsys)
         assert [p.name for p in sorted(trial_dir.glob("checkpoint_*"))] == ["checkpoint_000000", "checkpoint_000001"]
     # Each session's rows, compacted at its end into one file (sweeps/compaction.py): the first
     # session wrote epoch 1 of both members, the resumed one started at epoch 2.
-    from analysis.tables import read_compacted_file
+    from lrbs.analysis.tables import read_compacted_file
 
     sessions = sorted((run_dir / "metrics").glob("*.parquet"))
     assert len(sessions) == 2 and not list((run_dir / "metrics").glob("*.arrow"))
@@ -358,7 +358,7 @@ def test_errored_trial_status_then_resume_and_restart(cluster, tmp_path, capsys)
 
 def _finished_run_dir(tmp_path: Path) -> Path:
     """A run directory whose one trial wrote its last row (no Ray needed to resume it)."""
-    from sweeps.spec import expand_points, spec_from_dict
+    from lrbs.sweeps.spec import expand_points, spec_from_dict
 
     data = tiny_spec("w", grid={"lr": [0.1], "batch_size": [32], "seed": [0]})
     run_dir = tmp_path / "w"
@@ -394,8 +394,8 @@ def test_resume_never_continues_from_a_checkpoint_ahead_of_the_rows(tmp_path, ca
     ones are skipped; none left: from scratch."""
     import torch
 
-    from sweeps.ledger import TrialRecord, resumable_epoch
-    from trainables.train_loop import CHECKPOINT_FILE, first_loadable_state
+    from lrbs.sweeps.ledger import TrialRecord, resumable_epoch
+    from lrbs.trainables.train_loop import CHECKPOINT_FILE, first_loadable_state
 
     record = TrialRecord("t_1", {"members": [{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.4}]})
     rows = {"t_1-m0": (3, "running", None), "t_1-m1": (2, "diverged", None), "t_1-m2": (4, "running", None)}
@@ -418,7 +418,7 @@ def test_resume_never_continues_from_a_checkpoint_ahead_of_the_rows(tmp_path, ca
 def test_restart_under_newer_code_supersedes_the_old_attempt(tmp_path):
     """``--restart-errored`` after a commit: the new trial's config differs only in code_version;
     it still replaces the old attempt's rows (one row per epoch of the point)."""
-    from analysis.tables import load_metrics_with_report
+    from lrbs.analysis.tables import load_metrics_with_report
 
     metrics = tmp_path / "r" / "metrics"
     point = {"lr": 0.1, "batch_size": 32, "seed": 0}
@@ -435,8 +435,8 @@ def test_records_rebuilt_from_real_tune_trial_folders(tmp_path):
     """A run directory written before the trial records (or with a damaged one): records come
     from the Tune trial folders' params.json and their names (train_trial_<id>_<index>_...),
     a resumed session's folders counted under the first attempt's id."""
-    from sweeps.ledger import ledger_from_trial_dirs
-    from trainables.config import point_key
+    from lrbs.sweeps.ledger import ledger_from_trial_dirs
+    from lrbs.trainables.config import point_key
 
     point = {"members": [{"lr": 0.1}, {"lr": 0.2}]}
     first = tmp_path / "train_trial_418cf_00000_0_point=members_lr_0_1_2026-11-28_06-52-31"
@@ -463,7 +463,7 @@ def test_records_rebuilt_from_real_tune_trial_folders(tmp_path):
     [1, 2, 3],
 ])
 def test_hostile_trial_records_are_damaged_not_trusted(tmp_path, record):
-    from sweeps.ledger import read_ledger
+    from lrbs.sweeps.ledger import read_ledger
 
     (tmp_path / "trials").mkdir()
     (tmp_path / "trials" / "418cf_00000.json").write_text(json.dumps(record))
@@ -474,7 +474,7 @@ def test_hostile_trial_records_are_damaged_not_trusted(tmp_path, record):
 def test_run_dir_lock(tmp_path, capsys):
     """One driver per run directory: a live holder refuses the second (one line naming it), a dead
     holder's lock is stale and taken over, a read-only run directory is one line, exit 2."""
-    from sweeps.lock import RunLock
+    from lrbs.sweeps.lock import RunLock
 
     run_dir = _finished_run_dir(tmp_path)
     with RunLock(run_dir, "lrbs resume"):  # held by this (live) process
@@ -502,7 +502,7 @@ def test_run_dir_lock(tmp_path, capsys):
 
 @pytest.mark.parametrize("value, ok", [(None, True), (1, True), (3, True), (0, False), (4, False)])
 def test_fail_at_epoch_must_be_an_epoch_of_the_run(value, ok):
-    from sweeps.spec import SpecError, spec_from_dict
+    from lrbs.sweeps.spec import SpecError, spec_from_dict
 
     data = tiny_spec("v", resilience={"fail_at_epoch": value})  # 3 epochs
     if ok:
@@ -515,8 +515,8 @@ def test_fail_at_epoch_must_be_an_epoch_of_the_run(value, ok):
 def test_damaged_metric_files_are_flagged_not_crashed(tmp_path):
     """Issue 13: a 0-byte file, an overwritten header and flipped bytes in a string column are
     'damaged' (named, in status and the report), never a traceback and never 'writer killed'."""
-    from analysis.report import write_reports
-    from analysis.tables import load_metrics_with_report
+    from lrbs.analysis.report import write_reports
+    from lrbs.analysis.tables import load_metrics_with_report
 
     run = tmp_path / "run"
     shutil.copytree(ROOT / "tests" / "fixtures" / "grid", run)
@@ -559,7 +559,7 @@ def test_damaged_metric_files_are_flagged_not_crashed(tmp_path):
     assert sum("DAMAGED metric file" in n for n in fits["notes"]) == 6
     # lrbs status names the trial whose file is damaged (files are <session>__<trial id>.arrow).
     (run / "metrics" / f"s5__{ids[1]}.arrow").write_bytes(b"")
-    from sweeps.status import format_status
+    from lrbs.sweeps.status import format_status
 
     trials = {t.trial_id: t for t in read_status(run)}
     assert trials[ids[1]].row_status == "damaged" and "0 bytes" in trials[ids[1]].error
@@ -581,11 +581,11 @@ def _write_states_run(run_dir: Path) -> dict[str, str]:
     ERROR; one whose driver died after epoch 2 still says RUNNING. Returns trial id -> expected state."""
     import torch
 
-    from sweeps.ledger import ERROR, RUNNING, TERMINATED, TrialRecord, write_record
-    from sweeps.metrics_sink import row_from_result
-    from sweeps.packing import members, tune_point
-    from sweeps.spec import expand_points, spec_from_dict, to_param_space
-    from trainables.train_loop import TrialPoint, run_pack
+    from lrbs.sweeps.ledger import ERROR, RUNNING, TERMINATED, TrialRecord, write_record
+    from lrbs.sweeps.metrics_sink import row_from_result
+    from lrbs.sweeps.packing import members, tune_point
+    from lrbs.sweeps.spec import expand_points, spec_from_dict, to_param_space
+    from lrbs.trainables.train_loop import TrialPoint, run_pack
 
     torch.set_num_threads(1)
     spec = spec_from_dict(tiny_spec("states", train={"epochs": 3},
@@ -622,8 +622,8 @@ def test_status_shows_one_vocabulary(tmp_path, capsys):
     """``lrbs status`` on a run with finished, diverged, errored and stopped trials: every trial's
     status is one of sweeps.status.STATES (never Tune's TERMINATED/ERROR/STOPPED, nor a second
     "result" column that says running for a trial that is not), and the summary counts them."""
-    from sweeps.lock import RunLock
-    from sweeps.status import STATES
+    from lrbs.sweeps.lock import RunLock
+    from lrbs.sweeps.status import STATES
 
     run = tmp_path / "states"
     expected = _write_states_run(run)
@@ -653,7 +653,7 @@ def test_status_shows_one_vocabulary(tmp_path, capsys):
 def test_a_trial_whose_rows_are_damaged_is_not_called_finished():
     """Tune says TERMINATED, but a damaged or missing metric file cannot show the trial reached its
     end: lrbs status says unknown (the error column names the file), never finished."""
-    from sweeps.status import STATES, trial_state
+    from lrbs.sweeps.status import STATES, trial_state
 
     assert trial_state("TERMINATED", "finished", False) == "finished"
     assert trial_state("TERMINATED", "damaged", False) == "unknown"

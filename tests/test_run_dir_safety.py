@@ -18,11 +18,11 @@ import torch
 import yaml
 from torch import nn
 
-from analysis.safe_write import UnsafePathError, check_inside, write_file_safely
-from sweeps.cli import main
-from sweeps.trust import resume_command
+from lrbs.analysis.safe_write import UnsafePathError, check_inside, write_file_safely
+from lrbs.sweeps.cli import main
+from lrbs.sweeps.trust import resume_command
 from tests.conftest import ROOT, tiny_spec, write_yaml
-from trainables import plugins
+from lrbs.trainables import plugins
 
 VICTIM_TEXT = "export PATH=/usr/bin  # the user's own file, outside the run directory\n"
 
@@ -96,8 +96,8 @@ def test_writer_replaces_a_link_and_refuses_folders_linked_outside(tmp_path, vic
 
 
 def test_report_replaces_planted_links_and_leaves_their_targets(tmp_path, victim, capsys):
-    from analysis.selection import page_name
-    from analysis.tables import load_trials
+    from lrbs.analysis.selection import page_name
+    from lrbs.analysis.tables import load_trials
 
     run, other = _grid_run(tmp_path), _grid_run(tmp_path, "rescale")
     trial = load_trials(run).column("trial_id")[0].as_py()
@@ -163,10 +163,10 @@ def _interpolation_run(tmp_path: Path, model_name: str | None = None) -> tuple[P
     """A run directory with two finished trials on digits (64 features, 10 classes): the tiny
     spec's MLP, or with ``model_name`` a linear model of the user's of that name, found through
     plugins.json in the run's ``code/`` folder; their weights drawn from two seeds."""
-    from sweeps.spec import expand_points, spec_from_dict
-    from trainables.config import ModelConfig, from_dict
-    from trainables.models import build_model
-    from trainables.train_loop import CHECKPOINT_FILE
+    from lrbs.sweeps.spec import expand_points, spec_from_dict
+    from lrbs.trainables.config import ModelConfig, from_dict
+    from lrbs.trainables.models import build_model
+    from lrbs.trainables.train_loop import CHECKPOINT_FILE
 
     spec = spec_from_dict(tiny_spec("interp", grid={"lr": [0.05, 0.2], "batch_size": [32], "seed": [0]}))
     shared = spec.to_dict()
@@ -210,7 +210,7 @@ def fresh_plugins(monkeypatch):
 
 
 def test_interpolate_never_writes_through_links(tmp_path, victim, outside, capsys):
-    from analysis.tables import read_stream_file
+    from lrbs.analysis.tables import read_stream_file
 
     run, (a, b) = _interpolation_run(tmp_path)
     # The output folder a link out of the run: refused before anything is computed
@@ -258,7 +258,7 @@ def _finished_run(tmp_path: Path, model: dict | None = None) -> Path:
 
 
 def test_resume_never_writes_through_links(tmp_path, victim, outside, capsys):
-    from sweeps.ledger import TrialRecord, write_record
+    from lrbs.sweeps.ledger import TrialRecord, write_record
 
     run = _finished_run(tmp_path)
     (stream,) = (run / "metrics").glob("*.arrow")
@@ -372,7 +372,7 @@ def test_resume_that_trains_never_writes_through_links(tmp_path, victim):
     write_yaml(run / "spec.yaml", {**spec, "grid": {**spec["grid"], "lr": [0.1, 0.2]}})  # lr 0.2: never started
     for name in ("ray.log", "report.html"):
         (run / name).symlink_to(victim)
-    out = subprocess.run([sys.executable, "-m", "sweeps.cli", "resume", str(run)], cwd=ROOT, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "lrbs", "resume", str(run)], cwd=ROOT, capture_output=True,
                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "2 trials finished, 0 errored" in out.stdout

@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from trainables.schedules import (
+from lrbs.trainables.schedules import (
     ScheduleConfig,
     ratio_at,
     schedule_at,

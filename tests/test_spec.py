@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from sweeps.spec import SpecError, axis_values, expand_points, load_spec, spec_from_dict, to_param_space, AxisRange
+from lrbs.sweeps.spec import SpecError, axis_values, expand_points, load_spec, spec_from_dict, to_param_space, AxisRange
 from tests.conftest import tiny_spec, write_yaml
 from pathlib import Path
 
@@ -256,14 +256,14 @@ def test_bad_pack_is_a_one_line_error(pack):
 
 
 def test_bad_pack_exits_2_from_the_cli(tmp_path):
-    from sweeps.cli import main
+    from lrbs.sweeps.cli import main
 
     path = write_yaml(tmp_path / "s.yaml", tiny_spec(train={"pack": 0}))
     assert main(["validate", str(path)]) == 2
 
 
 def test_plan_packs_groups_by_batch_size_schedule_and_n_train_and_splits_at_k():
-    from sweeps.packing import plan_packs
+    from lrbs.sweeps.packing import plan_packs
 
     # beta family: each beta has its own S, so packs are the seeds of one (beta, n_train)
     spec = spec_from_dict(tiny_spec(grid={"seed": [0, 1, 2]}, beta={"lr0": 0.05, "batch_size0": 16,
@@ -339,7 +339,7 @@ def test_resources_beyond_this_machine_are_refused_before_anything_is_written(tm
     wait forever for a node that never comes)."""
     import os
 
-    from sweeps.cli import main
+    from lrbs.sweeps.cli import main
 
     path = tmp_path / "r.yaml"
     path.write_text(f"name: r\ndataset: {{name: synthetic, n_train: 256}}\ntrain: {{epochs: 1}}\n"
@@ -418,7 +418,7 @@ def test_bad_train_eval_samples_is_a_one_line_error():
 
 
 def test_report_section_from_a_yaml_file_exits_2_naming_the_field(tmp_path, capsys):
-    from sweeps.cli import main
+    from lrbs.sweeps.cli import main
 
     path = write_yaml(tmp_path / "s.yaml", tiny_spec(report={"converged_train_acc": 2}))
     assert main(["validate", str(path)]) == 2
@@ -521,7 +521,7 @@ HOSTILE_TWO = [
 def test_hostile_specs_round_two_are_one_line_exit_2_from_validate_and_run(tmp_path, capsys, make, field):
     """Each bad spec (or spec path): ``lrbs validate`` and ``lrbs run`` exit 2 with one line on
     stderr naming the field (or the file), and write nothing (run: before Ray starts)."""
-    from sweeps.cli import main
+    from lrbs.sweeps.cli import main
 
     path = make(tmp_path)
     before = sorted(tmp_path.rglob("*"))
@@ -554,7 +554,7 @@ def test_hostile_messages_say_what_to_do():
                 shutil.rmtree(folder)
             messages[case] = str(err.value).replace(str(folder), "DIR")
     assert "limits.max_epochs is 100,000 (raise it if you mean it)" in messages["epochs-10**12"]
-    assert "python -m trainables.data download fashion_mnist --data-dir DIR" in messages["data_dir-empty-no-download"]
+    assert "python -m lrbs.trainables.data download fashion_mnist --data-dir DIR" in messages["data_dir-empty-no-download"]
     assert "must be >= 0.0001, Ray's smallest unit" in messages["cpu-1e-9"]
     assert "beta.values[1]: repeats beta.values[0]" in messages["beta-values-repeated"]
     assert "is a character device, not a spec file" in messages["path-dev-zero"]

@@ -8,13 +8,13 @@ import io
 import pyarrow.fs as pafs
 import pytest
 
-from analysis.tables import load_metrics, load_trials
-from sweeps.cli import main
-from sweeps.errors import LrbsError
-from sweeps.runner import run_sweep
-from sweeps.spec import spec_from_dict
-from sweeps.remote import fetch_run_dir, upload_files
-from sweeps.storage import resolve_storage
+from lrbs.analysis.tables import load_metrics, load_trials
+from lrbs.sweeps.cli import main
+from lrbs.sweeps.errors import LrbsError
+from lrbs.sweeps.runner import run_sweep
+from lrbs.sweeps.spec import spec_from_dict
+from lrbs.sweeps.remote import fetch_run_dir, upload_files
+from lrbs.sweeps.storage import resolve_storage
 from tests.conftest import tiny_spec, write_yaml
 
 N_TRIALS, N_EPOCHS = 2, 2
@@ -74,7 +74,7 @@ def test_remote_metrics_and_tune_state_arrive(bucket_run):
     for d in trial_dirs:
         assert sorted(c.name for c in d.glob("checkpoint_*"))
     # lrbs's trial records reach the bucket too, their folders relative to the run directory there.
-    from sweeps.ledger import read_ledger
+    from lrbs.sweeps.ledger import read_ledger
 
     records, damaged = read_ledger(run)
     assert not damaged and [r.status for r in records.values()] == ["TERMINATED"]

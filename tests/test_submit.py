@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.tables import load_metrics
+from lrbs.analysis.tables import load_metrics
 from tests.conftest import ROOT
 
 SPEC = "tests/specs/submit_digits.yaml"
@@ -110,7 +110,7 @@ def _wait_for_dashboard(address: str, token: str, head: subprocess.Popen, log: P
 
 
 def _lrbs(env, *args):
-    return subprocess.run([sys.executable, "-m", "sweeps.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "lrbs", *args], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=120)
 
 
@@ -136,7 +136,7 @@ def test_submit_runs_the_sweep_as_a_ray_job(ray_head, tmp_path):
     logs = client.get_job_logs(job_id)
     assert status == JobStatus.SUCCEEDED, logs[-4000:]
     info = client.get_job_info(job_id)
-    assert info.entrypoint == f"python -m sweeps.cli run {SPEC} --address auto --storage {storage}"
+    assert info.entrypoint == f"python -m lrbs.sweeps.cli run {SPEC} --address auto --storage {storage}"
     assert info.metadata["lrbs_sweep"] == "submit_digits"
     assert "[lrbs] sweep submit_digits: 2 trials" in logs
 
@@ -174,7 +174,7 @@ def test_run_on_a_ray_head_ships_the_user_module(ray_head, tmp_path):
     spec["grid"] = {"lr": [0.02, 0.08, 0.32], "batch_size": [32], "seed": [0]}
     (project / "spec.yaml").write_text(yaml.safe_dump(spec))
     storage = tmp_path / "runs"
-    out = subprocess.run([sys.executable, "-m", "sweeps.cli", "run", str(project / "spec.yaml"), "--address", gcs,
+    out = subprocess.run([sys.executable, "-m", "lrbs", "run", str(project / "spec.yaml"), "--address", gcs,
                           "--storage", str(storage)], capture_output=True, text=True, cwd=elsewhere, env=env,
                          timeout=240)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -210,8 +210,8 @@ def test_submit_refuses_clear_text_token_to_another_host(tmp_path, monkeypatch):
     nothing contacted); loopback and https are fine; --insecure sends anyway, with a warning."""
     import io
 
-    from sweeps.errors import LrbsError
-    from sweeps.submit import check_transport
+    from lrbs.sweeps.errors import LrbsError
+    from lrbs.sweeps.submit import check_transport
 
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "secret"}
     out = _lrbs(env, "submit", SPEC, "--address", "http://192.0.2.10:8265")

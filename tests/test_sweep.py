@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from analysis.tables import load_metrics, load_trials
-from sweeps.cli import main
+from lrbs.analysis.tables import load_metrics, load_trials
+from lrbs.sweeps.cli import main
 from tests.conftest import ROOT, tiny_spec, write_yaml
 
 
@@ -91,7 +91,7 @@ def test_existing_run_dir_is_never_overwritten(tiny_run, capsys):
 
 
 def _lrbs(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "sweeps.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "lrbs", *args], capture_output=True, text=True,
                           cwd=cwd or ROOT, timeout=120)
 
 
@@ -146,13 +146,13 @@ def test_cli_report_on_a_non_run_dir(tmp_path):
 
 
 def test_interpolate_between_two_trials(tiny_run, capsys):
-    from analysis.tables import read_stream_file
-    from trainables.config import DatasetConfig, ModelConfig
-    from trainables.data import load_dataset
-    from trainables.models import build_model
+    from lrbs.analysis.tables import read_stream_file
+    from lrbs.trainables.config import DatasetConfig, ModelConfig
+    from lrbs.trainables.data import load_dataset
+    from lrbs.trainables.models import build_model
     import torch
     import torch.nn.functional as F
-    from sweeps.interpolate import member_checkpoint
+    from lrbs.sweeps.interpolate import member_checkpoint
 
     a, b = load_trials(tiny_run).column("trial_id").to_pylist()[:2]
     assert main(["interpolate", str(tiny_run), a, b, "--num", "4"]) == 0
@@ -198,7 +198,7 @@ def test_cli_missing_torchvision_data_exit_2_before_launch(tmp_path):
     out = _lrbs("run", str(spec), "--storage", str(tmp_path / "runs"))
     assert out.returncode == 2
     err = out.stderr.strip()
-    assert "\n" not in err and "dataset fashion_mnist not found" in err and "python -m trainables.data download" in err
+    assert "\n" not in err and "dataset fashion_mnist not found" in err and "python -m lrbs.trainables.data download" in err
     assert not (tmp_path / "runs").exists()
 
 
@@ -229,8 +229,8 @@ def test_damaged_checkpoint_and_unwritable_report_are_one_line(tiny_run, tmp_pat
     shutil.copytree(tiny_run, run)
     shutil.rmtree(run / "interpolation", ignore_errors=True)  # curves other tests wrote there
     a, b = load_trials(run).column("trial_id").to_pylist()[:2]
-    from sweeps.interpolate import last_checkpoint, trial_dir
-    from sweeps.packing import split_member_id
+    from lrbs.sweeps.interpolate import last_checkpoint, trial_dir
+    from lrbs.sweeps.packing import split_member_id
 
     state = last_checkpoint(trial_dir(run, split_member_id(a)[0])) / "state.pt"
     state.write_bytes(state.read_bytes()[:100])  # truncated: a full disk or a killed copy
@@ -258,10 +258,10 @@ def _progress_of_a_real_pack(out) -> None:
     import torch
     from ray.tune.experiment import Trial
 
-    from sweeps.packing import tune_point
-    from sweeps.progress import ProgressPrinter
-    from sweeps.spec import expand_points, spec_from_dict, to_param_space
-    from trainables.train_loop import TrialPoint, run_pack
+    from lrbs.sweeps.packing import tune_point
+    from lrbs.sweeps.progress import ProgressPrinter
+    from lrbs.sweeps.spec import expand_points, spec_from_dict, to_param_space
+    from lrbs.trainables.train_loop import TrialPoint, run_pack
 
     torch.set_num_threads(1)
     spec = spec_from_dict(tiny_spec("p", grid={"lr": [0.05, 0.2], "batch_size": [32], "seed": [0]}))
@@ -281,7 +281,7 @@ def test_progress_line_is_redrawn_in_place_on_a_terminal(monkeypatch):
     """On a terminal every update returns to the start of the line (\\r) and clears it, nothing
     scrolls until the end, and the sweep's end leaves the last line with a newline; into a file
     or pipe each update is a plain line, as before."""
-    from sweeps.progress import CLEAR_TO_EOL
+    from lrbs.sweeps.progress import CLEAR_TO_EOL
 
     monkeypatch.setenv("COLUMNS", "1000")  # a terminal wide enough for the line: no wrapped rows to go up over
     tty = _Terminal()
@@ -301,10 +301,10 @@ def test_progress_line_is_redrawn_in_place_on_a_terminal(monkeypatch):
 
 
 def test_lines_said_while_the_progress_line_is_shown_go_above_it(monkeypatch):
-    """A line printed through ``sweeps.progress.say`` (the beta search's decisions) while the
+    """A line printed through ``lrbs.sweeps.progress.say`` (the beta search's decisions) while the
     progress line is drawn erases it, stays on its own line, and the progress line is drawn
     again below it; a progress line that wrapped is erased whole (cursor up over its rows)."""
-    from sweeps.progress import CLEAR_TO_END, CLEAR_TO_EOL, LiveLine, say
+    from lrbs.sweeps.progress import CLEAR_TO_END, CLEAR_TO_EOL, LiveLine, say
 
     monkeypatch.setenv("COLUMNS", "80")  # the width of a terminal that cannot be asked (a StringIO has no fd)
     tty = _Terminal()

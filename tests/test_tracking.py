@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from analysis.tables import load_metrics_with_report
-from sweeps.cli import main
-from sweeps.tracking import (TRACKERS, build_trackers, metrics_of, tensorboard_steps, wandb_history, wandb_records,
+from lrbs.analysis.tables import load_metrics_with_report
+from lrbs.sweeps.cli import main
+from lrbs.sweeps.tracking import (TRACKERS, build_trackers, metrics_of, tensorboard_steps, wandb_history, wandb_records,
                             wandb_steps)
 from tests.conftest import tiny_spec, write_yaml
 

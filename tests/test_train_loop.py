@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from trainables.data import train_set_size
-from trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig
-from trainables.schedules import ScheduleConfig
-from trainables.train_loop import DIVERGED, FINISHED, TrialPoint, run_pack, run_training
+from lrbs.trainables.data import train_set_size
+from lrbs.trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig
+from lrbs.trainables.schedules import ScheduleConfig
+from lrbs.trainables.train_loop import DIVERGED, FINISHED, TrialPoint, run_pack, run_training
 
 DIGITS = DatasetConfig(name="digits", val_fraction=0.2)
 SMALL = ModelConfig(name="mlp", options=dict(depth=3, width=32, batch_norm=True))
@@ -122,7 +122,7 @@ def test_point_n_train_overrides_the_data_set_size():
 def test_checkpoint_clock_saves_by_epochs_by_seconds_and_when_training_stops():
     import time
 
-    from trainables.train_loop import CheckpointClock
+    from lrbs.trainables.train_loop import CheckpointClock
 
     by_time = CheckpointClock(every=None, every_s=3600.0)  # short epochs: no save until training stops
     assert [by_time.due(e, "running") for e in (1, 2, 3)] == [False, False, False]
@@ -138,7 +138,7 @@ def test_checkpoint_clock_saves_by_epochs_by_seconds_and_when_training_stops():
 def test_crop_flip_augmentation_is_per_example_deterministic_and_packs():
     """train.augment: crop_flip crops and flips each example with the member's own draws: the
     same run twice is identical, a packed member equals its run alone, and 'none' changes nothing."""
-    from trainables import augment
+    from lrbs.trainables import augment
 
     x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).view(2, 3, 5, 5)
     params = torch.tensor([[4, 4, 0], [0, 8, 1]])  # centre, no flip; top-right corner, flipped
@@ -147,8 +147,8 @@ def test_crop_flip_augmentation_is_per_example_deterministic_and_packs():
     padded = torch.nn.functional.pad(x[1], (4, 4, 4, 4))
     assert torch.equal(out[1], padded[:, 0:5, 8:13].flip(-1))
 
-    from trainables.config import DatasetConfig
-    from trainables.data import TensorData
+    from lrbs.trainables.config import DatasetConfig
+    from lrbs.trainables.data import TensorData
 
     g = torch.Generator().manual_seed(0)
     data = TensorData(torch.randn(96, 3, 8, 8, generator=g), torch.randint(0, 4, (96,), generator=g),
@@ -174,7 +174,7 @@ def _final_weights_eval(model_cfg, states, data, k, split_seed=0):
     """An independent evaluation of final weights: for each state dict a plain module in eval
     mode, one forward pass over the subset the spec promises (k training examples drawn by a
     randperm seeded with the data split's seed, then sorted) -> [(loss in nats, accuracy)]."""
-    from trainables.models import build_model
+    from lrbs.trainables.models import build_model
 
     n = len(data.x_train)
     idx = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))[:min(k, n)].sort().values
@@ -210,7 +210,7 @@ def test_last_epoch_rows_hold_the_final_weights_eval_mode_train_loss_and_accurac
     """A pack of three batch-norm MLPs and one that diverges: on the last epoch each surviving
     member's train_eval_loss/acc equal a plain module's eval-mode pass with its final weights
     over the same seeded subset; earlier rows and the diverged member have none."""
-    from trainables.data import load_dataset
+    from lrbs.trainables.data import load_dataset
 
     torch.set_num_threads(1)
     data = load_dataset(DIGITS)

@@ -73,7 +73,7 @@ def legacy_options(name: str, legacy: dict[str, Any]) -> dict[str, Any]:
     Old specs and trial configs were written with ``asdict`` and hold all four keys whatever the
     model (an MLP's had ``width_mult``), so keep only those the built-in's options declare.
     """
-    from trainables.models import MODELS
+    from lrbs.trainables.models import MODELS
 
     if name not in MODELS:
         return legacy
@@ -112,7 +112,7 @@ class CurvatureConfig:
 
     The same ``seed`` picks the same examples in every trial of a sweep, so their sharpness
     values are comparable; each trial's random probe vectors are seeded from ``seed`` and its
-    own point (``trainables.probes.trial_probe_seed``), so their errors are independent.
+    own point (``lrbs.trainables.probes.trial_probe_seed``), so their errors are independent.
     """
     n_samples: int = 2000              # probe subset size (capped at the training set size)
     every: str | int = "end"           # "end": after the last epoch; k: every k epochs and at the end

@@ -7,7 +7,7 @@ differ only in learning rate, batch size and initialization.
 The sets are small enough to live on the device as single tensors, so there are no DataLoaders
 and no per-item transforms: inputs are scaled and standardized once, here.
 
-``python -m trainables.data download NAME --data-dir DIR`` fetches a torchvision set ahead of
+``python -m lrbs.trainables.data download NAME --data-dir DIR`` fetches a torchvision set ahead of
 time, for sweeps that run on machines without internet.
 """
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from trainables.config import DatasetConfig
-from trainables.plugins import is_import_path
+from lrbs.trainables.config import DatasetConfig
+from lrbs.trainables.plugins import is_import_path
 
 
 class DataError(Exception):
@@ -350,7 +350,7 @@ def _load_synthetic(cfg: DatasetConfig) -> TensorData:
 
 def _download_hint(name: str, root: str) -> str:
     return (
-        f"on a machine with internet run: python -m trainables.data download {name} "
+        f"on a machine with internet run: python -m lrbs.trainables.data download {name} "
         f"--data-dir {root} and copy that folder here"
     )
 
@@ -507,7 +507,7 @@ class DatasetEntry:
     ``options`` is the dataclass of ``dataset.options``; ``on_disk`` sets are read from (or
     generated into) ``data_dir``, so ``lrbs run`` loads them once on the driver before any trial
     starts (a missing set is one line, and parallel trials never race to fetch it); ``fetch``
-    puts it there ahead of time (``python -m trainables.data download``).
+    puts it there ahead of time (``python -m lrbs.trainables.data download``).
     """
     load: Callable[[DatasetConfig], TensorData]
     train_size: Callable[[DatasetConfig], int]
@@ -533,7 +533,7 @@ def _fetch_tv(name: str) -> Callable[[str], str]:
 
 
 def _mnist1d() -> DatasetEntry:
-    from trainables import mnist1d
+    from lrbs.trainables import mnist1d
 
     return DatasetEntry(mnist1d.load, mnist1d.train_size, _fixed((mnist1d.LENGTH,)), _fixed(N_CLASSES),
                         mnist1d.Mnist1dOptions, on_disk=True, fetch=mnist1d.fetch)
@@ -559,7 +559,7 @@ def dataset_entry(name: str) -> DatasetEntry:
     _check_name(name)
     if name in DATASETS:
         return DATASETS[name]
-    from trainables import user_data
+    from lrbs.trainables import user_data
 
     return user_data.ENTRY
 
@@ -589,7 +589,7 @@ def check_data_dir(cfg: DatasetConfig, files: bool = True) -> None:
     if files and not cfg.download and cfg.name in _TV_SIZES:
         if not all(os.path.isfile(f) for f in _tv_files(cfg.name, root)):
             raise DataError(f"dataset.data_dir: dataset {cfg.name} not found under {root} and dataset.download is "
-                            f"false; on a machine with internet: python -m trainables.data download {cfg.name} "
+                            f"false; on a machine with internet: python -m lrbs.trainables.data download {cfg.name} "
                             f"--data-dir {root}, then copy the folder here")
 
 
@@ -610,7 +610,7 @@ def download(name: str, data_dir: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainables.data", description="Pre-download data")
+    parser = argparse.ArgumentParser(prog="python -m lrbs.trainables.data", description="Pre-download data")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("download", help="fetch a torchvision data set ahead of time")
     p.add_argument("name", help=f"one of: {', '.join(DATASET_NAMES)}")

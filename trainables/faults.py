@@ -22,7 +22,7 @@ class InjectedFault(RuntimeError):
 def _marker_location(point: dict[str, Any]):
     """(pyarrow filesystem, marker path) in the run directory, or None outside a Tune session."""
     try:  # the trial's storage context: where Tune persists this run (shared by all nodes)
-        from trainables.ray_private import get_session
+        from lrbs.trainables.ray_private import get_session
 
         storage = get_session().storage
         fs, root = storage.storage_filesystem, storage.experiment_fs_path

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from trainables.config import DatasetConfig
+from lrbs.trainables.config import DatasetConfig
 
 if TYPE_CHECKING:
-    from trainables.data import TensorData
+    from lrbs.trainables.data import TensorData
 
 # trainables.data holds the registry that imports this module, so its helpers are imported
 # inside the functions below (no import cycle, also when data.py runs as __main__).
@@ -55,7 +55,7 @@ class Mnist1dOptions:
 
 def _sizes(cfg: DatasetConfig) -> tuple[Mnist1dOptions, float, int, int]:
     """(options, train_split, total, pool): the generator's arithmetic, exactly."""
-    from trainables.data import DataError, _val_fraction
+    from lrbs.trainables.data import DataError, _val_fraction
 
     opts = Mnist1dOptions(**cfg.options)
     vf = _val_fraction(cfg, DEFAULT_VAL_FRACTION)
@@ -69,14 +69,14 @@ def _sizes(cfg: DatasetConfig) -> tuple[Mnist1dOptions, float, int, int]:
 
 
 def train_size(cfg: DatasetConfig) -> int:
-    from trainables.data import _split_sizes
+    from lrbs.trainables.data import _split_sizes
 
     _, _, _, pool = _sizes(cfg)
     return _split_sizes(cfg, pool, None)[1]
 
 
 def cache_path(cfg: DatasetConfig) -> str:
-    from trainables.data import _root
+    from lrbs.trainables.data import _root
 
     opts, train_split, _, _ = _sizes(cfg)
     try:
@@ -88,7 +88,7 @@ def cache_path(cfg: DatasetConfig) -> str:
 
 
 def _generate(n_samples: int, seed: int, train_split: float) -> dict[str, np.ndarray]:
-    from trainables.data import DataError
+    from lrbs.trainables.data import DataError
 
     try:
         from mnist1d.data import get_dataset_args, make_dataset
@@ -131,7 +131,7 @@ def arrays(cfg: DatasetConfig) -> dict[str, np.ndarray]:
 
 
 def load(cfg: DatasetConfig) -> TensorData:
-    from trainables.data import TensorData, _carve, _standardize
+    from lrbs.trainables.data import TensorData, _carve, _standardize
 
     a = arrays(cfg)
     x, y = torch.from_numpy(a["x_train"]), torch.from_numpy(a["y_train"])

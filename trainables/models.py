@@ -11,9 +11,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from trainables import convnets
-from trainables.config import ModelConfig
-from trainables.plugins import PluginError, call_error, is_import_path, load_object
+from lrbs.trainables import convnets
+from lrbs.trainables.config import ModelConfig
+from lrbs.trainables.plugins import PluginError, call_error, is_import_path, load_object
 
 
 class MLP(nn.Module):

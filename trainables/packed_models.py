@@ -1,11 +1,11 @@
-"""K models trained in lockstep as one: the "pack" that ``trainables.train_loop.run_pack`` steps.
+"""K models trained in lockstep as one: the "pack" that ``lrbs.trainables.train_loop.run_pack`` steps.
 
 A pack holds K members of one architecture (each initialized as its own unpacked run would be)
 and offers what the training loop needs, whatever the architecture:
 
 * ``params``: the leaf tensors to differentiate; ``lr_views(neg_lr)`` gives, per parameter, a
   view of the (K,) tensor of negative learning rates that broadcasts to it, so one SGD update
-  applies each member's own rate (``trainables.pack_sgd``).
+  applies each member's own rate (``lrbs.trainables.pack_sgd``).
 * ``forward(x, training)``: per-member inputs (K, S, ...) or one shared input (B, ...) ->
   (K, B, classes) logits. Batch norm is per member: batch statistics of its own S examples and
   its own running statistics.
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.models import MLP
+from lrbs.trainables.models import MLP
 
 LAYOUTS = ("auto", "stacked", "loop")
 

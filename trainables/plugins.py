@@ -17,6 +17,7 @@ exit 2); anywhere else Ctrl-C interrupts as usual.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 import sysconfig
@@ -24,8 +25,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-# lrbs' own top-level packages: never shipped as user code (the workers have lrbs installed).
-OWN_PACKAGES = ("sweeps", "trainables", "analysis")
+# lrbs' own top-level package: never shipped as user code (the workers have lrbs installed).
+OWN_PACKAGES = ("lrbs",)
+_OLD_TOP_LEVEL = ("sweeps", "trainables", "analysis")
 
 _search_roots: list[str] = []
 
@@ -59,9 +61,23 @@ def _split(path: str, field: str) -> tuple[str, str]:
     return module_name, attr
 
 
+def _current_name(module_name: str) -> str:
+    """lrbs' own modules under their names from before the one ``lrbs`` package (``trainables.x``):
+    spec copies in older run directories name them so. A user's package of the same name wins."""
+    top = module_name.split(".")[0]
+    if top not in _OLD_TOP_LEVEL:
+        return module_name
+    found = importlib.util.find_spec(top)
+    here = Path(__file__).resolve().parent.parent / top
+    if found is None or [os.path.realpath(p) for p in found.submodule_search_locations or []] == [str(here)]:
+        return f"lrbs.{module_name}"
+    return module_name
+
+
 def import_module(path: str, field: str) -> ModuleType:
     module_name, _ = _split(path, field)
     _extend_sys_path()
+    module_name = _current_name(module_name)
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -76,8 +92,9 @@ def import_module(path: str, field: str) -> ModuleType:
 
 def load_object(path: str, field: str) -> Any:
     """The callable named by ``path`` (``"package.module:factory"``)."""
-    module_name, attr = _split(path, field)
+    _, attr = _split(path, field)
     obj: Any = import_module(path, field)
+    module_name = obj.__name__
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise PluginError(f"{field}: module {module_name!r} has no attribute {attr!r}")

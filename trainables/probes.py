@@ -7,7 +7,7 @@ section and ``idx`` the fixed, seeded probe subset of the training set (the same
 every trial of a sweep), ``seed`` the trial's own seed for random vectors
 (``trial_probe_seed``). Every column a probe returns must be declared in
 ``analysis/schema.py`` (PROBES): an undeclared one fails the trial by name
-(``analysis.schema.check_row``) instead of being dropped. Adding a probe is a function and an
+(``lrbs.analysis.schema.check_row``) instead of being dropped. Adding a probe is a function and an
 entry here plus its columns there (docs/extending.md). A probe that raises leaves its columns
 null and its error in ``probe_error``; the other probes still run and the trial goes on.
 """
@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables import curvature
-from trainables.config import CurvatureConfig
-from trainables.data import TensorData
+from lrbs.trainables import curvature
+from lrbs.trainables.config import CurvatureConfig
+from lrbs.trainables.data import TensorData
 
 Probe = Callable[[nn.Module, TensorData, CurvatureConfig, torch.Tensor, int], dict[str, Any]]
 

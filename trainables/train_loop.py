@@ -2,7 +2,7 @@
 
 Data live on the trial's device as tensors; each epoch draws a seeded ``randperm`` per member and
 batches are index slices of it (airbench style: no DataLoader, no per-item Python in the hot
-loop). The members' models are one ``trainables.packed_models`` pack, so a step of K members is
+loop). The members' models are one ``lrbs.trainables.packed_models`` pack, so a step of K members is
 one forward, one backward and one update, captured as a CUDA graph on GPUs. ``run_pack`` (and
 ``run_training``, a pack of one) is plain Python with a ``report`` callback so it can be tested
 and benchmarked without Ray; ``train_trial`` is the Ray Tune function trainable around it, with
@@ -24,16 +24,16 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from analysis.schema import check_row
-from trainables import augment
-from trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig, from_dict
-from trainables.curvature import probe_subset
-from trainables.data import TensorData, load_dataset
-from trainables.models import build_model
-from trainables.pack_sgd import PackSGD
-from trainables.packed_models import build_pack, choose_layout
-from trainables.probes import probe_due, run_probes, trial_probe_seed
-from trainables.schedules import ScheduleConfig, schedule_at, schedule_from_dict
+from lrbs.analysis.schema import check_row
+from lrbs.trainables import augment
+from lrbs.trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig, from_dict
+from lrbs.trainables.curvature import probe_subset
+from lrbs.trainables.data import TensorData, load_dataset
+from lrbs.trainables.models import build_model
+from lrbs.trainables.pack_sgd import PackSGD
+from lrbs.trainables.packed_models import build_pack, choose_layout
+from lrbs.trainables.probes import probe_due, run_probes, trial_probe_seed
+from lrbs.trainables.schedules import ScheduleConfig, schedule_at, schedule_from_dict
 
 # Row status values (the ``status`` column of the metric tables).
 RUNNING, FINISHED, DIVERGED = "running", "finished", "diverged"
@@ -47,7 +47,7 @@ PackReporter = Callable[[list[dict[str, Any]], Callable[[], dict[str, Any]]], No
 
 @dataclass(frozen=True)
 class TrialPoint:
-    """What varies between the trials of a sweep (see ``sweeps.spec.expand_points``)."""
+    """What varies between the trials of a sweep (see ``lrbs.sweeps.spec.expand_points``)."""
     lr: float
     batch_size: int
     seed: int
@@ -187,7 +187,7 @@ def run_pack(
     Every member is the run its point would be alone: initialized after ``torch.manual_seed(seed)``,
     its own batch order (a CPU generator seeded with its seed), its own learning-rate schedule,
     batch-norm statistics and divergence. The members share the data and the batch size of every
-    epoch (``sweeps.packing`` only packs points whose batch-size schedules and n_train agree).
+    epoch (``lrbs.sweeps.packing`` only packs points whose batch-size schedules and n_train agree).
     Steps per epoch are ``floor(N / S)`` so every step sees exactly S examples: the SDE argument
     is about the noise of an S-example mean, and a ragged last batch would change it.
 
@@ -403,7 +403,7 @@ def tune_start_state(config: dict[str, Any]) -> dict[str, Any] | None:
         state = first_loadable_state(candidates)
         if state is not None:
             return state
-    from sweeps.ledger import resume_entry
+    from lrbs.sweeps.ledger import resume_entry
 
     entry = resume_entry(config)
     if entry:
@@ -453,13 +453,13 @@ def pack_summary(rows: list[dict[str, Any]]) -> str:
 
 
 def train_trial(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable: ``config`` is the param space made by ``sweeps.spec``.
+    """Ray Tune function trainable: ``config`` is the param space made by ``lrbs.sweeps.spec``.
 
     One ``tune.report`` per epoch carries ``pack_rows`` (member -> row, for the members still training; the
     driver's metric sink writes each under the member's own trial id) and, for Tune's own
     bookkeeping, the best val_acc and a summary status. A restarted trial continues from
     ``tune.get_checkpoint()``."""
-    from trainables.faults import maybe_fail
+    from lrbs.trainables.faults import maybe_fail
 
     resources = config.get("resources", {})
     torch.set_num_threads(max(1, int(resources.get("cpu", 1))))

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainables.config import DatasetConfig, options_key
-from trainables.data import DataError, DatasetEntry, TensorData, _carve, _split_sizes
-from trainables.plugins import PluginError, call_error, load_object
+from lrbs.trainables.config import DatasetConfig, options_key
+from lrbs.trainables.data import DataError, DatasetEntry, TensorData, _carve, _split_sizes
+from lrbs.trainables.plugins import PluginError, call_error, load_object
 
 KEYS = ("x_train", "y_train", "x_val", "y_val")
 
