@@ -34,6 +34,7 @@ The policy is a pure function of the finished trials (``search_step``): the stat
 anywhere else, so a search resumed after a crash carries on from the trials that finished, and
 the report replays it from the trial table. Nothing here imports Ray.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,13 +50,14 @@ DIVERGED_OR_DONE = ("finished", "diverged")
 @dataclass(frozen=True)
 class SearchSettings:
     """What the policy needs (``lrbs.sweeps.spec.BetaSearchConfig`` resolved against the spec)."""
-    betas: tuple[float, ...]        # the candidate ladder, betas[0] == 1
-    seeds: tuple[int, ...]          # the seeds every point starts with (>= 2: Welch)
-    max_seeds: int                  # seeds a point may grow to while its test is undecided
-    budget: int                     # trials (points x seeds) over all training-set sizes
+
+    betas: tuple[float, ...]  # the candidate ladder, betas[0] == 1
+    seeds: tuple[int, ...]  # the seeds every point starts with (>= 2: Welch)
+    max_seeds: int  # seeds a point may grow to while its test is undecided
+    budget: int  # trials (points x seeds) over all training-set sizes
     undecided_p: float = 0.25
     alpha: float = ALPHA
-    min_drop: float | None = None   # accuracy points a drop must significantly exceed (None: any drop)
+    min_drop: float | None = None  # accuracy points a drop must significantly exceed (None: any drop)
 
     @property
     def looks(self) -> int:
@@ -77,11 +79,12 @@ class SearchSettings:
 @dataclass
 class Outcome:
     """One trial the search launched: its point and, once it ended, its max val acc."""
+
     n_train: int | None
     k: int
     seed: int
-    value: float | None = None     # max val acc over its epochs (None: not ended, or errored)
-    ended: bool = False            # finished or diverged (it has its value), or errored (no value)
+    value: float | None = None  # max val acc over its epochs (None: not ended, or errored)
+    ended: bool = False  # finished or diverged (it has its value), or errored (no value)
 
 
 @dataclass
@@ -97,24 +100,25 @@ class BetaTest:
     beta: float
     n: int
     mean: float
-    p: float                        # one-sided Welch: mean below beta = 1's (by more than min_drop)
-    level: float                    # what p must be under (alpha / (probes x looks))
+    p: float  # one-sided Welch: mean below beta = 1's (by more than min_drop)
+    level: float  # what p must be under (alpha / (probes x looks))
     significant: bool
-    n_ref: int = 0                  # seeds at beta = 1
-    drop: float = math.nan          # mean at beta = 1 minus mean here, accuracy points
-    drop_lo: float = math.nan       # its 95% Welch-Satterthwaite t interval, accuracy points
+    n_ref: int = 0  # seeds at beta = 1
+    drop: float = math.nan  # mean at beta = 1 minus mean here, accuracy points
+    drop_lo: float = math.nan  # its 95% Welch-Satterthwaite t interval, accuracy points
     drop_hi: float = math.nan
-    detectable_drop: float = math.nan   # accuracy points detected with 80% power at ``level`` (the report fills it)
+    detectable_drop: float = math.nan  # accuracy points detected with 80% power at ``level`` (the report fills it)
 
 
 @dataclass
 class SearchState:
     """Where the search stands at one training-set size."""
+
     n_train: int | None
-    status: str                     # searching | found | none_below (no breakdown up to the top) | stopped (budget)
-    lo: int = 0                     # index of the largest beta known not significantly below
-    hi: int | None = None           # index of beta*, the smallest significantly below (None: not found)
-    waiting: bool = False           # trials of this size are still running
+    status: str  # searching | found | none_below (no breakdown up to the top) | stopped (budget)
+    lo: int = 0  # index of the largest beta known not significantly below
+    hi: int | None = None  # index of beta*, the smallest significantly below (None: not found)
+    waiting: bool = False  # trials of this size are still running
     tests: dict[int, BetaTest] = field(default_factory=dict)
     reference: list[float] = field(default_factory=list)
     message: str = ""
@@ -127,7 +131,7 @@ def ladder(resolution: float, max_beta: float) -> tuple[float, ...]:
     """1, r, r^2, ... up to the largest power <= max_beta (6 significant digits, as labels)."""
     # max_beta as printed (6 digits, e.g. 45.2548 for sqrt(2)^11 = 45.2548339...) still includes it
     k_max = int(math.floor(math.log(max_beta * (1 + 1e-5)) / math.log(resolution)))
-    return tuple(float(f"{resolution ** k:.6g}") for k in range(k_max + 1))
+    return tuple(float(f"{resolution**k:.6g}") for k in range(k_max + 1))
 
 
 def _values(outcomes: list[Outcome], k: int) -> list[float]:
@@ -148,9 +152,18 @@ def _tests(outcomes: list[Outcome], settings: SearchSettings) -> dict[int, BetaT
             continue
         _, p = drop_test(vals, ref, settings.min_drop)
         drop, lo, hi = drop_interval(vals, ref)
-        out[k] = BetaTest(beta=settings.betas[k], n=len(vals), mean=float(vals.mean()), p=float(p),
-                          level=settings.level, significant=bool(math.isfinite(p) and p < settings.level),
-                          n_ref=len(ref), drop=drop, drop_lo=lo, drop_hi=hi)
+        out[k] = BetaTest(
+            beta=settings.betas[k],
+            n=len(vals),
+            mean=float(vals.mean()),
+            p=float(p),
+            level=settings.level,
+            significant=bool(math.isfinite(p) and p < settings.level),
+            n_ref=len(ref),
+            drop=drop,
+            drop_lo=lo,
+            drop_hi=hi,
+        )
     return out
 
 
@@ -188,8 +201,9 @@ def bisection_need(state: SearchState, settings: SearchSettings) -> int:
     return (steps + (1 if len(state.reference) < first else 0)) * first
 
 
-def search_step(n_train: int | None, outcomes: list[Outcome], settings: SearchSettings,
-                budget_left: int, reserve: int = 0) -> tuple[SearchState, list[Proposal]]:
+def search_step(
+    n_train: int | None, outcomes: list[Outcome], settings: SearchSettings, budget_left: int, reserve: int = 0
+) -> tuple[SearchState, list[Proposal]]:
     """The state of the search at ``n_train`` and what to launch next (nothing while waiting).
 
     ``outcomes``: every trial launched at this size (ended or not). ``budget_left``: trials
@@ -241,13 +255,19 @@ def search_step(n_train: int | None, outcomes: list[Outcome], settings: SearchSe
                 state.waiting = True
                 return state, proposals
             if test is None:  # not launched yet (or its seeds errored): launch / replace them
-                span = f"beta {settings.betas[lo]:g} holds" + (f", beta {settings.betas[hi]:g} is below" if hi <= K else "")
+                span = f"beta {settings.betas[lo]:g} holds" + (
+                    f", beta {settings.betas[hi]:g} is below" if hi <= K else ""
+                )
                 if not want(mid, first, f"bisect: {span}; try beta {settings.betas[mid]:g}"):
                     if hi <= K:
-                        return stop(f"budget spent: beta* in ({settings.betas[lo]:g}, {settings.betas[hi]:g}], "
-                                    f"not resolved to one step")
-                    return stop(f"not found below beta = {settings.betas[lo]:g} (budget spent; "
-                                f"beta {settings.betas[lo + 1]:g} to {settings.betas[K]:g} untested)")
+                        return stop(
+                            f"budget spent: beta* in ({settings.betas[lo]:g}, {settings.betas[hi]:g}], "
+                            f"not resolved to one step"
+                        )
+                    return stop(
+                        f"not found below beta = {settings.betas[lo]:g} (budget spent; "
+                        f"beta {settings.betas[lo + 1]:g} to {settings.betas[K]:g} untested)"
+                    )
                 state.waiting = True
                 return state, proposals
             undecided = not test.significant and test.p < settings.undecided_p
@@ -256,8 +276,7 @@ def search_step(n_train: int | None, outcomes: list[Outcome], settings: SearchSe
                 # only from budget the bisection after this point still needs (worst case)
                 steps_after = math.ceil(math.log2(max(hi - mid, mid - lo, 1))) if max(hi - mid, mid - lo) > 1 else 0
                 spare = budget_left - steps_after * first - reserve
-                why = (f"undecided at beta {test.beta:g} (p = {test.p:.3g}, level {settings.level:.3g}): "
-                       f"more seeds")
+                why = f"undecided at beta {test.beta:g} (p = {test.p:.3g}, level {settings.level:.3g}): more seeds"
                 extra = len(_more_seeds(outcomes, mid, n_more)) + len(_more_seeds(outcomes, 0, n_more))
                 if extra and extra <= spare:
                     want(mid, n_more, why)
@@ -272,8 +291,10 @@ def search_step(n_train: int | None, outcomes: list[Outcome], settings: SearchSe
         state.lo, state.hi = lo, (hi if hi <= K else None)
         if hi <= K:
             state.status = "found"
-            state.message = (f"beta* = {settings.betas[hi]:g} (bracket: beta {settings.betas[lo]:g} holds, "
-                             f"{settings.betas[hi]:g} is below)")
+            state.message = (
+                f"beta* = {settings.betas[hi]:g} (bracket: beta {settings.betas[lo]:g} holds, "
+                f"{settings.betas[hi]:g} is below)"
+            )
         else:
             state.status = "none_below"
             state.message = f"not found below beta = {settings.betas[K]:g} (every beta tested holds)"
@@ -283,20 +304,25 @@ def search_step(n_train: int | None, outcomes: list[Outcome], settings: SearchSe
         return walk()
     except _Untestable as exc:
         b, n = settings.betas, _errored(outcomes, exc.k)
-        where = (f"beta* in ({b[state.lo]:g}, {b[state.hi]:g}], not resolved" if state.hi is not None else
-                 f"not found below beta = {b[state.lo]:g}")
-        return stop(f"{where}: beta {b[exc.k]:g} errored {n} times (lrbs status shows why; the search does not "
-                    f"retry it again)")
+        where = (
+            f"beta* in ({b[state.lo]:g}, {b[state.hi]:g}], not resolved"
+            if state.hi is not None
+            else f"not found below beta = {b[state.lo]:g}"
+        )
+        return stop(
+            f"{where}: beta {b[exc.k]:g} errored {n} times (lrbs status shows why; the search does not retry it again)"
+        )
 
 
-def plan_search(outcomes: list[Outcome], settings: SearchSettings, sizes: list[int | None]
-                ) -> tuple[dict, list[Proposal]]:
+def plan_search(
+    outcomes: list[Outcome], settings: SearchSettings, sizes: list[int | None]
+) -> tuple[dict, list[Proposal]]:
     """Every size's state and the proposals for all of them, within the shared budget (sizes in
     order: the first gets the budget first)."""
     left = settings.budget - len(outcomes)
     mine_of = {n: [o for o in outcomes if o.n_train == n] for n in sizes}
     # What each size's plain bisection may still need: one size's added seeds never take another's
-    need = {n: bisection_need(search_step(n, mine_of[n], settings, 10 ** 9, 10 ** 9)[0], settings) for n in sizes}
+    need = {n: bisection_need(search_step(n, mine_of[n], settings, 10**9, 10**9)[0], settings) for n in sizes}
     states, proposals = {}, []
     for n in sizes:
         reserve = sum(v for m, v in need.items() if m != n)
@@ -345,8 +371,11 @@ def outcomes_from_trials(trials, betas: tuple[float, ...], errored: list[dict] |
         if k is None or r.get("status") not in DIVERGED_OR_DONE or r.get("cfg.point.search_step") is None:
             continue
         value = r.get("max_val_acc")
-        out.append(Outcome(size_of(r), k, int(r["seed"]),
-                           value if value is not None and math.isfinite(value) else None, ended=True))
+        out.append(
+            Outcome(
+                size_of(r), k, int(r["seed"]), value if value is not None and math.isfinite(value) else None, ended=True
+            )
+        )
     ended = {(o.n_train, o.k, o.seed) for o in out}
     for p in errored or []:
         k = _beta_index(betas, p["beta"]) if p.get("beta") is not None else None
@@ -363,9 +392,9 @@ def search_report(metrics, trials, errored: list[dict] | None = None) -> dict:
     breakdown section's beta* on the same trials; and the trace, one entry per step."""
     import json
 
-    from lrbs.analysis.breakdown import breakdown
-
     import pyarrow.compute as pc
+
+    from lrbs.analysis.breakdown import breakdown
 
     search = trials.filter(trials.column("cfg.point.search_step").is_valid())
     # The settings, from a search trial's config (the run may hold other trials too)
@@ -384,31 +413,50 @@ def search_report(metrics, trials, errored: list[dict] | None = None) -> dict:
     crit = breakdown(metrics, search, min_drop=settings.min_drop)
     crit = {res.n_train: res for res in crit} if not isinstance(crit, str) else {}
     # every (size, beta, seed) launched: rows in the table, or errored without a row
-    launched = {(size_of(r), _beta_index(settings.betas, r["beta"]), int(r["seed"])) for r in rows} | \
-        {(o.n_train, o.k, o.seed) for o in outcomes}
+    launched = {(size_of(r), _beta_index(settings.betas, r["beta"]), int(r["seed"])) for r in rows} | {
+        (o.n_train, o.k, o.seed) for o in outcomes
+    }
     per_size = []
     for n in sizes:
         st = states[n]
         b = settings.betas
         res = crit.get(n) if n is not None else next(iter(crit.values()), None)
-        bracket = (f"({b[st.lo]:g}, {b[st.hi]:g}]" if st.hi is not None else f"> {b[st.lo]:g}")
-        per_size.append({
-            "n_train": n if n is not None else (rows[0]["n_train"] if rows else None),
-            "status": st.status, "message": st.message or ("still searching" if st.status == "searching" else ""),
-            "beta_lo": b[st.lo], "beta_star": b[st.hi] if st.hi is not None else None, "bracket": bracket,
-            "trials": len({k for k in launched if k[0] == n}),
-            "ladder_trials": len(b) * len(settings.seeds),
-            "beta_crit": res.beta_crit if res is not None else None,
-            "breakdown_beta_star": res.beta_star if res is not None else None,
-            "tests": {f"{st.tests[k].beta:g}": asdict(st.tests[k]) for k in sorted(st.tests)},
-        })
+        bracket = f"({b[st.lo]:g}, {b[st.hi]:g}]" if st.hi is not None else f"> {b[st.lo]:g}"
+        per_size.append(
+            {
+                "n_train": n if n is not None else (rows[0]["n_train"] if rows else None),
+                "status": st.status,
+                "message": st.message or ("still searching" if st.status == "searching" else ""),
+                "beta_lo": b[st.lo],
+                "beta_star": b[st.hi] if st.hi is not None else None,
+                "bracket": bracket,
+                "trials": len({k for k in launched if k[0] == n}),
+                "ladder_trials": len(b) * len(settings.seeds),
+                "beta_crit": res.beta_crit if res is not None else None,
+                "breakdown_beta_star": res.beta_star if res is not None else None,
+                "tests": {f"{st.tests[k].beta:g}": asdict(st.tests[k]) for k in sorted(st.tests)},
+            }
+        )
     trace: dict[int, dict] = {}
     for r in sorted(rows, key=lambda r: (r["cfg.point.search_step"], r["seed"])):
         step = int(r["cfg.point.search_step"])
         n = size_of(r)
-        t = trace.setdefault(step, {"step": step, "n_train": r["n_train"], "beta": r["beta"],
-                                    "batch_size": r["batch_size"], "seeds": [], "why": r.get("cfg.point.search_why"),
-                                    "mean": None, "p": None, "drop": None, "drop_ci": None, "decision": ""})
+        t = trace.setdefault(
+            step,
+            {
+                "step": step,
+                "n_train": r["n_train"],
+                "beta": r["beta"],
+                "batch_size": r["batch_size"],
+                "seeds": [],
+                "why": r.get("cfg.point.search_why"),
+                "mean": None,
+                "p": None,
+                "drop": None,
+                "drop_ci": None,
+                "decision": "",
+            },
+        )
         t["seeds"].append(int(r["seed"]))
         k = _beta_index(settings.betas, r["beta"])
         test = states[n].tests.get(k) if n in states and k is not None else None
@@ -418,12 +466,28 @@ def search_report(metrics, trials, errored: list[dict] | None = None) -> dict:
             t["decision"] = "reference"
         elif test is not None:
             t["mean"], t["p"], t["drop"], t["drop_ci"] = test.mean, test.p, test.drop, [test.drop_lo, test.drop_hi]
-            t["decision"] = ("holds" if not test.significant else "below beta = 1" if settings.min_drop is None
-                             else f"below beta = 1 by > {settings.min_drop:g} points")
+            t["decision"] = (
+                "holds"
+                if not test.significant
+                else "below beta = 1"
+                if settings.min_drop is None
+                else f"below beta = 1 by > {settings.min_drop:g} points"
+            )
         else:
-            t["decision"] = "running" if any(x.get("status") == "running" for x in rows if x["trial_id"] == r["trial_id"]) \
+            t["decision"] = (
+                "running"
+                if any(x.get("status") == "running" for x in rows if x["trial_id"] == r["trial_id"])
                 else "no test (fewer than 2 values)"
-    return {"betas": list(settings.betas), "resolution": settings.betas[1] if len(settings.betas) > 1 else None,
-            "alpha": settings.alpha, "level": settings.level, "probes": settings.probes, "looks": settings.looks,
-            "budget": settings.budget, "min_drop": settings.min_drop, "sizes": per_size,
-            "trace": [trace[k] for k in sorted(trace)]}
+            )
+    return {
+        "betas": list(settings.betas),
+        "resolution": settings.betas[1] if len(settings.betas) > 1 else None,
+        "alpha": settings.alpha,
+        "level": settings.level,
+        "probes": settings.probes,
+        "looks": settings.looks,
+        "budget": settings.budget,
+        "min_drop": settings.min_drop,
+        "sizes": per_size,
+        "trace": [trace[k] for k in sorted(trace)],
+    }

@@ -23,6 +23,7 @@ Per training-set size (``n_train``) and beta:
   over its measured epochs (finite, positive estimates only: B_simple is noisy and its
   |G|^2 estimate can come out negative early in training), and the beta it corresponds to, B_crit / S0.
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,9 +38,9 @@ from lrbs.analysis.curves import curve_distance, curves_of, index_rows
 from lrbs.analysis.stats import holm, mean_sd, welch_less
 
 ALPHA = 0.05
-POWER = 0.8            # the power the detectable drop is computed for
-POWER_DRAWS = 20_000   # Monte Carlo draws behind a detectable drop (its 80% quantile to ~1%)
-POINTS = 100.0         # accuracy points per unit of accuracy (drops are reported x100)
+POWER = 0.8  # the power the detectable drop is computed for
+POWER_DRAWS = 20_000  # Monte Carlo draws behind a detectable drop (its 80% quantile to ~1%)
+POINTS = 100.0  # accuracy points per unit of accuracy (drops are reported x100)
 
 
 def _welch_se_df(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -52,7 +53,7 @@ def _welch_se_df(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     vy = np.var(y, ddof=1) / len(y) if np.ptp(y) > 0 else 0.0
     if vx + vy == 0:
         return math.nan, math.nan
-    df = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
+    df = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
     return float(math.sqrt(vx + vy)), float(df)
 
 
@@ -77,8 +78,9 @@ def drop_test(values, reference, min_drop: float | None = None) -> tuple[float, 
     return welch_less(x, np.asarray(reference, dtype=float))
 
 
-def detectable_drop(values, reference, level: float, min_drop: float | None = None, power: float = POWER,
-                    draws: int = POWER_DRAWS) -> float:
+def detectable_drop(
+    values, reference, level: float, min_drop: float | None = None, power: float = POWER, draws: int = POWER_DRAWS
+) -> float:
     """The smallest true drop (accuracy points) the one-sided Welch test at ``level`` detects with
     probability ``power``, taking the observed seed sds as the true ones and the seeds as normal.
 
@@ -89,13 +91,20 @@ def detectable_drop(values, reference, level: float, min_drop: float | None = No
     drop, so D = min_drop + 100 x the ``power`` quantile of c over ``draws`` seeded draws
     (deterministic). nan where the test is undefined (fewer than 2 seeds a side, or no spread
     on either side)."""
-    return _detectable_drop(tuple(float(v) for v in values), tuple(float(v) for v in reference), float(level),
-                            min_drop, float(power), int(draws))
+    return _detectable_drop(
+        tuple(float(v) for v in values),
+        tuple(float(v) for v in reference),
+        float(level),
+        min_drop,
+        float(power),
+        int(draws),
+    )
 
 
 @functools.lru_cache(maxsize=4096)
-def _detectable_drop(values: tuple, reference: tuple, level: float, min_drop: float | None, power: float,
-                     draws: int) -> float:
+def _detectable_drop(
+    values: tuple, reference: tuple, level: float, min_drop: float | None, power: float, draws: int
+) -> float:
     """:func:`detectable_drop` on hashable arguments: the breakdown and beta-search sections ask
     for the same betas' figures, and each Monte Carlo takes 10-40 ms."""
     x, y = np.asarray(values, dtype=float), np.asarray(reference, dtype=float)
@@ -107,7 +116,7 @@ def _detectable_drop(values: tuple, reference: tuple, level: float, min_drop: fl
     dx = np.std(x, ddof=1) * rng.standard_normal((draws, nx))
     dy = np.std(y, ddof=1) * rng.standard_normal((draws, ny))
     vx, vy = dx.var(axis=1, ddof=1) / nx, dy.var(axis=1, ddof=1) / ny
-    df = (vx + vy) ** 2 / (vx ** 2 / (nx - 1) + vy ** 2 / (ny - 1))
+    df = (vx + vy) ** 2 / (vx**2 / (nx - 1) + vy**2 / (ny - 1))
     c = dx.mean(axis=1) - dy.mean(axis=1) + stats.t.ppf(1 - level, df) * np.sqrt(vx + vy)
     return (min_drop or 0.0) + float(np.quantile(c, power)) * POINTS
 
@@ -133,7 +142,7 @@ class BetaRow:
     n_running: int
     mean: float
     sd: float
-    diverged_mark: str      # "*" when at least one seed diverged
+    diverged_mark: str  # "*" when at least one seed diverged
     t: float = math.nan
     p: float = math.nan
     p_holm: float = math.nan
@@ -142,12 +151,12 @@ class BetaRow:
     curve_seed_rms_mean: float = math.nan
     curve_seed_rms_sd: float = math.nan
     values: list[float] = field(default_factory=list)
-    n_ref: int = 0                      # seeds at beta = 1 (the other side of the test)
-    drop: float = math.nan              # mean at beta = 1 minus mean here, accuracy points
-    drop_lo: float = math.nan           # its 95% Welch-Satterthwaite t interval, accuracy points
+    n_ref: int = 0  # seeds at beta = 1 (the other side of the test)
+    drop: float = math.nan  # mean at beta = 1 minus mean here, accuracy points
+    drop_lo: float = math.nan  # its 95% Welch-Satterthwaite t interval, accuracy points
     drop_hi: float = math.nan
-    detectable_drop: float = math.nan   # accuracy points the test detects with 80% power (at ``level``)
-    level: float = math.nan             # alpha / (betas tested): the level the detectable drop is for
+    detectable_drop: float = math.nan  # accuracy points the test detects with 80% power (at ``level``)
+    level: float = math.nan  # alpha / (betas tested): the level the detectable drop is for
 
 
 @dataclass
@@ -164,7 +173,7 @@ class BreakdownResult:
     b_crit_sd: float | None = None
     b_crit_n: int = 0
     beta_crit: float | None = None
-    min_drop: float | None = None       # accuracy points a drop must significantly exceed (None: > 0)
+    min_drop: float | None = None  # accuracy points a drop must significantly exceed (None: > 0)
     notes: list[str] = field(default_factory=list)
     curves: dict = field(default_factory=dict)  # beta -> CurveDistance.to_dict()
 
@@ -184,8 +193,14 @@ def _noise_scale(metrics: pa.Table, trial_ids: list[str]) -> list[float]:
     return [float(np.median(v)) for v in per.values()]
 
 
-def breakdown(metrics: pa.Table, trials: pa.Table, alpha: float = ALPHA, metric: str = "max_val_acc",
-              reference_beta: float = 1.0, min_drop: float | None = None) -> list[BreakdownResult] | str:
+def breakdown(
+    metrics: pa.Table,
+    trials: pa.Table,
+    alpha: float = ALPHA,
+    metric: str = "max_val_acc",
+    reference_beta: float = 1.0,
+    min_drop: float | None = None,
+) -> list[BreakdownResult] | str:
     """One BreakdownResult per n_train; a reason string when the data hold no usable beta family.
     ``min_drop``: accuracy points the drop must significantly exceed (None: any drop)."""
     if "beta" not in trials.column_names:
@@ -209,16 +224,37 @@ def breakdown(metrics: pa.Table, trials: pa.Table, alpha: float = ALPHA, metric:
             vals = [r[metric] for r in members]
             m, sd, n = mean_sd(vals)
             n_div = sum(r["status"] == "diverged" for r in members)
-            beta_rows.append(BetaRow(
-                beta=beta, lr=members[0]["lr"], batch_size=members[0]["batch_size"], n=n, n_diverged=n_div,
-                n_running=sum(r["status"] == "running" for r in members), mean=m, sd=sd,
-                diverged_mark="*" if n_div else "", values=[float(v) for v in vals if v is not None]))
-        h1 = (f"mean {metric} at beta={reference_beta:g} minus at beta > {min_drop:g} accuracy points"
-              if min_drop is not None else f"mean {metric} at beta < at beta={reference_beta:g}")
-        res = BreakdownResult(n_train=n_train, reference_beta=reference_beta, s0=None, lr0=None, rows=beta_rows,
-                              beta_star=None, alpha=alpha, min_drop=min_drop,
-                              test=f"one-sided Welch t-test (H1: {h1}), "
-                                   f"Holm over the betas > {reference_beta:g}, alpha={alpha:g}", notes=notes)
+            beta_rows.append(
+                BetaRow(
+                    beta=beta,
+                    lr=members[0]["lr"],
+                    batch_size=members[0]["batch_size"],
+                    n=n,
+                    n_diverged=n_div,
+                    n_running=sum(r["status"] == "running" for r in members),
+                    mean=m,
+                    sd=sd,
+                    diverged_mark="*" if n_div else "",
+                    values=[float(v) for v in vals if v is not None],
+                )
+            )
+        h1 = (
+            f"mean {metric} at beta={reference_beta:g} minus at beta > {min_drop:g} accuracy points"
+            if min_drop is not None
+            else f"mean {metric} at beta < at beta={reference_beta:g}"
+        )
+        res = BreakdownResult(
+            n_train=n_train,
+            reference_beta=reference_beta,
+            s0=None,
+            lr0=None,
+            rows=beta_rows,
+            beta_star=None,
+            alpha=alpha,
+            min_drop=min_drop,
+            test=f"one-sided Welch t-test (H1: {h1}), Holm over the betas > {reference_beta:g}, alpha={alpha:g}",
+            notes=notes,
+        )
         if not ref:
             notes.append(f"no beta={reference_beta:g} trials: no test and no curve distances")
             out.append(res)
@@ -247,8 +283,9 @@ def breakdown(metrics: pa.Table, trials: pa.Table, alpha: float = ALPHA, metric:
             ids = [r["trial_id"] for r in fam if r["beta"] == br.beta]
             if br.beta == reference_beta:
                 continue
-            d = curve_distance(curves_of(index, ids, "val_acc"), ref_curves, f"beta={br.beta:g}",
-                               f"beta={reference_beta:g}", "val_acc")
+            d = curve_distance(
+                curves_of(index, ids, "val_acc"), ref_curves, f"beta={br.beta:g}", f"beta={reference_beta:g}", "val_acc"
+            )
             br.curve_rms, br.curve_seed_rms_mean, br.curve_seed_rms_sd = d.rms, d.seed_rms_mean, d.seed_rms_sd
             res.curves[f"{br.beta:g}"] = d.to_dict()
         gns = _noise_scale(metrics, [r["trial_id"] for r in ref])

@@ -20,6 +20,7 @@ curvature), also log10 of it, where effects are multiplicative; both are reporte
 relation that is not linear in the logs makes the test depend on the scale. Trials that diverged or have no finite value are
 left out (counted in ``n_excluded``); eta and S are the trial's base point.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,40 +35,54 @@ from lrbs.analysis.stats import lincomb_test, ols, simple_fit
 # (metric, fit log10(y)?): every metric as it is (the issue's y), and the positive scale
 # quantities also as log10 y (multiplicative effects). The two can disagree where the
 # relation is not linear in the logs (e.g. the loss floor at the largest eta/S).
-COLLAPSE_METRICS = (("final_val_acc", False), ("final_train_loss", False), ("final_train_loss", True),
-                    ("lambda_max", False), ("lambda_max", True), ("hessian_fro", False), ("hessian_fro", True))
+COLLAPSE_METRICS = (
+    ("final_val_acc", False),
+    ("final_train_loss", False),
+    ("final_train_loss", True),
+    ("lambda_max", False),
+    ("lambda_max", True),
+    ("hessian_fro", False),
+    ("hessian_fro", True),
+)
 
 
 @dataclass(frozen=True)
 class CollapseResult:
-    metric: str               # as fitted, e.g. "log10 final_train_loss"
-    group: str                # "all" or e.g. "n_train=360"
-    n: int                    # points (seed means) fitted
-    n_excluded: int           # trials left out (diverged, no finite value)
-    n_lr: int                 # distinct eta values
-    n_batch_size: int         # distinct S values
+    metric: str  # as fitted, e.g. "log10 final_train_loss"
+    group: str  # "all" or e.g. "n_train=360"
+    n: int  # points (seed means) fitted
+    n_excluded: int  # trials left out (diverged, no finite value)
+    n_lr: int  # distinct eta values
+    n_batch_size: int  # distinct S values
     a: float
-    b: float                  # coefficient of log10(eta)
-    c: float                  # coefficient of log10(S)
+    b: float  # coefficient of log10(eta)
+    c: float  # coefficient of log10(S)
     b_ci: tuple[float, float]
     c_ci: tuple[float, float]
     b_plus_c: float
     b_plus_c_ci: tuple[float, float]
     t: float
-    p: float                  # two-sided, H0: b + c = 0
+    p: float  # two-sided, H0: b + c = 0
     dof: int
     r2_full: float
-    r2_ratio: float           # ratio-only model
-    k_ratio: float            # slope on log10(eta/S) of the ratio-only model
+    r2_ratio: float  # ratio-only model
+    k_ratio: float  # slope on log10(eta/S) of the ratio-only model
     equal_and_opposite: bool  # b+c CI contains 0 (not rejected at 5%)
-    n_trials: int = 0         # trials averaged into the points
+    n_trials: int = 0  # trials averaged into the points
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def collapse_arrays(lr: np.ndarray, bs: np.ndarray, y: np.ndarray, metric: str, group: str = "all",
-                    n_excluded: int = 0, n_trials: int | None = None) -> CollapseResult:
+def collapse_arrays(
+    lr: np.ndarray,
+    bs: np.ndarray,
+    y: np.ndarray,
+    metric: str,
+    group: str = "all",
+    n_excluded: int = 0,
+    n_trials: int | None = None,
+) -> CollapseResult:
     """The collapse test on finite arrays, one row per point (raises ValueError when eta and S are
     not separable)."""
     le, ls = np.log10(lr), np.log10(bs)
@@ -78,13 +93,28 @@ def collapse_arrays(lr: np.ndarray, bs: np.ndarray, y: np.ndarray, metric: str, 
     ci = fit.ci()
     lo, hi = comb["ci"]
     return CollapseResult(
-        metric=metric, group=group, n=len(y), n_excluded=n_excluded, n_lr=len(set(np.round(le, 12))),
-        n_batch_size=len(set(np.round(ls, 12))), a=float(fit.coef[0]), b=float(fit.coef[1]), c=float(fit.coef[2]),
-        b_ci=(float(ci[1, 0]), float(ci[1, 1])), c_ci=(float(ci[2, 0]), float(ci[2, 1])),
-        b_plus_c=comb["estimate"], b_plus_c_ci=(float(lo), float(hi)), t=comb["t"], p=comb["p"], dof=comb["dof"],
-        r2_full=fit.r2, r2_ratio=ratio.r2 if ratio else math.nan,
+        metric=metric,
+        group=group,
+        n=len(y),
+        n_excluded=n_excluded,
+        n_lr=len(set(np.round(le, 12))),
+        n_batch_size=len(set(np.round(ls, 12))),
+        a=float(fit.coef[0]),
+        b=float(fit.coef[1]),
+        c=float(fit.coef[2]),
+        b_ci=(float(ci[1, 0]), float(ci[1, 1])),
+        c_ci=(float(ci[2, 0]), float(ci[2, 1])),
+        b_plus_c=comb["estimate"],
+        b_plus_c_ci=(float(lo), float(hi)),
+        t=comb["t"],
+        p=comb["p"],
+        dof=comb["dof"],
+        r2_full=fit.r2,
+        r2_ratio=ratio.r2 if ratio else math.nan,
         k_ratio=float(ratio.coef[1]) if ratio else math.nan,
-        equal_and_opposite=bool(lo <= 0 <= hi), n_trials=len(y) if n_trials is None else n_trials)
+        equal_and_opposite=bool(lo <= 0 <= hi),
+        n_trials=len(y) if n_trials is None else n_trials,
+    )
 
 
 def collapse_test(trials: pa.Table, metric: str, log_y: bool, group: str = "all") -> CollapseResult | str:
@@ -96,8 +126,7 @@ def collapse_test(trials: pa.Table, metric: str, log_y: bool, group: str = "all"
     for r, point in zip(rows, point_keys(trials)):
         r["_point"] = point
         v = r[metric]
-        ok = (v is not None and math.isfinite(float(v)) and r["status"] != "diverged"
-              and (not log_y or float(v) > 0))
+        ok = v is not None and math.isfinite(float(v)) and r["status"] != "diverged" and (not log_y or float(v) > 0)
         if ok:
             keep.append(r)
         else:
@@ -119,7 +148,6 @@ def collapse_test(trials: pa.Table, metric: str, log_y: bool, group: str = "all"
     if len(y_pm) < 5:
         return f"only {len(y_pm)} usable points (needs >= 5 for a 3-parameter fit with 2 dof)"
     try:
-        return collapse_arrays(lr, bs, y_pm, ("log10 " if log_y else "") + metric, group, excluded,
-                               n_trials=len(keep))
+        return collapse_arrays(lr, bs, y_pm, ("log10 " if log_y else "") + metric, group, excluded, n_trials=len(keep))
     except ValueError:
         return "log10(eta) and log10(S) are collinear (e.g. a pure beta family): b and c are not separable"

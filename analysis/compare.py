@@ -11,6 +11,7 @@ ran a beta family; every section's headline (or its reason to skip) for both run
 the two runs' fits (point means and fit lines) and learning curves overlaid. Pure functions over
 two ``RunView`` objects, so a section added to the registry appears here without code.
 """
+
 from __future__ import annotations
 
 import html
@@ -34,16 +35,18 @@ if TYPE_CHECKING:
 @dataclass
 class RunView:
     """One run of a comparison: its name on the page, its report and its tables."""
+
     name: str
     report: Report
     metrics: pa.Table
-    trials: pa.Table       # ``lrbs.analysis.trialinfo.trial_table(metrics)``
+    trials: pa.Table  # ``lrbs.analysis.trialinfo.trial_table(metrics)``
 
 
 @dataclass(frozen=True)
 class Difference:
     """One aspect of the two runs: how each describes it, and whether they agree (None: one
     run does not record it, or records keys the other does not, so it cannot be told)."""
+
     what: str
     a: str
     b: str
@@ -74,7 +77,7 @@ def _group(trials: pa.Table, prefix: str, skip: set[str] = frozenset()) -> dict[
         return None
     out = {}
     for c in cols:
-        key = c[len(f"cfg.{prefix}."):].removeprefix("options.")
+        key = c[len(f"cfg.{prefix}.") :].removeprefix("options.")
         if key in skip:
             continue
         values = list(dict.fromkeys(_hashable(v) for v in trials.column(c).to_pylist()))
@@ -144,7 +147,8 @@ def run_settings(metrics: pa.Table, trials: pa.Table) -> dict[str, tuple[str, ob
         "seeds": _listed(_column_values(trials, "seed")),
         "schedule": _schedule(trials),
         "converged_train_acc (sharpness fits)": (_describe(threshold["converged_train_acc"]), threshold)
-        if threshold and "converged_train_acc" in threshold else None,
+        if threshold and "converged_train_acc" in threshold
+        else None,
         "code version": _listed(_column_values(metrics, "code_version")),
     }
 
@@ -185,9 +189,15 @@ def verdict_refused(diffs: list[Difference], allow_any: bool) -> str:
     differ = [plural[d.what] for d in bad if d.same is False]
     unknown = [d.what for d in bad if d.same is None]
     why = [f"the runs have different {' and '.join(differ)}"] if differ else []
-    why += [f"the {' and '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not recorded in both runs"] if unknown else []
-    return (f"No same/different verdict: {'; '.join(why)}, so a difference in slope cannot be told apart from "
-            "that (--compare-any shows whether the CIs overlap anyway).")
+    why += (
+        [f"the {' and '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not recorded in both runs"]
+        if unknown
+        else []
+    )
+    return (
+        f"No same/different verdict: {'; '.join(why)}, so a difference in slope cannot be told apart from "
+        "that (--compare-any shows whether the CIs overlap anyway)."
+    )
 
 
 def _slopes(report) -> dict[str, dict]:
@@ -217,24 +227,32 @@ def _beta_star(report) -> dict:
 
 
 def differences_table(a: RunView, b: RunView, diffs: list[Difference]) -> Table:
-    return Table("what each run trained (cfg.* columns of the trial tables; code version of the rows)",
-                 ["", a.name, b.name, "same?"],
-                 [[d.what, d.a, d.b, d.verdict] for d in diffs])
+    return Table(
+        "what each run trained (cfg.* columns of the trial tables; code version of the rows)",
+        ["", a.name, b.name, "same?"],
+        [[d.what, d.a, d.b, d.verdict] for d in diffs],
+    )
 
 
 def differs_line(diffs: list[Difference]) -> str:
     differ = [d.what for d in diffs if d.same is False]
     unknown = [d.what for d in diffs if d.same is None]
-    return (("The runs differ in: " + ", ".join(differ) + "." if differ else
-             "The runs differ in nothing recorded here.")
-            + (f" Cannot tell (not recorded alike in both): {', '.join(unknown)}." if unknown else ""))
+    return (
+        "The runs differ in: " + ", ".join(differ) + "." if differ else "The runs differ in nothing recorded here."
+    ) + (f" Cannot tell (not recorded alike in both): {', '.join(unknown)}." if unknown else "")
 
 
 def verdict_caveat(diffs: list[Difference]) -> str:
     """With the verdict given: what else differs and may explain slopes whose CIs do not overlap."""
     differ = [d.what for d in diffs if d.same is False]
-    return (f"Where the CIs do not overlap, the slopes differ; the runs also differ in {', '.join(differ)}, "
-            "any of which may be why.") if differ else ""
+    return (
+        (
+            f"Where the CIs do not overlap, the slopes differ; the runs also differ in {', '.join(differ)}, "
+            "any of which may be why."
+        )
+        if differ
+        else ""
+    )
 
 
 def compare_tables(a: RunView, b: RunView, allow_any: bool = False) -> list[Table]:
@@ -252,18 +270,40 @@ def compare_tables(a: RunView, b: RunView, allow_any: bool = False) -> list[Tabl
         rows.append(row)
     tables = []
     if rows:
-        tables.append(Table("slopes against log10(eta/S) over point means [95% CI]",
-                            ["metric", a.name, b.name, "B - A", *([] if refused else ["CIs overlap"])], rows))
+        tables.append(
+            Table(
+                "slopes against log10(eta/S) over point means [95% CI]",
+                ["metric", a.name, b.name, "B - A", *([] if refused else ["CIs overlap"])],
+                rows,
+            )
+        )
     ba, bb = _beta_star(a.report), _beta_star(b.report)
     if ba and bb:
         keys = sorted(set(ba) | set(bb), key=str)
-        tables.append(Table("beta* (the breakdown of eta/S scaling) per training-set size",
-                            ["n_train", a.name, b.name], [[k, fmt(ba.get(k)), fmt(bb.get(k))] for k in keys]))
+        tables.append(
+            Table(
+                "beta* (the breakdown of eta/S scaling) per training-set size",
+                ["n_train", a.name, b.name],
+                [[k, fmt(ba.get(k)), fmt(bb.get(k))] for k in keys],
+            )
+        )
     other = {s.key: s for s in b.report.sections}
-    tables.append(Table("every section", ["section", a.name, b.name],
-                        [[s.title, s.headline if s.status == "ok" else f"skipped: {s.reason}",
-                          (other[s.key].headline if other[s.key].status == "ok" else f"skipped: {other[s.key].reason}")
-                          if s.key in other else "-"] for s in a.report.sections]))
+    tables.append(
+        Table(
+            "every section",
+            ["section", a.name, b.name],
+            [
+                [
+                    s.title,
+                    s.headline if s.status == "ok" else f"skipped: {s.reason}",
+                    (other[s.key].headline if other[s.key].status == "ok" else f"skipped: {other[s.key].reason}")
+                    if s.key in other
+                    else "-",
+                ]
+                for s in a.report.sections
+            ],
+        )
+    )
     return tables
 
 
@@ -282,7 +322,7 @@ def _fit_points(run: RunView, key: str, fit: dict) -> tuple[np.ndarray, np.ndarr
             trials = converged(trials).kept
         y = metric_values(trials, key, log_y)
     pm = point_means(point_keys(trials), log_ratios(trials), y)
-    return 10 ** pm.x, (10 ** pm.y if log_y else pm.y), pm.n_seeds
+    return 10**pm.x, (10**pm.y if log_y else pm.y), pm.n_seeds
 
 
 def compare_figures(a: RunView, b: RunView) -> list[tuple[str, object]]:
@@ -293,18 +333,27 @@ def compare_figures(a: RunView, b: RunView) -> list[tuple[str, object]]:
     for key in [m for m in sa if m in sb]:
         runs = [(run.name, *_fit_points(run, key, fits[key]), fits[key]) for run, fits in ((a, sa), (b, sb))]
         metric = str(sa[key].get("metric", key))
-        figures.append((f"{metric} against eta/S", plots.compare_fits(metric.removeprefix("log10 "), runs,
-                                                                      log_y=metric.startswith("log10 "))))
+        figures.append(
+            (
+                f"{metric} against eta/S",
+                plots.compare_fits(metric.removeprefix("log10 "), runs, log_y=metric.startswith("log10 ")),
+            )
+        )
     if all("val_acc" in r.metrics.column_names and r.trials.num_rows for r in (a, b)):
-        figures.append(("Validation accuracy per epoch", plots.compare_curves(
-            [(r.name, r.metrics, r.trials) for r in (a, b)], "val_acc")))
+        figures.append(
+            (
+                "Validation accuracy per epoch",
+                plots.compare_curves([(r.name, r.metrics, r.trials) for r in (a, b)], "val_acc"),
+            )
+        )
     return figures
 
 
 def _run_line(run: RunView) -> str:
     s = run.report.summary
-    return (f"{run.name}: {s.get('trials')} trials, status {status_words(s.get('status_counts'))}"
-            + (" (PARTIAL)" if s.get("partial") else ""))
+    return f"{run.name}: {s.get('trials')} trials, status {status_words(s.get('status_counts'))}" + (
+        " (PARTIAL)" if s.get("partial") else ""
+    )
 
 
 def render_compare_md(a: RunView, b: RunView, allow_any: bool = False) -> str:
@@ -328,12 +377,19 @@ def render_compare_html(a: RunView, b: RunView, allow_any: bool = False) -> str:
     refused = verdict_refused(diffs, allow_any)
     table = differences_table(a, b, diffs)
     diff_rows = "".join(  # the aspects that differ highlighted
-        ("<tr class='differs'>" if d.same is False else "<tr>") + "".join(f"<td>{html.escape(c)}</td>" for c in row)
-        + "</tr>" for d, row in zip(diffs, table.rows))
-    body = [*(f"<p>{html.escape(_run_line(run))}</p>" for run in (a, b)),
-            "<h2 id='differs'>What differs</h2>", f"<p><b>{html.escape(differs_line(diffs))}</b></p>",
-            f"<p class='cap'>{html.escape(table.title)}</p><table class='text'><tr>"
-            + "".join(f"<th>{html.escape(h)}</th>" for h in table.header) + f"</tr>{diff_rows}</table>"]
+        ("<tr class='differs'>" if d.same is False else "<tr>")
+        + "".join(f"<td>{html.escape(c)}</td>" for c in row)
+        + "</tr>"
+        for d, row in zip(diffs, table.rows)
+    )
+    body = [
+        *(f"<p>{html.escape(_run_line(run))}</p>" for run in (a, b)),
+        "<h2 id='differs'>What differs</h2>",
+        f"<p><b>{html.escape(differs_line(diffs))}</b></p>",
+        f"<p class='cap'>{html.escape(table.title)}</p><table class='text'><tr>"
+        + "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
+        + f"</tr>{diff_rows}</table>",
+    ]
     tables = compare_tables(a, b, allow_any)
     if not any(t.title.startswith("slopes") for t in tables):
         body.append("<p>No fit against eta/S is in both runs (no common metric).</p>")

@@ -8,6 +8,7 @@ fit only trials whose eval-mode accuracy of the final weights on the fixed train
 (``final_train_eval_acc``, trainables/train_loop.py) reached ``report.converged_train_acc``,
 and name the trials they left out.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,9 +26,10 @@ THRESHOLD_COLUMN = "cfg.report.converged_train_acc"
 @dataclass(frozen=True)
 class Convergence:
     """The converged trials (``kept``) and the ones left out, with their final train accuracy."""
+
     kept: pa.Table
-    threshold: float | None                 # None: the filter is off, or the run did not record it
-    recorded: bool                          # the run has final_train_eval_acc values
+    threshold: float | None  # None: the filter is off, or the run did not record it
+    recorded: bool  # the run has final_train_eval_acc values
     # the trials left out below the threshold: trial_id, lr, batch_size, seed and final_train_eval_acc
     left_out: list[dict] = field(default_factory=list)
     # trials left out without a final_train_eval_acc (still running; trained by older code)
@@ -46,27 +48,45 @@ class Convergence:
     def note(self) -> str:
         """One line for a section: what was fitted, and which trials were left out."""
         if not self.recorded:
-            return ("Convergence not checked: this run has no final_train_eval_acc (written before it was "
-                    "recorded); every trial's curvature is fitted, reached a minimum or not.")
+            return (
+                "Convergence not checked: this run has no final_train_eval_acc (written before it was "
+                "recorded); every trial's curvature is fitted, reached a minimum or not."
+            )
         if self.threshold is None:
             return "Convergence filter off (report.converged_train_acc: null): every trial is fitted."
-        unmeasured = (f" {len(self.unmeasured)} trial(s) without an eval-mode train accuracy (still running, "
-                      f"or trained by code that did not record it) left out too: "
-                      + ", ".join(self.unmeasured)[:300] + "." if self.unmeasured else "")
+        unmeasured = (
+            f" {len(self.unmeasured)} trial(s) without an eval-mode train accuracy (still running, "
+            f"or trained by code that did not record it) left out too: " + ", ".join(self.unmeasured)[:300] + "."
+            if self.unmeasured
+            else ""
+        )
         if not self.left_out:
-            return (("WARNING: " if self.many_left_out else "")
-                    + f"Every trial with an eval-mode train accuracy reached the convergence threshold (>= "
-                    f"{self.threshold:g} on the training subset)." + unmeasured)
-        names = ", ".join(f"{t['trial_id']} (lr={t['lr']:g} S={t['batch_size']} seed={t['seed']}: "
-                          f"{t['final_train_eval_acc']:.3f})" for t in self.left_out)
-        return (("WARNING: " if self.many_left_out else "")
-                + f"{len(self.left_out)} of {self.n_total} trials left out as not converged (eval-mode train "
-                f"accuracy of the final weights < {self.threshold:g}; report.converged_train_acc): "
-                + (names if len(names) <= 600 else names[:600] + " ...") + "." + unmeasured)
+            return (
+                ("WARNING: " if self.many_left_out else "")
+                + f"Every trial with an eval-mode train accuracy reached the convergence threshold (>= "
+                f"{self.threshold:g} on the training subset)." + unmeasured
+            )
+        names = ", ".join(
+            f"{t['trial_id']} (lr={t['lr']:g} S={t['batch_size']} seed={t['seed']}: {t['final_train_eval_acc']:.3f})"
+            for t in self.left_out
+        )
+        return (
+            ("WARNING: " if self.many_left_out else "")
+            + f"{len(self.left_out)} of {self.n_total} trials left out as not converged (eval-mode train "
+            f"accuracy of the final weights < {self.threshold:g}; report.converged_train_acc): "
+            + (names if len(names) <= 600 else names[:600] + " ...")
+            + "."
+            + unmeasured
+        )
 
     def to_dict(self) -> dict:
-        return {"threshold": self.threshold, "recorded": self.recorded, "n_fitted": self.kept.num_rows,
-                "left_out": list(self.left_out), "unmeasured": list(self.unmeasured)}
+        return {
+            "threshold": self.threshold,
+            "recorded": self.recorded,
+            "n_fitted": self.kept.num_rows,
+            "left_out": list(self.left_out),
+            "unmeasured": list(self.unmeasured),
+        }
 
 
 def threshold_of(trials: pa.Table) -> float | None:
@@ -94,8 +114,16 @@ def converged(trials: pa.Table) -> Convergence:
     rows = trials.select(["trial_id", "lr", "batch_size", "seed", "status"]).to_pylist()
     measured = [a is not None and math.isfinite(a) for a in accs]
     keep = [r["status"] == "diverged" or (m and a >= threshold) for r, a, m in zip(rows, accs, measured)]
-    left = [{k: r[k] for k in ("trial_id", "lr", "batch_size", "seed")} | {"final_train_eval_acc": float(a)}
-            for r, a, m, k in zip(rows, accs, measured, keep) if m and not k]
+    left = [
+        {k: r[k] for k in ("trial_id", "lr", "batch_size", "seed")} | {"final_train_eval_acc": float(a)}
+        for r, a, m, k in zip(rows, accs, measured, keep)
+        if m and not k
+    ]
     unmeasured = [r["trial_id"] for r, m, k in zip(rows, measured, keep) if not m and not k]
-    return Convergence(kept=trials.filter(pa.array(keep, type=pa.bool_())), threshold=threshold,
-                       recorded=True, left_out=left, unmeasured=unmeasured)
+    return Convergence(
+        kept=trials.filter(pa.array(keep, type=pa.bool_())),
+        threshold=threshold,
+        recorded=True,
+        left_out=left,
+        unmeasured=unmeasured,
+    )

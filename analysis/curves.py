@@ -14,6 +14,7 @@ both have (at least one seed each):
   such pairs within A and within B -- the distance expected from seed noise alone. A pair whose
   curves agree as well as two seeds of one configuration has rms close to noise_rms.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -85,7 +86,7 @@ def _rms(x: dict[int, float], y: dict[int, float]) -> float:
     if not common:
         return math.nan
     d = np.array([x[e] - y[e] for e in common])
-    return float(np.sqrt(np.mean(d ** 2)))
+    return float(np.sqrt(np.mean(d**2)))
 
 
 def _stats(curves: Curves, epoch: int) -> tuple[float, float, int]:
@@ -95,7 +96,9 @@ def _stats(curves: Curves, epoch: int) -> tuple[float, float, int]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else math.nan, len(v)
 
 
-def curve_distance(a: Curves, b: Curves, name_a: str = "A", name_b: str = "B", metric: str = "val_acc") -> CurveDistance:
+def curve_distance(
+    a: Curves, b: Curves, name_a: str = "A", name_b: str = "B", metric: str = "val_acc"
+) -> CurveDistance:
     epochs_a = {e for c in a.values() for e in c}
     epochs_b = {e for c in b.values() for e in c}
     epochs = sorted(epochs_a & epochs_b)
@@ -106,28 +109,51 @@ def curve_distance(a: Curves, b: Curves, name_a: str = "A", name_b: str = "B", m
         diff.append(ma - mb)
         sda.append(sa)
         sdb.append(sb)
-        se.append(math.sqrt(sa ** 2 / na + sb ** 2 / nb) if na > 1 and nb > 1 else math.nan)
+        se.append(math.sqrt(sa**2 / na + sb**2 / nb) if na > 1 and nb > 1 else math.nan)
     d = np.array(diff)
-    rms = float(np.sqrt(np.mean(d ** 2))) if len(d) else math.nan
+    rms = float(np.sqrt(np.mean(d**2))) if len(d) else math.nan
     mean_abs = float(np.mean(np.abs(d))) if len(d) else math.nan
     shared = sorted(set(a) & set(b))
     pairs = [(a[s], b[s]) for s in shared] or [(a[s], b[t]) for s in a for t in b]
     seed_d = np.array([x for x in (_rms(p, q) for p, q in pairs) if math.isfinite(x)])
-    noise = [x for cs in (a, b) for s, t in itertools.combinations(sorted(cs), 2)
-             if math.isfinite(x := _rms(cs[s], cs[t]))]
+    noise = [
+        x for cs in (a, b) for s, t in itertools.combinations(sorted(cs), 2) if math.isfinite(x := _rms(cs[s], cs[t]))
+    ]
     return CurveDistance(
-        a=name_a, b=name_b, metric=metric, epochs=epochs, diff=diff, diff_se=se, sd_a=sda, sd_b=sdb, rms=rms,
-        mean_abs=mean_abs, seed_rms_mean=float(seed_d.mean()) if len(seed_d) else math.nan,
-        seed_rms_sd=float(seed_d.std(ddof=1)) if len(seed_d) > 1 else math.nan, n_seed_pairs=len(seed_d),
-        noise_rms=float(np.mean(noise)) if noise else math.nan, n_a=len(a), n_b=len(b))
+        a=name_a,
+        b=name_b,
+        metric=metric,
+        epochs=epochs,
+        diff=diff,
+        diff_se=se,
+        sd_a=sda,
+        sd_b=sdb,
+        rms=rms,
+        mean_abs=mean_abs,
+        seed_rms_mean=float(seed_d.mean()) if len(seed_d) else math.nan,
+        seed_rms_sd=float(seed_d.std(ddof=1)) if len(seed_d) > 1 else math.nan,
+        n_seed_pairs=len(seed_d),
+        noise_rms=float(np.mean(noise)) if noise else math.nan,
+        n_a=len(a),
+        n_b=len(b),
+    )
 
 
 # ----------------------------------------------------------------------------- configurations
 
+
 def config_key(row: dict) -> tuple:
     """What identifies a configuration (all but the seed)."""
-    return (row.get("n_train"), row.get("model"), row.get("dataset"), row.get("schedule"), row.get("rescale"),
-            row.get("beta"), float(row["lr"]), int(row["batch_size"]))
+    return (
+        row.get("n_train"),
+        row.get("model"),
+        row.get("dataset"),
+        row.get("schedule"),
+        row.get("rescale"),
+        row.get("beta"),
+        float(row["lr"]),
+        int(row["batch_size"]),
+    )
 
 
 def config_label(row: dict) -> str:
@@ -176,9 +202,13 @@ def equal_ratio_pairs(metrics: pa.Table, trials: pa.Table, metric: str = "val_ac
         if m == 0 or sa[:m] != sb[:m]:
             continue
         ra, rb = configs[ka], configs[kb]
-        dist = curve_distance(curves_of(index, [r["trial_id"] for r in ra], metric),
-                              curves_of(index, [r["trial_id"] for r in rb], metric),
-                              config_label(ra[0]), config_label(rb[0]), metric)
+        dist = curve_distance(
+            curves_of(index, [r["trial_id"] for r in ra], metric),
+            curves_of(index, [r["trial_id"] for r in rb], metric),
+            config_label(ra[0]),
+            config_label(rb[0]),
+            metric,
+        )
         dist.extra = {"ratio": ra[0]["ratio"], "n_train": ka[0]}
         out.append(dist)
     return out
@@ -203,10 +233,19 @@ def rescale_distances(metrics: pa.Table, trials: pa.Table, metric: str = "val_ac
             if r["batch_size"] != s0:
                 groups.setdefault((r["rescale"], r["batch_size"]), []).append(r)
         for (rule, s), members in sorted(groups.items()):
-            dist = curve_distance(curves_of(index, [r["trial_id"] for r in members], metric), ref_curves,
-                                  f"{rule} S={s} lr={members[0]['lr']:g}",
-                                  f"reference S={s0} lr={ref[0]['lr']:g}", metric)
-            dist.extra = {"rule": rule, "batch_size": s, "lr": members[0]["lr"], "reference_batch_size": s0,
-                          "n_train": fam_key[0]}
+            dist = curve_distance(
+                curves_of(index, [r["trial_id"] for r in members], metric),
+                ref_curves,
+                f"{rule} S={s} lr={members[0]['lr']:g}",
+                f"reference S={s0} lr={ref[0]['lr']:g}",
+                metric,
+            )
+            dist.extra = {
+                "rule": rule,
+                "batch_size": s,
+                "lr": members[0]["lr"],
+                "reference_batch_size": s0,
+                "n_train": fam_key[0],
+            }
             out.append(dist)
     return out

@@ -18,13 +18,14 @@ No interval is given (``slope_ci`` is (nan, nan) and ``ci_note`` says why) with 
 distinct eta/S values or fewer than 4 points (2 degrees of freedom). Equal-eta/S points stay
 separate points. Pure functions over Arrow tables.
 """
+
 from __future__ import annotations
 
 import functools
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -35,17 +36,18 @@ from lrbs.analysis.stats import OLSResult, simple_fit
 CI_METHOD = "t interval on point means (n_points - 2 dof)"
 # What tells two trials apart as points of the design, beyond their seed (those present in the table).
 POINT_KEYS = ("lr", "batch_size", "n_train", "beta", "rescale", "variant", "schedule")
-MIN_RATIOS = 3        # distinct eta/S values for an interval
-MIN_POINTS = 4        # points for an interval (n_points - 2 >= 2 dof)
+MIN_RATIOS = 3  # distinct eta/S values for an interval
+MIN_POINTS = 4  # points for an interval (n_points - 2 >= 2 dof)
 
 
 @dataclass(frozen=True)
 class PointMeans:
     """Per-point means of x and y over the seeds with finite values, in first-seen order."""
+
     keys: list[tuple]
     x: np.ndarray
     y: np.ndarray
-    n_seeds: np.ndarray   # trials averaged into each point
+    n_seeds: np.ndarray  # trials averaged into each point
 
     @property
     def n_trials(self) -> int:
@@ -86,27 +88,28 @@ def n_distinct(x: np.ndarray) -> int:
 @dataclass(frozen=True)
 class PointFit:
     """Least squares of point means on x, with the interval and tests over points."""
+
     slope: float
     intercept: float
     slope_ci: tuple[float, float]
-    p: float                  # two-sided, slope = 0, n_points - 2 dof
-    r2: float                 # of the point means
-    spearman_rho: float       # over point means
+    p: float  # two-sided, slope = 0, n_points - 2 dof
+    r2: float  # of the point means
+    spearman_rho: float  # over point means
     spearman_p: float
     n_points: int
     n_trials: int
-    n_ratios: int             # distinct x values
+    n_ratios: int  # distinct x values
     ci_method: str
-    ci_note: str              # why there is no interval ("" when there is one)
-    ols: OLSResult | None     # the point-mean fit (None when it could not be made)
+    ci_note: str  # why there is no interval ("" when there is one)
+    ols: OLSResult | None  # the point-mean fit (None when it could not be made)
 
 
-EXACT_SPEARMAN_MAX = 8   # up to this many points, Spearman's p by enumerating every permutation
+EXACT_SPEARMAN_MAX = 8  # up to this many points, Spearman's p by enumerating every permutation
 
 
 @functools.lru_cache(maxsize=8)
 def _permutations(n: int) -> np.ndarray:
-    return np.array(list(itertools.permutations(range(n))), dtype=np.int64)   # (n!, n)
+    return np.array(list(itertools.permutations(range(n))), dtype=np.int64)  # (n!, n)
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -126,7 +129,7 @@ def spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     rx, ry = stats.rankdata(x), stats.rankdata(y)
     rx, ry = rx - rx.mean(), ry - ry.mean()
     denom = math.sqrt(float(rx @ rx) * float(ry @ ry))
-    rhos = ry[_permutations(len(x))] @ rx / denom   # every pairing's rho
+    rhos = ry[_permutations(len(x))] @ rx / denom  # every pairing's rho
     return rho, float(np.mean(np.abs(rhos) >= abs(rho) - 1e-12))
 
 
@@ -135,11 +138,18 @@ def fit_points(pm: PointMeans) -> PointFit:
     n, k = len(pm.x), n_distinct(pm.x)
     nan2 = (math.nan, math.nan)
     rho, rho_p = spearman(pm.x, pm.y)
-    base = dict(spearman_rho=rho, spearman_p=rho_p, n_points=n, n_trials=pm.n_trials, n_ratios=k,
-                ci_method=CI_METHOD)
+    base = dict(spearman_rho=rho, spearman_p=rho_p, n_points=n, n_trials=pm.n_trials, n_ratios=k, ci_method=CI_METHOD)
     if k < 2:
-        return PointFit(slope=math.nan, intercept=math.nan, slope_ci=nan2, p=math.nan, r2=math.nan,
-                        ci_note=f"{k} distinct eta/S value(s): no slope", ols=None, **base)
+        return PointFit(
+            slope=math.nan,
+            intercept=math.nan,
+            slope_ci=nan2,
+            p=math.nan,
+            r2=math.nan,
+            ci_note=f"{k} distinct eta/S value(s): no slope",
+            ols=None,
+            **base,
+        )
     if k < MIN_RATIOS:
         note = f"{k} distinct eta/S values: no interval (needs >= {MIN_RATIOS})"
     elif n < MIN_POINTS:
@@ -148,11 +158,19 @@ def fit_points(pm: PointMeans) -> PointFit:
         note = ""
     if n < 3:  # two points: a line through them, no residual to judge it by
         slope = float((pm.y[1] - pm.y[0]) / (pm.x[1] - pm.x[0]))
-        return PointFit(slope=slope, intercept=float(pm.y[0] - slope * pm.x[0]), slope_ci=nan2, p=math.nan,
-                        r2=math.nan, ci_note=note, ols=None, **base)
+        return PointFit(
+            slope=slope,
+            intercept=float(pm.y[0] - slope * pm.x[0]),
+            slope_ci=nan2,
+            p=math.nan,
+            r2=math.nan,
+            ci_note=note,
+            ols=None,
+            **base,
+        )
     fit = simple_fit(pm.x, pm.y)
     slope, intercept = float(fit.coef[1]), float(fit.coef[0])
-    if not note and fit.rss <= 1e-20 * max(1.0, float(np.sum(pm.y ** 2))):
+    if not note and fit.rss <= 1e-20 * max(1.0, float(np.sum(pm.y**2))):
         note = "the point means lie exactly on a line (no scatter): no interval"
     ci = nan2 if note else tuple(float(v) for v in fit.ci()[1])
     p = math.nan if note else float(fit.p_values()[1])
@@ -162,18 +180,19 @@ def fit_points(pm: PointMeans) -> PointFit:
 @dataclass(frozen=True)
 class RatioFit:
     """y = intercept + slope * log10(eta/S) over point means (module docstring)."""
+
     metric: str
     x: str
-    n: int                  # trials in the fit
-    n_excluded: int         # trials without a finite value (e.g. diverged)
-    n_points: int           # points (seeds averaged) the slope, its interval and the tests are over
-    n_ratios: int           # distinct eta/S values among them
+    n: int  # trials in the fit
+    n_excluded: int  # trials without a finite value (e.g. diverged)
+    n_points: int  # points (seeds averaged) the slope, its interval and the tests are over
+    n_ratios: int  # distinct eta/S values among them
     slope: float
     intercept: float
-    slope_ci: tuple[float, float]   # (nan, nan) when no interval can be given: see ci_note
-    p: float                # two-sided, slope = 0
-    r2: float               # of the point means
-    spearman_rho: float     # over point means
+    slope_ci: tuple[float, float]  # (nan, nan) when no interval can be given: see ci_note
+    p: float  # two-sided, slope = 0
+    r2: float  # of the point means
+    spearman_rho: float  # over point means
     spearman_p: float
     ci_method: str
     ci_note: str
@@ -202,11 +221,23 @@ def ratio_fit(trials: pa.Table, metric: str, *, log_y: bool = False, x_column: s
     x, y = log_ratios(trials, x_column), metric_values(trials, metric, log_y)
     pm = point_means(point_keys(trials), x, y)
     f = fit_points(pm)
-    return RatioFit(metric=("log10 " if log_y else "") + metric,
-                    x="log10(lr/batch_size)" if x_column == "ratio" else f"log10({x_column})", n=pm.n_trials,
-                    n_excluded=trials.num_rows - pm.n_trials, n_points=f.n_points, n_ratios=f.n_ratios,
-                    slope=f.slope, intercept=f.intercept, slope_ci=f.slope_ci, p=f.p, r2=f.r2,
-                    spearman_rho=f.spearman_rho, spearman_p=f.spearman_p, ci_method=f.ci_method, ci_note=f.ci_note)
+    return RatioFit(
+        metric=("log10 " if log_y else "") + metric,
+        x="log10(lr/batch_size)" if x_column == "ratio" else f"log10({x_column})",
+        n=pm.n_trials,
+        n_excluded=trials.num_rows - pm.n_trials,
+        n_points=f.n_points,
+        n_ratios=f.n_ratios,
+        slope=f.slope,
+        intercept=f.intercept,
+        slope_ci=f.slope_ci,
+        p=f.p,
+        r2=f.r2,
+        spearman_rho=f.spearman_rho,
+        spearman_p=f.spearman_p,
+        ci_method=f.ci_method,
+        ci_note=f.ci_note,
+    )
 
 
 def slope_text(slope: float, ci: tuple[float, float], note: str = "", digits: int = 3) -> str:

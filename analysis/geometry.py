@@ -19,6 +19,7 @@ averaged per point) with its 95% CI (1 if y is proportional to x), and Spearman'
 point means. Trials with x <= 0 (a Hutchinson trace can come out negative), y <= 0 or diverged
 are left out.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,14 +37,14 @@ GEOMETRY_METRICS = (("lambda_max", True), ("hessian_fro", True), ("final_val_acc
 
 @dataclass
 class BandFit:
-    metric: str          # as fitted ("log10 lambda_max")
+    metric: str  # as fitted ("log10 lambda_max")
     column: str
     log_y: bool
-    n: int               # trials
+    n: int  # trials
     n_excluded: int
-    n_points: int        # point means the fit, its interval and tests are over
+    n_points: int  # point means the fit, its interval and tests are over
     slope: float
-    slope_ci: tuple[float, float]   # (nan, nan) with a ci_note when the design allows no interval
+    slope_ci: tuple[float, float]  # (nan, nan) with a ci_note when the design allows no interval
     intercept: float
     p: float
     r2: float
@@ -82,30 +83,45 @@ def ratio_band_fit(trials: pa.Table, column: str, log_y: bool, x_column: str = "
         mean, lo, hi = f.intercept + f.slope * xs, np.full_like(xs, np.nan), np.full_like(xs, np.nan)
     else:
         mean, lo, hi = mean_band(f.ols, pm.x, xs)
-    tf = (lambda v: 10 ** v) if log_y else (lambda v: v)
-    return BandFit(metric=("log10 " if log_y else "") + column, column=column, log_y=log_y, n=pm.n_trials,
-                   n_excluded=trials.num_rows - pm.n_trials, n_points=f.n_points, slope=f.slope, slope_ci=f.slope_ci,
-                   intercept=f.intercept, p=f.p, r2=f.r2, spearman_rho=f.spearman_rho, spearman_p=f.spearman_p,
-                   band_x=(10 ** xs).tolist(), band_mean=tf(mean).tolist(), band_lo=tf(lo).tolist(),
-                   band_hi=tf(hi).tolist(), ci_note=f.ci_note)
+    tf = (lambda v: 10**v) if log_y else (lambda v: v)
+    return BandFit(
+        metric=("log10 " if log_y else "") + column,
+        column=column,
+        log_y=log_y,
+        n=pm.n_trials,
+        n_excluded=trials.num_rows - pm.n_trials,
+        n_points=f.n_points,
+        slope=f.slope,
+        slope_ci=f.slope_ci,
+        intercept=f.intercept,
+        p=f.p,
+        r2=f.r2,
+        spearman_rho=f.spearman_rho,
+        spearman_p=f.spearman_p,
+        band_x=(10**xs).tolist(),
+        band_mean=tf(mean).tolist(),
+        band_lo=tf(lo).tolist(),
+        band_hi=tf(hi).tolist(),
+        ci_note=f.ci_note,
+    )
 
 
 @dataclass
 class Eq7Result:
     n: int
     n_excluded: int
-    ratio_median: float     # median of loss / ((eta/4S) Tr H)
+    ratio_median: float  # median of loss / ((eta/4S) Tr H)
     ratio_q25: float
     ratio_q75: float
-    n_points: int           # point means of the log-log fit and Spearman
-    slope: float            # log10 loss on log10 predicted, over point means
+    n_points: int  # point means of the log-log fit and Spearman
+    slope: float  # log10 loss on log10 predicted, over point means
     slope_ci: tuple[float, float]
     intercept: float
     r2: float
     spearman_rho: float
     spearman_p: float
-    points: list[dict]      # trial_id, predicted, loss
-    loss_column: str = "probe_loss"   # probe_loss; final_train_loss for runs written before it existed
+    points: list[dict]  # trial_id, predicted, loss
+    loss_column: str = "probe_loss"  # probe_loss; final_train_loss for runs written before it existed
     ci_method: str = CI_METHOD
     ci_note: str = ""
 
@@ -123,8 +139,9 @@ def eq7_loss_column(trials: pa.Table) -> str:
 
 def eq7_points(trials: pa.Table) -> tuple[list[dict], int]:
     loss_col = eq7_loss_column(trials)
-    rows = trials.select(["trial_id", "lr", "batch_size", "final_ratio", "hessian_trace", loss_col,
-                          "status"]).to_pylist()
+    rows = trials.select(
+        ["trial_id", "lr", "batch_size", "final_ratio", "hessian_trace", loss_col, "status"]
+    ).to_pylist()
     keys = point_keys(trials)
     pts = []
     for r, key in zip(rows, keys):
@@ -133,8 +150,16 @@ def eq7_points(trials: pa.Table) -> tuple[list[dict], int]:
             continue
         pred = q / 4.0 * tr
         if math.isfinite(pred) and pred > 0 and math.isfinite(loss) and loss > 0:
-            pts.append({"trial_id": r["trial_id"], "predicted": pred, "loss": loss, "lr": r["lr"],
-                        "batch_size": r["batch_size"], "point": key})
+            pts.append(
+                {
+                    "trial_id": r["trial_id"],
+                    "predicted": pred,
+                    "loss": loss,
+                    "lr": r["lr"],
+                    "batch_size": r["batch_size"],
+                    "point": key,
+                }
+            )
     return pts, len(rows) - len(pts)
 
 
@@ -155,8 +180,20 @@ def eq7_check(trials: pa.Table) -> Eq7Result | str:
     f = fit_points(pm)
     # Every point has its own Tr(H), so x is continuous: the "eta/S values" rule of fit_points
     # counts distinct predicted losses, which is what an interval here needs.
-    return Eq7Result(n=len(pts), n_excluded=excluded, ratio_median=float(np.median(q)),
-                     ratio_q25=float(np.percentile(q, 25)), ratio_q75=float(np.percentile(q, 75)),
-                     n_points=f.n_points, slope=f.slope, slope_ci=f.slope_ci, intercept=f.intercept, r2=f.r2,
-                     spearman_rho=f.spearman_rho, spearman_p=f.spearman_p, points=pts,
-                     loss_column=eq7_loss_column(trials), ci_note=f.ci_note)
+    return Eq7Result(
+        n=len(pts),
+        n_excluded=excluded,
+        ratio_median=float(np.median(q)),
+        ratio_q25=float(np.percentile(q, 25)),
+        ratio_q75=float(np.percentile(q, 75)),
+        n_points=f.n_points,
+        slope=f.slope,
+        slope_ci=f.slope_ci,
+        intercept=f.intercept,
+        r2=f.r2,
+        spearman_rho=f.spearman_rho,
+        spearman_p=f.spearman_p,
+        points=pts,
+        loss_column=eq7_loss_column(trials),
+        ci_note=f.ci_note,
+    )

@@ -6,6 +6,7 @@ stream format; both are read). Per curve the report gives the train loss at the 
 (alpha = 0 and 1, the nearest alpha) and the barrier: max over alpha in [0, 1] of the train
 loss minus the larger end loss (0 when the path is monotone or convex between them).
 """
+
 from __future__ import annotations
 
 import math
@@ -56,9 +57,9 @@ class InterpolationSummary:
     n_alpha: int
     alpha_min: float
     alpha_max: float
-    loss_a: float       # train loss at the alpha nearest 0
-    loss_b: float       # at the alpha nearest 1
-    barrier: float      # max train loss on [0, 1] minus max(loss_a, loss_b); nan without points in [0, 1]
+    loss_a: float  # train loss at the alpha nearest 0
+    loss_b: float  # at the alpha nearest 1
+    barrier: float  # max train loss on [0, 1] minus max(loss_a, loss_b); nan without points in [0, 1]
     val_acc_a: float
     val_acc_b: float
 
@@ -74,6 +75,15 @@ def summarize(name: str, table: pa.Table) -> InterpolationSummary:
     inside = (a >= -1e-9) & (a <= 1 + 1e-9)
     barrier = float(np.nanmax(loss[inside]) - max(loss[i0], loss[i1])) if inside.any() else math.nan
     return InterpolationSummary(
-        name=name, trial_a=str(table.column("trial_a")[0].as_py()), trial_b=str(table.column("trial_b")[0].as_py()),
-        n_alpha=len(a), alpha_min=float(a.min()), alpha_max=float(a.max()), loss_a=float(loss[i0]),
-        loss_b=float(loss[i1]), barrier=barrier, val_acc_a=float(acc[i0]), val_acc_b=float(acc[i1]))
+        name=name,
+        trial_a=str(table.column("trial_a")[0].as_py()),
+        trial_b=str(table.column("trial_b")[0].as_py()),
+        n_alpha=len(a),
+        alpha_min=float(a.min()),
+        alpha_max=float(a.max()),
+        loss_a=float(loss[i0]),
+        loss_b=float(loss[i1]),
+        barrier=barrier,
+        val_acc_a=float(acc[i0]),
+        val_acc_b=float(acc[i1]),
+    )

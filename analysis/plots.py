@@ -1,4 +1,5 @@
 """Plotly figures over Arrow tables. Every function returns a ``go.Figure`` and writes nothing."""
+
 from __future__ import annotations
 
 import math
@@ -11,11 +12,11 @@ from plotly.colors import sample_colorscale
 from lrbs.analysis.fits import RatioFit, slope_text
 
 
-
 def _f32(values) -> np.ndarray:
     """Plot data as float32 (None -> NaN): plotly writes numpy arrays as base64 binary, ~4x smaller
     in report.html than JSON text of Python floats, with 7 digits still shown on hover."""
     return np.array([np.nan if v is None else v for v in values], dtype=np.float32)
+
 
 def _label(metric: str) -> str:
     return metric.replace("_", " ")
@@ -34,21 +35,40 @@ def metric_vs_ratio(trials: pa.Table, metric: str, fit: RatioFit | None = None, 
     scatter = go.Scattergl if len(rows) > MAX_SVG_POINTS else go.Scatter  # WebGL: thousands of markers
     for s in sorted({r["batch_size"] for r in rows}):
         pts = [r for r in rows if r["batch_size"] == s and r[metric] is not None and math.isfinite(r[metric])]
-        fig.add_trace(scatter(
-            x=_f32([r["ratio"] for r in pts]), y=_f32([r[metric] for r in pts]), mode="markers", name=f"S={s}",
-            marker=dict(size=9, symbol=["x" if r["status"] == "diverged" else "circle" for r in pts]),
-            text=[f"{r['trial_id']}<br>lr={r['lr']:g} S={r['batch_size']} seed={r['seed']} {r['status']}" for r in pts],
-            hovertemplate="%{text}<br>eta/S=%{x:.3g}<br>" + _label(metric) + "=%{y:.4g}<extra></extra>"))
+        fig.add_trace(
+            scatter(
+                x=_f32([r["ratio"] for r in pts]),
+                y=_f32([r[metric] for r in pts]),
+                mode="markers",
+                name=f"S={s}",
+                marker=dict(size=9, symbol=["x" if r["status"] == "diverged" else "circle" for r in pts]),
+                text=[
+                    f"{r['trial_id']}<br>lr={r['lr']:g} S={r['batch_size']} seed={r['seed']} {r['status']}" for r in pts
+                ],
+                hovertemplate="%{text}<br>eta/S=%{x:.3g}<br>" + _label(metric) + "=%{y:.4g}<extra></extra>",
+            )
+        )
     if fit is not None and math.isfinite(fit.slope):
         xs = [r["ratio"] for r in rows if r["ratio"]]
         lx = np.linspace(math.log10(min(xs)), math.log10(max(xs)), 50)
         ly = fit.intercept + fit.slope * lx
-        fig.add_trace(go.Scatter(
-            x=10 ** lx, y=10 ** ly if log_y else ly, mode="lines", line=dict(dash="dash", color="black"),
-            name=f"fit over {fit.n_points} point means: slope {slope_text(fit.slope, fit.slope_ci, fit.ci_note)}, "
-                 f"rho {fit.spearman_rho:.2f}"))
-    fig.update_layout(title=f"{_label(metric)} against eta/S", xaxis_title="eta / S (lr per example)",
-                      yaxis_title=_label(metric), legend_title="batch size", template="plotly_white")
+        fig.add_trace(
+            go.Scatter(
+                x=10**lx,
+                y=10**ly if log_y else ly,
+                mode="lines",
+                line=dict(dash="dash", color="black"),
+                name=f"fit over {fit.n_points} point means: slope {slope_text(fit.slope, fit.slope_ci, fit.ci_note)}, "
+                f"rho {fit.spearman_rho:.2f}",
+            )
+        )
+    fig.update_layout(
+        title=f"{_label(metric)} against eta/S",
+        xaxis_title="eta / S (lr per example)",
+        yaxis_title=_label(metric),
+        legend_title="batch size",
+        template="plotly_white",
+    )
     fig.update_xaxes(type="log")
     if log_y:
         fig.update_yaxes(type="log")
@@ -62,8 +82,13 @@ MAX_TRIAL_CURVES = 200
 CURVE_GROUP = ("lr", "batch_size", "n_train", "beta", "rescale", "variant", "schedule")
 
 
-def learning_curves(metrics: pa.Table, y: str = "val_acc", x: str = "epoch", trials: pa.Table | None = None,
-                    max_trials: int | None = None) -> go.Figure:
+def learning_curves(
+    metrics: pa.Table,
+    y: str = "val_acc",
+    x: str = "epoch",
+    trials: pa.Table | None = None,
+    max_trials: int | None = None,
+) -> go.Figure:
     """One line per trial, coloured by log10(eta/S) of its base point, so equal ratios share a colour;
     with more than ``max_trials`` trials (and ``trials`` given), one line per point: the mean over
     its seeds, with a band from their min to max (``aggregated_curves``)."""
@@ -80,13 +105,23 @@ def learning_curves(metrics: pa.Table, y: str = "val_acc", x: str = "epoch", tri
         first = pts[0]
         t = 0.5 if hi == lo else (math.log10(first["ratio"]) - lo) / (hi - lo)
         colour = sample_colorscale("Viridis", [t])[0]
-        fig.add_trace(go.Scatter(
-            x=_f32([p[x] for p in pts]), y=_f32([p[y] for p in pts]), mode="lines", line=dict(color=colour, width=1.5),
-            name=f"lr={first['lr']:g} S={first['batch_size']} s{first['seed']}",
-            legendgroup=f"{first['ratio']:.6g}",
-            hovertemplate=f"{trial_id}<br>eta/S={first['ratio']:.3g}<br>{x}=%{{x}}<br>{_label(y)}=%{{y:.4g}}<extra></extra>"))
-    fig.update_layout(title=f"Learning curves: {_label(y)} (colour: log10 eta/S, {lo:.2f} to {hi:.2f})",
-                      xaxis_title=x, yaxis_title=_label(y), template="plotly_white")
+        fig.add_trace(
+            go.Scatter(
+                x=_f32([p[x] for p in pts]),
+                y=_f32([p[y] for p in pts]),
+                mode="lines",
+                line=dict(color=colour, width=1.5),
+                name=f"lr={first['lr']:g} S={first['batch_size']} s{first['seed']}",
+                legendgroup=f"{first['ratio']:.6g}",
+                hovertemplate=f"{trial_id}<br>eta/S={first['ratio']:.3g}<br>{x}=%{{x}}<br>{_label(y)}=%{{y:.4g}}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        title=f"Learning curves: {_label(y)} (colour: log10 eta/S, {lo:.2f} to {hi:.2f})",
+        xaxis_title=x,
+        yaxis_title=_label(y),
+        template="plotly_white",
+    )
     return fig
 
 
@@ -114,12 +149,15 @@ def aggregated_curves(metrics: pa.Table, trials: pa.Table, y: str = "val_acc", x
     keys = [k for k in CURVE_GROUP if k in trials.column_names]
     points = trials.select(["trial_id", "ratio", *keys])
     joined = metrics.select(["trial_id", x, y]).join(points, "trial_id")
-    valid = pc.is_finite(joined.column(y)) if pa.types.is_floating(joined.column(y).type) else pc.is_valid(
-        joined.column(y))
+    valid = (
+        pc.is_finite(joined.column(y)) if pa.types.is_floating(joined.column(y).type) else pc.is_valid(joined.column(y))
+    )
     joined = joined.filter(pc.fill_null(valid, False))
-    stats = joined.group_by([*keys, "ratio", x], use_threads=False).aggregate(
-        [(y, "mean"), (y, "min"), (y, "max"), (y, "count")]).sort_by([(k, "ascending") for k in [*keys, x]
-                                                                       if k in ("lr", "batch_size", x)])
+    stats = (
+        joined.group_by([*keys, "ratio", x], use_threads=False)
+        .aggregate([(y, "mean"), (y, "min"), (y, "max"), (y, "count")])
+        .sort_by([(k, "ascending") for k in [*keys, x] if k in ("lr", "batch_size", x)])
+    )
     curves: dict[tuple, list[dict]] = {}
     for r in stats.to_pylist():
         curves.setdefault(tuple(r[k] for k in keys) + (r["ratio"],), []).append(r)
@@ -131,11 +169,14 @@ def aggregated_curves(metrics: pa.Table, trials: pa.Table, y: str = "val_acc", x
 
     template = go.layout.Template(pio.templates["plotly_white"])
     template.data.scattergl = [
-        go.Scattergl(mode="lines", fill="toself", line=dict(width=0), opacity=0.15, hoverinfo="skip",
-                     showlegend=False),
-        go.Scattergl(mode="lines", line=dict(width=1.5),
-                     hovertemplate=f"%{{fullData.name}}<br>{x}=%{{x}}<br>mean {_label(y)}=%{{y:.4g}} over "
-                                   f"%{{customdata}} seeds<extra></extra>")]
+        go.Scattergl(mode="lines", fill="toself", line=dict(width=0), opacity=0.15, hoverinfo="skip", showlegend=False),
+        go.Scattergl(
+            mode="lines",
+            line=dict(width=1.5),
+            hovertemplate=f"%{{fullData.name}}<br>{x}=%{{x}}<br>mean {_label(y)}=%{{y:.4g}} over "
+            f"%{{customdata}} seeds<extra></extra>",
+        ),
+    ]
     fig = go.Figure(layout=dict(template=template))
     for key, pts in sorted(curves.items(), key=lambda kv: [str(v) for v in kv[0]]):
         pts.sort(key=lambda r: r[x])
@@ -146,16 +187,32 @@ def aggregated_curves(metrics: pa.Table, trials: pa.Table, y: str = "val_acc", x
         # the label (without its eta/S) is a selector of the point's trials (analysis/selection.py)
         label += f" (eta/S={ratio:.3g})" if ratio else ""
         xs = [p[x] for p in pts]
-        fig.add_trace(go.Scattergl(  # the band: min over seeds forward, max back
-            x=_f32(xs + xs[::-1]), y=_f32([p[f"{y}_min"] for p in pts] + [p[f"{y}_max"] for p in pts][::-1]),
-            fillcolor=colour, legendgroup=label))
-        fig.add_trace(go.Scattergl(
-            x=_f32(xs), y=_f32([p[f"{y}_mean"] for p in pts]), line=dict(color=colour), name=label,
-            legendgroup=label, customdata=np.array([p[f"{y}_count"] for p in pts], dtype=np.int32)))
-    fig.update_layout(title=f"Learning curves: {_label(y)}, mean over seeds per point and min-max band "
-                            f"({trials.num_rows:,} trials; colour: log10 eta/S, {lo:.2f} to {hi:.2f})<br>"
-                            f"<sup>a point's trials, one line each: lrbs report RUN_DIR --trials '&lt;its legend "
-                            f"name&gt;'; their rows: lrbs export</sup>", xaxis_title=x, yaxis_title=_label(y))
+        fig.add_trace(
+            go.Scattergl(  # the band: min over seeds forward, max back
+                x=_f32(xs + xs[::-1]),
+                y=_f32([p[f"{y}_min"] for p in pts] + [p[f"{y}_max"] for p in pts][::-1]),
+                fillcolor=colour,
+                legendgroup=label,
+            )
+        )
+        fig.add_trace(
+            go.Scattergl(
+                x=_f32(xs),
+                y=_f32([p[f"{y}_mean"] for p in pts]),
+                line=dict(color=colour),
+                name=label,
+                legendgroup=label,
+                customdata=np.array([p[f"{y}_count"] for p in pts], dtype=np.int32),
+            )
+        )
+    fig.update_layout(
+        title=f"Learning curves: {_label(y)}, mean over seeds per point and min-max band "
+        f"({trials.num_rows:,} trials; colour: log10 eta/S, {lo:.2f} to {hi:.2f})<br>"
+        f"<sup>a point's trials, one line each: lrbs report RUN_DIR --trials '&lt;its legend "
+        f"name&gt;'; their rows: lrbs export</sup>",
+        xaxis_title=x,
+        yaxis_title=_label(y),
+    )
     return fig
 
 
@@ -168,16 +225,31 @@ def collapse_coefficients(results) -> go.Figure:
     """b (log eta) against -c (-log S) per metric with 95% CIs: equal under the collapse."""
     fig = go.Figure()
     names = [f"{r.metric} ({r.group})" if r.group != "all" else r.metric for r in results]
-    for k, (label, get) in enumerate((("b (log10 eta)", lambda r: (r.b, r.b_ci)),
-                                      ("-c (-log10 S)", lambda r: (-r.c, (-r.c_ci[1], -r.c_ci[0]))))):
+    for k, (label, get) in enumerate(
+        (("b (log10 eta)", lambda r: (r.b, r.b_ci)), ("-c (-log10 S)", lambda r: (-r.c, (-r.c_ci[1], -r.c_ci[0]))))
+    ):
         vals = [get(r) for r in results]
-        fig.add_trace(go.Scatter(
-            x=names, y=[v for v, _ in vals], mode="markers", name=label,
-            marker=dict(size=11, color=_PALETTE[k], symbol="circle" if k == 0 else "diamond"),
-            error_y=dict(type="data", symmetric=False, array=[ci[1] - v for v, ci in vals],
-                         arrayminus=[v - ci[0] for v, ci in vals])))
-    fig.update_layout(title="Collapse test: b and -c with 95% CIs (equal if only eta/S matters)",
-                      yaxis_title="coefficient", template="plotly_white", scattermode="group")
+        fig.add_trace(
+            go.Scatter(
+                x=names,
+                y=[v for v, _ in vals],
+                mode="markers",
+                name=label,
+                marker=dict(size=11, color=_PALETTE[k], symbol="circle" if k == 0 else "diamond"),
+                error_y=dict(
+                    type="data",
+                    symmetric=False,
+                    array=[ci[1] - v for v, ci in vals],
+                    arrayminus=[v - ci[0] for v, ci in vals],
+                ),
+            )
+        )
+    fig.update_layout(
+        title="Collapse test: b and -c with 95% CIs (equal if only eta/S matters)",
+        yaxis_title="coefficient",
+        template="plotly_white",
+        scattermode="group",
+    )
     return fig
 
 
@@ -187,14 +259,25 @@ def curve_differences(distances, title: str) -> go.Figure:
     for k, d in enumerate(distances):
         colour = _PALETTE[k % len(_PALETTE)]
         se = [0.0 if (s is None or not math.isfinite(s)) else 2 * s for s in d.diff_se]
-        fig.add_trace(go.Scatter(
-            x=np.asarray(d.epochs, dtype=np.int32), y=_f32(d.diff), mode="lines+markers",
-            name=f"{d.a} vs {d.b} (rms {d.rms:.3g}, noise {d.noise_rms:.3g})",
-            line=dict(color=colour), error_y=dict(type="data", array=_f32(se), visible=any(se), color=colour, thickness=1)))
+        fig.add_trace(
+            go.Scatter(
+                x=np.asarray(d.epochs, dtype=np.int32),
+                y=_f32(d.diff),
+                mode="lines+markers",
+                name=f"{d.a} vs {d.b} (rms {d.rms:.3g}, noise {d.noise_rms:.3g})",
+                line=dict(color=colour),
+                error_y=dict(type="data", array=_f32(se), visible=any(se), color=colour, thickness=1),
+            )
+        )
     fig.add_hline(y=0, line=dict(color="grey", dash="dot"))
     metric = distances[0].metric if distances else ""
-    fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=f"{_label(metric)}: A - B (seed means)",
-                      template="plotly_white", legend=dict(orientation="h", y=-0.25))
+    fig.update_layout(
+        title=title,
+        xaxis_title="epoch",
+        yaxis_title=f"{_label(metric)}: A - B (seed means)",
+        template="plotly_white",
+        legend=dict(orientation="h", y=-0.25),
+    )
     return fig
 
 
@@ -205,28 +288,54 @@ def breakdown_plot(results) -> go.Figure:
     for k, res in enumerate(results):
         colour = _PALETTE[k % len(_PALETTE)]
         rows = [r for r in res.rows if math.isfinite(r.mean)]
-        fig.add_trace(go.Scatter(
-            x=[r.beta for r in rows], y=[r.mean for r in rows], mode="lines+markers",
-            name=f"n_train={res.n_train}", line=dict(color=colour),
-            error_y=dict(type="data", array=[0.0 if math.isnan(r.sd) else r.sd for r in rows], visible=True),
-            hovertemplate="beta=%{x}<br>max val acc=%{y:.4f}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=[r.beta for r in rows],
+                y=[r.mean for r in rows],
+                mode="lines+markers",
+                name=f"n_train={res.n_train}",
+                line=dict(color=colour),
+                error_y=dict(type="data", array=[0.0 if math.isnan(r.sd) else r.sd for r in rows], visible=True),
+                hovertemplate="beta=%{x}<br>max val acc=%{y:.4f}<extra></extra>",
+            )
+        )
         starred = [r for r in rows if r.diverged_mark]
         if starred:
-            fig.add_trace(go.Scatter(
-                x=[r.beta for r in starred], y=[r.mean + (0 if math.isnan(r.sd) else r.sd) for r in starred],
-                mode="text", text=["*"] * len(starred), textposition="top center",
-                textfont=dict(size=22, color=colour), name=f"n_train={res.n_train}: a seed diverged"))
+            fig.add_trace(
+                go.Scatter(
+                    x=[r.beta for r in starred],
+                    y=[r.mean + (0 if math.isnan(r.sd) else r.sd) for r in starred],
+                    mode="text",
+                    text=["*"] * len(starred),
+                    textposition="top center",
+                    textfont=dict(size=22, color=colour),
+                    name=f"n_train={res.n_train}: a seed diverged",
+                )
+            )
         # Vertical markers as traces: plotly shapes on a log axis take log10 coordinates.
         ys = [r.mean - (0 if math.isnan(r.sd) else r.sd) for r in rows] + [r.mean for r in rows]
         lo, hi = (min(ys), max(r.mean + (0 if math.isnan(r.sd) else r.sd) for r in rows)) if rows else (0, 1)
-        for x, dash, label in ((res.beta_star, "dash", f"beta*={res.beta_star:g}" if res.beta_star else ""),
-                               (res.beta_crit, "dot", f"B_crit/S0={res.beta_crit:.3g}" if res.beta_crit else "")):
+        for x, dash, label in (
+            (res.beta_star, "dash", f"beta*={res.beta_star:g}" if res.beta_star else ""),
+            (res.beta_crit, "dot", f"B_crit/S0={res.beta_crit:.3g}" if res.beta_crit else ""),
+        ):
             if x is not None and x > 0:
-                fig.add_trace(go.Scatter(x=[x, x], y=[lo, hi], mode="lines", line=dict(color=colour, dash=dash),
-                                         name=f"n_train={res.n_train}: {label}"))
-    fig.update_layout(title="Breakdown: max val acc (mean +- sd over seeds) against beta (lr = lr0 beta, S = S0 beta); "
-                            "* = a seed diverged", xaxis_title="beta", yaxis_title="max val acc",
-                      template="plotly_white")
+                fig.add_trace(
+                    go.Scatter(
+                        x=[x, x],
+                        y=[lo, hi],
+                        mode="lines",
+                        line=dict(color=colour, dash=dash),
+                        name=f"n_train={res.n_train}: {label}",
+                    )
+                )
+    fig.update_layout(
+        title="Breakdown: max val acc (mean +- sd over seeds) against beta (lr = lr0 beta, S = S0 beta); "
+        "* = a seed diverged",
+        xaxis_title="beta",
+        yaxis_title="max val acc",
+        template="plotly_white",
+    )
     fig.update_xaxes(type="log")
     return fig
 
@@ -247,17 +356,29 @@ def beta_search_plot(rep: dict) -> go.Figure:
         ys = ([ref["mean"]] if ref and ref["mean"] is not None else []) + [t["mean"] for t in tests]
         below = ([False] if ref and ref["mean"] is not None else []) + [t["significant"] for t in tests]
         labels = [",".join(steps.get((size["n_train"], x), [])) for x in xs]
-        fig.add_trace(go.Scatter(
-            x=xs, y=ys, mode="markers+text", text=labels, textposition="top center", name=f"n_train={size['n_train']}",
-            marker=dict(size=11, color=[colour if b else "white" for b in below], line=dict(color=colour, width=2)),
-            hovertemplate="beta=%{x:.4g}<br>mean max val acc=%{y:.4f}<br>step %{text}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="markers+text",
+                text=labels,
+                textposition="top center",
+                name=f"n_train={size['n_train']}",
+                marker=dict(size=11, color=[colour if b else "white" for b in below], line=dict(color=colour, width=2)),
+                hovertemplate="beta=%{x:.4g}<br>mean max val acc=%{y:.4f}<br>step %{text}<extra></extra>",
+            )
+        )
         if size["beta_star"] is not None:
             fig.add_vrect(x0=size["beta_lo"], x1=size["beta_star"], fillcolor=colour, opacity=0.12, line_width=0)
         if size["beta_crit"]:
             fig.add_vline(x=size["beta_crit"], line=dict(color=colour, dash="dot"))
-    fig.update_layout(title="Beta search: tested betas (label: step; filled: below beta = 1), bracket of beta* "
-                            "(shaded), noise-scale prediction (dotted)", xaxis_title="beta", yaxis_title="max val acc",
-                      template="plotly_white")
+    fig.update_layout(
+        title="Beta search: tested betas (label: step; filled: below beta = 1), bracket of beta* "
+        "(shaded), noise-scale prediction (dotted)",
+        xaxis_title="beta",
+        yaxis_title="max val acc",
+        template="plotly_white",
+    )
     fig.update_xaxes(type="log")
     return fig
 
@@ -266,29 +387,58 @@ def band_fit_plot(trials: pa.Table, fit) -> go.Figure:
     """``fit.column`` per trial against eta/S with the OLS line and its 95% confidence band."""
     fig = metric_vs_ratio(trials, fit.column, None, log_y=fit.log_y)
     if all(math.isfinite(v) for v in fit.band_lo):  # no band where the design allows no interval
-        fig.add_trace(go.Scatter(x=fit.band_x + fit.band_x[::-1], y=fit.band_hi + fit.band_lo[::-1], fill="toself",
-                                 fillcolor="rgba(0,0,0,0.12)", line=dict(width=0), name="95% band of the mean",
-                                 hoverinfo="skip"))
-    fig.add_trace(go.Scatter(x=fit.band_x, y=fit.band_mean, mode="lines", line=dict(color="black", dash="dash"),
-                             name=f"fit over {fit.n_points} point means: slope "
-                                  f"{slope_text(fit.slope, fit.slope_ci, fit.ci_note)}, R^2 {fit.r2:.2f}"))
+        fig.add_trace(
+            go.Scatter(
+                x=fit.band_x + fit.band_x[::-1],
+                y=fit.band_hi + fit.band_lo[::-1],
+                fill="toself",
+                fillcolor="rgba(0,0,0,0.12)",
+                line=dict(width=0),
+                name="95% band of the mean",
+                hoverinfo="skip",
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=fit.band_x,
+            y=fit.band_mean,
+            mode="lines",
+            line=dict(color="black", dash="dash"),
+            name=f"fit over {fit.n_points} point means: slope "
+            f"{slope_text(fit.slope, fit.slope_ci, fit.ci_note)}, R^2 {fit.r2:.2f}",
+        )
+    )
     return fig
 
 
 def eq7_plot(result) -> go.Figure:
     pts = result.points
     fig = go.Figure()
-    fig.add_trace(go.Scatter(
-        x=[p["predicted"] for p in pts], y=[p["loss"] for p in pts], mode="markers", name="trials",
-        text=[f"{p['trial_id']} lr={p['lr']:g} S={p['batch_size']}" for p in pts],
-        hovertemplate="%{text}<br>(eta/4S) Tr H=%{x:.3g}<br>loss=%{y:.3g}<extra></extra>", marker=dict(size=9)))
+    fig.add_trace(
+        go.Scatter(
+            x=[p["predicted"] for p in pts],
+            y=[p["loss"] for p in pts],
+            mode="markers",
+            name="trials",
+            text=[f"{p['trial_id']} lr={p['lr']:g} S={p['batch_size']}" for p in pts],
+            hovertemplate="%{text}<br>(eta/4S) Tr H=%{x:.3g}<br>loss=%{y:.3g}<extra></extra>",
+            marker=dict(size=9),
+        )
+    )
     lo = min(min(p["predicted"] for p in pts), min(p["loss"] for p in pts))
     hi = max(max(p["predicted"] for p in pts), max(p["loss"] for p in pts))
-    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line=dict(color="grey", dash="dot"),
-                             name="loss = (eta/4S) Tr H"))
-    fig.update_layout(title=f"Eq. 7: {result.loss_column} against (eta/4S) Tr(H) (median ratio {result.ratio_median:.3g}, "
-                            f"log-log slope {result.slope:.3g})", xaxis_title="(eta / 4S) Tr(H)",
-                      yaxis_title=result.loss_column, template="plotly_white")
+    fig.add_trace(
+        go.Scatter(
+            x=[lo, hi], y=[lo, hi], mode="lines", line=dict(color="grey", dash="dot"), name="loss = (eta/4S) Tr H"
+        )
+    )
+    fig.update_layout(
+        title=f"Eq. 7: {result.loss_column} against (eta/4S) Tr(H) (median ratio {result.ratio_median:.3g}, "
+        f"log-log slope {result.slope:.3g})",
+        xaxis_title="(eta / 4S) Tr(H)",
+        yaxis_title=result.loss_column,
+        template="plotly_white",
+    )
     fig.update_xaxes(type="log")
     fig.update_yaxes(type="log")
     return fig
@@ -297,13 +447,23 @@ def eq7_plot(result) -> go.Figure:
 def interpolation_plot(curves: dict[str, pa.Table], y: str = "train_loss") -> go.Figure:
     fig = go.Figure()
     for k, (name, table) in enumerate(sorted(curves.items())):
-        fig.add_trace(go.Scatter(x=table.column("alpha").to_pylist(), y=table.column(y).to_pylist(),
-                                 mode="lines+markers", name=name.replace("__", " -> "),
-                                 line=dict(color=_PALETTE[k % len(_PALETTE)])))
+        fig.add_trace(
+            go.Scatter(
+                x=table.column("alpha").to_pylist(),
+                y=table.column(y).to_pylist(),
+                mode="lines+markers",
+                name=name.replace("__", " -> "),
+                line=dict(color=_PALETTE[k % len(_PALETTE)]),
+            )
+        )
     for x in (0, 1):
         fig.add_vline(x=x, line=dict(color="grey", dash="dot"))
-    fig.update_layout(title=f"Interpolation: {_label(y)} along (1 - alpha) theta_A + alpha theta_B",
-                      xaxis_title="alpha", yaxis_title=_label(y), template="plotly_white")
+    fig.update_layout(
+        title=f"Interpolation: {_label(y)} along (1 - alpha) theta_A + alpha theta_B",
+        xaxis_title="alpha",
+        yaxis_title=_label(y),
+        template="plotly_white",
+    )
     if y.endswith("loss"):
         fig.update_yaxes(type="log")
     return fig
@@ -313,6 +473,7 @@ def grid_map(cells: list[dict], value: str, log_color: bool = False) -> go.Figur
     """(lr, S) grid on log axes, one square per cell coloured by ``value`` (mean over seeds), with
     dashed iso-eta/S lines (lr = r S) through the cells' ratios: the paper's claim is that colour is
     constant along them. Cells without a finite value (every seed diverged) are grey crosses."""
+
     def ok(v) -> bool:
         return v is not None and math.isfinite(v) and (v > 0 or not log_color)
 
@@ -321,25 +482,61 @@ def grid_map(cells: list[dict], value: str, log_color: bool = False) -> go.Figur
     fig = go.Figure()
     s_lo, s_hi = min(xs) / 1.5, max(xs) * 1.5
     for r in sorted({round(c["lr"] / c["batch_size"], 15) for c in cells}):
-        fig.add_trace(go.Scatter(x=[s_lo, s_hi], y=[r * s_lo, r * s_hi], mode="lines", showlegend=False,
-                                 line=dict(color="#999", dash="dash", width=1), hoverinfo="skip"))
+        fig.add_trace(
+            go.Scatter(
+                x=[s_lo, s_hi],
+                y=[r * s_lo, r * s_hi],
+                mode="lines",
+                showlegend=False,
+                line=dict(color="#999", dash="dash", width=1),
+                hoverinfo="skip",
+            )
+        )
     good = [c for c in cells if ok(c[value])]
     bad = [c for c in cells if not ok(c[value])]
-    fig.add_trace(go.Scatter(
-        x=[c["batch_size"] for c in good], y=[c["lr"] for c in good], mode="markers", showlegend=False,
-        marker=dict(symbol="square", size=30, color=[math.log10(c[value]) if log_color else c[value] for c in good],
-                    colorscale="Viridis", showscale=True, colorbar=dict(title=("log10 " if log_color else "") + value),
-                    line=dict(color="#333", width=1)),
-        text=[f"lr={c['lr']:.3g}, S={c['batch_size']}, eta/S={c['lr'] / c['batch_size']:.3g}<br>{value}="
-              f"{c[value]:.4g} (n={c['n']})" for c in good],
-        hovertemplate="%{text}<extra></extra>"))
+    fig.add_trace(
+        go.Scatter(
+            x=[c["batch_size"] for c in good],
+            y=[c["lr"] for c in good],
+            mode="markers",
+            showlegend=False,
+            marker=dict(
+                symbol="square",
+                size=30,
+                color=[math.log10(c[value]) if log_color else c[value] for c in good],
+                colorscale="Viridis",
+                showscale=True,
+                colorbar=dict(title=("log10 " if log_color else "") + value),
+                line=dict(color="#333", width=1),
+            ),
+            text=[
+                f"lr={c['lr']:.3g}, S={c['batch_size']}, eta/S={c['lr'] / c['batch_size']:.3g}<br>{value}="
+                f"{c[value]:.4g} (n={c['n']})"
+                for c in good
+            ],
+            hovertemplate="%{text}<extra></extra>",
+        )
+    )
     if bad:
-        fig.add_trace(go.Scatter(x=[c["batch_size"] for c in bad], y=[c["lr"] for c in bad], mode="markers",
-                                 name="no finite value (diverged)", marker=dict(symbol="x", size=14, color="#888")))
-    fig.update_layout(title=f"{value} over the (lr, S) grid; dashed: equal eta/S", xaxis_title="batch size S",
-                      yaxis_title="learning rate", xaxis_type="log", yaxis_type="log", template="plotly_white",
-                      yaxis_range=[math.log10(min(ys) / 1.5), math.log10(max(ys) * 1.5)],
-                      xaxis_range=[math.log10(s_lo), math.log10(s_hi)])
+        fig.add_trace(
+            go.Scatter(
+                x=[c["batch_size"] for c in bad],
+                y=[c["lr"] for c in bad],
+                mode="markers",
+                name="no finite value (diverged)",
+                marker=dict(symbol="x", size=14, color="#888"),
+            )
+        )
+    fig.update_layout(
+        title=f"{value} over the (lr, S) grid; dashed: equal eta/S",
+        xaxis_title="batch size S",
+        yaxis_title="learning rate",
+        xaxis_type="log",
+        yaxis_type="log",
+        template="plotly_white",
+        yaxis_range=[math.log10(min(ys) / 1.5), math.log10(max(ys) * 1.5)],
+        xaxis_range=[math.log10(s_lo), math.log10(s_hi)],
+    )
     return fig
 
 
@@ -363,12 +560,19 @@ def compare_fits(metric: str, runs: list[tuple], log_y: bool = False) -> go.Figu
     fig = go.Figure()
     for k, (name, ratios, values, n_seeds, fit) in enumerate(runs):
         colour = _RUN_COLOURS[k % len(_RUN_COLOURS)]
-        fig.add_trace(go.Scatter(
-            x=_f32(ratios), y=_f32(values), mode="markers", name=f"{name}: point means",
-            legendgroup=name, marker=dict(size=10, color=colour, symbol=_RUN_SYMBOLS[k % len(_RUN_SYMBOLS)]),
-            customdata=np.asarray(n_seeds, dtype=np.int32),
-            hovertemplate=f"{name}<br>eta/S=%{{x:.3g}}<br>{_label(metric)}=%{{y:.4g}} (mean of %{{customdata}} "
-                          f"trials)<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=_f32(ratios),
+                y=_f32(values),
+                mode="markers",
+                name=f"{name}: point means",
+                legendgroup=name,
+                marker=dict(size=10, color=colour, symbol=_RUN_SYMBOLS[k % len(_RUN_SYMBOLS)]),
+                customdata=np.asarray(n_seeds, dtype=np.int32),
+                hovertemplate=f"{name}<br>eta/S=%{{x:.3g}}<br>{_label(metric)}=%{{y:.4g}} (mean of %{{customdata}} "
+                f"trials)<extra></extra>",
+            )
+        )
         slope, intercept = fit.get("slope"), fit.get("intercept")
         finite = [r for r in ratios if r is not None and r > 0 and math.isfinite(r)]
         if slope is None or intercept is None or not math.isfinite(slope) or not finite:
@@ -376,13 +580,23 @@ def compare_fits(metric: str, runs: list[tuple], log_y: bool = False) -> go.Figu
         lx = np.linspace(math.log10(min(finite)), math.log10(max(finite)), 50)
         ly = intercept + slope * lx
         ci = tuple(math.nan if v is None else v for v in fit.get("slope_ci") or (None, None))
-        fig.add_trace(go.Scatter(
-            x=10 ** lx, y=10 ** ly if log_y else ly, mode="lines", legendgroup=name,
-            line=dict(color=colour, dash="solid" if k == 0 else "dash", width=2),
-            name=f"{name}: fit over {fit.get('n_points')} points, slope {slope_text(slope, ci, fit.get('ci_note', ''))}"))
-    fig.update_layout(title=f"{_label(metric)} against eta/S: both runs (point means and fit lines)",
-                      xaxis_title="eta / S (lr per example)", yaxis_title=_label(metric), template="plotly_white",
-                      legend=dict(orientation="h", y=-0.25))
+        fig.add_trace(
+            go.Scatter(
+                x=10**lx,
+                y=10**ly if log_y else ly,
+                mode="lines",
+                legendgroup=name,
+                line=dict(color=colour, dash="solid" if k == 0 else "dash", width=2),
+                name=f"{name}: fit over {fit.get('n_points')} points, slope {slope_text(slope, ci, fit.get('ci_note', ''))}",
+            )
+        )
+    fig.update_layout(
+        title=f"{_label(metric)} against eta/S: both runs (point means and fit lines)",
+        xaxis_title="eta / S (lr per example)",
+        yaxis_title=_label(metric),
+        template="plotly_white",
+        legend=dict(orientation="h", y=-0.25),
+    )
     fig.update_xaxes(type="log")
     if log_y:
         fig.update_yaxes(type="log")
@@ -396,8 +610,9 @@ def _point_curves(metrics: pa.Table, trials: pa.Table, y: str, x: str) -> dict[t
 
     keys = [k for k in CURVE_GROUP if k in trials.column_names]
     joined = metrics.select(["trial_id", x, y]).join(trials.select(["trial_id", "ratio", *keys]), "trial_id")
-    valid = pc.is_finite(joined.column(y)) if pa.types.is_floating(joined.column(y).type) else pc.is_valid(
-        joined.column(y))
+    valid = (
+        pc.is_finite(joined.column(y)) if pa.types.is_floating(joined.column(y).type) else pc.is_valid(joined.column(y))
+    )
     joined = joined.filter(pc.fill_null(valid, False))
     stats = joined.group_by([*keys, "ratio", x], use_threads=False).aggregate([(y, "mean"), (y, "count")])
     curves: dict[tuple, list[dict]] = {}
@@ -408,8 +623,9 @@ def _point_curves(metrics: pa.Table, trials: pa.Table, y: str, x: str) -> dict[t
     return {key: pts for key, pts in sorted(curves.items(), key=lambda kv: [str(v) for v in kv[0]])}
 
 
-def compare_curves(runs: list[tuple], y: str = "val_acc", x: str = "epoch",
-                   max_points: int = COMPARE_MAX_POINTS) -> go.Figure:
+def compare_curves(
+    runs: list[tuple], y: str = "val_acc", x: str = "epoch", max_points: int = COMPARE_MAX_POINTS
+) -> go.Figure:
     """Two runs' learning curves on one figure. ``runs``: per run ``(name, metrics, trials)``.
 
     A run with at most ``max_points`` points draws one line per point (the mean over its seeds),
@@ -430,12 +646,19 @@ def compare_curves(runs: list[tuple], y: str = "val_acc", x: str = "epoch",
                 t = 0.5 if hi == lo or not ratio else (math.log10(ratio) - lo) / (hi - lo)
                 shade = sample_colorscale(_RUN_SCALES[k % len(_RUN_SCALES)], [0.4 + 0.6 * t])[0]
                 label = point_label(dict(zip(keys, key))) + (f" (eta/S={ratio:.3g})" if ratio else "")
-                fig.add_trace(go.Scatter(
-                    x=_f32([p[x] for p in pts]), y=_f32([p[f"{y}_mean"] for p in pts]), mode="lines",
-                    name=f"{name}: {label}", legendgroup=name, line=dict(color=shade, dash=dash, width=1.8),
-                    customdata=np.array([p[f"{y}_count"] for p in pts], dtype=np.int32),
-                    hovertemplate=f"{name}: {label}<br>{x}=%{{x}}<br>mean {_label(y)}=%{{y:.4g}} over "
-                                  f"%{{customdata}} seeds<extra></extra>"))
+                fig.add_trace(
+                    go.Scatter(
+                        x=_f32([p[x] for p in pts]),
+                        y=_f32([p[f"{y}_mean"] for p in pts]),
+                        mode="lines",
+                        name=f"{name}: {label}",
+                        legendgroup=name,
+                        line=dict(color=shade, dash=dash, width=1.8),
+                        customdata=np.array([p[f"{y}_count"] for p in pts], dtype=np.int32),
+                        hovertemplate=f"{name}: {label}<br>{x}=%{{x}}<br>mean {_label(y)}=%{{y:.4g}} over "
+                        f"%{{customdata}} seeds<extra></extra>",
+                    )
+                )
             continue
         by_x: dict = {}
         for pts in points.values():
@@ -443,18 +666,39 @@ def compare_curves(runs: list[tuple], y: str = "val_acc", x: str = "epoch",
                 by_x.setdefault(p[x], []).append(p[f"{y}_mean"])
         xs = sorted(by_x)
         means = [sum(by_x[v]) / len(by_x[v]) for v in xs]
-        fig.add_trace(go.Scatter(  # the band: the lowest point forward, the highest back
-            x=_f32(xs + xs[::-1]), y=_f32([min(by_x[v]) for v in xs] + [max(by_x[v]) for v in xs][::-1]),
-            mode="lines", fill="toself", fillcolor=colour, opacity=0.15, line=dict(width=0), hoverinfo="skip",
-            legendgroup=name, name=f"{name}: lowest to highest point"))
-        fig.add_trace(go.Scatter(
-            x=_f32(xs), y=_f32(means), mode="lines", name=f"{name}: mean over its {len(points)} points",
-            legendgroup=name, line=dict(color=colour, dash=dash, width=2.5),
-            customdata=np.array([len(by_x[v]) for v in xs], dtype=np.int32),
-            hovertemplate=f"{name}<br>{x}=%{{x}}<br>mean {_label(y)}=%{{y:.4g}} over %{{customdata}} points"
-                          f"<extra></extra>"))
-    fig.update_layout(title=f"Learning curves: {_label(y)}, both runs (a line per point, seeds averaged, up to "
-                            f"{max_points} points; beyond that the mean over the run's points)",
-                      xaxis_title=x, yaxis_title=_label(y), template="plotly_white",
-                      legend=dict(orientation="h", y=-0.25))
+        fig.add_trace(
+            go.Scatter(  # the band: the lowest point forward, the highest back
+                x=_f32(xs + xs[::-1]),
+                y=_f32([min(by_x[v]) for v in xs] + [max(by_x[v]) for v in xs][::-1]),
+                mode="lines",
+                fill="toself",
+                fillcolor=colour,
+                opacity=0.15,
+                line=dict(width=0),
+                hoverinfo="skip",
+                legendgroup=name,
+                name=f"{name}: lowest to highest point",
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=_f32(xs),
+                y=_f32(means),
+                mode="lines",
+                name=f"{name}: mean over its {len(points)} points",
+                legendgroup=name,
+                line=dict(color=colour, dash=dash, width=2.5),
+                customdata=np.array([len(by_x[v]) for v in xs], dtype=np.int32),
+                hovertemplate=f"{name}<br>{x}=%{{x}}<br>mean {_label(y)}=%{{y:.4g}} over %{{customdata}} points"
+                f"<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        title=f"Learning curves: {_label(y)}, both runs (a line per point, seeds averaged, up to "
+        f"{max_points} points; beyond that the mean over the run's points)",
+        xaxis_title=x,
+        yaxis_title=_label(y),
+        template="plotly_white",
+        legend=dict(orientation="h", y=-0.25),
+    )
     return fig

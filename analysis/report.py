@@ -6,6 +6,7 @@ is either ``ok`` (tables, figures, data) or ``skipped`` with the reason (a colum
 null, too few trials, no such family). A run that is still going is reported from what is there,
 marked partial in every format.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,12 @@ class Report:
         return overview.data.get("fits", {}) if overview is not None else {}
 
     def fits_json(self) -> dict:
-        return {"summary": self.summary, "fits": self.fits, "notes": self.notes,
-                "sections": {s.key: s.to_dict() for s in self.sections}}
+        return {
+            "summary": self.summary,
+            "fits": self.fits,
+            "notes": self.notes,
+            "sections": {s.key: s.to_dict() for s in self.sections},
+        }
 
 
 def build_report(metrics: pa.Table, read_info: dict | None = None, run_dir: str | Path | None = None) -> Report:
@@ -57,14 +62,20 @@ def build_report(metrics: pa.Table, read_info: dict | None = None, run_dir: str 
     }
     notes = []
     if summary["partial"]:
-        notes.append(f"PARTIAL RUN: {statuses.count('running')} trial(s) still running (or cut off): "
-                     "their values are from their latest epoch.")
+        notes.append(
+            f"PARTIAL RUN: {statuses.count('running')} trial(s) still running (or cut off): "
+            "their values are from their latest epoch."
+        )
     if summary.get("truncated_files"):
-        notes.append(f"{len(summary['truncated_files'])} metric file(s) end mid-record (writer killed); "
-                     "read up to the last whole row.")
+        notes.append(
+            f"{len(summary['truncated_files'])} metric file(s) end mid-record (writer killed); "
+            "read up to the last whole row."
+        )
     for name, problem in (summary.get("damaged_files") or {}).items():
-        notes.append(f"DAMAGED metric file {name}: {problem}; rows before the damage are kept, its trial's "
-                     "later epochs are missing.")
+        notes.append(
+            f"DAMAGED metric file {name}: {problem}; rows before the damage are kept, its trial's "
+            "later epochs are missing."
+        )
     sections: list[Section] = []
     if trials.num_rows:
         running = _running_note(trials)
@@ -83,8 +94,10 @@ def write_reports(run_dir: str | Path, formats: tuple[str, ...] = FORMATS) -> di
         raise ValueError(f"unknown report format(s) {', '.join(bad)} (known: {', '.join(FORMATS)})")
     run_dir = Path(run_dir)
     metrics, info = load_metrics_with_report(run_dir)
-    read_info = {**({"truncated_files": info.dropped_bytes} if info.dropped_bytes else {}),
-                 **({"damaged_files": info.damaged} if info.damaged else {})}
+    read_info = {
+        **({"truncated_files": info.dropped_bytes} if info.dropped_bytes else {}),
+        **({"damaged_files": info.damaged} if info.damaged else {}),
+    }
     report = build_report(metrics, read_info or None, run_dir=run_dir)
     title = f"lrbs report: {report.summary.get('sweep') or run_dir.name}"
     paths = {}
@@ -103,8 +116,6 @@ def write_reports(run_dir: str | Path, formats: tuple[str, ...] = FORMATS) -> di
     return paths
 
 
-
-
 def write_trial_page(run_dir: str | Path, selectors: list[str]) -> Path:
     """``trials-<selectors>.html`` in the run directory: the trials the selectors pick
     (``analysis/selection.py``), one learning curve per trial. Raises ValueError (one line) for a
@@ -117,13 +128,22 @@ def write_trial_page(run_dir: str | Path, selectors: list[str]) -> Path:
     sec = section_selected(metrics, trials, selectors)
     statuses = trials.column("status").to_pylist()
     sweep = trials.column("sweep")[0].as_py()
-    rows = int(pa.compute.sum(pa.compute.is_in(metrics.column("trial_id"), value_set=trials.column("trial_id"))).as_py())
-    report = Report(summary={"sweep": sweep, "trials": trials.num_rows, "epoch_rows": rows,
-                             "status_counts": {s: statuses.count(s) for s in sorted(set(statuses))}},
-                    sections=[sec])
+    rows = int(
+        pa.compute.sum(pa.compute.is_in(metrics.column("trial_id"), value_set=trials.column("trial_id"))).as_py()
+    )
+    report = Report(
+        summary={
+            "sweep": sweep,
+            "trials": trials.num_rows,
+            "epoch_rows": rows,
+            "status_counts": {s: statuses.count(s) for s in sorted(set(statuses))},
+        },
+        sections=[sec],
+    )
     path = run_dir / page_name(selectors)
-    write_file_safely(path, render_html(report, f"lrbs trials: {sweep or run_dir.name}: {' | '.join(selectors)}"),
-                      root=run_dir)
+    write_file_safely(
+        path, render_html(report, f"lrbs trials: {sweep or run_dir.name}: {' | '.join(selectors)}"), root=run_dir
+    )
     return path
 
 

@@ -16,13 +16,15 @@ the link's target. Every file lrbs writes into an existing run directory goes th
 Local paths only: a run directory in object storage has no links (lrbs writes a local copy and
 uploads it). Stdlib only, so that ``analysis`` and ``sweeps`` can both import it.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 # Flags of the temporary file: a new file only (an existing name, a link included, fails),
 # never through a link, not inherited by child processes.
@@ -57,8 +59,10 @@ def check_inside(root: str | os.PathLike, path: str | os.PathLike) -> None:
         if os.path.islink(current):
             target = os.path.realpath(current)
             if not _inside(target, real_root):
-                raise UnsafePathError(f"RUN_DIR: {current} is a symbolic link to {target}, outside the run "
-                                      f"directory {root}; lrbs does not write through it (remove the link)")
+                raise UnsafePathError(
+                    f"RUN_DIR: {current} is a symbolic link to {target}, outside the run "
+                    f"directory {root}; lrbs does not write through it (remove the link)"
+                )
 
 
 def make_dirs(path: str | os.PathLike, root: str | os.PathLike) -> Path:
@@ -83,8 +87,9 @@ def _fsync_dir(folder: str) -> None:
 
 
 @contextlib.contextmanager
-def open_for_write(path: str | os.PathLike, root: str | os.PathLike | None = None, text: bool = False,
-                   fsync: bool = False) -> Iterator[IO]:
+def open_for_write(
+    path: str | os.PathLike, root: str | os.PathLike | None = None, text: bool = False, fsync: bool = False
+) -> Iterator[IO]:
     """A new file object whose contents replace ``path`` when the block ends without an error
     (nothing changes at ``path`` otherwise). ``root``: the run directory ``path`` lies in (default
     its folder: no folder checked). ``text``: a UTF-8 text file, else binary. ``fsync``: the data
@@ -117,8 +122,9 @@ def open_for_write(path: str | os.PathLike, root: str | os.PathLike | None = Non
         raise
 
 
-def write_file_safely(path: str | os.PathLike, data: str | bytes, root: str | os.PathLike | None = None,
-                      fsync: bool = False) -> Path:
+def write_file_safely(
+    path: str | os.PathLike, data: str | bytes, root: str | os.PathLike | None = None, fsync: bool = False
+) -> Path:
     """Replace ``path`` with ``data`` (text is written as UTF-8) through :func:`open_for_write`."""
     with open_for_write(path, root, text=isinstance(data, str), fsync=fsync) as f:
         f.write(data)

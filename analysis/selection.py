@@ -10,6 +10,7 @@ Keys are trial-table columns (``lr``, ``batch_size`` or ``S``, ``seed``, ``n_tra
 ``status``, ...); numbers match to 5 significant digits (the legend prints 6). Several
 selectors: a trial matching any of them.
 """
+
 from __future__ import annotations
 
 import math
@@ -109,7 +110,8 @@ def section_selected(metrics: pa.Table, trials: pa.Table, selectors: list[str]) 
         # only the epochs that measured it (probes run every few epochs: no gaps in the lines)
         measured = rows.filter(pc.fill_null(pc.is_valid(rows.column(metric)), False))
         if measured.num_rows:  # one line per trial, however many (the user asked for these trials)
-            sec.figures.append((f"{metric} per epoch", learning_curves(measured, metric, trials=trials,
-                                                                       max_trials=trials.num_rows)))
+            sec.figures.append(
+                (f"{metric} per epoch", learning_curves(measured, metric, trials=trials, max_trials=trials.num_rows))
+            )
     sec.headline = f"{trials.num_rows} trials"
     return sec

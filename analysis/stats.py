@@ -7,6 +7,7 @@
 * :func:`welch_less` -- one-sided Welch t-test that mean(x) < mean(y).
 * :func:`holm` -- Holm's step-down adjustment of a family of p-values.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,10 +19,10 @@ from scipy import stats
 
 @dataclass(frozen=True)
 class OLSResult:
-    coef: np.ndarray          # (k,)
-    cov: np.ndarray           # (k, k) classical: s^2 (X'X)^-1
+    coef: np.ndarray  # (k,)
+    cov: np.ndarray  # (k, k) classical: s^2 (X'X)^-1
     se: np.ndarray
-    dof: int                  # n - k
+    dof: int  # n - k
     rss: float
     r2: float
     n: int
@@ -76,7 +77,9 @@ def simple_fit(x: np.ndarray, y: np.ndarray) -> OLSResult:
     return ols(np.column_stack([np.ones_like(x), x]), y)
 
 
-def mean_band(fit: OLSResult, x: np.ndarray, xs: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def mean_band(
+    fit: OLSResult, x: np.ndarray, xs: np.ndarray, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fitted mean at ``xs`` and its pointwise ``level`` confidence band for a :func:`simple_fit`.
 
     band = yhat +- t_{n-2} s sqrt(1/n + (x - xbar)^2 / Sxx)

@@ -3,6 +3,7 @@
 ``load_metrics`` gives one row per (trial_id, epoch); ``load_trials`` one row per trial.
 Files cut off mid-write (a killed driver) are read up to their last whole record.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,6 +20,7 @@ from lrbs.analysis.schema import COMPACTED_SOURCES, METRIC_SCHEMA, PROBES
 @dataclass
 class ReadReport:
     """What reading a run's files found: rows kept, and bytes dropped from cut-off files."""
+
     files: int = 0
     rows_read: int = 0
     dropped_bytes: dict[str, int] = field(default_factory=dict)  # file name -> bytes not readable
@@ -238,7 +240,7 @@ def drop_superseded(table: pa.Table) -> pa.Table:
     rows = pa.array(np.arange(n, dtype=np.int64))
     trial_col = table.column("trial_id")
     last = pa.table({"t": trial_col, "r": rows}).group_by("t", use_threads=False).aggregate([("r", "max")])
-    trials = last.column("t").to_pylist()                  # one entry per trial (not per row)
+    trials = last.column("t").to_pylist()  # one entry per trial (not per row)
     last_row = last.column("r_max").to_numpy()
     epochs = table.column("epoch").to_numpy()
     if "config_json" in table.column_names:
@@ -292,15 +294,57 @@ def _config_on_last_rows(table: pa.Table) -> pa.Table:
 
 
 PROBE_COLUMNS = tuple(f.name for f in PROBES)
-TRIAL_COLUMNS = ("trial_id", "sweep", "lr", "batch_size", "ratio", "seed", "status", "epochs_done",
-                 "final_val_acc", "max_val_acc", "final_val_loss", "final_train_loss", "final_train_acc",
-                 "final_train_eval_loss", "final_train_eval_acc", "dataset", "n_train", "model", "code_version",
-                 "beta", "rescale", "variant", "schedule", "probe_epoch", *PROBE_COLUMNS)
+TRIAL_COLUMNS = (
+    "trial_id",
+    "sweep",
+    "lr",
+    "batch_size",
+    "ratio",
+    "seed",
+    "status",
+    "epochs_done",
+    "final_val_acc",
+    "max_val_acc",
+    "final_val_loss",
+    "final_train_loss",
+    "final_train_acc",
+    "final_train_eval_loss",
+    "final_train_eval_acc",
+    "dataset",
+    "n_train",
+    "model",
+    "code_version",
+    "beta",
+    "rescale",
+    "variant",
+    "schedule",
+    "probe_epoch",
+    *PROBE_COLUMNS,
+)
 
 
-TRIAL_SOURCE_COLUMNS = ["sweep", "lr", "batch_size", "seed", "status", "val_acc", "val_loss", "train_loss",
-                        "train_acc", "train_eval_loss", "train_eval_acc", "dataset", "n_train", "model",
-                        "code_version", "beta", "rescale", "variant", "schedule", *PROBE_COLUMNS]
+TRIAL_SOURCE_COLUMNS = [
+    "sweep",
+    "lr",
+    "batch_size",
+    "seed",
+    "status",
+    "val_acc",
+    "val_loss",
+    "train_loss",
+    "train_acc",
+    "train_eval_loss",
+    "train_eval_acc",
+    "dataset",
+    "n_train",
+    "model",
+    "code_version",
+    "beta",
+    "rescale",
+    "variant",
+    "schedule",
+    *PROBE_COLUMNS,
+]
 
 
 def load_trials(run_dir: str | Path, metrics: pa.Table | None = None) -> pa.Table:
@@ -331,8 +375,7 @@ def _last_per_trial(trial_ids, rows: np.ndarray) -> dict[str, int]:
     """trial id -> the largest of ``rows`` among that trial's rows (``trial_ids`` taken at ``rows``)."""
     if len(rows) == 0:
         return {}
-    grouped = pa.table({"t": trial_ids, "r": pa.array(rows)}).group_by("t", use_threads=False).aggregate(
-        [("r", "max")])
+    grouped = pa.table({"t": trial_ids, "r": pa.array(rows)}).group_by("t", use_threads=False).aggregate([("r", "max")])
     return dict(zip(grouped.column("t").to_pylist(), grouped.column("r_max").to_pylist()))
 
 
@@ -348,8 +391,11 @@ def trials_from_metrics(metrics: pa.Table) -> pa.Table:
     max_val = {}
     if n:
         valid_val = _valid(val).to_numpy(zero_copy_only=False)
-        grouped = pa.table({"t": trial_col.filter(pa.array(valid_val)), "v": val.filter(pa.array(valid_val))}) \
-            .group_by("t", use_threads=False).aggregate([("v", "max")])
+        grouped = (
+            pa.table({"t": trial_col.filter(pa.array(valid_val)), "v": val.filter(pa.array(valid_val))})
+            .group_by("t", use_threads=False)
+            .aggregate([("v", "max")])
+        )
         max_val = dict(zip(grouped.column("t").to_pylist(), grouped.column("v_max").to_pylist()))
     # The latest probe attempt: one that failed (probe_error, null values) replaces earlier values.
     probe_cols = [c for c in ("lambda_max", "hessian_trace", "hessian_fro", "probe_error") if c in m.column_names]
@@ -366,13 +412,23 @@ def trials_from_metrics(metrics: pa.Table) -> pa.Table:
         measured = every[_valid(m.column("train_eval_acc")).to_numpy(zero_copy_only=False)]
         rows_of = _last_per_trial(trial_col.take(pa.array(measured)), measured)
         taken = pa.array(list(rows_of.values()), pa.int64())
-        train_eval = dict(zip(rows_of, zip(m.column("train_eval_loss").take(taken).to_pylist(),
-                                           m.column("train_eval_acc").take(taken).to_pylist())))
+        train_eval = dict(
+            zip(
+                rows_of,
+                zip(
+                    m.column("train_eval_loss").take(taken).to_pylist(),
+                    m.column("train_eval_acc").take(taken).to_pylist(),
+                ),
+            )
+        )
     order = sorted(last_of)
     lasts = m.take(pa.array([last_of[t] for t in order], pa.int64())).to_pylist() if order else []
     probed_ids = [t for t in order if t in probed_of]
-    probed_rows = dict(zip(probed_ids, m.take(pa.array([probed_of[t] for t in probed_ids], pa.int64())).to_pylist())) \
-        if probed_ids else {}
+    probed_rows = (
+        dict(zip(probed_ids, m.take(pa.array([probed_of[t] for t in probed_ids], pa.int64())).to_pylist()))
+        if probed_ids
+        else {}
+    )
     for trial_id, last in zip(order, lasts):
         config = json.loads(last["config_json"] or "{}")
         point = config.get("point", {})
@@ -408,8 +464,9 @@ def trials_from_metrics(metrics: pa.Table) -> pa.Table:
     if not rows:
         return pa.table({name: pa.array([], type=_trial_type(name)) for name in TRIAL_COLUMNS})
     columns = list(TRIAL_COLUMNS) + sorted({k for r in rows for k in r} - set(TRIAL_COLUMNS))
-    return pa.table({c: pa.array([r.get(c) for r in rows], type=_trial_type(c) if c in TRIAL_COLUMNS else None)
-                     for c in columns})
+    return pa.table(
+        {c: pa.array([r.get(c) for r in rows], type=_trial_type(c) if c in TRIAL_COLUMNS else None) for c in columns}
+    )
 
 
 def _is_value(v) -> bool:

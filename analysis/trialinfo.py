@@ -6,6 +6,7 @@
 
 Pure functions over Arrow tables.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,7 +26,9 @@ def trial_table(metrics: pa.Table, trials: pa.Table | None = None) -> pa.Table:
     if trials.num_rows == 0:
         return trials
     final_ratio: dict[str, float] = {}
-    for r in sorted(metrics.select(["trial_id", "epoch", "ratio"]).to_pylist(), key=lambda r: (r["trial_id"], r["epoch"])):
+    for r in sorted(
+        metrics.select(["trial_id", "epoch", "ratio"]).to_pylist(), key=lambda r: (r["trial_id"], r["epoch"])
+    ):
         final_ratio[r["trial_id"]] = r["ratio"]
     ids = trials.column("trial_id").to_pylist()
     out = trials.append_column("final_ratio", pa.array([final_ratio.get(t) for t in ids], type=pa.float64()))

@@ -13,6 +13,7 @@ Prints markdown tables: Lanczos vs power iteration (HVPs, seconds, estimate, err
 Lanczos reference, converged, residual), then Hutchinson trace/Frobenius cost per probe, and the
 gradient-noise-scale cost.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,6 +42,7 @@ def build_model(width: int = 256, depth: int = 4, n_in: int = 64, n_out: int = 1
 def load_data(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, str]:
     try:
         from sklearn.datasets import load_digits
+
         d = load_digits()
         x = torch.tensor(d.data, dtype=torch.float32) / 16.0
         y = torch.tensor(d.target, dtype=torch.long)
@@ -108,21 +110,25 @@ def main(argv=None) -> None:
     batches = cv.make_batches(x, y, idx, batch_size=1000)
     model.train()  # as a trainable would leave it; every probe must restore this
 
-    print(f"# curvature probes: quickstart MLP 64-256-256-256-10 (BN, ReLU), {n_params} params, "
-          f"{data_name} ({x.shape[0]} ex.), {steps} SGD steps (lr 0.1, S 64, last loss {last_loss:.3f}, "
-          f"{t_train:.1f}s); probe subset {len(idx)} ex., BN in eval mode; device {device}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print(
+        f"# curvature probes: quickstart MLP 64-256-256-256-10 (BN, ReLU), {n_params} params, "
+        f"{data_name} ({x.shape[0]} ex.), {steps} SGD steps (lr 0.1, S 64, last loss {last_loss:.3f}, "
+        f"{t_train:.1f}s); probe subset {len(idx)} ex., BN in eval mode; device {device}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads\n"
+    )
 
     (loss, _), t_grad = timed(lambda: cv.loss_and_grad(model, nn.functional.cross_entropy, batches), device)
     params = [p for p in model.parameters() if p.requires_grad]
     cv.hvp(model, nn.functional.cross_entropy, batches, [torch.ones_like(p) for p in params])  # warm-up
-    _, t_hvp = timed(lambda: cv.hvp(model, nn.functional.cross_entropy, batches,
-                                    [torch.ones_like(p) for p in params]), device)
+    _, t_hvp = timed(
+        lambda: cv.hvp(model, nn.functional.cross_entropy, batches, [torch.ones_like(p) for p in params]), device
+    )
     print(f"probe-set loss {loss:.4f}; one gradient {t_grad * 1e3:.1f} ms, one HVP {t_hvp * 1e3:.1f} ms\n")
 
     ce = nn.functional.cross_entropy
-    ref, t_ref = timed(lambda: cv.top_eigenvalue(model, ce, batches, max_iters=ref_iters, tol=1e-9,
-                                                 seed=args.seed + 100), device)
+    ref, t_ref = timed(
+        lambda: cv.top_eigenvalue(model, ce, batches, max_iters=ref_iters, tol=1e-9, seed=args.seed + 100), device
+    )
     runs = [
         ("lanczos", args.tol, lz_iters),
         ("power", args.tol, pw_iters),
@@ -130,35 +136,48 @@ def main(argv=None) -> None:
         ("power", args.tol * 1e-3, pw_iters),
     ]
     print("## Top Hessian eigenvalue (largest algebraic)\n")
-    print(f"reference: Lanczos, {ref.n_hvp} HVPs, tol 1e-9, lambda_max = {ref.value:.6g} "
-          f"(converged={ref.converged}, residual {ref.residual:.2g}, {t_ref:.2f} s)\n")
+    print(
+        f"reference: Lanczos, {ref.n_hvp} HVPs, tol 1e-9, lambda_max = {ref.value:.6g} "
+        f"(converged={ref.converged}, residual {ref.residual:.2g}, {t_ref:.2f} s)\n"
+    )
     print("| method | tol | max_iters | HVPs | seconds | estimate | rel. error vs ref | converged | residual/|value| |")
     print("|---|---|---|---|---|---|---|---|---|")
     for method, tol, iters in runs:
-        r, t = timed(lambda: cv.top_eigenvalue(model, ce, batches, max_iters=iters, tol=tol,
-                                               seed=args.seed, method=method), device)
+        r, t = timed(
+            lambda: cv.top_eigenvalue(model, ce, batches, max_iters=iters, tol=tol, seed=args.seed, method=method),
+            device,
+        )
         err = abs(r.value - ref.value) / abs(ref.value)
-        print(f"| {method} | {tol:g} | {iters} | {r.n_hvp} | {t:.2f} | {r.value:.6g} | {err:.1e} | "
-              f"{r.converged} | {r.residual / abs(r.value):.1e} |")
+        print(
+            f"| {method} | {tol:g} | {iters} | {r.n_hvp} | {t:.2f} | {r.value:.6g} | {err:.1e} | "
+            f"{r.converged} | {r.residual / abs(r.value):.1e} |"
+        )
 
     print("\n## Hutchinson trace and Frobenius norm (shared HVPs)\n")
-    (tr, fro), t = timed(lambda: cv.hessian_trace_and_frobenius(model, ce, batches, n_probes=n_probes,
-                                                                seed=args.seed), device)
+    (tr, fro), t = timed(
+        lambda: cv.hessian_trace_and_frobenius(model, ce, batches, n_probes=n_probes, seed=args.seed), device
+    )
     print("| quantity | probes | estimate | stderr | rel. stderr | seconds total | ms per probe |")
     print("|---|---|---|---|---|---|---|")
     for name, e in (("Tr(H)", tr), ("‖H‖_F", fro)):
-        print(f"| {name} | {e.n_probes} | {e.value:.5g} | {e.stderr:.2g} | {e.stderr / abs(e.value):.1%} | "
-              f"{t:.2f} | {t / n_probes * 1e3:.1f} |")
+        print(
+            f"| {name} | {e.n_probes} | {e.value:.5g} | {e.stderr:.2g} | {e.stderr / abs(e.value):.1%} | "
+            f"{t:.2f} | {t / n_probes * 1e3:.1f} |"
+        )
     print(f"\n(both from the same {n_probes} HVPs; separate calls would cost twice that)")
 
     print("\n## Gradient noise scale (McCandlish et al.), on all training examples\n")
     b_small, b_big, n_pairs = (16, 256, 4) if args.quick else (32, 512, 16)
-    r, t = timed(lambda: cv.gradient_noise_scale(model, ce, x, y, b_small=b_small, b_big=b_big,
-                                                 n_pairs=n_pairs, seed=args.seed), device)
+    r, t = timed(
+        lambda: cv.gradient_noise_scale(model, ce, x, y, b_small=b_small, b_big=b_big, n_pairs=n_pairs, seed=args.seed),
+        device,
+    )
     print("| B_small | B_big | pairs | B_simple | stderr (Fieller) | |G|^2 | tr(Sigma) | seconds |")
     print("|---|---|---|---|---|---|---|---|")
-    print(f"| {b_small} | {b_big} | {n_pairs} | {r.b_simple:.4g} | {r.b_simple_stderr:.2g} | {r.g2:.3g} ± "
-          f"{r.g2_stderr:.1g} | {r.trace_sigma:.3g} ± {r.trace_sigma_stderr:.1g} | {t:.2f} |")
+    print(
+        f"| {b_small} | {b_big} | {n_pairs} | {r.b_simple:.4g} | {r.b_simple_stderr:.2g} | {r.g2:.3g} ± "
+        f"{r.g2_stderr:.1g} | {r.trace_sigma:.3g} ± {r.trace_sigma_stderr:.1g} | {t:.2f} |"
+    )
     assert model.training and all(m.training for m in model.modules()), "a probe leaked eval mode"
 
 

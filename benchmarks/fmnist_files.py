@@ -3,6 +3,7 @@
 Images are 28x28 uint8: a class-dependent blob plus noise (learnable, not trivially so); the
 files are exactly what torchvision's FashionMNIST reads from ``<root>/FashionMNIST/raw``.
 """
+
 from __future__ import annotations
 
 import os

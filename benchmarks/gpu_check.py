@@ -18,13 +18,13 @@ Prints one line per check; writes ``--out`` (JSON: the figures, and the per-step
 that ``sweeps/step_costs.json`` holds). Exits 1 if a correctness check fails. ``--quick`` shrinks
 everything (a CPU dry run of the script).
 """
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import io
 import json
-import math
 import sys
 import tempfile
 import time
@@ -57,8 +57,9 @@ def _rel(a: float, b: float) -> float:
 
 def _pack_rows(points, ds, model, train, dev, data, **kw) -> list[list[dict]]:
     rows: list[list[dict]] = [[] for _ in points]
-    run_pack(points, ds, model, train, lambda rs, st: [rows[r["member"]].append(r) for r in rs], device=dev,
-             data=data, **kw)
+    run_pack(
+        points, ds, model, train, lambda rs, st: [rows[r["member"]].append(r) for r in rs], device=dev, data=data, **kw
+    )
     return rows
 
 
@@ -83,9 +84,13 @@ def first_step_diff(points, data, dev) -> float:
         return [pack.member_state(j) for j in range(len(pts))]
 
     together = step(points, perms)
-    alone = [step([p], perms[j:j + 1])[0] for j, p in enumerate(points)]
-    return max(((a[k].double() - b[k].double()).abs().max() / b[k].double().abs().max().clamp_min(1e-12)).item()
-               for a, b in zip(together, alone) for k in b if b[k].is_floating_point())
+    alone = [step([p], perms[j : j + 1])[0] for j, p in enumerate(points)]
+    return max(
+        ((a[k].double() - b[k].double()).abs().max() / b[k].double().abs().max().clamp_min(1e-12)).item()
+        for a, b in zip(together, alone)
+        for k in b
+        if b[k].is_floating_point()
+    )
 
 
 def main(argv=None) -> int:
@@ -109,8 +114,9 @@ def main(argv=None) -> int:
     points = [TrialPoint(lr, 25, seed) for lr in FIG3_LRS for seed in range(5)]
 
     # 1-2. graphs vs eager, packed vs unpacked: one epoch of 300 steps (7,500 examples at S = 25).
-    sub = dataclasses.replace(full, x_train=full.x_train[:7500 if not q else 1000],
-                              y_train=full.y_train[:7500 if not q else 1000])
+    sub = dataclasses.replace(
+        full, x_train=full.x_train[: 7500 if not q else 1000], y_train=full.y_train[: 7500 if not q else 1000]
+    )
     one = TrainConfig(epochs=1)
     t = time.perf_counter()
     graphed = _pack_rows(points, fmnist, FIG3_MODEL, one, dev, sub)
@@ -120,8 +126,11 @@ def main(argv=None) -> int:
     good = d < 1e-4
     ok &= good
     steps = graphed[0][0]["steps"]
-    print(f"1 graph vs eager: 25 members x {steps} steps, max rel. loss diff {d:.2e} {'ok' if good else 'FAIL'}",
-          flush=True)
+    print(
+        f"1 graph vs eager: 25 members x {steps} steps, max rel. loss diff {d:.2e} {'ok' if good else 'FAIL'}",
+        flush=True,
+    )
+
     def separately(data):
         out = []
         for pt in points:
@@ -137,8 +146,11 @@ def main(argv=None) -> int:
     # The same after 30 steps: float32 round-off of batched vs single matmuls, before 300 SGD
     # steps amplify it (members are chaotic dynamical systems; graphs vs eager above are exact).
     short = dataclasses.replace(sub, x_train=sub.x_train[:750], y_train=sub.y_train[:750])
-    d2 = max(_rel(a[0][k], b[0][k]) for a, b in zip(_pack_rows(points, fmnist, FIG3_MODEL, one, dev, short),
-                                                     separately(short)) for k in ("train_loss", "val_loss"))
+    d2 = max(
+        _rel(a[0][k], b[0][k])
+        for a, b in zip(_pack_rows(points, fmnist, FIG3_MODEL, one, dev, short), separately(short))
+        for k in ("train_loss", "val_loss")
+    )
     # What 30 steps make of a round-off-sized difference: one member alone, its initial weights
     # perturbed by 1e-6 (relative), against the unperturbed run.
     from lrbs.trainables import train_loop
@@ -166,11 +178,20 @@ def main(argv=None) -> int:
     d1 = first_step_diff(points, sub, dev)
     good = d1 < 1e-5
     ok &= good
-    print(f"2 packed vs unpacked: member weights after 1 step max rel. diff {d1:.2e}; losses {d2:.2e} after 30 steps, "
-          f"{d_long:.2e} after {steps} (a 1e-6 weight perturbation grows to {sens:.2e} in 30 steps); pack "
-          f"{t_g:.2f} s vs 25 runs {t_s:.2f} s ({t_g / t_s:.3f}x) {'ok' if good else 'FAIL'}", flush=True)
-    out.update(graph_vs_eager_rel=d, packed_vs_unpacked_rel_1step_weights=d1, packed_vs_unpacked_rel_30=d2,
-               packed_vs_unpacked_rel_300=d_long, perturbation_1e6_after_30=sens, pack_vs_separate=t_g / t_s)
+    print(
+        f"2 packed vs unpacked: member weights after 1 step max rel. diff {d1:.2e}; losses {d2:.2e} after 30 steps, "
+        f"{d_long:.2e} after {steps} (a 1e-6 weight perturbation grows to {sens:.2e} in 30 steps); pack "
+        f"{t_g:.2f} s vs 25 runs {t_s:.2f} s ({t_g / t_s:.3f}x) {'ok' if good else 'FAIL'}",
+        flush=True,
+    )
+    out.update(
+        graph_vs_eager_rel=d,
+        packed_vs_unpacked_rel_1step_weights=d1,
+        packed_vs_unpacked_rel_30=d2,
+        packed_vs_unpacked_rel_300=d_long,
+        perturbation_1e6_after_30=sens,
+        pack_vs_separate=t_g / t_s,
+    )
 
     # 3. per-step costs
     n_steps = 30 if q else 500
@@ -190,10 +211,15 @@ def main(argv=None) -> int:
     fl = train_flops_per_example(FIG3_MODEL, DatasetConfig(name="fashion_mnist"))
     xs = [(25 * s * fl, costs[s]) for s in FIG3_SIZES] + [(64 * s * fl, extra[f"K=64,S={s},graph"]) for s in (25, 1000)]
     a = np.array([[1.0, x] for x, _ in xs])
-    floor, per_flop = np.linalg.lstsq(a / np.array([[t] for _, t in xs]), np.ones(len(xs)), rcond=None)[0]  # relative error
+    floor, per_flop = np.linalg.lstsq(a / np.array([[t] for _, t in xs]), np.ones(len(xs)), rcond=None)[
+        0
+    ]  # relative error
     model_fit = {"step_floor_s": max(float(floor), 0.0), "flops_per_s": 1.0 / max(float(per_flop), 1e-18)}
-    print(f"3 cost model: step floor {model_fit['step_floor_s'] * 1e3:.3f} ms, "
-          f"{model_fit['flops_per_s'] / 1e12:.1f} TFLOP/s on packed MLP steps", flush=True)
+    print(
+        f"3 cost model: step floor {model_fit['step_floor_s'] * 1e3:.3f} ms, "
+        f"{model_fit['flops_per_s'] / 1e12:.1f} TFLOP/s on packed MLP steps",
+        flush=True,
+    )
     probe_model = build_model(FIG3_MODEL, full.input_shape, full.n_classes).to(dev)
     run_probes(probe_model, full, FIG3_PROBES if not q else dataclasses.replace(FIG3_PROBES, n_samples=500))
     _sync(dev)
@@ -210,10 +236,18 @@ def main(argv=None) -> int:
     evaluate_pack(pack25, full.x_val, full.y_val, 2048)
     _sync(dev)
     eval_s = time.perf_counter() - t
-    print(f"3 probes per member (paper settings, {probe['lambda_max_n_hvp']} Lanczos HVPs): {probe_s:.2f} s; "
-          f"evaluation of 25 members on {len(full.x_val)} examples: {eval_s * 1e3:.1f} ms", flush=True)
-    out.update(step_s={str(s): costs[s] for s in FIG3_SIZES}, step_extra_s=extra, cost_model=model_fit,
-               probe_s=probe_s, eval25_s=eval_s)
+    print(
+        f"3 probes per member (paper settings, {probe['lambda_max_n_hvp']} Lanczos HVPs): {probe_s:.2f} s; "
+        f"evaluation of 25 members on {len(full.x_val)} examples: {eval_s * 1e3:.1f} ms",
+        flush=True,
+    )
+    out.update(
+        step_s={str(s): costs[s] for s in FIG3_SIZES},
+        step_extra_s=extra,
+        cost_model=model_fit,
+        probe_s=probe_s,
+        eval25_s=eval_s,
+    )
 
     # 4. projection of fig3_grid.yaml
     from lrbs.sweeps.packing import plan_packs
@@ -231,9 +265,12 @@ def main(argv=None) -> int:
         per_pack.append((k, s, sec))
         total += sec
     good_proj = total / 60 <= 10
-    print(f"4 projection fig3_grid at paper scale: {len(per_pack)} packs "
-          f"({', '.join(f'K={k} S={s}: {sec:.0f} s' for k, s, sec in per_pack)}), total {total / 60:.1f} GPU-min "
-          f"(target <= 10) {'ok' if good_proj else 'MISSED'}", flush=True)
+    print(
+        f"4 projection fig3_grid at paper scale: {len(per_pack)} packs "
+        f"({', '.join(f'K={k} S={s}: {sec:.0f} s' for k, s, sec in per_pack)}), total {total / 60:.1f} GPU-min "
+        f"(target <= 10) {'ok' if good_proj else 'MISSED'}",
+        flush=True,
+    )
     out.update(projection_fig3_min=total / 60, projection_packs=per_pack)
 
     # 5. one full-length pack (the S = 398 pack: 150 steps/epoch x 200 epochs), probes at the end
@@ -242,25 +279,43 @@ def main(argv=None) -> int:
     pts = [TrialPoint(lr, s_check, seed) for lr in FIG3_LRS for seed in range(5)]
     _sync(dev)
     t = time.perf_counter()
-    rows = _pack_rows(pts, fmnist, FIG3_MODEL, TrainConfig(epochs=epochs), dev, full,
-                      probes=FIG3_PROBES if not q else dataclasses.replace(FIG3_PROBES, n_samples=500))
+    rows = _pack_rows(
+        pts,
+        fmnist,
+        FIG3_MODEL,
+        TrainConfig(epochs=epochs),
+        dev,
+        full,
+        probes=FIG3_PROBES if not q else dataclasses.replace(FIG3_PROBES, n_samples=500),
+    )
     _sync(dev)
     wall = time.perf_counter() - t
     projected = epochs * ((n_train // s_check) * costs[s_check] + eval_s) + 25 * probe_s
     statuses = sorted({r[-1]["status"] for r in rows})
-    print(f"5 full pack K=25 S={s_check}, {epochs} epochs with probes: {wall:.1f} s measured vs {projected:.1f} s "
-          f"projected ({wall / projected:.2f}x); final val acc {min(r[-1]['val_acc'] for r in rows):.3f}-"
-          f"{max(r[-1]['val_acc'] for r in rows):.3f}; statuses {statuses}", flush=True)
+    print(
+        f"5 full pack K=25 S={s_check}, {epochs} epochs with probes: {wall:.1f} s measured vs {projected:.1f} s "
+        f"projected ({wall / projected:.2f}x); final val acc {min(r[-1]['val_acc'] for r in rows):.3f}-"
+        f"{max(r[-1]['val_acc'] for r in rows):.3f}; statuses {statuses}",
+        flush=True,
+    )
     out.update(full_pack_s=wall, full_pack_projected_s=projected)
 
     # 6. convnets: stacked (vmap) vs loop, graphed, per step
     g = torch.Generator().manual_seed(0)
-    cifar = TensorData(torch.randn(2000, 3, 32, 32, generator=g).to(dev), torch.randint(0, 10, (2000,), generator=g).to(dev),
-                       torch.randn(200, 3, 32, 32, generator=g).to(dev), torch.randint(0, 10, (200,), generator=g).to(dev), 10)
+    cifar = TensorData(
+        torch.randn(2000, 3, 32, 32, generator=g).to(dev),
+        torch.randint(0, 10, (2000,), generator=g).to(dev),
+        torch.randn(200, 3, 32, 32, generator=g).to(dev),
+        torch.randint(0, 10, (200,), generator=g).to(dev),
+        10,
+    )
     conv = {}
-    for cfg in (ModelConfig(name="vgg11", options=dict(width_mult=0.25 if q else 1.0)), ModelConfig(name="resnet20", options=dict(width_mult=0.25 if q else 1.0))):
+    for cfg in (
+        ModelConfig(name="vgg11", options=dict(width_mult=0.25 if q else 1.0)),
+        ModelConfig(name="resnet20", options=dict(width_mult=0.25 if q else 1.0)),
+    ):
         for layout in ("stacked", "loop"):
-            for graphed_ in ((True, False) if dev.type == "cuda" else (False,)):
+            for graphed_ in (True, False) if dev.type == "cuda" else (False,):
                 key = f"{cfg.name} K=5 S=50 {layout} {'graph' if graphed_ else 'eager'}"
                 try:
                     conv[key] = pack_step_seconds(cfg, cifar, 5, 50, dev, graphed_, 5 if q else 40, layout=layout)
@@ -294,13 +349,18 @@ def main(argv=None) -> int:
     res = _pack_rows(pts, fmnist, FIG3_MODEL, tr, dev, small, start_state=saved)
     d_res = max(_rel(a[2 + i]["train_loss"], b[i]["train_loss"]) for a, b in zip(ref, res) for i in range(2))
     nobn = ModelConfig(name="mlp", options=dict(depth=4, width=256, batch_norm=False))
-    div = _pack_rows([TrialPoint(0.02, 32, 0), TrialPoint(50.0, 32, 1)], fmnist, nobn, TrainConfig(epochs=3), dev, small)
+    div = _pack_rows(
+        [TrialPoint(0.02, 32, 0), TrialPoint(50.0, 32, 1)], fmnist, nobn, TrainConfig(epochs=3), dev, small
+    )
     alone = _pack_rows([TrialPoint(0.02, 32, 0)], fmnist, nobn, TrainConfig(epochs=3), dev, small)
     d_div = max(_rel(a["train_loss"], b["train_loss"]) for a, b in zip(div[0], alone[0]))
     good = d_res < 1e-6 and div[1][-1]["status"] == "diverged" and len(div[0]) == 3 and d_div < 1e-4
     ok &= good
-    print(f"7 resume on {dev.type}: max rel. diff {d_res:.2e}; diverged member left after epoch "
-          f"{div[1][-1]['epoch']}, survivor vs alone {d_div:.2e} {'ok' if good else 'FAIL'}", flush=True)
+    print(
+        f"7 resume on {dev.type}: max rel. diff {d_res:.2e}; diverged member left after epoch "
+        f"{div[1][-1]['epoch']}, survivor vs alone {d_div:.2e} {'ok' if good else 'FAIL'}",
+        flush=True,
+    )
     out.update(resume_rel=d_res, divergence_survivor_rel=d_div)
     out["total_s"] = time.perf_counter() - t_all
     print(f"total {out['total_s']:.0f} s", flush=True)

@@ -33,6 +33,7 @@ finished run); they guard the harness against judging everything "handled" and a
 counted in the handled figures. Prints a markdown summary and writes it to
 ``benchmarks/results/hardening_check.md``. Nothing is asserted. About 4 minutes on 2 cores.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -43,17 +44,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "hardening_check.md"
-TIMEOUT_S = 120          # a command still running then is killed (and NOT HANDLED)
-HANDLED_WITHIN_S = 30    # a refusal must come this fast
-MAX_ERROR_CHARS = 500    # the one stderr line, at most
+TIMEOUT_S = 120  # a command still running then is killed (and NOT HANDLED)
+HANDLED_WITHIN_S = 30  # a refusal must come this fast
+MAX_ERROR_CHARS = 500  # the one stderr line, at most
 WORKERS = 2
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}  # 1 thread: two runs share 2 cores
 
@@ -67,7 +69,7 @@ HANDLED, NOT_HANDLED, OK, FAIL = "HANDLED", "NOT HANDLED", "ok (control)", "FAIL
 @dataclass
 class Run:
     args: list[str]
-    rc: int | None          # None: killed at the timeout
+    rc: int | None  # None: killed at the timeout
     stdout: str
     stderr: str
     wall_s: float
@@ -82,8 +84,9 @@ def lrbs(args: list[str]) -> Run:
     """``lrbs ARGS`` in a subprocess at the repository root."""
     t = time.monotonic()
     try:
-        p = subprocess.run([sys.executable, "-m", "lrbs", *args], cwd=ROOT, env=ENV,
-                           capture_output=True, timeout=TIMEOUT_S)
+        p = subprocess.run(
+            [sys.executable, "-m", "lrbs", *args], cwd=ROOT, env=ENV, capture_output=True, timeout=TIMEOUT_S
+        )
         rc, out, err = p.returncode, p.stdout, p.stderr
     except subprocess.TimeoutExpired as exc:
         rc, out, err = None, exc.stdout or b"", exc.stderr or b""
@@ -99,13 +102,13 @@ class Case:
     name: str
     commands: list[list[str]]
     judge: Judge
-    control: bool = False      # a valid input that must be accepted (not counted as bad input)
+    control: bool = False  # a valid input that must be accepted (not counted as bad input)
     describe: Callable[[list[Run]], str] | None = None  # what to show (default: stderr's last line)
     runs: list[Run] = field(default_factory=list)
     verdict: str = ""
     reason: str = ""
 
-    def execute(self) -> "Case":
+    def execute(self) -> Case:
         self.runs = [lrbs(c) for c in self.commands]
         self.reason = self.judge(self.runs) or ""
         if self.control:
@@ -167,6 +170,7 @@ def no_crash(run: Run) -> str | None:
 
 def accepted(needle: str | None = None) -> Judge:
     """A control: exit 0, no traceback (and ``needle`` in stdout)."""
+
     def judge(runs: list[Run]) -> str | None:
         for r in runs:
             if r.rc != 0 or "Traceback" in r.stderr:
@@ -174,6 +178,7 @@ def accepted(needle: str | None = None) -> Judge:
             if needle and needle not in r.stdout:
                 return f"`{r.args[0]}`: {needle!r} not in its output"
         return None
+
     return judge
 
 
@@ -197,10 +202,14 @@ def wrong_shape(input_shape, n_classes):
 
 def base_spec() -> dict:
     """A valid spec (tests/conftest.py's ``tiny_spec``): 4 points of a small MLP on digits."""
-    return {"name": "hc", "dataset": {"name": "digits", "val_fraction": 0.2},
-            "model": {"name": "mlp", "options": {"depth": 3, "width": 32, "batch_norm": True}},
-            "train": {"epochs": 3}, "grid": {"lr": [0.05, 0.2], "batch_size": [32, 128], "seed": [0]},
-            "resources": {"cpu": 1}}
+    return {
+        "name": "hc",
+        "dataset": {"name": "digits", "val_fraction": 0.2},
+        "model": {"name": "mlp", "options": {"depth": 3, "width": 32, "batch_norm": True}},
+        "train": {"epochs": 3},
+        "grid": {"lr": [0.05, 0.2], "batch_size": [32, 128], "seed": [0]},
+        "resources": {"cpu": 1},
+    }
 
 
 def _merge(base: Any, extra: Any) -> Any:
@@ -254,8 +263,10 @@ def bad_specs() -> list[tuple[str, Any]]:
         ("type: an empty file", ""),
         # Unknown keys, at the top level and in every section
         ("unknown key: top level (epochs)", spec(epochs=3)),
-        *[(f"unknown key: {section}", spec(**{section: {"bogus": 1}}))
-          for section in ("dataset", "model", "train", "grid", "resources", "resilience", "limits", "curvature")],
+        *[
+            (f"unknown key: {section}", spec(**{section: {"bogus": 1}}))
+            for section in ("dataset", "model", "train", "grid", "resources", "resilience", "limits", "curvature")
+        ],
         ("unknown key: schedule", spec(schedule={"kind": "constant", "bogus": 1})),
         ("unknown key: rescale", family("rescale", {**RESCALE, "bogus": 1})),
         ("unknown key: beta", family("beta", {**BETA, "bogus": 1})),
@@ -288,8 +299,10 @@ def bad_specs() -> list[tuple[str, Any]]:
         ("range: grid.lr min > max", spec(grid={"lr": {"min": 1.0, "max": 0.1, "num": 3}})),
         ("range: grid.lr num 0", spec(grid={"lr": {"min": 0.01, "max": 0.1, "num": 0}})),
         ("range: grid.lr num 10^9", spec(grid={"lr": {"min": 0.01, "max": 0.1, "num": 10**9}})),
-        ("range: grid.lr num written 1e9 (a string in YAML 1.1)",
-         text.replace("lr:\n  - 0.05\n  - 0.2", "lr: {min: 0.01, max: 0.1, num: 1e9}")),
+        (
+            "range: grid.lr num written 1e9 (a string in YAML 1.1)",
+            text.replace("lr:\n  - 0.05\n  - 0.2", "lr: {min: 0.01, max: 0.1, num: 1e9}"),
+        ),
         ("range: log scale with min 0", spec(grid={"lr": {"min": 0, "max": 0.1, "num": 3}})),
         ("seed: 2**63", spec(grid={"seed": [2**63]})),
         ("seed: 2**70", spec(grid={"seed": [2**70]})),
@@ -299,15 +312,20 @@ def bad_specs() -> list[tuple[str, Any]]:
         ("yaml: duplicate nested key", text.replace("train:\n  epochs: 3", "train:\n  epochs: 3\n  epochs: 4")),
         ("yaml: alias bomb", alias_bomb()),
         ("yaml: 100k-deep list nesting", "name: deep\ndescription: " + "[" * 100_000 + "]" * 100_000 + "\n"),
-        ("yaml: 100k-deep mapping nesting", "name: deep\ndescription: " + "{a: " * 100_000 + "1" + "}" * 100_000 + "\n"),
+        (
+            "yaml: 100k-deep mapping nesting",
+            "name: deep\ndescription: " + "{a: " * 100_000 + "1" + "}" * 100_000 + "\n",
+        ),
         ("yaml: non-UTF-8 bytes", text.encode().replace(b"name: hc", b"name: h\xe9c\xff")),
         ("yaml: spec over 1 MB", text + "description: " + "x" * 1_100_000 + "\n"),
         ("yaml: unclosed flow sequence", "name: [unclosed\n"),
         ("yaml: python object tag", "name: !!python/object/apply:os.system ['true']\n"),
         ("yaml: complex (list) key", "name: x\n? [a, b]\n: 1\n"),
         # Sizes (issue 13 item 7) and huge values in errors
-        ("size: 10^6-point grid",
-         spec(grid={"lr": {"min": 1e-3, "max": 1.0, "num": 1000}, "batch_size": [32], "seed": list(range(1000))})),
+        (
+            "size: 10^6-point grid",
+            spec(grid={"lr": {"min": 1e-3, "max": 1.0, "num": 1000}, "batch_size": [32], "seed": list(range(1000))}),
+        ),
         ("size: mlp width 100000, depth 3", spec(model={"options": {"width": 100_000}})),
         ("size: mlp depth 100000", spec(model={"options": {"depth": 100_000}})),
         ("size: synthetic n_train 10^10", spec(dataset={"name": "synthetic", "n_train": 10**10})),
@@ -323,7 +341,10 @@ def bad_specs() -> list[tuple[str, Any]]:
         ("model: unknown name", spec(model={"name": "transformer", "options": DROP})),
         ("dataset: unknown name", spec(dataset={"name": "imagenet"})),
         ("model: import path to a missing module", spec(model={"name": "nosuchpkg.models:factory", "options": DROP})),
-        ("dataset: import path to a missing module", spec(dataset={"name": "nosuchpkg.data:make", "val_fraction": DROP})),
+        (
+            "dataset: import path to a missing module",
+            spec(dataset={"name": "nosuchpkg.data:make", "val_fraction": DROP}),
+        ),
         ("model: factory raises", spec(model={"name": "hc_plugin:boom", "options": DROP})),
         ("model: factory returns wrong logits", spec(model={"name": "hc_plugin:wrong_shape", "options": DROP})),
         ("model: mlp depth 0", spec(model={"options": {"depth": 0}})),
@@ -335,8 +356,10 @@ def bad_specs() -> list[tuple[str, Any]]:
         ("schedule: step without milestones or every", spec(schedule={"kind": "step"})),
         ("schedule: cycle_epochs 0", spec(schedule={"kind": "cyclic_lr", "low": 0.01, "high": 0.1, "cycle_epochs": 0})),
         ("schedule: factor .nan", spec(schedule={"kind": "step", "every": 1, "factor": float("nan")})),
-        ("schedule: cyclic_batch high above n_train",
-         spec(schedule={"kind": "cyclic_batch", "low": 32, "high": 100_000})),
+        (
+            "schedule: cyclic_batch high above n_train",
+            spec(schedule={"kind": "cyclic_batch", "low": 32, "high": 100_000}),
+        ),
         # Curvature
         ("curvature: every 0", spec(curvature={"every": 0})),
         ("curvature: unknown trace_method", spec(curvature={"trace_method": "exact"})),
@@ -400,10 +423,23 @@ def build_run_dir(run_dir: Path) -> list[int]:
     sink = ArrowMetricsSink(run_dir / "metrics", compact_every=0)  # streams: the checks damage them
     sizes = []
     for epoch in (1, 2, 3):
-        result = {"epoch": epoch, "lr": 0.1, "batch_size": 32, "ratio": 0.1 / 32, "seed": 0, "n_train": 100,
-                  "train_loss": 1.0, "train_acc": 0.5, "val_loss": 1.0, "val_acc": 0.5, "steps": epoch,
-                  "examples_seen": 32 * epoch, "epoch_s": 0.1, "wall_s": 0.1 * epoch,
-                  "status": "finished" if epoch == 3 else "running"}
+        result = {
+            "epoch": epoch,
+            "lr": 0.1,
+            "batch_size": 32,
+            "ratio": 0.1 / 32,
+            "seed": 0,
+            "n_train": 100,
+            "train_loss": 1.0,
+            "train_acc": 0.5,
+            "val_loss": 1.0,
+            "val_acc": 0.5,
+            "steps": epoch,
+            "examples_seen": 32 * epoch,
+            "epoch_s": 0.1,
+            "wall_s": 0.1 * epoch,
+            "status": "finished" if epoch == 3 else "running",
+        }
         sink.write_row(row_from_result(result, config, TRIAL))
         sizes.append(metric_file(run_dir).stat().st_size)  # flushed per row
     sink.on_experiment_end([])  # closes the stream: end-of-stream marker
@@ -419,13 +455,13 @@ def metric_file(run_dir: Path) -> Path:
 def _flip_string(data: bytes) -> bytes:
     """Invalid UTF-8 in the trial_id column of the last record (as tests/test_resilience.py)."""
     pos = data.rfind(TRIAL.encode())
-    return data[:pos] + b"\xff\xfe" + data[pos + 2:]
+    return data[:pos] + b"\xff\xfe" + data[pos + 2 :]
 
 
 def _flip_middle(data: bytes) -> bytes:
     """Eight bytes inverted at the middle of the file (wherever that falls)."""
     mid = len(data) // 2
-    return data[:mid] + bytes(b ^ 0xFF for b in data[mid:mid + 8]) + data[mid + 8:]
+    return data[:mid] + bytes(b ^ 0xFF for b in data[mid : mid + 8]) + data[mid + 8 :]
 
 
 def _as_directory(path: Path) -> None:
@@ -442,11 +478,17 @@ def damage_cases(folder: Path) -> list[Case]:
     # status must say DAMAGED and the file name: its error column is cut at 60 characters)
     metric_damages: list[tuple[str, Callable[[Path], None], str]] = [
         ("metric file: 0 bytes", lambda p: p.write_bytes(b""), "0 bytes"),
-        ("metric file: header overwritten", lambda p: p.write_bytes(b"\xde\xad\xbe\xef" * 4 + p.read_bytes()[16:]),
-         "header"),
+        (
+            "metric file: header overwritten",
+            lambda p: p.write_bytes(b"\xde\xad\xbe\xef" * 4 + p.read_bytes()[16:]),
+            "header",
+        ),
         ("metric file: not Arrow at all (text)", lambda p: p.write_text("this is not an arrow stream\n"), "header"),
-        ("metric file: flipped bytes in a string column", lambda p: p.write_bytes(_flip_string(p.read_bytes())),
-         "bad bytes"),
+        (
+            "metric file: flipped bytes in a string column",
+            lambda p: p.write_bytes(_flip_string(p.read_bytes())),
+            "bad bytes",
+        ),
         ("metric file: 8 bytes inverted mid-file", lambda p: p.write_bytes(_flip_middle(p.read_bytes())), ""),
         ("metric file: garbage appended after the end", lambda p: p.write_bytes(p.read_bytes() + os.urandom(64)), ""),
         ("metric file: a directory in its place", _as_directory, ""),
@@ -462,51 +504,86 @@ def damage_cases(folder: Path) -> list[Case]:
         return [["status", str(run)], ["report", str(run), "--format", "md"]]
 
     run = copy("control")
-    cases.append(Case("damage", "control: undamaged run directory", commands(run),
-                      judge_damage(run, status_says=None, report_says=None, clean=True), control=True,
-                      describe=describe_damage(run)))
+    cases.append(
+        Case(
+            "damage",
+            "control: undamaged run directory",
+            commands(run),
+            judge_damage(run, status_says=None, report_says=None, clean=True),
+            control=True,
+            describe=describe_damage(run),
+        )
+    )
     for name, damage, what in metric_damages:
         run = copy(name)
         fname = metric_file(run).name
         damage(metric_file(run))
-        cases.append(Case("damage", name, commands(run),
-                          judge_damage(run, status_says=["DAMAGED", fname], report_says=["DAMAGED", fname, what]),
-                          describe=describe_damage(run)))
+        cases.append(
+            Case(
+                "damage",
+                name,
+                commands(run),
+                judge_damage(run, status_says=["DAMAGED", fname], report_says=["DAMAGED", fname, what]),
+                describe=describe_damage(run),
+            )
+        )
     run = copy("cut")
     path = metric_file(run)
     path.write_bytes(path.read_bytes()[:cut])
-    cases.append(Case("damage", "metric file: cut off mid-record (writer killed)", commands(run),
-                      judge_damage(run, status_says=None, report_says=["writer killed"]), describe=describe_damage(run)))
-    for name, content in [("trial record: truncated JSON", None),
-                          ("trial record: point of the wrong type", b'{"trial_id": "t_1", "point": "x"}'),
-                          ("trial record: not UTF-8", b'\xff\xfe{"trial_id": "t_1"}')]:
+    cases.append(
+        Case(
+            "damage",
+            "metric file: cut off mid-record (writer killed)",
+            commands(run),
+            judge_damage(run, status_says=None, report_says=["writer killed"]),
+            describe=describe_damage(run),
+        )
+    )
+    for name, content in [
+        ("trial record: truncated JSON", None),
+        ("trial record: point of the wrong type", b'{"trial_id": "t_1", "point": "x"}'),
+        ("trial record: not UTF-8", b'\xff\xfe{"trial_id": "t_1"}'),
+    ]:
         run = copy(name)
         rec = run / "trials" / record
-        rec.write_bytes(rec.read_bytes()[:len(rec.read_bytes()) // 2] if content is None else content)
-        cases.append(Case("damage", name, commands(run),
-                          judge_damage(run, status_says=[f"trial record {record}"], report_says=None),
-                          describe=describe_damage(run)))
+        rec.write_bytes(rec.read_bytes()[: len(rec.read_bytes()) // 2] if content is None else content)
+        cases.append(
+            Case(
+                "damage",
+                name,
+                commands(run),
+                judge_damage(run, status_says=[f"trial record {record}"], report_says=None),
+                describe=describe_damage(run),
+            )
+        )
     return cases
 
 
 def describe_damage(run_dir: Path) -> Callable[[list[Run]], str]:
     """Status's line for the trial (or its stderr) and the report's notes on the files read."""
+
     def describe(runs: list[Run]) -> str:
         status, report = runs
         rows = [line for line in status.stdout.splitlines() if line.startswith(TRIAL)]
         said = " / ".join(" ".join(r.split()) for r in rows) or status.last_err
         report_md = run_dir / "report.md"
-        notes = [line[2:] for line in (report_md.read_text(errors="replace").splitlines() if report_md.is_file() else [])
-                 if line.startswith("- ") and ("DAMAGED" in line or "writer killed" in line)]
+        notes = [
+            line[2:]
+            for line in (report_md.read_text(errors="replace").splitlines() if report_md.is_file() else [])
+            if line.startswith("- ") and ("DAMAGED" in line or "writer killed" in line)
+        ]
         return f"status: {said}; report: {' / '.join(notes) or report.last_err or 'no note'}"
+
     return describe
 
 
-def judge_damage(run_dir: Path, status_says: list[str] | None, report_says: list[str] | None,
-                 clean: bool = False) -> Judge:
+def judge_damage(
+    run_dir: Path, status_says: list[str] | None, report_says: list[str] | None, clean: bool = False
+) -> Judge:
     """Both commands exit 0 or 2 without a traceback; the damage is named (``*_says``: every
     string must appear in status's output, or in report.md / report's stderr); ``clean``: an
     undamaged run must not be called damaged."""
+
     def judge(runs: list[Run]) -> str | None:
         status, report = runs
         for r in runs:
@@ -526,6 +603,7 @@ def judge_damage(run_dir: Path, status_says: list[str] | None, report_says: list
         if report_says and not all(s in report_text for s in report_says if s):
             missing.append("report does not name it")
         return "; ".join(missing) or None
+
     return judge
 
 
@@ -552,13 +630,21 @@ def read_only_cases(folder: Path, finished: Path) -> list[Case]:
     no_spec = folder / "no_spec" / RUN_NAME
     shutil.copytree(finished, no_spec)
     (no_spec / "spec.yaml").unlink()
-    targets = [("missing path", folder / "missing"), ("a file", folder / "a_file.txt"),
-               ("empty folder", folder / "empty"), ("folder with only metrics/", folder / "metrics_only"),
-               ("run dir without spec.yaml", no_spec)]
+    targets = [
+        ("missing path", folder / "missing"),
+        ("a file", folder / "a_file.txt"),
+        ("empty folder", folder / "empty"),
+        ("folder with only metrics/", folder / "metrics_only"),
+        ("run dir without spec.yaml", no_spec),
+    ]
     cases = []
     for label, target in targets:
-        for command in (["status", str(target)], ["report", str(target), "--format", "md"],
-                        ["resume", str(target)], ["interpolate", str(target), "t_1", "t_2"]):
+        for command in (
+            ["status", str(target)],
+            ["report", str(target), "--format", "md"],
+            ["resume", str(target)],
+            ["interpolate", str(target), "t_1", "t_2"],
+        ):
             name = f"{command[0]}: {label}"
             if command[0] == "resume" and not resume_would_not_start_ray(target):
                 raise RuntimeError(f"{name} would start Ray: not run")
@@ -571,8 +657,15 @@ def read_only_cases(folder: Path, finished: Path) -> list[Case]:
     shutil.copytree(finished, done)
     if not resume_would_not_start_ray(done):
         raise RuntimeError("the finished run directory has trials left: resume would start Ray")
-    cases.append(Case("read-only", "control: resume of a run whose trials all finished", [["resume", str(done)]],
-                      accepted("trials done; 0 continue"), control=True))
+    cases.append(
+        Case(
+            "read-only",
+            "control: resume of a run whose trials all finished",
+            [["resume", str(done)]],
+            accepted("trials done; 0 continue"),
+            control=True,
+        )
+    )
     return cases
 
 
@@ -589,37 +682,53 @@ CATEGORIES = {  # category -> (title, issue 13's figure on 6c0093f)
 
 def _cell(text: str, limit: int = 150) -> str:
     text = " ".join(text.split())
-    text = text if len(text) <= limit else text[:limit - 3] + "..."
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
     return text.replace("|", "\\|")
 
 
 def summarize(cases: list[Case], total_s: float, tmp: Path) -> str:
     """The markdown summary (``tmp``, the temporary folder, is written $TMP)."""
-    lines = [f"# hardening check: issue 13's bad-input figures re-measured ({total_s:.0f} s, "
-             f"{WORKERS} workers, Python {platform.python_version()}, {os.cpu_count()} CPUs)", "",
-             "`PYTHONPATH=$PWD .venv/bin/python -m benchmarks.hardening_check`: every command a subprocess, no Ray "
-             "started. Handled: see the module docstring. Controls are valid inputs that must be accepted; "
-             "they are not counted.", "",
-             "| category | handled now | issue 13 (6c0093f) | controls ok |", "| --- | --- | --- | --- |"]
+    lines = [
+        f"# hardening check: issue 13's bad-input figures re-measured ({total_s:.0f} s, "
+        f"{WORKERS} workers, Python {platform.python_version()}, {os.cpu_count()} CPUs)",
+        "",
+        "`PYTHONPATH=$PWD .venv/bin/python -m benchmarks.hardening_check`: every command a subprocess, no Ray "
+        "started. Handled: see the module docstring. Controls are valid inputs that must be accepted; "
+        "they are not counted.",
+        "",
+        "| category | handled now | issue 13 (6c0093f) | controls ok |",
+        "| --- | --- | --- | --- |",
+    ]
     for key, (title, before) in CATEGORIES.items():
         bad = [c for c in cases if c.category == key and not c.control]
         ctrl = [c for c in cases if c.category == key and c.control]
         n_ok = sum(c.verdict == HANDLED for c in bad)
-        lines.append(f"| {title} | {n_ok} of {len(bad)} | {before} | "
-                     f"{sum(c.verdict == OK for c in ctrl)} of {len(ctrl)} |")
+        lines.append(
+            f"| {title} | {n_ok} of {len(bad)} | {before} | {sum(c.verdict == OK for c in ctrl)} of {len(ctrl)} |"
+        )
     for key, (title, _) in CATEGORIES.items():
-        lines += ["", f"## {title}", "", "| case | verdict | exit | s | stderr's last line (or why not handled) |",
-                  "| --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            f"## {title}",
+            "",
+            "| case | verdict | exit | s | stderr's last line (or why not handled) |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         for c in (c for c in cases if c.category == key):
             rcs = ",".join("killed" if r.rc is None else str(r.rc) for r in c.runs)
             why = f"{c.reason}: {c.detail}" if c.reason else c.detail
             why = why.replace(str(tmp), "$TMP")
-            lines.append(f"| {_cell(c.name, 70)} | {c.verdict} | {rcs} | {c.wall_s:.1f} | "
-                         f"{_cell(why, 260 if key == 'damage' else 160)} |")
+            lines.append(
+                f"| {_cell(c.name, 70)} | {c.verdict} | {rcs} | {c.wall_s:.1f} | "
+                f"{_cell(why, 260 if key == 'damage' else 160)} |"
+            )
     failed = [c for c in cases if c.verdict in (NOT_HANDLED, FAIL)]
     lines += ["", "## Not handled", ""]
-    lines += [f"- [{c.category}] {c.name}: {c.reason}; {'last stderr line' if c.detail.startswith('lrbs:') else 'output'}: "
-              f"`{_cell(c.detail.replace(str(tmp), '$TMP'), 300)}`" for c in failed] or ["none"]
+    lines += [
+        f"- [{c.category}] {c.name}: {c.reason}; {'last stderr line' if c.detail.startswith('lrbs:') else 'output'}: "
+        f"`{_cell(c.detail.replace(str(tmp), '$TMP'), 300)}`"
+        for c in failed
+    ] or ["none"]
     return "\n".join(lines) + "\n"
 
 

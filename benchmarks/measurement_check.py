@@ -28,6 +28,7 @@
 Prints a markdown table; nothing is asserted (the tests check the fixes). About 5 minutes on one
 thread; ``--quick`` (fewer epochs and seeds; rough numbers) about 15 s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,14 @@ def train_endpoints(epochs: int):
     out = {}
     for s in (32, 256):
         rows, states = [], []
-        run_pack([TrialPoint(lr=0.1, batch_size=s, seed=0)], DatasetConfig(name="digits"), model_cfg,
-                 TrainConfig(epochs=epochs), lambda r, st: (rows.extend(r), states.append(st)), data=data)
+        run_pack(
+            [TrialPoint(lr=0.1, batch_size=s, seed=0)],
+            DatasetConfig(name="digits"),
+            model_cfg,
+            TrainConfig(epochs=epochs),
+            lambda r, st: (rows.extend(r), states.append(st)),
+            data=data,
+        )
         out[s] = (rows[-1], states[-1]()["members"][0]["model"])
     from lrbs.trainables.models import build_model
 
@@ -66,7 +73,9 @@ def check_interpolation(data, make_model, ends) -> list[str]:
     alphas = torch.linspace(-1, 2, 31)
     batches = cv.make_batches(data.x_train, data.y_train, None, 2048)
     val = cv.make_batches(data.x_val, data.y_val, None, 2048)
-    bn = cv.make_batches(data.x_train, data.y_train, cv.probe_subset(len(data.x_train), min(4096, len(data.x_train)), 0), 2048)
+    bn = cv.make_batches(
+        data.x_train, data.y_train, cv.probe_subset(len(data.x_train), min(4096, len(data.x_train)), 0), 2048
+    )
     old = cv.interpolate(make_model(), sa, sb, alphas, CE, batches, val, batch_norm="interpolate")
     new = cv.interpolate(make_model(), sa, sb, alphas, CE, batches, val, bn_batches=bn)
     neg = sum(int(((2 * sb[k] - sa[k]) < 0).sum()) for k in sa if k.endswith("running_var"))
@@ -75,9 +84,11 @@ def check_interpolation(data, make_model, ends) -> list[str]:
     nan_new = [f"{r['alpha']:.1f}" for r in new if not math.isfinite(r["train_loss"])]
     side = [(o, n) for o, n in zip(old, new) if 1.0 < o["alpha"] <= 1.7 + 1e-9 and math.isfinite(o["train_loss"])]
     rel = [abs(n["train_loss"] - o["train_loss"]) / abs(o["train_loss"]) for o, n in side]
-    return [f"| 1 interpolation, Fig. 4 twin (0.1/32 vs 0.1/256) | negative running variances at alpha = 2: "
-            f"{neg} of {total}; non-finite alphas: {', '.join(nan_old) or 'none'} | non-finite alphas: {', '.join(nan_new) or 'none'}; "
-            f"train loss on (1, 1.7] differs from the old curve by {min(rel):.0%}-{max(rel):.0%} |"]
+    return [
+        f"| 1 interpolation, Fig. 4 twin (0.1/32 vs 0.1/256) | negative running variances at alpha = 2: "
+        f"{neg} of {total}; non-finite alphas: {', '.join(nan_old) or 'none'} | non-finite alphas: {', '.join(nan_new) or 'none'}; "
+        f"train loss on (1, 1.7] differs from the old curve by {min(rel):.0%}-{max(rel):.0%} |"
+    ]
 
 
 def check_eq7(data, make_model, ends) -> list[str]:
@@ -89,8 +100,10 @@ def check_eq7(data, make_model, ends) -> list[str]:
         model = make_model()
         model.load_state_dict(state)
         probe = cv.mean_loss(model, CE, batches)
-        out.append(f"| 2 Eq. 7 E(l), endpoint 0.1/{s} | train-mode epoch mean {row['train_loss']:.4g} | "
-                   f"probe_loss (eval mode, probe subset) {probe:.4g}: ratio {row['train_loss'] / probe:.2g}x |")
+        out.append(
+            f"| 2 Eq. 7 E(l), endpoint 0.1/{s} | train-mode epoch mean {row['train_loss']:.4g} | "
+            f"probe_loss (eval mode, probe subset) {probe:.4g}: ratio {row['train_loss'] / probe:.2g}x |"
+        )
     return out
 
 
@@ -101,7 +114,7 @@ def per_example_sq_deviations(model, x, y) -> tuple[torch.Tensor, float]:
     grads = []
     with cv.probe_mode(model):
         for i in range(len(x)):
-            g = torch.autograd.grad(CE(model(x[i:i + 1]), y[i:i + 1]), params)
+            g = torch.autograd.grad(CE(model(x[i : i + 1]), y[i : i + 1]), params)
             grads.append(torch.cat([t.reshape(-1) for t in g]).double())
     g = torch.stack(grads)
     mean = g.mean(0)
@@ -133,8 +146,10 @@ def old_noise_scale_full(model, x, y, b_small: int, n_batches: int, seed: int) -
     gen = torch.Generator().manual_seed(seed)
     draws = torch.randint(0, len(x), (n_batches * b_small,), generator=gen)
     g2 = _sq_norm(cv.loss_and_grad(model, CE, cv.make_batches(x, y, None, 1000))[1])
-    t = [b_small * (_sq_norm(cv.loss_and_grad(model, CE, [(x[i], y[i])])[1]) - g2)
-         for i in draws.view(n_batches, b_small)]
+    t = [
+        b_small * (_sq_norm(cv.loss_and_grad(model, CE, [(x[i], y[i])])[1]) - g2)
+        for i in draws.view(n_batches, b_small)
+    ]
     return statistics.mean(t) / g2, statistics.stdev(t) / math.sqrt(n_batches) / g2
 
 
@@ -166,19 +181,26 @@ def check_noise(data, make_model, ends, seeds: int) -> list[str]:
         exact = float(dev.mean()) / g2
         top5 = float(dev.sort(descending=True).values[:5].sum() / dev.sum())  # share of tr(Sigma)
         old = [old_noise_scale_full(model, data.x_train, data.y_train, 32, 64, seed) for seed in range(seeds)]
-        new = [cv.gradient_noise_scale_full(model, CE, data.x_train, data.y_train, b_small=32, n_batches=64, seed=seed)
-               for seed in range(seeds)]
+        new = [
+            cv.gradient_noise_scale_full(model, CE, data.x_train, data.y_train, b_small=32, n_batches=64, seed=seed)
+            for seed in range(seeds)
+        ]
 
         def summary(pairs):
             b = [v for v, _ in pairs]
-            return (f"{calibration([(v - exact) / se for v, se in pairs])}; estimate mean "
-                    f"{statistics.mean(b) / exact - 1:+.1%} off, median {statistics.median(b):.4g}, "
-                    f"sd {statistics.pstdev(b):.3g}")
-        out.append(f"| 3 noise scale B_simple, noise_method full (64 batches of 32), endpoint 0.1/{s} "
-                   f"(exact {exact:.4g} on {len(data.x_train)} examples, {top5:.0%} of tr(Sigma) from 5 of them), "
-                   f"{seeds} seeds | batches drawn with replacement, sample stderr: {summary(old)} | whole passes "
-                   f"over the set, stderr from batch-difference products: "
-                   f"{summary([(r.b_simple, r.b_simple_stderr) for r in new])} |")
+            return (
+                f"{calibration([(v - exact) / se for v, se in pairs])}; estimate mean "
+                f"{statistics.mean(b) / exact - 1:+.1%} off, median {statistics.median(b):.4g}, "
+                f"sd {statistics.pstdev(b):.3g}"
+            )
+
+        out.append(
+            f"| 3 noise scale B_simple, noise_method full (64 batches of 32), endpoint 0.1/{s} "
+            f"(exact {exact:.4g} on {len(data.x_train)} examples, {top5:.0%} of tr(Sigma) from 5 of them), "
+            f"{seeds} seeds | batches drawn with replacement, sample stderr: {summary(old)} | whole passes "
+            f"over the set, stderr from batch-difference products: "
+            f"{summary([(r.b_simple, r.b_simple_stderr) for r in new])} |"
+        )
     model = make_model()
     model.load_state_dict(ends[32][1])
     idx = cv.probe_subset(len(data.x_train), min(1000, len(data.x_train)), 0)
@@ -187,14 +209,18 @@ def check_noise(data, make_model, ends, seeds: int) -> list[str]:
     for pairs in (16, 64):
         n = seeds if pairs == 16 else max(4, seeds // 2)
         old = [old_two_batch(model, xs, ys, 32, 512, pairs, seed) for seed in range(n)]
-        new = [cv.gradient_noise_scale(model, CE, xs, ys, b_small=32, b_big=512, n_pairs=pairs, seed=seed)
-               for seed in range(n)]
+        new = [
+            cv.gradient_noise_scale(model, CE, xs, ys, b_small=32, b_big=512, n_pairs=pairs, seed=seed)
+            for seed in range(n)
+        ]
         b = [v for v, _ in old]
-        out.append(f"| 3 noise scale B_simple, two_batch on the {len(idx)}-example probe subset (exact {exact:.4g} of "
-                   f"the subset), endpoint 0.1/32, {pairs} pairs of 32/512, {n} seeds (estimate median "
-                   f"{statistics.median(b):.4g}, sd {statistics.pstdev(b):.3g}) | jackknife stderr: "
-                   f"{calibration([(v - exact) / se for v, se in old])} | Fieller stderr: "
-                   f"{calibration([(r.b_simple - exact) / r.b_simple_stderr for r in new])} |")
+        out.append(
+            f"| 3 noise scale B_simple, two_batch on the {len(idx)}-example probe subset (exact {exact:.4g} of "
+            f"the subset), endpoint 0.1/32, {pairs} pairs of 32/512, {n} seeds (estimate median "
+            f"{statistics.median(b):.4g}, sd {statistics.pstdev(b):.3g}) | jackknife stderr: "
+            f"{calibration([(v - exact) / se for v, se in old])} | Fieller stderr: "
+            f"{calibration([(r.b_simple - exact) / r.b_simple_stderr for r in new])} |"
+        )
     return out
 
 
@@ -225,8 +251,9 @@ def trained_bn_net(data) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     S = 32) on the digits training set (99% train accuracy), with that set: a trained network
     with batch norm whose Hessian (eval mode) is small enough to compute exactly."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 8), nn.BatchNorm1d(8),
-                          nn.ReLU(), nn.Linear(8, 10)).double()
+    model = nn.Sequential(
+        nn.Linear(64, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 10)
+    ).double()
     x, y = data.x_train.double(), data.y_train
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     gen = torch.Generator().manual_seed(0)
@@ -234,7 +261,7 @@ def trained_bn_net(data) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
         perm = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), 32):
             opt.zero_grad()
-            CE(model(x[perm[i:i + 32]]), y[perm[i:i + 32]]).backward()
+            CE(model(x[perm[i : i + 32]]), y[perm[i : i + 32]]).backward()
             opt.step()
     return model, x, y
 
@@ -249,7 +276,7 @@ def exact_spectrum(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.
     def loss(v):
         parts, i = {}, 0
         for name, shape in zip(names, shapes):
-            parts[name] = v[i:i + math.prod(shape)].view(shape)
+            parts[name] = v[i : i + math.prod(shape)].view(shape)
             i += math.prod(shape)
         return CE(torch.func.functional_call(model, parts, (x,)), y)
 
@@ -304,8 +331,12 @@ def outlier_quadratic(d: int, outliers: int):
     bulk in [0, 0.5] (as trained networks' spectra): (model, loss_fn, batches, eigenvalues)."""
     g = torch.Generator().manual_seed(0)
     q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
-    lam = torch.cat([torch.linspace(20, 5, outliers, dtype=torch.float64),
-                     torch.rand(d - outliers, generator=g, dtype=torch.float64) * 0.5])
+    lam = torch.cat(
+        [
+            torch.linspace(20, 5, outliers, dtype=torch.float64),
+            torch.rand(d - outliers, generator=g, dtype=torch.float64) * 0.5,
+        ]
+    )
     h = q @ torch.diag(lam) @ q.T
     return _Quadratic(d), (lambda o, y: 0.5 * o @ h @ o), [(torch.zeros(1, 1), torch.zeros(1))], lam
 
@@ -314,9 +345,16 @@ def exact_problems(data) -> list[tuple[str, nn.Module, object, list, torch.Tenso
     """(name, model, loss_fn, batches, eigenvalues) of every problem with an exact Hessian."""
     tanh, x, y = trained_tanh_net()
     bn, xb, yb = trained_bn_net(data)
-    out = [("499-parameter tanh net", tanh, CE, cv.make_batches(x, y, None, 1000), exact_spectrum(tanh, x, y)),
-           ("714-parameter batch-norm MLP on digits", bn, CE, cv.make_batches(xb, yb, None, 2048),
-            exact_spectrum(bn, xb, yb))]
+    out = [
+        ("499-parameter tanh net", tanh, CE, cv.make_batches(x, y, None, 1000), exact_spectrum(tanh, x, y)),
+        (
+            "714-parameter batch-norm MLP on digits",
+            bn,
+            CE,
+            cv.make_batches(xb, yb, None, 2048),
+            exact_spectrum(bn, xb, yb),
+        ),
+    ]
     for d, outliers in ((60, 3), (200, 10)):
         model, loss_fn, batches, lam = outlier_quadratic(d, outliers)
         out.append((f"quadratic, d = {d} with {outliers} outlier eigenvalues", model, loss_fn, batches, lam))
@@ -341,9 +379,11 @@ def check_hessian_intervals(problems, seeds: int) -> list[str]:
                 zf_old.append((f_old - exact_f) / se_old)
                 zf.append((f.value - exact_f) / f.stderr)
             method = "Hutch++" if m >= 12 else "plain Hutchinson"
-            out.append(f"| 4 Tr(H), ||H||_F, {m} HVPs ({method}), {name}, {seeds} seeds | Tr(H) {calibration(zt)}; "
-                       f"||H||_F delta method: {calibration(zf_old)} | Tr(H) (unchanged) {calibration(zt)}; "
-                       f"||H||_F chi-square interval: {calibration(zf)} |")
+            out.append(
+                f"| 4 Tr(H), ||H||_F, {m} HVPs ({method}), {name}, {seeds} seeds | Tr(H) {calibration(zt)}; "
+                f"||H||_F delta method: {calibration(zf_old)} | Tr(H) (unchanged) {calibration(zt)}; "
+                f"||H||_F chi-square interval: {calibration(zf)} |"
+            )
     return out
 
 
@@ -360,8 +400,14 @@ def mnist1d_quickstart_model(epochs: int):
     data = load_dataset(ds)
     model_cfg = ModelConfig(name="mlp", options={"depth": 4, "width": 256, "batch_norm": True})
     states = []
-    run_pack([TrialPoint(lr=0.04, batch_size=32, seed=0)], ds, model_cfg, TrainConfig(epochs=epochs),
-             lambda r, st: states.append(st), data=data)
+    run_pack(
+        [TrialPoint(lr=0.04, batch_size=32, seed=0)],
+        ds,
+        model_cfg,
+        TrainConfig(epochs=epochs),
+        lambda r, st: states.append(st),
+        data=data,
+    )
     model = build_model(model_cfg, data.input_shape, data.n_classes)
     model.load_state_dict(states[-1]()["members"][0]["model"])
     idx = cv.probe_subset(len(data.x_train), 1000, 0)
@@ -375,26 +421,46 @@ def check_hutchpp_error(problems, data, make_model, ends, epochs: int, seeds: in
     digits = make_model()
     digits.load_state_dict(ends[32][1])
     idx = cv.probe_subset(len(data.x_train), min(1000, len(data.x_train)), 0)
-    big = [("digits width-128 BN MLP, endpoint 0.1/32, 1,000-example probe subset", digits,
-            cv.make_batches(data.x_train, data.y_train, idx, 1000)),
-           (f"MNIST-1D quickstart model (width-256 BN MLP, {epochs} epochs at 0.04/32), 1,000-example probe subset",
-            *mnist1d_quickstart_model(epochs))]
-    rows = [(name, model, loss_fn, batches, (float(ev.sum()), float(ev.pow(2).sum().sqrt())), seeds)
-            for name, model, loss_fn, batches, ev in problems]
+    big = [
+        (
+            "digits width-128 BN MLP, endpoint 0.1/32, 1,000-example probe subset",
+            digits,
+            cv.make_batches(data.x_train, data.y_train, idx, 1000),
+        ),
+        (
+            f"MNIST-1D quickstart model (width-256 BN MLP, {epochs} epochs at 0.04/32), 1,000-example probe subset",
+            *mnist1d_quickstart_model(epochs),
+        ),
+    ]
+    rows = [
+        (name, model, loss_fn, batches, (float(ev.sum()), float(ev.pow(2).sum().sqrt())), seeds)
+        for name, model, loss_fn, batches, ev in problems
+    ]
     rows += [(name, model, CE, batches, None, big_seeds) for name, model, batches in big]
     out = []
     for name, model, loss_fn, batches, exact, n in rows:
         ref = "exact" if exact else "mean of all estimates"
-        est = {meth: [cv.hessian_trace_and_frobenius(model, loss_fn, batches, n_probes=16, seed=s, method=meth,
-                                                     retain_graph=True) for s in range(n)]
-               for meth in ("hutchinson", "hutch++")}
+        est = {
+            meth: [
+                cv.hessian_trace_and_frobenius(
+                    model, loss_fn, batches, n_probes=16, seed=s, method=meth, retain_graph=True
+                )
+                for s in range(n)
+            ]
+            for meth in ("hutchinson", "hutch++")
+        }
         if exact is None:
             every = est["hutchinson"] + est["hutch++"]
             exact = (statistics.mean(t.value for t, _ in every), statistics.mean(f.value for _, f in every))
-        cols = [f"RMSE Tr(H) {_rmse([t.value for t, _ in e], exact[0]):.1%}, ||H||_F "
-                f"{_rmse([f.value for _, f in e], exact[1]):.1%}" for e in est.values()]
-        out.append(f"| 5 Hutch++ vs Hutchinson, 16 HVPs, {name}, {n} seeds (reference: {ref}) | plain Hutchinson: "
-                   f"{cols[0]} | Hutch++ (4 sketch + 4 + 8 probes, the default): {cols[1]} |")
+        cols = [
+            f"RMSE Tr(H) {_rmse([t.value for t, _ in e], exact[0]):.1%}, ||H||_F "
+            f"{_rmse([f.value for _, f in e], exact[1]):.1%}"
+            for e in est.values()
+        ]
+        out.append(
+            f"| 5 Hutch++ vs Hutchinson, 16 HVPs, {name}, {n} seeds (reference: {ref}) | plain Hutchinson: "
+            f"{cols[0]} | Hutch++ (4 sketch + 4 + 8 probes, the default): {cols[1]} |"
+        )
     return out
 
 
@@ -411,10 +477,12 @@ def main(argv=None) -> int:
     rows += check_noise(data, make_model, ends, 4 if args.quick else 200)
     problems = exact_problems(data)
     rows += check_hessian_intervals(problems, 10 if args.quick else 300)
-    rows += check_hutchpp_error(problems, data, make_model, ends, 2 if args.quick else 60,
-                                6 if args.quick else 300, 4 if args.quick else 100)
-    print(f"# measurement checks, before/after ({time.perf_counter() - t0:.0f} s, torch {torch.__version__}, "
-          "1 thread)\n")
+    rows += check_hutchpp_error(
+        problems, data, make_model, ends, 2 if args.quick else 60, 6 if args.quick else 300, 4 if args.quick else 100
+    )
+    print(
+        f"# measurement checks, before/after ({time.perf_counter() - t0:.0f} s, torch {torch.__version__}, 1 thread)\n"
+    )
     print("\n".join(rows))
     return 0
 

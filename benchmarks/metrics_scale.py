@@ -18,6 +18,7 @@ Python per row), side by side, with the ratios.
 The synthetic curves are smooth functions of (lr, batch size, seed, epoch), so every report
 section has something to fit. Prints one Markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,12 @@ def trial_config(lr: float, batch_size: int, seed: int) -> dict:
     """A quickstart trial's config (what ``to_param_space`` gives a trial), for this point."""
     shared = json.loads(_quickstart_shared())
     name = shared.pop("name")
-    return {"point": {"lr": lr, "batch_size": batch_size, "seed": seed}, "sweep": name, "code_version": "bench",
-            **shared}
+    return {
+        "point": {"lr": lr, "batch_size": batch_size, "seed": seed},
+        "sweep": name,
+        "code_version": "bench",
+        **shared,
+    }
 
 
 def points(n: int) -> list[tuple[float, int, int]]:
@@ -88,15 +93,34 @@ def write_sweep(run_dir: Path, n_trials: int, epochs: int, compact_every: int | 
         for e in range(1, epochs + 1):
             # Loss falls with epochs; larger eta/S ends lower in val loss up to a breakdown.
             quality = 1 - math.exp(-e / 10) * (1 - min(ratio * 2e3, 0.9))
-            result = {"epoch": e, "lr": lr, "batch_size": size, "ratio": ratio, "train_loss": 2.3 * (1 - quality) + 0.01,
-                      "train_acc": 0.1 + 0.89 * quality, "val_loss": 2.3 * (1 - quality) + 0.05 + rng.random() * 0.01,
-                      "val_acc": 0.1 + 0.85 * quality + rng.random() * 0.01, "steps": e * 4000 // size,
-                      "examples_seen": 4000 * e, "epoch_s": 0.5, "wall_s": 0.5 * e, "n_train": 4000, "seed": seed,
-                      "status": "finished" if e == epochs else "running", "schedule": "constant"}
+            result = {
+                "epoch": e,
+                "lr": lr,
+                "batch_size": size,
+                "ratio": ratio,
+                "train_loss": 2.3 * (1 - quality) + 0.01,
+                "train_acc": 0.1 + 0.89 * quality,
+                "val_loss": 2.3 * (1 - quality) + 0.05 + rng.random() * 0.01,
+                "val_acc": 0.1 + 0.85 * quality + rng.random() * 0.01,
+                "steps": e * 4000 // size,
+                "examples_seen": 4000 * e,
+                "epoch_s": 0.5,
+                "wall_s": 0.5 * e,
+                "n_train": 4000,
+                "seed": seed,
+                "status": "finished" if e == epochs else "running",
+                "schedule": "constant",
+            }
             if e == epochs:
-                result.update(lambda_max=10 / (1 + ratio * 1e3), lambda_max_converged=True, lambda_max_n_hvp=20,
-                              hessian_trace=100 / (1 + ratio * 1e3), hessian_trace_stderr=1.0, probe_loss=0.1,
-                              probe_n_samples=256)
+                result.update(
+                    lambda_max=10 / (1 + ratio * 1e3),
+                    lambda_max_converged=True,
+                    lambda_max_n_hvp=20,
+                    hessian_trace=100 / (1 + ratio * 1e3),
+                    hessian_trace_stderr=1.0,
+                    probe_loss=0.1,
+                    probe_n_samples=256,
+                )
             row = row_from_result(result, config, trial_id)
             t0 = time.perf_counter()
             sink.write_row(row)
@@ -112,11 +136,18 @@ def write_sweep(run_dir: Path, n_trials: int, epochs: int, compact_every: int | 
 
 def measure(code: str, run_dir: Path) -> tuple[float, float, str]:
     """Run ``code`` (with ``run_dir`` bound) in a fresh interpreter: (seconds, peak RSS in GB, stdout)."""
-    wrapper = (f"import resource, sys, time; from pathlib import Path; run_dir = Path({str(run_dir)!r}); "
-               f"__t0 = time.perf_counter(); {code}; __s = time.perf_counter() - __t0; "
-               f"print('MEASURED', __s, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)")
-    proc = subprocess.run([sys.executable, "-c", wrapper], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    wrapper = (
+        f"import resource, sys, time; from pathlib import Path; run_dir = Path({str(run_dir)!r}); "
+        f"__t0 = time.perf_counter(); {code}; __s = time.perf_counter() - __t0; "
+        f"print('MEASURED', __s, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", wrapper],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed")
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("MEASURED"))
@@ -126,8 +157,8 @@ def measure(code: str, run_dir: Path) -> tuple[float, float, str]:
 
 LAYOUTS = {
     # name: (compact_every, module with load_metrics / trials_from_metrics)
-    "old": (0, "benchmarks.old_readers"),   # stream files only, readers in Python per row (before issue 15)
-    "new": (None, "lrbs.analysis.tables"),       # compacted Parquet, vectorized readers
+    "old": (0, "benchmarks.old_readers"),  # stream files only, readers in Python per row (before issue 15)
+    "new": (None, "lrbs.analysis.tables"),  # compacted Parquet, vectorized readers
 }
 
 
@@ -136,24 +167,33 @@ def measure_layout(run_dir: Path, layout: str, n_trials: int, epochs: int, repor
     write_s, rows = write_sweep(run_dir, n_trials, epochs, compact_every)
     on_disk = sum(f.stat().st_size for f in (run_dir / "metrics").rglob("*") if f.is_file())
     out = {"rows": rows, "write": (write_s, rows / write_s), "disk": (on_disk, on_disk / rows)}
-    s, rss, _ = measure(f"from {module} import load_metrics; m = load_metrics(run_dir); assert m.num_rows == {rows}",
-                        run_dir)
+    s, rss, _ = measure(
+        f"from {module} import load_metrics; m = load_metrics(run_dir); assert m.num_rows == {rows}", run_dir
+    )
     out["load_metrics"] = (s, rss)
-    code = ("from lrbs.analysis.tables import load_trials; t = load_trials(run_dir)" if layout == "new" else
-            f"from {module} import load_metrics, trials_from_metrics; t = trials_from_metrics(load_metrics(run_dir))")
+    code = (
+        "from lrbs.analysis.tables import load_trials; t = load_trials(run_dir)"
+        if layout == "new"
+        else f"from {module} import load_metrics, trials_from_metrics; t = trials_from_metrics(load_metrics(run_dir))"
+    )
     s, rss, _ = measure(f"{code}; assert t.num_rows == {n_trials}", run_dir)
     out["load_trials"] = (s, rss)
     # One fit against eta/S with its interval, as the report does for every fitted metric: the old
     # 1,000-resample bootstrap over seeds (a per-resample loop), or the t interval on point means.
-    fit = ("import numpy as np; from lrbs.analysis.tables import load_trials; from lrbs.analysis.fits import ratio_fit; "
-           "import benchmarks.old_readers as old; t = load_trials(run_dir); "
-           "x = np.log10(np.array(t.column('ratio').to_pylist())); y = np.array(t.column('final_val_acc').to_pylist()); "
-           "keys = list(zip(t.column('lr').to_pylist(), t.column('batch_size').to_pylist())); g = {}; "
-           "[g.setdefault(k, []).append(i) for i, k in enumerate(keys)]; "
-           "__f = __import__('time').perf_counter(); "
-           + ("old.bootstrap_slopes(x, y, list(g.values()), 1000, np.random.default_rng(0))" if layout == "old" else
-              "ratio_fit(t, 'final_val_acc')")
-           + "; print('FIT', __import__('time').perf_counter() - __f)")
+    fit = (
+        "import numpy as np; from lrbs.analysis.tables import load_trials; from lrbs.analysis.fits import ratio_fit; "
+        "import benchmarks.old_readers as old; t = load_trials(run_dir); "
+        "x = np.log10(np.array(t.column('ratio').to_pylist())); y = np.array(t.column('final_val_acc').to_pylist()); "
+        "keys = list(zip(t.column('lr').to_pylist(), t.column('batch_size').to_pylist())); g = {}; "
+        "[g.setdefault(k, []).append(i) for i, k in enumerate(keys)]; "
+        "__f = __import__('time').perf_counter(); "
+        + (
+            "old.bootstrap_slopes(x, y, list(g.values()), 1000, np.random.default_rng(0))"
+            if layout == "old"
+            else "ratio_fit(t, 'final_val_acc')"
+        )
+        + "; print('FIT', __import__('time').perf_counter() - __f)"
+    )
     _, _, stdout = measure(fit, run_dir)
     out["fit"] = (float(next(ln for ln in stdout.splitlines() if ln.startswith("FIT")).split()[1]),)
     if report:
@@ -166,16 +206,24 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--old", action="store_true",
-                   help="also the old way side by side (stream files, per-row readers; ~12 GB of RAM per million rows)")
+    p.add_argument(
+        "--old",
+        action="store_true",
+        help="also the old way side by side (stream files, per-row readers; ~12 GB of RAM per million rows)",
+    )
     p.add_argument("--skip-report", action="store_true", help="measure storage and readers only")
     args = p.parse_args(argv)
     layouts = ["old", "new"] if args.old else ["new"]
     results = {}
     with tempfile.TemporaryDirectory(prefix="lrbs-scale-") as tmp:
         for layout in layouts:
-            results[layout] = measure_layout(Path(tmp) / layout / "scale", layout, args.trials, args.epochs,
-                                             report=not args.skip_report and layout == "new")
+            results[layout] = measure_layout(
+                Path(tmp) / layout / "scale",
+                layout,
+                args.trials,
+                args.epochs,
+                report=not args.skip_report and layout == "new",
+            )
             shutil.rmtree(Path(tmp) / layout, ignore_errors=True)
     rows = results["new"]["rows"]
 
@@ -199,13 +247,19 @@ def main(argv: list[str] | None = None) -> int:
         old, new = results["old"][key][0], results["new"][key][0]
         return f"{old / new:.1f}x {'smaller' if key == 'disk' else 'faster' if key != 'write' else ''}".strip()
 
-    print(f"| {args.trials:,} trials x {args.epochs} epochs = {rows:,} rows | old way (streams, per-row readers) "
-          f"| lrbs now (compacted, vectorized) | old / now |")
+    print(
+        f"| {args.trials:,} trials x {args.epochs} epochs = {rows:,} rows | old way (streams, per-row readers) "
+        f"| lrbs now (compacted, vectorized) | old / now |"
+    )
     print("| --- | --- | --- | --- |")
-    labels = {"write": "sink: write every row (driver)", "disk": "on disk once the sweep ended",
-              "load_metrics": "load_metrics (time, peak RSS)", "load_trials": "load_trials (time, peak RSS)",
-              "fit": "one fit against eta/S with its CI (old: 1,000-resample bootstrap; now: point means)",
-              "report": "lrbs report (html, json, md)"}
+    labels = {
+        "write": "sink: write every row (driver)",
+        "disk": "on disk once the sweep ended",
+        "load_metrics": "load_metrics (time, peak RSS)",
+        "load_trials": "load_trials (time, peak RSS)",
+        "fit": "one fit against eta/S with its CI (old: 1,000-resample bootstrap; now: point means)",
+        "report": "lrbs report (html, json, md)",
+    }
     for key, label in labels.items():
         if key in results["new"]:
             print(f"| {label} | {cell('old', key)} | {cell('new', key)} | {ratio(key)} |")

@@ -2,6 +2,7 @@
 benchmarks/metrics_scale.py, and a test oracle that the
 vectorized readers of ``analysis/tables.py`` must equal on the frozen fixtures and on runs
 written through the real sink (tests/test_compaction.py)."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,16 @@ import json
 import pyarrow as pa
 
 # unchanged by issue 15 (dedupe_last was already vectorized): shared, not copied
-from lrbs.analysis.tables import (PROBE_COLUMNS, TRIAL_COLUMNS, _attempt_key, _flatten, _is_value, _trial_type, dedupe_last,
-                             read_metric_files)
+from lrbs.analysis.tables import (
+    PROBE_COLUMNS,
+    TRIAL_COLUMNS,
+    _attempt_key,
+    _flatten,
+    _is_value,
+    _trial_type,
+    dedupe_last,
+    read_metric_files,
+)
 
 
 def drop_superseded(table: pa.Table) -> pa.Table:
@@ -27,8 +36,7 @@ def drop_superseded(table: pa.Table) -> pa.Table:
         return table
     trial_ids = table.column("trial_id").to_pylist()
     epochs = table.column("epoch").to_pylist()
-    raw = (table.column("config_json").to_pylist() if "config_json" in table.column_names
-           else [None] * table.num_rows)
+    raw = table.column("config_json").to_pylist() if "config_json" in table.column_names else [None] * table.num_rows
     same = {c: _attempt_key(c) for c in set(raw)}  # parsed once per distinct config
     configs = [same[c] for c in raw]
     last: dict[str, int] = {}
@@ -40,8 +48,7 @@ def drop_superseded(table: pa.Table) -> pa.Table:
         if config is not None and (config not in newest or last[newest[config]] < i):
             newest[config] = trial_id
     replaced = {t for t, i in last.items() if configs[i] is not None and newest[configs[i]] != t}
-    keep = [i for i, (t, e) in enumerate(zip(trial_ids, epochs))
-            if t not in replaced and e <= epochs[last[t]]]
+    keep = [i for i, (t, e) in enumerate(zip(trial_ids, epochs)) if t not in replaced and e <= epochs[last[t]]]
     return table if len(keep) == table.num_rows else table.take(pa.array(keep, pa.int64()))
 
 
@@ -97,10 +104,9 @@ def trials_from_metrics(metrics: pa.Table) -> pa.Table:
     if not rows:
         return pa.table({name: pa.array([], type=_trial_type(name)) for name in TRIAL_COLUMNS})
     columns = list(TRIAL_COLUMNS) + sorted({k for r in rows for k in r} - set(TRIAL_COLUMNS))
-    return pa.table({c: pa.array([r.get(c) for r in rows], type=_trial_type(c) if c in TRIAL_COLUMNS else None)
-                     for c in columns})
-
-
+    return pa.table(
+        {c: pa.array([r.get(c) for r in rows], type=_trial_type(c) if c in TRIAL_COLUMNS else None) for c in columns}
+    )
 
 
 def bootstrap_slopes(x, y, members, n_boot, rng):

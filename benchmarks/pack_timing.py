@@ -5,6 +5,7 @@ of paper-scale sweeps). The step is the one trials run: batch gather from per-me
 rows, forward, backward, per-member SGD update, loss and accuracy accumulation; replayed from a
 CUDA graph when ``graphed`` (the capture and its eager warm-up steps are not timed).
 """
+
 from __future__ import annotations
 
 import time
@@ -24,8 +25,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def pack_step_seconds(model_cfg: ModelConfig, data: TensorData, k: int, s: int, device: torch.device,
-                      graphed: bool, n_steps: int = 200, layout: str = "auto", momentum: float = 0.0) -> float:
+def pack_step_seconds(
+    model_cfg: ModelConfig,
+    data: TensorData,
+    k: int,
+    s: int,
+    device: torch.device,
+    graphed: bool,
+    n_steps: int = 200,
+    layout: str = "auto",
+    momentum: float = 0.0,
+) -> float:
     """Mean seconds per step of K members at batch size S (after a warm-up epoch slice)."""
     torch.manual_seed(0)
     modules = [build_model(model_cfg, data.input_shape, data.n_classes).to(device).train() for _ in range(k)]

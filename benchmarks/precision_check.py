@@ -31,6 +31,7 @@ Every row is written to ``--out`` (JSON) as soon as it is measured; rows left wh
 runs out are recorded as not measured. ``--quick`` runs tiny widths and few steps (a CPU dry run:
 no graphs, precision flags inert).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,6 +57,7 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 @dataclass(frozen=True)
 class Case:
     """One model and the batch sizes the paper's specs train it at."""
+
     label: str
     model: ModelConfig
     sizes: tuple[int, ...]
@@ -75,27 +77,32 @@ QUICK_CASES = (
 
 @dataclass(frozen=True)
 class Settings:
-    n_examples: int          # training images on the device
-    n_val: int               # held-out images (fidelity's fp32 loss)
-    n_timed: float           # seconds of steps per timed repeat (sets the steps per repeat)
-    repeats: int             # timed repeats; the median is reported
+    n_examples: int  # training images on the device
+    n_val: int  # held-out images (fidelity's fp32 loss)
+    n_timed: float  # seconds of steps per timed repeat (sets the steps per repeat)
+    repeats: int  # timed repeats; the median is reported
     fidelity_steps: int
     fidelity_s: int
     fidelity_lr: float
 
 
-FULL = Settings(n_examples=8192, n_val=2048, n_timed=0.05, repeats=5, fidelity_steps=200, fidelity_s=128,
-                fidelity_lr=0.05)
+FULL = Settings(
+    n_examples=8192, n_val=2048, n_timed=0.05, repeats=5, fidelity_steps=200, fidelity_s=128, fidelity_lr=0.05
+)
 QUICK = Settings(n_examples=256, n_val=128, n_timed=0.0, repeats=2, fidelity_steps=5, fidelity_s=16, fidelity_lr=0.05)
 
 
 def precision_flags() -> dict:
     """The float32 math cuDNN convolutions and cuBLAS matmuls use now ('tf32', 'ieee'; 'none': torch's default)."""
     if hasattr(torch.backends.cudnn, "conv") and hasattr(torch.backends.cuda.matmul, "fp32_precision"):
-        return {"cudnn.conv": torch.backends.cudnn.conv.fp32_precision,
-                "cuda.matmul": torch.backends.cuda.matmul.fp32_precision}
-    return {"cudnn.conv": "tf32" if torch.backends.cudnn.allow_tf32 else "ieee",
-            "cuda.matmul": "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"}
+        return {
+            "cudnn.conv": torch.backends.cudnn.conv.fp32_precision,
+            "cuda.matmul": torch.backends.cuda.matmul.fp32_precision,
+        }
+    return {
+        "cudnn.conv": "tf32" if torch.backends.cudnn.allow_tf32 else "ieee",
+        "cuda.matmul": "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee",
+    }
 
 
 def set_precision_flags(conv: str, matmul: str) -> None:
@@ -143,7 +150,7 @@ class PlainStep:
         self.params = [p for p in model.parameters()]
         g = torch.Generator().manual_seed(seed)
         n_batches = max(1, len(x) // s)
-        self.batches = torch.randperm(len(x), generator=g)[:n_batches * s].view(n_batches, s).to(dev)
+        self.batches = torch.randperm(len(x), generator=g)[: n_batches * s].view(n_batches, s).to(dev)
         self.n_batches = n_batches
         self.counter = torch.zeros((), dtype=torch.long, device=dev)
         self.losses = torch.zeros(n_steps_max + 1, device=dev)
@@ -186,6 +193,7 @@ def graphed(step, warmup: int = 3):
 def time_per_step(run, dev: torch.device, target_s: float, repeats: int) -> dict:
     """Median, min and max seconds per step over ``repeats`` timed blocks of steps (CUDA events on
     a GPU), each block about ``target_s`` long; two untimed steps first."""
+
     def block(n: int) -> float:
         if dev.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -203,8 +211,13 @@ def time_per_step(run, dev: torch.device, target_s: float, repeats: int) -> dict
     block(2)
     n = max(2, min(200, math.ceil(target_s / max(block(2), 1e-6))))
     times = [block(n) for _ in range(repeats)]
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "steps": n,
-            "repeats": repeats}
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "steps": n,
+        "repeats": repeats,
+    }
 
 
 def matmul_ceilings(dev: torch.device, n: int) -> dict:
@@ -214,7 +227,7 @@ def matmul_ceilings(dev: torch.device, n: int) -> dict:
     for precision in PRECISIONS:
         set_precision(precision)
         x, y = (a.bfloat16(), b.bfloat16()) if precision == "bf16" else (a, b)
-        rates[precision] = 2 * n ** 3 / time_per_step(lambda: torch.mm(x, y), dev, 0.1, 3)["median_s"] / 1e12
+        rates[precision] = 2 * n**3 / time_per_step(lambda: torch.mm(x, y), dev, 0.1, 3)["median_s"] / 1e12
     return rates
 
 
@@ -243,6 +256,7 @@ def step_cost(case: Case, s: int, precision: str, graph: bool, x, y, cfg: Settin
 def fidelity(case: Case, x, y, x_val, y_val, cfg: Settings, dev) -> dict:
     """Final training loss (mean of the last 10 steps) and held-out fp32 loss after
     ``cfg.fidelity_steps`` identical steps from one init, per precision; relative to fp32."""
+
     def run(precision: str, perturb: float = 0.0) -> tuple[float, float, list[float]]:
         set_precision(precision)
         model = fresh_model(case, dev)
@@ -268,13 +282,25 @@ def fidelity(case: Case, x, y, x_val, y_val, cfg: Settings, dev) -> dict:
         return statistics.fmean(losses[-10:]), val, losses
 
     base_train, base_val, base_curve = run("fp32")
-    out = {"steps": cfg.fidelity_steps, "S": cfg.fidelity_s, "lr": cfg.fidelity_lr,
-           "fp32": {"train_loss": base_train, "val_loss_fp32": base_val, "first_loss": base_curve[0]}}
-    for label, precision, perturb in (("fp32 again", "fp32", 0.0), ("fp32 init x (1 + 1e-6 noise)", "fp32", 1e-6),
-                                      ("tf32", "tf32", 0.0), ("bf16", "bf16", 0.0)):
+    out = {
+        "steps": cfg.fidelity_steps,
+        "S": cfg.fidelity_s,
+        "lr": cfg.fidelity_lr,
+        "fp32": {"train_loss": base_train, "val_loss_fp32": base_val, "first_loss": base_curve[0]},
+    }
+    for label, precision, perturb in (
+        ("fp32 again", "fp32", 0.0),
+        ("fp32 init x (1 + 1e-6 noise)", "fp32", 1e-6),
+        ("tf32", "tf32", 0.0),
+        ("bf16", "bf16", 0.0),
+    ):
         tr, va, _ = run(precision, perturb)
-        out[label] = {"train_loss": tr, "val_loss_fp32": va, "train_rel": abs(tr - base_train) / abs(base_train),
-                      "val_rel": abs(va - base_val) / abs(base_val)}
+        out[label] = {
+            "train_loss": tr,
+            "val_loss_fp32": va,
+            "train_rel": abs(tr - base_train) / abs(base_train),
+            "val_rel": abs(va - base_val) / abs(base_val),
+        }
     return out
 
 
@@ -291,11 +317,22 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     defaults = precision_flags()
-    out: dict = {"device": name, "torch": torch.__version__, "cudnn": torch.backends.cudnn.version(),
-                 "torch_default_fp32_precision": defaults, "cudnn_benchmark_default": torch.backends.cudnn.benchmark,
-                 "quick": args.quick, "rows": [], "fidelity": {}, "not_measured": []}
-    print(f"device: {name}, torch {torch.__version__}, cuDNN {out['cudnn']}; torch's default fp32 precision: "
-          f"convolutions {defaults['cudnn.conv']}, matmuls {defaults['cuda.matmul']}", flush=True)
+    out: dict = {
+        "device": name,
+        "torch": torch.__version__,
+        "cudnn": torch.backends.cudnn.version(),
+        "torch_default_fp32_precision": defaults,
+        "cudnn_benchmark_default": torch.backends.cudnn.benchmark,
+        "quick": args.quick,
+        "rows": [],
+        "fidelity": {},
+        "not_measured": [],
+    }
+    print(
+        f"device: {name}, torch {torch.__version__}, cuDNN {out['cudnn']}; torch's default fp32 precision: "
+        f"convolutions {defaults['cudnn.conv']}, matmuls {defaults['cuda.matmul']}",
+        flush=True,
+    )
 
     def save() -> None:
         out["total_s"] = time.perf_counter() - t0
@@ -329,12 +366,22 @@ def main(argv=None) -> int:
             torch.backends.cudnn.benchmark = out["cudnn_benchmark_default"]
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
-        row = {"section": section, "model": case.label, "S": s, "precision": precision, "graph": graph,
-               "cudnn_benchmark": bench, **r}
+        row = {
+            "section": section,
+            "model": case.label,
+            "S": s,
+            "precision": precision,
+            "graph": graph,
+            "cudnn_benchmark": bench,
+            **r,
+        }
         if "median_s" in r:
             row["tflops"] = flops[case.label] * s / r["median_s"] / 1e12
-            print(f"{key}: {r['median_s'] * 1e3:.3f} ms/step ({r['min_s'] * 1e3:.3f}-{r['max_s'] * 1e3:.3f}), "
-                  f"{row['tflops']:.3g} TFLOP/s", flush=True)
+            print(
+                f"{key}: {r['median_s'] * 1e3:.3f} ms/step ({r['min_s'] * 1e3:.3f}-{r['max_s'] * 1e3:.3f}), "
+                f"{row['tflops']:.3g} TFLOP/s",
+                flush=True,
+            )
         else:
             print(f"{key}: failed {r.get('error')}", flush=True)
         out["rows"].append(row)
@@ -342,8 +389,9 @@ def main(argv=None) -> int:
 
     # 0. the matmul ceilings (also brings the GPU's clocks up before the first row)
     out["matmul_tflops"] = matmul_ceilings(dev, 256 if args.quick else 8192)
-    print("0 matmul ceilings, TFLOP/s: " + ", ".join(f"{k} {v:.3g}" for k, v in out["matmul_tflops"].items()),
-          flush=True)
+    print(
+        "0 matmul ceilings, TFLOP/s: " + ", ".join(f"{k} {v:.3g}" for k, v in out["matmul_tflops"].items()), flush=True
+    )
     save()
 
     # 1. graphed steps, every model x S x precision
@@ -364,12 +412,18 @@ def main(argv=None) -> int:
         if "error" in fid:
             print(f"2 fidelity {case.label}: failed {fid['error']}", flush=True)
         else:
-            parts = ", ".join(f"{k} {v['train_rel']:.2e} (held-out {v['val_rel']:.2e})" for k, v in fid.items()
-                              if isinstance(v, dict) and "train_rel" in v)
+            parts = ", ".join(
+                f"{k} {v['train_rel']:.2e} (held-out {v['val_rel']:.2e})"
+                for k, v in fid.items()
+                if isinstance(v, dict) and "train_rel" in v
+            )
             base = fid["fp32"]
-            print(f"2 fidelity {case.label}, {fid['steps']} steps at S={fid['S']}, lr={fid['lr']}: fp32 train loss "
-                  f"{base['first_loss']:.3f} -> {base['train_loss']:.3f}, held-out {base['val_loss_fp32']:.3f}; "
-                  f"rel. diff to fp32: {parts}", flush=True)
+            print(
+                f"2 fidelity {case.label}, {fid['steps']} steps at S={fid['S']}, lr={fid['lr']}: fp32 train loss "
+                f"{base['first_loss']:.3f} -> {base['train_loss']:.3f}, held-out {base['val_loss_fp32']:.3f}; "
+                f"rel. diff to fp32: {parts}",
+                flush=True,
+            )
         save()
 
     # 3. the engine's own step (one member, graphed when on CUDA) under torch's default flags
@@ -381,8 +435,9 @@ def main(argv=None) -> int:
             if over_budget(key):
                 continue
             try:
-                sec = pack_step_seconds(case.model, data, 1, s, dev, dev.type == "cuda",
-                                        n_steps=5 if args.quick else 40)
+                sec = pack_step_seconds(
+                    case.model, data, 1, s, dev, dev.type == "cuda", n_steps=5 if args.quick else 40
+                )
                 out["engine_step_s"][f"{case.label} S={s}"] = sec
                 print(f"{key}: {sec * 1e3:.3f} ms/step, {flops[case.label] * s / sec / 1e12:.3g} TFLOP/s", flush=True)
             except Exception as e:  # report and go on
@@ -414,17 +469,26 @@ def main(argv=None) -> int:
 def print_table(out: dict) -> None:
     """The markdown table: per model and S, ms per step and TFLOP/s per precision (graphed), the
     speedups over fp32, eager steps, and the engine's step under torch's defaults."""
+
     def cell(section, model, s, precision, graph=True, bench=False):
         for r in out["rows"]:
-            if (r["section"], r["model"], r["S"], r["precision"], r["graph"], r["cudnn_benchmark"]) == \
-                    (section, model, s, precision, graph, bench) and "median_s" in r:
+            if (r["section"], r["model"], r["S"], r["precision"], r["graph"], r["cudnn_benchmark"]) == (
+                section,
+                model,
+                s,
+                precision,
+                graph,
+                bench,
+            ) and "median_s" in r:
                 return r
         return None
 
     graph = out["device"] != "cpu"
     mode = "graphed" if graph else "eager"
-    print("\n| model | S | fp32 ms | tf32 ms | bf16 ms | fp32 TFLOP/s | tf32 TFLOP/s | bf16 TFLOP/s | tf32 speedup | "
-          "bf16 speedup | eager fp32 / tf32 / bf16 ms | engine step, torch defaults, ms |")
+    print(
+        "\n| model | S | fp32 ms | tf32 ms | bf16 ms | fp32 TFLOP/s | tf32 TFLOP/s | bf16 TFLOP/s | tf32 speedup | "
+        "bf16 speedup | eager fp32 / tf32 / bf16 ms | engine step, torch defaults, ms |"
+    )
     print("| --- | --- | " + " | ".join(["---"] * 10) + " |")
     pairs = list(dict.fromkeys((r["model"], r["S"]) for r in out["rows"] if r["section"] == "1"))
     nm = "not measured"
@@ -432,8 +496,10 @@ def print_table(out: dict) -> None:
         rs = {p: cell("1", model, s, p, graph) for p in PRECISIONS}
         ms = [f"{rs[p]['median_s'] * 1e3:.3f}" if rs[p] else nm for p in PRECISIONS]
         tf = [f"{rs[p]['tflops']:.1f}" if rs[p] else nm for p in PRECISIONS]
-        sp = [f"{rs['fp32']['median_s'] / rs[p]['median_s']:.2f}x" if rs[p] and rs["fp32"] else nm
-              for p in ("tf32", "bf16")]
+        sp = [
+            f"{rs['fp32']['median_s'] / rs[p]['median_s']:.2f}x" if rs[p] and rs["fp32"] else nm
+            for p in ("tf32", "bf16")
+        ]
         eager = [cell("4", model, s, p, False) for p in PRECISIONS]
         eg = " / ".join(f"{e['median_s'] * 1e3:.2f}" if e else nm for e in eager) if graph else "-"
         eng = out.get("engine_step_s", {}).get(f"{model} S={s}")
@@ -443,17 +509,25 @@ def print_table(out: dict) -> None:
     for r in (r for r in out["rows"] if r["section"] == "5" and "median_s" in r):
         what = "cudnn.benchmark on" if r["cudnn_benchmark"] else "bf16 without channels_last"
         base = cell("1", r["model"], r["S"], "bf16" if r["precision"] == "bf16-nchw" else r["precision"], graph)
-        speed = f" (speedup {base['median_s'] / r['median_s']:.2f}x over section 1's {base['precision']})" \
-            if base else ""
+        speed = (
+            f" (speedup {base['median_s'] / r['median_s']:.2f}x over section 1's {base['precision']})" if base else ""
+        )
         print(f"{what}: {r['model']} S={r['S']} {r['precision']} {r['median_s'] * 1e3:.3f} ms{speed}")
     for model, fid in out["fidelity"].items():
         if "error" not in fid:
-            print(f"fidelity {model} ({fid['steps']} steps, S={fid['S']}): " + "; ".join(
-                f"{k}: train loss rel. diff {v['train_rel']:.2e}, held-out {v['val_rel']:.2e}"
-                for k, v in fid.items() if isinstance(v, dict) and "train_rel" in v))
+            print(
+                f"fidelity {model} ({fid['steps']} steps, S={fid['S']}): "
+                + "; ".join(
+                    f"{k}: train loss rel. diff {v['train_rel']:.2e}, held-out {v['val_rel']:.2e}"
+                    for k, v in fid.items()
+                    if isinstance(v, dict) and "train_rel" in v
+                )
+            )
     if out["not_measured"]:
-        print(f"not measured (time budget): {len(out['not_measured'])} rows: {', '.join(out['not_measured'][:8])}"
-              + (" ..." if len(out["not_measured"]) > 8 else ""))
+        print(
+            f"not measured (time budget): {len(out['not_measured'])} rows: {', '.join(out['not_measured'][:8])}"
+            + (" ..." if len(out["not_measured"]) > 8 else "")
+        )
 
 
 if __name__ == "__main__":

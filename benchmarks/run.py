@@ -21,11 +21,10 @@ Prints a markdown table (and writes it to ``--out``). Rows:
 Speed is never asserted: the numbers are for docs/performance.md. ``--quick`` shrinks everything
 so the whole run takes seconds (CI runs it; its numbers are rough).
 """
+
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
 import platform
 import statistics
@@ -33,9 +32,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -53,7 +52,7 @@ DIGITS = DatasetConfig(name="digits", val_fraction=0.2)
 class Row:
     section: str
     setting: str
-    value: str      # the ratio (or fraction) measured
+    value: str  # the ratio (or fraction) measured
     target: str
     detail: str
 
@@ -87,6 +86,7 @@ def paired(a: Callable[[], object], b: Callable[[], object], repeats: int, devic
 
 # ---------------------------------------------------------------------------------- machine
 
+
 def cpu_model() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
@@ -107,7 +107,7 @@ def matmul_rate(device: torch.device, quick: bool) -> float:
     for _ in range(3):
         a @ b
     times = [timed(lambda: a @ b, device) for _ in range(reps)]
-    return 2 * n ** 3 / statistics.median(times)
+    return 2 * n**3 / statistics.median(times)
 
 
 def mlp_train_flops_per_example(n_in: int, width: int, depth: int, n_classes: int) -> int:
@@ -119,6 +119,7 @@ def mlp_train_flops_per_example(n_in: int, width: int, depth: int, n_classes: in
 
 
 # ---------------------------------------------------------------------------------- 1. loops
+
 
 def bench_loops(device: torch.device, quick: bool, peak: float, extra_cuda: bool) -> list[Row]:
     from benchmarks.fmnist_files import write_fashion_mnist
@@ -137,8 +138,15 @@ def bench_loops(device: torch.device, quick: bool, peak: float, extra_cuda: bool
             def lrbs() -> None:
                 lrbs_rows.clear()
                 data = load_dataset(ds, device)
-                run_training(TrialPoint(0.05, s, 0), ds, FMNIST_MODEL, TrainConfig(epochs=epochs),
-                             report=lambda row, state: lrbs_rows.append(row), device=device, data=data)
+                run_training(
+                    TrialPoint(0.05, s, 0),
+                    ds,
+                    FMNIST_MODEL,
+                    TrainConfig(epochs=epochs),
+                    report=lambda row, state: lrbs_rows.append(row),
+                    device=device,
+                    data=data,
+                )
 
             def user() -> None:
                 torch.manual_seed(0)
@@ -151,11 +159,16 @@ def bench_loops(device: torch.device, quick: bool, peak: float, extra_cuda: bool
             steps = epochs * (n_train // s)
             train_s = sum(r["epoch_s"] for r in lrbs_rows)  # train + eval of the last timed run
             rate = flops_ex * s * steps / train_s
-            rows.append(Row(
-                "1 loop vs DataLoader", f"S={s}", f"{t_user / t_lrbs:.2f}x",
-                {25: ">= 1.5x", 1000: ">= 1.8x"}.get(s, "-"),
-                f"lrbs {t_lrbs:.2f} s vs user {t_user:.2f} s for {steps} steps; step at "
-                f"{rate / 1e9:.1f} GFLOP/s = {rate / peak:.0%} of matmul peak"))
+            rows.append(
+                Row(
+                    "1 loop vs DataLoader",
+                    f"S={s}",
+                    f"{t_user / t_lrbs:.2f}x",
+                    {25: ">= 1.5x", 1000: ">= 1.8x"}.get(s, "-"),
+                    f"lrbs {t_lrbs:.2f} s vs user {t_user:.2f} s for {steps} steps; step at "
+                    f"{rate / 1e9:.1f} GFLOP/s = {rate / peak:.0%} of matmul peak",
+                )
+            )
             if extra_cuda:
                 rows += cuda_step_variants(s, device, quick)
     return rows
@@ -167,14 +180,25 @@ def cuda_step_variants(s: int, device: torch.device, quick: bool) -> list[Row]:
     from lrbs.trainables.data import TensorData
 
     g = torch.Generator().manual_seed(0)
-    data = TensorData(torch.randn(12000, 1, 28, 28, generator=g).to(device),
-                      torch.randint(0, 10, (12000,), generator=g).to(device), torch.zeros(0, 1, 28, 28, device=device),
-                      torch.zeros(0, dtype=torch.long, device=device), 10)
+    data = TensorData(
+        torch.randn(12000, 1, 28, 28, generator=g).to(device),
+        torch.randint(0, 10, (12000,), generator=g).to(device),
+        torch.zeros(0, 1, 28, 28, device=device),
+        torch.zeros(0, dtype=torch.long, device=device),
+        10,
+    )
     steps = 200 if quick else 2000
     eager = pack_step_seconds(FMNIST_MODEL, data, 1, s, device, graphed=False, n_steps=steps)
     graph = pack_step_seconds(FMNIST_MODEL, data, 1, s, device, graphed=True, n_steps=steps)
-    return [Row("1 loop vs DataLoader", f"S={s} step: CUDA graph vs eager", f"{eager / graph:.2f}x", "-",
-                f"eager {eager * 1e6:.0f} us/step, graphed {graph * 1e6:.0f} us/step")]
+    return [
+        Row(
+            "1 loop vs DataLoader",
+            f"S={s} step: CUDA graph vs eager",
+            f"{eager / graph:.2f}x",
+            "-",
+            f"eager {eager * 1e6:.0f} us/step, graphed {graph * 1e6:.0f} us/step",
+        )
+    ]
 
 
 def _short(e: BaseException) -> str:
@@ -182,6 +206,7 @@ def _short(e: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------------------- 2. packs
+
 
 def bench_packs(device: torch.device, quick: bool, costs_out: str | None) -> list[Row]:
     from benchmarks.pack_timing import pack_step_seconds
@@ -193,10 +218,14 @@ def bench_packs(device: torch.device, quick: bool, costs_out: str | None) -> lis
     rows = []
     run_training(TrialPoint(0.04, s, 0), DIGITS, QUICKSTART_MODEL, train, report=_noop, device=device, data=data)
     lrs = [0.01, 0.02, 0.04, 0.08, 0.16]
-    cases = {1: [TrialPoint(0.04, s, 0)], 8: [TrialPoint(0.04, s, seed) for seed in range(8)],
-             25: [TrialPoint(lr, s, seed) for lr in lrs for seed in range(5)]}
+    cases = {
+        1: [TrialPoint(0.04, s, 0)],
+        8: [TrialPoint(0.04, s, seed) for seed in range(8)],
+        25: [TrialPoint(lr, s, seed) for lr in lrs for seed in range(5)],
+    }
     targets = {8: "<= 0.6x", 25: "<= 0.3x"} if device.type == "cpu" else {}
     for k, points in cases.items():
+
         def together() -> None:
             run_pack(points, DIGITS, QUICKSTART_MODEL, train, report=_noop, device=device, data=data)
 
@@ -206,26 +235,52 @@ def bench_packs(device: torch.device, quick: bool, costs_out: str | None) -> lis
 
         t_pack, t_sep = paired(together, separate, repeats, device)
         what = "seeds" if k < 25 else "5 lr x 5 seeds"
-        rows.append(Row("2 packs", f"K={k} ({what}), S={s}", f"{t_pack / t_sep:.2f}x", targets.get(k, "-"),
-                        f"pack {t_pack:.2f} s vs {k} separate runs {t_sep:.2f} s ({epochs} epochs each)"))
+        rows.append(
+            Row(
+                "2 packs",
+                f"K={k} ({what}), S={s}",
+                f"{t_pack / t_sep:.2f}x",
+                targets.get(k, "-"),
+                f"pack {t_pack:.2f} s vs {k} separate runs {t_sep:.2f} s ({epochs} epochs each)",
+            )
+        )
     conv = ModelConfig(name="resnet20", options=dict(width_mult=0.25))
     n_steps = 5 if quick else 40
-    layouts = {lay: pack_step_seconds(conv, data, 4, 32, device, graphed=True, n_steps=n_steps, layout=lay)
-               for lay in ("stacked", "loop")}
-    rows.append(Row("2 packs", "ResNet20 (x0.25) K=4, S=32 step: stacked (vmap) vs loop layout",
-                    f"{layouts['stacked'] / layouts['loop']:.2f}x", "-",
-                    f"vmap {layouts['stacked'] * 1e3:.1f} ms vs loop {layouts['loop'] * 1e3:.1f} ms per step"))
+    layouts = {
+        lay: pack_step_seconds(conv, data, 4, 32, device, graphed=True, n_steps=n_steps, layout=lay)
+        for lay in ("stacked", "loop")
+    }
+    rows.append(
+        Row(
+            "2 packs",
+            "ResNet20 (x0.25) K=4, S=32 step: stacked (vmap) vs loop layout",
+            f"{layouts['stacked'] / layouts['loop']:.2f}x",
+            "-",
+            f"vmap {layouts['stacked'] * 1e3:.1f} ms vs loop {layouts['loop'] * 1e3:.1f} ms per step",
+        )
+    )
     if device.type == "cuda":
         g = torch.Generator().manual_seed(0)
         from lrbs.trainables.data import TensorData
 
-        fm = TensorData(torch.randn(60000, 1, 28, 28, generator=g).to(device),
-                        torch.randint(0, 10, (60000,), generator=g).to(device), torch.zeros(0, 1, 28, 28, device=device),
-                        torch.zeros(0, dtype=torch.long, device=device), 10)
+        fm = TensorData(
+            torch.randn(60000, 1, 28, 28, generator=g).to(device),
+            torch.randint(0, 10, (60000,), generator=g).to(device),
+            torch.zeros(0, 1, 28, 28, device=device),
+            torch.zeros(0, dtype=torch.long, device=device),
+            10,
+        )
         graphed = pack_step_seconds(FMNIST_MODEL, fm, 25, 25, device, graphed=True, n_steps=200 if quick else 2000)
         eager1 = pack_step_seconds(FMNIST_MODEL, fm, 1, 25, device, graphed=False, n_steps=200 if quick else 2000)
-        rows.append(Row("2 packs", "Fig. 3 MLP, K=25, S=25: graphed pack step", f"{graphed * 1e3:.3f} ms", "<= 0.3 ms",
-                        f"{graphed / (25 * eager1):.3f}x of 25 eager single steps ({eager1 * 1e3:.3f} ms each)"))
+        rows.append(
+            Row(
+                "2 packs",
+                "Fig. 3 MLP, K=25, S=25: graphed pack step",
+                f"{graphed * 1e3:.3f} ms",
+                "<= 0.3 ms",
+                f"{graphed / (25 * eager1):.3f}x of 25 eager single steps ({eager1 * 1e3:.3f} ms each)",
+            )
+        )
     rows.append(step_cost_row(device, quick, costs_out))
     return rows
 
@@ -243,26 +298,44 @@ def step_cost_row(device: torch.device, quick: bool, costs_out: str | None) -> R
 
     g = torch.Generator().manual_seed(0)
     n = 4000 if quick else 20000
-    fm = TensorData(torch.randn(n, 1, 28, 28, generator=g).to(device), torch.randint(0, 10, (n,), generator=g).to(device),
-                    torch.zeros(0, 1, 28, 28, device=device), torch.zeros(0, dtype=torch.long, device=device), 10)
+    fm = TensorData(
+        torch.randn(n, 1, 28, 28, generator=g).to(device),
+        torch.randint(0, 10, (n,), generator=g).to(device),
+        torch.zeros(0, 1, 28, 28, device=device),
+        torch.zeros(0, dtype=torch.long, device=device),
+        10,
+    )
     fl = train_flops_per_example(FMNIST_MODEL, DatasetConfig(name="fashion_mnist"))
-    grid = [(1, 25), (8, 25), (1, 250), (8, 250)] if device.type == "cpu" else [(25, 25), (25, 250), (64, 25), (64, 1000)]
-    pts = [(k * s * fl, pack_step_seconds(FMNIST_MODEL, fm, k, s, device, graphed=True, n_steps=5 if quick else 60))
-           for k, s in grid]
+    grid = (
+        [(1, 25), (8, 25), (1, 250), (8, 250)] if device.type == "cpu" else [(25, 25), (25, 250), (64, 25), (64, 1000)]
+    )
+    pts = [
+        (k * s * fl, pack_step_seconds(FMNIST_MODEL, fm, k, s, device, graphed=True, n_steps=5 if quick else 60))
+        for k, s in grid
+    ]
     # Least squares on relative error (rows divided by the time): small, launch-bound steps count as
     # much as big, compute-bound ones.
     floor, per_flop = np.linalg.lstsq(np.array([[1.0 / t, x / t] for x, t in pts]), np.ones(len(pts)), rcond=None)[0]
-    entry = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"{cpu_model()}, 1 thread",
-             "step_floor_s": max(float(floor), 0.0), "flops_per_s": 1.0 / max(float(per_flop), 1e-18),
-             "source": f"python -m benchmarks.run --device {device.type} --costs-out FILE"}
+    entry = {
+        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"{cpu_model()}, 1 thread",
+        "step_floor_s": max(float(floor), 0.0),
+        "flops_per_s": 1.0 / max(float(per_flop), 1e-18),
+        "source": f"python -m benchmarks.run --device {device.type} --costs-out FILE",
+    }
     if costs_out:
         Path(costs_out).write_text(json.dumps({device.type: entry}, indent=1) + "\n")
-    return Row("2 packs", f"step cost model, Fig. 3 MLP at (K, S) in {grid}", f"{entry['step_floor_s'] * 1e3:.3f} ms",
-               "-", f"t(K,S) = {entry['step_floor_s'] * 1e3:.3f} ms + K*S*{fl / 1e6:.2f} MFLOP / "
-               f"{entry['flops_per_s'] / 1e9:.1f} GFLOP/s (sweeps/step_costs.json)")
+    return Row(
+        "2 packs",
+        f"step cost model, Fig. 3 MLP at (K, S) in {grid}",
+        f"{entry['step_floor_s'] * 1e3:.3f} ms",
+        "-",
+        f"t(K,S) = {entry['step_floor_s'] * 1e3:.3f} ms + K*S*{fl / 1e6:.2f} MFLOP / "
+        f"{entry['flops_per_s'] / 1e9:.1f} GFLOP/s (sweeps/step_costs.json)",
+    )
 
 
 # ---------------------------------------------------------------------------------- 3. fixed costs
+
 
 def bench_quickstart(quick: bool) -> list[Row]:
     """``lrbs run`` of the quickstart as a user runs it (fresh processes), packed and unpacked."""
@@ -288,8 +361,13 @@ def bench_quickstart(quick: bool) -> list[Row]:
             path = Path(tmp) / f"{label}.yaml"
             path.write_text(yaml.safe_dump({**spec, "name": label}))
             t = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", "lrbs", "run", str(path), "--storage", f"{tmp}/runs"],
-                                  env=env, capture_output=True, text=True, timeout=900)
+            proc = subprocess.run(
+                [sys.executable, "-m", "lrbs", "run", str(path), "--storage", f"{tmp}/runs"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
             wall = time.perf_counter() - t
             if proc.returncode != 0:
                 raise RuntimeError(f"lrbs run ({label}) failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -297,31 +375,49 @@ def bench_quickstart(quick: bool) -> list[Row]:
             out[label] = (wall, line)
         from lrbs.analysis.tables import load_trials
 
-        finals = {label: {(t["lr"], t["batch_size"], t["seed"]): t for t in load_trials(f"{tmp}/runs/{label}").to_pylist()}
-                  for label in out}
-        diff = max(abs(finals["packed"][k]["final_train_loss"] - v["final_train_loss"]) /
-                   max(abs(v["final_train_loss"]), 1e-12) for k, v in finals["unpacked"].items())
+        finals = {
+            label: {(t["lr"], t["batch_size"], t["seed"]): t for t in load_trials(f"{tmp}/runs/{label}").to_pylist()}
+            for label in out
+        }
+        diff = max(
+            abs(finals["packed"][k]["final_train_loss"] - v["final_train_loss"])
+            / max(abs(v["final_train_loss"]), 1e-12)
+            for k, v in finals["unpacked"].items()
+        )
     (t_un, line_un), (t_pk, line_pk) = out["unpacked"], out["packed"]
     parts = dict(re.findall(r"(start-up|Ray|worker start|report) ([0-9.]+) s", line_pk))
     fixed = sum(float(v) for v in parts.values())
     return [
-        Row("3 quickstart end to end", f"{'tiny stand-in' if quick else 'sweeps/quickstart.yaml'}: "
-            "train.pack 1 vs auto", f"{t_un / t_pk:.2f}x", ">= 2x",
+        Row(
+            "3 quickstart end to end",
+            f"{'tiny stand-in' if quick else 'sweeps/quickstart.yaml'}: train.pack 1 vs auto",
+            f"{t_un / t_pk:.2f}x",
+            ">= 2x",
             f"unpacked {t_un:.1f} s vs packed {t_pk:.1f} s wall, fresh processes; max rel. diff of final train "
-            f"loss per point {diff:.1e}"),
-        Row("3 fixed costs", "packed quickstart: start-up + Ray + worker start + report", f"{fixed:.1f} s", "< 15 s",
-            line_pk.replace("[lrbs] time: ", "") + f" | unpacked: {line_un.replace('[lrbs] time: ', '')}"),
+            f"loss per point {diff:.1e}",
+        ),
+        Row(
+            "3 fixed costs",
+            "packed quickstart: start-up + Ray + worker start + report",
+            f"{fixed:.1f} s",
+            "< 15 s",
+            line_pk.replace("[lrbs] time: ", "") + f" | unpacked: {line_un.replace('[lrbs] time: ', '')}",
+        ),
     ]
 
 
 # ---------------------------------------------------------------------------------- 4. probes
 
+
 def bench_probes(device: torch.device, quick: bool) -> list[Row]:
     try:
         from lrbs.trainables import curvature as cv
     except ImportError:
-        return [Row("4 curvature probes", "quickstart trial", "n/a", "< 10%",
-                    "trainables.curvature is not in this checkout")]
+        return [
+            Row(
+                "4 curvature probes", "quickstart trial", "n/a", "< 10%", "trainables.curvature is not in this checkout"
+            )
+        ]
     import torch.nn.functional as F
 
     data = load_dataset(DIGITS, device)
@@ -330,8 +426,15 @@ def bench_probes(device: torch.device, quick: bool) -> list[Row]:
     train_s = {}
     for s in (32, 128):  # the quickstart's two batch sizes; S = 128 has the shortest trials
         rows_: list[dict] = []
-        run_training(TrialPoint(lr, s, 0), DIGITS, QUICKSTART_MODEL, TrainConfig(epochs=epochs),
-                     report=lambda row, state: rows_.append(row), device=device, data=data)
+        run_training(
+            TrialPoint(lr, s, 0),
+            DIGITS,
+            QUICKSTART_MODEL,
+            TrainConfig(epochs=epochs),
+            report=lambda row, state: rows_.append(row),
+            device=device,
+            data=data,
+        )
         train_s[s] = rows_[-1]["wall_s"]
     # A model trained the same way, to probe (run_training does not hand its model out).
     s = 128
@@ -343,7 +446,7 @@ def bench_probes(device: torch.device, quick: bool) -> list[Row]:
     for _ in range(epochs):
         perm = torch.randperm(n, generator=gen).to(device)
         for j in range(n // s):
-            idx = perm[j * s:(j + 1) * s]
+            idx = perm[j * s : (j + 1) * s]
             loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -363,16 +466,23 @@ def bench_probes(device: torch.device, quick: bool) -> list[Row]:
         timed(probe, device)  # warm-up
         probe_s = timed(probe, device)
         hvps = out["eig"].n_hvp + n_probes
-        rows.append(Row(
-            "4 curvature probes", f"{name}: {n_probe} examples, Lanczos (tol 1e-3, <= {eig_iters}) + "
-            f"Hutchinson {n_probes}, once per trial", f"{probe_s / train_s[128]:.1%}", "< 10%",
-            f"probes {probe_s:.2f} s ({hvps} HVPs, {probe_s / hvps * 1e3:.0f} ms each) vs a quickstart trial's "
-            f"training ({epochs} epochs): S=128 {train_s[128]:.2f} s, S=32 {train_s[32]:.2f} s "
-            f"({probe_s / train_s[32]:.1%})"))
+        rows.append(
+            Row(
+                "4 curvature probes",
+                f"{name}: {n_probe} examples, Lanczos (tol 1e-3, <= {eig_iters}) + "
+                f"Hutchinson {n_probes}, once per trial",
+                f"{probe_s / train_s[128]:.1%}",
+                "< 10%",
+                f"probes {probe_s:.2f} s ({hvps} HVPs, {probe_s / hvps * 1e3:.0f} ms each) vs a quickstart trial's "
+                f"training ({epochs} epochs): S=128 {train_s[128]:.2f} s, S=32 {train_s[32]:.2f} s "
+                f"({probe_s / train_s[32]:.1%})",
+            )
+        )
     return rows
 
 
 # ---------------------------------------------------------------------------------- main
+
 
 def render(rows: list[Row], header: list[str]) -> str:
     lines = header + ["", "| benchmark | setting | ratio | target | detail |", "| --- | --- | --- | --- | --- |"]

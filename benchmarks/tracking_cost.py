@@ -7,6 +7,7 @@ of ``sweeps/tracking.py`` as the driver's ``TrackingCallback`` does (start a run
 every epoch, finish), and, side by side in the same run, to the Arrow metric sink alone, the
 driver's one unavoidable write per row. Prints a table: milliseconds per row and rows per second.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,15 +27,43 @@ def synthetic_rows(points: int, epochs: int) -> list[list[dict]]:
         point_rows = []
         for e in range(1, epochs + 1):
             row = {f.name: None for f in METRIC_SCHEMA}
-            row.update(sweep="bench", trial_id=f"abcde_{p:05d}", code_version="bench", dataset="mnist1d",
-                       n_train=4000, model="mlp", seed=0, config_json=json.dumps({"point": {"lr": 0.01 * (p + 1)}}),
-                       epoch=e, lr=0.01 * (p + 1), batch_size=32, ratio=0.01 * (p + 1) / 32, train_loss=1.0 / e,
-                       train_acc=1 - 1.0 / (e + 1), val_loss=1.1 / e, val_acc=1 - 1.1 / (e + 1), steps=125 * e,
-                       examples_seen=4000 * e, epoch_s=0.5, wall_s=0.5 * e, status="running", schedule="constant",
-                       written_at=time.time(), probe_loss=1.0 / e, lambda_max=10.0 / e, lambda_max_converged=True,
-                       lambda_max_n_hvp=20, hessian_trace=100.0 / e, hessian_trace_stderr=1.0, hessian_fro=30.0 / e,
-                       hessian_fro_stderr=0.5, grad_noise_scale=50.0, grad_noise_scale_stderr=5.0,
-                       probe_n_samples=256, probe_s=0.05)
+            row.update(
+                sweep="bench",
+                trial_id=f"abcde_{p:05d}",
+                code_version="bench",
+                dataset="mnist1d",
+                n_train=4000,
+                model="mlp",
+                seed=0,
+                config_json=json.dumps({"point": {"lr": 0.01 * (p + 1)}}),
+                epoch=e,
+                lr=0.01 * (p + 1),
+                batch_size=32,
+                ratio=0.01 * (p + 1) / 32,
+                train_loss=1.0 / e,
+                train_acc=1 - 1.0 / (e + 1),
+                val_loss=1.1 / e,
+                val_acc=1 - 1.1 / (e + 1),
+                steps=125 * e,
+                examples_seen=4000 * e,
+                epoch_s=0.5,
+                wall_s=0.5 * e,
+                status="running",
+                schedule="constant",
+                written_at=time.time(),
+                probe_loss=1.0 / e,
+                lambda_max=10.0 / e,
+                lambda_max_converged=True,
+                lambda_max_n_hvp=20,
+                hessian_trace=100.0 / e,
+                hessian_trace_stderr=1.0,
+                hessian_fro=30.0 / e,
+                hessian_fro_stderr=0.5,
+                grad_noise_scale=50.0,
+                grad_noise_scale_stderr=5.0,
+                probe_n_samples=256,
+                probe_s=0.05,
+            )
             point_rows.append(row)
         point_rows[-1]["status"] = "finished"
         rows.append(point_rows)
@@ -94,12 +123,16 @@ def main(argv: list[str] | None = None) -> int:
                 results.append((f"{name} ({type(exc).__name__}: {str(exc)[:60]})", (float("nan"), float("nan"))))
             shutil.rmtree(root, ignore_errors=True)
     sink_row = results[0][1][1] / n
-    print(f"| writer ({args.points} points x {args.epochs} epochs) | open + close, ms per point | log, ms per row "
-          f"| rows per s (logging) | log cost x the sink's |")
+    print(
+        f"| writer ({args.points} points x {args.epochs} epochs) | open + close, ms per point | log, ms per row "
+        f"| rows per s (logging) | log cost x the sink's |"
+    )
     print("| --- | --- | --- | --- | --- |")
     for label, (start_s, log_s) in results:
-        print(f"| {label} | {start_s / args.points * 1e3:.1f} | {log_s / n * 1e3:.2f} | {n / log_s:,.0f} "
-              f"| {log_s / n / sink_row:.1f}x |")
+        print(
+            f"| {label} | {start_s / args.points * 1e3:.1f} | {log_s / n * 1e3:.2f} | {n / log_s:,.0f} "
+            f"| {log_s / n / sink_row:.1f}x |"
+        )
     return 0
 
 

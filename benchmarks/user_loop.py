@@ -1,4 +1,5 @@
 """The loop a user would write: torchvision data set with ToTensor, a DataLoader, the same model."""
+
 from __future__ import annotations
 
 import torch
@@ -6,8 +7,16 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 
-def user_training(root: str, n_train: int, batch_size: int, lr: float, epochs: int, model: torch.nn.Module,
-                  device: torch.device, seed: int = 0) -> None:
+def user_training(
+    root: str,
+    n_train: int,
+    batch_size: int,
+    lr: float,
+    epochs: int,
+    model: torch.nn.Module,
+    device: torch.device,
+    seed: int = 0,
+) -> None:
     from torchvision import transforms
     from torchvision.datasets import FashionMNIST
 

@@ -7,6 +7,7 @@ y_train, x_val, y_val`` (numpy arrays or tensors, integer labels). The spec next
 (``mnist1d_conv.yaml``) names them as ``mnist1d_conv:conv1d`` and ``mnist1d_conv:signals``;
 lrbs finds this module in the spec's folder and ships it to the Ray workers.
 """
+
 from __future__ import annotations
 
 import random
@@ -26,8 +27,16 @@ def conv1d(input_shape: tuple[int, ...], n_classes: int, channels: int = 32, bat
     layers: list[nn.Module] = [nn.Unflatten(1, (1, input_shape[0]))] if len(input_shape) == 1 else []
     c_in = in_channels
     for stride in (1, 2, 2):
-        layers.append(nn.Conv1d(c_in, channels, kernel_size=5 if stride == 1 else 3, stride=stride,
-                                padding=2 if stride == 1 else 1, bias=not batch_norm))
+        layers.append(
+            nn.Conv1d(
+                c_in,
+                channels,
+                kernel_size=5 if stride == 1 else 3,
+                stride=stride,
+                padding=2 if stride == 1 else 1,
+                bias=not batch_norm,
+            )
+        )
         if batch_norm:
             layers.append(nn.BatchNorm1d(channels))
         layers.append(nn.ReLU())
@@ -52,5 +61,10 @@ def signals(n_samples: int = 5000, seed: int = 42, shuffle_seq: bool = False) ->
     finally:
         np.random.set_state(np_state)
         random.setstate(py_state)
-    return {"x_train": d["x"][:, None, :].astype(np.float32), "y_train": d["y"],
-            "x_val": d["x_test"][:, None, :].astype(np.float32), "y_val": d["y_test"], "n_classes": 10}
+    return {
+        "x_train": d["x"][:, None, :].astype(np.float32),
+        "y_train": d["y"],
+        "x_val": d["x_test"][:, None, :].astype(np.float32),
+        "y_val": d["y_test"],
+        "n_classes": 10,
+    }

@@ -10,6 +10,7 @@ so a resumed search repeats no trial that ended. Every point it launches carries
 ``search_step`` and ``search_why`` (in its config, hence in every metric row's provenance and
 the trial table): the report's trace of which beta when, and why.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,8 +39,14 @@ def _member_rows(result: dict) -> list[dict]:
 class BetaSearcher(Searcher):
     """Proposes packs until every training-set size's search has ended (``Searcher.FINISHED``)."""
 
-    def __init__(self, spec, done: list[Outcome] | None = None, queued: list[list[dict]] | None = None,
-                 first_step: int = 0, out: TextIO | None = None):
+    def __init__(
+        self,
+        spec,
+        done: list[Outcome] | None = None,
+        queued: list[list[dict]] | None = None,
+        first_step: int = 0,
+        out: TextIO | None = None,
+    ):
         super().__init__()
         from lrbs.sweeps.spec import search_settings
 
@@ -51,9 +58,9 @@ class BetaSearcher(Searcher):
         ended = {(o.n_train, o.k, o.seed) for o in self.outcomes}
         for pack in self.queue:  # members that ended already (a pack's other member did not) stay ended
             self.outcomes += [self._outcome(p) for p in pack if self._key(p) not in ended]
-        self.live: dict[str, list[Outcome]] = {}           # Tune trial id -> its members' outcomes
-        self.best: dict[str, dict[int, float]] = {}        # Tune trial id -> member -> max val acc so far
-        self.final: dict[str, dict[int, str]] = {}         # Tune trial id -> member -> last status
+        self.live: dict[str, list[Outcome]] = {}  # Tune trial id -> its members' outcomes
+        self.best: dict[str, dict[int, float]] = {}  # Tune trial id -> member -> max val acc so far
+        self.final: dict[str, dict[int, str]] = {}  # Tune trial id -> member -> last status
         self.step = first_step
         self.out = out
         self.states: dict = {}
@@ -77,11 +84,18 @@ class BetaSearcher(Searcher):
         self.states, proposals = plan_search(self.outcomes, self.settings, self.sizes)
         for prop in proposals:
             beta = self.settings.betas[prop.k]
-            points = [{**beta_point(self.spec.beta, beta, seed, prop.n_train), "search_step": self.step,
-                       "search_why": prop.why} for seed in prop.seeds]
+            points = [
+                {
+                    **beta_point(self.spec.beta, beta, seed, prop.n_train),
+                    "search_step": self.step,
+                    "search_why": prop.why,
+                }
+                for seed in prop.seeds
+            ]
             where = f"n_train={prop.n_train} " if prop.n_train is not None else ""
-            self._say(f"step {self.step}: {where}beta {beta:g} (S={points[0]['batch_size']}), "
-                      f"seeds {prop.seeds}: {prop.why}")
+            self._say(
+                f"step {self.step}: {where}beta {beta:g} (S={points[0]['batch_size']}), seeds {prop.seeds}: {prop.why}"
+            )
             self.step += 1
             self.outcomes += [self._outcome(p) for p in points]
             self.queue += plan_packs(self.spec, points)
@@ -131,8 +145,11 @@ def search_resumption(spec, trials, packs: list[list[dict]], records: dict, rest
     from lrbs.sweeps.spec import search_settings
 
     settings = search_settings(spec)
-    errored = [] if restart_errored else \
-        [p for r in current_records(records) if r.status == ERROR for p in member_points(r.point)]
+    errored = (
+        []
+        if restart_errored
+        else [p for r in current_records(records) if r.status == ERROR for p in member_points(r.point)]
+    )
     done = outcomes_from_trials(trials, settings.betas, errored)
     steps = [p.get("search_step", -1) for r in records.values() for p in member_points(r.point)]
     first_step = max(steps, default=-1) + 1

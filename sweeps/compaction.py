@@ -17,6 +17,7 @@ A crash between any two steps leaves either the streams alone, or the Parquet fi
 it covers: either way every row is read once. A stream that was cut off or is damaged is never
 compacted (it stays as it is, read and flagged as before).
 """
+
 from __future__ import annotations
 
 import json
@@ -92,7 +93,10 @@ def compact_earlier_sessions(metrics_dir: Path) -> list[Path]:
             if compact_streams(streams, dest):
                 written.append(dest)
         except (OSError, pa.ArrowException, ValueError) as exc:
-            print(f"[lrbs] warning: could not compact {len(streams)} metric files of session {session} "
-                  f"({getattr(exc, 'strerror', None) or exc}); they stay as stream files (read the same)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[lrbs] warning: could not compact {len(streams)} metric files of session {session} "
+                f"({getattr(exc, 'strerror', None) or exc}); they stay as stream files (read the same)",
+                file=sys.stderr,
+                flush=True,
+            )
     return written

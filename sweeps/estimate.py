@@ -12,6 +12,7 @@ with ``step_floor_s`` (launch and Python cost of one step, paid once per pack) a
 with the device and command they came from. Probes and evaluation are not counted. The
 figure is a planning aid for the MLP-sized steps it was fitted on; convnets reach other rates.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,12 +43,12 @@ STEP_COSTS = Path(__file__).with_name("step_costs.json")
 @dataclass(frozen=True)
 class CostEstimate:
     trials: int
-    packs: tuple[int, ...]             # members per pack
+    packs: tuple[int, ...]  # members per pack
     forward_flops_per_example: float
     total_pflop: float
     device_hours: float
-    device: str                        # "cuda" or "cpu": which measured step costs were used
-    costs: dict                        # the step_costs.json entry used
+    device: str  # "cuda" or "cpu": which measured step costs were used
+    costs: dict  # the step_costs.json entry used
 
     @property
     def gpu_hours(self) -> float:
@@ -57,11 +58,12 @@ class CostEstimate:
 @dataclass(frozen=True)
 class ModelProfile:
     """What the pre-flight check learned by building the model once on the driver."""
+
     n_params: int
     forward_flops_per_example: float
     input_shape: tuple[int, ...]
     n_classes: int
-    stackable: bool   # has the stacked pack layout, so train.pack: auto packs it (sweeps/packing.py)
+    stackable: bool  # has the stacked pack layout, so train.pack: auto packs it (sweeps/packing.py)
     activation_bytes_per_example: float = 0.0  # outputs of every leaf module, float32 (kept for backward)
 
 
@@ -109,8 +111,10 @@ def _profile(cfg: ModelConfig, shape: tuple[int, ...], classes: int, max_params:
     if max_params is not None:
         n = meta_param_count(cfg, shape, classes)
         if n is not None and n > max_params:
-            raise SpecError(f"model.options: {name} would have {n:,} parameters; limits.max_params is "
-                            f"{max_params:,} (raise it if you mean it)")
+            raise SpecError(
+                f"model.options: {name} would have {n:,} parameters; limits.max_params is "
+                f"{max_params:,} (raise it if you mean it)"
+            )
     state = torch.random.get_rng_state()
     try:
         model = build_model(cfg, shape, classes).eval()
@@ -133,26 +137,39 @@ def _profile(cfg: ModelConfig, shape: tuple[int, ...], classes: int, max_params:
             out = model(x)
     except BaseException as exc:  # also sys.exit() / KeyboardInterrupt in a user's forward (trainables/plugins.py)
         first = (str(exc).strip().splitlines() or [""])[0]
-        raise SpecError(f"model.name: {name}'s forward pass on a batch of shape {tuple(x.shape)} raised "
-                        f"{type(exc).__name__}: {first}") from None
+        raise SpecError(
+            f"model.name: {name}'s forward pass on a batch of shape {tuple(x.shape)} raised "
+            f"{type(exc).__name__}: {first}"
+        ) from None
     finally:
         for hook in hooks:
             hook.remove()
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, classes):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise SpecError(f"model.name: {name} must return logits of shape (batch, {classes}) for "
-                        f"{classes} classes; on a batch of 2 it returned {got}")
+        raise SpecError(
+            f"model.name: {name} must return logits of shape (batch, {classes}) for "
+            f"{classes} classes; on a batch of 2 it returned {got}"
+        )
     if not out.is_floating_point():  # cross-entropy and its gradient need floating-point logits
         raise SpecError(f"model.name: {name} must return floating-point logits; it returned {out.dtype}")
     if not any(p.requires_grad for p in model.parameters()):
-        raise SpecError(f"model.name: {name} has no trainable parameters (none with requires_grad): SGD would "
-                        f"have nothing to train")
+        raise SpecError(
+            f"model.name: {name} has no trainable parameters (none with requires_grad): SGD would have nothing to train"
+        )
     n_params = sum(p.numel() for p in model.parameters())
     if max_params is not None and n_params > max_params:  # a factory that could not build on the meta device
-        raise SpecError(f"model.options: {name} has {n_params:,} parameters; limits.max_params is "
-                        f"{max_params:,} (raise it if you mean it)")
-    return ModelProfile(n_params, counter.get_total_flops() / 2, shape, classes, stackable(model),
-                        activation_bytes_per_example=4.0 * (outputs[0] + x[0].numel() * 2) / 2)
+        raise SpecError(
+            f"model.options: {name} has {n_params:,} parameters; limits.max_params is "
+            f"{max_params:,} (raise it if you mean it)"
+        )
+    return ModelProfile(
+        n_params,
+        counter.get_total_flops() / 2,
+        shape,
+        classes,
+        stackable(model),
+        activation_bytes_per_example=4.0 * (outputs[0] + x[0].numel() * 2) / 2,
+    )
 
 
 def check_probes(spec: SweepSpec) -> None:
@@ -188,9 +205,11 @@ def _hvp_error(cfg: ModelConfig, shape: tuple[int, ...], classes: int) -> str | 
     try:
         curvature.hvp(model, F.cross_entropy, [(x, y)], vecs)
     except (Exception, SystemExit) as exc:  # a user's backward is user code too (trainables/plugins.py)
-        return (f"curvature: the probes need Hessian-vector products (a double backward) through model.name "
-                f"{cfg.name}; one on 2 examples raised {error_text(exc)}. Drop the curvature section or replace "
-                f"that op (docs/extending.md)")
+        return (
+            f"curvature: the probes need Hessian-vector products (a double backward) through model.name "
+            f"{cfg.name}; one on 2 examples raised {error_text(exc)}. Drop the curvature section or replace "
+            f"that op (docs/extending.md)"
+        )
     return None
 
 
@@ -211,8 +230,10 @@ def trial_memory(spec: SweepSpec, profile: ModelProfile) -> tuple[float, str]:
     state = 16.0 * profile.n_params * k
     acts = profile.activation_bytes_per_example * batch * k
     data = per_example * n_train * 1.25  # + the validation split (at most a quarter more, usually)
-    why = (f"{k} member(s) x {profile.n_params:,} parameters, activations at batch {batch}, "
-           f"{n_train:,} training examples of shape {profile.input_shape}")
+    why = (
+        f"{k} member(s) x {profile.n_params:,} parameters, activations at batch {batch}, "
+        f"{n_train:,} training examples of shape {profile.input_shape}"
+    )
     return state + acts + data, why
 
 
@@ -235,11 +256,16 @@ def machine_memory_gb(gpu: float) -> tuple[float | None, str]:
 def check_limits(spec: SweepSpec, profile: ModelProfile) -> None:
     """``limits.memory_gb`` (default: this machine) against one trial's memory; one line naming the key."""
     need, why = trial_memory(spec, profile)
-    limit, where = (spec.limits.memory_gb, "limits.memory_gb") if spec.limits.memory_gb is not None else \
-        machine_memory_gb(spec.resources.gpu)
+    limit, where = (
+        (spec.limits.memory_gb, "limits.memory_gb")
+        if spec.limits.memory_gb is not None
+        else machine_memory_gb(spec.resources.gpu)
+    )
     if limit is not None and need / 1e9 > limit:
-        raise SpecError(f"limits.memory_gb: one trial needs ~{need / 1e9:.3g} GB ({why}); the limit is "
-                        f"{limit:.3g} GB ({where}): shrink the sweep, or set limits.memory_gb for bigger nodes")
+        raise SpecError(
+            f"limits.memory_gb: one trial needs ~{need / 1e9:.3g} GB ({why}); the limit is "
+            f"{limit:.3g} GB ({where}): shrink the sweep, or set limits.memory_gb for bigger nodes"
+        )
 
 
 def forward_flops(model_cfg: ModelConfig, dataset: DatasetConfig) -> float:
@@ -271,9 +297,15 @@ def estimate_cost(spec: SweepSpec) -> CostEstimate:
             flops = train_flops * len(pack) * s * steps
             total_flops += flops
             seconds += steps * costs["step_floor_s"] + flops / costs["flops_per_s"]
-    return CostEstimate(trials=sum(len(p) for p in packs), packs=tuple(len(p) for p in packs),
-                        forward_flops_per_example=per_example, total_pflop=total_flops / 1e15,
-                        device_hours=seconds / 3600, device=device, costs=costs)
+    return CostEstimate(
+        trials=sum(len(p) for p in packs),
+        packs=tuple(len(p) for p in packs),
+        forward_flops_per_example=per_example,
+        total_pflop=total_flops / 1e15,
+        device_hours=seconds / 3600,
+        device=device,
+        costs=costs,
+    )
 
 
 def describe(cost: CostEstimate) -> str:
@@ -281,9 +313,11 @@ def describe(cost: CostEstimate) -> str:
     plan = ", ".join(f"{n} x {k}" for k, n in sorted(Counter(cost.packs).items(), reverse=True))
     unit = "GPU-hours" if cost.device == "cuda" else "CPU-hours"
     c = cost.costs
-    return (f"pack plan: {len(cost.packs)} Tune trials for {cost.trials} points (packs x members: {plan})\n"
-            f"estimated cost: {cost.total_pflop:.3g} PFLOP of training "
-            f"({cost.forward_flops_per_example / 1e6:.3g} MFLOP forward per example), "
-            f"~{cost.device_hours:.3g} {unit} ({cost.device_hours * 60:.3g} min) with packs run one after another, "
-            f"from per-step costs measured on {c['device']} ({c['step_floor_s'] * 1e3:.3g} ms per step + "
-            f"{c['flops_per_s'] / 1e12:.3g} TFLOP/s; {c['source']}); probes and evaluation not counted")
+    return (
+        f"pack plan: {len(cost.packs)} Tune trials for {cost.trials} points (packs x members: {plan})\n"
+        f"estimated cost: {cost.total_pflop:.3g} PFLOP of training "
+        f"({cost.forward_flops_per_example / 1e6:.3g} MFLOP forward per example), "
+        f"~{cost.device_hours:.3g} {unit} ({cost.device_hours * 60:.3g} min) with packs run one after another, "
+        f"from per-step costs measured on {c['device']} ({c['step_floor_s'] * 1e3:.3g} ms per step + "
+        f"{c['flops_per_s'] / 1e12:.3g} TFLOP/s; {c['source']}); probes and evaluation not counted"
+    )

@@ -7,6 +7,7 @@ trial's newest attempt): ``epochs.<ext>`` (``load_metrics``) and ``trials.<ext>`
 (``load_trials``). As in ``load_metrics``, ``config_json`` is on each trial's last epoch row only;
 ``trials.<ext>`` has the whole config as ``cfg.*`` columns. Existing files are never overwritten.
 """
+
 from __future__ import annotations
 
 import os

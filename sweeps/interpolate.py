@@ -3,6 +3,7 @@
 Reads each trial's config from Tune's ``params.json`` (JSON) and its weights from the last
 checkpoint's ``state.pt`` (``torch.load(weights_only=True)``): nothing is unpickled.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,11 +19,18 @@ from lrbs.sweeps.errors import LrbsError
 from lrbs.sweeps.trust import code_names, require_trust
 
 INTERP_DIR = "interpolation"
-INTERP_SCHEMA = pa.schema([
-    ("alpha", pa.float64()), ("train_loss", pa.float64()), ("train_acc", pa.float64()),
-    ("val_loss", pa.float64()), ("val_acc", pa.float64()), ("trial_a", pa.string()), ("trial_b", pa.string()),
-    ("batch_norm", pa.string()),  # recompute | interpolate: how the running statistics were set at each alpha
-])
+INTERP_SCHEMA = pa.schema(
+    [
+        ("alpha", pa.float64()),
+        ("train_loss", pa.float64()),
+        ("train_acc", pa.float64()),
+        ("val_loss", pa.float64()),
+        ("val_acc", pa.float64()),
+        ("trial_a", pa.string()),
+        ("trial_b", pa.string()),
+        ("batch_norm", pa.string()),  # recompute | interpolate: how the running statistics were set at each alpha
+    ]
+)
 
 
 def trial_dir(run_dir: Path, trial_id: str) -> Path:
@@ -35,8 +43,11 @@ def trial_dir(run_dir: Path, trial_id: str) -> Path:
             return directory
     matches = [p for p in run_dir.glob(f"*_{trial_id}_*") if (p / "params.json").is_file()]
     if len(matches) != 1:
-        raise LrbsError(f"TRIAL: no trial {trial_id!r} in {run_dir} (trial ids are in `lrbs status` and the metric tables)"
-                        if not matches else f"TRIAL: {trial_id!r} matches several trial directories in {run_dir}")
+        raise LrbsError(
+            f"TRIAL: no trial {trial_id!r} in {run_dir} (trial ids are in `lrbs status` and the metric tables)"
+            if not matches
+            else f"TRIAL: {trial_id!r} matches several trial directories in {run_dir}"
+        )
     return matches[0]
 
 
@@ -65,17 +76,23 @@ def member_checkpoint(run_dir: Path, trial_id: str) -> tuple[dict, dict]:
     try:
         config = json.loads((directory / "params.json").read_text())
     except (OSError, ValueError) as exc:
-        raise LrbsError(f"TRIAL: {directory / 'params.json'} is unreadable ({str(exc).splitlines()[0][:120]})") from None
+        raise LrbsError(
+            f"TRIAL: {directory / 'params.json'} is unreadable ({str(exc).splitlines()[0][:120]})"
+        ) from None
     ckpt = last_checkpoint(directory)
     try:
         members = load_state(ckpt)["members"]
     except Exception as exc:  # truncated, overwritten or not a torch file: an unpickling error of any kind
         # No fallback to an older checkpoint here: interpolation needs the final weights.
-        raise LrbsError(f"TRIAL: the final checkpoint {ckpt} does not load ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
+        raise LrbsError(
+            f"TRIAL: the final checkpoint {ckpt} does not load ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:120] if str(exc) else ''})"
+        ) from None
     j = 0 if j is None else j
     if j >= len(members) or ("members" in config["point"]) != (len(members) > 1):
-        raise LrbsError(f"TRIAL: no trial {trial_id!r} in {run_dir} (trial ids are in `lrbs status` and the metric tables)")
+        raise LrbsError(
+            f"TRIAL: no trial {trial_id!r} in {run_dir} (trial ids are in `lrbs status` and the metric tables)"
+        )
     if members[j]["model"] is None:
         raise LrbsError(f"TRIAL: {trial_id} diverged; it has no final weights to interpolate from")
     return member_config(config, j), members[j]["model"]
@@ -86,8 +103,14 @@ def member_checkpoint(run_dir: Path, trial_id: str) -> tuple[dict, dict]:
 BN_SUBSET = 4096
 
 
-def interpolate_trials(run_dir: str | Path, trial_a: str, trial_b: str, alphas: list[float],
-                       batch_norm: str = "recompute", trust_code: bool = False) -> pa.Table:
+def interpolate_trials(
+    run_dir: str | Path,
+    trial_a: str,
+    trial_b: str,
+    alphas: list[float],
+    batch_norm: str = "recompute",
+    trust_code: bool = False,
+) -> pa.Table:
     """Loss and accuracy at each alpha. The trials' model and data set are built from their
     ``params.json``: user code they name (``package.module:factory``) is imported only with
     ``trust_code`` (``lrbs.sweeps.trust``); one line (LrbsError) otherwise."""
@@ -123,17 +146,39 @@ def interpolate_trials(run_dir: str | Path, trial_a: str, trial_b: str, alphas: 
     batch = from_dict(TrainConfig, configs[0]["train"]).eval_batch_size
     n = len(data.x_train)
     bn_batches = make_batches(data.x_train, data.y_train, probe_subset(n, min(n, BN_SUBSET), 0), batch)
-    rows = interpolate(model, states[0], states[1], torch.tensor(alphas), F.cross_entropy,
-                       make_batches(data.x_train, data.y_train, None, batch),
-                       make_batches(data.x_val, data.y_val, None, batch),
-                       batch_norm=batch_norm, bn_batches=bn_batches)
-    return pa.Table.from_pylist([{**r, "trial_a": trial_a, "trial_b": trial_b,
-                                  "batch_norm": "interpolated" if batch_norm == "interpolate" else "recomputed"}
-                                 for r in rows], schema=INTERP_SCHEMA)
+    rows = interpolate(
+        model,
+        states[0],
+        states[1],
+        torch.tensor(alphas),
+        F.cross_entropy,
+        make_batches(data.x_train, data.y_train, None, batch),
+        make_batches(data.x_val, data.y_val, None, batch),
+        batch_norm=batch_norm,
+        bn_batches=bn_batches,
+    )
+    return pa.Table.from_pylist(
+        [
+            {
+                **r,
+                "trial_a": trial_a,
+                "trial_b": trial_b,
+                "batch_norm": "interpolated" if batch_norm == "interpolate" else "recomputed",
+            }
+            for r in rows
+        ],
+        schema=INTERP_SCHEMA,
+    )
 
 
-def write_interpolation(run_dir: str | Path, trial_a: str, trial_b: str, alphas: list[float],
-                        batch_norm: str = "recompute", trust_code: bool = False) -> tuple[Path, Path]:
+def write_interpolation(
+    run_dir: str | Path,
+    trial_a: str,
+    trial_b: str,
+    alphas: list[float],
+    batch_norm: str = "recompute",
+    trust_code: bool = False,
+) -> tuple[Path, Path]:
     """Write ``interpolation/<A>__<B>.arrow`` (IPC stream) and ``.html`` (plotly) in the run
     directory (``lrbs.analysis.safe_write``: new files renamed into place, never through a link)."""
     from lrbs.analysis.plots import interpolation_plot
@@ -152,8 +197,9 @@ def write_interpolation(run_dir: str | Path, trial_a: str, trial_b: str, alphas:
         make_dirs(out, run_dir)
         with open_for_write(arrow_path, run_dir) as sink, pa.ipc.new_stream(sink, table.schema) as writer:
             writer.write_table(table)
-        write_file_safely(html_path, interpolation_plot({stem.name: table}).to_html(include_plotlyjs=True),
-                          root=run_dir)
+        write_file_safely(
+            html_path, interpolation_plot({stem.name: table}).to_html(include_plotlyjs=True), root=run_dir
+        )
     except UnsafePathError as exc:
         raise LrbsError(str(exc)) from None
     except OSError as exc:

@@ -10,6 +10,7 @@ The trial id of a record is the id the metric rows carry: the Tune id of the tri
 attempt. A trial continued by ``lrbs resume`` runs as a new Tune trial but keeps that id
 (``config["resume"]``, see :func:`lineage_id`), so its rows continue the same series.
 """
+
 from __future__ import annotations
 
 import functools
@@ -30,12 +31,12 @@ CHECKPOINT_GLOB = "checkpoint_*"
 
 @dataclass
 class TrialRecord:
-    trial_id: str                      # the id in the metric rows (a pack's members add -m<j>)
-    point: dict[str, Any]              # the Tune trial's ``point`` (``{"members": [...]}`` for a pack)
+    trial_id: str  # the id in the metric rows (a pack's members add -m<j>)
+    point: dict[str, Any]  # the Tune trial's ``point`` (``{"members": [...]}`` for a pack)
     logdirs: list[str] = field(default_factory=list)  # trial folders, relative to RUN_DIR, oldest first
-    status: str = RUNNING              # RUNNING (or stopped with its driver), TERMINATED, ERROR
-    failures: int = 0                  # Tune's failure count, summed over driver sessions
-    error: str = ""                    # last line of the latest error
+    status: str = RUNNING  # RUNNING (or stopped with its driver), TERMINATED, ERROR
+    failures: int = 0  # Tune's failure count, summed over driver sessions
+    error: str = ""  # last line of the latest error
     updated_at: float = 0.0
 
     def checkpoints(self, run_dir: Path) -> list[Path]:
@@ -107,11 +108,16 @@ def _check_record(record: TrialRecord, path: Path) -> None:
     (so a record cannot name a file elsewhere); folders are relative and inside the run."""
     if not (isinstance(record.trial_id, str) and _TRIAL_ID.match(record.trial_id) and path.stem == record.trial_id):
         raise ValueError("trial_id is not a Tune trial id matching the file name")
-    if not isinstance(record.point, dict) or ("members" in record.point and not (
-            isinstance(record.point["members"], list) and all(isinstance(m, dict) for m in record.point["members"]))):
+    if not isinstance(record.point, dict) or (
+        "members" in record.point
+        and not (
+            isinstance(record.point["members"], list) and all(isinstance(m, dict) for m in record.point["members"])
+        )
+    ):
         raise TypeError("point is not a point or a pack of points")
     if not isinstance(record.logdirs, list) or not all(
-            isinstance(d, str) and not d.startswith("/") and ".." not in Path(d).parts for d in record.logdirs):
+        isinstance(d, str) and not d.startswith("/") and ".." not in Path(d).parts for d in record.logdirs
+    ):
         raise ValueError("logdirs are not folders inside the run directory")
     if record.status not in (RUNNING, TERMINATED, ERROR):
         raise ValueError(f"unknown status {str(record.status)[:20]!r}")
@@ -138,7 +144,9 @@ def read_ledger(run_dir: str | Path) -> tuple[dict[str, TrialRecord], dict[str, 
     return records, damaged
 
 
-_TRIAL_DIR_ID = re.compile(r"_([0-9a-f]{5}_\d{5}|[0-9a-f]{8})_\d+_")  # Tune's folder: <trainable>_<trial id>_<index>_...
+_TRIAL_DIR_ID = re.compile(
+    r"_([0-9a-f]{5}_\d{5}|[0-9a-f]{8})_\d+_"
+)  # Tune's folder: <trainable>_<trial id>_<index>_...
 SESSION_GLOB = "resume-*"  # the Ray experiment of each `lrbs resume` session, inside RUN_DIR
 
 
@@ -182,8 +190,11 @@ def last_rows(run_dir: str | Path) -> dict[str, tuple[int, str, str | None]]:
     table = load_metrics(run_dir)  # exactly-once rows, sorted by trial then epoch
     last: dict[str, tuple[int, str, str | None]] = {}
     for trial_id, epoch, status, config in zip(
-            table.column("trial_id").to_pylist(), table.column("epoch").to_pylist(),
-            table.column("status").to_pylist(), table.column("config_json").to_pylist()):
+        table.column("trial_id").to_pylist(),
+        table.column("epoch").to_pylist(),
+        table.column("status").to_pylist(),
+        table.column("config_json").to_pylist(),
+    ):
         last[trial_id] = (epoch, status, config)
     out = {}
     for trial_id, (epoch, status, config) in last.items():

@@ -8,6 +8,7 @@ the holder. A lock whose holder is gone (same host, pid dead or reused) is stale
 over by renaming it away first, so of two drivers breaking the same stale lock one wins.
 A lock held from another host cannot be checked from here; the message says how to remove it.
 """
+
 from __future__ import annotations
 
 import json
@@ -85,8 +86,10 @@ def describe(holder: dict) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("at", 0)))
     except (TypeError, ValueError, OverflowError, OSError):  # not a time lrbs wrote
         since = "?"
-    return (f"{_shown(holder.get('command', '?'))} (pid {_shown(holder.get('pid', '?'))} on "
-            f"{_shown(holder.get('host', '?'))}, since {since})")
+    return (
+        f"{_shown(holder.get('command', '?'))} (pid {_shown(holder.get('pid', '?'))} on "
+        f"{_shown(holder.get('host', '?'))}, since {since})"
+    )
 
 
 class RunLock:
@@ -98,8 +101,13 @@ class RunLock:
         self.held = False
 
     def _me(self) -> dict:
-        return {"host": socket.gethostname(), "pid": os.getpid(), "started": _process_start(os.getpid()),
-                "command": self.command, "at": time.time()}
+        return {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": _process_start(os.getpid()),
+            "command": self.command,
+            "at": time.time(),
+        }
 
     def _read(self) -> dict:
         return _read_json(self.path)  # half-written or garbage: {}, a lock with no live holder
@@ -115,8 +123,10 @@ class RunLock:
             raise LrbsError(f"RUN_DIR: cannot lock {self.path.parent} ({exc.strerror or exc})") from None
         if not stat.S_ISREG(mode):
             kind = "a folder" if stat.S_ISDIR(mode) else "a symbolic link" if stat.S_ISLNK(mode) else "not a file"
-            raise LrbsError(f"RUN_DIR: {self.path} is {kind}, not a lock lrbs wrote; if no driver runs on "
-                            f"{self.path.parent}, remove it")
+            raise LrbsError(
+                f"RUN_DIR: {self.path} is {kind}, not a lock lrbs wrote; if no driver runs on "
+                f"{self.path.parent}, remove it"
+            )
 
     def acquire(self) -> RunLock:
         for _ in range(8):
@@ -130,19 +140,24 @@ class RunLock:
                     time.sleep(0.5)
                     continue
                 if holder.get("host") not in (None, socket.gethostname()):
-                    raise LrbsError(f"RUN_DIR: {self.path.parent} is locked by {describe(holder)}; if that "
-                                    f"driver is gone, delete {self.path}") from None
+                    raise LrbsError(
+                        f"RUN_DIR: {self.path.parent} is locked by {describe(holder)}; if that "
+                        f"driver is gone, delete {self.path}"
+                    ) from None
                 if _alive(holder):
-                    raise LrbsError(f"RUN_DIR: {self.path.parent} is in use by {describe(holder)}; wait for it "
-                                    f"or stop it first") from None
+                    raise LrbsError(
+                        f"RUN_DIR: {self.path.parent} is in use by {describe(holder)}; wait for it or stop it first"
+                    ) from None
                 stale = self.path.with_name(f"{LOCK_FILE}.stale-{os.getpid()}")
                 try:
                     os.replace(self.path, stale)
                 except FileNotFoundError:
                     continue  # another driver moved it first
                 except OSError as exc:  # a read-only folder: the stale lock cannot be moved away
-                    raise LrbsError(f"RUN_DIR: cannot take over the stale lock {self.path} of {describe(holder)} "
-                                    f"({exc.strerror or exc})") from None
+                    raise LrbsError(
+                        f"RUN_DIR: cannot take over the stale lock {self.path} of {describe(holder)} "
+                        f"({exc.strerror or exc})"
+                    ) from None
                 moved = _read_json(stale)
                 if moved != holder and moved:
                     # Between our read and the move another driver broke the stale lock and took
@@ -214,17 +229,21 @@ class RemoteRunLock(RunLock):
         holder = self._read()
         if holder:
             if holder.get("host") != socket.gethostname():
-                raise LrbsError(f"RUN_DIR: {self.run.where} is locked by {describe(holder)}; if that driver is "
-                                f"gone, delete {where}")
+                raise LrbsError(
+                    f"RUN_DIR: {self.run.where} is locked by {describe(holder)}; if that driver is gone, delete {where}"
+                )
             if _alive(holder):
-                raise LrbsError(f"RUN_DIR: {self.run.where} is in use by {describe(holder)}; wait for it or stop "
-                                f"it first")
+                raise LrbsError(
+                    f"RUN_DIR: {self.run.where} is in use by {describe(holder)}; wait for it or stop it first"
+                )
             print(f"[lrbs] took over a stale lock of {describe(holder)}", file=sys.stderr)
         try:
             with self.run.target.fs.open_output_stream(self.run.path(LOCK_FILE)) as f:
                 f.write(json.dumps(self._me()).encode())
         except OSError as exc:
-            raise LrbsError(f"RUN_DIR: cannot lock {self.run.where} ({str(exc).strip().splitlines()[0][:300]})") from None
+            raise LrbsError(
+                f"RUN_DIR: cannot lock {self.run.where} ({str(exc).strip().splitlines()[0][:300]})"
+            ) from None
         self.held = True
         return self
 

@@ -8,6 +8,7 @@ the trial ran on. Each driver session writes its own file per trial and never re
 one: a crash can only cut off the tail of the newest file, and readers (``lrbs.analysis.tables``)
 keep the last row written for each (trial_id, epoch).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ import os
 import posixpath
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from lrbs.sweeps.storage import DEFAULT_UPLOAD_INTERVAL_S, _first_line, upload_c
 
 def session_tag() -> str:
     """Sortable, unique per driver process: files of later sessions sort after earlier ones."""
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + f"-{os.getpid()}"
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ") + f"-{os.getpid()}"
 
 
 def row_from_result(result: dict[str, Any], config: dict[str, Any], trial_id: str) -> dict[str, Any]:
@@ -130,9 +131,12 @@ class ArrowMetricsSink(Callback):
             compact_streams(self._closed, dest)
             self._compactions += 1
         except (OSError, pa.ArrowException, ValueError) as exc:  # a full disk, an Arrow write error
-            print(f"[lrbs] warning: could not compact {len(self._closed)} metric files into {dest.name} "
-                  f"({getattr(exc, 'strerror', None) or exc}); they stay as stream files (read the same)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[lrbs] warning: could not compact {len(self._closed)} metric files into {dest.name} "
+                f"({getattr(exc, 'strerror', None) or exc}); they stay as stream files (read the same)",
+                file=sys.stderr,
+                flush=True,
+            )
         self._used_names.update(p.name for p in self._closed)
         self._closed = []
 
@@ -163,8 +167,9 @@ class TrialLedger(Callback):
 
     ``run_dir`` is where the records go and what trial folders are relative to."""
 
-    def __init__(self, run_dir: str | Path, records: dict[str, TrialRecord] | None = None,
-                 trial_root: str | None = None):
+    def __init__(
+        self, run_dir: str | Path, records: dict[str, TrialRecord] | None = None, trial_root: str | None = None
+    ):
         self.run_dir = Path(run_dir)
         # Tune's trial paths are in the run's filesystem: a remote run's are under its remote path.
         self.trial_root = trial_root or str(self.run_dir)
@@ -212,9 +217,14 @@ class MetricsUploader(Callback):
     is closed (whole) before it is uploaded on the trial's completion.
     """
 
-    def __init__(self, local_dir: str | Path, fs: pafs.FileSystem, remote_dir: str,
-                 interval_s: float = DEFAULT_UPLOAD_INTERVAL_S,
-                 also: list[tuple[str | Path, str, str]] | None = None):
+    def __init__(
+        self,
+        local_dir: str | Path,
+        fs: pafs.FileSystem,
+        remote_dir: str,
+        interval_s: float = DEFAULT_UPLOAD_INTERVAL_S,
+        also: list[tuple[str | Path, str, str]] | None = None,
+    ):
         self.local_dir = Path(local_dir)
         self.fs = fs
         self.remote_dir = remote_dir
@@ -244,10 +254,15 @@ class MetricsUploader(Callback):
                 upload_changed(local, self.fs, remote, sent, pattern)
         except OSError as exc:
             if strict:
-                raise LrbsError(f"--storage: cannot upload metrics to {self.remote_dir} ({_first_line(exc)}); "
-                                f"they are kept in {self.local_dir}") from None
-            print(f"[lrbs] warning: metric upload to {self.remote_dir} failed ({_first_line(exc)}); "
-                  f"will retry", file=sys.stderr, flush=True)
+                raise LrbsError(
+                    f"--storage: cannot upload metrics to {self.remote_dir} ({_first_line(exc)}); "
+                    f"they are kept in {self.local_dir}"
+                ) from None
+            print(
+                f"[lrbs] warning: metric upload to {self.remote_dir} failed ({_first_line(exc)}); will retry",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _drop_covered(self, compacted: list[str]) -> None:
         """Delete from the store the stream files a just-uploaded compacted file replaces (readers
@@ -313,8 +328,12 @@ class TrackingCallback(Callback):
             from lrbs.sweeps.tracking import TRACKERS
 
             name = next((n for n, c in TRACKERS.items() if isinstance(tracker, c)), type(tracker).__name__)
-            print(f"[lrbs] warning: tracking.{name} failed ({type(exc).__name__}: {str(exc)[:200]}); it is switched "
-                  f"off for this session (the metric tables have every row)", file=sys.stderr, flush=True)
+            print(
+                f"[lrbs] warning: tracking.{name} failed ({type(exc).__name__}: {str(exc)[:200]}); it is switched "
+                f"off for this session (the metric tables have every row)",
+                file=sys.stderr,
+                flush=True,
+            )
             self.trackers = [t for t in self.trackers if t is not tracker]
             for key in self.open:
                 self.open[key] = [t for t in self.open[key] if t is not tracker]
@@ -330,8 +349,9 @@ class TrackingCallback(Callback):
         for r in result["pack_rows"].values():
             key, config = ids[r["member"]]
             row = row_from_result(r, config, key)
-            self.pending.setdefault(key, []).append((int(row["epoch"]), row.get("status"), params_of(row),
-                                                     metrics_of(row)))
+            self.pending.setdefault(key, []).append(
+                (int(row["epoch"]), row.get("status"), params_of(row), metrics_of(row))
+            )
         if result.get(SHOULD_CHECKPOINT):  # Tune's flag: this report came with a checkpoint (stored by now)
             for key in self._points(trial, self.pending):
                 self._flush(key)

@@ -12,6 +12,7 @@ Every point keeps its own trial id in the metric tables: the Tune trial id for a
 ``<tune trial id>-m<j>`` for member j of a larger pack (``member_trial_id``), with a config that
 looks exactly like the unpacked trial's (``member_config``).
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -4,6 +4,7 @@ On a terminal the progress line is redrawn in place (``LiveLine``: carriage retu
 the end of the line, a newline when the sweep ends); into a file or a pipe it is one plain line
 per update. Other lines printed while it is shown go through ``say``, which puts them above it.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,19 +22,22 @@ from lrbs.sweeps.summary import Progress
 @dataclass
 class PhaseTimes:
     """Where a sweep's wall time went (seconds), printed at the end of ``lrbs run``/``resume``."""
-    start: float = 0.0            # process start-up to the driver's first line: imports, spec, data check
-    ray: float = 0.0              # starting (or joining) Ray
-    worker_start: float = 0.0     # first trial: Tuner start to its first result, less that epoch's time
-    trials: float = 0.0           # Tuner.fit(), start to end
-    report: float = 0.0           # end-of-run report (html, json, md)
+
+    start: float = 0.0  # process start-up to the driver's first line: imports, spec, data check
+    ray: float = 0.0  # starting (or joining) Ray
+    worker_start: float = 0.0  # first trial: Tuner start to its first result, less that epoch's time
+    trials: float = 0.0  # Tuner.fit(), start to end
+    report: float = 0.0  # end-of-run report (html, json, md)
 
     def line(self, total: float) -> str:
-        return (f"[lrbs] time: {total:.1f} s = start-up {self.start:.1f} s + Ray {self.ray:.1f} s + trials "
-                f"{self.trials:.1f} s (first trial's worker start {self.worker_start:.1f} s) + report {self.report:.1f} s")
+        return (
+            f"[lrbs] time: {total:.1f} s = start-up {self.start:.1f} s + Ray {self.ray:.1f} s + trials "
+            f"{self.trials:.1f} s (first trial's worker start {self.worker_start:.1f} s) + report {self.report:.1f} s"
+        )
 
 
-CLEAR_TO_EOL = "\x1b[K"     # ANSI: erase from the cursor to the end of the line
-CLEAR_TO_END = "\x1b[J"     # ANSI: erase from the cursor to the end of the screen
+CLEAR_TO_EOL = "\x1b[K"  # ANSI: erase from the cursor to the end of the line
+CLEAR_TO_END = "\x1b[J"  # ANSI: erase from the cursor to the end of the screen
 
 
 def is_terminal(out) -> bool:
@@ -121,18 +125,27 @@ class ProgressPrinter(Callback):
     epochs are point-epochs. ``out`` is where the line goes (kept out of pickles): on a terminal
     it is redrawn in place (``LiveLine``) and ended with a newline when the experiment ends."""
 
-    def __init__(self, total: int, epochs: int = 0, estimate_hours: float | None = None, unit: str = "CPU",
-                 min_interval_s: float = 5.0, out=None, done_before: int = 0, epochs_before: int = 0,
-                 at_most: bool = False):
+    def __init__(
+        self,
+        total: int,
+        epochs: int = 0,
+        estimate_hours: float | None = None,
+        unit: str = "CPU",
+        min_interval_s: float = 5.0,
+        out=None,
+        done_before: int = 0,
+        epochs_before: int = 0,
+        at_most: bool = False,
+    ):
         self.total, self.epochs, self.estimate_hours, self.unit = total, epochs, estimate_hours, unit
         self.at_most = at_most  # a beta search: ``total`` is its budget
         self.min_interval_s = min_interval_s
         self.out = out
         self.done, self.errored, self.diverged = done_before, 0, 0
-        self.epochs_before = epochs_before          # point-epochs done by earlier sessions (resume)
-        self.running: dict[str, int] = {}           # Tune trial id -> members
+        self.epochs_before = epochs_before  # point-epochs done by earlier sessions (resume)
+        self.running: dict[str, int] = {}  # Tune trial id -> members
         self.trained: dict[str, tuple[int, int, float]] = {}  # Tune trial id -> (members, epoch, wall_s)
-        self.start_epoch: dict[str, int] = {}       # Tune trial id -> epoch it started this session from
+        self.start_epoch: dict[str, int] = {}  # Tune trial id -> epoch it started this session from
         self.best: tuple[float, str] | None = None
         self._last_print = 0.0
         self._t0 = time.monotonic()
@@ -150,12 +163,27 @@ class ProgressPrinter(Callback):
         done_epochs = self.epochs_before + sum(k * e for k, e, _ in self.trained.values())
         session = sum(k * (e - self.start_epoch.get(t, 0)) for t, (k, e, _) in self.trained.items())
         window = now - self.first_result[0] + self.first_result[1] if self.first_result else 0.0
-        eta = eta_seconds(self.epochs - done_epochs, session, window) if self.running or self.epochs <= done_epochs \
+        eta = (
+            eta_seconds(self.epochs - done_epochs, session, window)
+            if self.running or self.epochs <= done_epochs
             else None
+        )
         used = sum(w for _, _, w in self.trained.values()) / 3600
-        return Progress(self.done, self.total, done_epochs, self.epochs, now - self._t0, eta, used,
-                        self.estimate_hours, self.unit, self.errored, self.diverged, sum(self.running.values()),
-                        self.at_most)
+        return Progress(
+            self.done,
+            self.total,
+            done_epochs,
+            self.epochs,
+            now - self._t0,
+            eta,
+            used,
+            self.estimate_hours,
+            self.unit,
+            self.errored,
+            self.diverged,
+            sum(self.running.values()),
+            self.at_most,
+        )
 
     def _print(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -8,6 +8,7 @@ sends what is printed to stdout/stderr during ``tuner.fit`` (Tune's box) there t
 still reach the terminal. Before the run directory exists (Ray starting), the lines are kept in
 memory and written to the log once it does.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,8 +25,11 @@ def _ray_stream_handlers() -> list[logging.Handler]:
     found = []
     for name in names:
         logger = logging.getLogger(name)
-        found += [h for h in logger.handlers
-                  if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+        found += [
+            h
+            for h in logger.handlers
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+        ]
     return found
 
 
@@ -45,7 +49,9 @@ class RayOutput:
         self.file = None
         self.handler = _QuietHandler(self.buffer)
         self.handler.setLevel(logging.INFO)
-        self.handler.setFormatter(logging.Formatter("%(asctime)s\t%(levelname)s %(filename)s:%(lineno)s -- %(message)s"))
+        self.handler.setFormatter(
+            logging.Formatter("%(asctime)s\t%(levelname)s %(filename)s:%(lineno)s -- %(message)s")
+        )
         self.saved: list[tuple[logging.Handler, int]] = []
         self.path: Path | None = None
 

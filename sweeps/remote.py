@@ -13,6 +13,7 @@ and the AWS environment variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``), which Ray passes on to the trials of an
 embedded cluster (on a real cluster, give the nodes the same variables or an instance role).
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -27,8 +28,7 @@ import pyarrow.fs as pafs
 
 from lrbs.sweeps.errors import LrbsError
 from lrbs.sweeps.ledger import CHECKPOINT_GLOB, LEDGER_DIR, TrialRecord
-from lrbs.sweeps.storage import (METRIC_DIR, StorageTarget, _first_line, _join, cache_dir, display,
-                            resolve_storage)
+from lrbs.sweeps.storage import METRIC_DIR, StorageTarget, _first_line, _join, cache_dir, display, resolve_storage
 
 LOCK_FILE = "lock.json"
 # folder inside the run -> the names lrbs wrote there as data (never Tune's pickles)
@@ -39,6 +39,7 @@ GROWS_ONLY = {METRIC_DIR}  # stream files only grow, compacted files never chang
 @dataclass
 class RemoteRun:
     """A run directory in a remote filesystem: ``target.path`` is the run's path in ``target.fs``."""
+
     target: StorageTarget
     uri: str = ""  # as the user gave it ('' when reached through a filesystem object)
 
@@ -69,14 +70,22 @@ class RemoteRun:
     def put(self, local: Path, *parts: str) -> None:
         """Copy the local file ``local`` to ``parts`` inside the run (one line if the store refuses)."""
         try:
-            pafs.copy_files(str(local), self.path(*parts), source_filesystem=pafs.LocalFileSystem(),
-                            destination_filesystem=self.target.fs, use_threads=False)
+            pafs.copy_files(
+                str(local),
+                self.path(*parts),
+                source_filesystem=pafs.LocalFileSystem(),
+                destination_filesystem=self.target.fs,
+                use_threads=False,
+            )
         except OSError as exc:
-            raise LrbsError(f"RUN_DIR: cannot write {self.where}/{'/'.join(parts)} ({_first_line(exc)[:300]})") from None
+            raise LrbsError(
+                f"RUN_DIR: cannot write {self.where}/{'/'.join(parts)} ({_first_line(exc)[:300]})"
+            ) from None
 
 
-def open_run(run_dir: str | os.PathLike, filesystem: pafs.FileSystem | None = None,
-             need: tuple[str, ...] = (METRIC_DIR,)) -> RemoteRun | None:
+def open_run(
+    run_dir: str | os.PathLike, filesystem: pafs.FileSystem | None = None, need: tuple[str, ...] = (METRIC_DIR,)
+) -> RemoteRun | None:
     """The remote run directory ``run_dir`` names (None for a local path), after checking that it
     can be reached and holds ``need``: one line (LrbsError, exit 2) otherwise, nothing written."""
     target = resolve_storage(run_dir, filesystem)
@@ -98,8 +107,13 @@ def _mirrored(name: str, patterns: tuple[str, ...]) -> bool:
 
 def _fetch(run: RemoteRun, src: str, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    pafs.copy_files(src, str(dest), source_filesystem=run.target.fs,
-                    destination_filesystem=pafs.LocalFileSystem(), use_threads=False)
+    pafs.copy_files(
+        src,
+        str(dest),
+        source_filesystem=run.target.fs,
+        destination_filesystem=pafs.LocalFileSystem(),
+        use_threads=False,
+    )
 
 
 def mirror(run: RemoteRun, local: Path) -> Path:
@@ -144,8 +158,9 @@ def fetch_run_dir(run_dir: str | os.PathLike, filesystem: pafs.FileSystem | None
     return mirror(run, fetched_dir(run))
 
 
-def upload_files(run_dir: str | os.PathLike, files: list[Path], filesystem: pafs.FileSystem | None = None,
-                 sub: str = "") -> list[str]:
+def upload_files(
+    run_dir: str | os.PathLike, files: list[Path], filesystem: pafs.FileSystem | None = None, sub: str = ""
+) -> list[str]:
     """Copy ``files`` (e.g. report.html, fits.json) into a remote run directory (into its folder
     ``sub``); no-op for a local one. Returns where they went."""
     target = resolve_storage(run_dir, filesystem)
@@ -156,8 +171,13 @@ def upload_files(run_dir: str | os.PathLike, files: list[Path], filesystem: pafs
     try:
         for path in files:
             dest = _join(target.path, sub, Path(path).name)
-            pafs.copy_files(str(path), dest, source_filesystem=pafs.LocalFileSystem(),
-                            destination_filesystem=target.fs, use_threads=False)
+            pafs.copy_files(
+                str(path),
+                dest,
+                source_filesystem=pafs.LocalFileSystem(),
+                destination_filesystem=target.fs,
+                use_threads=False,
+            )
             copied.append(display(target, sub, Path(path).name))
     except OSError as exc:
         raise LrbsError(f"cannot upload {Path(path).name} to {display(target)} ({_first_line(exc)})") from None
@@ -175,12 +195,19 @@ def remote_checkpoints(run: RemoteRun, record: TrialRecord) -> list[str]:
     try:
         for logdir in reversed(record.logdirs):
             infos = run.target.fs.get_file_info(pafs.FileSelector(run.path(logdir), allow_not_found=True))
-            names = sorted((i.path for i in infos if i.type == pafs.FileType.Directory
-                            and fnmatch.fnmatch(i.base_name, CHECKPOINT_GLOB)), reverse=True)
+            names = sorted(
+                (
+                    i.path
+                    for i in infos
+                    if i.type == pafs.FileType.Directory and fnmatch.fnmatch(i.base_name, CHECKPOINT_GLOB)
+                ),
+                reverse=True,
+            )
             found += [run.uri_of(p) for p in names]
     except OSError as exc:
-        raise LrbsError(f"RUN_DIR: cannot list the checkpoints of trial {record.trial_id} in {run.where} "
-                        f"({_first_line(exc)[:300]})") from None
+        raise LrbsError(
+            f"RUN_DIR: cannot list the checkpoints of trial {record.trial_id} in {run.where} ({_first_line(exc)[:300]})"
+        ) from None
     return found
 
 
@@ -198,12 +225,16 @@ def fetch_trial_folders(run: RemoteRun, local: Path, tune_ids: list[str]) -> Non
             if not logdirs:  # a run directory without records: the folder named after the trial
                 if top is None:
                     top = fs.get_file_info(pafs.FileSelector(run.path(""), allow_not_found=True))
-                logdirs = [i.base_name for i in top if i.type == pafs.FileType.Directory
-                           and f"_{tune_id}_" in i.base_name]
+                logdirs = [
+                    i.base_name for i in top if i.type == pafs.FileType.Directory and f"_{tune_id}_" in i.base_name
+                ]
             for logdir in logdirs:
                 infos = fs.get_file_info(pafs.FileSelector(run.path(logdir), allow_not_found=True))
-                ckpts = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory
-                               and fnmatch.fnmatch(i.base_name, CHECKPOINT_GLOB))
+                ckpts = sorted(
+                    i.base_name
+                    for i in infos
+                    if i.type == pafs.FileType.Directory and fnmatch.fnmatch(i.base_name, CHECKPOINT_GLOB)
+                )
                 if not ckpts:
                     continue
                 _fetch(run, run.path(logdir, "params.json"), local / logdir / "params.json")
@@ -212,8 +243,13 @@ def fetch_trial_folders(run: RemoteRun, local: Path, tune_ids: list[str]) -> Non
                     part = dest.with_name(f".{dest.name}.part")
                     shutil.rmtree(part, ignore_errors=True)
                     part.mkdir(parents=True)
-                    pafs.copy_files(run.path(logdir, ckpts[-1]), str(part), source_filesystem=fs,
-                                    destination_filesystem=pafs.LocalFileSystem(), use_threads=False)
+                    pafs.copy_files(
+                        run.path(logdir, ckpts[-1]),
+                        str(part),
+                        source_filesystem=fs,
+                        destination_filesystem=pafs.LocalFileSystem(),
+                        use_threads=False,
+                    )
                     part.rename(dest)
     except OSError as exc:
         raise LrbsError(f"RUN_DIR: cannot read the trial folders of {run.where} ({_first_line(exc)[:300]})") from None

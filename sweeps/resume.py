@@ -19,6 +19,7 @@ continuing from its newest checkpoint that loads; points never started get new t
 ``--restart-errored`` the trials that ended in ERROR start from scratch under new ids and their old
 rows are superseded. The run directory is locked (``lrbs.sweeps.lock``) for the whole resume.
 """
+
 from __future__ import annotations
 
 import functools
@@ -32,9 +33,19 @@ from lrbs.analysis.safe_write import UnsafePathError, check_inside, write_file_s
 from lrbs.sweeps.errors import LrbsError, SweepStopped
 from lrbs.sweeps.ledger import LEDGER_DIR
 from lrbs.sweeps.raylog import RayOutput
-from lrbs.sweeps.runner import (METRIC_DIR, SPEC_COPY, fit, init_ray, plugin_runtime_env, print_outcome,
-                           resilience_settings, restore_plugin_folders, trial_resources, tune_settings,
-                           wait_for_resources)
+from lrbs.sweeps.runner import (
+    METRIC_DIR,
+    SPEC_COPY,
+    fit,
+    init_ray,
+    plugin_runtime_env,
+    print_outcome,
+    resilience_settings,
+    restore_plugin_folders,
+    trial_resources,
+    tune_settings,
+    wait_for_resources,
+)
 from lrbs.sweeps.spec import is_search
 
 
@@ -55,14 +66,23 @@ def _recency(record) -> tuple:
     return record.updated_at, max(sessions, default="")
 
 
-def plan_resume(spec, run_dir: Path, restart_errored: bool, checkpoints=None
-                ) -> tuple[list[list[dict]], dict[str, dict], dict, dict]:
+def plan_resume(
+    spec, run_dir: Path, restart_errored: bool, checkpoints=None
+) -> tuple[list[list[dict]], dict[str, dict], dict, dict]:
     """What is left to train: the packs (each a list of points), the ``resume`` map for the
     param space (point key -> trial id and checkpoints), counts for the first line and the
     trial records (for the ledger to go on with). ``checkpoints(record)``: its checkpoint
     folders, newest first (default: local folders under ``run_dir``; URIs for a remote run)."""
-    from lrbs.sweeps.ledger import (ERROR, TERMINATED, last_rows, ledger_from_trial_dirs, member_points, points_done,
-                               read_ledger, resumable_epoch)
+    from lrbs.sweeps.ledger import (
+        ERROR,
+        TERMINATED,
+        last_rows,
+        ledger_from_trial_dirs,
+        member_points,
+        points_done,
+        read_ledger,
+        resumable_epoch,
+    )
     from lrbs.sweeps.packing import plan_packs
     from lrbs.sweeps.spec import expand_points
     from lrbs.trainables.config import point_key
@@ -75,9 +95,11 @@ def plan_resume(spec, run_dir: Path, restart_errored: bool, checkpoints=None
     points = [p for r in records.values() for p in member_points(r.point)] if is_search(spec) else expand_points(spec)
     by_key = {point_key(p): p for p in points}
     if damaged:
-        print(f"[lrbs] {len(damaged)} damaged trial record(s) in {run_dir / 'trials'} "
-              f"({', '.join(sorted(damaged)[:3])}): rebuilt from the trial folders and the metric rows",
-              file=sys.stderr)
+        print(
+            f"[lrbs] {len(damaged)} damaged trial record(s) in {run_dir / 'trials'} "
+            f"({', '.join(sorted(damaged)[:3])}): rebuilt from the trial folders and the metric rows",
+            file=sys.stderr,
+        )
     rows = last_rows(run_dir)
     done = points_done(run_dir, rows)
     started: set[str] = set()
@@ -88,8 +110,10 @@ def plan_resume(spec, run_dir: Path, restart_errored: bool, checkpoints=None
         keys = [point_key(p) for p in member_points(record.point)]
         unknown = [k for k in keys if k not in by_key]
         if unknown:
-            raise LrbsError(f"RUN_DIR: trial {record.trial_id} ({run_dir / 'trials'}) trains a point that "
-                            f"{run_dir / SPEC_COPY} does not have; refusing to resume a mixed-up run directory")
+            raise LrbsError(
+                f"RUN_DIR: trial {record.trial_id} ({run_dir / 'trials'}) trains a point that "
+                f"{run_dir / SPEC_COPY} does not have; refusing to resume a mixed-up run directory"
+            )
         if started.intersection(keys):
             continue  # an older attempt of points a later record already covers
         started.update(keys)
@@ -105,10 +129,11 @@ def plan_resume(spec, run_dir: Path, restart_errored: bool, checkpoints=None
         if record.status == ERROR and restart_errored:
             counts["restarted"] += len(keys)
             continue
-        resume[point_key(record.point)] = {"trial_id": record.trial_id,
-                                           "checkpoints": (checkpoints(record) if checkpoints else
-                                                           [str(p) for p in record.checkpoints(run_dir)]),
-                                           "max_epoch": resumable_epoch(record, rows)}
+        resume[point_key(record.point)] = {
+            "trial_id": record.trial_id,
+            "checkpoints": (checkpoints(record) if checkpoints else [str(p) for p in record.checkpoints(run_dir)]),
+            "max_epoch": resumable_epoch(record, rows),
+        }
         counts["continued"] += len(keys)
     fresh = [p for k, p in by_key.items() if k not in started and k not in done]
     counts["done"] += sum(k in done and k not in started for k in by_key)
@@ -118,10 +143,16 @@ def plan_resume(spec, run_dir: Path, restart_errored: bool, checkpoints=None
     return packs, resume, counts, records
 
 
-def resume_sweep(run_dir: str | Path, restart_errored: bool = False, address: str | None = None,
-                 out: TextIO | None = None, outcome: dict | None = None,
-                 upload_interval_s: float | None = None, track: list[str] | None = None,
-                 trust_code: bool = False) -> Path:
+def resume_sweep(
+    run_dir: str | Path,
+    restart_errored: bool = False,
+    address: str | None = None,
+    out: TextIO | None = None,
+    outcome: dict | None = None,
+    upload_interval_s: float | None = None,
+    track: list[str] | None = None,
+    trust_code: bool = False,
+) -> Path:
     """Finish the sweep in ``run_dir``. Finished trials are left alone; unfinished ones continue
     from their last checkpoint that loads; errored ones too, or from scratch with ``restart_errored``.
     A spec naming user code (``package.module:factory``) is refused unless ``trust_code``
@@ -189,7 +220,9 @@ def _checked_spec(local: Path, remote, track: list[str] | None, trust_code: bool
     where = f"{remote.where if remote is not None else local}/{SPEC_COPY}"
     require_trust(spec_code_names(local / SPEC_COPY), where, "resume", trust_code)
     restore_plugin_folders(local)  # user modules: found where `lrbs run` found them
-    spec = with_tracks(load_spec(local / SPEC_COPY, probe_check=False), track)  # the spec's trackers, and --track's for this session
+    spec = with_tracks(
+        load_spec(local / SPEC_COPY, probe_check=False), track
+    )  # the spec's trackers, and --track's for this session
     name = remote.name if remote is not None else local.name
     if spec.name != name:
         where = remote.where if remote is not None else str(local)
@@ -203,8 +236,17 @@ def _checked_spec(local: Path, remote, track: list[str] | None, trust_code: bool
     return spec, build_trackers(spec.tracking, spec.name, tracking_root)
 
 
-def _resume_locked(spec, trackers: list, local: Path, remote, restart_errored: bool, address: str | None,
-                   out: TextIO, outcome: dict | None, upload_interval_s: float | None) -> None:
+def _resume_locked(
+    spec,
+    trackers: list,
+    local: Path,
+    remote,
+    restart_errored: bool,
+    address: str | None,
+    out: TextIO,
+    outcome: dict | None,
+    upload_interval_s: float | None,
+) -> None:
     from ray import tune
 
     from lrbs.sweeps.compaction import compact_earlier_sessions
@@ -236,9 +278,13 @@ def _resume_locked(spec, trackers: list, local: Path, remote, restart_errored: b
         # Under the lock no earlier driver is alive: the streams a killed one left are compacted
         # now (it never got to its own end-of-session compaction).
         compacted = compact_earlier_sessions(local / METRIC_DIR)
-    print(f"[lrbs] resume {spec.name}: {counts['done']} trials done; {counts['continued']} continue from "
-          f"checkpoints, {counts['restarted']} restart from scratch, {counts['new']} never started "
-          f"({len(packs)} packs) -> {where}", file=out, flush=True)
+    print(
+        f"[lrbs] resume {spec.name}: {counts['done']} trials done; {counts['continued']} continue from "
+        f"checkpoints, {counts['restarted']} restart from scratch, {counts['new']} never started "
+        f"({len(packs)} packs) -> {where}",
+        file=out,
+        flush=True,
+    )
     if n_left:
         if address is None:
             wait_for_resources(spec, embedded=True, out=out, ray_started=False)
@@ -246,23 +292,36 @@ def _resume_locked(spec, trackers: list, local: Path, remote, restart_errored: b
         tag = f"resume-{session_tag()}"  # this session's Ray experiment, inside RUN_DIR
         plan = local / tag / "lrbs-resume-plan.json"  # the trials read their entry from it
         sink = ArrowMetricsSink(local / METRIC_DIR)
-        callbacks = [sink, TrialLedger(local, records, trial_root=remote.path() if remote is not None else None),
-                     TrackingCallback(trackers)]
+        callbacks = [
+            sink,
+            TrialLedger(local, records, trial_root=remote.path() if remote is not None else None),
+            TrackingCallback(trackers),
+        ]
         storage: dict = {"storage_path": str(local)}
         plan_ref = str(plan)
         if remote is not None:
             plan_ref = remote.uri_of(remote.path(tag, plan.name))  # trials on any node read it there
-            uploader = MetricsUploader(local / METRIC_DIR, remote.target.fs, remote.path(METRIC_DIR),
-                                       DEFAULT_UPLOAD_INTERVAL_S if upload_interval_s is None else upload_interval_s,
-                                       also=[(local / LEDGER_DIR, remote.path(LEDGER_DIR), "*.json")])
+            uploader = MetricsUploader(
+                local / METRIC_DIR,
+                remote.target.fs,
+                remote.path(METRIC_DIR),
+                DEFAULT_UPLOAD_INTERVAL_S if upload_interval_s is None else upload_interval_s,
+                also=[(local / LEDGER_DIR, remote.path(LEDGER_DIR), "*.json")],
+            )
             uploader.mark_sent()  # the mirrored files are the remote's already (not the ones compacted here)
             for path in compacted:
                 uploader.sent.pop(path.name, None)
             callbacks.append(uploader)
             storage = {"storage_path": remote.target.path, "storage_filesystem": remote.target.fs}
-        callbacks.append(ProgressPrinter(n_left, n_left * spec.train.epochs,
-                                         unit="GPU" if spec.resources.gpu > 0 else "CPU", out=out,
-                                         at_most=is_search(spec)))
+        callbacks.append(
+            ProgressPrinter(
+                n_left,
+                n_left * spec.train.epochs,
+                unit="GPU" if spec.resources.gpu > 0 else "CPU",
+                out=out,
+                at_most=is_search(spec),
+            )
+        )
         try:
             init_ray(address, plugin_runtime_env(spec))
             wait_for_resources(spec, embedded=address is None, out=out)
@@ -286,8 +345,9 @@ def _resume_locked(spec, trackers: list, local: Path, remote, restart_errored: b
                 tune.with_resources(train_trial, trial_resources(spec)),
                 param_space=to_param_space(spec, code_version(), packs=packs, resume=plan_ref),
                 tune_config=tune.TuneConfig(**tune_settings(spec, out, **searcher)),
-                run_config=tune.RunConfig(name=tag, callbacks=callbacks, **storage,
-                                          **resilience_settings(spec), verbose=0),
+                run_config=tune.RunConfig(
+                    name=tag, callbacks=callbacks, **storage, **resilience_settings(spec), verbose=0
+                ),
             )
             fitted = False
             try:

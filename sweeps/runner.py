@@ -1,4 +1,5 @@
 """Turn a validated spec into a Ray Tune run: ``tune.Tuner`` over the trial points."""
+
 from __future__ import annotations
 
 import contextlib
@@ -41,8 +42,9 @@ def free_run_dir(spec: SweepSpec, storage: str | None) -> Path:
     """``<storage>/<name>/`` if it can be created; LrbsError if storage is a file or it exists."""
     run_dir = storage_root(storage) / spec.name
     if run_dir.exists():
-        raise LrbsError(f"run directory {run_dir} already exists: pick another name or --storage "
-                        f"(nothing was changed there)")
+        raise LrbsError(
+            f"run directory {run_dir} already exists: pick another name or --storage (nothing was changed there)"
+        )
     return run_dir
 
 
@@ -142,14 +144,21 @@ def provenance(spec: SweepSpec, address: str | None) -> dict:
 
         device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "GPU (not visible to the driver)"
     cost = estimate_cost(spec)
-    return {"code_version": code_version(), "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "python": platform.python_version(), "platform": platform.platform(), "cpu": _cpu_model(),
-            "driver_device": device, "ray_address": address or "embedded local Ray",
-            "resources_per_trial": {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
-            "packages": packages,
-            "estimate": {"device_hours": cost.device_hours, "device": cost.device, "total_pflop": cost.total_pflop},
-            "points": cost.trials, "epochs": spec.train.epochs,
-            **({"beta_search": True, "points": search_settings(spec).budget} if is_search(spec) else {})}
+    return {
+        "code_version": code_version(),
+        "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "driver_device": device,
+        "ray_address": address or "embedded local Ray",
+        "resources_per_trial": {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+        "packages": packages,
+        "estimate": {"device_hours": cost.device_hours, "device": cost.device, "total_pflop": cost.total_pflop},
+        "points": cost.trials,
+        "epochs": spec.train.epochs,
+        **({"beta_search": True, "points": search_settings(spec).budget} if is_search(spec) else {}),
+    }
 
 
 def _cpu_model() -> str:
@@ -180,8 +189,7 @@ def init_ray(address: str | None, runtime_env: dict | None = None) -> None:
         # An embedded local cluster, on loopback only and with token auth (issue 13).
         # address="local": a new cluster even when another one runs on this machine.
         with loopback_only(), token_auth():
-            ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False,
-                     **extra)
+            ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False, **extra)
 
 
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -236,8 +244,11 @@ def node_capacity() -> list[dict[str, float]]:
     """CPUs and GPUs of each live node of the connected Ray cluster."""
     import ray
 
-    return [{"cpu": float(n["Resources"].get("CPU", 0)), "gpu": float(n["Resources"].get("GPU", 0))}
-            for n in ray.nodes() if n.get("Alive")]
+    return [
+        {"cpu": float(n["Resources"].get("CPU", 0)), "gpu": float(n["Resources"].get("GPU", 0))}
+        for n in ray.nodes()
+        if n.get("Alive")
+    ]
 
 
 def _fits(need: dict[str, float], nodes: list[dict[str, float]]) -> bool:
@@ -251,8 +262,9 @@ def local_capacity() -> dict[str, float]:
     return {"cpu": float(os.cpu_count() or 1), "gpu": float(torch.cuda.device_count())}
 
 
-def wait_for_resources(spec: SweepSpec, embedded: bool, out: TextIO, poll_s: float = 5.0,
-                       ray_started: bool = True) -> None:
+def wait_for_resources(
+    spec: SweepSpec, embedded: bool, out: TextIO, poll_s: float = 5.0, ray_started: bool = True
+) -> None:
     """One trial's resources must fit on some node, or no trial would ever start (Tune waits
     forever, warning every minute). The embedded cluster is this machine: refused at once. A
     cluster (``--address``) may grow (an autoscaler): wait up to ``limits.resource_wait_s``.
@@ -264,41 +276,53 @@ def wait_for_resources(spec: SweepSpec, embedded: bool, out: TextIO, poll_s: flo
     have = ", ".join(f"{n['cpu']:g} CPU / {n['gpu']:g} GPU" for n in nodes) or "no live nodes"
     ask = f"{need['cpu']:g} CPU / {need['gpu']:g} GPU"
     if embedded:
-        raise LrbsError(f"resources: a trial asks for {ask} but this machine has {have}; lower resources.cpu "
-                        f"or resources.gpu, or run on a cluster with --address")
+        raise LrbsError(
+            f"resources: a trial asks for {ask} but this machine has {have}; lower resources.cpu "
+            f"or resources.gpu, or run on a cluster with --address"
+        )
     wait = spec.limits.resource_wait_s
-    print(f"[lrbs] waiting up to {wait:g} s (limits.resource_wait_s) for a node with {ask}; the cluster has: {have}",
-          file=out, flush=True)
+    print(
+        f"[lrbs] waiting up to {wait:g} s (limits.resource_wait_s) for a node with {ask}; the cluster has: {have}",
+        file=out,
+        flush=True,
+    )
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
         if _fits(need, node_capacity()):
             return
-    raise LrbsError(f"resources: no node of the cluster can hold a trial ({ask}) after {wait:g} s; nodes: {have}; "
-                    f"lower resources.cpu or resources.gpu, or raise limits.resource_wait_s")
+    raise LrbsError(
+        f"resources: no node of the cluster can hold a trial ({ask}) after {wait:g} s; nodes: {have}; "
+        f"lower resources.cpu or resources.gpu, or raise limits.resource_wait_s"
+    )
 
 
 def resilience_settings(spec: SweepSpec) -> dict:
     """RunConfig fields from ``spec.resilience`` (shared by ``lrbs run`` and ``lrbs resume``)."""
     from ray import tune
 
-    return {"failure_config": tune.FailureConfig(max_failures=spec.resilience.max_failures),
-            "checkpoint_config": tune.CheckpointConfig(num_to_keep=spec.resilience.keep_checkpoints)}
+    return {
+        "failure_config": tune.FailureConfig(max_failures=spec.resilience.max_failures),
+        "checkpoint_config": tune.CheckpointConfig(num_to_keep=spec.resilience.keep_checkpoints),
+    }
 
 
 EXIT_TRIALS_ERRORED = 3  # `lrbs run`/`resume`: the sweep ran, but some trials ended in ERROR
 
 
-def print_outcome(spec: SweepSpec, run_dir: Path, metrics_where: str, out: TextIO,
-                  outcome: dict | None = None) -> None:
+def print_outcome(spec: SweepSpec, run_dir: Path, metrics_where: str, out: TextIO, outcome: dict | None = None) -> None:
     """Counts are of points (a pack counts once per member), from lrbs's own files (rows and
     trial records, ``lrbs.sweeps.ledger.sweep_outcome``); ``outcome`` gets them."""
     from lrbs.sweeps.ledger import sweep_outcome
 
     counts = sweep_outcome(run_dir, run_points(spec, run_dir))
     extra = f", {counts['unfinished']} unfinished" if counts["unfinished"] else ""
-    print(f"[lrbs] sweep {spec.name} ended: {counts['finished']} trials finished, {counts['errored']} errored{extra}; "
-          f"metrics in {metrics_where}", file=out, flush=True)
+    print(
+        f"[lrbs] sweep {spec.name} ended: {counts['finished']} trials finished, {counts['errored']} errored{extra}; "
+        f"metrics in {metrics_where}",
+        file=out,
+        flush=True,
+    )
     if outcome is not None:
         outcome.update(counts)
 
@@ -337,8 +361,12 @@ def tune_settings(spec: SweepSpec, out: TextIO, **searcher) -> dict:
     # per size at once, each in ceil(seeds / pack size) packs.
     n_sizes = len(spec.beta.n_train) or 1
     packs_per_point = math.ceil(search_settings(spec).max_seeds / max(1, pack_cap(spec)))
-    return {"num_samples": -1, "reuse_actors": True, "search_alg": BetaSearcher(spec, out=out, **searcher),
-            "max_concurrent_trials": 2 * n_sizes * packs_per_point}
+    return {
+        "num_samples": -1,
+        "reuse_actors": True,
+        "search_alg": BetaSearcher(spec, out=out, **searcher),
+        "max_concurrent_trials": 2 * n_sizes * packs_per_point,
+    }
 
 
 def fit(tuner, run_dir: Path, raylog=None) -> None:
@@ -379,11 +407,14 @@ def stopped_error(exc: BaseException, run_dir: Path) -> SweepStopped:
         where = ""
     resume = resume_command(run_dir)
     if why:
-        return SweepStopped(f"sweep stopped: {run_dir}: {why}; the rows written so far are intact: "
-                            f"make room, then {resume}{where}")
+        return SweepStopped(
+            f"sweep stopped: {run_dir}: {why}; the rows written so far are intact: make room, then {resume}{where}"
+        )
     first = (str(exc).strip().splitlines() or [""])[0][:200]
-    return SweepStopped(f"sweep stopped: Ray failed ({type(exc).__name__}: {first}); the rows written so far are "
-                        f"intact: {resume} continues it{where}")
+    return SweepStopped(
+        f"sweep stopped: Ray failed ({type(exc).__name__}: {first}); the rows written so far are "
+        f"intact: {resume} continues it{where}"
+    )
 
 
 def preflight_model(spec: SweepSpec):
@@ -422,9 +453,17 @@ def tracking_dir(target, name: str) -> Path:
     return fetched_dir(RemoteRun(target._replace(path=_join(target.path, name))), "local")
 
 
-def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None = None,
-              out: TextIO | None = None, *, storage_filesystem=None,
-              upload_interval_s: float | None = None, times=None, outcome: dict | None = None) -> Path:
+def run_sweep(
+    spec: SweepSpec,
+    storage: str | None = None,
+    address: str | None = None,
+    out: TextIO | None = None,
+    *,
+    storage_filesystem=None,
+    upload_interval_s: float | None = None,
+    times=None,
+    outcome: dict | None = None,
+) -> Path:
     """Run every trial of ``spec``; returns the (local) run directory.
 
     ``storage`` may be a URI (``s3://``, ``gs://``, ``file://``) or, with ``storage_filesystem``
@@ -438,14 +477,13 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
 
     from lrbs.sweeps.lock import RunLock
     from lrbs.sweeps.metrics_sink import ArrowMetricsSink, TrackingCallback, TrialLedger
-    from lrbs.sweeps.progress import ProgressPrinter
     from lrbs.sweeps.packing import plan_packs
+    from lrbs.sweeps.progress import ProgressPrinter
     from lrbs.sweeps.spec import expand_points, is_search, search_settings
     from lrbs.sweeps.storage import prepare_placement, resolve_storage
+    from lrbs.sweeps.tracking import build_trackers
     from lrbs.sweeps.version import code_version
     from lrbs.trainables.train_loop import train_trial
-
-    from lrbs.sweeps.tracking import build_trackers
 
     target = resolve_storage(storage, storage_filesystem)
     if target.is_local:
@@ -486,16 +524,30 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
         if is_search(spec):
             settings = search_settings(spec)
             n_trials = settings.budget  # at most
-            print(f"[lrbs] sweep {spec.name}: beta search over {len(settings.betas)} betas "
-                  f"(1 to {settings.betas[-1]:g}, x{spec.beta.search.resolution:.4g}) at "
-                  f"{len(spec.beta.n_train) or 1} training-set size(s), at most {n_trials} trials -> {place.where} "
-                  f"(Ray's log: {log_path})", file=out, flush=True)
+            print(
+                f"[lrbs] sweep {spec.name}: beta search over {len(settings.betas)} betas "
+                f"(1 to {settings.betas[-1]:g}, x{spec.beta.search.resolution:.4g}) at "
+                f"{len(spec.beta.n_train) or 1} training-set size(s), at most {n_trials} trials -> {place.where} "
+                f"(Ray's log: {log_path})",
+                file=out,
+                flush=True,
+            )
         else:
             n_trials, n_packs = len(expand_points(spec)), len(plan_packs(spec))
-            print(f"[lrbs] sweep {spec.name}: {n_trials} trials in {n_packs} packs -> {place.where} "
-                  f"(Ray's log: {log_path})", file=out, flush=True)
-        printer = ProgressPrinter(n_trials, n_trials * spec.train.epochs, info["estimate"]["device_hours"],
-                                  "GPU" if spec.resources.gpu > 0 else "CPU", out=out, at_most=is_search(spec))
+            print(
+                f"[lrbs] sweep {spec.name}: {n_trials} trials in {n_packs} packs -> {place.where} "
+                f"(Ray's log: {log_path})",
+                file=out,
+                flush=True,
+            )
+        printer = ProgressPrinter(
+            n_trials,
+            n_trials * spec.train.epochs,
+            info["estimate"]["device_hours"],
+            "GPU" if spec.resources.gpu > 0 else "CPU",
+            out=out,
+            at_most=is_search(spec),
+        )
         tuner = tune.Tuner(
             tune.with_resources(train_trial, trial_resources(spec)),
             param_space=to_param_space(spec, code_version()),
@@ -503,9 +555,13 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
             run_config=tune.RunConfig(
                 name=spec.name,
                 **place.tune_kwargs,
-                callbacks=[ArrowMetricsSink(place.metrics_dir), TrialLedger(run_dir, trial_root=place.trial_root),
-                           *place.callbacks, TrackingCallback(build_trackers(spec.tracking, spec.name, tracking_root)),
-                           printer],
+                callbacks=[
+                    ArrowMetricsSink(place.metrics_dir),
+                    TrialLedger(run_dir, trial_root=place.trial_root),
+                    *place.callbacks,
+                    TrackingCallback(build_trackers(spec.tracking, spec.name, tracking_root)),
+                    printer,
+                ],
                 **resilience_settings(spec),
                 verbose=0,
             ),

@@ -18,6 +18,7 @@ constant schedule) is marked by the editor and passed by ``lrbs validate``.
 Descriptions come from each dataclass's docstring and the comments on its fields (the lines
 right above a field and the comment at the end of its line).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,11 @@ CHOICES: dict[tuple[type, str], tuple[str, ...]] = {
     (ScheduleConfig, "wave"): WAVES,
     (ScheduleConfig, "start"): STARTS,
     (RescaleConfig, "rules"): RESCALE_RULES,
-    **{(tracker.Options, key): tuple(values) for tracker in TRACKERS.values()
-       for key, values in getattr(tracker, "CHOICES", {}).items()},
+    **{
+        (tracker.Options, key): tuple(values)
+        for tracker in TRACKERS.values()
+        for key, values in getattr(tracker, "CHOICES", {}).items()
+    },
 }
 # Dataclasses read without the spec's type check (schedule_from_dict): their lists may be empty.
 EMPTY_LISTS_ALLOWED = (ScheduleConfig,)
@@ -81,10 +85,16 @@ def spec_schema() -> dict[str, Any]:
     for key in LEGACY_MODEL_KEYS:  # still read, into model.options
         defs[_name(ModelConfig)]["properties"][key] = {
             "description": f"old spelling of model.options.{key}",
-            "deprecationMessage": f"model.{key}: write it as model.options.{key}"}
+            "deprecationMessage": f"model.{key}: write it as model.options.{key}",
+        }
     doc = (sys.modules[SweepSpec.__module__].__doc__ or "").strip().split("\n\n")[0]
-    return {"$schema": DRAFT, "title": "lrbs sweep spec", "description": _clean(doc), **top,
-            "definitions": dict(sorted(defs.items()))}
+    return {
+        "$schema": DRAFT,
+        "title": "lrbs sweep spec",
+        "description": _clean(doc),
+        **top,
+        "definitions": dict(sorted(defs.items())),
+    }
 
 
 def render() -> str:
@@ -218,9 +228,13 @@ def _tracking(defs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     names, or null (``lrbs.sweeps.spec._tracking_section``)."""
     names = list(TRACKERS)
     by_name = {name: {"anyOf": [_ref(t.Options, defs), {"type": ["boolean", "null"]}]} for name, t in TRACKERS.items()}
-    return {"anyOf": [{"type": "object", "properties": by_name, "additionalProperties": False},
-                      {"type": "array", "items": {"type": "string", "enum": names}},
-                      {"type": "null"}]}
+    return {
+        "anyOf": [
+            {"type": "object", "properties": by_name, "additionalProperties": False},
+            {"type": "array", "items": {"type": "string", "enum": names}},
+            {"type": "null"},
+        ]
+    }
 
 
 def _registry_options(defs: dict[str, dict[str, Any]], section: type, registry: dict[str, Any]) -> None:
@@ -267,8 +281,11 @@ def field_comments(cls: type) -> dict[str, str]:
     the comment at the end of its line, joined."""
     source, node = _class_source(cls)
     lines = source.splitlines()
-    comments = {tok.start[0]: tok.string.lstrip("#").strip()
-                for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+    comments = {
+        tok.start[0]: tok.string.lstrip("#").strip()
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+        if tok.type == tokenize.COMMENT
+    }
     out = {}
     for stmt in node.body:
         if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
@@ -290,8 +307,9 @@ def _clean(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lrbs.sweeps.schema",
-                                     description="Print the JSON Schema of a sweep spec (from its dataclasses).")
+    parser = argparse.ArgumentParser(
+        prog="python -m lrbs.sweeps.schema", description="Print the JSON Schema of a sweep spec (from its dataclasses)."
+    )
     parser.add_argument("--path", action="store_true", help="print where the installed package's schema file is")
     args = parser.parse_args(argv)
     sys.stdout.write(f"{shipped_path()}\n" if args.path else render())

@@ -4,6 +4,7 @@ A spec is data (as in AlgoPerf and init2winit): every axis is written out, and o
 function (``expand_points``) turns it into the trials. Unknown keys and impossible values are
 rejected with one line naming the field, before anything is launched.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,13 +37,13 @@ class SpecError(LrbsError):
     def __init__(self, message: str):
         message = " ".join(str(message).split("\n"))
         if len(message) > self.MAX_ERROR:
-            message = message[:self.MAX_ERROR - 30] + f"... ({len(message)} characters)"
+            message = message[: self.MAX_ERROR - 30] + f"... ({len(message)} characters)"
         super().__init__(message)
 
 
 # YAML limits: a spec is a page of text; these only stop inputs built to exhaust the machine.
 MAX_SPEC_BYTES = 1_000_000
-MAX_YAML_NODES = 100_000   # nodes after expanding aliases (a 496-byte alias bomb expands to ~10^9)
+MAX_YAML_NODES = 100_000  # nodes after expanding aliases (a 496-byte alias bomb expands to ~10^9)
 
 
 class _SpecLoader(yaml.SafeLoader):
@@ -55,8 +56,7 @@ class _SpecLoader(yaml.SafeLoader):
                 continue  # complex keys: the spec's checks refuse them by name
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {_short(key)}",
-                                                        key_node.start_mark)
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {_short(key)}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
 
@@ -114,8 +114,9 @@ def parse_yaml(text: str) -> Any:
         if node is None:
             return None
         if _expanded_size(node, {}) > MAX_YAML_NODES:
-            raise SpecError(f"malformed YAML: more than {MAX_YAML_NODES:,} values once aliases are expanded "
-                            f"(an alias bomb?)")
+            raise SpecError(
+                f"malformed YAML: more than {MAX_YAML_NODES:,} values once aliases are expanded (an alias bomb?)"
+            )
         return loader.construct_document(node)
     finally:
         loader.dispose()
@@ -123,8 +124,8 @@ def parse_yaml(text: str) -> Any:
 
 @dataclass(frozen=True)
 class ResourcesConfig:
-    cpu: float = 1.0   # Ray CPUs per trial (fractions allowed); also the trial's torch threads
-    gpu: float = 0.0   # Ray GPUs per trial (fractions let several small trials share a card)
+    cpu: float = 1.0  # Ray CPUs per trial (fractions allowed); also the trial's torch threads
+    gpu: float = 0.0  # Ray GPUs per trial (fractions let several small trials share a card)
 
 
 @dataclass(frozen=True)
@@ -132,9 +133,10 @@ class LimitsConfig:
     """Sizes ``lrbs validate`` (and ``run``) checks before anything starts (docs/resilience.md).
     Each guards against a typo that would otherwise hang or exhaust a machine; raise one when the
     sweep really is that big."""
-    max_points: int = 10_000             # trial points in the sweep (grid size)
-    max_params: int = 2_000_000_000      # parameters of one model
-    max_epochs: int = 100_000            # train.epochs (the cost and memory estimates walk every epoch)
+
+    max_points: int = 10_000  # trial points in the sweep (grid size)
+    max_params: int = 2_000_000_000  # parameters of one model
+    max_epochs: int = 100_000  # train.epochs (the cost and memory estimates walk every epoch)
     # Memory one trial may use, GB: the model's state (weights, gradients, momentum) per pack
     # member, activations at the largest batch and the data set on the device. null: this
     # machine's RAM for CPU trials, this machine's GPU memory (times resources.gpu) for GPU trials
@@ -149,6 +151,7 @@ class LimitsConfig:
 class ReportConfig:
     """``report:``: settings of the analysis (``lrbs report``) that travel with every trial's config
     (the trial table's ``cfg.report.*`` columns); training never reads them."""
+
     # A trial counts as converged, and enters the sharpness, Eq. 7 and collapse fits, when its
     # final eval-mode train accuracy (final_train_eval_acc, a fraction) is >= this; null: no filter.
     converged_train_acc: float | None = DEFAULT_CONVERGED_TRAIN_ACC
@@ -157,6 +160,7 @@ class ReportConfig:
 @dataclass(frozen=True)
 class AxisRange:
     """``{min, max, num, scale}``: ``num`` values from min to max, log- or linearly spaced."""
+
     min: float
     max: float
     num: int
@@ -165,13 +169,13 @@ class AxisRange:
 
 @dataclass(frozen=True)
 class ResilienceConfig:
-    max_failures: int = 3          # restarts of a trial whose worker died (from its last checkpoint)
+    max_failures: int = 3  # restarts of a trial whose worker died (from its last checkpoint)
     # A checkpoint is saved at the end of an epoch when `checkpoint_every` epochs (if set) or
     # `checkpoint_every_s` seconds (if set) have passed since the last one; always when training
     # stops. Time-based by default, so a sweep of short epochs does not pay a save per epoch.
     checkpoint_every: int | None = None
     checkpoint_every_s: float | None = 30.0
-    keep_checkpoints: int = 2      # checkpoints kept per trial (older ones are deleted)
+    keep_checkpoints: int = 2  # checkpoints kept per trial (older ones are deleted)
     fail_at_epoch: int | None = None  # test hook: each trial raises once at this epoch (trainables/faults.py)
 
 
@@ -182,6 +186,7 @@ class RescaleConfig:
     linear: lr = lr0 * S/S0 (eta/S constant); sqrt: lr = lr0 * sqrt(S/S0) (eta/sqrt(S) constant);
     none: lr = lr0. The reference point itself is one trial per seed, labelled ``reference``.
     """
+
     lr0: float
     batch_size0: int
     batch_sizes: tuple[int, ...]
@@ -193,13 +198,14 @@ class BetaSearchConfig:
     """``beta.search``: find beta* per training-set size adaptively instead of training a fixed
     ladder (``analysis/beta_search.py``): candidates 1, r, r^2, ... (r = ``resolution``) up to
     ``max_beta``; each point starts with ``grid.seed``'s seeds."""
-    max_beta: float | None = None     # None: the largest candidate whose S fits the smallest training set
-    resolution: float = 2 ** 0.5      # the ratio of neighbouring candidates: beta* is bracketed to this factor
+
+    max_beta: float | None = None  # None: the largest candidate whose S fits the smallest training set
+    resolution: float = 2**0.5  # the ratio of neighbouring candidates: beta* is bracketed to this factor
     # seeds a point may grow to where its test is undecided (None: grid.seed's, no added seeds; more
     # than that holds every test to alpha / looks: analysis/beta_search.py)
     max_seeds: int | None = None
-    budget: int | None = None         # trials (points x seeds) over all sizes (None: the fixed ladder's count)
-    undecided_p: float = 0.25         # Holm p in [level, undecided_p): add seeds before calling it "holds"
+    budget: int | None = None  # trials (points x seeds) over all sizes (None: the fixed ladder's count)
+    undecided_p: float = 0.25  # Holm p in [level, undecided_p): add seeds before calling it "holds"
 
 
 @dataclass(frozen=True)
@@ -207,10 +213,11 @@ class BetaConfig:
     """Fig. 5: S = round(S0 * beta), lr = lr0 * S / S0 (= lr0 * beta up to S's rounding, so eta/S is
     exactly lr0/S0 for every member), for each beta, crossed with training-set sizes. ``values``
     (a fixed ladder) or ``search`` (beta* found adaptively), not both."""
+
     lr0: float
     batch_size0: int
     values: tuple[float, ...] = ()
-    n_train: tuple[int, ...] = ()   # empty: dataset.n_train for every trial
+    n_train: tuple[int, ...] = ()  # empty: dataset.n_train for every trial
     search: BetaSearchConfig | None = None
     # accuracy points (x100) a beta's drop from beta = 1 must significantly exceed to count as a
     # breakdown (one-sided Welch of the drop > min_drop; analysis/breakdown.py); None: any drop
@@ -223,6 +230,7 @@ class VariantConfig:
 
     ``schedule`` (optional) replaces the spec's ``schedule`` for this variant only.
     """
+
     label: str
     lr: float
     batch_size: int
@@ -248,10 +256,10 @@ class SweepSpec:
     grid: GridConfig = field(default_factory=GridConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    curvature: CurvatureConfig | None = None     # no probes unless the spec has this section
-    rescale: RescaleConfig | None = None         # replaces grid.lr and grid.batch_size
-    beta: BetaConfig | None = None               # replaces grid.lr and grid.batch_size
-    variants: tuple[VariantConfig, ...] = ()     # named explicit points; replace grid.lr and grid.batch_size
+    curvature: CurvatureConfig | None = None  # no probes unless the spec has this section
+    rescale: RescaleConfig | None = None  # replaces grid.lr and grid.batch_size
+    beta: BetaConfig | None = None  # replaces grid.lr and grid.batch_size
+    variants: tuple[VariantConfig, ...] = ()  # named explicit points; replace grid.lr and grid.batch_size
     resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -323,9 +331,8 @@ def load_spec(path: str | Path, *, local_data: bool = False, probe_check: bool =
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SpecError(f"{path}: malformed YAML{where}: {problem}") from None
-    from lrbs.trainables.plugins import add_search_root
-
     from lrbs.sweeps.estimate import check_limits, check_probes, model_profile
+    from lrbs.trainables.plugins import add_search_root
 
     add_search_root(path.resolve().parent)  # plug-in modules next to the spec (trainables/plugins.py)
     try:
@@ -347,8 +354,13 @@ def load_spec(path: str | Path, *, local_data: bool = False, probe_check: bool =
         raise SpecError(f"{path}: {exc}") from None
 
 
-_FILE_KINDS = {stat.S_ISDIR: "a directory", stat.S_ISFIFO: "a FIFO (named pipe)", stat.S_ISCHR: "a character device",
-               stat.S_ISBLK: "a block device", stat.S_ISSOCK: "a socket"}
+_FILE_KINDS = {
+    stat.S_ISDIR: "a directory",
+    stat.S_ISFIFO: "a FIFO (named pipe)",
+    stat.S_ISCHR: "a character device",
+    stat.S_ISBLK: "a block device",
+    stat.S_ISSOCK: "a socket",
+}
 
 
 def _check_regular(path: Path, info: os.stat_result) -> None:
@@ -418,8 +430,9 @@ def spec_from_dict(data: Any) -> SweepSpec:
             grid = data.get("grid") or {}
             clash = [k for k in ("lr", "batch_size") if isinstance(grid, dict) and k in grid]
             if clash:
-                raise SpecError(f"{key}: conflicts with grid.{clash[0]} ({key} derives lr and batch size; "
-                                f"keep only grid.seed)")
+                raise SpecError(
+                    f"{key}: conflicts with grid.{clash[0]} ({key} derives lr and batch size; keep only grid.seed)"
+                )
     if len(families) > 1:
         raise SpecError(f"{families[1]}: conflicts with {families[0]} (one spec holds one family of points)")
     spec = SweepSpec(**kwargs)
@@ -450,8 +463,10 @@ def _check_pack(train: Any) -> None:
     if not isinstance(train, dict):
         return
     if "replicas" in train:
-        raise SpecError("train.replicas: replaced by train.pack (points trained together in one trial, "
-                        "seeds or any other points; default auto)")
+        raise SpecError(
+            "train.replicas: replaced by train.pack (points trained together in one trial, "
+            "seeds or any other points; default auto)"
+        )
     _check_pack_value(train.get("pack", "auto"))
 
 
@@ -483,7 +498,7 @@ def _short(value: Any, limit: int = 60) -> str:
     if isinstance(value, int) and value.bit_length() > 1000:  # repr of > 4,300 digits raises
         return f"<an integer of {value.bit_length():,} bits>"
     text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_numbers(data: Any, path: str) -> None:
@@ -511,8 +526,9 @@ def _too_large(value: int | _HugeInt, path: str) -> None:
         digits = f"{len(str(abs(value))):,}"
     else:
         digits = f"~{int(value.bit_length() * math.log10(2)):,}"
-    raise SpecError(f"{path}: an integer of {digits} digits is too large (a spec's integers fit in 64 bits: "
-                    f"-2**63..2**63-1)")
+    raise SpecError(
+        f"{path}: an integer of {digits} digits is too large (a spec's integers fit in 64 bits: -2**63..2**63-1)"
+    )
 
 
 def _build_variants(data: Any) -> tuple[VariantConfig, ...]:
@@ -533,10 +549,14 @@ def _build_variants(data: Any) -> tuple[VariantConfig, ...]:
                 schedule = schedule_from_dict(item["schedule"])
             except (ValueError, TypeError) as exc:
                 raise SpecError(f"{path}.{_schedule_message(exc)}") from None
-        out.append(VariantConfig(label=_check_type(item["label"], str, f"{path}.label"),
-                                 lr=_check_type(item["lr"], float, f"{path}.lr"),
-                                 batch_size=_check_type(item["batch_size"], int, f"{path}.batch_size"),
-                                 schedule=schedule))
+        out.append(
+            VariantConfig(
+                label=_check_type(item["label"], str, f"{path}.label"),
+                lr=_check_type(item["lr"], float, f"{path}.lr"),
+                batch_size=_check_type(item["batch_size"], int, f"{path}.batch_size"),
+                schedule=schedule,
+            )
+        )
     labels = [v.label for v in out]
     if len(set(labels)) != len(labels):
         raise SpecError(f"variants: repeated labels {labels}")
@@ -684,13 +704,15 @@ def validate(spec: SweepSpec) -> None:
     if not (res.cpu > 0 and math.isfinite(res.cpu)):
         raise SpecError(f"resources.cpu: must be > 0 (got {res.cpu})")
     if res.cpu < MIN_RESOURCE:
-        raise SpecError(f"resources.cpu: must be >= {MIN_RESOURCE:g}, Ray's smallest unit of a resource "
-                        f"(got {res.cpu:g})")
+        raise SpecError(
+            f"resources.cpu: must be >= {MIN_RESOURCE:g}, Ray's smallest unit of a resource (got {res.cpu:g})"
+        )
     if not (res.gpu >= 0 and math.isfinite(res.gpu)):
         raise SpecError(f"resources.gpu: must be >= 0 (got {res.gpu})")
     if 0 < res.gpu < MIN_RESOURCE:
-        raise SpecError(f"resources.gpu: must be 0 or >= {MIN_RESOURCE:g}, Ray's smallest unit of a resource "
-                        f"(got {res.gpu:g})")
+        raise SpecError(
+            f"resources.gpu: must be 0 or >= {MIN_RESOURCE:g}, Ray's smallest unit of a resource (got {res.gpu:g})"
+        )
     if res.gpu > 1 and res.gpu != int(res.gpu):
         raise SpecError(f"resources.gpu: fractions are only allowed below 1 (got {res.gpu})")
     try:
@@ -701,8 +723,10 @@ def validate(spec: SweepSpec) -> None:
 
             shape = tuple(dataset_entry(ds.name).input_shape(ds))
             if len(shape) != 3:
-                raise SpecError(f"train.augment: {train.augment} crops and flips images (C, H, W); "
-                                f"{ds.name} gives examples of shape {shape}")
+                raise SpecError(
+                    f"train.augment: {train.augment} crops and flips images (C, H, W); "
+                    f"{ds.name} gives examples of shape {shape}"
+                )
     except (DataError, PluginError) as exc:
         raise SpecError(str(exc)) from None
     for i, seed in enumerate(spec.grid.seed):
@@ -727,8 +751,10 @@ def validate(spec: SweepSpec) -> None:
         for key in ("lr", "batch_size"):
             axis = getattr(spec.grid, key)
             if isinstance(axis, AxisRange) and axis.num > spec.limits.max_points:
-                raise SpecError(f"grid.{key}.num: {axis.num:,} values; limits.max_points is "
-                                f"{spec.limits.max_points:,} (raise it if you mean it)")
+                raise SpecError(
+                    f"grid.{key}.num: {axis.num:,} values; limits.max_points is "
+                    f"{spec.limits.max_points:,} (raise it if you mean it)"
+                )
         lrs = axis_values(spec.grid.lr, "grid.lr")
         sizes = axis_values(spec.grid.batch_size, "grid.batch_size")
         for i, lr in enumerate(lrs):
@@ -752,7 +778,9 @@ def validate(spec: SweepSpec) -> None:
         raise SpecError(f"report.converged_train_acc: must be an accuracy in (0, 1] or null (got {converged})")
     r = spec.resilience
     if r.checkpoint_every_s is not None and not (r.checkpoint_every_s > 0 and math.isfinite(r.checkpoint_every_s)):
-        raise SpecError(f"resilience.checkpoint_every_s: must be a number of seconds > 0 or null (got {r.checkpoint_every_s})")
+        raise SpecError(
+            f"resilience.checkpoint_every_s: must be a number of seconds > 0 or null (got {r.checkpoint_every_s})"
+        )
     for key in ("max_failures", "checkpoint_every", "keep_checkpoints"):
         minimum = 0 if key == "max_failures" else 1
         if getattr(r, key) is not None and getattr(r, key) < minimum:
@@ -776,8 +804,10 @@ def _check_trained_lrs(spec: SweepSpec) -> None:
     family = "rescale" if spec.rescale is not None else "beta" if spec.beta is not None else None
     for p in points:
         if family and not (p["lr"] > 0 and math.isfinite(p["lr"])):
-            raise SpecError(f"{family}.lr0: the point at S = {p['batch_size']} would train at lr = {p['lr']} "
-                            f"(lr0 x S/S0 is not a positive finite float)")
+            raise SpecError(
+                f"{family}.lr0: the point at S = {p['batch_size']} would train at lr = {p['lr']} "
+                f"(lr0 x S/S0 is not a positive finite float)"
+            )
     shared = [p["lr"] for p in points if "schedule" not in p]
     if shared:
         _check_step_peak(spec.schedule, max(shared), spec.train.epochs, "schedule")
@@ -799,8 +829,10 @@ def _check_step_peak(schedule: ScheduleConfig, lr: float, epochs: int, where: st
     k = sum(m <= last for m in schedule.milestones) if schedule.milestones else last // schedule.every
     grow = k * math.log10(schedule.factor)  # log10(factor^k)
     if max(grow, math.log10(lr) + grow) >= _LOG10_FLOAT_MAX:
-        raise SpecError(f"{where}.factor: lr {lr:g} x {schedule.factor:g}^{k} (its {k} steps within "
-                        f"{epochs} epochs) overflows a float to inf")
+        raise SpecError(
+            f"{where}.factor: lr {lr:g} x {schedule.factor:g}^{k} (its {k} steps within "
+            f"{epochs} epochs) overflows a float to inf"
+        )
 
 
 def count_points(spec: SweepSpec) -> int:
@@ -815,8 +847,7 @@ def count_points(spec: SweepSpec) -> int:
         if spec.beta.search is not None:  # the budget: at most this many (the ladder's count by default)
             return search_settings(spec).budget
         return seeds * len(spec.beta.values) * max(1, len(spec.beta.n_train))
-    return (seeds * len(axis_values(spec.grid.lr, "grid.lr"))
-            * len(axis_values(spec.grid.batch_size, "grid.batch_size")))
+    return seeds * len(axis_values(spec.grid.lr, "grid.lr")) * len(axis_values(spec.grid.batch_size, "grid.batch_size"))
 
 
 def _validate_limits(spec: SweepSpec) -> None:
@@ -825,16 +856,19 @@ def _validate_limits(spec: SweepSpec) -> None:
         if getattr(lim, key) < 1:
             raise SpecError(f"limits.{key}: must be >= 1 (got {getattr(lim, key)})")
     if spec.train.epochs > lim.max_epochs:
-        raise SpecError(f"train.epochs: {spec.train.epochs:,} epochs; limits.max_epochs is {lim.max_epochs:,} "
-                        f"(raise it if you mean it)")
+        raise SpecError(
+            f"train.epochs: {spec.train.epochs:,} epochs; limits.max_epochs is {lim.max_epochs:,} "
+            f"(raise it if you mean it)"
+        )
     if lim.memory_gb is not None and not (lim.memory_gb > 0 and math.isfinite(lim.memory_gb)):
         raise SpecError(f"limits.memory_gb: must be a number of GB > 0 or null (got {lim.memory_gb})")
     if not (lim.resource_wait_s >= 0 and math.isfinite(lim.resource_wait_s)):
         raise SpecError(f"limits.resource_wait_s: must be a number of seconds >= 0 (got {lim.resource_wait_s})")
     n = count_points(spec)
     if n > lim.max_points:
-        raise SpecError(f"grid: the sweep has {n:,} trial points; limits.max_points is {lim.max_points:,} "
-                        f"(raise it if you mean it)")
+        raise SpecError(
+            f"grid: the sweep has {n:,} trial points; limits.max_points is {lim.max_points:,} (raise it if you mean it)"
+        )
 
 
 def _validate_plugin_options(spec: SweepSpec) -> None:
@@ -931,15 +965,19 @@ def _validate_beta(spec: SweepSpec, n_train: int) -> None:
     same_size: dict[int, int] = {}
     for i, value in enumerate(b.values):
         if not b.batch_size0 * value <= MAX_INT:  # too large to round to an integer S
-            raise SpecError(f"beta.values[{i}]: S = {b.batch_size0} x {value:g} is larger than the training set "
-                            f"({smallest} examples)")
+            raise SpecError(
+                f"beta.values[{i}]: S = {b.batch_size0} x {value:g} is larger than the training set "
+                f"({smallest} examples)"
+            )
         size = beta_size(b, value)
         _check_batch_size(size, smallest, f"beta.values[{i}]")
         # Betas that round to the same S are one (lr, S) point twice under two labels.
         if size in same_size:
             j = same_size[size]
-            raise SpecError(f"beta.values[{i}]: beta {value:g} and beta.values[{j}] ({b.values[j]:g}) both round "
-                            f"to S = {size} (batch_size0 = {b.batch_size0}); keep one")
+            raise SpecError(
+                f"beta.values[{i}]: beta {value:g} and beta.values[{j}] ({b.values[j]:g}) both round "
+                f"to S = {size} (batch_size0 = {b.batch_size0}); keep one"
+            )
         same_size[size] = i
     if b.search is not None:
         _validate_beta_search(spec, smallest)
@@ -952,46 +990,64 @@ def _validate_beta_search(spec: SweepSpec, smallest: int) -> None:
     """``beta.search``: its knobs, then what the search needs to bracket beta* at all."""
     b, q = spec.beta, spec.beta.search
     if b.batch_size0 > smallest:
-        raise SpecError(f"beta.batch_size0: {b.batch_size0} is larger than the smallest training set ({smallest} "
-                        f"examples): the search would have no beta = 1 reference")
+        raise SpecError(
+            f"beta.batch_size0: {b.batch_size0} is larger than the smallest training set ({smallest} "
+            f"examples): the search would have no beta = 1 reference"
+        )
     if not (q.resolution > 1 and math.isfinite(q.resolution)):
         raise SpecError(f"beta.search.resolution: must be a factor > 1 (got {q.resolution})")
     if q.max_beta is not None and not (q.max_beta >= q.resolution and math.isfinite(q.max_beta)):
-        raise SpecError(f"beta.search.max_beta: must be >= the resolution {q.resolution:g} (got {q.max_beta}): "
-                        f"the search needs a beta above the reference beta = 1")
+        raise SpecError(
+            f"beta.search.max_beta: must be >= the resolution {q.resolution:g} (got {q.max_beta}): "
+            f"the search needs a beta above the reference beta = 1"
+        )
     if q.max_beta is not None and b.batch_size0 * q.max_beta > 1e12:
-        raise SpecError(f"beta.search.max_beta: beta = {q.max_beta:g} means S = {b.batch_size0} x {q.max_beta:g}, "
-                        f"larger than the smallest training set ({smallest} examples)")
+        raise SpecError(
+            f"beta.search.max_beta: beta = {q.max_beta:g} means S = {b.batch_size0} x {q.max_beta:g}, "
+            f"larger than the smallest training set ({smallest} examples)"
+        )
     top = q.max_beta if q.max_beta is not None else smallest / b.batch_size0 + 1
     n_candidates = math.floor(math.log(max(top, 1.0)) / math.log(q.resolution)) + 1
     if n_candidates > MAX_SEARCH_CANDIDATES:
-        raise SpecError(f"beta.search.resolution: x{q.resolution:g} up to beta {top:g} is {n_candidates:,} candidates "
-                        f"(at most {MAX_SEARCH_CANDIDATES:,}; a coarser resolution or a smaller max_beta)")
+        raise SpecError(
+            f"beta.search.resolution: x{q.resolution:g} up to beta {top:g} is {n_candidates:,} candidates "
+            f"(at most {MAX_SEARCH_CANDIDATES:,}; a coarser resolution or a smaller max_beta)"
+        )
     if q.max_beta is not None and beta_size(b, q.max_beta) > smallest:
-        raise SpecError(f"beta.search.max_beta: beta = {q.max_beta:g} means S = {beta_size(b, q.max_beta)}, larger "
-                        f"than the smallest training set ({smallest} examples)")
+        raise SpecError(
+            f"beta.search.max_beta: beta = {q.max_beta:g} means S = {beta_size(b, q.max_beta)}, larger "
+            f"than the smallest training set ({smallest} examples)"
+        )
     elif beta_size(b, q.resolution) > smallest:
-        raise SpecError(f"beta.search.max_beta: even beta = {q.resolution:g} (S = {beta_size(b, q.resolution)}) "
-                        f"exceeds the smallest training set ({smallest} examples)")
+        raise SpecError(
+            f"beta.search.max_beta: even beta = {q.resolution:g} (S = {beta_size(b, q.resolution)}) "
+            f"exceeds the smallest training set ({smallest} examples)"
+        )
     betas = search_ladder(spec)
     sizes = [beta_size(b, beta) for beta in betas]
     same = next((i for i in range(1, len(sizes)) if sizes[i] == sizes[i - 1]), None)
     if same is not None:
-        raise SpecError(f"beta.search.resolution: beta {betas[same - 1]:g} and {betas[same]:g} both round to "
-                        f"S = {sizes[same]} (batch_size0 = {b.batch_size0}); use a larger batch_size0 or resolution")
+        raise SpecError(
+            f"beta.search.resolution: beta {betas[same - 1]:g} and {betas[same]:g} both round to "
+            f"S = {sizes[same]} (batch_size0 = {b.batch_size0}); use a larger batch_size0 or resolution"
+        )
     if len(spec.grid.seed) < 2:
-        raise SpecError(f"grid.seed: beta.search needs >= 2 seeds per point for its Welch test "
-                        f"(got {list(spec.grid.seed)})")
+        raise SpecError(
+            f"grid.seed: beta.search needs >= 2 seeds per point for its Welch test (got {list(spec.grid.seed)})"
+        )
     if q.max_seeds is not None and q.max_seeds < len(spec.grid.seed):
-        raise SpecError(f"beta.search.max_seeds: must be >= the {len(spec.grid.seed)} seeds of grid.seed "
-                        f"(got {q.max_seeds})")
+        raise SpecError(
+            f"beta.search.max_seeds: must be >= the {len(spec.grid.seed)} seeds of grid.seed (got {q.max_seeds})"
+        )
     if not 0 < q.undecided_p <= 1:
         raise SpecError(f"beta.search.undecided_p: must be in (0, 1] (got {q.undecided_p})")
     n_sizes = max(1, len(b.n_train))
     need = 2 * len(spec.grid.seed) * n_sizes
     if q.budget is not None and q.budget < need:
-        raise SpecError(f"beta.search.budget: {q.budget} trials cannot bracket beta* (needs >= {need}: beta = 1 "
-                        f"and one probe, {len(spec.grid.seed)} seeds each, at {n_sizes} training-set size(s))")
+        raise SpecError(
+            f"beta.search.budget: {q.budget} trials cannot bracket beta* (needs >= {need}: beta = 1 "
+            f"and one probe, {len(spec.grid.seed)} seeds each, at {n_sizes} training-set size(s))"
+        )
 
 
 def search_ladder(spec: SweepSpec) -> tuple[float, ...]:
@@ -1003,8 +1059,9 @@ def search_ladder(spec: SweepSpec) -> tuple[float, ...]:
     b, q = spec.beta, spec.beta.search
     if q.max_beta is not None:
         return ladder(q.resolution, q.max_beta)
-    sizes = [train_set_size(dataclasses.replace(spec.dataset, n_train=n)) for n in b.n_train] or \
-        [train_set_size(spec.dataset)]
+    sizes = [train_set_size(dataclasses.replace(spec.dataset, n_train=n)) for n in b.n_train] or [
+        train_set_size(spec.dataset)
+    ]
     fits = [beta for beta in ladder(q.resolution, max(sizes) / b.batch_size0 + 1) if beta_size(b, beta) <= min(sizes)]
     return tuple(fits)
 
@@ -1017,8 +1074,14 @@ def search_settings(spec: SweepSpec):
     seeds = tuple(spec.grid.seed)
     betas = search_ladder(spec)
     ladder_trials = len(betas) * len(seeds) * max(1, len(b.n_train))
-    return SearchSettings(betas=betas, seeds=seeds, max_seeds=q.max_seeds or len(seeds),
-                          budget=q.budget or ladder_trials, undecided_p=q.undecided_p, min_drop=b.min_drop)
+    return SearchSettings(
+        betas=betas,
+        seeds=seeds,
+        max_seeds=q.max_seeds or len(seeds),
+        budget=q.budget or ladder_trials,
+        undecided_p=q.undecided_p,
+        min_drop=b.min_drop,
+    )
 
 
 def _validate_curvature(c: CurvatureConfig) -> None:
@@ -1041,8 +1104,9 @@ def _validate_curvature(c: CurvatureConfig) -> None:
     if c.noise_method == "full" and c.noise_pairs < 2:
         raise SpecError(f"curvature.noise_pairs: need >= 2 batches for a standard error (got {c.noise_pairs})")
     if c.noise_method == "two_batch" and not 0 < c.noise_b_small < c.noise_b_big:
-        raise SpecError(f"curvature.noise_b_small: need 0 < noise_b_small < noise_b_big "
-                        f"(got {c.noise_b_small}, {c.noise_b_big})")
+        raise SpecError(
+            f"curvature.noise_b_small: need 0 < noise_b_small < noise_b_big (got {c.noise_b_small}, {c.noise_b_big})"
+        )
 
 
 def axis_values(axis: tuple | AxisRange, path: str) -> tuple:
@@ -1094,25 +1158,32 @@ def expand_points(spec: SweepSpec) -> list[dict[str, Any]]:
         return [{"lr": lr, "batch_size": s, "seed": seed, "rescale": rule} for lr, s, rule in base for seed in seeds]
     if spec.variants:
         return [
-            {"lr": v.lr, "batch_size": v.batch_size, "seed": seed, "variant": v.label,
-             **({"schedule": _plain(dataclasses.asdict(v.schedule))} if v.schedule is not None else {})}
-            for v in spec.variants for seed in seeds
+            {
+                "lr": v.lr,
+                "batch_size": v.batch_size,
+                "seed": seed,
+                "variant": v.label,
+                **({"schedule": _plain(dataclasses.asdict(v.schedule))} if v.schedule is not None else {}),
+            }
+            for v in spec.variants
+            for seed in seeds
         ]
     if spec.beta is not None:
         b = spec.beta
         if b.search is not None:  # its points come from the search (sweeps/beta_searcher.py); these
             # are the fixed ladder it replaces, each candidate with grid.seed's seeds (estimates, validate)
-            return [beta_point(b, beta, seed, n) for n in (b.n_train or (None,)) for beta in search_ladder(spec)
-                    for seed in seeds]
+            return [
+                beta_point(b, beta, seed, n)
+                for n in (b.n_train or (None,))
+                for beta in search_ladder(spec)
+                for seed in seeds
+            ]
         # S is rounded to an integer; lr = lr0 * S / S0 then keeps eta/S exactly lr0/S0 for every
         # member (beta 0.25 of S0 = 50 is S = 13, 12.5 rounded; lr0 * beta would put eta/S 4% off).
         return [beta_point(b, beta, seed, n) for n in (b.n_train or (None,)) for beta in b.values for seed in seeds]
     lrs = axis_values(spec.grid.lr, "grid.lr")
     sizes = axis_values(spec.grid.batch_size, "grid.batch_size")
-    return [
-        {"lr": lr, "batch_size": s, "seed": seed}
-        for lr, s, seed in itertools.product(lrs, sizes, seeds)
-    ]
+    return [{"lr": lr, "batch_size": s, "seed": seed} for lr, s, seed in itertools.product(lrs, sizes, seeds)]
 
 
 def is_search(spec: SweepSpec) -> bool:
@@ -1122,8 +1193,13 @@ def is_search(spec: SweepSpec) -> bool:
 
 def beta_point(b: BetaConfig, beta: float, seed: int, n_train: int | None) -> dict[str, Any]:
     """The trial point of family member ``beta`` (one seed, one training-set size)."""
-    return {"lr": float(f"{b.lr0 * beta_size(b, beta) / b.batch_size0:.6g}"), "batch_size": beta_size(b, beta),
-            "seed": seed, "beta": beta, **({"n_train": n_train} if n_train is not None else {})}
+    return {
+        "lr": float(f"{b.lr0 * beta_size(b, beta) / b.batch_size0:.6g}"),
+        "batch_size": beta_size(b, beta),
+        "seed": seed,
+        "beta": beta,
+        **({"n_train": n_train} if n_train is not None else {}),
+    }
 
 
 def beta_size(b: BetaConfig, beta: float) -> int:
@@ -1131,8 +1207,9 @@ def beta_size(b: BetaConfig, beta: float) -> int:
     return max(1, int(math.floor(b.batch_size0 * beta + 0.5)))
 
 
-def to_param_space(spec: SweepSpec, code_version: str, packs: list[list[dict[str, Any]]] | None = None,
-                   resume: str | None = None) -> dict[str, Any]:
+def to_param_space(
+    spec: SweepSpec, code_version: str, packs: list[list[dict[str, Any]]] | None = None, resume: str | None = None
+) -> dict[str, Any]:
     """The Ray Tune ``param_space``: one ``grid_search`` over the packs of explicit points.
 
     A single grid over whole points (rather than one per axis) lets later axes pair values

@@ -9,6 +9,7 @@ trials' ``error.txt``. Epochs done and the last validation accuracy come from th
 What the table shows is one vocabulary (``STATES``, ``trial_state``), from the record and the
 trial's last metric row together.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,15 +59,15 @@ class TrialStatus:
     lr: float | None
     batch_size: int | None
     seed: int | None
-    status: str                 # the record's (Tune's): PENDING, RUNNING, PAUSED, TERMINATED, ERROR; STOPPED, UNKNOWN
+    status: str  # the record's (Tune's): PENDING, RUNNING, PAUSED, TERMINATED, ERROR; STOPPED, UNKNOWN
     epochs_done: int
     epochs: int | None
     last_val_acc: float | None
-    row_status: str | None      # status column of the last metric row (running/finished/diverged)
+    row_status: str | None  # status column of the last metric row (running/finished/diverged)
     failures: int
-    error: str                  # last line of the trial's error.txt ('' if none)
-    damaged_file: str = ""      # its metric file, when that is damaged
-    state: str = "unknown"      # what `lrbs status` shows: one of STATES (trial_state)
+    error: str  # last line of the trial's error.txt ('' if none)
+    damaged_file: str = ""  # its metric file, when that is damaged
+    state: str = "unknown"  # what `lrbs status` shows: one of STATES (trial_state)
 
 
 def newest_experiment_state(run_dir: Path) -> Path | None:
@@ -99,9 +100,15 @@ def _tune_trials(run_dir: Path) -> list[dict[str, Any]]:
         error = ""
         if meta.get("error_filename") and trial.get("relative_logdir"):
             error = _error_line(run_dir / trial["relative_logdir"] / meta["error_filename"])
-        trials.append({"trial_id": trial["trial_id"], "status": trial.get("status", "UNKNOWN"),
-                       "config": trial.get("config") or {}, "failures": int(meta.get("num_failures") or 0),
-                       "error": error})
+        trials.append(
+            {
+                "trial_id": trial["trial_id"],
+                "status": trial.get("status", "UNKNOWN"),
+                "config": trial.get("config") or {},
+                "failures": int(meta.get("num_failures") or 0),
+                "error": error,
+            }
+        )
     return trials
 
 
@@ -124,11 +131,25 @@ def _ledger_trials(run_dir: Path) -> list[dict[str, Any]] | None:
     trials = []
     for record in current_records(records):  # a trial restarted under a new id supersedes its older record
         status = record.status if record.status != RUNNING or live else "STOPPED"
-        trials.append({"trial_id": record.trial_id, "status": status, "config": {**shared, "point": record.point},
-                       "failures": record.failures, "error": record.error})
+        trials.append(
+            {
+                "trial_id": record.trial_id,
+                "status": status,
+                "config": {**shared, "point": record.point},
+                "failures": record.failures,
+                "error": record.error,
+            }
+        )
     for name, problem in sorted(damaged.items()):
-        trials.append({"trial_id": name[:-len(".json")], "status": "UNKNOWN", "config": shared, "failures": 0,
-                       "error": f"trial record {name}: {problem}"})
+        trials.append(
+            {
+                "trial_id": name[: -len(".json")],
+                "status": "UNKNOWN",
+                "config": shared,
+                "failures": 0,
+                "error": f"trial record {name}: {problem}",
+            }
+        )
     return trials
 
 
@@ -136,8 +157,11 @@ def _per_member(trials: list[dict]) -> list[dict]:
     """A pack's Tune trial as the per-point trials of the tables (``lrbs.sweeps.packing.members``)."""
     from lrbs.sweeps.packing import members
 
-    return [{**t, "trial_id": trial_id, "config": config}
-            for t in trials for trial_id, config in members(t["trial_id"], t["config"])]
+    return [
+        {**t, "trial_id": trial_id, "config": config}
+        for t in trials
+        for trial_id, config in members(t["trial_id"], t["config"])
+    ]
 
 
 def read_progress(run_dir: str | Path, metrics=None) -> Progress | None:
@@ -177,9 +201,19 @@ def read_progress(run_dir: str | Path, metrics=None) -> Progress | None:
     eta = eta_seconds(total * epochs - epochs_done, epochs_done, elapsed) if live else None
     estimate = (info.get("estimate") or {}).get("device_hours")
     unit = "GPU" if (info.get("resources_per_trial") or {}).get("gpu") else "CPU"
-    return Progress(done, total, epochs_done, total * epochs, elapsed, eta, sum(walls.values()) / 3600, estimate,
-                    unit, diverged=sum(r["status"] == "diverged" for r in last.values()),
-                    at_most=bool(info.get("beta_search")))
+    return Progress(
+        done,
+        total,
+        epochs_done,
+        total * epochs,
+        elapsed,
+        eta,
+        sum(walls.values()) / 3600,
+        estimate,
+        unit,
+        diverged=sum(r["status"] == "diverged" for r in last.values()),
+        at_most=bool(info.get("beta_search")),
+    )
 
 
 def read_status(run_dir: str | Path, loaded=None) -> list[TrialStatus]:
@@ -202,8 +236,15 @@ def read_status(run_dir: str | Path, loaded=None) -> list[TrialStatus]:
     known = {t["trial_id"] for t in trials}
     for trial_id, row in last_rows.items():
         if trial_id not in known:  # no experiment state yet (driver killed early)
-            trials.append({"trial_id": trial_id, "status": "UNKNOWN", "config": json.loads(row["config_json"] or "{}"),
-                           "failures": 0, "error": ""})
+            trials.append(
+                {
+                    "trial_id": trial_id,
+                    "status": "UNKNOWN",
+                    "config": json.loads(row["config_json"] or "{}"),
+                    "failures": 0,
+                    "error": "",
+                }
+            )
     out = []
     from lrbs.sweeps.lock import LOCK_FILE, holder_alive
     from lrbs.sweeps.packing import split_member_id
@@ -217,16 +258,25 @@ def read_status(run_dir: str | Path, loaded=None) -> list[TrialStatus]:
     for t in sorted(trials, key=order):
         point = t["config"].get("point") or {}
         row = last_rows.get(t["trial_id"])
-        out.append(TrialStatus(
-            trial_id=t["trial_id"], lr=point.get("lr"), batch_size=point.get("batch_size"), seed=point.get("seed"),
-            status=t["status"], epochs_done=row["epoch"] if row else 0,
-            epochs=(t["config"].get("train") or {}).get("epochs"),
-            last_val_acc=row["val_acc"] if row else None, row_status=row["status"] if row else None,
-            failures=t["failures"], error=t["error"]))
+        out.append(
+            TrialStatus(
+                trial_id=t["trial_id"],
+                lr=point.get("lr"),
+                batch_size=point.get("batch_size"),
+                seed=point.get("seed"),
+                status=t["status"],
+                epochs_done=row["epoch"] if row else 0,
+                epochs=(t["config"].get("train") or {}).get("epochs"),
+                last_val_acc=row["val_acc"] if row else None,
+                row_status=row["status"] if row else None,
+                failures=t["failures"],
+                error=t["error"],
+            )
+        )
     by_id = {t.trial_id: t for t in out}
     for name, problem in sorted(damaged.items()):
         # Metric files are named <session>__<trial id>.arrow (sweeps/metrics_sink.py).
-        trial = by_id.get(name[:-len(".arrow")].rpartition("__")[2])
+        trial = by_id.get(name[: -len(".arrow")].rpartition("__")[2])
         if trial is not None:
             trial.row_status = "damaged"
             trial.error = f"{problem} (metric file {name})"  # the problem first: the table cuts long errors
@@ -236,33 +286,45 @@ def read_status(run_dir: str | Path, loaded=None) -> list[TrialStatus]:
     return out
 
 
-def format_status(trials: list[TrialStatus], error_width: int = 60, progress: Progress | None = None,
-                  damaged_files: dict[str, str] | None = None) -> str:
+def format_status(
+    trials: list[TrialStatus],
+    error_width: int = 60,
+    progress: Progress | None = None,
+    damaged_files: dict[str, str] | None = None,
+) -> str:
     """A fixed-width table and a summary line."""
-    header = (f"{'trial_id':<14} {'lr':>9} {'batch':>6} {'seed':>5} {'status':<9} {'epochs':>8} "
-              f"{'val_acc':>8} {'fails':>5}  error")
+    header = (
+        f"{'trial_id':<14} {'lr':>9} {'batch':>6} {'seed':>5} {'status':<9} {'epochs':>8} "
+        f"{'val_acc':>8} {'fails':>5}  error"
+    )
     lines = [header]
     for t in trials:
         epochs = f"{t.epochs_done}/{t.epochs if t.epochs is not None else '?'}"
         lr = f"{t.lr:.4g}" if t.lr is not None else "-"
         acc = f"{t.last_val_acc:.4f}" if t.last_val_acc is not None else "-"
-        error = t.error if len(t.error) <= error_width else t.error[:error_width - 3] + "..."
-        lines.append(f"{t.trial_id:<14} {lr:>9} {t.batch_size if t.batch_size is not None else '-':>6} "
-                     f"{t.seed if t.seed is not None else '-':>5} {t.state:<9} {epochs:>8} {acc:>8} "
-                     f"{t.failures:>5}  {error}".rstrip())
+        error = t.error if len(t.error) <= error_width else t.error[: error_width - 3] + "..."
+        lines.append(
+            f"{t.trial_id:<14} {lr:>9} {t.batch_size if t.batch_size is not None else '-':>6} "
+            f"{t.seed if t.seed is not None else '-':>5} {t.state:<9} {epochs:>8} {acc:>8} "
+            f"{t.failures:>5}  {error}".rstrip()
+        )
     counts: dict[str, int] = {}
     for t in trials:
         counts[t.state] = counts.get(t.state, 0) + 1
     damaged = [t for t in trials if t.row_status == "damaged"]
     if damaged:
         names = ", ".join(t.damaged_file for t in damaged[:3]) + (", ..." if len(damaged) > 3 else "")
-        lines.append(f"DAMAGED: {len(damaged)} trial(s) with a damaged metric file ({names}; rows before the "
-                     f"damage are kept; see the error column)")
+        lines.append(
+            f"DAMAGED: {len(damaged)} trial(s) with a damaged metric file ({names}; rows before the "
+            f"damage are kept; see the error column)"
+        )
     # A compacted file holds many trials' rows (sweeps/compaction.py): named on its own line.
     for name, problem in sorted((damaged_files or {}).items()):
         if name.endswith(".parquet"):
-            lines.append(f"DAMAGED: compacted metric file {name}: {problem}; its trials' rows are missing unless "
-                         f"their stream files are still there")
+            lines.append(
+                f"DAMAGED: compacted metric file {name}: {problem}; its trials' rows are missing unless "
+                f"their stream files are still there"
+            )
     if progress is not None:  # the line `lrbs run` prints while it runs
         progress.errored = counts.get("errored", 0)
         progress.running = counts.get("running", 0)

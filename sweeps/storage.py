@@ -15,6 +15,7 @@ stream, which ``lrbs.analysis.tables`` reads like any cut-off file.
 The analysis functions take local paths: ``lrbs.sweeps.remote`` mirrors the data files of a remote
 run directory into a local cache first, and lets ``lrbs resume`` continue one in place.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,6 +35,7 @@ DEFAULT_UPLOAD_INTERVAL_S = 30.0
 
 class StorageTarget(NamedTuple):
     """``fs`` and ``path`` inside it; ``is_local``: a local directory that takes appends."""
+
     fs: pafs.FileSystem
     path: str
     is_local: bool
@@ -58,8 +60,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LRBS_CACHE_DIR") or "~/.cache/lrbs").expanduser()
 
 
-def resolve_storage(storage: str | os.PathLike | None,
-                    filesystem: pafs.FileSystem | None = None) -> StorageTarget:
+def resolve_storage(storage: str | os.PathLike | None, filesystem: pafs.FileSystem | None = None) -> StorageTarget:
     """``--storage`` as a filesystem and a path in it.
 
     ``filesystem`` given (Python API only, e.g. a ``SubTreeFileSystem``): ``storage`` is a path
@@ -114,8 +115,10 @@ def prepare_remote_run_dir(spec, target: StorageTarget) -> str:
             raise LrbsError(f"--storage: {display(target)} is a file, not a directory")
         run_path = _join(target.path, spec.name)
         if fs.get_file_info(run_path).type != pafs.FileType.NotFound:
-            raise LrbsError(f"run directory {display(target, spec.name)} already exists: pick another name "
-                            f"or --storage (nothing was changed there)")
+            raise LrbsError(
+                f"run directory {display(target, spec.name)} already exists: pick another name "
+                f"or --storage (nothing was changed there)"
+            )
         fs.create_dir(_join(run_path, METRIC_DIR), recursive=True)
         fs.create_dir(_join(run_path, LEDGER_DIR), recursive=True)
         with fs.open_output_stream(_join(run_path, SPEC_COPY)) as f:
@@ -125,8 +128,9 @@ def prepare_remote_run_dir(spec, target: StorageTarget) -> str:
     return run_path
 
 
-def upload_changed(local_dir: Path, fs: pafs.FileSystem, remote_dir: str,
-                   sent: dict[str, tuple[int, int]], pattern: str = "*") -> list[str]:
+def upload_changed(
+    local_dir: Path, fs: pafs.FileSystem, remote_dir: str, sent: dict[str, tuple[int, int]], pattern: str = "*"
+) -> list[str]:
     """Copy the files of ``local_dir`` that changed since ``sent`` (name -> (size, mtime)) to ``remote_dir``."""
     copied = []
     local = pafs.LocalFileSystem()
@@ -137,8 +141,13 @@ def upload_changed(local_dir: Path, fs: pafs.FileSystem, remote_dir: str,
         key = (st.st_size, st.st_mtime_ns)
         if sent.get(path.name) == key:
             continue
-        pafs.copy_files(str(path), _join(remote_dir, path.name), source_filesystem=local,
-                        destination_filesystem=fs, use_threads=False)
+        pafs.copy_files(
+            str(path),
+            _join(remote_dir, path.name),
+            source_filesystem=local,
+            destination_filesystem=fs,
+            use_threads=False,
+        )
         sent[path.name] = key
         copied.append(path.name)
     return copied
@@ -148,11 +157,12 @@ def upload_changed(local_dir: Path, fs: pafs.FileSystem, remote_dir: str,
 class Placement:
     """Where a run writes: ``run_dir`` is local (the run directory, or the staging mirror of a remote one);
     ``trial_root``: the run directory as Tune's trial paths name it (in the target filesystem)."""
+
     target: StorageTarget
     name: str
     run_dir: Path
     tune_kwargs: dict[str, Any]
-    callbacks: list[Any] = field(default_factory=list)   # after the metric sink
+    callbacks: list[Any] = field(default_factory=list)  # after the metric sink
     remote_run_path: str | None = None
 
     @property
@@ -176,8 +186,9 @@ class Placement:
                 cb.upload(strict=True)
 
 
-def prepare_placement(spec, storage: str | None, filesystem: pafs.FileSystem | None = None,
-                      upload_interval_s: float | None = None) -> Placement:
+def prepare_placement(
+    spec, storage: str | None, filesystem: pafs.FileSystem | None = None, upload_interval_s: float | None = None
+) -> Placement:
     """Create the run directory (refusing an existing one) and say how Tune and the sink reach it."""
     from lrbs.sweeps.metrics_sink import MetricsUploader, session_tag
     from lrbs.sweeps.runner import prepare_run_dir
@@ -191,10 +202,18 @@ def prepare_placement(spec, storage: str | None, filesystem: pafs.FileSystem | N
     (staging / METRIC_DIR).mkdir(parents=True)
     with target.fs.open_input_stream(_join(run_path, SPEC_COPY)) as f:
         (staging / SPEC_COPY).write_bytes(f.read())
-    uploader = MetricsUploader(staging / METRIC_DIR, target.fs, _join(run_path, METRIC_DIR),
-                               DEFAULT_UPLOAD_INTERVAL_S if upload_interval_s is None else upload_interval_s,
-                               also=[(staging / LEDGER_DIR, _join(run_path, LEDGER_DIR), "*.json"),
-                                     (staging, run_path, "*.json")])  # provenance.json, plugins.json
-    return Placement(target, spec.name, staging,
-                     {"storage_path": target.path, "storage_filesystem": target.fs},
-                     callbacks=[uploader], remote_run_path=run_path)
+    uploader = MetricsUploader(
+        staging / METRIC_DIR,
+        target.fs,
+        _join(run_path, METRIC_DIR),
+        DEFAULT_UPLOAD_INTERVAL_S if upload_interval_s is None else upload_interval_s,
+        also=[(staging / LEDGER_DIR, _join(run_path, LEDGER_DIR), "*.json"), (staging, run_path, "*.json")],
+    )  # provenance.json, plugins.json
+    return Placement(
+        target,
+        spec.name,
+        staging,
+        {"storage_path": target.path, "storage_filesystem": target.fs},
+        callbacks=[uploader],
+        remote_run_path=run_path,
+    )

@@ -6,6 +6,7 @@ cluster.yaml), and its entrypoint is ``python -m lrbs.sweeps.cli run SPEC --addr
 on the head node. Token auth: the client sends the token Ray finds on this machine
 (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``) when ``RAY_AUTH_MODE=token``.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -18,8 +19,21 @@ from lrbs.sweeps.trust import TRUST_FLAG, code_names
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Never uploaded with the working dir: environments, results, caches, data, weights.
-EXCLUDES = [".venv", "venv", "runs", ".git", "data", "__pycache__", ".pytest_cache", "*.egg-info",
-            "*.arrow", "*.pt", "*.ckpt", "report.html", ".gl"]
+EXCLUDES = [
+    ".venv",
+    "venv",
+    "runs",
+    ".git",
+    "data",
+    "__pycache__",
+    ".pytest_cache",
+    "*.egg-info",
+    "*.arrow",
+    "*.pt",
+    "*.ckpt",
+    "report.html",
+    ".gl",
+]
 EXCLUDED_DIRS = {".venv", "venv", "runs", ".git", "data", ".gl"}
 # Storage on the head node when --storage is not given: outside the job's working dir, which
 # Ray deletes with the job. Multi-node runs need a URI every node reaches (s3://, gs://, NFS).
@@ -32,8 +46,10 @@ def spec_in_project(spec_path: str | Path, root: Path = PROJECT_ROOT) -> str:
     try:
         rel = path.relative_to(root.resolve())
     except ValueError:
-        raise LrbsError(f"SPEC: {spec_path} is outside the project directory {root}; only files inside it "
-                        f"travel with the job (copy the spec there, e.g. into specs/)") from None
+        raise LrbsError(
+            f"SPEC: {spec_path} is outside the project directory {root}; only files inside it "
+            f"travel with the job (copy the spec there, e.g. into specs/)"
+        ) from None
     if rel.parts and rel.parts[0] in EXCLUDED_DIRS:
         raise LrbsError(f"SPEC: {spec_path} is under {rel.parts[0]}/, which is not uploaded with the job")
     return rel.as_posix()
@@ -63,9 +79,11 @@ def check_transport(address: str, insecure: bool = False, err: TextIO = sys.stde
         loopback = False
     if url.scheme != "http" or loopback or not token_would_be_sent():
         return
-    message = (f"--address: {address} is plain HTTP to another host: the Ray auth token and the project "
-               f"upload would cross the network in clear text; use https://, or an SSH tunnel to "
-               f"http://127.0.0.1:8265 (docs/cluster.md)")
+    message = (
+        f"--address: {address} is plain HTTP to another host: the Ray auth token and the project "
+        f"upload would cross the network in clear text; use https://, or an SSH tunnel to "
+        f"http://127.0.0.1:8265 (docs/cluster.md)"
+    )
     if not insecure:
         raise LrbsError(message + ", or pass --insecure to send anyway")
     print(f"lrbs: warning: {message} (sent anyway: --insecure)", file=err, flush=True)
@@ -75,13 +93,19 @@ def job_entrypoint(spec_rel: str, storage: str) -> str:
     return shlex.join(["python", "-m", "lrbs", "run", spec_rel, "--address", "auto", "--storage", storage])
 
 
-def submit_sweep(spec_path: str | Path, address: str, storage: str | None = None, *,
-                 job_id: str | None = None, root: Path = PROJECT_ROOT,
-                 out: TextIO = sys.stdout, insecure: bool = False) -> str:
+def submit_sweep(
+    spec_path: str | Path,
+    address: str,
+    storage: str | None = None,
+    *,
+    job_id: str | None = None,
+    root: Path = PROJECT_ROOT,
+    out: TextIO = sys.stdout,
+    insecure: bool = False,
+) -> str:
     """Validate ``spec_path``, submit it as a Ray job to the dashboard at ``address``; returns the job id."""
-    from lrbs.sweeps.spec import expand_points, load_spec
-
     from lrbs.sweeps.runner import plugin_runtime_env, preflight_model
+    from lrbs.sweeps.spec import expand_points, load_spec
 
     spec = load_spec(spec_path)
     preflight_model(spec)  # a broken model factory: one line, exit 2, nothing submitted

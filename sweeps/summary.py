@@ -1,5 +1,6 @@
 """The one-line progress summary of a sweep, shared by the live progress line of ``lrbs run`` /
 ``lrbs resume`` (``lrbs.sweeps.progress``) and ``lrbs status`` (no Ray, no torch imported here)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,27 +20,29 @@ def duration(seconds: float | None) -> str:
 
 @dataclass
 class Progress:
-    points_done: int            # finished or diverged
+    points_done: int  # finished or diverged
     points_total: int
-    epochs_done: int            # point-epochs (a pack of K at epoch e: K * e)
+    epochs_done: int  # point-epochs (a pack of K at epoch e: K * e)
     epochs_total: int
     elapsed_s: float
-    eta_s: float | None         # None: no rate measured yet (or nothing is running)
-    used_hours: float           # device-hours the trials have trained (sum of their training time)
+    eta_s: float | None  # None: no rate measured yet (or nothing is running)
+    used_hours: float  # device-hours the trials have trained (sum of their training time)
     estimate_hours: float | None  # `lrbs validate`'s estimate for the whole sweep
-    unit: str = "CPU"           # CPU or GPU
+    unit: str = "CPU"  # CPU or GPU
     errored: int = 0
     diverged: int = 0
     running: int = 0
-    at_most: bool = False       # a beta search: the total is its budget, the most it may train
+    at_most: bool = False  # a beta search: the total is its budget, the most it may train
 
     def line(self) -> str:
         est = f" of ~{self.estimate_hours:.3g} estimated" if self.estimate_hours else ""
         eta = f", ETA {duration(self.eta_s)}" if self.eta_s is not None and not self.at_most else ""
         most = "at most " if self.at_most else ""
-        return (f"{self.points_done}/{most}{self.points_total} points done ({self.diverged} diverged, {self.errored} "
-                f"errored, {self.running} running) | epochs {self.epochs_done}/{most}{self.epochs_total} | "
-                f"{duration(self.elapsed_s)} elapsed{eta} | {self.unit}-hours {self.used_hours:.3g}{est}")
+        return (
+            f"{self.points_done}/{most}{self.points_total} points done ({self.diverged} diverged, {self.errored} "
+            f"errored, {self.running} running) | epochs {self.epochs_done}/{most}{self.epochs_total} | "
+            f"{duration(self.elapsed_s)} elapsed{eta} | {self.unit}-hours {self.used_hours:.3g}{est}"
+        )
 
 
 def eta_seconds(epochs_left: int, epochs_in_window: int, window_s: float) -> float | None:

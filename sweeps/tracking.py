@@ -30,6 +30,7 @@ section takes), ``module`` (the package it needs), ``check``, ``start`` (which f
 ``steps[key]`` with the steps the point's run has already), ``write`` and ``finish`` over its
 ``runs``, and an entry in :data:`TRACKERS`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,10 +48,39 @@ from typing import Any
 from lrbs.sweeps.errors import LrbsError
 
 # Row fields that are per-point parameters or bookkeeping, not curves.
-NOT_METRICS = {"sweep", "trial_id", "code_version", "dataset", "n_train", "model", "seed", "config_json", "epoch",
-               "status", "beta", "rescale", "variant", "schedule", "written_at"}
-PARAMS = ("sweep", "trial_id", "lr", "batch_size", "ratio", "seed", "code_version", "dataset", "n_train", "model",
-          "beta", "rescale", "variant", "schedule")
+NOT_METRICS = {
+    "sweep",
+    "trial_id",
+    "code_version",
+    "dataset",
+    "n_train",
+    "model",
+    "seed",
+    "config_json",
+    "epoch",
+    "status",
+    "beta",
+    "rescale",
+    "variant",
+    "schedule",
+    "written_at",
+}
+PARAMS = (
+    "sweep",
+    "trial_id",
+    "lr",
+    "batch_size",
+    "ratio",
+    "seed",
+    "code_version",
+    "dataset",
+    "n_train",
+    "model",
+    "beta",
+    "rescale",
+    "variant",
+    "schedule",
+)
 FINAL = ("finished", "diverged")
 
 
@@ -106,6 +136,7 @@ class Tracker:
 
 class TensorBoard(Tracker):
     """Event files in ``<dir>/<trial id>/`` (one TensorBoard run per point)."""
+
     module = "tensorboard"
 
     @dataclass(frozen=True)
@@ -141,12 +172,13 @@ class TensorBoard(Tracker):
 
 class MLflow(Tracker):
     """One MLflow run per point in the experiment named after the sweep."""
+
     module = "mlflow"
 
     @dataclass(frozen=True)
     class Options:
         tracking_uri: str | None = None  # default $MLFLOW_TRACKING_URI, else the file store RUN_DIR/mlruns
-        experiment: str | None = None    # default: the sweep's name
+        experiment: str | None = None  # default: the sweep's name
 
     def __init__(self, options: Options, sweep: str, run_dir: Path):
         self.uri = options.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"file:{run_dir / 'mlruns'}"
@@ -165,14 +197,15 @@ class MLflow(Tracker):
 
             client = MlflowClient(tracking_uri=self.uri)
             experiment = client.get_experiment_by_name(self.experiment)
-            self._experiment_id = (experiment.experiment_id if experiment is not None
-                                   else client.create_experiment(self.experiment))
+            self._experiment_id = (
+                experiment.experiment_id if experiment is not None else client.create_experiment(self.experiment)
+            )
             self._client = client
         return self._client
 
     def check(self) -> None:
         if self.uri.startswith("file:"):
-            _check_writable(Path(self.uri[len("file:"):].removeprefix("//")), "tracking.mlflow.tracking_uri")
+            _check_writable(Path(self.uri[len("file:") :].removeprefix("//")), "tracking.mlflow.tracking_uri")
             return
         if not self.uri.startswith(("http://", "https://")):
             return  # a database (sqlite:, postgresql:, ...) or databricks: checked when the first point starts
@@ -197,16 +230,21 @@ class MLflow(Tracker):
         from mlflow.entities import Param, RunStatus
 
         client = self._open()
-        found = client.search_runs([self._experiment_id], filter_string=f"tags.`lrbs.trial_id` = '{key}'",
-                                   max_results=1)
+        found = client.search_runs(
+            [self._experiment_id], filter_string=f"tags.`lrbs.trial_id` = '{key}'", max_results=1
+        )
         if found:  # lrbs resume: the point's run goes on, with the steps its metric histories have
             run_id = found[0].info.run_id
             client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             self.steps[key] = self.steps.get(key, set()) | {
-                m.step for name in found[0].data.metrics for m in client.get_metric_history(run_id, name)}
+                m.step for name in found[0].data.metrics for m in client.get_metric_history(run_id, name)
+            }
         else:
-            run = client.create_run(self._experiment_id, run_name=key,
-                                    tags={"lrbs.trial_id": key, "lrbs.sweep": str(params.get("sweep", ""))})
+            run = client.create_run(
+                self._experiment_id,
+                run_name=key,
+                tags={"lrbs.trial_id": key, "lrbs.sweep": str(params.get("sweep", ""))},
+            )
             run_id = run.info.run_id
             client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
         self.runs[key] = run_id
@@ -220,20 +258,22 @@ class MLflow(Tracker):
     def finish(self, key: str, status: str) -> None:
         run_id = self.runs.pop(key)
         # stopped (the driver ended before the point did): KILLED, so a resume's RUNNING is visible
-        self._open().set_terminated(run_id, {"finished": "FINISHED", "diverged": "FINISHED",
-                                             "error": "FAILED"}.get(status, "KILLED"))
+        self._open().set_terminated(
+            run_id, {"finished": "FINISHED", "diverged": "FINISHED", "error": "FAILED"}.get(status, "KILLED")
+        )
 
 
 class Wandb(Tracker):
     """One W&B run per point (id ``<sweep>-<trial id>``, grouped by sweep); offline by default."""
+
     module = "wandb"
 
     @dataclass(frozen=True)
     class Options:
         project: str | None = None  # default: the sweep's name
         entity: str | None = None
-        mode: str = "offline"       # offline (sync later with `wandb sync DIR`) | online | disabled
-        dir: str | None = None      # where W&B writes (its wandb/ folder); default RUN_DIR
+        mode: str = "offline"  # offline (sync later with `wandb sync DIR`) | online | disabled
+        dir: str | None = None  # where W&B writes (its wandb/ folder); default RUN_DIR
 
     CHOICES = {"mode": ("offline", "online", "disabled")}
 
@@ -256,8 +296,10 @@ class Wandb(Tracker):
             except OSError:
                 logged_in = False
             if not logged_in:
-                raise LrbsError("tracking.wandb.mode: online needs a W&B login (WANDB_API_KEY or `wandb login`); "
-                                "mode: offline logs locally and `wandb sync` uploads later")
+                raise LrbsError(
+                    "tracking.wandb.mode: online needs a W&B login (WANDB_API_KEY or `wandb login`); "
+                    "mode: offline logs locally and `wandb sync` uploads later"
+                )
 
     def run_id(self, key: str) -> str:
         return re.sub(r"[^A-Za-z0-9_-]", "-", f"{self.sweep}-{key}")[-128:]
@@ -270,9 +312,18 @@ class Wandb(Tracker):
         if self.options.mode == "offline":  # each session's own folder: the earlier ones have these steps
             have |= wandb_steps(self.dir / "wandb", self.run_id(key))
         run = self.runs[key] = wandb.init(
-            project=self.options.project or self.sweep, entity=self.options.entity, id=self.run_id(key), name=key,
-            group=self.sweep, config=params, mode=self.options.mode, dir=str(self.dir), resume="allow",
-            reinit="create_new", settings=wandb.Settings(silent=True, console="off"))
+            project=self.options.project or self.sweep,
+            entity=self.options.entity,
+            id=self.run_id(key),
+            name=key,
+            group=self.sweep,
+            config=params,
+            mode=self.options.mode,
+            dir=str(self.dir),
+            resume="allow",
+            reinit="create_new",
+            settings=wandb.Settings(silent=True, console="off"),
+        )
         if self.options.mode == "online":  # a resumed run takes no step below the one it stands at
             have.update(range(run.starting_step))
 
@@ -305,7 +356,7 @@ def tensorboard_steps(folder: Path) -> set[int]:
 
 
 WANDB_BLOCK = 32768  # bytes: the .wandb file is in LevelDB's log format, records in 32 KiB blocks
-WANDB_HEADER = 7     # bytes: ":W&B", a 2-byte magic number, a 1-byte version
+WANDB_HEADER = 7  # bytes: ":W&B", a 2-byte magic number, a 1-byte version
 
 
 def wandb_records(path: Path):
@@ -324,8 +375,8 @@ def wandb_records(path: Path):
             pos += left
             continue
         # 7-byte record header: checksum (4 bytes), length (2), kind (1: whole, 2/3/4: first/middle/last part)
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         if len(chunk) < length:
             return  # cut off
         if kind in (1, 4):
@@ -364,8 +415,10 @@ def _check_writable(folder: Path, field: str) -> None:
     folder = Path(folder)
     existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise LrbsError(f"{field}: cannot write to {folder} ({existing or '/'} is "
-                        f"{'not a folder' if existing is not None and not existing.is_dir() else 'not writable'})")
+        raise LrbsError(
+            f"{field}: cannot write to {folder} ({existing or '/'} is "
+            f"{'not a folder' if existing is not None and not existing.is_dir() else 'not writable'})"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,8 +435,9 @@ def check_options(tracking: dict[str, Any]) -> None:
         built = _build(TRACKERS[name].Options, options, f"tracking.{name}")
         for key, allowed in getattr(TRACKERS[name], "CHOICES", {}).items():
             if getattr(built, key) not in allowed:
-                raise SpecError(f"tracking.{name}.{key}: must be one of {', '.join(allowed)} "
-                                f"(got {getattr(built, key)!r})")
+                raise SpecError(
+                    f"tracking.{name}.{key}: must be one of {', '.join(allowed)} (got {getattr(built, key)!r})"
+                )
 
 
 def build_trackers(tracking: dict[str, Any], sweep: str, run_dir: Path) -> list[Any]:
@@ -397,8 +451,10 @@ def build_trackers(tracking: dict[str, Any], sweep: str, run_dir: Path) -> list[
         try:
             importlib.import_module(cls.module)
         except ImportError:
-            raise LrbsError(f"tracking.{name}: the {cls.module} package is not installed "
-                            f"(pip install 'lrbs[{name}]', or drop tracking.{name})") from None
+            raise LrbsError(
+                f"tracking.{name}: the {cls.module} package is not installed "
+                f"(pip install 'lrbs[{name}]', or drop tracking.{name})"
+            ) from None
         tracker = cls(_build(cls.Options, options, f"tracking.{name}"), sweep, Path(run_dir))
         tracker.check()
         trackers.append(tracker)

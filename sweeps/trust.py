@@ -8,6 +8,7 @@ directory copied from someone else (``cp -r``, a tar file, a bucket sync) can na
 theirs, so both commands refuse such a run directory, with one line naming the code, unless
 ``--trust-code`` is given. Built-in models and data sets import no user code and need no flag.
 """
+
 from __future__ import annotations
 
 import os
@@ -58,9 +59,11 @@ def require_trust(names: list[str], where: str, command: str, trusted: bool) -> 
     """One line (LrbsError, exit 2) when ``names`` (from :func:`code_names`) is not empty and the
     user did not pass ``--trust-code``."""
     if names and not trusted:
-        raise LrbsError(f"RUN_DIR: {where} names user code that lrbs {command} would import and run "
-                        f"({', '.join(names)}); pass {TRUST_FLAG} if you trust this run directory as you would "
-                        f"its spec (docs/resilience.md, Security)")
+        raise LrbsError(
+            f"RUN_DIR: {where} names user code that lrbs {command} would import and run "
+            f"({', '.join(names)}); pass {TRUST_FLAG} if you trust this run directory as you would "
+            f"its spec (docs/resilience.md, Security)"
+        )
 
 
 def resume_command(run_dir) -> str:

@@ -1,4 +1,5 @@
 """Shared fixtures. Tests use real Ray, real Arrow files and real torch models (no mocks)."""
+
 from __future__ import annotations
 
 import os

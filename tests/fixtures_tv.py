@@ -4,6 +4,7 @@ The files are what torchvision's own loaders read (no mocks): uncompressed IDX f
 and the CIFAR-10 "python version" pickles. Images are random, so every image is distinct and a
 test can trace each loaded example back to its source row.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,9 +25,7 @@ def _write_idx(path: str, magic: int, array: np.ndarray) -> None:
         f.write(np.ascontiguousarray(array, dtype=np.uint8).tobytes())
 
 
-def write_fashion_mnist(
-    root: str | os.PathLike, n_train: int, n_test: int, seed: int = 0
-) -> dict[str, np.ndarray]:
+def write_fashion_mnist(root: str | os.PathLike, n_train: int, n_test: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Write ``root/FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``.
 
     Returns the arrays written: ``train_images``/``test_images`` uint8 (N, 28, 28) and
@@ -47,13 +46,20 @@ def write_fashion_mnist(
 
 
 CIFAR10_LABEL_NAMES = [
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 ]
 
 
-def write_cifar10(
-    root: str | os.PathLike, n_per_batch: int, n_test: int, seed: int = 0
-) -> dict[str, np.ndarray]:
+def write_cifar10(root: str | os.PathLike, n_per_batch: int, n_test: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Write ``root/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}``.
 
     The real files are Python 2 pickles whose ``str`` keys torchvision reads back as ``str``

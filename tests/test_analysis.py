@@ -3,6 +3,7 @@
 Every statistic is recomputed here independently, from the raw Arrow rows with numpy/scipy,
 and compared with what analysis/ reports.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -31,8 +32,8 @@ from lrbs.sweeps.cli import main
 from lrbs.sweeps.metrics_sink import ArrowMetricsSink, row_from_result
 from lrbs.sweeps.packing import members, tune_point
 from lrbs.sweeps.spec import expand_points, spec_from_dict, to_param_space
-from tests.conftest import ROOT, tiny_spec
 from lrbs.trainables.train_loop import TrialPoint, run_pack
+from tests.conftest import ROOT, tiny_spec
 
 FIX = ROOT / "tests" / "fixtures"
 
@@ -83,8 +84,11 @@ def test_trial_table_takes_last_measured_curvature(grid):
 
 # ----------------------------------------------------------------------------- collapse
 
-@pytest.mark.parametrize("metric, log_y", [("final_train_loss", False), ("final_train_loss", True),
-                                           ("lambda_max", True), ("final_val_acc", False)])
+
+@pytest.mark.parametrize(
+    "metric, log_y",
+    [("final_train_loss", False), ("final_train_loss", True), ("lambda_max", True), ("final_val_acc", False)],
+)
 def test_collapse_against_lstsq_and_nested_f_test(grid, metric, log_y):
     """The collapse test over point means (each (lr, S)'s seeds averaged), recomputed with numpy."""
     _, trials = grid
@@ -106,9 +110,9 @@ def test_collapse_against_lstsq_and_nested_f_test(grid, metric, log_y):
     lr_fit = stats.linregress(le - ls, y)
     rss_r = float(np.sum((y - lr_fit.intercept - lr_fit.slope * (le - ls)) ** 2))
     F = (rss_r - rss_full) / (rss_full / (n - 3))
-    assert res.t ** 2 == pytest.approx(F, rel=1e-7)
+    assert res.t**2 == pytest.approx(F, rel=1e-7)
     assert res.p == pytest.approx(stats.f.sf(F, 1, n - 3), rel=1e-6)
-    assert res.r2_ratio == pytest.approx(lr_fit.rvalue ** 2, rel=1e-9)
+    assert res.r2_ratio == pytest.approx(lr_fit.rvalue**2, rel=1e-9)
     tss = np.sum((y - y.mean()) ** 2)
     assert res.r2_full == pytest.approx(1 - rss_full / tss, rel=1e-9)
     assert res.r2_full >= res.r2_ratio
@@ -130,6 +134,7 @@ def test_collapse_skips_a_pure_beta_family(bd):
 
 # ----------------------------------------------------------------------------- curve distances
 
+
 def _curve_arrays(metrics, ids, metric):
     by = _by_trial(metrics)
     return {by[i][0]["seed"]: {r["epoch"]: r[metric] for r in by[i]} for i in ids}
@@ -147,13 +152,15 @@ def test_equal_ratio_pairs_against_numpy(grid):
         B = np.array([[c[e] for e in sorted(c)] for c in _curve_arrays(metrics, ids_b, "val_acc").values()])
         diff = A.mean(0) - B.mean(0)
         assert d.diff == pytest.approx(diff.tolist())
-        assert d.rms == pytest.approx(np.sqrt(np.mean(diff ** 2)))
+        assert d.rms == pytest.approx(np.sqrt(np.mean(diff**2)))
         se = np.sqrt(A.var(0, ddof=1) / len(A) + B.var(0, ddof=1) / len(B))
         assert d.diff_se == pytest.approx(se.tolist())
         per_seed = [np.sqrt(np.mean((A[i] - B[i]) ** 2)) for i in range(len(A))]  # seeds 0,1,2 in both
         assert d.seed_rms_mean == pytest.approx(np.mean(per_seed))
         assert d.seed_rms_sd == pytest.approx(np.std(per_seed, ddof=1))
-        noise = [np.sqrt(np.mean((M[i] - M[j]) ** 2)) for M in (A, B) for i, j in itertools.combinations(range(len(M)), 2)]
+        noise = [
+            np.sqrt(np.mean((M[i] - M[j]) ** 2)) for M in (A, B) for i, j in itertools.combinations(range(len(M)), 2)
+        ]
         assert d.noise_rms == pytest.approx(np.mean(noise))
 
 
@@ -172,12 +179,20 @@ def test_rescale_distances_against_numpy():
     trials = trial_table(metrics)
     dists = rescale_distances(metrics, trials, "val_acc")
     assert sorted((d.extra["rule"], d.extra["batch_size"]) for d in dists) == [
-        ("linear", 64), ("linear", 256), ("none", 64), ("none", 256), ("sqrt", 64), ("sqrt", 256)]
+        ("linear", 64),
+        ("linear", 256),
+        ("none", 64),
+        ("none", 256),
+        ("sqrt", 64),
+        ("sqrt", 256),
+    ]
     rows = _rows(trials)
     ref = [r["trial_id"] for r in rows if r["batch_size"] == 16]
     R = np.array([[c[e] for e in sorted(c)] for c in _curve_arrays(metrics, ref, "val_acc").values()])
     for d in dists:
-        ids = [r["trial_id"] for r in rows if r["rescale"] == d.extra["rule"] and r["batch_size"] == d.extra["batch_size"]]
+        ids = [
+            r["trial_id"] for r in rows if r["rescale"] == d.extra["rule"] and r["batch_size"] == d.extra["batch_size"]
+        ]
         A = np.array([[c[e] for e in sorted(c)] for c in _curve_arrays(metrics, ids, "val_acc").values()])
         assert d.rms == pytest.approx(np.sqrt(np.mean((A.mean(0) - R.mean(0)) ** 2)))
     by = {(d.extra["rule"], d.extra["batch_size"]): d.rms for d in dists}
@@ -187,11 +202,12 @@ def test_rescale_distances_against_numpy():
 
 # ----------------------------------------------------------------------------- breakdown
 
+
 def _welch_less_p(x, y):
     x, y = np.asarray(x, float), np.asarray(y, float)
     vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
     t = (x.mean() - y.mean()) / math.sqrt(vx + vy)
-    df = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
+    df = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
     return stats.t.cdf(t, df)
 
 
@@ -225,9 +241,13 @@ def test_breakdown_against_scipy(bd):
         first = next((br.beta for br, a in zip(tested, adj) if a < 0.05), None)
         assert r.beta_star == first
         # predicted critical batch size: mean over beta=1 trials of each one's median B_simple
-        med = [np.median([g for x in by[t["trial_id"]] if (g := x["grad_noise_scale"]) is not None
-                          and np.isfinite(g) and g > 0])
-               for t in fam if t["beta"] == 1.0]
+        med = [
+            np.median(
+                [g for x in by[t["trial_id"]] if (g := x["grad_noise_scale"]) is not None and np.isfinite(g) and g > 0]
+            )
+            for t in fam
+            if t["beta"] == 1.0
+        ]
         assert r.b_crit == pytest.approx(np.mean(med))
         assert r.beta_crit == pytest.approx(np.mean(med) / 8)
     # what the Fig. 5 twin shows: the small set breaks down at a smaller beta, and only the
@@ -253,12 +273,28 @@ def _beta_family(values: dict[float, list[float]], n_train: int = 400, **columns
     ``columns``: extra trial-table columns, one value for every trial (e.g. a config key)."""
     rows = [(beta, seed, v) for beta, vs in values.items() for seed, v in enumerate(vs)]
     ids = [f"b{beta:g}-s{seed}" for beta, seed, _ in rows]
-    metrics = pa.table({"trial_id": ids, "seed": [s for _, s, _ in rows], "epoch": [1] * len(rows),
-                        "ratio": [0.05 / 8] * len(rows), "val_acc": [v for *_, v in rows]})
-    trials = pa.table({"trial_id": ids, "beta": [b for b, *_ in rows], "seed": [s for _, s, _ in rows],
-                       "n_train": [n_train] * len(rows), "lr": [0.05 * b for b, *_ in rows],
-                       "batch_size": [round(8 * b) for b, *_ in rows], "status": ["finished"] * len(rows),
-                       "max_val_acc": [v for *_, v in rows], **{k: [v] * len(rows) for k, v in columns.items()}})
+    metrics = pa.table(
+        {
+            "trial_id": ids,
+            "seed": [s for _, s, _ in rows],
+            "epoch": [1] * len(rows),
+            "ratio": [0.05 / 8] * len(rows),
+            "val_acc": [v for *_, v in rows],
+        }
+    )
+    trials = pa.table(
+        {
+            "trial_id": ids,
+            "beta": [b for b, *_ in rows],
+            "seed": [s for _, s, _ in rows],
+            "n_train": [n_train] * len(rows),
+            "lr": [0.05 * b for b, *_ in rows],
+            "batch_size": [round(8 * b) for b, *_ in rows],
+            "status": ["finished"] * len(rows),
+            "max_val_acc": [v for *_, v in rows],
+            **{k: [v] * len(rows) for k, v in columns.items()},
+        }
+    )
     return metrics, trials
 
 
@@ -266,8 +302,11 @@ def test_breakdown_drop_and_its_interval_match_scipy():
     """Each beta's drop (mean at beta = 1 minus mean at beta, accuracy points) and its 95% interval
     are scipy's Welch interval x100, unequal seeds and sds included; beside it the seeds on each side."""
     rng = np.random.default_rng(3)
-    values = {1.0: list(0.9 + 0.004 * rng.standard_normal(4)), 2.0: list(0.895 + 0.01 * rng.standard_normal(6)),
-              4.0: list(0.85 + 0.002 * rng.standard_normal(3))}
+    values = {
+        1.0: list(0.9 + 0.004 * rng.standard_normal(4)),
+        2.0: list(0.895 + 0.01 * rng.standard_normal(6)),
+        4.0: list(0.85 + 0.002 * rng.standard_normal(3)),
+    }
     (res,) = breakdown(*_beta_family(values))
     for row in res.rows[1:]:
         ci = stats.ttest_ind(values[1.0], values[row.beta], equal_var=False).confidence_interval(0.95)
@@ -281,7 +320,9 @@ def test_min_drop_makes_a_small_significant_drop_hold_and_a_large_one_count():
     min_drop = 3 points only the 8-point drop counts, its p scipy's Welch test of the drop > 3
     points. The section reads min_drop from the trials' config (``beta_test``) and says so."""
     rng = np.random.default_rng(5)
-    values = {beta: list(mean + 0.002 * rng.standard_normal(5)) for beta, mean in ((1.0, 0.90), (2.0, 0.89), (4.0, 0.82))}
+    values = {
+        beta: list(mean + 0.002 * rng.standard_normal(5)) for beta, mean in ((1.0, 0.90), (2.0, 0.89), (4.0, 0.82))
+    }
     (plain,) = breakdown(*_beta_family(values))
     assert [r.significant for r in plain.rows] == [False, True, True] and plain.beta_star == 2.0
     (strict,) = breakdown(*_beta_family(values), min_drop=3.0)
@@ -300,6 +341,7 @@ def test_detectable_drop_has_80_percent_power_and_shrinks_with_more_seeds():
     """The detectable drop is the true drop the test (one-sided Welch at alpha / m) rejects 80% of
     the time when the seeds' sds are the observed ones: checked by simulating scipy's test at
     it; with the same sd, 10 seeds a side detect a smaller drop than 3."""
+
     def exact_sd(n: int, sd: float, seed: int) -> list[float]:
         z = np.random.default_rng(seed).standard_normal(n)
         return list(0.9 + sd * (z - z.mean()) / z.std(ddof=1))
@@ -322,14 +364,17 @@ def test_detectable_drop_has_80_percent_power_and_shrinks_with_more_seeds():
 
 # ----------------------------------------------------------------------------- Fig. 3 and Eq. 7
 
+
 def _point_mean_xy(rows, column, log_y):
     """log10(eta/S) and the metric (log10 with ``log_y``) averaged over each (lr, S)'s seeds."""
     points: dict[tuple, list[tuple[float, float]]] = {}
     for r in rows:
         v = math.log10(r[column]) if log_y else r[column]
         points.setdefault((r["lr"], r["batch_size"]), []).append((math.log10(r["ratio"]), v))
-    return (np.array([np.mean([a for a, _ in v]) for v in points.values()]),
-            np.array([np.mean([b for _, b in v]) for v in points.values()]))
+    return (
+        np.array([np.mean([a for a, _ in v]) for v in points.values()]),
+        np.array([np.mean([b for _, b in v]) for v in points.values()]),
+    )
 
 
 def test_band_fit_against_linregress(grid):
@@ -343,7 +388,7 @@ def test_band_fit_against_linregress(grid):
     q = stats.t.ppf(0.975, len(x) - 2)
     assert f.slope == pytest.approx(lr.slope) and f.p == pytest.approx(lr.pvalue, rel=1e-6)
     assert f.slope_ci == pytest.approx((lr.slope - q * lr.stderr, lr.slope + q * lr.stderr))
-    assert f.r2 == pytest.approx(lr.rvalue ** 2)
+    assert f.r2 == pytest.approx(lr.rvalue**2)
     assert f.spearman_rho == pytest.approx(stats.spearmanr(x, y).statistic)
     # band at the smallest x: yhat +- t s sqrt(1/n + (x - xbar)^2 / Sxx), back on the metric's scale
     s = math.sqrt(np.sum((y - lr.intercept - lr.slope * x) ** 2) / (len(x) - 2))
@@ -410,6 +455,7 @@ def test_interpolation_reader_and_barrier():
 
 # ----------------------------------------------------------------------------- the report
 
+
 def _copy(name, tmp_path):
     dst = tmp_path / name
     shutil.copytree(FIX / name, dst)
@@ -423,14 +469,32 @@ def test_report_on_grid_fixture(tmp_path):
     fits = json.loads((run / "fits.json").read_text())
     assert set(fits) >= {"summary", "fits", "notes", "sections"}
     # The grid fixture measured sharpness, so its fits are there too.
-    assert set(fits["fits"]) == {"final_val_acc", "max_val_acc", "final_train_loss",
-                                 "lambda_max", "hessian_fro", "hessian_trace"}
+    assert set(fits["fits"]) == {
+        "final_val_acc",
+        "max_val_acc",
+        "final_train_loss",
+        "lambda_max",
+        "hessian_fro",
+        "hessian_trace",
+    }
     sec = fits["sections"]
     assert {k for k, v in sec.items() if v["status"] == "ok"} == {
-        "overview", "collapse", "equal_ratio", "geometry", "interpolation", "eq7", "grid", "gap", "probes",
-        "provenance", "trials"}
+        "overview",
+        "collapse",
+        "equal_ratio",
+        "geometry",
+        "interpolation",
+        "eq7",
+        "grid",
+        "gap",
+        "probes",
+        "provenance",
+        "trials",
+    }
     # The best point of the fixture's grid (lr 0.16, S 16) is on two edges: the report says so.
-    assert sec["grid"]["data"]["on_edge"] and "WARNING: the best point sits on the grid's edge" in sec["grid"]["notes"][0]
+    assert (
+        sec["grid"]["data"]["on_edge"] and "WARNING: the best point sits on the grid's edge" in sec["grid"]["notes"][0]
+    )
     assert sec["probes"]["data"]["lambda_max_converged"] == 18
     assert sec["probes"]["data"]["noise_scale_capped"] == []  # the fixture measured no noise scale
     assert sec["provenance"]["data"]["code_versions"] == ["fixture"]
@@ -459,8 +523,9 @@ def test_report_on_breakdown_fixture(tmp_path):
 def _partial(metrics: pa.Table) -> pa.Table:
     """The grid run as it looked mid-sweep: half the trials stopped at epoch 5, still running."""
     ids = sorted(set(metrics.column("trial_id").to_pylist()))[::2]
-    keep = pc.invert(pc.and_(pc.is_in(metrics.column("trial_id"), pa.array(ids)),
-                             pc.greater(metrics.column("epoch"), 5)))
+    keep = pc.invert(
+        pc.and_(pc.is_in(metrics.column("trial_id"), pa.array(ids)), pc.greater(metrics.column("epoch"), 5))
+    )
     return metrics.filter(keep)
 
 
@@ -481,8 +546,16 @@ def test_report_on_a_running_sweep(tmp_path, grid):
 
 def test_sections_skip_when_curvature_columns_are_absent_or_null(grid):
     metrics, _ = grid
-    curv = ["lambda_max", "lambda_max_converged", "hessian_fro", "hessian_fro_stderr", "hessian_trace",
-            "hessian_trace_stderr", "grad_noise_scale", "probe_n_samples"]
+    curv = [
+        "lambda_max",
+        "lambda_max_converged",
+        "hessian_fro",
+        "hessian_fro_stderr",
+        "hessian_trace",
+        "hessian_trace_stderr",
+        "grad_noise_scale",
+        "probe_n_samples",
+    ]
     dropped = metrics.drop_columns(curv)
     nulls = metrics
     for c in curv:
@@ -506,7 +579,7 @@ def test_probe_reliability_flags_subset_capped_noise_scales(grid):
 
     _, trials = grid
     n = trials.num_rows
-    b = [10.0 * (i + 1) for i in range(n)]          # 10 .. 180 examples, probe subset of 512
+    b = [10.0 * (i + 1) for i in range(n)]  # 10 .. 180 examples, probe subset of 512
     se = [0.9 * v if i == 0 else 0.1 * v for i, v in enumerate(b)]
     t = trials.set_column(trials.column_names.index("grad_noise_scale"), "grad_noise_scale", pa.array(b))
     t = t.set_column(t.column_names.index("grad_noise_scale_stderr"), "grad_noise_scale_stderr", pa.array(se))
@@ -554,15 +627,21 @@ def test_learning_curves_aggregate_over_seeds_for_large_sweeps():
     point_of = {t["trial_id"]: (t["lr"], t["batch_size"]) for t in trials.to_pylist()}
     points = sorted(set(point_of.values()))
     assert len(fig.data) == 2 * len(points) < len(per_trial.data)
-    means = [tr for tr in fig.data if tr.name is not None]       # band, mean, band, mean, ...
+    means = [tr for tr in fig.data if tr.name is not None]  # band, mean, band, mean, ...
     bands = [tr for tr in fig.data if tr.fillcolor is not None]
     assert [d.fill for d in fig.layout.template.data.scattergl] == ["toself", None]  # shared, said once
     assert len(means) == len(bands) == len(points)
     for mean, band in zip(means, bands):
         lr, s = next(p for p in points if f"lr={p[0]:g} S={p[1]}" in mean.name)
         for k, epoch in enumerate(mean.x):
-            vals = [r["val_acc"] for r in rows if point_of[r["trial_id"]] == (lr, s) and r["epoch"] == epoch
-                    and r["val_acc"] is not None and math.isfinite(r["val_acc"])]
+            vals = [
+                r["val_acc"]
+                for r in rows
+                if point_of[r["trial_id"]] == (lr, s)
+                and r["epoch"] == epoch
+                and r["val_acc"] is not None
+                and math.isfinite(r["val_acc"])
+            ]
             assert mean.y[k] == pytest.approx(np.mean(vals))
             assert mean.customdata[k] == len(vals)
             assert band.y[k] == pytest.approx(min(vals)) and band.y[len(band.y) - 1 - k] == pytest.approx(max(vals))
@@ -593,9 +672,13 @@ def test_individual_trials_on_demand(tmp_path, capsys):
     page = run / f"trials-lr={lr:g}-S={s}_{ids[0]}.html"
     assert f"trials: {page}" in out and page.exists() and not (run / "report.html").exists()
     text = page.read_text()
-    assert all(t in text for t in ids) and text.count("class=\"plotly-graph-div\"") >= 2
-    for bad, why in [("lr=0.1 color=red", "unknown key 'color'"), (f"lr={lr * 7:g}", "no trial matches"),
-                     ("nosuchtrial_00000", "no trial 'nosuchtrial_00000'"), (f"lr={lr:g} {ids[0]}", "mixes")]:
+    assert all(t in text for t in ids) and text.count('class="plotly-graph-div"') >= 2
+    for bad, why in [
+        ("lr=0.1 color=red", "unknown key 'color'"),
+        (f"lr={lr * 7:g}", "no trial matches"),
+        ("nosuchtrial_00000", "no trial 'nosuchtrial_00000'"),
+        (f"lr={lr:g} {ids[0]}", "mixes"),
+    ]:
         assert main(["report", str(run), "--trials", bad]) == 2
         err = capsys.readouterr().err
         assert why in err and err.count("\n") == 1, err
@@ -630,8 +713,15 @@ def test_legend_names_with_odd_labels_select_their_trials():
     from lrbs.analysis.selection import select_trials
 
     labels = ["big batch", "x (warm)", "y=1", "a,b", "it's"]
-    trials = pa.table({"trial_id": [f"t{i}" for i in range(10)], "lr": [0.1] * 10, "batch_size": [32] * 10,
-                       "variant": labels * 2, "seed": [0] * 5 + [1] * 5})
+    trials = pa.table(
+        {
+            "trial_id": [f"t{i}" for i in range(10)],
+            "lr": [0.1] * 10,
+            "batch_size": [32] * 10,
+            "variant": labels * 2,
+            "seed": [0] * 5 + [1] * 5,
+        }
+    )
     for label in labels:
         name = point_label({"lr": 0.1, "batch_size": 32, "variant": label}) + " (eta/S=0.00313)"
         picked = select_trials(trials, [name]).column("trial_id").to_pylist()
@@ -642,21 +732,33 @@ def test_legend_names_with_odd_labels_select_their_trials():
 
 # ----------------------------------------------------------------------------- eval-mode train accuracy
 
+
 def _write_trained_run(run_dir, report_section):
     """A real pack of four points (one diverges) trained and written as a sweep writes it: each
     member's rows under its own trial id with its own config (``to_param_space`` and
     ``lrbs.sweeps.packing.members``), through the real metric sink."""
     torch.set_num_threads(1)
-    spec = spec_from_dict(tiny_spec(name="te", train={"epochs": 2, "momentum": 0.9, "train_eval_samples": 300},
-                                    grid={"lr": [0.02, 0.08, 0.3, 1e4], "batch_size": [32], "seed": [0]},
-                                    report=report_section))
+    spec = spec_from_dict(
+        tiny_spec(
+            name="te",
+            train={"epochs": 2, "momentum": 0.9, "train_eval_samples": 300},
+            grid={"lr": [0.02, 0.08, 0.3, 1e4], "batch_size": [32], "seed": [0]},
+            report=report_section,
+        )
+    )
     points = expand_points(spec)
     config = {**{k: v for k, v in to_param_space(spec, "test").items() if k != "point"}, "point": tune_point(points)}
     ids = members("te_00000", config)
     sink = ArrowMetricsSink(run_dir / "metrics", compact_every=0)
-    run_pack([TrialPoint.from_dict(p) for p in points], spec.dataset, spec.model, spec.train,
-             lambda rows, state: [sink.write_row(row_from_result(r, ids[r["member"]][1], ids[r["member"]][0]))
-                                  for r in rows])
+    run_pack(
+        [TrialPoint.from_dict(p) for p in points],
+        spec.dataset,
+        spec.model,
+        spec.train,
+        lambda rows, state: [
+            sink.write_row(row_from_result(r, ids[r["member"]][1], ids[r["member"]][0])) for r in rows
+        ],
+    )
     sink.on_experiment_end([])
 
 
@@ -717,8 +819,11 @@ def test_gap_uses_the_eval_mode_train_accuracy_of_the_final_weights(evaluated):
     trials = trial_table(load_metrics(evaluated))
     sec = section_gap(trials)
     assert sec.status == "ok" and sec.data["train_accuracy"] == "eval_mode"
-    n, slope = _gap_fit(trials.column("ratio").to_pylist(), trials.column("final_train_eval_acc").to_pylist(),
-                        trials.column("final_val_acc").to_pylist())
+    n, slope = _gap_fit(
+        trials.column("ratio").to_pylist(),
+        trials.column("final_train_eval_acc").to_pylist(),
+        trials.column("final_val_acc").to_pylist(),
+    )
     assert n == 3 and sec.data["fit"]["n"] == 3  # the diverged trial has no eval-mode value
     # 3 points: a slope, and no interval (the table says why instead of printing one)
     assert sec.data["fit"]["n_points"] == 3 and "no CI: 3 points" in sec.tables[0].rows[0][1]
@@ -728,12 +833,16 @@ def test_gap_uses_the_eval_mode_train_accuracy_of_the_final_weights(evaluated):
     # a trial without the value that did not diverge (finished by older code) is named in a note
     first = trials.column("final_train_eval_acc").to_pylist()
     finished = [i for i, v in enumerate(first) if v is not None]
-    dropped = first[:finished[0]] + [None] + first[finished[0] + 1:]
-    mixed = trials.set_column(trials.column_names.index("final_train_eval_acc"), "final_train_eval_acc",
-                              pa.array(dropped, pa.float64()))
+    dropped = first[: finished[0]] + [None] + first[finished[0] + 1 :]
+    mixed = trials.set_column(
+        trials.column_names.index("final_train_eval_acc"), "final_train_eval_acc", pa.array(dropped, pa.float64())
+    )
     sec = section_gap(mixed)
     assert sec.data["fit"]["n"] == 2 and len(sec.notes) == 1
-    assert "finished by code that did not record it" in sec.notes[0] and trials.column("trial_id")[finished[0]].as_py() in sec.notes[0]
+    assert (
+        "finished by code that did not record it" in sec.notes[0]
+        and trials.column("trial_id")[finished[0]].as_py() in sec.notes[0]
+    )
 
 
 def test_gap_of_an_older_run_is_the_train_mode_gap_and_says_so(grid):
@@ -741,8 +850,11 @@ def test_gap_of_an_older_run_is_the_train_mode_gap_and_says_so(grid):
     _, trials = grid
     sec = section_gap(trials)
     assert sec.status == "ok" and sec.data["train_accuracy"] == "train_mode_epoch_mean"
-    n, slope = _gap_fit(trials.column("ratio").to_pylist(), trials.column("final_train_acc").to_pylist(),
-                        trials.column("final_val_acc").to_pylist())
+    n, slope = _gap_fit(
+        trials.column("ratio").to_pylist(),
+        trials.column("final_train_acc").to_pylist(),
+        trials.column("final_val_acc").to_pylist(),
+    )
     assert sec.data["fit"]["n"] == n == 18 and sec.data["fit"]["slope"] == pytest.approx(slope)
     assert "TRAIN-MODE" in sec.tables[0].title and "biased" in sec.headline
     assert any("train-mode running mean" in note for note in sec.notes)
@@ -760,6 +872,7 @@ def test_equal_accuracies_are_no_evidence_of_a_drop():
 
 # ----------------------------------------------------------------------------- comparing runs honestly
 
+
 def _train_run(run_dir, spec_dict) -> None:
     """A real run without Ray: each pack of the spec trained by ``run_pack``, its members' rows
     under their own trial ids and configs through the real metric sink, the spec copied in."""
@@ -772,12 +885,20 @@ def _train_run(run_dir, spec_dict) -> None:
     write_yaml(run_dir / "spec.yaml", spec_dict)
     sink = ArrowMetricsSink(run_dir / "metrics", compact_every=0)
     for k, pack in enumerate(plan_packs(spec)):
-        config = {**{key: v for key, v in to_param_space(spec, "test").items() if key != "point"},
-                  "point": tune_point(pack)}
+        config = {
+            **{key: v for key, v in to_param_space(spec, "test").items() if key != "point"},
+            "point": tune_point(pack),
+        }
         ids = members(f"{spec.name}_{k:05d}", config)
-        run_pack([TrialPoint.from_dict(p) for p in pack], spec.dataset, spec.model, spec.train,
-                 lambda rows, state, ids=ids: [sink.write_row(row_from_result(r, ids[r["member"]][1],
-                                                                              ids[r["member"]][0])) for r in rows])
+        run_pack(
+            [TrialPoint.from_dict(p) for p in pack],
+            spec.dataset,
+            spec.model,
+            spec.train,
+            lambda rows, state, ids=ids: [
+                sink.write_row(row_from_result(r, ids[r["member"]][1], ids[r["member"]][0])) for r in rows
+            ],
+        )
     sink.on_experiment_end([])
 
 
@@ -803,15 +924,25 @@ def test_compare_says_what_differs_and_withholds_the_verdict_across_models(tmp_p
     assert main(["report", str(a), "--format", "md", "--compare", str(narrow)]) == 0
     md = (a / "compare-narrow.md").read_text()
     assert md.index("## What differs") < md.index("slopes against log10(eta/S)")
-    assert _md_row(md, "model") == ["model", "mlp (batch_norm=yes, depth=3, width=64)",
-                                    "mlp (batch_norm=yes, depth=3, width=32)", "DIFFERS"]
+    assert _md_row(md, "model") == [
+        "model",
+        "mlp (batch_norm=yes, depth=3, width=64)",
+        "mlp (batch_norm=yes, depth=3, width=32)",
+        "DIFFERS",
+    ]
     assert _md_row(md, "data set")[-1] == "yes" and _md_row(md, "data set")[1] == _md_row(md, "data set")[2]
-    assert _md_row(md, "epochs")[1:] == ["12", "2", "DIFFERS"] and _md_row(md, "seeds")[1:] == ["0, 1, 2", "0", "DIFFERS"]
+    assert _md_row(md, "epochs")[1:] == ["12", "2", "DIFFERS"] and _md_row(md, "seeds")[1:] == [
+        "0, 1, 2",
+        "0",
+        "DIFFERS",
+    ]
     assert _md_row(md, "code version")[1:] == ["fixture", "test", "DIFFERS"]
     assert "The runs differ in: model, epochs," in md
     (refusal,) = [line for line in md.splitlines() if "No same/different verdict" in line]
     assert "the runs have different models" in refusal and "--compare-any" in refusal
-    assert "| metric | grid | narrow | B - A |\n" in md and "| CIs overlap |" not in md and "NO: the runs differ" not in md
+    assert (
+        "| metric | grid | narrow | B - A |\n" in md and "| CIs overlap |" not in md and "NO: the runs differ" not in md
+    )
     assert _md_row(md, "final_val_acc")[0] == "final_val_acc" and len(_md_row(md, "final_val_acc")) == 4
     html_page = (a / "compare-narrow.html").read_text()
     assert html_page.index("What differs") < html_page.index("Side by side")
@@ -864,16 +995,18 @@ def test_compare_overlays_both_runs_fits_and_learning_curves(tmp_path, narrow):
     log_fig = figures["log10 final_train_loss against eta/S"]  # fitted on log10: points are 10 ** mean log10
     assert log_fig.layout.yaxis.type == "log"
     pts = next(t for t in log_fig.data if t.name == "narrow: point means")  # one seed: each trial's own loss
-    assert np.allclose(sorted(np.asarray(pts.y, float)), sorted(views[1].trials.column("final_train_loss").to_pylist()),
-                       rtol=1e-5)
+    assert np.allclose(
+        sorted(np.asarray(pts.y, float)), sorted(views[1].trials.column("final_train_loss").to_pylist()), rtol=1e-5
+    )
     curves = figures["Validation accuracy per epoch"]
     assert len(curves.data) == 6 + 4  # the grid's 6 points and narrow's 4, a line each
     by_trial = _by_trial(views[1].metrics)
     lr, s = 0.05, 32
     ids = [t for t, rows in by_trial.items() if rows[0]["lr"] == lr and rows[0]["batch_size"] == s]
     line = next(t for t in curves.data if t.name.startswith(f"narrow: lr={lr:g} S={s} "))
-    assert np.allclose(np.asarray(line.y, float),
-                       np.mean([[r["val_acc"] for r in by_trial[t]] for t in ids], axis=0), rtol=1e-6)
+    assert np.allclose(
+        np.asarray(line.y, float), np.mean([[r["val_acc"] for r in by_trial[t]] for t in ids], axis=0), rtol=1e-6
+    )
     # in the page: a plotly figure per overlay, under its own heading
     a = _copy("grid", tmp_path)
     assert main(["report", str(a), "--format", "md", "--compare", str(narrow)]) == 0
@@ -890,8 +1023,12 @@ def test_compare_curves_of_many_points_are_one_mean_line_per_run(grid):
     metrics, trials = grid
     fig = plots.compare_curves([("A", metrics, trials), ("B", metrics, trials)], max_points=4)
     names = [t.name for t in fig.data]
-    assert names == ["A: lowest to highest point", "A: mean over its 6 points", "B: lowest to highest point",
-                     "B: mean over its 6 points"]
+    assert names == [
+        "A: lowest to highest point",
+        "A: mean over its 6 points",
+        "B: lowest to highest point",
+        "B: mean over its 6 points",
+    ]
     by_trial = _by_trial(metrics)
     points: dict = {}
     for t, rows in by_trial.items():
@@ -906,6 +1043,7 @@ def test_compare_curves_of_many_points_are_one_mean_line_per_run(grid):
 
 # ----------------------------------------------------------------------------- the report's layout
 
+
 def test_report_layout_contents_spec_yaml_skipped_lines_and_headings(tmp_path):
     """report.html: a table of contents linking every section to an anchor that exists; the
     spec as the YAML it is (a <pre> block; a ```yaml block in report.md), not a table of lines;
@@ -919,8 +1057,12 @@ def test_report_layout_contents_spec_yaml_skipped_lines_and_headings(tmp_path):
     from tests.conftest import write_yaml
 
     run = _copy("grid", tmp_path)
-    spec = tiny_spec("grid", model={"options": {"width": 64}}, train={"epochs": 12},
-                     grid={"lr": [0.01, 0.04, 0.16], "batch_size": [16, 64], "seed": [0, 1, 2]})
+    spec = tiny_spec(
+        "grid",
+        model={"options": {"width": 64}},
+        train={"epochs": 12},
+        grid={"lr": [0.01, 0.04, 0.16], "batch_size": [16, 64], "seed": [0, 1, 2]},
+    )
     write_yaml(run / "spec.yaml", spec)
     paths = write_reports(run)
     page, md = paths["html"].read_text(), paths["md"].read_text()
@@ -949,8 +1091,9 @@ def test_report_layout_contents_spec_yaml_skipped_lines_and_headings(tmp_path):
     assert "Eq. 7: final loss against (eta/4S) Tr(H)" in headings and "- **-**" not in md
 
     text = (run / "spec.yaml").read_text()
-    block = re.search(r"<p class='cap'>the spec \(spec.yaml in the run directory\)</p><pre class='block'>(.*?)</pre>",
-                      page, re.S).group(1)
+    block = re.search(
+        r"<p class='cap'>the spec \(spec.yaml in the run directory\)</p><pre class='block'>(.*?)</pre>", page, re.S
+    ).group(1)
     assert html_lib.unescape(block) == text and yaml.safe_load(html_lib.unescape(block)) == spec
     assert f"```yaml\n{text.rstrip()}\n```" in md
     assert "| spec.yaml |" not in md and "<th>spec.yaml</th>" not in page

@@ -4,6 +4,7 @@ errors and every figure draws (DOM check, then a screenshot cropped at each figu
 Skipped only when chromium is not installed AND this is not CI; with CI=true a missing browser
 is a failure (.ci/run installs it: apt-get install -y chromium).
 """
+
 from __future__ import annotations
 
 import io
@@ -27,20 +28,38 @@ if BROWSER is None:
         pytest.fail("CI=true but no chromium on PATH (.ci/run must apt-get install -y chromium)", pytrace=False)
     pytestmark = pytest.mark.skip(reason="chromium not installed (apt-get install -y chromium)")
 
-FLAGS = ["--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars", "--enable-logging=stderr", "--v=0",
-         "--virtual-time-budget=15000", "--no-first-run", "--disable-extensions", "--disable-background-networking"]
+FLAGS = [
+    "--headless",
+    "--disable-gpu",
+    "--no-sandbox",
+    "--hide-scrollbars",
+    "--enable-logging=stderr",
+    "--v=0",
+    "--virtual-time-budget=15000",
+    "--no-first-run",
+    "--disable-extensions",
+    "--disable-background-networking",
+]
 WIDTH = 1280
 
 
 def _chromium(tmp_path, *args) -> subprocess.CompletedProcess:
     env = {**os.environ, "HOME": str(tmp_path)}  # a profile of its own, nothing shared
-    return subprocess.run([BROWSER, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args], capture_output=True,
-                          text=True, timeout=120, env=env)
+    return subprocess.run(
+        [BROWSER, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def _console_errors(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines()
-            if ":CONSOLE" in line and ("Uncaught" in line or "Error" in line or "error" in line)]
+    return [
+        line
+        for line in stderr.splitlines()
+        if ":CONSOLE" in line and ("Uncaught" in line or "Error" in line or "error" in line)
+    ]
 
 
 def _status(dom: str) -> dict:
@@ -48,15 +67,22 @@ def _status(dom: str) -> dict:
     assert m, "the status script never ran"
     attrs = dict(re.findall(r'data-([a-z]+)="([^"]*)"', m.group(1)))
     errors = re.search(r'<pre id="lrbs-errors">(.*?)</pre>', dom, re.S).group(1)
-    return {"plots": int(attrs["plots"]), "drawn": int(attrs["drawn"]), "errors": errors.strip(),
-            "boxes": json.loads(attrs["boxes"].replace("&quot;", '"')), "height": int(attrs["height"])}
+    return {
+        "plots": int(attrs["plots"]),
+        "drawn": int(attrs["drawn"]),
+        "errors": errors.strip(),
+        "boxes": json.loads(attrs["boxes"].replace("&quot;", '"')),
+        "height": int(attrs["height"]),
+    }
 
 
 def test_console_error_detection_works(tmp_path):
     """Negative control: a page that throws is caught by both the stderr scan and the page hook."""
     page = tmp_path / "bad.html"
-    page.write_text("<html><body><script>console.error('boom-console')</script>"
-                    "<script>throw new Error('boom-uncaught')</script></body></html>")
+    page.write_text(
+        "<html><body><script>console.error('boom-console')</script>"
+        "<script>throw new Error('boom-uncaught')</script></body></html>"
+    )
     out = _chromium(tmp_path, "--dump-dom", page.as_uri())
     errors = _console_errors(out.stderr)
     assert any("boom-uncaught" in e for e in errors) and any("boom-console" in e for e in errors)
@@ -89,7 +115,7 @@ def test_report_html_renders_every_figure(tmp_path):
     for left, top, width, h, traces in st["boxes"]:
         if top + h > height:
             continue
-        crop = img[top:top + h, left:left + width]
+        crop = img[top : top + h, left : left + width]
         assert crop.size and traces > 0
         dark = (crop < 200).mean()  # axes, ticks, markers, lines, text
         assert 0.003 < dark < 0.6 and crop.std() > 10, (top, dark, crop.std())
@@ -103,8 +129,8 @@ def test_large_sweep_report_draws_with_webgl(tmp_path, monkeypatch):
     the time; benchmarks/metrics_scale.py draws the real 10,000.)"""
     from PIL import Image
 
-    from lrbs.analysis import plots
     from benchmarks.metrics_scale import write_sweep
+    from lrbs.analysis import plots
 
     monkeypatch.setattr(plots, "MAX_SVG_POINTS", 60)
     monkeypatch.setattr(plots, "MAX_TRIAL_CURVES", 30)
@@ -124,7 +150,7 @@ def test_large_sweep_report_draws_with_webgl(tmp_path, monkeypatch):
     checked = 0
     for left, top, width, h, traces in st["boxes"]:
         if top + h <= height:
-            crop = img[top:top + h, left:left + width]
+            crop = img[top : top + h, left : left + width]
             assert 0.003 < (crop < 200).mean() < 0.6 and crop.std() > 10, (top, traces)
             checked += 1
     assert checked >= 5
@@ -163,5 +189,5 @@ def test_comparison_page_draws_both_runs_overlays(tmp_path):
     img = np.asarray(Image.open(io.BytesIO(shot.read_bytes())).convert("L"), dtype=float)
     for left, top, width, h, _ in st["boxes"]:
         if top + h <= height:
-            crop = img[top:top + h, left:left + width]
+            crop = img[top : top + h, left : left + width]
             assert 0.003 < (crop < 200).mean() < 0.6 and crop.std() > 10, top

@@ -1,4 +1,5 @@
 """The benchmark's quick mode runs and prints every row (numbers are not checked: not a speed test)."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,14 @@ from tests.conftest import ROOT
 def test_benchmark_quick_mode_prints_the_table(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     out_file = tmp_path / "bench.md"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out_file)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out_file)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = out_file.read_text()
     assert table in proc.stdout
@@ -49,8 +56,12 @@ def test_tracking_cost_prints_every_writer(capsys):
 
     assert main(["--points", "2", "--epochs", "2"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
-    assert [r.split(" | ")[0] for r in rows[1:]] == ["| Arrow metric sink (always on)", "| tensorboard", "| mlflow",
-                                                    "| wandb"]
+    assert [r.split(" | ")[0] for r in rows[1:]] == [
+        "| Arrow metric sink (always on)",
+        "| tensorboard",
+        "| mlflow",
+        "| wandb",
+    ]
     assert not any("nan" in r for r in rows), rows
 
 
@@ -60,10 +71,13 @@ def test_metrics_scale_compares_old_and_new_layouts(capsys):
 
     assert main(["--trials", "12", "--epochs", "4", "--old", "--skip-report"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
-    assert [r.split(" | ")[0] for r in rows[1:]] == ["| sink: write every row (driver)", "| on disk once the sweep ended",
-                                                    "| load_metrics (time, peak RSS)", "| load_trials (time, peak RSS)",
-                                                    "| one fit against eta/S with its CI (old: 1,000-resample "
-                                                    "bootstrap; now: point means)"]
+    assert [r.split(" | ")[0] for r in rows[1:]] == [
+        "| sink: write every row (driver)",
+        "| on disk once the sweep ended",
+        "| load_metrics (time, peak RSS)",
+        "| load_trials (time, peak RSS)",
+        "| one fit against eta/S with its CI (old: 1,000-resample bootstrap; now: point means)",
+    ]
     assert "smaller" in rows[2] and all(r.count(" s, ") >= 2 for r in rows[3:5]), rows
     assert rows[5].count(" s |") + rows[5].count(" ms |") >= 2 and "faster" in rows[5], rows
 
@@ -74,15 +88,31 @@ def test_precision_check_quick_mode_measures_every_precision(tmp_path):
     from benchmarks.precision_check import PRECISIONS, QUICK_CASES
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.precision_check", "--quick", "--device", "cpu",
-                           "--out", str(tmp_path / "p.json")], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.precision_check",
+            "--quick",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "p.json"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads((tmp_path / "p.json").read_text())
-    measured = {(r["section"], r["model"], r["S"], r["precision"]) for r in out["rows"]
-                if r["median_s"] > 0 and r["tflops"] > 0}
-    assert {m for m in measured if m[0] == "1"} == {("1", c.label, s, p) for c in QUICK_CASES for s in c.sizes
-                                                    for p in PRECISIONS}
+    measured = {
+        (r["section"], r["model"], r["S"], r["precision"]) for r in out["rows"] if r["median_s"] > 0 and r["tflops"] > 0
+    }
+    assert {m for m in measured if m[0] == "1"} == {
+        ("1", c.label, s, p) for c in QUICK_CASES for s in c.sizes for p in PRECISIONS
+    }
     assert {m[1] for m in measured if m[0] == "5" and m[3] == "bf16-nchw"} == {c.label for c in QUICK_CASES[:2]}
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == 1 + sum(len(c.sizes) for c in QUICK_CASES) and not any("not measured" in r for r in rows)

@@ -1,6 +1,9 @@
 """Adaptive beta* search (issue 16): the policy on synthetic accuracy curves with a known
 breakdown (no training), the spec's bad input, and (slow) a small real search end to end."""
+
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,14 +11,20 @@ from scipy import stats
 
 from lrbs.analysis.beta_search import Outcome, SearchSettings, ladder, plan_search, settings_from_dict, settings_to_dict
 
-from pathlib import Path
-
 ROOT_SPECS = Path(__file__).resolve().parent.parent / "sweeps"
-LADDER = ladder(2 ** 0.5, 64.0)  # 1, 1.41, ..., 64: 13 candidates
+LADDER = ladder(2**0.5, 64.0)  # 1, 1.41, ..., 64: 13 candidates
 
 
-def simulate(true_beta: float, settings: SearchSettings, sizes=(None,), noise: float = 0.004, drop: float = 0.05,
-             seed: int = 0, fail_every: int = 0, curve=None):
+def simulate(
+    true_beta: float,
+    settings: SearchSettings,
+    sizes=(None,),
+    noise: float = 0.004,
+    drop: float = 0.05,
+    seed: int = 0,
+    fail_every: int = 0,
+    curve=None,
+):
     """Run the policy to the end against max val acc = 0.9 below ``true_beta`` and 0.9 - drop at or
     above it (per size: the size's own breakdown if ``true_beta`` is a dict; ``curve``: beta -> mean
     max val acc instead), Gaussian noise per seed. Launches run in rounds (everything proposed ends
@@ -65,7 +74,7 @@ def test_search_brackets_a_known_breakdown_within_one_step_at_under_half_the_lad
     assert exact >= REPEATS - 3, exact
     state = simulate(LADDER[true_k] * 0.99, st, noise=0.0001)[0][None]  # noise far below the drop
     assert (state.lo, state.hi) == (true_k - 1, true_k)
-    assert LADDER[state.hi] / LADDER[state.lo] == pytest.approx(2 ** 0.5, rel=1e-4)
+    assert LADDER[state.hi] / LADDER[state.lo] == pytest.approx(2**0.5, rel=1e-4)
 
 
 def test_no_breakdown_up_to_the_top_says_so():
@@ -86,7 +95,8 @@ def test_sizes_search_in_parallel_and_share_the_budget():
     assert len(outcomes) <= 12 and {s.status for s in states.values()} == {"stopped"}
     assert [s.message for s in states.values()] == [
         "budget spent: beta* in (1, 8], not resolved to one step",
-        "not found below beta = 8 (budget spent; beta 11.3137 to 64 untested)"]
+        "not found below beta = 8 (budget spent; beta 11.3137 to 64 untested)",
+    ]
 
 
 def test_undecided_tests_get_more_seeds_and_decide():
@@ -113,6 +123,7 @@ def test_min_drop_makes_the_search_pass_a_small_significant_drop_and_stop_at_a_l
     0.1 point apart. By default the 1-point drop is a breakdown (beta* = 2.83); with min_drop = 3
     points the search brackets the 8-point drop (beta* = 16). Each test's drop and interval are
     scipy's Welch interval x100 on the seeds the policy saw, and its p the test of a drop > 3 points."""
+
     def curve(beta: float) -> float:
         return 0.9 - (0.01 if beta >= 2.8 else 0.0) - (0.07 if beta >= 15.9 else 0.0)
 
@@ -129,13 +140,15 @@ def test_min_drop_makes_the_search_pass_a_small_significant_drop_and_stop_at_a_l
             assert (test.drop_lo, test.drop_hi) == pytest.approx((100 * ci.low, 100 * ci.high), rel=1e-9)
             assert (test.n, test.n_ref) == (3, 3)
             shifted = np.array(vals) + (min_drop or 0) / 100
-            assert test.p == pytest.approx(stats.ttest_ind(shifted, ref, equal_var=False, alternative="less").pvalue,
-                                           rel=1e-9)
+            assert test.p == pytest.approx(
+                stats.ttest_ind(shifted, ref, equal_var=False, alternative="less").pvalue, rel=1e-9
+            )
     assert found == {None: ("found", 2, 2.82843), 3.0: ("found", 11.3137, 16)}, found
 
 
-def graded_beta_stars(n_seeds: int, min_drop: float | None, repeats: int, slope: float = 1.5,
-                      sd: float = 1.5) -> list[float]:
+def graded_beta_stars(
+    n_seeds: int, min_drop: float | None, repeats: int, slope: float = 1.5, sd: float = 1.5
+) -> list[float]:
     """beta* of ``repeats`` searches (inf: none found) on a graded decline: the drop from beta = 1
     is ``slope`` accuracy points per doubling of beta, seed sd ``sd`` points, ``n_seeds`` seeds per
     point. docs/experiments.md quotes the medians (200 searches per case)."""
@@ -166,9 +179,14 @@ def test_errored_trials_are_replaced_not_repeated():
     assert any(o.value is None for o in outcomes)
 
 
-BASE = {"name": "bs", "dataset": {"name": "digits", "val_fraction": 0.2},
-        "model": {"name": "mlp", "options": {"depth": 2, "width": 16}}, "train": {"epochs": 2},
-        "beta": {"lr0": 0.05, "batch_size0": 8, "n_train": [400, 1400], "search": {}}, "grid": {"seed": [0, 1]}}
+BASE = {
+    "name": "bs",
+    "dataset": {"name": "digits", "val_fraction": 0.2},
+    "model": {"name": "mlp", "options": {"depth": 2, "width": 16}},
+    "train": {"epochs": 2},
+    "beta": {"lr0": 0.05, "batch_size0": 8, "n_train": [400, 1400], "search": {}},
+    "grid": {"seed": [0, 1]},
+}
 
 
 def with_beta(**beta) -> dict:
@@ -176,29 +194,48 @@ def with_beta(**beta) -> dict:
     return {**BASE, "beta": {**BASE["beta"], **beta, "search": {**BASE["beta"]["search"], **(search or {})}}}
 
 
-@pytest.mark.parametrize("data, needle", [
-    (with_beta(values=[1, 2]), "beta.values: conflicts with beta.search"),
-    ({**BASE, "beta": {"lr0": 0.05, "batch_size0": 8}}, "beta.values: required"),
-    (with_beta(batch_size0=500), "beta.batch_size0: 500 is larger than the smallest training set (400 examples): "
-                                 "the search would have no beta = 1 reference"),
-    (with_beta(search={"budget": 7}), "beta.search.budget: 7 trials cannot bracket beta* (needs >= 8"),
-    (with_beta(search={"max_beta": 64}), "beta.search.max_beta: beta = 64 means S = 512, larger than the smallest "
-                                         "training set (400 examples)"),
-    (with_beta(search={"max_beta": 1.2}), "beta.search.max_beta: must be >= the resolution"),
-    (with_beta(search={"resolution": 1.0}), "beta.search.resolution: must be a factor > 1"),
-    (with_beta(search={"resolution": 1.000001}), "beta.search.resolution: x1 up to beta 51 is 3,931,828 candidates"),
-    (with_beta(search={"max_beta": 1e308}), "beta.search.max_beta: beta = 1e+308 means S = 8 x 1e+308, larger than"),
-    (with_beta(batch_size0=2, search={"resolution": 1.1}), "beta.search.resolution: beta 1 and 1.1 both round to S = 2"),
-    ({**with_beta(), "grid": {"seed": [0]}}, "grid.seed: beta.search needs >= 2 seeds"),
-    (with_beta(search={"max_seeds": 1}), "beta.search.max_seeds: must be >= the 2 seeds"),
-    (with_beta(search={"alpha": 0.1}), "beta.search.alpha: unknown key"),
-    (with_beta(min_drop=-1), "beta.min_drop: must be a drop in accuracy points, >= 0 and < 100 (got -1.0)"),
-    (with_beta(min_drop=100), "beta.min_drop: must be a drop in accuracy points, >= 0 and < 100 (got 100.0)"),
-    (with_beta(min_drop=float("nan")), "beta.min_drop: must be a finite number (got nan)"),
-    (with_beta(min_drop="big"), "beta.min_drop: must be a number (got 'big')"),
-    ({**BASE, "beta": {"lr0": 0.05, "batch_size0": 8, "values": [1, 2], "min_drop": -0.5}},
-     "beta.min_drop: must be a drop in accuracy points, >= 0 and < 100 (got -0.5)"),
-])
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        (with_beta(values=[1, 2]), "beta.values: conflicts with beta.search"),
+        ({**BASE, "beta": {"lr0": 0.05, "batch_size0": 8}}, "beta.values: required"),
+        (
+            with_beta(batch_size0=500),
+            "beta.batch_size0: 500 is larger than the smallest training set (400 examples): "
+            "the search would have no beta = 1 reference",
+        ),
+        (with_beta(search={"budget": 7}), "beta.search.budget: 7 trials cannot bracket beta* (needs >= 8"),
+        (
+            with_beta(search={"max_beta": 64}),
+            "beta.search.max_beta: beta = 64 means S = 512, larger than the smallest training set (400 examples)",
+        ),
+        (with_beta(search={"max_beta": 1.2}), "beta.search.max_beta: must be >= the resolution"),
+        (with_beta(search={"resolution": 1.0}), "beta.search.resolution: must be a factor > 1"),
+        (
+            with_beta(search={"resolution": 1.000001}),
+            "beta.search.resolution: x1 up to beta 51 is 3,931,828 candidates",
+        ),
+        (
+            with_beta(search={"max_beta": 1e308}),
+            "beta.search.max_beta: beta = 1e+308 means S = 8 x 1e+308, larger than",
+        ),
+        (
+            with_beta(batch_size0=2, search={"resolution": 1.1}),
+            "beta.search.resolution: beta 1 and 1.1 both round to S = 2",
+        ),
+        ({**with_beta(), "grid": {"seed": [0]}}, "grid.seed: beta.search needs >= 2 seeds"),
+        (with_beta(search={"max_seeds": 1}), "beta.search.max_seeds: must be >= the 2 seeds"),
+        (with_beta(search={"alpha": 0.1}), "beta.search.alpha: unknown key"),
+        (with_beta(min_drop=-1), "beta.min_drop: must be a drop in accuracy points, >= 0 and < 100 (got -1.0)"),
+        (with_beta(min_drop=100), "beta.min_drop: must be a drop in accuracy points, >= 0 and < 100 (got 100.0)"),
+        (with_beta(min_drop=float("nan")), "beta.min_drop: must be a finite number (got nan)"),
+        (with_beta(min_drop="big"), "beta.min_drop: must be a number (got 'big')"),
+        (
+            {**BASE, "beta": {"lr0": 0.05, "batch_size0": 8, "values": [1, 2], "min_drop": -0.5}},
+            "beta.min_drop: must be a drop in accuracy points, >= 0 and < 100 (got -0.5)",
+        ),
+    ],
+)
 def test_bad_search_specs_are_one_line_naming_the_field(tmp_path, capsys, data, needle):
     import yaml
 
@@ -220,7 +257,7 @@ def test_search_spec_round_trips_and_its_ladder_is_the_comparison():
     assert st.betas[0] == 1 and st.betas[-1] == pytest.approx(45.2548) and len(st.betas) == 12  # S = 362 <= 400
     assert st.budget == count_points(spec) == len(expand_points(spec)) == 12 * 2 * 2  # the ladder's count
     assert spec_from_dict(spec.to_dict()) == spec and "values" not in spec.to_dict()["beta"]
-    assert ladder(2 ** 0.5, 45.2548)[-1] == 45.2548  # a max_beta copied from a printed label keeps that candidate
+    assert ladder(2**0.5, 45.2548)[-1] == 45.2548  # a max_beta copied from a printed label keeps that candidate
 
 
 def test_min_drop_rides_in_the_spec_the_search_settings_and_the_trial_config():
@@ -242,8 +279,9 @@ def test_min_drop_rides_in_the_spec_the_search_settings_and_the_trial_config():
     old = settings_to_dict(search_settings(plain))
     assert settings_from_dict(old).min_drop is None
     ladder_spec = {**BASE, "beta": {"lr0": 0.05, "batch_size0": 8, "values": [1, 2], "n_train": [400]}}
-    assert to_param_space(spec_from_dict({**ladder_spec, "beta": {**ladder_spec["beta"], "min_drop": 1}}),
-                          "v")["beta_test"] == {"min_drop": 1.0}
+    assert to_param_space(spec_from_dict({**ladder_spec, "beta": {**ladder_spec["beta"], "min_drop": 1}}), "v")[
+        "beta_test"
+    ] == {"min_drop": 1.0}
     assert "beta_test" not in to_param_space(spec_from_dict(ladder_spec), "v")
 
 
@@ -265,15 +303,27 @@ def test_search_runs_end_to_end_and_resumes_after_sigkill_repeating_no_ended_tri
     from tests.conftest import ROOT, tiny_spec, write_yaml
     from tests.test_remote import _kill_session
 
-    spec = write_yaml(tmp_path / "bk.yaml", tiny_spec(
-        "bk", train={"epochs": 6}, resilience={"checkpoint_every": 1}, grid={"seed": [0, 1, 2]},
-        beta={"lr0": 0.1, "batch_size0": 8, "n_train": [400], "search": {"max_beta": 32}, "min_drop": 1}))
+    spec = write_yaml(
+        tmp_path / "bk.yaml",
+        tiny_spec(
+            "bk",
+            train={"epochs": 6},
+            resilience={"checkpoint_every": 1},
+            grid={"seed": [0, 1, 2]},
+            beta={"lr0": 0.1, "batch_size0": 8, "n_train": [400], "search": {"max_beta": 32}, "min_drop": 1},
+        ),
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log = tmp_path / "run.log"
     with open(log, "w") as out:
-        driver = subprocess.Popen([sys.executable, "-m", "lrbs", "run", str(spec), "--storage",
-                                   str(tmp_path / "runs"), "--no-report"], cwd=ROOT, env=env, stdout=out,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "lrbs", "run", str(spec), "--storage", str(tmp_path / "runs"), "--no-report"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             deadline = time.monotonic() + 180
             while "beta search: step 2:" not in log.read_text():  # round 2: round 1's trials ended
@@ -285,18 +335,28 @@ def test_search_runs_end_to_end_and_resumes_after_sigkill_repeating_no_ended_tri
     before = load_trials(run)
     ended = {r["trial_id"] for r in before.to_pylist() if r["status"] in ("finished", "diverged")}
     assert len(ended) >= 6  # the reference's and the first probe's seeds
-    rows_before = {r["trial_id"] + f"/{r['epoch']}": r["written_at"] for r in load_metrics(run).to_pylist()
-                   if r["trial_id"] in ended}
+    rows_before = {
+        r["trial_id"] + f"/{r['epoch']}": r["written_at"]
+        for r in load_metrics(run).to_pylist()
+        if r["trial_id"] in ended
+    }
 
-    out = subprocess.run([sys.executable, "-m", "lrbs", "resume", str(run), "--no-report"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "lrbs", "resume", str(run), "--no-report"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "beta search: n_train=400: " in out.stdout, out.stdout
 
     metrics = load_metrics(run)
     trials = load_trials(run)
-    rows_after = {r["trial_id"] + f"/{r['epoch']}": r["written_at"] for r in metrics.to_pylist()
-                  if r["trial_id"] in ended}
+    rows_after = {
+        r["trial_id"] + f"/{r['epoch']}": r["written_at"] for r in metrics.to_pylist() if r["trial_id"] in ended
+    }
     assert rows_after == rows_before  # the ended trials were not trained again
     keys = [(r["beta"], r["seed"]) for r in trials.to_pylist()]
     assert len(keys) == len(set(keys)) and all(r["status"] in ("finished", "diverged") for r in trials.to_pylist())
@@ -355,7 +415,9 @@ def test_report_replays_the_search_from_a_frozen_real_run():
             assert step["drop_ci"] == pytest.approx([100 * ci.low, 100 * ci.high], rel=1e-9)
     # no min_drop in this run's config: every test is of any drop, each with the drop it could detect
     assert rep["min_drop"] is None
-    assert all(t["detectable_drop"] > 0 and t["n"] == t["n_ref"] == 5 for s in rep["sizes"] for t in s["tests"].values())
+    assert all(
+        t["detectable_drop"] > 0 and t["n"] == t["n_ref"] == 5 for s in rep["sizes"] for t in s["tests"].values()
+    )
 
 
 def test_a_beta_that_always_errors_stops_its_search_without_spending_the_budget():
@@ -381,11 +443,11 @@ def test_added_seeds_never_take_another_sizes_bisection_budget():
     one size gets no added seeds the other size's bisection needs; both sizes still finish."""
     st = settings(max_seeds=9, budget=30)
     for seed in range(10):
-        states, outcomes, _ = simulate({400: LADDER[6] * 0.99, 1400: LADDER[9] * 0.99}, st, sizes=(400, 1400),
-                                       noise=0.01, drop=0.03, seed=seed)
+        states, outcomes, _ = simulate(
+            {400: LADDER[6] * 0.99, 1400: LADDER[9] * 0.99}, st, sizes=(400, 1400), noise=0.01, drop=0.03, seed=seed
+        )
         assert len(outcomes) <= 30
-        assert all(s.status in ("found", "none_below") for s in states.values()), \
-            [s.message for s in states.values()]
+        assert all(s.status in ("found", "none_below") for s in states.values()), [s.message for s in states.values()]
 
 
 def test_errored_trials_count_as_ended_without_a_value_in_the_replay():
@@ -396,11 +458,22 @@ def test_errored_trials_count_as_ended_without_a_value_in_the_replay():
 
     from lrbs.analysis.beta_search import outcomes_from_trials
 
-    trials = pa.table({"trial_id": ["a", "b"], "beta": [1.0, 1.0], "seed": [0, 1], "status": ["finished"] * 2,
-                       "max_val_acc": [0.9, 0.91], "n_train": [400, 400], "cfg.point.n_train": [400, 400],
-                       "cfg.point.search_step": [0, 0]})
-    errored = [{"beta": 8.0, "seed": 0, "n_train": 400, "search_step": 1},
-               {"beta": 1.0, "seed": 1, "n_train": 400, "search_step": 0}]  # its pack-mate ended: stays ended
+    trials = pa.table(
+        {
+            "trial_id": ["a", "b"],
+            "beta": [1.0, 1.0],
+            "seed": [0, 1],
+            "status": ["finished"] * 2,
+            "max_val_acc": [0.9, 0.91],
+            "n_train": [400, 400],
+            "cfg.point.n_train": [400, 400],
+            "cfg.point.search_step": [0, 0],
+        }
+    )
+    errored = [
+        {"beta": 8.0, "seed": 0, "n_train": 400, "search_step": 1},
+        {"beta": 1.0, "seed": 1, "n_train": 400, "search_step": 0},
+    ]  # its pack-mate ended: stays ended
     got = outcomes_from_trials(trials, LADDER, errored)
     assert [(o.n_train, o.k, o.seed, o.value) for o in got] == [(400, 0, 0, 0.9), (400, 0, 1, 0.91), (400, 6, 0, None)]
     st = settings(seeds=(0, 1), max_seeds=2)

@@ -1,5 +1,6 @@
 """The command line itself: help for every command and option, --version, and ``lrbs export``
 read back with pandas (issue 14)."""
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,11 @@ def test_export_reads_back_with_pandas_equal_to_load_metrics(tmp_path, capsys, f
     expected = load_metrics(run).to_pandas()
     assert list(epochs.columns) == list(expected.columns) and len(epochs) == len(expected) > 0
     for column in ("trial_id", "epoch", "lr", "batch_size", "val_acc", "train_loss", "status"):
-        assert epochs[column].tolist() == pytest.approx(expected[column].tolist()) if epochs[column].dtype.kind == "f" \
-            else epochs[column].tolist() == expected[column].tolist(), column
+        assert (
+            epochs[column].tolist() == pytest.approx(expected[column].tolist())
+            if epochs[column].dtype.kind == "f"
+            else epochs[column].tolist() == expected[column].tolist()
+        ), column
     assert trials["trial_id"].tolist() == load_trials(run).column("trial_id").to_pylist()
     # Never overwrites: a second export into the same folder is one line, exit 2, files unchanged.
     before = (run / "export" / f"epochs.{fmt}").read_bytes()

@@ -1,4 +1,5 @@
 """cluster.yaml (Ray cluster launcher), k8s/ (KubeRay) and fractional GPU requests of trials."""
+
 from __future__ import annotations
 
 import copy
@@ -19,12 +20,12 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from tests.conftest import ROOT, tiny_spec
-from tests.fixtures_tv import write_cifar10, write_fashion_mnist
 from lrbs.trainables.config import DatasetConfig
 from lrbs.trainables.data import load_dataset
+from tests.conftest import ROOT, tiny_spec
+from tests.fixtures_tv import write_cifar10, write_fashion_mnist
 
-SHARED = "/mnt/lrbs-shared"      # the shared folder of both cluster files (host, container, pod)
+SHARED = "/mnt/lrbs-shared"  # the shared folder of both cluster files (host, container, pod)
 TV_SETS = {"cifar10", "fashion_mnist"}  # the built-in sets that need the internet to fetch
 # Ray's image tags: <Ray version>-py<major><minor>-gpu (or -cuXYZ, a specific CUDA).
 RAY_IMAGE = re.compile(r"rayproject/ray:(?P<ray>\d+\.\d+\.\d+)-py3(?P<minor>\d+)-(?:gpu|cu\d+)")
@@ -50,8 +51,11 @@ def k8s():
 @pytest.fixture(scope="module")
 def dockerfile():
     """k8s/Dockerfile's instructions as (keyword, rest) pairs, comments dropped."""
-    lines = [ln for ln in (ROOT / "k8s" / "Dockerfile").read_text().splitlines()
-             if ln.strip() and not ln.lstrip().startswith("#")]
+    lines = [
+        ln
+        for ln in (ROOT / "k8s" / "Dockerfile").read_text().splitlines()
+        if ln.strip() and not ln.lstrip().startswith("#")
+    ]
     return [tuple(ln.split(maxsplit=1)) for ln in lines]
 
 
@@ -61,9 +65,13 @@ def client():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     project = pyproject["project"]
     (ray_req,) = [r for r in map(Requirement, project["dependencies"]) if r.name == "ray"]
-    return SimpleNamespace(python=SpecifierSet(project["requires-python"]), ray_req=ray_req,
-                           ray=metadata.version("ray"), readme=project["readme"],
-                           packages=pyproject["tool"]["setuptools"]["packages"])
+    return SimpleNamespace(
+        python=SpecifierSet(project["requires-python"]),
+        ray_req=ray_req,
+        ray=metadata.version("ray"),
+        readme=project["readme"],
+        packages=pyproject["tool"]["setuptools"]["packages"],
+    )
 
 
 def pod_specs(raycluster: dict) -> dict[str, dict]:
@@ -198,14 +206,19 @@ def test_shared_data_commands_serve_the_default_data_dir(cluster, tmp_path, monk
     shared, home = tmp_path / "shared", tmp_path / "home"
     fm = write_fashion_mnist(shared / "data", n_train=60, n_test=20)
     cf = write_cifar10(shared / "data", n_per_batch=8, n_test=10)
-    env = {**os.environ, "HOME": str(home), "PYTHONPATH": str(ROOT),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "PYTHONPATH": str(ROOT),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     link = [c for c in cluster["setup_commands"] if "~/.cache/lrbs/data" in c]
     fetch = [c for c in cluster["head_setup_commands"] if c.startswith(DOWNLOAD)]
     assert len(link) == 1 and len(fetch) == len(TV_SETS)
     for command in link + fetch:
-        proc = subprocess.run(["bash", "-c", command.replace(SHARED, str(shared))], env=env,
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            ["bash", "-c", command.replace(SHARED, str(shared))], env=env, capture_output=True, text=True, timeout=120
+        )
         assert proc.returncode == 0, (command, proc.stderr)
     monkeypatch.setenv("HOME", str(home))
     default_dir = DatasetConfig().data_dir
@@ -285,8 +298,7 @@ def test_raycluster_head_fetches_the_data_once(k8s, dockerfile):
     assert {s for s in TV_SETS if f"{DOWNLOAD} {s} --data-dir {SHARED}/data" in script} == TV_SETS
     assert all("initContainers" not in pod for pod in pods.values())  # workers only read
     # The image's default data_dir is the shared data folder.
-    assert ("RUN", f"mkdir -p /home/ray/.cache/lrbs && ln -sfn {SHARED}/data /home/ray/.cache/lrbs/data") \
-        in dockerfile
+    assert ("RUN", f"mkdir -p /home/ray/.cache/lrbs && ln -sfn {SHARED}/data /home/ray/.cache/lrbs/data") in dockerfile
 
 
 # --------------------------------------------------------------------------- fractional GPUs

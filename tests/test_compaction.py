@@ -1,6 +1,7 @@
 """Metric storage at scale (issue 15): finished trials compacted into Parquet by the driver, read
 exactly once at every crash point of the compaction; the vectorized readers equal the old
 per-row readers (benchmarks/old_readers.py) on the frozen fixtures and on sink-written runs."""
+
 from __future__ import annotations
 
 import shutil
@@ -10,22 +11,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from benchmarks import old_readers as old
 from lrbs.analysis.tables import load_metrics, load_metrics_with_report, load_trials
 from lrbs.sweeps.compaction import compact_earlier_sessions, compact_streams
 from lrbs.sweeps.metrics_sink import ArrowMetricsSink
-from benchmarks import old_readers as old
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def same_values(a: pa.Table, b: pa.Table) -> bool:
     """Equal types and values, NaN equal to NaN (Arrow's ``equals`` says NaN != NaN)."""
+
     def plain(v):
         return "NaN" if isinstance(v, float) and v != v else v
 
     return a.schema == b.schema and all(
-        a.column(c).equals(b.column(c)) or [plain(v) for v in a.column(c).to_pylist()] ==
-        [plain(v) for v in b.column(c).to_pylist()] for c in a.column_names)
+        a.column(c).equals(b.column(c))
+        or [plain(v) for v in a.column(c).to_pylist()] == [plain(v) for v in b.column(c).to_pylist()]
+        for c in a.column_names
+    )
 
 
 def assert_same_rows(new: pa.Table, reference: pa.Table) -> None:
@@ -56,10 +60,19 @@ def write_run(run_dir: Path, n_trials: int = 12, epochs: int = 6) -> None:
 
     def rows(trial_id: str, config: dict, first: int, last: int, shift: float = 0.0) -> None:
         for e in range(first, last + 1):
-            result = {"epoch": e, "lr": config["point"]["lr"], "batch_size": config["point"]["batch_size"],
-                      "val_acc": 0.5 + 0.01 * e + shift, "val_loss": 1.0 / e, "train_loss": 1.0 / e + shift,
-                      "train_acc": 0.4 + 0.01 * e, "status": "finished" if e == epochs else "running", "n_train": 100,
-                      "seed": config["point"]["seed"], **({"lambda_max": 5.0 + e} if e % 3 == 0 else {})}
+            result = {
+                "epoch": e,
+                "lr": config["point"]["lr"],
+                "batch_size": config["point"]["batch_size"],
+                "val_acc": 0.5 + 0.01 * e + shift,
+                "val_loss": 1.0 / e,
+                "train_loss": 1.0 / e + shift,
+                "train_acc": 0.4 + 0.01 * e,
+                "status": "finished" if e == epochs else "running",
+                "n_train": 100,
+                "seed": config["point"]["seed"],
+                **({"lambda_max": 5.0 + e} if e % 3 == 0 else {}),
+            }
             sink.write_row(row_from_result(result, config, trial_id))
 
     for t in range(n_trials):
@@ -179,7 +192,7 @@ def test_damaged_streams_are_not_compacted_and_old_compacted_files_read(tmp_path
     bad = streams[0]
     data = bytearray(bad.read_bytes())
     at = data.find(b'"point"')  # inside the config text of a record: invalid UTF-8 there
-    data[at:at + 2] = b"\xff\xfe"
+    data[at : at + 2] = b"\xff\xfe"
     bad.write_bytes(bytes(data))
     before = load_metrics_with_report(run)[1].damaged
     assert bad.name in before
@@ -207,10 +220,18 @@ def test_readers_equal_the_old_readers_on_eval_mode_train_columns(tmp_path):
     def rows(sink, trial_id, config, first, last, diverged=False, shift=0.0):
         for e in range(first, last + 1):
             end = e == last
-            result = {"epoch": e, "lr": config["point"]["lr"], "batch_size": config["point"]["batch_size"],
-                      "val_acc": 0.5 + 0.01 * e, "val_loss": 1.0 / e, "train_loss": 1.0 / e, "train_acc": 0.4 + 0.1 * e,
-                      "status": ("diverged" if diverged else "finished") if end else "running", "n_train": 100,
-                      "seed": config["point"]["seed"]}
+            result = {
+                "epoch": e,
+                "lr": config["point"]["lr"],
+                "batch_size": config["point"]["batch_size"],
+                "val_acc": 0.5 + 0.01 * e,
+                "val_loss": 1.0 / e,
+                "train_loss": 1.0 / e,
+                "train_acc": 0.4 + 0.1 * e,
+                "status": ("diverged" if diverged else "finished") if end else "running",
+                "n_train": 100,
+                "seed": config["point"]["seed"],
+            }
             if end and not diverged:
                 result.update(train_eval_loss=0.1 / e + shift, train_eval_acc=0.9 + shift)
                 written[trial_id] = (result["train_eval_loss"], result["train_eval_acc"])
@@ -219,8 +240,15 @@ def test_readers_equal_the_old_readers_on_eval_mode_train_columns(tmp_path):
 
     first = ArrowMetricsSink(run / "metrics", compact_every=0)
     for t in range(6):
-        rows(first, f"aaaaa_{t:05d}", trial_config(0.01 * (t + 1), 16, t % 2), 1,
-             2 if t == 0 else epochs, diverged=t == 5, shift=0.001 * t)
+        rows(
+            first,
+            f"aaaaa_{t:05d}",
+            trial_config(0.01 * (t + 1), 16, t % 2),
+            1,
+            2 if t == 0 else epochs,
+            diverged=t == 5,
+            shift=0.001 * t,
+        )
     later = ArrowMetricsSink(run / "metrics", compact_every=0)
     rows(later, "aaaaa_00001", trial_config(0.02, 16, 1), 3, epochs, shift=0.05)  # continued: rows replaced
     rows(later, "bbbbb_00000", trial_config(0.01, 16, 0), 1, epochs, shift=0.02)  # restarted from scratch

@@ -1,4 +1,5 @@
 """Tests for trainables.convnets: published parameter counts, shapes, training, modes."""
+
 from __future__ import annotations
 
 import pytest

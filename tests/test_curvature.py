@@ -1,4 +1,5 @@
 """Tests for trainables.curvature against exact Hessians of small float64 models (no mocks)."""
+
 from __future__ import annotations
 
 import itertools
@@ -18,6 +19,7 @@ N = 64
 
 
 # ----------------------------------------------------------------------------- fixtures and references
+
 
 def _mlp(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
@@ -57,7 +59,7 @@ def _flat_loss_fn(model, loss_fn, x, y):
     def f(flat):
         d, i = {}, 0
         for name, shape, k in shapes:
-            d[name] = flat[i:i + k].view(shape)
+            d[name] = flat[i : i + k].view(shape)
             i += k
         return loss_fn(functional_call(model, d, (x,)), y)
 
@@ -92,9 +94,11 @@ def exact_loss_grad(model, loss_fn, x, y):
 
 
 def snapshot(model):
-    return ({k: v.detach().clone() for k, v in model.state_dict().items()},
-            [m.training for m in model.modules()],
-            [p.requires_grad for p in model.parameters()])
+    return (
+        {k: v.detach().clone() for k, v in model.state_dict().items()},
+        [m.training for m in model.modules()],
+        [p.requires_grad for p in model.parameters()],
+    )
 
 
 def assert_unchanged(model, snap):
@@ -105,14 +109,17 @@ def assert_unchanged(model, snap):
         assert now[k].dtype == v.dtype and torch.equal(now[k], v), f"{k} changed"
         # bit-identical, not just equal (catches -0.0 vs 0.0)
         if v.is_floating_point():
-            assert torch.equal(now[k].view(torch.int64 if v.dtype == torch.float64 else torch.int32),
-                               v.view(torch.int64 if v.dtype == torch.float64 else torch.int32))
+            assert torch.equal(
+                now[k].view(torch.int64 if v.dtype == torch.float64 else torch.int32),
+                v.view(torch.int64 if v.dtype == torch.float64 else torch.int32),
+            )
     assert [m.training for m in model.modules()] == flags
     assert [p.requires_grad for p in model.parameters()] == req
     assert all(p.grad is None for p in model.parameters())
 
 
 # ----------------------------------------------------------------------------- data helpers
+
 
 def test_probe_subset_is_seeded_sorted_subset():
     a = cv.probe_subset(1000, 100, seed=3)
@@ -136,6 +143,7 @@ def test_make_batches_splits_selected_examples():
 
 
 # ----------------------------------------------------------------------------- loss, grad, hvp
+
 
 @pytest.mark.parametrize("name", MODELS)
 def test_loss_and_grad_weights_uneven_batches(name):
@@ -181,6 +189,7 @@ def test_frozen_parameters_are_excluded():
 
 
 # ----------------------------------------------------------------------------- kernels without double backward
+
 
 class _Attention(nn.Module):
     """Self-attention over 4 tokens of 3 features, pooled to 3 logits: through
@@ -272,8 +281,12 @@ def test_hvp_through_a_once_differentiable_function_raises_instead_of_dropping_t
         cv.top_eigenvalue(model, CE, batches, max_iters=3, retain_graph=True)
     model[1] = nn.Tanh()
     H = exact_hessian(model, CE, x, y)
-    torch.testing.assert_close(torch.cat([t.reshape(-1) for t in cv.hvp(model, CE, batches, v)]),
-                               H @ torch.ones(H.shape[0], dtype=torch.float64), rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(
+        torch.cat([t.reshape(-1) for t in cv.hvp(model, CE, batches, v)]),
+        H @ torch.ones(H.shape[0], dtype=torch.float64),
+        rtol=1e-9,
+        atol=1e-11,
+    )
 
 
 class _Recurrent(nn.Module):
@@ -308,6 +321,7 @@ def test_probes_through_attention_and_lstm_on_gpu(make):
 
 
 # ----------------------------------------------------------------------------- top eigenvalue
+
 
 @pytest.mark.parametrize("name", MODELS)
 def test_lanczos_top_eigenvalue_is_largest_algebraic(name):
@@ -387,32 +401,42 @@ def test_not_converged_is_reported_honestly(name):
 
 # ----------------------------------------------------------------------------- trace and Frobenius
 
+
 @pytest.mark.parametrize("name", MODELS)
 def test_trace_and_frobenius_within_three_stderr(name):
     model, (x, y) = MODELS[name](), _data()
     H = exact_hessian(model, CE, x, y)
     n = 64
     true_tr, true_fro = float(torch.trace(H)), float(torch.linalg.matrix_norm(H))
-    pp_tr, pp_fro = cv.hessian_trace_and_frobenius(model, CE, cv.make_batches(x, y, batch_size=30),
-                                                   n_probes=n, seed=0)  # Hutch++, the default
+    pp_tr, pp_fro = cv.hessian_trace_and_frobenius(
+        model, CE, cv.make_batches(x, y, batch_size=30), n_probes=n, seed=0
+    )  # Hutch++, the default
     assert abs(pp_tr.value - true_tr) <= 3 * pp_tr.stderr and abs(pp_fro.value - true_fro) <= 3 * pp_fro.stderr
-    tr, fro = cv.hessian_trace_and_frobenius(model, CE, cv.make_batches(x, y, batch_size=30),
-                                             n_probes=n, seed=0, method="hutchinson")
+    tr, fro = cv.hessian_trace_and_frobenius(
+        model, CE, cv.make_batches(x, y, batch_size=30), n_probes=n, seed=0, method="hutchinson"
+    )
     assert tr.n_probes == fro.n_probes == n
     assert abs(tr.value - true_tr) <= 3 * tr.stderr
     assert abs(fro.value - true_fro) <= 3 * fro.stderr
+
     # The standard errors themselves: Rademacher v gives Var(v^T M v) = 2 sum_{i != j} M_ij^2.
     def offdiag_var(m):
-        return 2 * float((m ** 2).sum() - (torch.diagonal(m) ** 2).sum())
+        return 2 * float((m**2).sum() - (torch.diagonal(m) ** 2).sum())
+
     se_tr = math.sqrt(offdiag_var(H) / n)
     se_fro = math.sqrt(offdiag_var(H @ H) / n) / (2 * true_fro)
     assert 0.5 < tr.stderr / se_tr < 2.0
     assert 0.5 < fro.stderr / se_fro < 2.0
     # The single-quantity functions share the probes (same seed, same numbers).
-    assert cv.hessian_trace(model, CE, cv.make_batches(x, y), n_probes=n, seed=0).value == pytest.approx(pp_tr.value, rel=1e-10)
-    assert cv.hessian_frobenius(model, CE, cv.make_batches(x, y), n_probes=n, seed=0).value == pytest.approx(pp_fro.value, rel=1e-10)
-    assert cv.hessian_trace(model, CE, cv.make_batches(x, y), n_probes=n, seed=0,
-                            method="hutchinson").value == pytest.approx(tr.value, rel=1e-10)
+    assert cv.hessian_trace(model, CE, cv.make_batches(x, y), n_probes=n, seed=0).value == pytest.approx(
+        pp_tr.value, rel=1e-10
+    )
+    assert cv.hessian_frobenius(model, CE, cv.make_batches(x, y), n_probes=n, seed=0).value == pytest.approx(
+        pp_fro.value, rel=1e-10
+    )
+    assert cv.hessian_trace(
+        model, CE, cv.make_batches(x, y), n_probes=n, seed=0, method="hutchinson"
+    ).value == pytest.approx(tr.value, rel=1e-10)
     other = cv.hessian_trace(model, CE, cv.make_batches(x, y), n_probes=n, seed=1)
     assert other.value != tr.value
 
@@ -440,6 +464,7 @@ def test_single_probe_has_no_stderr():
 
 # ----------------------------------------------------------------------------- gradient noise scale
 
+
 def per_example_grads(model, loss_fn, x, y) -> torch.Tensor:
     """Exact per-example gradients (eval mode), shape (N, n_params), by a plain loop."""
     flags = [(m, m.training) for m in model.modules()]
@@ -448,7 +473,7 @@ def per_example_grads(model, loss_fn, x, y) -> torch.Tensor:
         params = [p for _, p in _trainable(model)]
         rows = []
         for i in range(x.shape[0]):
-            g = torch.autograd.grad(loss_fn(model(x[i:i + 1]), y[i:i + 1]), params)
+            g = torch.autograd.grad(loss_fn(model(x[i : i + 1]), y[i : i + 1]), params)
             rows.append(torch.cat([t.reshape(-1) for t in g]))
         return torch.stack(rows)
     finally:
@@ -473,8 +498,7 @@ def test_noise_formula_inverts_exact_expectations(replace):
     g2, trs = _exact_noise(gi)
 
     def expected_sq(b):
-        combos = (itertools.product(range(n), repeat=b) if replace
-                  else itertools.combinations(range(n), b))
+        combos = itertools.product(range(n), repeat=b) if replace else itertools.combinations(range(n), b)
         vals = [float(gi[list(c)].mean(0).pow(2).sum()) for c in combos]
         return sum(vals) / len(vals)
 
@@ -493,15 +517,17 @@ def test_noise_scale_matches_per_example_definition(replace):
     model, (x, y) = _bn_mlp(), _data()
     y = torch.where(torch.arange(N) % 4 == 0, y, torch.zeros_like(y))  # skewed labels: sizeable |G|
     g2, trs = _exact_noise(per_example_grads(model, CE, x, y))
-    res = cv.gradient_noise_scale(model, CE, x, y, b_small=2, b_big=16, n_pairs=400, seed=0,
-                                  replace=replace, chunk_size=10)
+    res = cv.gradient_noise_scale(
+        model, CE, x, y, b_small=2, b_big=16, n_pairs=400, seed=0, replace=replace, chunk_size=10
+    )
     assert (res.b_small, res.b_big, res.n_pairs, res.n_samples) == (2, 16, 400, 400 * 18)
     assert abs(res.g2 - g2) <= 4 * res.g2_stderr
     assert abs(res.trace_sigma - trs) <= 4 * res.trace_sigma_stderr
     assert abs(res.b_simple - trs / g2) <= 4 * res.b_simple_stderr
     assert res.b_simple_stderr < 0.25 * (trs / g2)  # the check above has teeth
-    again = cv.gradient_noise_scale(model, CE, x, y, b_small=2, b_big=16, n_pairs=400, seed=0,
-                                    replace=replace, chunk_size=64)
+    again = cv.gradient_noise_scale(
+        model, CE, x, y, b_small=2, b_big=16, n_pairs=400, seed=0, replace=replace, chunk_size=64
+    )
     assert again.b_simple == pytest.approx(res.b_simple, rel=1e-9)  # chunking is memory only
 
 
@@ -514,6 +540,7 @@ def test_noise_scale_rejects_bad_sizes():
 
 
 # ----------------------------------------------------------------------------- interpolation
+
 
 def _eval_loss(model, x, y):
     flags = [(m, m.training) for m in model.modules()]
@@ -535,9 +562,16 @@ def test_interpolate_endpoints_reproduce_models():
     model = _bn_mlp(2)
     model.train()
     snap = snapshot(model)
-    rows = cv.interpolate(model, sa, sb, [0.0, 0.5, 1.0], CE,
-                          cv.make_batches(x, y, batch_size=25), cv.make_batches(xv, yv, batch_size=30),
-                          batch_norm="interpolate")
+    rows = cv.interpolate(
+        model,
+        sa,
+        sb,
+        [0.0, 0.5, 1.0],
+        CE,
+        cv.make_batches(x, y, batch_size=25),
+        cv.make_batches(xv, yv, batch_size=30),
+        batch_norm="interpolate",
+    )
     assert_unchanged(model, snap)
     assert [r["alpha"] for r in rows] == [0.0, 0.5, 1.0]
     for r, ref in ((rows[0], model_a), (rows[2], model_b)):
@@ -547,8 +581,7 @@ def test_interpolate_endpoints_reproduce_models():
         assert r["val_loss"] == pytest.approx(vl, rel=1e-12) and r["val_acc"] == pytest.approx(va)
     # midpoint: running statistics are interpolated too
     mid = _bn_mlp(3)
-    mid.load_state_dict({k: (0.5 * sa[k] + 0.5 * sb[k]) if sa[k].is_floating_point() else sa[k]
-                         for k in sa})
+    mid.load_state_dict({k: (0.5 * sa[k] + 0.5 * sb[k]) if sa[k].is_floating_point() else sa[k] for k in sa})
     assert rows[1]["train_loss"] == pytest.approx(_eval_loss(mid, x, y)[0], rel=1e-12)
 
 
@@ -576,8 +609,9 @@ def test_interpolate_recomputes_batch_norm_and_stays_finite():
     # Each point is the interpolated weights with batch norm re-estimated on the same batches.
     for alpha, row in zip(alphas, new):
         ref = _bn_mlp(3)
-        ref.load_state_dict({k: (1 - alpha) * sa[k] + alpha * sb[k] if sa[k].is_floating_point() else sa[k]
-                             for k in sa})
+        ref.load_state_dict(
+            {k: (1 - alpha) * sa[k] + alpha * sb[k] if sa[k].is_floating_point() else sa[k] for k in sa}
+        )
         cv.recompute_batch_norm(ref, batches)
         assert row["train_loss"] == pytest.approx(_eval_loss(ref, x, y)[0], rel=1e-9)
     with pytest.raises(ValueError, match="batch_norm"):
@@ -611,6 +645,7 @@ def test_interpolate_default_alphas_and_key_check():
 
 # ----------------------------------------------------------------------------- purity: state and modes
 
+
 def _calls(model, x, y):
     """Every public probe, as callables of a loss function."""
     batches = cv.make_batches(x, y, batch_size=25)
@@ -623,12 +658,11 @@ def _calls(model, x, y):
         "lanczos": lambda lf: cv.top_eigenvalue(model, lf, batches, max_iters=5),
         "power": lambda lf: cv.top_eigenvalue(model, lf, batches, max_iters=5, method="power"),
         "trace_frob": lambda lf: cv.hessian_trace_and_frobenius(model, lf, batches, n_probes=3),
-        "noise": lambda lf: cv.gradient_noise_scale(model, lf, x, y, b_small=4, b_big=16, n_pairs=3,
-                                                    chunk_size=10),
-        "noise_full": lambda lf: cv.gradient_noise_scale_full(model, lf, x, y, b_small=8, n_batches=8,
-                                                              chunk_size=5),
-        "interpolate": lambda lf: cv.interpolate(model, other, model.state_dict(), [0.0, 0.3, 2.0],
-                                                 lf, batches, batches),
+        "noise": lambda lf: cv.gradient_noise_scale(model, lf, x, y, b_small=4, b_big=16, n_pairs=3, chunk_size=10),
+        "noise_full": lambda lf: cv.gradient_noise_scale_full(model, lf, x, y, b_small=8, n_batches=8, chunk_size=5),
+        "interpolate": lambda lf: cv.interpolate(
+            model, other, model.state_dict(), [0.0, 0.3, 2.0], lf, batches, batches
+        ),
     }
 
 
@@ -683,6 +717,7 @@ def test_probes_restore_state_and_modes_on_exception(call, mode):
 
 # ----------------------------------------------------------------------------- CPU vs GPU (when there is one)
 
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_same_results_on_cpu_and_gpu():
     x, y = _data()
@@ -692,8 +727,10 @@ def test_same_results_on_cpu_and_gpu():
     for kw in (dict(max_iters=30, tol=1e-8), dict(max_iters=30, tol=1e-8, method="power")):
         a, b = cv.top_eigenvalue(cpu, CE, bc, **kw), cv.top_eigenvalue(gpu, CE, bg, **kw)
         assert a.n_hvp == b.n_hvp and a.value == pytest.approx(b.value, rel=1e-8)
-    (ta, fa), (tb, fb) = (cv.hessian_trace_and_frobenius(cpu, CE, bc, n_probes=8),
-                          cv.hessian_trace_and_frobenius(gpu, CE, bg, n_probes=8))
+    (ta, fa), (tb, fb) = (
+        cv.hessian_trace_and_frobenius(cpu, CE, bc, n_probes=8),
+        cv.hessian_trace_and_frobenius(gpu, CE, bg, n_probes=8),
+    )
     assert ta.value == pytest.approx(tb.value, rel=1e-9) and fa.value == pytest.approx(fb.value, rel=1e-9)
     na = cv.gradient_noise_scale(cpu, CE, x, y, b_small=4, b_big=16, n_pairs=10)
     nb = cv.gradient_noise_scale(gpu, CE, x.cuda(), y.cuda(), b_small=4, b_big=16, n_pairs=10)
@@ -711,8 +748,9 @@ def test_same_results_on_cpu_and_gpu():
 def test_retained_graph_gives_the_same_estimates():
     """HessianOperator(retain_graph=True) reuses the first-order graph: same numbers, fewer passes."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.BatchNorm1d(8), torch.nn.Tanh(),
-                                torch.nn.Linear(8, 3)).double()
+    model = torch.nn.Sequential(
+        torch.nn.Linear(5, 8), torch.nn.BatchNorm1d(8), torch.nn.Tanh(), torch.nn.Linear(8, 3)
+    ).double()
     x, y = torch.randn(120, 5, dtype=torch.float64), torch.randint(0, 3, (120,))
     batches = cv.make_batches(x, y, None, 50)  # uneven batches: 50, 50, 20
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -721,7 +759,9 @@ def test_retained_graph_gives_the_same_estimates():
         b = cv.top_eigenvalue(model, nn.functional.cross_entropy, batches, retain_graph=True, **kwargs)
         assert b.value == pytest.approx(a.value, rel=1e-10) and b.n_hvp == a.n_hvp
     t_a, f_a = cv.hessian_trace_and_frobenius(model, nn.functional.cross_entropy, batches, n_probes=6)
-    t_b, f_b = cv.hessian_trace_and_frobenius(model, nn.functional.cross_entropy, batches, n_probes=6, retain_graph=True)
+    t_b, f_b = cv.hessian_trace_and_frobenius(
+        model, nn.functional.cross_entropy, batches, n_probes=6, retain_graph=True
+    )
     assert t_b.value == pytest.approx(t_a.value, rel=1e-10) and f_b.value == pytest.approx(f_a.value, rel=1e-10)
     params = [p for p in model.parameters()]
     vecs = [torch.randn_like(p) for p in params]
@@ -780,8 +820,9 @@ def test_noise_scale_of_the_whole_training_set_is_calibrated():
     data = TensorData(x, y, x[:10], y[:10], 3)
     base = dict(n_samples=100, lanczos_iters=2, hutchinson_probes=4)
     # The old way: two-batch on a 100-example probe subset; its population is the subset.
-    old = run_probes(model, data, CurvatureConfig(**base, noise_method="two_batch", noise_b_small=8,
-                                                  noise_b_big=64, noise_pairs=16))
+    old = run_probes(
+        model, data, CurvatureConfig(**base, noise_method="two_batch", noise_b_small=8, noise_b_big=64, noise_pairs=16)
+    )
     assert old["grad_noise_scale"] < 0.5 * exact
     zs = []
     for seed in range(20):
@@ -802,9 +843,8 @@ def test_trace_and_frobenius_standard_errors_are_calibrated(method):
     accurate at 32 HVPs."""
     import statistics
 
-    from lrbs.trainables.config import CurvatureConfig
-
     from benchmarks.measurement_check import exact_spectrum, trained_tanh_net
+    from lrbs.trainables.config import CurvatureConfig
 
     model, x, y = trained_tanh_net()
     ev = exact_spectrum(model, x, y)
@@ -817,12 +857,21 @@ def test_trace_and_frobenius_standard_errors_are_calibrated(method):
         zt.append((t.value - exact_t) / t.stderr)
         zf.append((f.value - exact_f) / f.stderr)
     for z in (zt, zf):
-        assert abs(statistics.mean(z)) < 0.35 and 0.7 <= statistics.pstdev(z) <= 1.2, (statistics.mean(z),
-                                                                                     statistics.pstdev(z))
+        assert abs(statistics.mean(z)) < 0.35 and 0.7 <= statistics.pstdev(z) <= 1.2, (
+            statistics.mean(z),
+            statistics.pstdev(z),
+        )
     if method == "hutch++":
-        err = {meth: statistics.median(abs(cv.hessian_trace_and_frobenius(model, CE, batches, n_probes=32, seed=s,
-                                                                           method=meth)[1].value - exact_f)
-                                       for s in range(30)) for meth in ("hutch++", "hutchinson")}
+        err = {
+            meth: statistics.median(
+                abs(
+                    cv.hessian_trace_and_frobenius(model, CE, batches, n_probes=32, seed=s, method=meth)[1].value
+                    - exact_f
+                )
+                for s in range(30)
+            )
+            for meth in ("hutch++", "hutchinson")
+        }
         assert err["hutch++"] < 0.6 * err["hutchinson"], err
 
 
@@ -832,9 +881,8 @@ def test_frobenius_interval_covers_the_exact_norm_at_the_default_settings():
     the delta-method standard error covered 88% with z sd 1.5 (docs/curvature.md)."""
     import statistics
 
-    from lrbs.trainables.config import CurvatureConfig
-
     from benchmarks.measurement_check import outlier_quadratic
+    from lrbs.trainables.config import CurvatureConfig
 
     model, loss_fn, batches, lam = outlier_quadratic(60, 3)
     exact = float(lam.pow(2).sum().sqrt())
@@ -924,8 +972,12 @@ def test_each_trial_draws_its_own_probe_vectors():
 
     a = trial_probe_seed(0, 0.1, 32, 0, None, None, None, 4000)
     assert a == trial_probe_seed(0, 0.1, 32, 0, None, None, None, 4000)  # stable
-    others = {trial_probe_seed(0, 0.1, 32, 1, None, None, None, 4000), trial_probe_seed(0, 0.2, 32, 0, None, None, None, 4000),
-              trial_probe_seed(0, 0.1, 64, 0, None, None, None, 4000), trial_probe_seed(1, 0.1, 32, 0, None, None, None, 4000)}
+    others = {
+        trial_probe_seed(0, 0.1, 32, 1, None, None, None, 4000),
+        trial_probe_seed(0, 0.2, 32, 0, None, None, None, 4000),
+        trial_probe_seed(0, 0.1, 64, 0, None, None, None, 4000),
+        trial_probe_seed(1, 0.1, 32, 0, None, None, None, 4000),
+    }
     assert a not in others and len(others) == 4
 
 

@@ -1,4 +1,5 @@
 """Tests for trainables.data on real files in torchvision's formats (written by fixtures_tv)."""
+
 from __future__ import annotations
 
 import os
@@ -326,7 +327,10 @@ def test_cli_download(fmnist, capsys):
 def test_cli_entry_point(fmnist):
     proc = subprocess.run(
         [sys.executable, "-m", "lrbs.trainables.data", "download", "fashion_mnist", "--data-dir", fmnist[0]],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "PYTHONPATH": REPO},
     )
     assert proc.returncode == 0, proc.stderr
@@ -359,20 +363,25 @@ def test_mnist1d_generates_once_then_reads_the_cache(tmp_path):
     # Every option is in the cache key: another seed or split is another file and other data.
     other = DatasetConfig(name="mnist1d", data_dir=str(tmp_path), options={"n_samples": 1000, "seed": 4})
     assert mnist1d.cache_path(other) != path and not torch.equal(load_dataset(other).y_train, first.y_train)
-    split = DatasetConfig(name="mnist1d", data_dir=str(tmp_path), options={"n_samples": 1000, "seed": 3},
-                          val_fraction=0.5)
+    split = DatasetConfig(
+        name="mnist1d", data_dir=str(tmp_path), options={"n_samples": 1000, "seed": 3}, val_fraction=0.5
+    )
     assert mnist1d.cache_path(split) != path and train_set_size(split) == 500
     # n_train: a seeded subset of the training part; the validation split does not move.
-    sub = load_dataset(DatasetConfig(name="mnist1d", data_dir=str(tmp_path), n_train=300,
-                                     options={"n_samples": 1000, "seed": 3}))
+    sub = load_dataset(
+        DatasetConfig(name="mnist1d", data_dir=str(tmp_path), n_train=300, options={"n_samples": 1000, "seed": 3})
+    )
     assert sub.x_train.shape == (300, 40) and torch.equal(sub.y_val, first.y_val)
 
 
-@pytest.mark.parametrize("options, field", [
-    ({"n_samples": 5}, "dataset.options.n_samples"),
-    ({"samples": 5000}, "dataset.options.samples"),
-    ({"seed": -1}, "dataset.options.seed"),
-])
+@pytest.mark.parametrize(
+    "options, field",
+    [
+        ({"n_samples": 5}, "dataset.options.n_samples"),
+        ({"samples": 5000}, "dataset.options.samples"),
+        ({"seed": -1}, "dataset.options.seed"),
+    ],
+)
 def test_mnist1d_bad_options_name_the_field(options, field, tmp_path):
     from lrbs.sweeps.spec import SpecError, spec_from_dict
     from tests.conftest import tiny_spec

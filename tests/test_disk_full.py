@@ -3,6 +3,7 @@ mount): one line naming the path, a non-zero exit, rows already written intact, 
 resumable once space is back (issue 13, item 2). Needs mount rights (root, as in CI); skipped
 without them.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,9 +52,14 @@ def test_disk_full_mid_sweep_then_resume(small_disk, tmp_path):
     spec = write_yaml(tmp_path / "d.yaml", fault_spec("d", train={"epochs": 12}))
     run_dir = small_disk / "runs" / "d"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    driver = subprocess.Popen([sys.executable, "-m", "lrbs", "run", str(spec), "--storage",
-                               str(small_disk / "runs"), "--no-report"], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "lrbs", "run", str(spec), "--storage", str(small_disk / "runs"), "--no-report"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and driver.poll() is None:
         if list(run_dir.glob("train_trial_*/checkpoint_000001/state.pt")):
@@ -76,8 +82,14 @@ def test_disk_full_mid_sweep_then_resume(small_disk, tmp_path):
     assert not (run_dir / "lock.json").exists()
 
     filler.unlink()  # space is back
-    done = subprocess.run([sys.executable, "-m", "lrbs", "resume", str(run_dir), "--no-report"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "lrbs", "resume", str(run_dir), "--no-report"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "2 trials finished, 0 errored" in done.stdout
     assert_exactly_once_and_unfaulted(run_dir, n_trials=2, epochs=12)

@@ -1,4 +1,5 @@
 """The paper's experiments as specs: paper-scale specs validate; each small twin runs for real."""
+
 from __future__ import annotations
 
 import math
@@ -12,10 +13,22 @@ from lrbs.sweeps.spec import expand_points, load_spec
 from tests.conftest import ROOT
 
 SWEEPS = ROOT / "sweeps"
-PAPER = ["fig1_cyclic", "fig2_rescaling", "fig2_rescaling_vgg11", "fig3_grid", "fig4_interpolation",
-         "fig4_interpolation_vgg11", "fig5_breakdown"]
-TWINS = ["fig1_cyclic_small", "fig2_rescaling_small", "fig3_grid_small", "fig4_interpolation_small",
-         "fig5_breakdown_small"]
+PAPER = [
+    "fig1_cyclic",
+    "fig2_rescaling",
+    "fig2_rescaling_vgg11",
+    "fig3_grid",
+    "fig4_interpolation",
+    "fig4_interpolation_vgg11",
+    "fig5_breakdown",
+]
+TWINS = [
+    "fig1_cyclic_small",
+    "fig2_rescaling_small",
+    "fig3_grid_small",
+    "fig4_interpolation_small",
+    "fig5_breakdown_small",
+]
 
 
 @pytest.mark.parametrize("name", PAPER)

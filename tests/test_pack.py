@@ -4,6 +4,7 @@ Every comparison is against ``run_training`` of the point alone (a pack of one) 
 thread: same seed, same batch order, same schedule, same probes. The MLP's stacked layout and
 the convnets' loop layout are exact on CPU; the vmap layout agrees to float32 round-off.
 """
+
 from __future__ import annotations
 
 import io
@@ -22,11 +23,33 @@ DIGITS = DatasetConfig(name="digits", val_fraction=0.2)
 MLP = ModelConfig(name="mlp", options=dict(depth=3, width=32, batch_norm=True))
 MLP_NOBN = ModelConfig(name="mlp", options=dict(depth=3, width=32, batch_norm=False))
 CONV = ModelConfig(name="resnet20", options=dict(width_mult=0.25))
-PROBES = CurvatureConfig(n_samples=200, lanczos_iters=8, hutchinson_probes=4, noise_b_small=16, noise_b_big=64,
-                         noise_pairs=4, every=2)
-KEYS = ("epoch", "lr", "batch_size", "ratio", "seed", "n_train", "beta", "variant", "schedule", "train_loss",
-        "train_acc", "val_loss", "val_acc", "steps", "examples_seen", "status", "lambda_max", "hessian_trace",
-        "hessian_fro", "hessian_trace_stderr", "grad_noise_scale", "probe_n_samples")
+PROBES = CurvatureConfig(
+    n_samples=200, lanczos_iters=8, hutchinson_probes=4, noise_b_small=16, noise_b_big=64, noise_pairs=4, every=2
+)
+KEYS = (
+    "epoch",
+    "lr",
+    "batch_size",
+    "ratio",
+    "seed",
+    "n_train",
+    "beta",
+    "variant",
+    "schedule",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "steps",
+    "examples_seen",
+    "status",
+    "lambda_max",
+    "hessian_trace",
+    "hessian_fro",
+    "hessian_trace_stderr",
+    "grad_noise_scale",
+    "probe_n_samples",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -60,8 +83,12 @@ def test_mlp_pack_with_lr_schedules_probes_and_a_diverging_member_equals_each_po
     # every 2 epochs, and a member whose loss explodes in its first epoch (no batch norm, lr 50).
     shared = ScheduleConfig(kind="step", every=2, factor=0.5)
     own = {"kind": "cyclic_lr", "low": 0.01, "high": 0.2, "cycle_epochs": 2}
-    points = [TrialPoint(0.05, 32, 0), TrialPoint(0.2, 32, 1, variant="clr", schedule=own),
-              TrialPoint(50.0, 32, 2), TrialPoint(0.1, 32, 0, beta=2.0)]
+    points = [
+        TrialPoint(0.05, 32, 0),
+        TrialPoint(0.2, 32, 1, variant="clr", schedule=own),
+        TrialPoint(50.0, 32, 2),
+        TrialPoint(0.1, 32, 0, beta=2.0),
+    ]
     train = TrainConfig(epochs=4, momentum=0.9)
     data = load_dataset(DIGITS)
     rows = packed(points, MLP_NOBN, train, schedule=shared, probes=PROBES, data=data)
@@ -87,10 +114,11 @@ def test_vmap_layout_computes_what_the_loop_layout_computes():
     per-member rates and momentum. In float64, so that the check is of the math: in float32 the
     two layouts' round-off differs, and a ResNet on digits amplifies it within a few steps (batch
     norm of near-constant channels), as it would between any two convolution algorithms."""
+    import torch.nn.functional as F
+
     from lrbs.trainables.models import build_model
     from lrbs.trainables.pack_sgd import PackSGD
     from lrbs.trainables.packed_models import build_pack
-    import torch.nn.functional as F
 
     data = load_dataset(DIGITS)
     x = data.x_train.double()
@@ -109,7 +137,9 @@ def test_vmap_layout_computes_what_the_loop_layout_computes():
         for _ in range(4):
             idx = torch.randint(0, len(x), (2, 32), generator=gen)
             logits = pack.forward(x[idx], training=True)
-            loss = F.cross_entropy(logits.flatten(0, 1), data.y_train[idx].flatten(), reduction="none").view(2, 32).mean(1)
+            loss = (
+                F.cross_entropy(logits.flatten(0, 1), data.y_train[idx].flatten(), reduction="none").view(2, 32).mean(1)
+            )
             opt.step(pack.params, torch.autograd.grad(opt.objective(loss), pack.params))
         states[layout] = [pack.member_state(j) for j in range(2)]
     for a, b in zip(states["stacked"], states["loop"]):
@@ -136,7 +166,10 @@ def test_pack_checkpoint_resumes_with_the_uninterrupted_rows_after_a_member_dive
     with pytest.raises(KeyboardInterrupt):
         run_pack(points, DIGITS, MLP_NOBN, train, stop_after_two)
     assert [m["status"] for m in saved["members"]] == ["running", "diverged", "running"]
-    assert saved["members"][1]["model"] is None and saved["members"][0]["model"].keys() == saved["members"][2]["model"].keys()
+    assert (
+        saved["members"][1]["model"] is None
+        and saved["members"][0]["model"].keys() == saved["members"][2]["model"].keys()
+    )
     resumed = packed(points, MLP_NOBN, train, start_state=saved)
     assert resumed[1] == []  # the diverged member stays out
     for j in (0, 2):
@@ -146,11 +179,21 @@ def test_pack_checkpoint_resumes_with_the_uninterrupted_rows_after_a_member_dive
 
 def test_pack_refuses_members_it_cannot_step_together():
     with pytest.raises(ValueError, match="n_train"):
-        run_pack([TrialPoint(0.1, 32, 0, n_train=400), TrialPoint(0.1, 32, 0, n_train=800)], DIGITS, MLP,
-                 TrainConfig(epochs=1), lambda rows, state: None)
+        run_pack(
+            [TrialPoint(0.1, 32, 0, n_train=400), TrialPoint(0.1, 32, 0, n_train=800)],
+            DIGITS,
+            MLP,
+            TrainConfig(epochs=1),
+            lambda rows, state: None,
+        )
     with pytest.raises(ValueError, match="batch sizes differ"):
-        run_pack([TrialPoint(0.1, 32, 0), TrialPoint(0.1, 64, 0)], DIGITS, MLP, TrainConfig(epochs=1),
-                 lambda rows, state: None)
+        run_pack(
+            [TrialPoint(0.1, 32, 0), TrialPoint(0.1, 64, 0)],
+            DIGITS,
+            MLP,
+            TrainConfig(epochs=1),
+            lambda rows, state: None,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,11 +236,20 @@ def test_packed_sweep_equals_unpacked_sweep_rows_status_and_report(ray_local, tm
     from lrbs.sweeps.status import read_status
     from tests.conftest import tiny_spec, write_yaml
 
-    base = dict(grid={"seed": [0, 1]}, train={"epochs": 3},
-                beta={"lr0": 0.05, "batch_size0": 16, "values": [1.0, 4.0], "n_train": [400, 800]},
-                schedule={"kind": "step", "every": 2, "factor": 0.5},
-                curvature={"n_samples": 200, "lanczos_iters": 8, "hutchinson_probes": 4, "noise_b_small": 16,
-                           "noise_b_big": 64, "noise_pairs": 4})
+    base = dict(
+        grid={"seed": [0, 1]},
+        train={"epochs": 3},
+        beta={"lr0": 0.05, "batch_size0": 16, "values": [1.0, 4.0], "n_train": [400, 800]},
+        schedule={"kind": "step", "every": 2, "factor": 0.5},
+        curvature={
+            "n_samples": 200,
+            "lanczos_iters": 8,
+            "hutchinson_probes": 4,
+            "noise_b_small": 16,
+            "noise_b_big": 64,
+            "noise_pairs": 4,
+        },
+    )
     runs = {}
     for name, pack in (("packed", "auto"), ("unpacked", 1)):
         spec = write_yaml(tmp_path / f"{name}.yaml", tiny_spec(name, **{**base, "train": {"epochs": 3, "pack": pack}}))

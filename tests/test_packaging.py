@@ -1,5 +1,6 @@
 """Packaging: Ray's version bound and the private Ray APIs behind it, dependency floors and extras,
 and the JSON Schema of specs shipped with the package (sweeps/schema.py)."""
+
 from __future__ import annotations
 
 import copy
@@ -17,13 +18,13 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from lrbs.sweeps import schema
-from lrbs.trainables import ray_private
 from lrbs.sweeps.runner import LOOPBACK_ENV
 from lrbs.sweeps.spec import BetaConfig, LimitsConfig, SpecError, load_spec, spec_from_dict
-from tests.conftest import ROOT
+from lrbs.trainables import ray_private
 from lrbs.trainables.config import CurvatureConfig, TrainConfig
 from lrbs.trainables.data import DATASETS
 from lrbs.trainables.models import MODELS
+from tests.conftest import ROOT
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 DEPENDENCIES = [Requirement(r) for r in PYPROJECT["project"]["dependencies"]]
@@ -42,14 +43,18 @@ def ray_requires() -> list[Requirement]:
     """What the installed Ray requires with the extras pyproject asks for (jsonschema and packaging,
     which these tests import, among them)."""
     env = [{"extra": extra} for extra in ray_requirement().extras] + [{"extra": ""}]
-    return [r for r in map(Requirement, metadata.requires("ray") or [])
-            if r.marker is None or any(r.marker.evaluate(e) for e in env)]
+    return [
+        r
+        for r in map(Requirement, metadata.requires("ray") or [])
+        if r.marker is None or any(r.marker.evaluate(e) for e in env)
+    ]
 
 
 def lower_bound(req: Requirement) -> Version:
     """The lowest version ``req`` admits by its >=, >, == or ~= clauses (0 when it has none)."""
-    return max((Version(s.version) for s in req.specifier if s.operator in (">=", ">", "==", "~=")),
-               default=Version("0"))
+    return max(
+        (Version(s.version) for s in req.specifier if s.operator in (">=", ">", "==", "~=")), default=Version("0")
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,8 +71,11 @@ def test_private_ray_apis_have_the_shapes_lrbs_uses():
 
 
 def test_only_ray_private_imports_private_ray_apis():
-    sources = [p for folder in ("sweeps", "trainables", "analysis", "benchmarks", "examples", "tests")
-               for p in (ROOT / folder).rglob("*.py")]
+    sources = [
+        p
+        for folder in ("sweeps", "trainables", "analysis", "benchmarks", "examples", "tests")
+        for p in (ROOT / folder).rglob("*.py")
+    ]
     users = {str(p.relative_to(ROOT)) for p in sources if PRIVATE_RAY.search(p.read_text())}
     assert users == {"trainables/ray_private.py"}
 
@@ -205,9 +213,12 @@ def test_schema_refuses_unknown_keys_where_lrbs_does(validator):
 
 
 # lrbs reads a schedule field only for the kinds that use it; the schema types every field.
-SCHEDULE_FIELDS = {"constant": set(), "step": {"milestones", "every", "factor"},
-                   "cyclic_lr": {"low", "high", "cycle_epochs", "wave", "start"},
-                   "cyclic_batch": {"low", "high", "cycle_epochs", "wave", "start"}}
+SCHEDULE_FIELDS = {
+    "constant": set(),
+    "step": {"milestones", "every", "factor"},
+    "cyclic_lr": {"low", "high", "cycle_epochs", "wave", "start"},
+    "cyclic_batch": {"low", "high", "cycle_epochs", "wave", "start"},
+}
 WRONG = ("x", 1.5, True, [1], {"k": 1}, None)
 
 
@@ -216,7 +227,7 @@ def ignored_by_lrbs(data, path) -> bool:
     if "schedule" not in path[:-1]:
         return False
     i = max(j for j, key in enumerate(path[:-1]) if key == "schedule")
-    schedule, field = at(data, path[:i + 1]), path[i + 1]
+    schedule, field = at(data, path[: i + 1]), path[i + 1]
     return field != "kind" and field not in SCHEDULE_FIELDS[schedule.get("kind", "constant")]
 
 

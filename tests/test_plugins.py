@@ -3,6 +3,7 @@
 The end-to-end run on a separate Ray head (the module shipped to its workers) is in
 tests/test_submit.py, beside the other test that starts a head.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,13 +20,13 @@ from lrbs.analysis.sections import section_probes
 from lrbs.analysis.tables import trials_from_metrics
 from lrbs.sweeps.cli import main
 from lrbs.sweeps.metrics_sink import row_from_result
-from tests.conftest import ROOT, tiny_spec, write_yaml
 from lrbs.trainables import plugins, probes
 from lrbs.trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig
 from lrbs.trainables.data import load_dataset
 from lrbs.trainables.train_loop import TrialPoint, run_pack
+from tests.conftest import ROOT, tiny_spec, write_yaml
 
-USER_MODULE = textwrap.dedent('''
+USER_MODULE = textwrap.dedent("""
     import numpy as np
     import torch
     from torch import nn
@@ -128,7 +129,7 @@ USER_MODULE = textwrap.dedent('''
 
     def data_interrupted():
         raise KeyboardInterrupt
-''')
+""")
 
 
 @pytest.fixture
@@ -142,13 +143,18 @@ def user_dir(tmp_path, monkeypatch):
     from lrbs.sweeps import estimate
     from lrbs.trainables import user_data
 
-    for name in [m for m in sys.modules if m.startswith(("usermods_lrbs_test", "broken_import_lrbs_test",
-                                                          "exit_import_lrbs_test", "interrupt_import_lrbs_test"))]:
+    for name in [
+        m
+        for m in sys.modules
+        if m.startswith(
+            ("usermods_lrbs_test", "broken_import_lrbs_test", "exit_import_lrbs_test", "interrupt_import_lrbs_test")
+        )
+    ]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setattr(user_data, "_CACHE", {})
     monkeypatch.setattr(estimate, "_PROFILES", {})
     monkeypatch.setattr(plugins, "_search_roots", [])  # earlier tests' spec folders
-    monkeypatch.setattr(sys, "path", list(sys.path))    # restored after the test
+    monkeypatch.setattr(sys, "path", list(sys.path))  # restored after the test
     folder = tmp_path / "project"
     folder.mkdir()
     (folder / "usermods_lrbs_test.py").write_text(USER_MODULE)
@@ -187,55 +193,65 @@ DATA = {"name": f"{M}:blobs"}
 
 def test_user_model_and_data_validate_with_counts(user_dir, capsys, monkeypatch):
     monkeypatch.chdir(user_dir.parent)  # found through the spec's folder, not the current one
-    code, out, err = _validate(user_dir, capsys, model={"name": f"{M}:tiny_net", "options": {"hidden": 16}},
-                               dataset={**DATA, "val_fraction": None, "options": {"n_train": 80}},
-                               grid={"lr": [0.1], "batch_size": [8, 16], "seed": [0]})
+    code, out, err = _validate(
+        user_dir,
+        capsys,
+        model={"name": f"{M}:tiny_net", "options": {"hidden": 16}},
+        dataset={**DATA, "val_fraction": None, "options": {"n_train": 80}},
+        grid={"lr": [0.1], "batch_size": [8, 16], "seed": [0]},
+    )
     assert code == 0, err
     # 5*16 + 16 + 16*3 + 3 parameters, and the forward FLOPs the estimate uses.
     assert f"model: {M}:tiny_net {{hidden: 16}}: 147 parameters" in out
     assert "input (5,), 3 classes" in out and "estimated cost:" in out
 
 
-@pytest.mark.parametrize("model, dataset, field, words", [
-    ({"name": "no_such_module_xyz:net"}, DATA, "model.name", "cannot import module 'no_such_module_xyz'"),
-    ({"name": f"{M}:missing"}, DATA, "model.name", "has no attribute 'missing'"),
-    ({"name": f"{M}:NOT_CALLABLE"}, DATA, "model.name", "not a callable"),
-    ({"name": "broken_import_lrbs_test:net"}, DATA, "model.name", "ImportError: needs cuda 13"),
-    ({"name": "not a path"}, DATA, "model.name", "unknown model"),
-    ({"name": f"{M}:raises"}, DATA, "model.name", "RuntimeError: no GPU kernels"),
-    ({"name": f"{M}:not_a_module"}, DATA, "model.name", "not a torch.nn.Module"),
-    ({"name": f"{M}:wrong_logits"}, DATA, "model.name", "logits of shape (batch, 3)"),
-    ({"name": f"{M}:crashes_forward"}, DATA, "model.name", "forward pass"),
-    ({"name": f"{M}:tiny_net", "options": {"heads": 2}}, DATA, "model.options", "heads"),
-    ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_raises"}, "dataset.name", "OSError: bucket not mounted"),
-    ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_list"}, "dataset.name", "returned a list"),
-    ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_missing"}, "dataset.name", "returned no y_val"),
-    ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_bad_labels"}, "dataset.name", "outside [0, 2)"),
-    ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_negative_labels"}, "dataset.name", "outside [0, 3)"),
-    ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_lengths"}, "dataset.name", "differ in length"),
-    ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_nan"}, "dataset.name", "non-finite"),
-    ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_float_labels"}, "dataset.name", "integer class labels"),
-    ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_shapes"}, "dataset.name", "differ in example shape"),
-    ({"name": f"{M}:tiny_net"}, {**DATA, "options": {"n_test": 3}}, "dataset.options", "n_test"),
-    ({"name": f"{M}:tiny_net"}, {**DATA, "val_fraction": 0.2}, "dataset.val_fraction", "own validation split"),
-    # User code that stops the process instead of raising, at import, in a factory, in forward
-    ({"name": f"{M}:exits"}, DATA, "model.name", "called sys.exit(0)"),
-    ({"name": f"{M}:interrupted"}, DATA, "model.name", "KeyboardInterrupt"),
-    ({"name": f"{M}:exits_in_forward"}, DATA, "model.name", "forward pass"),
-    ({"name": "exit_import_lrbs_test:net"}, DATA, "model.name", "called sys.exit(0)"),
-    ({"name": "interrupt_import_lrbs_test:net"}, DATA, "model.name", "KeyboardInterrupt"),
-    ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_exits"}, "dataset.name", "called sys.exit(0)"),
-    ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_interrupted"}, "dataset.name", "KeyboardInterrupt"),
-    ({"name": f"{M}:tiny_net"}, {"name": "interrupt_import_lrbs_test:data"}, "dataset.name", "KeyboardInterrupt"),
-    # Models and data SGD cannot train on
-    ({"name": f"{M}:no_params"}, DATA, "model.name", "no trainable parameters"),
-    ({"name": f"{M}:integer_logits"}, DATA, "model.name", "floating-point logits; it returned torch.int64"),
-    ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_no_features"}, "dataset.name", "has no features"),
-])
+@pytest.mark.parametrize(
+    "model, dataset, field, words",
+    [
+        ({"name": "no_such_module_xyz:net"}, DATA, "model.name", "cannot import module 'no_such_module_xyz'"),
+        ({"name": f"{M}:missing"}, DATA, "model.name", "has no attribute 'missing'"),
+        ({"name": f"{M}:NOT_CALLABLE"}, DATA, "model.name", "not a callable"),
+        ({"name": "broken_import_lrbs_test:net"}, DATA, "model.name", "ImportError: needs cuda 13"),
+        ({"name": "not a path"}, DATA, "model.name", "unknown model"),
+        ({"name": f"{M}:raises"}, DATA, "model.name", "RuntimeError: no GPU kernels"),
+        ({"name": f"{M}:not_a_module"}, DATA, "model.name", "not a torch.nn.Module"),
+        ({"name": f"{M}:wrong_logits"}, DATA, "model.name", "logits of shape (batch, 3)"),
+        ({"name": f"{M}:crashes_forward"}, DATA, "model.name", "forward pass"),
+        ({"name": f"{M}:tiny_net", "options": {"heads": 2}}, DATA, "model.options", "heads"),
+        ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_raises"}, "dataset.name", "OSError: bucket not mounted"),
+        ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_list"}, "dataset.name", "returned a list"),
+        ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_missing"}, "dataset.name", "returned no y_val"),
+        ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_bad_labels"}, "dataset.name", "outside [0, 2)"),
+        ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_negative_labels"}, "dataset.name", "outside [0, 3)"),
+        ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_lengths"}, "dataset.name", "differ in length"),
+        ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_nan"}, "dataset.name", "non-finite"),
+        ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_float_labels"}, "dataset.name", "integer class labels"),
+        ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_shapes"}, "dataset.name", "differ in example shape"),
+        ({"name": f"{M}:tiny_net"}, {**DATA, "options": {"n_test": 3}}, "dataset.options", "n_test"),
+        ({"name": f"{M}:tiny_net"}, {**DATA, "val_fraction": 0.2}, "dataset.val_fraction", "own validation split"),
+        # User code that stops the process instead of raising, at import, in a factory, in forward
+        ({"name": f"{M}:exits"}, DATA, "model.name", "called sys.exit(0)"),
+        ({"name": f"{M}:interrupted"}, DATA, "model.name", "KeyboardInterrupt"),
+        ({"name": f"{M}:exits_in_forward"}, DATA, "model.name", "forward pass"),
+        ({"name": "exit_import_lrbs_test:net"}, DATA, "model.name", "called sys.exit(0)"),
+        ({"name": "interrupt_import_lrbs_test:net"}, DATA, "model.name", "KeyboardInterrupt"),
+        ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_exits"}, "dataset.name", "called sys.exit(0)"),
+        ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_interrupted"}, "dataset.name", "KeyboardInterrupt"),
+        ({"name": f"{M}:tiny_net"}, {"name": "interrupt_import_lrbs_test:data"}, "dataset.name", "KeyboardInterrupt"),
+        # Models and data SGD cannot train on
+        ({"name": f"{M}:no_params"}, DATA, "model.name", "no trainable parameters"),
+        ({"name": f"{M}:integer_logits"}, DATA, "model.name", "floating-point logits; it returned torch.int64"),
+        ({"name": f"{M}:tiny_net"}, {"name": f"{M}:data_no_features"}, "dataset.name", "has no features"),
+    ],
+)
 def test_bad_factories_are_one_line_exit_2(user_dir, capsys, tmp_path, model, dataset, field, words):
     """``lrbs validate`` and ``lrbs run``: one line naming the field, exit 2, nothing written."""
-    overrides = {"model": model, "dataset": {"val_fraction": None, **dataset},
-                 "grid": {"lr": [0.1], "batch_size": [8], "seed": [0]}}
+    overrides = {
+        "model": model,
+        "dataset": {"val_fraction": None, **dataset},
+        "grid": {"lr": [0.1], "batch_size": [8], "seed": [0]},
+    }
     code, out, err = _validate(user_dir, capsys, **overrides)
     assert code == 2, out
     lines = err.strip().splitlines()
@@ -269,8 +285,7 @@ def test_user_data_set_loads_and_subsets(user_dir, monkeypatch):
 
 def test_user_model_packs_through_the_general_path(tmp_path):
     """The example's 1-D convnet (a user model) packed 2 at a time gives the unpacked runs' rows."""
-    data = load_dataset(DatasetConfig(name="mnist1d", n_train=256, options={"n_samples": 1000},
-                                      data_dir=str(tmp_path)))
+    data = load_dataset(DatasetConfig(name="mnist1d", n_train=256, options={"n_samples": 1000}, data_dir=str(tmp_path)))
     model = ModelConfig(name="examples.mnist1d_conv:conv1d", options={"channels": 8})
     train = TrainConfig(epochs=2, pack=2)
     points = [TrialPoint(lr=0.05, batch_size=32, seed=0), TrialPoint(lr=0.2, batch_size=32, seed=1)]
@@ -292,10 +307,15 @@ def test_undeclared_probe_column_is_an_error(monkeypatch):
     data = load_dataset(DatasetConfig(name="synthetic", n_train=64))
     monkeypatch.setitem(probes.PROBES, "bogus", lambda model, data, cfg, idx, seed: {"bogus_sharpness": 1.0})
     with pytest.raises(ValueError, match=r"\['bogus_sharpness'\] are not declared in analysis/schema.py"):
-        run_pack([TrialPoint(lr=0.1, batch_size=32, seed=0)], DatasetConfig(),
-                 ModelConfig(options={"depth": 2, "width": 8}), TrainConfig(epochs=1), lambda rows, state: None,
-                 data=data, probes=CurvatureConfig(n_samples=32, lanczos_iters=2, hutchinson_probes=4,
-                                                   noise_scale=False))
+        run_pack(
+            [TrialPoint(lr=0.1, batch_size=32, seed=0)],
+            DatasetConfig(),
+            ModelConfig(options={"depth": 2, "width": 8}),
+            TrainConfig(epochs=1),
+            lambda rows, state: None,
+            data=data,
+            probes=CurvatureConfig(n_samples=32, lanczos_iters=2, hutchinson_probes=4, noise_scale=False),
+        )
 
 
 def test_legacy_flat_model_keys_still_read(tmp_path):
@@ -321,9 +341,14 @@ def test_the_example_spec_validates_from_any_folder(tmp_path):
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "lrbs", "validate", str(ROOT / "examples" / "mnist1d_conv.yaml")],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = subprocess.run(
+        [sys.executable, "-m", "lrbs", "validate", str(ROOT / "examples" / "mnist1d_conv.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert out.returncode == 0, out.stderr
     assert "mnist1d_conv: 6 trials" in out.stdout and "in 2 packs (train.pack: 3)" in out.stdout
     assert "model: mnist1d_conv:conv1d {channels: 32, batch_norm: True}" in out.stdout
@@ -337,9 +362,14 @@ def test_resume_finds_user_modules_where_run_found_them(user_dir, tmp_path, monk
     from lrbs.sweeps.runner import PLUGIN_ROOTS, record_plugin_folders, restore_plugin_folders
     from lrbs.sweeps.spec import load_spec
 
-    spec_path = write_yaml(user_dir / "spec.yaml", user_spec(model={"name": f"{M}:tiny_net"},
-                                                             dataset={**DATA, "val_fraction": None},
-                                                             grid={"lr": [0.1], "batch_size": [8], "seed": [0]}))
+    spec_path = write_yaml(
+        user_dir / "spec.yaml",
+        user_spec(
+            model={"name": f"{M}:tiny_net"},
+            dataset={**DATA, "val_fraction": None},
+            grid={"lr": [0.1], "batch_size": [8], "seed": [0]},
+        ),
+    )
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     record_plugin_folders(load_spec(spec_path), run_dir)
@@ -445,9 +475,15 @@ def test_probes_run_through_a_user_transformer(attention_dir):
     run it through the math kernel and measure finite, positive curvature."""
     data = load_dataset(DatasetConfig(name="digits", n_train=256))
     rows: list = []
-    status = run_pack([TrialPoint(lr=0.1, batch_size=32, seed=0)], DatasetConfig(name="digits"),
-                      ModelConfig(name=f"{A}:encoder"), TrainConfig(epochs=2), lambda r, state: rows.extend(r),
-                      data=data, probes=CurvatureConfig(**PROBE_CFG))
+    status = run_pack(
+        [TrialPoint(lr=0.1, batch_size=32, seed=0)],
+        DatasetConfig(name="digits"),
+        ModelConfig(name=f"{A}:encoder"),
+        TrainConfig(epochs=2),
+        lambda r, state: rows.extend(r),
+        data=data,
+        probes=CurvatureConfig(**PROBE_CFG),
+    )
     assert status == ["finished"] and [r["epoch"] for r in rows] == [1, 2]
     last = rows[-1]
     assert "probe_error" not in last, last.get("probe_error")
@@ -462,24 +498,30 @@ def test_validate_runs_one_hvp_when_probes_are_on(attention_dir, capsys, tmp_pat
     is one line naming curvature and the op, exit 2, nothing written; without curvature it passes."""
     digits = {"name": "digits", "val_fraction": 0.2}
     grid = {"lr": [0.1], "batch_size": [32], "seed": [0]}
-    code, out, err = _validate(attention_dir, capsys, model={"name": f"{A}:encoder"}, dataset=digits, grid=grid,
-                               curvature=PROBE_CFG)
+    code, out, err = _validate(
+        attention_dir, capsys, model={"name": f"{A}:encoder"}, dataset=digits, grid=grid, curvature=PROBE_CFG
+    )
     assert code == 0, err
     overrides = {"model": {"name": f"{A}:no_double_backward"}, "dataset": digits, "grid": grid}
     code, out, err = _validate(attention_dir, capsys, **overrides, curvature=PROBE_CFG)
     assert code == 2, out
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lrbs: error: "), err
-    assert f"curvature: the probes need Hessian-vector products (a double backward) through model.name {A}:" \
-           "no_double_backward" in lines[0] and "once_differentiable" in lines[0], lines[0]
+    assert (
+        f"curvature: the probes need Hessian-vector products (a double backward) through model.name {A}:"
+        "no_double_backward"
+        in lines[0]
+        and "once_differentiable" in lines[0]
+    ), lines[0]
     assert _main(["run", str(attention_dir / "spec.yaml"), "--storage", str(tmp_path / "runs"), "--no-report"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == lines
     assert not (tmp_path / "runs").exists()
     code, out, err = _validate(attention_dir, capsys, **overrides)  # no curvature section: no HVP, no error
     assert code == 0, err
     # a model that reads its inputs as token ids passes: the check feeds inputs any data set could give
-    code, out, err = _validate(attention_dir, capsys, model={"name": f"{A}:tokens"}, dataset=digits, grid=grid,
-                               curvature=PROBE_CFG)
+    code, out, err = _validate(
+        attention_dir, capsys, model={"name": f"{A}:tokens"}, dataset=digits, grid=grid, curvature=PROBE_CFG
+    )
     assert code == 0, err
 
 
@@ -490,18 +532,30 @@ def test_a_failing_probe_leaves_null_columns_and_the_error_and_the_trial_goes_on
     probe section names the trial with its error."""
     data = load_dataset(DatasetConfig(name="digits", n_train=128))
     rows: list = []
-    status = run_pack([TrialPoint(lr=0.1, batch_size=32, seed=0)], DatasetConfig(name="digits"),
-                      ModelConfig(name=f"{A}:no_double_backward"), TrainConfig(epochs=3),
-                      lambda r, state: rows.extend(r), data=data, probes=CurvatureConfig(**PROBE_CFG, every=2))
+    status = run_pack(
+        [TrialPoint(lr=0.1, batch_size=32, seed=0)],
+        DatasetConfig(name="digits"),
+        ModelConfig(name=f"{A}:no_double_backward"),
+        TrainConfig(epochs=3),
+        lambda r, state: rows.extend(r),
+        data=data,
+        probes=CurvatureConfig(**PROBE_CFG, every=2),
+    )
     assert status == ["finished"] and [r["epoch"] for r in rows] == [1, 2, 3]
     assert [r["status"] for r in rows] == ["running", "running", "finished"]
     assert "probe_error" not in rows[0] and "lambda_max" not in rows[0]  # no probe due at epoch 1
     for row in rows[1:]:
-        assert row["probe_error"].startswith("sharpness: RuntimeError: ") and "once_differentiable" in row["probe_error"]
+        assert (
+            row["probe_error"].startswith("sharpness: RuntimeError: ") and "once_differentiable" in row["probe_error"]
+        )
         assert "lambda_max" not in row and "hessian_trace" not in row  # null in the tables
         assert math.isfinite(row["grad_noise_scale"]) and row["probe_s"] > 0
-    config = {"sweep": "s", "dataset": {"name": "digits"}, "model": {"name": f"{A}:no_double_backward"},
-              "point": {"lr": 0.1, "batch_size": 32, "seed": 0}}
+    config = {
+        "sweep": "s",
+        "dataset": {"name": "digits"},
+        "model": {"name": f"{A}:no_double_backward"},
+        "point": {"lr": 0.1, "batch_size": 32, "seed": 0},
+    }
     table = pa.Table.from_pylist([row_from_result(r, config, "t0") for r in rows], schema=METRIC_SCHEMA)
     assert table.column("probe_error").to_pylist() == [None, rows[1]["probe_error"], rows[2]["probe_error"]]
     trials = trials_from_metrics(table)

@@ -1,4 +1,5 @@
 """The README's main job: the quickstart sweep end to end shows the paper's effect."""
+
 from __future__ import annotations
 
 import json

@@ -7,6 +7,7 @@ URI. The store is reached both standard ways: pyarrow's URI query
 The same run checks what the embedded cluster exposes (loopback listeners only, token auth) and
 that Ray's pickled state is never trusted (a crafted ``tuner.pkl``, a truncated experiment state,
 a cut-off newest checkpoint are planted in the bucket before the resume)."""
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,14 @@ def s3_server():
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"{host}:{port}"
-    fs = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", access_key="testing", secret_key="testing",
-                           region="us-east-1", allow_bucket_creation=True)
+    fs = pafs.S3FileSystem(
+        endpoint_override=endpoint,
+        scheme="http",
+        access_key="testing",
+        secret_key="testing",
+        region="us-east-1",
+        allow_bucket_creation=True,
+    )
     fs.create_dir(BUCKET)
     saved = {k: os.environ.get(k) for k in CREDENTIALS}
     os.environ.update(CREDENTIALS)  # this process reads the bucket by URI too
@@ -92,7 +99,7 @@ def _listening(pids: list[int]) -> list[tuple[str, int]]:
             if family == socket.AF_INET:
                 ip = str(ipaddress.IPv4Address(raw[::-1]))
             else:  # four little-endian 32-bit words
-                ip = str(ipaddress.IPv6Address(b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))))
+                ip = str(ipaddress.IPv6Address(b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))))
                 if ip.startswith("::ffff:"):
                     ip = "::ffff:" + str(ipaddress.IPv6Address(ip).ipv4_mapped)
             found.append((ip, int(hex_port, 16)))
@@ -119,8 +126,9 @@ def _env(**extra) -> dict:
 
 
 def _lrbs(*args, env, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lrbs", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "lrbs", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _kill_session(driver: subprocess.Popen) -> None:
@@ -144,9 +152,14 @@ def test_s3_sigkill_resume_status_report_interpolate(s3_server, tmp_path):
     storage = f"s3://{BUCKET}/runs?endpoint_override={endpoint}&scheme=http"  # the URI-query way
     cache = {"LRBS_CACHE_DIR": str(tmp_path / "cache")}
     log = open(tmp_path / "run.log", "w")
-    driver = subprocess.Popen([sys.executable, "-m", "lrbs", "run", str(spec), "--storage", storage,
-                               "--no-report", "--upload-interval", "0"], cwd=ROOT, env=_env(**cache),
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "lrbs", "run", str(spec), "--storage", storage, "--no-report", "--upload-interval", "0"],
+        cwd=ROOT,
+        env=_env(**cache),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     run_path = f"{BUCKET}/runs/s3k"
     try:
         # Wait for a few epochs' checkpoints in the bucket (rows are uploaded at every result).
@@ -167,10 +180,12 @@ def test_s3_sigkill_resume_status_report_interpolate(s3_server, tmp_path):
                 assert "--host=127.0.0.1" in c or "--host 127.0.0.1" in c, c
         # Every TCP port Ray listens on is on loopback (issue 13, item 11), and token auth is on.
         listening = _listening(_session_pids(driver.pid))
-        assert len(listening) >= 5 and all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for ip, _ in listening), \
+        assert len(listening) >= 5 and all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for ip, _ in listening), (
             listening
-        assert any("RAY_AUTH_MODE=token" in _environ(pid) for pid in _session_pids(driver.pid) if "gcs_server" in
-                   _cmdline(pid))
+        )
+        assert any(
+            "RAY_AUTH_MODE=token" in _environ(pid) for pid in _session_pids(driver.pid) if "gcs_server" in _cmdline(pid)
+        )
         token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
         assert token.stat().st_mode & 0o077 == 0  # the token file: its owner only
     finally:
@@ -201,7 +216,9 @@ def test_s3_sigkill_resume_status_report_interpolate(s3_server, tmp_path):
     uri = f"s3://{run_path}"
     out = _lrbs("status", uri, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "2 trials: 2 stopped" in out.stdout and f"/{2 * KILL_EPOCHS} |" in out.stdout, out.stdout  # the dead driver's trials
+    assert "2 trials: 2 stopped" in out.stdout and f"/{2 * KILL_EPOCHS} |" in out.stdout, (
+        out.stdout
+    )  # the dead driver's trials
 
     out = _lrbs("resume", uri, "--no-report", "--upload-interval", "0", env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -227,9 +244,8 @@ def test_s3_sigkill_resume_status_report_interpolate(s3_server, tmp_path):
     assert ".parquet" in [p.suffix for p in (local / "metrics").glob(f"{sessions[0]}__*")]
     # Both members continued from the newest checkpoint that loads and is not ahead of the rows
     # the bucket had (the cut-off one was skipped): their first resumed row is the epoch after it.
-    from lrbs.trainables.train_loop import load_state
-
     from lrbs.analysis.tables import read_compacted_file
+    from lrbs.trainables.train_loop import load_state
 
     killed = [read_stream_file(p)[0] for p in (local / "metrics").glob(f"{sessions[0]}__*.arrow")]
     killed += [read_compacted_file(p)[0] for p in (local / "metrics").glob(f"{sessions[0]}__*.parquet")]
@@ -239,7 +255,14 @@ def test_s3_sigkill_resume_status_report_interpolate(s3_server, tmp_path):
             last_of[trial_id] = max(epoch, last_of.get(trial_id, 0))
     assert len(last_of) == 2
     last_row = min(last_of.values())
-    usable = [e for e in (load_state(f"s3://{p.rsplit('/', 1)[0]}?endpoint_override={endpoint}&scheme=http")["epoch"] for p in states[:-1]) if e <= last_row]
+    usable = [
+        e
+        for e in (
+            load_state(f"s3://{p.rsplit('/', 1)[0]}?endpoint_override={endpoint}&scheme=http")["epoch"]
+            for p in states[:-1]
+        )
+        if e <= last_row
+    ]
     (compacted,) = (local / "metrics").glob(f"{sessions[1]}__*.parquet")
     table = read_compacted_file(compacted)[0]
     first_of: dict[str, int] = {}
@@ -247,11 +270,16 @@ def test_s3_sigkill_resume_status_report_interpolate(s3_server, tmp_path):
         first_of.setdefault(trial_id, epoch)
     resumed_first = list(first_of.values())
     assert resumed_first == [max(usable) + 1] * 2, (resumed_first, usable, last_row)
-    resumed = [i for i in fs.get_file_info(pafs.FileSelector(run_path, recursive=True))
-               if "/resume-" in i.path and i.path.endswith("/state.pt")]
+    resumed = [
+        i
+        for i in fs.get_file_info(pafs.FileSelector(run_path, recursive=True))
+        if "/resume-" in i.path and i.path.endswith("/state.pt")
+    ]
     assert resumed  # the resumed trial checkpointed into the bucket, beside the first session's folders
-    records = [json.loads(fs.open_input_stream(i.path).read()) for i in
-               fs.get_file_info(pafs.FileSelector(f"{run_path}/trials"))]
+    records = [
+        json.loads(fs.open_input_stream(i.path).read())
+        for i in fs.get_file_info(pafs.FileSelector(f"{run_path}/trials"))
+    ]
     assert [r["status"] for r in records] == ["TERMINATED"] and len(records[0]["logdirs"]) == 2
 
     out = _lrbs("status", uri, env=env, timeout=120)
@@ -283,8 +311,10 @@ def test_s3_sigkill_resume_status_report_interpolate(s3_server, tmp_path):
 
     assert [load_state(p)["epoch"] for p in fetched] == [KILL_EPOCHS], fetched
     uploaded = fs.get_file_info(pafs.FileSelector(f"{run_path}/interpolation"))
-    assert sorted(i.base_name for i in uploaded) == [f"{members[0]}__{members[1]}.arrow",
-                                                      f"{members[0]}__{members[1]}.html"]
+    assert sorted(i.base_name for i in uploaded) == [
+        f"{members[0]}__{members[1]}.arrow",
+        f"{members[0]}__{members[1]}.html",
+    ]
 
 
 def test_s3_bad_input_is_one_line(s3_server, tmp_path, monkeypatch, capsys):
@@ -316,8 +346,13 @@ def test_mirror_follows_the_store_and_uris_survive_odd_names(s3_server, tmp_path
 
     endpoint, fs = s3_server
     run_path = f"{BUCKET}/odd runs#1/r"
-    for name, data in [("spec.yaml", b"name: r\n"), ("lock.json", b"{}"), ("metrics/a.arrow", b"x"),
-                       ("trials/abcde_00000.json", b"{}"), ("tuner.pkl", b"never fetched")]:
+    for name, data in [
+        ("spec.yaml", b"name: r\n"),
+        ("lock.json", b"{}"),
+        ("metrics/a.arrow", b"x"),
+        ("trials/abcde_00000.json", b"{}"),
+        ("tuner.pkl", b"never fetched"),
+    ]:
         with fs.open_output_stream(f"{run_path}/{name}") as f:
             f.write(data)
     from lrbs.sweeps.storage import join_uri
@@ -329,7 +364,11 @@ def test_mirror_follows_the_store_and_uris_survive_odd_names(s3_server, tmp_path
     assert run.target.path == run_path
     local = mirror(run, tmp_path / "m")
     assert sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()) == [
-        "lock.json", "metrics/a.arrow", "spec.yaml", "trials/abcde_00000.json"]
+        "lock.json",
+        "metrics/a.arrow",
+        "spec.yaml",
+        "trials/abcde_00000.json",
+    ]
     # Gone from the store (a lock released, a run directory made anew): gone from the mirror.
     fs.delete_file(f"{run_path}/lock.json")
     fs.delete_file(f"{run_path}/trials/abcde_00000.json")

@@ -4,6 +4,7 @@ raises; ``lrbs resume`` and ``lrbs status``; exactly-once metric rows; cut-off A
 Every faulted trial must end with exactly the epoch rows of the same trial run without a fault
 (its pack run by ``run_pack`` in this process: same seeds, CPU, one thread, deterministic).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,16 +26,30 @@ from lrbs.sweeps.metrics_sink import ArrowMetricsSink
 from lrbs.sweeps.status import read_status
 from tests.conftest import ROOT, tiny_spec, write_yaml
 
-COMPARED = ("epoch", "lr", "batch_size", "steps", "examples_seen", "train_loss", "train_acc", "val_loss",
-            "val_acc", "status")
+COMPARED = (
+    "epoch",
+    "lr",
+    "batch_size",
+    "steps",
+    "examples_seen",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "status",
+)
 EPOCHS = 10
 KILL_EPOCHS = 30  # long enough to be SIGKILLed mid-sweep (tests/test_remote.py)
 
 
 def fault_spec(name: str, **overrides) -> dict:
     """2 trials (one pack of 2 by default) x EPOCHS epochs of a small MLP, checkpointed every epoch."""
-    base = dict(model={"options": {"width": 128}}, train={"epochs": EPOCHS}, resilience={"checkpoint_every": 1},
-                grid={"lr": [0.05, 0.2], "batch_size": [16], "seed": [0]})
+    base = dict(
+        model={"options": {"width": 128}},
+        train={"epochs": EPOCHS},
+        resilience={"checkpoint_every": 1},
+        grid={"lr": [0.05, 0.2], "batch_size": [16], "seed": [0]},
+    )
     return tiny_spec(name, **{**base, **overrides})
 
 
@@ -51,17 +66,22 @@ def uninterrupted_rows(configs: list[dict]) -> list[list[dict]]:
     from lrbs.trainables.train_loop import TrialPoint, run_pack
 
     config = configs[0]
-    key = json.dumps([[c.get(k) for k in ("point", "dataset", "model", "train", "schedule")] for c in configs],
-                     sort_keys=True)
+    key = json.dumps(
+        [[c.get(k) for k in ("point", "dataset", "model", "train", "schedule")] for c in configs], sort_keys=True
+    )
     if key not in _EXPECTED:
         rows: list[list[dict]] = [[] for _ in configs]
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # as inside the trial (resources.cpu: 1)
         try:
-            run_pack([TrialPoint.from_dict(c["point"]) for c in configs], from_dict(DatasetConfig, config["dataset"]),
-                     from_dict(ModelConfig, config["model"]), from_dict(TrainConfig, config["train"]),
-                     report=lambda rs, state: [rows[r["member"]].append(r) for r in rs],
-                     schedule=schedule_from_dict(config.get("schedule")))
+            run_pack(
+                [TrialPoint.from_dict(c["point"]) for c in configs],
+                from_dict(DatasetConfig, config["dataset"]),
+                from_dict(ModelConfig, config["model"]),
+                from_dict(TrainConfig, config["train"]),
+                report=lambda rs, state: [rows[r["member"]].append(r) for r in rs],
+                schedule=schedule_from_dict(config.get("schedule")),
+            )
         finally:
             torch.set_num_threads(threads)
         _EXPECTED[key] = [[{k: r[k] for k in COMPARED} for r in member] for member in rows]
@@ -98,10 +118,18 @@ def tune_trial_ids(run_dir: Path) -> set[str]:
 
 def status_cli(run_dir: Path) -> subprocess.CompletedProcess:
     """``lrbs status`` in a fresh interpreter; it must not even import Ray."""
-    code = ("import sys; from lrbs.sweeps.cli import main; rc = main(['status', sys.argv[1]]); "
-            "assert 'ray' not in sys.modules, 'lrbs status imported ray'; sys.exit(rc)")
-    return subprocess.run([sys.executable, "-c", code, str(run_dir)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    code = (
+        "import sys; from lrbs.sweeps.cli import main; rc = main(['status', sys.argv[1]]); "
+        "assert 'ray' not in sys.modules, 'lrbs status imported ray'; sys.exit(rc)"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, str(run_dir)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,9 +139,23 @@ def status_cli(run_dir: Path) -> subprocess.CompletedProcess:
 def _row(trial_id: str, epoch: int, config: dict, val_acc: float = 0.5, status: str = "running") -> dict:
     from lrbs.sweeps.metrics_sink import row_from_result
 
-    result = {"epoch": epoch, "lr": 0.1, "batch_size": 32, "ratio": 0.1 / 32, "seed": 0, "n_train": 100,
-              "train_loss": 1.0, "train_acc": 0.5, "val_loss": 1.0, "val_acc": val_acc, "steps": epoch,
-              "examples_seen": 32 * epoch, "epoch_s": 0.1, "wall_s": 0.1 * epoch, "status": status}
+    result = {
+        "epoch": epoch,
+        "lr": 0.1,
+        "batch_size": 32,
+        "ratio": 0.1 / 32,
+        "seed": 0,
+        "n_train": 100,
+        "train_loss": 1.0,
+        "train_acc": 0.5,
+        "val_loss": 1.0,
+        "val_acc": val_acc,
+        "steps": epoch,
+        "examples_seen": 32 * epoch,
+        "epoch_s": 0.1,
+        "wall_s": 0.1 * epoch,
+        "status": status,
+    }
     return row_from_result(result, config, trial_id)
 
 
@@ -161,7 +203,9 @@ def test_later_attempts_supersede_earlier_rows(tmp_path):
     second.write_row(_row("s_A", 3, a, val_acc=0.3, status="diverged"))
     # B restarted from scratch under a new trial id (lrbs resume --restart-errored).
     for epoch in (1, 2):
-        second.write_row(_row("s_C", epoch, b, val_acc=(0.3, 0.4)[epoch - 1], status="finished" if epoch == 2 else "running"))
+        second.write_row(
+            _row("s_C", epoch, b, val_acc=(0.3, 0.4)[epoch - 1], status="finished" if epoch == 2 else "running")
+        )
     second.on_experiment_end([])
     metrics, report = load_metrics_with_report(run_dir)
     got = [(r["trial_id"], r["epoch"], r["val_acc"]) for r in metrics.to_pylist()]
@@ -173,10 +217,18 @@ def test_a_restart_under_newer_code_supersedes_the_older_attempt(tmp_path):
     """lrbs resume --restart-errored under code that writes more config keys (a new code version,
     report settings, a measurement setting) still replaces the errored attempt's rows."""
     run_dir = tmp_path / "run"
-    old = {"sweep": "s", "code_version": "old", "point": {"lr": 0.2, "batch_size": 32, "seed": 0},
-           "train": {"epochs": 2}}
-    new = {**old, "code_version": "new", "report": {"converged_train_acc": 0.99},
-           "train": {"epochs": 2, "train_eval_samples": 2000}}
+    old = {
+        "sweep": "s",
+        "code_version": "old",
+        "point": {"lr": 0.2, "batch_size": 32, "seed": 0},
+        "train": {"epochs": 2},
+    }
+    new = {
+        **old,
+        "code_version": "new",
+        "report": {"converged_train_acc": 0.99},
+        "train": {"epochs": 2, "train_eval_samples": 2000},
+    }
     first = ArrowMetricsSink(run_dir / "metrics")
     first.write_row(_row("s_B", 1, old, val_acc=0.1))  # errored after epoch 1
     first.on_experiment_end([])
@@ -227,8 +279,9 @@ def cluster():
 
     if ray.is_initialized():
         ray.shutdown()
-    c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": False, "dashboard_host": "127.0.0.1"})
+    c = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False, "dashboard_host": "127.0.0.1"}
+    )
     c.add_node(num_cpus=2)
     ray.init(address=c.address, log_to_driver=False)
     c.wait_for_nodes()
@@ -248,9 +301,12 @@ def test_worker_node_dies_trials_finish_unchanged(cluster, tmp_path):
     # The sweep's driver runs in a thread (Tune supports that); the main thread plays the
     # cluster operator, since Ray only adds nodes from the main thread.
     outcome: list = []
-    sweep = threading.Thread(target=lambda: outcome.append(main([
-        "run", str(spec), "--storage", str(tmp_path / "runs"), "--address", cluster.address, "--no-report"])),
-        daemon=True)
+    sweep = threading.Thread(
+        target=lambda: outcome.append(
+            main(["run", str(spec), "--storage", str(tmp_path / "runs"), "--address", cluster.address, "--no-report"])
+        ),
+        daemon=True,
+    )
     sweep.start()
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -282,8 +338,9 @@ def test_resources_no_node_can_hold_wait_then_one_line(cluster, tmp_path, capsys
     ``limits.resource_wait_s`` for one to join, then one line, exit 2, no run directory."""
     spec = write_yaml(tmp_path / "big.yaml", tiny_spec("big", resources={"cpu": 8}, limits={"resource_wait_s": 1}))
     t0 = time.monotonic()
-    assert main(["run", str(spec), "--storage", str(tmp_path / "runs"), "--address", cluster.address,
-                 "--no-report"]) == 2
+    assert (
+        main(["run", str(spec), "--storage", str(tmp_path / "runs"), "--address", cluster.address, "--no-report"]) == 2
+    )
     assert time.monotonic() - t0 < 60
     out, err = capsys.readouterr()
     assert "[lrbs] waiting up to 1 s (limits.resource_wait_s) for a node with 8 CPU / 0 GPU" in out
@@ -294,13 +351,19 @@ def test_resources_no_node_can_hold_wait_then_one_line(cluster, tmp_path, capsys
 
 @pytest.mark.slow
 def test_errored_trial_status_then_resume_and_restart(cluster, tmp_path, capsys):
-    spec = write_yaml(tmp_path / "e.yaml", tiny_spec("e", grid={"lr": [0.05, 0.2], "batch_size": [32], "seed": [0]},
-                                                      resilience={"max_failures": 0, "fail_at_epoch": 2,
-                                                                  "checkpoint_every": 1}))
+    spec = write_yaml(
+        tmp_path / "e.yaml",
+        tiny_spec(
+            "e",
+            grid={"lr": [0.05, 0.2], "batch_size": [32], "seed": [0]},
+            resilience={"max_failures": 0, "fail_at_epoch": 2, "checkpoint_every": 1},
+        ),
+    )
     run_dir = tmp_path / "runs" / "e"
     # Trials that ended in ERROR: exit 3 (not 0), said in the last line (issue 13).
-    assert main(["run", str(spec), "--storage", str(tmp_path / "runs"), "--address", cluster.address,
-                 "--no-report"]) == 3
+    assert (
+        main(["run", str(spec), "--storage", str(tmp_path / "runs"), "--address", cluster.address, "--no-report"]) == 3
+    )
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("[lrbs] 2 of 2 trials errored (exit 3)") and "--restart-errored" in last
     out = status_cli(run_dir)
@@ -452,16 +515,19 @@ def test_records_rebuilt_from_real_tune_trial_folders(tmp_path):
     assert records["418cf_00000"].logdirs == [first.name, f"{plan.parent.name}/{later.name}"]
 
 
-@pytest.mark.parametrize("record", [
-    {"trial_id": "../../../tmp/x", "point": {}},
-    {"trial_id": "418cf_00000", "point": {}, "logdirs": [1]},
-    {"trial_id": "418cf_00000", "point": {}, "logdirs": ["../../elsewhere"]},
-    {"trial_id": "418cf_00000", "point": {}, "updated_at": "x"},
-    {"trial_id": "418cf_00000", "point": {"members": 3}},
-    {"trial_id": "418cf_00000", "point": {}, "status": "PWNED"},
-    {"trial_id": "418cf_00001", "point": {}},   # not the file's name
-    [1, 2, 3],
-])
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"trial_id": "../../../tmp/x", "point": {}},
+        {"trial_id": "418cf_00000", "point": {}, "logdirs": [1]},
+        {"trial_id": "418cf_00000", "point": {}, "logdirs": ["../../elsewhere"]},
+        {"trial_id": "418cf_00000", "point": {}, "updated_at": "x"},
+        {"trial_id": "418cf_00000", "point": {"members": 3}},
+        {"trial_id": "418cf_00000", "point": {}, "status": "PWNED"},
+        {"trial_id": "418cf_00001", "point": {}},  # not the file's name
+        [1, 2, 3],
+    ],
+)
 def test_hostile_trial_records_are_damaged_not_trusted(tmp_path, record):
     from lrbs.sweeps.ledger import read_ledger
 
@@ -483,8 +549,9 @@ def test_run_dir_lock(tmp_path, capsys):
         assert "\n" not in err and f"is in use by lrbs resume (pid {os.getpid()}" in err
     assert not (run_dir / "lock.json").exists()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (run_dir / "lock.json").write_text(json.dumps({"host": os.uname().nodename, "pid": int(dead.stdout),
-                                                   "command": "lrbs run", "at": 0}))
+    (run_dir / "lock.json").write_text(
+        json.dumps({"host": os.uname().nodename, "pid": int(dead.stdout), "command": "lrbs run", "at": 0})
+    )
     assert main(["resume", str(run_dir), "--no-report"]) == 0
     assert "took over a stale lock of lrbs run" in capsys.readouterr().err
     (run_dir / "lock.json").write_text(json.dumps({"host": "elsewhere", "pid": 1, "command": "lrbs run", "at": 0}))
@@ -533,21 +600,27 @@ def test_damaged_metric_files_are_flagged_not_crashed(tmp_path):
     (run / "metrics" / "s3__header.arrow").write_bytes(b"\x00" * 16 + data[16:])
     flipped = bytearray(data)
     pos = data.rfind(ids[0].encode())  # a trial id inside the last record batch
-    flipped[pos:pos + 2] = b"\xff\xfe"  # invalid UTF-8 in a string column
+    flipped[pos : pos + 2] = b"\xff\xfe"  # invalid UTF-8 in a string column
     (run / "metrics" / "s4__flipped.arrow").write_bytes(bytes(flipped))
     # 8 bytes inverted in the middle of a closed file (its end-of-stream marker intact): damage,
     # not a cut-off, though the reader stops there as at a cut-off.
     middle = bytearray(data)
     at = len(data) // 2
-    middle[at:at + 8] = bytes(b ^ 0xFF for b in middle[at:at + 8])
+    middle[at : at + 8] = bytes(b ^ 0xFF for b in middle[at : at + 8])
     (run / "metrics" / "s6__middle.arrow").write_bytes(bytes(middle))
     (run / "metrics" / "s7__appended.arrow").write_bytes(data + b"garbage after the end")
     (run / "metrics" / "s8__folder.arrow").mkdir()  # a folder where a file should be
     cut = run / "metrics" / "s9__cut.arrow"
-    cut.write_bytes(data[:-len(b"\xff\xff\xff\xff\x00\x00\x00\x00") - 20])  # a writer killed mid-record
+    cut.write_bytes(data[: -len(b"\xff\xff\xff\xff\x00\x00\x00\x00") - 20])  # a writer killed mid-record
     _, info = load_metrics_with_report(run)
-    assert set(info.damaged) == {"s2__empty.arrow", "s3__header.arrow", "s4__flipped.arrow", "s6__middle.arrow",
-                                 "s7__appended.arrow", "s8__folder.arrow"}
+    assert set(info.damaged) == {
+        "s2__empty.arrow",
+        "s3__header.arrow",
+        "s4__flipped.arrow",
+        "s6__middle.arrow",
+        "s7__appended.arrow",
+        "s8__folder.arrow",
+    }
     assert "0 bytes" in info.damaged["s2__empty.arrow"] and "header" in info.damaged["s3__header.arrow"]
     assert "bad bytes" in info.damaged["s4__flipped.arrow"] and not set(info.dropped_bytes) & set(info.damaged)
     assert "bad bytes" in info.damaged["s6__middle.arrow"]
@@ -588,15 +661,18 @@ def _write_states_run(run_dir: Path) -> dict[str, str]:
     from lrbs.trainables.train_loop import TrialPoint, run_pack
 
     torch.set_num_threads(1)
-    spec = spec_from_dict(tiny_spec("states", train={"epochs": 3},
-                                    grid={"lr": [0.05, 1e4, 0.2], "batch_size": [32], "seed": [0]}))
+    spec = spec_from_dict(
+        tiny_spec("states", train={"epochs": 3}, grid={"lr": [0.05, 1e4, 0.2], "batch_size": [32], "seed": [0]})
+    )
     (run_dir / "spec.yaml").parent.mkdir(parents=True, exist_ok=True)
     write_yaml(run_dir / "spec.yaml", tiny_spec("states", train={"epochs": 3}))
     points = expand_points(spec)
     sink = ArrowMetricsSink(run_dir / "metrics", compact_every=0)
-    trials = [("5a7e5_00000", points[:2], TERMINATED, None, ""),
-              ("5a7e5_00001", points[2:], ERROR, 1, "trainables.faults.InjectedFault: injected fault at epoch 2"),
-              ("5a7e5_00002", [dict(points[0], seed=1)], RUNNING, 2, "")]
+    trials = [
+        ("5a7e5_00000", points[:2], TERMINATED, None, ""),
+        ("5a7e5_00001", points[2:], ERROR, 1, "trainables.faults.InjectedFault: injected fault at epoch 2"),
+        ("5a7e5_00002", [dict(points[0], seed=1)], RUNNING, 2, ""),
+    ]
     for trial_id, pack, status, stop_after, error in trials:
         config = {**{k: v for k, v in to_param_space(spec, "test").items() if k != "point"}, "point": tune_point(pack)}
         ids = members(trial_id, config)
@@ -611,11 +687,16 @@ def _write_states_run(run_dir: Path) -> dict[str, str]:
             run_pack([TrialPoint.from_dict(p) for p in pack], spec.dataset, spec.model, spec.train, report)
         except _StopTraining:
             pass
-        write_record(run_dir, TrialRecord(trial_id, tune_point(pack), status=status, failures=int(status == ERROR),
-                                          error=error))
+        write_record(
+            run_dir, TrialRecord(trial_id, tune_point(pack), status=status, failures=int(status == ERROR), error=error)
+        )
     sink.on_experiment_end([])
-    return {"5a7e5_00000-m0": "finished", "5a7e5_00000-m1": "diverged", "5a7e5_00001": "errored",
-            "5a7e5_00002": "stopped"}
+    return {
+        "5a7e5_00000-m0": "finished",
+        "5a7e5_00000-m1": "diverged",
+        "5a7e5_00001": "errored",
+        "5a7e5_00002": "stopped",
+    }
 
 
 def test_status_shows_one_vocabulary(tmp_path, capsys):
@@ -632,14 +713,16 @@ def test_status_shows_one_vocabulary(tmp_path, capsys):
     header = lines[0].split()
     assert header[:8] == ["trial_id", "lr", "batch", "seed", "status", "epochs", "val_acc", "fails"]
     assert "result" not in header
-    shown = {line.split()[0]: line.split()[4] for line in lines[1:1 + len(expected)]}
+    shown = {line.split()[0]: line.split()[4] for line in lines[1 : 1 + len(expected)]}
     assert shown == expected and set(shown.values()) <= set(STATES)
     for line in lines:
         assert not {"TERMINATED", "ERROR", "STOPPED", "RUNNING", "UNKNOWN"} & set(line.split()), line
     assert lines[-1] == "4 trials: 1 finished, 1 diverged, 1 errored, 1 stopped"
     epochs = {t.trial_id: t.epochs_done for t in read_status(run)}
-    assert epochs == {"5a7e5_00000-m0": 3, "5a7e5_00000-m1": epochs["5a7e5_00000-m1"], "5a7e5_00001": 1,
-                      "5a7e5_00002": 2} and epochs["5a7e5_00000-m1"] < 3  # the diverged member stopped early
+    assert (
+        epochs == {"5a7e5_00000-m0": 3, "5a7e5_00000-m1": epochs["5a7e5_00000-m1"], "5a7e5_00001": 1, "5a7e5_00002": 2}
+        and epochs["5a7e5_00000-m1"] < 3
+    )  # the diverged member stopped early
     # A driver holding the run directory: the trial whose record says RUNNING is running.
     with RunLock(run, "lrbs run"):
         states = {t.trial_id: t.state for t in read_status(run)}

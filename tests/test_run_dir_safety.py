@@ -3,6 +3,7 @@ links planted in it are never written through (``analysis/safe_write.py``), the 
 names is imported only with ``--trust-code`` (``sweeps/trust.py``), and odd or unwritable locks
 are one line, exit 2 (``sweeps/lock.py``). Real files, real torch models; no Ray.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,8 @@ from torch import nn
 from lrbs.analysis.safe_write import UnsafePathError, check_inside, write_file_safely
 from lrbs.sweeps.cli import main
 from lrbs.sweeps.trust import resume_command
-from tests.conftest import ROOT, tiny_spec, write_yaml
 from lrbs.trainables import plugins
+from tests.conftest import ROOT, tiny_spec, write_yaml
 
 VICTIM_TEXT = "export PATH=/usr/bin  # the user's own file, outside the run directory\n"
 
@@ -101,8 +102,14 @@ def test_report_replaces_planted_links_and_leaves_their_targets(tmp_path, victim
 
     run, other = _grid_run(tmp_path), _grid_run(tmp_path, "rescale")
     trial = load_trials(run).column("trial_id")[0].as_py()
-    planted = ["report.html", "fits.json", "report.md", f"compare-{other.name}.md", f"compare-{other.name}.html",
-               page_name([trial])]
+    planted = [
+        "report.html",
+        "fits.json",
+        "report.md",
+        f"compare-{other.name}.md",
+        f"compare-{other.name}.html",
+        page_name([trial]),
+    ]
     for name in planted:
         (run / name).symlink_to(victim)
     assert main(["report", str(run), "--compare", str(other)]) == 0
@@ -147,7 +154,7 @@ def test_export_never_writes_through_links(tmp_path, victim, outside, capsys):
 # ---------------------------------------------------------------------------------------------
 # lrbs interpolate: two trial folders as Tune writes them (params.json, checkpoint_*/state.pt)
 
-USER_MODULE = textwrap.dedent('''
+USER_MODULE = textwrap.dedent("""
     from pathlib import Path
 
     from torch import nn
@@ -156,7 +163,7 @@ USER_MODULE = textwrap.dedent('''
 
     def net(input_shape, n_classes):
         return nn.Sequential(nn.Flatten(), nn.Linear(input_shape[0], n_classes))
-''')
+""")
 
 
 def _interpolation_run(tmp_path: Path, model_name: str | None = None) -> tuple[Path, list[str]]:
@@ -184,13 +191,21 @@ def _interpolation_run(tmp_path: Path, model_name: str | None = None) -> tuple[P
         trial_id = f"aaaaa_{i:05d}"
         folder = run / f"train_trial_{trial_id}_{i}_lr={point['lr']}"
         (folder / "checkpoint_000000").mkdir(parents=True)
-        config = {"point": point, "sweep": "interp", "dataset": shared["dataset"], "model": model,
-                  "train": shared["train"]}
+        config = {
+            "point": point,
+            "sweep": "interp",
+            "dataset": shared["dataset"],
+            "model": model,
+            "train": shared["train"],
+        }
         (folder / "params.json").write_text(json.dumps(config))
         torch.manual_seed(i)
         # The user's model is built here as its module builds it, without importing that module
-        net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)) if model_name else \
-            build_model(from_dict(ModelConfig, model), (64,), 10)
+        net = (
+            nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+            if model_name
+            else build_model(from_dict(ModelConfig, model), (64,), 10)
+        )
         state = {"format": "pack-v1", "members": [{"status": "finished", "model": net.state_dict(), "momentum": None}]}
         torch.save(state, folder / "checkpoint_000000" / CHECKPOINT_FILE)
         ids.append(trial_id)
@@ -341,8 +356,9 @@ def test_resume_on_a_read_only_run_dir_with_a_stale_lock_is_one_line(tmp_path, c
     read-only bind mount as root, where chmod would not stop root; chmod otherwise)."""
     run = _finished_run(tmp_path)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (run / "lock.json").write_text(json.dumps({"host": os.uname().nodename, "pid": int(dead.stdout),
-                                               "command": "lrbs run", "at": 0}))
+    (run / "lock.json").write_text(
+        json.dumps({"host": os.uname().nodename, "pid": int(dead.stdout), "command": "lrbs run", "at": 0})
+    )
     before = sorted((p.relative_to(run), p.stat().st_size) for p in run.rglob("*"))
     if os.geteuid() == 0:
         view = tmp_path / "ro" / run.name
@@ -372,8 +388,14 @@ def test_resume_that_trains_never_writes_through_links(tmp_path, victim):
     write_yaml(run / "spec.yaml", {**spec, "grid": {**spec["grid"], "lr": [0.1, 0.2]}})  # lr 0.2: never started
     for name in ("ray.log", "report.html"):
         (run / name).symlink_to(victim)
-    out = subprocess.run([sys.executable, "-m", "lrbs", "resume", str(run)], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = subprocess.run(
+        [sys.executable, "-m", "lrbs", "resume", str(run)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "2 trials finished, 0 errored" in out.stdout
     _untouched(victim)

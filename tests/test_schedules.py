@@ -1,4 +1,5 @@
 """Tests for trainables.schedules: hand-computed values, step rules, waveforms, validation."""
+
 from __future__ import annotations
 
 import dataclasses

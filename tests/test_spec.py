@@ -1,11 +1,13 @@
 """Spec validation and grid expansion (no Ray needed)."""
+
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
-from lrbs.sweeps.spec import SpecError, axis_values, expand_points, load_spec, spec_from_dict, to_param_space, AxisRange
+from lrbs.sweeps.spec import AxisRange, SpecError, axis_values, expand_points, load_spec, spec_from_dict, to_param_space
 from tests.conftest import tiny_spec, write_yaml
-from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,34 +72,40 @@ def test_round_trip_through_dict():
     assert spec_from_dict(spec.to_dict()) == spec
 
 
-@pytest.mark.parametrize("overrides, field", [
-    ({"bogus": 1}, "bogus"),
-    ({"train": {"epochs": 3, "lrate": 0.1}}, "train.lrate"),
-    ({"grid": {"lr": [0.1], "batch_size": [32], "seed": [0], "momentum": [0.9]}}, "grid.momentum"),
-    ({"grid": {"lr": [0.1, -0.1], "batch_size": [32], "seed": [0]}}, "grid.lr[1]"),
-    ({"grid": {"lr": [0.0], "batch_size": [32], "seed": [0]}}, "grid.lr[0]"),
-    ({"grid": {"lr": [0.1], "batch_size": [0], "seed": [0]}}, "grid.batch_size[0]"),
-    ({"grid": {"lr": [0.1], "batch_size": [32, 5000], "seed": [0]}}, "grid.batch_size[1]"),
-    ({"grid": {"lr": [0.1], "batch_size": [32.5], "seed": [0]}}, "grid.batch_size[0]"),
-    ({"grid": {"lr": "fast", "batch_size": [32], "seed": [0]}}, "grid.lr"),
-    ({"grid": {"lr": {"min": 0.1, "max": 0.01, "num": 3}, "batch_size": [32], "seed": [0]}}, "grid.lr"),
-    ({"grid": {"lr": {"min": 0.1, "max": 1, "num": 3, "scale": "cubic"}, "batch_size": [32], "seed": [0]}}, "grid.lr.scale"),
-    ({"dataset": {"name": "imagenet"}}, "dataset.name"),
-    ({"dataset": {"name": "digits", "n_train": 10**6}}, "dataset.n_train"),
-    ({"dataset": {"name": "digits", "val_fraction": 1.5}}, "dataset.val_fraction"),
-    ({"model": {"name": "transformer"}}, "model.name"),
-    ({"model": {"options": {"depth": "four"}}}, "model.options.depth"),
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"bogus": 1}, "bogus"),
+        ({"train": {"epochs": 3, "lrate": 0.1}}, "train.lrate"),
+        ({"grid": {"lr": [0.1], "batch_size": [32], "seed": [0], "momentum": [0.9]}}, "grid.momentum"),
+        ({"grid": {"lr": [0.1, -0.1], "batch_size": [32], "seed": [0]}}, "grid.lr[1]"),
+        ({"grid": {"lr": [0.0], "batch_size": [32], "seed": [0]}}, "grid.lr[0]"),
+        ({"grid": {"lr": [0.1], "batch_size": [0], "seed": [0]}}, "grid.batch_size[0]"),
+        ({"grid": {"lr": [0.1], "batch_size": [32, 5000], "seed": [0]}}, "grid.batch_size[1]"),
+        ({"grid": {"lr": [0.1], "batch_size": [32.5], "seed": [0]}}, "grid.batch_size[0]"),
+        ({"grid": {"lr": "fast", "batch_size": [32], "seed": [0]}}, "grid.lr"),
+        ({"grid": {"lr": {"min": 0.1, "max": 0.01, "num": 3}, "batch_size": [32], "seed": [0]}}, "grid.lr"),
+        (
+            {"grid": {"lr": {"min": 0.1, "max": 1, "num": 3, "scale": "cubic"}, "batch_size": [32], "seed": [0]}},
+            "grid.lr.scale",
+        ),
+        ({"dataset": {"name": "imagenet"}}, "dataset.name"),
+        ({"dataset": {"name": "digits", "n_train": 10**6}}, "dataset.n_train"),
+        ({"dataset": {"name": "digits", "val_fraction": 1.5}}, "dataset.val_fraction"),
+        ({"model": {"name": "transformer"}}, "model.name"),
+        ({"model": {"options": {"depth": "four"}}}, "model.options.depth"),
         ({"model": {"options": {"depth": 0}}}, "model.options.depth"),
         ({"model": {"options": {"heads": 4}}}, "model.options.heads"),
         ({"model": {"options": [1, 2]}}, "model.options"),
         ({"dataset": {"name": "digits", "options": {"size": 3}}}, "dataset.options.size"),
         ({"dataset": {"name": "mnist1d", "options": {"n_samples": 5}}}, "dataset.options.n_samples"),
-    ({"train": {"epochs": 0}}, "train.epochs"),
-    ({"train": {"epochs": 2, "momentum": 1.5}}, "train.momentum"),
-    ({"resources": {"cpu": 0}}, "resources.cpu"),
-    ({"resources": {"cpu": 1, "gpu": 1.5}}, "resources.gpu"),
-    ({"name": "a/b"}, "name"),
-])
+        ({"train": {"epochs": 0}}, "train.epochs"),
+        ({"train": {"epochs": 2, "momentum": 1.5}}, "train.momentum"),
+        ({"resources": {"cpu": 0}}, "resources.cpu"),
+        ({"resources": {"cpu": 1, "gpu": 1.5}}, "resources.gpu"),
+        ({"name": "a/b"}, "name"),
+    ],
+)
 def test_bad_values_name_the_field(overrides, field):
     with pytest.raises(SpecError) as err:
         spec_from_dict(tiny_spec(**overrides))
@@ -127,8 +135,12 @@ def test_load_spec_names_the_file(tmp_path):
 
 
 def test_rescale_points_follow_each_rule():
-    spec = spec_from_dict(tiny_spec(grid={"seed": [0, 1]}, rescale={
-        "lr0": 0.1, "batch_size0": 50, "batch_sizes": [50, 200, 800], "rules": ["linear", "sqrt", "none"]}))
+    spec = spec_from_dict(
+        tiny_spec(
+            grid={"seed": [0, 1]},
+            rescale={"lr0": 0.1, "batch_size0": 50, "batch_sizes": [50, 200, 800], "rules": ["linear", "sqrt", "none"]},
+        )
+    )
     points = expand_points(spec)
     assert len(points) == (1 + 2 * 3) * 2
     ref = [p for p in points if p["rescale"] == "reference"]
@@ -140,12 +152,16 @@ def test_rescale_points_follow_each_rule():
 
 
 def test_beta_points_cross_training_set_sizes():
-    spec = spec_from_dict(tiny_spec(grid={"seed": [0, 1]}, beta={
-        "lr0": 0.1, "batch_size0": 16, "values": [0.5, 1, 4], "n_train": [400, 1000]}))
+    spec = spec_from_dict(
+        tiny_spec(
+            grid={"seed": [0, 1]}, beta={"lr0": 0.1, "batch_size0": 16, "values": [0.5, 1, 4], "n_train": [400, 1000]}
+        )
+    )
     points = expand_points(spec)
     assert len(points) == 2 * 3 * 2
     assert {(p["n_train"], p["beta"], p["lr"], p["batch_size"]) for p in points} == {
-        (n, b, 0.1 * b, int(16 * b)) for n in (400, 1000) for b in (0.5, 1.0, 4.0)}
+        (n, b, 0.1 * b, int(16 * b)) for n in (400, 1000) for b in (0.5, 1.0, 4.0)
+    }
     ratios = {p["lr"] / p["batch_size"] for p in points}
     assert max(ratios) == pytest.approx(min(ratios))  # a beta family keeps eta/S fixed
 
@@ -158,35 +174,58 @@ def test_beta_family_keeps_eta_over_s_exact_when_s_rounds():
     assert all(p["lr"] / p["batch_size"] == pytest.approx(0.1 / 50, rel=1e-12) for p in points)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"rescale": {"lr0": 0.1, "batch_size0": 50, "batch_sizes": [100]}}, "rescale: conflicts with grid.lr"),
-    ({"grid": {"seed": [0]}, "rescale": {"lr0": 0.1, "batch_size0": 50, "batch_sizes": [100], "rules": ["cubic"]}},
-     "rescale.rules[0]: unknown rule"),
-    ({"grid": {"seed": [0]}, "rescale": {"lr0": 0.1, "batch_sizes": [100]}}, "rescale.batch_size0: required"),
-    ({"grid": {"seed": [0]}, "rescale": {"lr0": 0.1, "batch_size0": 50, "batch_sizes": [100000]}},
-     "rescale.batch_sizes[0]: 100000 is larger than the training set"),
-    ({"grid": {"seed": [0]}, "beta": {"lr0": 0.1, "batch_size0": 50, "values": [1, 40], "n_train": [1000]}},
-     "beta.values[1]: 2000 is larger than the training set (1000 examples)"),
-    ({"grid": {"seed": [0]}, "beta": {"lr0": 0.1, "batch_size0": 50, "values": [1], "n_train": [10**7]}},
-     "beta.n_train[0]:"),
-    ({"grid": {"seed": [0]}, "beta": {"lr0": 0.1, "batch_size0": 50, "values": [1]},
-      "rescale": {"lr0": 0.1, "batch_size0": 50, "batch_sizes": [100]}}, "beta: conflicts with rescale"),
-    ({"schedule": {"kind": "cyclic_batch", "low": 32}}, "schedule."),
-    ({"schedule": {"kind": "warp"}}, "schedule.kind"),
-    ({"schedule": {"knd": "step"}}, "schedule.knd: unknown key"),
-    ({"curvature": {"every": "sometimes"}}, "curvature.every"),
-    ({"curvature": {"n_samples": 0}}, "curvature.n_samples"),
-    ({"curvature": {"noise_method": "two_batch", "noise_b_small": 512, "noise_b_big": 32}}, "curvature.noise_b_small"),
-    ({"curvature": {"noise_method": "exact"}}, "curvature.noise_method"),
-    ({"curvature": {"noise_b_small": 0}}, "curvature.noise_b_small"),
-    ({"grid": {"lr": [0.1], "batch_size": [8], "seed": [2**70]}}, "grid.seed[0]"),
-    ({"train": {"augment": "mixup"}}, "train.augment"),
-    ({"train": {"augment": "crop_flip"}}, "train.augment"),
-    ({"curvature": {"trace_method": "hutch"}}, "curvature.trace_method"),
-    ({"curvature": {"hutchinson_probes": 3}}, "curvature.hutchinson_probes"),
-    ({"curvature": {"lanczos_iter": 5}}, "curvature.lanczos_iter: unknown key"),
-    ({"resilience": {"max_failures": -1}}, "resilience.max_failures"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"rescale": {"lr0": 0.1, "batch_size0": 50, "batch_sizes": [100]}}, "rescale: conflicts with grid.lr"),
+        (
+            {
+                "grid": {"seed": [0]},
+                "rescale": {"lr0": 0.1, "batch_size0": 50, "batch_sizes": [100], "rules": ["cubic"]},
+            },
+            "rescale.rules[0]: unknown rule",
+        ),
+        ({"grid": {"seed": [0]}, "rescale": {"lr0": 0.1, "batch_sizes": [100]}}, "rescale.batch_size0: required"),
+        (
+            {"grid": {"seed": [0]}, "rescale": {"lr0": 0.1, "batch_size0": 50, "batch_sizes": [100000]}},
+            "rescale.batch_sizes[0]: 100000 is larger than the training set",
+        ),
+        (
+            {"grid": {"seed": [0]}, "beta": {"lr0": 0.1, "batch_size0": 50, "values": [1, 40], "n_train": [1000]}},
+            "beta.values[1]: 2000 is larger than the training set (1000 examples)",
+        ),
+        (
+            {"grid": {"seed": [0]}, "beta": {"lr0": 0.1, "batch_size0": 50, "values": [1], "n_train": [10**7]}},
+            "beta.n_train[0]:",
+        ),
+        (
+            {
+                "grid": {"seed": [0]},
+                "beta": {"lr0": 0.1, "batch_size0": 50, "values": [1]},
+                "rescale": {"lr0": 0.1, "batch_size0": 50, "batch_sizes": [100]},
+            },
+            "beta: conflicts with rescale",
+        ),
+        ({"schedule": {"kind": "cyclic_batch", "low": 32}}, "schedule."),
+        ({"schedule": {"kind": "warp"}}, "schedule.kind"),
+        ({"schedule": {"knd": "step"}}, "schedule.knd: unknown key"),
+        ({"curvature": {"every": "sometimes"}}, "curvature.every"),
+        ({"curvature": {"n_samples": 0}}, "curvature.n_samples"),
+        (
+            {"curvature": {"noise_method": "two_batch", "noise_b_small": 512, "noise_b_big": 32}},
+            "curvature.noise_b_small",
+        ),
+        ({"curvature": {"noise_method": "exact"}}, "curvature.noise_method"),
+        ({"curvature": {"noise_b_small": 0}}, "curvature.noise_b_small"),
+        ({"grid": {"lr": [0.1], "batch_size": [8], "seed": [2**70]}}, "grid.seed[0]"),
+        ({"train": {"augment": "mixup"}}, "train.augment"),
+        ({"train": {"augment": "crop_flip"}}, "train.augment"),
+        ({"curvature": {"trace_method": "hutch"}}, "curvature.trace_method"),
+        ({"curvature": {"hutchinson_probes": 3}}, "curvature.hutchinson_probes"),
+        ({"curvature": {"lanczos_iter": 5}}, "curvature.lanczos_iter: unknown key"),
+        ({"resilience": {"max_failures": -1}}, "resilience.max_failures"),
+    ],
+)
 def test_family_schedule_and_probe_errors(overrides, message):
     with pytest.raises(SpecError) as err:
         spec_from_dict(tiny_spec(**overrides))
@@ -194,8 +233,9 @@ def test_family_schedule_and_probe_errors(overrides, message):
 
 
 def test_schedule_and_curvature_reach_the_param_space():
-    spec = spec_from_dict(tiny_spec(schedule={"kind": "step", "milestones": [2], "factor": 0.1},
-                                    curvature={"n_samples": 500, "every": 1}))
+    spec = spec_from_dict(
+        tiny_spec(schedule={"kind": "step", "milestones": [2], "factor": 0.1}, curvature={"n_samples": 500, "every": 1})
+    )
     space = to_param_space(spec, "v")
     assert space["schedule"]["kind"] == "step" and space["schedule"]["milestones"] == [2]
     assert space["curvature"]["n_samples"] == 500 and space["curvature"]["every"] == 1
@@ -205,25 +245,41 @@ def test_schedule_and_curvature_reach_the_param_space():
 
 
 def test_variants_are_named_points_with_their_own_schedules():
-    spec = spec_from_dict(tiny_spec(grid={"seed": [0, 1]}, train={"epochs": 8}, variants=[
-        {"label": "cbs", "lr": 0.005, "batch_size": 32, "schedule": {"kind": "cyclic_batch", "low": 32, "high": 160,
-                                                                     "cycle_epochs": 4}},
-        {"label": "const", "lr": 0.001, "batch_size": 32},
-    ]))
+    spec = spec_from_dict(
+        tiny_spec(
+            grid={"seed": [0, 1]},
+            train={"epochs": 8},
+            variants=[
+                {
+                    "label": "cbs",
+                    "lr": 0.005,
+                    "batch_size": 32,
+                    "schedule": {"kind": "cyclic_batch", "low": 32, "high": 160, "cycle_epochs": 4},
+                },
+                {"label": "const", "lr": 0.001, "batch_size": 32},
+            ],
+        )
+    )
     points = expand_points(spec)
     assert len(points) == 4
     assert points[0]["variant"] == "cbs" and points[0]["schedule"]["kind"] == "cyclic_batch"
     assert points[2] == {"lr": 0.001, "batch_size": 32, "seed": 0, "variant": "const"}
 
 
-@pytest.mark.parametrize("variants, message", [
-    ([{"label": "a", "lr": 0.1}], "variants[0].batch_size: required"),
-    ([{"label": "a", "lr": -1, "batch_size": 8}], "variants[0].lr: must be > 0"),
-    ([{"label": "a", "lr": 0.1, "batch_size": 8, "colour": 1}], "variants[0].colour: unknown key"),
-    ([{"label": "a", "lr": 0.1, "batch_size": 8, "schedule": {"kind": "cyclic_lr"}}], "variants[0].schedule"),
-    ([{"label": "a", "lr": 0.1, "batch_size": 8}, {"label": "a", "lr": 0.2, "batch_size": 8}], "variants: repeated"),
-    ("nope", "variants: must be a non-empty list"),
-])
+@pytest.mark.parametrize(
+    "variants, message",
+    [
+        ([{"label": "a", "lr": 0.1}], "variants[0].batch_size: required"),
+        ([{"label": "a", "lr": -1, "batch_size": 8}], "variants[0].lr: must be > 0"),
+        ([{"label": "a", "lr": 0.1, "batch_size": 8, "colour": 1}], "variants[0].colour: unknown key"),
+        ([{"label": "a", "lr": 0.1, "batch_size": 8, "schedule": {"kind": "cyclic_lr"}}], "variants[0].schedule"),
+        (
+            [{"label": "a", "lr": 0.1, "batch_size": 8}, {"label": "a", "lr": 0.2, "batch_size": 8}],
+            "variants: repeated",
+        ),
+        ("nope", "variants: must be a non-empty list"),
+    ],
+)
 def test_variant_errors(variants, message):
     with pytest.raises(SpecError) as err:
         spec_from_dict(tiny_spec(grid={"seed": [0]}, variants=variants))
@@ -241,7 +297,12 @@ def test_bad_checkpoint_every_s_is_a_one_line_error(value):
 def test_checkpoints_are_time_based_by_default():
     spec = spec_from_dict(tiny_spec())
     assert spec.resilience.checkpoint_every is None and spec.resilience.checkpoint_every_s == 30.0
-    assert spec_from_dict(tiny_spec(resilience={"checkpoint_every": 5, "checkpoint_every_s": None})).resilience.checkpoint_every == 5
+    assert (
+        spec_from_dict(
+            tiny_spec(resilience={"checkpoint_every": 5, "checkpoint_every_s": None})
+        ).resilience.checkpoint_every
+        == 5
+    )
 
 
 def test_replicas_is_a_one_line_error_naming_pack():
@@ -266,55 +327,100 @@ def test_plan_packs_groups_by_batch_size_schedule_and_n_train_and_splits_at_k():
     from lrbs.sweeps.packing import plan_packs
 
     # beta family: each beta has its own S, so packs are the seeds of one (beta, n_train)
-    spec = spec_from_dict(tiny_spec(grid={"seed": [0, 1, 2]}, beta={"lr0": 0.05, "batch_size0": 16,
-                                                                  "values": [1, 2], "n_train": [400, 800]}))
+    spec = spec_from_dict(
+        tiny_spec(
+            grid={"seed": [0, 1, 2]}, beta={"lr0": 0.05, "batch_size0": 16, "values": [1, 2], "n_train": [400, 800]}
+        )
+    )
     packs = plan_packs(spec)
     assert [len(p) for p in packs] == [3, 3, 3, 3]
     assert all(len({(m["batch_size"], m.get("n_train")) for m in p}) == 1 for p in packs)
     # a grid with an explicit K: groups of one S are cut into packs of at most K, never refused
-    spec = spec_from_dict(tiny_spec(train={"pack": 3}, grid={"lr": [0.01, 0.02], "batch_size": [32], "seed": [0, 1, 2, 3]}))
+    spec = spec_from_dict(
+        tiny_spec(train={"pack": 3}, grid={"lr": [0.01, 0.02], "batch_size": [32], "seed": [0, 1, 2, 3]})
+    )
     assert [len(p) for p in plan_packs(spec)] == [3, 3, 2]
     # points with different batch-size schedules never share a pack; lr-only schedules may
-    spec = spec_from_dict(tiny_spec(grid={"seed": [0]}, train={"epochs": 4}, variants=[
-        {"label": "clr", "lr": 0.1, "batch_size": 32, "schedule": {"kind": "cyclic_lr", "low": 0.01, "high": 0.05, "cycle_epochs": 2}},
-        {"label": "const", "lr": 0.05, "batch_size": 32},
-        {"label": "cbs", "lr": 0.05, "batch_size": 32, "schedule": {"kind": "cyclic_batch", "low": 32, "high": 64, "cycle_epochs": 2}}]))
+    spec = spec_from_dict(
+        tiny_spec(
+            grid={"seed": [0]},
+            train={"epochs": 4},
+            variants=[
+                {
+                    "label": "clr",
+                    "lr": 0.1,
+                    "batch_size": 32,
+                    "schedule": {"kind": "cyclic_lr", "low": 0.01, "high": 0.05, "cycle_epochs": 2},
+                },
+                {"label": "const", "lr": 0.05, "batch_size": 32},
+                {
+                    "label": "cbs",
+                    "lr": 0.05,
+                    "batch_size": 32,
+                    "schedule": {"kind": "cyclic_batch", "low": 32, "high": 64, "cycle_epochs": 2},
+                },
+            ],
+        )
+    )
     assert [[m["variant"] for m in p] for p in plan_packs(spec)] == [["clr", "const"], ["cbs"]]
 
 
-@pytest.mark.parametrize("content, needle", [
-    (b"name: x\ngrid: {lr: [0.1], lr: [0.2], batch_size: [8], seed: [0]}\n", "duplicate key 'lr'"),
-    (b"name: x\nname: y\n", "duplicate key 'name'"),
-    (b"name: caf\xe9\n", "not UTF-8 text (byte 0xe9 at offset 9)"),
-    (b"name: x\ngrid: {lr: [0.1], batch_size: {min: .nan, max: 64, num: 3}, seed: [0]}\n",
-     "grid.batch_size.min: must be a finite number"),
-    (b"name: x\ngrid: {lr: {min: 0.01, max: .inf, num: 3}, batch_size: [8], seed: [0]}\n",
-     "grid.lr.max: must be a finite number"),
-    (b"name: \"a\\0b\"\n", "name: must be a file name of 1-100 printable characters"),
-    (b"name: " + b"n" * 300 + b"\n", "name: must be a file name of 1-100 printable characters"),
-    (b"name: x\n" + b"a: " * 0 + b"grid: " + b"[" * 20000 + b"]" * 20000 + b"\n", "malformed YAML"),
-    # Limits (issue 13, item 7): refused before anything is built or expanded.
-    (b"name: x\ndataset: {name: synthetic, n_train: 512}\n"
-     b"grid: {lr: {min: 0.01, max: 1, num: 1000000000}, batch_size: [8], seed: [0]}\n",
-     "grid.lr.num: 1,000,000,000 values; limits.max_points is 10,000"),
-    (b"name: x\ndataset: {name: synthetic, n_train: 512}\ngrid: {lr: {min: 0.01, max: 1, num: 1000}, "
-     b"batch_size: {min: 8, max: 512, num: 1000}, seed: [0]}\n", "the sweep has 415,000 trial points"),
-    (b"name: x\ndataset: {name: synthetic, n_train: 512}\nmodel: {name: mlp, options: {width: 100000, depth: 3}}\n"
-     b"grid: {lr: [0.1], batch_size: [8], seed: [0]}\n", "would have 10,004,600,010 parameters; limits.max_params"),
-    (b"name: x\ndataset: {name: synthetic, n_train: 512}\nmodel: {name: mlp, options: {depth: 100000}}\n"
-     b"grid: {lr: [0.1], batch_size: [8], seed: [0]}\n", "model.options.depth: must be <= 1000"),
-    (b"name: x\ndataset: {name: synthetic, n_train: 10000000000}\ngrid: {lr: [0.1], batch_size: [8], seed: [0]}\n",
-     "limits.memory_gb: one trial needs ~"),
-    (b"name: x\ndataset: {name: synthetic, n_train: 512}\nlimits: {memory_gb: 0.0001}\n"
-     b"grid: {lr: [0.1], batch_size: [8], seed: [0]}\n", "the limit is 0.0001 GB (limits.memory_gb)"),
-    (b"name: x\nlimits: {max_points: 0}\n", "limits.max_points: must be >= 1"),
-    # NaN compares false with every bound: every number is checked finite where it is read.
-    (b"name: x\ntrain: {weight_decay: .nan}\n", "train.weight_decay: must be a finite number (got nan)"),
-    (b"name: x\ntrain: {divergence_factor: .nan}\n", "train.divergence_factor: must be a finite number"),
-    (b"name: x\nresources: {cpu: .nan}\n", "resources.cpu: must be a finite number"),
-    (b"name: x\nresources: {gpu: .nan}\n", "resources.gpu: must be a finite number"),
-    (b"name: x\nlimits: {resource_wait_s: .inf}\n", "limits.resource_wait_s: must be a finite number (got inf)"),
-])
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (b"name: x\ngrid: {lr: [0.1], lr: [0.2], batch_size: [8], seed: [0]}\n", "duplicate key 'lr'"),
+        (b"name: x\nname: y\n", "duplicate key 'name'"),
+        (b"name: caf\xe9\n", "not UTF-8 text (byte 0xe9 at offset 9)"),
+        (
+            b"name: x\ngrid: {lr: [0.1], batch_size: {min: .nan, max: 64, num: 3}, seed: [0]}\n",
+            "grid.batch_size.min: must be a finite number",
+        ),
+        (
+            b"name: x\ngrid: {lr: {min: 0.01, max: .inf, num: 3}, batch_size: [8], seed: [0]}\n",
+            "grid.lr.max: must be a finite number",
+        ),
+        (b'name: "a\\0b"\n', "name: must be a file name of 1-100 printable characters"),
+        (b"name: " + b"n" * 300 + b"\n", "name: must be a file name of 1-100 printable characters"),
+        (b"name: x\n" + b"a: " * 0 + b"grid: " + b"[" * 20000 + b"]" * 20000 + b"\n", "malformed YAML"),
+        # Limits (issue 13, item 7): refused before anything is built or expanded.
+        (
+            b"name: x\ndataset: {name: synthetic, n_train: 512}\n"
+            b"grid: {lr: {min: 0.01, max: 1, num: 1000000000}, batch_size: [8], seed: [0]}\n",
+            "grid.lr.num: 1,000,000,000 values; limits.max_points is 10,000",
+        ),
+        (
+            b"name: x\ndataset: {name: synthetic, n_train: 512}\ngrid: {lr: {min: 0.01, max: 1, num: 1000}, "
+            b"batch_size: {min: 8, max: 512, num: 1000}, seed: [0]}\n",
+            "the sweep has 415,000 trial points",
+        ),
+        (
+            b"name: x\ndataset: {name: synthetic, n_train: 512}\nmodel: {name: mlp, options: {width: 100000, depth: 3}}\n"
+            b"grid: {lr: [0.1], batch_size: [8], seed: [0]}\n",
+            "would have 10,004,600,010 parameters; limits.max_params",
+        ),
+        (
+            b"name: x\ndataset: {name: synthetic, n_train: 512}\nmodel: {name: mlp, options: {depth: 100000}}\n"
+            b"grid: {lr: [0.1], batch_size: [8], seed: [0]}\n",
+            "model.options.depth: must be <= 1000",
+        ),
+        (
+            b"name: x\ndataset: {name: synthetic, n_train: 10000000000}\ngrid: {lr: [0.1], batch_size: [8], seed: [0]}\n",
+            "limits.memory_gb: one trial needs ~",
+        ),
+        (
+            b"name: x\ndataset: {name: synthetic, n_train: 512}\nlimits: {memory_gb: 0.0001}\n"
+            b"grid: {lr: [0.1], batch_size: [8], seed: [0]}\n",
+            "the limit is 0.0001 GB (limits.memory_gb)",
+        ),
+        (b"name: x\nlimits: {max_points: 0}\n", "limits.max_points: must be >= 1"),
+        # NaN compares false with every bound: every number is checked finite where it is read.
+        (b"name: x\ntrain: {weight_decay: .nan}\n", "train.weight_decay: must be a finite number (got nan)"),
+        (b"name: x\ntrain: {divergence_factor: .nan}\n", "train.divergence_factor: must be a finite number"),
+        (b"name: x\nresources: {cpu: .nan}\n", "resources.cpu: must be a finite number"),
+        (b"name: x\nresources: {gpu: .nan}\n", "resources.gpu: must be a finite number"),
+        (b"name: x\nlimits: {resource_wait_s: .inf}\n", "limits.resource_wait_s: must be a finite number (got inf)"),
+    ],
+)
 def test_hostile_specs_are_one_line_errors(tmp_path, content, needle):
     """Red-team inputs (issue 13): one line naming the problem, exit 2, nothing started."""
     path = tmp_path / "s.yaml"
@@ -328,8 +434,10 @@ def test_hostile_specs_are_one_line_errors(tmp_path, content, needle):
 def test_limits_can_be_raised(tmp_path):
     """Each limit is a key: a sweep that really is that big runs once the key says so."""
     path = tmp_path / "big.yaml"
-    path.write_text("name: big\ndataset: {name: synthetic, n_train: 512}\nlimits: {max_points: 20000}\n"
-                    "grid: {lr: {min: 0.01, max: 1, num: 150}, batch_size: {min: 8, max: 64, num: 100}, seed: [0, 1]}\n")
+    path.write_text(
+        "name: big\ndataset: {name: synthetic, n_train: 512}\nlimits: {max_points: 20000}\n"
+        "grid: {lr: {min: 0.01, max: 1, num: 150}, batch_size: {min: 8, max: 64, num: 100}, seed: [0, 1]}\n"
+    )
     spec = load_spec(path)
     assert spec.limits.max_points == 20000 and len(expand_points(spec)) > 10_000
 
@@ -342,8 +450,10 @@ def test_resources_beyond_this_machine_are_refused_before_anything_is_written(tm
     from lrbs.sweeps.cli import main
 
     path = tmp_path / "r.yaml"
-    path.write_text(f"name: r\ndataset: {{name: synthetic, n_train: 256}}\ntrain: {{epochs: 1}}\n"
-                    f"resources: {{cpu: {4 * (os.cpu_count() or 1)}}}\ngrid: {{lr: [0.1], batch_size: [32], seed: [0]}}\n")
+    path.write_text(
+        f"name: r\ndataset: {{name: synthetic, n_train: 256}}\ntrain: {{epochs: 1}}\n"
+        f"resources: {{cpu: {4 * (os.cpu_count() or 1)}}}\ngrid: {{lr: [0.1], batch_size: [32], seed: [0]}}\n"
+    )
     assert main(["run", str(path), "--storage", str(tmp_path / "runs"), "--no-report"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("lrbs: error: resources: a trial asks for") and "this machine has" in err
@@ -396,15 +506,21 @@ def test_report_converged_train_acc_defaults_and_reaches_every_trial_config():
     assert spec_from_dict(old_copy) == spec_from_dict(tiny_spec())
 
 
-@pytest.mark.parametrize("report, message", [
-    ({"converged_train_acc": 0}, "report.converged_train_acc: must be an accuracy in (0, 1] or null"),
-    ({"converged_train_acc": 1.5}, "report.converged_train_acc: must be an accuracy in (0, 1] or null"),
-    ({"converged_train_acc": -0.2}, "report.converged_train_acc: must be an accuracy in (0, 1] or null"),
-    ({"converged_train_acc": float("nan")}, "report.converged_train_acc: must be a finite number (got nan)"),
-    ({"converged_train_acc": "99%"}, "report.converged_train_acc: must be a number"),
-    ({"converged_train_loss": 0.05}, "report.converged_train_loss: unknown key (allowed here: converged_train_acc)"),
-    ([0.99], "report: must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "report, message",
+    [
+        ({"converged_train_acc": 0}, "report.converged_train_acc: must be an accuracy in (0, 1] or null"),
+        ({"converged_train_acc": 1.5}, "report.converged_train_acc: must be an accuracy in (0, 1] or null"),
+        ({"converged_train_acc": -0.2}, "report.converged_train_acc: must be an accuracy in (0, 1] or null"),
+        ({"converged_train_acc": float("nan")}, "report.converged_train_acc: must be a finite number (got nan)"),
+        ({"converged_train_acc": "99%"}, "report.converged_train_acc: must be a number"),
+        (
+            {"converged_train_loss": 0.05},
+            "report.converged_train_loss: unknown key (allowed here: converged_train_acc)",
+        ),
+        ([0.99], "report: must be a mapping"),
+    ],
+)
 def test_bad_report_section_is_a_one_line_error_naming_the_field(report, message):
     with pytest.raises(SpecError) as err:
         spec_from_dict(tiny_spec(report=report))
@@ -430,15 +546,20 @@ def _text_spec(**sections: str):
     """A spec file written as YAML text (``.inf``, 5,000-digit integers and other literals that
     only text can hold); each section's flow text replaces the base's, None leaves it out.
     ``TMP`` in a section is replaced by the test's folder."""
-    base = {"name": "h", "dataset": "{name: digits, val_fraction: 0.2}",
-            "model": "{name: mlp, options: {depth: 2, width: 8}}", "train": "{epochs: 2}",
-            "grid": "{lr: [0.1], batch_size: [32], seed: [0]}"}
+    base = {
+        "name": "h",
+        "dataset": "{name: digits, val_fraction: 0.2}",
+        "model": "{name: mlp, options: {depth: 2, width: 8}}",
+        "train": "{epochs: 2}",
+        "grid": "{lr: [0.1], batch_size: [32], seed: [0]}",
+    }
 
     def make(tmp: Path) -> Path:
         text = "".join(f"{k}: {v}\n" for k, v in {**base, **sections}.items() if v is not None)
         path = tmp / "spec.yaml"
         path.write_text(text.replace("TMP", str(tmp)))
         return path
+
     return make
 
 
@@ -456,6 +577,7 @@ def _special_path(kind: str):
         else:  # one byte over the limit
             path.write_text("name: big\n" + "#" * SpecError.MAX_ERROR + "\n" + "#" * 1_000_000 + "\n")
         return path
+
     return make
 
 
@@ -465,50 +587,103 @@ HOSTILE_TWO = [
     ("epochs-5000-digits", _text_spec(train="{epochs: " + "9" * 5000 + "}"), "train.epochs"),
     ("lr-400-digits", _text_spec(grid="{lr: [" + "9" * 400 + "], batch_size: [32], seed: [0]}"), "grid.lr[0]"),
     ("cpu-2**2000", _text_spec(resources=f"{{cpu: {2**2000}}}"), "resources.cpu"),
-    ("options-5000-digits", _text_spec(model="{name: mlp, options: {width: -" + "7" * 5000 + "}}"),
-     "model.options.width"),
-    ("step-lr-overflows", _text_spec(train="{epochs: 3}",
-                                     schedule="{kind: step, milestones: [1, 2], factor: 1.0e+300}"), "schedule.factor"),
-    ("variant-step-lr-overflows", _text_spec(train="{epochs: 40}", grid=FAMILY, variants=(
-        "[{label: a, lr: 0.1, batch_size: 32, schedule: {kind: step, every: 1, factor: 1.0e+10}}]")),
-     "variants[0].schedule.factor"),
-    ("rescale-lr-overflows", _text_spec(grid=FAMILY, rescale="{lr0: 1.0e+308, batch_size0: 16, batch_sizes: [64]}"),
-     "rescale.lr0"),
+    (
+        "options-5000-digits",
+        _text_spec(model="{name: mlp, options: {width: -" + "7" * 5000 + "}}"),
+        "model.options.width",
+    ),
+    (
+        "step-lr-overflows",
+        _text_spec(train="{epochs: 3}", schedule="{kind: step, milestones: [1, 2], factor: 1.0e+300}"),
+        "schedule.factor",
+    ),
+    (
+        "variant-step-lr-overflows",
+        _text_spec(
+            train="{epochs: 40}",
+            grid=FAMILY,
+            variants=("[{label: a, lr: 0.1, batch_size: 32, schedule: {kind: step, every: 1, factor: 1.0e+10}}]"),
+        ),
+        "variants[0].schedule.factor",
+    ),
+    (
+        "rescale-lr-overflows",
+        _text_spec(grid=FAMILY, rescale="{lr0: 1.0e+308, batch_size0: 16, batch_sizes: [64]}"),
+        "rescale.lr0",
+    ),
     ("beta-value-inf", _text_spec(grid=FAMILY, beta="{lr0: 0.1, batch_size0: 16, values: [.inf]}"), "beta.values[0]"),
-    ("beta-value-1e308", _text_spec(grid=FAMILY, beta="{lr0: 0.1, batch_size0: 16, values: [1.0e+308]}"),
-     "beta.values[0]"),
+    (
+        "beta-value-1e308",
+        _text_spec(grid=FAMILY, beta="{lr0: 0.1, batch_size0: 16, values: [1.0e+308]}"),
+        "beta.values[0]",
+    ),
     ("beta-lr0-inf", _text_spec(grid=FAMILY, beta="{lr0: .inf, batch_size0: 16, values: [1]}"), "beta.lr0"),
-    ("rescale-lr0-inf", _text_spec(grid=FAMILY, rescale="{lr0: .inf, batch_size0: 16, batch_sizes: [32]}"),
-     "rescale.lr0"),
+    (
+        "rescale-lr0-inf",
+        _text_spec(grid=FAMILY, rescale="{lr0: .inf, batch_size0: 16, batch_sizes: [32]}"),
+        "rescale.lr0",
+    ),
     ("momentum-nan", _text_spec(train="{epochs: 2, momentum: .nan}"), "train.momentum"),
     ("memory-inf", _text_spec(limits="{memory_gb: .inf}"), "limits.memory_gb"),
-    ("beta-values-repeated", _text_spec(grid=FAMILY, beta="{lr0: 0.1, batch_size0: 16, values: [1, 1]}"),
-     "beta.values[1]"),
-    ("beta-values-same-S", _text_spec(grid=FAMILY, beta="{lr0: 0.1, batch_size0: 16, values: [1, 1.01]}"),
-     "beta.values[1]"),
-    ("beta-n_train-repeated", _text_spec(grid=FAMILY, dataset="{name: digits, val_fraction: 0.2}",
-                                         beta="{lr0: 0.1, batch_size0: 16, values: [1], n_train: [400, 400]}"),
-     "beta.n_train[1]"),
-    ("rescale-sizes-repeated", _text_spec(grid=FAMILY, rescale="{lr0: 0.1, batch_size0: 16, batch_sizes: [64, 64]}"),
-     "rescale.batch_sizes[1]"),
-    ("rescale-rules-repeated", _text_spec(grid=FAMILY, rescale=(
-        "{lr0: 0.1, batch_size0: 16, batch_sizes: [64], rules: [linear, linear]}")), "rescale.rules[1]"),
+    (
+        "beta-values-repeated",
+        _text_spec(grid=FAMILY, beta="{lr0: 0.1, batch_size0: 16, values: [1, 1]}"),
+        "beta.values[1]",
+    ),
+    (
+        "beta-values-same-S",
+        _text_spec(grid=FAMILY, beta="{lr0: 0.1, batch_size0: 16, values: [1, 1.01]}"),
+        "beta.values[1]",
+    ),
+    (
+        "beta-n_train-repeated",
+        _text_spec(
+            grid=FAMILY,
+            dataset="{name: digits, val_fraction: 0.2}",
+            beta="{lr0: 0.1, batch_size0: 16, values: [1], n_train: [400, 400]}",
+        ),
+        "beta.n_train[1]",
+    ),
+    (
+        "rescale-sizes-repeated",
+        _text_spec(grid=FAMILY, rescale="{lr0: 0.1, batch_size0: 16, batch_sizes: [64, 64]}"),
+        "rescale.batch_sizes[1]",
+    ),
+    (
+        "rescale-rules-repeated",
+        _text_spec(grid=FAMILY, rescale=("{lr0: 0.1, batch_size0: 16, batch_sizes: [64], rules: [linear, linear]}")),
+        "rescale.rules[1]",
+    ),
     ("grid-lr-repeated", _text_spec(grid="{lr: [0.1, 0.1], batch_size: [32], seed: [0]}"), "grid.lr"),
     ("grid-sizes-repeated", _text_spec(grid="{lr: [0.1], batch_size: [32, 32], seed: [0]}"), "grid.batch_size"),
-    ("variant-labels-repeated", _text_spec(grid=FAMILY, variants=(
-        "[{label: a, lr: 0.1, batch_size: 32}, {label: a, lr: 0.2, batch_size: 32}]")), "variants"),
-    ("split_seed-negative", _text_spec(dataset="{name: digits, val_fraction: 0.2, split_seed: -1}"),
-     "dataset.split_seed"),
-    ("split_seed-2**70", _text_spec(dataset=f"{{name: digits, val_fraction: 0.2, split_seed: {2**70}}}"),
-     "dataset.split_seed"),
+    (
+        "variant-labels-repeated",
+        _text_spec(
+            grid=FAMILY, variants=("[{label: a, lr: 0.1, batch_size: 32}, {label: a, lr: 0.2, batch_size: 32}]")
+        ),
+        "variants",
+    ),
+    (
+        "split_seed-negative",
+        _text_spec(dataset="{name: digits, val_fraction: 0.2, split_seed: -1}"),
+        "dataset.split_seed",
+    ),
+    (
+        "split_seed-2**70",
+        _text_spec(dataset=f"{{name: digits, val_fraction: 0.2, split_seed: {2**70}}}"),
+        "dataset.split_seed",
+    ),
     ("curvature-seed-negative", _text_spec(curvature="{seed: -1}"), "curvature.seed"),
     ("cpu-1e-9", _text_spec(resources="{cpu: 1.0e-9}"), "resources.cpu"),
     ("gpu-1e-9", _text_spec(resources="{cpu: 1, gpu: 1.0e-9}"), "resources.gpu"),
     ("epochs-10**12", _text_spec(train="{epochs: 1000000000000}"), "train.epochs"),
     ("data_dir-a-file", _text_spec(dataset="{name: mnist1d, data_dir: TMP/spec.yaml}"), "dataset.data_dir"),
     ("data_dir-under-a-file", _text_spec(dataset="{name: mnist1d, data_dir: TMP/spec.yaml/data}"), "dataset.data_dir"),
-    ("data_dir-empty-no-download", _text_spec(dataset="{name: fashion_mnist, data_dir: TMP, download: false}"),
-     "dataset.data_dir"),
+    (
+        "data_dir-empty-no-download",
+        _text_spec(dataset="{name: fashion_mnist, data_dir: TMP, download: false}"),
+        "dataset.data_dir",
+    ),
     ("path-dev-zero", _special_path("dev-zero"), None),
     ("path-fifo", _special_path("fifo"), None),
     ("path-directory", _special_path("dir"), None),
@@ -529,7 +704,7 @@ def test_hostile_specs_round_two_are_one_line_exit_2_from_validate_and_run(tmp_p
         assert main(argv) == 2, argv
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"lrbs: error: {path}: "), lines
-        message = lines[0][len(f"lrbs: error: {path}: "):]
+        message = lines[0][len(f"lrbs: error: {path}: ") :]
         if field is not None:
             assert message.startswith(f"{field}: "), message
         assert len(message) <= SpecError.MAX_ERROR, message
@@ -544,8 +719,14 @@ def test_hostile_messages_say_what_to_do():
 
     messages = {}
     for case, make, _ in HOSTILE_TWO:
-        if case in ("epochs-10**12", "data_dir-empty-no-download", "cpu-1e-9", "beta-values-repeated",
-                    "path-dev-zero", "epochs-5000-digits"):
+        if case in (
+            "epochs-10**12",
+            "data_dir-empty-no-download",
+            "cpu-1e-9",
+            "beta-values-repeated",
+            "path-dev-zero",
+            "epochs-5000-digits",
+        ):
             folder = Path(tempfile.mkdtemp(prefix="lrbs"))
             try:
                 with pytest.raises(SpecError) as err:
@@ -554,7 +735,9 @@ def test_hostile_messages_say_what_to_do():
                 shutil.rmtree(folder)
             messages[case] = str(err.value).replace(str(folder), "DIR")
     assert "limits.max_epochs is 100,000 (raise it if you mean it)" in messages["epochs-10**12"]
-    assert "python -m lrbs.trainables.data download fashion_mnist --data-dir DIR" in messages["data_dir-empty-no-download"]
+    assert (
+        "python -m lrbs.trainables.data download fashion_mnist --data-dir DIR" in messages["data_dir-empty-no-download"]
+    )
     assert "must be >= 0.0001, Ray's smallest unit" in messages["cpu-1e-9"]
     assert "beta.values[1]: repeats beta.values[0]" in messages["beta-values-repeated"]
     assert "is a character device, not a spec file" in messages["path-dev-zero"]

@@ -1,6 +1,7 @@
 """Storage that is not the local default filesystem: a pyarrow SubTreeFileSystem as a stand-in
 for an object store (nothing can be appended; Tune and the metric upload go through pyarrow.fs),
 and file:// URIs through the CLI."""
+
 from __future__ import annotations
 
 import io
@@ -11,9 +12,9 @@ import pytest
 from lrbs.analysis.tables import load_metrics, load_trials
 from lrbs.sweeps.cli import main
 from lrbs.sweeps.errors import LrbsError
+from lrbs.sweeps.remote import fetch_run_dir, upload_files
 from lrbs.sweeps.runner import run_sweep
 from lrbs.sweeps.spec import spec_from_dict
-from lrbs.sweeps.remote import fetch_run_dir, upload_files
 from lrbs.sweeps.storage import resolve_storage
 from tests.conftest import tiny_spec, write_yaml
 
@@ -21,8 +22,9 @@ N_TRIALS, N_EPOCHS = 2, 2
 
 
 def _spec(name: str):
-    return spec_from_dict(tiny_spec(name, train={"epochs": N_EPOCHS},
-                                    grid={"lr": [0.05, 0.2], "batch_size": [64], "seed": [0]}))
+    return spec_from_dict(
+        tiny_spec(name, train={"epochs": N_EPOCHS}, grid={"lr": [0.05, 0.2], "batch_size": [64], "seed": [0]})
+    )
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +111,9 @@ def test_fetch_and_upload(bucket_run, tmp_path, monkeypatch):
 
 
 def test_cli_file_uri_storage_and_report(ray_local, tmp_path, capsys):
-    spec = write_yaml(tmp_path / "u.yaml", tiny_spec("u", train={"epochs": 1},
-                                                     grid={"lr": [0.1], "batch_size": [64], "seed": [0]}))
+    spec = write_yaml(
+        tmp_path / "u.yaml", tiny_spec("u", train={"epochs": 1}, grid={"lr": [0.1], "batch_size": [64], "seed": [0]})
+    )
     uri = f"file://{tmp_path}/runs"
     assert main(["run", str(spec), "--storage", uri, "--no-report"]) == 0
     run = tmp_path / "runs" / "u"

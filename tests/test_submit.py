@@ -3,6 +3,7 @@
 The head runs in its own process group with its own temp dir, ports and token, and is stopped by
 killing that group: the in-process Ray of the other tests (``ray_local``) is never touched.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,19 +50,42 @@ def ray_head(tmp_path):
     temp_dir = Path(f"/tmp/lrbs-{secrets.token_hex(3)}")  # short: Ray's socket paths have a length limit
     gcs, dash, client, agent = _free_ports(4)
     token = secrets.token_hex(16)
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}".rstrip(os.pathsep),
-           "OMP_NUM_THREADS": "1", "LRBS_CACHE_DIR": str(tmp_path / "cache")}
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}".rstrip(os.pathsep),
+        "OMP_NUM_THREADS": "1",
+        "LRBS_CACHE_DIR": str(tmp_path / "cache"),
+    }
     env.pop("RAY_ADDRESS", None)
     env.pop("RAY_AUTH_TOKEN_PATH", None)
     log = open(tmp_path / "head.log", "w")
     head = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={gcs}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
-         f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
-         "--num-cpus=2", "--num-gpus=0", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
+        [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={gcs}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            "--include-dashboard=true",
+            f"--ray-client-server-port={client}",
+            f"--dashboard-agent-listen-port={agent}",
+            "--num-cpus=2",
+            "--num-gpus=0",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=tmp_path,
+    )
     address = f"http://127.0.0.1:{dash}"
     try:
         _wait_for_dashboard(address, token, head, tmp_path / "head.log")
@@ -110,8 +134,9 @@ def _wait_for_dashboard(address: str, token: str, head: subprocess.Popen, log: P
 
 
 def _lrbs(env, *args):
-    return subprocess.run([sys.executable, "-m", "lrbs", *args], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "lrbs", *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120
+    )
 
 
 @pytest.mark.slow
@@ -147,8 +172,15 @@ def test_submit_runs_the_sweep_as_a_ray_job(ray_head, tmp_path):
     assert (run / "report.html").is_file() and (run / "fits.json").is_file()
 
     # Token auth: a client with a wrong token is refused (exit 2, one line, nothing submitted).
-    bad = _lrbs({**env, "RAY_AUTH_TOKEN": "wrong-token"}, "submit", SPEC, "--address", address,
-                "--storage", str(tmp_path / "other"))
+    bad = _lrbs(
+        {**env, "RAY_AUTH_TOKEN": "wrong-token"},
+        "submit",
+        SPEC,
+        "--address",
+        address,
+        "--storage",
+        str(tmp_path / "other"),
+    )
     assert bad.returncode == 2, bad.stdout + bad.stderr
     assert bad.stderr.startswith("lrbs: error: --address:") and bad.stderr.count("\n") == 1
     assert len(client.list_jobs()) == 1
@@ -174,9 +206,14 @@ def test_run_on_a_ray_head_ships_the_user_module(ray_head, tmp_path):
     spec["grid"] = {"lr": [0.02, 0.08, 0.32], "batch_size": [32], "seed": [0]}
     (project / "spec.yaml").write_text(yaml.safe_dump(spec))
     storage = tmp_path / "runs"
-    out = subprocess.run([sys.executable, "-m", "lrbs", "run", str(project / "spec.yaml"), "--address", gcs,
-                          "--storage", str(storage)], capture_output=True, text=True, cwd=elsewhere, env=env,
-                         timeout=240)
+    out = subprocess.run(
+        [sys.executable, "-m", "lrbs", "run", str(project / "spec.yaml"), "--address", gcs, "--storage", str(storage)],
+        capture_output=True,
+        text=True,
+        cwd=elsewhere,
+        env=env,
+        timeout=240,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "3 trials in 2 packs" in out.stdout and "3 trials finished, 0 errored" in out.stdout
     metrics = load_metrics(storage / "mnist1d_conv")

@@ -1,4 +1,5 @@
 """A real local Ray sweep end to end: Arrow rows, trial table, report files, CLI."""
+
 from __future__ import annotations
 
 import io
@@ -29,11 +30,14 @@ def test_provenance_is_recorded_and_reported(tiny_run):
     import json
 
     info = json.loads((tiny_run / "provenance.json").read_text())
-    assert {"code_version", "started_at", "python", "platform", "cpu", "driver_device", "packages",
-            "estimate"} <= set(info)
+    assert {"code_version", "started_at", "python", "platform", "cpu", "driver_device", "packages", "estimate"} <= set(
+        info
+    )
     assert {"torch", "ray", "pyarrow"} <= set(info["packages"]) and info["estimate"]["device"] == "cpu"
     sec = json.loads((tiny_run / "fits.json").read_text())["sections"]["provenance"]
-    assert sec["status"] == "ok" and sec["data"]["device_hours_estimated"] == pytest.approx(info["estimate"]["device_hours"])
+    assert sec["status"] == "ok" and sec["data"]["device_hours_estimated"] == pytest.approx(
+        info["estimate"]["device_hours"]
+    )
     assert 0 < sec["data"]["device_hours_used"] < 0.1 and sec["data"]["packages"]["torch"] == info["packages"]["torch"]
 
 
@@ -43,8 +47,23 @@ def test_metric_rows_exactly_one_per_trial_epoch(tiny_run):
     keys = list(zip(metrics.column("trial_id").to_pylist(), metrics.column("epoch").to_pylist()))
     assert len(set(keys)) == 12
     assert sorted({e for _, e in keys}) == [1, 2, 3]
-    for col in ("sweep", "trial_id", "epoch", "lr", "batch_size", "ratio", "seed", "train_loss", "train_acc",
-                "val_loss", "val_acc", "status", "code_version", "examples_seen", "wall_s"):
+    for col in (
+        "sweep",
+        "trial_id",
+        "epoch",
+        "lr",
+        "batch_size",
+        "ratio",
+        "seed",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "status",
+        "code_version",
+        "examples_seen",
+        "wall_s",
+    ):
         assert col in metrics.column_names
         assert metrics.column(col).null_count == 0, col
     assert set(metrics.column("sweep").to_pylist()) == {"tiny"}
@@ -91,8 +110,9 @@ def test_existing_run_dir_is_never_overwritten(tiny_run, capsys):
 
 
 def _lrbs(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "lrbs", *args], capture_output=True, text=True,
-                          cwd=cwd or ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "lrbs", *args], capture_output=True, text=True, cwd=cwd or ROOT, timeout=120
+    )
 
 
 def test_cli_validate_prints_grid():
@@ -109,15 +129,18 @@ def test_cli_validate_prints_grid():
     assert lines[-1].startswith("estimated cost:") and "CPU-hours" in lines[-1]
 
 
-@pytest.mark.parametrize("content, needle", [
-    ("name: x\ngrid: {lr: [0.1\n", "malformed YAML"),
-    ("name: x\nfoo: 1\n", "foo: unknown key"),
-    ("name: x\ngrid: {lr: [-1], batch_size: [8], seed: [0]}\n", "grid.lr[0]: must be > 0"),
-    ("name: x\ngrid: {lr: [0.1], batch_size: [0], seed: [0]}\n", "grid.batch_size[0]: must be >= 1"),
-    ("name: x\ngrid: {lr: [0.1], batch_size: [100000], seed: [0]}\n", "larger than the training set"),
-    ("name: x\ndataset: {name: mnist2}\n", "dataset.name: unknown data set"),
-    ("name: x\nmodel: {name: gpt}\n", "model.name: unknown model"),
-])
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        ("name: x\ngrid: {lr: [0.1\n", "malformed YAML"),
+        ("name: x\nfoo: 1\n", "foo: unknown key"),
+        ("name: x\ngrid: {lr: [-1], batch_size: [8], seed: [0]}\n", "grid.lr[0]: must be > 0"),
+        ("name: x\ngrid: {lr: [0.1], batch_size: [0], seed: [0]}\n", "grid.batch_size[0]: must be >= 1"),
+        ("name: x\ngrid: {lr: [0.1], batch_size: [100000], seed: [0]}\n", "larger than the training set"),
+        ("name: x\ndataset: {name: mnist2}\n", "dataset.name: unknown data set"),
+        ("name: x\nmodel: {name: gpt}\n", "model.name: unknown model"),
+    ],
+)
 def test_cli_bad_spec_exit_2_one_line_nothing_launched(tmp_path, content, needle, capsys):
     # In-process (the CLI's exit code and streams; the other tests here run it as a process)
     spec = tmp_path / "bad.yaml"
@@ -146,13 +169,14 @@ def test_cli_report_on_a_non_run_dir(tmp_path):
 
 
 def test_interpolate_between_two_trials(tiny_run, capsys):
+    import torch
+    import torch.nn.functional as F
+
     from lrbs.analysis.tables import read_stream_file
+    from lrbs.sweeps.interpolate import member_checkpoint
     from lrbs.trainables.config import DatasetConfig, ModelConfig
     from lrbs.trainables.data import load_dataset
     from lrbs.trainables.models import build_model
-    import torch
-    import torch.nn.functional as F
-    from lrbs.sweeps.interpolate import member_checkpoint
 
     a, b = load_trials(tiny_run).column("trial_id").to_pylist()[:2]
     assert main(["interpolate", str(tiny_run), a, b, "--num", "4"]) == 0
@@ -188,17 +212,27 @@ def test_cli_bad_address_exit_2_nothing_written(tmp_path):
     spec = write_yaml(tmp_path / "s.yaml", tiny_spec("s"))
     out = _lrbs("run", str(spec), "--storage", str(tmp_path / "runs"), "--address", "nohost:abc")
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines()[-1].startswith("lrbs: error: --address: cannot connect to a Ray cluster at nohost:abc")
+    assert (
+        out.stderr.strip()
+        .splitlines()[-1]
+        .startswith("lrbs: error: --address: cannot connect to a Ray cluster at nohost:abc")
+    )
     assert not (tmp_path / "runs").exists()  # the run directory is made only once Ray is reached
 
 
 def test_cli_missing_torchvision_data_exit_2_before_launch(tmp_path):
-    spec = write_yaml(tmp_path / "f.yaml", tiny_spec("f", dataset={
-        "name": "fashion_mnist", "data_dir": str(tmp_path / "nodata"), "download": False}))
+    spec = write_yaml(
+        tmp_path / "f.yaml",
+        tiny_spec("f", dataset={"name": "fashion_mnist", "data_dir": str(tmp_path / "nodata"), "download": False}),
+    )
     out = _lrbs("run", str(spec), "--storage", str(tmp_path / "runs"))
     assert out.returncode == 2
     err = out.stderr.strip()
-    assert "\n" not in err and "dataset fashion_mnist not found" in err and "python -m lrbs.trainables.data download" in err
+    assert (
+        "\n" not in err
+        and "dataset fashion_mnist not found" in err
+        and "python -m lrbs.trainables.data download" in err
+    )
     assert not (tmp_path / "runs").exists()
 
 
@@ -270,9 +304,15 @@ def _progress_of_a_real_pack(out) -> None:
     trial = Trial("train_trial", config=config, trial_id="5a7e5_00000", stub=True)
     printer = ProgressPrinter(len(points), len(points) * spec.train.epochs, 0.01, out=out, min_interval_s=0)
     printer.on_trial_start(0, [trial], trial)
-    run_pack([TrialPoint.from_dict(p) for p in points], spec.dataset, spec.model, spec.train,
-             lambda rows, state: printer.on_trial_result(0, [trial], trial, {"pack_rows": {str(r["member"]): r
-                                                                                          for r in rows}}))
+    run_pack(
+        [TrialPoint.from_dict(p) for p in points],
+        spec.dataset,
+        spec.model,
+        spec.train,
+        lambda rows, state: printer.on_trial_result(
+            0, [trial], trial, {"pack_rows": {str(r["member"]): r for r in rows}}
+        ),
+    )
     printer.on_trial_complete(0, [trial], trial)
     printer.on_experiment_end([trial])
 
@@ -311,8 +351,14 @@ def test_lines_said_while_the_progress_line_is_shown_go_above_it(monkeypatch):
     live = LiveLine(tty)
     live.draw("[lrbs] 1/4 points done")
     say("[lrbs] beta search: beta 2 holds", tty)
-    assert tty.getvalue() == ("\r" + CLEAR_TO_EOL + "[lrbs] 1/4 points done" + "\r" + CLEAR_TO_EOL
-                              + "[lrbs] beta search: beta 2 holds\n[lrbs] 1/4 points done")
+    assert tty.getvalue() == (
+        "\r"
+        + CLEAR_TO_EOL
+        + "[lrbs] 1/4 points done"
+        + "\r"
+        + CLEAR_TO_EOL
+        + "[lrbs] beta search: beta 2 holds\n[lrbs] 1/4 points done"
+    )
     long = "x" * 230  # three rows of an 80-column terminal (80 + 80 + 70)
     live.draw(long)
     live.draw("short")

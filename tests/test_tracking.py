@@ -4,6 +4,7 @@ from what each tool wrote. The sweeps lose a trial at epoch 4 after an epoch (3)
 (epoch 2) does not hold: the restored trial reports epoch 3 again, after a Tune retry and after
 ``lrbs resume`` (which also re-attaches every point to its run), and each tracker must hold every
 epoch once, with the values the metric tables keep."""
+
 from __future__ import annotations
 
 import sys
@@ -15,8 +16,15 @@ import pytest
 
 from lrbs.analysis.tables import load_metrics_with_report
 from lrbs.sweeps.cli import main
-from lrbs.sweeps.tracking import (TRACKERS, build_trackers, metrics_of, tensorboard_steps, wandb_history, wandb_records,
-                            wandb_steps)
+from lrbs.sweeps.tracking import (
+    TRACKERS,
+    build_trackers,
+    metrics_of,
+    tensorboard_steps,
+    wandb_history,
+    wandb_records,
+    wandb_steps,
+)
 from tests.conftest import tiny_spec, write_yaml
 
 EPOCHS = 4
@@ -54,12 +62,12 @@ def stored(name: str, run_dir: Path, sweep: str, monkeypatch) -> Stored:
                 for m in client.get_metric_history(run.info.run_id, key):
                     out[trial_id][key][m.step].append(m.value)
     else:
-        run_ids = {p.stem[len("run-"):] for p in (run_dir / "wandb").glob("offline-run-*/run-*.wandb")}
+        run_ids = {p.stem[len("run-") :] for p in (run_dir / "wandb").glob("offline-run-*/run-*.wandb")}
         for run_id in run_ids:
             for step, items in wandb_history(run_dir / "wandb", run_id):  # every folder of the run
                 for key, value in items.items():
                     if not key.startswith("_"):
-                        out[run_id[len(sweep) + 1:]][key][step].append(value)
+                        out[run_id[len(sweep) + 1 :]][key][step].append(value)
     return out
 
 
@@ -67,8 +75,10 @@ def wait_for_wandb_files(wandb_dir: Path, timeout_s: float = 30.0) -> None:
     """Until every offline run file in ``wandb_dir`` ends with its exit record: ``finish()``
     returns before W&B's service process has written the file."""
     deadline = time.monotonic() + timeout_s
-    while not all(any(r.WhichOneof("record_type") == "exit" for r in wandb_records(path))
-                  for path in wandb_dir.glob("offline-run-*/run-*.wandb")):
+    while not all(
+        any(r.WhichOneof("record_type") == "exit" for r in wandb_records(path))
+        for path in wandb_dir.glob("offline-run-*/run-*.wandb")
+    ):
         assert time.monotonic() < deadline, f"W&B did not finish its files in {wandb_dir} in {timeout_s} s"
         time.sleep(0.05)
 
@@ -112,10 +122,16 @@ def test_trackers_log_each_epoch_once_after_a_retry_and_a_resume(ray_local, tmp_
     # trials error), then lrbs resume.
     storage = tmp_path / "runs"
     for name, failures, lrs in (("retry", 1, LRS[:1]), ("t", 0, LRS)):
-        spec = write_yaml(tmp_path / f"{name}.yaml", tiny_spec(
-            name, train={"epochs": EPOCHS, "pack": 2},
-            grid={"lr": lrs, "batch_size": [32], "seed": [0]},
-            resilience={"max_failures": failures, **FAULT}, tracking={"mlflow": {}, "wandb": {"mode": "offline"}}))
+        spec = write_yaml(
+            tmp_path / f"{name}.yaml",
+            tiny_spec(
+                name,
+                train={"epochs": EPOCHS, "pack": 2},
+                grid={"lr": lrs, "batch_size": [32], "seed": [0]},
+                resilience={"max_failures": failures, **FAULT},
+                tracking={"mlflow": {}, "wandb": {"mode": "offline"}},
+            ),
+        )
         code = main(["run", str(spec), "--storage", str(storage), "--no-report", "--track", "tensorboard"])
         assert code == (0 if failures else 3)
     run_dir = storage / "t"
@@ -137,8 +153,14 @@ def test_trackers_log_each_epoch_once_after_a_retry_and_a_resume(ray_local, tmp_
     assert sorted(p.name for p in tb.iterdir()) == sorted(by_point)
     for trial_id in by_point:
         files = sorted((tb / trial_id).glob("events.out.tfevents.*"))  # by creation time (in the name)
-        steps = [{e.step for e in LegacyEventFileLoader(str(f)).Load() if any(v.HasField("simple_value")
-                                                                          for v in e.summary.value)} for f in files]
+        steps = [
+            {
+                e.step
+                for e in LegacyEventFileLoader(str(f)).Load()
+                if any(v.HasField("simple_value") for v in e.summary.value)
+            }
+            for f in files
+        ]
         assert steps == [{1, 2}, {3, 4}], (trial_id, steps)
     # MLflow: one run per point (the resume went on in the same run), with the point's parameters.
     client = MlflowClient(tracking_uri=f"file:{run_dir / 'mlruns'}")
@@ -150,8 +172,9 @@ def test_trackers_log_each_epoch_once_after_a_retry_and_a_resume(ray_local, tmp_
         assert float(run.data.params["lr"]) == by_point[trial_id][1]["lr"]
         assert float(run.data.params["eta_over_s"]) == pytest.approx(by_point[trial_id][1]["ratio"])
     # W&B offline: run id <sweep>-<trial id>, two offline folders per point (first session, resume).
-    assert sorted(p.name.rpartition("-t-")[2] for p in (run_dir / "wandb").glob("offline-run-*")) == \
-        sorted([*by_point, *by_point])
+    assert sorted(p.name.rpartition("-t-")[2] for p in (run_dir / "wandb").glob("offline-run-*")) == sorted(
+        [*by_point, *by_point]
+    )
 
 
 def test_a_tracker_skips_the_steps_its_store_has_from_an_earlier_session(tmp_path, monkeypatch):
@@ -197,11 +220,17 @@ def test_tracking_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
         ({}, ["--track", "comet"], "--track: unknown tracker 'comet'"),
         # a folder that cannot be written: a file stands where the folder would be
         ({"tracking": {"tensorboard": {"dir": str(tmp_path / "afile" / "tb")}}}, [], "tracking.tensorboard.dir"),
-        ({"tracking": {"mlflow": {"tracking_uri": f"file:{tmp_path / 'afile' / 'mlruns'}"}}}, [],
-         "tracking.mlflow.tracking_uri: cannot write"),
+        (
+            {"tracking": {"mlflow": {"tracking_uri": f"file:{tmp_path / 'afile' / 'mlruns'}"}}},
+            [],
+            "tracking.mlflow.tracking_uri: cannot write",
+        ),
         # an MLflow server nobody runs (port 9 of loopback): refused at once, not after the sweep
-        ({"tracking": {"mlflow": {"tracking_uri": "http://127.0.0.1:9"}}}, [],
-         "tracking.mlflow.tracking_uri: cannot use http://127.0.0.1:9"),
+        (
+            {"tracking": {"mlflow": {"tracking_uri": "http://127.0.0.1:9"}}},
+            [],
+            "tracking.mlflow.tracking_uri: cannot use http://127.0.0.1:9",
+        ),
     ]
     (tmp_path / "afile").write_text("keep")
     for extra, args, expected in cases:

@@ -1,4 +1,5 @@
 """The SGD loop without Ray: rows, determinism, divergence as a result."""
+
 from __future__ import annotations
 
 import math
@@ -6,8 +7,8 @@ import math
 import pytest
 import torch
 
-from lrbs.trainables.data import train_set_size
 from lrbs.trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig
+from lrbs.trainables.data import train_set_size
 from lrbs.trainables.schedules import ScheduleConfig
 from lrbs.trainables.train_loop import DIVERGED, FINISHED, TrialPoint, run_pack, run_training
 
@@ -17,8 +18,9 @@ SMALL = ModelConfig(name="mlp", options=dict(depth=3, width=32, batch_norm=True)
 
 def _run(point, epochs=3, model=SMALL, train=None, **kwargs):
     rows = []
-    status = run_training(point, DIGITS, model, train or TrainConfig(epochs=epochs),
-                          lambda row, state: rows.append(row), **kwargs)
+    status = run_training(
+        point, DIGITS, model, train or TrainConfig(epochs=epochs), lambda row, state: rows.append(row), **kwargs
+    )
     return status, rows
 
 
@@ -103,8 +105,9 @@ def test_cyclic_batch_schedule_sets_each_epochs_batch_size_and_ratio():
 
 
 def test_probes_at_the_end_fill_the_curvature_columns():
-    probes = CurvatureConfig(n_samples=256, lanczos_iters=10, hutchinson_probes=4, noise_b_small=16,
-                             noise_b_big=128, noise_pairs=4)
+    probes = CurvatureConfig(
+        n_samples=256, lanczos_iters=10, hutchinson_probes=4, noise_b_small=16, noise_b_big=128, noise_pairs=4
+    )
     _, rows = _run(TrialPoint(lr=0.1, batch_size=64, seed=0), epochs=2, probes=probes)
     assert "lambda_max" not in rows[0]  # probes only at the end by default
     last = rows[-1]
@@ -151,8 +154,13 @@ def test_crop_flip_augmentation_is_per_example_deterministic_and_packs():
     from lrbs.trainables.data import TensorData
 
     g = torch.Generator().manual_seed(0)
-    data = TensorData(torch.randn(96, 3, 8, 8, generator=g), torch.randint(0, 4, (96,), generator=g),
-                      torch.randn(32, 3, 8, 8, generator=g), torch.randint(0, 4, (32,), generator=g), 4)
+    data = TensorData(
+        torch.randn(96, 3, 8, 8, generator=g),
+        torch.randint(0, 4, (96,), generator=g),
+        torch.randn(32, 3, 8, 8, generator=g),
+        torch.randint(0, 4, (32,), generator=g),
+        4,
+    )
     conv = ModelConfig(name="resnet20", options=dict(width_mult=0.25))
     train = TrainConfig(epochs=2, augment="crop_flip", pack=2)
     pts = [TrialPoint(lr=0.05, batch_size=16, seed=0), TrialPoint(lr=0.1, batch_size=16, seed=1)]
@@ -165,7 +173,9 @@ def test_crop_flip_augmentation_is_per_example_deterministic_and_packs():
     packed = run(pts, train)
     assert [r["train_loss"] for r in run(pts, train)] == [r["train_loss"] for r in packed]
     alone = run(pts[1:], train)
-    assert [r["train_loss"] for r in packed if r["member"] == 1] == pytest.approx([r["train_loss"] for r in alone], rel=1e-5)
+    assert [r["train_loss"] for r in packed if r["member"] == 1] == pytest.approx(
+        [r["train_loss"] for r in alone], rel=1e-5
+    )
     plain = run(pts[1:], TrainConfig(epochs=2, pack=2))
     assert [r["train_loss"] for r in plain] != [r["train_loss"] for r in alone]
 
@@ -177,7 +187,7 @@ def _final_weights_eval(model_cfg, states, data, k, split_seed=0):
     from lrbs.trainables.models import build_model
 
     n = len(data.x_train)
-    idx = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))[:min(k, n)].sort().values
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))[: min(k, n)].sort().values
     x, y = data.x_train[idx], data.y_train[idx]
     out = []
     for state in states:
@@ -185,8 +195,9 @@ def _final_weights_eval(model_cfg, states, data, k, split_seed=0):
         model.load_state_dict(state)
         with torch.no_grad():
             logits = model.eval()(x)
-        out.append((torch.nn.functional.cross_entropy(logits, y).item(),
-                    (logits.argmax(1) == y).double().mean().item()))
+        out.append(
+            (torch.nn.functional.cross_entropy(logits, y).item(), (logits.argmax(1) == y).double().mean().item())
+        )
     return out
 
 
@@ -240,8 +251,7 @@ def test_train_eval_subset_is_the_same_for_every_trial_and_a_pack_of_one():
     train = TrainConfig(epochs=2, train_eval_samples=400)
     points = [TrialPoint(0.1, 64, 0), TrialPoint(0.3, 64, 1)]
     packed: list[list[dict]] = [[], []]
-    run_pack(points, DIGITS, SMALL, train, lambda rs, state: [packed[r["member"]].append(r) for r in rs],
-             probes=probes)
+    run_pack(points, DIGITS, SMALL, train, lambda rs, state: [packed[r["member"]].append(r) for r in rs], probes=probes)
     for point, member_rows in zip(points, packed):
         _, alone = _run(point, train=train, probes=probes)
         assert alone[-1]["train_eval_loss"] == member_rows[-1]["train_eval_loss"]

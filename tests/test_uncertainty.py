@@ -6,6 +6,7 @@ Synthetic trial tables with a known slope against log10(eta/S), seed noise and p
 the 95% slope interval must cover the true slope in 90-99% of data sets for 1, 2 and 5 seeds per
 point, and the tests of no relation must reject at most 7% of null data sets.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,13 +24,21 @@ from lrbs.analysis.sections import section_eq7, section_geometry, section_probes
 
 LRS = (0.01, 0.02, 0.04, 0.08)
 SIZES = (32, 64, 128)
-SLOPE = 0.05          # per decade of eta/S
-POINT_SD = 0.02       # each point's own offset from the line
-SEED_SD = 0.03        # seed to seed, within a point
+SLOPE = 0.05  # per decade of eta/S
+POINT_SD = 0.02  # each point's own offset from the line
+SEED_SD = 0.03  # seed to seed, within a point
 
 
-def synthetic(rng: np.random.Generator, seeds: int, slope: float = SLOPE, lrs=LRS, sizes=SIZES,
-              point_sd: float = POINT_SD, seed_sd: float = SEED_SD, **extra) -> pa.Table:
+def synthetic(
+    rng: np.random.Generator,
+    seeds: int,
+    slope: float = SLOPE,
+    lrs=LRS,
+    sizes=SIZES,
+    point_sd: float = POINT_SD,
+    seed_sd: float = SEED_SD,
+    **extra,
+) -> pa.Table:
     """A trial table: ``m`` = 0.5 + slope log10(eta/S) + point effect + seed noise, and
     ``lam`` = 10**m (a positive scale quantity, fitted on log10)."""
     rows = []
@@ -38,8 +47,21 @@ def synthetic(rng: np.random.Generator, seeds: int, slope: float = SLOPE, lrs=LR
             effect = rng.normal(0, point_sd)
             for seed in range(seeds):
                 m = 0.5 + slope * math.log10(lr / s) + effect + rng.normal(0, seed_sd)
-                rows.append(dict(trial_id=f"{lr}-{s}-{seed}", lr=lr, batch_size=s, ratio=lr / s, final_ratio=lr / s,
-                                 seed=seed, status="finished", n_train=1000, m=m, lam=10 ** m, **extra))
+                rows.append(
+                    dict(
+                        trial_id=f"{lr}-{s}-{seed}",
+                        lr=lr,
+                        batch_size=s,
+                        ratio=lr / s,
+                        final_ratio=lr / s,
+                        seed=seed,
+                        status="finished",
+                        n_train=1000,
+                        m=m,
+                        lam=10**m,
+                        **extra,
+                    )
+                )
     return pa.Table.from_pylist(rows)
 
 
@@ -101,8 +123,9 @@ def test_no_interval_where_the_design_allows_none():
 
 def _with_convergence(table: pa.Table, accs: list[float | None], threshold: float | None = 0.99) -> pa.Table:
     table = table.append_column("final_train_eval_acc", pa.array(accs, type=pa.float64()))
-    return table.append_column("cfg.report.converged_train_acc", pa.array([threshold] * table.num_rows,
-                                                                          type=pa.float64()))
+    return table.append_column(
+        "cfg.report.converged_train_acc", pa.array([threshold] * table.num_rows, type=pa.float64())
+    )
 
 
 def test_sharpness_fits_leave_out_unconverged_trials_and_name_them():
@@ -131,8 +154,11 @@ def test_sharpness_fits_leave_out_unconverged_trials_and_name_them():
     assert sec.data["convergence"]["left_out"][0]["trial_id"] == left[0]
 
     # the filter turned off (report.converged_train_acc: null) fits every trial
-    off = section_geometry(_with_convergence(t.drop_columns(["final_train_eval_acc", "cfg.report.converged_train_acc"]),
-                                             accs, threshold=None))
+    off = section_geometry(
+        _with_convergence(
+            t.drop_columns(["final_train_eval_acc", "cfg.report.converged_train_acc"]), accs, threshold=None
+        )
+    )
     assert {f["column"]: f["n"] for f in off.data["fits"]}["lambda_max"] == t.num_rows
 
 
@@ -149,8 +175,7 @@ def test_runs_without_convergence_records_are_fitted_whole_with_a_note():
 def test_eq7_fits_converged_trials_over_point_means():
     t = synthetic(np.random.default_rng(7), 2)
     loss = [r / 4 * 100 * 10 ** (0.1 * i % 0.3) for i, r in enumerate(t.column("ratio").to_pylist())]
-    t = (t.append_column("hessian_trace", pa.array([100.0] * t.num_rows))
-          .append_column("probe_loss", pa.array(loss)))
+    t = t.append_column("hessian_trace", pa.array([100.0] * t.num_rows)).append_column("probe_loss", pa.array(loss))
     accs = [0.5 if i < 4 else 1.0 for i in range(t.num_rows)]
     t = _with_convergence(t, accs)
     sec = section_eq7(t)
@@ -206,9 +231,11 @@ def test_probe_section_flags_unbounded_standard_errors():
     """An infinite standard error (an interval without bound) is the least trustworthy estimate:
     it is flagged, not filtered out as if it were not there."""
     t = synthetic(np.random.default_rng(11), 1, lrs=(0.1,), sizes=(32, 64, 128))
-    t = (t.append_column("lambda_max", t.column("lam"))
-          .append_column("grad_noise_scale", pa.array([50.0, 60.0, 70.0]))
-          .append_column("grad_noise_scale_stderr", pa.array([5.0, math.inf, 7.0])))
+    t = (
+        t.append_column("lambda_max", t.column("lam"))
+        .append_column("grad_noise_scale", pa.array([50.0, 60.0, 70.0]))
+        .append_column("grad_noise_scale_stderr", pa.array([5.0, math.inf, 7.0]))
+    )
     sec = section_probes(t)
     unbounded = t.column("trial_id")[1].as_py()
     assert sec.data["flagged"] == [f"{unbounded} (B_simple unbounded)"]

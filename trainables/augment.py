@@ -8,6 +8,7 @@ member draws exactly what it would alone, and a restart from a checkpoint contin
 stream. The draws travel to the device once per epoch and are sliced per step like the batch
 indices, so a CUDA-graphed step replays with new draws. No DataLoader and no per-item Python.
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,10 +31,10 @@ def apply(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """Crop and flip a batch of images ``x`` (B, C, H, W) with ``params`` (B, 3) from ``draw``."""
     b, c, h, w = x.shape
     padded = F.pad(x, (CROP_PAD, CROP_PAD, CROP_PAD, CROP_PAD))
-    rows = params[:, 0:1] + torch.arange(h, device=x.device)           # (B, H)
-    cols = params[:, 1:2] + torch.arange(w, device=x.device)           # (B, W)
+    rows = params[:, 0:1] + torch.arange(h, device=x.device)  # (B, H)
+    cols = params[:, 1:2] + torch.arange(w, device=x.device)  # (B, W)
     flip = params[:, 2:3].bool()
-    cols = torch.where(flip, cols.flip(1), cols)                      # a flip reverses the columns
+    cols = torch.where(flip, cols.flip(1), cols)  # a flip reverses the columns
     batch = torch.arange(b, device=x.device)[:, None, None]
-    out = padded[batch, :, rows[:, :, None], cols[:, None, :]]        # (B, H, W, C)
+    out = padded[batch, :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
     return out.permute(0, 3, 1, 2)

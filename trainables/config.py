@@ -4,6 +4,7 @@ The sweep spec (``sweeps/spec.py``) validates YAML into these; a Ray Tune trial 
 as plain dicts (``dataclasses.asdict``) and rebuilds them with ``from_dict``, so the trainables
 never import the sweep layer.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,11 +49,11 @@ class DatasetConfig:
     # factory(**options) -> {x_train, y_train, x_val, y_val} (trainables/plugins.py).
     name: str = "digits"
     options: dict[str, Any] = field(default_factory=dict)  # the set's own knobs (mnist1d: n_samples, seed)
-    n_train: int | None = None         # seeded subset of the training split (None: all of it)
+    n_train: int | None = None  # seeded subset of the training split (None: all of it)
     val_fraction: float | None = None  # carve validation out of train; None: the set's own test split
     data_dir: str = "~/.cache/lrbs/data"
-    split_seed: int = 0                # fixes subset and split for every trial of a sweep
-    download: bool = True              # torchvision sets only; offline failures say how to pre-download
+    split_seed: int = 0  # fixes subset and split for every trial of a sweep
+    download: bool = True  # torchvision sets only; offline failures say how to pre-download
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class TrainConfig:
     # A trial is 'diverged' when its epoch's train loss is non-finite or exceeds
     # divergence_factor * log(n_classes) (the loss of a uniform guess, in nats per example).
     divergence_factor: float = 10.0
-    eval_batch_size: int = 2048        # examples per forward pass in evaluation (memory only)
+    eval_batch_size: int = 2048  # examples per forward pass in evaluation (memory only)
     # Examples of the training set evaluated in eval mode at the last epoch's weights
     # (train_eval_loss / train_eval_acc); a subset seeded by dataset.split_seed, so the same
     # examples in every trial of a sweep; capped at the training set size.
@@ -98,8 +99,8 @@ class TrainConfig:
     # or "auto" (as many as share the batch-size schedule and n_train, up to AUTO_PACK_CAP).
     # Every point still gets its own trial id, rows and status.
     pack: int | str = "auto"
-    pack_layout: str = "auto"          # auto | stacked | loop (trainables/packed_models.py)
-    cuda_graphs: bool = True           # capture each step as a CUDA graph on GPUs (static shapes)
+    pack_layout: str = "auto"  # auto | stacked | loop (trainables/packed_models.py)
+    cuda_graphs: bool = True  # capture each step as a CUDA graph on GPUs (static shapes)
     # none | crop_flip (random 4-pixel crop + horizontal flip of images; trainables/augment.py).
     # Off by default and in the fig specs: the paper does not state it, and augmentation adds a
     # noise of its own to the SGD noise whose scale eta/S is about (docs/experiments.md).
@@ -114,23 +115,24 @@ class CurvatureConfig:
     values are comparable; each trial's random probe vectors are seeded from ``seed`` and its
     own point (``lrbs.trainables.probes.trial_probe_seed``), so their errors are independent.
     """
-    n_samples: int = 2000              # probe subset size (capped at the training set size)
-    every: str | int = "end"           # "end": after the last epoch; k: every k epochs and at the end
-    lanczos_iters: int = 20            # max Lanczos steps (1 HVP each) for lambda_max
-    lanczos_tol: float = 1e-4          # relative change of the top Ritz value that counts as converged
-    hutchinson_probes: int = 16        # HVPs shared by the trace and Frobenius estimates
-    trace_method: str = "hutch++"      # hutch++ (Meyer et al. 2021) | hutchinson (curvature.py)
-    noise_scale: bool = True           # also measure the gradient noise scale B_simple
+
+    n_samples: int = 2000  # probe subset size (capped at the training set size)
+    every: str | int = "end"  # "end": after the last epoch; k: every k epochs and at the end
+    lanczos_iters: int = 20  # max Lanczos steps (1 HVP each) for lambda_max
+    lanczos_tol: float = 1e-4  # relative change of the top Ritz value that counts as converged
+    hutchinson_probes: int = 16  # HVPs shared by the trace and Frobenius estimates
+    trace_method: str = "hutch++"  # hutch++ (Meyer et al. 2021) | hutchinson (curvature.py)
+    noise_scale: bool = True  # also measure the gradient noise scale B_simple
     # "full": B_simple of the whole training set, |G|^2 exact and tr(Sigma) from at least
     # noise_pairs batches of at most noise_b_small examples, in whole passes over the training set
     # (every example once per pass; curvature.gradient_noise_scale_full);
     # "two_batch": McCandlish's two-batch estimator on the probe subset (noise_pairs pairs of
     # noise_b_small and noise_b_big), capped near the subset size and noisier (docs/curvature.md).
     noise_method: str = "full"
-    noise_b_small: int = 32            # batch sizes (examples) of the noise-scale estimators
-    noise_b_big: int = 512             # two_batch only
-    noise_pairs: int = 64              # small batches (full) or pairs (two_batch)
-    batch_size: int = 1000             # examples per forward pass inside probes (memory only)
+    noise_b_small: int = 32  # batch sizes (examples) of the noise-scale estimators
+    noise_b_big: int = 512  # two_batch only
+    noise_pairs: int = 64  # small batches (full) or pairs (two_batch)
+    batch_size: int = 1000  # examples per forward pass inside probes (memory only)
     # Keep the first-order gradient graph of the probe set across Hessian-vector products:
     # ~2x faster probes, memory growing with n_samples (turn off for big convnets on small GPUs).
     retain_graph: bool = True

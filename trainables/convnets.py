@@ -18,6 +18,7 @@ input size. VGG's max-pools are ``_MaybeMaxPool2d``: a pool whose 2x2 window no 
 the adaptive pool sees 1x1, so the network is exactly the reference one. ``width_mult`` scales
 every channel count (e.g. 0.125 for a fast CPU twin) and leaves the topology unchanged.
 """
+
 from __future__ import annotations
 
 import torch
@@ -110,9 +111,7 @@ class VGG(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
-def vgg11(
-    n_classes: int = 10, in_channels: int = 3, batch_norm: bool = True, width_mult: float = 1.0
-) -> nn.Module:
+def vgg11(n_classes: int = 10, in_channels: int = 3, batch_norm: bool = True, width_mult: float = 1.0) -> nn.Module:
     """VGG11 for CIFAR-10 (kuangliu/pytorch-cifar layout); 9,231,114 parameters at width 1 with BN.
 
     ``batch_norm=False`` drops the BatchNorm2d layers (9,225,610 parameters).

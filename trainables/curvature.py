@@ -37,12 +37,13 @@ largest Ritz value); power iteration finds the eigenvalue of largest magnitude, 
 one is negative a second, shifted power iteration on ``H - mu I`` finds the largest algebraic
 one (its HVPs are counted too).
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -55,18 +56,34 @@ Batches = list  # list[tuple[Tensor, Tensor]]: the fixed probe subset, already o
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 __all__ = [
-    "Batches", "EigResult", "Estimate", "NoiseScaleResult",
-    "double_backward_kernels", "probe_mode", "probe_subset", "make_batches", "loss_and_grad", "hvp", "HessianOperator",
-    "top_eigenvalue", "hessian_trace", "hessian_frobenius", "hessian_trace_and_frobenius",
-    "gradient_noise_scale", "noise_scale_from_sq_norms", "interpolate",
+    "Batches",
+    "EigResult",
+    "Estimate",
+    "NoiseScaleResult",
+    "double_backward_kernels",
+    "probe_mode",
+    "probe_subset",
+    "make_batches",
+    "loss_and_grad",
+    "hvp",
+    "HessianOperator",
+    "top_eigenvalue",
+    "hessian_trace",
+    "hessian_frobenius",
+    "hessian_trace_and_frobenius",
+    "gradient_noise_scale",
+    "noise_scale_from_sq_norms",
+    "interpolate",
 ]
 
 
 # ----------------------------------------------------------------------------- results
 
+
 @dataclass(frozen=True)
 class Estimate:
     """A Monte-Carlo estimate with its standard error over ``n_probes`` probes."""
+
     value: float
     stderr: float
     n_probes: int
@@ -82,6 +99,7 @@ class EigResult:
     at the last iteration (inf after a single iteration). ``residual``: ``||H y - value y||`` for
     the returned unit vector ``y`` (some eigenvalue of H lies within it of ``value``).
     """
+
     value: float
     n_hvp: int
     converged: bool
@@ -105,22 +123,24 @@ class NoiseScaleResult:
     (``g2_stderr`` 0), ``n_pairs`` small batches that cover the set in whole passes, the
     standard errors from products of neighbouring batches' gradient differences.
     """
+
     b_simple: float
     g2: float
     trace_sigma: float
     b_small: int
     b_big: int
     n_pairs: int
-    n_samples: int                 # examples drawn in all: n_pairs * (b_small + b_big)
+    n_samples: int  # examples drawn in all: n_pairs * (b_small + b_big)
     b_simple_stderr: float = math.nan
     g2_stderr: float = math.nan
     trace_sigma_stderr: float = math.nan
-    g2_small: float = math.nan     # mean of |G_small|^2 over the pairs
-    g2_big: float = math.nan       # mean of |G_big|^2 over the pairs
+    g2_small: float = math.nan  # mean of |G_small|^2 over the pairs
+    g2_big: float = math.nan  # mean of |G_big|^2 over the pairs
     replace: bool = True
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 @contextlib.contextmanager
 def double_backward_kernels(model: nn.Module) -> Iterator[None]:
@@ -189,7 +209,7 @@ def _unflatten(vec: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
     out, i = [], 0
     for p in like:
         n = p.numel()
-        out.append(vec[i:i + n].view_as(p).to(p.dtype))
+        out.append(vec[i : i + n].view_as(p).to(p.dtype))
         i += n
     return out
 
@@ -234,6 +254,7 @@ def _gaussian_unit(n: int, gen: torch.Generator, dtype: torch.dtype, device: tor
 
 # ----------------------------------------------------------------------------- data
 
+
 def probe_subset(n_total: int, n_samples: int, seed: int) -> Tensor:
     """Sorted indices (CPU int64) of a seeded random subset of ``n_samples`` out of ``n_total``."""
     if not 0 < n_samples <= n_total:
@@ -242,8 +263,9 @@ def probe_subset(n_total: int, n_samples: int, seed: int) -> Tensor:
     return perm[: int(n_samples)].sort().values
 
 
-def make_batches(x: Tensor, y: Tensor, indices: Tensor | None = None,
-                 batch_size: int = 1000) -> list[tuple[Tensor, Tensor]]:
+def make_batches(
+    x: Tensor, y: Tensor, indices: Tensor | None = None, batch_size: int = 1000
+) -> list[tuple[Tensor, Tensor]]:
     """Split ``(x[indices], y[indices])`` into consecutive batches of at most ``batch_size``.
 
     The batches live on ``x``'s device; ``indices=None`` takes all examples in order.
@@ -255,10 +277,11 @@ def make_batches(x: Tensor, y: Tensor, indices: Tensor | None = None,
     if indices is not None:
         idx = torch.as_tensor(indices, dtype=torch.long)
         x, y = x[idx.to(x.device)], y[idx.to(y.device)]
-    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
 
 
 # ----------------------------------------------------------------------------- first and second order
+
 
 def _loss_and_grad(model, loss_fn, batches, params) -> tuple[Tensor, list[Tensor]]:
     """Weighted mean loss (0-d tensor, on device) and its gradient; assumes probe mode is on."""
@@ -312,8 +335,10 @@ def _check_twice_differentiable(grads: Sequence[Tensor | None]) -> None:
             once.add(cls.__name__)
         stack.extend(f for f, _ in node.next_functions)
     if stop:
-        raise RuntimeError("trying to differentiate twice a function that was marked with @once_differentiable"
-                           + (f" (custom autograd.Function {', '.join(sorted(once))})" if once else ""))
+        raise RuntimeError(
+            "trying to differentiate twice a function that was marked with @once_differentiable"
+            + (f" (custom autograd.Function {', '.join(sorted(once))})" if once else "")
+        )
 
 
 class HessianOperator:
@@ -328,8 +353,9 @@ class HessianOperator:
     small GPUs may want it off (``curvature.retain_graph: false``).
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, batches: Batches, params: Sequence[Tensor],
-                 retain_graph: bool = False):
+    def __init__(
+        self, model: nn.Module, loss_fn: LossFn, batches: Batches, params: Sequence[Tensor], retain_graph: bool = False
+    ):
         self.model, self.loss_fn, self.params = model, loss_fn, list(params)
         self.batches, self.total = _check_batches(batches)
         self._graphs = [self._first_order(x, y) for x, y in self.batches] if retain_graph else None
@@ -377,6 +403,7 @@ def hvp(model: nn.Module, loss_fn: LossFn, batches: Batches, vecs: Sequence[Tens
 
 
 # ----------------------------------------------------------------------------- top eigenvalue
+
 
 def _rel(a: float, b: float) -> float:
     scale = max(abs(a), abs(b))
@@ -431,12 +458,14 @@ def _lanczos(op: HessianOperator, params, *, max_iters, tol, seed) -> EigResult:
         if j + 1 < m:
             basis[j + 1] = w / beta
             betas.append(beta_f)
-    return EigResult(value=value, n_hvp=n_hvp, converged=converged, rel_change=rel_change,
-                     method="lanczos", residual=residual)
+    return EigResult(
+        value=value, n_hvp=n_hvp, converged=converged, rel_change=rel_change, method="lanczos", residual=residual
+    )
 
 
-def _power(op: HessianOperator, params, *, max_iters, tol, seed,
-           shift: float = 0.0) -> tuple[float, int, bool, float, float]:
+def _power(
+    op: HessianOperator, params, *, max_iters, tol, seed, shift: float = 0.0
+) -> tuple[float, int, bool, float, float]:
     """Power iteration on ``A = H - shift I``.
 
     Returns (Rayleigh quotient of H, n_hvp, converged, rel_change, residual): the convergence
@@ -453,13 +482,13 @@ def _power(op: HessianOperator, params, *, max_iters, tol, seed,
         n_hvp += 1
         if shift:
             w = w - shift * v
-        lam_t = torch.dot(w, v)                       # Rayleigh quotient of A (v has unit norm)
+        lam_t = torch.dot(w, v)  # Rayleigh quotient of A (v has unit norm)
         res_t = torch.linalg.vector_norm(w - lam_t * v)
         w_norm = torch.linalg.vector_norm(w)
         s = torch.stack([lam_t, res_t, w_norm]).double().cpu()  # GPU sync: one per iteration
         lam, residual, w_norm_f = float(s[0]) + shift, float(s[1]), float(s[2])
         rel_change = math.inf if k == 0 else _rel(lam, lam_prev)
-        if w_norm_f == 0.0:           # A v = 0: v is an eigenvector of H with eigenvalue shift
+        if w_norm_f == 0.0:  # A v = 0: v is an eigenvector of H with eigenvalue shift
             converged = True
             break
         if rel_change < tol or residual < tol * max(abs(lam), 1e-30):
@@ -470,9 +499,17 @@ def _power(op: HessianOperator, params, *, max_iters, tol, seed,
     return lam, n_hvp, converged, rel_change, residual
 
 
-def top_eigenvalue(model: nn.Module, loss_fn: LossFn, batches: Batches, *, max_iters: int = 20,
-                   tol: float = 1e-3, seed: int = 0, method: str = "lanczos",
-                   retain_graph: bool = False) -> EigResult:
+def top_eigenvalue(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Batches,
+    *,
+    max_iters: int = 20,
+    tol: float = 1e-3,
+    seed: int = 0,
+    method: str = "lanczos",
+    retain_graph: bool = False,
+) -> EigResult:
     """Largest algebraic eigenvalue of the Hessian of the mean loss over ``batches``.
 
     ``method="lanczos"``: Lanczos with full reorthogonalisation, ``max_iters`` steps (one HVP
@@ -503,12 +540,11 @@ def top_eigenvalue(model: nn.Module, loss_fn: LossFn, batches: Batches, *, max_i
             # The dominant eigenvalue is negative: every eigenvalue of A = H - lam I is >= 0
             # (up to the error in lam) and A's dominant one is lambda_max - lam, so a second
             # power iteration on A finds the largest algebraic eigenvalue of H.
-            lam2, n2, conv2, rel2, res2 = _power(op, params, max_iters=max_iters, tol=tol, seed=seed + 1,
-                                                 shift=lam)
-            return EigResult(value=lam2, n_hvp=n_hvp + n2, converged=conv and conv2,
-                             rel_change=rel2, method="power", residual=res2)
-        return EigResult(value=lam, n_hvp=n_hvp, converged=conv, rel_change=rel,
-                         method="power", residual=res)
+            lam2, n2, conv2, rel2, res2 = _power(op, params, max_iters=max_iters, tol=tol, seed=seed + 1, shift=lam)
+            return EigResult(
+                value=lam2, n_hvp=n_hvp + n2, converged=conv and conv2, rel_change=rel2, method="power", residual=res2
+            )
+        return EigResult(value=lam, n_hvp=n_hvp, converged=conv, rel_change=rel, method="power", residual=res)
 
 
 # ----------------------------------------------------------------------------- trace and Frobenius
@@ -559,8 +595,8 @@ def _frobenius_and_stderr(top_sq: float, gram: np.ndarray) -> tuple[float, float
     var_x = 2.0 * float(np.mean(gram[iu] ** 2))
     if var_x <= 0.0 or mean <= 0.0:  # H p = 0 for every probe: the rest of H is 0 on the probes' span
         return frob, 0.0
-    nu = 2.0 * r * mean ** 2 / var_x
-    lo = nu * mean / float(special.chdtri(nu, 0.025))   # chdtri(nu, p): the upper-p chi2_nu quantile
+    nu = 2.0 * r * mean**2 / var_x
+    lo = nu * mean / float(special.chdtri(nu, 0.025))  # chdtri(nu, p): the upper-p chi2_nu quantile
     hi = nu * mean / float(special.chdtri(nu, 0.975))
     f_lo, f_hi = math.sqrt(max(top_sq + lo, 0.0)), math.sqrt(top_sq + hi)
     # var_x is itself estimated from r probes: widen as the trace does (the variance of a t
@@ -568,9 +604,16 @@ def _frobenius_and_stderr(top_sq: float, gram: np.ndarray) -> tuple[float, float
     return frob, max(f_hi - frob, frob - f_lo) / _Z95 * math.sqrt((r - 1) / (r - 3))
 
 
-def hessian_trace_and_frobenius(model: nn.Module, loss_fn: LossFn, batches: Batches, *,
-                                n_probes: int = 32, seed: int = 0, retain_graph: bool = False,
-                                method: str = "hutch++") -> tuple[Estimate, Estimate]:
+def hessian_trace_and_frobenius(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Batches,
+    *,
+    n_probes: int = 32,
+    seed: int = 0,
+    retain_graph: bool = False,
+    method: str = "hutch++",
+) -> tuple[Estimate, Estimate]:
     """Estimates of Tr(H) and ||H||_F from the SAME ``n_probes`` Hessian-vector products.
 
     ``method="hutchinson"``: for Rademacher ``v``, ``E v^T H v = Tr(H)`` and ``E ||H v||^2 =
@@ -618,10 +661,10 @@ def hessian_trace_and_frobenius(model: nn.Module, loss_fn: LossFn, batches: Batc
         op = HessianOperator(model, loss_fn, batches, params, retain_graph=retain_graph)
         if k:
             hs = torch.stack([op.flat(_rademacher(n, gen, dtype, device)) for _ in range(k)], dim=1)
-            q = torch.linalg.qr(hs).Q                                   # (n, k) orthonormal
+            q = torch.linalg.qr(hs).Q  # (n, k) orthonormal
             hq = torch.stack([op.flat(q[:, i].contiguous()) for i in range(k)], dim=1)
-            top_trace = (q * hq).sum()                                  # tr(Q^T H Q)
-            top_sq = hq.pow(2).sum()                                    # ||H Q||_F^2
+            top_trace = (q * hq).sum()  # tr(Q^T H Q)
+            top_sq = hq.pow(2).sum()  # ||H Q||_F^2
         for _ in range(m - 2 * k):
             v = _rademacher(n, gen, dtype, device)
             if k:
@@ -643,26 +686,29 @@ def hessian_trace_and_frobenius(model: nn.Module, loss_fn: LossFn, batches: Batc
         # understate; it makes the trace's error bars conservative where the sketch caught them.
         t_se = max(t_se, math.sqrt(2.0 * max(f2_rest, 0.0) / r))
     frob, frob_se = _frobenius_and_stderr(float(top_sq), gram)
-    return (Estimate(value=t_mean, stderr=t_se, n_probes=m),
-            Estimate(value=frob, stderr=frob_se, n_probes=m))
+    return (Estimate(value=t_mean, stderr=t_se, n_probes=m), Estimate(value=frob, stderr=frob_se, n_probes=m))
 
 
-def hessian_trace(model: nn.Module, loss_fn: LossFn, batches: Batches, *, n_probes: int = 32,
-                  seed: int = 0, method: str = "hutch++") -> Estimate:
+def hessian_trace(
+    model: nn.Module, loss_fn: LossFn, batches: Batches, *, n_probes: int = 32, seed: int = 0, method: str = "hutch++"
+) -> Estimate:
     """Estimate of Tr(H) with its standard error (``hessian_trace_and_frobenius``)."""
     return hessian_trace_and_frobenius(model, loss_fn, batches, n_probes=n_probes, seed=seed, method=method)[0]
 
 
-def hessian_frobenius(model: nn.Module, loss_fn: LossFn, batches: Batches, *, n_probes: int = 32,
-                      seed: int = 0, method: str = "hutch++") -> Estimate:
+def hessian_frobenius(
+    model: nn.Module, loss_fn: LossFn, batches: Batches, *, n_probes: int = 32, seed: int = 0, method: str = "hutch++"
+) -> Estimate:
     """Estimate of ||H||_F with its standard error (``hessian_trace_and_frobenius``)."""
     return hessian_trace_and_frobenius(model, loss_fn, batches, n_probes=n_probes, seed=seed, method=method)[1]
 
 
 # ----------------------------------------------------------------------------- gradient noise scale
 
-def noise_scale_from_sq_norms(g2_small: float, g2_big: float, b_small: int, b_big: int, *,
-                              n_total: int | None = None, replace: bool = True) -> tuple[float, float]:
+
+def noise_scale_from_sq_norms(
+    g2_small: float, g2_big: float, b_small: int, b_big: int, *, n_total: int | None = None, replace: bool = True
+) -> tuple[float, float]:
     """Solve ``E|G_B|^2 = |G|^2 + c_B tr(Sigma) / B`` at two batch sizes for (|G|^2, tr(Sigma)).
 
     With replacement ``c_B = 1`` and this is McCandlish et al.'s pair of formulas:
@@ -701,7 +747,7 @@ def _ratio_stderr(num: np.ndarray, den: np.ndarray) -> float:
     a, b = float(num.mean()), float(den.mean())
     (v_aa, v_ab), (_, v_bb) = np.cov(num, den) / n
     t2 = float(special.stdtrit(n - 1, 0.975)) ** 2
-    qa = b * b - t2 * v_bb          # R^2 qa - 2 R qb + qc <= 0
+    qa = b * b - t2 * v_bb  # R^2 qa - 2 R qb + qc <= 0
     if qa <= 0 or b == 0:
         return math.inf
     qb, qc = a * b - t2 * v_ab, a * a - t2 * v_aa
@@ -710,9 +756,19 @@ def _ratio_stderr(num: np.ndarray, den: np.ndarray) -> float:
     return max(centre + half - ratio, ratio - (centre - half)) / _Z95
 
 
-def gradient_noise_scale(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, *, b_small: int,
-                         b_big: int, n_pairs: int = 16, seed: int = 0, replace: bool = True,
-                         chunk_size: int = 1000) -> NoiseScaleResult:
+def gradient_noise_scale(
+    model: nn.Module,
+    loss_fn: LossFn,
+    x: Tensor,
+    y: Tensor,
+    *,
+    b_small: int,
+    b_big: int,
+    n_pairs: int = 16,
+    seed: int = 0,
+    replace: bool = True,
+    chunk_size: int = 1000,
+) -> NoiseScaleResult:
     """Simple gradient noise scale ``B_simple = tr(Sigma) / |G|^2`` from two batch sizes.
 
     Draws ``n_pairs`` independent pairs of a small (``b_small``) and a big (``b_big``) batch from
@@ -761,10 +817,10 @@ def gradient_noise_scale(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor
     with probe_mode(model):
         for _ in range(n_pairs):
             for b, store in ((b_small, sq_small), (b_big, sq_big)):
-                idx = draws[offset:offset + b]
+                idx = draws[offset : offset + b]
                 offset += b
                 xb, yb = x[idx], y[idx.to(y.device)]
-                batches = [(xb[i:i + chunk_size], yb[i:i + chunk_size]) for i in range(0, b, chunk_size)]
+                batches = [(xb[i : i + chunk_size], yb[i : i + chunk_size]) for i in range(0, b, chunk_size)]
                 _, g = _loss_and_grad(model, loss_fn, batches, params)
                 store.append(sum(gi.double().pow(2).sum() for gi in g))
     s = torch.stack(sq_small).cpu().numpy()  # GPU sync: once, after all pairs
@@ -779,15 +835,34 @@ def gradient_noise_scale(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor
     g2_se = float(np.std(g2_i, ddof=1) / math.sqrt(n_pairs)) if n_pairs > 1 else math.nan
     tr_se = float(np.std(tr_i, ddof=1) / math.sqrt(n_pairs)) if n_pairs > 1 else math.nan
     b_se = _ratio_stderr(np.asarray(tr_i, dtype=np.float64), np.asarray(g2_i, dtype=np.float64))
-    return NoiseScaleResult(b_simple=float(b_simple), g2=float(g2), trace_sigma=float(tr_sigma),
-                            b_small=b_small, b_big=b_big, n_pairs=n_pairs,
-                            n_samples=n_pairs * (b_small + b_big), b_simple_stderr=b_se,
-                            g2_stderr=g2_se, trace_sigma_stderr=tr_se, g2_small=m_s, g2_big=m_b,
-                            replace=replace)
+    return NoiseScaleResult(
+        b_simple=float(b_simple),
+        g2=float(g2),
+        trace_sigma=float(tr_sigma),
+        b_small=b_small,
+        b_big=b_big,
+        n_pairs=n_pairs,
+        n_samples=n_pairs * (b_small + b_big),
+        b_simple_stderr=b_se,
+        g2_stderr=g2_se,
+        trace_sigma_stderr=tr_se,
+        g2_small=m_s,
+        g2_big=m_b,
+        replace=replace,
+    )
 
 
-def gradient_noise_scale_full(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, *, b_small: int,
-                              n_batches: int = 64, seed: int = 0, chunk_size: int = 1000) -> NoiseScaleResult:
+def gradient_noise_scale_full(
+    model: nn.Module,
+    loss_fn: LossFn,
+    x: Tensor,
+    y: Tensor,
+    *,
+    b_small: int,
+    n_batches: int = 64,
+    seed: int = 0,
+    chunk_size: int = 1000,
+) -> NoiseScaleResult:
     """``B_simple = tr(Sigma) / |G|^2`` of the whole set ``(x, y)``, every example's gradient taken.
 
     A pass draws a random permutation of the ``N`` examples and cuts it into ``m = max(ceil(N /
@@ -832,7 +907,7 @@ def gradient_noise_scale_full(model: nn.Module, loss_fn: LossFn, x: Tensor, y: T
     if n_total < 4:
         raise ValueError(f"need at least 4 examples, got {n_total}")
     params = _params(model)
-    m = max(math.ceil(n_total / b_small), 4)                  # batches per pass
+    m = max(math.ceil(n_total / b_small), 4)  # batches per pass
     # At least n_batches batches, and enough passes for MIN_NEIGHBOUR_PRODUCTS products Q (a pass
     # of m batches gives m // 2 - 1): the standard error is estimated from their squares.
     passes = max(math.ceil(n_batches / m), math.ceil(MIN_NEIGHBOUR_PRODUCTS / (m // 2 - 1)))
@@ -847,16 +922,20 @@ def gradient_noise_scale_full(model: nn.Module, loss_fn: LossFn, x: Tensor, y: T
     offset = 0
     with probe_mode(model):
         for _ in range(passes):
-            g_full = torch.zeros(n_par, dtype=torch.float64, device=dev)   # -> G
-            v_sum = torch.zeros(n_par, dtype=torch.float64, device=dev)    # sum_k w_k G_k
-            s_sum = torch.zeros((), dtype=torch.float64, device=dev)       # sum_k w_k |G_k|^2
+            g_full = torch.zeros(n_par, dtype=torch.float64, device=dev)  # -> G
+            v_sum = torch.zeros(n_par, dtype=torch.float64, device=dev)  # sum_k w_k G_k
+            s_sum = torch.zeros((), dtype=torch.float64, device=dev)  # sum_k w_k |G_k|^2
             held = prev_d = None
             for k, b in enumerate(sizes):
-                idx = perms[offset:offset + b]
+                idx = perms[offset : offset + b]
                 offset += b
                 xb, yb = x[idx], y[idx.to(y.device)]
-                _, g = _loss_and_grad(model, loss_fn, [(xb[i:i + chunk_size], yb[i:i + chunk_size])
-                                                       for i in range(0, b, chunk_size)], params)
+                _, g = _loss_and_grad(
+                    model,
+                    loss_fn,
+                    [(xb[i : i + chunk_size], yb[i : i + chunk_size]) for i in range(0, b, chunk_size)],
+                    params,
+                )
                 gk = _flatten(g).double()
                 sq = torch.dot(gk, gk)
                 sq_sum += sq
@@ -883,20 +962,32 @@ def gradient_noise_scale_full(model: nn.Module, loss_fn: LossFn, x: Tensor, y: T
     mean_q2 = float(q2.mean())
     # Var(tr_hat) of one pass = 2 (b - 1)/(N - 1) S / (c N)^2 with S = b^2 N (N - 1) E Q^2 / 4,
     # times c: pairs within a batch drawn without replacement (Var of a pair's indicator p (1 - p)).
-    var = (b_mean - 1) * b_mean ** 2 * mean_q2 / (2 * c_mean * n_total) / passes
+    var = (b_mean - 1) * b_mean**2 * mean_q2 / (2 * c_mean * n_total) / passes
     spread = float(q2.var(ddof=1)) if len(q2) > 1 else math.nan
-    nu = len(q2) * mean_q2 ** 2 / spread if spread > 0 else (math.inf if spread == 0 else 1.0)
+    nu = len(q2) * mean_q2**2 / spread if spread > 0 else (math.inf if spread == 0 else 1.0)
     factor = float(special.stdtrit(max(nu, 1.0), 0.975)) / _Z95 if math.isfinite(nu) else 1.0
     tr_se = math.sqrt(max(var, 0.0)) * factor
     b_simple = tr_sigma / g2 if g2 > 0 else math.copysign(math.inf, tr_sigma)
     b_se = tr_se / g2 if g2 > 0 else math.nan
-    return NoiseScaleResult(b_simple=float(b_simple), g2=g2, trace_sigma=tr_sigma, b_small=b_small,
-                            b_big=n_total, n_pairs=m * passes, n_samples=n_total * passes,
-                            b_simple_stderr=float(b_se), g2_stderr=0.0, trace_sigma_stderr=tr_se,
-                            g2_small=sq_total / (m * passes), g2_big=g2, replace=False)
+    return NoiseScaleResult(
+        b_simple=float(b_simple),
+        g2=g2,
+        trace_sigma=tr_sigma,
+        b_small=b_small,
+        b_big=n_total,
+        n_pairs=m * passes,
+        n_samples=n_total * passes,
+        b_simple_stderr=float(b_se),
+        g2_stderr=0.0,
+        trace_sigma_stderr=tr_se,
+        g2_small=sq_total / (m * passes),
+        g2_big=g2,
+        replace=False,
+    )
 
 
 # ----------------------------------------------------------------------------- interpolation
+
 
 def _eval_batches(model, loss_fn, batches) -> tuple[Tensor, Tensor]:
     """(mean loss, accuracy) as 0-d device tensors; no host sync."""
@@ -962,11 +1053,18 @@ def mean_loss(model: nn.Module, loss_fn: LossFn, batches: Batches) -> float:
 
 
 @torch.no_grad()
-def interpolate(model: nn.Module, params_a: dict[str, Tensor], params_b: dict[str, Tensor],
-                alphas: Sequence[float] | Tensor | None = None, loss_fn: LossFn | None = None,
-                train_batches: Batches | None = None,
-                val_batches: Batches | None = None, *, batch_norm: str = "recompute",
-                bn_batches: Batches | None = None) -> list[dict[str, float]]:
+def interpolate(
+    model: nn.Module,
+    params_a: dict[str, Tensor],
+    params_b: dict[str, Tensor],
+    alphas: Sequence[float] | Tensor | None = None,
+    loss_fn: LossFn | None = None,
+    train_batches: Batches | None = None,
+    val_batches: Batches | None = None,
+    *,
+    batch_norm: str = "recompute",
+    bn_batches: Batches | None = None,
+) -> list[dict[str, float]]:
     """Loss and accuracy along ``theta(alpha) = (1 - alpha) theta_A + alpha theta_B``.
 
     ``params_a``/``params_b`` are state_dict-like (name -> tensor) and must cover every entry of
@@ -996,8 +1094,9 @@ def interpolate(model: nn.Module, params_a: dict[str, Tensor], params_b: dict[st
     for name, d in (("params_a", params_a), ("params_b", params_b)):
         missing, extra = keys - set(d), set(d) - keys
         if missing or extra:
-            raise ValueError(f"{name} does not match model.state_dict(): missing {sorted(missing)}, "
-                             f"unexpected {sorted(extra)}")
+            raise ValueError(
+                f"{name} does not match model.state_dict(): missing {sorted(missing)}, unexpected {sorted(extra)}"
+            )
     a = {k: params_a[k].detach().to(device=t.device, dtype=t.dtype) for k, t in state.items()}
     b = {k: params_b[k].detach().to(device=t.device, dtype=t.dtype) for k, t in state.items()}
     saved = {k: t.clone() for k, t in state.items()}
@@ -1024,5 +1123,6 @@ def interpolate(model: nn.Module, params_a: dict[str, Tensor], params_b: dict[st
         for k, t in state.items():
             t.copy_(saved[k])
     rows = torch.stack(results).double().cpu().tolist() if results else []  # GPU sync: once
-    return [dict(alpha=al, train_loss=r[0], train_acc=r[1], val_loss=r[2], val_acc=r[3])
-            for al, r in zip(alpha_list, rows)]
+    return [
+        dict(alpha=al, train_loss=r[0], train_acc=r[1], val_loss=r[2], val_acc=r[3]) for al, r in zip(alpha_list, rows)
+    ]

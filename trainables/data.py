@@ -10,6 +10,7 @@ and no per-item transforms: inputs are scaled and standardized once, here.
 ``python -m lrbs.trainables.data download NAME --data-dir DIR`` fetches a torchvision set ahead of
 time, for sweeps that run on machines without internet.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,9 @@ import os
 import pickle
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,12 +75,12 @@ _DIGITS_DEFAULT_VAL_FRACTION = 0.2  # digits has no test split of its own
 _TV_SIZES = {"fashion_mnist": (60000, 10000), "cifar10": (50000, 10000)}
 
 _SYNTH_DIM = 32
-_SYNTH_CLUSTERS = 4         # Gaussian clusters per class
-_SYNTH_CENTER_SCALE = 0.8   # std of the cluster centres (the within-cluster std is 1)
+_SYNTH_CLUSTERS = 4  # Gaussian clusters per class
+_SYNTH_CENTER_SCALE = 0.8  # std of the cluster centres (the within-cluster std is 1)
 _SYNTH_DEFAULT_N_TRAIN = 2000
 _SYNTH_DEFAULT_VAL_FRACTION = 0.2
 _SYNTH_LABEL_NOISE = 0.1  # share of labels replaced by a uniformly random class
-_SYNTH_BLOCK = 1024       # examples per independently seeded block (see _synthetic_examples)
+_SYNTH_BLOCK = 1024  # examples per independently seeded block (see _synthetic_examples)
 
 _CIFAR_FOLDER = "cifar-10-batches-py"
 _CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -96,8 +98,10 @@ _FMNIST_FILES = {
 
 def _check_name(name: str) -> None:
     if name not in DATASETS and not is_import_path(name):
-        raise DataError(f"dataset.name: unknown data set {name!r} (built-in: {', '.join(DATASET_NAMES)}; "
-                        f"or your own as package.module:factory)")
+        raise DataError(
+            f"dataset.name: unknown data set {name!r} (built-in: {', '.join(DATASET_NAMES)}; "
+            f"or your own as package.module:factory)"
+        )
 
 
 def _val_fraction(cfg: DatasetConfig, default: float | None) -> float | None:
@@ -131,8 +135,7 @@ def _split_sizes(cfg: DatasetConfig, n_pool: int, val_fraction: float | None) ->
     if cfg.n_train > available:
         where = f" after holding out {n_val} for validation" if n_val else ""
         raise DataError(
-            f"dataset.n_train: {cfg.n_train} exceeds the {available} training examples of "
-            f"{cfg.name}{where}"
+            f"dataset.n_train: {cfg.n_train} exceeds the {available} training examples of {cfg.name}{where}"
         )
     return n_val, cfg.n_train
 
@@ -145,9 +148,7 @@ def _synthetic_sizes(cfg: DatasetConfig) -> tuple[int, int]:
     # total = n_train / (1 - vf), so n_val = total - n_train.
     n_val = int(round(n_train * vf / (1.0 - vf)))
     if n_val < 1:
-        raise DataError(
-            f"dataset.val_fraction: {vf} of {n_train} examples leaves an empty validation split"
-        )
+        raise DataError(f"dataset.val_fraction: {vf} of {n_train} examples leaves an empty validation split")
     return n_train, n_val
 
 
@@ -317,9 +318,7 @@ def _synthetic_centres(seed: int) -> np.ndarray:
     return _SYNTH_CENTER_SCALE * g.standard_normal((N_CLASSES * _SYNTH_CLUSTERS, _SYNTH_DIM))
 
 
-def _synthetic_examples(
-    seed: int, stream: int, n: int, centres: np.ndarray
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _synthetic_examples(seed: int, stream: int, n: int, centres: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` examples of one stream: float32 inputs (n, dim) and int64 labels (n,)."""
     xs, ys = [], []
     for block in range(math.ceil(n / _SYNTH_BLOCK)):
@@ -509,6 +508,7 @@ class DatasetEntry:
     starts (a missing set is one line, and parallel trials never race to fetch it); ``fetch``
     puts it there ahead of time (``python -m lrbs.trainables.data download``).
     """
+
     load: Callable[[DatasetConfig], TensorData]
     train_size: Callable[[DatasetConfig], int]
     input_shape: Callable[[DatasetConfig], tuple[int, ...]]
@@ -529,26 +529,42 @@ def _fetch_tv(name: str) -> Callable[[str], str]:
         else:
             _fetch_cifar10(root, False, True)
         return f"{name} is ready under {root}"
+
     return fetch
 
 
 def _mnist1d() -> DatasetEntry:
     from lrbs.trainables import mnist1d
 
-    return DatasetEntry(mnist1d.load, mnist1d.train_size, _fixed((mnist1d.LENGTH,)), _fixed(N_CLASSES),
-                        mnist1d.Mnist1dOptions, on_disk=True, fetch=mnist1d.fetch)
+    return DatasetEntry(
+        mnist1d.load,
+        mnist1d.train_size,
+        _fixed((mnist1d.LENGTH,)),
+        _fixed(N_CLASSES),
+        mnist1d.Mnist1dOptions,
+        on_disk=True,
+        fetch=mnist1d.fetch,
+    )
 
 
 # The one registry of built-in data sets: spec validation, the trainable, the cost estimate and
 # the pre-flight check all look names up here. Adding a set is one entry (docs/extending.md).
 DATASETS: dict[str, DatasetEntry] = {
     "digits": DatasetEntry(_load_digits, _digits_size, _fixed((64,)), _fixed(N_CLASSES)),
-    "synthetic": DatasetEntry(_load_synthetic, lambda cfg: _synthetic_sizes(cfg)[0], _fixed((_SYNTH_DIM,)),
-                              _fixed(N_CLASSES)),
-    "fashion_mnist": DatasetEntry(_load_torchvision, _tv_size, _fixed((1, 28, 28)), _fixed(N_CLASSES),
-                                  on_disk=True, fetch=_fetch_tv("fashion_mnist")),
-    "cifar10": DatasetEntry(_load_torchvision, _tv_size, _fixed((3, 32, 32)), _fixed(N_CLASSES),
-                            on_disk=True, fetch=_fetch_tv("cifar10")),
+    "synthetic": DatasetEntry(
+        _load_synthetic, lambda cfg: _synthetic_sizes(cfg)[0], _fixed((_SYNTH_DIM,)), _fixed(N_CLASSES)
+    ),
+    "fashion_mnist": DatasetEntry(
+        _load_torchvision,
+        _tv_size,
+        _fixed((1, 28, 28)),
+        _fixed(N_CLASSES),
+        on_disk=True,
+        fetch=_fetch_tv("fashion_mnist"),
+    ),
+    "cifar10": DatasetEntry(
+        _load_torchvision, _tv_size, _fixed((3, 32, 32)), _fixed(N_CLASSES), on_disk=True, fetch=_fetch_tv("cifar10")
+    ),
     "mnist1d": _mnist1d(),
 }
 DATASET_NAMES = tuple(DATASETS)
@@ -588,9 +604,11 @@ def check_data_dir(cfg: DatasetConfig, files: bool = True) -> None:
         raise DataError(f"dataset.data_dir: {where} a file, not a folder")
     if files and not cfg.download and cfg.name in _TV_SIZES:
         if not all(os.path.isfile(f) for f in _tv_files(cfg.name, root)):
-            raise DataError(f"dataset.data_dir: dataset {cfg.name} not found under {root} and dataset.download is "
-                            f"false; on a machine with internet: python -m lrbs.trainables.data download {cfg.name} "
-                            f"--data-dir {root}, then copy the folder here")
+            raise DataError(
+                f"dataset.data_dir: dataset {cfg.name} not found under {root} and dataset.download is "
+                f"false; on a machine with internet: python -m lrbs.trainables.data download {cfg.name} "
+                f"--data-dir {root}, then copy the folder here"
+            )
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ is per trial point and run directory: the first failure leaves a marker file in
 ``RUN_DIR/faults/``, and no later attempt of that point (a Tune retry, ``lrbs resume``, or
 ``lrbs resume --restart-errored``, which gives the trial a new id) raises again.
 """
+
 from __future__ import annotations
 
 import hashlib

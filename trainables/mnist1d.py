@@ -13,6 +13,7 @@ A generated set is cached under ``<data_dir>/mnist1d/`` in a file named by every
 atomically (parallel trials may generate the same file), so later loads read ~1 MB per 10,000
 examples instead of generating again (seconds per 10,000 examples).
 """
+
 from __future__ import annotations
 
 import os
@@ -36,15 +37,15 @@ if TYPE_CHECKING:
 
 N_CLASSES = 10
 
-LENGTH = 40                 # points per signal (the generator's final_seq_length)
+LENGTH = 40  # points per signal (the generator's final_seq_length)
 DEFAULT_VAL_FRACTION = 0.2  # the generator's default train_split is 0.8
-MAX_SAMPLES = 1_000_000     # ~160 MB float32 and minutes to generate: beyond this, a typo
+MAX_SAMPLES = 1_000_000  # ~160 MB float32 and minutes to generate: beyond this, a typo
 
 
 @dataclass(frozen=True)
 class Mnist1dOptions:
-    n_samples: int = 5000   # the package's default (4,000 train + 1,000 validation)
-    seed: int = 42          # the generator's seed (the package's default)
+    n_samples: int = 5000  # the package's default (4,000 train + 1,000 validation)
+    seed: int = 42  # the generator's seed (the package's default)
 
     def __post_init__(self):
         if not N_CLASSES * 2 <= self.n_samples <= MAX_SAMPLES:
@@ -63,8 +64,10 @@ def _sizes(cfg: DatasetConfig) -> tuple[Mnist1dOptions, float, int, int]:
     total = N_CLASSES * (opts.n_samples // N_CLASSES)
     pool = int(total * train_split)  # make_dataset's split index
     if not 1 <= pool < total:
-        raise DataError(f"dataset.val_fraction: {vf} of {total} examples leaves an empty "
-                        f"{'training' if pool < 1 else 'validation'} split")
+        raise DataError(
+            f"dataset.val_fraction: {vf} of {total} examples leaves an empty "
+            f"{'training' if pool < 1 else 'validation'} split"
+        )
     return opts, train_split, total, pool
 
 
@@ -103,8 +106,12 @@ def _generate(n_samples: int, seed: int, train_split: float) -> dict[str, np.nda
     finally:
         np.random.set_state(np_state)
         random.setstate(py_state)
-    return {"x_train": d["x"].astype(np.float32), "y_train": d["y"].astype(np.int64),
-            "x_val": d["x_test"].astype(np.float32), "y_val": d["y_test"].astype(np.int64)}
+    return {
+        "x_train": d["x"].astype(np.float32),
+        "y_train": d["y"].astype(np.int64),
+        "x_val": d["x_test"].astype(np.float32),
+        "y_val": d["y_test"].astype(np.int64),
+    }
 
 
 def arrays(cfg: DatasetConfig) -> dict[str, np.ndarray]:

@@ -1,12 +1,14 @@
 """Models: the registry of built-ins (``MODELS``) and ``build_model(cfg, input_shape, n_classes)``,
 the one entry point, which also builds a user's ``package.module:factory`` (trainables/plugins.py).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,8 +48,8 @@ MAX_MLP_DEPTH = 1000
 
 @dataclass(frozen=True)
 class MLPOptions:
-    depth: int = 4             # Linear layers (depth - 1 hidden layers)
-    width: int = 256           # hidden units per layer
+    depth: int = 4  # Linear layers (depth - 1 hidden layers)
+    width: int = 256  # hidden units per layer
     batch_norm: bool = True
 
     def __post_init__(self):
@@ -60,7 +62,7 @@ class MLPOptions:
 @dataclass(frozen=True)
 class VGGOptions:
     batch_norm: bool = True
-    width_mult: float = 1.0    # channel multiplier (small CPU twins use < 1)
+    width_mult: float = 1.0  # channel multiplier (small CPU twins use < 1)
 
     def __post_init__(self):
         _positive("width_mult", self.width_mult)
@@ -68,7 +70,7 @@ class VGGOptions:
 
 @dataclass(frozen=True)
 class ResNetOptions:
-    width_mult: float = 1.0    # channel multiplier (the CIFAR ResNets always have batch norm)
+    width_mult: float = 1.0  # channel multiplier (the CIFAR ResNets always have batch norm)
 
     def __post_init__(self):
         _positive("width_mult", self.width_mult)
@@ -96,23 +98,27 @@ def image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int] | None:
 
 def _convnet(build: Callable[..., nn.Module], name: str) -> Callable[..., nn.Module]:
     """A factory(input_shape, n_classes, **options) for a convnet of (n_classes, in_channels, ...)."""
+
     def factory(input_shape: tuple[int, ...], n_classes: int, **options: Any) -> nn.Module:
         shape = image_shape(input_shape)
         if shape is None:
             raise ValueError(f"model.name: {name} needs image inputs, the data set gives {tuple(input_shape)}")
         net = build(n_classes, shape[0], **options)
         return net if tuple(input_shape) == shape else nn.Sequential(nn.Unflatten(1, shape), net)
+
     return factory
 
 
-def mlp(input_shape: tuple[int, ...], n_classes: int, depth: int = 4, width: int = 256,
-        batch_norm: bool = True) -> nn.Module:
+def mlp(
+    input_shape: tuple[int, ...], n_classes: int, depth: int = 4, width: int = 256, batch_norm: bool = True
+) -> nn.Module:
     return MLP(math.prod(input_shape), n_classes, depth, width, batch_norm)
 
 
 @dataclass(frozen=True)
 class ModelEntry:
     """A built-in model: ``factory(input_shape, n_classes, **options)`` and its options' dataclass."""
+
     factory: Callable[..., nn.Module]
     options: type
 
@@ -134,8 +140,10 @@ def model_factory(name: str) -> Callable[..., nn.Module]:
         return MODELS[name].factory
     if is_import_path(name):
         return load_object(name, "model.name")
-    raise PluginError(f"model.name: unknown model {name!r} (built-in: {', '.join(MODEL_NAMES)}; "
-                      f"or your own as package.module:factory)")
+    raise PluginError(
+        f"model.name: unknown model {name!r} (built-in: {', '.join(MODEL_NAMES)}; "
+        f"or your own as package.module:factory)"
+    )
 
 
 def builtin_options(cfg: ModelConfig) -> Any:

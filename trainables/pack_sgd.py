@@ -12,6 +12,7 @@ objective instead: the gradient of sum_k(-lr_k * L_k) with respect to member k's
 update (on a GPU one kernel instead of one per parameter tensor). Same update, float32 round-off
 apart (the rate multiplies at the top of the backward pass instead of at the end).
 """
+
 from __future__ import annotations
 
 import torch

@@ -25,10 +25,11 @@ Two layouts:
 * ``LoopPack``: the K modules stepped one after another in one process (the default for models
   other than the MLP, where ``vmap`` measured slower; see ``choose_layout`` and docs/performance.md).
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -80,11 +81,18 @@ class StackedPack:
         # The MLP's Linear weights are stacked transposed, (K, in, out): bmm's backward then
         # yields contiguous gradients (a transposed view's gradient is strided, which made the
         # update ~2x slower on CPU). member_tensors / aligned_from_members transpose them back.
-        self.transposed = {n for n in self.param_names if self.mlp is not None and n.endswith("weight")
-                           and isinstance(self.mlp.net[int(n.split(".")[1])], nn.Linear)}
+        self.transposed = {
+            n
+            for n in self.param_names
+            if self.mlp is not None
+            and n.endswith("weight")
+            and isinstance(self.mlp.net[int(n.split(".")[1])], nn.Linear)
+        }
         states = [dict(m.named_parameters()) | dict(m.named_buffers()) for m in modules]
-        self.params = [torch.stack([self._out(n, s[n].detach()) for s in states]).contiguous().requires_grad_()
-                       for n in self.param_names]
+        self.params = [
+            torch.stack([self._out(n, s[n].detach()) for s in states]).contiguous().requires_grad_()
+            for n in self.param_names
+        ]
         self.buffers = [torch.stack([s[n].detach() for s in states]) for n in self.buffer_names]
         self.k = len(modules)
         self.rank = example_rank
@@ -111,9 +119,13 @@ class StackedPack:
     def member_tensors(self, aligned: list[torch.Tensor], j: int) -> dict[str, torch.Tensor]:
         return {name: _cpu_copy(self._out(name, t[j])) for name, t in zip(self.param_names, aligned)}
 
-    def aligned_from_members(self, dicts: list[dict[str, torch.Tensor]], like: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [torch.stack([self._out(n, d[n]) for d in dicts]).to(p.device, p.dtype).contiguous()
-                for n, p in zip(self.param_names, like)]
+    def aligned_from_members(
+        self, dicts: list[dict[str, torch.Tensor]], like: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        return [
+            torch.stack([self._out(n, d[n]) for d in dicts]).to(p.device, p.dtype).contiguous()
+            for n, p in zip(self.param_names, like)
+        ]
 
     def member_state(self, j: int) -> dict[str, torch.Tensor]:
         out = self.member_tensors(self.params, j)
@@ -146,7 +158,7 @@ class StackedPack:
         h = x.flatten(2)
         for i, module in enumerate(self.mlp.net):
             if isinstance(module, nn.Linear):
-                w = p[f"net.{i}.weight"]                         # (K, in, out)
+                w = p[f"net.{i}.weight"]  # (K, in, out)
                 bias = p.get(f"net.{i}.bias")
                 h = torch.bmm(h, w) if bias is None else torch.baddbmm(bias.unsqueeze(1), h, w)
             elif isinstance(module, nn.BatchNorm1d) and not training:
@@ -160,9 +172,16 @@ class StackedPack:
                 k, n, width = h.shape
                 flat = h.transpose(0, 1).reshape(n, k * width)  # channel = (member, feature)
                 # Views of the stacked buffers: batch_norm updates each member's running stats in place.
-                flat = F.batch_norm(flat, b[f"net.{i}.running_mean"].view(-1), b[f"net.{i}.running_var"].view(-1),
-                                    p[f"net.{i}.weight"].reshape(-1), p[f"net.{i}.bias"].reshape(-1),
-                                    training=training, momentum=module.momentum, eps=module.eps)
+                flat = F.batch_norm(
+                    flat,
+                    b[f"net.{i}.running_mean"].view(-1),
+                    b[f"net.{i}.running_var"].view(-1),
+                    p[f"net.{i}.weight"].reshape(-1),
+                    p[f"net.{i}.bias"].reshape(-1),
+                    training=training,
+                    momentum=module.momentum,
+                    eps=module.eps,
+                )
                 h = flat.view(n, k, width).transpose(0, 1)  # (K, S, H), strided
                 if not h.is_cuda:
                     # On CPU, bmm and its backward measured faster on dense inputs; cuBLAS reads
@@ -215,13 +234,15 @@ class LoopPack:
 
     def _split(self, tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
         c = self._per_member
-        return [tensors[i:i + c] for i in range(0, len(tensors), c)]
+        return [tensors[i : i + c] for i in range(0, len(tensors), c)]
 
     def member_tensors(self, aligned: list[torch.Tensor], j: int) -> dict[str, torch.Tensor]:
         names = [n for n, _ in self.modules[j].named_parameters()]
         return {n: _cpu_copy(t) for n, t in zip(names, self._split(aligned)[j])}
 
-    def aligned_from_members(self, dicts: list[dict[str, torch.Tensor]], like: list[torch.Tensor]) -> list[torch.Tensor]:
+    def aligned_from_members(
+        self, dicts: list[dict[str, torch.Tensor]], like: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
         names = [[n for n, _ in m.named_parameters()] for m in self.modules]
         flat = [d[n] for d, ns in zip(dicts, names) for n in ns]
         return [t.to(p.device, p.dtype) for t, p in zip(flat, like)]

@@ -14,6 +14,7 @@ user code, it cannot end ``lrbs validate`` with exit 0 or a traceback. The price
 that lands while a factory runs reads as that factory being interrupted (one line naming it,
 exit 2); anywhere else Ctrl-C interrupts as usual.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -83,8 +84,9 @@ def import_module(path: str, field: str) -> ModuleType:
     except ModuleNotFoundError as exc:
         if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
             where = ", ".join(dict.fromkeys([os.getcwd(), *_search_roots]))
-            raise PluginError(f"{field}: cannot import module {module_name!r} (not installed, and not found "
-                              f"in {where})") from None
+            raise PluginError(
+                f"{field}: cannot import module {module_name!r} (not installed, and not found in {where})"
+            ) from None
         raise PluginError(f"{field}: importing {module_name!r} failed: {_one_line(exc)}") from None
     except BaseException as exc:  # the user's module raised (or called sys.exit) while it was imported
         raise PluginError(f"{field}: importing {module_name!r} failed: {_one_line(exc)}") from None

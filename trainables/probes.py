@@ -11,11 +11,13 @@ every trial of a sweep), ``seed`` the trial's own seed for random vectors
 entry here plus its columns there (docs/extending.md). A probe that raises leaves its columns
 null and its error in ``probe_error``; the other probes still run and the trial goes on.
 """
+
 from __future__ import annotations
 
 import time
 import zlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -55,40 +57,74 @@ def probe_due(cfg: CurvatureConfig | None, epoch: int, last_epoch: int) -> bool:
     return isinstance(cfg.every, int) and epoch % cfg.every == 0
 
 
-def sharpness(model: nn.Module, data: TensorData, cfg: CurvatureConfig, idx: torch.Tensor,
-              seed: int) -> dict[str, Any]:
+def sharpness(model: nn.Module, data: TensorData, cfg: CurvatureConfig, idx: torch.Tensor, seed: int) -> dict[str, Any]:
     """lambda_max (Lanczos), Tr(H) and ||H||_F (Hutchinson) of the mean loss on the probe subset,
     and that loss itself (``probe_loss``)."""
     batches = curvature.make_batches(data.x_train, data.y_train, idx, cfg.batch_size)
-    eig = curvature.top_eigenvalue(model, F.cross_entropy, batches, max_iters=cfg.lanczos_iters,
-                                   tol=cfg.lanczos_tol, seed=seed, retain_graph=cfg.retain_graph)
-    trace, fro = curvature.hessian_trace_and_frobenius(model, F.cross_entropy, batches,
-                                                       n_probes=cfg.hutchinson_probes, seed=seed,
-                                                       retain_graph=cfg.retain_graph, method=cfg.trace_method)
+    eig = curvature.top_eigenvalue(
+        model,
+        F.cross_entropy,
+        batches,
+        max_iters=cfg.lanczos_iters,
+        tol=cfg.lanczos_tol,
+        seed=seed,
+        retain_graph=cfg.retain_graph,
+    )
+    trace, fro = curvature.hessian_trace_and_frobenius(
+        model,
+        F.cross_entropy,
+        batches,
+        n_probes=cfg.hutchinson_probes,
+        seed=seed,
+        retain_graph=cfg.retain_graph,
+        method=cfg.trace_method,
+    )
     # Eq. 7 compares Tr(H) with the loss E(l): the same examples, mode and weights as the Hessian.
-    return {"probe_loss": curvature.mean_loss(model, F.cross_entropy, batches),
-            "lambda_max": eig.value, "lambda_max_converged": eig.converged, "lambda_max_n_hvp": eig.n_hvp,
-            "hessian_trace": trace.value, "hessian_trace_stderr": trace.stderr,
-            "hessian_fro": fro.value, "hessian_fro_stderr": fro.stderr}
+    return {
+        "probe_loss": curvature.mean_loss(model, F.cross_entropy, batches),
+        "lambda_max": eig.value,
+        "lambda_max_converged": eig.converged,
+        "lambda_max_n_hvp": eig.n_hvp,
+        "hessian_trace": trace.value,
+        "hessian_trace_stderr": trace.stderr,
+        "hessian_fro": fro.value,
+        "hessian_fro_stderr": fro.stderr,
+    }
 
 
-def noise_scale(model: nn.Module, data: TensorData, cfg: CurvatureConfig, idx: torch.Tensor,
-                seed: int) -> dict[str, Any]:
+def noise_scale(
+    model: nn.Module, data: TensorData, cfg: CurvatureConfig, idx: torch.Tensor, seed: int
+) -> dict[str, Any]:
     """B_simple = tr(Sigma) / |G|^2 (examples) and its standard error, by ``cfg.noise_method``:
     of the whole training set (``full``, default), or two-batch on the probe subset."""
     if not cfg.noise_scale:
         return {"grad_noise_scale": None, "grad_noise_scale_stderr": None}
     if cfg.noise_method == "full":
-        ns = curvature.gradient_noise_scale_full(model, F.cross_entropy, data.x_train, data.y_train,
-                                                 b_small=cfg.noise_b_small, n_batches=cfg.noise_pairs,
-                                                 seed=seed, chunk_size=cfg.batch_size)
+        ns = curvature.gradient_noise_scale_full(
+            model,
+            F.cross_entropy,
+            data.x_train,
+            data.y_train,
+            b_small=cfg.noise_b_small,
+            n_batches=cfg.noise_pairs,
+            seed=seed,
+            chunk_size=cfg.batch_size,
+        )
     else:
         if cfg.noise_b_big > len(idx):
             return {"grad_noise_scale": None, "grad_noise_scale_stderr": None}
         xs, ys = data.x_train[idx.to(data.x_train.device)], data.y_train[idx.to(data.y_train.device)]
-        ns = curvature.gradient_noise_scale(model, F.cross_entropy, xs, ys, b_small=cfg.noise_b_small,
-                                            b_big=cfg.noise_b_big, n_pairs=cfg.noise_pairs, seed=seed,
-                                            chunk_size=cfg.batch_size)
+        ns = curvature.gradient_noise_scale(
+            model,
+            F.cross_entropy,
+            xs,
+            ys,
+            b_small=cfg.noise_b_small,
+            b_big=cfg.noise_b_big,
+            n_pairs=cfg.noise_pairs,
+            seed=seed,
+            chunk_size=cfg.batch_size,
+        )
     return {"grad_noise_scale": ns.b_simple, "grad_noise_scale_stderr": ns.b_simple_stderr}
 
 

@@ -45,12 +45,14 @@ hyperbolic while CLR's is linear (a quarter cycle in: 0.005/384 = 1.30e-5 agains
 lr(t) = 128 * 0.005 / S(t). We keep the triangle in value space, as the paper did; ``ratio_at``
 exposes eta/S to compare the two.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 KINDS = ("constant", "step", "cyclic_lr", "cyclic_batch")
 WAVES = ("triangle", "square")
@@ -59,7 +61,7 @@ STARTS = ("low", "high")
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    kind: str = "constant"     # constant | step | cyclic_lr | cyclic_batch
+    kind: str = "constant"  # constant | step | cyclic_lr | cyclic_batch
     # step: lr multiplied by `factor` at each epoch in `milestones` (e.g. (60, 100, 140, 180),
     # factor 0.1) or every `every` epochs (e.g. every 25, factor 0.5); exactly one of the two.
     milestones: tuple[int, ...] = ()

@@ -8,6 +8,7 @@ one forward, one backward and one update, captured as a CUDA graph on GPUs. ``ru
 and benchmarked without Ray; ``train_trial`` is the Ray Tune function trainable around it, with
 checkpoints that let a restarted trial continue the same batch orders.
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,9 +18,10 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -48,17 +50,18 @@ PackReporter = Callable[[list[dict[str, Any]], Callable[[], dict[str, Any]]], No
 @dataclass(frozen=True)
 class TrialPoint:
     """What varies between the trials of a sweep (see ``lrbs.sweeps.spec.expand_points``)."""
+
     lr: float
     batch_size: int
     seed: int
-    beta: float | None = None       # beta family member: lr = lr0*beta, S = S0*beta (Fig. 5)
-    rescale: str | None = None      # rescaling rule that derived lr from S (Fig. 2)
-    n_train: int | None = None      # per-point training-set size (overrides dataset.n_train)
-    variant: str | None = None      # label of a named explicit point (Fig. 1)
-    schedule: dict | None = None    # per-point schedule (replaces the sweep's schedule)
+    beta: float | None = None  # beta family member: lr = lr0*beta, S = S0*beta (Fig. 5)
+    rescale: str | None = None  # rescaling rule that derived lr from S (Fig. 2)
+    n_train: int | None = None  # per-point training-set size (overrides dataset.n_train)
+    variant: str | None = None  # label of a named explicit point (Fig. 1)
+    schedule: dict | None = None  # per-point schedule (replaces the sweep's schedule)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrialPoint":
+    def from_dict(cls, data: dict[str, Any]) -> TrialPoint:
         return from_dict(cls, data)
 
 
@@ -79,8 +82,8 @@ def evaluate_pack(pack, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tu
     loss_sum = torch.zeros(pack.k, device=x.device, dtype=torch.float64)
     correct = torch.zeros(pack.k, device=x.device, dtype=torch.int64)
     for start in range(0, len(x), batch_size):
-        logits = pack.forward(x[start:start + batch_size], training=False)  # (K, B, C)
-        yb = y[start:start + batch_size]
+        logits = pack.forward(x[start : start + batch_size], training=False)  # (K, B, C)
+        yb = y[start : start + batch_size]
         for j in range(pack.k):  # one reduction per member: the same float32 sums whatever K is
             loss_sum[j] += F.cross_entropy(logits[j], yb, reduction="sum").double()
         correct += (logits.argmax(2) == yb).sum(1)
@@ -97,6 +100,7 @@ class _Steps:
     size; ``WARMUP`` real steps run eagerly on a side stream before each capture (lazy cuBLAS and
     autograd set-up must not happen inside it), so a graphed epoch trains exactly the same steps.
     """
+
     WARMUP = 2
 
     def __init__(self, pack, opt: PackSGD, x_train, y_train, use_graphs: bool):
@@ -110,7 +114,7 @@ class _Steps:
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor | None]] = {}
 
     def _step(self, idx: torch.Tensor, aug: torch.Tensor | None = None) -> None:
-        xb, yb = self.x[idx], self.y[idx]                      # (K, S, ...), (K, S)
+        xb, yb = self.x[idx], self.y[idx]  # (K, S, ...), (K, S)
         if aug is not None:  # (K, S, 3) crop/flip draws of these examples (trainables/augment.py)
             k, s = idx.shape
             xb = augment.apply(xb.flatten(0, 1), aug.flatten(0, 1)).view(k, s, *xb.shape[2:])
@@ -129,6 +133,7 @@ class _Steps:
 
     def epoch(self, perms: torch.Tensor, s: int, n_steps: int, augs: torch.Tensor | None = None) -> None:
         """``perms`` (K, N) batch order; ``augs`` (K, N, 3) augmentation draws (None: none)."""
+
         def aug(lo: int, hi: int) -> torch.Tensor | None:
             return None if augs is None else augs[:, lo:hi]
 
@@ -143,7 +148,7 @@ class _Steps:
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 for first in range(self.WARMUP):
-                    self._step(perms[:, first * s:(first + 1) * s], aug(first * s, (first + 1) * s))
+                    self._step(perms[:, first * s : (first + 1) * s], aug(first * s, (first + 1) * s))
             torch.cuda.current_stream().wait_stream(stream)
             first = self.WARMUP
             static_idx = perms[:, :s].clone()
@@ -154,18 +159,18 @@ class _Steps:
                     self._step(static_idx, static_aug)
                 self.graphs[s] = (graph, static_idx, static_aug)
             except RuntimeError as exc:  # a model the graph cannot hold: train eagerly, same steps
-                warnings.warn(f"CUDA graph capture failed, training eagerly: {str(exc).splitlines()[0]}")
+                warnings.warn(f"CUDA graph capture failed, training eagerly: {str(exc).splitlines()[0]}", stacklevel=2)
                 self.use_graphs = False
         if s in self.graphs:
             graph, static_idx, static_aug = self.graphs[s]
             for step in range(first, n_steps):
-                static_idx.copy_(perms[:, step * s:(step + 1) * s])
+                static_idx.copy_(perms[:, step * s : (step + 1) * s])
                 if static_aug is not None:
-                    static_aug.copy_(augs[:, step * s:(step + 1) * s])
+                    static_aug.copy_(augs[:, step * s : (step + 1) * s])
                 graph.replay()
         else:
             for step in range(first, n_steps):
-                self._step(perms[:, step * s:(step + 1) * s], aug(step * s, (step + 1) * s))
+                self._step(perms[:, step * s : (step + 1) * s], aug(step * s, (step + 1) * s))
         self.pack.count_batches(n_steps)
 
 
@@ -213,8 +218,10 @@ def run_pack(
     first_epoch, examples_seen, steps, wall_before = 1, 0, 0, 0.0
     if start_state is not None:
         if start_state.get("format") != "pack-v1":
-            raise ValueError("run_pack: checkpoint written by an older lrbs (no pack format); restart the trial "
-                             "from scratch (lrbs resume --restart-errored)")
+            raise ValueError(
+                "run_pack: checkpoint written by an older lrbs (no pack format); restart the trial "
+                "from scratch (lrbs resume --restart-errored)"
+            )
         if len(start_state["members"]) != len(points):
             raise ValueError(f"run_pack: checkpoint of {len(start_state['members'])} members for {len(points)} points")
         for gen, m in zip(gens, start_state["members"]):
@@ -282,21 +289,42 @@ def run_pack(
                 keep.append(i)
                 status[j] = FINISHED if epoch == train.epochs else RUNNING
             row: dict[str, Any] = {
-                "member": j, "epoch": epoch, "lr": lr, "batch_size": s, "ratio": lr / s, "seed": p.seed,
-                "n_train": n, "beta": p.beta, "rescale": p.rescale, "variant": p.variant,
-                "schedule": scheds[j].kind, "train_loss": train_losses[i], "train_acc": train_accs[i],
-                "val_loss": val_losses[i], "val_acc": val_accs[i], "steps": steps, "examples_seen": examples_seen,
+                "member": j,
+                "epoch": epoch,
+                "lr": lr,
+                "batch_size": s,
+                "ratio": lr / s,
+                "seed": p.seed,
+                "n_train": n,
+                "beta": p.beta,
+                "rescale": p.rescale,
+                "variant": p.variant,
+                "schedule": scheds[j].kind,
+                "train_loss": train_losses[i],
+                "train_acc": train_accs[i],
+                "val_loss": val_losses[i],
+                "val_acc": val_accs[i],
+                "steps": steps,
+                "examples_seen": examples_seen,
             }
             if epoch == train.epochs and status[j] != DIVERGED:
                 row.update(train_eval_loss=train_eval[0][i], train_eval_acc=train_eval[1][i])
             # No probes on a diverged model: its Hessian is not a minimum's (and may be NaN).
             if status[j] != DIVERGED and probe_due(probes, epoch, train.epochs):
                 probe_model.load_state_dict(pack.member_state(i))
-                probed = run_probes(probe_model, data, probes, trial_probe_seed(
-                    probes.seed, p.lr, p.batch_size, p.seed, p.beta, p.rescale, p.variant, n))
+                probed = run_probes(
+                    probe_model,
+                    data,
+                    probes,
+                    trial_probe_seed(probes.seed, p.lr, p.batch_size, p.seed, p.beta, p.rescale, p.variant, n),
+                )
                 if probed.get("probe_error"):  # the row keeps the error and null probe columns; training goes on
-                    print(f"[lrbs] probes failed at epoch {epoch} (lr {p.lr:g}, S {p.batch_size}, seed {p.seed}): "
-                          f"{probed['probe_error']}", file=sys.stderr, flush=True)
+                    print(
+                        f"[lrbs] probes failed at epoch {epoch} (lr {p.lr:g}, S {p.batch_size}, seed {p.seed}): "
+                        f"{probed['probe_error']}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 row.update(probed)
             rows.append(row)
         now = time.perf_counter()
@@ -309,18 +337,36 @@ def run_pack(
                 stepper.reset()
             active = [active[i] for i in keep]
 
-        def state(epoch=epoch, wall_s=rows[0]["wall_s"], examples_seen=examples_seen, steps=steps,
-                  active=list(active), status=list(status)) -> dict[str, Any]:
+        def state(
+            epoch=epoch,
+            wall_s=rows[0]["wall_s"],
+            examples_seen=examples_seen,
+            steps=steps,
+            active=list(active),  # noqa: B006 -- defaults snapshot this epoch for the checkpoint
+            status=list(status),  # noqa: B006
+        ) -> dict[str, Any]:
             members = []
             for j in range(len(points)):
                 i = active.index(j) if j in active else None
-                members.append({
-                    "status": status[j], "order_rng": gens[j].get_state(),
-                    "model": pack.member_state(i) if i is not None else None,
-                    "momentum": pack.member_tensors(opt.bufs, i) if i is not None and opt.bufs is not None else None,
-                })
-            return {"format": "pack-v1", "members": members, "torch_rng": torch.get_rng_state(),
-                    "epoch": epoch, "steps": steps, "examples_seen": examples_seen, "wall_s": wall_s}
+                members.append(
+                    {
+                        "status": status[j],
+                        "order_rng": gens[j].get_state(),
+                        "model": pack.member_state(i) if i is not None else None,
+                        "momentum": pack.member_tensors(opt.bufs, i)
+                        if i is not None and opt.bufs is not None
+                        else None,
+                    }
+                )
+            return {
+                "format": "pack-v1",
+                "members": members,
+                "torch_rng": torch.get_rng_state(),
+                "epoch": epoch,
+                "steps": steps,
+                "examples_seen": examples_seen,
+                "wall_s": wall_s,
+            }
 
         for row in rows:
             check_row(row)  # an undeclared probe or metric column is an error, never silently dropped
@@ -330,8 +376,9 @@ def run_pack(
     return status
 
 
-def run_training(point: TrialPoint, dataset: DatasetConfig, model_cfg: ModelConfig, train: TrainConfig,
-                 report: Reporter, **kwargs) -> str:
+def run_training(
+    point: TrialPoint, dataset: DatasetConfig, model_cfg: ModelConfig, train: TrainConfig, report: Reporter, **kwargs
+) -> str:
     """One point alone: a pack of one (same arguments as ``run_pack``), ``report(row, state)``."""
     return run_pack([point], dataset, model_cfg, train, lambda rows, state: report(rows[0], state), **kwargs)[0]
 
@@ -361,21 +408,36 @@ def first_loadable_state(directories: list[str | Path], max_epoch: int | None = 
         except OSError as exc:
             if "://" in str(directory) and not isinstance(exc, FileNotFoundError):
                 raise  # the store unreachable, not a damaged checkpoint: fail, and Tune retries the trial
-            print(f"[lrbs] checkpoint {directory} does not load ({type(exc).__name__}: {str(exc)[:200]}); "
-                  f"trying the one before it", file=sys.stderr, flush=True)
+            print(
+                f"[lrbs] checkpoint {directory} does not load ({type(exc).__name__}: {str(exc)[:200]}); "
+                f"trying the one before it",
+                file=sys.stderr,
+                flush=True,
+            )
             continue
         except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
-            print(f"[lrbs] checkpoint {directory} does not load ({type(exc).__name__}: {str(exc)[:200]}); "
-                  f"trying the one before it", file=sys.stderr, flush=True)
+            print(
+                f"[lrbs] checkpoint {directory} does not load ({type(exc).__name__}: {str(exc)[:200]}); "
+                f"trying the one before it",
+                file=sys.stderr,
+                flush=True,
+            )
             continue
         if max_epoch is not None and int(state.get("epoch", 0)) > max_epoch:
-            print(f"[lrbs] checkpoint {directory} is from epoch {state.get('epoch')}, past the last epoch with "
-                  f"rows ({max_epoch}); trying the one before it", file=sys.stderr, flush=True)
+            print(
+                f"[lrbs] checkpoint {directory} is from epoch {state.get('epoch')}, past the last epoch with "
+                f"rows ({max_epoch}); trying the one before it",
+                file=sys.stderr,
+                flush=True,
+            )
             continue
         return state
     if directories:
-        print(f"[lrbs] no usable checkpoint of this trial ({len(directories)} tried); starting from scratch",
-              file=sys.stderr, flush=True)
+        print(
+            f"[lrbs] no usable checkpoint of this trial ({len(directories)} tried); starting from scratch",
+            file=sys.stderr,
+            flush=True,
+        )
     return None
 
 
@@ -392,8 +454,10 @@ def tune_start_state(config: dict[str, Any]) -> dict[str, Any] | None:
         if isinstance(checkpoint.filesystem, pafs.LocalFileSystem):
             latest = Path(checkpoint.path)
             # the kept ones before it (never a newer orphan: its rows may not have been written)
-            candidates += [latest, *(p for p in sorted(latest.parent.glob("checkpoint_*"), reverse=True)
-                                     if p.name < latest.name)]
+            candidates += [
+                latest,
+                *(p for p in sorted(latest.parent.glob("checkpoint_*"), reverse=True) if p.name < latest.name),
+            ]
         else:  # a remote store: no listing of older ones here
             with checkpoint.as_directory() as directory:
                 state = first_loadable_state([directory])
@@ -421,8 +485,11 @@ class CheckpointClock:
 
     def due(self, epoch: int, status: str) -> bool:
         now = time.monotonic()
-        if (status != RUNNING or (self.every and epoch % self.every == 0)
-                or (self.every_s is not None and now - self.last >= self.every_s)):
+        if (
+            status != RUNNING
+            or (self.every and epoch % self.every == 0)
+            or (self.every_s is not None and now - self.last >= self.every_s)
+        ):
             self.last = now
             return True
         return False
@@ -473,8 +540,12 @@ def train_trial(config: dict[str, Any]) -> None:
         summary = pack_summary(rows)
         # pack_rows keyed by member: Tune's loggers flatten it to per-member scalars
         # (pack_rows/<j>/train_loss in TensorBoard) instead of refusing a list.
-        result = {"pack_rows": {str(r["member"]): r for r in rows}, "epoch": epoch,
-                  "val_acc": max(accs) if accs else float("nan"), "status": summary}
+        result = {
+            "pack_rows": {str(r["member"]): r for r in rows},
+            "epoch": epoch,
+            "val_acc": max(accs) if accs else float("nan"),
+            "status": summary,
+        }
         tune_report(result, state, clock.due(epoch, summary))
 
     run_pack(

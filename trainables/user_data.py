@@ -8,6 +8,7 @@ built-ins, and ``dataset.val_fraction`` does not apply (the factory returns its 
 split). Every check below is one line naming ``dataset.name`` or ``dataset.options``, so a bad
 factory fails ``lrbs validate`` before any trial starts.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -70,10 +71,14 @@ def _tensors(name: str, out: Any) -> TensorData:
         if x.dim() < 2 or len(x) == 0:
             raise DataError(f"{field}: {name}'s x_{split} must have shape (N, ...) with N >= 1 (got {tuple(x.shape)})")
         if x[0].numel() == 0:
-            raise DataError(f"{field}: {name}'s x_{split} has no features: each example has shape "
-                            f"{tuple(x.shape[1:])} (got {tuple(x.shape)})")
+            raise DataError(
+                f"{field}: {name}'s x_{split} has no features: each example has shape "
+                f"{tuple(x.shape[1:])} (got {tuple(x.shape)})"
+            )
         if y.dim() != 1:
-            raise DataError(f"{field}: {name}'s y_{split} must be one label per example, shape (N,) (got {tuple(y.shape)})")
+            raise DataError(
+                f"{field}: {name}'s y_{split} must be one label per example, shape (N,) (got {tuple(y.shape)})"
+            )
         if len(x) != len(y):
             raise DataError(f"{field}: {name}'s x_{split} and y_{split} differ in length ({len(x)} vs {len(y)})")
         if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
@@ -81,8 +86,10 @@ def _tensors(name: str, out: Any) -> TensorData:
         if not (x.is_floating_point() or x.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)):
             raise DataError(f"{field}: {name}'s x_{split} must be numeric (got {x.dtype})")
     if t["x_train"].shape[1:] != t["x_val"].shape[1:]:
-        raise DataError(f"{field}: {name}'s x_train and x_val differ in example shape "
-                        f"({tuple(t['x_train'].shape[1:])} vs {tuple(t['x_val'].shape[1:])})")
+        raise DataError(
+            f"{field}: {name}'s x_train and x_val differ in example shape "
+            f"({tuple(t['x_train'].shape[1:])} vs {tuple(t['x_val'].shape[1:])})"
+        )
     x_train, x_val = t["x_train"].to(torch.float32), t["x_val"].to(torch.float32)
     for split, x in (("train", x_train), ("val", x_val)):
         bad = int((~torch.isfinite(x)).sum())
@@ -97,16 +104,17 @@ def _tensors(name: str, out: Any) -> TensorData:
     for split, y in (("train", y_train), ("val", y_val)):
         lo, hi = int(y.min()), int(y.max())
         if lo < 0 or hi >= n_classes:
-            raise DataError(f"{field}: {name}'s y_{split} has labels outside [0, {n_classes}) "
-                            f"(min {lo}, max {hi})")
+            raise DataError(f"{field}: {name}'s y_{split} has labels outside [0, {n_classes}) (min {lo}, max {hi})")
     return TensorData(x_train.contiguous(), y_train, x_val.contiguous(), y_val, n_classes)
 
 
 def raw(cfg: DatasetConfig) -> TensorData:
     """The factory's whole split, checked (the factory runs once per process for these options)."""
     if cfg.val_fraction is not None:
-        raise DataError(f"dataset.val_fraction: {cfg.name} returns its own validation split; leave "
-                        f"val_fraction unset (got {cfg.val_fraction})")
+        raise DataError(
+            f"dataset.val_fraction: {cfg.name} returns its own validation split; leave "
+            f"val_fraction unset (got {cfg.val_fraction})"
+        )
     return _raw(cfg.name, cfg.options)
 
 
