@@ -338,7 +338,7 @@ def settings_to_dict(settings: SearchSettings) -> dict:
     """Plain data, kept in every search trial's config (``beta_search``): the report replays the
     search from the trial table with it, without the spec or the data set. ``min_drop`` is left
     out when None: a resume rebuilds the same config as the trials it continues (attempts are
-    matched by config, ``lrbs.analysis.tables``) whether or not they were written with the key."""
+    matched by config, ``lrbs.rundir.tables``) whether or not they were written with the key."""
     data = {**asdict(settings), "betas": list(settings.betas), "seeds": list(settings.seeds)}
     if data["min_drop"] is None:
         data.pop("min_drop")
@@ -361,9 +361,9 @@ def size_of(row: dict) -> int | None:
 
 
 def outcomes_from_trials(trials, betas: tuple[float, ...], errored: list[dict] | None = None) -> list[Outcome]:
-    """The ended trials of a run's trial table (``lrbs.analysis.tables.load_trials``) as outcomes:
+    """The ended trials of a run's trial table (``lrbs.rundir.tables.load_trials``) as outcomes:
     finished or diverged, with their max val acc; and ``errored`` (points of trials whose record
-    says ERROR, ``lrbs.sweeps.ledger``) as ended without a value, as the searcher counted them. The
+    says ERROR, ``lrbs.rundir.records``) as ended without a value, as the searcher counted them. The
     size is the point's own ``n_train`` (None where the spec's ``beta.n_train`` is empty)."""
     out = []
     for r in trials.to_pylist() if trials.num_rows else []:

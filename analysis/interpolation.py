@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from lrbs.analysis.tables import read_stream_file
+from lrbs.rundir.tables import read_stream_file
 
 INTERPOLATION_COLUMNS = ("alpha", "train_loss", "train_acc", "val_loss", "val_acc", "trial_a", "trial_b")
 

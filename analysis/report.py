@@ -18,13 +18,14 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from lrbs.analysis.compare import RunView, render_compare_html, render_compare_md
 from lrbs.analysis.render import _json_safe, render_html, render_md
-from lrbs.analysis.safe_write import write_file_safely
 from lrbs.analysis.sections import SECTIONS, Section, _running_note
-from lrbs.analysis.tables import load_metrics_with_report
 from lrbs.analysis.trialinfo import trial_table
+from lrbs.rundir.layout import REPORT_FILES
+from lrbs.rundir.safe_write import write_file_safely
+from lrbs.rundir.tables import load_metrics_with_report
 
 FORMATS = ("html", "json", "md")
-FILE_NAMES = {"html": "report.html", "json": "fits.json", "md": "report.md"}
+FILE_NAMES = REPORT_FILES
 
 
 @dataclass

@@ -26,6 +26,7 @@ from lrbs.analysis.fits import CI_METHOD, ratio_fit, slope_text
 from lrbs.analysis.geometry import GEOMETRY_METRICS, eq7_check, ratio_band_fit
 from lrbs.analysis.interpolation import load_interpolations, summarize
 from lrbs.analysis.trialinfo import has_values
+from lrbs.rundir.points import from_config
 
 # (column, fit on log10 of the value?) for the eta/S fits.
 FIT_METRICS = (("final_val_acc", False), ("max_val_acc", False), ("final_train_loss", True))
@@ -501,10 +502,10 @@ def section_beta_search(metrics: pa.Table, trials: pa.Table, run_dir: Path | Non
         return sec.skip("no beta.search in this run (its betas were a fixed ladder, if any)")
     errored = []
     if run_dir is not None:  # trials that ended in ERROR: the search counted them (ended, no value)
-        from lrbs.sweeps.ledger import ERROR, current_records, member_points, read_ledger
+        from lrbs.rundir.records import ERROR, current_records, read_ledger
 
         records, _ = read_ledger(run_dir)
-        errored = [p for r in current_records(records) if r.status == ERROR for p in member_points(r.point)]
+        errored = [p for r in current_records(records) if r.status == ERROR for p in from_config(r.point)]
     rep = search_report(metrics, trials, errored)
     rows = []
     for r in rep["sizes"]:

@@ -13,7 +13,7 @@ import math
 
 import pyarrow as pa
 
-from lrbs.analysis.tables import trials_from_metrics
+from lrbs.rundir.tables import trials_from_metrics
 
 
 def _is_value(v) -> bool:

@@ -411,7 +411,7 @@ def build_run_dir(run_dir: Path) -> list[int]:
     """A finished one-trial run (3 epochs) as ``lrbs run`` leaves it: spec.yaml, one metric file
     written row by row through ArrowMetricsSink, a TERMINATED trial record. Returns the metric
     file's size after each row (record boundaries)."""
-    from lrbs.sweeps.ledger import TERMINATED, TrialRecord, write_record
+    from lrbs.rundir.records import TERMINATED, TrialRecord, write_record
     from lrbs.sweeps.metrics_sink import ArrowMetricsSink, row_from_result
     from lrbs.sweeps.spec import expand_points, spec_from_dict
 

@@ -158,7 +158,7 @@ def measure(code: str, run_dir: Path) -> tuple[float, float, str]:
 LAYOUTS = {
     # name: (compact_every, module with load_metrics / trials_from_metrics)
     "old": (0, "benchmarks.old_readers"),  # stream files only, readers in Python per row (before issue 15)
-    "new": (None, "lrbs.analysis.tables"),  # compacted Parquet, vectorized readers
+    "new": (None, "lrbs.rundir.tables"),  # compacted Parquet, vectorized readers
 }
 
 
@@ -172,7 +172,7 @@ def measure_layout(run_dir: Path, layout: str, n_trials: int, epochs: int, repor
     )
     out["load_metrics"] = (s, rss)
     code = (
-        "from lrbs.analysis.tables import load_trials; t = load_trials(run_dir)"
+        "from lrbs.rundir.tables import load_trials; t = load_trials(run_dir)"
         if layout == "new"
         else f"from {module} import load_metrics, trials_from_metrics; t = trials_from_metrics(load_metrics(run_dir))"
     )
@@ -181,7 +181,7 @@ def measure_layout(run_dir: Path, layout: str, n_trials: int, epochs: int, repor
     # One fit against eta/S with its interval, as the report does for every fitted metric: the old
     # 1,000-resample bootstrap over seeds (a per-resample loop), or the t interval on point means.
     fit = (
-        "import numpy as np; from lrbs.analysis.tables import load_trials; from lrbs.analysis.fits import ratio_fit; "
+        "import numpy as np; from lrbs.rundir.tables import load_trials; from lrbs.analysis.fits import ratio_fit; "
         "import benchmarks.old_readers as old; t = load_trials(run_dir); "
         "x = np.log10(np.array(t.column('ratio').to_pylist())); y = np.array(t.column('final_val_acc').to_pylist()); "
         "keys = list(zip(t.column('lr').to_pylist(), t.column('batch_size').to_pylist())); g = {}; "

@@ -1,6 +1,6 @@
 """The metric readers as they were before issue 15 (Python per row): the old way for
 benchmarks/metrics_scale.py, and a test oracle that the
-vectorized readers of ``analysis/tables.py`` must equal on the frozen fixtures and on runs
+vectorized readers of ``rundir/tables.py`` must equal on the frozen fixtures and on runs
 written through the real sink (tests/test_compaction.py)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 import pyarrow as pa
 
 # unchanged by issue 15 (dedupe_last was already vectorized): shared, not copied
-from lrbs.analysis.tables import (
+from lrbs.rundir.tables import (
     PROBE_COLUMNS,
     TRIAL_COLUMNS,
     _attempt_key,

@@ -373,7 +373,7 @@ def bench_quickstart(quick: bool) -> list[Row]:
                 raise RuntimeError(f"lrbs run ({label}) failed: {proc.stderr.strip().splitlines()[-1:]}")
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("[lrbs] time:")), "")
             out[label] = (wall, line)
-        from lrbs.analysis.tables import load_trials
+        from lrbs.rundir.tables import load_trials
 
         finals = {
             label: {(t["lr"], t["batch_size"], t["seed"]): t for t in load_trials(f"{tmp}/runs/{label}").to_pylist()}

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lrbs.analysis.schema import METRIC_SCHEMA
+from lrbs.rundir.schema import METRIC_SCHEMA
 
 
 def synthetic_rows(points: int, epochs: int) -> list[list[dict]]:

@@ -19,7 +19,8 @@ from typing import Any, TextIO
 from ray.tune.search import Searcher
 
 from lrbs.analysis.beta_search import Outcome, _beta_index, outcomes_from_trials, plan_search
-from lrbs.sweeps.ledger import FINAL_ROW_STATUSES as ENDED
+from lrbs.rundir.points import from_config
+from lrbs.rundir.records import FINAL_ROW_STATUSES as ENDED
 from lrbs.sweeps.progress import say
 
 
@@ -101,7 +102,7 @@ class BetaSearcher(Searcher):
             self.queue += plan_packs(self.spec, points)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        from lrbs.sweeps.packing import tune_point
+        from lrbs.rundir.points import to_config
 
         if not self.queue:
             self._propose()
@@ -114,7 +115,7 @@ class BetaSearcher(Searcher):
         pack = self.queue.pop(0)
         running = {(o.n_train, o.k, o.seed): o for o in self.outcomes if not o.ended}
         self.live[trial_id] = [running.get(self._key(p)) for p in pack]  # None: a member that ended already
-        return {"point": tune_point(pack)}
+        return {"point": to_config(pack)}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         best = self.best.setdefault(trial_id, {})
@@ -141,17 +142,17 @@ def search_resumption(spec, trials, packs: list[list[dict]], records: dict, rest
     """``BetaSearcher`` keywords for ``lrbs resume``: the ended trials (from the trial table),
     the packs the resume continues (queued first), the next step number; and ``n_left``, how
     many trials the session may still train (0: the search has ended, nothing to start)."""
-    from lrbs.sweeps.ledger import ERROR, current_records, member_points
+    from lrbs.rundir.records import ERROR, current_records
     from lrbs.sweeps.spec import search_settings
 
     settings = search_settings(spec)
     errored = (
         []
         if restart_errored
-        else [p for r in current_records(records) if r.status == ERROR for p in member_points(r.point)]
+        else [p for r in current_records(records) if r.status == ERROR for p in from_config(r.point)]
     )
     done = outcomes_from_trials(trials, settings.betas, errored)
-    steps = [p.get("search_step", -1) for r in records.values() for p in member_points(r.point)]
+    steps = [p.get("search_step", -1) for r in records.values() for p in from_config(r.point)]
     first_step = max(steps, default=-1) + 1
     if not packs:
         _, proposals = plan_search(done, settings, list(spec.beta.n_train) or [None])

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from lrbs.analysis.safe_write import UnsafePathError
+from lrbs.rundir.safe_write import UnsafePathError
 from lrbs.sweeps.errors import LrbsError
 from lrbs.sweeps.export import FORMATS as EXPORT_FORMATS
 
@@ -217,8 +217,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
+    from lrbs.rundir.points import split_member_id
     from lrbs.sweeps.interpolate import INTERP_DIR, write_interpolation
-    from lrbs.sweeps.packing import split_member_id
     from lrbs.sweeps.remote import fetch_run_dir, fetch_trial_folders, open_run
 
     if args.num < 2 or args.alpha_min >= args.alpha_max:
@@ -268,7 +268,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     run_dir = fetch_run_dir(args.run_dir)  # a URI: its data files mirrored into the local cache
     loaded = None
     if (run_dir / "metrics").is_dir():  # read once for the table and the summary line
-        from lrbs.analysis.tables import load_metrics_with_report
+        from lrbs.rundir.tables import load_metrics_with_report
 
         loaded = load_metrics_with_report(run_dir)
     print(

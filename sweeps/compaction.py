@@ -11,7 +11,7 @@ Crash safety (exactly-once reading at every point):
 1. the Parquet file is written under a temporary name (``.<name>.<random>.tmp``, which readers
    ignore) and fsynced;
 2. renamed into place (atomic) and the folder fsynced; its metadata names its source files
-   (``lrbs.analysis.schema.COMPACTED_SOURCES``), so from here on readers skip those streams;
+   (``lrbs.rundir.schema.COMPACTED_SOURCES``), so from here on readers skip those streams;
 3. read back (row count) before 4. the sources are deleted.
 A crash between any two steps leaves either the streams alone, or the Parquet file plus streams
 it covers: either way every row is read once. A stream that was cut off or is damaged is never
@@ -26,8 +26,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lrbs.analysis.safe_write import open_for_write
-from lrbs.analysis.schema import COMPACTED_SOURCES
+from lrbs.rundir.safe_write import open_for_write
+from lrbs.rundir.schema import COMPACTED_SOURCES
 
 COMPACT_EVERY = 256  # closed stream files per compacted file (also at the end of every session)
 

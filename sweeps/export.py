@@ -2,7 +2,7 @@
 
 The metric files are Arrow IPC *streams* (appendable while the sweep runs), which
 ``pandas.read_feather``, ``pyarrow.dataset(format="ipc")`` and ``polars.read_ipc`` do not open.
-Export writes what ``lrbs.analysis.tables`` reads, deduplicated (one row per (trial, epoch), each
+Export writes what ``lrbs.rundir.tables`` reads, deduplicated (one row per (trial, epoch), each
 trial's newest attempt): ``epochs.<ext>`` (``load_metrics``) and ``trials.<ext>``
 (``load_trials``). As in ``load_metrics``, ``config_json`` is on each trial's last epoch row only;
 ``trials.<ext>`` has the whole config as ``cfg.*`` columns. Existing files are never overwritten.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lrbs.analysis.safe_write import UnsafePathError, make_dirs, open_for_write
+from lrbs.rundir.safe_write import UnsafePathError, make_dirs, open_for_write
 from lrbs.sweeps.errors import LrbsError
 
 FORMATS = ("parquet", "csv")
@@ -24,7 +24,7 @@ def export_run(run_dir: str | Path, fmt: str = "parquet", out: str | Path | None
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from lrbs.analysis.tables import load_metrics, load_trials
+    from lrbs.rundir.tables import load_metrics, load_trials
 
     run_dir = Path(run_dir)
     if fmt not in FORMATS:

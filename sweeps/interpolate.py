@@ -14,7 +14,7 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from lrbs.analysis.safe_write import UnsafePathError, check_inside, make_dirs, open_for_write, write_file_safely
+from lrbs.rundir.safe_write import UnsafePathError, check_inside, make_dirs, open_for_write, write_file_safely
 from lrbs.sweeps.errors import LrbsError
 from lrbs.sweeps.trust import code_names, require_trust
 
@@ -35,7 +35,7 @@ INTERP_SCHEMA = pa.schema(
 
 def trial_dir(run_dir: Path, trial_id: str) -> Path:
     """Tune's folder of ``trial_id`` that holds its final weights: from the trial's record
-    (``lrbs.sweeps.ledger``), its newest folder with a checkpoint (a trial continued by ``lrbs resume``
+    (``lrbs.rundir.records``), its newest folder with a checkpoint (a trial continued by ``lrbs resume``
     ends in ``RUN_DIR/resume-<session>/``); without a record, the one folder named after it."""
     for logdir in reversed(trial_logdirs(run_dir, trial_id)):
         directory = run_dir / logdir
@@ -53,7 +53,7 @@ def trial_dir(run_dir: Path, trial_id: str) -> Path:
 
 def trial_logdirs(run_dir: Path, trial_id: str) -> list[str]:
     """The trial's folders (relative to the run, oldest first) as its record names them; [] if none."""
-    from lrbs.sweeps.ledger import read_ledger
+    from lrbs.rundir.records import read_ledger
 
     record = read_ledger(run_dir)[0].get(trial_id)
     return list(record.logdirs) if record is not None else []
@@ -68,7 +68,7 @@ def last_checkpoint(directory: Path) -> Path:
 
 def member_checkpoint(run_dir: Path, trial_id: str) -> tuple[dict, dict]:
     """(config, final weights) of one point: a Tune trial, or member j of a pack (``<id>-m<j>``)."""
-    from lrbs.sweeps.packing import member_config, split_member_id
+    from lrbs.rundir.points import member_config, split_member_id
     from lrbs.trainables.train_loop import load_state
 
     tune_id, j = split_member_id(trial_id)
@@ -180,7 +180,7 @@ def write_interpolation(
     trust_code: bool = False,
 ) -> tuple[Path, Path]:
     """Write ``interpolation/<A>__<B>.arrow`` (IPC stream) and ``.html`` (plotly) in the run
-    directory (``lrbs.analysis.safe_write``: new files renamed into place, never through a link)."""
+    directory (``lrbs.rundir.safe_write``: new files renamed into place, never through a link)."""
     from lrbs.analysis.plots import interpolation_plot
 
     run_dir = Path(run_dir)

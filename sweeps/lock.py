@@ -19,9 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from lrbs.rundir.layout import LOCK_FILE
 from lrbs.sweeps.errors import LrbsError
-
-LOCK_FILE = "lock.json"
 
 
 def _process_start(pid: int) -> str | None:

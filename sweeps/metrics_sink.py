@@ -1,11 +1,11 @@
 """Driver-side Tune callbacks that write the run directory: every reported epoch to Arrow IPC
 files (``ArrowMetricsSink``), each trial's record to ``trials/`` (``TrialLedger``,
-``lrbs.sweeps.ledger``), for a run directory in object storage their uploads (``MetricsUploader``), and
+``lrbs.rundir.records``), for a run directory in object storage their uploads (``MetricsUploader``), and
 every point's epochs to the experiment trackers of ``tracking:`` (``TrackingCallback``, ``lrbs.sweeps.tracking``).
 
 Rows are written by the driver (not the trial), so they reach the run directory whatever node
 the trial ran on. Each driver session writes its own file per trial and never reopens an old
-one: a crash can only cut off the tail of the newest file, and readers (``lrbs.analysis.tables``)
+one: a crash can only cut off the tail of the newest file, and readers (``lrbs.rundir.tables``)
 keep the last row written for each (trial_id, epoch).
 """
 
@@ -25,9 +25,9 @@ import pyarrow.fs as pafs
 from ray.tune import Callback
 from ray.tune.result import SHOULD_CHECKPOINT
 
-from lrbs.analysis.schema import METRIC_SCHEMA
+from lrbs.rundir.records import ERROR, RUNNING, TERMINATED, TrialRecord, lineage_id, write_record
+from lrbs.rundir.schema import METRIC_SCHEMA
 from lrbs.sweeps.errors import LrbsError
-from lrbs.sweeps.ledger import ERROR, RUNNING, TERMINATED, TrialRecord, lineage_id, write_record
 from lrbs.sweeps.storage import DEFAULT_UPLOAD_INTERVAL_S, _first_line, upload_changed
 
 
@@ -101,7 +101,7 @@ class ArrowMetricsSink(Callback):
         self._writers[row["trial_id"]][0].flush()  # readable while the sweep runs
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        from lrbs.sweeps.packing import members
+        from lrbs.rundir.points import members
 
         if "pack_rows" in result:  # one row per member still training, each under its own trial id
             ids = members(lineage_id(trial), trial.config)
@@ -230,7 +230,7 @@ class MetricsUploader(Callback):
         self.remote_dir = remote_dir
         self.interval_s = interval_s
         self.sent: dict[str, tuple[int, int]] = {}
-        # (local folder, remote folder, pattern) also kept in step: the trial records (sweeps/ledger.py)
+        # (local folder, remote folder, pattern) also kept in step: the trial records (rundir/records.py)
         self.also = [(Path(a), b, c, {}) for a, b, c in (also or [])]
         self.uploads = 0  # files copied (a file copied again after it grew counts again)
         self._last = time.monotonic()
@@ -271,7 +271,7 @@ class MetricsUploader(Callback):
 
         import pyarrow.parquet as pq
 
-        from lrbs.analysis.schema import COMPACTED_SOURCES
+        from lrbs.rundir.schema import COMPACTED_SOURCES
 
         for name in compacted:
             try:
@@ -342,7 +342,7 @@ class TrackingCallback(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "pack_rows" not in result or not self.trackers:
             return
-        from lrbs.sweeps.packing import members
+        from lrbs.rundir.points import members
         from lrbs.sweeps.tracking import metrics_of, params_of
 
         ids = members(lineage_id(trial), trial.config)

@@ -60,33 +60,3 @@ def plan_packs(spec, points: list[dict[str, Any]] | None = None) -> list[list[di
             packs.append([])
         packs[-1].append(p)
     return [pack for packs in groups.values() for pack in packs]
-
-
-def tune_point(pack: list[dict[str, Any]]) -> dict[str, Any]:
-    """The ``point`` of a Tune trial's config: the point itself, or ``{"members": [...]}``."""
-    return dict(pack[0]) if len(pack) == 1 else {"members": [dict(p) for p in pack]}
-
-
-def member_trial_id(tune_trial_id: str, j: int, k: int) -> str:
-    return tune_trial_id if k == 1 else f"{tune_trial_id}-m{j}"
-
-
-def member_config(config: dict[str, Any], j: int) -> dict[str, Any]:
-    """Member j's trial config as an unpacked trial would have it (its own ``point``)."""
-    point = config.get("point") or {}
-    if "members" not in point:
-        return config
-    return {**config, "point": dict(point["members"][j])}
-
-
-def members(trial_id: str, config: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """(trial id, config) of every point a Tune trial trains."""
-    point = config.get("point") or {}
-    k = len(point["members"]) if "members" in point else 1
-    return [(member_trial_id(trial_id, j, k), member_config(config, j)) for j in range(k)]
-
-
-def split_member_id(trial_id: str) -> tuple[str, int | None]:
-    """``<tune id>-m<j>`` -> (tune id, j); a plain Tune trial id -> (id, None)."""
-    base, sep, j = trial_id.rpartition("-m")
-    return (base, int(j)) if sep and j.isdigit() else (trial_id, None)

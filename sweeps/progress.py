@@ -197,14 +197,14 @@ class ProgressPrinter(Callback):
         self.line.end()  # the last line stays, and what follows starts on a line of its own
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        from lrbs.sweeps.packing import members
+        from lrbs.rundir.points import members
 
         self.running[trial.trial_id] = len(members(trial.trial_id, trial.config))
         self._print()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        from lrbs.sweeps.ledger import lineage_id
-        from lrbs.sweeps.packing import members
+        from lrbs.rundir.points import members
+        from lrbs.rundir.records import lineage_id
 
         ids = members(lineage_id(trial), trial.config)
         rows = list(result.get("pack_rows", {}).values())

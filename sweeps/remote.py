@@ -26,11 +26,11 @@ from urllib.parse import quote
 
 import pyarrow.fs as pafs
 
+from lrbs.rundir.layout import CHECKPOINT_GLOB, LEDGER_DIR, METRIC_DIR
+from lrbs.rundir.records import TrialRecord
 from lrbs.sweeps.errors import LrbsError
-from lrbs.sweeps.ledger import CHECKPOINT_GLOB, LEDGER_DIR, TrialRecord
-from lrbs.sweeps.storage import METRIC_DIR, StorageTarget, _first_line, _join, cache_dir, display, resolve_storage
+from lrbs.sweeps.storage import StorageTarget, _first_line, _join, cache_dir, display, resolve_storage
 
-LOCK_FILE = "lock.json"
 # folder inside the run -> the names lrbs wrote there as data (never Tune's pickles)
 MIRRORED = {"": ("*.json", "*.yaml"), METRIC_DIR: ("*.arrow", "*.parquet"), LEDGER_DIR: ("*.json",)}
 GROWS_ONLY = {METRIC_DIR}  # stream files only grow, compacted files never change: same size, same content

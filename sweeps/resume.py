@@ -7,7 +7,7 @@ The experiment is rebuilt from what lrbs wrote as data, never from Ray's experim
 - ``RUN_DIR/spec.yaml`` (``yaml.safe_load`` and the validation of ``lrbs run``): the points, the
   trainable, its resources, the failure and checkpoint settings;
 - the metric tables: which points wrote their last row (finished or diverged);
-- ``RUN_DIR/trials/*.json`` (``lrbs.sweeps.ledger``): which Tune trial trained which points, where its
+- ``RUN_DIR/trials/*.json`` (``lrbs.rundir.records``): which Tune trial trained which points, where its
   checkpoints are, and whether it ended in ERROR. A run directory without them (written before
   they existed) or with a damaged one is rebuilt from the trial folders' ``params.json``;
 - checkpoints, loaded with ``torch.load(weights_only=True)`` (tensors and plain data only),
@@ -29,13 +29,12 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from lrbs.analysis.safe_write import UnsafePathError, check_inside, write_file_safely
+from lrbs.rundir.layout import LEDGER_DIR, METRIC_DIR, SPEC_COPY, TRACKER_DIRS
+from lrbs.rundir.points import from_config
+from lrbs.rundir.safe_write import UnsafePathError, check_inside, write_file_safely
 from lrbs.sweeps.errors import LrbsError, SweepStopped
-from lrbs.sweeps.ledger import LEDGER_DIR
 from lrbs.sweeps.raylog import RayOutput
 from lrbs.sweeps.runner import (
-    METRIC_DIR,
-    SPEC_COPY,
     fit,
     init_ray,
     plugin_runtime_env,
@@ -73,26 +72,25 @@ def plan_resume(
     param space (point key -> trial id and checkpoints), counts for the first line and the
     trial records (for the ledger to go on with). ``checkpoints(record)``: its checkpoint
     folders, newest first (default: local folders under ``run_dir``; URIs for a remote run)."""
-    from lrbs.sweeps.ledger import (
+    from lrbs.rundir.points import point_key
+    from lrbs.rundir.records import (
         ERROR,
         TERMINATED,
         last_rows,
         ledger_from_trial_dirs,
-        member_points,
         points_done,
         read_ledger,
         resumable_epoch,
     )
     from lrbs.sweeps.packing import plan_packs
     from lrbs.sweeps.spec import expand_points
-    from lrbs.trainables.config import point_key
 
     records, damaged = read_ledger(run_dir)
     rebuilt = ledger_from_trial_dirs(run_dir)
     for trial_id, record in rebuilt.items():  # old layout, or records that did not read
         records.setdefault(trial_id, record)
     # A beta search's points are those it launched (the records); the search proposes the rest.
-    points = [p for r in records.values() for p in member_points(r.point)] if is_search(spec) else expand_points(spec)
+    points = [p for r in records.values() for p in from_config(r.point)] if is_search(spec) else expand_points(spec)
     by_key = {point_key(p): p for p in points}
     if damaged:
         print(
@@ -107,7 +105,7 @@ def plan_resume(
     resume: dict[str, dict[str, Any]] = {}
     counts = {"done": 0, "continued": 0, "restarted": 0, "new": 0}
     for record in sorted(records.values(), key=_recency, reverse=True):
-        keys = [point_key(p) for p in member_points(record.point)]
+        keys = [point_key(p) for p in from_config(record.point)]
         unknown = [k for k in keys if k not in by_key]
         if unknown:
             raise LrbsError(
@@ -188,12 +186,12 @@ def resume_sweep(
 
 
 # Folders a resume writes into (metric rows, trial records, the trackers' default folders)
-RESUME_WRITES = (METRIC_DIR, LEDGER_DIR, "tensorboard", "mlruns", "wandb")
+RESUME_WRITES = (METRIC_DIR, LEDGER_DIR, *TRACKER_DIRS)
 
 
 def _check_write_folders(local: Path) -> None:
     """One line (exit 2) before anything is written or imported if a folder a resume writes into
-    is a link out of the run directory (``lrbs.analysis.safe_write``)."""
+    is a link out of the run directory (``lrbs.rundir.safe_write``)."""
     try:
         for name in RESUME_WRITES:
             check_inside(local, local / name / "_")
@@ -249,8 +247,8 @@ def _resume_locked(
 ) -> None:
     from ray import tune
 
+    from lrbs.rundir.records import resume_plan
     from lrbs.sweeps.compaction import compact_earlier_sessions
-    from lrbs.sweeps.ledger import resume_plan
     from lrbs.sweeps.metrics_sink import ArrowMetricsSink, MetricsUploader, TrackingCallback, TrialLedger, session_tag
     from lrbs.sweeps.progress import ProgressPrinter
     from lrbs.sweeps.spec import to_param_space
@@ -268,7 +266,7 @@ def _resume_locked(
     n_left = counts["continued"] + counts["restarted"] + counts["new"]
     searcher: dict = {}
     if is_search(spec):  # the search goes on from the trials that ended (none is repeated)
-        from lrbs.analysis.tables import load_trials
+        from lrbs.rundir.tables import load_trials
         from lrbs.sweeps.beta_searcher import search_resumption
 
         searcher = search_resumption(spec, load_trials(local), packs, records, restart_errored)

@@ -11,14 +11,13 @@ from typing import TextIO
 
 import yaml
 
-from lrbs.analysis.safe_write import write_file_safely
+from lrbs.rundir.layout import METRIC_DIR, PLUGIN_ROOTS, PROVENANCE_FILE, SPEC_COPY
+from lrbs.rundir.points import from_config
+from lrbs.rundir.safe_write import write_file_safely
 from lrbs.sweeps.errors import LrbsError, SweepStopped
 from lrbs.sweeps.raylog import RayOutput
 from lrbs.sweeps.spec import SweepSpec, to_param_space
 from lrbs.sweeps.trust import resume_command
-
-METRIC_DIR = "metrics"
-SPEC_COPY = "spec.yaml"
 
 
 def storage_root(storage: str | None) -> Path:
@@ -76,9 +75,6 @@ def plugin_runtime_env(spec: SweepSpec) -> dict | None:
     return {"py_modules": paths} if paths else None
 
 
-PLUGIN_ROOTS = "plugins.json"
-
-
 def ship_paths(spec: SweepSpec) -> list[str]:
     """The local package folders or single-file modules of the spec's user factories (installed
     packages and lrbs itself excluded: trainables.plugins.ship_path)."""
@@ -118,7 +114,6 @@ def restore_plugin_folders(run_dir: Path) -> None:
             add_search_root(folder)
 
 
-PROVENANCE = "provenance.json"
 PACKAGES = ("torch", "torchvision", "ray", "pyarrow", "numpy", "scipy", "plotly", "mnist1d")
 
 
@@ -312,8 +307,8 @@ EXIT_TRIALS_ERRORED = 3  # `lrbs run`/`resume`: the sweep ran, but some trials e
 
 def print_outcome(spec: SweepSpec, run_dir: Path, metrics_where: str, out: TextIO, outcome: dict | None = None) -> None:
     """Counts are of points (a pack counts once per member), from lrbs's own files (rows and
-    trial records, ``lrbs.sweeps.ledger.sweep_outcome``); ``outcome`` gets them."""
-    from lrbs.sweeps.ledger import sweep_outcome
+    trial records, ``lrbs.rundir.records.sweep_outcome``); ``outcome`` gets them."""
+    from lrbs.rundir.records import sweep_outcome
 
     counts = sweep_outcome(run_dir, run_points(spec, run_dir))
     extra = f", {counts['unfinished']} unfinished" if counts["unfinished"] else ""
@@ -334,10 +329,10 @@ def run_points(spec: SweepSpec, run_dir: Path) -> list[dict]:
 
     if not is_search(spec):
         return expand_points(spec)
-    from lrbs.sweeps.ledger import current_records, member_points, read_ledger
+    from lrbs.rundir.records import current_records, read_ledger
 
     records, _ = read_ledger(run_dir)
-    return [p for r in current_records(records) for p in member_points(r.point)]
+    return [p for r in current_records(records) for p in from_config(r.point)]
 
 
 def tune_settings(spec: SweepSpec, out: TextIO, **searcher) -> dict:
@@ -518,7 +513,7 @@ def run_sweep(
         info = provenance(spec, address)
         try:
             record_plugin_folders(spec, run_dir)
-            (run_dir / PROVENANCE).write_text(json.dumps(info, indent=1))
+            (run_dir / PROVENANCE_FILE).write_text(json.dumps(info, indent=1))
         except OSError as exc:  # a full disk right at the start
             raise SweepStopped(f"RUN_DIR: cannot write into {run_dir} ({exc.strerror or exc})") from None
         if is_search(spec):

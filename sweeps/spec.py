@@ -1215,11 +1215,12 @@ def to_param_space(
     A single grid over whole points (rather than one per axis) lets later axes pair values
     (rescaling rules, beta families) without Tune crossing them; each pack is one Tune trial.
     ``lrbs resume`` passes the packs still to train and ``resume``: the path of its plan (per trial
-    point, the trial id to keep and the checkpoints to continue from; ``lrbs.sweeps.ledger.resume_entry``).
+    point, the trial id to keep and the checkpoints to continue from; ``lrbs.rundir.records.resume_entry``).
     """
     from ray import tune
 
-    from lrbs.sweeps.packing import plan_packs, tune_point
+    from lrbs.rundir.points import to_config
+    from lrbs.sweeps.packing import plan_packs
 
     shared = spec.to_dict()
     for key in ("grid", "description", "rescale", "beta", "variants", "limits", "tracking"):
@@ -1231,7 +1232,7 @@ def to_param_space(
         points = {"beta_search": settings_to_dict(search_settings(spec))}
     else:
         packs = plan_packs(spec) if packs is None else packs
-        points = {"point": tune.grid_search([tune_point(pack) for pack in packs])}
+        points = {"point": tune.grid_search([to_config(pack) for pack in packs])}
         if spec.beta is not None and spec.beta.min_drop is not None:  # read back by the breakdown section
             points["beta_test"] = {"min_drop": spec.beta.min_drop}
     return {

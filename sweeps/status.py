@@ -1,7 +1,7 @@
 """``lrbs status RUN_DIR``: the trials of a run, read from files only (no Ray, no unpickling).
 
 Trial status, failures and errors come from lrbs's trial records (``RUN_DIR/trials/``,
-``lrbs.sweeps.ledger``); a trial whose driver is gone (no live holder of the run directory's lock)
+``lrbs.rundir.records``); a trial whose driver is gone (no live holder of the run directory's lock)
 while its record says RUNNING is stopped.
 Run directories written before the records existed are read from Ray Tune's newest
 ``experiment_state-*.json`` (plain JSON; its cloudpickled fields are never decoded) and the
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lrbs.rundir.layout import LEDGER_DIR, LOCK_FILE
 from lrbs.sweeps.errors import LrbsError
 from lrbs.sweeps.summary import Progress
 
@@ -116,8 +117,8 @@ def _ledger_trials(run_dir: Path) -> list[dict[str, Any]] | None:
     """Per Tune trial lineage, from ``RUN_DIR/trials/`` (None when the run has no records)."""
     import yaml
 
-    from lrbs.sweeps.ledger import LEDGER_DIR, RUNNING, current_records, read_ledger
-    from lrbs.sweeps.lock import LOCK_FILE, holder_alive
+    from lrbs.rundir.records import RUNNING, current_records, read_ledger
+    from lrbs.sweeps.lock import holder_alive
 
     if not (run_dir / LEDGER_DIR).is_dir():
         return None
@@ -155,7 +156,7 @@ def _ledger_trials(run_dir: Path) -> list[dict[str, Any]] | None:
 
 def _per_member(trials: list[dict]) -> list[dict]:
     """A pack's Tune trial as the per-point trials of the tables (``lrbs.sweeps.packing.members``)."""
-    from lrbs.sweeps.packing import members
+    from lrbs.rundir.points import members
 
     return [
         {**t, "trial_id": trial_id, "config": config}
@@ -171,10 +172,10 @@ def read_progress(run_dir: str | Path, metrics=None) -> Progress | None:
     import time
     from datetime import datetime
 
-    from lrbs.analysis.tables import load_metrics
-    from lrbs.sweeps.ledger import FINAL_ROW_STATUSES
-    from lrbs.sweeps.lock import LOCK_FILE, holder_alive
-    from lrbs.sweeps.packing import split_member_id
+    from lrbs.rundir.points import split_member_id
+    from lrbs.rundir.records import FINAL_ROW_STATUSES
+    from lrbs.rundir.tables import load_metrics
+    from lrbs.sweeps.lock import holder_alive
     from lrbs.sweeps.summary import eta_seconds
 
     run_dir = Path(run_dir)
@@ -219,7 +220,7 @@ def read_progress(run_dir: str | Path, metrics=None) -> Progress | None:
 def read_status(run_dir: str | Path, loaded=None) -> list[TrialStatus]:
     """One entry per trial of the run (Tune's trials, plus any trial only the metrics know).
     ``loaded``: ``load_metrics_with_report(run_dir)`` if the caller has it already."""
-    from lrbs.analysis.tables import load_metrics_with_report
+    from lrbs.rundir.tables import load_metrics_with_report
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or not ((run_dir / "metrics").is_dir() or newest_experiment_state(run_dir)):
@@ -246,8 +247,8 @@ def read_status(run_dir: str | Path, loaded=None) -> list[TrialStatus]:
                 }
             )
     out = []
-    from lrbs.sweeps.lock import LOCK_FILE, holder_alive
-    from lrbs.sweeps.packing import split_member_id
+    from lrbs.rundir.points import split_member_id
+    from lrbs.sweeps.lock import holder_alive
 
     live = holder_alive(run_dir / LOCK_FILE)
 

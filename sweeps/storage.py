@@ -10,7 +10,7 @@ be appended to, so for any other filesystem the sink writes into a local staging
 :class:`lrbs.sweeps.metrics_sink.MetricsUploader` copies the changed files to ``<storage>/<name>/metrics/`` on each trial
 completion or error, every ``upload_interval_s`` seconds of results, and at the end of the run.
 Each upload replaces the whole remote file, so a remote reader sees a whole-record prefix of the
-stream, which ``lrbs.analysis.tables`` reads like any cut-off file.
+stream, which ``lrbs.rundir.tables`` reads like any cut-off file.
 
 The analysis functions take local paths: ``lrbs.sweeps.remote`` mirrors the data files of a remote
 run directory into a local cache first, and lets ``lrbs resume`` continue one in place.
@@ -25,11 +25,9 @@ from typing import Any, NamedTuple
 
 import pyarrow.fs as pafs
 
+from lrbs.rundir.layout import LEDGER_DIR, METRIC_DIR, SPEC_COPY
 from lrbs.sweeps.errors import LrbsError
-from lrbs.sweeps.ledger import LEDGER_DIR
 
-METRIC_DIR = "metrics"
-SPEC_COPY = "spec.yaml"
 DEFAULT_UPLOAD_INTERVAL_S = 30.0
 
 

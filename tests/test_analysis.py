@@ -26,11 +26,11 @@ from lrbs.analysis.interpolation import load_interpolations, summarize
 from lrbs.analysis.report import build_report, write_reports
 from lrbs.analysis.sections import section_breakdown, section_gap
 from lrbs.analysis.stats import holm
-from lrbs.analysis.tables import load_metrics, load_trials
 from lrbs.analysis.trialinfo import trial_table
+from lrbs.rundir.points import members, to_config
+from lrbs.rundir.tables import load_metrics, load_trials
 from lrbs.sweeps.cli import main
 from lrbs.sweeps.metrics_sink import ArrowMetricsSink, row_from_result
-from lrbs.sweeps.packing import members, tune_point
 from lrbs.sweeps.spec import expand_points, spec_from_dict, to_param_space
 from lrbs.trainables.train_loop import TrialPoint, run_pack
 from tests.conftest import ROOT, tiny_spec
@@ -747,7 +747,7 @@ def _write_trained_run(run_dir, report_section):
         )
     )
     points = expand_points(spec)
-    config = {**{k: v for k, v in to_param_space(spec, "test").items() if k != "point"}, "point": tune_point(points)}
+    config = {**{k: v for k, v in to_param_space(spec, "test").items() if k != "point"}, "point": to_config(points)}
     ids = members("te_00000", config)
     sink = ArrowMetricsSink(run_dir / "metrics", compact_every=0)
     run_pack(
@@ -887,7 +887,7 @@ def _train_run(run_dir, spec_dict) -> None:
     for k, pack in enumerate(plan_packs(spec)):
         config = {
             **{key: v for key, v in to_param_space(spec, "test").items() if key != "point"},
-            "point": tune_point(pack),
+            "point": to_config(pack),
         }
         ids = members(f"{spec.name}_{k:05d}", config)
         run_pack(

@@ -299,7 +299,7 @@ def test_search_runs_end_to_end_and_resumes_after_sigkill_repeating_no_ended_tri
 
     from lrbs.analysis.beta_search import search_report
     from lrbs.analysis.report import write_reports
-    from lrbs.analysis.tables import load_metrics, load_trials
+    from lrbs.rundir.tables import load_metrics, load_trials
     from tests.conftest import ROOT, tiny_spec, write_yaml
     from tests.test_remote import _kill_session
 
@@ -393,7 +393,7 @@ def test_report_replays_the_search_from_a_frozen_real_run():
     from scipy import stats
 
     from lrbs.analysis.beta_search import search_report
-    from lrbs.analysis.tables import load_metrics, load_trials
+    from lrbs.rundir.tables import load_metrics, load_trials
 
     fixture = ROOT_SPECS.parent / "tests" / "fixtures" / "search"
     metrics, trials = load_metrics(fixture), load_trials(fixture)

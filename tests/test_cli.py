@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from lrbs.analysis.tables import load_metrics, load_trials
+from lrbs.rundir.tables import load_metrics, load_trials
 from lrbs.sweeps.cli import COMMANDS, build_parser, main
 from tests.conftest import ROOT
 

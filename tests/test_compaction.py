@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import pytest
 
 from benchmarks import old_readers as old
-from lrbs.analysis.tables import load_metrics, load_metrics_with_report, load_trials
+from lrbs.rundir.tables import load_metrics, load_metrics_with_report, load_trials
 from lrbs.sweeps.compaction import compact_earlier_sessions, compact_streams
 from lrbs.sweeps.metrics_sink import ArrowMetricsSink
 

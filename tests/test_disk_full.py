@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lrbs.analysis.tables import load_metrics_with_report
+from lrbs.rundir.tables import load_metrics_with_report
 from tests.conftest import ROOT, write_yaml
 from tests.test_resilience import assert_exactly_once_and_unfaulted, fault_spec
 

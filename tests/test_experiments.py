@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from lrbs.analysis.tables import load_metrics, load_trials
+from lrbs.rundir.tables import load_metrics, load_trials
 from lrbs.sweeps.cli import main
 from lrbs.sweeps.estimate import estimate_cost
 from lrbs.sweeps.spec import expand_points, load_spec

@@ -202,7 +202,7 @@ def test_pack_refuses_members_it_cannot_step_together():
 
 def _normalized_fits(run_dir) -> dict:
     """fits.json with every trial id replaced by its point (ids differ between the two runs)."""
-    from lrbs.analysis.tables import load_trials
+    from lrbs.rundir.tables import load_trials
 
     text = (run_dir / "fits.json").read_text()
     for t in load_trials(run_dir).to_pylist():
@@ -231,7 +231,7 @@ def _close(a, b, path="") -> None:
 
 @pytest.mark.slow
 def test_packed_sweep_equals_unpacked_sweep_rows_status_and_report(ray_local, tmp_path):
-    from lrbs.analysis.tables import load_metrics
+    from lrbs.rundir.tables import load_metrics
     from lrbs.sweeps.cli import main
     from lrbs.sweeps.status import read_status
     from tests.conftest import tiny_spec, write_yaml

@@ -15,9 +15,10 @@ import pyarrow as pa
 import pytest
 import torch
 
-from lrbs.analysis.schema import METRIC_SCHEMA
 from lrbs.analysis.sections import section_probes
-from lrbs.analysis.tables import trials_from_metrics
+from lrbs.rundir.layout import PLUGIN_ROOTS
+from lrbs.rundir.schema import METRIC_SCHEMA
+from lrbs.rundir.tables import trials_from_metrics
 from lrbs.sweeps.cli import main
 from lrbs.sweeps.metrics_sink import row_from_result
 from lrbs.trainables import plugins, probes
@@ -306,7 +307,7 @@ def test_user_model_packs_through_the_general_path(tmp_path):
 def test_undeclared_probe_column_is_an_error(monkeypatch):
     data = load_dataset(DatasetConfig(name="synthetic", n_train=64))
     monkeypatch.setitem(probes.PROBES, "bogus", lambda model, data, cfg, idx, seed: {"bogus_sharpness": 1.0})
-    with pytest.raises(ValueError, match=r"\['bogus_sharpness'\] are not declared in analysis/schema.py"):
+    with pytest.raises(ValueError, match=r"\['bogus_sharpness'\] are not declared in rundir/schema.py"):
         run_pack(
             [TrialPoint(lr=0.1, batch_size=32, seed=0)],
             DatasetConfig(),
@@ -359,7 +360,7 @@ def test_resume_finds_user_modules_where_run_found_them(user_dir, tmp_path, monk
     """``plugins.json`` in the run directory: resume and interpolate add its folders to the search."""
     import sys
 
-    from lrbs.sweeps.runner import PLUGIN_ROOTS, record_plugin_folders, restore_plugin_folders
+    from lrbs.sweeps.runner import record_plugin_folders, restore_plugin_folders
     from lrbs.sweeps.spec import load_spec
 
     spec_path = write_yaml(

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lrbs.analysis.tables import load_trials
+from lrbs.rundir.tables import load_trials
 from lrbs.sweeps.cli import main
 from tests.conftest import ROOT
 

@@ -244,7 +244,7 @@ def test_s3_sigkill_resume_status_report_interpolate(s3_server, tmp_path):
     assert ".parquet" in [p.suffix for p in (local / "metrics").glob(f"{sessions[0]}__*")]
     # Both members continued from the newest checkpoint that loads and is not ahead of the rows
     # the bucket had (the cut-off one was skipped): their first resumed row is the epoch after it.
-    from lrbs.analysis.tables import read_compacted_file
+    from lrbs.rundir.tables import read_compacted_file
     from lrbs.trainables.train_loop import load_state
 
     killed = [read_stream_file(p)[0] for p in (local / "metrics").glob(f"{sessions[0]}__*.arrow")]

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pytest
 
-from lrbs.analysis.tables import load_metrics, load_metrics_with_report, read_stream_file
+from lrbs.rundir.tables import load_metrics, load_metrics_with_report, read_stream_file
 from lrbs.sweeps.cli import main
 from lrbs.sweeps.metrics_sink import ArrowMetricsSink
 from lrbs.sweeps.status import read_status
@@ -90,7 +90,7 @@ def uninterrupted_rows(configs: list[dict]) -> list[list[dict]]:
 
 def assert_exactly_once_and_unfaulted(run_dir: Path, n_trials: int, epochs: int) -> list[dict]:
     """One row per (trial, epoch) for every trial, equal to the uninterrupted run of its pack."""
-    from lrbs.sweeps.packing import split_member_id
+    from lrbs.rundir.points import split_member_id
 
     metrics = load_metrics(run_dir)
     rows = metrics.to_pylist()
@@ -397,7 +397,7 @@ def test_errored_trial_status_then_resume_and_restart(cluster, tmp_path, capsys)
         assert [p.name for p in sorted(trial_dir.glob("checkpoint_*"))] == ["checkpoint_000000", "checkpoint_000001"]
     # Each session's rows, compacted at its end into one file (sweeps/compaction.py): the first
     # session wrote epoch 1 of both members, the resumed one started at epoch 2.
-    from lrbs.analysis.tables import read_compacted_file
+    from lrbs.rundir.tables import read_compacted_file
 
     sessions = sorted((run_dir / "metrics").glob("*.parquet"))
     assert len(sessions) == 2 and not list((run_dir / "metrics").glob("*.arrow"))
@@ -457,7 +457,7 @@ def test_resume_never_continues_from_a_checkpoint_ahead_of_the_rows(tmp_path, ca
     ones are skipped; none left: from scratch."""
     import torch
 
-    from lrbs.sweeps.ledger import TrialRecord, resumable_epoch
+    from lrbs.rundir.records import TrialRecord, resumable_epoch
     from lrbs.trainables.train_loop import CHECKPOINT_FILE, first_loadable_state
 
     record = TrialRecord("t_1", {"members": [{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.4}]})
@@ -481,7 +481,7 @@ def test_resume_never_continues_from_a_checkpoint_ahead_of_the_rows(tmp_path, ca
 def test_restart_under_newer_code_supersedes_the_old_attempt(tmp_path):
     """``--restart-errored`` after a commit: the new trial's config differs only in code_version;
     it still replaces the old attempt's rows (one row per epoch of the point)."""
-    from lrbs.analysis.tables import load_metrics_with_report
+    from lrbs.rundir.tables import load_metrics_with_report
 
     metrics = tmp_path / "r" / "metrics"
     point = {"lr": 0.1, "batch_size": 32, "seed": 0}
@@ -498,8 +498,8 @@ def test_records_rebuilt_from_real_tune_trial_folders(tmp_path):
     """A run directory written before the trial records (or with a damaged one): records come
     from the Tune trial folders' params.json and their names (train_trial_<id>_<index>_...),
     a resumed session's folders counted under the first attempt's id."""
-    from lrbs.sweeps.ledger import ledger_from_trial_dirs
-    from lrbs.trainables.config import point_key
+    from lrbs.rundir.points import point_key
+    from lrbs.rundir.records import ledger_from_trial_dirs
 
     point = {"members": [{"lr": 0.1}, {"lr": 0.2}]}
     first = tmp_path / "train_trial_418cf_00000_0_point=members_lr_0_1_2026-11-28_06-52-31"
@@ -529,7 +529,7 @@ def test_records_rebuilt_from_real_tune_trial_folders(tmp_path):
     ],
 )
 def test_hostile_trial_records_are_damaged_not_trusted(tmp_path, record):
-    from lrbs.sweeps.ledger import read_ledger
+    from lrbs.rundir.records import read_ledger
 
     (tmp_path / "trials").mkdir()
     (tmp_path / "trials" / "418cf_00000.json").write_text(json.dumps(record))
@@ -583,7 +583,7 @@ def test_damaged_metric_files_are_flagged_not_crashed(tmp_path):
     """Issue 13: a 0-byte file, an overwritten header and flipped bytes in a string column are
     'damaged' (named, in status and the report), never a traceback and never 'writer killed'."""
     from lrbs.analysis.report import write_reports
-    from lrbs.analysis.tables import load_metrics_with_report
+    from lrbs.rundir.tables import load_metrics_with_report
 
     run = tmp_path / "run"
     shutil.copytree(ROOT / "tests" / "fixtures" / "grid", run)
@@ -654,9 +654,9 @@ def _write_states_run(run_dir: Path) -> dict[str, str]:
     ERROR; one whose driver died after epoch 2 still says RUNNING. Returns trial id -> expected state."""
     import torch
 
-    from lrbs.sweeps.ledger import ERROR, RUNNING, TERMINATED, TrialRecord, write_record
+    from lrbs.rundir.points import members, to_config
+    from lrbs.rundir.records import ERROR, RUNNING, TERMINATED, TrialRecord, write_record
     from lrbs.sweeps.metrics_sink import row_from_result
-    from lrbs.sweeps.packing import members, tune_point
     from lrbs.sweeps.spec import expand_points, spec_from_dict, to_param_space
     from lrbs.trainables.train_loop import TrialPoint, run_pack
 
@@ -674,7 +674,7 @@ def _write_states_run(run_dir: Path) -> dict[str, str]:
         ("5a7e5_00002", [dict(points[0], seed=1)], RUNNING, 2, ""),
     ]
     for trial_id, pack, status, stop_after, error in trials:
-        config = {**{k: v for k, v in to_param_space(spec, "test").items() if k != "point"}, "point": tune_point(pack)}
+        config = {**{k: v for k, v in to_param_space(spec, "test").items() if k != "point"}, "point": to_config(pack)}
         ids = members(trial_id, config)
 
         def report(rows, state, ids=ids, stop_after=stop_after):
@@ -688,7 +688,7 @@ def _write_states_run(run_dir: Path) -> dict[str, str]:
         except _StopTraining:
             pass
         write_record(
-            run_dir, TrialRecord(trial_id, tune_point(pack), status=status, failures=int(status == ERROR), error=error)
+            run_dir, TrialRecord(trial_id, to_config(pack), status=status, failures=int(status == ERROR), error=error)
         )
     sink.on_experiment_end([])
     return {

@@ -1,5 +1,5 @@
 """Run directories that cannot be turned against their user (a copied run directory is input):
-links planted in it are never written through (``analysis/safe_write.py``), the user code it
+links planted in it are never written through (``rundir/safe_write.py``), the user code it
 names is imported only with ``--trust-code`` (``sweeps/trust.py``), and odd or unwritable locks
 are one line, exit 2 (``sweeps/lock.py``). Real files, real torch models; no Ray.
 """
@@ -19,7 +19,7 @@ import torch
 import yaml
 from torch import nn
 
-from lrbs.analysis.safe_write import UnsafePathError, check_inside, write_file_safely
+from lrbs.rundir.safe_write import UnsafePathError, check_inside, write_file_safely
 from lrbs.sweeps.cli import main
 from lrbs.sweeps.trust import resume_command
 from lrbs.trainables import plugins
@@ -98,7 +98,7 @@ def test_writer_replaces_a_link_and_refuses_folders_linked_outside(tmp_path, vic
 
 def test_report_replaces_planted_links_and_leaves_their_targets(tmp_path, victim, capsys):
     from lrbs.analysis.selection import page_name
-    from lrbs.analysis.tables import load_trials
+    from lrbs.rundir.tables import load_trials
 
     run, other = _grid_run(tmp_path), _grid_run(tmp_path, "rescale")
     trial = load_trials(run).column("trial_id")[0].as_py()
@@ -225,7 +225,7 @@ def fresh_plugins(monkeypatch):
 
 
 def test_interpolate_never_writes_through_links(tmp_path, victim, outside, capsys):
-    from lrbs.analysis.tables import read_stream_file
+    from lrbs.rundir.tables import read_stream_file
 
     run, (a, b) = _interpolation_run(tmp_path)
     # The output folder a link out of the run: refused before anything is computed
@@ -273,7 +273,7 @@ def _finished_run(tmp_path: Path, model: dict | None = None) -> Path:
 
 
 def test_resume_never_writes_through_links(tmp_path, victim, outside, capsys):
-    from lrbs.sweeps.ledger import TrialRecord, write_record
+    from lrbs.rundir.records import TrialRecord, write_record
 
     run = _finished_run(tmp_path)
     (stream,) = (run / "metrics").glob("*.arrow")

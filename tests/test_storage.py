@@ -9,7 +9,7 @@ import io
 import pyarrow.fs as pafs
 import pytest
 
-from lrbs.analysis.tables import load_metrics, load_trials
+from lrbs.rundir.tables import load_metrics, load_trials
 from lrbs.sweeps.cli import main
 from lrbs.sweeps.errors import LrbsError
 from lrbs.sweeps.remote import fetch_run_dir, upload_files
@@ -76,7 +76,7 @@ def test_remote_metrics_and_tune_state_arrive(bucket_run):
     for d in trial_dirs:
         assert sorted(c.name for c in d.glob("checkpoint_*"))
     # lrbs's trial records reach the bucket too, their folders relative to the run directory there.
-    from lrbs.sweeps.ledger import read_ledger
+    from lrbs.rundir.records import read_ledger
 
     records, damaged = read_ledger(run)
     assert not damaged and [r.status for r in records.values()] == ["TERMINATED"]

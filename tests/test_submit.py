@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from lrbs.analysis.tables import load_metrics
+from lrbs.rundir.tables import load_metrics
 from tests.conftest import ROOT
 
 SPEC = "tests/specs/submit_digits.yaml"

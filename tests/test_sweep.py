@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from lrbs.analysis.tables import load_metrics, load_trials
+from lrbs.rundir.tables import load_metrics, load_trials
 from lrbs.sweeps.cli import main
 from tests.conftest import ROOT, tiny_spec, write_yaml
 
@@ -172,7 +172,7 @@ def test_interpolate_between_two_trials(tiny_run, capsys):
     import torch
     import torch.nn.functional as F
 
-    from lrbs.analysis.tables import read_stream_file
+    from lrbs.rundir.tables import read_stream_file
     from lrbs.sweeps.interpolate import member_checkpoint
     from lrbs.trainables.config import DatasetConfig, ModelConfig
     from lrbs.trainables.data import load_dataset
@@ -263,8 +263,8 @@ def test_damaged_checkpoint_and_unwritable_report_are_one_line(tiny_run, tmp_pat
     shutil.copytree(tiny_run, run)
     shutil.rmtree(run / "interpolation", ignore_errors=True)  # curves other tests wrote there
     a, b = load_trials(run).column("trial_id").to_pylist()[:2]
+    from lrbs.rundir.points import split_member_id
     from lrbs.sweeps.interpolate import last_checkpoint, trial_dir
-    from lrbs.sweeps.packing import split_member_id
 
     state = last_checkpoint(trial_dir(run, split_member_id(a)[0])) / "state.pt"
     state.write_bytes(state.read_bytes()[:100])  # truncated: a full disk or a killed copy
@@ -292,7 +292,7 @@ def _progress_of_a_real_pack(out) -> None:
     import torch
     from ray.tune.experiment import Trial
 
-    from lrbs.sweeps.packing import tune_point
+    from lrbs.rundir.points import to_config
     from lrbs.sweeps.progress import ProgressPrinter
     from lrbs.sweeps.spec import expand_points, spec_from_dict, to_param_space
     from lrbs.trainables.train_loop import TrialPoint, run_pack
@@ -300,7 +300,7 @@ def _progress_of_a_real_pack(out) -> None:
     torch.set_num_threads(1)
     spec = spec_from_dict(tiny_spec("p", grid={"lr": [0.05, 0.2], "batch_size": [32], "seed": [0]}))
     points = expand_points(spec)
-    config = {**{k: v for k, v in to_param_space(spec, "test").items() if k != "point"}, "point": tune_point(points)}
+    config = {**{k: v for k, v in to_param_space(spec, "test").items() if k != "point"}, "point": to_config(points)}
     trial = Trial("train_trial", config=config, trial_id="5a7e5_00000", stub=True)
     printer = ProgressPrinter(len(points), len(points) * spec.train.epochs, 0.01, out=out, min_interval_s=0)
     printer.on_trial_start(0, [trial], trial)

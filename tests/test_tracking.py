@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lrbs.analysis.tables import load_metrics_with_report
+from lrbs.rundir.tables import load_metrics_with_report
 from lrbs.sweeps.cli import main
 from lrbs.sweeps.tracking import (
     TRACKERS,

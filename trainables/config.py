@@ -13,12 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-def point_key(point: dict[str, Any]) -> str:
-    """A Tune trial's ``point`` (a point, or ``{"members": [...]}`` for a pack) as a key: the same
-    JSON for the same point in every driver session (``lrbs resume`` matches trials by it)."""
-    return json.dumps(point, sort_keys=True, default=str)
-
-
 def from_dict(cls, data: dict[str, Any] | None):
     """Rebuild a flat config dataclass from ``dataclasses.asdict`` output (unknown keys dropped).
 

@@ -6,8 +6,8 @@ themselves and restore it), ``data`` the trial's tensors, ``cfg`` the spec's ``c
 section and ``idx`` the fixed, seeded probe subset of the training set (the same examples in
 every trial of a sweep), ``seed`` the trial's own seed for random vectors
 (``trial_probe_seed``). Every column a probe returns must be declared in
-``analysis/schema.py`` (PROBES): an undeclared one fails the trial by name
-(``lrbs.analysis.schema.check_row``) instead of being dropped. Adding a probe is a function and an
+``rundir/schema.py`` (PROBES): an undeclared one fails the trial by name
+(``lrbs.rundir.schema.check_row``) instead of being dropped. Adding a probe is a function and an
 entry here plus its columns there (docs/extending.md). A probe that raises leaves its columns
 null and its error in ``probe_error``; the other probes still run and the trial goes on.
 """

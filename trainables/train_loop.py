@@ -26,7 +26,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lrbs.analysis.schema import check_row
+from lrbs.rundir.points import from_config
+from lrbs.rundir.records import resume_entry
+from lrbs.rundir.schema import check_row
 from lrbs.trainables import augment
 from lrbs.trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig, from_dict
 from lrbs.trainables.curvature import probe_subset
@@ -467,7 +469,6 @@ def tune_start_state(config: dict[str, Any]) -> dict[str, Any] | None:
         state = first_loadable_state(candidates)
         if state is not None:
             return state
-    from lrbs.sweeps.ledger import resume_entry
 
     entry = resume_entry(config)
     if entry:
@@ -507,12 +508,6 @@ def tune_report(result: dict[str, Any], state: Callable[[], dict[str, Any]], sav
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
-def pack_points(config: dict[str, Any]) -> list[dict[str, Any]]:
-    """The points a trial trains: ``point.members`` for a pack, else the one ``point``."""
-    point = config["point"]
-    return list(point["members"]) if "members" in point else [point]
-
-
 def pack_summary(rows: list[dict[str, Any]]) -> str:
     """One status for Tune's bookkeeping: running while any member is, diverged if all did."""
     statuses = {r["status"] for r in rows}
@@ -549,7 +544,7 @@ def train_trial(config: dict[str, Any]) -> None:
         tune_report(result, state, clock.due(epoch, summary))
 
     run_pack(
-        points=[TrialPoint.from_dict(p) for p in pack_points(config)],
+        points=[TrialPoint.from_dict(p) for p in from_config(config["point"])],
         dataset=from_dict(DatasetConfig, config["dataset"]),
         model_cfg=from_dict(ModelConfig, config["model"]),
         train=from_dict(TrainConfig, config["train"]),

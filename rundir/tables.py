@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lrbs.analysis.schema import COMPACTED_SOURCES, METRIC_SCHEMA, PROBES
+from lrbs.rundir.schema import COMPACTED_SOURCES, METRIC_SCHEMA, PROBES
 
 
 @dataclass

@@ -21,12 +21,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lrbs.analysis.safe_write import make_dirs, write_file_safely
-from lrbs.trainables.config import point_key
+from lrbs.rundir.layout import CHECKPOINT_GLOB, LEDGER_DIR, SESSION_GLOB
+from lrbs.rundir.points import from_config, point_key
+from lrbs.rundir.safe_write import make_dirs, write_file_safely
 
-LEDGER_DIR = "trials"
 RUNNING, TERMINATED, ERROR = "RUNNING", "TERMINATED", "ERROR"
-CHECKPOINT_GLOB = "checkpoint_*"
 
 
 @dataclass
@@ -91,7 +90,7 @@ def _record_path(run_dir: Path, trial_id: str) -> Path:
 
 def write_record(run_dir: Path, record: TrialRecord) -> None:
     """Atomic (write a temporary file, then rename): a reader sees the old or the new record.
-    Never written through a link planted in the run directory (``lrbs.analysis.safe_write``)."""
+    Never written through a link planted in the run directory (``lrbs.rundir.safe_write``)."""
     record.updated_at = time.time()
     path = _record_path(run_dir, record.trial_id)
     make_dirs(path.parent, run_dir)
@@ -147,7 +146,6 @@ def read_ledger(run_dir: str | Path) -> tuple[dict[str, TrialRecord], dict[str, 
 _TRIAL_DIR_ID = re.compile(
     r"_([0-9a-f]{5}_\d{5}|[0-9a-f]{8})_\d+_"
 )  # Tune's folder: <trainable>_<trial id>_<index>_...
-SESSION_GLOB = "resume-*"  # the Ray experiment of each `lrbs resume` session, inside RUN_DIR
 
 
 def ledger_from_trial_dirs(run_dir: str | Path) -> dict[str, TrialRecord]:
@@ -174,18 +172,13 @@ def ledger_from_trial_dirs(run_dir: str | Path) -> dict[str, TrialRecord]:
     return records
 
 
-def member_points(point: dict[str, Any]) -> list[dict[str, Any]]:
-    """The points a Tune trial's ``point`` trains (one, or a pack's members)."""
-    return list(point["members"]) if "members" in point else [point]
-
-
 FINAL_ROW_STATUSES = ("finished", "diverged")
 
 
 def last_rows(run_dir: str | Path) -> dict[str, tuple[int, str, str | None]]:
     """Per trial id of the rows (pack members ``-m<j>`` included): the epoch and status of its
     last row (after exactly-once reading) and its point's key."""
-    from lrbs.analysis.tables import load_metrics
+    from lrbs.rundir.tables import load_metrics
 
     table = load_metrics(run_dir)  # exactly-once rows, sorted by trial then epoch
     last: dict[str, tuple[int, str, str | None]] = {}
@@ -217,7 +210,7 @@ def resumable_epoch(record: TrialRecord, rows: dict[str, tuple[int, str, str | N
     still training has a row for. The driver writes an epoch's rows after Tune has stored its
     checkpoint, so a driver killed (or a disk filled) in between leaves a checkpoint one epoch
     ahead of the rows; continuing from it would leave that epoch without a row."""
-    points = member_points(record.point)
+    points = from_config(record.point)
     epochs = []
     for j in range(len(points)):
         trial_id = record.trial_id if len(points) == 1 else f"{record.trial_id}-m{j}"
@@ -243,7 +236,7 @@ def sweep_outcome(run_dir: str | Path, points: list[dict[str, Any]]) -> dict[str
     record says ERROR), else unfinished (never started, or stopped with its driver)."""
     done = points_done(run_dir)
     records, _ = read_ledger(run_dir)
-    errored = {point_key(p) for r in current_records(records) if r.status == ERROR for p in member_points(r.point)}
+    errored = {point_key(p) for r in current_records(records) if r.status == ERROR for p in from_config(r.point)}
     keys = [point_key(p) for p in points]
     n_ok = sum(k in done for k in keys)
     n_err = sum(k not in done and k in errored for k in keys)

@@ -80,7 +80,7 @@ def check_row(row: dict) -> None:
     undeclared = sorted(set(row) - set(METRIC_SCHEMA.names) - ROUTING_KEYS)
     if undeclared:
         raise ValueError(
-            f"metric row: columns {undeclared} are not declared in analysis/schema.py "
+            f"metric row: columns {undeclared} are not declared in rundir/schema.py "
             f"(add a pa.field to METRICS or PROBES)"
         )
 

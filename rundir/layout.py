@@ -1,0 +1,26 @@
+"""Every path and file name inside a run directory, local or at a storage URI.
+
+RUN_DIR/
+  spec.yaml            the validated spec, as run (``lrbs resume`` reads it, never Ray's state)
+  provenance.json      code version, host, Ray and torch versions of the first session
+  plugins.json         folders the user's model and data-set modules were imported from
+  lock.json            the driver that holds the run (one at a time)
+  metrics/             Arrow stream files, one per driver session and writer; compacted Parquet
+  trials/<id>.json     one record per trial: its points, checkpoints, how it ended
+  resume-*/            Ray's experiment folder of each ``lrbs resume`` session
+  report.html, fits.json, report.md, trials/<id>.html
+  tensorboard/, mlruns/, wandb/   what the experiment trackers write
+"""
+
+from __future__ import annotations
+
+SPEC_COPY = "spec.yaml"
+PROVENANCE_FILE = "provenance.json"
+PLUGIN_ROOTS = "plugins.json"
+LOCK_FILE = "lock.json"
+METRIC_DIR = "metrics"
+LEDGER_DIR = "trials"
+CHECKPOINT_GLOB = "checkpoint_*"  # Tune's checkpoint folders inside a trial folder
+SESSION_GLOB = "resume-*"  # the Ray experiment of each `lrbs resume` session
+TRACKER_DIRS = ("tensorboard", "mlruns", "wandb")
+REPORT_FILES = {"html": "report.html", "json": "fits.json", "md": "report.md"}
