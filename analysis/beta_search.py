@@ -2,7 +2,7 @@
 
 beta* is the smallest beta > 1 whose maximum validation accuracy is significantly below beta = 1's:
 the one-sided Welch test the breakdown section applies to a fixed ladder (``lrbs.analysis.breakdown``),
-at ``lrbs.analysis.breakdown.ALPHA`` family-wise. The ladder corrects with Holm over all its betas; a
+at ``lrbs.analysis.search_settings.ALPHA`` family-wise. The ladder corrects with Holm over all its betas; a
 bisection does not know in advance which betas it will test, only how many at most (m, see
 below), so each test is held to alpha / m (Bonferroni): a decision never changes when later
 betas are tested, and whatever the search calls significant, Holm over the betas it tested
@@ -37,43 +37,20 @@ the report replays it from the trial table. Nothing here imports Ray.
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from lrbs.analysis.breakdown import ALPHA, detectable_drop, drop_interval, drop_test
+from lrbs.analysis.breakdown import breakdown, detectable_drop, drop_interval, drop_test
+from lrbs.analysis.search_settings import SearchSettings, settings_from_dict
 
 DIVERGED_OR_DONE = ("finished", "diverged")
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    """What the policy needs (``lrbs.sweeps.spec.BetaSearchConfig`` resolved against the spec)."""
-
-    betas: tuple[float, ...]  # the candidate ladder, betas[0] == 1
-    seeds: tuple[int, ...]  # the seeds every point starts with (>= 2: Welch)
-    max_seeds: int  # seeds a point may grow to while its test is undecided
-    budget: int  # trials (points x seeds) over all training-set sizes
-    undecided_p: float = 0.25
-    alpha: float = ALPHA
-    min_drop: float | None = None  # accuracy points a drop must significantly exceed (None: any drop)
-
-    @property
-    def looks(self) -> int:
-        """Tests a point can get: the first, and one per round of added seeds."""
-        n = len(self.seeds)
-        return 1 + max(0, math.ceil((self.max_seeds - n) / n))
-
-    @property
-    def probes(self) -> int:
-        """The most betas one bisection tests: ceil(log2(K + 1)) for candidates 0..K."""
-        return max(1, math.ceil(math.log2(len(self.betas))))
-
-    @property
-    def level(self) -> float:
-        """The level every test is held to: alpha over the probes and the looks (Bonferroni)."""
-        return self.alpha / (self.probes * self.looks)
 
 
 @dataclass
@@ -123,15 +100,8 @@ class SearchState:
     reference: list[float] = field(default_factory=list)
     message: str = ""
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def ladder(resolution: float, max_beta: float) -> tuple[float, ...]:
-    """1, r, r^2, ... up to the largest power <= max_beta (6 significant digits, as labels)."""
-    # max_beta as printed (6 digits, e.g. 45.2548 for sqrt(2)^11 = 45.2548339...) still includes it
-    k_max = int(math.floor(math.log(max_beta * (1 + 1e-5)) / math.log(resolution)))
-    return tuple(float(f"{resolution**k:.6g}") for k in range(k_max + 1))
 
 
 def _values(outcomes: list[Outcome], k: int) -> list[float]:
@@ -172,12 +142,8 @@ def _more_seeds(outcomes: list[Outcome], k: int, target: int) -> list[int]:
     mine = [o for o in outcomes if o.k == k]
     alive = [o for o in mine if not o.ended or o.value is not None]
     used = {o.seed for o in mine}
-    out, s = [], 0
-    while len(alive) + len(out) < target:
-        if s not in used:
-            out.append(s)
-        s += 1
-    return out
+    free = (s for s in itertools.count() if s not in used)
+    return [next(free) for _ in range(target - len(alive))]
 
 
 class _Untestable(Exception):
@@ -316,14 +282,15 @@ def search_step(
 
 def plan_search(
     outcomes: list[Outcome], settings: SearchSettings, sizes: list[int | None]
-) -> tuple[dict, list[Proposal]]:
+) -> tuple[dict[int | None, SearchState], list[Proposal]]:
     """Every size's state and the proposals for all of them, within the shared budget (sizes in
     order: the first gets the budget first)."""
     left = settings.budget - len(outcomes)
     mine_of = {n: [o for o in outcomes if o.n_train == n] for n in sizes}
     # What each size's plain bisection may still need: one size's added seeds never take another's
     need = {n: bisection_need(search_step(n, mine_of[n], settings, 10**9, 10**9)[0], settings) for n in sizes}
-    states, proposals = {}, []
+    states: dict[int | None, SearchState] = {}
+    proposals: list[Proposal] = []
     for n in sizes:
         reserve = sum(v for m, v in need.items() if m != n)
         state, mine = search_step(n, mine_of[n], settings, left, reserve)
@@ -334,40 +301,28 @@ def plan_search(
     return states, proposals
 
 
-def settings_to_dict(settings: SearchSettings) -> dict:
-    """Plain data, kept in every search trial's config (``beta_search``): the report replays the
-    search from the trial table with it, without the spec or the data set. ``min_drop`` is left
-    out when None: a resume rebuilds the same config as the trials it continues (attempts are
-    matched by config, ``lrbs.rundir.tables``) whether or not they were written with the key."""
-    data = {**asdict(settings), "betas": list(settings.betas), "seeds": list(settings.seeds)}
-    if data["min_drop"] is None:
-        data.pop("min_drop")
-    return data
-
-
-def settings_from_dict(data: dict) -> SearchSettings:
-    return SearchSettings(**{**data, "betas": tuple(data["betas"]), "seeds": tuple(data["seeds"])})
-
-
-def _beta_index(betas: tuple[float, ...], beta: float) -> int | None:
+def beta_index(betas: tuple[float, ...], beta: float) -> int | None:
+    """The index of ``beta`` in the candidate ladder ``betas`` (equal to 5 digits), or None."""
     return next((k for k, b in enumerate(betas) if math.isclose(b, beta, rel_tol=1e-5)), None)
 
 
-def size_of(row: dict) -> int | None:
+def size_of(row: dict[str, Any]) -> int | None:
     """A trial-table row's size key for the policy: its point's own n_train (None where the
     spec's ``beta.n_train`` is empty, as the searcher keys it)."""
     n = row.get("cfg.point.n_train")
     return int(n) if n is not None else None
 
 
-def outcomes_from_trials(trials, betas: tuple[float, ...], errored: list[dict] | None = None) -> list[Outcome]:
+def outcomes_from_trials(
+    trials: pa.Table, betas: tuple[float, ...], errored: list[dict[str, Any]] | None = None
+) -> list[Outcome]:
     """The ended trials of a run's trial table (``lrbs.rundir.tables.load_trials``) as outcomes:
     finished or diverged, with their max val acc; and ``errored`` (points of trials whose record
     says ERROR, ``lrbs.rundir.records``) as ended without a value, as the searcher counted them. The
     size is the point's own ``n_train`` (None where the spec's ``beta.n_train`` is empty)."""
-    out = []
+    out: list[Outcome] = []
     for r in trials.to_pylist() if trials.num_rows else []:
-        k = _beta_index(betas, r["beta"]) if r.get("beta") is not None else None
+        k = beta_index(betas, r["beta"]) if r.get("beta") is not None else None
         if k is None or r.get("status") not in DIVERGED_OR_DONE or r.get("cfg.point.search_step") is None:
             continue
         value = r.get("max_val_acc")
@@ -378,24 +333,17 @@ def outcomes_from_trials(trials, betas: tuple[float, ...], errored: list[dict] |
         )
     ended = {(o.n_train, o.k, o.seed) for o in out}
     for p in errored or []:
-        k = _beta_index(betas, p["beta"]) if p.get("beta") is not None else None
-        key = (p.get("n_train"), k, int(p["seed"]))
-        if k is not None and "search_step" in p and key not in ended:
+        k = beta_index(betas, p["beta"]) if p.get("beta") is not None else None
+        if k is not None and "search_step" in p and (key := (p.get("n_train"), k, int(p["seed"]))) not in ended:
             out.append(Outcome(*key, value=None, ended=True))
             ended.add(key)
     return out
 
 
-def search_report(metrics, trials, errored: list[dict] | None = None) -> dict:
+def search_report(metrics: pa.Table, trials: pa.Table, errored: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The search replayed from a run's tables: per size its state, bracket, trials spent
     against the fixed ladder's (same candidates and seeds), the noise-scale prediction and the
     breakdown section's beta* on the same trials; and the trace, one entry per step."""
-    import json
-
-    import pyarrow.compute as pc
-
-    from lrbs.analysis.breakdown import breakdown
-
     search = trials.filter(trials.column("cfg.point.search_step").is_valid())
     # The settings, from a search trial's config (the run may hold other trials too)
     rows_of = metrics.filter(pc.is_in(metrics.column("trial_id"), value_set=search.column("trial_id")))
@@ -410,10 +358,10 @@ def search_report(metrics, trials, errored: list[dict] | None = None) -> dict:
         mine = [o for o in outcomes if o.n_train == n]
         for k, test in st.tests.items():
             test.detectable_drop = detectable_drop(_values(mine, k), _values(mine, 0), test.level, settings.min_drop)
-    crit = breakdown(metrics, search, min_drop=settings.min_drop)
-    crit = {res.n_train: res for res in crit} if not isinstance(crit, str) else {}
+    found = breakdown(metrics, search, min_drop=settings.min_drop)
+    crit = {res.n_train: res for res in found} if not isinstance(found, str) else {}
     # every (size, beta, seed) launched: rows in the table, or errored without a row
-    launched = {(size_of(r), _beta_index(settings.betas, r["beta"]), int(r["seed"])) for r in rows} | {
+    launched = {(size_of(r), beta_index(settings.betas, r["beta"]), int(r["seed"])) for r in rows} | {
         (o.n_train, o.k, o.seed) for o in outcomes
     }
     per_size = []
@@ -437,7 +385,7 @@ def search_report(metrics, trials, errored: list[dict] | None = None) -> dict:
                 "tests": {f"{st.tests[k].beta:g}": asdict(st.tests[k]) for k in sorted(st.tests)},
             }
         )
-    trace: dict[int, dict] = {}
+    trace: dict[int, dict[str, Any]] = {}
     for r in sorted(rows, key=lambda r: (r["cfg.point.search_step"], r["seed"])):
         step = int(r["cfg.point.search_step"])
         n = size_of(r)
@@ -458,17 +406,18 @@ def search_report(metrics, trials, errored: list[dict] | None = None) -> dict:
             },
         )
         t["seeds"].append(int(r["seed"]))
-        k = _beta_index(settings.betas, r["beta"])
-        test = states[n].tests.get(k) if n in states and k is not None else None
-        if k == 0:
+        index = beta_index(settings.betas, r["beta"])
+        step_test = states[n].tests.get(index) if n in states and index is not None else None
+        if index == 0:
             vals = [o.value for o in outcomes if o.n_train == n and o.k == 0 and o.value is not None]
             t["mean"] = float(np.mean(vals)) if vals else None
             t["decision"] = "reference"
-        elif test is not None:
-            t["mean"], t["p"], t["drop"], t["drop_ci"] = test.mean, test.p, test.drop, [test.drop_lo, test.drop_hi]
+        elif step_test is not None:
+            t["mean"], t["p"], t["drop"] = step_test.mean, step_test.p, step_test.drop
+            t["drop_ci"] = [step_test.drop_lo, step_test.drop_hi]
             t["decision"] = (
                 "holds"
-                if not test.significant
+                if not step_test.significant
                 else "below beta = 1"
                 if settings.min_drop is None
                 else f"below beta = 1 by > {settings.min_drop:g} points"

@@ -28,19 +28,22 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from scipy import stats
 
 from lrbs.analysis.curves import curve_distance, curves_of, index_rows
+from lrbs.analysis.search_settings import ALPHA
 from lrbs.analysis.stats import holm, mean_sd, welch_less
 
-ALPHA = 0.05
 POWER = 0.8  # the power the detectable drop is computed for
 POWER_DRAWS = 20_000  # Monte Carlo draws behind a detectable drop (its 80% quantile to ~1%)
 POINTS = 100.0  # accuracy points per unit of accuracy (drops are reported x100)
+Values = Sequence[float] | np.ndarray  # one side of a test: a value (max val acc) per seed
 
 
 def _welch_se_df(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -57,7 +60,7 @@ def _welch_se_df(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(math.sqrt(vx + vy)), float(df)
 
 
-def drop_interval(values, reference, level: float = 0.95) -> tuple[float, float, float]:
+def drop_interval(values: Values, reference: Values, level: float = 0.95) -> tuple[float, float, float]:
     """The drop mean(reference) - mean(values) in accuracy points (x100) and its ``level`` Welch-
     Satterthwaite t interval (lo, hi); the interval is nan where :func:`_welch_se_df` is."""
     x, y = np.asarray(values, dtype=float), np.asarray(reference, dtype=float)
@@ -71,7 +74,7 @@ def drop_interval(values, reference, level: float = 0.95) -> tuple[float, float,
     return drop, drop - half, drop + half
 
 
-def drop_test(values, reference, min_drop: float | None = None) -> tuple[float, float]:
+def drop_test(values: Values, reference: Values, min_drop: float | None = None) -> tuple[float, float]:
     """One-sided Welch test (t, p) that mean(values) is below mean(reference), by more than
     ``min_drop`` accuracy points when given (the values shifted up by min_drop / 100)."""
     x = np.asarray(values, dtype=float) + (min_drop or 0.0) / POINTS
@@ -79,7 +82,12 @@ def drop_test(values, reference, min_drop: float | None = None) -> tuple[float, 
 
 
 def detectable_drop(
-    values, reference, level: float, min_drop: float | None = None, power: float = POWER, draws: int = POWER_DRAWS
+    values: Values,
+    reference: Values,
+    level: float,
+    min_drop: float | None = None,
+    power: float = POWER,
+    draws: int = POWER_DRAWS,
 ) -> float:
     """The smallest true drop (accuracy points) the one-sided Welch test at ``level`` detects with
     probability ``power``, taking the observed seed sds as the true ones and the seeds as normal.
@@ -103,7 +111,12 @@ def detectable_drop(
 
 @functools.lru_cache(maxsize=4096)
 def _detectable_drop(
-    values: tuple, reference: tuple, level: float, min_drop: float | None, power: float, draws: int
+    values: tuple[float, ...],
+    reference: tuple[float, ...],
+    level: float,
+    min_drop: float | None,
+    power: float,
+    draws: int,
 ) -> float:
     """:func:`detectable_drop` on hashable arguments: the breakdown and beta-search sections ask
     for the same betas' figures, and each Monte Carlo takes 10-40 ms."""
@@ -175,9 +188,9 @@ class BreakdownResult:
     beta_crit: float | None = None
     min_drop: float | None = None  # accuracy points a drop must significantly exceed (None: > 0)
     notes: list[str] = field(default_factory=list)
-    curves: dict = field(default_factory=dict)  # beta -> CurveDistance.to_dict()
+    curves: dict[str, dict[str, Any]] = field(default_factory=dict)  # beta -> CurveDistance.to_dict()
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -208,7 +221,7 @@ def breakdown(
     rows = [r for r in trials.to_pylist() if r.get("beta") is not None]
     if not rows:
         return "no trial has a beta (no beta family in this run)"
-    by_n: dict = {}
+    by_n: dict[int | None, list[dict[str, Any]]] = {}
     for r in rows:
         by_n.setdefault(r.get("n_train"), []).append(r)
     index = index_rows(metrics, "val_acc")
@@ -217,7 +230,7 @@ def breakdown(
         fam = by_n[n_train]
         betas = sorted({r["beta"] for r in fam})
         ref = [r for r in fam if math.isclose(r["beta"], reference_beta)]
-        notes = []
+        notes: list[str] = []
         beta_rows = []
         for beta in betas:
             members = [r for r in fam if r["beta"] == beta]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -32,7 +33,7 @@ import pyarrow as pa
 from lrbs.analysis.fits import point_keys, point_means
 from lrbs.analysis.stats import lincomb_test, ols, simple_fit
 
-# (metric, fit log10(y)?): every metric as it is (the y), and the positive scale
+# (metric, fit log10(y)?): every metric as it is, and the positive scale
 # quantities also as log10 y (multiplicative effects). The two can disagree where the
 # relation is not linear in the logs (e.g. the loss floor at the largest eta/S).
 COLLAPSE_METRICS = (
@@ -70,7 +71,7 @@ class CollapseResult:
     equal_and_opposite: bool  # b+c CI contains 0 (not rejected at 5%)
     n_trials: int = 0  # trials averaged into the points
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 

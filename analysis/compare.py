@@ -16,20 +16,19 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
+import plotly.graph_objects as go
 import pyarrow as pa
 
 from lrbs.analysis import plots
 from lrbs.analysis.convergence import converged
 from lrbs.analysis.fits import log_ratios, metric_values, point_keys, point_means, slope_text
-from lrbs.analysis.render import html_page, html_table, md_table, status_words
+from lrbs.analysis.render import Report, html_page, html_table, md_table, status_words
 from lrbs.analysis.sections import CURVATURE_FIT_METRICS, Table, fmt
-
-if TYPE_CHECKING:
-    from lrbs.analysis.report import Report
 
 
 @dataclass
@@ -63,19 +62,20 @@ _NOT_SETTINGS = {"data_dir", "download", "eval_batch_size", "cuda_graphs", "pack
 # Aspects whose difference withholds the same/different verdict (``allow_any`` overrides).
 VERDICT_NEEDS_SAME = ("data set", "model")
 MAX_LISTED = 6  # values of a list (learning rates, seeds) shown before "..."
+Group = dict[str, tuple[Any, ...]]  # a cfg.* group of the trial table: key -> its distinct values
 
 
-def _value_text(v) -> str:
+def _value_text(v: object) -> str:
     return fmt(v, 6) if not isinstance(v, str) else v
 
 
-def _group(trials: pa.Table, prefix: str, skip: set[str] = frozenset()) -> dict[str, tuple] | None:
+def _group(trials: pa.Table, prefix: str, skip: Collection[str] = ()) -> Group | None:
     """``cfg.<prefix>.*`` of every trial as {key: distinct values}, ``options.`` dropped from the
     keys (older runs wrote model options flat); None when the run has no such column."""
     cols = [c for c in trials.column_names if c.startswith(f"cfg.{prefix}.")]
     if not cols:
         return None
-    out = {}
+    out: Group = {}
     for c in cols:
         key = c[len(f"cfg.{prefix}.") :].removeprefix("options.")
         if key in skip:
@@ -86,15 +86,15 @@ def _group(trials: pa.Table, prefix: str, skip: set[str] = frozenset()) -> dict[
     return dict(sorted(out.items()))
 
 
-def _hashable(v):
+def _hashable(v: Any) -> Any:
     return tuple(_hashable(x) for x in v) if isinstance(v, list) else v
 
 
-def _describe(values: tuple) -> str:
+def _describe(values: tuple[Any, ...]) -> str:
     return " | ".join(_value_text(list(v) if isinstance(v, tuple) else v) for v in values)
 
 
-def _named(group: dict[str, tuple] | None, name_key: str = "name") -> tuple[str, dict] | None:
+def _named(group: Group | None, name_key: str = "name") -> tuple[str, Group] | None:
     """A group as text (``mlp (depth=3, width=64)``) and the values it was made of."""
     if group is None:
         return None
@@ -103,7 +103,7 @@ def _named(group: dict[str, tuple] | None, name_key: str = "name") -> tuple[str,
     return (f"{name} ({opts})" if opts else name), group
 
 
-def _listed(values: list) -> tuple[str, tuple] | None:
+def _listed(values: list[Any]) -> tuple[str, tuple[Any, ...]] | None:
     """Sorted distinct values as text, shortened past ``MAX_LISTED``."""
     distinct = sorted({v for v in values if v is not None})
     if not distinct:
@@ -127,7 +127,7 @@ def _schedule(trials: pa.Table) -> tuple[str, object] | None:
     return None
 
 
-def _column_values(table: pa.Table, column: str) -> list:
+def _column_values(table: pa.Table, column: str) -> list[Any]:
     return table.column(column).to_pylist() if column in table.column_names else []
 
 
@@ -166,7 +166,7 @@ def differences(a: RunView, b: RunView) -> list[Difference]:
     return out
 
 
-def _agree(va, vb) -> tuple[bool | None, str]:
+def _agree(va: object, vb: object) -> tuple[bool | None, str]:
     """Whether two runs' values of an aspect agree. Settings (dicts): a key both record with
     different values differs; keys only one run records (written by other code) leave it
     unknown, never "differs"."""
@@ -200,7 +200,7 @@ def verdict_refused(diffs: list[Difference], allow_any: bool) -> str:
     )
 
 
-def _slopes(report) -> dict[str, dict]:
+def _slopes(report: Report) -> dict[str, dict[str, Any]]:
     out = dict(report.fits)
     gap = next((s for s in report.sections if s.key == "gap" and s.status == "ok"), None)
     if gap is not None:
@@ -208,18 +208,17 @@ def _slopes(report) -> dict[str, dict]:
     return out
 
 
-def _overlap(a: tuple, b: tuple) -> bool | None:
+def _overlap(a: tuple[float, float], b: tuple[float, float]) -> bool | None:
     if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in (*a, *b)):
         return None
     return a[0] <= b[1] and b[0] <= a[1]
 
 
-def _slope(fit: dict) -> str:
-    ci = tuple(math.nan if v is None else v for v in fit["slope_ci"])
-    return slope_text(fit["slope"] if fit["slope"] is not None else math.nan, ci, fit.get("ci_note", ""))
+def _slope(fit: dict[str, Any]) -> str:
+    return slope_text(fit["slope"], tuple(fit["slope_ci"]), fit.get("ci_note", ""))
 
 
-def _beta_star(report) -> dict:
+def _beta_star(report: Report) -> dict[str, float | None]:
     sec = next((s for s in report.sections if s.key == "breakdown" and s.status == "ok"), None)
     if sec is None:
         return {}
@@ -245,13 +244,11 @@ def differs_line(diffs: list[Difference]) -> str:
 def verdict_caveat(diffs: list[Difference]) -> str:
     """With the verdict given: what else differs and may explain slopes whose CIs do not overlap."""
     differ = [d.what for d in diffs if d.same is False]
+    if not differ:
+        return ""
     return (
-        (
-            f"Where the CIs do not overlap, the slopes differ; the runs also differ in {', '.join(differ)}, "
-            "any of which may be why."
-        )
-        if differ
-        else ""
+        f"Where the CIs do not overlap, the slopes differ; the runs also differ in {', '.join(differ)}, "
+        "any of which may be why."
     )
 
 
@@ -307,7 +304,7 @@ def compare_tables(a: RunView, b: RunView, allow_any: bool = False) -> list[Tabl
     return tables
 
 
-def _fit_points(run: RunView, key: str, fit: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _fit_points(run: RunView, key: str, fit: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The points a fit was made over: eta/S, the metric's mean per point (10 ** mean log10 for
     a log fit) and the trials in each; the same trials the report's fit used (curvature over
     the converged ones)."""
@@ -325,7 +322,7 @@ def _fit_points(run: RunView, key: str, fit: dict) -> tuple[np.ndarray, np.ndarr
     return 10**pm.x, (10**pm.y if log_y else pm.y), pm.n_seeds
 
 
-def compare_figures(a: RunView, b: RunView) -> list[tuple[str, object]]:
+def compare_figures(a: RunView, b: RunView) -> list[tuple[str, go.Figure]]:
     """The two runs overlaid: one figure per fit both have (point means and fit lines), and the
     validation accuracy learning curves."""
     sa, sb = _slopes(a.report), _slopes(b.report)

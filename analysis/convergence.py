@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 
@@ -31,13 +32,13 @@ class Convergence:
     threshold: float | None  # None: the filter is off, or the run did not record it
     recorded: bool  # the run has final_train_eval_acc values
     # the trials left out below the threshold: trial_id, lr, batch_size, seed and final_train_eval_acc
-    left_out: list[dict] = field(default_factory=list)
+    left_out: list[dict[str, Any]] = field(default_factory=list)
     # trials left out without a final_train_eval_acc (still running; trained by older code)
     unmeasured: list[str] = field(default_factory=list)
 
     @property
     def n_total(self) -> int:
-        return self.kept.num_rows + len(self.left_out) + len(self.unmeasured)
+        return int(self.kept.num_rows) + len(self.left_out) + len(self.unmeasured)
 
     @property
     def many_left_out(self) -> bool:
@@ -79,7 +80,7 @@ class Convergence:
             + unmeasured
         )
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "threshold": self.threshold,
             "recorded": self.recorded,

@@ -20,11 +20,14 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 Curves = dict[int, dict[int, float]]  # seed -> epoch -> value
+Row = dict[str, Any]  # a table row (``to_pylist``)
+Index = dict[str, list[Row]]  # trial_id -> its epoch rows (``index_rows``)
 
 
 @dataclass
@@ -45,27 +48,27 @@ class CurveDistance:
     noise_rms: float
     n_a: int
     n_b: int
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         d = self.to_dict()
         for k in ("epochs", "diff", "diff_se", "sd_a", "sd_b"):
             d.pop(k)
         return d
 
 
-def index_rows(metrics: pa.Table, metric: str) -> dict[str, list[dict]]:
+def index_rows(metrics: pa.Table, metric: str) -> Index:
     """trial_id -> its epoch rows (seed, epoch, ratio, metric), read once for many look-ups."""
-    out: dict[str, list[dict]] = {}
+    out: Index = {}
     for r in metrics.select(["trial_id", "seed", "epoch", "ratio", metric]).to_pylist():
         out.setdefault(r["trial_id"], []).append(r)
     return out
 
 
-def curves_of(metrics: pa.Table | dict, trial_ids: list[str], metric: str) -> Curves:
+def curves_of(metrics: pa.Table | Index, trial_ids: list[str], metric: str) -> Curves:
     """seed -> epoch -> finite value, for the given trials (one trial per seed: the first wins).
     ``metrics`` is the epoch table or its :func:`index_rows`."""
     index = index_rows(metrics, metric) if isinstance(metrics, pa.Table) else metrics
@@ -142,7 +145,7 @@ def curve_distance(
 # ----------------------------------------------------------------------------- configurations
 
 
-def config_key(row: dict) -> tuple:
+def config_key(row: Row) -> tuple[Any, ...]:
     """What identifies a configuration (all but the seed)."""
     return (
         row.get("n_train"),
@@ -156,7 +159,7 @@ def config_key(row: dict) -> tuple:
     )
 
 
-def config_label(row: dict) -> str:
+def config_label(row: Row) -> str:
     parts = [f"lr={row['lr']:g}", f"S={row['batch_size']}"]
     if row.get("schedule") not in (None, "constant"):
         parts.append(str(row["schedule"]))
@@ -167,14 +170,14 @@ def config_label(row: dict) -> str:
     return " ".join(parts)
 
 
-def configurations(trials: pa.Table) -> dict[tuple, list[dict]]:
-    out: dict[tuple, list[dict]] = {}
+def configurations(trials: pa.Table) -> dict[tuple[Any, ...], list[Row]]:
+    out: dict[tuple[Any, ...], list[Row]] = {}
     for r in trials.to_pylist():
         out.setdefault(config_key(r), []).append(r)
     return out
 
 
-def ratio_signature(index: dict[str, list[dict]], trial_id: str) -> tuple:
+def ratio_signature(index: Index, trial_id: str) -> tuple[float, ...]:
     """The per-epoch eta/S sequence of a trial (6 significant digits): trials whose sequences match
     follow the same SDE, whatever their eta and S (constant pairs or cyclic LR vs cyclic S)."""
     rows = index.get(trial_id, [])
@@ -187,7 +190,7 @@ def equal_ratio_pairs(metrics: pa.Table, trials: pa.Table, metric: str = "val_ac
     families are left to their own sections."""
     configs = configurations(trials)
     index = index_rows(metrics, metric)
-    sig: dict[tuple, tuple] = {}
+    sig: dict[tuple[Any, ...], tuple[float, ...]] = {}
     for key, rows in configs.items():
         if rows[0].get("beta") is not None or rows[0].get("rescale") is not None:
             continue
@@ -218,7 +221,7 @@ def rescale_distances(metrics: pa.Table, trials: pa.Table, metric: str = "val_ac
     """Fig. 2: each (rule, S) configuration of a rescaling family against the family's small-batch
     reference: the trials at the family's smallest S (pooled over rules; at S0 all rules agree).
     Families are split by data set size, model and schedule."""
-    fams: dict[tuple, list[dict]] = {}
+    fams: dict[tuple[Any, ...], list[Row]] = {}
     for r in trials.to_pylist():
         if r.get("rescale") is not None:
             fams.setdefault((r.get("n_train"), r.get("model"), r.get("schedule")), []).append(r)
@@ -228,7 +231,7 @@ def rescale_distances(metrics: pa.Table, trials: pa.Table, metric: str = "val_ac
         s0 = min(r["batch_size"] for r in rows)
         ref = [r for r in rows if r["batch_size"] == s0]
         ref_curves = curves_of(index, [r["trial_id"] for r in ref], metric)
-        groups: dict[tuple, list[dict]] = {}
+        groups: dict[tuple[Any, ...], list[Row]] = {}
         for r in rows:
             if r["batch_size"] != s0:
                 groups.setdefault((r["rescale"], r["batch_size"]), []).append(r)

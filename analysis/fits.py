@@ -26,6 +26,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -44,7 +45,7 @@ MIN_POINTS = 4  # points for an interval (n_points - 2 >= 2 dof)
 class PointMeans:
     """Per-point means of x and y over the seeds with finite values, in first-seen order."""
 
-    keys: list[tuple]
+    keys: list[tuple[Any, ...]]
     x: np.ndarray
     y: np.ndarray
     n_seeds: np.ndarray  # trials averaged into each point
@@ -54,12 +55,12 @@ class PointMeans:
         return int(self.n_seeds.sum())
 
 
-def point_means(keys: Sequence[tuple], x: np.ndarray, y: np.ndarray) -> PointMeans:
+def point_means(keys: Sequence[tuple[Any, ...]], x: np.ndarray, y: np.ndarray) -> PointMeans:
     """Average x and y over the rows of each key (rows with a non-finite x or y are dropped)."""
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     ok = np.isfinite(x) & np.isfinite(y)
-    code: dict[tuple, int] = {}
+    code: dict[tuple[Any, ...], int] = {}
     idx = np.array([code.setdefault(tuple(k), len(code)) for k, good in zip(keys, ok) if good], dtype=np.int64)
     n = len(code)
     counts = np.bincount(idx, minlength=n).astype(float)
@@ -69,12 +70,12 @@ def point_means(keys: Sequence[tuple], x: np.ndarray, y: np.ndarray) -> PointMea
     return PointMeans(keys=list(code), x=mx, y=my, n_seeds=counts.astype(np.int64))
 
 
-def _key_value(v):
+def _key_value(v: Any) -> Any:
     """A point-key value: floats to 12 significant digits (0.1 * 3 and 0.3 are one learning rate)."""
     return float(f"{v:.12g}") if isinstance(v, float) and math.isfinite(v) else v
 
 
-def point_keys(trials: pa.Table) -> list[tuple]:
+def point_keys(trials: pa.Table) -> list[tuple[Any, ...]]:
     """Each trial's point: the values of ``POINT_KEYS`` present in the table."""
     cols = [[_key_value(v) for v in trials.column(k).to_pylist()] for k in POINT_KEYS if k in trials.column_names]
     return list(zip(*cols)) if cols else [()] * trials.num_rows
@@ -136,45 +137,42 @@ def spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 def fit_points(pm: PointMeans) -> PointFit:
     """The slope of ``pm.y`` on ``pm.x`` over points, with its t interval when the design allows one."""
     n, k = len(pm.x), n_distinct(pm.x)
-    nan2 = (math.nan, math.nan)
-    rho, rho_p = spearman(pm.x, pm.y)
-    base = dict(spearman_rho=rho, spearman_p=rho_p, n_points=n, n_trials=pm.n_trials, n_ratios=k, ci_method=CI_METHOD)
+    slope, intercept, ci, p, r2, fit = math.nan, math.nan, (math.nan, math.nan), math.nan, math.nan, None
     if k < 2:
-        return PointFit(
-            slope=math.nan,
-            intercept=math.nan,
-            slope_ci=nan2,
-            p=math.nan,
-            r2=math.nan,
-            ci_note=f"{k} distinct eta/S value(s): no slope",
-            ols=None,
-            **base,
-        )
-    if k < MIN_RATIOS:
+        note = f"{k} distinct eta/S value(s): no slope"
+    elif k < MIN_RATIOS:
         note = f"{k} distinct eta/S values: no interval (needs >= {MIN_RATIOS})"
     elif n < MIN_POINTS:
         note = f"{n} points: no interval (needs >= {MIN_POINTS}, i.e. 2 degrees of freedom)"
     else:
         note = ""
-    if n < 3:  # two points: a line through them, no residual to judge it by
+    if k >= 2 and n < 3:  # two points: a line through them, no residual to judge it by
         slope = float((pm.y[1] - pm.y[0]) / (pm.x[1] - pm.x[0]))
-        return PointFit(
-            slope=slope,
-            intercept=float(pm.y[0] - slope * pm.x[0]),
-            slope_ci=nan2,
-            p=math.nan,
-            r2=math.nan,
-            ci_note=note,
-            ols=None,
-            **base,
-        )
-    fit = simple_fit(pm.x, pm.y)
-    slope, intercept = float(fit.coef[1]), float(fit.coef[0])
-    if not note and fit.rss <= 1e-20 * max(1.0, float(np.sum(pm.y**2))):
-        note = "the point means lie exactly on a line (no scatter): no interval"
-    ci = nan2 if note else tuple(float(v) for v in fit.ci()[1])
-    p = math.nan if note else float(fit.p_values()[1])
-    return PointFit(slope=slope, intercept=intercept, slope_ci=ci, p=p, r2=fit.r2, ci_note=note, ols=fit, **base)
+        intercept = float(pm.y[0] - slope * pm.x[0])
+    elif k >= 2:
+        fit = simple_fit(pm.x, pm.y)
+        slope, intercept, r2 = float(fit.coef[1]), float(fit.coef[0]), fit.r2
+        if not note and fit.rss <= 1e-20 * max(1.0, float(np.sum(pm.y**2))):
+            note = "the point means lie exactly on a line (no scatter): no interval"
+        if not note:
+            lo, hi = fit.ci()[1]
+            ci, p = (float(lo), float(hi)), float(fit.p_values()[1])
+    rho, rho_p = spearman(pm.x, pm.y)
+    return PointFit(
+        slope=slope,
+        intercept=intercept,
+        slope_ci=ci,
+        p=p,
+        r2=r2,
+        spearman_rho=rho,
+        spearman_p=rho_p,
+        n_points=n,
+        n_trials=pm.n_trials,
+        n_ratios=k,
+        ci_method=CI_METHOD,
+        ci_note=note,
+        ols=fit,
+    )
 
 
 @dataclass(frozen=True)
@@ -197,7 +195,7 @@ class RatioFit:
     ci_method: str
     ci_note: str
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -240,9 +238,10 @@ def ratio_fit(trials: pa.Table, metric: str, *, log_y: bool = False, x_column: s
     )
 
 
-def slope_text(slope: float, ci: tuple[float, float], note: str = "", digits: int = 3) -> str:
-    """``slope [lo, hi]``, or ``slope (no CI: why)`` when the design allows no interval."""
-    s = f"{slope:.{digits}g}" if math.isfinite(slope) else "nan"
-    if note or not all(math.isfinite(v) for v in ci):
+def slope_text(slope: float | None, ci: tuple[float | None, float | None], note: str = "", digits: int = 3) -> str:
+    """``slope [lo, hi]``, or ``slope (no CI: why)`` when the design allows no interval; None (in a
+    fit as fits.json holds it) counts as nan."""
+    s = f"{slope:.{digits}g}" if slope is not None and math.isfinite(slope) else "nan"
+    if note or ci[0] is None or ci[1] is None or not (math.isfinite(ci[0]) and math.isfinite(ci[1])):
         return f"{s} (no CI: {note or 'undefined'})"
     return f"{s} [{ci[0]:.{digits}g}, {ci[1]:.{digits}g}]"

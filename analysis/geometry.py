@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -57,7 +58,7 @@ class BandFit:
     ci_method: str = CI_METHOD
     ci_note: str = ""
 
-    def to_dict(self, band: bool = False) -> dict:
+    def to_dict(self, band: bool = False) -> dict[str, Any]:
         d = asdict(self)
         if not band:
             for k in ("band_x", "band_mean", "band_lo", "band_hi"):
@@ -83,7 +84,6 @@ def ratio_band_fit(trials: pa.Table, column: str, log_y: bool, x_column: str = "
         mean, lo, hi = f.intercept + f.slope * xs, np.full_like(xs, np.nan), np.full_like(xs, np.nan)
     else:
         mean, lo, hi = mean_band(f.ols, pm.x, xs)
-    tf = (lambda v: 10**v) if log_y else (lambda v: v)
     return BandFit(
         metric=("log10 " if log_y else "") + column,
         column=column,
@@ -99,9 +99,9 @@ def ratio_band_fit(trials: pa.Table, column: str, log_y: bool, x_column: str = "
         spearman_rho=f.spearman_rho,
         spearman_p=f.spearman_p,
         band_x=(10**xs).tolist(),
-        band_mean=tf(mean).tolist(),
-        band_lo=tf(lo).tolist(),
-        band_hi=tf(hi).tolist(),
+        band_mean=(10**mean if log_y else mean).tolist(),
+        band_lo=(10**lo if log_y else lo).tolist(),
+        band_hi=(10**hi if log_y else hi).tolist(),
         ci_note=f.ci_note,
     )
 
@@ -120,12 +120,12 @@ class Eq7Result:
     r2: float
     spearman_rho: float
     spearman_p: float
-    points: list[dict]  # trial_id, predicted, loss
+    points: list[dict[str, Any]]  # trial_id, predicted, loss
     loss_column: str = "probe_loss"  # probe_loss; final_train_loss for runs written before it existed
     ci_method: str = CI_METHOD
     ci_note: str = ""
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -137,7 +137,7 @@ def eq7_loss_column(trials: pa.Table) -> str:
     return "final_train_loss"
 
 
-def eq7_points(trials: pa.Table) -> tuple[list[dict], int]:
+def eq7_points(trials: pa.Table) -> tuple[list[dict[str, Any]], int]:
     loss_col = eq7_loss_column(trials)
     rows = trials.select(
         ["trial_id", "lr", "batch_size", "final_ratio", "hessian_trace", loss_col, "status"]

@@ -12,10 +12,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from lrbs.rundir.layout import INTERPOLATION_DIR
 from lrbs.rundir.tables import read_stream_file
 
 INTERPOLATION_COLUMNS = ("alpha", "train_loss", "train_acc", "val_loss", "val_acc", "trial_a", "trial_b")
@@ -38,7 +40,7 @@ def read_interpolation(path: str | Path) -> pa.Table:
 def load_interpolations(run_dir: str | Path) -> tuple[dict[str, pa.Table], list[str]]:
     """name (file stem) -> curve, and one line per file that could not be read."""
     out, problems = {}, []
-    for path in sorted(Path(run_dir, "interpolation").glob("*.arrow")):
+    for path in sorted(Path(run_dir, INTERPOLATION_DIR).glob("*.arrow")):
         try:
             table = read_interpolation(path)
         except (ValueError, pa.ArrowInvalid, OSError) as exc:
@@ -63,7 +65,7 @@ class InterpolationSummary:
     val_acc_a: float
     val_acc_b: float
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 

@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
+import plotly.io as pio
 import pyarrow as pa
+import pyarrow.compute as pc
 from plotly.colors import sample_colorscale
 
+from lrbs.analysis.breakdown import BreakdownResult
+from lrbs.analysis.collapse import CollapseResult
+from lrbs.analysis.curves import CurveDistance
 from lrbs.analysis.fits import RatioFit, slope_text
+from lrbs.analysis.geometry import BandFit, Eq7Result
+
+# A run's fit in a comparison: its name, the points' eta/S, their mean of the metric, the trials
+# in each, and the fit as a dict (``RatioFit.to_dict``).
+FitRun = tuple[str, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]
 
 
-def _f32(values) -> np.ndarray:
+def _f32(values: Iterable[float | None]) -> np.ndarray:
     """Plot data as float32 (None -> NaN): plotly writes numpy arrays as base64 binary, ~4x smaller
     in report.html than JSON text of Python floats, with 7 digits still shown on hover."""
     return np.array([np.nan if v is None else v for v in values], dtype=np.float32)
@@ -95,7 +108,7 @@ def learning_curves(
     if trials is not None and trials.num_rows > (MAX_TRIAL_CURVES if max_trials is None else max_trials):
         return aggregated_curves(metrics, trials, y, x)
     rows = metrics.select(["trial_id", x, y, "ratio", "lr", "batch_size", "seed"]).to_pylist()
-    by_trial: dict[str, list[dict]] = {}
+    by_trial: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_trial.setdefault(r["trial_id"], []).append(r)
     ratios = [r["ratio"] for r in rows if r["ratio"]]
@@ -125,12 +138,11 @@ def learning_curves(
     return fig
 
 
-def point_label(point: dict) -> str:
+def point_label(point: dict[str, Any]) -> str:
     """``lr=0.1 S=32 variant='big batch'``: a point's legend name, which is also a selector of its
     trials (``analysis/selection.py``; strings quoted where they need it)."""
-    import re
 
-    def value(v) -> str:
+    def value(v: object) -> str:
         if isinstance(v, float):
             return f"{v:g}"
         if isinstance(v, str) and not re.fullmatch(r"[\w.+-]+", v):  # quoted as a POSIX shell would
@@ -140,33 +152,39 @@ def point_label(point: dict) -> str:
     return " ".join(f"{'S' if k == 'batch_size' else k}={value(v)}" for k, v in point.items() if v is not None)
 
 
-def aggregated_curves(metrics: pa.Table, trials: pa.Table, y: str = "val_acc", x: str = "epoch") -> go.Figure:
-    """Per point (the trial's base lr, S and family labels; seeds pooled): mean of ``y`` per
-    ``x`` over the seeds, and a min-max band, coloured by log10(eta/S). Computed in Arrow (group
-    by point and epoch); the figure has two traces per point, whatever the number of seeds."""
-    import pyarrow.compute as pc
-
+def _point_curves(
+    metrics: pa.Table, trials: pa.Table, y: str, x: str, band: bool = False
+) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
+    """Per point (``CURVE_GROUP`` labels and eta/S; seeds pooled), in the order of its labels as
+    text: rows of ``x`` in order, with the mean of ``y`` over the point's trials with a finite
+    value and their count (``band``: also their min and max). Grouped in Arrow."""
     keys = [k for k in CURVE_GROUP if k in trials.column_names]
-    points = trials.select(["trial_id", "ratio", *keys])
-    joined = metrics.select(["trial_id", x, y]).join(points, "trial_id")
+    joined = metrics.select(["trial_id", x, y]).join(trials.select(["trial_id", "ratio", *keys]), "trial_id")
     valid = (
         pc.is_finite(joined.column(y)) if pa.types.is_floating(joined.column(y).type) else pc.is_valid(joined.column(y))
     )
     joined = joined.filter(pc.fill_null(valid, False))
-    stats = (
-        joined.group_by([*keys, "ratio", x], use_threads=False)
-        .aggregate([(y, "mean"), (y, "min"), (y, "max"), (y, "count")])
-        .sort_by([(k, "ascending") for k in [*keys, x] if k in ("lr", "batch_size", x)])
+    stats = joined.group_by([*keys, "ratio", x], use_threads=False).aggregate(
+        [(y, "mean"), (y, "count"), *([(y, "min"), (y, "max")] if band else [])]
     )
-    curves: dict[tuple, list[dict]] = {}
+    curves: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in stats.to_pylist():
         curves.setdefault(tuple(r[k] for k in keys) + (r["ratio"],), []).append(r)
+    for pts in curves.values():
+        pts.sort(key=lambda r: r[x])
+    return {key: pts for key, pts in sorted(curves.items(), key=lambda kv: [str(v) for v in kv[0]])}
+
+
+def aggregated_curves(metrics: pa.Table, trials: pa.Table, y: str = "val_acc", x: str = "epoch") -> go.Figure:
+    """Per point (the trial's base lr, S and family labels; seeds pooled): mean of ``y`` per
+    ``x`` over the seeds, and a min-max band, coloured by log10(eta/S). Computed in Arrow (group
+    by point and epoch); the figure has two traces per point, whatever the number of seeds."""
+    keys = [k for k in CURVE_GROUP if k in trials.column_names]
+    curves = _point_curves(metrics, trials, y, x, band=True)
     ratios = [k[-1] for k in curves if k[-1]]
     lo, hi = (math.log10(min(ratios)), math.log10(max(ratios))) if ratios else (0.0, 1.0)
     # What every band and every mean line share is said once, in the figure's template (its trace
     # defaults apply in turn: band, mean, band, mean, ...), not once per trace.
-    import plotly.io as pio
-
     template = go.layout.Template(pio.templates["plotly_white"])
     template.data.scattergl = [
         go.Scattergl(mode="lines", fill="toself", line=dict(width=0), opacity=0.15, hoverinfo="skip", showlegend=False),
@@ -178,8 +196,7 @@ def aggregated_curves(metrics: pa.Table, trials: pa.Table, y: str = "val_acc", x
         ),
     ]
     fig = go.Figure(layout=dict(template=template))
-    for key, pts in sorted(curves.items(), key=lambda kv: [str(v) for v in kv[0]]):
-        pts.sort(key=lambda r: r[x])
+    for key, pts in curves.items():
         ratio = key[-1]
         t = 0.5 if hi == lo or not ratio else (math.log10(ratio) - lo) / (hi - lo)
         colour = sample_colorscale("Viridis", [t])[0]
@@ -221,14 +238,13 @@ def aggregated_curves(metrics: pa.Table, trials: pa.Table, y: str = "val_acc", x
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
 
-def collapse_coefficients(results) -> go.Figure:
+def collapse_coefficients(results: list[CollapseResult]) -> go.Figure:
     """b (log eta) against -c (-log S) per metric with 95% CIs: equal under the collapse."""
     fig = go.Figure()
     names = [f"{r.metric} ({r.group})" if r.group != "all" else r.metric for r in results]
-    for k, (label, get) in enumerate(
-        (("b (log10 eta)", lambda r: (r.b, r.b_ci)), ("-c (-log10 S)", lambda r: (-r.c, (-r.c_ci[1], -r.c_ci[0]))))
-    ):
-        vals = [get(r) for r in results]
+    b = [(r.b, r.b_ci) for r in results]
+    minus_c = [(-r.c, (-r.c_ci[1], -r.c_ci[0])) for r in results]
+    for k, (label, vals) in enumerate((("b (log10 eta)", b), ("-c (-log10 S)", minus_c))):
         fig.add_trace(
             go.Scatter(
                 x=names,
@@ -253,7 +269,7 @@ def collapse_coefficients(results) -> go.Figure:
     return fig
 
 
-def curve_differences(distances, title: str) -> go.Figure:
+def curve_differences(distances: list[CurveDistance], title: str) -> go.Figure:
     """Per-epoch difference of seed-mean curves (A - B) with +-2 standard errors, one line per pair."""
     fig = go.Figure()
     for k, d in enumerate(distances):
@@ -281,7 +297,7 @@ def curve_differences(distances, title: str) -> go.Figure:
     return fig
 
 
-def breakdown_plot(results) -> go.Figure:
+def breakdown_plot(results: list[BreakdownResult]) -> go.Figure:
     """Mean +- sd over seeds of max val acc against beta, one line per training-set size;
     '*' above a beta where a seed diverged; beta* and the noise-scale prediction as vertical lines."""
     fig = go.Figure()
@@ -340,12 +356,12 @@ def breakdown_plot(results) -> go.Figure:
     return fig
 
 
-def beta_search_plot(rep: dict) -> go.Figure:
+def beta_search_plot(rep: dict[str, Any]) -> go.Figure:
     """Per training-set size: mean max val acc of each beta the search tested (label: its step),
     filled when significantly below beta = 1; the bracket of beta* shaded; the noise-scale
     prediction B_crit/S0 dotted."""
     fig = go.Figure()
-    steps = {}
+    steps: dict[tuple[int | None, float], list[str]] = {}
     for t in rep["trace"]:
         steps.setdefault((t["n_train"], t["beta"]), []).append(str(t["step"]))
     for k, size in enumerate(rep["sizes"]):
@@ -383,7 +399,7 @@ def beta_search_plot(rep: dict) -> go.Figure:
     return fig
 
 
-def band_fit_plot(trials: pa.Table, fit) -> go.Figure:
+def band_fit_plot(trials: pa.Table, fit: BandFit) -> go.Figure:
     """``fit.column`` per trial against eta/S with the OLS line and its 95% confidence band."""
     fig = metric_vs_ratio(trials, fit.column, None, log_y=fit.log_y)
     if all(math.isfinite(v) for v in fit.band_lo):  # no band where the design allows no interval
@@ -411,7 +427,7 @@ def band_fit_plot(trials: pa.Table, fit) -> go.Figure:
     return fig
 
 
-def eq7_plot(result) -> go.Figure:
+def eq7_plot(result: Eq7Result) -> go.Figure:
     pts = result.points
     fig = go.Figure()
     fig.add_trace(
@@ -469,12 +485,12 @@ def interpolation_plot(curves: dict[str, pa.Table], y: str = "train_loss") -> go
     return fig
 
 
-def grid_map(cells: list[dict], value: str, log_color: bool = False) -> go.Figure:
+def grid_map(cells: list[dict[str, Any]], value: str, log_color: bool = False) -> go.Figure:
     """(lr, S) grid on log axes, one square per cell coloured by ``value`` (mean over seeds), with
     dashed iso-eta/S lines (lr = r S) through the cells' ratios: the paper's claim is that colour is
     constant along them. Cells without a finite value (every seed diverged) are grey crosses."""
 
-    def ok(v) -> bool:
+    def ok(v: float | None) -> bool:
         return v is not None and math.isfinite(v) and (v > 0 or not log_color)
 
     xs = [c["batch_size"] for c in cells]
@@ -550,7 +566,7 @@ _RUN_SYMBOLS = ("circle", "diamond")
 COMPARE_MAX_POINTS = 8  # up to this many points a run's learning curves are drawn one line per point
 
 
-def compare_fits(metric: str, runs: list[tuple], log_y: bool = False) -> go.Figure:
+def compare_fits(metric: str, runs: list[FitRun], log_y: bool = False) -> go.Figure:
     """Two runs' fits of one metric against eta/S on one figure: each run's point means (seeds
     averaged, the fit's unit) and its fit line over its own range of eta/S.
 
@@ -579,7 +595,7 @@ def compare_fits(metric: str, runs: list[tuple], log_y: bool = False) -> go.Figu
             continue
         lx = np.linspace(math.log10(min(finite)), math.log10(max(finite)), 50)
         ly = intercept + slope * lx
-        ci = tuple(math.nan if v is None else v for v in fit.get("slope_ci") or (None, None))
+        ci = fit.get("slope_ci") or (None, None)
         fig.add_trace(
             go.Scatter(
                 x=10**lx,
@@ -603,28 +619,11 @@ def compare_fits(metric: str, runs: list[tuple], log_y: bool = False) -> go.Figu
     return fig
 
 
-def _point_curves(metrics: pa.Table, trials: pa.Table, y: str, x: str) -> dict[tuple, list[dict]]:
-    """Per point (``CURVE_GROUP`` labels and eta/S; seeds pooled): rows of ``x`` and the mean of
-    ``y`` over the point's trials with a finite value, in ``x`` order."""
-    import pyarrow.compute as pc
-
-    keys = [k for k in CURVE_GROUP if k in trials.column_names]
-    joined = metrics.select(["trial_id", x, y]).join(trials.select(["trial_id", "ratio", *keys]), "trial_id")
-    valid = (
-        pc.is_finite(joined.column(y)) if pa.types.is_floating(joined.column(y).type) else pc.is_valid(joined.column(y))
-    )
-    joined = joined.filter(pc.fill_null(valid, False))
-    stats = joined.group_by([*keys, "ratio", x], use_threads=False).aggregate([(y, "mean"), (y, "count")])
-    curves: dict[tuple, list[dict]] = {}
-    for r in stats.to_pylist():
-        curves.setdefault(tuple(r[k] for k in keys) + (r["ratio"],), []).append(r)
-    for pts in curves.values():
-        pts.sort(key=lambda r: r[x])
-    return {key: pts for key, pts in sorted(curves.items(), key=lambda kv: [str(v) for v in kv[0]])}
-
-
 def compare_curves(
-    runs: list[tuple], y: str = "val_acc", x: str = "epoch", max_points: int = COMPARE_MAX_POINTS
+    runs: list[tuple[str, pa.Table, pa.Table]],
+    y: str = "val_acc",
+    x: str = "epoch",
+    max_points: int = COMPARE_MAX_POINTS,
 ) -> go.Figure:
     """Two runs' learning curves on one figure. ``runs``: per run ``(name, metrics, trials)``.
 
@@ -660,7 +659,7 @@ def compare_curves(
                     )
                 )
             continue
-        by_x: dict = {}
+        by_x: dict[Any, list[float]] = {}
         for pts in points.values():
             for p in pts:
                 by_x.setdefault(p[x], []).append(p[f"{y}_mean"])

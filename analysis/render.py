@@ -1,4 +1,4 @@
-"""Renderers of a ``Report``: one self-contained HTML page (plotly.js inline) and a markdown
+"""A ``Report`` and its renderers: one self-contained HTML page (plotly.js inline) and a markdown
 summary. They walk the sections generically; no section has code here."""
 
 from __future__ import annotations
@@ -6,14 +6,36 @@ from __future__ import annotations
 import html
 import math
 import re
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import Any
 
 from plotly.offline import get_plotlyjs
 
-from lrbs.analysis.sections import Table, fmt
+from lrbs.analysis.sections import Section, Table, fmt
 
-if TYPE_CHECKING:
-    from lrbs.analysis.report import Report
+
+@dataclass
+class Report:
+    """What ``lrbs report`` writes (``analysis/report.py`` builds it): a summary of the run, notes
+    on how it was read, and the sections."""
+
+    summary: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+    sections: list[Section] = field(default_factory=list)
+
+    @property
+    def fits(self) -> dict[str, dict[str, Any]]:
+        """The fits against eta/S (the overview section's), as plain dicts."""
+        overview = next((s for s in self.sections if s.key == "overview"), None)
+        return overview.data.get("fits", {}) if overview is not None else {}
+
+    def fits_json(self) -> dict[str, Any]:
+        return {
+            "summary": self.summary,
+            "fits": self.fits,
+            "notes": self.notes,
+            "sections": {s.key: s.to_dict() for s in self.sections},
+        }
 
 
 def html_table(t: Table) -> str:
@@ -22,12 +44,12 @@ def html_table(t: Table) -> str:
     return f"<p class='cap'>{html.escape(t.title)}</p><table><tr>{head}</tr>{body}</table>"
 
 
-def status_words(counts: dict | None) -> str:
+def status_words(counts: dict[str, int] | None) -> str:
     """Trial status counts as words: ``finished 12, diverged 2``."""
     return ", ".join(f"{k} {v}" for k, v in (counts or {}).items()) or "no trials"
 
 
-def heading(sec) -> str:
+def heading(sec: Section) -> str:
     """A section's heading: ``Fig. 3: <title>``; the title alone when the section answers no figure
     (``-``) or its title already starts with it (``Eq. 7: ...``)."""
     figure = (sec.figure or "").strip()
@@ -215,14 +237,14 @@ def render_md(report: Report, title: str) -> str:
     return "\n".join(out)
 
 
-def _json_safe(value):
-    """NaN is not JSON: write null instead."""
+def json_safe(value: Any) -> Any:
+    """``value`` as JSON can hold it: NaN and infinities as null, numpy scalars as Python's."""
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        return _json_safe(value.item())
+        return json_safe(value.item())
     return value

@@ -10,46 +10,27 @@ marked partial in every format.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.compute as pc
 
 from lrbs.analysis.compare import RunView, render_compare_html, render_compare_md
-from lrbs.analysis.render import _json_safe, render_html, render_md
-from lrbs.analysis.sections import SECTIONS, Section, _running_note
+from lrbs.analysis.render import Report, json_safe, render_html, render_md
+from lrbs.analysis.sections import SECTIONS, Section
+from lrbs.analysis.selection import page_name, section_selected, select_trials
 from lrbs.analysis.trialinfo import trial_table
-from lrbs.rundir.layout import REPORT_FILES
+from lrbs.rundir.layout import COMPARE_PAGE, REPORT_FILES
 from lrbs.rundir.safe_write import write_file_safely
 from lrbs.rundir.tables import load_metrics_with_report
 
-FORMATS = ("html", "json", "md")
-FILE_NAMES = REPORT_FILES
+FORMATS = tuple(REPORT_FILES)  # html, json, md
 
 
-@dataclass
-class Report:
-    summary: dict
-    notes: list[str] = field(default_factory=list)
-    sections: list[Section] = field(default_factory=list)
-
-    @property
-    def fits(self) -> dict[str, dict]:
-        """The fits against eta/S (the overview section's), as plain dicts."""
-        overview = next((s for s in self.sections if s.key == "overview"), None)
-        return overview.data.get("fits", {}) if overview is not None else {}
-
-    def fits_json(self) -> dict:
-        return {
-            "summary": self.summary,
-            "fits": self.fits,
-            "notes": self.notes,
-            "sections": {s.key: s.to_dict() for s in self.sections},
-        }
-
-
-def build_report(metrics: pa.Table, read_info: dict | None = None, run_dir: str | Path | None = None) -> Report:
+def build_report(
+    metrics: pa.Table, read_info: dict[str, Any] | None = None, run_dir: str | Path | None = None
+) -> Report:
     """Every registered section, computed from the metric table (and files of the run directory)."""
     trials = trial_table(metrics)
     statuses = trials.column("status").to_pylist() if trials.num_rows else []
@@ -79,7 +60,8 @@ def build_report(metrics: pa.Table, read_info: dict | None = None, run_dir: str 
         )
     sections: list[Section] = []
     if trials.num_rows:
-        running = _running_note(trials)
+        n = statuses.count("running")
+        running = [f"PARTIAL: {n} trial(s) still running; their values are from their latest epoch."] if n else []
         for build in SECTIONS.values():
             sec = build(metrics, trials, Path(run_dir) if run_dir else None)
             if sec.status == "ok":
@@ -105,12 +87,12 @@ def write_reports(run_dir: str | Path, formats: tuple[str, ...] = FORMATS) -> di
     for f in FORMATS:
         if f not in formats:
             continue
-        path = run_dir / FILE_NAMES[f]
+        path = run_dir / REPORT_FILES[f]
         # A new file renamed over the old one: a link planted at the name is replaced, not followed
         if f == "html":
             write_file_safely(path, render_html(report, title), root=run_dir)
         elif f == "json":
-            write_file_safely(path, json.dumps(_json_safe(report.fits_json()), indent=2), root=run_dir)
+            write_file_safely(path, json.dumps(json_safe(report.fits_json()), indent=2), root=run_dir)
         else:
             write_file_safely(path, render_md(report, title), root=run_dir)
         paths[f] = path
@@ -121,17 +103,13 @@ def write_trial_page(run_dir: str | Path, selectors: list[str]) -> Path:
     """``trials-<selectors>.html`` in the run directory: the trials the selectors pick
     (``analysis/selection.py``), one learning curve per trial. Raises ValueError (one line) for a
     selector that is malformed or picks nothing."""
-    from lrbs.analysis.selection import page_name, section_selected, select_trials
-
     run_dir = Path(run_dir)
     metrics, _ = load_metrics_with_report(run_dir)
     trials = select_trials(trial_table(metrics), selectors)
     sec = section_selected(metrics, trials, selectors)
     statuses = trials.column("status").to_pylist()
     sweep = trials.column("sweep")[0].as_py()
-    rows = int(
-        pa.compute.sum(pa.compute.is_in(metrics.column("trial_id"), value_set=trials.column("trial_id"))).as_py()
-    )
+    rows = int(pc.sum(pc.is_in(metrics.column("trial_id"), value_set=trials.column("trial_id"))).as_py())
     report = Report(
         summary={
             "sweep": sweep,
@@ -159,8 +137,8 @@ def write_comparison(run_a: str | Path, run_b: str | Path, allow_any: bool = Fal
     for run, name in ((run_a, name_a), (run_b, name_b)):
         metrics, _ = load_metrics_with_report(run)
         views.append(RunView(name, build_report(metrics, run_dir=run), metrics, trial_table(metrics)))
-    stem = f"compare-{run_b.name}"
+    stem = COMPARE_PAGE.format(run_b.name)
     md, page = run_a / f"{stem}.md", run_a / f"{stem}.html"
-    write_file_safely(md, render_compare_md(*views, allow_any), root=run_a)
-    write_file_safely(page, render_compare_html(*views, allow_any), root=run_a)
+    write_file_safely(md, render_compare_md(views[0], views[1], allow_any), root=run_a)
+    write_file_safely(page, render_compare_html(views[0], views[1], allow_any), root=run_a)
     return {"md": md, "html": page}

@@ -9,24 +9,30 @@ builder and a registry entry here (docs/extending.md).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import plotly.graph_objects as go
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lrbs.analysis import plots
+from lrbs.analysis.beta_search import search_report
 from lrbs.analysis.breakdown import breakdown, min_drop_of
-from lrbs.analysis.collapse import COLLAPSE_METRICS, collapse_test
+from lrbs.analysis.collapse import COLLAPSE_METRICS, CollapseResult, collapse_test
 from lrbs.analysis.convergence import converged
-from lrbs.analysis.curves import equal_ratio_pairs, rescale_distances
-from lrbs.analysis.fits import CI_METHOD, ratio_fit, slope_text
-from lrbs.analysis.geometry import GEOMETRY_METRICS, eq7_check, ratio_band_fit
+from lrbs.analysis.curves import CurveDistance, equal_ratio_pairs, rescale_distances
+from lrbs.analysis.fits import CI_METHOD, RatioFit, ratio_fit, slope_text
+from lrbs.analysis.geometry import GEOMETRY_METRICS, BandFit, eq7_check, ratio_band_fit
 from lrbs.analysis.interpolation import load_interpolations, summarize
 from lrbs.analysis.trialinfo import has_values
-from lrbs.rundir.points import from_config
+from lrbs.rundir.layout import PROVENANCE_FILE, SPEC_COPY
+from lrbs.rundir.points import from_config, split_member_id
+from lrbs.rundir.records import ERROR, current_records, read_ledger
 
 # (column, fit on log10 of the value?) for the eta/S fits.
 FIT_METRICS = (("final_val_acc", False), ("max_val_acc", False), ("final_train_loss", True))
@@ -52,7 +58,7 @@ class Section:
     tables: list[Table] = field(default_factory=list)
     figures: list[tuple[str, go.Figure]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    data: dict = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
     # preformatted text, as (caption, language, text): the spec as YAML
     blocks: list[tuple[str, str, str]] = field(default_factory=list)
 
@@ -60,7 +66,7 @@ class Section:
         self.status, self.reason = "skipped", reason
         return self
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "title": self.title,
             "figure": self.figure,
@@ -72,7 +78,7 @@ class Section:
         }
 
 
-def fmt(v, digits: int = 4) -> str:
+def fmt(v: object, digits: int = 4) -> str:
     if v is None:
         return "-"
     if isinstance(v, bool):
@@ -84,16 +90,25 @@ def fmt(v, digits: int = 4) -> str:
     return str(v)
 
 
-def pm(mean: float, sd: float) -> str:
+def pm(mean: float, sd: float | None) -> str:
     return fmt(mean) if sd is None or math.isnan(sd) else f"{fmt(mean)} +- {fmt(sd, 2)}"
 
 
+FIT_HEADER = ["n points (trials)", "slope [95% CI]", "p", "R^2", "Spearman rho (p)"]
+
+
+def _fit_cells(f: RatioFit | BandFit) -> list[str]:
+    """A fit against eta/S as table cells, under ``FIT_HEADER``."""
+    return [
+        f"{f.n_points} ({f.n})",
+        slope_text(f.slope, f.slope_ci, f.ci_note),
+        fmt(f.p, 3),
+        fmt(f.r2, 3),
+        f"{fmt(f.spearman_rho, 3)} ({fmt(f.spearman_p, 2)})",
+    ]
+
+
 # ----------------------------------------------------------------------------- sections
-
-
-def _running_note(trials: pa.Table) -> list[str]:
-    n = sum(s == "running" for s in trials.column("status").to_pylist()) if trials.num_rows else 0
-    return [f"PARTIAL: {n} trial(s) still running; their values are from their latest epoch."] if n else []
 
 
 def section_collapse(trials: pa.Table) -> Section:
@@ -104,9 +119,10 @@ def section_collapse(trials: pa.Table) -> Section:
     n_trains = sorted({v for v in trials.column("n_train").to_pylist()}, key=lambda v: (v is None, v))
     for n in n_trains:
         groups["all" if len(n_trains) == 1 else f"n_train={n}"] = (
-            trials.filter(pa.compute.equal(trials.column("n_train"), n)) if n is not None else trials
+            trials.filter(pc.equal(trials.column("n_train"), n)) if n is not None else trials
         )
-    results, why = [], {}
+    results: list[CollapseResult] = []
+    why: dict[str, list[str]] = {}
     for metric, log_y in COLLAPSE_METRICS:
         name = ("log10 " if log_y else "") + metric
         if not has_values(trials, metric):
@@ -168,7 +184,7 @@ def section_collapse(trials: pa.Table) -> Section:
     return sec
 
 
-def _distance_table(title: str, distances) -> Table:
+def _distance_table(title: str, distances: list[CurveDistance]) -> Table:
     return Table(
         title,
         [
@@ -203,12 +219,12 @@ MAX_PAIR_ROWS = 200
 MAX_PAIR_LINES = 24
 
 
-def _most_apart(distances, n: int) -> list:
+def _most_apart(distances: list[CurveDistance], n: int) -> list[CurveDistance]:
     """At most ``n`` of ``distances``, those with the largest rms over seed noise, in their order."""
     if len(distances) <= n:
         return list(distances)
 
-    def apart(d) -> float:
+    def apart(d: CurveDistance) -> float:
         value = d.rms / d.noise_rms if d.noise_rms and math.isfinite(d.noise_rms) and d.noise_rms > 0 else d.rms
         return value if math.isfinite(value) else -math.inf
 
@@ -295,18 +311,8 @@ def section_geometry(trials: pa.Table) -> Section:
         Table(
             f"{warn}y = a + slope log10(eta/S), OLS over point means (seeds averaged); 95% t-interval "
             "with n_points - 2 dof; p of slope = 0; Spearman over point means",
-            ["y", "n points (trials)", "slope [95% CI]", "p", "R^2", "Spearman rho (p)"],
-            [
-                [
-                    f.metric,
-                    f"{f.n_points} ({f.n})",
-                    slope_text(f.slope, f.slope_ci, f.ci_note),
-                    fmt(f.p, 3),
-                    fmt(f.r2, 3),
-                    f"{fmt(f.spearman_rho, 3)} ({fmt(f.spearman_p, 2)})",
-                ]
-                for f in fits
-            ],
+            ["y", *FIT_HEADER],
+            [[f.metric, *_fit_cells(f)] for f in fits],
         )
     )
     for f in fits:
@@ -495,15 +501,11 @@ def section_breakdown(metrics: pa.Table, trials: pa.Table) -> Section:
 def section_beta_search(metrics: pa.Table, trials: pa.Table, run_dir: Path | None = None) -> Section:
     """``beta.search`` runs: beta* with its bracket per training-set size, the search's trace,
     its trials against the fixed ladder's, the noise-scale prediction beside it."""
-    from lrbs.analysis.beta_search import search_report
-
     sec = Section("beta_search", "Adaptive search for beta*", "Fig. 5")
     if "cfg.point.search_step" not in trials.column_names or not has_values(trials, "cfg.point.search_step"):
         return sec.skip("no beta.search in this run (its betas were a fixed ladder, if any)")
     errored = []
     if run_dir is not None:  # trials that ended in ERROR: the search counted them (ended, no value)
-        from lrbs.rundir.records import ERROR, current_records, read_ledger
-
         records, _ = read_ledger(run_dir)
         errored = [p for r in current_records(records) if r.status == ERROR for p in from_config(r.point)]
     rep = search_report(metrics, trials, errored)
@@ -649,18 +651,8 @@ def section_overview(metrics: pa.Table, trials: pa.Table) -> Section:
                 )
                 + "fits against log10(eta/S) over point means (seeds averaged; the point is the unit): "
                 "95% CI " + CI_METHOD + "; p of slope = 0; Spearman over point means",
-                ["metric", "n points (trials)", "slope [95% CI]", "p", "R^2", "Spearman rho (p)"],
-                [
-                    [
-                        f.metric,
-                        f"{f.n_points} ({f.n})",
-                        slope_text(f.slope, f.slope_ci, f.ci_note),
-                        fmt(f.p, 3),
-                        fmt(f.r2, 3),
-                        f"{fmt(f.spearman_rho, 3)} ({fmt(f.spearman_p, 2)})",
-                    ]
-                    for f in fits.values()
-                ],
+                ["metric", *FIT_HEADER],
+                [[f.metric, *_fit_cells(f)] for f in fits.values()],
             )
         )
     sec.figures.append(("Validation accuracy per epoch", plots.learning_curves(metrics, "val_acc", trials=trials)))
@@ -681,9 +673,9 @@ def section_overview(metrics: pa.Table, trials: pa.Table) -> Section:
     return sec
 
 
-def _cells(trials: pa.Table, value: str) -> list[dict]:
+def _cells(trials: pa.Table, value: str) -> list[dict[str, Any]]:
     """Mean of ``value`` over the seeds of each (lr, S) point (finite values of non-diverged trials)."""
-    groups: dict[tuple, list[float]] = {}
+    groups: dict[tuple[float, int], list[float]] = {}
     for r in trials.select(["lr", "batch_size", "status", value]).to_pylist():
         v = r[value]
         key = (r["lr"], r["batch_size"])
@@ -821,16 +813,8 @@ def section_gap(trials: pa.Table) -> Section:
     sec.tables.append(
         Table(
             title,
-            ["n points (trials)", "slope [95% CI]", "p", "R^2", "Spearman rho (p)"],
-            [
-                [
-                    f"{fit.n_points} ({fit.n})",
-                    slope_text(fit.slope, fit.slope_ci, fit.ci_note),
-                    fmt(fit.p, 3),
-                    fmt(fit.r2, 3),
-                    f"{fmt(fit.spearman_rho, 3)} ({fmt(fit.spearman_p, 2)})",
-                ]
-            ],
+            FIT_HEADER,
+            [_fit_cells(fit)],
         )
     )
     sec.data = {"fit": fit.to_dict(), "train_accuracy": "eval_mode" if eval_mode else "train_mode_epoch_mean"}
@@ -840,13 +824,13 @@ def section_gap(trials: pa.Table) -> Section:
     return sec
 
 
-def _rel(values, errors) -> list[float]:
+def _rel(values: list[float | None], errors: list[float | None]) -> list[float]:
     """|error / value| per finite non-zero value; an infinite error (an unbounded interval, e.g.
     Fieller's for a noise scale whose |G|^2 cannot be told from 0) is an infinite relative error."""
     return [
         abs(e / v) if math.isfinite(e) else math.inf
         for v, e in zip(values, errors)
-        if v not in (None, 0) and e is not None and math.isfinite(v) and not math.isnan(e)
+        if v is not None and e is not None and v != 0 and math.isfinite(v) and not math.isnan(e)
     ]
 
 
@@ -907,7 +891,7 @@ def section_probes(trials: pa.Table) -> Section:
             if r.get(col) and r.get(err) is not None and not math.isnan(r[err]) and abs(r[err] / r[col]) > 0.5
         ]
     sec.tables.insert(0, Table("per trial, at its last probe", ["quantity", "value", "worst"], out))
-    # The two-batch estimator on the probe subset (runs before issue 12, or noise_method:
+    # The two-batch estimator on the probe subset (a config without noise_method, or noise_method:
     # two_batch) cannot see a noise scale beyond about the subset size: flag those near it.
     method = (
         trials.column("cfg.curvature.noise_method").to_pylist()
@@ -992,22 +976,14 @@ def section_trials(trials: pa.Table) -> Section:
     return sec
 
 
-def _tune_trial(trial_id: str) -> str:
-    """A pack member's Tune trial (``<id>-m<j>`` -> ``<id>``; sweeps/packing.py)."""
-    base, sep, j = trial_id.rpartition("-m")
-    return base if sep and j.isdigit() else trial_id
-
-
 def section_provenance(metrics: pa.Table, trials: pa.Table, run_dir: Path | None) -> Section:
     """What ran, where, with which code, and the device time used against the estimate."""
-    import json
-
     sec = Section("provenance", "Provenance", "-")
     if run_dir is None:
         return sec.skip("no run directory")
-    info: dict = {}
+    info: dict[str, Any] = {}
     try:
-        info = json.loads((run_dir / "provenance.json").read_text())
+        info = json.loads((run_dir / PROVENANCE_FILE).read_text())
     except (OSError, ValueError):
         sec.notes.append(
             "No provenance.json (lrbs run writes it as a run starts; older runs lack it): packages and device unknown."
@@ -1023,7 +999,7 @@ def section_provenance(metrics: pa.Table, trials: pa.Table, run_dir: Path | None
     wall: dict[str, float] = {}
     for r in metrics.select(["trial_id", "wall_s"]).to_pylist():
         if r["wall_s"] is not None:
-            t = _tune_trial(r["trial_id"])
+            t = split_member_id(r["trial_id"])[0]
             wall[t] = max(wall.get(t, 0.0), float(r["wall_s"]))
     gpu = trials.column("cfg.resources.gpu")[0].as_py() if "cfg.resources.gpu" in trials.column_names else 0
     cpu = trials.column("cfg.resources.cpu")[0].as_py() if "cfg.resources.cpu" in trials.column_names else 1
@@ -1035,7 +1011,7 @@ def section_provenance(metrics: pa.Table, trials: pa.Table, run_dir: Path | None
     )
     sec.tables.append(Table("run", ["what", "value"], rows))
     try:  # the spec as run, as the YAML it is (nesting kept)
-        sec.blocks.append(("the spec (spec.yaml in the run directory)", "yaml", (run_dir / "spec.yaml").read_text()))
+        sec.blocks.append(("the spec (spec.yaml in the run directory)", "yaml", (run_dir / SPEC_COPY).read_text()))
     except (OSError, UnicodeDecodeError):
         pass
     sec.data = {"code_versions": versions, "device_hours_used": used, "device_hours_estimated": est, **info}

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lrbs.analysis.plots import learning_curves
 from lrbs.analysis.sections import Section, section_trials
+from lrbs.rundir.layout import TRIAL_PAGE
 
 ALIASES = {"S": "batch_size", "eta": "lr", "trial": "trial_id"}
 CURVE_METRICS = ("val_acc", "train_loss", "val_loss", "lambda_max", "hessian_trace")
@@ -28,8 +31,6 @@ CURVE_METRICS = ("val_acc", "train_loss", "val_loss", "lambda_max", "hessian_tra
 def _terms(selector: str) -> list[str]:
     """Terms split at commas and spaces outside quotes (``variant='big batch'`` is one term); a
     legend name pasted whole keeps its "(eta/S=...)", which is a label, not a term."""
-    import shlex
-
     lexer = shlex.shlex(re.sub(r"\(eta/S=[^)]*\)", " ", selector), posix=True)
     lexer.whitespace, lexer.whitespace_split = " ,\t\n", True
     try:
@@ -38,7 +39,7 @@ def _terms(selector: str) -> list[str]:
         raise ValueError(f"--trials: {selector!r}: {exc}") from None
 
 
-def _matches(value, wanted: str) -> bool:
+def _matches(value: object, wanted: str) -> bool:
     if value is None:
         return wanted.lower() in ("none", "null")
     if isinstance(value, bool):
@@ -93,15 +94,13 @@ def page_name(selectors: list[str]) -> str:
     """``trials-<selectors>.html``: the same selection writes the same file (shell-safe name)."""
     text = "_".join("-".join(_terms(s)) for s in selectors)
     slug = re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("._")[:80] or "selection"
-    return f"trials-{slug}.html"
+    return TRIAL_PAGE.format(slug)
 
 
 def section_selected(metrics: pa.Table, trials: pa.Table, selectors: list[str]) -> Section:
     """The selected trials' table and one line per trial for each curve metric they have."""
     sec = Section("selected", f"Selected trials: {' | '.join(selectors)}", "-")
     picked = set(trials.column("trial_id").to_pylist())
-    import pyarrow.compute as pc
-
     rows = metrics.filter(pc.is_in(metrics.column("trial_id"), value_set=pa.array(sorted(picked))))
     sec.tables = section_trials(trials).tables
     for metric in CURVE_METRICS:

@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -60,7 +62,7 @@ def ols(X: np.ndarray, y: np.ndarray) -> OLSResult:
     return OLSResult(coef=coef, cov=cov, se=np.sqrt(np.diag(cov)), dof=dof, rss=rss, r2=r2, n=n)
 
 
-def lincomb_test(fit: OLSResult, w: np.ndarray, level: float = 0.95) -> dict:
+def lincomb_test(fit: OLSResult, w: np.ndarray, level: float = 0.95) -> dict[str, Any]:
     """Estimate, standard error, CI, t and two-sided p of ``w @ coef`` (H0: it is 0)."""
     w = np.asarray(w, dtype=float)
     est = float(w @ fit.coef)
@@ -120,7 +122,7 @@ def holm(pvalues: list[float]) -> list[float]:
     return out.tolist()
 
 
-def mean_sd(values) -> tuple[float, float, int]:
+def mean_sd(values: Iterable[float | None]) -> tuple[float, float, int]:
     """Mean, sample standard deviation (ddof=1; nan for one value) and count of the finite values."""
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
     if len(v) == 0:

@@ -35,9 +35,10 @@ import torch
 from benchmarks.fmnist_files import write_fashion_mnist
 from benchmarks.pack_timing import pack_step_seconds
 from lrbs.trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig
-from lrbs.trainables.data import TensorData, load_dataset
+from lrbs.trainables.data import load_dataset
 from lrbs.trainables.models import build_model
 from lrbs.trainables.probes import run_probes
+from lrbs.trainables.tensor_data import TensorData
 from lrbs.trainables.train_loop import TrialPoint, evaluate_pack, run_pack, run_training
 
 FIG3_MODEL = ModelConfig(name="mlp", options=dict(depth=4, width=256, batch_norm=True))
@@ -251,7 +252,7 @@ def main(argv=None) -> int:
 
     # 4. projection of fig3_grid.yaml
     from lrbs.sweeps.packing import plan_packs
-    from lrbs.sweeps.spec import load_spec
+    from lrbs.sweeps.spec_load import load_spec
 
     spec = load_spec("sweeps/fig3_grid.yaml")
     spec = dataclasses.replace(spec, resources=dataclasses.replace(spec.resources, gpu=1.0))

@@ -412,8 +412,9 @@ def build_run_dir(run_dir: Path) -> list[int]:
     written row by row through ArrowMetricsSink, a TERMINATED trial record. Returns the metric
     file's size after each row (record boundaries)."""
     from lrbs.rundir.records import TERMINATED, TrialRecord, write_record
+    from lrbs.sweeps.grid import expand_points
     from lrbs.sweeps.metrics_sink import ArrowMetricsSink, row_from_result
-    from lrbs.sweeps.spec import expand_points, spec_from_dict
+    from lrbs.sweeps.spec_load import spec_from_dict
 
     data = spec(name=RUN_NAME, grid={"lr": [0.1], "batch_size": [32], "seed": [0]})
     (run_dir / "metrics").mkdir(parents=True)
@@ -616,7 +617,7 @@ def resume_would_not_start_ray(run_dir: Path) -> bool:
     if not (run_dir / "spec.yaml").is_file() or not (run_dir / "metrics").is_dir():
         return True
     from lrbs.sweeps.resume import plan_resume
-    from lrbs.sweeps.spec import load_spec
+    from lrbs.sweeps.spec_load import load_spec
 
     _, _, counts, _ = plan_resume(load_spec(run_dir / "spec.yaml"), run_dir, restart_errored=False)
     return counts["continued"] + counts["restarted"] + counts["new"] == 0

@@ -41,7 +41,7 @@ def _quickstart_shared() -> str:
     """The part of a quickstart trial's config every trial shares (JSON; loaded once)."""
     import yaml
 
-    from lrbs.sweeps.spec import spec_from_dict
+    from lrbs.sweeps.spec_load import spec_from_dict
 
     spec = spec_from_dict(yaml.safe_load((ROOT / "sweeps" / "quickstart.yaml").read_text()))
     shared = spec.to_dict()

@@ -13,12 +13,12 @@ import pyarrow as pa
 from lrbs.rundir.tables import (
     PROBE_COLUMNS,
     TRIAL_COLUMNS,
-    _attempt_key,
-    _flatten,
-    _is_value,
-    _trial_type,
+    attempt_key,
     dedupe_last,
+    flatten,
+    is_value,
     read_metric_files,
+    trial_type,
 )
 
 
@@ -37,7 +37,7 @@ def drop_superseded(table: pa.Table) -> pa.Table:
     trial_ids = table.column("trial_id").to_pylist()
     epochs = table.column("epoch").to_pylist()
     raw = table.column("config_json").to_pylist() if "config_json" in table.column_names else [None] * table.num_rows
-    same = {c: _attempt_key(c) for c in set(raw)}  # parsed once per distinct config
+    same = {c: attempt_key(c) for c in set(raw)}  # parsed once per distinct config
     configs = [same[c] for c in raw]
     last: dict[str, int] = {}
     for i, trial_id in enumerate(trial_ids):
@@ -68,7 +68,7 @@ def trials_from_metrics(metrics: pa.Table) -> pa.Table:
         last = epochs[-1]
         config = json.loads(last["config_json"] or "{}")
         point = config.get("point", {})
-        val_accs = [r["val_acc"] for r in epochs if _is_value(r["val_acc"])]
+        val_accs = [r["val_acc"] for r in epochs if is_value(r["val_acc"])]
         row = {
             "trial_id": trial_id,
             "sweep": last["sweep"],
@@ -91,21 +91,21 @@ def trials_from_metrics(metrics: pa.Table) -> pa.Table:
             "schedule": last.get("schedule") or (config.get("schedule") or {}).get("kind"),
         }
         # eval-mode train values at the final weights: from the last row that has them
-        evaluated = [r for r in epochs if _is_value(r.get("train_eval_acc"))]
+        evaluated = [r for r in epochs if is_value(r.get("train_eval_acc"))]
         row["final_train_eval_loss"] = evaluated[-1].get("train_eval_loss") if evaluated else None
         row["final_train_eval_acc"] = evaluated[-1].get("train_eval_acc") if evaluated else None
-        probed = [r for r in epochs if any(_is_value(r.get(c)) for c in ("lambda_max", "hessian_trace", "hessian_fro"))]
+        probed = [r for r in epochs if any(is_value(r.get(c)) for c in ("lambda_max", "hessian_trace", "hessian_fro"))]
         row["probe_epoch"] = probed[-1]["epoch"] if probed else None
         for col in PROBE_COLUMNS:
             row[col] = probed[-1].get(col) if probed else None
         row["ratio"] = row["lr"] / row["batch_size"]
-        row.update(_flatten(config, "cfg"))
+        row.update(flatten(config, "cfg"))
         rows.append(row)
     if not rows:
-        return pa.table({name: pa.array([], type=_trial_type(name)) for name in TRIAL_COLUMNS})
+        return pa.table({name: pa.array([], type=trial_type(name)) for name in TRIAL_COLUMNS})
     columns = list(TRIAL_COLUMNS) + sorted({k for r in rows for k in r} - set(TRIAL_COLUMNS))
     return pa.table(
-        {c: pa.array([r.get(c) for r in rows], type=_trial_type(c) if c in TRIAL_COLUMNS else None) for c in columns}
+        {c: pa.array([r.get(c) for r in rows], type=trial_type(c) if c in TRIAL_COLUMNS else None) for c in columns}
     )
 
 

@@ -13,10 +13,10 @@ import time
 import torch
 
 from lrbs.trainables.config import ModelConfig
-from lrbs.trainables.data import TensorData
 from lrbs.trainables.models import build_model
 from lrbs.trainables.pack_sgd import PackSGD
 from lrbs.trainables.packed_models import build_pack, choose_layout
+from lrbs.trainables.tensor_data import TensorData
 from lrbs.trainables.train_loop import _Steps
 
 
@@ -39,7 +39,7 @@ def pack_step_seconds(
     """Mean seconds per step of K members at batch size S (after a warm-up epoch slice)."""
     torch.manual_seed(0)
     modules = [build_model(model_cfg, data.input_shape, data.n_classes).to(device).train() for _ in range(k)]
-    pack = build_pack(modules, choose_layout(modules[0], device, layout), len(data.input_shape))
+    pack = build_pack(modules, choose_layout(model_cfg, layout), len(data.input_shape))
     opt = PackSGD(pack, k, device, momentum)
     opt.set_lr([0.01] * k)
     steps = _Steps(pack, opt, data.x_train, data.y_train, graphed)

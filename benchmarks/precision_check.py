@@ -48,8 +48,8 @@ import torch.nn.functional as F
 from benchmarks.pack_timing import pack_step_seconds
 from lrbs.sweeps.estimate import train_flops_per_example
 from lrbs.trainables.config import DatasetConfig, ModelConfig
-from lrbs.trainables.data import TensorData
 from lrbs.trainables.models import build_model
+from lrbs.trainables.tensor_data import TensorData
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 

@@ -177,7 +177,7 @@ def bench_loops(device: torch.device, quick: bool, peak: float, extra_cuda: bool
 def cuda_step_variants(s: int, device: torch.device, quick: bool) -> list[Row]:
     """The single-model step eager vs one CUDA graph (GPU only)."""
     from benchmarks.pack_timing import pack_step_seconds
-    from lrbs.trainables.data import TensorData
+    from lrbs.trainables.tensor_data import TensorData
 
     g = torch.Generator().manual_seed(0)
     data = TensorData(
@@ -261,7 +261,7 @@ def bench_packs(device: torch.device, quick: bool, costs_out: str | None) -> lis
     )
     if device.type == "cuda":
         g = torch.Generator().manual_seed(0)
-        from lrbs.trainables.data import TensorData
+        from lrbs.trainables.tensor_data import TensorData
 
         fm = TensorData(
             torch.randn(60000, 1, 28, 28, generator=g).to(device),
@@ -294,7 +294,7 @@ def step_cost_row(device: torch.device, quick: bool, costs_out: str | None) -> R
 
     from benchmarks.pack_timing import pack_step_seconds
     from lrbs.sweeps.estimate import train_flops_per_example
-    from lrbs.trainables.data import TensorData
+    from lrbs.trainables.tensor_data import TensorData
 
     g = torch.Generator().manual_seed(0)
     n = 4000 if quick else 20000

@@ -8,7 +8,9 @@ RUN_DIR/
   metrics/             Arrow stream files, one per driver session and writer; compacted Parquet
   trials/<id>.json     one record per trial: its points, checkpoints, how it ended
   resume-*/            Ray's experiment folder of each ``lrbs resume`` session
-  report.html, fits.json, report.md, trials/<id>.html
+  interpolation/       ``lrbs interpolate``'s curves, <A>__<B>.arrow
+  export/              ``lrbs export``'s epochs.<ext> and trials.<ext>
+  report.html, fits.json, report.md, trials-<selector>.html, compare-<RUN_B>.md/.html
   tensorboard/, mlruns/, wandb/   what the experiment trackers write
 """
 
@@ -21,6 +23,11 @@ LOCK_FILE = "lock.json"
 METRIC_DIR = "metrics"
 LEDGER_DIR = "trials"
 CHECKPOINT_GLOB = "checkpoint_*"  # Tune's checkpoint folders inside a trial folder
+TRIAL_PARAMS = "params.json"  # Tune's copy of a trial's config (plain JSON) in its trial folder
 SESSION_GLOB = "resume-*"  # the Ray experiment of each `lrbs resume` session
 TRACKER_DIRS = ("tensorboard", "mlruns", "wandb")
 REPORT_FILES = {"html": "report.html", "json": "fits.json", "md": "report.md"}
+TRIAL_PAGE = "trials-{}.html"  # ``lrbs report --trials``: {} is the selectors as a file-name slug
+COMPARE_PAGE = "compare-{}"  # ``lrbs report --compare RUN_B``: {} is RUN_B's name; .md and .html
+INTERPOLATION_DIR = "interpolation"
+EXPORT_DIR = "export"  # ``lrbs export``: epochs.<ext>, trials.<ext>

@@ -19,11 +19,14 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from lrbs.rundir.layout import CHECKPOINT_GLOB, LEDGER_DIR, SESSION_GLOB
-from lrbs.rundir.points import from_config, point_key
+import pyarrow.fs as pafs
+
+from lrbs.rundir.layout import CHECKPOINT_GLOB, LEDGER_DIR, SESSION_GLOB, TRIAL_PARAMS
+from lrbs.rundir.points import from_config, member_trial_id, point_key
 from lrbs.rundir.safe_write import make_dirs, write_file_safely
+from lrbs.rundir.tables import load_metrics
 
 RUNNING, TERMINATED, ERROR = "RUNNING", "TERMINATED", "ERROR"
 
@@ -58,9 +61,7 @@ def resume_entry(config: dict[str, Any]) -> dict[str, Any] | None:
 
 @functools.lru_cache(maxsize=8)
 def resume_plan(path: str) -> dict[str, dict[str, Any]]:
-    if "://" in path:  # the plan of a resume in object storage (sweeps.remote), read where the trial runs
-        import pyarrow.fs as pafs
-
+    if "://" in path:  # the plan of a resume in object storage, read where the trial runs
         # An unreachable store raises (not cached): the trial fails and Tune retries it, rather
         # than starting it from scratch under a new id.
         fs, inner = pafs.FileSystem.from_uri(path)
@@ -78,10 +79,17 @@ def resume_plan(path: str) -> dict[str, dict[str, Any]]:
     return data if isinstance(data, dict) else {}
 
 
-def lineage_id(trial) -> str:
+class TuneTrial(Protocol):
+    """What :func:`lineage_id` reads of a Tune trial (``ray.tune.experiment.Trial``)."""
+
+    trial_id: str
+    config: dict[str, Any]
+
+
+def lineage_id(trial: TuneTrial) -> str:
     """The id a Tune trial's rows and record carry: the first attempt's, kept across resumes."""
     entry = resume_entry(trial.config)
-    return entry["trial_id"] if entry else trial.trial_id
+    return str(entry["trial_id"]) if entry else trial.trial_id
 
 
 def _record_path(run_dir: Path, trial_id: str) -> Path:
@@ -143,9 +151,8 @@ def read_ledger(run_dir: str | Path) -> tuple[dict[str, TrialRecord], dict[str, 
     return records, damaged
 
 
-_TRIAL_DIR_ID = re.compile(
-    r"_([0-9a-f]{5}_\d{5}|[0-9a-f]{8})_\d+_"
-)  # Tune's folder: <trainable>_<trial id>_<index>_...
+# Tune's trial folder: <trainable>_<trial id>_<index>_...
+_TRIAL_DIR_ID = re.compile(r"_([0-9a-f]{5}_\d{5}|[0-9a-f]{8})_\d+_")
 
 
 def ledger_from_trial_dirs(run_dir: str | Path) -> dict[str, TrialRecord]:
@@ -155,7 +162,7 @@ def ledger_from_trial_dirs(run_dir: str | Path) -> dict[str, TrialRecord]:
     name. Statuses are left RUNNING: the metric rows tell which points finished."""
     run_dir = Path(run_dir)
     records: dict[str, TrialRecord] = {}
-    folders = sorted(run_dir.glob("*/params.json")) + sorted(run_dir.glob(f"{SESSION_GLOB}/*/params.json"))
+    folders = sorted(run_dir.glob(f"*/{TRIAL_PARAMS}")) + sorted(run_dir.glob(f"{SESSION_GLOB}/*/{TRIAL_PARAMS}"))
     for params in folders:
         match = _TRIAL_DIR_ID.search(params.parent.name)
         try:
@@ -178,8 +185,6 @@ FINAL_ROW_STATUSES = ("finished", "diverged")
 def last_rows(run_dir: str | Path) -> dict[str, tuple[int, str, str | None]]:
     """Per trial id of the rows (pack members ``-m<j>`` included): the epoch and status of its
     last row (after exactly-once reading) and its point's key."""
-    from lrbs.rundir.tables import load_metrics
-
     table = load_metrics(run_dir)  # exactly-once rows, sorted by trial then epoch
     last: dict[str, tuple[int, str, str | None]] = {}
     for trial_id, epoch, status, config in zip(
@@ -189,7 +194,7 @@ def last_rows(run_dir: str | Path) -> dict[str, tuple[int, str, str | None]]:
         table.column("config_json").to_pylist(),
     ):
         last[trial_id] = (epoch, status, config)
-    out = {}
+    out: dict[str, tuple[int, str, str | None]] = {}
     for trial_id, (epoch, status, config) in last.items():
         try:
             point = json.loads(config or "{}").get("point")
@@ -199,7 +204,7 @@ def last_rows(run_dir: str | Path) -> dict[str, tuple[int, str, str | None]]:
     return out
 
 
-def points_done(run_dir: str | Path, rows: dict | None = None) -> set[str]:
+def points_done(run_dir: str | Path, rows: dict[str, tuple[int, str, str | None]] | None = None) -> set[str]:
     """Keys (``point_key``) of the points whose newest trial wrote its last row: finished or diverged."""
     rows = last_rows(run_dir) if rows is None else rows
     return {key for _, status, key in rows.values() if status in FINAL_ROW_STATUSES and key is not None}
@@ -213,8 +218,7 @@ def resumable_epoch(record: TrialRecord, rows: dict[str, tuple[int, str, str | N
     points = from_config(record.point)
     epochs = []
     for j in range(len(points)):
-        trial_id = record.trial_id if len(points) == 1 else f"{record.trial_id}-m{j}"
-        epoch, status, _ = rows.get(trial_id, (0, "running", None))
+        epoch, status, _ = rows.get(member_trial_id(record.trial_id, j, len(points)), (0, "running", None))
         if status not in FINAL_ROW_STATUSES:
             epochs.append(epoch)
     return min(epochs, default=0)

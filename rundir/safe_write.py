@@ -14,7 +14,7 @@ the link's target. Every file lrbs writes into an existing run directory goes th
   old file or the whole new one, never half of it.
 
 Local paths only: a run directory in object storage has no links (lrbs writes a local copy and
-uploads it). Stdlib only, so that ``analysis`` and ``sweeps`` can both import it.
+uploads it). Stdlib only.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 # Flags of the temporary file: a new file only (an existing name, a link included, fails),
 # never through a link, not inherited by child processes.
@@ -42,7 +42,7 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def check_inside(root: str | os.PathLike, path: str | os.PathLike) -> None:
+def check_inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
     """Raise UnsafePathError if a folder between ``root`` and ``path``'s folder (both included,
     ``root`` itself excepted) is a symbolic link whose target is outside ``root``. ``path`` must
     lie under ``root`` as written."""
@@ -65,7 +65,7 @@ def check_inside(root: str | os.PathLike, path: str | os.PathLike) -> None:
                 )
 
 
-def make_dirs(path: str | os.PathLike, root: str | os.PathLike) -> Path:
+def make_dirs(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> Path:
     """``path`` (a folder under ``root``) created if missing, after :func:`check_inside` on it."""
     path = Path(path)
     check_inside(root, path / "_")
@@ -88,8 +88,8 @@ def _fsync_dir(folder: str) -> None:
 
 @contextlib.contextmanager
 def open_for_write(
-    path: str | os.PathLike, root: str | os.PathLike | None = None, text: bool = False, fsync: bool = False
-) -> Iterator[IO]:
+    path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None, text: bool = False, fsync: bool = False
+) -> Iterator[IO[Any]]:
     """A new file object whose contents replace ``path`` when the block ends without an error
     (nothing changes at ``path`` otherwise). ``root``: the run directory ``path`` lies in (default
     its folder: no folder checked). ``text``: a UTF-8 text file, else binary. ``fsync``: the data
@@ -108,7 +108,7 @@ def open_for_write(
     else:
         raise FileExistsError(f"no free temporary name next to {path}")
     try:
-        with os.fdopen(fd, "w" if text else "wb", **({"encoding": "utf-8"} if text else {})) as f:
+        with os.fdopen(fd, "w", encoding="utf-8") if text else os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             if fsync:
@@ -123,7 +123,7 @@ def open_for_write(
 
 
 def write_file_safely(
-    path: str | os.PathLike, data: str | bytes, root: str | os.PathLike | None = None, fsync: bool = False
+    path: str | os.PathLike[str], data: str | bytes, root: str | os.PathLike[str] | None = None, fsync: bool = False
 ) -> Path:
     """Replace ``path`` with ``data`` (text is written as UTF-8) through :func:`open_for_write`."""
     with open_for_write(path, root, text=isinstance(data, str), fsync=fsync) as f:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pyarrow as pa
 
 # Provenance first (init2winit style): every row says which sweep, trial, point and code made it.
@@ -71,7 +73,7 @@ METRIC_SCHEMA = pa.schema(PROVENANCE + METRICS + PROBES)
 ROUTING_KEYS = frozenset({"member"})
 
 
-def check_row(row: dict) -> None:
+def check_row(row: Mapping[str, object]) -> None:
     """Raise ValueError naming any key of an epoch row that the schema does not declare.
 
     A new probe or metric must add its column here (docs/extending.md); without this check the

@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
+from lrbs.rundir.layout import METRIC_DIR
 from lrbs.rundir.schema import COMPACTED_SOURCES, METRIC_SCHEMA, PROBES
 
 
@@ -64,7 +67,7 @@ def read_stream_file_checked(path: str | Path) -> tuple[pa.Table, int, str | Non
 END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # what a closed stream writer writes last
 
 
-def _read_stream(f, size: int) -> tuple[pa.Table, int, str | None]:
+def _read_stream(f: pa.NativeFile, size: int) -> tuple[pa.Table, int, str | None]:
     if size == 0:
         return METRIC_SCHEMA.empty_table(), 0, "empty file (0 bytes): no row was ever written to it"
     batches: list[pa.RecordBatch] = []
@@ -101,7 +104,7 @@ def _read_stream(f, size: int) -> tuple[pa.Table, int, str | None]:
     return table, size - good, problem
 
 
-def _damaged_not_cut_off(f, good: int, size: int) -> bool:
+def _damaged_not_cut_off(f: pa.NativeFile, good: int, size: int) -> bool:
     """Whether a record that does not read at ``good`` is damage rather than a writer cut off
     mid-write: the file was closed (it ends with the end-of-stream marker), or the message at
     ``good`` is whole (its bytes are all there) and still does not read. (Damage in the last
@@ -121,8 +124,6 @@ def read_compacted_file(path: str | Path, columns: list[str] | None = None) -> t
     """The rows of a compacted metric file (Parquet, ``lrbs.sweeps.compaction``), the stream files it
     replaces, and what is wrong with it if it does not read (then no rows and no sources: the
     streams it would replace, if still there, are read instead)."""
-    import pyarrow.parquet as pq
-
     path = Path(path)
     try:
         if not path.is_file():
@@ -147,7 +148,7 @@ def read_metric_files(run_dir: str | Path, columns: list[str] | None = None) -> 
     report = ReadReport()
     pieces: list[tuple[str, pa.Table]] = []
     covered: set[str] = set()
-    folder = Path(run_dir, "metrics")
+    folder = Path(run_dir, METRIC_DIR)
     for path in sorted(folder.glob("*.parquet")):
         table, sources, problem = read_compacted_file(path, columns)
         report.files += 1
@@ -206,7 +207,7 @@ def dedupe_last(table: pa.Table, keys: tuple[str, ...] = ("trial_id", "epoch")) 
 NOT_ATTEMPT_KEYS = (("code_version",), ("report",), ("train", "train_eval_samples"))
 
 
-def _attempt_key(config_json: str | None) -> str | None:
+def attempt_key(config_json: str | None) -> str | None:
     """What makes two trials attempts of the same point: their config without ``NOT_ATTEMPT_KEYS``."""
     if config_json is None:
         return None
@@ -216,7 +217,7 @@ def _attempt_key(config_json: str | None) -> str | None:
         return config_json
     if isinstance(config, dict):
         for *parents, key in NOT_ATTEMPT_KEYS:
-            node = config
+            node: Any = config
             for parent in parents:
                 node = node.get(parent) if isinstance(node, dict) else None
             if isinstance(node, dict):
@@ -247,12 +248,12 @@ def drop_superseded(table: pa.Table) -> pa.Table:
         raw = table.column("config_json").take(pa.array(last_row)).to_pylist()
     else:
         raw = [None] * len(trials)
-    same = {c: _attempt_key(c) for c in set(raw)}  # parsed once per distinct config
+    same = {c: attempt_key(c) for c in set(raw)}  # parsed once per distinct config
     newest: dict[str, int] = {}  # attempt key -> index (in trials) of the trial written last
     for k, config in enumerate(same[c] for c in raw):
         if config is not None and (config not in newest or last_row[newest[config]] < last_row[k]):
             newest[config] = k
-    replaced = np.array([same[c] is not None and newest[same[c]] != k for k, c in enumerate(raw)], dtype=bool)
+    replaced = np.array([(key := same[c]) is not None and newest[key] != k for k, c in enumerate(raw)], dtype=np.bool_)
     # per row: its trial's position in ``trials`` (vectorized lookup), then the two rules
     which = pc.index_in(trial_col, value_set=last.column("t")).to_numpy(zero_copy_only=False)
     keep = ~replaced[which] & (epochs <= epochs[last_row][which])
@@ -363,15 +364,15 @@ def load_trials(run_dir: str | Path, metrics: pa.Table | None = None) -> pa.Tabl
     return trials_from_metrics(metrics)
 
 
-def _valid(column) -> pa.ChunkedArray:
-    """Not null and not NaN (``_is_value``), vectorized."""
+def _valid(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Not null and not NaN (``is_value``), vectorized."""
     valid = pc.is_valid(column)
     if pa.types.is_floating(column.type):
         valid = pc.and_(valid, pc.invert(pc.fill_null(pc.is_nan(column), True)))
     return valid
 
 
-def _last_per_trial(trial_ids, rows: np.ndarray) -> dict[str, int]:
+def _last_per_trial(trial_ids: pa.ChunkedArray, rows: np.ndarray) -> dict[str, int]:
     """trial id -> the largest of ``rows`` among that trial's rows (``trial_ids`` taken at ``rows``)."""
     if len(rows) == 0:
         return {}
@@ -407,7 +408,7 @@ def trials_from_metrics(metrics: pa.Table) -> pa.Table:
         probed = every[any_probe]
         probed_of = _last_per_trial(trial_col.take(pa.array(probed)), probed)
     # The last row of each trial with an eval-mode train accuracy (only the last epoch has one).
-    train_eval: dict[str, tuple] = {}
+    train_eval: dict[str, tuple[float | None, float | None]] = {}
     if n and "train_eval_acc" in m.column_names:
         measured = every[_valid(m.column("train_eval_acc")).to_numpy(zero_copy_only=False)]
         rows_of = _last_per_trial(trial_col.take(pa.array(measured)), measured)
@@ -459,21 +460,23 @@ def trials_from_metrics(metrics: pa.Table) -> pa.Table:
         for col in PROBE_COLUMNS:
             row[col] = probe.get(col) if probe else None
         row["ratio"] = row["lr"] / row["batch_size"]
-        row.update(_flatten(config, "cfg"))
+        row.update(flatten(config, "cfg"))
         rows.append(row)
     if not rows:
-        return pa.table({name: pa.array([], type=_trial_type(name)) for name in TRIAL_COLUMNS})
+        return pa.table({name: pa.array([], type=trial_type(name)) for name in TRIAL_COLUMNS})
     columns = list(TRIAL_COLUMNS) + sorted({k for r in rows for k in r} - set(TRIAL_COLUMNS))
     return pa.table(
-        {c: pa.array([r.get(c) for r in rows], type=_trial_type(c) if c in TRIAL_COLUMNS else None) for c in columns}
+        {c: pa.array([r.get(c) for r in rows], type=trial_type(c) if c in TRIAL_COLUMNS else None) for c in columns}
     )
 
 
-def _is_value(v) -> bool:
-    return v is not None and v == v  # not null, not NaN
+def is_value(v: object) -> bool:
+    """Not null and not NaN."""
+    return v is not None and v == v
 
 
-def _trial_type(name: str) -> pa.DataType:
+def trial_type(name: str) -> pa.DataType:
+    """The Arrow type of a trial-table column."""
     if name in METRIC_SCHEMA.names:
         return METRIC_SCHEMA.field(name).type
     if name in ("trial_id", "sweep", "status", "rescale", "variant", "schedule"):
@@ -481,12 +484,13 @@ def _trial_type(name: str) -> pa.DataType:
     return pa.int64() if name in ("epochs_done", "probe_epoch") else pa.float64()
 
 
-def _flatten(data: dict, prefix: str) -> dict:
-    out = {}
+def flatten(data: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """Nested config keys as ``<prefix>.<section>.<key>`` columns; lists and tuples as JSON."""
+    out: dict[str, Any] = {}
     for key, value in data.items():
         name = f"{prefix}.{key}"
         if isinstance(value, dict):
-            out.update(_flatten(value, name))
+            out.update(flatten(value, name))
         elif isinstance(value, (list, tuple)):
             out[name] = json.dumps(value)
         else:

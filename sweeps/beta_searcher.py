@@ -16,20 +16,25 @@ from __future__ import annotations
 import math
 from typing import Any, TextIO
 
+import pyarrow as pa
 from ray.tune.search import Searcher
 
-from lrbs.analysis.beta_search import Outcome, _beta_index, outcomes_from_trials, plan_search
-from lrbs.rundir.points import from_config
+from lrbs.analysis.beta_search import Outcome, SearchState, beta_index, outcomes_from_trials, plan_search
+from lrbs.rundir.points import from_config, to_config
+from lrbs.rundir.records import ERROR, TrialRecord, current_records
 from lrbs.rundir.records import FINAL_ROW_STATUSES as ENDED
+from lrbs.sweeps.grid import beta_point, search_settings
+from lrbs.sweeps.packing import pack_cap, plan_packs
 from lrbs.sweeps.progress import say
+from lrbs.sweeps.spec import SweepSpec
 
 
-def _member_rows(result: dict) -> list[dict]:
+def _member_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Each member's row of a trial's result. Tune hands searchers the result flattened
     (``pack_rows/<j>/val_acc``); callbacks get it nested (``pack_rows: {j: row}``)."""
     if isinstance(result.get("pack_rows"), dict):
         return list(result["pack_rows"].values())
-    rows: dict[str, dict] = {}
+    rows: dict[str, dict[str, Any]] = {}
     for key, value in result.items():
         if key.startswith("pack_rows/"):
             _, j, name = key.split("/", 2)
@@ -38,56 +43,79 @@ def _member_rows(result: dict) -> list[dict]:
 
 
 class BetaSearcher(Searcher):
-    """Proposes packs until every training-set size's search has ended (``Searcher.FINISHED``)."""
+    """Proposes packs until every training-set size's search has ended (``Searcher.FINISHED``):
+    the point source of a ``beta.search`` spec (``lrbs.sweeps.runner.PointSource``). ``total``:
+    the points it may train (default its budget)."""
+
+    at_most = True
 
     def __init__(
         self,
-        spec,
+        spec: SweepSpec,
         done: list[Outcome] | None = None,
-        queued: list[list[dict]] | None = None,
+        queued: list[list[dict[str, Any]]] | None = None,
         first_step: int = 0,
-        out: TextIO | None = None,
+        total: int | None = None,
     ):
         super().__init__()
-        from lrbs.sweeps.spec import search_settings
-
-        self.spec = spec
+        assert spec.beta is not None and spec.beta.search is not None  # a beta.search spec
+        self.spec, self.beta, self.resolution = spec, spec.beta, spec.beta.search.resolution
         self.settings = search_settings(spec)
-        self.sizes = list(spec.beta.n_train) or [None]
+        self.sizes: list[int | None] = [*self.beta.n_train] or [None]
         self.outcomes: list[Outcome] = list(done or [])
-        self.queue: list[list[dict]] = [list(p) for p in queued or []]  # continued by lrbs resume: first
+        self.queue: list[list[dict[str, Any]]] = [list(p) for p in queued or []]  # continued by lrbs resume: first
         ended = {(o.n_train, o.k, o.seed) for o in self.outcomes}
         for pack in self.queue:  # members that ended already (a pack's other member did not) stay ended
             self.outcomes += [self._outcome(p) for p in pack if self._key(p) not in ended]
-        self.live: dict[str, list[Outcome]] = {}  # Tune trial id -> its members' outcomes
+        self.live: dict[str, list[Outcome | None]] = {}  # Tune trial id -> its members' outcomes
         self.best: dict[str, dict[int, float]] = {}  # Tune trial id -> member -> max val acc so far
-        self.final: dict[str, dict[int, str]] = {}  # Tune trial id -> member -> last status
+        self.final: dict[str, dict[int, str | None]] = {}  # Tune trial id -> member -> last status
         self.step = first_step
-        self.out = out
-        self.states: dict = {}
+        self.out: TextIO | None = None
+        self.states: dict[int | None, SearchState] = {}
+        self.packs: list[list[dict[str, Any]]] = []  # none in the param space: suggest() hands out each pack
+        self.total = self.settings.budget if total is None else total
 
-    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+    def describe(self) -> str:
+        st, sizes = self.settings, len(self.sizes)
+        return (
+            f"beta search over {len(st.betas)} betas (1 to {st.betas[-1]:g}, x{self.resolution:.4g}) "
+            f"at {sizes} training-set size(s), at most {self.total} trials"
+        )
+
+    def tune_config(self, out: TextIO) -> dict[str, Any]:
+        """Tune asks for trials until the search says FINISHED (``num_samples`` -1). Tune keeps
+        only one trial of a plain Searcher pending (one placement group asked of an autoscaler at
+        a time); a bound on live trials lifts that: at most a point and the reference per size at
+        once, each in ceil(seeds / pack size) packs."""
+        self.out = out
+        packs_per_point = math.ceil(self.settings.max_seeds / max(1, pack_cap(self.spec)))
+        return {
+            "num_samples": -1,
+            "reuse_actors": True,  # as a grid's (lrbs.sweeps.runner.GridPoints)
+            "search_alg": self,
+            "max_concurrent_trials": 2 * len(self.sizes) * packs_per_point,
+        }
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any) -> bool:
         return True  # no metric to optimize: the policy reads val_acc from every result
 
-    def _key(self, point: dict) -> tuple:
-        return point.get("n_train"), _beta_index(self.settings.betas, point["beta"]), int(point["seed"])
+    def _key(self, point: dict[str, Any]) -> tuple[Any, ...]:
+        return point.get("n_train"), beta_index(self.settings.betas, point["beta"]), int(point["seed"])
 
-    def _outcome(self, point: dict) -> Outcome:
+    def _outcome(self, point: dict[str, Any]) -> Outcome:
         return Outcome(*self._key(point))
 
     def _say(self, text: str) -> None:
         say(f"[lrbs] beta search: {text}", self.out)  # above the progress line, on a terminal
 
     def _propose(self) -> None:
-        from lrbs.sweeps.packing import plan_packs
-        from lrbs.sweeps.spec import beta_point
-
         self.states, proposals = plan_search(self.outcomes, self.settings, self.sizes)
         for prop in proposals:
             beta = self.settings.betas[prop.k]
             points = [
                 {
-                    **beta_point(self.spec.beta, beta, seed, prop.n_train),
+                    **beta_point(self.beta, beta, seed, prop.n_train),
                     "search_step": self.step,
                     "search_why": prop.why,
                 }
@@ -102,8 +130,6 @@ class BetaSearcher(Searcher):
             self.queue += plan_packs(self.spec, points)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        from lrbs.rundir.points import to_config
-
         if not self.queue:
             self._propose()
         if not self.queue:
@@ -111,13 +137,13 @@ class BetaSearcher(Searcher):
                 return None  # waiting for running trials
             for n, state in self.states.items():
                 self._say(f"{'n_train=' + str(n) + ': ' if n is not None else ''}{state.message}")
-            return Searcher.FINISHED
+            return Searcher.FINISHED  # type: ignore[return-value]  # Tune's sentinel, a str
         pack = self.queue.pop(0)
         running = {(o.n_train, o.k, o.seed): o for o in self.outcomes if not o.ended}
         self.live[trial_id] = [running.get(self._key(p)) for p in pack]  # None: a member that ended already
         return {"point": to_config(pack)}
 
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         best = self.best.setdefault(trial_id, {})
         final = self.final.setdefault(trial_id, {})
         for r in _member_rows(result):
@@ -126,7 +152,7 @@ class BetaSearcher(Searcher):
                 best[j] = max(acc, best.get(j, -math.inf))
             final[j] = r.get("status")
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         if result:
             self.on_trial_result(trial_id, result)
         best, final = self.best.pop(trial_id, {}), self.final.pop(trial_id, {})
@@ -138,13 +164,16 @@ class BetaSearcher(Searcher):
                 outcome.value = best.get(j)
 
 
-def search_resumption(spec, trials, packs: list[list[dict]], records: dict, restart_errored: bool = False) -> dict:
-    """``BetaSearcher`` keywords for ``lrbs resume``: the ended trials (from the trial table),
-    the packs the resume continues (queued first), the next step number; and ``n_left``, how
-    many trials the session may still train (0: the search has ended, nothing to start)."""
-    from lrbs.rundir.records import ERROR, current_records
-    from lrbs.sweeps.spec import search_settings
-
+def search_resumption(
+    spec: SweepSpec,
+    trials: pa.Table,
+    packs: list[list[dict[str, Any]]],
+    records: dict[str, TrialRecord],
+    restart_errored: bool = False,
+) -> BetaSearcher:
+    """The searcher of ``lrbs resume``: the ended trials (from the trial table) done, the packs the
+    resume continues queued first, steps numbered on; its ``total`` is how many trials the session
+    may still train (0: the search has ended, nothing to start)."""
     settings = search_settings(spec)
     errored = (
         []
@@ -153,9 +182,7 @@ def search_resumption(spec, trials, packs: list[list[dict]], records: dict, rest
     )
     done = outcomes_from_trials(trials, settings.betas, errored)
     steps = [p.get("search_step", -1) for r in records.values() for p in from_config(r.point)]
-    first_step = max(steps, default=-1) + 1
-    if not packs:
-        _, proposals = plan_search(done, settings, list(spec.beta.n_train) or [None])
-        if not proposals:
-            return {"n_left": 0, "done": done, "queued": [], "first_step": first_step}
-    return {"n_left": max(1, settings.budget - len(done)), "done": done, "queued": packs, "first_step": first_step}
+    searcher = BetaSearcher(spec, done, packs, max(steps, default=-1) + 1)
+    ended = not packs and not plan_search(done, settings, searcher.sizes)[1]
+    searcher.total = 0 if ended else max(sum(len(pack) for pack in packs), 1, settings.budget - len(done))
+    return searcher

@@ -15,12 +15,13 @@ Crash safety (exactly-once reading at every point):
 3. read back (row count) before 4. the sources are deleted.
 A crash between any two steps leaves either the streams alone, or the Parquet file plus streams
 it covers: either way every row is read once. A stream that was cut off or is damaged is never
-compacted (it stays as it is, read and flagged as before).
+compacted (it stays as it is, read and flagged by the readers).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -72,8 +73,6 @@ def compact_earlier_sessions(metrics_dir: Path) -> list[Path]:
     write order (file-name order) is kept. Only for a caller holding the run's lock (``lrbs
     resume``): no other driver may be writing these files. Cut-off streams stay as they are.
     Returns the Parquet files written; a failure (a full disk) leaves the streams, with a warning."""
-    import sys
-
     covered: set[str] = set()
     for path in metrics_dir.glob("*.parquet"):  # streams a compacted file already holds: not twice
         try:

@@ -1,8 +1,15 @@
-"""Cost of a sweep before it runs, as packs (printed by ``lrbs validate``).
+"""What a sweep costs before it runs: its model built once on the driver, one trial's memory
+against ``limits``, and the time of its packs (printed by ``lrbs validate``).
+
+The model: a factory that raises, returns something else than a module, or whose output is not
+(batch, n_classes) logits is one line naming ``model.name`` (exit 2) before Ray starts; its size,
+FLOPs and activations are a ``ModelProfile``; with ``curvature:``, one Hessian-vector product
+through the same model checks that the probes can run.
 
 Compute: 3x the forward FLOPs per training example (forward + backward), counted with
-``torch.utils.flop_counter`` on the real model. Time: every pack (``lrbs.sweeps.packing``) takes the
-steps of its batch-size schedule, and one step of K members at batch size S costs
+``torch.utils.flop_counter``'s formulas on the real model. Time: every pack
+(``lrbs.sweeps.packing``) takes the steps of its batch-size schedule, and one step of K members
+at batch size S costs
 
     t(K, S) = step_floor_s + K * S * train_flops_per_example / flops_per_s
 
@@ -20,22 +27,24 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
-from lrbs.sweeps.packing import plan_packs
+from lrbs.sweeps.packing import pack_key, plan_packs
 from lrbs.sweeps.spec import SpecError, SweepSpec
 from lrbs.trainables import curvature
 from lrbs.trainables.config import DatasetConfig, ModelConfig, options_key
-from lrbs.trainables.data import DataError, dataset_entry, train_set_size
+from lrbs.trainables.data import dataset_entry, train_set_size
 from lrbs.trainables.models import build_model
-from lrbs.trainables.packed_models import stackable
 from lrbs.trainables.plugins import PluginError
 from lrbs.trainables.probes import error_text
-from lrbs.trainables.schedules import schedule_at, schedule_from_dict
+from lrbs.trainables.tensor_data import DataError
 
 STEP_COSTS = Path(__file__).with_name("step_costs.json")
 
@@ -48,11 +57,7 @@ class CostEstimate:
     total_pflop: float
     device_hours: float
     device: str  # "cuda" or "cpu": which measured step costs were used
-    costs: dict  # the step_costs.json entry used
-
-    @property
-    def gpu_hours(self) -> float:
-        return self.device_hours
+    costs: dict[str, Any]  # the step_costs.json entry used
 
 
 @dataclass(frozen=True)
@@ -63,8 +68,32 @@ class ModelProfile:
     forward_flops_per_example: float
     input_shape: tuple[int, ...]
     n_classes: int
-    stackable: bool  # has the stacked pack layout, so train.pack: auto packs it (sweeps/packing.py)
     activation_bytes_per_example: float = 0.0  # outputs of every leaf module, float32 (kept for backward)
+    probed: bool = False  # a Hessian-vector product was run through the model (``probes=True``)
+    probe_error: str | None = None  # why it failed (None: it ran, or was not tried)
+
+
+class FlopCount(TorchDispatchMode):  # type: ignore[no-untyped-call,unused-ignore]
+    """FLOPs of the ops run inside it that ``torch.utils.flop_counter`` has formulas for (matmuls
+    and convolutions), summed: ``FlopCounterMode``'s count without its per-module table."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # False: torch would import torch._dynamo (about 1 s, a third of `lrbs validate`) on the
+        # first op only to keep torch.compile out of this mode; nothing here is compiled.
+        return False
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call,unused-ignore]
+        self.flops = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.flops += formula(*args, **kwargs, out_val=out)
+        return out
 
 
 def data_shape(dataset: DatasetConfig) -> tuple[tuple[int, ...], int]:
@@ -76,22 +105,33 @@ def data_shape(dataset: DatasetConfig) -> tuple[tuple[int, ...], int]:
         raise SpecError(str(exc)) from None
 
 
-def model_profile(model_cfg: ModelConfig, dataset: DatasetConfig, max_params: int | None = None) -> ModelProfile:
+def model_profile(
+    model_cfg: ModelConfig, dataset: DatasetConfig, max_params: int | None = None, *, probes: bool = False
+) -> ModelProfile:
     """Build the model for the data set's examples, run it on two of them and count its FLOPs.
 
     The pre-flight check of every model, built-in or a user's factory: a factory that raises,
     returns something else than a module, or whose output is not (batch, n_classes) logits is
     one line naming ``model.name``, before Ray starts. FLOPs by ``torch.utils.flop_counter``
-    (matmuls and convolutions; elementwise ops are not counted).
+    (``FlopCount``: matmuls and convolutions; elementwise ops are not counted). ``probes`` (a spec with
+    ``curvature:``): also one Hessian-vector product through the same model by the probes' own
+    code (``lrbs.trainables.curvature.hvp``: eval mode, ``double_backward_kernels``), on the CPU,
+    on 2 examples of the data set's shape; a model with an op that has no double backward gets
+    ``probe_error``, one line naming ``curvature`` and the op (docs/extending.md). Built once per
+    process and model.
     """
     shape, classes = data_shape(dataset)
     key = (model_cfg.name, options_key(model_cfg.options), shape, classes)
-    if key not in _PROFILES:
-        _PROFILES[key] = _profile(model_cfg, shape, classes, max_params)
+    if key not in _PROFILES or (probes and not _PROFILES[key].probed):
+        model, profile = _profile(model_cfg, shape, classes, max_params)
+        if probes:
+            error = _hvp_error(model, model_cfg.name, shape, classes)
+            profile = dataclasses.replace(profile, probed=True, probe_error=error)
+        _PROFILES[key] = profile
     return _PROFILES[key]
 
 
-_PROFILES: dict[tuple, ModelProfile] = {}  # per process; the factory gets the spec's own options
+_PROFILES: dict[tuple[Any, ...], ModelProfile] = {}  # per process; the factory gets the spec's own options
 
 
 def meta_param_count(cfg: ModelConfig, shape: tuple[int, ...], classes: int) -> int | None:
@@ -106,7 +146,9 @@ def meta_param_count(cfg: ModelConfig, shape: tuple[int, ...], classes: int) -> 
         return None
 
 
-def _profile(cfg: ModelConfig, shape: tuple[int, ...], classes: int, max_params: int | None = None) -> ModelProfile:
+def _profile(
+    cfg: ModelConfig, shape: tuple[int, ...], classes: int, max_params: int | None = None
+) -> tuple[nn.Module, ModelProfile]:
     name = cfg.name
     if max_params is not None:
         n = meta_param_count(cfg, shape, classes)
@@ -123,11 +165,11 @@ def _profile(cfg: ModelConfig, shape: tuple[int, ...], classes: int, max_params:
         raise SpecError(message if message.startswith("model.") else f"model.options: {message}") from None
     finally:
         torch.random.set_rng_state(state)  # building initializes weights: leave the caller's stream
-    counter = FlopCounterMode(display=False)
+    counter = FlopCount()
     x = torch.zeros(2, *shape)
     outputs = [0]
 
-    def count(_module, _inputs, output):
+    def count(_module: nn.Module, _inputs: Any, output: Any) -> None:
         if isinstance(output, torch.Tensor):
             outputs[0] += output.numel()
 
@@ -162,42 +204,16 @@ def _profile(cfg: ModelConfig, shape: tuple[int, ...], classes: int, max_params:
             f"model.options: {name} has {n_params:,} parameters; limits.max_params is "
             f"{max_params:,} (raise it if you mean it)"
         )
-    return ModelProfile(
+    return model, ModelProfile(
         n_params,
-        counter.get_total_flops() / 2,
+        counter.flops / 2,
         shape,
         classes,
-        stackable(model),
         activation_bytes_per_example=4.0 * (outputs[0] + x[0].numel() * 2) / 2,
     )
 
 
-def check_probes(spec: SweepSpec) -> None:
-    """With ``curvature:`` set, one Hessian-vector product through the model by the probes' own
-    code (``lrbs.trainables.curvature.hvp``: eval mode, ``double_backward_kernels``), on the CPU, on
-    2 random examples of the data set's shape: a model with an op that has no double backward
-    is one line naming ``curvature`` and the op, before anything starts (docs/extending.md)."""
-    if spec.curvature is None:
-        return
-    shape, classes = data_shape(spec.dataset)
-    key = (spec.model.name, options_key(spec.model.options), shape, classes)
-    if key not in _HVP_ERRORS:
-        _HVP_ERRORS[key] = _hvp_error(spec.model, shape, classes)
-    if _HVP_ERRORS[key]:
-        raise SpecError(_HVP_ERRORS[key])
-
-
-_HVP_ERRORS: dict[tuple, str | None] = {}  # per process, as _PROFILES: the message, None when it ran
-
-
-def _hvp_error(cfg: ModelConfig, shape: tuple[int, ...], classes: int) -> str | None:
-    state = torch.random.get_rng_state()
-    try:
-        model = build_model(cfg, shape, classes)
-    except Exception as exc:  # noqa: BLE001 - model_profile reports a failing factory; say it here too
-        return f"model.name {cfg.name}: building the model for the curvature check raised {error_text(exc)}"
-    finally:
-        torch.random.set_rng_state(state)  # building initializes weights: leave the caller's stream
+def _hvp_error(model: nn.Module, name: str, shape: tuple[int, ...], classes: int) -> str | None:
     gen = torch.Generator().manual_seed(0)
     # zeros, as model_profile feeds: valid for every input a data set gives (token ids included)
     x, y = torch.zeros(2, *shape), torch.arange(2) % classes
@@ -207,7 +223,7 @@ def _hvp_error(cfg: ModelConfig, shape: tuple[int, ...], classes: int) -> str | 
     except (Exception, SystemExit) as exc:  # a user's backward is user code too (trainables/plugins.py)
         return (
             f"curvature: the probes need Hessian-vector products (a double backward) through model.name "
-            f"{cfg.name}; one on 2 examples raised {error_text(exc)}. Drop the curvature section or replace "
+            f"{name}; one on 2 examples raised {error_text(exc)}. Drop the curvature section or replace "
             f"that op (docs/extending.md)"
         )
     return None
@@ -220,11 +236,7 @@ def trial_memory(spec: SweepSpec, profile: ModelProfile) -> tuple[float, str]:
     per member, the training and validation sets as float32 on the device."""
     packs = plan_packs(spec)
     k = max(len(p) for p in packs)
-    batch = 1
-    for pack in packs:
-        p = pack[0]
-        schedule = schedule_from_dict(p["schedule"]) if p.get("schedule") else spec.schedule
-        batch = max([batch] + [schedule_at(schedule, e, p["lr"], p["batch_size"])[1] for e in range(spec.train.epochs)])
+    batch = max(max(pack_key(pack[0], spec)[1]) for pack in packs)  # members share every epoch's S
     n_train = max(p.get("n_train") or train_set_size(spec.dataset) for pack in packs for p in pack)
     per_example = 4.0 * float(np.prod(profile.input_shape))
     state = 16.0 * profile.n_params * k
@@ -276,8 +288,9 @@ def train_flops_per_example(model_cfg: ModelConfig, dataset: DatasetConfig) -> f
     return 3.0 * forward_flops(model_cfg, dataset)
 
 
-def step_costs(device: str) -> dict:
-    return json.loads(STEP_COSTS.read_text())[device]
+def step_costs(device: str) -> dict[str, Any]:
+    costs: dict[str, Any] = json.loads(STEP_COSTS.read_text())[device]
+    return costs
 
 
 def estimate_cost(spec: SweepSpec) -> CostEstimate:
@@ -290,9 +303,7 @@ def estimate_cost(spec: SweepSpec) -> CostEstimate:
     for pack in packs:
         p = pack[0]  # members share n_train and every epoch's batch size
         n = train_set_size(dataclasses.replace(spec.dataset, n_train=p.get("n_train", spec.dataset.n_train)))
-        schedule = schedule_from_dict(p["schedule"]) if p.get("schedule") else spec.schedule
-        for epoch in range(spec.train.epochs):
-            s = schedule_at(schedule, epoch, p["lr"], p["batch_size"])[1]
+        for s in pack_key(p, spec)[1]:
             steps = n // s
             flops = train_flops * len(pack) * s * steps
             total_flops += flops

@@ -13,7 +13,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from lrbs.rundir.layout import EXPORT_DIR, METRIC_DIR
 from lrbs.rundir.safe_write import UnsafePathError, make_dirs, open_for_write
+from lrbs.rundir.tables import load_metrics, load_trials
 from lrbs.sweeps.errors import LrbsError
 
 FORMATS = ("parquet", "csv")
@@ -21,20 +26,15 @@ FORMATS = ("parquet", "csv")
 
 def export_run(run_dir: str | Path, fmt: str = "parquet", out: str | Path | None = None) -> list[Path]:
     """Write ``epochs.<fmt>`` and ``trials.<fmt>`` into ``out`` (default ``RUN_DIR/export/``)."""
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    from lrbs.rundir.tables import load_metrics, load_trials
-
     run_dir = Path(run_dir)
     if fmt not in FORMATS:
         raise LrbsError(f"--format: unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
-    if not (run_dir / "metrics").is_dir():
+    if not (run_dir / METRIC_DIR).is_dir():
         raise LrbsError(f"RUN_DIR: {run_dir} is not an lrbs run directory (no metrics/ inside)")
     # The folder lrbs writes into: RUN_DIR/export must not be a link out of the run directory;
     # a --out the user names is theirs, links and all.
     root = Path(out) if out is not None else run_dir
-    out = Path(out) if out is not None else run_dir / "export"
+    out = Path(out) if out is not None else run_dir / EXPORT_DIR
     paths = [out / f"epochs.{fmt}", out / f"trials.{fmt}"]
     existing = [p for p in paths if os.path.lexists(p)]  # a link counts as existing too
     if existing:

@@ -9,16 +9,27 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
+from lrbs.analysis.plots import interpolation_plot
+from lrbs.rundir.layout import CHECKPOINT_GLOB, INTERPOLATION_DIR, TRIAL_PARAMS
+from lrbs.rundir.points import member_config, split_member_id
+from lrbs.rundir.records import read_ledger
 from lrbs.rundir.safe_write import UnsafePathError, check_inside, make_dirs, open_for_write, write_file_safely
 from lrbs.sweeps.errors import LrbsError
-from lrbs.sweeps.trust import code_names, require_trust
+from lrbs.sweeps.trust import code_names, require_trust, restore_plugin_folders
+from lrbs.trainables.config import DatasetConfig, ModelConfig, TrainConfig, from_dict
+from lrbs.trainables.curvature import interpolate, make_batches, probe_subset
+from lrbs.trainables.data import load_dataset
+from lrbs.trainables.models import build_model
+from lrbs.trainables.plugins import PluginError
+from lrbs.trainables.tensor_data import DataError
+from lrbs.trainables.train_loop import TrialPoint, load_state
 
-INTERP_DIR = "interpolation"
 INTERP_SCHEMA = pa.schema(
     [
         ("alpha", pa.float64()),
@@ -39,9 +50,9 @@ def trial_dir(run_dir: Path, trial_id: str) -> Path:
     ends in ``RUN_DIR/resume-<session>/``); without a record, the one folder named after it."""
     for logdir in reversed(trial_logdirs(run_dir, trial_id)):
         directory = run_dir / logdir
-        if (directory / "params.json").is_file() and any(directory.glob("checkpoint_*")):
+        if (directory / TRIAL_PARAMS).is_file() and any(directory.glob(CHECKPOINT_GLOB)):
             return directory
-    matches = [p for p in run_dir.glob(f"*_{trial_id}_*") if (p / "params.json").is_file()]
+    matches = [p for p in run_dir.glob(f"*_{trial_id}_*") if (p / TRIAL_PARAMS).is_file()]
     if len(matches) != 1:
         raise LrbsError(
             f"TRIAL: no trial {trial_id!r} in {run_dir} (trial ids are in `lrbs status` and the metric tables)"
@@ -53,28 +64,23 @@ def trial_dir(run_dir: Path, trial_id: str) -> Path:
 
 def trial_logdirs(run_dir: Path, trial_id: str) -> list[str]:
     """The trial's folders (relative to the run, oldest first) as its record names them; [] if none."""
-    from lrbs.rundir.records import read_ledger
-
     record = read_ledger(run_dir)[0].get(trial_id)
     return list(record.logdirs) if record is not None else []
 
 
 def last_checkpoint(directory: Path) -> Path:
-    ckpts = sorted(directory.glob("checkpoint_*"))
+    ckpts = sorted(directory.glob(CHECKPOINT_GLOB))
     if not ckpts:
         raise LrbsError(f"TRIAL: {directory.name} has no checkpoint to interpolate from")
     return ckpts[-1]
 
 
-def member_checkpoint(run_dir: Path, trial_id: str) -> tuple[dict, dict]:
+def member_checkpoint(run_dir: Path, trial_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(config, final weights) of one point: a Tune trial, or member j of a pack (``<id>-m<j>``)."""
-    from lrbs.rundir.points import member_config, split_member_id
-    from lrbs.trainables.train_loop import load_state
-
     tune_id, j = split_member_id(trial_id)
     directory = trial_dir(run_dir, tune_id)
     try:
-        config = json.loads((directory / "params.json").read_text())
+        config = json.loads((directory / TRIAL_PARAMS).read_text())
     except (OSError, ValueError) as exc:
         raise LrbsError(
             f"TRIAL: {directory / 'params.json'} is unreadable ({str(exc).splitlines()[0][:120]})"
@@ -114,12 +120,6 @@ def interpolate_trials(
     """Loss and accuracy at each alpha. The trials' model and data set are built from their
     ``params.json``: user code they name (``package.module:factory``) is imported only with
     ``trust_code`` (``lrbs.sweeps.trust``); one line (LrbsError) otherwise."""
-    from lrbs.trainables.config import DatasetConfig, ModelConfig, TrainConfig, from_dict
-    from lrbs.trainables.curvature import interpolate, make_batches, probe_subset
-    from lrbs.trainables.data import load_dataset
-    from lrbs.trainables.models import build_model
-    from lrbs.trainables.train_loop import TrialPoint
-
     run_dir = Path(run_dir)
     configs, states = zip(*(member_checkpoint(run_dir, t) for t in (trial_a, trial_b)))
     for key in ("dataset", "model"):
@@ -131,10 +131,6 @@ def interpolate_trials(
     dataset = from_dict(DatasetConfig, configs[0]["dataset"])
     if points[0].n_train is not None:
         dataset = dataclasses.replace(dataset, n_train=points[0].n_train)
-    from lrbs.sweeps.runner import restore_plugin_folders
-    from lrbs.trainables.data import DataError
-    from lrbs.trainables.plugins import PluginError
-
     # Before any user module is looked for: a copied run directory may name someone else's code
     require_trust(code_names(configs[0]), f"{run_dir}: the params.json of {trial_a}", "interpolate", trust_code)
     restore_plugin_folders(run_dir)
@@ -181,16 +177,14 @@ def write_interpolation(
 ) -> tuple[Path, Path]:
     """Write ``interpolation/<A>__<B>.arrow`` (IPC stream) and ``.html`` (plotly) in the run
     directory (``lrbs.rundir.safe_write``: new files renamed into place, never through a link)."""
-    from lrbs.analysis.plots import interpolation_plot
-
     run_dir = Path(run_dir)
-    out = run_dir / INTERP_DIR
+    out = run_dir / INTERPOLATION_DIR
     try:
         check_inside(run_dir, out / "_")  # before the computation: a link out of the run is refused at once
     except UnsafePathError as exc:
         raise LrbsError(str(exc)) from None
     table = interpolate_trials(run_dir, trial_a, trial_b, alphas, batch_norm, trust_code)
-    # The old way (running statistics interpolated, for comparison) gets its own file.
+    # Running statistics interpolated (to compare with recomputed ones) get their own file.
     stem = out / (f"{trial_a}__{trial_b}" + ("__bn-interpolated" if batch_norm == "interpolate" else ""))
     arrow_path, html_path = stem.with_suffix(".arrow"), stem.with_suffix(".html")
     try:

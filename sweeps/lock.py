@@ -18,8 +18,12 @@ import stat
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
 
 from lrbs.rundir.layout import LOCK_FILE
+from lrbs.rundir.location import RunDir, first_line
 from lrbs.sweeps.errors import LrbsError
 
 
@@ -32,7 +36,7 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
-def _alive(holder: dict) -> bool:
+def _alive(holder: dict[str, Any]) -> bool:
     """Whether the holder (on this host) still runs: its pid exists and started when it said."""
     try:
         pid = int(holder["pid"])
@@ -47,7 +51,7 @@ def _alive(holder: dict) -> bool:
     return started is None or _process_start(pid) in (None, started)
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_text())
         return data if isinstance(data, dict) else {}
@@ -74,13 +78,13 @@ def _age_s(path: Path) -> float:
         return float("inf")
 
 
-def _shown(value) -> str:
+def _shown(value: object) -> str:
     """A field of a lock file as it goes into a one-line message: printable, at most 100 characters."""
     text = "".join(c if c.isprintable() else "?" for c in str(value))
     return text if len(text) <= 100 else text[:97] + "..."
 
 
-def describe(holder: dict) -> str:
+def describe(holder: dict[str, Any]) -> str:
     try:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("at", 0)))
     except (TypeError, ValueError, OverflowError, OSError):  # not a time lrbs wrote
@@ -99,7 +103,7 @@ class RunLock:
         self.command = command
         self.held = False
 
-    def _me(self) -> dict:
+    def _me(self) -> dict[str, Any]:
         return {
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -108,7 +112,7 @@ class RunLock:
             "at": time.time(),
         }
 
-    def _read(self) -> dict:
+    def _read(self) -> dict[str, Any]:
         return _read_json(self.path)  # half-written or garbage: {}, a lock with no live holder
 
     def _check_regular(self) -> None:
@@ -192,33 +196,27 @@ class RunLock:
     def __enter__(self) -> RunLock:
         return self.acquire() if not self.held else self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 
 class RemoteRunLock(RunLock):
-    """``lock.json`` in a run directory on an object store (``lrbs.sweeps.remote``), same holder format.
+    """``lock.json`` in a run directory in an object store (``lrbs.rundir.location``), same holder format.
 
     Object stores offer no exclusive create through pyarrow, so this lock is not atomic: two
     drivers started within the same moment can both take it. It does refuse a driver started
     while another holds the run, names a holder on another host, and takes over the lock of a
     dead driver on this host (a SIGKILLed ``lrbs run``)."""
 
-    def __init__(self, run, command: str):
+    def __init__(self, run: RunDir, command: str):
+        super().__init__(run.local, command)
         self.run = run
-        self.command = command
-        self.held = False
 
-    def _read(self) -> dict:
-        import pyarrow.fs as pafs
-
-        fs = self.run.target.fs
-        path = self.run.path(LOCK_FILE)
+    def _read(self) -> dict[str, Any]:
         try:
-            if fs.get_file_info(path).type != pafs.FileType.File:
+            if self.run.info(LOCK_FILE).type != pafs.FileType.File:
                 return {}
-            with fs.open_input_stream(path) as f:
-                data = json.loads(f.read().decode())
+            data = json.loads(self.run.read_bytes(LOCK_FILE).decode())
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
@@ -237,12 +235,9 @@ class RemoteRunLock(RunLock):
                 )
             print(f"[lrbs] took over a stale lock of {describe(holder)}", file=sys.stderr)
         try:
-            with self.run.target.fs.open_output_stream(self.run.path(LOCK_FILE)) as f:
-                f.write(json.dumps(self._me()).encode())
+            self.run.write_bytes(json.dumps(self._me()).encode(), LOCK_FILE)
         except OSError as exc:
-            raise LrbsError(
-                f"RUN_DIR: cannot lock {self.run.where} ({str(exc).strip().splitlines()[0][:300]})"
-            ) from None
+            raise LrbsError(f"RUN_DIR: cannot lock {self.run.where} ({first_line(exc)[:300]})") from None
         self.held = True
         return self
 
@@ -251,6 +246,12 @@ class RemoteRunLock(RunLock):
             self.held = False
             if self._read().get("pid") == os.getpid():
                 try:
-                    self.run.target.fs.delete_file(self.run.path(LOCK_FILE))
+                    self.run.delete(LOCK_FILE)
                 except OSError:
                     pass  # the store went away: the next driver finds a dead holder and takes over
+
+
+def lock_run(run: RunDir, command: str) -> RunLock:
+    """The lock of the run directory ``run``: an exclusive file in a local folder, the lock file
+    in a store otherwise."""
+    return RunLock(run.local, command) if run.is_local else RemoteRunLock(run, command)

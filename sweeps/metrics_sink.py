@@ -16,24 +16,26 @@ import os
 import posixpath
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 from ray.tune import Callback
+from ray.tune.experiment import Trial
 from ray.tune.result import SHOULD_CHECKPOINT
 
+from lrbs.rundir.layout import LEDGER_DIR, METRIC_DIR
+from lrbs.rundir.location import RunDir, first_line
+from lrbs.rundir.points import members
 from lrbs.rundir.records import ERROR, RUNNING, TERMINATED, TrialRecord, lineage_id, write_record
-from lrbs.rundir.schema import METRIC_SCHEMA
+from lrbs.rundir.schema import COMPACTED_SOURCES, METRIC_SCHEMA
+from lrbs.sweeps.compaction import COMPACT_EVERY, compact_streams
 from lrbs.sweeps.errors import LrbsError
-from lrbs.sweeps.storage import DEFAULT_UPLOAD_INTERVAL_S, _first_line, upload_changed
+from lrbs.sweeps.storage import session_tag
+from lrbs.sweeps.tracking import FINAL, TRACKERS, metrics_of, params_of
 
-
-def session_tag() -> str:
-    """Sortable, unique per driver process: files of later sessions sort after earlier ones."""
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ") + f"-{os.getpid()}"
+DEFAULT_UPLOAD_INTERVAL_S = 30.0  # MetricsUploader: seconds of results between uploads
 
 
 def row_from_result(result: dict[str, Any], config: dict[str, Any], trial_id: str) -> dict[str, Any]:
@@ -60,8 +62,6 @@ class ArrowMetricsSink(Callback):
     (``lrbs.sweeps.compaction``)."""
 
     def __init__(self, metrics_dir: str | Path, compact_every: int | None = None):
-        from lrbs.sweeps.compaction import COMPACT_EVERY
-
         self.metrics_dir = Path(metrics_dir)
         self.metrics_dir.mkdir(parents=True, exist_ok=True)
         self.session = session_tag()
@@ -71,11 +71,11 @@ class ArrowMetricsSink(Callback):
         self._used_names: set[str] = set()  # closed earlier in this session (compacted or not)
         self._compactions = 0
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         # Tune pickles callbacks with the experiment state; open files stay with this process.
         return {**self.__dict__, "_writers": {}, "_closed": [], "_used_names": set()}
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         # An unpickled sink (Ray's own Tuner.restore would reload it; lrbs resume builds a new
         # one) is a new driver session: it must never reopen the files of the session that pickled it.
         self.__dict__.update(state)
@@ -100,9 +100,9 @@ class ArrowMetricsSink(Callback):
         writer.write_batch(pa.RecordBatch.from_pylist([row], schema=METRIC_SCHEMA))
         self._writers[row["trial_id"]][0].flush()  # readable while the sweep runs
 
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        from lrbs.rundir.points import members
-
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
+    ) -> None:
         if "pack_rows" in result:  # one row per member still training, each under its own trial id
             ids = members(lineage_id(trial), trial.config)
             for r in result["pack_rows"].values():
@@ -122,8 +122,6 @@ class ArrowMetricsSink(Callback):
     def compact(self) -> None:
         """Rewrite this session's closed stream files into one Parquet file (``lrbs.sweeps.compaction``).
         A failure (a full disk) leaves them as they are: they read the same, only larger."""
-        from lrbs.sweeps.compaction import compact_streams
-
         if not self._closed:
             return
         dest = self.metrics_dir / f"{self.session}__compacted-{self._compactions:04d}.parquet"
@@ -140,20 +138,20 @@ class ArrowMetricsSink(Callback):
         self._used_names.update(p.name for p in self._closed)
         self._closed = []
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._close(lineage_id(trial))
 
-    def on_trial_error(self, iteration, trials, trial, **info):
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._close(lineage_id(trial))
 
-    def on_experiment_end(self, trials, **info):
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         for trial_id in list(self._writers):
             self._close(trial_id)
-        if self.compact_every:  # 0: never compact (streams only, as before compaction existed)
+        if self.compact_every:  # 0: never compact (stream files only)
             self.compact()
 
 
-def _last_error_line(trial) -> str:
+def _last_error_line(trial: Trial) -> str:
     try:
         text = Path(trial.error_file).read_text(errors="replace") if trial.error_file else ""
     except OSError:
@@ -176,7 +174,7 @@ class TrialLedger(Callback):
         self.records = dict(records or {})
         self._failures_before: dict[str, int] = {}  # failures of earlier sessions, per trial id
 
-    def _record(self, trial) -> TrialRecord:
+    def _record(self, trial: Trial) -> TrialRecord:
         trial_id = lineage_id(trial)
         record = self.records.get(trial_id)
         if record is None:
@@ -189,7 +187,7 @@ class TrialLedger(Callback):
         record.failures = self._failures_before[trial_id] + trial.num_failures
         return record
 
-    def _update(self, trial, status: str | None = None) -> None:
+    def _update(self, trial: Trial, status: str | None = None) -> None:
         record = self._record(trial)
         if status is not None:
             record.status = status
@@ -197,69 +195,61 @@ class TrialLedger(Callback):
             record.error = _last_error_line(trial)
         write_record(self.run_dir, record)
 
-    def on_trial_start(self, iteration, trials, trial, **info):
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._update(trial, RUNNING)
 
-    def on_trial_recover(self, iteration, trials, trial, **info):
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._update(trial)
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._update(trial, TERMINATED)
 
-    def on_trial_error(self, iteration, trials, trial, **info):
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._update(trial, ERROR)
 
 
 class MetricsUploader(Callback):
-    """Copies the staged metric files to the remote run directory (after ``ArrowMetricsSink``).
+    """Copies what a driver writes into the local staging mirror of a run directory in a store
+    (``lrbs.sweeps.storage.staging_dir``) up to the store: the metric files, the trial records and
+    the top-level JSON files (provenance, plug-in folders). The files there when it is made are
+    the store's already (a fresh mirror), except those in ``changed``.
 
-    Put it after the sink in the callback list: Tune calls callbacks in order, so a trial's file
-    is closed (whole) before it is uploaded on the trial's completion.
+    Put it after ``ArrowMetricsSink`` in the callback list: Tune calls callbacks in order, so a
+    trial's file is closed (whole) before it is uploaded on the trial's completion.
     """
 
     def __init__(
-        self,
-        local_dir: str | Path,
-        fs: pafs.FileSystem,
-        remote_dir: str,
-        interval_s: float = DEFAULT_UPLOAD_INTERVAL_S,
-        also: list[tuple[str | Path, str, str]] | None = None,
+        self, run: RunDir, local: Path, interval_s: float = DEFAULT_UPLOAD_INTERVAL_S, changed: tuple[Path, ...] = ()
     ):
-        self.local_dir = Path(local_dir)
-        self.fs = fs
-        self.remote_dir = remote_dir
-        self.interval_s = interval_s
-        self.sent: dict[str, tuple[int, int]] = {}
-        # (local folder, remote folder, pattern) also kept in step: the trial records (rundir/records.py)
-        self.also = [(Path(a), b, c, {}) for a, b, c in (also or [])]
-        self.uploads = 0  # files copied (a file copied again after it grew counts again)
-        self._last = time.monotonic()
-
-    def mark_sent(self) -> None:
-        """Take the local files as they are now as uploaded (a mirror of the remote run)."""
-        for local, sent in [(self.local_dir, self.sent), *((a, d) for a, _, _, d in self.also)]:
-            for path in Path(local).glob("*"):
-                if path.is_file():
+        self.run, self.local, self.interval_s = run, local, interval_s
+        # folder -> name -> (size, mtime) of what the store has
+        self.sent: dict[str, dict[str, tuple[int, int]]] = {sub: {} for sub in (METRIC_DIR, LEDGER_DIR, "")}
+        for sub, sent in self.sent.items():
+            for path in (local / sub).glob("*"):
+                if path.is_file() and path not in changed:
                     st = path.stat()
                     sent[path.name] = (st.st_size, st.st_mtime_ns)
+        self.uploads = 0  # metric files copied (a file copied again after it grew counts again)
+        self._last = time.monotonic()
 
     def upload(self, strict: bool = False) -> None:
         self._last = time.monotonic()
+        metrics, sent = self.local / METRIC_DIR, self.sent[METRIC_DIR]
         try:
-            self.uploads += len(upload_changed(self.local_dir, self.fs, self.remote_dir, self.sent, "*.arrow"))
-            compacted = upload_changed(self.local_dir, self.fs, self.remote_dir, self.sent, "*.parquet")
+            self.uploads += len(self.run.upload_changed(metrics, METRIC_DIR, sent, "*.arrow"))
+            compacted = self.run.upload_changed(metrics, METRIC_DIR, sent, "*.parquet")
             self.uploads += len(compacted)
             self._drop_covered(compacted)
-            for local, remote, pattern, sent in self.also:
-                upload_changed(local, self.fs, remote, sent, pattern)
+            for sub in (LEDGER_DIR, ""):
+                self.run.upload_changed(self.local / sub, sub, self.sent[sub], "*.json")
         except OSError as exc:
             if strict:
                 raise LrbsError(
-                    f"--storage: cannot upload metrics to {self.remote_dir} ({_first_line(exc)}); "
-                    f"they are kept in {self.local_dir}"
+                    f"--storage: cannot upload metrics to {self.run.join(METRIC_DIR)} ({first_line(exc)}); "
+                    f"they are kept in {metrics}"
                 ) from None
             print(
-                f"[lrbs] warning: metric upload to {self.remote_dir} failed ({_first_line(exc)}); will retry",
+                f"[lrbs] warning: metric upload to {self.run.join(METRIC_DIR)} failed ({first_line(exc)}); will retry",
                 file=sys.stderr,
                 flush=True,
             )
@@ -267,36 +257,32 @@ class MetricsUploader(Callback):
     def _drop_covered(self, compacted: list[str]) -> None:
         """Delete from the store the stream files a just-uploaded compacted file replaces (readers
         skip them anyway; this keeps the store at the compacted size)."""
-        import json
-
-        import pyarrow.parquet as pq
-
-        from lrbs.rundir.schema import COMPACTED_SOURCES
-
         for name in compacted:
             try:
-                meta = pq.read_schema(self.local_dir / name).metadata or {}
+                meta = pq.read_schema(self.local / METRIC_DIR / name).metadata or {}
                 sources = json.loads(meta.get(COMPACTED_SOURCES.encode(), b"[]"))
             except (OSError, ValueError, pa.ArrowException):
                 continue
             for source in sources if isinstance(sources, list) else []:
                 try:
-                    self.fs.delete_file(f"{self.remote_dir}/{source}")
+                    self.run.delete(METRIC_DIR, source)
                 except FileNotFoundError:
                     pass
-                self.sent.pop(source, None)
+                self.sent[METRIC_DIR].pop(source, None)
 
-    def on_trial_result(self, iteration, trials, trial, result, **info):
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
+    ) -> None:
         if time.monotonic() - self._last >= self.interval_s:
             self.upload()
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self.upload()
 
-    def on_trial_error(self, iteration, trials, trial, **info):
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self.upload()
 
-    def on_experiment_end(self, trials, **info):
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         self.upload()
 
 
@@ -314,19 +300,17 @@ class TrackingCallback(Callback):
         self.trackers = list(trackers)
         self.open: dict[str, list[Any]] = {}  # point's trial id -> trackers with its run open
         # point's trial id -> (epoch, status, parameters, metrics) of its rows no checkpoint holds yet
-        self.pending: dict[str, list[tuple[int, str, dict[str, Any], dict[str, float]]]] = {}
+        self.pending: dict[str, list[tuple[int, str | None, dict[str, Any], dict[str, float]]]] = {}
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         # Tune pickles callbacks with its experiment state; clients and writers stay here.
         return {"trackers": [], "open": {}, "pending": {}}
 
-    def _call(self, tracker, method: str, *args) -> bool:
+    def _call(self, tracker: Any, method: str, *args: Any) -> bool:
         try:
             getattr(tracker, method)(*args)
             return True
         except Exception as exc:  # a tracker's server or disk failing must not stop the sweep
-            from lrbs.sweeps.tracking import TRACKERS
-
             name = next((n for n, c in TRACKERS.items() if isinstance(tracker, c)), type(tracker).__name__)
             print(
                 f"[lrbs] warning: tracking.{name} failed ({type(exc).__name__}: {str(exc)[:200]}); it is switched "
@@ -339,12 +323,11 @@ class TrackingCallback(Callback):
                 self.open[key] = [t for t in self.open[key] if t is not tracker]
             return False
 
-    def on_trial_result(self, iteration, trials, trial, result, **info):
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
+    ) -> None:
         if "pack_rows" not in result or not self.trackers:
             return
-        from lrbs.rundir.points import members
-        from lrbs.sweeps.tracking import metrics_of, params_of
-
         ids = members(lineage_id(trial), trial.config)
         for r in result["pack_rows"].values():
             key, config = ids[r["member"]]
@@ -358,8 +341,6 @@ class TrackingCallback(Callback):
 
     def _flush(self, key: str) -> None:
         """Log the point's held rows (starting its run at the first), and end its run at a final row."""
-        from lrbs.sweeps.tracking import FINAL
-
         for epoch, status, params, metrics in self.pending.pop(key, []):
             if key not in self.open:
                 self.open[key] = [t for t in self.trackers if self._call(t, "start", key, params)]
@@ -373,29 +354,29 @@ class TrackingCallback(Callback):
             self._call(tracker, "finish", key, status)
 
     @staticmethod
-    def _points(trial, keys) -> list[str]:
+    def _points(trial: Trial, keys: list[str] | dict[str, Any]) -> list[str]:
         """Those of ``keys`` that are points of ``trial`` (its id, or a pack's ``<id>-m<j>``)."""
         base = lineage_id(trial)
         return [k for k in keys if k == base or k.startswith(f"{base}-m")]
 
-    def on_trial_recover(self, iteration, trials, trial, **info):
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         for key in self._points(trial, list(self.pending)):  # the restored attempt reports them again
             self.pending.pop(key)
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         for key in self._points(trial, list(self.pending)):
             self._flush(key)
         for key in self._points(trial, list(self.open)):
             self._finish(key, "stopped")  # points still open here stopped early (no final row)
 
-    def on_trial_error(self, iteration, trials, trial, **info):
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         # The rows after the last checkpoint are dropped: ``lrbs resume`` continues the trial from
         # that checkpoint and reports those epochs again.
         self.on_trial_recover(iteration, trials, trial)
         for key in self._points(trial, list(self.open)):
             self._finish(key, "error")
 
-    def on_experiment_end(self, trials, **info):
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         self.pending.clear()  # trials the driver stopped: ``lrbs resume`` reports these epochs again
         for key in list(self.open):
             self._finish(key, "stopped")

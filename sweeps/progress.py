@@ -13,10 +13,14 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any, TextIO
 
 from ray.tune import Callback
+from ray.tune.experiment import Trial
 
-from lrbs.sweeps.summary import Progress
+from lrbs.rundir.points import members
+from lrbs.rundir.records import lineage_id
+from lrbs.sweeps.summary import Progress, eta_seconds
 
 
 @dataclass
@@ -40,14 +44,14 @@ CLEAR_TO_EOL = "\x1b[K"  # ANSI: erase from the cursor to the end of the line
 CLEAR_TO_END = "\x1b[J"  # ANSI: erase from the cursor to the end of the screen
 
 
-def is_terminal(out) -> bool:
+def is_terminal(out: TextIO) -> bool:
     try:
         return bool(out.isatty())
     except (AttributeError, ValueError, OSError):  # no isatty, or a closed stream
         return False
 
 
-def _columns(out) -> int:
+def _columns(out: TextIO) -> int:
     """The terminal's width in characters (80 when it cannot be told)."""
     try:
         return os.get_terminal_size(out.fileno()).columns or 80
@@ -63,14 +67,14 @@ class LiveLine:
     it; ``end()`` ends it with a newline. The stream is looked up per call when ``out`` is None
     (a swapped ``sys.stdout`` is followed)."""
 
-    def __init__(self, out=None):
+    def __init__(self, out: TextIO | None = None):
         self.out = out
         self.shown = ""  # the text on the terminal now ("" when none is)
 
-    def stream(self):
+    def stream(self) -> TextIO:
         return self.out or sys.stdout
 
-    def _erase(self, out) -> str:
+    def _erase(self, out: TextIO) -> str:
         rows = max(1, math.ceil(len(self.shown) / _columns(out))) if self.shown else 1
         return "\r" + CLEAR_TO_EOL if rows == 1 else f"\x1b[{rows - 1}A\r" + CLEAR_TO_END
 
@@ -106,7 +110,7 @@ class LiveLine:
 _LIVE: dict[int, LiveLine] = {}
 
 
-def say(text: str, out=None) -> None:
+def say(text: str, out: TextIO | None = None) -> None:
     """Print a line on ``out`` (default: sys.stdout), above a progress line shown there."""
     out = out or sys.stdout
     live = _LIVE.get(id(out))
@@ -132,7 +136,7 @@ class ProgressPrinter(Callback):
         estimate_hours: float | None = None,
         unit: str = "CPU",
         min_interval_s: float = 5.0,
-        out=None,
+        out: TextIO | None = None,
         done_before: int = 0,
         epochs_before: int = 0,
         at_most: bool = False,
@@ -152,13 +156,11 @@ class ProgressPrinter(Callback):
         self.first_result: tuple[float, float] | None = None  # (monotonic time, that epoch's seconds)
         self.line = LiveLine(out)
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         # Tune pickles callbacks; a stream stays with this process
         return {**self.__dict__, "out": None, "line": LiveLine()}
 
     def progress(self) -> Progress:
-        from lrbs.sweeps.summary import eta_seconds
-
         now = time.monotonic()
         done_epochs = self.epochs_before + sum(k * e for k, e, _ in self.trained.values())
         session = sum(k * (e - self.start_epoch.get(t, 0)) for t, (k, e, _) in self.trained.items())
@@ -193,19 +195,16 @@ class ProgressPrinter(Callback):
         best = f" | best val_acc {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
         self.line.draw(f"[lrbs] {self.progress().line()}{best}")
 
-    def on_experiment_end(self, trials, **info):
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         self.line.end()  # the last line stays, and what follows starts on a line of its own
 
-    def on_trial_start(self, iteration, trials, trial, **info):
-        from lrbs.rundir.points import members
-
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self.running[trial.trial_id] = len(members(trial.trial_id, trial.config))
         self._print()
 
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        from lrbs.rundir.points import members
-        from lrbs.rundir.records import lineage_id
-
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
+    ) -> None:
         ids = members(lineage_id(trial), trial.config)
         rows = list(result.get("pack_rows", {}).values())
         if self.first_result is None and rows:
@@ -223,12 +222,12 @@ class ProgressPrinter(Callback):
                 self.diverged += 1
         self._print()
 
-    def _ended(self, trial) -> tuple[int, float]:
+    def _ended(self, trial: Trial) -> tuple[int, float]:
         k = self.running.pop(trial.trial_id, 1)
         _, _, wall = self.trained.get(trial.trial_id, (k, 0, 0.0))
         return k, wall
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         k, wall = self._ended(trial)
         self.done += k
         # every member's epochs count as done (diverged members stop early)
@@ -236,7 +235,7 @@ class ProgressPrinter(Callback):
         self.trained[trial.trial_id] = (k, epochs, wall)
         self._print(force=True)
 
-    def on_trial_error(self, iteration, trials, trial, **info):
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         k, _ = self._ended(trial)
         self.errored += k
         self._print(force=True)

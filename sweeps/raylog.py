@@ -15,14 +15,18 @@ import contextlib
 import io
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
+
+import ray  # noqa: F401 - Ray installs its logging handlers on import: RayOutput finds them
 
 LOG_FILE = "ray.log"
 
 
 def _ray_stream_handlers() -> list[logging.Handler]:
     names = ["ray", *(n for n in logging.root.manager.loggerDict if n.startswith("ray."))]
-    found = []
+    found: list[logging.Handler] = []
     for name in names:
         logger = logging.getLogger(name)
         found += [
@@ -33,20 +37,20 @@ def _ray_stream_handlers() -> list[logging.Handler]:
     return found
 
 
-class _QuietHandler(logging.StreamHandler):
+class _QuietHandler(logging.StreamHandler[TextIO]):
     """A log line that cannot be written (a full disk) is dropped, never a traceback on the
     terminal: the sweep's own error says what happened."""
 
-    def handleError(self, record):
+    def handleError(self, record: logging.LogRecord) -> None:
         pass
 
 
 class RayOutput:
     """``start()`` before ``ray.init``, ``to_file(run_dir)`` once it exists, ``stop()`` at the end."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.buffer = io.StringIO()
-        self.file = None
+        self.file: TextIO | None = None
         self.handler = _QuietHandler(self.buffer)
         self.handler.setLevel(logging.INFO)
         self.handler.setFormatter(
@@ -56,8 +60,6 @@ class RayOutput:
         self.path: Path | None = None
 
     def start(self) -> RayOutput:
-        import ray  # noqa: F401 - Ray installs its handlers on import
-
         logger = logging.getLogger("ray")
         self.saved = [(h, h.level) for h in _ray_stream_handlers() if h is not self.handler]
         for handler, _ in self.saved:
@@ -74,16 +76,16 @@ class RayOutput:
         try:
             # Appended to, never through a link planted in the run directory (O_NOFOLLOW: ELOOP)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
-            self.file = open(fd, "a", encoding="utf-8", buffering=1)  # line-buffered: readable as it runs
-            self.file.write(self.buffer.getvalue())
+            file = open(fd, "a", encoding="utf-8", buffering=1)  # line-buffered: readable as it runs
+            file.write(self.buffer.getvalue())
         except OSError as exc:
-            self.file = None
             return f"not written ({exc.strerror or exc})"
-        self.handler.setStream(self.file)
+        self.file = file
+        self.handler.setStream(file)
         return self.path
 
     @contextlib.contextmanager
-    def printed(self):
+    def printed(self) -> Iterator[None]:
         """What Ray prints to stdout/stderr meanwhile goes to the log too."""
         target = self.file or self.buffer
         with contextlib.redirect_stdout(target), contextlib.redirect_stderr(target):

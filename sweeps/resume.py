@@ -17,35 +17,59 @@ Each unfinished trial runs again as a new Tune trial in a new Ray experiment
 ``RUN_DIR/resume-<session>/``, keeping its trial id (so its rows continue the same series) and
 continuing from its newest checkpoint that loads; points never started get new trials. With
 ``--restart-errored`` the trials that ended in ERROR start from scratch under new ids and their old
-rows are superseded. The run directory is locked (``lrbs.sweeps.lock``) for the whole resume.
+rows are superseded. The run directory is locked (``lrbs.sweeps.lock``) for the whole resume; the
+Tune run is built by the same driver as ``lrbs run``'s (``lrbs.sweeps.runner.Driver``).
 """
 
 from __future__ import annotations
 
-import functools
+import fnmatch
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from lrbs.rundir.layout import LEDGER_DIR, METRIC_DIR, SPEC_COPY, TRACKER_DIRS
-from lrbs.rundir.points import from_config
-from lrbs.rundir.safe_write import UnsafePathError, check_inside, write_file_safely
-from lrbs.sweeps.errors import LrbsError, SweepStopped
-from lrbs.sweeps.raylog import RayOutput
-from lrbs.sweeps.runner import (
-    fit,
-    init_ray,
-    plugin_runtime_env,
-    print_outcome,
-    resilience_settings,
-    restore_plugin_folders,
-    trial_resources,
-    tune_settings,
-    wait_for_resources,
+from lrbs.rundir.layout import LEDGER_DIR, METRIC_DIR, SESSION_GLOB, SPEC_COPY, TRACKER_DIRS
+from lrbs.rundir.location import RunDir, first_line
+from lrbs.rundir.points import from_config, point_key
+from lrbs.rundir.records import (
+    ERROR,
+    TERMINATED,
+    TrialRecord,
+    last_rows,
+    ledger_from_trial_dirs,
+    points_done,
+    read_ledger,
+    resumable_epoch,
+    resume_plan,
 )
-from lrbs.sweeps.spec import is_search
+from lrbs.rundir.safe_write import UnsafePathError, check_inside, write_file_safely
+from lrbs.rundir.tables import load_trials
+from lrbs.sweeps.beta_searcher import search_resumption
+from lrbs.sweeps.compaction import compact_earlier_sessions
+from lrbs.sweeps.errors import LrbsError, SweepStopped
+from lrbs.sweeps.grid import expand_points, is_search
+from lrbs.sweeps.packing import plan_packs
+from lrbs.sweeps.preflight import preflight
+from lrbs.sweeps.runner import Driver, GridPoints, PointSource
+from lrbs.sweeps.spec import SweepSpec
+from lrbs.sweeps.storage import (
+    mirror,
+    open_run,
+    remote_checkpoints,
+    resolve_storage,
+    session_tag,
+    staging_dir,
+    tracking_root,
+)
+from lrbs.sweeps.tracking import build_trackers, with_tracks
+from lrbs.sweeps.trust import require_trust, restore_plugin_folders, spec_code_names
+
+# Folders a resume writes into (metric rows, trial records, the trackers' default folders)
+RESUME_WRITES = (METRIC_DIR, LEDGER_DIR, *TRACKER_DIRS)
+PLAN_FILE = "lrbs-resume-plan.json"  # in each session's experiment folder: the trials read their entry
 
 
 def check_run_dir(run_dir: str | Path) -> Path:
@@ -59,32 +83,22 @@ def check_run_dir(run_dir: str | Path) -> Path:
     return run_dir
 
 
-def _recency(record) -> tuple:
+def _recency(record: TrialRecord) -> tuple[float, str]:
     """Newer attempts first: by the record's time, then (rebuilt records) by their newest session."""
-    sessions = [d.split("/")[0] for d in record.logdirs if d.startswith("resume-")]
+    sessions = fnmatch.filter([d.split("/")[0] for d in record.logdirs], SESSION_GLOB)
     return record.updated_at, max(sessions, default="")
 
 
 def plan_resume(
-    spec, run_dir: Path, restart_errored: bool, checkpoints=None
-) -> tuple[list[list[dict]], dict[str, dict], dict, dict]:
+    spec: SweepSpec,
+    run_dir: Path,
+    restart_errored: bool,
+    checkpoints: Callable[[TrialRecord], list[str]] | None = None,
+) -> tuple[list[list[dict[str, Any]]], dict[str, dict[str, Any]], dict[str, int], dict[str, TrialRecord]]:
     """What is left to train: the packs (each a list of points), the ``resume`` map for the
     param space (point key -> trial id and checkpoints), counts for the first line and the
     trial records (for the ledger to go on with). ``checkpoints(record)``: its checkpoint
-    folders, newest first (default: local folders under ``run_dir``; URIs for a remote run)."""
-    from lrbs.rundir.points import point_key
-    from lrbs.rundir.records import (
-        ERROR,
-        TERMINATED,
-        last_rows,
-        ledger_from_trial_dirs,
-        points_done,
-        read_ledger,
-        resumable_epoch,
-    )
-    from lrbs.sweeps.packing import plan_packs
-    from lrbs.sweeps.spec import expand_points
-
+    folders, newest first (default: local folders under ``run_dir``; URIs for a run in a store)."""
     records, damaged = read_ledger(run_dir)
     rebuilt = ledger_from_trial_dirs(run_dir)
     for trial_id, record in rebuilt.items():  # old layout, or records that did not read
@@ -94,14 +108,14 @@ def plan_resume(
     by_key = {point_key(p): p for p in points}
     if damaged:
         print(
-            f"[lrbs] {len(damaged)} damaged trial record(s) in {run_dir / 'trials'} "
+            f"[lrbs] {len(damaged)} damaged trial record(s) in {run_dir / LEDGER_DIR} "
             f"({', '.join(sorted(damaged)[:3])}): rebuilt from the trial folders and the metric rows",
             file=sys.stderr,
         )
     rows = last_rows(run_dir)
     done = points_done(run_dir, rows)
     started: set[str] = set()
-    packs: list[list[dict]] = []
+    packs: list[list[dict[str, Any]]] = []
     resume: dict[str, dict[str, Any]] = {}
     counts = {"done": 0, "continued": 0, "restarted": 0, "new": 0}
     for record in sorted(records.values(), key=_recency, reverse=True):
@@ -109,7 +123,7 @@ def plan_resume(
         unknown = [k for k in keys if k not in by_key]
         if unknown:
             raise LrbsError(
-                f"RUN_DIR: trial {record.trial_id} ({run_dir / 'trials'}) trains a point that "
+                f"RUN_DIR: trial {record.trial_id} ({run_dir / LEDGER_DIR}) trains a point that "
                 f"{run_dir / SPEC_COPY} does not have; refusing to resume a mixed-up run directory"
             )
         if started.intersection(keys):
@@ -146,7 +160,7 @@ def resume_sweep(
     restart_errored: bool = False,
     address: str | None = None,
     out: TextIO | None = None,
-    outcome: dict | None = None,
+    outcome: dict[str, int] | None = None,
     upload_interval_s: float | None = None,
     track: list[str] | None = None,
     trust_code: bool = False,
@@ -156,37 +170,23 @@ def resume_sweep(
     A spec naming user code (``package.module:factory``) is refused unless ``trust_code``
     (``lrbs.sweeps.trust``): a copied run directory may name someone else's code.
 
-    ``run_dir`` may be a URI (``s3://``, ``gs://``; ``lrbs.sweeps.remote``): its data files are mirrored
-    into a local staging directory (returned), the new rows and records are uploaded as the run
-    goes (every ``upload_interval_s`` seconds and at each trial's end), and Tune writes the new
-    checkpoints beside the old ones in the store."""
+    ``run_dir`` may be a URI (``s3://``, ``gs://``; ``lrbs.sweeps.storage``): its data files are
+    mirrored into a local staging directory (returned), the new rows and records are uploaded as
+    the run goes (every ``upload_interval_s`` seconds and at each trial's end), and Tune writes the
+    new checkpoints beside the old ones in the store."""
     out = out or sys.stdout
-    from lrbs.sweeps.lock import RemoteRunLock, RunLock
-    from lrbs.sweeps.metrics_sink import session_tag
-    from lrbs.sweeps.remote import mirror, open_run
-    from lrbs.sweeps.storage import cache_dir, resolve_storage
-
     if track:
-        from lrbs.sweeps.tracking import with_tracks
-
         with_tracks(None, track)  # an unknown name: one line before anything is read
-    remote = open_run(run_dir, need=(SPEC_COPY, METRIC_DIR))  # one line if unreachable or not a run
-    if remote is None:
-        local = check_run_dir(resolve_storage(run_dir).path)  # a path, or a file:// URI
-    else:  # reading only: nothing is written to the store before the spec and trackers check out
-        local = mirror(remote, cache_dir() / "staging" / f"{remote.name}-{session_tag()}")
+    run = open_run(run_dir, need=(SPEC_COPY, METRIC_DIR)) or resolve_storage(run_dir)  # one line if not a run
+    # reading only: nothing is written to a store before the spec and trackers check out
+    local = check_run_dir(run.local) if run.is_local else mirror(run, staging_dir(run))
     _check_write_folders(local)
-    spec, trackers = _checked_spec(local, remote, track, trust_code)
-    lock = RunLock(local, "lrbs resume") if remote is None else RemoteRunLock(remote, "lrbs resume")
-    with lock:  # before Ray starts: a second driver or a read-only folder is one line
-        if remote is not None:
-            mirror(remote, local)  # again, under the lock: the store as the last driver left it
-        _resume_locked(spec, trackers, local, remote, restart_errored, address, out, outcome, upload_interval_s)
+    spec, trackers = _checked_spec(run, local, track, trust_code)
+    with Driver(spec, run, address, out, upload_interval_s, local) as driver:
+        driver.lock("lrbs resume")  # before Ray starts: a second driver or a read-only folder is one line
+        driver.mirror()  # again, under the lock: the store as the last driver left it
+        _resume_locked(driver, trackers, restart_errored, outcome)
     return local
-
-
-# Folders a resume writes into (metric rows, trial records, the trackers' default folders)
-RESUME_WRITES = (METRIC_DIR, LEDGER_DIR, *TRACKER_DIRS)
 
 
 def _check_write_folders(local: Path) -> None:
@@ -207,153 +207,71 @@ def _check_write_folders(local: Path) -> None:
         raise LrbsError(str(exc)) from None
 
 
-def _checked_spec(local: Path, remote, track: list[str] | None, trust_code: bool = False):
+def _checked_spec(run: RunDir, local: Path, track: list[str] | None, trust_code: bool) -> tuple[SweepSpec, list[Any]]:
     """The run's spec (with ``--track``'s trackers for this session) and its trackers, checked
     against the run directory's name; one line (exit 2) otherwise, before anything is written."""
-    from lrbs.sweeps.spec import load_spec
-    from lrbs.sweeps.tracking import build_trackers, with_tracks
-    from lrbs.sweeps.trust import require_trust, spec_code_names
-
-    # Before any user module is looked for (load_spec builds the model): refused unless trusted
-    where = f"{remote.where if remote is not None else local}/{SPEC_COPY}"
-    require_trust(spec_code_names(local / SPEC_COPY), where, "resume", trust_code)
+    # Before any user module is looked for (the pre-flight builds the model): refused unless trusted
+    require_trust(spec_code_names(local / SPEC_COPY), f"{run.where}/{SPEC_COPY}", "resume", trust_code)
     restore_plugin_folders(local)  # user modules: found where `lrbs run` found them
-    spec = with_tracks(
-        load_spec(local / SPEC_COPY, probe_check=False), track
-    )  # the spec's trackers, and --track's for this session
-    name = remote.name if remote is not None else local.name
-    if spec.name != name:
-        where = remote.where if remote is not None else str(local)
-        raise LrbsError(f"RUN_DIR: {where}/{SPEC_COPY} names sweep {spec.name!r}, not {name!r}")
-    if remote is not None:
-        from lrbs.sweeps.remote import fetched_dir
-
-        tracking_root = fetched_dir(remote, "local")  # the same folder in every session: resume re-attaches
-    else:
-        tracking_root = local
-    return spec, build_trackers(spec.tracking, spec.name, tracking_root)
+    # the spec's trackers, and --track's for this session
+    spec = with_tracks(preflight(local / SPEC_COPY, probe_check=False).spec, track)
+    if spec.name != run.name:
+        raise LrbsError(f"RUN_DIR: {run.where}/{SPEC_COPY} names sweep {spec.name!r}, not {run.name!r}")
+    # (in a store: the trackers' folder is the same in every session, so a resume re-attaches)
+    return spec, build_trackers(spec.tracking, spec.name, tracking_root(run))
 
 
-def _resume_locked(
-    spec,
-    trackers: list,
-    local: Path,
-    remote,
-    restart_errored: bool,
-    address: str | None,
-    out: TextIO,
-    outcome: dict | None,
-    upload_interval_s: float | None,
-) -> None:
-    from ray import tune
-
-    from lrbs.rundir.records import resume_plan
-    from lrbs.sweeps.compaction import compact_earlier_sessions
-    from lrbs.sweeps.metrics_sink import ArrowMetricsSink, MetricsUploader, TrackingCallback, TrialLedger, session_tag
-    from lrbs.sweeps.progress import ProgressPrinter
-    from lrbs.sweeps.spec import to_param_space
-    from lrbs.sweeps.storage import DEFAULT_UPLOAD_INTERVAL_S
-    from lrbs.sweeps.version import code_version
-    from lrbs.trainables.train_loop import train_trial
-
-    where = remote.where if remote is not None else str(local)
-    checkpoints = None
-    if remote is not None:
-        from lrbs.sweeps.remote import remote_checkpoints
-
-        checkpoints = functools.partial(remote_checkpoints, remote)
+def _resume_locked(driver: Driver, trackers: list[Any], restart_errored: bool, outcome: dict[str, int] | None) -> None:
+    spec, run, local = driver.spec, driver.run, driver.local
+    checkpoints = None if run.is_local else lambda record: remote_checkpoints(run, record)
     packs, resume, counts, records = plan_resume(spec, local, restart_errored, checkpoints)
-    n_left = counts["continued"] + counts["restarted"] + counts["new"]
-    searcher: dict = {}
-    if is_search(spec):  # the search goes on from the trials that ended (none is repeated)
-        from lrbs.rundir.tables import load_trials
-        from lrbs.sweeps.beta_searcher import search_resumption
-
-        searcher = search_resumption(spec, load_trials(local), packs, records, restart_errored)
-        n_left = max(n_left, searcher.pop("n_left"))
-    compacted: list = []
-    if n_left or remote is None:  # (a remote run's compacted files reach the store with this session's uploads)
+    # A search goes on from the trials that ended (none is repeated)
+    source: PointSource = (
+        search_resumption(spec, load_trials(local), packs, records, restart_errored)
+        if is_search(spec)
+        else GridPoints(packs)
+    )
+    if source.total or run.is_local:  # (a store's compacted files reach it with this session's uploads)
         # Under the lock no earlier driver is alive: the streams a killed one left are compacted
         # now (it never got to its own end-of-session compaction).
-        compacted = compact_earlier_sessions(local / METRIC_DIR)
+        compact_earlier_sessions(local / METRIC_DIR)
     print(
         f"[lrbs] resume {spec.name}: {counts['done']} trials done; {counts['continued']} continue from "
         f"checkpoints, {counts['restarted']} restart from scratch, {counts['new']} never started "
-        f"({len(packs)} packs) -> {where}",
-        file=out,
+        f"({len(packs)} packs) -> {run.where}",
+        file=driver.out,
         flush=True,
     )
-    if n_left:
-        if address is None:
-            wait_for_resources(spec, embedded=True, out=out, ray_started=False)
-        raylog = RayOutput().start()
-        tag = f"resume-{session_tag()}"  # this session's Ray experiment, inside RUN_DIR
-        plan = local / tag / "lrbs-resume-plan.json"  # the trials read their entry from it
-        sink = ArrowMetricsSink(local / METRIC_DIR)
-        callbacks = [
-            sink,
-            TrialLedger(local, records, trial_root=remote.path() if remote is not None else None),
-            TrackingCallback(trackers),
-        ]
-        storage: dict = {"storage_path": str(local)}
-        plan_ref = str(plan)
-        if remote is not None:
-            plan_ref = remote.uri_of(remote.path(tag, plan.name))  # trials on any node read it there
-            uploader = MetricsUploader(
-                local / METRIC_DIR,
-                remote.target.fs,
-                remote.path(METRIC_DIR),
-                DEFAULT_UPLOAD_INTERVAL_S if upload_interval_s is None else upload_interval_s,
-                also=[(local / LEDGER_DIR, remote.path(LEDGER_DIR), "*.json")],
-            )
-            uploader.mark_sent()  # the mirrored files are the remote's already (not the ones compacted here)
-            for path in compacted:
-                uploader.sent.pop(path.name, None)
-            callbacks.append(uploader)
-            storage = {"storage_path": remote.target.path, "storage_filesystem": remote.target.fs}
-        callbacks.append(
-            ProgressPrinter(
-                n_left,
-                n_left * spec.train.epochs,
-                unit="GPU" if spec.resources.gpu > 0 else "CPU",
-                out=out,
-                at_most=is_search(spec),
-            )
-        )
-        try:
-            init_ray(address, plugin_runtime_env(spec))
-            wait_for_resources(spec, embedded=address is None, out=out)
-            # The plan, once Ray is up (a bad --address leaves no session folder behind).
-            try:
-                plan.parent.mkdir()
-                write_file_safely(plan, json.dumps(resume, indent=1), root=local)
-            except OSError as exc:
-                raise SweepStopped(f"RUN_DIR: cannot write {plan} ({exc.strerror or exc})") from None
-            if remote is not None:
-                remote.put(plan, tag, plan.name)
-                why = "it reads back different"
-                try:  # read back as the trials will (and cached for the driver's callbacks)
-                    readable = resume_plan(plan_ref) == resume
-                except (OSError, ValueError) as exc:
-                    readable, why = False, (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-                if not readable:
-                    raise LrbsError(f"RUN_DIR: the trials could not read the resume plan {plan_ref} ({why})")
-            print(f"[lrbs] Ray's log: {raylog.to_file(local)}", file=out, flush=True)
-            tuner = tune.Tuner(
-                tune.with_resources(train_trial, trial_resources(spec)),
-                param_space=to_param_space(spec, code_version(), packs=packs, resume=plan_ref),
-                tune_config=tune.TuneConfig(**tune_settings(spec, out, **searcher)),
-                run_config=tune.RunConfig(
-                    name=tag, callbacks=callbacks, **storage, **resilience_settings(spec), verbose=0
-                ),
-            )
-            fitted = False
-            try:
-                fit(tuner, local, raylog)
-                fitted = True
-            finally:  # also when the sweep stopped: what was written reaches the store (or stays staged)
-                if remote is not None:
-                    uploader.upload(strict=fitted)
-        finally:
-            raylog.stop()
-    print_outcome(spec, local, f"{where}/{METRIC_DIR}", out, outcome)
+    if source.total:
+        driver.start_ray()
+        tag = SESSION_GLOB.replace("*", session_tag())  # this session's Ray experiment, inside RUN_DIR
+        plan = _write_plan(run, local, tag, resume)  # once Ray is up: a bad --address leaves no session folder
+        print(f"[lrbs] Ray's log: {driver.raylog.to_file(local)}", file=driver.out, flush=True)
+        driver.fit(source, run.child(tag), trackers, records=records, resume=plan)
+    driver.print_outcome(outcome)
+
+
+def _write_plan(run: RunDir, local: Path, tag: str, resume: dict[str, dict[str, Any]]) -> str:
+    """Write the session's plan into its experiment folder ``tag``; returns where the trials read
+    it (a URI for a run in a store, read back here as they will)."""
+    plan = local / tag / PLAN_FILE
+    try:
+        plan.parent.mkdir()
+        write_file_safely(plan, json.dumps(resume, indent=1), root=local)
+    except OSError as exc:
+        raise SweepStopped(f"RUN_DIR: cannot write {plan} ({exc.strerror or exc})") from None
+    if run.is_local:
+        return str(plan)
+    plan_ref = run.uri_of(run.join(tag, PLAN_FILE))  # trials on any node read it there
+    try:
+        run.put(plan, tag, PLAN_FILE)
+    except OSError as exc:
+        raise LrbsError(f"RUN_DIR: cannot write {run.where}/{tag}/{PLAN_FILE} ({first_line(exc)[:300]})") from None
+    why = "it reads back different"
+    try:  # read back as the trials will (and cached for the driver's callbacks)
+        readable = resume_plan(plan_ref) == resume
+    except (OSError, ValueError) as exc:
+        readable, why = False, first_line(exc)[:200]
+    if not readable:
+        raise LrbsError(f"RUN_DIR: the trials could not read the resume plan {plan_ref} ({why})")
+    return plan_ref

@@ -1,65 +1,119 @@
-"""Turn a validated spec into a Ray Tune run: ``tune.Tuner`` over the trial points."""
+"""The driver: ``lrbs run`` and ``lrbs resume`` build their Ray Tune run (``tune.Tuner`` over the
+trial points) through one :class:`Driver`.
+
+A driver session starts or joins Ray, locks the run directory (a ``lrbs.rundir.location.RunDir``:
+local, or in a store through a local staging mirror that is uploaded as it goes), and fits a Tune
+run of the points of a point source with lrbs's callbacks (metric rows, trial records, uploads,
+trackers, the progress line). A grid gives all its packs at once (:class:`GridPoints`); a beta
+search proposes packs as trials end (``lrbs.sweeps.beta_searcher.BetaSearcher``). ``run`` and
+``resume`` differ only in where the points come from (a new run directory, or the trial records
+and spec copy of an existing one: ``lrbs.sweeps.resume``) and what they restart.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import json
 import os
+import platform
+import shutil
 import sys
 import time
+import traceback
+from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
-from typing import TextIO
+from typing import Any, Protocol, TextIO
 
-import yaml
+import pyarrow.fs as pafs
+import ray
+import torch
+from ray import tune
 
-from lrbs.rundir.layout import METRIC_DIR, PLUGIN_ROOTS, PROVENANCE_FILE, SPEC_COPY
+from lrbs.rundir.layout import METRIC_DIR, PROVENANCE_FILE
+from lrbs.rundir.location import RunDir
 from lrbs.rundir.points import from_config
+from lrbs.rundir.records import TrialRecord, current_records, read_ledger, sweep_outcome
 from lrbs.rundir.safe_write import write_file_safely
+from lrbs.sweeps.beta_searcher import BetaSearcher
 from lrbs.sweeps.errors import LrbsError, SweepStopped
+from lrbs.sweeps.estimate import CostEstimate
+from lrbs.sweeps.grid import expand_points, is_search
+from lrbs.sweeps.lock import RunLock, lock_run
+from lrbs.sweeps.metrics_sink import (
+    DEFAULT_UPLOAD_INTERVAL_S,
+    ArrowMetricsSink,
+    MetricsUploader,
+    TrackingCallback,
+    TrialLedger,
+)
+from lrbs.sweeps.packing import plan_packs
+from lrbs.sweeps.param_space import to_param_space
+from lrbs.sweeps.preflight import preflight
+from lrbs.sweeps.progress import PhaseTimes, ProgressPrinter
 from lrbs.sweeps.raylog import RayOutput
-from lrbs.sweeps.spec import SweepSpec, to_param_space
-from lrbs.sweeps.trust import resume_command
+from lrbs.sweeps.spec import SweepSpec
+from lrbs.sweeps.storage import check_new_run_dir, create_run_dir, mirror, resolve_storage, staging_dir, tracking_root
+from lrbs.sweeps.tracking import build_trackers
+from lrbs.sweeps.trust import record_plugin_folders, resume_command, ship_paths
+from lrbs.sweeps.version import code_version
+from lrbs.trainables.data import dataset_entry, load_dataset
+from lrbs.trainables.ray_private import RayConfig, ray_constants
+from lrbs.trainables.tensor_data import DataError
+from lrbs.trainables.train_loop import train_trial
+
+EXIT_TRIALS_ERRORED = 3  # `lrbs run`/`resume`: the sweep ran, but some trials ended in ERROR
+PACKAGES = ("torch", "torchvision", "ray", "pyarrow", "numpy", "scipy", "plotly", "mnist1d")
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+STORAGE_ERRNOS = {28: "the disk is full", 122: "the disk quota is exceeded", 30: "it is read-only"}
 
 
-def storage_root(storage: str | None) -> Path:
-    """The directory that holds run directories; refused before anything starts when it is a file,
-    lies under a file, or cannot be created or written (the first existing folder above it decides)."""
+class PointSource(Protocol):
+    """Where a driver's trials come from (:class:`GridPoints`, ``BetaSearcher``)."""
 
-    root = Path(storage or "runs").expanduser().resolve()
-    if root.exists() and not root.is_dir():
-        raise LrbsError(f"--storage: {root} is a file, not a directory")
-    existing = root
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise LrbsError(f"--storage: {root} lies under {existing}, which is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise LrbsError(f"--storage: cannot write under {existing} (read-only or not yours)")
-    return root
+    packs: list[list[dict[str, Any]]]  # the param space's grid of packs (a search proposes its own)
+    total: int  # points it trains (for a search: at most)
+    at_most: bool
 
+    def describe(self) -> str:
+        """The first line's account of the trials (``lrbs run``)."""
+        ...
 
-def free_run_dir(spec: SweepSpec, storage: str | None) -> Path:
-    """``<storage>/<name>/`` if it can be created; LrbsError if storage is a file or it exists."""
-    run_dir = storage_root(storage) / spec.name
-    if run_dir.exists():
-        raise LrbsError(
-            f"run directory {run_dir} already exists: pick another name or --storage (nothing was changed there)"
-        )
-    return run_dir
+    def tune_config(self, out: TextIO) -> dict[str, Any]:
+        """``TuneConfig`` keywords that hand the points to Tune."""
+        ...
 
 
-def prepare_run_dir(spec: SweepSpec, storage: str | None) -> Path:
-    """Create ``<storage>/<name>/`` with a copy of the spec; never reuse an existing one."""
-    run_dir = free_run_dir(spec, storage)
-    try:
-        run_dir.mkdir(parents=True)
-    except OSError as exc:
-        raise LrbsError(f"--storage: cannot create {run_dir} ({exc.strerror or exc})") from None
-    (run_dir / METRIC_DIR).mkdir()
-    (run_dir / SPEC_COPY).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
-    return run_dir
+class GridPoints:
+    """A grid's packs, all at once: one sample of a Tune ``grid_search`` over them."""
+
+    at_most = False
+
+    def __init__(self, packs: list[list[dict[str, Any]]]):
+        self.packs = packs
+        self.total = sum(len(pack) for pack in packs)
+
+    def describe(self) -> str:
+        return f"{self.total} trials in {len(self.packs)} packs"
+
+    def tune_config(self, out: TextIO) -> dict[str, Any]:
+        # Reused actors: a trial after the first on a worker skips process start-up and imports
+        # (seconds per trial; see docs/performance.md). Trials share no state: each one seeds
+        # torch and sets its threads itself.
+        return {"num_samples": 1, "reuse_actors": True}
 
 
-def plugin_runtime_env(spec: SweepSpec) -> dict | None:
+def run_points(spec: SweepSpec, run_dir: Path) -> list[dict[str, Any]]:
+    """The sweep's points: the spec's; for a ``beta.search``, those its trials were given (the
+    trial records), which is all the search launched."""
+    if not is_search(spec):
+        return expand_points(spec)
+    records, _ = read_ledger(run_dir)
+    return [p for r in current_records(records) for p in from_config(r.point)]
+
+
+def plugin_runtime_env(spec: SweepSpec) -> dict[str, Any] | None:
     """Ray ``runtime_env`` that ships the user's model and data-set modules to every worker.
 
     Each ``package.module:factory`` in ``model.name`` or ``dataset.name`` that is not an
@@ -75,58 +129,8 @@ def plugin_runtime_env(spec: SweepSpec) -> dict | None:
     return {"py_modules": paths} if paths else None
 
 
-def ship_paths(spec: SweepSpec) -> list[str]:
-    """The local package folders or single-file modules of the spec's user factories (installed
-    packages and lrbs itself excluded: trainables.plugins.ship_path)."""
-    from lrbs.trainables.plugins import is_import_path, ship_path
-
-    paths = [ship_path(name) for name in (spec.model.name, spec.dataset.name) if is_import_path(name)]
-    return list(dict.fromkeys(p for p in paths if p))
-
-
-def plugin_folders(spec: SweepSpec) -> list[str]:
-    """The folders the spec's user modules were imported from (their sys.path entries)."""
-    return list(dict.fromkeys(str(Path(p).parent) for p in ship_paths(spec)))
-
-
-def record_plugin_folders(spec: SweepSpec, run_dir: Path) -> None:
-    """Write where the user modules came from, so ``lrbs resume`` and ``lrbs interpolate`` find
-    them again from any folder (plain JSON data; nothing in it is executed)."""
-    import json
-
-    folders = plugin_folders(spec)
-    if folders:
-        (run_dir / PLUGIN_ROOTS).write_text(json.dumps({"search_roots": folders}, indent=1))
-
-
-def restore_plugin_folders(run_dir: Path) -> None:
-    """Add the folders ``record_plugin_folders`` wrote to the plug-in search path (if they exist)."""
-    import json
-
-    from lrbs.trainables.plugins import add_search_root
-
-    try:
-        roots = json.loads((run_dir / PLUGIN_ROOTS).read_text())["search_roots"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return  # no user modules, or an unreadable file: the usual search path applies
-    for folder in roots if isinstance(roots, list) else []:
-        if isinstance(folder, str) and Path(folder).is_dir():
-            add_search_root(folder)
-
-
-PACKAGES = ("torch", "torchvision", "ray", "pyarrow", "numpy", "scipy", "plotly", "mnist1d")
-
-
-def provenance(spec: SweepSpec, address: str | None) -> dict:
+def provenance(spec: SweepSpec, address: str | None, source: PointSource, cost: CostEstimate) -> dict[str, Any]:
     """Where and with what a sweep ran (the report's provenance section reads it back)."""
-    import datetime
-    import platform
-    from importlib import metadata
-
-    from lrbs.sweeps.estimate import estimate_cost
-    from lrbs.sweeps.spec import is_search, search_settings
-    from lrbs.sweeps.version import code_version
-
     packages = {}
     for name in PACKAGES:
         try:
@@ -135,10 +139,7 @@ def provenance(spec: SweepSpec, address: str | None) -> dict:
             pass
     device = "cpu"
     if spec.resources.gpu > 0:
-        import torch
-
         device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "GPU (not visible to the driver)"
-    cost = estimate_cost(spec)
     return {
         "code_version": code_version(),
         "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -150,15 +151,13 @@ def provenance(spec: SweepSpec, address: str | None) -> dict:
         "resources_per_trial": {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
         "packages": packages,
         "estimate": {"device_hours": cost.device_hours, "device": cost.device, "total_pflop": cost.total_pflop},
-        "points": cost.trials,
+        "points": source.total,
         "epochs": spec.train.epochs,
-        **({"beta_search": True, "points": search_settings(spec).budget} if is_search(spec) else {}),
+        **({"beta_search": True} if source.at_most else {}),
     }
 
 
 def _cpu_model() -> str:
-    import platform
-
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -168,12 +167,10 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def init_ray(address: str | None, runtime_env: dict | None = None) -> None:
-    import ray
-
+def init_ray(address: str | None, runtime_env: dict[str, Any] | None = None) -> None:
     if ray.is_initialized():
         return
-    extra = {"runtime_env": runtime_env} if runtime_env else {}
+    extra: dict[str, Any] = {"runtime_env": runtime_env} if runtime_env else {}
     if address:
         try:
             ray.init(address=address, log_to_driver=False, **extra)
@@ -181,24 +178,19 @@ def init_ray(address: str | None, runtime_env: dict | None = None) -> None:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise LrbsError(f"--address: cannot connect to a Ray cluster at {address} ({first})") from None
     else:
-        # An embedded local cluster, on loopback only and with token auth (issue 13).
+        # An embedded local cluster, on loopback only and with token auth.
         # address="local": a new cluster even when another one runs on this machine.
         with loopback_only(), token_auth():
             ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False, **extra)
 
 
-LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-
-
 @contextlib.contextmanager
-def loopback_only():
+def loopback_only() -> Iterator[None]:
     """Ray picks 127.0.0.1 as the node address, and then binds every server (GCS, raylet, object
     manager, workers, agents) to loopback, when it believes it runs a single-machine cluster
     (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``; read at import, so the constant is set too). Only for
     the embedded cluster, and only while it starts: a driver joining a real cluster must advertise
     a reachable address. The processes started here keep the setting."""
-    from lrbs.trainables.ray_private import ray_constants
-
     before_env, before_flag = os.environ.get(LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
     os.environ[LOOPBACK_ENV] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
@@ -213,12 +205,10 @@ def loopback_only():
 
 
 @contextlib.contextmanager
-def token_auth():
+def token_auth() -> Iterator[None]:
     """Token authentication on for the embedded cluster, set here rather than left to Ray's
     default (which a future Ray, or RAY_AUTH_MODE in the environment, may change); the token
     file (``~/.ray/auth_token``, made by Ray if missing) readable by its owner only."""
-    from lrbs.trainables.ray_private import RayConfig
-
     os.environ["RAY_AUTH_MODE"] = "token"
     RayConfig.initialize("")  # Ray's own way to re-read the mode in this process (as its default does)
     yield
@@ -237,8 +227,6 @@ def trial_resources(spec: SweepSpec) -> dict[str, float]:
 
 def node_capacity() -> list[dict[str, float]]:
     """CPUs and GPUs of each live node of the connected Ray cluster."""
-    import ray
-
     return [
         {"cpu": float(n["Resources"].get("CPU", 0)), "gpu": float(n["Resources"].get("GPU", 0))}
         for n in ray.nodes()
@@ -252,8 +240,6 @@ def _fits(need: dict[str, float], nodes: list[dict[str, float]]) -> bool:
 
 def local_capacity() -> dict[str, float]:
     """This machine's CPUs and GPUs, as an embedded Ray cluster would count them (at most)."""
-    import torch
-
     return {"cpu": float(os.cpu_count() or 1), "gpu": float(torch.cuda.device_count())}
 
 
@@ -292,98 +278,25 @@ def wait_for_resources(
     )
 
 
-def resilience_settings(spec: SweepSpec) -> dict:
-    """RunConfig fields from ``spec.resilience`` (shared by ``lrbs run`` and ``lrbs resume``)."""
-    from ray import tune
-
-    return {
-        "failure_config": tune.FailureConfig(max_failures=spec.resilience.max_failures),
-        "checkpoint_config": tune.CheckpointConfig(num_to_keep=spec.resilience.keep_checkpoints),
-    }
-
-
-EXIT_TRIALS_ERRORED = 3  # `lrbs run`/`resume`: the sweep ran, but some trials ended in ERROR
-
-
-def print_outcome(spec: SweepSpec, run_dir: Path, metrics_where: str, out: TextIO, outcome: dict | None = None) -> None:
-    """Counts are of points (a pack counts once per member), from lrbs's own files (rows and
-    trial records, ``lrbs.rundir.records.sweep_outcome``); ``outcome`` gets them."""
-    from lrbs.rundir.records import sweep_outcome
-
-    counts = sweep_outcome(run_dir, run_points(spec, run_dir))
-    extra = f", {counts['unfinished']} unfinished" if counts["unfinished"] else ""
-    print(
-        f"[lrbs] sweep {spec.name} ended: {counts['finished']} trials finished, {counts['errored']} errored{extra}; "
-        f"metrics in {metrics_where}",
-        file=out,
-        flush=True,
-    )
-    if outcome is not None:
-        outcome.update(counts)
-
-
-def run_points(spec: SweepSpec, run_dir: Path) -> list[dict]:
-    """The sweep's points: the spec's; for a ``beta.search``, those its trials were given (the
-    trial records), which is all the search launched."""
-    from lrbs.sweeps.spec import expand_points, is_search
-
-    if not is_search(spec):
-        return expand_points(spec)
-    from lrbs.rundir.records import current_records, read_ledger
-
-    records, _ = read_ledger(run_dir)
-    return [p for r in current_records(records) for p in from_config(r.point)]
-
-
-def tune_settings(spec: SweepSpec, out: TextIO, **searcher) -> dict:
-    """``TuneConfig`` keywords: one sample of the grid of packs, or the beta searcher (``num_samples``
-    -1: as many as it proposes, until it says FINISHED)."""
-    from lrbs.sweeps.spec import is_search
-
-    # Reused actors: a trial after the first on a worker skips process start-up and imports
-    # (seconds per trial; see docs/performance.md). Trials share no state: each one seeds
-    # torch and sets its threads itself.
-    if not is_search(spec):
-        return {"num_samples": 1, "reuse_actors": True}
-    import math
-
-    from lrbs.sweeps.beta_searcher import BetaSearcher
-    from lrbs.sweeps.packing import pack_cap
-    from lrbs.sweeps.spec import search_settings
-
-    # Tune keeps only one trial of a plain Searcher pending (one placement group asked of an
-    # autoscaler at a time); a bound on live trials lifts that: at most a point and the reference
-    # per size at once, each in ceil(seeds / pack size) packs.
-    n_sizes = len(spec.beta.n_train) or 1
-    packs_per_point = math.ceil(search_settings(spec).max_seeds / max(1, pack_cap(spec)))
-    return {
-        "num_samples": -1,
-        "reuse_actors": True,
-        "search_alg": BetaSearcher(spec, out=out, **searcher),
-        "max_concurrent_trials": 2 * n_sizes * packs_per_point,
-    }
-
-
-def fit(tuner, run_dir: Path, raylog=None) -> None:
-    """``tuner.fit()``; Ray failing under the sweep (most often a full disk: Ray then dies reading a
-    0-byte error file) is one line naming the run directory, exit 4, and the rows written so far
-    stay intact for ``lrbs resume``. The traceback goes to ``RUN_DIR/driver-error.txt``."""
-    try:
-        with raylog.printed() if raylog is not None else contextlib.nullcontext():
-            tuner.fit()
-    except Exception as exc:  # noqa: BLE001 - every failure of Ray's driver loop ends the same way
-        raise stopped_error(exc, run_dir) from None
-
-
-STORAGE_ERRNOS = {28: "the disk is full", 122: "the disk quota is exceeded", 30: "it is read-only"}
+def preflight_data(spec: SweepSpec) -> None:
+    """Data sets read from (or generated into) ``data_dir`` must load on the driver before any
+    trial starts: a missing set is one line and exit 2, not N errored trials, and parallel trials
+    never race to download or generate into the same folder. (On a cluster the nodes
+    pre-download: cluster.yaml.)"""
+    if dataset_entry(spec.dataset.name).on_disk:
+        try:
+            load_dataset(spec.dataset)
+        except DataError as exc:
+            raise LrbsError(str(exc)) from None
 
 
 def stopped_error(exc: BaseException, run_dir: Path) -> SweepStopped:
-    import shutil
-    import traceback
-
+    """Ray failing under the sweep (most often a full disk: Ray then dies reading a 0-byte error
+    file) as one line naming the run directory (exit 4); the traceback goes to
+    ``RUN_DIR/driver-error.txt``."""
     why = None
-    seen, cur = set(), exc
+    seen: set[int] = set()
+    cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:  # an OSError anywhere in the chain says why
         seen.add(id(cur))
         if isinstance(cur, OSError) and cur.errno in STORAGE_ERRNOS:
@@ -412,40 +325,133 @@ def stopped_error(exc: BaseException, run_dir: Path) -> SweepStopped:
     )
 
 
-def preflight_model(spec: SweepSpec):
-    """Build the model once on the driver and run it on two examples (``estimate.model_profile``):
-    a broken factory is one line and exit 2 before Ray starts. Returns the profile."""
-    from lrbs.sweeps.estimate import check_limits, model_profile
+class Driver:
+    """One driver session of the sweep ``spec`` on the run directory ``run``. It writes into
+    ``local``: the run directory, or for a run in a store its staging mirror (:meth:`mirror`),
+    whose changes go up as the run goes. A context manager: Ray's output is restored and the
+    lock released at its end."""
 
-    profile = model_profile(spec.model, spec.dataset, max_params=spec.limits.max_params)
-    check_limits(spec, profile)
-    return profile
+    def __init__(
+        self,
+        spec: SweepSpec,
+        run: RunDir,
+        address: str | None,
+        out: TextIO,
+        upload_interval_s: float | None = None,
+        local: Path | None = None,
+    ):
+        self.spec, self.run, self.address, self.out = spec, run, address, out
+        self.upload_interval_s = DEFAULT_UPLOAD_INTERVAL_S if upload_interval_s is None else upload_interval_s
+        self.local = staging_dir(run) if local is None else local
+        self.raylog = RayOutput()  # Ray's own lines: to RUN_DIR/ray.log, errors still to the terminal
+        self.uploader: MetricsUploader | None = None
+        self.held: RunLock | None = None
 
+    def __enter__(self) -> Driver:
+        return self
 
-def preflight_data(spec: SweepSpec) -> None:
-    """Data sets read from (or generated into) ``data_dir`` must load on the driver before any
-    trial starts: a missing set is one line and exit 2, not N errored trials, and parallel trials
-    never race to download or generate into the same folder. (On a cluster the nodes
-    pre-download: cluster.yaml.)"""
-    from lrbs.trainables.data import DataError, dataset_entry, load_dataset
+    def __exit__(self, *exc: object) -> None:
+        self.raylog.stop()
+        if self.held is not None:
+            self.held.release()
 
-    if dataset_entry(spec.dataset.name).on_disk:
+    def lock(self, command: str) -> None:
+        """Take the run directory's lock (``lrbs.sweeps.lock``): one driver per run directory."""
+        self.held = lock_run(self.run, command).acquire()
+
+    def mirror(self) -> Path:
+        """Bring ``local`` up to date with a run directory in a store, as the store has it now, and
+        from here on upload what changes in it (a local run directory is its own ``local``)."""
+        if not self.run.is_local:
+            mirror(self.run, self.local)
+            self.uploader = MetricsUploader(self.run, self.local, self.upload_interval_s)
+        return self.local
+
+    def start_ray(self) -> float:
+        """Start the embedded Ray or join ``address`` once a trial's resources fit there (one
+        line otherwise); returns the seconds Ray took to start."""
+        if self.address is None:
+            wait_for_resources(self.spec, embedded=True, out=self.out, ray_started=False)
+        self.raylog.start()
+        t0 = time.monotonic()
+        init_ray(self.address, plugin_runtime_env(self.spec))
+        seconds = time.monotonic() - t0
+        wait_for_resources(self.spec, embedded=self.address is None, out=self.out)
+        return seconds
+
+    def fit(
+        self,
+        source: PointSource,
+        experiment: RunDir,
+        trackers: list[Any],
+        *,
+        records: dict[str, TrialRecord] | None = None,
+        resume: str | None = None,
+        estimate_hours: float | None = None,
+        times: PhaseTimes | None = None,
+    ) -> None:
+        """Train ``source``'s points as the Tune experiment in the folder ``experiment`` (inside the
+        run directory, or the run directory itself). ``records``: the trial records to go on with;
+        ``resume``: where the trials read ``lrbs resume``'s plan. A failure of Ray's driver loop is
+        one line (``stopped_error``); the rows written so far stay intact for ``lrbs resume``."""
+        spec = self.spec
+        printer = ProgressPrinter(
+            source.total,
+            source.total * spec.train.epochs,
+            estimate_hours,
+            "GPU" if spec.resources.gpu > 0 else "CPU",
+            out=self.out,
+            at_most=source.at_most,
+        )
+        tuner = tune.Tuner(
+            tune.with_resources(train_trial, trial_resources(spec)),
+            param_space=to_param_space(spec, code_version(), packs=source.packs, resume=resume),
+            tune_config=tune.TuneConfig(**source.tune_config(self.out)),
+            run_config=tune.RunConfig(
+                name=experiment.name,
+                storage_path=experiment.parent.path,
+                storage_filesystem=None if self.run.is_local else self.run.fs,
+                callbacks=[
+                    ArrowMetricsSink(self.local / METRIC_DIR),
+                    TrialLedger(self.local, records, trial_root=self.run.path),
+                    *([self.uploader] if self.uploader is not None else []),
+                    TrackingCallback(trackers),
+                    printer,
+                ],
+                failure_config=tune.FailureConfig(max_failures=spec.resilience.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.resilience.keep_checkpoints),
+                verbose=0,
+            ),
+        )
+        t0 = time.monotonic()
+        fitted = False
         try:
-            load_dataset(spec.dataset)
-        except DataError as exc:
-            raise LrbsError(str(exc)) from None
+            with self.raylog.printed():
+                tuner.fit()
+            fitted = True
+        except Exception as exc:  # noqa: BLE001 - every failure of Ray's driver loop ends the same way
+            raise stopped_error(exc, self.local) from None
+        finally:  # also when the sweep stopped: what was written reaches the store (or stays staged)
+            if self.uploader is not None:
+                self.uploader.upload(strict=fitted)
+        if times is not None:
+            times.trials = time.monotonic() - t0
+            if printer.first_result is not None:
+                times.worker_start = max(0.0, printer.first_result[0] - t0 - printer.first_result[1])
 
-
-def tracking_dir(target, name: str) -> Path:
-    """Where the trackers' default folders go (``lrbs.sweeps.tracking``): the run directory, or for a
-    run in object storage a local folder that is the same in every session (``lrbs resume``
-    re-attaches to it; ``lrbs.sweeps.remote.fetched_dir``)."""
-    if target.is_local:
-        return Path(target.path) / name
-    from lrbs.sweeps.remote import RemoteRun, fetched_dir
-    from lrbs.sweeps.storage import _join
-
-    return fetched_dir(RemoteRun(target._replace(path=_join(target.path, name))), "local")
+    def print_outcome(self, outcome: dict[str, int] | None = None) -> None:
+        """Counts are of points (a pack counts once per member), from lrbs's own files (rows and
+        trial records, ``lrbs.rundir.records.sweep_outcome``); ``outcome`` gets them."""
+        counts = sweep_outcome(self.local, run_points(self.spec, self.local))
+        extra = f", {counts['unfinished']} unfinished" if counts["unfinished"] else ""
+        print(
+            f"[lrbs] sweep {self.spec.name} ended: {counts['finished']} trials finished, {counts['errored']} "
+            f"errored{extra}; metrics in {self.run.where}/{METRIC_DIR}",
+            file=self.out,
+            flush=True,
+        )
+        if outcome is not None:
+            outcome.update(counts)
 
 
 def run_sweep(
@@ -454,123 +460,48 @@ def run_sweep(
     address: str | None = None,
     out: TextIO | None = None,
     *,
-    storage_filesystem=None,
+    storage_filesystem: pafs.FileSystem | None = None,
     upload_interval_s: float | None = None,
-    times=None,
-    outcome: dict | None = None,
+    times: PhaseTimes | None = None,
+    outcome: dict[str, int] | None = None,
 ) -> Path:
     """Run every trial of ``spec``; returns the (local) run directory.
 
     ``storage`` may be a URI (``s3://``, ``gs://``, ``file://``) or, with ``storage_filesystem``
-    (a ``pyarrow.fs.FileSystem``), a path inside that filesystem; a remote run directory is
+    (a ``pyarrow.fs.FileSystem``), a path inside that filesystem; a run directory in a store is
     mirrored in a local staging directory, which is returned (see ``lrbs.sweeps.storage``).
-    ``times`` (a ``lrbs.sweeps.progress.PhaseTimes``) gets the Ray start, trials and worker start-up;
-    ``outcome`` (a dict) the counts of finished and errored points.
+    ``times`` gets the Ray start, trials and worker start-up; ``outcome`` the counts of finished
+    and errored points.
     """
     out = out or sys.stdout  # looked up per call: a default bound at import outlives a swapped stdout
-    from ray import tune
-
-    from lrbs.sweeps.lock import RunLock
-    from lrbs.sweeps.metrics_sink import ArrowMetricsSink, TrackingCallback, TrialLedger
-    from lrbs.sweeps.packing import plan_packs
-    from lrbs.sweeps.progress import ProgressPrinter
-    from lrbs.sweeps.spec import expand_points, is_search, search_settings
-    from lrbs.sweeps.storage import prepare_placement, resolve_storage
-    from lrbs.sweeps.tracking import build_trackers
-    from lrbs.sweeps.version import code_version
-    from lrbs.trainables.train_loop import train_trial
-
-    target = resolve_storage(storage, storage_filesystem)
-    if target.is_local:
-        free_run_dir(spec, target.path)  # fail before starting Ray; nothing is written yet
+    run = resolve_storage(storage, storage_filesystem).child(spec.name)
+    check_new_run_dir(run)  # before Ray starts; nothing is written yet
     # trackers: their packages installed, their folders writable (one line, before anything starts)
-    tracking_root = tracking_dir(target, spec.name)
-    build_trackers(spec.tracking, spec.name, tracking_root)
-    preflight_model(spec)
+    build_trackers(spec.tracking, spec.name, tracking_root(run))
+    checked = preflight(spec, local_data=address is None)  # the model, built once (cached) and checked
     if address is None:
         preflight_data(spec)
-        wait_for_resources(spec, embedded=True, out=out, ray_started=False)
-    raylog = RayOutput().start()  # Ray's own lines: to RUN_DIR/ray.log, errors still to the terminal
-    lock = None
-    try:
-        t0 = time.monotonic()
-        # Before the run directory exists: a bad --address leaves nothing behind.
-        init_ray(address, plugin_runtime_env(spec))
-        t_ray = time.monotonic() - t0
-        wait_for_resources(spec, embedded=address is None, out=out)
-        place = prepare_placement(spec, storage, storage_filesystem, upload_interval_s)
-        run_dir = place.run_dir
-        if target.is_local:
-            lock = RunLock(run_dir, "lrbs run").acquire()
-        else:  # the run directory in the store: a resume started while this runs is refused
-            from lrbs.sweeps.lock import RemoteRunLock
-            from lrbs.sweeps.remote import RemoteRun
-
-            lock = RemoteRunLock(RemoteRun(target._replace(path=place.remote_run_path)), "lrbs run").acquire()
-        log_path = raylog.to_file(run_dir)
-        import json
-
-        info = provenance(spec, address)
+    source: PointSource = BetaSearcher(spec) if is_search(spec) else GridPoints(plan_packs(spec))
+    with Driver(spec, run, address, out, upload_interval_s) as driver:
+        ray_s = driver.start_ray()  # before the run directory exists: a bad --address leaves nothing behind
+        create_run_dir(run, spec.to_dict())
+        local = driver.mirror()
+        driver.lock("lrbs run")  # a resume started while this runs is refused
+        log_path = driver.raylog.to_file(local)
+        info = provenance(spec, address, source, checked.estimate())
         try:
-            record_plugin_folders(spec, run_dir)
-            (run_dir / PROVENANCE_FILE).write_text(json.dumps(info, indent=1))
+            record_plugin_folders(spec, local)
+            (local / PROVENANCE_FILE).write_text(json.dumps(info, indent=1))
         except OSError as exc:  # a full disk right at the start
-            raise SweepStopped(f"RUN_DIR: cannot write into {run_dir} ({exc.strerror or exc})") from None
-        if is_search(spec):
-            settings = search_settings(spec)
-            n_trials = settings.budget  # at most
-            print(
-                f"[lrbs] sweep {spec.name}: beta search over {len(settings.betas)} betas "
-                f"(1 to {settings.betas[-1]:g}, x{spec.beta.search.resolution:.4g}) at "
-                f"{len(spec.beta.n_train) or 1} training-set size(s), at most {n_trials} trials -> {place.where} "
-                f"(Ray's log: {log_path})",
-                file=out,
-                flush=True,
-            )
-        else:
-            n_trials, n_packs = len(expand_points(spec)), len(plan_packs(spec))
-            print(
-                f"[lrbs] sweep {spec.name}: {n_trials} trials in {n_packs} packs -> {place.where} "
-                f"(Ray's log: {log_path})",
-                file=out,
-                flush=True,
-            )
-        printer = ProgressPrinter(
-            n_trials,
-            n_trials * spec.train.epochs,
-            info["estimate"]["device_hours"],
-            "GPU" if spec.resources.gpu > 0 else "CPU",
-            out=out,
-            at_most=is_search(spec),
+            raise SweepStopped(f"RUN_DIR: cannot write into {local} ({exc.strerror or exc})") from None
+        print(
+            f"[lrbs] sweep {spec.name}: {source.describe()} -> {run.where} (Ray's log: {log_path})",
+            file=out,
+            flush=True,
         )
-        tuner = tune.Tuner(
-            tune.with_resources(train_trial, trial_resources(spec)),
-            param_space=to_param_space(spec, code_version()),
-            tune_config=tune.TuneConfig(**tune_settings(spec, out)),
-            run_config=tune.RunConfig(
-                name=spec.name,
-                **place.tune_kwargs,
-                callbacks=[
-                    ArrowMetricsSink(place.metrics_dir),
-                    TrialLedger(run_dir, trial_root=place.trial_root),
-                    *place.callbacks,
-                    TrackingCallback(build_trackers(spec.tracking, spec.name, tracking_root)),
-                    printer,
-                ],
-                **resilience_settings(spec),
-                verbose=0,
-            ),
-        )
-        t0 = time.monotonic()
-        fit(tuner, run_dir, raylog)
+        trackers = build_trackers(spec.tracking, spec.name, tracking_root(run))
+        driver.fit(source, run, trackers, estimate_hours=info["estimate"]["device_hours"], times=times)
         if times is not None:
-            times.ray, times.trials = t_ray, time.monotonic() - t0
-            if printer.first_result is not None:
-                times.worker_start = max(0.0, printer.first_result[0] - t0 - printer.first_result[1])
-        place.finish()
-        print_outcome(spec, run_dir, f"{place.where}/{METRIC_DIR}", out, outcome)
-    finally:
-        raylog.stop()
-        if lock is not None:
-            lock.release()
-    return run_dir
+            times.ray = ray_s
+        driver.print_outcome(outcome)
+    return local

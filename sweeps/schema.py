@@ -102,9 +102,9 @@ def render() -> str:
     return json.dumps(spec_schema(), indent=2, allow_nan=False) + "\n"
 
 
-def shipped_path():
+def shipped_path() -> resources.abc.Traversable:
     """The schema file shipped with the installed package."""
-    return resources.files("sweeps").joinpath(SCHEMA_FILE)
+    return resources.files("lrbs.sweeps").joinpath(SCHEMA_FILE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,7 +152,7 @@ def _object(cls: type, defs: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def _type(hint: Any, defs: dict[str, dict[str, Any]], empty_lists: bool = False) -> dict[str, Any]:
-    """The JSON Schema of one type hint, as the spec's type check reads it (``lrbs.sweeps.spec._check_type``):
+    """The JSON Schema of one type hint, as the spec's type check reads it (``lrbs.sweeps.spec.check_type``):
     ints where floats are expected, non-empty lists for tuples, any mapping for ``dict``."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
@@ -168,12 +168,12 @@ def _type(hint: Any, defs: dict[str, dict[str, Any]], empty_lists: bool = False)
     simple = {float: "number", int: "integer", bool: "boolean", str: "string"}
     if hint in simple:
         return {"type": simple[hint]}
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _ref(hint, defs)
     raise TypeError(f"no JSON Schema for the type hint {hint!r}")  # a new kind of field: teach _type
 
 
-def _default(f: dataclasses.Field) -> Any:
+def _default(f: dataclasses.Field[Any]) -> Any:
     """``f``'s default as JSON (tuples as lists), or MISSING where it has none or it is a section."""
     if f.default is not dataclasses.MISSING:
         value = f.default
@@ -225,7 +225,7 @@ def _with_choices(schema: dict[str, Any], values: tuple[str, ...]) -> dict[str, 
 
 def _tracking(defs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """``tracking:``: tracker name -> its options (or true / null: defaults, false: off), a list of
-    names, or null (``lrbs.sweeps.spec._tracking_section``)."""
+    names, or null (``lrbs.sweeps.spec_load``)."""
     names = list(TRACKERS)
     by_name = {name: {"anyOf": [_ref(t.Options, defs), {"type": ["boolean", "null"]}]} for name, t in TRACKERS.items()}
     return {
@@ -290,7 +290,8 @@ def field_comments(cls: type) -> dict[str, str]:
     for stmt in node.body:
         if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
             continue
-        above, line = [], stmt.lineno - 1
+        above: list[str] = []
+        line = stmt.lineno - 1
         while line in comments and lines[line - 1].lstrip().startswith("#"):
             above.insert(0, comments[line])
             line -= 1

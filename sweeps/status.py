@@ -13,13 +13,22 @@ trial's last metric row together.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from lrbs.rundir.layout import LEDGER_DIR, LOCK_FILE
+import pyarrow as pa
+import yaml
+
+from lrbs.rundir.layout import LEDGER_DIR, LOCK_FILE, METRIC_DIR, PROVENANCE_FILE, SPEC_COPY
+from lrbs.rundir.points import members, split_member_id
+from lrbs.rundir.records import FINAL_ROW_STATUSES, RUNNING, current_records, read_ledger
+from lrbs.rundir.tables import ReadReport, load_metrics, load_metrics_with_report
 from lrbs.sweeps.errors import LrbsError
-from lrbs.sweeps.summary import Progress
+from lrbs.sweeps.lock import holder_alive
+from lrbs.sweeps.summary import Progress, eta_seconds
 
 EXPERIMENT_STATE_GLOB = "experiment_state-*.json"
 
@@ -115,16 +124,11 @@ def _tune_trials(run_dir: Path) -> list[dict[str, Any]]:
 
 def _ledger_trials(run_dir: Path) -> list[dict[str, Any]] | None:
     """Per Tune trial lineage, from ``RUN_DIR/trials/`` (None when the run has no records)."""
-    import yaml
-
-    from lrbs.rundir.records import RUNNING, current_records, read_ledger
-    from lrbs.sweeps.lock import holder_alive
-
     if not (run_dir / LEDGER_DIR).is_dir():
         return None
     records, damaged = read_ledger(run_dir)
     try:
-        spec = yaml.safe_load((run_dir / "spec.yaml").read_text()) or {}
+        spec = yaml.safe_load((run_dir / SPEC_COPY).read_text()) or {}
     except (OSError, ValueError, yaml.YAMLError):
         spec = {}
     shared = {"train": spec.get("train") or {}} if isinstance(spec, dict) else {}
@@ -154,10 +158,8 @@ def _ledger_trials(run_dir: Path) -> list[dict[str, Any]] | None:
     return trials
 
 
-def _per_member(trials: list[dict]) -> list[dict]:
+def _per_member(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A pack's Tune trial as the per-point trials of the tables (``lrbs.sweeps.packing.members``)."""
-    from lrbs.rundir.points import members
-
     return [
         {**t, "trial_id": trial_id, "config": config}
         for t in trials
@@ -165,29 +167,20 @@ def _per_member(trials: list[dict]) -> list[dict]:
     ]
 
 
-def read_progress(run_dir: str | Path, metrics=None) -> Progress | None:
+def read_progress(run_dir: str | Path, metrics: pa.Table | None = None) -> Progress | None:
     """The summary line's numbers from the run's files: totals from ``provenance.json`` (written
     by ``lrbs run``), epochs and training time from the rows, elapsed from the start to now (a
     driver holds the lock) or to the last row; None for a run without ``provenance.json``."""
-    import time
-    from datetime import datetime
-
-    from lrbs.rundir.points import split_member_id
-    from lrbs.rundir.records import FINAL_ROW_STATUSES
-    from lrbs.rundir.tables import load_metrics
-    from lrbs.sweeps.lock import holder_alive
-    from lrbs.sweeps.summary import eta_seconds
-
     run_dir = Path(run_dir)
     try:
-        info = json.loads((run_dir / "provenance.json").read_text())
+        info = json.loads((run_dir / PROVENANCE_FILE).read_text())
         total, epochs = int(info["points"]), int(info["epochs"])
         started = datetime.fromisoformat(info["started_at"]).timestamp()
     except (OSError, ValueError, KeyError, TypeError):
         return None
     metrics = load_metrics(run_dir) if metrics is None else metrics  # the caller's copy: read once
     table = metrics.select(["trial_id", "epoch", "status", "wall_s", "written_at"]).to_pylist()
-    last: dict[str, dict] = {}
+    last: dict[str, dict[str, Any]] = {}
     for row in table:
         last[row["trial_id"]] = row
     done = sum(r["status"] in FINAL_ROW_STATUSES for r in last.values())
@@ -217,17 +210,15 @@ def read_progress(run_dir: str | Path, metrics=None) -> Progress | None:
     )
 
 
-def read_status(run_dir: str | Path, loaded=None) -> list[TrialStatus]:
+def read_status(run_dir: str | Path, loaded: tuple[pa.Table, ReadReport] | None = None) -> list[TrialStatus]:
     """One entry per trial of the run (Tune's trials, plus any trial only the metrics know).
     ``loaded``: ``load_metrics_with_report(run_dir)`` if the caller has it already."""
-    from lrbs.rundir.tables import load_metrics_with_report
-
     run_dir = Path(run_dir)
-    if not run_dir.is_dir() or not ((run_dir / "metrics").is_dir() or newest_experiment_state(run_dir)):
+    if not run_dir.is_dir() or not ((run_dir / METRIC_DIR).is_dir() or newest_experiment_state(run_dir)):
         raise LrbsError(f"RUN_DIR: {run_dir} is not an lrbs run directory (no metrics/ or experiment state inside)")
     last_rows: dict[str, dict[str, Any]] = {}
     damaged: dict[str, str] = {}  # metric file name -> what is wrong with it
-    if (run_dir / "metrics").is_dir():
+    if (run_dir / METRIC_DIR).is_dir():
         metrics, info = loaded if loaded is not None else load_metrics_with_report(run_dir)
         damaged.update(info.damaged)
         for row in metrics.select(["trial_id", "epoch", "val_acc", "status", "config_json"]).to_pylist():
@@ -247,12 +238,9 @@ def read_status(run_dir: str | Path, loaded=None) -> list[TrialStatus]:
                 }
             )
     out = []
-    from lrbs.rundir.points import split_member_id
-    from lrbs.sweeps.lock import holder_alive
-
     live = holder_alive(run_dir / LOCK_FILE)
 
-    def order(t):  # pack members in member order: ...-m2 before ...-m10
+    def order(t: dict[str, Any]) -> tuple[str, int]:  # pack members in member order: ...-m2 before ...-m10
         base, j = split_member_id(t["trial_id"])
         return base, -1 if j is None else j
 
@@ -282,8 +270,8 @@ def read_status(run_dir: str | Path, loaded=None) -> list[TrialStatus]:
             trial.row_status = "damaged"
             trial.error = f"{problem} (metric file {name})"  # the problem first: the table cuts long errors
             trial.damaged_file = name
-    for t in out:
-        t.state = trial_state(t.status, t.row_status, live)
+    for status in out:
+        status.state = trial_state(status.status, status.row_status, live)
     return out
 
 

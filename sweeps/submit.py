@@ -2,19 +2,28 @@
 
 The spec is validated here first (bad input: exit 2, nothing submitted). The job's working
 directory is this project (uploaded by Ray; the cluster nodes also have it pip-installed, see
-cluster.yaml), and its entrypoint is ``python -m lrbs.sweeps.cli run SPEC --address auto --storage S``
+cluster.yaml), and its entrypoint is ``python -m lrbs run SPEC --address auto --storage S``
 on the head node. Token auth: the client sends the token Ray finds on this machine
 (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``) when ``RAY_AUTH_MODE=token``.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import shlex
 import sys
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlparse
 
+from ray.job_submission import JobSubmissionClient
+
+from lrbs.rundir.location import first_line, is_uri, join_uri
 from lrbs.sweeps.errors import LrbsError
+from lrbs.sweeps.grid import expand_points
+from lrbs.sweeps.preflight import preflight
+from lrbs.sweeps.runner import plugin_runtime_env
 from lrbs.sweeps.trust import TRUST_FLAG, code_names
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -57,8 +66,6 @@ def spec_in_project(spec_path: str | Path, root: Path = PROJECT_ROOT) -> str:
 
 def token_would_be_sent() -> bool:
     """The Ray client attaches a bearer token when token auth is on and a token is found."""
-    import os
-
     if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
         return False
     path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
@@ -68,9 +75,6 @@ def token_would_be_sent() -> bool:
 def check_transport(address: str, insecure: bool = False, err: TextIO = sys.stderr) -> None:
     """Refuse plain HTTP to a host other than this machine when the auth token would travel in
     clear text (with the project upload); ``--insecure`` sends anyway, with a warning."""
-    import ipaddress
-    from urllib.parse import urlparse
-
     url = urlparse(address)
     host = url.hostname or ""
     try:
@@ -104,24 +108,17 @@ def submit_sweep(
     insecure: bool = False,
 ) -> str:
     """Validate ``spec_path``, submit it as a Ray job to the dashboard at ``address``; returns the job id."""
-    from lrbs.sweeps.runner import plugin_runtime_env, preflight_model
-    from lrbs.sweeps.spec import expand_points, load_spec
-
-    spec = load_spec(spec_path)
-    preflight_model(spec)  # a broken model factory: one line, exit 2, nothing submitted
+    spec = preflight(spec_path).spec  # a broken model factory: one line, exit 2, nothing submitted
     n_trials = len(expand_points(spec))
     spec_rel = spec_in_project(spec_path, root)
     storage = storage or DEFAULT_JOB_STORAGE
-    if "://" not in address:
+    if not is_uri(address):
         address = f"http://{address}"  # the dashboard's HTTP address, e.g. http://HEAD:8265
     check_transport(address, insecure)
-
-    from ray.job_submission import JobSubmissionClient
-
     try:
         client = JobSubmissionClient(address)
     except Exception as exc:  # ConnectionError, RuntimeError from the SDK, auth errors
-        raise LrbsError(f"--address: cannot reach the Ray dashboard at {address} ({_first_line(exc)})") from None
+        raise LrbsError(f"--address: cannot reach the Ray dashboard at {address} ({first_line(exc)})") from None
     runtime_env: dict[str, Any] = {"working_dir": str(root), "excludes": list(EXCLUDES)}
     # User model/data-set modules outside the project travel as py_modules (sweeps/runner.py).
     runtime_env.update(plugin_runtime_env(spec) or {})
@@ -133,9 +130,7 @@ def submit_sweep(
             metadata={"lrbs_sweep": spec.name, "lrbs_spec": spec_rel, "lrbs_storage": storage},
         )
     except Exception as exc:
-        raise LrbsError(f"--address: {address} refused the job ({_first_line(exc)})") from None
-    from lrbs.sweeps.storage import join_uri
-
+        raise LrbsError(f"--address: {address} refused the job ({first_line(exc)})") from None
     run_dir = join_uri(storage, spec.name)
     print(f"submitted {spec.name} ({n_trials} trials) as Ray job {job_id} to {address}", file=out)
     print(f"  run directory (on the head node): {run_dir}", file=out)
@@ -144,12 +139,7 @@ def submit_sweep(
     print(f"  stop:   ray job stop {job_id} --address {address}", file=out)
     trust = f" {TRUST_FLAG}" if code_names(spec.to_dict()) else ""  # the command must work as printed
     print(f"  resume: lrbs resume {run_dir}{trust}   (on the head node: ray attach cluster.yaml)", file=out)
-    if "://" in storage:
+    if is_uri(storage):
         print(f"  report: lrbs report {run_dir}", file=out)
     out.flush()
     return job_id
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -41,11 +41,16 @@ import os
 import re
 import struct
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+from google.protobuf.message import DecodeError
 
 from lrbs.sweeps.errors import LrbsError
+from lrbs.sweeps.spec import SpecError, SweepSpec, build_dataclass
 
 # Row fields that are per-point parameters or bookkeeping, not curves.
 NOT_METRICS = {
@@ -152,7 +157,7 @@ class TensorBoard(Tracker):
         _check_writable(self.root, "tracking.tensorboard.dir")
 
     def start(self, key: str, params: dict[str, Any]) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # optional extra: lrbs[tensorboard]
 
         # Same folder on resume: TensorBoard shows the old and the new event files as one run;
         # the old files say which steps the run has.
@@ -185,15 +190,15 @@ class MLflow(Tracker):
         self.experiment = options.experiment or sweep
         self.runs: dict[str, str] = {}  # point's trial id -> MLflow run id
         self.steps: dict[str, set[int]] = {}
-        self._client = None
-        self._experiment_id = None
+        self._client: Any = None
+        self._experiment_id: str | None = None
 
-    def _open(self):
+    def _open(self) -> Any:
         if self._client is None:
             if self.uri.startswith("file:"):
                 # MLflow 3 keeps its file store in maintenance mode and asks for this to use it.
                 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-            from mlflow.tracking import MlflowClient
+            from mlflow.tracking import MlflowClient  # optional extra: lrbs[mlflow]
 
             client = MlflowClient(tracking_uri=self.uri)
             experiment = client.get_experiment_by_name(self.experiment)
@@ -213,7 +218,7 @@ class MLflow(Tracker):
         saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
         os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
         try:
-            from mlflow.tracking import MlflowClient
+            from mlflow.tracking import MlflowClient  # optional extra: lrbs[mlflow]
 
             MlflowClient(tracking_uri=self.uri).get_experiment_by_name(self.experiment)
         except Exception as exc:  # MlflowException, requests' errors
@@ -227,7 +232,7 @@ class MLflow(Tracker):
                     os.environ[key] = value
 
     def start(self, key: str, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param, RunStatus
+        from mlflow.entities import Param, RunStatus  # optional extra: lrbs[mlflow]
 
         client = self._open()
         found = client.search_runs(
@@ -250,7 +255,7 @@ class MLflow(Tracker):
         self.runs[key] = run_id
 
     def write(self, key: str, step: int, metrics: dict[str, float]) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # optional extra: lrbs[mlflow]
 
         now = int(time.time() * 1000)
         self._open().log_batch(self.runs[key], metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
@@ -287,8 +292,6 @@ class Wandb(Tracker):
     def check(self) -> None:
         _check_writable(self.dir, "tracking.wandb.dir")
         if self.options.mode == "online" and not os.environ.get("WANDB_API_KEY"):
-            from urllib.parse import urlparse
-
             host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or "api.wandb.ai"
             netrc = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
             try:
@@ -305,7 +308,7 @@ class Wandb(Tracker):
         return re.sub(r"[^A-Za-z0-9_-]", "-", f"{self.sweep}-{key}")[-128:]
 
     def start(self, key: str, params: dict[str, Any]) -> None:
-        import wandb
+        import wandb  # optional extra: lrbs[wandb]
 
         self.dir.mkdir(parents=True, exist_ok=True)
         have = self.steps.setdefault(key, set())
@@ -318,7 +321,7 @@ class Wandb(Tracker):
             name=key,
             group=self.sweep,
             config=params,
-            mode=self.options.mode,
+            mode=self.options.mode,  # type: ignore[arg-type,unused-ignore]
             dir=str(self.dir),
             resume="allow",
             reinit="create_new",
@@ -334,7 +337,7 @@ class Wandb(Tracker):
         self.runs.pop(key).finish(exit_code=1 if status == "error" else 0)
 
 
-TRACKERS: dict[str, type] = {"tensorboard": TensorBoard, "mlflow": MLflow, "wandb": Wandb}
+TRACKERS: dict[str, Any] = {"tensorboard": TensorBoard, "mlflow": MLflow, "wandb": Wandb}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,6 +347,7 @@ TRACKERS: dict[str, type] = {"tensorboard": TensorBoard, "mlflow": MLflow, "wand
 def tensorboard_steps(folder: Path) -> set[int]:
     """The steps with a scalar in the TensorBoard event files of ``folder`` (all of its files;
     a record cut off by a killed driver is skipped, as TensorBoard skips it)."""
+    # optional extra: lrbs[tensorboard]
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
     steps = set()
@@ -359,11 +363,10 @@ WANDB_BLOCK = 32768  # bytes: the .wandb file is in LevelDB's log format, record
 WANDB_HEADER = 7  # bytes: ":W&B", a 2-byte magic number, a 1-byte version
 
 
-def wandb_records(path: Path):
+def wandb_records(path: Path) -> Iterator[Any]:
     """The protobuf records of a W&B ``.wandb`` file, up to the first one that does not read (a
     file cut off mid-record ends there). Read here because wandb ships no reader for them."""
-    from google.protobuf.message import DecodeError
-    from wandb.proto import wandb_internal_pb2 as pb
+    from wandb.proto import wandb_internal_pb2 as pb  # optional extra: lrbs[wandb]
 
     data = Path(path).read_bytes()
     if data[:4] != b":W&B":
@@ -380,7 +383,7 @@ def wandb_records(path: Path):
         if len(chunk) < length:
             return  # cut off
         if kind in (1, 4):
-            record = pb.Record()
+            record = pb.Record()  # type: ignore[attr-defined,unused-ignore]
             try:
                 record.ParseFromString(pending + chunk)
             except DecodeError:
@@ -427,12 +430,10 @@ def _check_writable(folder: Path, field: str) -> None:
 
 def check_options(tracking: dict[str, Any]) -> None:
     """Spec validation (``lrbs validate``): known trackers, known keys with the right types."""
-    from lrbs.sweeps.spec import SpecError, _build
-
     for name, options in tracking.items():
         if name not in TRACKERS:
             raise SpecError(f"tracking.{name}: unknown tracker (choose from {', '.join(TRACKERS)})")
-        built = _build(TRACKERS[name].Options, options, f"tracking.{name}")
+        built = build_dataclass(TRACKERS[name].Options, options, f"tracking.{name}")
         for key, allowed in getattr(TRACKERS[name], "CHOICES", {}).items():
             if getattr(built, key) not in allowed:
                 raise SpecError(
@@ -443,8 +444,6 @@ def check_options(tracking: dict[str, Any]) -> None:
 def build_trackers(tracking: dict[str, Any], sweep: str, run_dir: Path) -> list[Any]:
     """The trackers of a spec's ``tracking`` for ``run_dir``, each checked: its package installed
     (one line naming the extra) and its destination writable. Nothing is written yet."""
-    from lrbs.sweeps.spec import _build
-
     trackers = []
     for name, options in tracking.items():
         cls = TRACKERS[name]
@@ -455,13 +454,16 @@ def build_trackers(tracking: dict[str, Any], sweep: str, run_dir: Path) -> list[
                 f"tracking.{name}: the {cls.module} package is not installed "
                 f"(pip install 'lrbs[{name}]', or drop tracking.{name})"
             ) from None
-        tracker = cls(_build(cls.Options, options, f"tracking.{name}"), sweep, Path(run_dir))
+        tracker = cls(build_dataclass(cls.Options, options, f"tracking.{name}"), sweep, Path(run_dir))
         tracker.check()
         trackers.append(tracker)
     return trackers
 
 
-def with_tracks(spec, names: list[str] | None):
+MaybeSpec = TypeVar("MaybeSpec", SweepSpec, None)
+
+
+def with_tracks(spec: MaybeSpec, names: list[str] | None) -> MaybeSpec:
     """``spec`` with the trackers named on the command line added (with their defaults)."""
     if not names:
         return spec

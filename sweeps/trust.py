@@ -11,12 +11,18 @@ theirs, so both commands refuse such a run directory, with one line naming the c
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
 from typing import Any
 
+from lrbs.rundir.layout import PLUGIN_ROOTS, SPEC_COPY
+from lrbs.rundir.location import is_uri
 from lrbs.sweeps.errors import LrbsError
+from lrbs.sweeps.spec import SweepSpec
+from lrbs.sweeps.spec_load import MAX_SPEC_BYTES, parse_yaml
+from lrbs.trainables.plugins import add_search_root, is_import_path, ship_path
 
 TRUST_FLAG = "--trust-code"
 _FIELDS = ("model", "dataset")
@@ -25,8 +31,6 @@ _FIELDS = ("model", "dataset")
 def code_names(config: Any) -> list[str]:
     """``model.name 'pkg.mod:factory'``, ... for each section of ``config`` (a spec or a trial's
     config, as a dict) whose name is an import path."""
-    from lrbs.trainables.plugins import is_import_path
-
     found = []
     for field in _FIELDS:
         section = config.get(field) if isinstance(config, dict) else None
@@ -40,8 +44,6 @@ def spec_code_names(path: Path) -> list[str]:
     """:func:`code_names` of the spec file at ``path``, read as ``load_spec`` reads it (a regular
     file of at most the spec size limit). A spec that does not read or parse names nothing here:
     ``load_spec`` then refuses it with its own line, before any code is imported."""
-    from lrbs.sweeps.spec import MAX_SPEC_BYTES, parse_yaml
-
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             return []
@@ -66,8 +68,35 @@ def require_trust(names: list[str], where: str, command: str, trusted: bool) -> 
         )
 
 
-def resume_command(run_dir) -> str:
+def resume_command(run_dir: str | Path) -> str:
     """``lrbs resume RUN_DIR``, with ``--trust-code`` when the run's spec copy names user code (the
     hint a stopped or errored run prints must be a command that works as given)."""
-    spec = Path(str(run_dir)) / "spec.yaml" if "://" not in str(run_dir) else None
-    return f"lrbs resume {run_dir}" + (f" {TRUST_FLAG}" if spec is not None and spec_code_names(spec) else "")
+    trust = not is_uri(run_dir) and spec_code_names(Path(run_dir) / SPEC_COPY)
+    return f"lrbs resume {run_dir}" + (f" {TRUST_FLAG}" if trust else "")
+
+
+def ship_paths(spec: SweepSpec) -> list[str]:
+    """The local package folders or single-file modules of the spec's user factories (installed
+    packages and lrbs itself excluded: ``lrbs.trainables.plugins.ship_path``)."""
+    paths = [ship_path(name) for name in (spec.model.name, spec.dataset.name) if is_import_path(name)]
+    return list(dict.fromkeys(p for p in paths if p))
+
+
+def record_plugin_folders(spec: SweepSpec, run_dir: Path) -> None:
+    """Write the folders the spec's user modules were imported from (their ``sys.path`` entries),
+    so ``lrbs resume`` and ``lrbs interpolate`` find them again from any folder (plain JSON data;
+    nothing in it is executed)."""
+    folders = list(dict.fromkeys(str(Path(p).parent) for p in ship_paths(spec)))
+    if folders:
+        (run_dir / PLUGIN_ROOTS).write_text(json.dumps({"search_roots": folders}, indent=1))
+
+
+def restore_plugin_folders(run_dir: Path) -> None:
+    """Add the folders ``record_plugin_folders`` wrote to the plug-in search path (if they exist)."""
+    try:
+        roots = json.loads((run_dir / PLUGIN_ROOTS).read_text())["search_roots"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no user modules, or an unreadable file: the usual search path applies
+    for folder in roots if isinstance(roots, list) else []:
+        if isinstance(folder, str) and Path(folder).is_dir():
+            add_search_root(folder)

@@ -6,9 +6,11 @@ and compared with what analysis/ reports.
 
 from __future__ import annotations
 
+import html as html_lib
 import itertools
 import json
 import math
+import re
 import shutil
 
 import numpy as np
@@ -16,24 +18,32 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 import torch
+import yaml
 from scipy import stats
 
+from lrbs.analysis import plots, sections
 from lrbs.analysis.breakdown import breakdown, drop_interval, drop_test
 from lrbs.analysis.collapse import collapse_test
+from lrbs.analysis.compare import RunView, compare_figures
 from lrbs.analysis.curves import curve_distance, equal_ratio_pairs, rescale_distances
 from lrbs.analysis.geometry import eq7_check, ratio_band_fit
 from lrbs.analysis.interpolation import load_interpolations, summarize
+from lrbs.analysis.plots import learning_curves, point_label
 from lrbs.analysis.report import build_report, write_reports
-from lrbs.analysis.sections import section_breakdown, section_gap
+from lrbs.analysis.sections import section_breakdown, section_gap, section_probes
+from lrbs.analysis.selection import select_trials
 from lrbs.analysis.stats import holm
 from lrbs.analysis.trialinfo import trial_table
 from lrbs.rundir.points import members, to_config
 from lrbs.rundir.tables import load_metrics, load_trials
 from lrbs.sweeps.cli import main
+from lrbs.sweeps.grid import expand_points
 from lrbs.sweeps.metrics_sink import ArrowMetricsSink, row_from_result
-from lrbs.sweeps.spec import expand_points, spec_from_dict, to_param_space
+from lrbs.sweeps.packing import plan_packs
+from lrbs.sweeps.param_space import to_param_space
+from lrbs.sweeps.spec_load import spec_from_dict
 from lrbs.trainables.train_loop import TrialPoint, run_pack
-from tests.conftest import ROOT, tiny_spec
+from tests.conftest import ROOT, tiny_spec, write_yaml
 
 FIX = ROOT / "tests" / "fixtures"
 
@@ -575,8 +585,6 @@ def test_sections_skip_when_curvature_columns_are_absent_or_null(grid):
 def test_probe_reliability_flags_subset_capped_noise_scales(grid):
     """Two-batch B_simple on the probe subset (runs before noise_method: full) cannot exceed ~the
     subset size: values above a quarter of it are flagged, as are large relative errors."""
-    from lrbs.analysis.sections import section_probes
-
     _, trials = grid
     n = trials.num_rows
     b = [10.0 * (i + 1) for i in range(n)]  # 10 .. 180 examples, probe subset of 512
@@ -616,8 +624,6 @@ def test_cli_report_format_errors(tmp_path):
 def test_learning_curves_aggregate_over_seeds_for_large_sweeps():
     """Above plots.MAX_TRIAL_CURVES trials: one mean line and one min-max band per point (seeds
     pooled), equal to numpy over the trials' rows."""
-    from lrbs.analysis.plots import learning_curves
-
     metrics = load_metrics(FIX / "grid")
     trials = trial_table(metrics)
     per_trial = learning_curves(metrics, "val_acc", trials=trials, max_trials=10_000)
@@ -651,9 +657,6 @@ def test_individual_trials_on_demand(tmp_path, capsys):
     """Each aggregated curve's legend name selects exactly its point's seeds; ``lrbs report
     --trials`` draws those trials one line each on their own page (and nothing else); bad
     selectors are one line, exit 2."""
-    from lrbs.analysis.plots import learning_curves
-    from lrbs.analysis.selection import select_trials
-
     metrics = load_metrics(FIX / "grid")
     trials = trial_table(metrics)
     fig = learning_curves(metrics, "val_acc", trials=trials, max_trials=1)
@@ -687,8 +690,6 @@ def test_individual_trials_on_demand(tmp_path, capsys):
 def test_equal_ratio_section_shows_the_pairs_most_apart_when_there_are_many(monkeypatch):
     """Thousands of equal-eta/S pairs (a big grid): the page's tables and lines keep those with the
     largest rms over seed noise; fits.json keeps every pair."""
-    from lrbs.analysis import sections
-
     metrics = load_metrics(FIX / "grid")
     trials = trial_table(metrics)
     full = sections.section_equal_ratio(metrics, trials)
@@ -709,9 +710,6 @@ def test_equal_ratio_section_shows_the_pairs_most_apart_when_there_are_many(monk
 
 def test_legend_names_with_odd_labels_select_their_trials():
     """Variant labels are any string: a point's legend name quotes them, and is still a selector."""
-    from lrbs.analysis.plots import point_label
-    from lrbs.analysis.selection import select_trials
-
     labels = ["big batch", "x (warm)", "y=1", "a,b", "it's"]
     trials = pa.table(
         {
@@ -876,9 +874,6 @@ def test_equal_accuracies_are_no_evidence_of_a_drop():
 def _train_run(run_dir, spec_dict) -> None:
     """A real run without Ray: each pack of the spec trained by ``run_pack``, its members' rows
     under their own trial ids and configs through the real metric sink, the spec copied in."""
-    from lrbs.sweeps.packing import plan_packs
-    from tests.conftest import write_yaml
-
     torch.set_num_threads(1)
     spec = spec_from_dict(spec_dict)
     run_dir.mkdir(parents=True)
@@ -969,8 +964,6 @@ def test_compare_overlays_both_runs_fits_and_learning_curves(tmp_path, narrow):
     """The comparison page draws, per fit both runs have, each run's point means (equal to numpy
     over its trials) with its fit line, and both runs' validation accuracy curves (a line per
     point, the mean of its seeds per epoch, equal to numpy over the rows)."""
-    from lrbs.analysis.compare import RunView, compare_figures
-
     views = []
     for name, run in (("grid", FIX / "grid"), ("narrow", narrow)):
         m = load_metrics(run)
@@ -1018,8 +1011,6 @@ def test_compare_overlays_both_runs_fits_and_learning_curves(tmp_path, narrow):
 def test_compare_curves_of_many_points_are_one_mean_line_per_run(grid):
     """Past plots.COMPARE_MAX_POINTS points a run draws one line (the mean over its points' seed
     means per epoch) and a band from its lowest to highest point, equal to numpy over the rows."""
-    from lrbs.analysis import plots
-
     metrics, trials = grid
     fig = plots.compare_curves([("A", metrics, trials), ("B", metrics, trials)], max_points=4)
     names = [t.name for t in fig.data]
@@ -1049,13 +1040,6 @@ def test_report_layout_contents_spec_yaml_skipped_lines_and_headings(tmp_path):
     spec as the YAML it is (a <pre> block; a ```yaml block in report.md), not a table of lines;
     each skipped section one line (title and reason), not a heading of its own; headings
     without a "-: " prefix or a doubled "Eq. 7"; the status counts in words."""
-    import html as html_lib
-    import re
-
-    import yaml
-
-    from tests.conftest import write_yaml
-
     run = _copy("grid", tmp_path)
     spec = tiny_spec(
         "grid",
@@ -1066,17 +1050,17 @@ def test_report_layout_contents_spec_yaml_skipped_lines_and_headings(tmp_path):
     write_yaml(run / "spec.yaml", spec)
     paths = write_reports(run)
     page, md = paths["html"].read_text(), paths["md"].read_text()
-    sections = json.loads(paths["json"].read_text())["sections"]
-    skipped = {k: v for k, v in sections.items() if v["status"] == "skipped"}
-    assert skipped and len(skipped) < len(sections)
+    by_key = json.loads(paths["json"].read_text())["sections"]
+    skipped = {k: v for k, v in by_key.items() if v["status"] == "skipped"}
+    assert skipped and len(skipped) < len(by_key)
 
     nav = re.search(r"<nav id='contents'>(.*?)</nav>", page, re.S).group(1)
     links = re.findall(r"<a href='#([^']+)'>", nav)
     ids = re.findall(r"\sid='([^']+)'", page)
-    assert links == list(sections) and all(ids.count(link) == 1 for link in links)
-    assert page.index("<nav id='contents'>") < min(page.index(f"id='{k}'") for k in sections)
+    assert links == list(by_key) and all(ids.count(link) == 1 for link in links)
+    assert page.index("<nav id='contents'>") < min(page.index(f"id='{k}'") for k in by_key)
 
-    for key, sec in sections.items():
+    for key, sec in by_key.items():
         if key in skipped:  # one line: its title and its reason, no heading of its own
             (line,) = [line for line in page.splitlines() if f"<li id='{key}'>" in line]
             assert html_lib.escape(sec["title"]) in line and html_lib.escape(sec["reason"]) in line

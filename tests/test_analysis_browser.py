@@ -16,8 +16,11 @@ import subprocess
 
 import numpy as np
 import pytest
+from PIL import Image  # pillow, installed with torchvision
 
-from lrbs.analysis.report import write_reports
+from benchmarks.metrics_scale import write_sweep
+from lrbs.analysis import plots
+from lrbs.analysis.report import write_comparison, write_reports, write_trial_page
 from tests.conftest import ROOT
 
 BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
@@ -90,8 +93,6 @@ def test_console_error_detection_works(tmp_path):
 
 def test_report_html_renders_every_figure(tmp_path):
     """One run directory holding all four fixtures, so every section (and figure kind) is on the page."""
-    from PIL import Image
-
     run = tmp_path / "all"
     shutil.copytree(ROOT / "tests" / "fixtures" / "grid", run)
     for name in ("breakdown", "rescale", "search"):
@@ -123,15 +124,10 @@ def test_report_html_renders_every_figure(tmp_path):
 
 @pytest.mark.slow
 def test_large_sweep_report_draws_with_webgl(tmp_path, monkeypatch):
-    """A sweep over plots.MAX_SVG_POINTS trials (issue 15): aggregated learning curves and WebGL
+    """A sweep over plots.MAX_SVG_POINTS trials: aggregated learning curves and WebGL
     scatter plots draw in the browser without errors, and each figure's box holds a drawing. (The
     thresholds lowered to 60 and 30 trials: the same figures as at 1,000+ trials, in a fraction of
     the time; benchmarks/metrics_scale.py draws the real 10,000.)"""
-    from PIL import Image
-
-    from benchmarks.metrics_scale import write_sweep
-    from lrbs.analysis import plots
-
     monkeypatch.setattr(plots, "MAX_SVG_POINTS", 60)
     monkeypatch.setattr(plots, "MAX_TRIAL_CURVES", 30)
     run = tmp_path / "large"
@@ -155,8 +151,6 @@ def test_large_sweep_report_draws_with_webgl(tmp_path, monkeypatch):
             checked += 1
     assert checked >= 5
     # A point's own trials on demand (lrbs report --trials): its page draws too, one line per trial
-    from lrbs.analysis.report import write_trial_page
-
     trials_page = write_trial_page(run, ["lr=0.001 S=8", "lr=0.002 S=8"])
     out = _chromium(tmp_path, f"--window-size={WIDTH},900", "--dump-dom", trials_page.as_uri())
     st = _status(out.stdout)
@@ -167,10 +161,6 @@ def test_comparison_page_draws_both_runs_overlays(tmp_path):
     """compare-<B>.html (two frozen runs with the same model and data set): loads offline without
     console errors, every overlay (a fit per common metric, the learning curves) draws traces of
     both runs, and each figure's box holds a drawing."""
-    from PIL import Image
-
-    from lrbs.analysis.report import write_comparison
-
     a, b = tmp_path / "grid", tmp_path / "rescale"
     for name, run in (("grid", a), ("rescale", b)):
         shutil.copytree(ROOT / "tests" / "fixtures" / name, run)

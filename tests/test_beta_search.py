@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lrbs.analysis.beta_search import Outcome, SearchSettings, ladder, plan_search, settings_from_dict, settings_to_dict
+from lrbs.analysis.beta_search import Outcome, plan_search
+from lrbs.analysis.search_settings import SearchSettings, ladder, settings_from_dict, settings_to_dict
 
 ROOT_SPECS = Path(__file__).resolve().parent.parent / "sweeps"
 LADDER = ladder(2**0.5, 64.0)  # 1, 1.41, ..., 64: 13 candidates
@@ -250,7 +251,8 @@ def test_bad_search_specs_are_one_line_naming_the_field(tmp_path, capsys, data, 
 
 
 def test_search_spec_round_trips_and_its_ladder_is_the_comparison():
-    from lrbs.sweeps.spec import count_points, expand_points, search_settings, spec_from_dict
+    from lrbs.sweeps.grid import count_points, expand_points, search_settings
+    from lrbs.sweeps.spec_load import spec_from_dict
 
     spec = spec_from_dict(with_beta())
     st = search_settings(spec)
@@ -265,7 +267,9 @@ def test_min_drop_rides_in_the_spec_the_search_settings_and_the_trial_config():
     search's settings and every search trial's config (``beta_search``, what the report replays),
     or a ladder's config (``beta_test``, what the breakdown section reads); without it, configs
     carry no such key and old settings (no ``min_drop``) read back as None."""
-    from lrbs.sweeps.spec import search_settings, spec_from_dict, to_param_space
+    from lrbs.sweeps.grid import search_settings
+    from lrbs.sweeps.param_space import to_param_space
+    from lrbs.sweeps.spec_load import spec_from_dict
 
     for value in (0.0, 2.5):
         spec = spec_from_dict(with_beta(min_drop=value))
@@ -375,7 +379,8 @@ def test_search_runs_end_to_end_and_resumes_after_sigkill_repeating_no_ended_tri
 def test_fig5_search_twin_and_its_ladder_share_candidates_seeds_and_everything_else(twin):
     """docs/experiments.md compares these runs: each ladder must be exactly the candidates its
     search picks from, with the same seeds, model, data and schedule."""
-    from lrbs.sweeps.spec import load_spec, search_settings
+    from lrbs.sweeps.grid import search_settings
+    from lrbs.sweeps.spec_load import load_spec
 
     search = load_spec(ROOT_SPECS / f"fig5_search_{twin}.yaml")
     ladder = load_spec(ROOT_SPECS / f"fig5_ladder_{twin}.yaml")

@@ -1,5 +1,5 @@
 """The command line itself: help for every command and option, --version, and ``lrbs export``
-read back with pandas (issue 14)."""
+read back with pandas."""
 
 from __future__ import annotations
 

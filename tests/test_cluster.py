@@ -70,7 +70,7 @@ def client():
         ray_req=ray_req,
         ray=metadata.version("ray"),
         readme=project["readme"],
-        packages=pyproject["tool"]["setuptools"]["packages"],
+        packages=list(pyproject["tool"]["setuptools"]["package-dir"].values()),  # the folders
     )
 
 
@@ -310,7 +310,7 @@ def test_trials_ask_for_fractional_gpus(gpu):
     from ray.tune.execution.placement_groups import PlacementGroupFactory
 
     from lrbs.sweeps.runner import trial_resources
-    from lrbs.sweeps.spec import spec_from_dict
+    from lrbs.sweeps.spec_load import spec_from_dict
 
     spec = spec_from_dict(tiny_spec("g", resources={"cpu": 1, "gpu": gpu}))
     assert trial_resources(spec) == {"cpu": 1.0, "gpu": gpu}

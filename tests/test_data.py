@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from lrbs.trainables.config import DatasetConfig
-from lrbs.trainables.data import DATASET_NAMES, DataError, TensorData, load_dataset, main, train_set_size
+from lrbs.trainables.data import DATASET_NAMES, load_dataset, main, train_set_size
+from lrbs.trainables.tensor_data import DataError, TensorData
 
 try:  # tests/ as a plain folder (pytest's default rootdir-relative import) or as a package
     from fixtures_tv import write_cifar10, write_fashion_mnist
@@ -383,7 +384,8 @@ def test_mnist1d_generates_once_then_reads_the_cache(tmp_path):
     ],
 )
 def test_mnist1d_bad_options_name_the_field(options, field, tmp_path):
-    from lrbs.sweeps.spec import SpecError, spec_from_dict
+    from lrbs.sweeps.spec import SpecError
+    from lrbs.sweeps.spec_load import spec_from_dict
     from tests.conftest import tiny_spec
 
     with pytest.raises(SpecError) as err:

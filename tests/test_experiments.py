@@ -9,7 +9,8 @@ import pytest
 from lrbs.rundir.tables import load_metrics, load_trials
 from lrbs.sweeps.cli import main
 from lrbs.sweeps.estimate import estimate_cost
-from lrbs.sweeps.spec import expand_points, load_spec
+from lrbs.sweeps.grid import expand_points
+from lrbs.sweeps.spec_load import load_spec
 from tests.conftest import ROOT
 
 SWEEPS = ROOT / "sweeps"
@@ -40,7 +41,7 @@ def test_paper_scale_specs_validate_with_counts_and_cost(name, capsys):
     assert out[0].startswith(f"{name}: {n} trials")
     assert out[-1].startswith("estimated cost:")
     cost = estimate_cost(spec)
-    assert cost.gpu_hours > 0 and cost.trials == n
+    assert cost.device_hours > 0 and cost.trials == n
 
 
 def test_paper_specs_match_the_paper():

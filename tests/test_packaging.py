@@ -18,8 +18,10 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from lrbs.sweeps import schema
+from lrbs.sweeps.preflight import preflight
 from lrbs.sweeps.runner import LOOPBACK_ENV
-from lrbs.sweeps.spec import BetaConfig, LimitsConfig, SpecError, load_spec, spec_from_dict
+from lrbs.sweeps.spec import BetaConfig, LimitsConfig, SpecError
+from lrbs.sweeps.spec_load import spec_from_dict
 from lrbs.trainables import ray_private
 from lrbs.trainables.config import CurvatureConfig, TrainConfig
 from lrbs.trainables.data import DATASETS
@@ -144,7 +146,7 @@ def test_shipped_schema_is_the_generated_one():
     shipped = schema.shipped_path()
     assert shipped.is_file(), f"{shipped}: missing (python -m lrbs.sweeps.schema > sweeps/spec.schema.json)"
     assert shipped.read_text() == schema.render(), "stale: python -m lrbs.sweeps.schema > sweeps/spec.schema.json"
-    patterns = PYPROJECT["tool"]["setuptools"]["package-data"]["sweeps"]
+    patterns = PYPROJECT["tool"]["setuptools"]["package-data"]["lrbs.sweeps"]
     assert any(fnmatch(schema.SCHEMA_FILE, p) for p in patterns), f"not package data: {patterns}"
 
 
@@ -165,7 +167,7 @@ def test_schema_is_draft7_and_every_object_refuses_unknown_keys():
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_shipped_spec_and_its_copy_match_the_schema(path, validator):
     """The spec as written, and the copy `lrbs run` writes of it (every key, defaults filled in)."""
-    for data in (yaml.safe_load(path.read_text()), load_spec(path).to_dict()):
+    for data in (yaml.safe_load(path.read_text()), preflight(path).spec.to_dict()):
         errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(data)]
         assert errors == []
 

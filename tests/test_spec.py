@@ -6,7 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from lrbs.sweeps.spec import AxisRange, SpecError, axis_values, expand_points, load_spec, spec_from_dict, to_param_space
+from lrbs.sweeps.grid import axis_values, expand_points
+from lrbs.sweeps.param_space import to_param_space
+from lrbs.sweeps.preflight import preflight
+from lrbs.sweeps.spec import AxisRange, SpecError
+from lrbs.sweeps.spec_load import load_spec, spec_from_dict
 from tests.conftest import tiny_spec, write_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -382,7 +386,7 @@ def test_plan_packs_groups_by_batch_size_schedule_and_n_train_and_splits_at_k():
         (b'name: "a\\0b"\n', "name: must be a file name of 1-100 printable characters"),
         (b"name: " + b"n" * 300 + b"\n", "name: must be a file name of 1-100 printable characters"),
         (b"name: x\n" + b"a: " * 0 + b"grid: " + b"[" * 20000 + b"]" * 20000 + b"\n", "malformed YAML"),
-        # Limits (issue 13, item 7): refused before anything is built or expanded.
+        # Limits: refused before anything is built or expanded.
         (
             b"name: x\ndataset: {name: synthetic, n_train: 512}\n"
             b"grid: {lr: {min: 0.01, max: 1, num: 1000000000}, batch_size: [8], seed: [0]}\n",
@@ -422,11 +426,11 @@ def test_plan_packs_groups_by_batch_size_schedule_and_n_train_and_splits_at_k():
     ],
 )
 def test_hostile_specs_are_one_line_errors(tmp_path, content, needle):
-    """Red-team inputs (issue 13): one line naming the problem, exit 2, nothing started."""
+    """Red-team inputs: one line naming the problem, exit 2, nothing started."""
     path = tmp_path / "s.yaml"
     path.write_bytes(content)
     with pytest.raises(SpecError) as err:
-        load_spec(path)
+        preflight(path)
     message = str(err.value)
     assert needle in message and "\n" not in message and len(message) <= SpecError.MAX_ERROR, message
 
@@ -438,7 +442,7 @@ def test_limits_can_be_raised(tmp_path):
         "name: big\ndataset: {name: synthetic, n_train: 512}\nlimits: {max_points: 20000}\n"
         "grid: {lr: {min: 0.01, max: 1, num: 150}, batch_size: {min: 8, max: 64, num: 100}, seed: [0, 1]}\n"
     )
-    spec = load_spec(path)
+    spec = preflight(path).spec
     assert spec.limits.max_points == 20000 and len(expand_points(spec)) > 10_000
 
 
@@ -730,7 +734,7 @@ def test_hostile_messages_say_what_to_do():
             folder = Path(tempfile.mkdtemp(prefix="lrbs"))
             try:
                 with pytest.raises(SpecError) as err:
-                    load_spec(make(folder), local_data=True)
+                    preflight(make(folder), local_data=True)
             finally:
                 shutil.rmtree(folder)
             messages[case] = str(err.value).replace(str(folder), "DIR")
@@ -758,4 +762,4 @@ def test_data_files_are_checked_only_where_the_trials_run(tmp_path):
     path = _text_spec(dataset="{name: fashion_mnist, data_dir: TMP/nodata, download: false}")(tmp_path)
     assert load_spec(path).dataset.download is False
     with pytest.raises(SpecError, match="dataset.data_dir: dataset fashion_mnist not found"):
-        load_spec(path, local_data=True)
+        preflight(path, local_data=True)

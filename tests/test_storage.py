@@ -9,13 +9,13 @@ import io
 import pyarrow.fs as pafs
 import pytest
 
+from lrbs.rundir.location import RunDir
 from lrbs.rundir.tables import load_metrics, load_trials
 from lrbs.sweeps.cli import main
 from lrbs.sweeps.errors import LrbsError
-from lrbs.sweeps.remote import fetch_run_dir, upload_files
 from lrbs.sweeps.runner import run_sweep
-from lrbs.sweeps.spec import spec_from_dict
-from lrbs.sweeps.storage import resolve_storage
+from lrbs.sweeps.spec_load import spec_from_dict
+from lrbs.sweeps.storage import fetch_run_dir, resolve_storage, upload_files
 from tests.conftest import tiny_spec, write_yaml
 
 N_TRIALS, N_EPOCHS = 2, 2
@@ -43,12 +43,13 @@ def bucket_run(ray_local, tmp_path_factory):
 
 
 def test_resolve_storage():
-    fs, path, local = resolve_storage("runs")
-    assert isinstance(fs, pafs.LocalFileSystem) and local and path.endswith("/runs") and path.startswith("/")
-    fs, path, local = resolve_storage("file:///tmp/lrbs-x/runs")
-    assert isinstance(fs, pafs.LocalFileSystem) and local and path == "/tmp/lrbs-x/runs"
+    runs = resolve_storage("runs")
+    assert isinstance(runs.fs, pafs.LocalFileSystem) and runs.is_local and runs.path.endswith("/runs")
+    assert runs.path.startswith("/")
+    uri = resolve_storage("file:///tmp/lrbs-x/runs")
+    assert isinstance(uri.fs, pafs.LocalFileSystem) and uri.is_local and uri.path == "/tmp/lrbs-x/runs"
     sub = pafs.SubTreeFileSystem("/tmp", pafs.LocalFileSystem())
-    assert resolve_storage("a/b/", sub) == (sub, "a/b", False)
+    assert resolve_storage("a/b/", sub) == RunDir(sub, "a/b", False)
     with pytest.raises(LrbsError, match="--storage: cannot open nosuchscheme://x"):
         resolve_storage("nosuchscheme://x")
 

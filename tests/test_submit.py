@@ -161,7 +161,7 @@ def test_submit_runs_the_sweep_as_a_ray_job(ray_head, tmp_path):
     logs = client.get_job_logs(job_id)
     assert status == JobStatus.SUCCEEDED, logs[-4000:]
     info = client.get_job_info(job_id)
-    assert info.entrypoint == f"python -m lrbs.sweeps.cli run {SPEC} --address auto --storage {storage}"
+    assert info.entrypoint == f"python -m lrbs run {SPEC} --address auto --storage {storage}"
     assert info.metadata["lrbs_sweep"] == "submit_digits"
     assert "[lrbs] sweep submit_digits: 2 trials" in logs
 

@@ -293,8 +293,10 @@ def _progress_of_a_real_pack(out) -> None:
     from ray.tune.experiment import Trial
 
     from lrbs.rundir.points import to_config
+    from lrbs.sweeps.grid import expand_points
+    from lrbs.sweeps.param_space import to_param_space
     from lrbs.sweeps.progress import ProgressPrinter
-    from lrbs.sweeps.spec import expand_points, spec_from_dict, to_param_space
+    from lrbs.sweeps.spec_load import spec_from_dict
     from lrbs.trainables.train_loop import TrialPoint, run_pack
 
     torch.set_num_threads(1)

@@ -6,9 +6,12 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from lrbs.trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig
 from lrbs.trainables.data import train_set_size
+from lrbs.trainables.models import can_stack
+from lrbs.trainables.packed_models import choose_layout
 from lrbs.trainables.schedules import ScheduleConfig
 from lrbs.trainables.train_loop import DIVERGED, FINISHED, TrialPoint, run_pack, run_training
 
@@ -151,7 +154,7 @@ def test_crop_flip_augmentation_is_per_example_deterministic_and_packs():
     assert torch.equal(out[1], padded[:, 0:5, 8:13].flip(-1))
 
     from lrbs.trainables.config import DatasetConfig
-    from lrbs.trainables.data import TensorData
+    from lrbs.trainables.tensor_data import TensorData
 
     g = torch.Generator().manual_seed(0)
     data = TensorData(
@@ -257,3 +260,35 @@ def test_train_eval_subset_is_the_same_for_every_trial_and_a_pack_of_one():
         assert alone[-1]["train_eval_loss"] == member_rows[-1]["train_eval_loss"]
         assert alone[-1]["train_eval_acc"] == member_rows[-1]["train_eval_acc"]
         assert alone[-1]["train_eval_loss"] == pytest.approx(alone[-1]["probe_loss"], rel=1e-5)
+
+
+def stacking_net(input_shape, n_classes, width=16):
+    """A user's model factory (``model.name: "module:stacking_net"``) that opts in to packing."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(math.prod(input_shape), width),
+        nn.BatchNorm1d(width),
+        nn.ReLU(),
+        nn.Linear(width, n_classes),
+    )
+
+
+stacking_net.stacked = True  # train.pack: auto packs it, members in the stacked layout (docs/extending.md)
+
+
+def test_a_user_factory_that_opts_in_is_stacked_and_trains_each_point_as_the_loop_layout():
+    torch.set_num_threads(1)
+    user = ModelConfig(name=f"{__name__}:stacking_net", options={"width": 16})
+    assert can_stack(user) and choose_layout(user) == "stacked"  # what run_pack and train.pack: auto ask
+    assert not can_stack(ModelConfig(name="resnet20")) and can_stack(SMALL)
+    points = [TrialPoint(0.1, 64, 0), TrialPoint(0.05, 64, 1)]
+    rows = {}
+    for layout in ("auto", "loop"):
+        rows[layout] = [[], []]
+        train = TrainConfig(epochs=2, momentum=0.9, pack_layout=layout)
+        run_pack(points, DIGITS, user, train, lambda rs, state: [rows[layout][r["member"]].append(r) for r in rs])
+    keys = ("train_loss", "train_acc", "val_loss", "val_acc", "train_eval_loss")
+    for stacked, loop in zip(rows["auto"], rows["loop"]):  # vmap and the loop agree to float32 round-off
+        assert [r["epoch"] for r in stacked] == [1, 2] and [r["status"] for r in stacked] == [r["status"] for r in loop]
+        for a, b in zip(stacked, loop):
+            assert [a[k] for k in keys if k in a] == pytest.approx([b[k] for k in keys if k in b], rel=1e-4, abs=1e-6)

@@ -18,7 +18,7 @@ from scipy import stats
 
 from lrbs.analysis.collapse import collapse_test
 from lrbs.analysis.convergence import DEFAULT_CONVERGED_TRAIN_ACC, converged
-from lrbs.analysis.fits import CI_METHOD, ratio_fit
+from lrbs.analysis.fits import CI_METHOD, ratio_fit, spearman
 from lrbs.analysis.geometry import eq7_check, ratio_band_fit
 from lrbs.analysis.sections import section_eq7, section_geometry, section_probes
 
@@ -203,8 +203,6 @@ def test_trials_without_a_train_accuracy_are_left_out_and_counted():
 def test_spearman_holds_its_level_with_few_points(n):
     """Few point means: Spearman's p is exact (every permutation), so a null relation is rejected
     at most at the nominal rate; a perfect order of 4 points has p = 1/12, not 0."""
-    from lrbs.analysis.fits import spearman
-
     rng = np.random.default_rng(n)
     x = np.log10(np.array([0.01, 0.01, 0.04, 0.08, 0.16, 0.32])[:n] / 32)
     rejected = np.mean([spearman(x, rng.normal(size=n))[1] < 0.05 for _ in range(2000)])

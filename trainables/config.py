@@ -10,10 +10,15 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
-def from_dict(cls, data: dict[str, Any] | None):
+def from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
     """Rebuild a flat config dataclass from ``dataclasses.asdict`` output (unknown keys dropped).
 
     ``ModelConfig`` written before ``options`` existed (flat ``depth``, ``width``, ...) is read
@@ -58,22 +63,26 @@ class ModelConfig:
     options: dict[str, Any] = field(default_factory=dict)  # the model's own hyperparameters
 
 
-# ModelConfig's fields before ``options`` (still read from old specs and run directories).
+# ModelConfig's fields before ``options`` (still read from old specs and run directories), and
+# the ones each built-in of that time takes as options (its options dataclass in models.py).
 LEGACY_MODEL_KEYS = ("depth", "width", "batch_norm", "width_mult")
+LEGACY_BUILTIN_KEYS = {
+    "mlp": ("depth", "width", "batch_norm"),
+    "vgg11": ("batch_norm", "width_mult"),
+    "resnet20": ("width_mult",),
+    "resnet56": ("width_mult",),
+}
 
 
 def legacy_options(name: str, legacy: dict[str, Any]) -> dict[str, Any]:
     """The flat keys of an old ModelConfig that model ``name`` takes as options.
 
     Old specs and trial configs were written with ``asdict`` and hold all four keys whatever the
-    model (an MLP's had ``width_mult``), so keep only those the built-in's options declare.
+    model (an MLP's had ``width_mult``), so a built-in keeps only those its options declare.
     """
-    from lrbs.trainables.models import MODELS
-
-    if name not in MODELS:
+    if name not in LEGACY_BUILTIN_KEYS:
         return legacy
-    declared = {f.name for f in dataclasses.fields(MODELS[name].options)}
-    return {k: v for k, v in legacy.items() if k in declared}
+    return {k: v for k, v in legacy.items() if k in LEGACY_BUILTIN_KEYS[name]}
 
 
 @dataclass(frozen=True)

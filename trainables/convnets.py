@@ -108,7 +108,8 @@ class VGG(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.features(x))
-        return self.classifier(torch.flatten(x, 1))
+        out: torch.Tensor = self.classifier(torch.flatten(x, 1))
+        return out
 
 
 def vgg11(n_classes: int = 10, in_channels: int = 3, batch_norm: bool = True, width_mult: float = 1.0) -> nn.Module:
@@ -197,8 +198,8 @@ class CifarResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
-        out = self.pool(out)
-        return self.linear(torch.flatten(out, 1))
+        logits: torch.Tensor = self.linear(torch.flatten(self.pool(out), 1))
+        return logits
 
 
 def cifar_resnet(depth: int, n_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0) -> nn.Module:

@@ -44,37 +44,19 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from scipy import special
 from torch import nn
+from torch.autograd.graph import Node
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 Tensor = torch.Tensor
-Batches = list  # list[tuple[Tensor, Tensor]]: the fixed probe subset, already on the model's device
+Batches = list[tuple[Tensor, Tensor]]  # the fixed probe subset, already on the model's device
 LossFn = Callable[[Tensor, Tensor], Tensor]
-
-__all__ = [
-    "Batches",
-    "EigResult",
-    "Estimate",
-    "NoiseScaleResult",
-    "double_backward_kernels",
-    "probe_mode",
-    "probe_subset",
-    "make_batches",
-    "loss_and_grad",
-    "hvp",
-    "HessianOperator",
-    "top_eigenvalue",
-    "hessian_trace",
-    "hessian_frobenius",
-    "hessian_trace_and_frobenius",
-    "gradient_noise_scale",
-    "noise_scale_from_sq_norms",
-    "interpolate",
-]
+SqNorms = TypeVar("SqNorms", float, np.ndarray)  # one mean, or one value per pair
 
 
 # ----------------------------------------------------------------------------- results
@@ -185,7 +167,7 @@ def probe_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def _params(model: nn.Module) -> list[Tensor]:
-    params = [p for p in model.parameters() if p.requires_grad]
+    params: list[Tensor] = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no parameters with requires_grad=True")
     return params
@@ -283,10 +265,12 @@ def make_batches(
 # ----------------------------------------------------------------------------- first and second order
 
 
-def _loss_and_grad(model, loss_fn, batches, params) -> tuple[Tensor, list[Tensor]]:
+def _loss_and_grad(
+    model: nn.Module, loss_fn: LossFn, batches: Batches, params: Sequence[Tensor]
+) -> tuple[Tensor, list[Tensor]]:
     """Weighted mean loss (0-d tensor, on device) and its gradient; assumes probe mode is on."""
     batches, total = _check_batches(batches)
-    loss_sum = None
+    loss_sum: Tensor | None = None
     grad_sum = [torch.zeros_like(p) for p in params]
     for x, y in batches:
         w = x.shape[0] / total
@@ -296,6 +280,7 @@ def _loss_and_grad(model, loss_fn, batches, params) -> tuple[Tensor, list[Tensor
         torch._foreach_add_(grad_sum, grads)
         loss = loss.detach()
         loss_sum = loss if loss_sum is None else loss_sum + loss
+    assert loss_sum is not None  # batches is not empty
     return loss_sum, grad_sum
 
 
@@ -317,7 +302,7 @@ def _check_twice_differentiable(grads: Sequence[Tensor | None]) -> None:
     leaf, so ``autograd.grad`` with respect to the parameters never reaches its error and leaves
     its terms out of ``H v`` without a word. The walk visits each node once: little next to
     the HVP that follows."""
-    stack = [g.grad_fn for g in grads if g is not None and g.grad_fn is not None]
+    stack: list[Node | None] = [g.grad_fn for g in grads if g is not None and g.grad_fn is not None]
     # Nodes seen, kept alive: Python wrappers of graph nodes are made on demand, and the id of a
     # freed one can come back as another node's.
     seen: dict[int, object] = {}
@@ -329,7 +314,7 @@ def _check_twice_differentiable(grads: Sequence[Tensor | None]) -> None:
         seen[id(node)] = node
         if type(node).__name__ in ("Error", "DelayedError"):  # torch's nodes that raise when differentiated
             stop = True
-        cls = getattr(node, "_forward_cls", None)  # a custom Function's backward node
+        cls: Any = getattr(node, "_forward_cls", None)  # a custom Function's backward node
         code = getattr(getattr(cls, "backward", None), "__code__", None)  # functools.wraps keeps only the name
         if code is not None and code.co_qualname.startswith("once_differentiable"):
             once.add(cls.__name__)
@@ -376,7 +361,8 @@ class HessianOperator:
                 used = [(g, v) for g, v in zip(grads, vecs) if g is not None]
                 if not used:
                     continue
-                dot = sum((g * v).sum() for g, v in used)
+                first, *rest = [(g * v).sum() for g, v in used]
+                dot = sum(rest, first)
                 if not dot.requires_grad:  # loss linear in every parameter: H = 0 on this batch
                     continue
                 hv = torch.autograd.grad(dot, self.params, allow_unused=True, retain_graph=self._graphs is not None)
@@ -410,7 +396,7 @@ def _rel(a: float, b: float) -> float:
     return abs(a - b) / scale if scale > 0 else 0.0
 
 
-def _lanczos(op: HessianOperator, params, *, max_iters, tol, seed) -> EigResult:
+def _lanczos(op: HessianOperator, params: Sequence[Tensor], *, max_iters: int, tol: float, seed: int) -> EigResult:
     n = sum(p.numel() for p in params)
     dtype, device = _flat_dtype(params), params[0].device
     m = min(int(max_iters), n)
@@ -464,7 +450,7 @@ def _lanczos(op: HessianOperator, params, *, max_iters, tol, seed) -> EigResult:
 
 
 def _power(
-    op: HessianOperator, params, *, max_iters, tol, seed, shift: float = 0.0
+    op: HessianOperator, params: Sequence[Tensor], *, max_iters: int, tol: float, seed: int, shift: float = 0.0
 ) -> tuple[float, int, bool, float, float]:
     """Power iteration on ``A = H - shift I``.
 
@@ -689,26 +675,12 @@ def hessian_trace_and_frobenius(
     return (Estimate(value=t_mean, stderr=t_se, n_probes=m), Estimate(value=frob, stderr=frob_se, n_probes=m))
 
 
-def hessian_trace(
-    model: nn.Module, loss_fn: LossFn, batches: Batches, *, n_probes: int = 32, seed: int = 0, method: str = "hutch++"
-) -> Estimate:
-    """Estimate of Tr(H) with its standard error (``hessian_trace_and_frobenius``)."""
-    return hessian_trace_and_frobenius(model, loss_fn, batches, n_probes=n_probes, seed=seed, method=method)[0]
-
-
-def hessian_frobenius(
-    model: nn.Module, loss_fn: LossFn, batches: Batches, *, n_probes: int = 32, seed: int = 0, method: str = "hutch++"
-) -> Estimate:
-    """Estimate of ||H||_F with its standard error (``hessian_trace_and_frobenius``)."""
-    return hessian_trace_and_frobenius(model, loss_fn, batches, n_probes=n_probes, seed=seed, method=method)[1]
-
-
 # ----------------------------------------------------------------------------- gradient noise scale
 
 
 def noise_scale_from_sq_norms(
-    g2_small: float, g2_big: float, b_small: int, b_big: int, *, n_total: int | None = None, replace: bool = True
-) -> tuple[float, float]:
+    g2_small: SqNorms, g2_big: SqNorms, b_small: int, b_big: int, *, n_total: int | None = None, replace: bool = True
+) -> tuple[SqNorms, SqNorms]:
     """Solve ``E|G_B|^2 = |G|^2 + c_B tr(Sigma) / B`` at two batch sizes for (|G|^2, tr(Sigma)).
 
     With replacement ``c_B = 1`` and this is McCandlish et al.'s pair of formulas:
@@ -753,7 +725,7 @@ def _ratio_stderr(num: np.ndarray, den: np.ndarray) -> float:
     qb, qc = a * b - t2 * v_ab, a * a - t2 * v_aa
     half = math.sqrt(max(qb * qb - qa * qc, 0.0)) / qa
     centre, ratio = qb / qa, a / b
-    return max(centre + half - ratio, ratio - (centre - half)) / _Z95
+    return float(max(centre + half - ratio, ratio - (centre - half))) / _Z95
 
 
 def gradient_noise_scale(
@@ -812,7 +784,8 @@ def gradient_noise_scale(
     # to the device in one copy, so the loop below has no host <-> device traffic.
     draws = torch.cat([draw(b) for _ in range(n_pairs) for b in (b_small, b_big)])
     draws = _to_device(draws, x.device)
-    sq_small, sq_big = [], []
+    sq_small: list[Tensor] = []
+    sq_big: list[Tensor] = []
     offset = 0
     with probe_mode(model):
         for _ in range(n_pairs):
@@ -822,7 +795,8 @@ def gradient_noise_scale(
                 xb, yb = x[idx], y[idx.to(y.device)]
                 batches = [(xb[i : i + chunk_size], yb[i : i + chunk_size]) for i in range(0, b, chunk_size)]
                 _, g = _loss_and_grad(model, loss_fn, batches, params)
-                store.append(sum(gi.double().pow(2).sum() for gi in g))
+                first, *rest = [gi.double().pow(2).sum() for gi in g]
+                store.append(sum(rest, first))
     s = torch.stack(sq_small).cpu().numpy()  # GPU sync: once, after all pairs
     bg = torch.stack(sq_big).cpu().numpy()
     m_s, m_b = float(s.mean()), float(bg.mean())
@@ -989,10 +963,11 @@ def gradient_noise_scale_full(
 # ----------------------------------------------------------------------------- interpolation
 
 
-def _eval_batches(model, loss_fn, batches) -> tuple[Tensor, Tensor]:
+def _eval_batches(model: nn.Module, loss_fn: LossFn, batches: Batches) -> tuple[Tensor, Tensor]:
     """(mean loss, accuracy) as 0-d device tensors; no host sync."""
     batches, total = _check_batches(batches)
-    loss_sum = correct = None
+    loss_sum: Tensor | None = None
+    correct: Tensor | None = None
     for x, y in batches:
         out = model(x)
         loss = loss_fn(out, y).detach() * (x.shape[0] / total)
@@ -1002,10 +977,11 @@ def _eval_batches(model, loss_fn, batches) -> tuple[Tensor, Tensor]:
             c = torch.full_like(loss, math.nan)
         loss_sum = loss if loss_sum is None else loss_sum + loss
         correct = c if correct is None else correct + c
+    assert loss_sum is not None and correct is not None  # batches is not empty
     return loss_sum, correct / total
 
 
-def batch_norm_layers(model: nn.Module) -> list[nn.Module]:
+def batch_norm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     """The batch-norm layers of ``model`` that keep running statistics."""
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
@@ -1023,7 +999,7 @@ def recompute_batch_norm(model: nn.Module, batches: Batches) -> None:
     if not layers:
         return
     saved = [(m, m.momentum) for m in layers]
-    flags = [(m, m.training) for m in model.modules()]
+    flags = [(mod, mod.training) for mod in model.modules()]
     try:
         model.eval()
         for m in layers:
@@ -1039,8 +1015,8 @@ def recompute_batch_norm(model: nn.Module, batches: Batches) -> None:
     finally:
         for m, momentum in saved:
             m.momentum = momentum
-        for m, flag in flags:
-            m.training = flag
+        for mod, flag in flags:
+            mod.training = flag
 
 
 @torch.no_grad()

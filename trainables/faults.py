@@ -13,6 +13,10 @@ import hashlib
 import json
 from typing import Any
 
+import pyarrow.fs as pafs
+
+from lrbs.trainables.ray_private import get_session
+
 MARKER_DIR = "faults"
 
 
@@ -20,16 +24,17 @@ class InjectedFault(RuntimeError):
     """The error raised by ``resilience.fail_at_epoch``."""
 
 
-def _marker_location(point: dict[str, Any]):
-    """(pyarrow filesystem, marker path) in the run directory, or None outside a Tune session."""
+def _marker_location(point: dict[str, Any]) -> tuple[pafs.FileSystem, str, str] | None:
+    """(pyarrow filesystem, marker folder, marker path) in the run directory; None outside a trial."""
     try:  # the trial's storage context: where Tune persists this run (shared by all nodes)
-        from lrbs.trainables.ray_private import get_session
-
-        storage = get_session().storage
+        session = get_session()
+        if session is None:  # not in a Tune trial: fail every time
+            return None
+        storage = session.storage
         fs, root = storage.storage_filesystem, storage.experiment_fs_path
         if fs.get_file_info(f"{root}/lrbs-resume-plan.json").is_file:  # `lrbs resume`'s experiment, in RUN_DIR
             root = root.rstrip("/").rpartition("/")[0]
-    except Exception:  # noqa: BLE001 - not in a Tune trial (or Ray moved it): fail every time
+    except Exception:  # noqa: BLE001 - Ray moved it: fail every time
         return None
     key = hashlib.sha1(json.dumps(point, sort_keys=True).encode()).hexdigest()[:16]
     return fs, f"{root}/{MARKER_DIR}", f"{root}/{MARKER_DIR}/{key}"
@@ -42,8 +47,6 @@ def maybe_fail(config: dict[str, Any], epoch: int) -> None:
         return
     where = _marker_location(config.get("point", {}))
     if where is not None:
-        import pyarrow.fs as pafs
-
         fs, folder, marker = where
         if fs.get_file_info(marker).type != pafs.FileType.NotFound:
             return

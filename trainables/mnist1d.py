@@ -22,20 +22,22 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from importlib import metadata
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from lrbs.trainables.config import DatasetConfig
-
-if TYPE_CHECKING:
-    from lrbs.trainables.data import TensorData
-
-# trainables.data holds the registry that imports this module, so its helpers are imported
-# inside the functions below (no import cycle, also when data.py runs as __main__).
-
-N_CLASSES = 10
+from lrbs.trainables.tensor_data import (
+    N_CLASSES,
+    DataError,
+    DatasetEntry,
+    TensorData,
+    carve,
+    data_root,
+    split_sizes,
+    standardize,
+    val_fraction_of,
+)
 
 LENGTH = 40  # points per signal (the generator's final_seq_length)
 DEFAULT_VAL_FRACTION = 0.2  # the generator's default train_split is 0.8
@@ -47,7 +49,7 @@ class Mnist1dOptions:
     n_samples: int = 5000  # the package's default (4,000 train + 1,000 validation)
     seed: int = 42  # the generator's seed (the package's default)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not N_CLASSES * 2 <= self.n_samples <= MAX_SAMPLES:
             raise ValueError(f"n_samples: must be in {N_CLASSES * 2}..{MAX_SAMPLES} (got {self.n_samples})")
         if not 0 <= self.seed < 2**32:
@@ -56,10 +58,9 @@ class Mnist1dOptions:
 
 def _sizes(cfg: DatasetConfig) -> tuple[Mnist1dOptions, float, int, int]:
     """(options, train_split, total, pool): the generator's arithmetic, exactly."""
-    from lrbs.trainables.data import DataError, _val_fraction
-
     opts = Mnist1dOptions(**cfg.options)
-    vf = _val_fraction(cfg, DEFAULT_VAL_FRACTION)
+    vf = val_fraction_of(cfg, DEFAULT_VAL_FRACTION)
+    assert vf is not None  # a default is given
     train_split = 1.0 - vf
     total = N_CLASSES * (opts.n_samples // N_CLASSES)
     pool = int(total * train_split)  # make_dataset's split index
@@ -72,29 +73,23 @@ def _sizes(cfg: DatasetConfig) -> tuple[Mnist1dOptions, float, int, int]:
 
 
 def train_size(cfg: DatasetConfig) -> int:
-    from lrbs.trainables.data import _split_sizes
-
     _, _, _, pool = _sizes(cfg)
-    return _split_sizes(cfg, pool, None)[1]
+    return split_sizes(cfg, pool, None)[1]
 
 
 def cache_path(cfg: DatasetConfig) -> str:
-    from lrbs.trainables.data import _root
-
     opts, train_split, _, _ = _sizes(cfg)
     try:
         version = metadata.version("mnist1d")
     except metadata.PackageNotFoundError:
         version = "none"
     name = f"mnist1d-n{opts.n_samples}-seed{opts.seed}-train{train_split!r}-pkg{version}.npz"
-    return os.path.join(_root(cfg), "mnist1d", name)
+    return os.path.join(data_root(cfg), "mnist1d", name)
 
 
 def _generate(n_samples: int, seed: int, train_split: float) -> dict[str, np.ndarray]:
-    from lrbs.trainables.data import DataError
-
     try:
-        from mnist1d.data import get_dataset_args, make_dataset
+        from mnist1d.data import get_dataset_args, make_dataset  # ~1.5 s; only generating needs it
     except ImportError as exc:
         raise DataError(f"dataset.name: mnist1d needs the mnist1d package (pip install mnist1d): {exc}") from None
     args = get_dataset_args()
@@ -129,7 +124,7 @@ def arrays(cfg: DatasetConfig) -> dict[str, np.ndarray]:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **out)
+            np.savez(f, **out)  # type: ignore[arg-type]  # numpy's stub takes **arrays for allow_pickle
         os.replace(tmp, path)  # atomic: a reader sees the whole file or none
     except OSError:  # a read-only or full data_dir: the set is still usable, just not cached
         if tmp is not None and os.path.exists(tmp):
@@ -138,12 +133,10 @@ def arrays(cfg: DatasetConfig) -> dict[str, np.ndarray]:
 
 
 def load(cfg: DatasetConfig) -> TensorData:
-    from lrbs.trainables.data import TensorData, _carve, _standardize
-
     a = arrays(cfg)
     x, y = torch.from_numpy(a["x_train"]), torch.from_numpy(a["y_train"])
-    x_train, y_train, _, _ = _carve(cfg, x, y, None)  # n_train: a seeded subset of the training part
-    x_train, x_val = _standardize(x_train.clone(), torch.from_numpy(a["x_val"]).clone())
+    x_train, y_train, _, _ = carve(cfg, x, y, None)  # n_train: a seeded subset of the training part
+    x_train, x_val = standardize(x_train.clone(), torch.from_numpy(a["x_val"]).clone())
     return TensorData(x_train, y_train.clone(), x_val, torch.from_numpy(a["y_val"]), N_CLASSES)
 
 
@@ -151,3 +144,8 @@ def fetch(root: str) -> str:
     path = cache_path(DatasetConfig(name="mnist1d", data_dir=root))
     arrays(DatasetConfig(name="mnist1d", data_dir=root))
     return f"mnist1d (default options) is generated and cached at {path}"
+
+
+ENTRY = DatasetEntry(
+    load, train_size, lambda cfg: (LENGTH,), lambda cfg: N_CLASSES, Mnist1dOptions, on_disk=True, fetch=fetch
+)

@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import torch
 
+from lrbs.trainables.packed_models import Pack
+
 
 class PackSGD:
-    def __init__(self, pack, k: int, device: torch.device, momentum: float = 0.0, weight_decay: float = 0.0):
+    def __init__(self, pack: Pack, k: int, device: torch.device, momentum: float = 0.0, weight_decay: float = 0.0):
         self.momentum, self.weight_decay = momentum, weight_decay
         self.neg_lr = torch.zeros(k, device=device)
         self.bufs: list[torch.Tensor] | None = None
         self.bind(pack)
 
-    def bind(self, pack) -> None:
+    def bind(self, pack: Pack) -> None:
         """(Re)bind to the pack's parameters (after members left it)."""
         self.lr = pack.lr_views(self.neg_lr)
         if self.momentum and self.bufs is None:
@@ -42,7 +44,7 @@ class PackSGD:
     def set_lr(self, lrs: list[float]) -> None:
         self.neg_lr.copy_(torch.tensor([-lr for lr in lrs]), non_blocking=True)
 
-    def select(self, pack, keep: list[int]) -> None:
+    def select(self, pack: Pack, keep: list[int]) -> None:
         """Follow ``pack.select(keep)`` (call after it): rates and momentum of the kept members."""
         self.neg_lr = self.neg_lr[torch.tensor(keep, device=self.neg_lr.device)].contiguous()
         if self.bufs is not None:

@@ -19,47 +19,56 @@ Two layouts:
 
 * ``StackedPack``: every parameter and buffer stacked on a leading member axis (the layout of
   ``torch.func.stack_module_state``: ``stacked[name][j]`` is member j's ``state_dict()[name]``).
-  The MLP runs a hand-written forward (one batched matmul per layer, and one fused
-  ``batch_norm`` over (S, K*H) channels); any other ``nn.Module`` runs ``torch.func.vmap`` over
-  ``functional_call`` (batch norm per member: its buffers are stacked too).
+  A module with its own stacked forward (``StacksItself``: the MLP, one batched matmul per layer)
+  runs it; any other ``nn.Module`` runs ``torch.func.vmap`` over ``functional_call`` (batch norm
+  per member: its buffers are stacked too).
 * ``LoopPack``: the K modules stepped one after another in one process (the default for models
-  other than the MLP, where ``vmap`` measured slower; see ``choose_layout`` and docs/performance.md).
+  that do not say they stack, where ``vmap`` measured slower; see ``choose_layout`` and
+  docs/performance.md).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call, vmap
 
-from lrbs.trainables.models import MLP
+from lrbs.trainables.config import ModelConfig
+from lrbs.trainables.models import can_stack
 
 LAYOUTS = ("auto", "stacked", "loop")
 
 
-def stackable(model: nn.Module) -> bool:
-    """Whether ``model`` has the hand-written stacked layout (the MLP). The one rule: the layout
-    here and ``train.pack: auto`` on the sweep side (sweeps/packing.py) both ask it."""
-    return isinstance(model, MLP)
+@runtime_checkable
+class StacksItself(Protocol):
+    """A module with its own forward on K members' stacked weights (``models.MLP``), which ``StackedPack``
+    runs instead of ``torch.func.vmap``; it stacks the parameters ``stacked_transposed`` names transposed."""
+
+    def stacked_transposed(self) -> set[str]: ...
+
+    def stacked_forward(
+        self, p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor, training: bool
+    ) -> torch.Tensor: ...
 
 
-def choose_layout(model: nn.Module, device: torch.device, requested: str = "auto") -> str:
-    """``stacked`` for the MLP (its hand-written batched forward), ``loop`` for every other model.
+def choose_layout(model_cfg: ModelConfig, requested: str = "auto") -> str:
+    """``requested``, or for ``auto``: ``stacked`` for a model that says it stacks (``can_stack``:
+    the MLP, or a user's factory that opts in), ``loop`` for every other model.
 
     Measured (docs/performance.md): vmap's batched convolutions were slower than members stepped
     one after another in one process on an H100 with CUDA graphs (VGG11, K = 5, S = 50: 10.5 ms
     against 7.7 ms per step; ResNet20: 12.8 against 11.3 ms) and mixed on a CPU, so ``stacked``
-    for other models (``train.pack_layout: stacked``) is opt-in. ``device`` is kept for the rule
-    to depend on it if a device ever measures the other way."""
+    for other models (``train.pack_layout: stacked``) is opt-in."""
     if requested != "auto":
         return requested
-    return "stacked" if stackable(model) else "loop"
+    return "stacked" if can_stack(model_cfg) else "loop"
 
 
-def build_pack(modules: Sequence[nn.Module], layout: str, example_rank: int) -> StackedPack | LoopPack:
+def build_pack(modules: Sequence[nn.Module], layout: str, example_rank: int) -> Pack:
     """``example_rank``: dims of one example (1 for flat features, 3 for images), which tells a
     shared input (B, ...) from per-member inputs (K, B, ...)."""
     return (StackedPack if layout == "stacked" else LoopPack)(modules, example_rank)
@@ -77,17 +86,9 @@ class StackedPack:
         template = modules[0]
         self.param_names = [name for name, _ in template.named_parameters()]
         self.buffer_names = [name for name, _ in template.named_buffers()]
-        self.mlp = template if isinstance(template, MLP) else None
-        # The MLP's Linear weights are stacked transposed, (K, in, out): bmm's backward then
-        # yields contiguous gradients (a transposed view's gradient is strided, which made the
-        # update ~2x slower on CPU). member_tensors / aligned_from_members transpose them back.
-        self.transposed = {
-            n
-            for n in self.param_names
-            if self.mlp is not None
-            and n.endswith("weight")
-            and isinstance(self.mlp.net[int(n.split(".")[1])], nn.Linear)
-        }
+        self.own = template if isinstance(template, StacksItself) else None
+        # member_tensors / aligned_from_members transpose these back to the module's layout.
+        self.transposed = self.own.stacked_transposed() if self.own is not None else set()
         states = [dict(m.named_parameters()) | dict(m.named_buffers()) for m in modules]
         self.params = [
             torch.stack([self._out(n, s[n].detach()) for s in states]).contiguous().requires_grad_()
@@ -97,7 +98,7 @@ class StackedPack:
         self.k = len(modules)
         self.rank = example_rank
         # vmap needs a module only for its structure: keep it on the meta device (no memory).
-        self.base = None if self.mlp is not None else copy.deepcopy(template).to("meta")
+        self.base = None if self.own is not None else copy.deepcopy(template).to("meta")
 
     def _out(self, name: str, t: torch.Tensor) -> torch.Tensor:
         """Module layout <-> stacked layout of one member's tensor (its own inverse)."""
@@ -113,7 +114,9 @@ class StackedPack:
 
     @staticmethod
     def select_aligned(tensors: list[torch.Tensor], keep: list[int]) -> list[torch.Tensor]:
-        index = torch.tensor(keep, dtype=torch.long, device=tensors[0].device) if tensors else None
+        if not tensors:
+            return []
+        index = torch.tensor(keep, dtype=torch.long, device=tensors[0].device)
         return [t.index_select(0, index).contiguous() for t in tensors]
 
     def member_tensors(self, aligned: list[torch.Tensor], j: int) -> dict[str, torch.Tensor]:
@@ -133,70 +136,34 @@ class StackedPack:
         return out
 
     def forward(self, x: torch.Tensor, training: bool) -> torch.Tensor:
-        if self.mlp is not None:
-            return self._mlp_forward(x, training)
-        from torch.func import functional_call, vmap
-
-        self.base.train(training)
-        names = (self.param_names, self.buffer_names)
-
-        def one(params, buffers, xm):
-            return functional_call(self.base, (dict(zip(names[0], params)), dict(zip(names[1], buffers))), (xm,))
-
+        """Per-member inputs (K, B, ...) or a shared input (B, ...) -> (K, B, C)."""
         shared = x.dim() == self.rank + 1
-        return vmap(one, in_dims=(0, 0, None if shared else 0))(self.params, self.buffers, x)
+        if self.own is not None:
+            if shared:
+                # A shared input (evaluation) is copied per member: the same bmm kernels as training,
+                # whose results do not depend on memory layout (a broadcast matmul's did, which made a
+                # resumed run's val_loss differ from an uninterrupted one's in the 7th digit).
+                x = x.unsqueeze(0).expand(self.k, *x.shape).contiguous()
+            params, buffers = dict(zip(self.param_names, self.params)), dict(zip(self.buffer_names, self.buffers))
+            return self.own.stacked_forward(params, buffers, x, training)
+        base = self.base
+        assert base is not None  # set whenever the module has no stacked forward of its own
+        base.train(training)
 
-    def _mlp_forward(self, x: torch.Tensor, training: bool) -> torch.Tensor:
-        """The MLP's layers on stacked weights: (K, B, ...) or shared (B, ...) -> (K, B, C)."""
-        p = dict(zip(self.param_names, self.params))
-        b = dict(zip(self.buffer_names, self.buffers))
-        if x.dim() == self.rank + 1:
-            # A shared input (evaluation) is copied per member: the same bmm kernels as training,
-            # whose results do not depend on memory layout (a broadcast matmul's did, which made a
-            # resumed run's val_loss differ from an uninterrupted one's in the 7th digit).
-            x = x.unsqueeze(0).expand(self.k, *x.shape).contiguous()
-        h = x.flatten(2)
-        for i, module in enumerate(self.mlp.net):
-            if isinstance(module, nn.Linear):
-                w = p[f"net.{i}.weight"]  # (K, in, out)
-                bias = p.get(f"net.{i}.bias")
-                h = torch.bmm(h, w) if bias is None else torch.baddbmm(bias.unsqueeze(1), h, w)
-            elif isinstance(module, nn.BatchNorm1d) and not training:
-                # Inference: elementwise with the member's running statistics, in (K, B, H) layout.
-                # Every element sees the same operations whatever K is (a fused batch_norm over
-                # K*H channels rounded differently for K = 1 and K = 2), so a member's evaluation
-                # does not depend on its pack.
-                scale = torch.rsqrt(b[f"net.{i}.running_var"] + module.eps) * p[f"net.{i}.weight"]
-                h = (h - b[f"net.{i}.running_mean"].unsqueeze(1)) * scale.unsqueeze(1) + p[f"net.{i}.bias"].unsqueeze(1)
-            elif isinstance(module, nn.BatchNorm1d):
-                k, n, width = h.shape
-                flat = h.transpose(0, 1).reshape(n, k * width)  # channel = (member, feature)
-                # Views of the stacked buffers: batch_norm updates each member's running stats in place.
-                flat = F.batch_norm(
-                    flat,
-                    b[f"net.{i}.running_mean"].view(-1),
-                    b[f"net.{i}.running_var"].view(-1),
-                    p[f"net.{i}.weight"].reshape(-1),
-                    p[f"net.{i}.bias"].reshape(-1),
-                    training=training,
-                    momentum=module.momentum,
-                    eps=module.eps,
-                )
-                h = flat.view(n, k, width).transpose(0, 1)  # (K, S, H), strided
-                if not h.is_cuda:
-                    # On CPU, bmm and its backward measured faster on dense inputs; cuBLAS reads
-                    # the strided batch as it is, so on CUDA the copy (a kernel each way) is saved.
-                    h = h.contiguous()
-            elif isinstance(module, nn.ReLU):
-                h = torch.relu(h)
-        return h
+        def one(params: Sequence[torch.Tensor], buffers: Sequence[torch.Tensor], xm: torch.Tensor) -> torch.Tensor:
+            state = (dict(zip(self.param_names, params)), dict(zip(self.buffer_names, buffers)))
+            out: torch.Tensor = functional_call(base, state, (xm,))
+            return out
+
+        out: torch.Tensor = vmap(one, in_dims=(0, 0, None if shared else 0))(self.params, self.buffers, x)
+        return out
 
     def count_batches(self, n: int) -> None:
         """Add ``n`` training batches to the MLP's ``num_batches_tracked`` (``nn.BatchNorm1d`` counts
         one per training forward; the pack counts an epoch's at its end, which saves a kernel per
         step; the counter feeds nothing while BN momentum is set). vmap's modules count themselves."""
         counts = [b for name, b in zip(self.buffer_names, self.buffers) if name.endswith("num_batches_tracked")]
-        if self.mlp is not None and counts:
+        if self.own is not None and counts:
             torch._foreach_add_(counts, n)
 
 
@@ -260,3 +227,6 @@ class LoopPack:
             m.train(training)
             outs.append(m(x if shared else x[j]))
         return torch.stack(outs)
+
+
+Pack = StackedPack | LoopPack

@@ -41,7 +41,7 @@ def is_import_path(name: str) -> bool:
     return ":" in name
 
 
-def add_search_root(folder: str | os.PathLike) -> None:
+def add_search_root(folder: str | os.PathLike[str]) -> None:
     """Also look for plug-in modules in ``folder`` (``load_spec`` adds the spec's folder)."""
     folder = os.path.abspath(folder)
     if folder not in _search_roots:
@@ -142,8 +142,8 @@ def ship_path(path: str) -> str | None:
         if len(locations) != 1:  # a namespace package spread over folders: ship nothing, say so in docs
             return None
         target = Path(locations[0])
-    elif getattr(root, "__file__", None):
-        target = Path(root.__file__)
+    elif file := getattr(root, "__file__", None):
+        target = Path(file)
     else:
         return None
     return None if _installed(target.resolve()) else str(target.resolve())

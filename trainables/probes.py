@@ -25,7 +25,7 @@ from torch import nn
 
 from lrbs.trainables import curvature
 from lrbs.trainables.config import CurvatureConfig
-from lrbs.trainables.data import TensorData
+from lrbs.trainables.tensor_data import TensorData
 
 Probe = Callable[[nn.Module, TensorData, CurvatureConfig, torch.Tensor, int], dict[str, Any]]
 

@@ -19,7 +19,7 @@ from ray._private import ray_constants
 # process, so token authentication is on for the embedded cluster (sweeps.runner.token_auth).
 # initialize: in Ray 2.7.0 (the oldest checked) and later; RAY_AUTH_MODE among the flags: Ray 2.52
 # and later (lrbs's floor).
-from ray._raylet import Config as RayConfig
+from ray._raylet import Config as RayConfig  # type: ignore[attr-defined]  # missing from ray's _raylet.pyi
 
 # prepare_config / validate_config: Ray's own checks of a cluster launcher file as `ray up` runs
 # them (defaults filled in, then validated), offline (tests/test_cluster.py). This shape: in Ray

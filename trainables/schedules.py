@@ -52,7 +52,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 KINDS = ("constant", "step", "cyclic_lr", "cyclic_batch")
 WAVES = ("triangle", "square")
@@ -77,12 +77,12 @@ class ScheduleConfig:
     start: str = "low"
 
 
-def _is_int(x: Any) -> bool:
+def _is_int(x: Any) -> TypeGuard[int]:
     # bool is an int subclass; `every: true` in YAML is a mistake, not 1.
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _is_number(x: Any) -> bool:
+def _is_number(x: Any) -> TypeGuard[float]:
     return (isinstance(x, (int, float)) and not isinstance(x, bool)) and math.isfinite(x)
 
 
@@ -217,6 +217,7 @@ def _validate_cyclic(cfg: ScheduleConfig, epochs: int, train_size: int) -> None:
                 raise ValueError(f"schedule.{name}: batch size must be an integer, got {value!r}")
             if value < 1 or value > train_size:
                 raise ValueError(f"schedule.{name}: batch size must be in [1, train_size={train_size}], got {value!r}")
+    assert cfg.low is not None and cfg.high is not None  # each checked above
     if cfg.low >= cfg.high:
         raise ValueError(f"schedule.low: must be below high ({cfg.low!r} >= {cfg.high!r})")
     if not _is_int(cfg.cycle_epochs) or cfg.cycle_epochs < 2:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import io
 import math
 import sys
 import tempfile
@@ -23,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import torch
 import torch.nn.functional as F
+from ray import tune
 
 from lrbs.rundir.points import from_config
 from lrbs.rundir.records import resume_entry
@@ -32,12 +35,14 @@ from lrbs.rundir.schema import check_row
 from lrbs.trainables import augment
 from lrbs.trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig, from_dict
 from lrbs.trainables.curvature import probe_subset
-from lrbs.trainables.data import TensorData, load_dataset
+from lrbs.trainables.data import load_dataset
+from lrbs.trainables.faults import maybe_fail
 from lrbs.trainables.models import build_model
 from lrbs.trainables.pack_sgd import PackSGD
-from lrbs.trainables.packed_models import build_pack, choose_layout
+from lrbs.trainables.packed_models import Pack, build_pack, choose_layout
 from lrbs.trainables.probes import probe_due, run_probes, trial_probe_seed
 from lrbs.trainables.schedules import ScheduleConfig, schedule_at, schedule_from_dict
+from lrbs.trainables.tensor_data import TensorData
 
 # Row status values (the ``status`` column of the metric tables).
 RUNNING, FINISHED, DIVERGED = "running", "finished", "diverged"
@@ -60,7 +65,7 @@ class TrialPoint:
     rescale: str | None = None  # rescaling rule that derived lr from S (Fig. 2)
     n_train: int | None = None  # per-point training-set size (overrides dataset.n_train)
     variant: str | None = None  # label of a named explicit point (Fig. 1)
-    schedule: dict | None = None  # per-point schedule (replaces the sweep's schedule)
+    schedule: dict[str, Any] | None = None  # per-point schedule (replaces the sweep's schedule)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrialPoint:
@@ -79,7 +84,7 @@ def _cross_entropy_per_member(logits: torch.Tensor, y: torch.Tensor) -> torch.Te
 
 
 @torch.no_grad()
-def evaluate_pack(pack, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[list[float], list[float]]:
+def evaluate_pack(pack: Pack, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[list[float], list[float]]:
     """Per-member mean cross-entropy and accuracy on shared data, batch norm in inference mode."""
     loss_sum = torch.zeros(pack.k, device=x.device, dtype=torch.float64)
     correct = torch.zeros(pack.k, device=x.device, dtype=torch.int64)
@@ -105,7 +110,7 @@ class _Steps:
 
     WARMUP = 2
 
-    def __init__(self, pack, opt: PackSGD, x_train, y_train, use_graphs: bool):
+    def __init__(self, pack: Pack, opt: PackSGD, x_train: torch.Tensor, y_train: torch.Tensor, use_graphs: bool):
         self.pack, self.opt, self.x, self.y = pack, opt, x_train, y_train
         self.use_graphs = use_graphs and x_train.is_cuda
         self.reset()
@@ -131,7 +136,7 @@ class _Steps:
     @property
     def correct(self) -> torch.Tensor:
         """(K,) correct predictions of the epoch so far."""
-        return sum(h.sum(1) for h in self.hits.values())
+        return torch.stack([h.sum(1) for h in self.hits.values()]).sum(0)
 
     def epoch(self, perms: torch.Tensor, s: int, n_steps: int, augs: torch.Tensor | None = None) -> None:
         """``perms`` (K, N) batch order; ``augs`` (K, N, 3) augmentation draws (None: none)."""
@@ -146,7 +151,7 @@ class _Steps:
             self.hits[s] = torch.zeros(self.pack.k, s, device=self.x.device, dtype=torch.int64)
         first = 0
         if self.use_graphs and s not in self.graphs and n_steps > self.WARMUP:
-            stream = torch.cuda.Stream()
+            stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]  # unannotated in torch
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 for first in range(self.WARMUP):
@@ -167,7 +172,7 @@ class _Steps:
             graph, static_idx, static_aug = self.graphs[s]
             for step in range(first, n_steps):
                 static_idx.copy_(perms[:, step * s : (step + 1) * s])
-                if static_aug is not None:
+                if static_aug is not None and augs is not None:
                     static_aug.copy_(augs[:, step * s : (step + 1) * s])
                 graph.replay()
         else:
@@ -244,7 +249,7 @@ def run_pack(
     if not active or first_epoch > train.epochs:
         return status
     rank = len(data.input_shape)
-    pack = build_pack(modules, choose_layout(modules[0], device, train.pack_layout), rank)
+    pack = build_pack(modules, choose_layout(model_cfg, train.pack_layout), rank)
     opt = PackSGD(pack, len(active), device, train.momentum, train.weight_decay)
     if start_state is not None and opt.bufs is not None:
         opt.bufs = pack.aligned_from_members([start_state["members"][j]["momentum"] for j in active], opt.bufs)
@@ -269,8 +274,8 @@ def run_pack(
             n_steps = min(n_steps, max_steps - steps)
         perms = torch.stack([torch.randperm(n, generator=gens[j]) for j in active]).to(device, non_blocking=True)
         # Augmentation draws follow each member's permutation in its own generator stream.
-        draws = [augment.draw(train.augment, n, gens[j]) for j in active]
-        augs = None if draws[0] is None else torch.stack(draws).to(device, non_blocking=True)
+        draws = [d for j in active if (d := augment.draw(train.augment, n, gens[j])) is not None]
+        augs = torch.stack(draws).to(device, non_blocking=True) if draws else None
         stepper.epoch(perms, s, n_steps, augs)
         if max_steps is not None and steps + n_steps >= max_steps:
             return status  # cut off: no row for a partial epoch
@@ -313,6 +318,7 @@ def run_pack(
                 row.update(train_eval_loss=train_eval[0][i], train_eval_acc=train_eval[1][i])
             # No probes on a diverged model: its Hessian is not a minimum's (and may be NaN).
             if status[j] != DIVERGED and probe_due(probes, epoch, train.epochs):
+                assert probes is not None and probe_model is not None  # probe_due: probes are on
                 probe_model.load_state_dict(pack.member_state(i))
                 probed = run_probes(
                     probe_model,
@@ -340,12 +346,12 @@ def run_pack(
             active = [active[i] for i in keep]
 
         def state(
-            epoch=epoch,
-            wall_s=rows[0]["wall_s"],
-            examples_seen=examples_seen,
-            steps=steps,
-            active=list(active),  # noqa: B006 -- defaults snapshot this epoch for the checkpoint
-            status=list(status),  # noqa: B006
+            epoch: int = epoch,
+            wall_s: float = rows[0]["wall_s"],
+            examples_seen: int = examples_seen,
+            steps: int = steps,
+            active: list[int] = list(active),  # noqa: B006 -- defaults snapshot this epoch for the checkpoint
+            status: list[str] = list(status),  # noqa: B006
         ) -> dict[str, Any]:
             members = []
             for j in range(len(points)):
@@ -379,7 +385,12 @@ def run_pack(
 
 
 def run_training(
-    point: TrialPoint, dataset: DatasetConfig, model_cfg: ModelConfig, train: TrainConfig, report: Reporter, **kwargs
+    point: TrialPoint,
+    dataset: DatasetConfig,
+    model_cfg: ModelConfig,
+    train: TrainConfig,
+    report: Reporter,
+    **kwargs: Any,
 ) -> str:
     """One point alone: a pack of one (same arguments as ``run_pack``), ``report(row, state)``."""
     return run_pack([point], dataset, model_cfg, train, lambda rows, state: report(rows[0], state), **kwargs)[0]
@@ -388,15 +399,13 @@ def run_training(
 def load_state(directory: str | Path) -> dict[str, Any]:
     """A checkpoint written by ``train_trial``; tensors and plain data only (no unpickling of code).
     ``directory`` may be a URI (``lrbs resume`` of a run directory in object storage)."""
+    source: io.BytesIO | Path = Path(directory) / CHECKPOINT_FILE
     if "://" in str(directory):
-        import io
-
-        import pyarrow.fs as pafs
-
         fs, path = pafs.FileSystem.from_uri(str(directory))
         with fs.open_input_stream(f"{path.rstrip('/')}/{CHECKPOINT_FILE}") as f:
-            return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
-    return torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+            source = io.BytesIO(f.read())
+    state: dict[str, Any] = torch.load(source, map_location="cpu", weights_only=True)
+    return state
 
 
 def first_loadable_state(directories: list[str | Path], max_epoch: int | None = None) -> dict[str, Any] | None:
@@ -407,33 +416,15 @@ def first_loadable_state(directories: list[str | Path], max_epoch: int | None = 
     for directory in directories:
         try:
             state = load_state(directory)
-        except OSError as exc:
-            if "://" in str(directory) and not isinstance(exc, FileNotFoundError):
-                raise  # the store unreachable, not a damaged checkpoint: fail, and Tune retries the trial
-            print(
-                f"[lrbs] checkpoint {directory} does not load ({type(exc).__name__}: {str(exc)[:200]}); "
-                f"trying the one before it",
-                file=sys.stderr,
-                flush=True,
-            )
-            continue
         except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
-            print(
-                f"[lrbs] checkpoint {directory} does not load ({type(exc).__name__}: {str(exc)[:200]}); "
-                f"trying the one before it",
-                file=sys.stderr,
-                flush=True,
-            )
-            continue
-        if max_epoch is not None and int(state.get("epoch", 0)) > max_epoch:
-            print(
-                f"[lrbs] checkpoint {directory} is from epoch {state.get('epoch')}, past the last epoch with "
-                f"rows ({max_epoch}); trying the one before it",
-                file=sys.stderr,
-                flush=True,
-            )
-            continue
-        return state
+            if isinstance(exc, OSError) and "://" in str(directory) and not isinstance(exc, FileNotFoundError):
+                raise  # the store unreachable, not a damaged checkpoint: fail, and Tune retries the trial
+            why = f"does not load ({type(exc).__name__}: {str(exc)[:200]})"
+        else:
+            if max_epoch is None or int(state.get("epoch", 0)) <= max_epoch:
+                return state
+            why = f"is from epoch {state.get('epoch')}, past the last epoch with rows ({max_epoch})"
+        print(f"[lrbs] checkpoint {directory} {why}; trying the one before it", file=sys.stderr, flush=True)
     if directories:
         print(
             f"[lrbs] no usable checkpoint of this trial ({len(directories)} tried); starting from scratch",
@@ -447,9 +438,6 @@ def tune_start_state(config: dict[str, Any]) -> dict[str, Any] | None:
     """Where a trial continues from: Tune's latest checkpoint of this trial (after a failure in
     this session) and the kept checkpoints before it, then those ``lrbs resume`` found in earlier
     sessions (``config["resume"]``); the first that loads wins."""
-    import pyarrow.fs as pafs
-    from ray import tune
-
     candidates: list[str | Path] = []
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -498,8 +486,6 @@ class CheckpointClock:
 
 def tune_report(result: dict[str, Any], state: Callable[[], dict[str, Any]], save: bool) -> None:
     """``tune.report(result)``, with the checkpoint ``state()`` when ``save``."""
-    from ray import tune
-
     if not save:
         tune.report(result)
         return
@@ -521,8 +507,6 @@ def train_trial(config: dict[str, Any]) -> None:
     driver's metric sink writes each under the member's own trial id) and, for Tune's own
     bookkeeping, the best val_acc and a summary status. A restarted trial continues from
     ``tune.get_checkpoint()``."""
-    from lrbs.trainables.faults import maybe_fail
-
     resources = config.get("resources", {})
     torch.set_num_threads(max(1, int(resources.get("cpu", 1))))
     resilience = config.get("resilience", {})

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from lrbs.trainables.config import DatasetConfig, options_key
-from lrbs.trainables.data import DataError, DatasetEntry, TensorData, _carve, _split_sizes
 from lrbs.trainables.plugins import PluginError, call_error, load_object
+from lrbs.trainables.tensor_data import DataError, DatasetEntry, TensorData, carve, split_sizes
 
 KEYS = ("x_train", "y_train", "x_val", "y_val")
 
@@ -120,13 +120,13 @@ def raw(cfg: DatasetConfig) -> TensorData:
 
 def load(cfg: DatasetConfig) -> TensorData:
     data = raw(cfg)
-    x_train, y_train, _, _ = _carve(cfg, data.x_train, data.y_train, None)
+    x_train, y_train, _, _ = carve(cfg, data.x_train, data.y_train, None)
     # Copies: the cached split must not change when a trial edits its tensors in place.
     return TensorData(x_train.clone(), y_train.clone(), data.x_val.clone(), data.y_val.clone(), data.n_classes)
 
 
 def train_size(cfg: DatasetConfig) -> int:
-    return _split_sizes(cfg, len(raw(cfg).x_train), None)[1]
+    return split_sizes(cfg, len(raw(cfg).x_train), None)[1]
 
 
 # A factory's options are its keyword arguments (check_signature), so the entry has no options dataclass.
