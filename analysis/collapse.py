@@ -75,49 +75,6 @@ class CollapseResult:
         return asdict(self)
 
 
-def collapse_arrays(
-    lr: np.ndarray,
-    bs: np.ndarray,
-    y: np.ndarray,
-    metric: str,
-    group: str = "all",
-    n_excluded: int = 0,
-    n_trials: int | None = None,
-) -> CollapseResult:
-    """The collapse test on finite arrays, one row per point (raises ValueError when eta and S are
-    not separable)."""
-    le, ls = np.log10(lr), np.log10(bs)
-    X = np.column_stack([np.ones_like(le), le, ls])
-    fit = ols(X, y)
-    comb = lincomb_test(fit, np.array([0.0, 1.0, 1.0]))
-    ratio = simple_fit(le - ls, y) if np.ptp(le - ls) > 1e-9 else None  # (float rounding is no spread)
-    ci = fit.ci()
-    lo, hi = comb["ci"]
-    return CollapseResult(
-        metric=metric,
-        group=group,
-        n=len(y),
-        n_excluded=n_excluded,
-        n_lr=len(set(np.round(le, 12))),
-        n_batch_size=len(set(np.round(ls, 12))),
-        a=float(fit.coef[0]),
-        b=float(fit.coef[1]),
-        c=float(fit.coef[2]),
-        b_ci=(float(ci[1, 0]), float(ci[1, 1])),
-        c_ci=(float(ci[2, 0]), float(ci[2, 1])),
-        b_plus_c=comb["estimate"],
-        b_plus_c_ci=(float(lo), float(hi)),
-        t=comb["t"],
-        p=comb["p"],
-        dof=comb["dof"],
-        r2_full=fit.r2,
-        r2_ratio=ratio.r2 if ratio else math.nan,
-        k_ratio=float(ratio.coef[1]) if ratio else math.nan,
-        equal_and_opposite=bool(lo <= 0 <= hi),
-        n_trials=len(y) if n_trials is None else n_trials,
-    )
-
-
 def collapse_test(trials: pa.Table, metric: str, log_y: bool, group: str = "all") -> CollapseResult | str:
     """The collapse test over a trial table; returns a reason string when it cannot be run."""
     if metric not in trials.column_names:
@@ -148,7 +105,35 @@ def collapse_test(trials: pa.Table, metric: str, log_y: bool, group: str = "all"
         return f"needs >= 2 distinct lr and >= 2 distinct batch sizes (has {len(set(lr))} and {len(set(bs))})"
     if len(y_pm) < 5:
         return f"only {len(y_pm)} usable points (needs >= 5 for a 3-parameter fit with 2 dof)"
+    le, ls = np.log10(lr), np.log10(bs)
     try:
-        return collapse_arrays(lr, bs, y_pm, ("log10 " if log_y else "") + metric, group, excluded, n_trials=len(keep))
+        fit = ols(np.column_stack([np.ones_like(le), le, ls]), y_pm)
     except ValueError:
         return "log10(eta) and log10(S) are collinear (e.g. a pure beta family): b and c are not separable"
+    comb = lincomb_test(fit, np.array([0.0, 1.0, 1.0]))
+    ratio = simple_fit(le - ls, y_pm) if np.ptp(le - ls) > 1e-9 else None  # (float rounding is no spread)
+    ci = fit.ci()
+    lo, hi = comb["ci"]
+    return CollapseResult(
+        metric=("log10 " if log_y else "") + metric,
+        group=group,
+        n=len(y_pm),
+        n_excluded=excluded,
+        n_lr=len(set(np.round(le, 12))),
+        n_batch_size=len(set(np.round(ls, 12))),
+        a=float(fit.coef[0]),
+        b=float(fit.coef[1]),
+        c=float(fit.coef[2]),
+        b_ci=(float(ci[1, 0]), float(ci[1, 1])),
+        c_ci=(float(ci[2, 0]), float(ci[2, 1])),
+        b_plus_c=comb["estimate"],
+        b_plus_c_ci=(float(lo), float(hi)),
+        t=comb["t"],
+        p=comb["p"],
+        dof=comb["dof"],
+        r2_full=fit.r2,
+        r2_ratio=ratio.r2 if ratio else math.nan,
+        k_ratio=float(ratio.coef[1]) if ratio else math.nan,
+        equal_and_opposite=bool(lo <= 0 <= hi),
+        n_trials=len(keep),
+    )

@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from lrbs.analysis import plots
 from lrbs.analysis.convergence import converged
-from lrbs.analysis.fits import log_ratios, metric_values, point_keys, point_means, slope_text
+from lrbs.analysis.fits import metric_values, point_keys, point_means, slope_text
 from lrbs.analysis.render import Report, html_page, html_table, md_table, status_words
 from lrbs.analysis.sections import CURVATURE_FIT_METRICS, Table, fmt
 
@@ -318,7 +318,7 @@ def _fit_points(run: RunView, key: str, fit: dict[str, Any]) -> tuple[np.ndarray
         if key in {m for m, _ in CURVATURE_FIT_METRICS}:
             trials = converged(trials).kept
         y = metric_values(trials, key, log_y)
-    pm = point_means(point_keys(trials), log_ratios(trials), y)
+    pm = point_means(point_keys(trials), metric_values(trials, "ratio", True), y)
     return 10**pm.x, (10**pm.y if log_y else pm.y), pm.n_seeds
 
 

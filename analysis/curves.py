@@ -53,12 +53,6 @@ class CurveDistance:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def summary(self) -> dict[str, Any]:
-        d = self.to_dict()
-        for k in ("epochs", "diff", "diff_se", "sd_a", "sd_b"):
-            d.pop(k)
-        return d
-
 
 def index_rows(metrics: pa.Table, metric: str) -> Index:
     """trial_id -> its epoch rows (seed, epoch, ratio, metric), read once for many look-ups."""
@@ -68,10 +62,8 @@ def index_rows(metrics: pa.Table, metric: str) -> Index:
     return out
 
 
-def curves_of(metrics: pa.Table | Index, trial_ids: list[str], metric: str) -> Curves:
-    """seed -> epoch -> finite value, for the given trials (one trial per seed: the first wins).
-    ``metrics`` is the epoch table or its :func:`index_rows`."""
-    index = index_rows(metrics, metric) if isinstance(metrics, pa.Table) else metrics
+def curves_of(index: Index, trial_ids: list[str], metric: str) -> Curves:
+    """seed -> epoch -> finite value, for the given trials (one trial per seed: the first wins)."""
     out: Curves = {}
     owner: dict[int, str] = {}
     for r in (r for t in trial_ids for r in index.get(t, [])):

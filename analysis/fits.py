@@ -25,7 +25,7 @@ import functools
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -103,6 +103,11 @@ class PointFit:
     ci_method: str
     ci_note: str  # why there is no interval ("" when there is one)
     ols: OLSResult | None  # the point-mean fit (None when it could not be made)
+
+    def shared(self, result: type[Any]) -> dict[str, Any]:
+        """The values of the fields the dataclass ``result`` has too (slope, its interval, the
+        tests, n_points, ci_note ...): a fit's result carries them over as they are."""
+        return {f.name: getattr(self, f.name) for f in fields(result) if hasattr(self, f.name)}
 
 
 EXACT_SPEARMAN_MAX = 8  # up to this many points, Spearman's p by enumerating every permutation
@@ -208,33 +213,17 @@ def metric_values(trials: pa.Table, metric: str, log_y: bool) -> np.ndarray:
     return y
 
 
-def log_ratios(trials: pa.Table, column: str = "ratio") -> np.ndarray:
-    x = np.array([np.nan if v is None else float(v) for v in trials.column(column).to_pylist()], dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(x > 0, np.log10(x), np.nan)
-
-
-def ratio_fit(trials: pa.Table, metric: str, *, log_y: bool = False, x_column: str = "ratio") -> RatioFit:
+def ratio_fit(trials: pa.Table, metric: str, *, log_y: bool = False) -> RatioFit:
     """Fit ``metric`` (or log10 of it with ``log_y``) against log10(eta/S) over point means."""
-    x, y = log_ratios(trials, x_column), metric_values(trials, metric, log_y)
+    x, y = metric_values(trials, "ratio", True), metric_values(trials, metric, log_y)
     pm = point_means(point_keys(trials), x, y)
     f = fit_points(pm)
     return RatioFit(
         metric=("log10 " if log_y else "") + metric,
-        x="log10(lr/batch_size)" if x_column == "ratio" else f"log10({x_column})",
+        x="log10(lr/batch_size)",
         n=pm.n_trials,
         n_excluded=trials.num_rows - pm.n_trials,
-        n_points=f.n_points,
-        n_ratios=f.n_ratios,
-        slope=f.slope,
-        intercept=f.intercept,
-        slope_ci=f.slope_ci,
-        p=f.p,
-        r2=f.r2,
-        spearman_rho=f.spearman_rho,
-        spearman_p=f.spearman_p,
-        ci_method=f.ci_method,
-        ci_note=f.ci_note,
+        **f.shared(RatioFit),
     )
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lrbs.analysis.fits import CI_METHOD, fit_points, log_ratios, metric_values, point_keys, point_means
+from lrbs.analysis.fits import CI_METHOD, fit_points, metric_values, point_keys, point_means
 from lrbs.analysis.stats import mean_band
 
 GEOMETRY_METRICS = (("lambda_max", True), ("hessian_fro", True), ("final_val_acc", False))
@@ -66,11 +66,11 @@ class BandFit:
         return d
 
 
-def ratio_band_fit(trials: pa.Table, column: str, log_y: bool, x_column: str = "ratio") -> BandFit | str:
+def ratio_band_fit(trials: pa.Table, column: str, log_y: bool) -> BandFit | str:
     if column not in trials.column_names:
         return f"no {column} column"
     live = trials.filter(pc.not_equal(trials.column("status"), "diverged")) if trials.num_rows else trials
-    x, y = log_ratios(live, x_column), metric_values(live, column, log_y)
+    x, y = metric_values(live, "ratio", True), metric_values(live, column, log_y)
     pm = point_means(point_keys(live), x, y)
     if pm.n_trials < 3:
         return f"{pm.n_trials} trials with a finite {column} (needs >= 3)"
@@ -90,19 +90,11 @@ def ratio_band_fit(trials: pa.Table, column: str, log_y: bool, x_column: str = "
         log_y=log_y,
         n=pm.n_trials,
         n_excluded=trials.num_rows - pm.n_trials,
-        n_points=f.n_points,
-        slope=f.slope,
-        slope_ci=f.slope_ci,
-        intercept=f.intercept,
-        p=f.p,
-        r2=f.r2,
-        spearman_rho=f.spearman_rho,
-        spearman_p=f.spearman_p,
         band_x=(10**xs).tolist(),
         band_mean=(10**mean if log_y else mean).tolist(),
         band_lo=(10**lo if log_y else lo).tolist(),
         band_hi=(10**hi if log_y else hi).tolist(),
-        ci_note=f.ci_note,
+        **f.shared(BandFit),
     )
 
 
@@ -186,14 +178,7 @@ def eq7_check(trials: pa.Table) -> Eq7Result | str:
         ratio_median=float(np.median(q)),
         ratio_q25=float(np.percentile(q, 25)),
         ratio_q75=float(np.percentile(q, 75)),
-        n_points=f.n_points,
-        slope=f.slope,
-        slope_ci=f.slope_ci,
-        intercept=f.intercept,
-        r2=f.r2,
-        spearman_rho=f.spearman_rho,
-        spearman_p=f.spearman_p,
         points=pts,
         loss_column=eq7_loss_column(trials),
-        ci_note=f.ci_note,
+        **f.shared(Eq7Result),
     )

@@ -60,7 +60,7 @@ def heading(sec: Section) -> str:
 
 # Console errors (uncaught exceptions, rejected promises, console.error) end up in the page
 # (#lrbs-errors); after load, #lrbs-status says how many plots drew an SVG with traces and where
-# each one lies on the page. The browser test (tests/test_analysis_browser.py) reads both from
+# each one lies on the page. The browser test (tests/analysis/test_analysis_browser.py) reads both from
 # the dumped DOM and crops a screenshot at each plot.
 _HOOK = (
     "<script>window.__lrbsErrors=[];window.addEventListener('error',function(e){window.__lrbsErrors.push("

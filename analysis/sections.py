@@ -509,19 +509,18 @@ def section_beta_search(metrics: pa.Table, trials: pa.Table, run_dir: Path | Non
         records, _ = read_ledger(run_dir)
         errored = [p for r in current_records(records) if r.status == ERROR for p in from_config(r.point)]
     rep = search_report(metrics, trials, errored)
-    rows = []
-    for r in rep["sizes"]:
-        rows.append(
-            [
-                fmt(r["n_train"]),
-                r["status"],
-                r["bracket"],
-                r["message"],
-                f"{r['trials']} / {r['ladder_trials']}",
-                fmt(r["beta_crit"], 3),
-                fmt(r["breakdown_beta_star"]),
-            ]
-        )
+    rows = [
+        [
+            fmt(r["n_train"]),
+            r["status"],
+            r["bracket"],
+            r["message"],
+            f"{r['trials']} / {r['ladder_trials']}",
+            fmt(r["beta_crit"], 3),
+            fmt(r["breakdown_beta_star"]),
+        ]
+        for r in rep["sizes"]
+    ]
     by = f" by more than {rep['min_drop']:g} accuracy points" if rep.get("min_drop") is not None else ""
     below = "below beta = 1" + (f" by > {rep['min_drop']:g} points" if rep.get("min_drop") is not None else "")
     sec.tables.append(
@@ -810,13 +809,7 @@ def section_gap(trials: pa.Table) -> Section:
             "so the gap is biased (usually understated) and so is its slope; runs from current code "
             "measure the final weights in eval mode."
         )
-    sec.tables.append(
-        Table(
-            title,
-            FIT_HEADER,
-            [_fit_cells(fit)],
-        )
-    )
+    sec.tables.append(Table(title, FIT_HEADER, [_fit_cells(fit)]))
     sec.data = {"fit": fit.to_dict(), "train_accuracy": "eval_mode" if eval_mode else "train_mode_epoch_mean"}
     sec.headline = f"gap slope {slope_text(fit.slope, fit.slope_ci, fit.ci_note, 2)} per decade of eta/S" + (
         "" if eval_mode else " (train-mode train accuracy: biased)"

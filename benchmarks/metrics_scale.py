@@ -1,4 +1,4 @@
-"""How metric storage, reading and the report scale with the number of trials (issue 15).
+"""How metric storage, reading and the report scale with the number of trials.
 
     python -m benchmarks.metrics_scale [--trials 1000] [--epochs 100] [--old] [--skip-report]
 
@@ -11,9 +11,9 @@ fresh process so the memory figure is that step's alone:
 - ``load_metrics`` and ``load_trials``: seconds and peak RSS,
 - ``lrbs report`` (html + json + md): seconds, peak RSS and report.html's size.
 
-``--old`` writes the same sweep a second time the way lrbs did before issue 15 (stream files
-only, never compacted) and reads it with the readers of then (``benchmarks/old_readers.py``,
-Python per row), side by side, with the ratios.
+``--old`` writes the same sweep a second time as stream files only, never compacted, and reads it
+with the per-row Python readers (``tests/rundir/old_readers.py``, the test oracle), side by side,
+with the ratios.
 
 The synthetic curves are smooth functions of (lr, batch size, seed, epoch), so every report
 section has something to fit. Prints one Markdown table.
@@ -157,7 +157,7 @@ def measure(code: str, run_dir: Path) -> tuple[float, float, str]:
 
 LAYOUTS = {
     # name: (compact_every, module with load_metrics / trials_from_metrics)
-    "old": (0, "benchmarks.old_readers"),  # stream files only, readers in Python per row (before issue 15)
+    "old": (0, "tests.rundir.old_readers"),  # stream files only, readers in Python per row
     "new": (None, "lrbs.rundir.tables"),  # compacted Parquet, vectorized readers
 }
 
@@ -182,7 +182,7 @@ def measure_layout(run_dir: Path, layout: str, n_trials: int, epochs: int, repor
     # 1,000-resample bootstrap over seeds (a per-resample loop), or the t interval on point means.
     fit = (
         "import numpy as np; from lrbs.rundir.tables import load_trials; from lrbs.analysis.fits import ratio_fit; "
-        "import benchmarks.old_readers as old; t = load_trials(run_dir); "
+        "import tests.rundir.old_readers as old; t = load_trials(run_dir); "
         "x = np.log10(np.array(t.column('ratio').to_pylist())); y = np.array(t.column('final_val_acc').to_pylist()); "
         "keys = list(zip(t.column('lr').to_pylist(), t.column('batch_size').to_pylist())); g = {}; "
         "[g.setdefault(k, []).append(i) for i, k in enumerate(keys)]; "
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--old",
         action="store_true",
-        help="also the old way side by side (stream files, per-row readers; ~12 GB of RAM per million rows)",
+        help="also the unvectorized baseline side by side (stream files, per-row readers; ~12 GB of RAM per million rows)",
     )
     p.add_argument("--skip-report", action="store_true", help="measure storage and readers only")
     args = p.parse_args(argv)

@@ -30,4 +30,10 @@ REPORT_FILES = {"html": "report.html", "json": "fits.json", "md": "report.md"}
 TRIAL_PAGE = "trials-{}.html"  # ``lrbs report --trials``: {} is the selectors as a file-name slug
 COMPARE_PAGE = "compare-{}"  # ``lrbs report --compare RUN_B``: {} is RUN_B's name; .md and .html
 INTERPOLATION_DIR = "interpolation"
-EXPORT_DIR = "export"  # ``lrbs export``: epochs.<ext>, trials.<ext>
+EXPORT_DIR = "export"
+RAY_LOG = "ray.log"  # Ray's own output (the terminal keeps lrbs's lines)
+DRIVER_ERROR = "driver-error.txt"  # the traceback of a driver that stopped on an unexpected error
+RESUME_PLAN = "lrbs-resume-plan.json"  # in each resume session's folder: what each trial continues
+FAULT_MARKERS = (
+    "faults"  # resilience.fail_at_epoch's markers (a test hook)  # ``lrbs export``: epochs.<ext>, trials.<ext>
+)

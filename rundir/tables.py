@@ -364,20 +364,23 @@ def load_trials(run_dir: str | Path, metrics: pa.Table | None = None) -> pa.Tabl
     return trials_from_metrics(metrics)
 
 
-def _valid(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Not null and not NaN (``is_value``), vectorized."""
+def _valid(column: pa.ChunkedArray) -> np.ndarray:
+    """Where ``column`` is not null and not NaN (``is_value``), vectorized: a numpy mask."""
     valid = pc.is_valid(column)
     if pa.types.is_floating(column.type):
         valid = pc.and_(valid, pc.invert(pc.fill_null(pc.is_nan(column), True)))
-    return valid
+    mask: np.ndarray = valid.to_numpy(zero_copy_only=False)
+    return mask
 
 
-def _last_per_trial(trial_ids: pa.ChunkedArray, rows: np.ndarray) -> dict[str, int]:
-    """trial id -> the largest of ``rows`` among that trial's rows (``trial_ids`` taken at ``rows``)."""
-    if len(rows) == 0:
+def _max_per_trial(trial_ids: pa.ChunkedArray, values: pa.Array | pa.ChunkedArray, where: np.ndarray) -> dict[str, Any]:
+    """trial id -> the largest of ``values`` over that trial's rows where ``where`` holds."""
+    if not where.any():
         return {}
-    grouped = pa.table({"t": trial_ids, "r": pa.array(rows)}).group_by("t", use_threads=False).aggregate([("r", "max")])
-    return dict(zip(grouped.column("t").to_pylist(), grouped.column("r_max").to_pylist()))
+    keep = pa.array(where)
+    table = pa.table({"t": trial_ids.filter(keep), "v": values.filter(keep)})
+    grouped = table.group_by("t", use_threads=False).aggregate([("v", "max")])
+    return dict(zip(grouped.column("t").to_pylist(), grouped.column("v_max").to_pylist()))
 
 
 def trials_from_metrics(metrics: pa.Table) -> pa.Table:
@@ -385,43 +388,22 @@ def trials_from_metrics(metrics: pa.Table) -> pa.Table:
     rows = []
     m = metrics.sort_by([("trial_id", "ascending"), ("epoch", "ascending")]) if metrics.num_rows else metrics
     n = m.num_rows
-    every = np.arange(n, dtype=np.int64)
+    every = pa.array(np.arange(n, dtype=np.int64))
     trial_col = m.column("trial_id")
-    last_of = _last_per_trial(trial_col, every)
-    val = m.column("val_acc")
-    max_val = {}
-    if n:
-        valid_val = _valid(val).to_numpy(zero_copy_only=False)
-        grouped = (
-            pa.table({"t": trial_col.filter(pa.array(valid_val)), "v": val.filter(pa.array(valid_val))})
-            .group_by("t", use_threads=False)
-            .aggregate([("v", "max")])
-        )
-        max_val = dict(zip(grouped.column("t").to_pylist(), grouped.column("v_max").to_pylist()))
+    last_of = _max_per_trial(trial_col, every, np.ones(n, dtype=bool))
+    max_val = _max_per_trial(trial_col, m.column("val_acc"), _valid(m.column("val_acc")))
     # The latest probe attempt: one that failed (probe_error, null values) replaces earlier values.
-    probe_cols = [c for c in ("lambda_max", "hessian_trace", "hessian_fro", "probe_error") if c in m.column_names]
-    probed_of: dict[str, int] = {}
-    if n and probe_cols:
-        any_probe = np.zeros(n, dtype=bool)
-        for c in probe_cols:
-            any_probe |= _valid(m.column(c)).to_numpy(zero_copy_only=False)
-        probed = every[any_probe]
-        probed_of = _last_per_trial(trial_col.take(pa.array(probed)), probed)
+    any_probe = np.zeros(n, dtype=bool)
+    for c in ("lambda_max", "hessian_trace", "hessian_fro", "probe_error"):
+        if c in m.column_names:
+            any_probe |= _valid(m.column(c))
+    probed_of = _max_per_trial(trial_col, every, any_probe)
     # The last row of each trial with an eval-mode train accuracy (only the last epoch has one).
     train_eval: dict[str, tuple[float | None, float | None]] = {}
-    if n and "train_eval_acc" in m.column_names:
-        measured = every[_valid(m.column("train_eval_acc")).to_numpy(zero_copy_only=False)]
-        rows_of = _last_per_trial(trial_col.take(pa.array(measured)), measured)
-        taken = pa.array(list(rows_of.values()), pa.int64())
-        train_eval = dict(
-            zip(
-                rows_of,
-                zip(
-                    m.column("train_eval_loss").take(taken).to_pylist(),
-                    m.column("train_eval_acc").take(taken).to_pylist(),
-                ),
-            )
-        )
+    if "train_eval_acc" in m.column_names:
+        rows_of = _max_per_trial(trial_col, every, _valid(m.column("train_eval_acc")))
+        taken = m.select(["train_eval_loss", "train_eval_acc"]).take(pa.array(list(rows_of.values()), pa.int64()))
+        train_eval = dict(zip(rows_of, zip(taken.column(0).to_pylist(), taken.column(1).to_pylist())))
     order = sorted(last_of)
     lasts = m.take(pa.array([last_of[t] for t in order], pa.int64())).to_pylist() if order else []
     probed_ids = [t for t in order if t in probed_of]

@@ -96,15 +96,6 @@ class FlopCount(TorchDispatchMode):  # type: ignore[no-untyped-call,unused-ignor
         return out
 
 
-def data_shape(dataset: DatasetConfig) -> tuple[tuple[int, ...], int]:
-    """(per-example input shape, classes): fixed for built-ins, from the factory for a user's set."""
-    entry = dataset_entry(dataset.name)
-    try:
-        return tuple(entry.input_shape(dataset)), int(entry.n_classes(dataset))
-    except (DataError, PluginError) as exc:
-        raise SpecError(str(exc)) from None
-
-
 def model_profile(
     model_cfg: ModelConfig, dataset: DatasetConfig, max_params: int | None = None, *, probes: bool = False
 ) -> ModelProfile:
@@ -120,7 +111,11 @@ def model_profile(
     ``probe_error``, one line naming ``curvature`` and the op (docs/extending.md). Built once per
     process and model.
     """
-    shape, classes = data_shape(dataset)
+    entry = dataset_entry(dataset.name)  # the shape: fixed for built-ins, from the factory for a user's set
+    try:
+        shape, classes = tuple(entry.input_shape(dataset)), int(entry.n_classes(dataset))
+    except (DataError, PluginError) as exc:
+        raise SpecError(str(exc)) from None
     key = (model_cfg.name, options_key(model_cfg.options), shape, classes)
     if key not in _PROFILES or (probes and not _PROFILES[key].probed):
         model, profile = _profile(model_cfg, shape, classes, max_params)
@@ -280,24 +275,16 @@ def check_limits(spec: SweepSpec, profile: ModelProfile) -> None:
         )
 
 
-def forward_flops(model_cfg: ModelConfig, dataset: DatasetConfig) -> float:
-    return model_profile(model_cfg, dataset).forward_flops_per_example
-
-
 def train_flops_per_example(model_cfg: ModelConfig, dataset: DatasetConfig) -> float:
-    return 3.0 * forward_flops(model_cfg, dataset)
-
-
-def step_costs(device: str) -> dict[str, Any]:
-    costs: dict[str, Any] = json.loads(STEP_COSTS.read_text())[device]
-    return costs
+    """FLOPs of one training example: forward and backward, 3x the forward's."""
+    return 3.0 * model_profile(model_cfg, dataset).forward_flops_per_example
 
 
 def estimate_cost(spec: SweepSpec) -> CostEstimate:
-    per_example = forward_flops(spec.model, spec.dataset)
+    per_example = model_profile(spec.model, spec.dataset).forward_flops_per_example
     train_flops = 3.0 * per_example
     device = "cuda" if spec.resources.gpu > 0 else "cpu"
-    costs = step_costs(device)
+    costs: dict[str, Any] = json.loads(STEP_COSTS.read_text())[device]
     total_flops = seconds = 0.0
     packs = plan_packs(spec)
     for pack in packs:

@@ -50,17 +50,10 @@ def expand_points(spec: SweepSpec) -> list[dict[str, Any]]:
         ]
     if spec.beta is not None:
         b = spec.beta
-        if b.search is not None:  # its points come from the search (sweeps/beta_searcher.py); these
-            # are the fixed ladder it replaces, each candidate with grid.seed's seeds (estimates, validate)
-            return [
-                beta_point(b, beta, seed, n)
-                for n in (b.n_train or (None,))
-                for beta in search_ladder(spec)
-                for seed in seeds
-            ]
-        # S is rounded to an integer; lr = lr0 * S / S0 then keeps eta/S exactly lr0/S0 for every
-        # member (beta 0.25 of S0 = 50 is S = 13, 12.5 rounded; lr0 * beta would put eta/S 4% off).
-        return [beta_point(b, beta, seed, n) for n in (b.n_train or (None,)) for beta in b.values for seed in seeds]
+        # A search's points come from the search (sweeps/beta_searcher.py); these are the fixed
+        # ladder it replaces, each candidate with grid.seed's seeds (estimates, validate).
+        betas = search_ladder(spec) if b.search is not None else b.values
+        return [beta_point(b, beta, seed, n) for n in (b.n_train or (None,)) for beta in betas for seed in seeds]
     lrs = axis_values(spec.grid.lr, "grid.lr")
     sizes = axis_values(spec.grid.batch_size, "grid.batch_size")
     return [{"lr": lr, "batch_size": s, "seed": seed} for lr, s, seed in itertools.product(lrs, sizes, seeds)]
@@ -72,7 +65,9 @@ def is_search(spec: SweepSpec) -> bool:
 
 
 def beta_point(b: BetaConfig, beta: float, seed: int, n_train: int | None) -> dict[str, Any]:
-    """The trial point of family member ``beta`` (one seed, one training-set size)."""
+    """The trial point of family member ``beta`` (one seed, one training-set size). S is rounded
+    to an integer; lr = lr0 * S / S0 then keeps eta/S exactly lr0/S0 for every member (beta 0.25
+    of S0 = 50 is S = 13, 12.5 rounded; lr0 * beta would put eta/S 4% off)."""
     return {
         "lr": float(f"{b.lr0 * beta_size(b, beta) / b.batch_size0:.6g}"),
         "batch_size": beta_size(b, beta),

@@ -48,7 +48,8 @@ def trial_dir(run_dir: Path, trial_id: str) -> Path:
     """Tune's folder of ``trial_id`` that holds its final weights: from the trial's record
     (``lrbs.rundir.records``), its newest folder with a checkpoint (a trial continued by ``lrbs resume``
     ends in ``RUN_DIR/resume-<session>/``); without a record, the one folder named after it."""
-    for logdir in reversed(trial_logdirs(run_dir, trial_id)):
+    record = read_ledger(run_dir)[0].get(trial_id)
+    for logdir in reversed(record.logdirs if record is not None else []):
         directory = run_dir / logdir
         if (directory / TRIAL_PARAMS).is_file() and any(directory.glob(CHECKPOINT_GLOB)):
             return directory
@@ -60,12 +61,6 @@ def trial_dir(run_dir: Path, trial_id: str) -> Path:
             else f"TRIAL: {trial_id!r} matches several trial directories in {run_dir}"
         )
     return matches[0]
-
-
-def trial_logdirs(run_dir: Path, trial_id: str) -> list[str]:
-    """The trial's folders (relative to the run, oldest first) as its record names them; [] if none."""
-    record = read_ledger(run_dir)[0].get(trial_id)
-    return list(record.logdirs) if record is not None else []
 
 
 def last_checkpoint(directory: Path) -> Path:
@@ -153,18 +148,9 @@ def interpolate_trials(
         batch_norm=batch_norm,
         bn_batches=bn_batches,
     )
-    return pa.Table.from_pylist(
-        [
-            {
-                **r,
-                "trial_a": trial_a,
-                "trial_b": trial_b,
-                "batch_norm": "interpolated" if batch_norm == "interpolate" else "recomputed",
-            }
-            for r in rows
-        ],
-        schema=INTERP_SCHEMA,
-    )
+    bn = "interpolated" if batch_norm == "interpolate" else "recomputed"
+    labels = {"trial_a": trial_a, "trial_b": trial_b, "batch_norm": bn}
+    return pa.Table.from_pylist([{**r, **labels} for r in rows], schema=INTERP_SCHEMA)
 
 
 def write_interpolation(

@@ -66,9 +66,7 @@ def holder_alive(path: str | Path) -> bool:
         holder = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return False
-    if not isinstance(holder, dict):
-        return False
-    return holder.get("host") != socket.gethostname() or _alive(holder)
+    return isinstance(holder, dict) and (holder.get("host") != socket.gethostname() or _alive(holder))
 
 
 def _age_s(path: Path) -> float:

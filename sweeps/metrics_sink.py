@@ -28,12 +28,12 @@ from ray.tune.result import SHOULD_CHECKPOINT
 from lrbs.rundir.layout import LEDGER_DIR, METRIC_DIR
 from lrbs.rundir.location import RunDir, first_line
 from lrbs.rundir.points import members
-from lrbs.rundir.records import ERROR, RUNNING, TERMINATED, TrialRecord, lineage_id, write_record
+from lrbs.rundir.records import ERROR, FINAL_ROW_STATUSES, RUNNING, TERMINATED, TrialRecord, lineage_id, write_record
 from lrbs.rundir.schema import COMPACTED_SOURCES, METRIC_SCHEMA
 from lrbs.sweeps.compaction import COMPACT_EVERY, compact_streams
 from lrbs.sweeps.errors import LrbsError
 from lrbs.sweeps.storage import session_tag
-from lrbs.sweeps.tracking import FINAL, TRACKERS, metrics_of, params_of
+from lrbs.sweeps.tracking import TRACKERS, metrics_of, params_of
 
 DEFAULT_UPLOAD_INTERVAL_S = 30.0  # MetricsUploader: seconds of results between uploads
 
@@ -141,8 +141,7 @@ class ArrowMetricsSink(Callback):
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._close(lineage_id(trial))
 
-    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._close(lineage_id(trial))
+    on_trial_error = on_trial_complete
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         for trial_id in list(self._writers):
@@ -279,8 +278,7 @@ class MetricsUploader(Callback):
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self.upload()
 
-    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self.upload()
+    on_trial_error = on_trial_complete
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         self.upload()
@@ -346,7 +344,7 @@ class TrackingCallback(Callback):
                 self.open[key] = [t for t in self.trackers if self._call(t, "start", key, params)]
             for tracker in list(self.open.get(key, [])):
                 self._call(tracker, "log", key, epoch, metrics)
-            if status in FINAL:
+            if status in FINAL_ROW_STATUSES:
                 self._finish(key, status)
 
     def _finish(self, key: str, status: str) -> None:

@@ -137,16 +137,13 @@ class ProgressPrinter(Callback):
         unit: str = "CPU",
         min_interval_s: float = 5.0,
         out: TextIO | None = None,
-        done_before: int = 0,
-        epochs_before: int = 0,
         at_most: bool = False,
     ):
         self.total, self.epochs, self.estimate_hours, self.unit = total, epochs, estimate_hours, unit
         self.at_most = at_most  # a beta search: ``total`` is its budget
         self.min_interval_s = min_interval_s
         self.out = out
-        self.done, self.errored, self.diverged = done_before, 0, 0
-        self.epochs_before = epochs_before  # point-epochs done by earlier sessions (resume)
+        self.done, self.errored, self.diverged = 0, 0, 0
         self.running: dict[str, int] = {}  # Tune trial id -> members
         self.trained: dict[str, tuple[int, int, float]] = {}  # Tune trial id -> (members, epoch, wall_s)
         self.start_epoch: dict[str, int] = {}  # Tune trial id -> epoch it started this session from
@@ -162,7 +159,7 @@ class ProgressPrinter(Callback):
 
     def progress(self) -> Progress:
         now = time.monotonic()
-        done_epochs = self.epochs_before + sum(k * e for k, e, _ in self.trained.values())
+        done_epochs = sum(k * e for k, e, _ in self.trained.values())
         session = sum(k * (e - self.start_epoch.get(t, 0)) for t, (k, e, _) in self.trained.items())
         window = now - self.first_result[0] + self.first_result[1] if self.first_result else 0.0
         eta = (

@@ -21,7 +21,7 @@ from typing import TextIO
 
 import ray  # noqa: F401 - Ray installs its logging handlers on import: RayOutput finds them
 
-LOG_FILE = "ray.log"
+from lrbs.rundir.layout import RAY_LOG
 
 
 def _ray_stream_handlers() -> list[logging.Handler]:
@@ -72,7 +72,7 @@ class RayOutput:
 
     def to_file(self, run_dir: str | Path) -> Path | str:
         """The log's path; if it cannot be written, Ray's lines stay in memory and say why."""
-        self.path = Path(run_dir) / LOG_FILE
+        self.path = Path(run_dir) / RAY_LOG
         try:
             # Appended to, never through a link planted in the run directory (O_NOFOLLOW: ELOOP)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)

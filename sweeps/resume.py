@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from lrbs.rundir.layout import LEDGER_DIR, METRIC_DIR, SESSION_GLOB, SPEC_COPY, TRACKER_DIRS
+from lrbs.rundir.layout import LEDGER_DIR, METRIC_DIR, RESUME_PLAN, SESSION_GLOB, SPEC_COPY, TRACKER_DIRS
 from lrbs.rundir.location import RunDir, first_line
 from lrbs.rundir.points import from_config, point_key
 from lrbs.rundir.records import (
@@ -69,7 +69,6 @@ from lrbs.sweeps.trust import require_trust, restore_plugin_folders, spec_code_n
 
 # Folders a resume writes into (metric rows, trial records, the trackers' default folders)
 RESUME_WRITES = (METRIC_DIR, LEDGER_DIR, *TRACKER_DIRS)
-PLAN_FILE = "lrbs-resume-plan.json"  # in each session's experiment folder: the trials read their entry
 
 
 def check_run_dir(run_dir: str | Path) -> Path:
@@ -254,7 +253,7 @@ def _resume_locked(driver: Driver, trackers: list[Any], restart_errored: bool, o
 def _write_plan(run: RunDir, local: Path, tag: str, resume: dict[str, dict[str, Any]]) -> str:
     """Write the session's plan into its experiment folder ``tag``; returns where the trials read
     it (a URI for a run in a store, read back here as they will)."""
-    plan = local / tag / PLAN_FILE
+    plan = local / tag / RESUME_PLAN
     try:
         plan.parent.mkdir()
         write_file_safely(plan, json.dumps(resume, indent=1), root=local)
@@ -262,11 +261,11 @@ def _write_plan(run: RunDir, local: Path, tag: str, resume: dict[str, dict[str, 
         raise SweepStopped(f"RUN_DIR: cannot write {plan} ({exc.strerror or exc})") from None
     if run.is_local:
         return str(plan)
-    plan_ref = run.uri_of(run.join(tag, PLAN_FILE))  # trials on any node read it there
+    plan_ref = run.uri_of(run.join(tag, RESUME_PLAN))  # trials on any node read it there
     try:
-        run.put(plan, tag, PLAN_FILE)
+        run.put(plan, tag, RESUME_PLAN)
     except OSError as exc:
-        raise LrbsError(f"RUN_DIR: cannot write {run.where}/{tag}/{PLAN_FILE} ({first_line(exc)[:300]})") from None
+        raise LrbsError(f"RUN_DIR: cannot write {run.where}/{tag}/{RESUME_PLAN} ({first_line(exc)[:300]})") from None
     why = "it reads back different"
     try:  # read back as the trials will (and cached for the driver's callbacks)
         readable = resume_plan(plan_ref) == resume

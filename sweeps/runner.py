@@ -31,7 +31,7 @@ import ray
 import torch
 from ray import tune
 
-from lrbs.rundir.layout import METRIC_DIR, PROVENANCE_FILE
+from lrbs.rundir.layout import DRIVER_ERROR, METRIC_DIR, PROVENANCE_FILE
 from lrbs.rundir.location import RunDir
 from lrbs.rundir.points import from_config
 from lrbs.rundir.records import TrialRecord, current_records, read_ledger, sweep_outcome
@@ -238,11 +238,6 @@ def _fits(need: dict[str, float], nodes: list[dict[str, float]]) -> bool:
     return any(all(node[k] >= v for k, v in need.items()) for node in nodes)
 
 
-def local_capacity() -> dict[str, float]:
-    """This machine's CPUs and GPUs, as an embedded Ray cluster would count them (at most)."""
-    return {"cpu": float(os.cpu_count() or 1), "gpu": float(torch.cuda.device_count())}
-
-
 def wait_for_resources(
     spec: SweepSpec, embedded: bool, out: TextIO, poll_s: float = 5.0, ray_started: bool = True
 ) -> None:
@@ -251,7 +246,10 @@ def wait_for_resources(
     cluster (``--address``) may grow (an autoscaler): wait up to ``limits.resource_wait_s``.
     ``ray_started=False`` checks this machine before the embedded Ray starts (no Ray output)."""
     need = trial_resources(spec)
-    nodes = node_capacity() if ray_started else [local_capacity()]
+    if ray_started:
+        nodes = node_capacity()
+    else:  # this machine's CPUs and GPUs, as an embedded Ray cluster would count them (at most)
+        nodes = [{"cpu": float(os.cpu_count() or 1), "gpu": float(torch.cuda.device_count())}]
     if _fits(need, nodes):
         return
     have = ", ".join(f"{n['cpu']:g} CPU / {n['gpu']:g} GPU" for n in nodes) or "no live nodes"
@@ -307,7 +305,7 @@ def stopped_error(exc: BaseException, run_dir: Path) -> SweepStopped:
             why = "the disk is full"
     except OSError:
         pass
-    log = run_dir / "driver-error.txt"
+    log = run_dir / DRIVER_ERROR
     try:
         write_file_safely(log, "".join(traceback.format_exception(exc)))  # a new file: never through a link
         where = f"; traceback in {log}"

@@ -83,7 +83,7 @@ def spec_schema() -> dict[str, Any]:
     _registry_options(defs, ModelConfig, MODELS)
     _registry_options(defs, DatasetConfig, DATASETS)
     for key in LEGACY_MODEL_KEYS:  # still read, into model.options
-        defs[_name(ModelConfig)]["properties"][key] = {
+        defs[ModelConfig.__qualname__]["properties"][key] = {
             "description": f"old spelling of model.options.{key}",
             "deprecationMessage": f"model.{key}: write it as model.options.{key}",
         }
@@ -111,13 +111,9 @@ def shipped_path() -> resources.abc.Traversable:
 # From dataclasses and type hints
 
 
-def _name(cls: type) -> str:
-    return cls.__qualname__
-
-
 def _ref(cls: type, defs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """A reference to ``cls``'s definition, added to ``defs`` on first use."""
-    name = _name(cls)
+    name = cls.__qualname__
     if name not in defs:
         defs[name] = {}  # reserved first: a dataclass that refers to itself ends here
         defs[name] = _object(cls, defs)
@@ -241,7 +237,7 @@ def _registry_options(defs: dict[str, dict[str, Any]], section: type, registry: 
     """``options`` of ``section`` (model or dataset) checked against the built-in ``name``'s options
     dataclass; any mapping for a user's ``package.module:factory``. A built-in that shares its
     dataclass with others shares one if/then."""
-    definition = defs[_name(section)]
+    definition = defs[section.__qualname__]
     default = next(f.default for f in dataclasses.fields(section) if f.name == "name")
     groups: dict[type, list[str]] = {}
     for name, entry in registry.items():

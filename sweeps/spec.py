@@ -305,6 +305,9 @@ def build_dataclass(cls: type, data: Any, path: str) -> Any:
     return cls(**{k: check_type(v, hints[k], f"{path}.{k}") for k, v in data.items()})
 
 
+PLAIN_TYPES = {int: "an integer", bool: "true or false", str: "a string"}  # hint -> what the error says
+
+
 def check_type(value: Any, hint: Any, path: str) -> Any:
     """Check ``value`` against a simple type hint; ints are accepted where floats are expected."""
     origin = typing.get_origin(hint)
@@ -344,17 +347,9 @@ def check_type(value: Any, hint: Any, path: str) -> Any:
         if not math.isfinite(value):
             raise SpecError(f"{path}: must be a finite number (got {value})")
         return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SpecError(f"{path}: must be an integer (got {short(value)})")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise SpecError(f"{path}: must be true or false (got {short(value)})")
-        return value
-    if hint is str:
-        if not isinstance(value, str):
-            raise SpecError(f"{path}: must be a string (got {short(value)})")
+    if hint in PLAIN_TYPES:
+        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):  # True is an int to Python
+            raise SpecError(f"{path}: must be {PLAIN_TYPES[hint]} (got {short(value)})")
         return value
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return build_dataclass(hint, value, path)

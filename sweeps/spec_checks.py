@@ -41,24 +41,19 @@ MIN_RESOURCE = 1e-4
 def validate(spec: SweepSpec) -> None:
     """Value checks that need more than types. Raises SpecError naming the field."""
     ds, train, res = spec.dataset, spec.train, spec.resources
-    if ds.n_train is not None and ds.n_train < 1:
-        raise SpecError(f"dataset.n_train: must be >= 1 (got {ds.n_train})")
+    _at_least(1, "dataset", ds, "n_train")
     if ds.val_fraction is not None and not 0.0 < ds.val_fraction < 1.0:
         raise SpecError(f"dataset.val_fraction: must be in (0, 1) (got {ds.val_fraction})")
     _check_seed(ds.split_seed, "dataset.split_seed")
     _validate_plugin_options(spec)
-    if train.epochs < 1:
-        raise SpecError(f"train.epochs: must be >= 1 (got {train.epochs})")
+    _at_least(1, "train", train, "epochs")
     if not 0.0 <= train.momentum < 1.0:
         raise SpecError(f"train.momentum: must be in [0, 1) (got {train.momentum})")
     if not (train.weight_decay >= 0 and math.isfinite(train.weight_decay)):
         raise SpecError(f"train.weight_decay: must be >= 0 (got {train.weight_decay})")
     if not (train.divergence_factor > 1 and math.isfinite(train.divergence_factor)):
         raise SpecError(f"train.divergence_factor: must be > 1 (got {train.divergence_factor})")
-    if train.eval_batch_size < 1:
-        raise SpecError(f"train.eval_batch_size: must be >= 1 (got {train.eval_batch_size})")
-    if train.train_eval_samples < 1:
-        raise SpecError(f"train.train_eval_samples: must be >= 1 (got {train.train_eval_samples})")
+    _at_least(1, "train", train, "eval_batch_size", "train_eval_samples")
     check_pack_value(train.pack)  # also for specs built in code, not read from YAML
     if train.augment not in AUGMENTATIONS:
         raise SpecError(f"train.augment: must be one of {', '.join(AUGMENTATIONS)} (got {train.augment!r})")
@@ -142,12 +137,18 @@ def validate(spec: SweepSpec) -> None:
         raise SpecError(
             f"resilience.checkpoint_every_s: must be a number of seconds > 0 or null (got {r.checkpoint_every_s})"
         )
-    for key in ("max_failures", "checkpoint_every", "keep_checkpoints"):
-        minimum = 0 if key == "max_failures" else 1
-        if getattr(r, key) is not None and getattr(r, key) < minimum:
-            raise SpecError(f"resilience.{key}: must be >= {minimum} (got {getattr(r, key)})")
+    _at_least(0, "resilience", r, "max_failures")
+    _at_least(1, "resilience", r, "checkpoint_every", "keep_checkpoints")
     if r.fail_at_epoch is not None and not 1 <= r.fail_at_epoch <= spec.train.epochs:
         raise SpecError(f"resilience.fail_at_epoch: must be an epoch in 1..{spec.train.epochs} (got {r.fail_at_epoch})")
+
+
+def _at_least(minimum: int, section: str, config: Any, *keys: str) -> None:
+    """Each of ``keys`` of ``config`` that is set (not None) is >= ``minimum``."""
+    for key in keys:
+        value = getattr(config, key)
+        if value is not None and value < minimum:
+            raise SpecError(f"{section}.{key}: must be >= {minimum} (got {value})")
 
 
 def _check_seed(seed: int, where: str) -> None:
@@ -198,9 +199,7 @@ def _check_step_peak(schedule: ScheduleConfig, lr: float, epochs: int, where: st
 
 def _validate_limits(spec: SweepSpec) -> None:
     lim = spec.limits
-    for key in ("max_points", "max_params", "max_epochs"):
-        if getattr(lim, key) < 1:
-            raise SpecError(f"limits.{key}: must be >= 1 (got {getattr(lim, key)})")
+    _at_least(1, "limits", lim, "max_points", "max_params", "max_epochs")
     if spec.train.epochs > lim.max_epochs:
         raise SpecError(
             f"train.epochs: {spec.train.epochs:,} epochs; limits.max_epochs is {lim.max_epochs:,} "
@@ -277,8 +276,7 @@ def _check_distinct(values: tuple[Any, ...], where: str) -> None:
 def _validate_beta(spec: SweepSpec, b: BetaConfig, n_train: int) -> None:
     if not b.lr0 > 0:
         raise SpecError(f"beta.lr0: must be > 0 (got {b.lr0})")
-    if b.batch_size0 < 1:
-        raise SpecError(f"beta.batch_size0: must be >= 1 (got {b.batch_size0})")
+    _at_least(1, "beta", b, "batch_size0")
     if b.values and b.search is not None:
         raise SpecError("beta.values: conflicts with beta.search (the search picks the betas; keep one)")
     if not b.values and b.search is None:
@@ -390,9 +388,7 @@ def _validate_curvature(c: CurvatureConfig) -> None:
     if not (c.every == "end" or (isinstance(c.every, int) and c.every >= 1)):
         raise SpecError(f"curvature.every: must be 'end' or an epoch count >= 1 (got {c.every!r})")
     _check_seed(c.seed, "curvature.seed")
-    for key in ("n_samples", "lanczos_iters", "hutchinson_probes", "noise_pairs", "batch_size"):
-        if getattr(c, key) < 1:
-            raise SpecError(f"curvature.{key}: must be >= 1 (got {getattr(c, key)})")
+    _at_least(1, "curvature", c, "n_samples", "lanczos_iters", "hutchinson_probes", "noise_pairs", "batch_size")
     if c.hutchinson_probes < 4:
         raise SpecError(f"curvature.hutchinson_probes: need >= 4 HVPs for a standard error (got {c.hutchinson_probes})")
     if not 0 < c.lanczos_tol < 1:
@@ -401,8 +397,7 @@ def _validate_curvature(c: CurvatureConfig) -> None:
         raise SpecError(f"curvature.trace_method: must be hutch++ or hutchinson (got {c.trace_method!r})")
     if c.noise_method not in ("full", "two_batch"):
         raise SpecError(f"curvature.noise_method: must be full or two_batch (got {c.noise_method!r})")
-    if c.noise_b_small < 1:
-        raise SpecError(f"curvature.noise_b_small: must be >= 1 (got {c.noise_b_small})")
+    _at_least(1, "curvature", c, "noise_b_small")
     if c.noise_method == "full" and c.noise_pairs < 2:
         raise SpecError(f"curvature.noise_pairs: need >= 2 batches for a standard error (got {c.noise_pairs})")
     if c.noise_method == "two_batch" and not 0 < c.noise_b_small < c.noise_b_big:

@@ -199,14 +199,11 @@ def spec_from_dict(data: Any) -> SweepSpec:
     if data.get("tracking") is not None:
         kwargs["tracking"] = _tracking_section(data["tracking"])
     families = [k for k in ("rescale", "beta", "variants") if data.get(k) is not None]
-    for key in families:
-        if data.get(key) is not None:
-            grid = data.get("grid") or {}
-            clash = [k for k in ("lr", "batch_size") if isinstance(grid, dict) and k in grid]
-            if clash:
-                raise SpecError(
-                    f"{key}: conflicts with grid.{clash[0]} ({key} derives lr and batch size; keep only grid.seed)"
-                )
+    grid = data.get("grid") or {}
+    clash = [k for k in ("lr", "batch_size") if isinstance(grid, dict) and k in grid]
+    if families and clash:
+        key = families[0]
+        raise SpecError(f"{key}: conflicts with grid.{clash[0]} ({key} derives lr and batch size; keep only grid.seed)")
     if len(families) > 1:
         raise SpecError(f"{families[1]}: conflicts with {families[0]} (one spec holds one family of points)")
     spec = SweepSpec(**kwargs)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -93,6 +94,11 @@ def _error_line(path: Path) -> str:
     return lines[-1] if lines else ""
 
 
+def _trial(trial_id: str, status: str, config: dict[str, Any], failures: int = 0, error: str = "") -> dict[str, Any]:
+    """A trial as the table's sources give it (experiment state, trial records, metric rows)."""
+    return {"trial_id": trial_id, "status": status, "config": config, "failures": failures, "error": error}
+
+
 def _tune_trials(run_dir: Path) -> list[dict[str, Any]]:
     """Per trial: id, Tune status, config, failures and error, from the newest experiment state."""
     path = newest_experiment_state(run_dir)
@@ -110,14 +116,9 @@ def _tune_trials(run_dir: Path) -> list[dict[str, Any]]:
         error = ""
         if meta.get("error_filename") and trial.get("relative_logdir"):
             error = _error_line(run_dir / trial["relative_logdir"] / meta["error_filename"])
+        failures = int(meta.get("num_failures") or 0)
         trials.append(
-            {
-                "trial_id": trial["trial_id"],
-                "status": trial.get("status", "UNKNOWN"),
-                "config": trial.get("config") or {},
-                "failures": int(meta.get("num_failures") or 0),
-                "error": error,
-            }
+            _trial(trial["trial_id"], trial.get("status", "UNKNOWN"), trial.get("config") or {}, failures, error)
         )
     return trials
 
@@ -136,25 +137,9 @@ def _ledger_trials(run_dir: Path) -> list[dict[str, Any]] | None:
     trials = []
     for record in current_records(records):  # a trial restarted under a new id supersedes its older record
         status = record.status if record.status != RUNNING or live else "STOPPED"
-        trials.append(
-            {
-                "trial_id": record.trial_id,
-                "status": status,
-                "config": {**shared, "point": record.point},
-                "failures": record.failures,
-                "error": record.error,
-            }
-        )
+        trials.append(_trial(record.trial_id, status, {**shared, "point": record.point}, record.failures, record.error))
     for name, problem in sorted(damaged.items()):
-        trials.append(
-            {
-                "trial_id": name[: -len(".json")],
-                "status": "UNKNOWN",
-                "config": shared,
-                "failures": 0,
-                "error": f"trial record {name}: {problem}",
-            }
-        )
+        trials.append(_trial(name[: -len(".json")], "UNKNOWN", shared, error=f"trial record {name}: {problem}"))
     return trials
 
 
@@ -180,9 +165,7 @@ def read_progress(run_dir: str | Path, metrics: pa.Table | None = None) -> Progr
         return None
     metrics = load_metrics(run_dir) if metrics is None else metrics  # the caller's copy: read once
     table = metrics.select(["trial_id", "epoch", "status", "wall_s", "written_at"]).to_pylist()
-    last: dict[str, dict[str, Any]] = {}
-    for row in table:
-        last[row["trial_id"]] = row
+    last = {row["trial_id"]: row for row in table}  # sorted by trial then epoch: the last one wins
     done = sum(r["status"] in FINAL_ROW_STATUSES for r in last.values())
     epochs_done = sum(epochs if r["status"] in FINAL_ROW_STATUSES else r["epoch"] for r in last.values())
     walls: dict[str, float] = {}  # a pack's members share its training time: count it once
@@ -228,15 +211,7 @@ def read_status(run_dir: str | Path, loaded: tuple[pa.Table, ReadReport] | None 
     known = {t["trial_id"] for t in trials}
     for trial_id, row in last_rows.items():
         if trial_id not in known:  # no experiment state yet (driver killed early)
-            trials.append(
-                {
-                    "trial_id": trial_id,
-                    "status": "UNKNOWN",
-                    "config": json.loads(row["config_json"] or "{}"),
-                    "failures": 0,
-                    "error": "",
-                }
-            )
+            trials.append(_trial(trial_id, "UNKNOWN", json.loads(row["config_json"] or "{}")))
     out = []
     live = holder_alive(run_dir / LOCK_FILE)
 
@@ -297,9 +272,7 @@ def format_status(
             f"{t.seed if t.seed is not None else '-':>5} {t.state:<9} {epochs:>8} {acc:>8} "
             f"{t.failures:>5}  {error}".rstrip()
         )
-    counts: dict[str, int] = {}
-    for t in trials:
-        counts[t.state] = counts.get(t.state, 0) + 1
+    counts = Counter(t.state for t in trials)
     damaged = [t for t in trials if t.row_status == "damaged"]
     if damaged:
         names = ", ".join(t.damaged_file for t in damaged[:3]) + (", ..." if len(damaged) > 3 else "")

@@ -28,22 +28,8 @@ from lrbs.sweeps.trust import TRUST_FLAG, code_names
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Never uploaded with the working dir: environments, results, caches, data, weights.
-EXCLUDES = [
-    ".venv",
-    "venv",
-    "runs",
-    ".git",
-    "data",
-    "__pycache__",
-    ".pytest_cache",
-    "*.egg-info",
-    "*.arrow",
-    "*.pt",
-    "*.ckpt",
-    "report.html",
-    ".gl",
-]
-EXCLUDED_DIRS = {".venv", "venv", "runs", ".git", "data", ".gl"}
+EXCLUDED_DIRS = (".venv", "venv", "runs", ".git", "data", ".gl")
+EXCLUDES = [*EXCLUDED_DIRS, "__pycache__", ".pytest_cache", "*.egg-info", "*.arrow", "*.pt", "*.ckpt", "report.html"]
 # Storage on the head node when --storage is not given: outside the job's working dir, which
 # Ray deletes with the job. Multi-node runs need a URI every node reaches (s3://, gs://, NFS).
 DEFAULT_JOB_STORAGE = "~/lrbs-runs"
@@ -93,10 +79,6 @@ def check_transport(address: str, insecure: bool = False, err: TextIO = sys.stde
     print(f"lrbs: warning: {message} (sent anyway: --insecure)", file=err, flush=True)
 
 
-def job_entrypoint(spec_rel: str, storage: str) -> str:
-    return shlex.join(["python", "-m", "lrbs", "run", spec_rel, "--address", "auto", "--storage", storage])
-
-
 def submit_sweep(
     spec_path: str | Path,
     address: str,
@@ -124,7 +106,7 @@ def submit_sweep(
     runtime_env.update(plugin_runtime_env(spec) or {})
     try:
         job_id = client.submit_job(
-            entrypoint=job_entrypoint(spec_rel, storage),
+            entrypoint=shlex.join(["python", "-m", "lrbs", "run", spec_rel, "--address", "auto", "--storage", storage]),
             runtime_env=runtime_env,
             submission_id=job_id,
             metadata={"lrbs_sweep": spec.name, "lrbs_spec": spec_rel, "lrbs_storage": storage},

@@ -52,24 +52,7 @@ from google.protobuf.message import DecodeError
 from lrbs.sweeps.errors import LrbsError
 from lrbs.sweeps.spec import SpecError, SweepSpec, build_dataclass
 
-# Row fields that are per-point parameters or bookkeeping, not curves.
-NOT_METRICS = {
-    "sweep",
-    "trial_id",
-    "code_version",
-    "dataset",
-    "n_train",
-    "model",
-    "seed",
-    "config_json",
-    "epoch",
-    "status",
-    "beta",
-    "rescale",
-    "variant",
-    "schedule",
-    "written_at",
-}
+# Row fields logged as the point's parameters (a tracker's run parameters or config).
 PARAMS = (
     "sweep",
     "trial_id",
@@ -86,7 +69,9 @@ PARAMS = (
     "variant",
     "schedule",
 )
-FINAL = ("finished", "diverged")
+# Row fields that are per-point parameters or bookkeeping, not curves: lr, batch size and eta/S
+# are curves too (a schedule changes them from epoch to epoch).
+NOT_METRICS = {*PARAMS, "config_json", "epoch", "status", "written_at"} - {"lr", "batch_size", "ratio"}
 
 
 def metrics_of(row: dict[str, Any]) -> dict[str, float]:

@@ -16,20 +16,14 @@ def code_version() -> str:
     except metadata.PackageNotFoundError:
         version = "0+unknown"
     root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:  # its output, "" when it fails (not a checkout, no commit yet)
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=5)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
     try:
-        sha = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short=10", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
+        sha = git("rev-parse", "--short=10", "HEAD")
+        dirty = sha and git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return version
     return f"{version}+g{sha}{'.dirty' if dirty else ''}" if sha else version

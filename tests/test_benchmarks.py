@@ -39,8 +39,8 @@ def test_benchmark_quick_mode_prints_the_table(tmp_path):
 
 
 def test_measurement_check_quick_mode_prints_every_check(capsys):
-    """benchmarks/measurement_check.py (the before/after figures of docs/curvature.md) runs."""
-    from benchmarks.measurement_check import main
+    """remeasure/measurement_check.py (the before/after figures of docs/curvature.md) runs."""
+    from remeasure.measurement_check import main
 
     assert main(["--quick"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "| check |" not in line]

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+import lrbs
 from lrbs.rundir.records import read_ledger
 from lrbs.rundir.tables import load_trials
 from lrbs.sweeps.cli import main
+from lrbs.trainables.models import build_model
 
 OLD_RUN = Path(__file__).parent / "fixtures" / "old_run" / "old_format"
 
@@ -39,3 +41,17 @@ def test_an_old_run_directory_resumes_and_reports(tmp_path, capsys):
     assert not damaged and {r.status for r in records.values()} == {"TERMINATED"}
     for name in ("report.html", "fits.json", "report.md"):
         assert (run / name).stat().st_size > 0
+
+
+def test_a_spec_naming_lrbs_modules_by_their_old_import_paths_still_loads():
+    # Spec copies written before the lrbs package may name built-in factories as trainables.x.
+    spec = lrbs.load(
+        {
+            "name": "old_paths",
+            "dataset": {"name": "digits"},
+            "model": {"name": "trainables.models:mlp", "options": {"depth": 2, "width": 16}},
+            "grid": {"lr": [0.1], "batch_size": [64], "seed": [0]},
+        }
+    )
+    model = build_model(spec.model, (64,), 10)
+    assert type(model).__module__ == "lrbs.trainables.models"  # the one MLP class, not a second copy

@@ -142,6 +142,16 @@ def validator():
     return jsonschema.Draft7Validator(schema.spec_schema())
 
 
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"Run the whole test suite.*?```bash\n(.*?)\n```", readme, re.S)
+    assert command, "README.md: no test command"
+    last = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert last == command.group(1).strip()
+    for check in ("ruff check .", "ruff format --check .", "mypy", "pytest"):
+        assert check in last
+
+
 def test_shipped_schema_is_the_generated_one():
     shipped = schema.shipped_path()
     assert shipped.is_file(), f"{shipped}: missing (python -m lrbs.sweeps.schema > sweeps/spec.schema.json)"

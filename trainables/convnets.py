@@ -5,7 +5,7 @@ behaviour are comparable with published numbers:
 
 * ``vgg11``: the kuangliu/pytorch-cifar VGG ("VGG11" config, 3x3 convs with bias, BatchNorm,
   ReLU, five 2x2 max-pools, one ``Linear(512, n_classes)``). 9,231,114 parameters for
-  10 classes and 3 input channels (derivation in ``tests/test_convnets.py``).
+  10 classes and 3 input channels (derivation in ``tests/trainables/test_convnets.py``).
 * ``resnet56`` / ``cifar_resnet(depth)``: He et al. 2016, Sec. 4.2 (depth = 6n + 2, three
   stages of n BasicBlocks with 16/32/64 channels, option A zero-padding identity shortcuts),
   as in akamaster/pytorch_resnet_cifar10. ResNet56: 853,018 parameters for 10 classes.

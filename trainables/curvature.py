@@ -623,7 +623,7 @@ def hessian_trace_and_frobenius(
     r)``, a bound on its true value. ``||H||_F``'s: a scaled chi-square interval for the mean
     of the skewed ``||H p||^2``, its variance from the cross products ``(H p_i) . (H p_j)``
     (``_frobenius_and_stderr``). Measured calibration (docs/curvature.md,
-    benchmarks/measurement_check.py): the trace's intervals are conservative, the Frobenius
+    remeasure/measurement_check.py): the trace's intervals are conservative, the Frobenius
     norm's cover ~95%. The ``r`` vectors ``H p`` are kept for those cross products (``r * n``
     values, fewer than Lanczos' basis at its default 20 steps). NaN for fewer than 4 random
     probes. No host sync until the end.
@@ -790,10 +790,8 @@ def gradient_noise_scale(
     with probe_mode(model):
         for _ in range(n_pairs):
             for b, store in ((b_small, sq_small), (b_big, sq_big)):
-                idx = draws[offset : offset + b]
+                batches = make_batches(x, y, draws[offset : offset + b], chunk_size)
                 offset += b
-                xb, yb = x[idx], y[idx.to(y.device)]
-                batches = [(xb[i : i + chunk_size], yb[i : i + chunk_size]) for i in range(0, b, chunk_size)]
                 _, g = _loss_and_grad(model, loss_fn, batches, params)
                 first, *rest = [gi.double().pow(2).sum() for gi in g]
                 store.append(sum(rest, first))
@@ -851,7 +849,7 @@ def gradient_noise_scale_full(
       example's own ``|g_i - G|^2`` (its part of tr(Sigma)) exactly once; only the pairings of
       examples inside batches are random. Near a minimum a handful of examples carry most of
       tr(Sigma) (a digits MLP at the end of training: 5 of 1,438 carry 71%, measured in
-      benchmarks/measurement_check.py), and batches drawn independently miss them at random,
+      remeasure/measurement_check.py), and batches drawn independently miss them at random,
       an error no standard error computed from the drawn batches can see.
     * Standard error: ``tr_hat``'s randomness is ``sum_k sum_{i != j in B_k} e_i . e_j / (c N)``
       (``e_i = g_i - G``), of variance ``~ 2 (b - 1) / (N - 1) S / (c N)^2`` with ``S = sum_{i !=
@@ -901,15 +899,9 @@ def gradient_noise_scale_full(
             s_sum = torch.zeros((), dtype=torch.float64, device=dev)  # sum_k w_k |G_k|^2
             held = prev_d = None
             for k, b in enumerate(sizes):
-                idx = perms[offset : offset + b]
+                batches = make_batches(x, y, perms[offset : offset + b], chunk_size)
                 offset += b
-                xb, yb = x[idx], y[idx.to(y.device)]
-                _, g = _loss_and_grad(
-                    model,
-                    loss_fn,
-                    [(xb[i : i + chunk_size], yb[i : i + chunk_size]) for i in range(0, b, chunk_size)],
-                    params,
-                )
+                _, g = _loss_and_grad(model, loss_fn, batches, params)
                 gk = _flatten(g).double()
                 sq = torch.dot(gk, gk)
                 sq_sum += sq

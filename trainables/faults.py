@@ -15,9 +15,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from lrbs.rundir.layout import FAULT_MARKERS, RESUME_PLAN
 from lrbs.trainables.ray_private import get_session
-
-MARKER_DIR = "faults"
 
 
 class InjectedFault(RuntimeError):
@@ -32,12 +31,12 @@ def _marker_location(point: dict[str, Any]) -> tuple[pafs.FileSystem, str, str] 
             return None
         storage = session.storage
         fs, root = storage.storage_filesystem, storage.experiment_fs_path
-        if fs.get_file_info(f"{root}/lrbs-resume-plan.json").is_file:  # `lrbs resume`'s experiment, in RUN_DIR
+        if fs.get_file_info(f"{root}/{RESUME_PLAN}").is_file:  # `lrbs resume`'s experiment, in RUN_DIR
             root = root.rstrip("/").rpartition("/")[0]
     except Exception:  # noqa: BLE001 - Ray moved it: fail every time
         return None
     key = hashlib.sha1(json.dumps(point, sort_keys=True).encode()).hexdigest()[:16]
-    return fs, f"{root}/{MARKER_DIR}", f"{root}/{MARKER_DIR}/{key}"
+    return fs, f"{root}/{FAULT_MARKERS}", f"{root}/{FAULT_MARKERS}/{key}"
 
 
 def maybe_fail(config: dict[str, Any], epoch: int) -> None:

@@ -97,7 +97,8 @@ def noise_scale(
 ) -> dict[str, Any]:
     """B_simple = tr(Sigma) / |G|^2 (examples) and its standard error, by ``cfg.noise_method``:
     of the whole training set (``full``, default), or two-batch on the probe subset."""
-    if not cfg.noise_scale:
+    # off, or two-batch on a probe subset smaller than its big batch: no value
+    if not cfg.noise_scale or (cfg.noise_method != "full" and cfg.noise_b_big > len(idx)):
         return {"grad_noise_scale": None, "grad_noise_scale_stderr": None}
     if cfg.noise_method == "full":
         ns = curvature.gradient_noise_scale_full(
@@ -111,8 +112,6 @@ def noise_scale(
             chunk_size=cfg.batch_size,
         )
     else:
-        if cfg.noise_b_big > len(idx):
-            return {"grad_noise_scale": None, "grad_noise_scale_stderr": None}
         xs, ys = data.x_train[idx.to(data.x_train.device)], data.y_train[idx.to(data.y_train.device)]
         ns = curvature.gradient_noise_scale(
             model,

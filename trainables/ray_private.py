@@ -22,7 +22,7 @@ from ray._private import ray_constants
 from ray._raylet import Config as RayConfig  # type: ignore[attr-defined]  # missing from ray's _raylet.pyi
 
 # prepare_config / validate_config: Ray's own checks of a cluster launcher file as `ray up` runs
-# them (defaults filled in, then validated), offline (tests/test_cluster.py). This shape: in Ray
+# them (defaults filled in, then validated), offline (tests/sweeps/test_cluster.py). This shape: in Ray
 # 2.7.0 (the oldest checked) and later.
 from ray.autoscaler._private.util import prepare_config, validate_config
 

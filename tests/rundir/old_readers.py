@@ -1,7 +1,7 @@
-"""The metric readers as they were before issue 15 (Python per row): the old way for
+"""Per-row Python metric readers: the unvectorized baseline for
 benchmarks/metrics_scale.py, and a test oracle that the
 vectorized readers of ``rundir/tables.py`` must equal on the frozen fixtures and on runs
-written through the real sink (tests/test_compaction.py)."""
+written through the real sink (tests/rundir/test_compaction.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 
 import pyarrow as pa
 
-# unchanged by issue 15 (dedupe_last was already vectorized): shared, not copied
+# the same in both reader sets (dedupe_last is vectorized in both): shared, not copied
 from lrbs.rundir.tables import (
     PROBE_COLUMNS,
     TRIAL_COLUMNS,

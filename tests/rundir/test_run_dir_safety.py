@@ -264,7 +264,7 @@ def test_interpolate_imports_user_code_only_with_trust_code(tmp_path, capsys, fr
 
 
 def _finished_run(tmp_path: Path, model: dict | None = None) -> Path:
-    from tests.test_resilience import _finished_run_dir
+    from tests.sweeps.test_resilience import _finished_run_dir
 
     run = _finished_run_dir(tmp_path)
     if model is not None:

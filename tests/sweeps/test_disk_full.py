@@ -1,6 +1,6 @@
 """A full disk and a read-only run directory, on real small filesystems (tmpfs, a read-only bind
 mount): one line naming the path, a non-zero exit, rows already written intact, and the run
-resumable once space is back (issue 13, item 2). Needs mount rights (root, as in CI); skipped
+resumable once space is back. Needs mount rights (root, as in CI); skipped
 without them.
 """
 
@@ -16,7 +16,7 @@ import pytest
 
 from lrbs.rundir.tables import load_metrics_with_report
 from tests.conftest import ROOT, write_yaml
-from tests.test_resilience import assert_exactly_once_and_unfaulted, fault_spec
+from tests.sweeps.test_resilience import assert_exactly_once_and_unfaulted, fault_spec
 
 
 def _mount(*args: str) -> bool:
@@ -99,7 +99,7 @@ def test_read_only_run_dir(small_disk, tmp_path, capsys):
     """``lrbs resume`` and ``lrbs report`` on a read-only run directory: one line naming it, exit 2,
     nothing changed (a read-only bind mount: root's writes fail there too)."""
     from lrbs.sweeps.cli import main
-    from tests.test_resilience import _finished_run_dir
+    from tests.sweeps.test_resilience import _finished_run_dir
 
     run_dir = _finished_run_dir(small_disk)
     before = sorted((p.relative_to(run_dir), p.stat().st_size) for p in run_dir.rglob("*"))

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,13 +16,9 @@ import torch
 from lrbs.trainables.config import DatasetConfig
 from lrbs.trainables.data import DATASET_NAMES, load_dataset, main, train_set_size
 from lrbs.trainables.tensor_data import DataError, TensorData
+from tests.trainables.fixtures_tv import write_cifar10, write_fashion_mnist
 
-try:  # tests/ as a plain folder (pytest's default rootdir-relative import) or as a package
-    from fixtures_tv import write_cifar10, write_fashion_mnist
-except ImportError:  # pragma: no cover
-    from tests.fixtures_tv import write_cifar10, write_fashion_mnist
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(Path(__file__).resolve().parents[2])
 
 FM_TRAIN, FM_TEST = 300, 100
 CIFAR_PER_BATCH, CIFAR_TEST = 40, 50

@@ -243,7 +243,7 @@ def test_submit_rejects_bad_input_before_contacting_anything(tmp_path):
 
 
 def test_submit_refuses_clear_text_token_to_another_host(tmp_path, monkeypatch):
-    """Issue 13: with token auth on, http:// to a non-loopback host is refused (one line, exit 2,
+    """With token auth on, http:// to a non-loopback host is refused (one line, exit 2,
     nothing contacted); loopback and https are fine; --insecure sends anyway, with a warning."""
     import io
 

@@ -1,6 +1,6 @@
-"""Metric storage at scale (issue 15): finished trials compacted into Parquet by the driver, read
-exactly once at every crash point of the compaction; the vectorized readers equal the old
-per-row readers (benchmarks/old_readers.py) on the frozen fixtures and on sink-written runs."""
+"""Metric storage at scale: finished trials compacted into Parquet by the driver, read
+exactly once at every crash point of the compaction; the vectorized readers equal the
+per-row Python readers (tests/rundir/old_readers.py) on the frozen fixtures and on sink-written runs."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from benchmarks import old_readers as old
 from lrbs.rundir.tables import load_metrics, load_metrics_with_report, load_trials
 from lrbs.sweeps.compaction import compact_earlier_sessions, compact_streams
 from lrbs.sweeps.metrics_sink import ArrowMetricsSink
+from tests.rundir import old_readers as old
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 
 
 def same_values(a: pa.Table, b: pa.Table) -> bool:

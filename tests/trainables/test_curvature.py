@@ -11,8 +11,8 @@ from torch import nn
 from torch.autograd.functional import hessian
 from torch.func import functional_call
 
-from benchmarks.measurement_check import full_batch_sgd
 from lrbs.trainables import curvature as cv
+from remeasure.measurement_check import full_batch_sgd
 
 CE = nn.functional.cross_entropy
 N = 64
@@ -806,7 +806,7 @@ def test_noise_scale_of_the_whole_training_set_is_calibrated():
     y = ((x[:, 0] + 0.8 * torch.randn(n)) > 0).long() + (x[:, 1] > 0.5).long()
     # near a minimum: a small |G|, a noise scale of hundreds of examples
     model = full_batch_sgd(nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)), x, y, lr=0.5, steps=300)
-    from benchmarks.measurement_check import exact_noise_scale
+    from remeasure.measurement_check import exact_noise_scale
 
     exact = exact_noise_scale(model, x, y)
     assert exact > 200
@@ -836,8 +836,8 @@ def test_trace_and_frobenius_standard_errors_are_calibrated(method):
     accurate at 32 HVPs."""
     import statistics
 
-    from benchmarks.measurement_check import exact_spectrum, trained_tanh_net
     from lrbs.trainables.config import CurvatureConfig
+    from remeasure.measurement_check import exact_spectrum, trained_tanh_net
 
     model, x, y = trained_tanh_net()
     ev = exact_spectrum(model, x, y)
@@ -874,8 +874,8 @@ def test_frobenius_interval_covers_the_exact_norm_at_the_default_settings():
     the delta-method standard error covered 88% with z sd 1.5 (docs/curvature.md)."""
     import statistics
 
-    from benchmarks.measurement_check import outlier_quadratic
     from lrbs.trainables.config import CurvatureConfig
+    from remeasure.measurement_check import outlier_quadratic
 
     model, loss_fn, batches, lam = outlier_quadratic(60, 3)
     exact = float(lam.pow(2).sum().sqrt())

@@ -1,4 +1,4 @@
-"""Adaptive beta* search (issue 16): the policy on synthetic accuracy curves with a known
+"""Adaptive beta* search: the policy on synthetic accuracy curves with a known
 breakdown (no training), the spec's bad input, and (slow) a small real search end to end."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from scipy import stats
 from lrbs.analysis.beta_search import Outcome, plan_search
 from lrbs.analysis.search_settings import SearchSettings, ladder, settings_from_dict, settings_to_dict
 
-ROOT_SPECS = Path(__file__).resolve().parent.parent / "sweeps"
+ROOT_SPECS = Path(__file__).resolve().parents[2] / "sweeps"
 LADDER = ladder(2**0.5, 64.0)  # 1, 1.41, ..., 64: 13 candidates
 
 
@@ -305,7 +305,7 @@ def test_search_runs_end_to_end_and_resumes_after_sigkill_repeating_no_ended_tri
     from lrbs.analysis.report import write_reports
     from lrbs.rundir.tables import load_metrics, load_trials
     from tests.conftest import ROOT, tiny_spec, write_yaml
-    from tests.test_remote import _kill_session
+    from tests.sweeps.test_remote import _kill_session
 
     spec = write_yaml(
         tmp_path / "bk.yaml",

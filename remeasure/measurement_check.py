@@ -1,6 +1,6 @@
 """Before/after figures of the probes' measurement fixes (docs/curvature.md), measured here.
 
-    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python -m benchmarks.measurement_check [--quick]
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python -m remeasure.measurement_check [--quick]
 
 1. Fig. 4 interpolation: the twin pair of ``sweeps/fig4_interpolation_small.yaml`` (digits,
    width-128 BN MLP, 20 epochs, lr 0.1 at S = 32 and S = 256, seed 0), loss along the line with
@@ -123,7 +123,7 @@ def per_example_sq_deviations(model, x, y) -> tuple[torch.Tensor, float]:
 
 def exact_noise_scale(model, x, y) -> float:
     """tr(Sigma) / |G|^2 of the whole set from every per-example gradient (population covariance),
-    in eval mode (tests/test_curvature.py uses it too)."""
+    in eval mode (tests/trainables/test_curvature.py uses it too)."""
     dev, g2 = per_example_sq_deviations(model, x, y)
     return float(dev.mean()) / g2
 
@@ -226,7 +226,7 @@ def check_noise(data, make_model, ends, seeds: int) -> list[str]:
 
 def full_batch_sgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int) -> nn.Module:
     """``steps`` plain SGD steps on the mean cross-entropy of all of (x, y): small models brought
-    near a minimum for the exact-Hessian and exact-noise checks (here and in tests/test_curvature.py)."""
+    near a minimum for the exact-Hessian and exact-noise checks (here and in tests/trainables/test_curvature.py)."""
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     for _ in range(steps):
         opt.zero_grad()
@@ -237,7 +237,7 @@ def full_batch_sgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float
 
 def trained_tanh_net() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """A 499-parameter float64 tanh net after 200 full-batch steps, with its 400 examples: small
-    enough for an exact Hessian (tests/test_curvature.py uses it too)."""
+    enough for an exact Hessian (tests/trainables/test_curvature.py uses it too)."""
     torch.manual_seed(0)
     n = 400
     x = torch.randn(n, 10, dtype=torch.float64)

@@ -39,7 +39,7 @@ COMPARED = (
     "status",
 )
 EPOCHS = 10
-KILL_EPOCHS = 30  # long enough to be SIGKILLed mid-sweep (tests/test_remote.py)
+KILL_EPOCHS = 30  # long enough to be SIGKILLed mid-sweep (tests/sweeps/test_remote.py)
 
 
 def fault_spec(name: str, **overrides) -> dict:
@@ -360,7 +360,7 @@ def test_errored_trial_status_then_resume_and_restart(cluster, tmp_path, capsys)
         ),
     )
     run_dir = tmp_path / "runs" / "e"
-    # Trials that ended in ERROR: exit 3 (not 0), said in the last line (issue 13).
+    # Trials that ended in ERROR: exit 3 (not 0), said in the last line.
     assert (
         main(["run", str(spec), "--storage", str(tmp_path / "runs"), "--address", cluster.address, "--no-report"]) == 3
     )
@@ -582,7 +582,7 @@ def test_fail_at_epoch_must_be_an_epoch_of_the_run(value, ok):
 
 
 def test_damaged_metric_files_are_flagged_not_crashed(tmp_path):
-    """Issue 13: a 0-byte file, an overwritten header and flipped bytes in a string column are
+    """A 0-byte file, an overwritten header and flipped bytes in a string column are
     'damaged' (named, in status and the report), never a traceback and never 'writer killed'."""
     from lrbs.analysis.report import write_reports
     from lrbs.rundir.tables import load_metrics_with_report

@@ -1,7 +1,7 @@
 """Bring your own model and data set: import-path factories, their checks, packing, shipping.
 
 The end-to-end run on a separate Ray head (the module shipped to its workers) is in
-tests/test_submit.py, beside the other test that starts a head.
+tests/sweeps/test_submit.py, beside the other test that starts a head.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Re-measure issue 13's bad-input figures (docs/resilience.md, "Hardening against bad and
+"""Re-measure the bad-input figures (docs/resilience.md, "Hardening against bad and
 hostile input"), without starting Ray.
 
-    PYTHONPATH=$PWD .venv/bin/python -m benchmarks.hardening_check     # from the repository root
+    PYTHONPATH=$PWD .venv/bin/python -m remeasure.hardening_check     # from the repository root
 
 Every check runs the real command line (``python -m lrbs.sweeps.cli ...``) in a subprocess, with
 cwd at the repository root, ``PYTHONPATH`` set to it and a 120 s timeout; at most two run at
@@ -16,7 +16,7 @@ once (a thread pool of 2 workers, each waiting on one subprocess). Three categor
    resilience values. ``lrbs validate FILE`` is HANDLED when it exits 2 within 30 s with
    exactly one stderr line, starting ``lrbs: error:`` and at most 500 characters.
 2. **Damaged metric files and trial records**: a one-trial run directory written through
-   ``ArrowMetricsSink`` and ``write_record`` (as ``tests/test_resilience.py``'s
+   ``ArrowMetricsSink`` and ``write_record`` (as ``tests/sweeps/test_resilience.py``'s
    ``_finished_run_dir``), then copies damaged one way each. ``lrbs status RUN`` and
    ``lrbs report RUN --format md`` are HANDLED when both exit 0 or 2 without a traceback and the
    damage is named where it is one (status output, and report.md or stderr); a file cut off
@@ -187,7 +187,7 @@ def accepted(needle: str | None = None) -> Judge:
 
 DROP = object()  # in ``spec(...)``: remove this key
 PLUGIN = '''\
-"""Model factories for benchmarks/hardening_check.py: each is broken in its own way."""
+"""Model factories for remeasure/hardening_check.py: each is broken in its own way."""
 import torch
 
 
@@ -321,7 +321,7 @@ def bad_specs() -> list[tuple[str, Any]]:
         ("yaml: unclosed flow sequence", "name: [unclosed\n"),
         ("yaml: python object tag", "name: !!python/object/apply:os.system ['true']\n"),
         ("yaml: complex (list) key", "name: x\n? [a, b]\n: 1\n"),
-        # Sizes (issue 13 item 7) and huge values in errors
+        # Sizes and huge values in errors
         (
             "size: 10^6-point grid",
             spec(grid={"lr": {"min": 1e-3, "max": 1.0, "num": 1000}, "batch_size": [32], "seed": list(range(1000))}),
@@ -454,7 +454,7 @@ def metric_file(run_dir: Path) -> Path:
 
 
 def _flip_string(data: bytes) -> bytes:
-    """Invalid UTF-8 in the trial_id column of the last record (as tests/test_resilience.py)."""
+    """Invalid UTF-8 in the trial_id column of the last record (as tests/sweeps/test_resilience.py)."""
     pos = data.rfind(TRIAL.encode())
     return data[:pos] + b"\xff\xfe" + data[pos + 2 :]
 
@@ -674,7 +674,7 @@ def read_only_cases(folder: Path, finished: Path) -> list[Case]:
 # Summary
 
 
-CATEGORIES = {  # category -> (title, issue 13's figure on 6c0093f)
+CATEGORIES = {  # category -> (title, the baseline figure measured on 6c0093f)
     "spec": ("bad specs (`lrbs validate`)", "58 of 75 handled"),
     "damage": ("damaged metric files / trial records (`status`, `report`)", "3 of 5 corrupted metric files handled"),
     "read-only": ("read-only commands on non-run-directories", "15 tried (failures not counted separately)"),
@@ -690,14 +690,14 @@ def _cell(text: str, limit: int = 150) -> str:
 def summarize(cases: list[Case], total_s: float, tmp: Path) -> str:
     """The markdown summary (``tmp``, the temporary folder, is written $TMP)."""
     lines = [
-        f"# hardening check: issue 13's bad-input figures re-measured ({total_s:.0f} s, "
+        f"# hardening check: bad-input figures re-measured ({total_s:.0f} s, "
         f"{WORKERS} workers, Python {platform.python_version()}, {os.cpu_count()} CPUs)",
         "",
-        "`PYTHONPATH=$PWD .venv/bin/python -m benchmarks.hardening_check`: every command a subprocess, no Ray "
+        "`PYTHONPATH=$PWD .venv/bin/python -m remeasure.hardening_check`: every command a subprocess, no Ray "
         "started. Handled: see the module docstring. Controls are valid inputs that must be accepted; "
         "they are not counted.",
         "",
-        "| category | handled now | issue 13 (6c0093f) | controls ok |",
+        "| category | handled now | baseline (6c0093f) | controls ok |",
         "| --- | --- | --- | --- |",
     ]
     for key, (title, before) in CATEGORIES.items():

@@ -1,5 +1,5 @@
-"""A SIGKILLed driver, then ``lrbs resume``, on a run directory in object storage (issues 13 and
-14): a real S3-compatible server on loopback (moto's server mode), the driver and its embedded Ray
+"""A SIGKILLed driver, then ``lrbs resume``, on a run directory in object storage: a
+real S3-compatible server on loopback (moto's server mode), the driver and its embedded Ray
 killed mid-sweep, then ``lrbs status``, ``resume``, ``report`` and ``interpolate`` on the ``s3://``
 URI. The store is reached both standard ways: pyarrow's URI query
 (``?endpoint_override=...&scheme=http``) for the run, the AWS environment variables for the rest.
@@ -22,7 +22,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from tests.conftest import ROOT, write_yaml
-from tests.test_resilience import KILL_EPOCHS, assert_exactly_once_and_unfaulted, fault_spec, read_stream_file
+from tests.sweeps.test_resilience import KILL_EPOCHS, assert_exactly_once_and_unfaulted, fault_spec, read_stream_file
 
 BUCKET = "lrbs-test"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -178,7 +178,7 @@ def test_s3_sigkill_resume_status_report_interpolate(s3_server, tmp_path):
         for c in cmdlines:
             if "dashboard" in c and "--host" in c:
                 assert "--host=127.0.0.1" in c or "--host 127.0.0.1" in c, c
-        # Every TCP port Ray listens on is on loopback (issue 13, item 11), and token auth is on.
+        # Every TCP port Ray listens on is on loopback, and token auth is on.
         listening = _listening(_session_pids(driver.pid))
         assert len(listening) >= 5 and all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for ip, _ in listening), (
             listening
@@ -194,7 +194,7 @@ def test_s3_sigkill_resume_status_report_interpolate(s3_server, tmp_path):
     assert not _session_pids(driver.pid)
     assert fs.get_file_info(f"{run_path}/lock.json").type == pafs.FileType.File  # left by the killed driver
 
-    # Hostile and damaged Ray state must not matter (issue 13, items 1, 9 and 11): a crafted
+    # Hostile and damaged Ray state must not matter: a crafted
     # tuner.pkl that would run code if unpickled, a truncated experiment state; and the newest
     # checkpoint cut off (a full disk): resume falls back to the one before it.
     marker = tmp_path / "pwned"

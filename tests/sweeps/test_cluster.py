@@ -23,7 +23,7 @@ from packaging.specifiers import SpecifierSet
 from lrbs.trainables.config import DatasetConfig
 from lrbs.trainables.data import load_dataset
 from tests.conftest import ROOT, tiny_spec
-from tests.fixtures_tv import write_cifar10, write_fashion_mnist
+from tests.trainables.fixtures_tv import write_cifar10, write_fashion_mnist
 
 SHARED = "/mnt/lrbs-shared"  # the shared folder of both cluster files (host, container, pod)
 TV_SETS = {"cifar10", "fashion_mnist"}  # the built-in sets that need the internet to fetch

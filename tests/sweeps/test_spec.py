@@ -13,7 +13,7 @@ from lrbs.sweeps.spec import AxisRange, SpecError
 from lrbs.sweeps.spec_load import load_spec, spec_from_dict
 from tests.conftest import tiny_spec, write_yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_quickstart_spec_is_valid_and_spans_the_ratio():
@@ -481,7 +481,7 @@ def test_alias_bomb_is_refused_quickly_and_huge_values_are_cut(tmp_path):
     assert len(str(err.value)) <= SpecError.MAX_ERROR
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_spec_round_trips_through_its_copy(path):
     """``lrbs run`` writes ``spec.to_dict()`` as RUN_DIR/spec.yaml and ``lrbs resume`` rebuilds the
     run from it: it must read back to the same spec for every kind of sweep."""

@@ -193,7 +193,7 @@ def test_interpolate_between_two_trials(tiny_run, capsys):
     loss = F.cross_entropy(logits, data.y_train).item()
     acc = (logits.argmax(1) == data.y_train).double().mean().item()
     # By default batch norm is re-estimated at alpha = 0 too (on a fixed training subset): finite,
-    # and near the trial's own loss; the old way (interpolated statistics) reproduces it exactly.
+    # and near the trial's own loss; `--batch-norm interpolate` (interpolated statistics) reproduces it exactly.
     row = table.to_pylist()[1]
     assert all(math.isfinite(r["train_loss"]) for r in table.to_pylist())
     assert row["train_loss"] == pytest.approx(loss, rel=0.5) and row["train_acc"] == pytest.approx(acc, abs=0.05)
@@ -237,7 +237,7 @@ def test_cli_missing_torchvision_data_exit_2_before_launch(tmp_path):
 
 
 def test_storage_under_a_file_or_read_only_fails_before_ray(tmp_path):
-    """Issue 13: refused with one line before Ray starts (the embedded Ray is never launched)."""
+    """Refused with one line before Ray starts (the embedded Ray is never launched)."""
     import os
 
     spec = write_yaml(tmp_path / "s.yaml", tiny_spec("s"))
@@ -255,7 +255,7 @@ def test_storage_under_a_file_or_read_only_fails_before_ray(tmp_path):
 
 
 def test_damaged_checkpoint_and_unwritable_report_are_one_line(tiny_run, tmp_path, capsys):
-    """Issue 13 item 9: a corrupt final checkpoint in interpolate and a report that cannot be
+    """A corrupt final checkpoint in interpolate and a report that cannot be
     written are one line, exit 2, nothing else touched."""
     import shutil
 
