@@ -68,7 +68,7 @@ def first_step_diff(points, data, dev) -> float:
     """Max relative difference of the members' weights after one SGD step, packed against alone."""
     from lrbs.trainables.pack_sgd import PackSGD
     from lrbs.trainables.packed_models import build_pack
-    from lrbs.trainables.train_loop import _Steps
+    from lrbs.trainables.train_loop import Steps
 
     gen = torch.Generator().manual_seed(0)
     perms = torch.stack([torch.randperm(len(data.x_train), generator=gen) for _ in points]).to(dev)
@@ -81,7 +81,7 @@ def first_step_diff(points, data, dev) -> float:
         pack = build_pack(mods, "stacked", len(data.input_shape))
         opt = PackSGD(pack, len(pts), dev)
         opt.set_lr([p.lr for p in pts])
-        _Steps(pack, opt, data.x_train, data.y_train, False).epoch(rows, 25, 1)
+        Steps(pack, opt, data.x_train, data.y_train, False).epoch(rows, 25, 1)
         return [pack.member_state(j) for j in range(len(pts))]
 
     together = step(points, perms)

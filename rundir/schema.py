@@ -16,6 +16,7 @@ PROVENANCE = [
     pa.field("model", pa.string()),
     pa.field("seed", pa.int64()),
     pa.field("config_json", pa.string()),  # the trial's whole config, JSON (load_trials expands it)
+    pa.field("precision", pa.string()),  # train.precision of the training steps: fp32 | tf32 | bf16
 ]
 
 METRICS = [

@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import time
 
 from lrbs.rundir.safe_write import UnsafePathError
 from lrbs.sweeps.errors import LrbsError
 from lrbs.sweeps.version import code_version
+
+# The origin of `lrbs run`'s time line: this module's import, lrbs's first work in the process
+# (the interpreter's own start is left out, and so is whatever a shell ran before it exec'd
+# `lrbs`, e.g. a venv and a pip install).
+STARTED = time.monotonic()
 
 # name -> (the module with its ``add_<name>(parser)``, which adds the arguments and ``func``, what
 # runs it; one-line help, description, examples: what `lrbs NAME --help` prints).
@@ -129,15 +136,24 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    own = argv is None  # the process's own command line (the `lrbs` script, python -m lrbs)
     argv = sys.argv[1:] if argv is None else argv
     # the command is the first word that is not an option (the top level takes no option values)
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else "").parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
     except (LrbsError, UnsafePathError) as exc:  # UnsafePathError: a write refused (a link out of RUN_DIR)
         print(f"lrbs: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        code = exc.exit_code
+    if own and getattr(args, "exit_now", False):
+        # The process's own command, which has closed everything it wrote and stopped Ray
+        # (``exit_now``, set by the command): end the process without the interpreter's teardown
+        # of torch, Ray, SciPy and pandas (1-3 s of module finalization after the last line).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import os
+import threading
 import time
 from pathlib import Path
+
+import ray
 
 from lrbs.analysis.report import write_reports
 from lrbs.rundir.layout import INTERPOLATION_DIR, METRIC_DIR
 from lrbs.rundir.location import join_uri
 from lrbs.rundir.points import split_member_id
+from lrbs.sweeps.cli import STARTED
 from lrbs.sweeps.cli_report import publish
 from lrbs.sweeps.errors import LrbsError, SweepStopped
 from lrbs.sweeps.interpolate import write_interpolation
@@ -18,24 +21,14 @@ from lrbs.sweeps.preflight import preflight
 from lrbs.sweeps.progress import PhaseTimes
 from lrbs.sweeps.resume import resume_sweep
 from lrbs.sweeps.runner import EXIT_TRIALS_ERRORED, run_sweep
-from lrbs.sweeps.storage import fetch_run_dir, fetch_trial_folders, open_run
+from lrbs.sweeps.storage import (
+    fetch_run_dir,
+    fetch_trial_folders,
+    open_run,
+)
 from lrbs.sweeps.submit import submit_sweep
 from lrbs.sweeps.tracking import with_tracks
 from lrbs.sweeps.trust import resume_command
-
-
-def _process_age() -> float:
-    """Seconds since this process started (Linux /proc; 0 elsewhere): interpreter and imports."""
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time, clock ticks after boot
-        return max(0.0, float(Path("/proc/uptime").read_text().split()[0]) - started)
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-# Wall-clock origin of `lrbs run`'s time line: the process's start.
-_PROCESS_START = time.monotonic() - _process_age()
 
 
 def add_run(p: argparse.ArgumentParser) -> None:
@@ -55,6 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = with_tracks(spec, args.track)  # kept in the spec copy: lrbs resume re-attaches
     times = PhaseTimes()
     outcome: dict[str, int] = {}
+    ray_was_up = ray.is_initialized()  # a Ray this process joined before (a notebook, a test) stays up
     run_dir = run_sweep(
         spec,
         storage=args.storage,
@@ -63,11 +57,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         outcome=outcome,
         upload_interval_s=args.upload_interval,
     )
+    # The sweep is over: Ray shuts down on a thread while the report is written (rather than in
+    # Ray's exit hook, after the time line); the report's time includes waiting for it.
+    t = time.monotonic()
+    stopping = threading.Thread(target=ray.shutdown, name="lrbs-ray-stop")
+    if not ray_was_up:
+        stopping.start()
     if not args.no_report:
-        t = time.monotonic()
         _final_report(run_dir, join_uri(args.storage, spec.name))
-        times.report = time.monotonic() - t
-    total = time.monotonic() - _PROCESS_START
+    if not ray_was_up:
+        stopping.join()
+    times.report = time.monotonic() - t
+    # Rows, records, report and ray.log are closed and Ray is down: the process may end at once
+    # (cli.main). Trackers may still hand work to their own exit hooks (W&B, MLflow): not then.
+    args.exit_now = not spec.tracking and not ray_was_up
+    total = time.monotonic() - STARTED
     times.start = max(0.0, total - times.ray - times.trials - times.report)
     print(times.line(total), flush=True)
     return _exit_code(outcome, run_dir)

@@ -16,14 +16,23 @@ at batch size S costs
 with ``step_floor_s`` (launch and Python cost of one step, paid once per pack) and
 ``flops_per_s`` fitted to graphed pack steps that ``benchmarks/gpu_check.py`` measured on a GPU
 (``cuda``) or ``benchmarks/run.py`` on a CPU (``cpu``); ``sweeps/step_costs.json`` holds them
-with the device and command they came from. Probes and evaluation are not counted. The
-figure is a planning aid for the MLP-sized steps it was fitted on; convnets reach other rates.
+with the device and command they came from; probes and evaluation are not counted. That fit is
+the fallback (a cluster's device cannot be measured from here; it was fitted on MLP steps).
+
+A sweep whose CPU trials run on this machine is costed from a calibration instead
+(``calibrate``, a second or two in the pre-flight of ``lrbs validate`` and ``lrbs run``): real
+SGD steps of this spec's model, at every (members, batch size) of its pack plan, on
+``resources.cpu`` threads as its trials run, plus one evaluation forward and one Hessian-vector
+product on the probe subset. A pack then costs its steps, an evaluation of the validation set
+per epoch, and each member's probes (Lanczos and Hutchinson products, and for the full noise
+scale a pass of ``noise_b_small`` gradients over the training set).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +51,8 @@ from lrbs.trainables import curvature
 from lrbs.trainables.config import DatasetConfig, ModelConfig, options_key
 from lrbs.trainables.data import dataset_entry, train_set_size
 from lrbs.trainables.models import build_model
+from lrbs.trainables.pack_sgd import PackSGD
+from lrbs.trainables.packed_models import build_pack, choose_layout
 from lrbs.trainables.plugins import PluginError
 from lrbs.trainables.probes import error_text
 from lrbs.trainables.tensor_data import DataError
@@ -280,11 +291,13 @@ def train_flops_per_example(model_cfg: ModelConfig, dataset: DatasetConfig) -> f
     return 3.0 * model_profile(model_cfg, dataset).forward_flops_per_example
 
 
-def estimate_cost(spec: SweepSpec) -> CostEstimate:
+def estimate_cost(spec: SweepSpec, calibration: dict[str, Any] | None = None) -> CostEstimate:
+    """The sweep's cost: from ``calibration`` (``calibrate``: steps, evaluation and probes as
+    measured here) or, without one, from the fitted step costs of ``sweeps/step_costs.json``."""
     per_example = model_profile(spec.model, spec.dataset).forward_flops_per_example
     train_flops = 3.0 * per_example
     device = "cuda" if spec.resources.gpu > 0 else "cpu"
-    costs: dict[str, Any] = json.loads(STEP_COSTS.read_text())[device]
+    costs: dict[str, Any] = calibration or json.loads(STEP_COSTS.read_text())[device]
     total_flops = seconds = 0.0
     packs = plan_packs(spec)
     for pack in packs:
@@ -294,7 +307,12 @@ def estimate_cost(spec: SweepSpec) -> CostEstimate:
             steps = n // s
             flops = train_flops * len(pack) * s * steps
             total_flops += flops
-            seconds += steps * costs["step_floor_s"] + flops / costs["flops_per_s"]
+            if calibration is None:
+                seconds += steps * costs["step_floor_s"] + flops / costs["flops_per_s"]
+            else:
+                seconds += steps * costs["step_s"][f"{len(pack)},{s}"]
+        if calibration is not None:
+            seconds += eval_seconds(spec, costs, len(pack), n) + len(pack) * probe_seconds(spec, costs, n)
     return CostEstimate(
         trials=sum(len(p) for p in packs),
         packs=tuple(len(p) for p in packs),
@@ -306,16 +324,150 @@ def estimate_cost(spec: SweepSpec) -> CostEstimate:
     )
 
 
+def eval_seconds(spec: SweepSpec, costs: dict[str, Any], k: int, n_train: int) -> float:
+    """A pack's evaluations: the validation set every epoch (its size from ``val_fraction``; a
+    quarter of the training set for a set's own test split) and the train-eval subset once."""
+    vf = spec.dataset.val_fraction
+    n_val = n_train * vf / (1.0 - vf) if vf is not None and vf < 1.0 else n_train / 4.0
+    examples = spec.train.epochs * n_val + min(spec.train.train_eval_samples, n_train)
+    return examples * float(costs["eval_s_per_example"][str(k)])
+
+
+def probe_events(spec: SweepSpec) -> int:
+    """How often each member is probed: at the end, or every k epochs and at the end."""
+    cfg = spec.curvature
+    if cfg is None:
+        return 0
+    every = spec.train.epochs if cfg.every == "end" else int(cfg.every)
+    return spec.train.epochs // every + (spec.train.epochs % every != 0)
+
+
+def probe_seconds(spec: SweepSpec, costs: dict[str, Any], n_train: int) -> float:
+    """One member's probes over its trial: Hessian-vector products on the probe subset (Lanczos at
+    most ``lanczos_iters``, Hutchinson ``hutchinson_probes``) and, for the full noise scale, a
+    pass of ``noise_b_small``-example gradients over the training set (costed as SGD steps)."""
+    cfg = spec.curvature
+    if cfg is None:
+        return 0.0
+    once = (cfg.lanczos_iters + cfg.hutchinson_probes) * float(costs["hvp_s"])
+    if cfg.noise_scale and cfg.noise_method == "full":
+        once += max(n_train // cfg.noise_b_small, cfg.noise_pairs) * float(costs["step_s"][f"1,{cfg.noise_b_small}"])
+    return probe_events(spec) * once
+
+
+def calibrate(spec: SweepSpec, budget_s: float = 0.15) -> dict[str, Any] | None:
+    """Per-step costs of this spec's model measured here, for the CPU trials of a sweep run on
+    this machine (None for GPU trials: the fitted fallback). Real SGD steps (forward, per-member
+    loss, backward, ``PackSGD`` update) of every (members K, batch size S) of the pack plan, on
+    ``resources.cpu`` threads; one evaluation forward per K; one Hessian-vector product on the
+    probe subset. Each (K, S) takes one warm-up step and then steps for about ``budget_s``.
+    Keys of ``step_s`` and ``eval_s_per_example`` are "K,S" and "K"."""
+    if spec.resources.gpu > 0:
+        return None
+    profile = model_profile(spec.model, spec.dataset)
+    shape, classes = profile.input_shape, profile.n_classes
+    cases: set[tuple[int, int]] = set()
+    for pack in plan_packs(spec):
+        cases.update((len(pack), s) for s in pack_key(pack[0], spec)[1])
+    cfg = spec.curvature
+    if cfg is not None and cfg.noise_scale and cfg.noise_method == "full":
+        cases.add((1, cfg.noise_b_small))
+    key = (
+        spec.model.name,
+        options_key(spec.model.options),
+        shape,
+        classes,
+        spec.train.pack_layout,
+        spec.train.momentum,
+        spec.resources.cpu,
+        tuple(sorted(cases)),
+        cfg.n_samples if cfg else 0,
+    )
+    if key in _CALIBRATIONS:
+        return _CALIBRATIONS[key]
+    threads, state = torch.get_num_threads(), torch.random.get_rng_state()
+    torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    try:
+        step_s: dict[str, float] = {}
+        eval_s: dict[str, float] = {}
+        for k, s in sorted(cases):
+            step_s[f"{k},{s}"], per_example = _pack_seconds(spec, shape, classes, k, s, budget_s)
+            eval_s.setdefault(str(k), per_example)
+        hvp_s = 0.0
+        if cfg is not None:
+            model = build_model(spec.model, shape, classes)
+            n = min(cfg.n_samples, cfg.batch_size)
+            chunks = max(1, -(-cfg.n_samples // cfg.batch_size))
+            batches = [(torch.zeros(n, *shape), torch.arange(n) % classes)]
+            vecs = [torch.ones_like(p) for p in model.parameters() if p.requires_grad]
+            hvp_s = chunks * _seconds(lambda: curvature.hvp(model, F.cross_entropy, batches, vecs), budget_s)
+    finally:
+        torch.set_num_threads(threads)
+        torch.random.set_rng_state(state)  # building initializes weights: leave the caller's stream
+    _CALIBRATIONS[key] = {
+        "device": f"this machine's CPU, {max(1, int(spec.resources.cpu))} thread(s)",
+        "source": "measured in the pre-flight (sweeps/estimate.py: calibrate)",
+        "step_s": step_s,
+        "eval_s_per_example": eval_s,
+        "hvp_s": hvp_s,
+    }
+    return _CALIBRATIONS[key]
+
+
+_CALIBRATIONS: dict[tuple[Any, ...], dict[str, Any]] = {}  # per process
+
+
+def _pack_seconds(
+    spec: SweepSpec, shape: tuple[int, ...], classes: int, k: int, s: int, budget_s: float
+) -> tuple[float, float]:
+    """Seconds of one SGD step of K members at batch size S, and of evaluation per example."""
+    pack = build_pack(
+        [build_model(spec.model, shape, classes).train() for _ in range(k)],
+        choose_layout(spec.model, spec.train.pack_layout),
+        len(shape),
+    )
+    opt = PackSGD(pack, k, torch.device("cpu"), spec.train.momentum, spec.train.weight_decay)
+    opt.set_lr([1e-3] * k)
+    x, y = torch.zeros(k, s, *shape), torch.arange(k * s).view(k, s) % classes
+
+    def step() -> None:
+        logits = pack.forward(x, training=True)  # (K, S, C)
+        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(k, s).mean(1)
+        opt.step(pack.params, torch.autograd.grad(opt.objective(losses), pack.params))
+
+    xe = torch.zeros(min(spec.train.eval_batch_size, 512), *shape)
+    with torch.no_grad():
+        per_example = _seconds(lambda: pack.forward(xe, training=False), budget_s / 3) / len(xe)
+    return _seconds(step, budget_s), per_example
+
+
+def _seconds(fn: Any, budget_s: float) -> float:
+    """Median seconds of ``fn`` after one warm-up call, over calls for about ``budget_s`` (at least 3)."""
+    fn()
+    times: list[float] = []
+    t_end = time.perf_counter() + budget_s
+    while len(times) < 3 or (time.perf_counter() < t_end and len(times) < 50):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
 def describe(cost: CostEstimate) -> str:
     """Two lines: the pack plan, then the estimate and where its per-step costs come from."""
     plan = ", ".join(f"{n} x {k}" for k, n in sorted(Counter(cost.packs).items(), reverse=True))
     unit = "GPU-hours" if cost.device == "cuda" else "CPU-hours"
     c = cost.costs
+    if "step_s" in c:
+        basis = f"from steps, evaluation and probes of this model {c['source']} on {c['device']}"
+    else:
+        basis = (
+            f"from per-step costs measured on {c['device']} ({c['step_floor_s'] * 1e3:.3g} ms per step + "
+            f"{c['flops_per_s'] / 1e12:.3g} TFLOP/s; {c['source']}); probes and evaluation not counted"
+        )
     return (
         f"pack plan: {len(cost.packs)} Tune trials for {cost.trials} points (packs x members: {plan})\n"
         f"estimated cost: {cost.total_pflop:.3g} PFLOP of training "
         f"({cost.forward_flops_per_example / 1e6:.3g} MFLOP forward per example), "
-        f"~{cost.device_hours:.3g} {unit} ({cost.device_hours * 60:.3g} min) with packs run one after another, "
-        f"from per-step costs measured on {c['device']} ({c['step_floor_s'] * 1e3:.3g} ms per step + "
-        f"{c['flops_per_s'] / 1e12:.3g} TFLOP/s; {c['source']}); probes and evaluation not counted"
+        f"~{cost.device_hours:.3g} {unit} ({cost.device_hours * 60:.3g} min) with packs run one after another, " + basis
     )

@@ -12,8 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lrbs.sweeps.estimate import CostEstimate, ModelProfile, check_limits, estimate_cost, model_profile
+from lrbs.sweeps.estimate import (
+    CostEstimate,
+    ModelProfile,
+    calibrate,
+    check_limits,
+    estimate_cost,
+    model_profile,
+)
 from lrbs.sweeps.spec import SpecError, SweepSpec
+from lrbs.sweeps.spec_checks import check_precision_here
 from lrbs.sweeps.spec_load import load_spec
 from lrbs.trainables.data import check_data_dir
 from lrbs.trainables.plugins import add_search_root
@@ -26,10 +34,12 @@ class Preflight:
 
     spec: SweepSpec
     profile: ModelProfile
+    local: bool = False  # the trials run on this machine: their step costs can be measured here
 
     def estimate(self) -> CostEstimate:
-        """The sweep's cost before it runs (``lrbs.sweeps.estimate``; the model is not built again)."""
-        return estimate_cost(self.spec)
+        """The sweep's cost before it runs (``lrbs.sweeps.estimate``): for trials on this machine
+        from a short calibration of the spec's model here, else from the fitted step costs."""
+        return estimate_cost(self.spec, calibrate(self.spec) if self.local else None)
 
 
 def preflight(source: SweepSpec | str | Path, *, local_data: bool = False, probe_check: bool = True) -> Preflight:
@@ -60,8 +70,9 @@ def _check(spec: SweepSpec, local_data: bool, probe_check: bool) -> Preflight:
     if probes and profile.probe_error:
         raise SpecError(profile.probe_error)
     if local_data:
+        check_precision_here(spec)  # bf16 trials on this machine's GPU need bfloat16 support
         try:
             check_data_dir(spec.dataset)
         except DataError as exc:
             raise SpecError(str(exc)) from None
-    return Preflight(spec, profile)
+    return Preflight(spec, profile, local=local_data)

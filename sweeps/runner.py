@@ -61,7 +61,7 @@ from lrbs.sweeps.version import code_version
 from lrbs.trainables.data import dataset_entry, load_dataset
 from lrbs.trainables.ray_private import RayConfig, ray_constants
 from lrbs.trainables.tensor_data import DataError
-from lrbs.trainables.train_loop import train_trial
+from lrbs.trainables.tune_trial import train_trial
 
 EXIT_TRIALS_ERRORED = 3  # `lrbs run`/`resume`: the sweep ran, but some trials ended in ERROR
 PACKAGES = ("torch", "torchvision", "ray", "pyarrow", "numpy", "scipy", "plotly", "mnist1d")

@@ -39,7 +39,7 @@ from typing import Any
 from lrbs.sweeps.spec import RESCALE_RULES, SECTIONS, RescaleConfig, SweepSpec
 from lrbs.sweeps.tracking import TRACKERS
 from lrbs.trainables.augment import AUGMENTATIONS
-from lrbs.trainables.config import LEGACY_MODEL_KEYS, DatasetConfig, ModelConfig, TrainConfig
+from lrbs.trainables.config import LEGACY_MODEL_KEYS, PRECISIONS, DatasetConfig, ModelConfig, TrainConfig
 from lrbs.trainables.data import DATASETS
 from lrbs.trainables.models import MODELS
 from lrbs.trainables.packed_models import LAYOUTS
@@ -54,6 +54,7 @@ DRAFT = "http://json-schema.org/draft-07/schema#"
 CHOICES: dict[tuple[type, str], tuple[str, ...]] = {
     (TrainConfig, "augment"): AUGMENTATIONS,
     (TrainConfig, "pack_layout"): LAYOUTS,
+    (TrainConfig, "precision"): PRECISIONS,
     (ScheduleConfig, "kind"): KINDS,
     (ScheduleConfig, "wave"): WAVES,
     (ScheduleConfig, "start"): STARTS,

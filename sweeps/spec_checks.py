@@ -10,6 +10,8 @@ import math
 import sys
 from typing import Any
 
+import torch
+
 from lrbs.sweeps.grid import axis_values, beta_size, count_points, expand_points, search_ladder
 from lrbs.sweeps.spec import (
     MAX_INT,
@@ -25,7 +27,7 @@ from lrbs.sweeps.spec import (
     short,
 )
 from lrbs.trainables.augment import AUGMENTATIONS
-from lrbs.trainables.config import CurvatureConfig
+from lrbs.trainables.config import PRECISIONS, CurvatureConfig
 from lrbs.trainables.data import DATASETS, check_data_dir, dataset_entry, train_set_size
 from lrbs.trainables.models import MODELS, model_factory
 from lrbs.trainables.packed_models import LAYOUTS
@@ -73,6 +75,13 @@ def validate(spec: SweepSpec) -> None:
         )
     if res.gpu > 1 and res.gpu != int(res.gpu):
         raise SpecError(f"resources.gpu: fractions are only allowed below 1 (got {res.gpu})")
+    if train.precision not in PRECISIONS:
+        raise SpecError(f"train.precision: must be one of {', '.join(PRECISIONS)} (got {train.precision!r})")
+    if train.precision == "tf32" and res.gpu == 0:
+        raise SpecError(
+            "train.precision: tf32 is a CUDA mode (TF32 tensor cores) and resources.gpu is 0 (trials on CPU); "
+            "use fp32 or bf16 on CPU, or give trials a GPU"
+        )
     try:
         check_data_dir(ds, files=False)
         n_train = train_set_size(ds)  # a user's data-set factory runs here, once per process
@@ -149,6 +158,17 @@ def _at_least(minimum: int, section: str, config: Any, *keys: str) -> None:
         value = getattr(config, key)
         if value is not None and value < minimum:
             raise SpecError(f"{section}.{key}: must be >= {minimum} (got {value})")
+
+
+def check_precision_here(spec: SweepSpec) -> None:
+    """Trials on this machine's GPU in bf16 need a GPU that computes in bfloat16 (the pre-flight's
+    check of the trials' machine; a cluster's GPUs are not known here). Raises SpecError."""
+    if spec.train.precision == "bf16" and spec.resources.gpu > 0 and torch.cuda.is_available():
+        if not torch.cuda.is_bf16_supported():
+            raise SpecError(
+                f"train.precision: bf16 needs a GPU with bfloat16 support; {torch.cuda.get_device_name(0)} "
+                "has none (use fp32, or tf32)"
+            )
 
 
 def _check_seed(seed: int, where: str) -> None:

@@ -33,6 +33,7 @@ def test_benchmark_quick_mode_prints_the_table(tmp_path):
         assert any(r.startswith("| 2 packs") and f"K={k} (" in r for r in rows), k
     assert any(r.startswith("| 2 packs") and "stacked (vmap) vs loop" in r for r in rows)
     assert any(r.startswith("| 2 packs | step cost model") for r in rows)
+    assert any(r.startswith("| 2 packs | six points") and "auto vs 1" in r for r in rows)
     assert any(r.startswith("| 3 quickstart end to end") for r in rows)
     assert any(r.startswith("| 3 fixed costs") for r in rows)
     assert any(r.startswith("| 4 curvature probes") for r in rows)

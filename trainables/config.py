@@ -108,6 +108,13 @@ class TrainConfig:
     # Off by default and in the fig specs: the paper does not state it, and augmentation adds a
     # noise of its own to the SGD noise whose scale eta/S is about (docs/experiments.md).
     augment: str = "none"
+    # Numerics of the training steps (PRECISIONS; docs/experiments.md): fp32 (torch's defaults,
+    # the paper's setting), tf32 (CUDA only: TF32 matmuls and convolutions) or bf16 (autocast of
+    # the forward; weights, SGD state and the loss in fp32). Evaluation and probes run in fp32.
+    precision: str = "fp32"
+
+
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 @dataclass(frozen=True)

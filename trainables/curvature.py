@@ -134,11 +134,16 @@ def double_backward_kernels(model: nn.Module) -> Iterator[None]:
     * cuDNN off while a model holds a recurrent layer (``nn.RNN``, ``nn.LSTM``, ``nn.GRU``): cuDNN's
       RNN backward runs only in training mode, and probes run in eval mode. Convolutions of
       other models keep cuDNN (their double backward works, and is much faster with it).
+    * Autocast off on the model's device: probes compute in float32 even when called inside an
+      autocast region (a bf16 training step's, ``train.precision``).
 
-    Both are process-wide flags, restored on exit (also on exceptions).
+    The first two are process-wide flags, restored on exit (also on exceptions).
     """
     with contextlib.ExitStack() as stack:
         stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+        first = next(iter(model.parameters()), None)
+        if first is not None:
+            stack.enter_context(torch.autocast(first.device.type, enabled=False))
         if any(isinstance(m, nn.RNNBase) for m in model.modules()):
             # the one flag set directly: cudnn.flags() also reads the TF32 flags, which raises once
             # code has set them through both torch's old and new APIs

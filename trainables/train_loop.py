@@ -11,15 +11,15 @@ checkpoints that let a restarted trial continue the same batch orders.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import io
 import math
 import sys
-import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,16 +27,12 @@ from typing import Any
 import pyarrow.fs as pafs
 import torch
 import torch.nn.functional as F
-from ray import tune
 
-from lrbs.rundir.points import from_config
-from lrbs.rundir.records import resume_entry
 from lrbs.rundir.schema import check_row
 from lrbs.trainables import augment
-from lrbs.trainables.config import CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig, from_dict
+from lrbs.trainables.config import PRECISIONS, CurvatureConfig, DatasetConfig, ModelConfig, TrainConfig, from_dict
 from lrbs.trainables.curvature import probe_subset
 from lrbs.trainables.data import load_dataset
-from lrbs.trainables.faults import maybe_fail
 from lrbs.trainables.models import build_model
 from lrbs.trainables.pack_sgd import PackSGD
 from lrbs.trainables.packed_models import Pack, build_pack, choose_layout
@@ -77,6 +73,42 @@ def pick_device(gpus: float) -> torch.device:
     return torch.device("cuda") if gpus > 0 and torch.cuda.is_available() else torch.device("cpu")
 
 
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse a ``train.precision`` this trial cannot train in (ValueError naming the key)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"train.precision: must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    if precision == "tf32" and device.type != "cuda":
+        raise ValueError(f"train.precision: tf32 is a CUDA mode (TF32 tensor cores); this trial runs on {device}")
+
+
+@contextlib.contextmanager
+def step_numerics(precision: str) -> Iterator[None]:
+    """The global math settings of the training steps: under ``tf32``, TF32 matmuls and cuDNN
+    convolutions, restored afterwards (evaluation, probes and the next trial in this worker
+    process keep torch's defaults). ``fp32`` and ``bf16`` change nothing global: fp32 is torch's
+    defaults as they are, bf16 is an autocast around each step's forward (``Steps``)."""
+    if precision != "tf32":
+        yield
+        return
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    try:  # torch's legacy flags, unless this process set TF32 through the newer fp32_precision API
+        saved = matmul.allow_tf32, cudnn.allow_tf32  # (reading the legacy ones then raises)
+    except RuntimeError:
+        conv = cudnn.conv  # type: ignore[attr-defined]  # added by torch at import, not in its stubs
+        saved_new = matmul.fp32_precision, conv.fp32_precision
+        matmul.fp32_precision = conv.fp32_precision = "tf32"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision, conv.fp32_precision = saved_new
+        return
+    matmul.allow_tf32 = cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = saved
+
+
 def _cross_entropy_per_member(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(K, B, C) logits, (K, B) labels -> (K,) mean cross-entropy of each member (nats per example)."""
     k, b, c = logits.shape
@@ -98,7 +130,7 @@ def evaluate_pack(pack: Pack, x: torch.Tensor, y: torch.Tensor, batch_size: int)
     return (loss_sum / n).tolist(), (correct.double() / n).tolist()  # GPU sync point: once per evaluation
 
 
-class _Steps:
+class Steps:
     """One SGD step of every member, eager or replayed from a CUDA graph.
 
     The step adds each member's mean loss to ``loss_sum`` and its hits to a (K, S) counter per
@@ -110,10 +142,26 @@ class _Steps:
 
     WARMUP = 2
 
-    def __init__(self, pack: Pack, opt: PackSGD, x_train: torch.Tensor, y_train: torch.Tensor, use_graphs: bool):
+    def __init__(
+        self,
+        pack: Pack,
+        opt: PackSGD,
+        x_train: torch.Tensor,
+        y_train: torch.Tensor,
+        use_graphs: bool,
+        precision: str = "fp32",
+    ):
         self.pack, self.opt, self.x, self.y = pack, opt, x_train, y_train
         self.use_graphs = use_graphs and x_train.is_cuda
+        self.bf16 = precision == "bf16"
         self.reset()
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16: autocast of the forward (matmuls and convolutions in bf16, weights stay fp32).
+        No cast cache: a captured CUDA graph must cast the weights it reads at every replay."""
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.x.device.type, dtype=torch.bfloat16, cache_enabled=False)
 
     def reset(self) -> None:
         self.loss_sum = torch.zeros(self.pack.k, device=self.x.device, dtype=torch.float64)
@@ -125,7 +173,12 @@ class _Steps:
         if aug is not None:  # (K, S, 3) crop/flip draws of these examples (trainables/augment.py)
             k, s = idx.shape
             xb = augment.apply(xb.flatten(0, 1), aug.flatten(0, 1)).view(k, s, *xb.shape[2:])
-        logits = self.pack.forward(xb, training=True)
+        if self.bf16 and xb.dim() == 5:  # (K, S, C, H, W): each member's images channels_last
+            xb = xb.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(xb.shape)
+        with self._autocast():
+            logits = self.pack.forward(xb, training=True)
+        # The loss from fp32 logits (a no-op in fp32): log-softmax, means and sums in fp32.
+        logits = logits.float()
         losses = _cross_entropy_per_member(logits, yb)  # member k's parameters get only L_k's gradient
         grads = torch.autograd.grad(self.opt.objective(losses), self.pack.params)
         self.opt.step(self.pack.params, grads)
@@ -214,6 +267,7 @@ def run_pack(
     """
     points = list(points)
     device = torch.device(device)
+    check_precision(train.precision, device)
     scheds = [schedule_from_dict(p.schedule) if p.schedule else (schedule or ScheduleConfig()) for p in points]
     if len({p.n_train for p in points}) > 1:
         raise ValueError(f"run_pack: members differ in n_train {[p.n_train for p in points]}")
@@ -244,6 +298,8 @@ def run_pack(
         modules.append(build_model(model_cfg, data.input_shape, data.n_classes).to(device).train())
         if start_state is not None:
             modules[-1].load_state_dict(start_state["members"][j]["model"])
+        if train.precision == "bf16":  # convolution weights channels_last (tensor-core layout); others as they are
+            modules[-1].to(memory_format=torch.channels_last)
     if start_state is not None:
         torch.set_rng_state(start_state["torch_rng"])
     if not active or first_epoch > train.epochs:
@@ -255,7 +311,7 @@ def run_pack(
         opt.bufs = pack.aligned_from_members([start_state["members"][j]["momentum"] for j in active], opt.bufs)
     # Probes run on a plain module reloaded with each member's weights: the unpacked run's code.
     probe_model = copy.deepcopy(modules[0]) if probes is not None else None
-    stepper = _Steps(pack, opt, data.x_train, data.y_train, train.cuda_graphs)
+    stepper = Steps(pack, opt, data.x_train, data.y_train, train.cuda_graphs, train.precision)
     n = len(data.x_train)
     blowup = train.divergence_factor * math.log(data.n_classes)  # nats per example
     # The train-eval subset: seeded by the data split, not the trial, so every trial of a sweep
@@ -276,7 +332,8 @@ def run_pack(
         # Augmentation draws follow each member's permutation in its own generator stream.
         draws = [d for j in active if (d := augment.draw(train.augment, n, gens[j])) is not None]
         augs = torch.stack(draws).to(device, non_blocking=True) if draws else None
-        stepper.epoch(perms, s, n_steps, augs)
+        with step_numerics(train.precision):
+            stepper.epoch(perms, s, n_steps, augs)
         if max_steps is not None and steps + n_steps >= max_steps:
             return status  # cut off: no row for a partial epoch
         seen = n_steps * s
@@ -313,6 +370,7 @@ def run_pack(
                 "val_acc": val_accs[i],
                 "steps": steps,
                 "examples_seen": examples_seen,
+                "precision": train.precision,
             }
             if epoch == train.epochs and status[j] != DIVERGED:
                 row.update(train_eval_loss=train_eval[0][i], train_eval_acc=train_eval[1][i])
@@ -432,109 +490,3 @@ def first_loadable_state(directories: list[str | Path], max_epoch: int | None = 
             flush=True,
         )
     return None
-
-
-def tune_start_state(config: dict[str, Any]) -> dict[str, Any] | None:
-    """Where a trial continues from: Tune's latest checkpoint of this trial (after a failure in
-    this session) and the kept checkpoints before it, then those ``lrbs resume`` found in earlier
-    sessions (``config["resume"]``); the first that loads wins."""
-    candidates: list[str | Path] = []
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        if isinstance(checkpoint.filesystem, pafs.LocalFileSystem):
-            latest = Path(checkpoint.path)
-            # the kept ones before it (never a newer orphan: its rows may not have been written)
-            candidates += [
-                latest,
-                *(p for p in sorted(latest.parent.glob("checkpoint_*"), reverse=True) if p.name < latest.name),
-            ]
-        else:  # a remote store: no listing of older ones here
-            with checkpoint.as_directory() as directory:
-                state = first_loadable_state([directory])
-                if state is not None:
-                    return state
-    if candidates:  # this session's own checkpoints: their rows were written by this driver
-        state = first_loadable_state(candidates)
-        if state is not None:
-            return state
-
-    entry = resume_entry(config)
-    if entry:
-        return first_loadable_state(entry.get("checkpoints", []), entry.get("max_epoch"))
-    return None
-
-
-class CheckpointClock:
-    """When to save: every ``every`` epochs if set, and whenever ``every_s`` seconds have passed
-    since the last save, so short epochs do not each pay a save; always when training stops."""
-
-    def __init__(self, every: int | None, every_s: float | None):
-        self.every, self.every_s = every, every_s
-        self.last = time.monotonic()
-
-    def due(self, epoch: int, status: str) -> bool:
-        now = time.monotonic()
-        if (
-            status != RUNNING
-            or (self.every and epoch % self.every == 0)
-            or (self.every_s is not None and now - self.last >= self.every_s)
-        ):
-            self.last = now
-            return True
-        return False
-
-
-def tune_report(result: dict[str, Any], state: Callable[[], dict[str, Any]], save: bool) -> None:
-    """``tune.report(result)``, with the checkpoint ``state()`` when ``save``."""
-    if not save:
-        tune.report(result)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.save(state(), Path(tmp) / CHECKPOINT_FILE)
-        tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
-
-
-def pack_summary(rows: list[dict[str, Any]]) -> str:
-    """One status for Tune's bookkeeping: running while any member is, diverged if all did."""
-    statuses = {r["status"] for r in rows}
-    return DIVERGED if statuses == {DIVERGED} else (RUNNING if RUNNING in statuses else FINISHED)
-
-
-def train_trial(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable: ``config`` is the param space made by ``lrbs.sweeps.spec``.
-
-    One ``tune.report`` per epoch carries ``pack_rows`` (member -> row, for the members still training; the
-    driver's metric sink writes each under the member's own trial id) and, for Tune's own
-    bookkeeping, the best val_acc and a summary status. A restarted trial continues from
-    ``tune.get_checkpoint()``."""
-    resources = config.get("resources", {})
-    torch.set_num_threads(max(1, int(resources.get("cpu", 1))))
-    resilience = config.get("resilience", {})
-    clock = CheckpointClock(resilience.get("checkpoint_every"), resilience.get("checkpoint_every_s"))
-
-    def report(rows: list[dict[str, Any]], state: Callable[[], dict[str, Any]]) -> None:
-        epoch = rows[0]["epoch"]
-        maybe_fail(config, epoch)  # test hook: resilience.fail_at_epoch (trainables/faults.py)
-        accs = [r["val_acc"] for r in rows if math.isfinite(r["val_acc"])]
-        summary = pack_summary(rows)
-        # pack_rows keyed by member: Tune's loggers flatten it to per-member scalars
-        # (pack_rows/<j>/train_loss in TensorBoard) instead of refusing a list.
-        result = {
-            "pack_rows": {str(r["member"]): r for r in rows},
-            "epoch": epoch,
-            "val_acc": max(accs) if accs else float("nan"),
-            "status": summary,
-        }
-        tune_report(result, state, clock.due(epoch, summary))
-
-    run_pack(
-        points=[TrialPoint.from_dict(p) for p in from_config(config["point"])],
-        dataset=from_dict(DatasetConfig, config["dataset"]),
-        model_cfg=from_dict(ModelConfig, config["model"]),
-        train=from_dict(TrainConfig, config["train"]),
-        report=report,
-        device=pick_device(float(resources.get("gpu", 0))),
-        schedule=schedule_from_dict(config.get("schedule")),
-        probes=from_dict(CurvatureConfig, config["curvature"]) if config.get("curvature") else None,
-        start_state=tune_start_state(config),
-    )

@@ -23,7 +23,9 @@ N_TRIALS, N_EPOCHS = 2, 2
 
 def _spec(name: str):
     return spec_from_dict(
-        tiny_spec(name, train={"epochs": N_EPOCHS}, grid={"lr": [0.05, 0.2], "batch_size": [64], "seed": [0]})
+        tiny_spec(
+            name, train={"epochs": N_EPOCHS, "pack": 2}, grid={"lr": [0.05, 0.2], "batch_size": [64], "seed": [0]}
+        )
     )
 
 

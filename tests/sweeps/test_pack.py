@@ -286,3 +286,49 @@ def test_loop_layout_member_with_momentum_diverges_and_leaves_the_pack():
     assert [r[-1]["status"] for r in rows] == [FINISHED, DIVERGED, FINISHED]
     for j in (0, 2):
         assert view(rows[j]) == view(alone(points[j], MLP_NOBN, train))
+
+
+def test_auto_plans_no_fewer_packs_than_parallel_slots_when_points_allow():
+    """``train.pack: auto`` on CPU trials cuts a batch-size group into as many packs as trials run
+    side by side (6 points, 2 slots: 2 packs of 3), the costliest group first; never more packs
+    than points, and an explicit K is kept whatever the slots. Each packed point's rows equal its
+    rows alone (the tests above), so a split changes the wall time only."""
+    from lrbs.sweeps.packing import plan_packs
+    from lrbs.sweeps.spec_load import spec_from_dict
+    from tests.conftest import tiny_spec
+
+    six = spec_from_dict(tiny_spec(grid={"lr": [0.01, 0.04, 0.16], "batch_size": [32], "seed": [0, 1]}))
+    sizes = {slots: [len(p) for p in plan_packs(six, slots=slots)] for slots in (1, 2, 3, 4, 8)}
+    assert sizes == {1: [6], 2: [3, 3], 3: [2, 2, 2], 4: [2, 2, 1, 1], 8: [1] * 6}
+    packs = plan_packs(six, slots=2)  # every point once, in spec order
+    assert sorted((p["lr"], p["seed"]) for pack in packs for p in pack) == sorted(
+        (lr, seed) for lr in (0.01, 0.04, 0.16) for seed in (0, 1)
+    )
+    two = spec_from_dict(tiny_spec(grid={"lr": [0.01, 0.04, 0.16], "batch_size": [32, 128], "seed": [0, 1]}))
+    assert [len(p) for p in plan_packs(two, slots=2)] == [6, 6]  # two groups already fill two slots
+    # The costlier group (S = 32: 4x the steps of S = 128) is split first.
+    assert [(len(p), p[0]["batch_size"]) for p in plan_packs(two, slots=3)] == [(3, 32), (3, 32), (6, 128)]
+    fixed = spec_from_dict(
+        tiny_spec(train={"pack": 4}, grid={"lr": [0.01, 0.04, 0.16], "batch_size": [32], "seed": [0, 1]})
+    )
+    assert [len(p) for p in plan_packs(fixed, slots=8)] == [4, 2]
+
+
+def test_calibration_costs_every_pack_of_the_plan_from_real_steps():
+    """The pre-flight's calibration (sweeps/estimate.py) times this model's steps at every
+    (members, batch size) of the plan, evaluation and one Hessian-vector product, and the
+    estimate then counts steps, evaluation and probes."""
+    from lrbs.sweeps.estimate import calibrate, estimate_cost
+    from lrbs.sweeps.packing import plan_packs
+    from lrbs.sweeps.spec_load import spec_from_dict
+    from tests.conftest import tiny_spec
+
+    spec = spec_from_dict(tiny_spec(curvature={"n_samples": 200, "lanczos_iters": 8, "hutchinson_probes": 4}))
+    cal = calibrate(spec, budget_s=0.02)
+    assert cal is not None
+    plan = {f"{len(p)},{p[0]['batch_size']}" for p in plan_packs(spec)}
+    assert plan <= set(cal["step_s"]) and f"1,{spec.curvature.noise_b_small}" in cal["step_s"]
+    assert all(v > 0 for v in cal["step_s"].values()) and cal["hvp_s"] > 0
+    measured, fitted = estimate_cost(spec, cal), estimate_cost(spec)
+    assert measured.device_hours > 0 and measured.costs is cal and "step_floor_s" in fitted.costs
+    assert calibrate(spec_from_dict(tiny_spec(resources={"cpu": 1, "gpu": 1}))) is None  # GPU trials: the fit

@@ -46,11 +46,12 @@ def fault_spec(name: str, **overrides) -> dict:
     """2 trials (one pack of 2 by default) x EPOCHS epochs of a small MLP, checkpointed every epoch."""
     base = dict(
         model={"options": {"width": 128}},
-        train={"epochs": EPOCHS},
         resilience={"checkpoint_every": 1},
         grid={"lr": [0.05, 0.2], "batch_size": [16], "seed": [0]},
     )
-    return tiny_spec(name, **{**base, **overrides})
+    # pack: 2 spelled out (auto would give each of this machine's trial slots its own pack)
+    train = {"epochs": EPOCHS, "pack": 2, **overrides.pop("train", {})}
+    return tiny_spec(name, train=train, **{**base, **overrides})
 
 
 _EXPECTED: dict[str, list[list[dict]]] = {}
@@ -355,6 +356,7 @@ def test_errored_trial_status_then_resume_and_restart(cluster, tmp_path, capsys)
         tmp_path / "e.yaml",
         tiny_spec(
             "e",
+            train={"pack": 2},
             grid={"lr": [0.05, 0.2], "batch_size": [32], "seed": [0]},
             resilience={"max_failures": 0, "fail_at_epoch": 2, "checkpoint_every": 1},
         ),

@@ -153,6 +153,17 @@ def test_cli_bad_spec_exit_2_one_line_nothing_launched(tmp_path, content, needle
     assert not (tmp_path / "runs").exists()  # nothing launched, nothing written
 
 
+def test_cli_model_refused_by_the_preflight_is_one_line(tmp_path):
+    """A model the pre-flight refuses (here: over limits.max_params) is one line naming the spec
+    file and the field, exit 2, nothing written, Ray never started (no Ray line on the terminal)."""
+    spec = write_yaml(tmp_path / "m.yaml", tiny_spec("m", limits={"max_params": 10}))
+    out = _lrbs("run", str(spec), "--storage", str(tmp_path / "runs"))
+    assert out.returncode == 2 and out.stdout == ""
+    err = out.stderr.strip()
+    assert "\n" not in err and err.startswith(f"lrbs: error: {spec}: ") and "limits.max_params" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_cli_storage_that_is_a_file(tmp_path):
     spec = write_yaml(tmp_path / "s.yaml", tiny_spec("s"))
     blocker = tmp_path / "afile"

@@ -65,12 +65,18 @@ def test_exploding_loss_is_a_diverged_result_not_a_crash():
     assert not math.isfinite(last) or last > 10 * math.log(10)
 
 
-def test_resume_from_a_checkpoint_continues_the_same_run():
+# bf16 on a convnet twin: channels_last weights and momentum buffers go through the checkpoint.
+@pytest.mark.parametrize(
+    "model, precision",
+    [(SMALL, "fp32"), (ModelConfig(name="vgg11", options=dict(width_mult=0.0625)), "bf16")],
+    ids=["mlp-fp32", "vgg11-bf16"],
+)
+def test_resume_from_a_checkpoint_continues_the_same_run(model, precision):
     """Stop after epoch 2, restart from the saved state: epochs 3-4 match an uninterrupted run."""
     torch.set_num_threads(1)
     point = TrialPoint(lr=0.1, batch_size=64, seed=5)
-    train = TrainConfig(epochs=4, momentum=0.9)
-    _, full = _run(point, train=train)
+    train = TrainConfig(epochs=4, momentum=0.9, precision=precision)
+    _, full = _run(point, model=model, train=train)
 
     saved = {}
 
@@ -80,10 +86,10 @@ def test_resume_from_a_checkpoint_continues_the_same_run():
             raise KeyboardInterrupt  # a killed worker
 
     try:
-        run_training(point, DIGITS, SMALL, train, stop_after_two)
+        run_training(point, DIGITS, model, train, stop_after_two)
     except KeyboardInterrupt:
         pass
-    _, resumed = _run(point, train=train, start_state=saved)
+    _, resumed = _run(point, model=model, train=train, start_state=saved)
     assert [r["epoch"] for r in resumed] == [3, 4]
     keys = ("train_loss", "train_acc", "val_loss", "val_acc", "steps", "examples_seen")
     assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in full[2:]]
@@ -128,7 +134,7 @@ def test_point_n_train_overrides_the_data_set_size():
 def test_checkpoint_clock_saves_by_epochs_by_seconds_and_when_training_stops():
     import time
 
-    from lrbs.trainables.train_loop import CheckpointClock
+    from lrbs.trainables.tune_trial import CheckpointClock
 
     by_time = CheckpointClock(every=None, every_s=3600.0)  # short epochs: no save until training stops
     assert [by_time.due(e, "running") for e in (1, 2, 3)] == [False, False, False]
