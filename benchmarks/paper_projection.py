@@ -1,6 +1,6 @@
 """The paper's five specs projected onto this device, per ``train.precision``, from measured steps.
 
-    python -m benchmarks.paper_projection [--device cuda] [--precisions fp32,bf16] [--out FILE] [--quick]
+    python -m benchmarks.paper_projection [--device cuda] [--precisions fp32,bf16] [--specs NAMES] [--out FILE] [--quick]
 
 For every distinct (model, batch size, pack size) that a spec's trials step at, the engine's own
 step (``benchmarks.pack_timing``: gather, forward, backward, per-member SGD update; a CUDA graph on
@@ -60,17 +60,18 @@ def spec_steps(name: str) -> tuple[ModelConfig, str, dict[tuple[int, int], int],
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--precisions", help="comma-separated (default: fp32,tf32,bf16 on CUDA, fp32,bf16 on a CPU)")
+    parser.add_argument("--specs", default=",".join(SPECS), help="comma-separated names under sweeps/")
     parser.add_argument("--out")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     dev = torch.device(args.device)
-    precisions = args.precisions.split(",")
+    precisions = (args.precisions or ("fp32,tf32,bf16" if dev.type == "cuda" else "fp32,bf16")).split(",")
     graphed = dev.type == "cuda"
     n_steps = 5 if args.quick else 60
     out: dict = {"device": torch.cuda.get_device_name(0) if graphed else "cpu", "specs": {}}
     total = dict.fromkeys(precisions, 0.0)
-    for name in SPECS:
+    for name in args.specs.split(","):
         model, dataset, steps, member_epochs = spec_steps(name)
         if args.quick:
             model = dataclasses.replace(model, options={**model.options, "width_mult": 0.125})

@@ -120,3 +120,14 @@ def test_precision_check_quick_mode_measures_every_precision(tmp_path):
     for fid in out["fidelity"].values():
         assert fid["fp32 again"]["train_rel"] == 0.0  # on a CPU, same init and batches: bitwise-equal runs
         assert fid["bf16"]["train_rel"] > 0.0  # autocast really changed the arithmetic
+
+
+def test_paper_projection_quick_mode_projects_a_spec(capsys, tmp_path):
+    """benchmarks/paper_projection.py (the GPU projection of the paper's specs) runs, tiny, on CPU."""
+    from benchmarks.paper_projection import main
+
+    out = tmp_path / "projection.json"
+    assert main(["--device", "cpu", "--quick", "--specs", "fig3_grid", "--out", str(out)]) == 0
+    assert "fig3_grid: mlp" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert set(result["total_gpu_hours"]) == {"fp32", "bf16"} and all(h > 0 for h in result["total_gpu_hours"].values())
