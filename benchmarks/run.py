@@ -524,25 +524,12 @@ def bench_quickstart(quick: bool) -> list[Row]:
         spec["model"]["options"]["width"] = 32
         spec["grid"] = {"lr": [0.01, 0.16], "batch_size": [32, 128], "seed": [0]}  # 4 points, not 12
         spec.pop("curvature")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "OMP_NUM_THREADS": "1"}
     out: dict[str, tuple[float, str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, pack in (("unpacked", 1), ("packed", "auto")):
             spec["train"]["pack"] = pack
-            path = Path(tmp) / f"{label}.yaml"
-            path.write_text(yaml.safe_dump({**spec, "name": label}))
-            t = time.perf_counter()
-            proc = subprocess.run(
-                [sys.executable, "-m", "lrbs", "run", str(path), "--storage", f"{tmp}/runs"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=900,
-            )
-            wall = time.perf_counter() - t
-            if proc.returncode != 0:
-                raise RuntimeError(f"lrbs run ({label}) failed: {proc.stderr.strip().splitlines()[-1:]}")
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("[lrbs] time:")), "")
+            wall, stdout = lrbs_run(spec, tmp, label)
+            line = next((ln for ln in stdout.splitlines() if ln.startswith("[lrbs] time:")), "")
             out[label] = (wall, line)
         from lrbs.rundir.tables import load_trials
 
