@@ -28,6 +28,7 @@ so the whole run takes seconds (CI runs it; its numbers are rough).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -410,20 +411,32 @@ def bench_estimates(quick: bool) -> list[Row]:
             if rel.startswith("examples/"):  # its plug-in module sits next to the spec
                 Path(tmp, "mnist1d_conv.py").write_text((root / "examples" / "mnist1d_conv.py").read_text())
             wall, out = lrbs_run(spec, tmp, Path(rel).stem)
+            planned = json.loads(Path(tmp, "runs", Path(rel).stem, "provenance.json").read_text())["estimate"]
         found = re.findall(r"CPU-hours ([0-9.e+-]+) of ~([0-9.e+-]+) estimated", out)
-        if not found:
-            raise RuntimeError(f"{rel}: no progress line with an estimate")
+        phases = dict(re.findall(TIME_LINE, out))
+        if not found or "trials" not in phases:
+            raise RuntimeError(f"{rel}: no progress line with an estimate, or no time line")
         used, est = (float(v) for v in found[-1])
-        rows.append(
+        trained = float(phases["trials"]) - float(phases.get("worker start", 0.0))
+        label = f"{rel}{' (2 epochs, no probes)' if quick else ''}"
+        rows += [
             Row(
                 "5 estimate vs used",
-                f"{rel}{' (2 epochs, no probes)' if quick else ''}",
+                label,
                 f"{est / used:.2f}x",
                 "0.75-1.25x",
                 f"estimated {est:.3g} CPU-hours in the pre-flight, used {used:.3g} (sum of trial wall times); "
                 f"run {wall:.0f} s",
-            )
-        )
+            ),
+            Row(
+                "5 planned vs trained wall",
+                label,
+                f"{planned['wall_hours'] * 3600 / trained:.2f}x",
+                "0.75-1.25x",
+                f"planned {planned['wall_hours'] * 3600:.1f} s of training on {planned['slots']} slot(s) (the first "
+                f"ETA), trials took {trained:.1f} s after the first worker's start",
+            ),
+        ]
     return rows
 
 

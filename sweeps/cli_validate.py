@@ -8,7 +8,6 @@ from typing import Any
 
 from lrbs.sweeps.estimate import describe
 from lrbs.sweeps.grid import is_search, search_settings
-from lrbs.sweeps.packing import plan_packs
 from lrbs.sweeps.preflight import preflight
 from lrbs.sweeps.tracking import build_trackers
 
@@ -21,7 +20,7 @@ def add_validate(p: argparse.ArgumentParser) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     checked = preflight(args.spec, local_data=True)  # validate answers for a run on this machine
     spec = checked.spec
-    packs = plan_packs(spec)
+    packs = checked.plan()
     points = [(i, p) for i, pack in enumerate(packs) for p in pack]
     if is_search(spec):  # the points below are the ladder the search picks from, not its trials
         st = search_settings(spec)

@@ -21,11 +21,13 @@ the fallback (a cluster's device cannot be measured from here; it was fitted on 
 
 A sweep whose CPU trials run on this machine is costed from a calibration instead
 (``calibrate``, a second or two in the pre-flight of ``lrbs validate`` and ``lrbs run``): real
-SGD steps of this spec's model, at every (members, batch size) of its pack plan, on
-``resources.cpu`` threads as its trials run, plus one evaluation forward and one Hessian-vector
-product on the probe subset. A pack then costs its steps, an evaluation of the validation set
-per epoch, and each member's probes (Lanczos and Hutchinson products, and for the full noise
-scale a pass of ``noise_b_small`` gradients over the training set).
+SGD steps of this spec's model at every batch size of its packs, alone and as the largest pack
+its points allow (sizes between are interpolated), on ``resources.cpu`` threads as its trials
+run, plus one evaluation forward and one Hessian-vector product on the probe subset. A pack then
+costs its steps, an evaluation of the validation set per epoch, and each member's probes
+(Lanczos and Hutchinson products, and for the full noise scale a pass of ``noise_b_small``
+gradients over the training set). These costs also size ``train.pack: auto``'s packs
+(``planned_packs``), and the packs on the parallel trial slots give the sweep's planned wall time.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from lrbs.sweeps.packing import pack_key, plan_packs
+from lrbs.sweeps.packing import PackKey, makespan, pack_cap, pack_groups, pack_key, parallel_slots, plan_packs
 from lrbs.sweeps.spec import SpecError, SweepSpec
 from lrbs.trainables import curvature
 from lrbs.trainables.config import DatasetConfig, ModelConfig, options_key
@@ -68,7 +70,9 @@ class CostEstimate:
     total_pflop: float
     device_hours: float
     device: str  # "cuda" or "cpu": which measured step costs were used
-    costs: dict[str, Any]  # the step_costs.json entry used
+    costs: dict[str, Any]  # the step_costs.json entry used, or the calibration
+    wall_hours: float = 0.0  # the packs on ``slots`` parallel trials, costliest first (``packing.makespan``)
+    slots: int = 1
 
 
 @dataclass(frozen=True)
@@ -239,8 +243,9 @@ def trial_memory(spec: SweepSpec, profile: ModelProfile) -> tuple[float, str]:
     """Bytes one trial needs at its largest (most members, largest batch, largest n_train), and
     what they are made of: 4 float32 copies of the parameters per member (weights, gradient,
     momentum, a probe or evaluation copy), activations kept for backward at the largest batch
-    per member, the training and validation sets as float32 on the device."""
-    packs = plan_packs(spec)
+    per member, the training and validation sets as float32 on the device. Members: the largest
+    pack any plan of this spec may form (``plan_packs`` sizes ``auto`` packs from measured costs)."""
+    packs = plan_packs(spec, slots=1)
     k = max(len(p) for p in packs)
     batch = max(max(pack_key(pack[0], spec)[1]) for pack in packs)  # members share every epoch's S
     n_train = max(p.get("n_train") or train_set_size(spec.dataset) for pack in packs for p in pack)
@@ -298,30 +303,78 @@ def estimate_cost(spec: SweepSpec, calibration: dict[str, Any] | None = None) ->
     train_flops = 3.0 * per_example
     device = "cuda" if spec.resources.gpu > 0 else "cpu"
     costs: dict[str, Any] = calibration or json.loads(STEP_COSTS.read_text())[device]
-    total_flops = seconds = 0.0
-    packs = plan_packs(spec)
+    total_flops = 0.0
+    seconds: list[float] = []
+    packs = planned_packs(spec, calibration)
     for pack in packs:
-        p = pack[0]  # members share n_train and every epoch's batch size
-        n = train_set_size(dataclasses.replace(spec.dataset, n_train=p.get("n_train", spec.dataset.n_train)))
-        for s in pack_key(p, spec)[1]:
-            steps = n // s
-            flops = train_flops * len(pack) * s * steps
-            total_flops += flops
-            if calibration is None:
-                seconds += steps * costs["step_floor_s"] + flops / costs["flops_per_s"]
-            else:
-                seconds += steps * costs["step_s"][f"{len(pack)},{s}"]
-        if calibration is not None:
-            seconds += eval_seconds(spec, costs, len(pack), n) + len(pack) * probe_seconds(spec, costs, n)
+        key = pack_key(pack[0], spec)  # members share n_train and every epoch's batch size
+        n = pack_train_size(spec, key)
+        flops = sum(train_flops * len(pack) * s * (n // s) for s in key[1])
+        total_flops += flops
+        if calibration is None:
+            seconds.append(sum(n // s for s in key[1]) * costs["step_floor_s"] + flops / costs["flops_per_s"])
+        else:
+            seconds.append(pack_seconds(spec, calibration, len(pack), key))
+    slots = parallel_slots(spec)
     return CostEstimate(
         trials=sum(len(p) for p in packs),
         packs=tuple(len(p) for p in packs),
         forward_flops_per_example=per_example,
         total_pflop=total_flops / 1e15,
-        device_hours=seconds / 3600,
+        device_hours=sum(seconds) / 3600,
         device=device,
         costs=costs,
+        wall_hours=makespan(seconds, slots) / 3600,
+        slots=slots,
     )
+
+
+def planned_packs(
+    spec: SweepSpec, calibration: dict[str, Any] | None, points: list[dict[str, Any]] | None = None
+) -> list[list[dict[str, Any]]]:
+    """The pack plan (``lrbs.sweeps.packing.plan_packs``), with ``calibration`` sized by the
+    measured cost of every pack size each group could take."""
+    if calibration is None:
+        return plan_packs(spec, points)
+    cap = pack_cap(spec)
+    costs = {
+        (k, key): pack_seconds(spec, calibration, k, key)
+        for key, members in pack_groups(spec, points).items()
+        for k in range(1, min(len(members), cap) + 1)
+    }
+    return plan_packs(spec, points, pack_seconds=costs)
+
+
+def pack_train_size(spec: SweepSpec, key: PackKey) -> int:
+    """Training examples of the packs with this key (its n_train, else the data set's)."""
+    return train_set_size(
+        dataclasses.replace(spec.dataset, n_train=key[0] if key[0] is not None else spec.dataset.n_train)
+    )
+
+
+def pack_seconds(spec: SweepSpec, calibration: dict[str, Any], k: int, key: PackKey) -> float:
+    """One trial of K members with this key, from ``calibrate``: its steps, evaluations and each
+    member's probes."""
+    n = pack_train_size(spec, key)
+    steps = sum((n // s) * step_seconds(calibration, k, s) for s in key[1])
+    return steps + eval_seconds(spec, calibration, k, n) + k * probe_seconds(spec, calibration, n)
+
+
+def step_seconds(calibration: dict[str, Any], k: int, s: int) -> float:
+    """One step of K members at batch size S: measured, or linear in K between the nearest
+    measured pack sizes at that S (per member beyond them)."""
+    return _in_k({int(m.split(",")[0]): t for m, t in calibration["step_s"].items() if int(m.split(",")[1]) == s}, k)
+
+
+def _in_k(measured: dict[int, float], k: int) -> float:
+    if k in measured:
+        return float(measured[k])
+    below, above = [m for m in measured if m < k], [m for m in measured if m > k]
+    if not below or not above:  # outside the measured sizes: the nearest one's cost per member
+        m = max(below) if below else min(above)
+        return float(measured[m]) * k / m
+    lo, hi = max(below), min(above)
+    return float(measured[lo] + (measured[hi] - measured[lo]) * (k - lo) / (hi - lo))
 
 
 def eval_seconds(spec: SweepSpec, costs: dict[str, Any], k: int, n_train: int) -> float:
@@ -330,7 +383,7 @@ def eval_seconds(spec: SweepSpec, costs: dict[str, Any], k: int, n_train: int) -
     vf = spec.dataset.val_fraction
     n_val = n_train * vf / (1.0 - vf) if vf is not None and vf < 1.0 else n_train / 4.0
     examples = spec.train.epochs * n_val + min(spec.train.train_eval_samples, n_train)
-    return examples * float(costs["eval_s_per_example"][str(k)])
+    return examples * _in_k({int(m): float(t) for m, t in costs["eval_s_per_example"].items()}, k)
 
 
 def probe_events(spec: SweepSpec) -> int:
@@ -351,24 +404,27 @@ def probe_seconds(spec: SweepSpec, costs: dict[str, Any], n_train: int) -> float
         return 0.0
     once = (cfg.lanczos_iters + cfg.hutchinson_probes) * float(costs["hvp_s"])
     if cfg.noise_scale and cfg.noise_method == "full":
-        once += max(n_train // cfg.noise_b_small, cfg.noise_pairs) * float(costs["step_s"][f"1,{cfg.noise_b_small}"])
+        once += max(n_train // cfg.noise_b_small, cfg.noise_pairs) * step_seconds(costs, 1, cfg.noise_b_small)
     return probe_events(spec) * once
 
 
 def calibrate(spec: SweepSpec, budget_s: float = 0.15) -> dict[str, Any] | None:
     """Per-step costs of this spec's model measured here, for the CPU trials of a sweep run on
     this machine (None for GPU trials: the fitted fallback). Real SGD steps (forward, per-member
-    loss, backward, ``PackSGD`` update) of every (members K, batch size S) of the pack plan, on
-    ``resources.cpu`` threads; one evaluation forward per K; one Hessian-vector product on the
-    probe subset. Each (K, S) takes one warm-up step and then steps for about ``budget_s``.
+    loss, backward, ``PackSGD`` update) of every batch size S of the plan at K = 1 and at the
+    largest pack K its points allow, on ``resources.cpu`` threads; one evaluation forward per K;
+    one Hessian-vector product on the probe subset. Each (K, S) takes one warm-up step and then steps for about ``budget_s``.
     Keys of ``step_s`` and ``eval_s_per_example`` are "K,S" and "K"."""
     if spec.resources.gpu > 0:
         return None
     profile = model_profile(spec.model, spec.dataset)
     shape, classes = profile.input_shape, profile.n_classes
+    # Every batch size of a group at one member and at the largest pack the group allows: the
+    # planner interpolates the sizes between (``step_seconds``), a step's cost being near linear in K.
     cases: set[tuple[int, int]] = set()
-    for pack in plan_packs(spec):
-        cases.update((len(pack), s) for s in pack_key(pack[0], spec)[1])
+    cap = pack_cap(spec)
+    for group, members in pack_groups(spec).items():
+        cases.update((k, s) for k in {1, min(len(members), cap)} for s in group[1])
     cfg = spec.curvature
     if cfg is not None and cfg.noise_scale and cfg.noise_method == "full":
         cases.add((1, cfg.noise_b_small))
@@ -469,5 +525,6 @@ def describe(cost: CostEstimate) -> str:
         f"pack plan: {len(cost.packs)} Tune trials for {cost.trials} points (packs x members: {plan})\n"
         f"estimated cost: {cost.total_pflop:.3g} PFLOP of training "
         f"({cost.forward_flops_per_example / 1e6:.3g} MFLOP forward per example), "
-        f"~{cost.device_hours:.3g} {unit} ({cost.device_hours * 60:.3g} min) with packs run one after another, " + basis
+        f"~{cost.device_hours:.3g} {unit} ({cost.device_hours * 60:.3g} min) with packs run one after another, "
+        f"~{cost.wall_hours * 60:.3g} min of training on {cost.slots} parallel trial slot(s), " + basis
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lrbs.sweeps.estimate import (
     CostEstimate,
@@ -19,6 +20,7 @@ from lrbs.sweeps.estimate import (
     check_limits,
     estimate_cost,
     model_profile,
+    planned_packs,
 )
 from lrbs.sweeps.spec import SpecError, SweepSpec
 from lrbs.sweeps.spec_checks import check_precision_here
@@ -36,10 +38,19 @@ class Preflight:
     profile: ModelProfile
     local: bool = False  # the trials run on this machine: their step costs can be measured here
 
+    def calibration(self) -> dict[str, Any] | None:
+        """This spec's step costs measured here for CPU trials on this machine (``calibrate``,
+        once per process), else None (the fitted step costs stand in)."""
+        return calibrate(self.spec) if self.local else None
+
+    def plan(self, points: list[dict[str, Any]] | None = None) -> list[list[dict[str, Any]]]:
+        """The packs Tune runs (``lrbs.sweeps.packing.plan_packs``), sized from the calibration."""
+        return planned_packs(self.spec, self.calibration(), points)
+
     def estimate(self) -> CostEstimate:
         """The sweep's cost before it runs (``lrbs.sweeps.estimate``): for trials on this machine
         from a short calibration of the spec's model here, else from the fitted step costs."""
-        return estimate_cost(self.spec, calibrate(self.spec) if self.local else None)
+        return estimate_cost(self.spec, self.calibration())
 
 
 def preflight(source: SweepSpec | str | Path, *, local_data: bool = False, probe_check: bool = True) -> Preflight:

@@ -138,8 +138,10 @@ class ProgressPrinter(Callback):
         min_interval_s: float = 5.0,
         out: TextIO | None = None,
         at_most: bool = False,
+        planned_s: float | None = None,
     ):
         self.total, self.epochs, self.estimate_hours, self.unit = total, epochs, estimate_hours, unit
+        self.planned_s = planned_s  # the pre-flight's training time on the parallel slots: the first ETA
         self.at_most = at_most  # a beta search: ``total`` is its budget
         self.min_interval_s = min_interval_s
         self.out = out
@@ -163,7 +165,7 @@ class ProgressPrinter(Callback):
         session = sum(k * (e - self.start_epoch.get(t, 0)) for t, (k, e, _) in self.trained.items())
         window = now - self.first_result[0] + self.first_result[1] if self.first_result else 0.0
         eta = (
-            eta_seconds(self.epochs - done_epochs, session, window)
+            eta_seconds(self.epochs - done_epochs, session, window, self.planned_s, now - self._t0)
             if self.running or self.epochs <= done_epochs
             else None
         )

@@ -48,7 +48,6 @@ from lrbs.sweeps.metrics_sink import (
     TrackingCallback,
     TrialLedger,
 )
-from lrbs.sweeps.packing import plan_packs
 from lrbs.sweeps.param_space import to_param_space
 from lrbs.sweeps.preflight import preflight
 from lrbs.sweeps.progress import PhaseTimes, ProgressPrinter
@@ -150,7 +149,14 @@ def provenance(spec: SweepSpec, address: str | None, source: PointSource, cost: 
         "ray_address": address or "embedded local Ray",
         "resources_per_trial": {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
         "packages": packages,
-        "estimate": {"device_hours": cost.device_hours, "device": cost.device, "total_pflop": cost.total_pflop},
+        "estimate": {  # with the step costs it came from (the calibration, or the fitted fallback)
+            "device_hours": cost.device_hours,
+            "wall_hours": cost.wall_hours,
+            "slots": cost.slots,
+            "device": cost.device,
+            "total_pflop": cost.total_pflop,
+            "costs": cost.costs,
+        },
         "points": source.total,
         "epochs": spec.train.epochs,
         **({"beta_search": True} if source.at_most else {}),
@@ -386,6 +392,7 @@ class Driver:
         records: dict[str, TrialRecord] | None = None,
         resume: str | None = None,
         estimate_hours: float | None = None,
+        planned_s: float | None = None,
         times: PhaseTimes | None = None,
     ) -> None:
         """Train ``source``'s points as the Tune experiment in the folder ``experiment`` (inside the
@@ -400,6 +407,7 @@ class Driver:
             "GPU" if spec.resources.gpu > 0 else "CPU",
             out=self.out,
             at_most=source.at_most,
+            planned_s=planned_s,
         )
         tuner = tune.Tuner(
             tune.with_resources(train_trial, trial_resources(spec)),
@@ -479,7 +487,7 @@ def run_sweep(
     checked = preflight(spec, local_data=address is None)  # the model, built once (cached) and checked
     if address is None:
         preflight_data(spec)
-    source: PointSource = BetaSearcher(spec) if is_search(spec) else GridPoints(plan_packs(spec))
+    source: PointSource = BetaSearcher(spec) if is_search(spec) else GridPoints(checked.plan())
     with Driver(spec, run, address, out, upload_interval_s) as driver:
         ray_s = driver.start_ray()  # before the run directory exists: a bad --address leaves nothing behind
         create_run_dir(run, spec.to_dict())
@@ -498,7 +506,9 @@ def run_sweep(
             flush=True,
         )
         trackers = build_trackers(spec.tracking, spec.name, tracking_root(run))
-        driver.fit(source, run, trackers, estimate_hours=info["estimate"]["device_hours"], times=times)
+        estimate = info["estimate"]
+        planned_s = None if source.at_most else estimate["wall_hours"] * 3600  # a search's trials are not planned
+        driver.fit(source, run, trackers, estimate_hours=estimate["device_hours"], planned_s=planned_s, times=times)
         if times is not None:
             times.ray = ray_s
         driver.print_outcome(outcome)

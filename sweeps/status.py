@@ -175,8 +175,10 @@ def read_progress(run_dir: str | Path, metrics: pa.Table | None = None) -> Progr
     live = holder_alive(run_dir / LOCK_FILE)
     end = time.time() if live else max((r["written_at"] or started for r in last.values()), default=started)
     elapsed = max(0.0, end - started)
-    eta = eta_seconds(total * epochs - epochs_done, epochs_done, elapsed) if live else None
     estimate = (info.get("estimate") or {}).get("device_hours")
+    wall = (info.get("estimate") or {}).get("wall_hours")
+    planned = wall * 3600 if wall is not None and not info.get("beta_search") else None
+    eta = eta_seconds(total * epochs - epochs_done, epochs_done, elapsed, planned, elapsed) if live else None
     unit = "GPU" if (info.get("resources_per_trial") or {}).get("gpu") else "CPU"
     return Progress(
         done,

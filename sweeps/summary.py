@@ -45,11 +45,15 @@ class Progress:
         )
 
 
-def eta_seconds(epochs_left: int, epochs_in_window: int, window_s: float) -> float | None:
+def eta_seconds(
+    epochs_left: int, epochs_in_window: int, window_s: float, planned_s: float | None = None, elapsed_s: float = 0.0
+) -> float | None:
     """Time left at the rate measured so far (point-epochs per second over the whole sweep's
-    running time, so parallel trials count)."""
+    running time, so parallel trials count); before any epoch is measured, the planned training
+    time (``planned_s``: the pre-flight's calibrated packs on the parallel trial slots) less
+    ``elapsed_s``."""
     if epochs_left <= 0:
         return 0.0
     if epochs_in_window <= 0 or window_s <= 0:
-        return None
+        return None if planned_s is None else max(0.0, planned_s - elapsed_s)
     return epochs_left * window_s / epochs_in_window

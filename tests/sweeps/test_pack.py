@@ -314,21 +314,59 @@ def test_auto_plans_no_fewer_packs_than_parallel_slots_when_points_allow():
     assert [len(p) for p in plan_packs(fixed, slots=8)] == [4, 2]
 
 
+def test_measured_pack_costs_choose_the_pack_count_that_finishes_soonest():
+    """With measured pack costs, ``auto`` sizes each group's packs by the planned sweep's end on
+    the parallel trial slots (``packing.makespan``): packs where a K-member step is cheaper than K
+    single steps, points alone (K = 1) where it is not, a change only when it gains more than
+    ``PLAN_TOLERANCE``; the packs stay in spec order (the order Tune starts them in)."""
+    from lrbs.sweeps.packing import makespan, pack_groups, plan_packs
+    from lrbs.sweeps.spec_load import spec_from_dict
+    from tests.conftest import tiny_spec
+
+    assert makespan([3.0, 3.0, 2.0, 2.0], 2) == 5.0 and makespan([5.0, 1.0], 1) == 6.0
+    assert makespan([2.0, 3.0, 2.0, 3.0], 2) == 6.0  # in the plan's order, as Tune starts them (best: 5)
+    six = spec_from_dict(tiny_spec(grid={"lr": [0.01, 0.04, 0.16], "batch_size": [32], "seed": [0, 1]}))
+
+    def sizes(cost, slots):
+        costs = {(k, key): cost(k) for key in pack_groups(six) for k in range(1, 7)}
+        return [len(p) for p in plan_packs(six, slots=slots, pack_seconds=costs)]
+
+    def shared(k):  # a pack step costs little more than one member's step
+        return 1.0 + 0.1 * k
+
+    def alone(k):  # no saving: a K-member pack costs K single trials
+        return 1.0 * k
+
+    def worse(k):  # a pack dearer per member than its points alone
+        return 1.0 if k == 1 else 1.3 * k
+
+    assert sizes(shared, 1) == [6] and sizes(shared, 2) == [3, 3]
+    assert sizes(alone, 2) == [3, 3]  # 3 per slot either way: no change past the first that gains
+    assert sizes(alone, 6) == [1] * 6 and sizes(worse, 1) == [1] * 6  # the K = 1 fallback
+    assert sizes(lambda k: 1.0 + 0.01 * k, 2) == [6]  # two packs would gain under PLAN_TOLERANCE
+    two = spec_from_dict(tiny_spec(grid={"lr": [0.01, 0.04, 0.16], "batch_size": [128, 32], "seed": [0, 1]}))
+    costs = {(k, key): (1.0 + 0.1 * k) * 128 / key[1][0] for key in pack_groups(two) for k in range(1, 7)}
+    packs = plan_packs(two, slots=2, pack_seconds=costs)
+    assert [(len(p), p[0]["batch_size"]) for p in packs] == [(6, 128), (6, 32)]
+
+
 def test_calibration_costs_every_pack_of_the_plan_from_real_steps():
-    """The pre-flight's calibration (sweeps/estimate.py) times this model's steps at every
-    (members, batch size) of the plan, evaluation and one Hessian-vector product, and the
-    estimate then counts steps, evaluation and probes."""
-    from lrbs.sweeps.estimate import calibrate, estimate_cost
-    from lrbs.sweeps.packing import plan_packs
+    """The pre-flight's calibration (sweeps/estimate.py) times this model's steps at K = 1 and at
+    the largest pack of every batch size, evaluation and one Hessian-vector product; sizes between
+    are interpolated, and the estimate counts steps, evaluation and probes of the planned packs."""
+    from lrbs.sweeps.estimate import calibrate, estimate_cost, planned_packs, step_seconds
     from lrbs.sweeps.spec_load import spec_from_dict
     from tests.conftest import tiny_spec
 
     spec = spec_from_dict(tiny_spec(curvature={"n_samples": 200, "lanczos_iters": 8, "hutchinson_probes": 4}))
     cal = calibrate(spec, budget_s=0.02)
     assert cal is not None
-    plan = {f"{len(p)},{p[0]['batch_size']}" for p in plan_packs(spec)}
-    assert plan <= set(cal["step_s"]) and f"1,{spec.curvature.noise_b_small}" in cal["step_s"]
+    assert {"1,32", "2,32", "1,128", "2,128", f"1,{spec.curvature.noise_b_small}"} <= set(cal["step_s"])
     assert all(v > 0 for v in cal["step_s"].values()) and cal["hvp_s"] > 0
+    lo, hi = cal["step_s"]["1,32"], cal["step_s"]["2,32"]
+    assert step_seconds(cal, 4, 32) == pytest.approx(hi * 2)  # beyond the measured sizes: per member
     measured, fitted = estimate_cost(spec, cal), estimate_cost(spec)
+    assert measured.packs == tuple(len(p) for p in planned_packs(spec, cal)) and lo > 0
     assert measured.device_hours > 0 and measured.costs is cal and "step_floor_s" in fitted.costs
+    assert 0 < measured.wall_hours <= measured.device_hours
     assert calibrate(spec_from_dict(tiny_spec(resources={"cpu": 1, "gpu": 1}))) is None  # GPU trials: the fit

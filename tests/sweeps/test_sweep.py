@@ -34,6 +34,9 @@ def test_provenance_is_recorded_and_reported(tiny_run):
         info
     )
     assert {"torch", "ray", "pyarrow"} <= set(info["packages"]) and info["estimate"]["device"] == "cpu"
+    # The estimate keeps the step costs the pre-flight measured here, and the planned wall time.
+    assert {"1,32", "1,128"} <= set(info["estimate"]["costs"]["step_s"]) and info["estimate"]["slots"] >= 1
+    assert 0 < info["estimate"]["wall_hours"] <= info["estimate"]["device_hours"]
     sec = json.loads((tiny_run / "fits.json").read_text())["sections"]["provenance"]
     assert sec["status"] == "ok" and sec["data"]["device_hours_estimated"] == pytest.approx(
         info["estimate"]["device_hours"]
@@ -351,6 +354,18 @@ def test_progress_line_is_redrawn_in_place_on_a_terminal(monkeypatch):
     assert "\r" not in plain.getvalue() and "\x1b" not in plain.getvalue()
     assert len(lines) == len(draws) and all(line.startswith("[lrbs] ") for line in lines)
     assert [d.removeprefix(CLEAR_TO_EOL).split(" | ")[0] for d in draws] == [line.split(" | ")[0] for line in lines]
+
+
+def test_eta_before_the_first_epoch_comes_from_the_planned_training_time():
+    """The progress line and ``lrbs status`` have an ETA from the start: the pre-flight's planned
+    training time less the time elapsed, until a measured epoch rate takes over."""
+    from lrbs.sweeps.summary import eta_seconds
+
+    assert eta_seconds(100, 0, 0.0) is None  # no plan (a resumed sweep) and no rate yet
+    assert eta_seconds(100, 0, 0.0, planned_s=30.0, elapsed_s=4.0) == 26.0
+    assert eta_seconds(100, 0, 0.0, planned_s=30.0, elapsed_s=40.0) == 0.0  # later than planned: not negative
+    assert eta_seconds(100, 50, 10.0, planned_s=30.0, elapsed_s=5.0) == 20.0  # the measured rate wins
+    assert eta_seconds(0, 50, 10.0, planned_s=30.0) == 0.0
 
 
 def test_lines_said_while_the_progress_line_is_shown_go_above_it(monkeypatch):
