@@ -31,7 +31,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from lrbs.rundir.layout import LEDGER_DIR, METRIC_DIR, RESUME_PLAN, SESSION_GLOB, SPEC_COPY, TRACKER_DIRS
+from lrbs.rundir.layout import (
+    LEDGER_DIR,
+    METRIC_DIR,
+    PROVENANCE_FILE,
+    RESUME_PLAN,
+    SESSION_GLOB,
+    SPEC_COPY,
+    TRACKER_DIRS,
+)
 from lrbs.rundir.location import RunDir, first_line
 from lrbs.rundir.points import from_config, point_key
 from lrbs.rundir.records import (
@@ -50,8 +58,8 @@ from lrbs.rundir.tables import load_trials
 from lrbs.sweeps.beta_searcher import search_resumption
 from lrbs.sweeps.compaction import compact_earlier_sessions
 from lrbs.sweeps.errors import LrbsError, SweepStopped
+from lrbs.sweeps.estimate import planned_packs
 from lrbs.sweeps.grid import expand_points, is_search
-from lrbs.sweeps.packing import plan_packs
 from lrbs.sweeps.preflight import preflight
 from lrbs.sweeps.runner import Driver, GridPoints, PointSource
 from lrbs.sweeps.spec import SweepSpec
@@ -150,8 +158,19 @@ def plan_resume(
     counts["done"] += sum(k in done and k not in started for k in by_key)
     counts["new"] = len(fresh)
     if fresh:
-        packs += plan_packs(spec, fresh)
+        packs += planned_packs(spec, stored_calibration(run_dir), fresh)
     return packs, resume, counts, records
+
+
+def stored_calibration(run_dir: Path) -> dict[str, Any] | None:
+    """The step costs the run's pre-flight measured (``provenance.json``), which size the packs of
+    points that never started as ``lrbs run`` sized the others; None when the run had none (GPU
+    or cluster trials, or a run directory from before they were kept)."""
+    try:
+        costs = json.loads((run_dir / PROVENANCE_FILE).read_text())["estimate"]["costs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return costs if isinstance(costs, dict) and "step_s" in costs else None
 
 
 def resume_sweep(
