@@ -65,6 +65,7 @@ from lrbs.trainables.tune_trial import train_trial
 EXIT_TRIALS_ERRORED = 3  # `lrbs run`/`resume`: the sweep ran, but some trials ended in ERROR
 PACKAGES = ("torch", "torchvision", "ray", "pyarrow", "numpy", "scipy", "plotly", "mnist1d")
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+PRESTART_ENV = "RAY_prestart_worker_first_driver"  # Ray's system config, read from the environment
 STORAGE_ERRNOS = {28: "the disk is full", 122: "the disk quota is exceeded", 30: "it is read-only"}
 
 
@@ -186,7 +187,7 @@ def init_ray(address: str | None, runtime_env: dict[str, Any] | None = None) -> 
     else:
         # An embedded local cluster, on loopback only and with token auth.
         # address="local": a new cluster even when another one runs on this machine.
-        with loopback_only(), token_auth():
+        with loopback_only(), token_auth(), no_idle_workers():
             ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False, **extra)
 
 
@@ -208,6 +209,22 @@ def loopback_only() -> Iterator[None]:
             os.environ.pop(LOOPBACK_ENV, None)
         else:
             os.environ[LOOPBACK_ENV] = before_env
+
+
+@contextlib.contextmanager
+def no_idle_workers() -> Iterator[None]:
+    """Ray starts one idle worker per CPU when the driver connects, but Tune never puts a trial on
+    one (its trial actors carry a ``runtime_env`` of their own, and a worker is reused only for the
+    same one): on a small machine they would only take CPU from the trial's own worker while it
+    starts. Off for the embedded cluster, unless ``PRESTART_ENV`` is set in the environment."""
+    if PRESTART_ENV in os.environ:
+        yield
+        return
+    os.environ[PRESTART_ENV] = "0"  # read by the raylet when it starts, inside ray.init
+    try:
+        yield
+    finally:
+        os.environ.pop(PRESTART_ENV, None)
 
 
 @contextlib.contextmanager

@@ -394,3 +394,51 @@ def test_lines_said_while_the_progress_line_is_shown_go_above_it(monkeypatch):
     live.end()
     say("[lrbs] done", tty)  # no live line any more: a plain line
     assert tty.getvalue().endswith("short\n[lrbs] done\n")
+
+
+IDLE_WORKERS = """
+import os
+import time
+from pathlib import Path
+import ray
+from lrbs.sweeps.runner import init_ray
+
+
+def processes():
+    # pid -> (parent pid, command line) of every process; this cluster's raylet is our child
+    out = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (proc / "stat").read_text()
+            out[int(proc.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), (proc / "cmdline").read_bytes())
+        except (OSError, ValueError):  # a process that ended meanwhile
+            pass
+    return out
+
+
+def idle():
+    procs = processes()
+    raylets = {pid for pid, (parent, cmd) in procs.items() if parent == os.getpid() and b"raylet" in cmd}
+    return sum(parent in raylets and cmd.startswith(b"ray::IDLE") for parent, cmd in procs.values())
+
+
+init_ray(None)
+time.sleep(3)  # idle workers, where Ray starts them, are up by now
+before = idle()
+ray.get(ray.remote(lambda: 0).remote())  # its worker stays, idle: the count sees Ray's idle workers
+print("idle", before, idle())
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_the_embedded_ray_starts_no_idle_workers():
+    """Tune never runs a trial on Ray's idle workers (its trial actors carry their own
+    runtime_env), so the embedded cluster starts none (``runner.no_idle_workers``); the worker of
+    a task, idle once it returns, shows that the count would see them."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", IDLE_WORKERS], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    line = out.stdout.split()
+    assert line[:2] == ["idle", "0"] and int(line[2]) >= 1, out.stdout + out.stderr[-2000:]
