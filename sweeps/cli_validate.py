@@ -20,7 +20,7 @@ def add_validate(p: argparse.ArgumentParser) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     checked = preflight(args.spec, local_data=True)  # validate answers for a run on this machine
     spec = checked.spec
-    packs = checked.plan()
+    packs = checked.packs
     points = [(i, p) for i, pack in enumerate(packs) for p in pack]
     if is_search(spec):  # the points below are the ladder the search picks from, not its trials
         st = search_settings(spec)

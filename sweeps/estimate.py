@@ -47,7 +47,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from lrbs.sweeps.packing import PackKey, makespan, pack_cap, pack_groups, pack_key, parallel_slots, plan_packs
+from lrbs.sweeps.packing import PackKey, largest_pack, makespan, pack_groups, pack_key, parallel_slots, plan_packs
 from lrbs.sweeps.spec import SpecError, SweepSpec
 from lrbs.trainables import curvature
 from lrbs.trainables.config import DatasetConfig, ModelConfig, options_key
@@ -71,7 +71,7 @@ class CostEstimate:
     device_hours: float
     device: str  # "cuda" or "cpu": which measured step costs were used
     costs: dict[str, Any]  # the step_costs.json entry used, or the calibration
-    wall_hours: float = 0.0  # the packs on ``slots`` parallel trials, costliest first (``packing.makespan``)
+    wall_hours: float = 0.0  # the packs started in plan order on ``slots`` parallel trials (``packing.makespan``)
     slots: int = 1
 
 
@@ -296,16 +296,19 @@ def train_flops_per_example(model_cfg: ModelConfig, dataset: DatasetConfig) -> f
     return 3.0 * model_profile(model_cfg, dataset).forward_flops_per_example
 
 
-def estimate_cost(spec: SweepSpec, calibration: dict[str, Any] | None = None) -> CostEstimate:
+def estimate_cost(
+    spec: SweepSpec, calibration: dict[str, Any] | None = None, packs: list[list[dict[str, Any]]] | None = None
+) -> CostEstimate:
     """The sweep's cost: from ``calibration`` (``calibrate``: steps, evaluation and probes as
-    measured here) or, without one, from the fitted step costs of ``sweeps/step_costs.json``."""
+    measured here) or, without one, from the fitted step costs of ``sweeps/step_costs.json``.
+    ``packs``: the plan, if the caller has it (default ``planned_packs``)."""
     per_example = model_profile(spec.model, spec.dataset).forward_flops_per_example
     train_flops = 3.0 * per_example
     device = "cuda" if spec.resources.gpu > 0 else "cpu"
     costs: dict[str, Any] = calibration or json.loads(STEP_COSTS.read_text())[device]
     total_flops = 0.0
     seconds: list[float] = []
-    packs = planned_packs(spec, calibration)
+    packs = planned_packs(spec, calibration) if packs is None else packs
     for pack in packs:
         key = pack_key(pack[0], spec)  # members share n_train and every epoch's batch size
         n = pack_train_size(spec, key)
@@ -336,11 +339,10 @@ def planned_packs(
     measured cost of every pack size each group could take."""
     if calibration is None:
         return plan_packs(spec, points)
-    cap = pack_cap(spec)
     costs = {
         (k, key): pack_seconds(spec, calibration, k, key)
         for key, members in pack_groups(spec, points).items()
-        for k in range(1, min(len(members), cap) + 1)
+        for k in range(1, largest_pack(spec, len(members)) + 1)
     }
     return plan_packs(spec, points, pack_seconds=costs)
 
@@ -413,8 +415,8 @@ def calibrate(spec: SweepSpec, budget_s: float = 0.15) -> dict[str, Any] | None:
     this machine (None for GPU trials: the fitted fallback). Real SGD steps (forward, per-member
     loss, backward, ``PackSGD`` update) of every batch size S of the plan at K = 1 and at the
     largest pack K its points allow, on ``resources.cpu`` threads; one evaluation forward per K;
-    one Hessian-vector product on the probe subset. Each (K, S) takes one warm-up step and then steps for about ``budget_s``.
-    Keys of ``step_s`` and ``eval_s_per_example`` are "K,S" and "K"."""
+    one Hessian-vector product on the probe subset. Each (K, S) takes one warm-up step and then
+    steps for about ``budget_s``. Keys of ``step_s`` and ``eval_s_per_example`` are "K,S" and "K"."""
     if spec.resources.gpu > 0:
         return None
     profile = model_profile(spec.model, spec.dataset)
@@ -422,9 +424,8 @@ def calibrate(spec: SweepSpec, budget_s: float = 0.15) -> dict[str, Any] | None:
     # Every batch size of a group at one member and at the largest pack the group allows: the
     # planner interpolates the sizes between (``step_seconds``), a step's cost being near linear in K.
     cases: set[tuple[int, int]] = set()
-    cap = pack_cap(spec)
     for group, members in pack_groups(spec).items():
-        cases.update((k, s) for k in {1, min(len(members), cap)} for s in group[1])
+        cases.update((k, s) for k in {1, largest_pack(spec, len(members))} for s in group[1])
     cfg = spec.curvature
     if cfg is not None and cfg.noise_scale and cfg.noise_method == "full":
         cases.add((1, cfg.noise_b_small))
@@ -447,7 +448,7 @@ def calibrate(spec: SweepSpec, budget_s: float = 0.15) -> dict[str, Any] | None:
         step_s: dict[str, float] = {}
         eval_s: dict[str, float] = {}
         for k, s in sorted(cases):
-            step_s[f"{k},{s}"], per_example = _pack_seconds(spec, shape, classes, k, s, budget_s)
+            step_s[f"{k},{s}"], per_example = _measure_step(spec, shape, classes, k, s, budget_s)
             eval_s.setdefault(str(k), per_example)
         hvp_s = 0.0
         if cfg is not None:
@@ -473,7 +474,7 @@ def calibrate(spec: SweepSpec, budget_s: float = 0.15) -> dict[str, Any] | None:
 _CALIBRATIONS: dict[tuple[Any, ...], dict[str, Any]] = {}  # per process
 
 
-def _pack_seconds(
+def _measure_step(
     spec: SweepSpec, shape: tuple[int, ...], classes: int, k: int, s: int, budget_s: float
 ) -> tuple[float, float]:
     """Seconds of one SGD step of K members at batch size S, and of evaluation per example."""

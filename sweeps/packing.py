@@ -11,10 +11,9 @@ split, never refused. A pack is one process on ``resources.cpu`` threads, so one
 2-core machine leaves a core idle that two packs of 3 would use: for CPU trials on this machine
 ``auto`` cuts each group into the number of packs (sizes differing by at most one) that ends the
 sweep soonest on the trials that run side by side here (``parallel_slots``), from step costs the
-pre-flight measured (``lrbs.sweeps.estimate.calibrate``), down to points alone where a pack's step
-costs no less than its members' steps. Without measured costs (GPU and cluster trials) it plans
-at least as many packs as slots when there are points enough, the costliest group (members x
-steps) split first.
+pre-flight measured (``lrbs.sweeps.estimate.calibrate``), down to points alone where that ends
+sooner. Without measured costs (GPU and cluster trials) it plans at least as many packs as slots
+when there are points enough, the costliest group (members x steps) split first.
 
 Every point keeps its own trial id in the metric tables: the Tune trial id for a pack of one,
 ``<tune trial id>-m<j>`` for member j of a larger pack (``member_trial_id``), with a config that
@@ -92,10 +91,10 @@ def plan_packs(
     ``slots``: parallel trials for ``auto`` (default ``parallel_slots(spec)``). ``pack_seconds``:
     what a pack of K members of a group costs, for every K up to the group's size (at most the
     cap), measured on this machine (``lrbs.sweeps.estimate.planned_packs``);
-    with it ``auto`` cuts each group into the number of packs that finishes the sweep soonest on
+    with it ``auto`` cuts each group into the number of packs that ends the sweep soonest on
     ``slots`` (``fastest_counts``). Without it (GPU and cluster trials), at least ``slots`` packs
-    when there are points enough, the costliest group (members x steps) split first. Packs come
-    in spec order, the order Tune starts them in."""
+    when there are points enough (``filled_counts``). Packs come in spec order, the order Tune
+    starts them in."""
     points = expand_points(spec) if points is None else points
     cap = pack_cap(spec)
     if cap == 1:
@@ -104,11 +103,30 @@ def plan_packs(
     if spec.train.pack != "auto":  # an explicit K: packs of exactly K, the last one holds the rest
         return [members[i : i + cap] for members in groups.values() for i in range(0, len(members), cap)]
     slots = parallel_slots(spec) if slots is None else slots
-    counts = {key: math.ceil(len(members) / cap) for key, members in groups.items()}
+    fewest = {key: math.ceil(len(members) / cap) for key, members in groups.items()}
     if pack_seconds is not None:
-        counts = fastest_counts(groups, counts, slots, pack_seconds)
-        return [pack for key, members in groups.items() for pack in balanced(members, counts[key])]
-    # Steps one member takes (every epoch at its batch size): a pack's cost is members x steps.
+        counts = fastest_counts(groups, fewest, slots, pack_seconds)
+    else:
+        counts = filled_counts(groups, fewest, slots)
+    return [pack for key, members in groups.items() for pack in balanced(members, counts[key])]
+
+
+def largest_pack(spec: SweepSpec, n: int) -> int:
+    """The most members a pack of a group of ``n`` points can have under ``train.pack`` (``auto``
+    cuts a group into the fewest packs of at most the cap, with sizes differing by at most one)."""
+    cap = pack_cap(spec)
+    if spec.train.pack != "auto":
+        return min(n, cap)
+    return max(balanced_sizes(n, math.ceil(n / cap)))
+
+
+def filled_counts(
+    groups: dict[PackKey, list[dict[str, Any]]], fewest: dict[PackKey, int], slots: int
+) -> dict[PackKey, int]:
+    """Packs per group without measured costs: at least ``slots`` packs when there are points
+    enough, the costliest group split first, a pack's cost taken as members x steps (the steps
+    one member takes: every epoch at its batch size)."""
+    counts = dict(fewest)
     steps = {key: (key[0] or 1) * sum(1.0 / s for s in key[1]) for key in groups}
     while sum(counts.values()) < slots:
         splittable = [key for key, members in groups.items() if counts[key] < len(members)]
@@ -116,42 +134,42 @@ def plan_packs(
             break
         key = max(splittable, key=lambda k: len(groups[k]) * steps[k] / counts[k])
         counts[key] += 1
-    return [pack for key, members in groups.items() for pack in balanced(members, counts[key])]
+    return counts
 
 
-# A different pack count must shorten the planned sweep by more than this fraction to be chosen:
-# step costs measured in a fraction of a second scatter by a few percent, and near a tie the
-# plan with fewer packs (the one the counts start from) should not flip between two runs.
-PLAN_TOLERANCE = 0.05
+# A plan with more packs than the fewest must end the sweep sooner by more than this fraction to
+# be chosen: the planned time of a sweep scatters by up to ~8% between two calibrations (a
+# fraction of a second of steps each; the quickstart's, three runs on a quiet machine), and near
+# a tie the plan should not flip between `lrbs validate` and `lrbs run`.
+PLAN_TOLERANCE = 0.10
 
 
 def fastest_counts(
-    groups: dict[PackKey, list[dict[str, Any]]], counts: dict[PackKey, int], slots: int, pack_seconds: PackSeconds
+    groups: dict[PackKey, list[dict[str, Any]]], fewest: dict[PackKey, int], slots: int, pack_seconds: PackSeconds
 ) -> dict[PackKey, int]:
-    """Packs per group that finish soonest: each group in turn takes the count (from the fewest
-    packs its members allow up to one pack per member) that most shortens ``makespan`` over
-    ``slots``, until no group's change gains more than ``PLAN_TOLERANCE``. A pack's members
-    share steps, so a pack is cheaper than its members alone wherever the measured K-member step
-    costs less than K single steps; a point on its own (K = 1) wins where it does not."""
-    lowest, counts = counts, dict(counts)
+    """Packs per group that end the sweep soonest on ``slots``, from measured pack costs.
+
+    From the fewest packs, the group whose packs take longest is cut into one pack more, again
+    and again down to one point per pack, and the plan whose packs end soonest on the slots
+    (``makespan``; fewer packs on a tie) is kept if it ends more than ``PLAN_TOLERANCE`` sooner
+    than the fewest packs. A pack is cheaper than its members alone wherever a K-member step costs
+    less than K single steps; where it does not, points alone (K = 1) balance the slots best."""
     sizes = {key: len(members) for key, members in groups.items()}
 
-    def span(c: dict[PackKey, int]) -> float:
-        jobs = [pack_seconds[k, key] for key, n in c.items() for k in balanced_sizes(sizes[key], n)]
-        return makespan(jobs, slots)
+    def longest(key: PackKey, n: int) -> float:
+        return pack_seconds[max(balanced_sizes(sizes[key], n)), key]
 
-    best = span(counts)
-    for _ in range(4):  # a few rounds: a group's best count depends on the others' by little
-        changed = False
-        for key in groups:
-            for n in range(lowest[key], sizes[key] + 1):
-                trial = {**counts, key: n}
-                t = span(trial)
-                if t < best * (1.0 - PLAN_TOLERANCE):
-                    counts, best, changed = trial, t, True
-        if not changed:
-            break
-    return counts
+    def span(c: dict[PackKey, int]) -> float:
+        return makespan([pack_seconds[k, key] for key, n in c.items() for k in balanced_sizes(sizes[key], n)], slots)
+
+    counts = dict(fewest)
+    plans = [(span(counts), sum(counts.values()), counts)]
+    while splittable := [key for key in groups if counts[key] < sizes[key]]:
+        key = max(splittable, key=lambda k: longest(k, counts[k]))  # ties: the first in spec order
+        counts = {**counts, key: counts[key] + 1}
+        plans.append((span(counts), sum(counts.values()), counts))
+    best = min(plans, key=lambda plan: plan[:2])
+    return best[2] if best[0] < plans[0][0] * (1.0 - PLAN_TOLERANCE) else fewest
 
 
 def makespan(seconds: list[float], slots: int) -> float:

@@ -10,6 +10,7 @@ where the trials will read them. Each failure is one ``SpecError`` line naming t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -38,19 +39,21 @@ class Preflight:
     profile: ModelProfile
     local: bool = False  # the trials run on this machine: their step costs can be measured here
 
+    @cached_property
     def calibration(self) -> dict[str, Any] | None:
-        """This spec's step costs measured here for CPU trials on this machine (``calibrate``,
-        once per process), else None (the fitted step costs stand in)."""
+        """This spec's step costs measured here for CPU trials on this machine (``calibrate``),
+        else None (the fitted step costs stand in)."""
         return calibrate(self.spec) if self.local else None
 
-    def plan(self, points: list[dict[str, Any]] | None = None) -> list[list[dict[str, Any]]]:
+    @cached_property
+    def packs(self) -> list[list[dict[str, Any]]]:
         """The packs Tune runs (``lrbs.sweeps.packing.plan_packs``), sized from the calibration."""
-        return planned_packs(self.spec, self.calibration(), points)
+        return planned_packs(self.spec, self.calibration)
 
     def estimate(self) -> CostEstimate:
         """The sweep's cost before it runs (``lrbs.sweeps.estimate``): for trials on this machine
         from a short calibration of the spec's model here, else from the fitted step costs."""
-        return estimate_cost(self.spec, self.calibration())
+        return estimate_cost(self.spec, self.calibration, self.packs)
 
 
 def preflight(source: SweepSpec | str | Path, *, local_data: bool = False, probe_check: bool = True) -> Preflight:

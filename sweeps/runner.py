@@ -54,6 +54,7 @@ from lrbs.sweeps.progress import PhaseTimes, ProgressPrinter
 from lrbs.sweeps.raylog import RayOutput
 from lrbs.sweeps.spec import SweepSpec
 from lrbs.sweeps.storage import check_new_run_dir, create_run_dir, mirror, resolve_storage, staging_dir, tracking_root
+from lrbs.sweeps.summary import planned_seconds
 from lrbs.sweeps.tracking import build_trackers
 from lrbs.sweeps.trust import record_plugin_folders, resume_command, ship_paths
 from lrbs.sweeps.version import code_version
@@ -504,7 +505,7 @@ def run_sweep(
     checked = preflight(spec, local_data=address is None)  # the model, built once (cached) and checked
     if address is None:
         preflight_data(spec)
-    source: PointSource = BetaSearcher(spec) if is_search(spec) else GridPoints(checked.plan())
+    source: PointSource = BetaSearcher(spec) if is_search(spec) else GridPoints(checked.packs)
     with Driver(spec, run, address, out, upload_interval_s) as driver:
         ray_s = driver.start_ray()  # before the run directory exists: a bad --address leaves nothing behind
         create_run_dir(run, spec.to_dict())
@@ -523,9 +524,14 @@ def run_sweep(
             flush=True,
         )
         trackers = build_trackers(spec.tracking, spec.name, tracking_root(run))
-        estimate = info["estimate"]
-        planned_s = None if source.at_most else estimate["wall_hours"] * 3600  # a search's trials are not planned
-        driver.fit(source, run, trackers, estimate_hours=estimate["device_hours"], planned_s=planned_s, times=times)
+        driver.fit(
+            source,
+            run,
+            trackers,
+            estimate_hours=info["estimate"]["device_hours"],
+            planned_s=planned_seconds(info),
+            times=times,
+        )
         if times is not None:
             times.ray = ray_s
         driver.print_outcome(outcome)

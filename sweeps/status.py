@@ -29,7 +29,7 @@ from lrbs.rundir.records import FINAL_ROW_STATUSES, RUNNING, current_records, re
 from lrbs.rundir.tables import ReadReport, load_metrics, load_metrics_with_report
 from lrbs.sweeps.errors import LrbsError
 from lrbs.sweeps.lock import holder_alive
-from lrbs.sweeps.summary import Progress, eta_seconds
+from lrbs.sweeps.summary import Progress, eta_seconds, planned_seconds
 
 EXPERIMENT_STATE_GLOB = "experiment_state-*.json"
 
@@ -176,9 +176,11 @@ def read_progress(run_dir: str | Path, metrics: pa.Table | None = None) -> Progr
     end = time.time() if live else max((r["written_at"] or started for r in last.values()), default=started)
     elapsed = max(0.0, end - started)
     estimate = (info.get("estimate") or {}).get("device_hours")
-    wall = (info.get("estimate") or {}).get("wall_hours")
-    planned = wall * 3600 if wall is not None and not info.get("beta_search") else None
-    eta = eta_seconds(total * epochs - epochs_done, epochs_done, elapsed, planned, elapsed) if live else None
+    eta = (
+        eta_seconds(total * epochs - epochs_done, epochs_done, elapsed, planned_seconds(info), elapsed)
+        if live
+        else None
+    )
     unit = "GPU" if (info.get("resources_per_trial") or {}).get("gpu") else "CPU"
     return Progress(
         done,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 def duration(seconds: float | None) -> str:
@@ -54,6 +55,18 @@ def eta_seconds(
     ``elapsed_s``."""
     if epochs_left <= 0:
         return 0.0
-    if epochs_in_window <= 0 or window_s <= 0:
-        return None if planned_s is None else max(0.0, planned_s - elapsed_s)
+    if epochs_in_window <= 0 or window_s <= 0:  # no rate yet: the plan, while it still holds
+        return planned_s - elapsed_s if planned_s is not None and planned_s > elapsed_s else None
     return epochs_left * window_s / epochs_in_window
+
+
+def planned_seconds(provenance: dict[str, Any]) -> float | None:
+    """The training time the pre-flight planned for a sweep (``provenance.json``'s estimate: its
+    packs on the parallel trial slots, from step costs measured on this machine); None for a beta
+    search (its trials are not planned) and without measured costs (GPU or cluster trials: the
+    fitted fallback knows neither their device's speed nor how many run side by side)."""
+    estimate = provenance.get("estimate") or {}
+    if provenance.get("beta_search") or "step_s" not in (estimate.get("costs") or {}):
+        return None
+    wall = estimate.get("wall_hours")
+    return None if wall is None else float(wall) * 3600

@@ -344,6 +344,11 @@ def test_measured_pack_costs_choose_the_pack_count_that_finishes_soonest():
     assert sizes(alone, 2) == [3, 3]  # 3 per slot either way: no change past the first that gains
     assert sizes(alone, 6) == [1] * 6 and sizes(worse, 1) == [1] * 6  # the K = 1 fallback
     assert sizes(lambda k: 1.0 + 0.01 * k, 2) == [6]  # two packs would gain under PLAN_TOLERANCE
+    # Two groups of equal cost: splitting one alone does not end the sweep sooner, both together do.
+    pair = spec_from_dict(tiny_spec(grid={"lr": [0.01, 0.04, 0.16], "batch_size": [32, 64], "seed": [0, 1]}))
+    costs = {(k, key): 1.0 + 0.1 * k for key in pack_groups(pair) for k in range(1, 7)}
+    assert [len(p) for p in plan_packs(pair, slots=4, pack_seconds=costs)] == [3, 3, 3, 3]
+    assert [len(p) for p in plan_packs(pair, slots=2, pack_seconds=costs)] == [6, 6]
     two = spec_from_dict(tiny_spec(grid={"lr": [0.01, 0.04, 0.16], "batch_size": [128, 32], "seed": [0, 1]}))
     costs = {(k, key): (1.0 + 0.1 * k) * 128 / key[1][0] for key in pack_groups(two) for k in range(1, 7)}
     packs = plan_packs(two, slots=2, pack_seconds=costs)
@@ -366,7 +371,21 @@ def test_calibration_costs_every_pack_of_the_plan_from_real_steps():
     lo, hi = cal["step_s"]["1,32"], cal["step_s"]["2,32"]
     assert step_seconds(cal, 4, 32) == pytest.approx(hi * 2)  # beyond the measured sizes: per member
     measured, fitted = estimate_cost(spec, cal), estimate_cost(spec)
-    assert measured.packs == tuple(len(p) for p in planned_packs(spec, cal)) and lo > 0
     assert measured.device_hours > 0 and measured.costs is cal and "step_floor_s" in fitted.costs
-    assert 0 < measured.wall_hours <= measured.device_hours
+    assert 0 < measured.wall_hours <= measured.device_hours and lo > 0
+    alone = estimate_cost(spec, cal, packs=[[p] for pack in planned_packs(spec, cal) for p in pack])
+    assert alone.packs == (1, 1, 1, 1) and alone.device_hours > 0  # the plan given, not its own
     assert calibrate(spec_from_dict(tiny_spec(resources={"cpu": 1, "gpu": 1}))) is None  # GPU trials: the fit
+
+
+def test_the_calibration_times_the_largest_pack_auto_can_form():
+    """``auto`` cuts a group into the fewest packs of at most the cap, with sizes differing by at
+    most one: 40 points under a cap of 32 are packs of 20, and 20 is the largest K measured."""
+    from lrbs.sweeps.packing import largest_pack
+    from lrbs.sweeps.spec_load import spec_from_dict
+    from tests.conftest import tiny_spec
+
+    auto = spec_from_dict(tiny_spec())
+    assert [largest_pack(auto, n) for n in (1, 6, 32, 33, 40, 64, 65)] == [1, 6, 32, 17, 20, 32, 22]
+    fixed = spec_from_dict(tiny_spec(train={"pack": 8}))
+    assert [largest_pack(fixed, n) for n in (3, 8, 40)] == [3, 8, 8]
