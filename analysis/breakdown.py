@@ -38,7 +38,7 @@ from scipy import stats
 
 from lrbs.analysis.curves import curve_distance, curves_of, index_rows
 from lrbs.analysis.search_settings import ALPHA
-from lrbs.analysis.stats import holm, mean_sd, welch_less
+from lrbs.analysis.stats import holm, mean_sd, welch_less, welch_se_df
 
 POWER = 0.8  # the power the detectable drop is computed for
 POWER_DRAWS = 20_000  # Monte Carlo draws behind a detectable drop (its 80% quantile to ~1%)
@@ -46,28 +46,14 @@ POINTS = 100.0  # accuracy points per unit of accuracy (drops are reported x100)
 Values = Sequence[float] | np.ndarray  # one side of a test: a value (max val acc) per seed
 
 
-def _welch_se_df(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Standard error of mean(y) - mean(x) (unpooled) and its Welch-Satterthwaite degrees of
-    freedom; nan for both with fewer than 2 values on a side or no variance on either."""
-    if len(x) < 2 or len(y) < 2:
-        return math.nan, math.nan
-    # equal values have no variance (np.var of equal floats can come out as ~1e-33, not 0)
-    vx = np.var(x, ddof=1) / len(x) if np.ptp(x) > 0 else 0.0
-    vy = np.var(y, ddof=1) / len(y) if np.ptp(y) > 0 else 0.0
-    if vx + vy == 0:
-        return math.nan, math.nan
-    df = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
-    return float(math.sqrt(vx + vy)), float(df)
-
-
 def drop_interval(values: Values, reference: Values, level: float = 0.95) -> tuple[float, float, float]:
     """The drop mean(reference) - mean(values) in accuracy points (x100) and its ``level`` Welch-
-    Satterthwaite t interval (lo, hi); the interval is nan where :func:`_welch_se_df` is."""
+    Satterthwaite t interval (lo, hi); the interval is nan where :func:`lrbs.analysis.stats.welch_se_df` is."""
     x, y = np.asarray(values, dtype=float), np.asarray(reference, dtype=float)
     if len(x) == 0 or len(y) == 0:
         return math.nan, math.nan, math.nan
     drop = float(y.mean() - x.mean()) * POINTS
-    se, df = _welch_se_df(x, y)
+    se, df = welch_se_df(x, y)
     if not math.isfinite(se):
         return drop, math.nan, math.nan
     half = float(stats.t.ppf(0.5 + level / 2, df)) * se * POINTS
@@ -121,7 +107,7 @@ def _detectable_drop(
     """:func:`detectable_drop` on hashable arguments: the breakdown and beta-search sections ask
     for the same betas' figures, and each Monte Carlo takes 10-40 ms."""
     x, y = np.asarray(values, dtype=float), np.asarray(reference, dtype=float)
-    se, _ = _welch_se_df(x, y)
+    se, _ = welch_se_df(x, y)
     if not (math.isfinite(se) and 0 < level < power < 1):
         return math.nan
     rng = np.random.default_rng(0)

@@ -4,6 +4,7 @@
   the coefficients, R^2, and t-based confidence intervals.
 * :func:`lincomb_test` -- two-sided t-test of ``w @ beta = 0`` (e.g. b + c = 0).
 * :func:`mean_band` -- the 95% confidence band of a simple regression's mean line.
+* :func:`welch_se_df` -- the unpooled standard error of a difference of means and its Welch df.
 * :func:`welch_less` -- one-sided Welch t-test that mean(x) < mean(y).
 * :func:`holm` -- Holm's step-down adjustment of a family of p-values.
 """
@@ -96,16 +97,32 @@ def mean_band(
     return yhat, yhat - half, yhat + half
 
 
-def welch_less(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """One-sided Welch t-test of H1: mean(x) < mean(y). Returns (t, p); nan when undefined
-    (fewer than 2 values in a group, or no variance in either)."""
+def welch_se_df(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Standard error of mean(x) - mean(y) (unpooled) and its Welch-Satterthwaite degrees of
+    freedom; nan for both with fewer than 2 values on a side or no variance on either."""
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
-    # np.ptp, not np.var: the variance of equal floats can come out as ~1e-33 instead of 0
-    if len(x) < 2 or len(y) < 2 or (np.ptp(x) == 0 and np.ptp(y) == 0):
+    if len(x) < 2 or len(y) < 2:
         return math.nan, math.nan
-    res = stats.ttest_ind(x, y, equal_var=False, alternative="less")
-    return float(res.statistic), float(res.pvalue)
+    # equal values have no variance (np.var of equal floats can come out as ~1e-33, not 0)
+    vx = np.var(x, ddof=1) / len(x) if np.ptp(x) > 0 else 0.0
+    vy = np.var(y, ddof=1) / len(y) if np.ptp(y) > 0 else 0.0
+    if vx + vy == 0:
+        return math.nan, math.nan
+    df = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
+    return float(math.sqrt(vx + vy)), float(df)
+
+
+def welch_less(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """One-sided Welch t-test of H1: mean(x) < mean(y). Returns (t, p); nan when undefined
+    (fewer than 2 values in a group, or no variance in either). Computed from
+    :func:`welch_se_df` rather than ``scipy.stats.ttest_ind``, which warns of precision loss (and
+    may carry a ~1e-33 variance) when every seed of one side has the same accuracy, a common case."""
+    se, df = welch_se_df(x, y)
+    if not math.isfinite(se):
+        return math.nan, math.nan
+    t = (float(np.mean(x)) - float(np.mean(y))) / se
+    return t, float(stats.t.cdf(t, df))
 
 
 def holm(pvalues: list[float]) -> list[float]:
